@@ -1,0 +1,133 @@
+// Shared types of the guest agent: one epoll loop serving connections, each with many sessions
+// (processes and file transfers). See proto/agent.proto for the protocol.
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "agent.pb.h"
+
+#define LIMIT(name) ((uint32_t)microsandbox_agent_Limit_##name)
+#define ERR(kind) microsandbox_agent_Error_Kind_##kind
+
+// The write queue of a connection above which the agent stops producing (reading pipes and
+// files, reading requests) until the host drained it below the low mark. Bounds agent memory.
+#define QUEUE_HIGH (4u << 20)
+#define QUEUE_LOW (1u << 20)
+
+// After a process exits, pipes still held open by its background children are read until they
+// stay idle this long, then closed so Exit can be sent.
+#define EXIT_GRACE_NS (100ull * 1000 * 1000)
+
+enum watch_type { W_LISTEN, W_CONN, W_SIGNAL, W_STDOUT, W_STDERR, W_STDIN };
+
+// One fd registered with epoll; epoll_event.data.ptr points here.
+struct watch {
+  int fd;
+  uint8_t type;
+  bool registered;
+  uint32_t events;
+  void *owner;
+};
+
+struct chunk {
+  struct chunk *next;
+  size_t len, off;
+  uint8_t data[];
+};
+
+struct conn;
+
+enum session_kind { S_EXEC, S_READ, S_WRITE };
+
+struct session {
+  struct session *next, *prev;  // in conn->sessions
+  struct conn *conn;
+  uint32_t id;
+  enum session_kind kind;
+  uint32_t window, unacked;  // output credit (guest -> host)
+  uint32_t in_pending;       // bytes received from the host and not yet written (host -> guest)
+  struct chunk *in_head, *in_tail;
+  bool in_eof;
+  // S_EXEC
+  pid_t pid;
+  struct watch out, err, in;
+  bool exited, timed_out;
+  int status;
+  uint64_t start_ns, end_ns, deadline_ns, grace_ns;
+  // S_READ / S_WRITE
+  int fd;
+  uint64_t remaining, total;
+  char *tmp_path, *final_path;
+};
+
+struct conn {
+  struct conn *next, *prev;
+  struct watch w;
+  bool closing;  // flush the queue, then close
+  uint8_t *rbuf;
+  size_t rlen;
+  struct chunk *q_head, *q_tail;
+  size_t queued;
+  bool congested;
+  struct session *sessions;
+  uint32_t nsessions;
+};
+
+// main.c
+extern int g_epoll;
+extern bool g_shutdown;  // a Shutdown was answered: exit once every connection is flushed
+extern microsandbox_agent_BootEvent g_boot[16];
+extern pb_size_t g_boot_count;
+void watch_set(struct watch *w, uint32_t events);
+void watch_close(struct watch *w);
+uint64_t now_ns(void);
+void boot_event(const char *name);
+
+// conn.c
+struct conn *conn_new(int fd);
+void conn_on_event(struct conn *c, uint32_t events);
+void conn_close(struct conn *c);
+bool conn_send(struct conn *c, microsandbox_agent_GuestMessage *m);
+void send_error(struct conn *c, uint32_t session, microsandbox_agent_Error_Kind kind, int errnum,
+                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void send_done(struct conn *c, uint32_t session, uint64_t size);
+void send_credit(struct conn *c, uint32_t session, uint32_t bytes);
+// Bulk output: read at most MAX_CHUNK_BYTES into chunk_buf(), then send_chunk() frames them.
+uint8_t *chunk_buf(void);
+bool send_chunk(struct conn *c, uint32_t session, int stream, size_t len);
+struct session *session_new(struct conn *c, uint32_t id, enum session_kind kind);
+struct session *session_find(struct conn *c, uint32_t id);
+void session_free(struct session *s);
+void sessions_update(struct conn *c);
+void graveyard_flush(void);
+extern struct conn *g_conns;
+
+// exec.c
+void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req);
+void exec_on_pipe(struct watch *w, uint32_t events);
+void exec_on_data(struct session *s, const microsandbox_agent_Data *d);
+void exec_signal(struct session *s, const char *name);
+void exec_reap(void);
+void exec_update(struct session *s);
+void exec_timers(uint64_t now, int64_t *next_ms);
+void exec_kill(struct session *s);
+
+// files.c
+void file_read_start(struct conn *c, uint32_t id, const microsandbox_agent_ReadFile *req);
+void file_read_pump(struct session *s);
+void file_write_start(struct conn *c, uint32_t id, const microsandbox_agent_WriteFile *req);
+void file_write_data(struct session *s, const microsandbox_agent_Data *d);
+void file_abort(struct session *s);
+void file_list(struct conn *c, uint32_t id, const char *path);
+void file_stat(struct conn *c, uint32_t id, const char *path);
+void file_mkdir(struct conn *c, uint32_t id, const microsandbox_agent_Mkdir *req);
+void file_remove(struct conn *c, uint32_t id, const microsandbox_agent_Remove *req);
+void file_rename(struct conn *c, uint32_t id, const char *from, const char *to);
+
+// util.c
+int signal_by_name(const char *name);
+const char *signal_name(int sig);
+int mkdir_parents(const char *path, mode_t mode);

@@ -1,0 +1,418 @@
+// Connections: frame parsing and dispatch, the bounded write queue, and session bookkeeping.
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <pb_decode.h>
+#include <pb_encode.h>
+
+#include "agent.h"
+
+#define RBUF_CAP (4 + LIMIT(MAX_FRAME_BYTES) + LIMIT(MAX_CHUNK_BYTES))
+
+struct conn *g_conns;
+// Closed connections and ended sessions are freed after the current epoll batch, so events
+// already fetched for them find a closed watch instead of freed memory.
+static struct conn *g_dead_conns;
+static struct session *g_dead_sessions;
+
+static void conn_flush(struct conn *c);
+
+static void conn_arm(struct conn *c) {
+  uint32_t ev = 0;
+  if (!c->closing && !c->congested) ev |= EPOLLIN;
+  if (c->q_head) ev |= EPOLLOUT;
+  // A closing connection with nothing left to send is closed by conn_flush, not left unwatched.
+  watch_set(&c->w, ev ? ev : EPOLLOUT);
+}
+
+static void send_hello(struct conn *c) {
+  microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
+  m.which_body = microsandbox_agent_GuestMessage_hello_tag;
+  microsandbox_agent_Hello *h = &m.body.hello;
+  h->protocol_version = LIMIT(PROTOCOL_VERSION);
+  h->agent_version = (char *)AGENT_VERSION;
+  h->boot_count = g_boot_count;
+  memcpy(h->boot, g_boot, sizeof(g_boot[0]) * g_boot_count);
+  h->pid = (uint32_t)getpid();
+  conn_send(c, &m);
+}
+
+struct conn *conn_new(int fd) {
+  struct conn *c = calloc(1, sizeof *c);
+  if (!c || !(c->rbuf = malloc(RBUF_CAP))) {
+    free(c);
+    close(fd);
+    return NULL;
+  }
+  c->w = (struct watch){.fd = fd, .type = W_CONN, .owner = c};
+  c->next = g_conns;
+  if (g_conns) g_conns->prev = c;
+  g_conns = c;
+  conn_arm(c);
+  send_hello(c);
+  return c;
+}
+
+void conn_close(struct conn *c) {
+  if (c->w.fd < 0) return;
+  while (c->sessions) {
+    struct session *s = c->sessions;
+    if (s->kind == S_EXEC) exec_kill(s);
+    else file_abort(s);
+    session_free(s);
+  }
+  watch_close(&c->w);
+  while (c->q_head) {
+    struct chunk *k = c->q_head;
+    c->q_head = k->next;
+    free(k);
+  }
+  c->q_tail = NULL;
+  c->queued = 0;
+  if (c->prev) c->prev->next = c->next;
+  else g_conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->next = g_dead_conns;
+  g_dead_conns = c;
+}
+
+void graveyard_flush(void) {
+  while (g_dead_sessions) {
+    struct session *s = g_dead_sessions;
+    g_dead_sessions = s->next;
+    free(s);
+  }
+  while (g_dead_conns) {
+    struct conn *c = g_dead_conns;
+    g_dead_conns = c->next;
+    free(c->rbuf);
+    free(c);
+  }
+}
+
+// ------------------------------------------------------------------ sending
+
+bool conn_send(struct conn *c, microsandbox_agent_GuestMessage *m) {
+  if (c->w.fd < 0) return false;
+  size_t size;
+  if (!pb_get_encoded_size(&size, microsandbox_agent_GuestMessage_fields, m)) return false;
+  struct chunk *k = malloc(sizeof *k + 4 + size);
+  if (!k) return false;
+  k->data[0] = (uint8_t)(size >> 24);
+  k->data[1] = (uint8_t)(size >> 16);
+  k->data[2] = (uint8_t)(size >> 8);
+  k->data[3] = (uint8_t)size;
+  pb_ostream_t os = pb_ostream_from_buffer(k->data + 4, size);
+  if (!pb_encode(&os, microsandbox_agent_GuestMessage_fields, m)) {
+    free(k);
+    return false;
+  }
+  k->len = 4 + size;
+  k->off = 0;
+  k->next = NULL;
+  bool was_empty = c->q_head == NULL;
+  if (c->q_tail) c->q_tail->next = k;
+  else c->q_head = k;
+  c->q_tail = k;
+  c->queued += k->len;
+  if (was_empty) conn_flush(c);
+  if (c->w.fd >= 0 && !c->congested && c->queued > QUEUE_HIGH) {
+    c->congested = true;
+    conn_arm(c);
+    sessions_update(c);
+  }
+  return true;
+}
+
+static void conn_flush(struct conn *c) {
+  while (c->q_head) {
+    struct chunk *k = c->q_head;
+    ssize_t n = write(c->w.fd, k->data + k->off, k->len - k->off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      conn_close(c);  // the host is gone
+      return;
+    }
+    k->off += (size_t)n;
+    c->queued -= (size_t)n;
+    if (k->off < k->len) continue;
+    c->q_head = k->next;
+    if (!c->q_head) c->q_tail = NULL;
+    free(k);
+  }
+  if (c->closing && !c->q_head) {
+    conn_close(c);
+    return;
+  }
+  bool relieved = c->congested && c->queued < QUEUE_LOW;
+  if (relieved) c->congested = false;
+  conn_arm(c);
+  if (relieved) sessions_update(c);
+}
+
+void send_error(struct conn *c, uint32_t session, microsandbox_agent_Error_Kind kind, int errnum,
+                const char *fmt, ...) {
+  microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
+  m.session = session;
+  m.which_body = microsandbox_agent_GuestMessage_error_tag;
+  m.body.error.kind = kind;
+  m.body.error.errnum = errnum;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(m.body.error.message, sizeof m.body.error.message, fmt, ap);
+  va_end(ap);
+  conn_send(c, &m);
+}
+
+void send_done(struct conn *c, uint32_t session, uint64_t size) {
+  microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
+  m.session = session;
+  m.which_body = microsandbox_agent_GuestMessage_done_tag;
+  m.body.done.size = size;
+  conn_send(c, &m);
+}
+
+void send_credit(struct conn *c, uint32_t session, uint32_t bytes) {
+  microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
+  m.session = session;
+  m.which_body = microsandbox_agent_GuestMessage_credit_tag;
+  m.body.credit.bytes = bytes;
+  conn_send(c, &m);
+}
+
+// The one buffer bulk output is read into before it is framed: the loop is single-threaded.
+static union {
+  pb_bytes_array_t a;
+  uint8_t raw[PB_BYTES_ARRAY_T_ALLOCSIZE(LIMIT(MAX_CHUNK_BYTES))];
+} g_chunk;
+
+uint8_t *chunk_buf(void) { return g_chunk.a.bytes; }
+
+bool send_chunk(struct conn *c, uint32_t session, int stream, size_t len) {
+  microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
+  m.session = session;
+  m.which_body = microsandbox_agent_GuestMessage_output_tag;
+  m.body.output.stream = (microsandbox_agent_Output_Stream)stream;
+  g_chunk.a.size = (pb_size_t)len;
+  m.body.output.data = &g_chunk.a;
+  return conn_send(c, &m);
+}
+
+// ------------------------------------------------------------------ sessions
+
+struct session *session_find(struct conn *c, uint32_t id) {
+  for (struct session *s = c->sessions; s; s = s->next)
+    if (s->id == id) return s;
+  return NULL;
+}
+
+struct session *session_new(struct conn *c, uint32_t id, enum session_kind kind) {
+  struct session *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->conn = c;
+  s->id = id;
+  s->kind = kind;
+  s->window = LIMIT(DEFAULT_WINDOW_BYTES);
+  s->fd = -1;
+  s->out = (struct watch){.fd = -1, .type = W_STDOUT, .owner = s};
+  s->err = (struct watch){.fd = -1, .type = W_STDERR, .owner = s};
+  s->in = (struct watch){.fd = -1, .type = W_STDIN, .owner = s};
+  s->next = c->sessions;
+  if (c->sessions) c->sessions->prev = s;
+  c->sessions = s;
+  c->nsessions++;
+  return s;
+}
+
+void session_free(struct session *s) {
+  struct conn *c = s->conn;
+  if (s->prev) s->prev->next = s->next;
+  else c->sessions = s->next;
+  if (s->next) s->next->prev = s->prev;
+  c->nsessions--;
+  watch_close(&s->out);
+  watch_close(&s->err);
+  watch_close(&s->in);
+  if (s->fd >= 0) close(s->fd);
+  while (s->in_head) {
+    struct chunk *k = s->in_head;
+    s->in_head = k->next;
+    free(k);
+  }
+  free(s->tmp_path);
+  free(s->final_path);
+  s->next = g_dead_sessions;
+  g_dead_sessions = s;
+}
+
+// Lets every session of `c` produce again, or stop, after credit or congestion changed. A call
+// made while one is running (a pump that flushed the queue) asks the running one to go again.
+void sessions_update(struct conn *c) {
+  static bool running, again;
+  if (running) {
+    again = true;
+    return;
+  }
+  running = true;
+  do {
+    again = false;
+    for (struct session *s = c->sessions, *next; s && c->w.fd >= 0; s = next) {
+      next = s->next;
+      if (s->kind == S_EXEC) exec_update(s);
+      else if (s->kind == S_READ) file_read_pump(s);
+    }
+  } while (again && c->w.fd >= 0);
+  running = false;
+}
+
+// ------------------------------------------------------------------ receiving
+
+// Opens session `id` for a new request, or answers why not.
+static bool claim(struct conn *c, uint32_t id) {
+  if (id == 0) {
+    send_error(c, 0, ERR(BAD_REQUEST), 0, "requests need a non-zero session id");
+    return false;
+  }
+  if (session_find(c, id)) {
+    send_error(c, id, ERR(BAD_REQUEST), 0, "session %u is already open", id);
+    return false;
+  }
+  if (c->nsessions >= LIMIT(MAX_SESSIONS)) {
+    send_error(c, id, ERR(LIMIT), 0, "too many open sessions (limit %u)", LIMIT(MAX_SESSIONS));
+    return false;
+  }
+  return true;
+}
+
+static void shutdown_all(struct conn *from, uint32_t id) {
+  for (struct conn *c = g_conns; c; c = c->next) {
+    while (c->sessions) {
+      struct session *s = c->sessions;
+      if (s->kind == S_EXEC) exec_kill(s);
+      else file_abort(s);
+      session_free(s);
+    }
+  }
+  send_done(from, id, 0);
+  g_shutdown = true;
+  for (struct conn *c = g_conns, *next; c; c = next) {
+    next = c->next;
+    c->closing = true;
+    conn_flush(c);
+  }
+}
+
+static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
+  uint32_t id = m->session;
+  struct session *s;
+  switch (m->which_body) {
+    case microsandbox_agent_HostMessage_exec_tag:
+      if (claim(c, id)) exec_start(c, id, &m->body.exec);
+      break;
+    case microsandbox_agent_HostMessage_data_tag:
+      // Data for a session that just ended races with its end; it is dropped.
+      if (!(s = session_find(c, id))) break;
+      if (s->kind == S_EXEC) exec_on_data(s, &m->body.data);
+      else if (s->kind == S_WRITE) file_write_data(s, &m->body.data);
+      else send_error(c, id, ERR(PROTOCOL), 0, "session %u does not take data", id);
+      break;
+    case microsandbox_agent_HostMessage_credit_tag:
+      if (!(s = session_find(c, id))) break;
+      s->unacked -= m->body.credit.bytes < s->unacked ? m->body.credit.bytes : s->unacked;
+      if (s->kind == S_EXEC) exec_update(s);
+      else if (s->kind == S_READ) file_read_pump(s);
+      break;
+    case microsandbox_agent_HostMessage_signal_tag:
+      s = session_find(c, id);
+      if (!s || s->kind != S_EXEC)
+        send_error(c, id, ERR(UNKNOWN_SESSION), 0, "no running process in session %u", id);
+      else exec_signal(s, m->body.signal.name ? m->body.signal.name : "");
+      break;
+    case microsandbox_agent_HostMessage_read_file_tag:
+      if (claim(c, id)) file_read_start(c, id, &m->body.read_file);
+      break;
+    case microsandbox_agent_HostMessage_write_file_tag:
+      if (claim(c, id)) file_write_start(c, id, &m->body.write_file);
+      break;
+    case microsandbox_agent_HostMessage_list_dir_tag:
+      if (claim(c, id)) file_list(c, id, m->body.list_dir.path);
+      break;
+    case microsandbox_agent_HostMessage_stat_tag:
+      if (claim(c, id)) file_stat(c, id, m->body.stat.path);
+      break;
+    case microsandbox_agent_HostMessage_mkdir_tag:
+      if (claim(c, id)) file_mkdir(c, id, &m->body.mkdir);
+      break;
+    case microsandbox_agent_HostMessage_remove_tag:
+      if (claim(c, id)) file_remove(c, id, &m->body.remove);
+      break;
+    case microsandbox_agent_HostMessage_rename_tag:
+      if (claim(c, id)) file_rename(c, id, m->body.rename.from, m->body.rename.to);
+      break;
+    case microsandbox_agent_HostMessage_shutdown_tag:
+      shutdown_all(c, id);
+      break;
+    default:
+      send_error(c, id, ERR(PROTOCOL), 0, "frame has no known body (field %u)",
+                 (unsigned)m->which_body);
+  }
+}
+
+static void handle_frame(struct conn *c, const uint8_t *buf, size_t len) {
+  microsandbox_agent_HostMessage m = microsandbox_agent_HostMessage_init_zero;
+  pb_istream_t is = pb_istream_from_buffer(buf, len);
+  if (pb_decode(&is, microsandbox_agent_HostMessage_fields, &m)) dispatch(c, &m);
+  else send_error(c, 0, ERR(PROTOCOL), 0, "undecodable frame of %zu bytes: %s", len, PB_GET_ERROR(&is));
+  pb_release(microsandbox_agent_HostMessage_fields, &m);
+}
+
+static void conn_read(struct conn *c) {
+  // A few reads per wakeup: one busy host must not starve the processes' pipes.
+  for (int round = 0; round < 4; round++) {
+    ssize_t n = read(c->w.fd, c->rbuf + c->rlen, RBUF_CAP - c->rlen);
+    if (n == 0) {
+      conn_close(c);
+      return;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) conn_close(c);
+      return;
+    }
+    c->rlen += (size_t)n;
+    size_t off = 0;
+    while (c->rlen - off >= 4) {
+      const uint8_t *p = c->rbuf + off;
+      uint32_t len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+      if (len > LIMIT(MAX_FRAME_BYTES)) {
+        // The stream cannot be resynchronised after a bad length: answer, then hang up.
+        send_error(c, 0, ERR(PROTOCOL), 0, "frame length %u exceeds the limit of %u bytes", len,
+                   LIMIT(MAX_FRAME_BYTES));
+        c->rlen = 0;
+        c->closing = true;
+        conn_flush(c);
+        return;
+      }
+      if (c->rlen - off - 4 < len) break;
+      handle_frame(c, p + 4, len);
+      off += 4 + len;
+      if (c->w.fd < 0) return;
+      if (c->closing) break;
+    }
+    memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+    c->rlen -= off;
+    if (c->closing || c->congested) return;
+  }
+}
+
+void conn_on_event(struct conn *c, uint32_t events) {
+  if (events & EPOLLOUT) conn_flush(c);
+  if (c->w.fd >= 0 && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->closing) conn_read(c);
+  else if (c->w.fd >= 0 && (events & (EPOLLHUP | EPOLLERR))) conn_close(c);
+}

@@ -1,0 +1,445 @@
+// Exec sessions: spawn a process tree in its own session, pump its pipes under credit, feed its
+// stdin, enforce its timeout, and report its exit once its output is drained.
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define MAX_GROUPS 64
+
+// Steps of the child between fork and exec; the failing one travels back with its errno.
+enum stage { ST_SETSID, ST_DUP, ST_RLIMIT, ST_SETGROUPS, ST_SETGID, ST_SETUID, ST_CHDIR, ST_EXEC };
+struct failure {
+  int stage, err;
+};
+
+struct ids {
+  bool set;
+  uid_t uid;
+  gid_t gid;
+  int ngroups;
+  gid_t groups[MAX_GROUPS];
+};
+
+static const int rlimit_ids[] = {
+    [microsandbox_agent_Rlimit_Resource_CPU] = RLIMIT_CPU,
+    [microsandbox_agent_Rlimit_Resource_FSIZE] = RLIMIT_FSIZE,
+    [microsandbox_agent_Rlimit_Resource_DATA] = RLIMIT_DATA,
+    [microsandbox_agent_Rlimit_Resource_STACK] = RLIMIT_STACK,
+    [microsandbox_agent_Rlimit_Resource_CORE] = RLIMIT_CORE,
+    [microsandbox_agent_Rlimit_Resource_NOFILE] = RLIMIT_NOFILE,
+    [microsandbox_agent_Rlimit_Resource_AS] = RLIMIT_AS,
+    [microsandbox_agent_Rlimit_Resource_NPROC] = RLIMIT_NPROC,
+    [microsandbox_agent_Rlimit_Resource_MEMLOCK] = RLIMIT_MEMLOCK,
+};
+#define N_RLIMITS (sizeof rlimit_ids / sizeof rlimit_ids[0])
+
+static rlim_t to_rlim(uint64_t v) { return v == UINT64_MAX ? RLIM_INFINITY : (rlim_t)v; }
+
+static _Noreturn void child_fail(int fd, int stage) {
+  struct failure f = {stage, errno};
+  ssize_t unused = write(fd, &f, sizeof f);
+  (void)unused;
+  _exit(127);
+}
+
+// execve with the PATH of the new environment (execvp would search the agent's own PATH).
+static void exec_search(char **argv, char **envp) {
+  if (strchr(argv[0], '/')) {
+    execve(argv[0], argv, envp);
+    return;
+  }
+  const char *path = DEFAULT_PATH;
+  for (char **e = envp; *e; e++)
+    if (strncmp(*e, "PATH=", 5) == 0) path = *e + 5;
+  bool denied = false;
+  char buf[PATH_MAX];
+  for (const char *p = path; *p;) {
+    size_t len = strcspn(p, ":");
+    int n = snprintf(buf, sizeof buf, "%.*s%s%s", (int)len, p, len ? "/" : "", argv[0]);
+    if (n > 0 && (size_t)n < sizeof buf) {
+      execve(buf, argv, envp);
+      if (errno == EACCES) denied = true;
+      else if (errno != ENOENT && errno != ENOTDIR) return;
+    }
+    p += len;
+    if (*p == ':') p++;
+  }
+  errno = denied ? EACCES : ENOENT;
+}
+
+static _Noreturn void child(const microsandbox_agent_Exec *req, char **argv, char **envp,
+                            int fds[3], const struct ids *ids, int report) {
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  signal(SIGPIPE, SIG_DFL);  // ignored dispositions survive exec; the agent ignores SIGPIPE
+  if (setsid() < 0) child_fail(report, ST_SETSID);
+  for (int i = 0; i < 3; i++)
+    if (dup2(fds[i], i) < 0) child_fail(report, ST_DUP);
+  for (pb_size_t i = 0; i < req->rlimits_count; i++) {
+    struct rlimit rl = {to_rlim(req->rlimits[i].soft), to_rlim(req->rlimits[i].hard)};
+    if (setrlimit(rlimit_ids[req->rlimits[i].resource], &rl) < 0) child_fail(report, ST_RLIMIT);
+  }
+  if (ids->set) {
+    if (setgroups((size_t)ids->ngroups, ids->groups) < 0) child_fail(report, ST_SETGROUPS);
+    if (setgid(ids->gid) < 0) child_fail(report, ST_SETGID);
+    if (setuid(ids->uid) < 0) child_fail(report, ST_SETUID);
+  }
+  if (chdir(req->cwd && *req->cwd ? req->cwd : "/") < 0) child_fail(report, ST_CHDIR);
+  exec_search(argv, envp);
+  child_fail(report, ST_EXEC);
+}
+
+// Resolves `user` (a name or a number) and uid/gid into the ids the child switches to.
+static bool resolve_ids(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req, struct ids *ids) {
+  memset(ids, 0, sizeof *ids);
+  if (req->user && *req->user) {
+    char *end;
+    unsigned long n = strtoul(req->user, &end, 10);
+    struct passwd *pw = *end ? getpwnam(req->user) : getpwuid((uid_t)n);
+    if (!pw && *end) {
+      send_error(c, id, ERR(EXEC_FAILED), ENOENT, "user '%s' is not in the guest's /etc/passwd", req->user);
+      return false;
+    }
+    ids->set = true;
+    ids->uid = pw ? pw->pw_uid : (uid_t)n;
+    ids->gid = pw ? pw->pw_gid : (gid_t)n;
+    ids->ngroups = 1;
+    ids->groups[0] = ids->gid;
+    if (pw) {
+      ids->ngroups = MAX_GROUPS;
+      if (getgrouplist(pw->pw_name, pw->pw_gid, ids->groups, &ids->ngroups) < 0) ids->ngroups = MAX_GROUPS;
+    }
+  }
+  if (req->has_uid || req->has_gid) {
+    if (!ids->set) {
+      ids->set = true;
+      ids->uid = getuid();
+      ids->gid = getgid();
+    }
+    if (req->has_uid) ids->uid = req->uid;
+    if (req->has_gid) ids->gid = req->gid;
+    ids->ngroups = 1;
+    ids->groups[0] = ids->gid;
+  }
+  return true;
+}
+
+static void describe_failure(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req,
+                             const struct ids *ids, struct failure f) {
+  const char *why = strerror(f.err);
+  switch (f.stage) {
+    case ST_CHDIR:
+      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot change to working directory '%s': %s", req->cwd, why);
+      break;
+    case ST_EXEC:
+      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot execute '%s': %s", req->argv[0], why);
+      break;
+    case ST_SETUID:
+    case ST_SETGID:
+    case ST_SETGROUPS:
+      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot switch to uid %u gid %u: %s", (unsigned)ids->uid,
+                 (unsigned)ids->gid, why);
+      break;
+    case ST_RLIMIT:
+      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot apply resource limits: %s", why);
+      break;
+    default:
+      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot set up the process: %s", why);
+  }
+}
+
+// NULL-terminated copy of a repeated string field, as execve wants.
+static char **to_vector(char **items, pb_size_t n) {
+  char **v = calloc((size_t)n + 1, sizeof *v);
+  if (v && n) memcpy(v, items, n * sizeof *v);
+  return v;
+}
+
+static void close_pair(int p[2]) {
+  if (p[0] >= 0) close(p[0]);
+  if (p[1] >= 0) close(p[1]);
+}
+
+void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req) {
+  if (req->argv_count == 0 || !req->argv[0] || !*req->argv[0]) {
+    send_error(c, id, ERR(BAD_REQUEST), 0, "exec needs a program: argv is empty");
+    return;
+  }
+  if (req->window > LIMIT(MAX_WINDOW_BYTES)) {
+    send_error(c, id, ERR(BAD_REQUEST), 0, "window %u exceeds %u", req->window, LIMIT(MAX_WINDOW_BYTES));
+    return;
+  }
+  for (pb_size_t i = 0; i < req->rlimits_count; i++) {
+    if ((unsigned)req->rlimits[i].resource >= N_RLIMITS) {
+      send_error(c, id, ERR(BAD_REQUEST), 0, "unknown rlimit resource %d", (int)req->rlimits[i].resource);
+      return;
+    }
+  }
+  struct ids ids;
+  if (!resolve_ids(c, id, req, &ids)) return;
+
+  int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, report[2] = {-1, -1};
+  char **argv = to_vector(req->argv, req->argv_count);
+  char **envp = to_vector(req->env, req->env_count);
+  bool ok = argv && envp && pipe2(out, O_CLOEXEC) == 0 && pipe2(err, O_CLOEXEC) == 0 &&
+            pipe2(report, O_CLOEXEC) == 0;
+  if (ok) {
+    if (req->open_stdin) ok = pipe2(in, O_CLOEXEC) == 0;
+    else ok = (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;
+  }
+  pid_t pid = ok ? fork() : -1;
+  if (pid == 0) {
+    close(report[0]);
+    int fds[3] = {in[0], out[1], err[1]};
+    child(req, argv, envp, fds, &ids, report[1]);
+  }
+  int saved = errno;
+  free(argv);
+  free(envp);
+  if (pid < 0) {
+    close_pair(out), close_pair(err), close_pair(in), close_pair(report);
+    send_error(c, id, ERR(EXEC_FAILED), saved, "cannot start a process: %s", strerror(saved));
+    return;
+  }
+  uint64_t start = now_ns();
+  close(out[1]), close(err[1]), close(in[0]), close(report[1]);
+  // The report pipe closes on a successful exec, or carries the failing step: the short blocking
+  // read keeps Started/Error in order without another state in the loop.
+  struct failure f;
+  ssize_t n;
+  do n = read(report[0], &f, sizeof f);
+  while (n < 0 && errno == EINTR);
+  close(report[0]);
+  if (n == sizeof f) {
+    waitpid(pid, NULL, 0);
+    close(out[0]), close(err[0]);
+    if (in[1] >= 0) close(in[1]);
+    describe_failure(c, id, req, &ids, f);
+    return;
+  }
+  struct session *s = session_new(c, id, S_EXEC);
+  if (!s) {
+    kill(pid, SIGKILL);
+    close(out[0]), close(err[0]);
+    if (in[1] >= 0) close(in[1]);
+    send_error(c, id, ERR(INTERNAL), ENOMEM, "out of memory");
+    return;
+  }
+  s->pid = pid;
+  s->start_ns = start;
+  if (req->timeout_ms) s->deadline_ns = start + req->timeout_ms * 1000000ull;
+  if (req->window) s->window = req->window;
+  s->out.fd = out[0];
+  s->err.fd = err[0];
+  s->in.fd = in[1];
+  for (int i = 0; i < 3; i++) {
+    struct watch *w = i == 0 ? &s->out : i == 1 ? &s->err : &s->in;
+    if (w->fd >= 0) fcntl(w->fd, F_SETFL, O_NONBLOCK);
+  }
+  microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
+  m.session = id;
+  m.which_body = microsandbox_agent_GuestMessage_started_tag;
+  m.body.started.pid = (uint32_t)pid;
+  conn_send(c, &m);
+  exec_update(s);
+}
+
+void exec_update(struct session *s) {
+  bool produce = !s->conn->congested && s->unacked < s->window;
+  watch_set(&s->out, produce ? EPOLLIN : 0);
+  watch_set(&s->err, produce ? EPOLLIN : 0);
+  watch_set(&s->in, s->in_head ? EPOLLOUT : 0);
+}
+
+static void maybe_finish(struct session *s) {
+  if (!s->exited || s->out.fd >= 0 || s->err.fd >= 0) return;
+  microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
+  m.session = s->id;
+  m.which_body = microsandbox_agent_GuestMessage_exit_tag;
+  microsandbox_agent_Exit *e = &m.body.exit;
+  if (WIFSIGNALED(s->status)) {
+    e->code = -1;
+    snprintf(e->signal, sizeof e->signal, "%s", signal_name(WTERMSIG(s->status)));
+  } else {
+    e->code = WEXITSTATUS(s->status);
+  }
+  e->timed_out = s->timed_out;
+  e->duration_ns = s->end_ns - s->start_ns;
+  conn_send(s->conn, &m);
+  session_free(s);
+}
+
+// Writes queued stdin; credits the host for what reached the pipe (or was dropped because the
+// process closed its end, so the host never waits on a reader that is gone).
+static void pump_stdin(struct session *s) {
+  uint32_t done = 0;
+  while (s->in_head) {
+    struct chunk *k = s->in_head;
+    ssize_t n = write(s->in.fd, k->data + k->off, k->len - k->off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    if (n < 0) {  // EPIPE: nobody reads stdin any more
+      for (; s->in_head; s->in_head = k) {
+        k = s->in_head->next;
+        done += (uint32_t)(s->in_head->len - s->in_head->off);
+        free(s->in_head);
+      }
+      s->in_tail = NULL;
+      s->in_eof = true;
+      break;
+    }
+    k->off += (size_t)n;
+    done += (uint32_t)n;
+    if (k->off == k->len) {
+      s->in_head = k->next;
+      if (!s->in_head) s->in_tail = NULL;
+      free(k);
+    }
+  }
+  s->in_pending -= done;
+  if (done) send_credit(s->conn, s->id, done);
+  if (!s->in_head && s->in_eof) watch_close(&s->in);
+  else exec_update(s);
+}
+
+void exec_on_data(struct session *s, const microsandbox_agent_Data *d) {
+  size_t len = d->data ? d->data->size : 0;
+  if (s->in.fd < 0) {
+    // No stdin pipe (not requested, or already closed): the bytes have nowhere to go.
+    if (len) send_credit(s->conn, s->id, (uint32_t)len);
+    return;
+  }
+  if (len > LIMIT(MAX_CHUNK_BYTES) || s->in_pending + len > LIMIT(DEFAULT_WINDOW_BYTES)) {
+    send_error(s->conn, s->id, ERR(PROTOCOL), 0, "stdin data beyond the credit window");
+    exec_kill(s);
+    return;
+  }
+  if (len) {
+    struct chunk *k = malloc(sizeof *k + len);
+    if (!k) return;
+    memcpy(k->data, d->data->bytes, len);
+    k->len = len;
+    k->off = 0;
+    k->next = NULL;
+    if (s->in_tail) s->in_tail->next = k;
+    else s->in_head = k;
+    s->in_tail = k;
+    s->in_pending += (uint32_t)len;
+  }
+  if (d->eof) s->in_eof = true;
+  pump_stdin(s);
+}
+
+void exec_on_pipe(struct watch *w, uint32_t events) {
+  struct session *s = w->owner;
+  if (w->type == W_STDIN) {
+    pump_stdin(s);
+    return;
+  }
+  size_t room = s->window - s->unacked;
+  if (room > LIMIT(MAX_CHUNK_BYTES)) room = LIMIT(MAX_CHUNK_BYTES);
+  if (room == 0 || s->conn->congested) {
+    exec_update(s);
+    return;
+  }
+  ssize_t n = read(w->fd, chunk_buf(), room);
+  if (n > 0) {
+    s->unacked += (uint32_t)n;
+    send_chunk(s->conn, s->id, w->type == W_STDOUT ? 0 : 1, (size_t)n);
+    exec_update(s);
+    return;
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  watch_close(w);  // EOF or a broken pipe
+  maybe_finish(s);
+}
+
+void exec_signal(struct session *s, const char *name) {
+  int sig = signal_by_name(name);
+  if (sig <= 0) {
+    send_error(s->conn, s->id, ERR(BAD_REQUEST), 0, "unknown signal '%s'", name);
+    return;
+  }
+  if (!s->exited) kill(-s->pid, sig);
+}
+
+void exec_kill(struct session *s) {
+  if (!s->exited) kill(-s->pid, SIGKILL);
+}
+
+static struct session *find_pid(pid_t pid) {
+  for (struct conn *c = g_conns; c; c = c->next)
+    for (struct session *s = c->sessions; s; s = s->next)
+      if (s->kind == S_EXEC && s->pid == pid && !s->exited) return s;
+  return NULL;
+}
+
+// Reaps every exited child: our sessions' processes and, as PID 1, orphans of the whole guest.
+void exec_reap(void) {
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    struct session *s = find_pid(pid);
+    if (!s) continue;
+    s->exited = true;
+    s->status = status;
+    s->end_ns = now_ns();
+    s->grace_ns = s->end_ns + EXIT_GRACE_NS;
+    maybe_finish(s);
+  }
+}
+
+// A pipe kept open by a background child after the process exited: close it once it has no
+// unread bytes, unless output is paused for credit (then its bytes are still owed to the host).
+static void expire_pipe(struct session *s, struct watch *w) {
+  int avail = 0;
+  if (w->fd < 0 || !w->registered) return;
+  if (ioctl(w->fd, FIONREAD, &avail) == 0 && avail == 0) watch_close(w);
+}
+
+void exec_timers(uint64_t now, int64_t *next_ms) {
+  uint64_t next = UINT64_MAX;
+  for (struct conn *c = g_conns, *cn; c; c = cn) {
+    cn = c->next;
+    // A send below can find the host gone and close `c` with all its sessions.
+    for (struct session *s = c->sessions, *following; s && c->w.fd >= 0; s = following) {
+      following = s->next;
+      if (s->kind != S_EXEC) continue;
+      if (s->deadline_ns && !s->exited) {
+        if (now >= s->deadline_ns) {
+          kill(-s->pid, SIGKILL);
+          s->timed_out = true;
+          s->deadline_ns = 0;
+        } else if (s->deadline_ns < next) {
+          next = s->deadline_ns;
+        }
+      }
+      if (s->exited && (s->out.fd >= 0 || s->err.fd >= 0)) {
+        if (now >= s->grace_ns) {
+          expire_pipe(s, &s->out);
+          expire_pipe(s, &s->err);
+          s->grace_ns = now + EXIT_GRACE_NS;
+          maybe_finish(s);
+        } else if (s->grace_ns < next) {
+          next = s->grace_ns;
+        }
+      }
+    }
+  }
+  if (next != UINT64_MAX) *next_ms = (int64_t)((next - now + 999999) / 1000000);
+}

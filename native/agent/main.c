@@ -1,0 +1,215 @@
+// msb-agent: the guest agent. Opens its channel to the host (a unix socket for host-side tests,
+// a virtio-serial port under QEMU, vsock under libkrun) and serves the protocol in one epoll loop.
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/vm_sockets.h>
+
+#include "agent.h"
+
+int g_epoll = -1;
+bool g_shutdown;
+static bool g_running = true;
+static struct watch g_listen, g_signals;
+
+microsandbox_agent_BootEvent g_boot[16];
+pb_size_t g_boot_count;
+
+uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void boot_event(const char *name) {
+  if (g_boot_count >= sizeof g_boot / sizeof g_boot[0]) return;
+  microsandbox_agent_BootEvent *e = &g_boot[g_boot_count++];
+  snprintf(e->name, sizeof e->name, "%s", name);
+  e->t_ns = now_ns();
+}
+
+// Registers, re-arms or (events == 0) unregisters a watch. Unregistering instead of arming with
+// no events matters: epoll reports EPOLLHUP even for an empty mask, which would spin the loop.
+void watch_set(struct watch *w, uint32_t events) {
+  if (w->fd < 0) return;
+  if (events == 0) {
+    if (w->registered) epoll_ctl(g_epoll, EPOLL_CTL_DEL, w->fd, NULL);
+    w->registered = false;
+    w->events = 0;
+    return;
+  }
+  if (w->registered && w->events == events) return;
+  struct epoll_event ev = {.events = events, .data.ptr = w};
+  epoll_ctl(g_epoll, w->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, w->fd, &ev);
+  w->registered = true;
+  w->events = events;
+}
+
+void watch_close(struct watch *w) {
+  if (w->fd < 0) return;
+  watch_set(w, 0);
+  close(w->fd);
+  w->fd = -1;
+}
+
+static void die(const char *what) {
+  fprintf(stderr, "msb-agent: %s: %s\n", what, strerror(errno));
+  exit(1);
+}
+
+static void usage(void) {
+  fprintf(stderr,
+          "usage: msb-agent --listen unix:PATH | --port virtio:NAME | --vsock PORT\n"
+          "  unix:PATH    serve connections on a unix socket (host-side tests)\n"
+          "  virtio:NAME  serve the virtio-serial port named NAME\n"
+          "  PORT         connect to the host over vsock (CID 2) on PORT\n");
+  exit(2);
+}
+
+static int listen_unix(const char *path) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) {
+    errno = ENAMETOOLONG;
+    die(path);
+  }
+  strcpy(sa.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) die("socket");
+  unlink(path);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die(path);
+  if (listen(fd, 64) < 0) die("listen");
+  return fd;
+}
+
+// Finds /dev/vportNpM whose /sys/class/virtio-ports/*/name is `name` (no udev in the guest).
+static int open_virtio_port(const char *name) {
+  glob_t g;
+  int fd = -1;
+  if (glob("/sys/class/virtio-ports/*/name", 0, NULL, &g) == 0) {
+    for (size_t i = 0; i < g.gl_pathc && fd < 0; i++) {
+      char buf[256] = {0};
+      FILE *f = fopen(g.gl_pathv[i], "re");
+      if (!f) continue;
+      if (fgets(buf, sizeof buf, f)) {
+        buf[strcspn(buf, "\n")] = 0;
+        if (strcmp(buf, name) == 0) {
+          char dev[300];
+          const char *port = g.gl_pathv[i] + strlen("/sys/class/virtio-ports/");
+          snprintf(dev, sizeof dev, "/dev/%.*s", (int)strcspn(port, "/"), port);
+          fd = open(dev, O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        }
+      }
+      fclose(f);
+    }
+    globfree(&g);
+  }
+  if (fd < 0 && errno == 0) errno = ENOENT;
+  return fd;
+}
+
+static int connect_vsock(unsigned port) {
+  struct sockaddr_vm sa = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST, .svm_port = port};
+  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    close(fd);
+    return -1;
+  }
+  fcntl(fd, F_SETFL, O_NONBLOCK);
+  return fd;
+}
+
+static void on_listen(void) {
+  for (;;) {
+    int fd = accept4(g_listen.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;
+    conn_new(fd);
+  }
+}
+
+static void on_signal(void) {
+  struct signalfd_siginfo si;
+  while (read(g_signals.fd, &si, sizeof si) == sizeof si) {
+    if (si.ssi_signo == SIGCHLD) exec_reap();
+    else g_running = false;  // SIGTERM / SIGINT
+  }
+}
+
+static void setup_signals(void) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigprocmask(SIG_BLOCK, &set, NULL);
+  signal(SIGPIPE, SIG_IGN);  // a vanished host must not kill the agent; children reset it
+  g_signals.fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (g_signals.fd < 0) die("signalfd");
+  g_signals.type = W_SIGNAL;
+  watch_set(&g_signals, EPOLLIN);
+}
+
+int main(int argc, char **argv) {
+  boot_event("agent_start");
+  if (argc != 3) usage();
+  g_epoll = epoll_create1(EPOLL_CLOEXEC);
+  if (g_epoll < 0) die("epoll_create1");
+  setup_signals();
+
+  const char *mode = argv[1], *arg = argv[2];
+  g_listen.fd = -1;
+  if (strcmp(mode, "--listen") == 0 && strncmp(arg, "unix:", 5) == 0) {
+    g_listen.fd = listen_unix(arg + 5);
+    g_listen.type = W_LISTEN;
+    watch_set(&g_listen, EPOLLIN);
+  } else if (strcmp(mode, "--port") == 0 && strncmp(arg, "virtio:", 7) == 0) {
+    errno = 0;
+    int fd = open_virtio_port(arg + 7);
+    if (fd < 0) die(arg);
+    conn_new(fd);
+  } else if (strcmp(mode, "--vsock") == 0) {
+    char *end;
+    unsigned long port = strtoul(arg, &end, 10);
+    if (*end || port == 0 || port > 0xffffffffUL) usage();
+    int fd = connect_vsock((unsigned)port);
+    if (fd < 0) die("vsock connect");
+    conn_new(fd);
+  } else {
+    usage();
+  }
+
+  struct epoll_event evs[64];
+  while (g_running) {
+    int64_t timeout = -1;
+    exec_timers(now_ns(), &timeout);
+    int n = epoll_wait(g_epoll, evs, 64, (int)timeout);
+    if (n < 0 && errno != EINTR) die("epoll_wait");
+    for (int i = 0; i < n; i++) {
+      struct watch *w = evs[i].data.ptr;
+      if (w->fd < 0) continue;  // closed by an earlier event of this batch
+      switch (w->type) {
+        case W_LISTEN: on_listen(); break;
+        case W_SIGNAL: on_signal(); break;
+        case W_CONN: conn_on_event(w->owner, evs[i].events); break;
+        default: exec_on_pipe(w, evs[i].events); break;
+      }
+    }
+    graveyard_flush();
+    // Without a listening socket the agent has nothing left to serve once its channel is gone.
+    if ((g_shutdown || g_listen.fd < 0) && g_conns == NULL) g_running = false;
+  }
+  while (g_conns) conn_close(g_conns);
+  if (g_listen.fd >= 0 && strncmp(arg, "unix:", 5) == 0) unlink(arg + 5);
+  return 0;
+}

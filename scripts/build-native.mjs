@@ -1,0 +1,74 @@
+#!/usr/bin/env node
+// Builds the native parts at `npm install` time: the N-API addon (node-gyp, against the
+// headers of the Node that runs this script, so nothing is downloaded) and, on Linux, the
+// static guest agent (native/agent/Makefile, musl-gcc + nanopb).
+// Flags: --force rebuilds even when a prebuild or a current build exists.
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const require = createRequire(import.meta.url);
+const force = process.argv.includes("--force");
+
+function run(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { cwd: root, stdio: "inherit", ...opts });
+  if (r.error) throw r.error;
+  return r.status ?? 1;
+}
+
+function nodeGypScript() {
+  try {
+    return require.resolve("node-gyp/bin/node-gyp.js", { paths: [root] });
+  } catch {
+    // npm ships its own node-gyp and names it for lifecycle scripts.
+    return process.env.npm_config_node_gyp;
+  }
+}
+
+// Node's own headers sit next to its binary in official and distro builds.
+function nodeDir() {
+  const dir = path.dirname(path.dirname(process.execPath));
+  return existsSync(path.join(dir, "include", "node", "node_api.h")) ? dir : undefined;
+}
+
+function buildAddon() {
+  if (!force) {
+    try {
+      const found = require("node-gyp-build").path(root);
+      console.log(`microsandbox: using native addon ${path.relative(root, found)}`);
+      return;
+    } catch {
+      // no prebuild or earlier build: compile below
+    }
+  }
+  const gyp = nodeGypScript();
+  if (!gyp) throw new Error("node-gyp not found: install it (npm i -D node-gyp) or run through npm");
+  const args = [gyp, "rebuild"];
+  const dir = nodeDir();
+  if (dir) args.push(`--nodedir=${dir}`);
+  else console.warn("microsandbox: Node headers not found next to the node binary; node-gyp may try to download them");
+  const status = run(process.execPath, args);
+  if (status !== 0) throw new Error(`node-gyp rebuild failed with exit code ${status}`);
+}
+
+function buildAgent() {
+  if (process.platform !== "linux") {
+    console.log("microsandbox: skipping the guest agent build (it is a Linux binary; build it on Linux or use a release)");
+    return;
+  }
+  const status = run("make", ["-s", "-C", "native/agent", `OUT=${path.join(root, "build", "agent")}`]);
+  if (status !== 0) {
+    console.warn(
+      "microsandbox: the guest agent was not built. It needs musl-gcc, nanopb and protoc:\n" +
+        "  sudo apt-get install musl-tools libnanopb-dev nanopb protobuf-compiler\n" +
+        "then run `npm rebuild microsandbox`. Sandboxes cannot boot without it.",
+    );
+    if (process.env.CI || force) process.exit(status);
+  }
+}
+
+buildAddon();
+buildAgent();
