@@ -59,7 +59,8 @@ function buildAgent() {
     console.log("microsandbox: skipping the guest agent build (it is a Linux binary; build it on Linux or use a release)");
     return;
   }
-  const status = run("make", ["-s", "-C", "native/agent", `OUT=${path.join(root, "build", "agent")}`]);
+  // The Makefile writes build-guest/<arch>/msb-agent: outside build/, which node-gyp rebuild wipes.
+  const status = run("make", ["-s", "-C", "native/agent"]);
   if (status !== 0) {
     console.warn(
       "microsandbox: the guest agent was not built. It needs musl-gcc, nanopb and protoc:\n" +

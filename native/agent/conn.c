@@ -329,10 +329,8 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
       else if (s->kind == S_READ) file_read_pump(s);
       break;
     case microsandbox_agent_HostMessage_signal_tag:
-      s = session_find(c, id);
-      if (!s || s->kind != S_EXEC)
-        send_error(c, id, ERR(UNKNOWN_SESSION), 0, "no running process in session %u", id);
-      else exec_signal(s, m->body.signal.name ? m->body.signal.name : "");
+      if ((s = session_find(c, id)) && s->kind == S_EXEC)
+        exec_signal(s, m->body.signal.name ? m->body.signal.name : "");
       break;
     case microsandbox_agent_HostMessage_read_file_tag:
       if (claim(c, id)) file_read_start(c, id, &m->body.read_file);
@@ -354,6 +352,16 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
       break;
     case microsandbox_agent_HostMessage_rename_tag:
       if (claim(c, id)) file_rename(c, id, m->body.rename.from, m->body.rename.to);
+      break;
+    case microsandbox_agent_HostMessage_cancel_tag:
+      if (!(s = session_find(c, id))) break;
+      if (s->kind == S_EXEC) {
+        exec_kill(s);
+      } else {
+        file_abort(s);
+        send_error(c, id, ERR(CANCELLED), 0, "session %u cancelled", id);
+        session_free(s);
+      }
       break;
     case microsandbox_agent_HostMessage_shutdown_tag:
       shutdown_all(c, id);

@@ -371,11 +371,7 @@ void exec_on_pipe(struct watch *w, uint32_t events) {
 
 void exec_signal(struct session *s, const char *name) {
   int sig = signal_by_name(name);
-  if (sig <= 0) {
-    send_error(s->conn, s->id, ERR(BAD_REQUEST), 0, "unknown signal '%s'", name);
-    return;
-  }
-  if (!s->exited) kill(-s->pid, sig);
+  if (sig > 0 && !s->exited) kill(-s->pid, sig);
 }
 
 void exec_kill(struct session *s) {

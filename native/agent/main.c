@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -166,6 +167,9 @@ int main(int argc, char **argv) {
   g_epoll = epoll_create1(EPOLL_CLOEXEC);
   if (g_epoll < 0) die("epoll_create1");
   setup_signals();
+  // Orphaned grandchildren are re-parented to the agent and reaped by it, even when it is not
+  // PID 1 (host tests, libkrun's own init), so a killed process tree leaves no zombies.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
 
   const char *mode = argv[1], *arg = argv[2];
   g_listen.fd = -1;

@@ -1,0 +1,161 @@
+// Credit-based flow control for one session, both directions (see "Flow control" in
+// proto/agent.proto): Inbound buffers what the guest sends and credits it as it is consumed;
+// Outbound sends host bytes no faster than the guest credits them.
+import { AgentProtocolError } from "../errors.js";
+import type { Channel } from "./channel.js";
+import { DEFAULT_WINDOW_BYTES, MAX_CHUNK_BYTES } from "./protocol.js";
+
+export class Inbound<T extends { data: Buffer }> implements AsyncIterableIterator<T> {
+  private readonly queue: T[] = [];
+  private outstanding = 0; // sent by the guest, not yet credited
+  private uncredited = 0; // consumed here, credit not yet sent
+  private wake: (() => void) | undefined;
+  private ended = false;
+  private discarding = false;
+  private error: Error | undefined;
+
+  /**
+   * @param window   the credit window the session was opened with
+   * @param credit   sends Credit{bytes} to the guest
+   * @param onReturn called when the consumer stops iterating before the end; from then on what
+   *                 still arrives is credited and dropped, so the sender is never left blocked
+   */
+  constructor(
+    private readonly window: number,
+    private readonly credit: (bytes: number) => void,
+    private readonly onReturn: () => void,
+  ) {}
+
+  /** Takes one chunk from the guest; a guest that ignores its credit is a protocol error. */
+  push(item: T): void {
+    const n = item.data.length;
+    if (n > MAX_CHUNK_BYTES || this.outstanding + n > this.window) {
+      throw new AgentProtocolError(
+        `the guest sent ${n} bytes with ${this.window - this.outstanding} bytes of credit left`,
+      );
+    }
+    if (this.discarding) return this.credit(n);
+    if (this.ended) return;
+    this.outstanding += n;
+    this.queue.push(item);
+    this.wakeUp();
+  }
+
+  /** No more chunks: the iterator finishes after the queue, or throws `err`. */
+  end(err?: Error): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.error = err;
+    this.wakeUp();
+  }
+
+  private wakeUp(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  async next(): Promise<IteratorResult<T>> {
+    for (;;) {
+      const item = this.queue.shift();
+      if (item) {
+        this.consumed(item.data.length);
+        return { value: item, done: false };
+      }
+      if (this.error) throw this.error;
+      if (this.ended) return { value: undefined, done: true };
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    }
+  }
+
+  // Credit goes back in batches, and at once whenever the consumer has caught up.
+  private consumed(n: number): void {
+    this.outstanding -= n;
+    this.uncredited += n;
+    if (this.ended) return;
+    if (this.uncredited >= this.window / 4 || this.queue.length === 0) {
+      const bytes = this.uncredited;
+      this.uncredited = 0;
+      this.credit(bytes);
+    }
+  }
+
+  async return(): Promise<IteratorResult<T>> {
+    if (!this.ended) {
+      this.ended = true;
+      this.discarding = true;
+      this.queue.length = 0;
+      const owed = this.outstanding + this.uncredited;
+      this.outstanding = this.uncredited = 0;
+      if (owed) this.credit(owed);
+      this.onReturn();
+    }
+    return { value: undefined, done: true };
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+}
+
+export class Outbound {
+  private inflight = 0;
+  private waiters: (() => void)[] = [];
+  private tail: Promise<void> = Promise.resolve();
+  private error: Error | undefined;
+  private finished = false;
+
+  constructor(
+    private readonly channel: Channel,
+    private readonly session: number,
+  ) {}
+
+  /** The guest wrote `bytes` more; room opens in the window. */
+  credit(bytes: number): void {
+    this.inflight = Math.max(0, this.inflight - bytes);
+    this.wakeAll();
+  }
+
+  /** The session ended: pending and later writes reject with `err`. */
+  fail(err: Error): void {
+    this.error ??= err;
+    this.wakeAll();
+  }
+
+  private wakeAll(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  /** Queues bytes behind earlier writes; resolves once they are handed to the socket. */
+  write(data: Uint8Array): Promise<void> {
+    return this.enqueue(async () => {
+      for (let off = 0; off < data.length; off += MAX_CHUNK_BYTES) {
+        const chunk = data.subarray(off, off + MAX_CHUNK_BYTES);
+        while (!this.error && this.inflight + chunk.length > DEFAULT_WINDOW_BYTES) {
+          await new Promise<void>((resolve) => this.waiters.push(resolve));
+        }
+        if (this.error) throw this.error;
+        this.inflight += chunk.length;
+        if (!this.channel.send({ session: this.session, data: { data: chunk } })) await this.channel.drain();
+      }
+    });
+  }
+
+  /** Sends end-of-data after every queued write. */
+  end(): Promise<void> {
+    return this.enqueue(async () => {
+      if (this.finished) return;
+      this.finished = true;
+      if (this.error) throw this.error;
+      this.channel.send({ session: this.session, data: { eof: true } });
+    });
+  }
+
+  private enqueue(step: () => Promise<void>): Promise<void> {
+    const run = this.tail.then(step);
+    this.tail = run.catch(() => {});
+    return run;
+  }
+}

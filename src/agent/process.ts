@@ -1,0 +1,293 @@
+// A process running in the guest: the streaming form (ExecProcess: output as an async iterable,
+// stdin writes, signals) and the option checks that turn ExecOptions into an Exec request.
+import { AgentError, ExecError, abortError, InvalidArgumentError, linuxErrnoName, OutputLimitError } from "../errors.js";
+import type { Channel } from "./channel.js";
+import { Inbound, Outbound } from "./flow.js";
+import { DEFAULT_WINDOW_BYTES, errorKindName, type GuestFrame, MAX_WINDOW_BYTES, RlimitResources, streamName, toNumber } from "./protocol.js";
+
+export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/** Linux signal names the agent accepts. */
+export const SIGNALS = [
+  "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL", "SIGUSR1",
+  "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN",
+  "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+] as const;
+export type SignalName = (typeof SIGNALS)[number];
+
+export type RlimitName = "cpu" | "fsize" | "data" | "stack" | "core" | "nofile" | "as" | "nproc" | "memlock";
+
+export interface SpawnOptions {
+  /** The whole environment of the process. Default: only PATH. */
+  env?: Record<string, string>;
+  /** Absolute working directory in the guest. Default: "/". */
+  cwd?: string;
+  /** User to run as: a name from the guest's /etc/passwd, or a uid. */
+  user?: string | number;
+  uid?: number;
+  gid?: number;
+  /** Give the process a stdin pipe (write() / end()); otherwise it reads /dev/null. */
+  stdin?: boolean;
+  /** Seconds after which the guest kills the whole process tree (exit.timedOut is then true). */
+  timeout?: number;
+  /** Resource limits: a number sets soft and hard, a pair sets [soft, hard]; Infinity = unlimited. */
+  rlimits?: Partial<Record<RlimitName, number | [number, number]>>;
+  /** Output credit in bytes: how far the process may run ahead of the reader. */
+  window?: number;
+  /** Aborting kills the process tree. */
+  signal?: AbortSignal;
+}
+
+export interface OutputChunk {
+  stream: "stdout" | "stderr";
+  data: Buffer;
+}
+
+export interface ExitStatus {
+  /** Exit code, or null when a signal ended the process. */
+  exitCode: number | null;
+  /** The signal that ended the process ("SIGKILL"), or null. */
+  signal: string | null;
+  /** The guest killed the process because `timeout` passed. */
+  timedOut: boolean;
+  /** From start to exit, in milliseconds. */
+  durationMs: number;
+}
+
+function checkString(name: string, v: unknown): string {
+  if (typeof v !== "string") throw new InvalidArgumentError(`${name} must be a string, got ${typeof v}`);
+  if (v.includes("\0")) throw new InvalidArgumentError(`${name} ${JSON.stringify(v)} contains a NUL byte`);
+  return v;
+}
+
+function checkId(name: string, v: unknown): number {
+  if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 0xfffffffe) {
+    throw new InvalidArgumentError(`${name} must be an integer from 0 to 4294967294, got ${String(v)}`);
+  }
+  return v as number;
+}
+
+export function checkTimeout(timeout: unknown, what = "timeout"): number {
+  if (typeof timeout !== "number" || !(timeout > 0) || !Number.isFinite(timeout)) {
+    throw new InvalidArgumentError(`${what} must be a positive number of seconds, got ${String(timeout)}`);
+  }
+  return timeout;
+}
+
+function limitValue(v: number): number | string {
+  if (v === Infinity) return "18446744073709551615";
+  if (!Number.isInteger(v) || v < 0) throw new InvalidArgumentError(`rlimit values must be integers >= 0 or Infinity, got ${v}`);
+  return v;
+}
+
+/** Validates spawn options and builds the Exec message. */
+export function execRequest(argv: readonly string[], opts: SpawnOptions): Record<string, unknown> {
+  if (!Array.isArray(argv) || argv.length === 0) {
+    throw new InvalidArgumentError("argv must be a non-empty array: the program, then its arguments");
+  }
+  argv.forEach((a, i) => checkString(`argv[${i}]`, a));
+  if (argv[0] === "") throw new InvalidArgumentError("argv[0] (the program) is empty");
+  const env = opts.env ?? { PATH: DEFAULT_PATH };
+  const envList = Object.entries(env).map(([k, v]) => {
+    if (!k || k.includes("=") || k.includes("\0")) throw new InvalidArgumentError(`environment name ${JSON.stringify(k)} is invalid`);
+    return `${k}=${checkString(`env.${k}`, v)}`;
+  });
+  const req: Record<string, unknown> = { argv: [...argv], env: envList, openStdin: !!opts.stdin };
+  if (opts.cwd !== undefined) {
+    if (!checkString("cwd", opts.cwd).startsWith("/")) throw new InvalidArgumentError(`cwd ${JSON.stringify(opts.cwd)} must be an absolute path`);
+    req.cwd = opts.cwd;
+  }
+  if (opts.user !== undefined) req.user = typeof opts.user === "number" ? String(checkId("user", opts.user)) : checkString("user", opts.user);
+  if (opts.uid !== undefined) req.uid = checkId("uid", opts.uid);
+  if (opts.gid !== undefined) req.gid = checkId("gid", opts.gid);
+  if (opts.timeout !== undefined) req.timeoutMs = Math.ceil(checkTimeout(opts.timeout) * 1000);
+  if (opts.window !== undefined) {
+    if (!Number.isInteger(opts.window) || opts.window < 1 || opts.window > MAX_WINDOW_BYTES) {
+      throw new InvalidArgumentError(`window must be an integer from 1 to ${MAX_WINDOW_BYTES} bytes, got ${opts.window}`);
+    }
+    req.window = opts.window;
+  }
+  if (opts.rlimits) {
+    req.rlimits = Object.entries(opts.rlimits).map(([name, v]) => {
+      const resource = RlimitResources[name.toUpperCase()];
+      if (resource === undefined) {
+        throw new InvalidArgumentError(`unknown rlimit ${JSON.stringify(name)}; known: ${Object.keys(RlimitResources).join(", ").toLowerCase()}`);
+      }
+      const [soft, hard] = Array.isArray(v) ? v : [v!, v!];
+      return { resource, soft: limitValue(soft), hard: limitValue(hard) };
+    });
+  }
+  return req;
+}
+
+/** Turns an agent Error frame into the matching typed error. */
+export function agentFailure(e: NonNullable<GuestFrame["error"]>): Error {
+  const kind = errorKindName(e.kind);
+  if (kind === "EXEC_FAILED") return new ExecError(e.message, e.errnum, linuxErrnoName(e.errnum));
+  return new AgentError(`agent error (${kind}): ${e.message}`, kind);
+}
+
+/**
+ * A process in the guest. Iterate it for its output (stdout and stderr chunks in the order the
+ * guest read them); the process can run at most `window` bytes ahead of the iteration, so output
+ * nobody reads pauses it, and `exit` resolves only once its output was delivered. Leaving the
+ * loop early drops the rest of the output and lets the process run on.
+ */
+export class ExecProcess implements AsyncIterable<OutputChunk> {
+  /** Resolves with the guest pid once the process runs; rejects with ExecError if it could not start. */
+  readonly pid: Promise<number>;
+  /** Resolves when the process ended and its output was delivered. */
+  readonly exit: Promise<ExitStatus>;
+  private readonly output: Inbound<OutputChunk>;
+  private readonly stdin: Outbound;
+  private readonly id: number;
+  private started = false;
+  private done = false;
+  private resolvePid!: (pid: number) => void;
+  private rejectPid!: (e: Error) => void;
+  private resolveExit!: (s: ExitStatus) => void;
+  private rejectExit!: (e: Error) => void;
+  private readonly onAbort = () => this.kill("SIGKILL");
+
+  constructor(
+    private readonly channel: Channel,
+    argv: readonly string[],
+    private readonly opts: SpawnOptions = {},
+  ) {
+    const request = execRequest(argv, opts);
+    if (opts.signal?.aborted) throw abortError(opts.signal);
+    this.pid = new Promise((res, rej) => ((this.resolvePid = res), (this.rejectPid = rej)));
+    this.exit = new Promise((res, rej) => ((this.resolveExit = res), (this.rejectExit = rej)));
+    // The caller may await only one of them; the other must not become an unhandled rejection.
+    this.pid.catch(() => {});
+    this.exit.catch(() => {});
+    this.id = channel.open({ frame: (f) => this.onFrame(f), fail: (e) => this.finish(e) });
+    this.output = new Inbound<OutputChunk>(
+      opts.window ?? DEFAULT_WINDOW_BYTES,
+      (bytes) => this.sendIfOpen({ session: this.id, credit: { bytes } }),
+      () => {},
+    );
+    this.stdin = new Outbound(channel, this.id);
+    opts.signal?.addEventListener("abort", this.onAbort, { once: true });
+    channel.send({ session: this.id, exec: request });
+  }
+
+  private sendIfOpen(message: Record<string, unknown>): void {
+    if (!this.done && !this.channel.closed) this.channel.send(message);
+  }
+
+  private onFrame(f: GuestFrame): void {
+    switch (f.body) {
+      case "started":
+        this.started = true;
+        this.resolvePid(f.started!.pid);
+        break;
+      case "output":
+        this.output.push({ stream: streamName(f.output!.stream) as OutputChunk["stream"], data: f.output!.data as Buffer });
+        break;
+      case "credit":
+        this.stdin.credit(f.credit!.bytes);
+        break;
+      case "exit": {
+        const e = f.exit!;
+        this.finish(undefined, {
+          exitCode: e.signal ? null : e.code,
+          signal: e.signal || null,
+          timedOut: e.timedOut,
+          durationMs: toNumber(e.durationNs) / 1e6,
+        });
+        break;
+      }
+      case "error":
+        this.finish(agentFailure(f.error!));
+        break;
+      default:
+        this.finish(new AgentError(`unexpected ${f.body} frame for a process`, "PROTOCOL"));
+    }
+  }
+
+  private finish(err: Error | undefined, status?: ExitStatus): void {
+    if (this.done) return;
+    this.done = true;
+    this.channel.release(this.id);
+    this.opts.signal?.removeEventListener("abort", this.onAbort);
+    const aborted = this.opts.signal?.aborted ? abortError(this.opts.signal) : undefined;
+    this.stdin.fail(err ?? aborted ?? new AgentError("the process has exited", "EXITED"));
+    if (!this.started) this.rejectPid(err ?? new AgentError("the process ended before it started", "PROTOCOL"));
+    if (err) {
+      this.output.end(err);
+      this.rejectExit(err);
+    } else {
+      this.output.end();
+      this.resolveExit(status!);
+    }
+  }
+
+  /** Writes to the process's stdin (spawned with `stdin: true`); resolves when handed to the channel. */
+  write(data: string | Uint8Array): Promise<void> {
+    if (!this.opts.stdin) return Promise.reject(new InvalidArgumentError("this process was spawned without stdin: true"));
+    return this.stdin.write(typeof data === "string" ? Buffer.from(data) : data);
+  }
+
+  /** Closes stdin after everything written so far. */
+  end(): Promise<void> {
+    if (!this.opts.stdin) return Promise.resolve();
+    return this.stdin.end();
+  }
+
+  /** Sends a signal to the process group (default SIGKILL). A process that already ended is left alone. */
+  kill(signal: SignalName = "SIGKILL"): void {
+    if (!(SIGNALS as readonly string[]).includes(signal)) {
+      throw new InvalidArgumentError(`unknown signal ${JSON.stringify(signal)}; use a Linux name such as "SIGTERM"`);
+    }
+    this.sendIfOpen({ session: this.id, signal: { name: signal } });
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<OutputChunk> {
+    return this.output;
+  }
+}
+
+export interface ExecResult extends ExitStatus {
+  pid: number;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+export interface ExecOptions extends Omit<SpawnOptions, "stdin"> {
+  /** Bytes fed to stdin, which is then closed. Without it the process reads /dev/null. */
+  stdin?: string | Uint8Array;
+  /** Most bytes of stdout + stderr kept; past it the process is killed. Default 64 MiB. */
+  maxBuffer?: number;
+}
+
+export const DEFAULT_MAX_BUFFER = 64 * 1024 * 1024;
+
+/** Runs a process to completion and collects its output. */
+export async function collect(channel: Channel, argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  const maxBuffer = opts.maxBuffer ?? DEFAULT_MAX_BUFFER;
+  if (!Number.isInteger(maxBuffer) || maxBuffer < 0) throw new InvalidArgumentError(`maxBuffer must be a byte count, got ${maxBuffer}`);
+  const { stdin, maxBuffer: _unused, ...spawnOpts } = opts;
+  const proc = new ExecProcess(channel, argv, { ...spawnOpts, stdin: stdin !== undefined });
+  if (stdin !== undefined) {
+    // Errors surface through exit; a process that ignores its stdin must not fail the call.
+    proc.write(stdin).then(() => proc.end()).catch(() => {});
+  }
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  let total = 0;
+  let overflow = false;
+  for await (const chunk of proc) {
+    total += chunk.data.length;
+    if (total > maxBuffer) {
+      overflow = true;
+      proc.kill("SIGKILL");
+      break;
+    }
+    (chunk.stream === "stdout" ? out : err).push(chunk.data);
+  }
+  const status = await proc.exit;
+  if (overflow) throw new OutputLimitError(`${argv[0]} wrote more than maxBuffer (${maxBuffer} bytes); it was killed`);
+  if (opts.signal?.aborted) throw abortError(opts.signal);
+  return { pid: await proc.pid, stdout: Buffer.concat(out), stderr: Buffer.concat(err), ...status };
+}

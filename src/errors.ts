@@ -1,0 +1,101 @@
+// The error hierarchy: one base class, a subclass per failure, each with a stable `code` that
+// callers can switch on; `cause` carries the underlying error where there is one.
+
+export class MicrosandboxError extends Error {
+  readonly code: string = "MSB_ERROR";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** An argument or option was out of range; nothing was started. */
+export class InvalidArgumentError extends MicrosandboxError {
+  override readonly code = "MSB_INVALID_ARGUMENT";
+}
+
+/** The channel to the guest agent could not be opened, or it broke. */
+export class AgentConnectionError extends MicrosandboxError {
+  override readonly code = "MSB_AGENT_CONNECTION";
+}
+
+/** The guest sent something the protocol does not allow (bad frame, wrong version, oversized data). */
+export class AgentProtocolError extends MicrosandboxError {
+  override readonly code = "MSB_AGENT_PROTOCOL";
+}
+
+/** The agent refused a request (bad request, limit, internal error). `kind` is the agent's error kind. */
+export class AgentError extends MicrosandboxError {
+  override readonly code = "MSB_AGENT_ERROR";
+  constructor(
+    message: string,
+    readonly kind: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** An errno reported by the guest, with its Linux name ("ENOENT") for matching. */
+interface GuestErrno {
+  errno: number;
+  errnoName: string;
+}
+
+/** A process could not be started in the guest: missing binary, bad cwd, permission, user. */
+export class ExecError extends MicrosandboxError implements GuestErrno {
+  override readonly code = "MSB_EXEC_FAILED";
+  constructor(
+    message: string,
+    readonly errno: number,
+    readonly errnoName: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A file operation in the guest failed; `errnoName` says why (ENOENT, EACCES, ...). */
+export class FileOperationError extends MicrosandboxError implements GuestErrno {
+  override readonly code = "MSB_FILE_OPERATION";
+  constructor(
+    message: string,
+    readonly errno: number,
+    readonly errnoName: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A time limit passed: connecting, the handshake, or a process's `timeout`. */
+export class TimeoutError extends MicrosandboxError {
+  override readonly code = "MSB_TIMEOUT";
+}
+
+/** A process produced more output than the caller allowed (`maxBuffer`); it was killed. */
+export class OutputLimitError extends MicrosandboxError {
+  override readonly code = "MSB_OUTPUT_LIMIT";
+}
+
+/** The operation was cancelled through its AbortSignal; `cause` is the signal's reason. */
+export class AbortError extends MicrosandboxError {
+  override readonly code = "MSB_ABORTED";
+}
+
+// Linux errno numbers: the guest is Linux whatever the host is, so the host's own table
+// (os.constants.errno) would misname them on macOS.
+const LINUX_ERRNO: Record<number, string> = {
+  1: "EPERM", 2: "ENOENT", 3: "ESRCH", 4: "EINTR", 5: "EIO", 6: "ENXIO", 7: "E2BIG", 8: "ENOEXEC",
+  9: "EBADF", 10: "ECHILD", 11: "EAGAIN", 12: "ENOMEM", 13: "EACCES", 14: "EFAULT", 16: "EBUSY",
+  17: "EEXIST", 18: "EXDEV", 19: "ENODEV", 20: "ENOTDIR", 21: "EISDIR", 22: "EINVAL", 23: "ENFILE",
+  24: "EMFILE", 25: "ENOTTY", 26: "ETXTBSY", 27: "EFBIG", 28: "ENOSPC", 29: "ESPIPE", 30: "EROFS",
+  31: "EMLINK", 32: "EPIPE", 36: "ENAMETOOLONG", 38: "ENOSYS", 39: "ENOTEMPTY", 40: "ELOOP",
+  95: "EOPNOTSUPP", 122: "EDQUOT",
+};
+
+export function linuxErrnoName(errno: number): string {
+  return LINUX_ERRNO[errno] ?? (errno ? `errno ${errno}` : "");
+}
+
+export function abortError(signal: AbortSignal): AbortError {
+  return new AbortError("the operation was aborted", { cause: signal.reason });
+}

@@ -1,0 +1,65 @@
+// Test helpers: a real agent process listening on a unix socket in a temporary directory.
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+
+import { AgentClient } from "../../src/agent/client.js";
+import { agentBinaryPath } from "../../src/agent/binary.js";
+
+export interface RunningAgent {
+  socket: string;
+  dir: string;
+  proc: ChildProcess;
+  connect(): Promise<AgentClient>;
+  stop(): Promise<void>;
+}
+
+export async function startAgent(): Promise<RunningAgent> {
+  const dir = mkdtempSync(path.join(tmpdir(), "msb-agent-test-"));
+  const socket = path.join(dir, "agent.sock");
+  const proc = spawn(agentBinaryPath(), ["--listen", `unix:${socket}`], { stdio: ["ignore", "inherit", "inherit"] });
+  const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
+  for (let i = 0; !existsSync(socket); i++) {
+    if (i > 500 || proc.exitCode !== null) throw new Error("the agent did not start listening");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return {
+    socket,
+    dir,
+    proc,
+    connect: () => AgentClient.connect(socket),
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Waits up to 2 s for process group `pgid` to be gone; returns the members still there. */
+export async function groupGone(pgid: number): Promise<number[]> {
+  let left = processGroupMembers(pgid);
+  for (let i = 0; i < 100 && left.length; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    left = processGroupMembers(pgid);
+  }
+  return left;
+}
+
+/** Processes whose process group is `pgid` (read from /proc). */
+export function processGroupMembers(pgid: number): number[] {
+  const members: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      // Fields after the ")" of the command name: state ppid pgrp ...
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(fields[2]) === pgid) members.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return members;
+}
