@@ -97,31 +97,48 @@ void graveyard_flush(void) {
 
 // ------------------------------------------------------------------ sending
 
-bool conn_send(struct conn *c, microsandbox_agent_GuestMessage *m) {
-  if (c->w.fd < 0) return false;
-  size_t size;
-  if (!pb_get_encoded_size(&size, microsandbox_agent_GuestMessage_fields, m)) return false;
-  struct chunk *k = malloc(sizeof *k + 4 + size);
+// Frames are encoded into one static buffer and written straight away when nothing is queued;
+// only what the socket does not take is copied into the queue. Bulk output thus costs no
+// allocation per frame while the host keeps up.
+static uint8_t g_wbuf[4 + LIMIT(MAX_FRAME_BYTES)];
+
+static bool enqueue(struct conn *c, const uint8_t *data, size_t len) {
+  struct chunk *k = malloc(sizeof *k + len);
   if (!k) return false;
-  k->data[0] = (uint8_t)(size >> 24);
-  k->data[1] = (uint8_t)(size >> 16);
-  k->data[2] = (uint8_t)(size >> 8);
-  k->data[3] = (uint8_t)size;
-  pb_ostream_t os = pb_ostream_from_buffer(k->data + 4, size);
-  if (!pb_encode(&os, microsandbox_agent_GuestMessage_fields, m)) {
-    free(k);
-    return false;
-  }
-  k->len = 4 + size;
+  memcpy(k->data, data, len);
+  k->len = len;
   k->off = 0;
   k->next = NULL;
-  bool was_empty = c->q_head == NULL;
   if (c->q_tail) c->q_tail->next = k;
   else c->q_head = k;
   c->q_tail = k;
-  c->queued += k->len;
-  if (was_empty) conn_flush(c);
-  if (c->w.fd >= 0 && !c->congested && c->queued > QUEUE_HIGH) {
+  c->queued += len;
+  return true;
+}
+
+bool conn_send(struct conn *c, microsandbox_agent_GuestMessage *m) {
+  if (c->w.fd < 0) return false;
+  pb_ostream_t os = pb_ostream_from_buffer(g_wbuf + 4, LIMIT(MAX_FRAME_BYTES));
+  if (!pb_encode(&os, microsandbox_agent_GuestMessage_fields, m)) return false;
+  size_t size = os.bytes_written, len = 4 + size, off = 0;
+  g_wbuf[0] = (uint8_t)(size >> 24);
+  g_wbuf[1] = (uint8_t)(size >> 16);
+  g_wbuf[2] = (uint8_t)(size >> 8);
+  g_wbuf[3] = (uint8_t)size;
+  if (!c->q_head) {
+    ssize_t n;
+    do n = write(c->w.fd, g_wbuf, len);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN) {
+      conn_close(c);  // the host is gone
+      return false;
+    }
+    if (n > 0) off = (size_t)n;
+    if (off == len) return true;
+  }
+  if (!enqueue(c, g_wbuf + off, len - off)) return false;
+  conn_arm(c);
+  if (!c->congested && c->queued > QUEUE_HIGH) {
     c->congested = true;
     conn_arm(c);
     sessions_update(c);

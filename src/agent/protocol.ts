@@ -108,20 +108,34 @@ export class FrameDecoder {
     }
   }
 
+  // The first n pending bytes, copied only when they straddle chunks (and then exactly n bytes).
   private peek(n: number): Buffer {
-    if (this.pending[0]!.length >= n) return this.pending[0]!;
-    const joined = Buffer.concat(this.pending);
-    this.pending = [joined];
+    const first = this.pending[0]!;
+    if (first.length >= n) return first;
+    const joined = Buffer.allocUnsafe(n);
+    let filled = 0;
+    for (let i = 0; filled < n; i++) {
+      const part = this.pending[i]!;
+      const used = Math.min(part.length, n - filled);
+      part.copy(joined, filled, 0, used);
+      filled += used;
+    }
     return joined;
   }
 
   private take(n: number): Buffer {
-    const first = this.peek(n);
-    const out = first.subarray(0, n);
-    const rest = first.subarray(n);
-    if (rest.length) this.pending[0] = rest;
-    else this.pending.shift();
+    const out = this.peek(n);
+    let left = n;
+    while (left > 0) {
+      const first = this.pending[0]!;
+      if (first.length > left) {
+        this.pending[0] = first.subarray(left);
+        break;
+      }
+      left -= first.length;
+      this.pending.shift();
+    }
     this.pendingBytes -= n;
-    return out;
+    return out.length === n ? out : out.subarray(0, n);
   }
 }

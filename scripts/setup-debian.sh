@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and the tests need. Idempotent: installs only what is
+# missing. Run as root (or with sudo available).
+set -euo pipefail
+
+packages=(
+  make g++ python3          # node-gyp (the N-API addon)
+  musl-tools                # musl-gcc: the static guest agent
+  libnanopb-dev nanopb protobuf-compiler  # protobuf for the agent (runtime, generator)
+  file                      # checks the agent is a static binary
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all Debian packages present"
+  exit 0
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "setup: installing ${missing[*]}"
+$sudo apt-get update -q
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,201 @@
+// Bad input on both sides: garbage sent to the real agent, and misbehaving "agents" (plain
+// servers speaking broken protocol) against the client.
+import { randomBytes } from "node:crypto";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { once } from "node:events";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import protobuf from "protobufjs";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+
+import { AgentClient } from "../../src/agent/client.js";
+import { encodeFrame, FrameDecoder, type GuestFrame, MAX_FRAME_BYTES } from "../../src/agent/protocol.js";
+import { AgentConnectionError, AgentProtocolError, TimeoutError } from "../../src/errors.js";
+import { type RunningAgent, startAgent } from "./helpers.js";
+
+let agent: RunningAgent;
+
+beforeAll(async () => {
+  agent = await startAgent();
+});
+
+afterAll(async () => {
+  await agent?.stop();
+});
+
+/** A raw connection to the agent: send bytes, read decoded frames. */
+async function raw(): Promise<{ socket: Socket; next(): Promise<GuestFrame>; closed: Promise<unknown> }> {
+  const socket = createConnection(agent.socket);
+  const decoder = new FrameDecoder();
+  const frames: GuestFrame[] = [];
+  let wake: (() => void) | undefined;
+  socket.on("data", (chunk: Buffer) => {
+    for (const f of decoder.push(chunk)) frames.push(f);
+    wake?.();
+  });
+  const closed = once(socket, "close");
+  await once(socket, "connect");
+  const next = async () => {
+    while (!frames.length) await new Promise<void>((r) => (wake = r));
+    return frames.shift()!;
+  };
+  expect((await next()).body).toBe("hello");
+  return { socket, next, closed };
+}
+
+function frameOf(body: Buffer): Buffer {
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(body.length);
+  return Buffer.concat([head, body]);
+}
+
+async function agentStillServes(): Promise<void> {
+  const client = await agent.connect();
+  expect((await client.exec(["echo", "alive"])).stdout.toString()).toBe("alive\n");
+  client.close();
+}
+
+describe("the agent survives garbage", () => {
+  it("answers an undecodable frame with a PROTOCOL error and keeps the connection", async () => {
+    const c = await raw();
+    c.socket.write(frameOf(Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f])));
+    const err = await c.next();
+    expect(err).toMatchObject({ session: 0, body: "error" });
+    expect(err.error!.kind).toBe(1); // PROTOCOL
+    c.socket.write(encodeFrame({ session: 7, exec: { argv: ["echo", "after garbage"] } }));
+    expect((await c.next()).body).toBe("started");
+    expect((await c.next()).output!.data.toString()).toBe("after garbage\n");
+    c.socket.destroy();
+  });
+
+  it("answers an oversized frame length, then hangs up", async () => {
+    const c = await raw();
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(MAX_FRAME_BYTES + 1);
+    c.socket.write(head);
+    const err = await c.next();
+    expect(err.error!.message).toContain("exceeds the limit");
+    await c.closed;
+    await agentStillServes();
+  });
+
+  it("rejects requests that make no sense", async () => {
+    const c = await raw();
+    c.socket.write(encodeFrame({ session: 0, exec: { argv: ["true"] } }));
+    expect((await c.next()).error!.message).toContain("non-zero session id");
+    c.socket.write(encodeFrame({ session: 3, exec: { argv: [] } }));
+    expect((await c.next()).error).toMatchObject({ kind: 2, message: expect.stringContaining("argv is empty") });
+    c.socket.write(encodeFrame({ session: 4, exec: { argv: ["sleep", "5"] } }));
+    expect((await c.next()).body).toBe("started");
+    c.socket.write(encodeFrame({ session: 4, exec: { argv: ["true"] } }));
+    expect((await c.next()).error!.message).toContain("already open");
+    c.socket.write(encodeFrame({ session: 5, stat: { path: "relative" } }));
+    expect((await c.next()).error!.message).toContain("not absolute");
+    c.socket.write(encodeFrame({ session: 6, exec: { argv: ["true"], rlimits: [{ resource: 99, soft: 1, hard: 1 }] } }));
+    expect((await c.next()).error!.message).toContain("unknown rlimit");
+    c.socket.destroy();
+  });
+
+  it("survives random bytes on many connections and kills the processes of a vanished host", async () => {
+    for (let i = 0; i < 20; i++) {
+      const s = createConnection(agent.socket);
+      await once(s, "connect");
+      s.write(randomBytes(1 + Math.floor(Math.random() * 70_000)));
+      s.destroy();
+    }
+    const c = await raw();
+    c.socket.write(encodeFrame({ session: 1, exec: { argv: ["sleep", "60"] } }));
+    const started = await c.next();
+    c.socket.destroy();
+    const pid = started.started!.pid;
+    for (let i = 0; i < 100; i++) {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(() => process.kill(pid, 0)).toThrow();
+    await agentStillServes();
+  });
+});
+
+describe("the client survives a misbehaving agent", () => {
+  let server: Server | undefined;
+  const sockPath = path.join(tmpdir(), `msb-fake-agent-${process.pid}.sock`);
+  afterEach(() => server?.close());
+
+  async function fakeAgent(onConnection: (s: Socket) => void): Promise<void> {
+    server = createServer((s) => {
+      s.on("error", () => {}); // the client hanging up on a fake agent is expected
+      onConnection(s);
+    });
+    server.listen(sockPath);
+    await once(server, "listening");
+  }
+
+  // Guest frames encoded from the same proto file the agent is generated from.
+  const GuestMessage = protobuf.loadSync(fileURLToPath(new URL("../../proto/agent.proto", import.meta.url))).lookupType("microsandbox.agent.GuestMessage");
+  const guestFrame = (m: object) => frameOf(Buffer.from(GuestMessage.encode(GuestMessage.fromObject(m)).finish()));
+  const hello = (version = 1) => guestFrame({ hello: { protocolVersion: version, agentVersion: "fake" } });
+
+  it("times out when the agent never says hello", async () => {
+    await fakeAgent(() => {});
+    const err = await AgentClient.connect(sockPath, { timeout: 0.3 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+  });
+
+  it("refuses another protocol version with advice", async () => {
+    await fakeAgent((s) => s.write(hello(9)));
+    const err = await AgentClient.connect(sockPath).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AgentProtocolError);
+    expect((err as Error).message).toMatch(/protocol version 9.*npm rebuild/);
+  });
+
+  it("closes on an oversized frame from the guest and fails pending calls", async () => {
+    await fakeAgent((s) => {
+      s.write(hello());
+      s.once("data", () => s.write(Buffer.from([0x7f, 0xff, 0xff, 0xff])));
+    });
+    const client = await AgentClient.connect(sockPath);
+    const err = await client.exec(["true"]).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AgentProtocolError);
+    expect((err as Error).message).toContain("limit");
+    expect(client.closed).toBe(true);
+  });
+
+  it("rejects output beyond the credit window", async () => {
+    await fakeAgent((s) => {
+      s.write(hello());
+      s.once("data", () => {
+        // Output frames for session 1 well past the 1 MiB window, with no credit granted.
+        const out = guestFrame({ session: 1, output: { stream: 0, data: Buffer.alloc(65535) } });
+        for (let i = 0; i < 20; i++) s.write(out);
+      });
+    });
+    const client = await AgentClient.connect(sockPath);
+    const proc = client.spawn(["true"], { window: 65535 * 2 });
+    const err = await proc.exit.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AgentProtocolError);
+    expect((err as Error).message).toContain("credit");
+  });
+
+  it("fails every pending call promptly when the agent dies", async () => {
+    const victim = await startAgent();
+    const client = await victim.connect();
+    const pending = [client.exec(["sleep", "30"]), client.exec(["sleep", "30"]), client.stat("/")];
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = Date.now();
+    victim.proc.kill("SIGKILL");
+    const results = await Promise.allSettled(pending);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    for (const r of results.slice(0, 2)) {
+      expect(r.status).toBe("rejected");
+      expect((r as PromiseRejectedResult).reason).toBeInstanceOf(AgentConnectionError);
+    }
+    await expect(client.exec(["true"])).rejects.toBeInstanceOf(AgentConnectionError);
+    await victim.stop();
+  });
+});
