@@ -109,7 +109,7 @@ extern struct conn *g_conns;
 void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req);
 void exec_on_pipe(struct watch *w, uint32_t events);
 void exec_on_data(struct session *s, const microsandbox_agent_Data *d);
-void exec_signal(struct session *s, const char *name);
+void exec_signal(struct session *s, int sig);
 void exec_reap(void);
 void exec_update(struct session *s);
 void exec_timers(uint64_t now, int64_t *next_ms);
@@ -128,6 +128,4 @@ void file_remove(struct conn *c, uint32_t id, const microsandbox_agent_Remove *r
 void file_rename(struct conn *c, uint32_t id, const char *from, const char *to);
 
 // util.c
-int signal_by_name(const char *name);
-const char *signal_name(int sig);
 int mkdir_parents(const char *path, mode_t mode);

@@ -346,8 +346,7 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
       else if (s->kind == S_READ) file_read_pump(s);
       break;
     case microsandbox_agent_HostMessage_signal_tag:
-      if ((s = session_find(c, id)) && s->kind == S_EXEC)
-        exec_signal(s, m->body.signal.name ? m->body.signal.name : "");
+      if ((s = session_find(c, id)) && s->kind == S_EXEC) exec_signal(s, (int)m->body.signal.signal);
       break;
     case microsandbox_agent_HostMessage_read_file_tag:
       if (claim(c, id)) file_read_start(c, id, &m->body.read_file);

@@ -144,7 +144,8 @@ static void describe_failure(struct conn *c, uint32_t id, const microsandbox_age
   const char *why = strerror(f.err);
   switch (f.stage) {
     case ST_CHDIR:
-      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot change to working directory '%s': %s", req->cwd, why);
+      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot change to working directory '%s': %s",
+                 req->cwd && *req->cwd ? req->cwd : "/", why);
       break;
     case ST_EXEC:
       send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot execute '%s': %s", req->argv[0], why);
@@ -274,7 +275,7 @@ static void maybe_finish(struct session *s) {
   microsandbox_agent_Exit *e = &m.body.exit;
   if (WIFSIGNALED(s->status)) {
     e->code = -1;
-    snprintf(e->signal, sizeof e->signal, "%s", signal_name(WTERMSIG(s->status)));
+    e->signal = (microsandbox_agent_SignalName)WTERMSIG(s->status);
   } else {
     e->code = WEXITSTATUS(s->status);
   }
@@ -369,9 +370,14 @@ void exec_on_pipe(struct watch *w, uint32_t events) {
   maybe_finish(s);
 }
 
-void exec_signal(struct session *s, const char *name) {
-  int sig = signal_by_name(name);
-  if (sig > 0 && !s->exited) kill(-s->pid, sig);
+// The protocol numbers signals as Linux does on the guest architectures this agent is built for.
+_Static_assert(microsandbox_agent_SignalName_SIGKILL == SIGKILL && microsandbox_agent_SignalName_SIGTERM == SIGTERM &&
+                   microsandbox_agent_SignalName_SIGUSR1 == SIGUSR1 && microsandbox_agent_SignalName_SIGCHLD == SIGCHLD &&
+                   microsandbox_agent_SignalName_SIGSYS == SIGSYS,
+               "SignalName must match this platform's signal numbers");
+
+void exec_signal(struct session *s, int sig) {
+  if (sig > 0 && sig <= microsandbox_agent_SignalName_SIGSYS && !s->exited) kill(-s->pid, sig);
 }
 
 void exec_kill(struct session *s) {

@@ -49,7 +49,7 @@ export interface WriteFileOptions {
   signal?: AbortSignal;
 }
 
-export type FileData = string | Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
+export type FileData = string | Uint8Array | Iterable<Uint8Array | string> | AsyncIterable<Uint8Array | string>;
 
 function checkPath(path: unknown, what = "path"): string {
   if (typeof path !== "string" || !path.startsWith("/") || path.includes("\0")) {
@@ -237,7 +237,8 @@ export class AgentClient {
       channel.send({ session: id, writeFile: { path, mode: opts.mode ?? 0, parents: !!opts.parents } });
       if (typeof data === "string") await outbound.write(Buffer.from(data));
       else if (data instanceof Uint8Array) await outbound.write(data);
-      else for await (const chunk of data) await outbound.write(chunk);
+      // Readables in string mode yield strings.
+      else for await (const chunk of data as AsyncIterable<Uint8Array | string>) await outbound.write(typeof chunk === "string" ? Buffer.from(chunk) : chunk);
       await outbound.end();
     } catch (err) {
       // A failed source cancels the guest's half-written file; a guest-side failure explains itself.

@@ -3,17 +3,17 @@
 import { AgentError, ExecError, abortError, InvalidArgumentError, linuxErrnoName, OutputLimitError } from "../errors.js";
 import type { Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
-import { DEFAULT_WINDOW_BYTES, errorKindName, type GuestFrame, MAX_WINDOW_BYTES, RlimitResources, streamName, toNumber } from "./protocol.js";
+import { DEFAULT_WINDOW_BYTES, errorKindName, type GuestFrame, MAX_WINDOW_BYTES, RlimitResources, SignalNumbers, signalName, streamName, toNumber } from "./protocol.js";
 
 export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/** Linux signal names the agent accepts. */
-export const SIGNALS = [
-  "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL", "SIGUSR1",
-  "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN",
-  "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
-] as const;
-export type SignalName = (typeof SIGNALS)[number];
+/** Linux signal names, as the protocol defines them. */
+export const SIGNALS = Object.keys(SignalNumbers) as SignalName[];
+export type SignalName =
+  | "SIGHUP" | "SIGINT" | "SIGQUIT" | "SIGILL" | "SIGTRAP" | "SIGABRT" | "SIGBUS" | "SIGFPE" | "SIGKILL" | "SIGUSR1"
+  | "SIGSEGV" | "SIGUSR2" | "SIGPIPE" | "SIGALRM" | "SIGTERM" | "SIGSTKFLT" | "SIGCHLD" | "SIGCONT" | "SIGSTOP"
+  | "SIGTSTP" | "SIGTTIN" | "SIGTTOU" | "SIGURG" | "SIGXCPU" | "SIGXFSZ" | "SIGVTALRM" | "SIGPROF" | "SIGWINCH"
+  | "SIGIO" | "SIGPWR" | "SIGSYS";
 
 export type RlimitName = "cpu" | "fsize" | "data" | "stack" | "core" | "nofile" | "as" | "nproc" | "memlock";
 
@@ -192,7 +192,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
         const e = f.exit!;
         this.finish(undefined, {
           exitCode: e.signal ? null : e.code,
-          signal: e.signal || null,
+          signal: signalName(e.signal),
           timedOut: e.timedOut,
           durationMs: toNumber(e.durationNs) / 1e6,
         });
@@ -237,10 +237,11 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
 
   /** Sends a signal to the process group (default SIGKILL). A process that already ended is left alone. */
   kill(signal: SignalName = "SIGKILL"): void {
-    if (!(SIGNALS as readonly string[]).includes(signal)) {
+    const number = SignalNumbers[signal];
+    if (number === undefined) {
       throw new InvalidArgumentError(`unknown signal ${JSON.stringify(signal)}; use a Linux name such as "SIGTERM"`);
     }
-    this.sendIfOpen({ session: this.id, signal: { name: signal } });
+    this.sendIfOpen({ session: this.id, signal: { signal: number } });
   }
 
   [Symbol.asyncIterator](): AsyncIterator<OutputChunk> {

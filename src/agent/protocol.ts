@@ -16,6 +16,12 @@ const ErrorKinds = root.lookupEnum("microsandbox.agent.Error.Kind").valuesById;
 const FileTypes = root.lookupEnum("microsandbox.agent.FileType").valuesById;
 const Streams = root.lookupEnum("microsandbox.agent.Output.Stream").valuesById;
 export const RlimitResources = root.lookupEnum("microsandbox.agent.Rlimit.Resource").values;
+const SignalEnum = root.lookupEnum("microsandbox.agent.SignalName");
+/** Signal names the protocol knows, by number. */
+export const SignalNumbers: Readonly<Record<string, number>> = Object.fromEntries(
+  Object.entries(SignalEnum.values).filter(([name]) => name !== "SIGNAL_NONE"),
+);
+export const signalName = (n: number): string | null => (n ? (SignalEnum.valuesById[n] ?? `SIG${n}`) : null);
 
 function limit(name: string): number {
   const v = LimitEnum[name];
@@ -45,7 +51,7 @@ export interface GuestFrame {
   started?: { pid: number };
   output?: { stream: number; data: Uint8Array };
   credit?: { bytes: number };
-  exit?: { code: number; signal: string; timedOut: boolean; durationNs: Long64 };
+  exit?: { code: number; signal: number; timedOut: boolean; durationNs: Long64 };
   stat?: WireStat;
   entries?: { entries: WireStat[] };
   done?: { size: Long64 };

@@ -141,6 +141,7 @@ describe("exec", () => {
   it("delivers signals to the process group", async () => {
     const proc = client.spawn(["sh", "-c", "sleep 30; echo not reached"]);
     const pid = await proc.pid;
+    expect(() => proc.kill("SIGBOGUS" as never)).toThrow(/unknown signal "SIGBOGUS"/);
     proc.kill("SIGTERM");
     const status = await proc.exit;
     expect(status.signal).toBe("SIGTERM");

@@ -39,7 +39,7 @@ describe("read and write", () => {
   });
 
   it("writes from a stream, sets the mode, and creates parents on request", async () => {
-    const parts = [Buffer.from("alpha "), Buffer.from("beta "), Buffer.from("gamma")];
+    const parts = ["alpha ", Buffer.from("beta "), "gamma"];
     await client.writeFile(`${root}/a/b/c.txt`, Readable.from(parts), { parents: true, mode: 0o600 });
     expect(readFileSync(`${root}/a/b/c.txt`, "utf8")).toBe("alpha beta gamma");
     expect(lstatSync(`${root}/a/b/c.txt`).mode & 0o777).toBe(0o600);
