@@ -38,6 +38,9 @@ struct chunk {
   uint8_t data[];
 };
 
+// Appends a copy of `data` to a chunk list.
+bool chunk_append(struct chunk **head, struct chunk **tail, const void *data, size_t len);
+
 struct conn;
 
 enum session_kind { S_EXEC, S_READ, S_WRITE };

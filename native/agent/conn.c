@@ -102,17 +102,16 @@ void graveyard_flush(void) {
 // allocation per frame while the host keeps up.
 static uint8_t g_wbuf[4 + LIMIT(MAX_FRAME_BYTES)];
 
-static bool enqueue(struct conn *c, const uint8_t *data, size_t len) {
+bool chunk_append(struct chunk **head, struct chunk **tail, const void *data, size_t len) {
   struct chunk *k = malloc(sizeof *k + len);
   if (!k) return false;
   memcpy(k->data, data, len);
   k->len = len;
   k->off = 0;
   k->next = NULL;
-  if (c->q_tail) c->q_tail->next = k;
-  else c->q_head = k;
-  c->q_tail = k;
-  c->queued += len;
+  if (*tail) (*tail)->next = k;
+  else *head = k;
+  *tail = k;
   return true;
 }
 
@@ -136,7 +135,8 @@ bool conn_send(struct conn *c, microsandbox_agent_GuestMessage *m) {
     if (n > 0) off = (size_t)n;
     if (off == len) return true;
   }
-  if (!enqueue(c, g_wbuf + off, len - off)) return false;
+  if (!chunk_append(&c->q_head, &c->q_tail, g_wbuf + off, len - off)) return false;
+  c->queued += len - off;
   conn_arm(c);
   if (!c->congested && c->queued > QUEUE_HIGH) {
     c->congested = true;

@@ -331,15 +331,7 @@ void exec_on_data(struct session *s, const microsandbox_agent_Data *d) {
     return;
   }
   if (len) {
-    struct chunk *k = malloc(sizeof *k + len);
-    if (!k) return;
-    memcpy(k->data, d->data->bytes, len);
-    k->len = len;
-    k->off = 0;
-    k->next = NULL;
-    if (s->in_tail) s->in_tail->next = k;
-    else s->in_head = k;
-    s->in_tail = k;
+    if (!chunk_append(&s->in_head, &s->in_tail, d->data->bytes, len)) return;
     s->in_pending += (uint32_t)len;
   }
   if (d->eof) s->in_eof = true;
