@@ -2,7 +2,8 @@
 // Builds the native parts at `npm install` time: the N-API addon (node-gyp, against the
 // headers of the Node that runs this script, so nothing is downloaded) and, on Linux, the
 // static guest agent (native/agent/Makefile, musl-gcc + nanopb).
-// Flags: --force rebuilds even when a prebuild or a current build exists.
+// Flags: --force rebuilds even when a prebuild or a current build exists; --prebuild makes
+// prebuilds/<platform>-<arch>/ with prebuildify instead (N-API: one binary for every Node).
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -71,5 +72,18 @@ function buildAgent() {
   }
 }
 
-buildAddon();
-buildAgent();
+function prebuild() {
+  const bin = require.resolve("prebuildify/bin.js", { paths: [root] });
+  const dir = nodeDir();
+  // prebuildify drives node-gyp, which takes the header location from the environment.
+  const env = dir ? { ...process.env, npm_config_nodedir: dir } : process.env;
+  const status = run(process.execPath, [bin, "--napi", "--strip"], { env });
+  if (status !== 0) throw new Error(`prebuildify failed with exit code ${status}`);
+}
+
+if (process.argv.includes("--prebuild")) {
+  prebuild();
+} else {
+  buildAddon();
+  buildAgent();
+}
