@@ -70,6 +70,7 @@ struct conn {
   struct conn *next, *prev;
   struct watch w;
   bool closing;  // flush the queue, then close
+  bool broken;   // a write failed: closed at the end of the epoll batch, not under a caller's feet
   uint8_t *rbuf;
   size_t rlen;
   struct chunk *q_head, *q_tail;

@@ -83,6 +83,10 @@ void conn_close(struct conn *c) {
 }
 
 void graveyard_flush(void) {
+  for (struct conn *c = g_conns, *next; c; c = next) {
+    next = c->next;
+    if (c->broken) conn_close(c);
+  }
   while (g_dead_sessions) {
     struct session *s = g_dead_sessions;
     g_dead_sessions = s->next;
@@ -137,8 +141,10 @@ static bool frame_write(pb_ostream_t *os, const pb_byte_t *buf, size_t count) {
   return true;
 }
 
+// A failed write marks the connection broken instead of closing it: callers hold sessions of it
+// and may free them themselves; graveyard_flush closes it once the batch is done.
 static bool send_frame(struct conn *c, microsandbox_agent_GuestMessage *m, const uint8_t *payload, size_t payload_len) {
-  if (c->w.fd < 0) return false;
+  if (c->w.fd < 0 || c->broken) return false;
   struct frame_writer w = {.payload = payload, .payload_len = payload_len};
   pb_ostream_t os = {.callback = frame_write, .state = &w, .max_size = LIMIT(MAX_FRAME_BYTES)};
   if (!pb_encode(&os, microsandbox_agent_GuestMessage_fields, m) || (payload && !w.payload_seen)) return false;
@@ -154,7 +160,7 @@ static bool send_frame(struct conn *c, microsandbox_agent_GuestMessage *m, const
     do n = writev(c->w.fd, iov, payload ? 2 : 1);
     while (n < 0 && errno == EINTR);
     if (n < 0 && errno != EAGAIN) {
-      conn_close(c);  // the host is gone
+      c->broken = true;  // the host is gone
       return false;
     }
     if (n > 0) sent = (size_t)n;
@@ -164,7 +170,10 @@ static bool send_frame(struct conn *c, microsandbox_agent_GuestMessage *m, const
     size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
     sent -= skip;
     size_t rest = iov[i].iov_len - skip;
-    if (rest && !chunk_append(&c->q_head, &c->q_tail, (uint8_t *)iov[i].iov_base + skip, rest)) return false;
+    if (rest && !chunk_append(&c->q_head, &c->q_tail, (uint8_t *)iov[i].iov_base + skip, rest)) {
+      c->broken = true;  // half a frame went out: the stream cannot go on
+      return false;
+    }
     c->queued += rest;
   }
   conn_arm(c);
@@ -468,6 +477,7 @@ static void conn_read(struct conn *c) {
 }
 
 void conn_on_event(struct conn *c, uint32_t events) {
+  if (c->broken) return;
   if (events & EPOLLOUT) conn_flush(c);
   if (c->w.fd >= 0 && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->closing) conn_read(c);
   else if (c->w.fd >= 0 && (events & (EPOLLHUP | EPOLLERR))) conn_close(c);

@@ -243,7 +243,8 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   }
   s->pid = pid;
   s->start_ns = start;
-  if (req->timeout_ms) s->deadline_ns = start + req->timeout_ms * 1000000ull;
+  // Capped at ~30 years so the nanosecond deadline cannot wrap.
+  if (req->timeout_ms) s->deadline_ns = start + (req->timeout_ms < 1000000000000ull ? req->timeout_ms : 1000000000000ull) * 1000000ull;
   if (req->window) s->window = req->window;
   s->out.fd = out[0];
   s->err.fd = err[0];
@@ -331,7 +332,10 @@ void exec_on_data(struct session *s, const microsandbox_agent_Data *d) {
     return;
   }
   if (len) {
-    if (!chunk_append(&s->in_head, &s->in_tail, d->data->bytes, len)) return;
+    if (!chunk_append(&s->in_head, &s->in_tail, d->data->bytes, len)) {
+      send_credit(s->conn, s->id, (uint32_t)len);  // dropped, but the host must not stall
+      return;
+    }
     s->in_pending += (uint32_t)len;
   }
   if (d->eof) s->in_eof = true;
@@ -368,12 +372,16 @@ _Static_assert(microsandbox_agent_SignalName_SIGKILL == SIGKILL && microsandbox_
                    microsandbox_agent_SignalName_SIGSYS == SIGSYS,
                "SignalName must match this platform's signal numbers");
 
+// The group outlives its leader while background members hold the session's pipes; it cannot be
+// reused by another process group until they are gone, so signalling it stays safe until then.
+static bool group_alive(const struct session *s) { return !s->exited || s->out.fd >= 0 || s->err.fd >= 0; }
+
 void exec_signal(struct session *s, int sig) {
-  if (sig > 0 && sig <= microsandbox_agent_SignalName_SIGSYS && !s->exited) kill(-s->pid, sig);
+  if (sig > 0 && sig <= microsandbox_agent_SignalName_SIGSYS && group_alive(s)) kill(-s->pid, sig);
 }
 
 void exec_kill(struct session *s) {
-  if (!s->exited) kill(-s->pid, SIGKILL);
+  if (group_alive(s)) kill(-s->pid, SIGKILL);
 }
 
 static struct session *find_pid(pid_t pid) {
@@ -414,7 +422,7 @@ void exec_timers(uint64_t now, int64_t *next_ms) {
     for (struct session *s = c->sessions, *following; s && c->w.fd >= 0; s = following) {
       following = s->next;
       if (s->kind != S_EXEC) continue;
-      if (s->deadline_ns && !s->exited) {
+      if (s->deadline_ns && group_alive(s)) {
         if (now >= s->deadline_ns) {
           kill(-s->pid, SIGKILL);
           s->timed_out = true;
@@ -435,5 +443,8 @@ void exec_timers(uint64_t now, int64_t *next_ms) {
       }
     }
   }
-  if (next != UINT64_MAX) *next_ms = (int64_t)((next - now + 999999) / 1000000);
+  if (next != UINT64_MAX) {
+    uint64_t ms = (next - now + 999999) / 1000000;
+    *next_ms = ms > INT32_MAX ? INT32_MAX : (int64_t)ms;
+  }
 }

@@ -72,13 +72,16 @@ void file_read_start(struct conn *c, uint32_t id, const microsandbox_agent_ReadF
     send_error(c, id, ERR(BAD_REQUEST), 0, "window %u exceeds %u", req->window, LIMIT(MAX_WINDOW_BYTES));
     return;
   }
-  int fd = open(req->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  // O_NONBLOCK: opening a FIFO without a writer must not freeze the agent's one loop. Only
+  // files whose reads cannot block are streamed.
+  int fd = open(req->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) return io_error(c, id, "cannot open", req->path);
-  struct stat st;
-  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+  struct stat st = {0};
+  if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+    int e = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
     close(fd);
-    errno = EISDIR;
-    return io_error(c, id, "cannot read", req->path);
+    errno = e;
+    return io_error(c, id, e == EISDIR ? "cannot read" : "not a regular file:", req->path);
   }
   if (req->offset && lseek(fd, (off_t)req->offset, SEEK_SET) < 0) {
     close(fd);
@@ -218,9 +221,11 @@ void file_list(struct conn *c, uint32_t id, const char *path) {
   m.session = id;
   m.which_body = microsandbox_agent_GuestMessage_entries_tag;
   m.body.entries.entries = batch;
+  int err = 0;
   for (;;) {
     errno = 0;
     e = readdir(d);
+    if (!e) err = errno;  // before a send below can set errno
     bool flush = !e || n == LIMIT(MAX_DIR_BATCH) || bytes > LIMIT(MAX_FRAME_BYTES) / 2;
     if (flush && n) {
       m.body.entries.entries_count = n;
@@ -237,7 +242,6 @@ void file_list(struct conn *c, uint32_t id, const char *path) {
     n++;
     total++;
   }
-  int err = errno;
   closedir(d);
   if (err) {
     errno = err;

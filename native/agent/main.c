@@ -131,11 +131,25 @@ static int connect_vsock(unsigned port) {
   return fd;
 }
 
+// Held back so that, out of descriptors, a pending connection can still be accepted and shut
+// instead of leaving the listener readable forever (a busy loop).
+static int g_spare_fd = -1;
+
 static void on_listen(void) {
   for (;;) {
     int fd = accept4(g_listen.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) return;
-    conn_new(fd);
+    if (fd >= 0) {
+      conn_new(fd);
+      continue;
+    }
+    if ((errno == EMFILE || errno == ENFILE) && g_spare_fd >= 0) {
+      close(g_spare_fd);
+      fd = accept(g_listen.fd, NULL, NULL);
+      if (fd >= 0) close(fd);
+      g_spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      continue;
+    }
+    return;
   }
 }
 
@@ -175,6 +189,7 @@ int main(int argc, char **argv) {
   g_listen.fd = -1;
   if (strcmp(mode, "--listen") == 0 && strncmp(arg, "unix:", 5) == 0) {
     g_listen.fd = listen_unix(arg + 5);
+    g_spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     g_listen.type = W_LISTEN;
     watch_set(&g_listen, EPOLLIN);
   } else if (strcmp(mode, "--port") == 0 && strncmp(arg, "virtio:", 7) == 0) {

@@ -155,6 +155,18 @@ describe("exec", () => {
     expect(Date.now() - t0).toBeLessThan(3000);
   });
 
+  it("still kills the background members of a group whose leader has exited", async () => {
+    const proc = client.spawn(["sh", "-c", "yes background & echo leader done"]);
+    const pid = await proc.pid;
+    const it = proc[Symbol.asyncIterator]();
+    await it.next();
+    await new Promise((r) => setTimeout(r, 300)); // the leader is gone; `yes` keeps the pipe busy
+    proc.kill("SIGKILL");
+    while (!(await it.next()).done);
+    expect((await proc.exit).exitCode).toBe(0); // the leader's own status
+    expect(await groupGone(pid)).toEqual([]);
+  });
+
   it("aborts through an AbortSignal and kills the process", async () => {
     const ac = new AbortController();
     const running = client.exec(["sh", "-c", "echo $$; sleep 30"], { signal: ac.signal });

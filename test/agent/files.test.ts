@@ -1,5 +1,6 @@
 // File operations through the real agent; the agent runs on this host, so results are checked
 // against the real files too.
+import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, lstatSync, readdirSync, readFileSync, symlinkSync } from "node:fs";
 import { Readable } from "node:stream";
@@ -134,6 +135,12 @@ describe("directories and metadata", () => {
     await expect(client.writeFile(`${root}/no/parent/file`, "x")).rejects.toMatchObject({ errnoName: "ENOENT" });
     await expect(client.list(`${root}/range.txt`)).rejects.toMatchObject({ errnoName: "ENOTDIR" });
     await expect(client.rename(`${root}/nope`, `${root}/nope2`)).rejects.toMatchObject({ errnoName: "ENOENT" });
+  });
+
+  it("refuses to stream a FIFO instead of blocking the agent", async () => {
+    execFileSync("mkfifo", [`${root}/fifo`]);
+    await expect(client.readFile(`${root}/fifo`)).rejects.toMatchObject({ errnoName: "EINVAL" });
+    expect((await client.stat(`${root}/fifo`)).type).toBe("fifo");
   });
 
   it("rejects relative paths before sending", async () => {
