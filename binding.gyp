@@ -15,6 +15,12 @@
       "conditions": [
         ["OS=='linux'", {"libraries": ["-ldl"]}]
       ]
+    },
+    {
+      "target_name": "msb-vmm",
+      "type": "executable",
+      "sources": ["native/vmm/vmm.c"],
+      "cflags": ["-std=c11", "-Wall", "-Wextra"]
     }
   ]
 }

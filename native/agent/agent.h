@@ -131,5 +131,17 @@ void file_mkdir(struct conn *c, uint32_t id, const microsandbox_agent_Mkdir *req
 void file_remove(struct conn *c, uint32_t id, const microsandbox_agent_Remove *req);
 void file_rename(struct conn *c, uint32_t id, const char *from, const char *to);
 
+// init.c: PID 1 in a QEMU guest
+struct init_config {
+  char port[64];        // virtio-serial port name to serve
+  unsigned vsock_port;  // or vsock port on the host (CID 2)
+  char root[64];        // image disk, mounted read-only as the overlay's lower layer
+  char rootfstype[16];
+  bool net;             // configure eth0 for QEMU user networking
+};
+extern struct init_config g_init;
+void init_guest(void);
+_Noreturn void init_poweroff(void);
+
 // util.c
 int mkdir_parents(const char *path, mode_t mode);

@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <poll.h>
+
 #include <linux/vm_sockets.h>
 
 #include "agent.h"
@@ -66,6 +68,7 @@ void watch_close(struct watch *w) {
 
 static void die(const char *what) {
   fprintf(stderr, "msb-agent: %s: %s\n", what, strerror(errno));
+  if (getpid() == 1) init_poweroff();  // PID 1 must not exit: the kernel would panic
   exit(1);
 }
 
@@ -117,6 +120,26 @@ static int open_virtio_port(const char *name) {
   }
   if (fd < 0 && errno == 0) errno = ENOENT;
   return fd;
+}
+
+// Opens the port once the guest driver made it, then waits for the host end to be connected:
+// until then a virtio port reads as hung up, which would look like a host that left.
+static int open_virtio_port_when_ready(const char *name) {
+  int fd = -1;
+  for (int waited = 0; (fd = open_virtio_port(name)) < 0; waited += 5) {
+    if (waited >= 10000) return -1;
+    usleep(5000);
+  }
+  for (int waited = 0;; waited += 5) {
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    if (poll(&p, 1, 0) == 1 && !(p.revents & POLLHUP)) return fd;
+    if (waited >= 60000) {
+      close(fd);
+      errno = ENOTCONN;
+      return -1;
+    }
+    usleep(5000);
+  }
 }
 
 static int connect_vsock(unsigned port) {
@@ -177,7 +200,9 @@ static void setup_signals(void) {
 
 int main(int argc, char **argv) {
   boot_event("agent_start");
-  if (argc != 3) usage();
+  bool pid1 = getpid() == 1;
+  if (pid1) init_guest();
+  else if (argc != 3) usage();
   g_epoll = epoll_create1(EPOLL_CLOEXEC);
   if (g_epoll < 0) die("epoll_create1");
   setup_signals();
@@ -185,9 +210,14 @@ int main(int argc, char **argv) {
   // PID 1 (host tests, libkrun's own init), so a killed process tree leaves no zombies.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
 
-  const char *mode = argv[1], *arg = argv[2];
+  const char *mode = pid1 ? "" : argv[1], *arg = pid1 ? "" : argv[2];
   g_listen.fd = -1;
-  if (strcmp(mode, "--listen") == 0 && strncmp(arg, "unix:", 5) == 0) {
+  if (pid1) {
+    int fd = g_init.port[0] ? open_virtio_port_when_ready(g_init.port) : connect_vsock(g_init.vsock_port);
+    if (fd < 0) die(g_init.port[0] ? g_init.port : "vsock connect");
+    boot_event("channel_open");
+    conn_new(fd);
+  } else if (strcmp(mode, "--listen") == 0 && strncmp(arg, "unix:", 5) == 0) {
     g_listen.fd = listen_unix(arg + 5);
     g_spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     g_listen.type = W_LISTEN;
@@ -229,6 +259,11 @@ int main(int argc, char **argv) {
     if ((g_shutdown || g_listen.fd < 0) && g_conns == NULL) g_running = false;
   }
   while (g_conns) conn_close(g_conns);
+  if (pid1) {
+    // The host shut us down or went away: nothing in the guest outlives the channel.
+    kill(-1, SIGKILL);
+    init_poweroff();
+  }
   if (g_listen.fd >= 0 && strncmp(arg, "unix:", 5) == 0) unlink(arg + 5);
   return 0;
 }

@@ -1,0 +1,184 @@
+// The agent's duties as the guest's PID 1 (QEMU boots it from the initramfs): mount the kernel
+// filesystems, load the virtio modules, assemble the root (read-only image disk + tmpfs upper
+// through overlayfs), switch into it, and bring up networking. Settings come from the kernel
+// command line (msb.*), which stays small: everything else arrives over the channel.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+struct init_config g_init;
+
+// Writes to the console (PID 1's stdout); the host keeps it as the console log.
+static void say(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "msb-agent: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+}
+
+_Noreturn void init_poweroff(void) {
+  sync();
+  reboot(RB_POWER_OFF);
+  for (;;) pause();  // reboot() does not return for PID 1; keep the kernel from panicking
+}
+
+_Noreturn static void fatal(const char *what) {
+  say("fatal: %s: %s", what, strerror(errno));
+  init_poweroff();
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+// msb.port=NAME msb.vsock=PORT msb.root=DEV msb.rootfstype=TYPE msb.net=0|1
+static void parse_cmdline(void) {
+  char buf[2048] = {0};
+  int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fatal("/proc/cmdline");
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return;
+  for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
+    if (strncmp(tok, "msb.port=", 9) == 0) snprintf(g_init.port, sizeof g_init.port, "%s", tok + 9);
+    else if (strncmp(tok, "msb.vsock=", 10) == 0) g_init.vsock_port = (unsigned)strtoul(tok + 10, NULL, 10);
+    else if (strncmp(tok, "msb.root=", 9) == 0) snprintf(g_init.root, sizeof g_init.root, "%s", tok + 9);
+    else if (strncmp(tok, "msb.rootfstype=", 15) == 0) snprintf(g_init.rootfstype, sizeof g_init.rootfstype, "%s", tok + 15);
+    else if (strncmp(tok, "msb.net=", 8) == 0) g_init.net = tok[8] == '1';
+  }
+}
+
+static void mount_or_die(const char *src, const char *dst, const char *type, unsigned long flags, const char *data) {
+  mkdir(dst, 0755);
+  if (mount(src, dst, type, flags, data) < 0) fatal(dst);
+}
+
+// Loads the modules listed in /modules/order, in that order (dependencies first).
+static void load_modules(void) {
+  FILE *f = fopen("/modules/order", "re");
+  if (!f) return;  // a kernel with everything built in
+  char name[256], path[300];
+  while (fgets(name, sizeof name, f)) {
+    name[strcspn(name, "\n")] = 0;
+    if (!*name) continue;
+    snprintf(path, sizeof path, "/modules/%s", name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fatal(path);
+    if (syscall(SYS_finit_module, fd, "", 0) < 0 && errno != EEXIST) say("cannot load %s: %s", name, strerror(errno));
+    close(fd);
+  }
+  fclose(f);
+}
+
+static void wait_for(const char *path, int timeout_ms) {
+  for (int waited = 0; access(path, F_OK) < 0; waited += 5) {
+    if (waited >= timeout_ms) {
+      errno = ENOENT;
+      fatal(path);
+    }
+    sleep_ms(5);
+  }
+}
+
+// The image disk read-only below, a tmpfs above, overlayfs joining them at /newroot; then the
+// kernel filesystems move along and /newroot becomes / (initramfs cannot be pivot_root'ed).
+static void assemble_root(void) {
+  wait_for(g_init.root, 10000);
+  mount_or_die(g_init.root, "/run/lower", g_init.rootfstype, MS_RDONLY, NULL);
+  mount_or_die("rw", "/run/rw", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+  mkdir("/run/rw/upper", 0755);
+  mkdir("/run/rw/work", 0755);
+  mount_or_die("overlay", "/newroot", "overlay", 0, "lowerdir=/run/lower,upperdir=/run/rw/upper,workdir=/run/rw/work");
+  boot_event("root_mounted");
+  const char *moves[] = {"/dev", "/proc", "/sys"};
+  char dst[64];
+  for (size_t i = 0; i < 3; i++) {
+    snprintf(dst, sizeof dst, "/newroot%s", moves[i]);
+    mkdir(dst, 0755);
+    if (mount(moves[i], dst, NULL, MS_MOVE, NULL) < 0) fatal(dst);
+  }
+  if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
+    fatal("switching to the new root");
+  mount_or_die("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
+  mount_or_die("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+  mount_or_die("tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+  mkdir("/run", 0755);
+  mount_or_die("run", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+}
+
+static void if_config(int s, const char *ifname, const char *addr, const char *mask) {
+  struct ifreq ifr = {0};
+  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+  struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+  if (addr) {
+    sin->sin_family = AF_INET;
+    inet_pton(AF_INET, addr, &sin->sin_addr);
+    if (ioctl(s, SIOCSIFADDR, &ifr) < 0) say("%s address: %s", ifname, strerror(errno));
+    inet_pton(AF_INET, mask, &sin->sin_addr);
+    if (ioctl(s, SIOCSIFNETMASK, &ifr) < 0) say("%s netmask: %s", ifname, strerror(errno));
+  }
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) say("%s up: %s", ifname, strerror(errno));
+  }
+}
+
+// Loopback always; with msb.net=1, eth0 on QEMU user networking's fixed addresses.
+static void setup_network(void) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return say("socket: %s", strerror(errno));
+  if_config(s, "lo", NULL, NULL);
+  if (g_init.net) {
+    wait_for("/sys/class/net/eth0", 5000);
+    if_config(s, "eth0", "10.0.2.15", "255.255.255.0");
+    struct rtentry rt = {0};
+    struct sockaddr_in *gw = (struct sockaddr_in *)&rt.rt_gateway, *dst = (struct sockaddr_in *)&rt.rt_dst,
+                       *mask = (struct sockaddr_in *)&rt.rt_genmask;
+    gw->sin_family = dst->sin_family = mask->sin_family = AF_INET;
+    inet_pton(AF_INET, "10.0.2.2", &gw->sin_addr);
+    rt.rt_flags = RTF_UP | RTF_GATEWAY;
+    rt.rt_dev = "eth0";
+    if (ioctl(s, SIOCADDRT, &rt) < 0) say("default route: %s", strerror(errno));
+    int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      static const char conf[] = "nameserver 10.0.2.3\n";
+      if (write(fd, conf, sizeof conf - 1) < 0) say("resolv.conf: %s", strerror(errno));
+      close(fd);
+    }
+  }
+  close(s);
+}
+
+void init_guest(void) {
+  snprintf(g_init.root, sizeof g_init.root, "/dev/vda");
+  snprintf(g_init.rootfstype, sizeof g_init.rootfstype, "ext4");
+  mount_or_die("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+  mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  mount_or_die("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  parse_cmdline();
+  load_modules();
+  boot_event("modules_loaded");
+  assemble_root();
+  sethostname("sandbox", 7);
+  setup_network();
+  boot_event("init_done");
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds an offline sandbox image from Debian packages into CACHE_DIR/images/NAME/:
+#   rootfs/  the image's files      id  a content id (sha256 of the file manifest)
+# NAME: busybox (busybox-static applets only, a few MB), python (debootstrap minbase +
+# python3-minimal), node (minbase + nodejs). Idempotent: an existing image is kept.
+# Needs root (debootstrap, file ownership), busybox-static and debootstrap.
+set -euo pipefail
+
+if [ $# -ne 2 ]; then
+  echo "usage: $0 CACHE_DIR busybox|python|node" >&2
+  exit 2
+fi
+images="$1/images"
+name="$2"
+final="$images/$name"
+if [ -f "$final/id" ]; then
+  echo "$final"
+  exit 0
+fi
+
+mkdir -p "$images"
+tmp="$(mktemp -d "$images/.tmp-$name.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+root="$tmp/rootfs"
+mirror="${MSB_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+minbase() {
+  debootstrap --variant=minbase --include="$1" bookworm "$root" "$mirror" >"$tmp/debootstrap.log" 2>&1 || {
+    tail -20 "$tmp/debootstrap.log" >&2
+    exit 1
+  }
+  # Package caches and lists are dead weight in a read-only image.
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+}
+
+case "$name" in
+  busybox)
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,root,tmp,dev,proc,sys,run}
+    chmod 1777 "$root/tmp"
+    cp /bin/busybox "$root/bin/busybox"
+    for applet in $("$root/bin/busybox" --list-full); do
+      [ -e "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+    ;;
+  python) minbase python3-minimal ;;
+  node) minbase nodejs ;;
+  *)
+    echo "build-image: unknown image '$name' (busybox, python, node)" >&2
+    exit 2
+    ;;
+esac
+
+# The id names the content: paths, types, modes, owners, sizes and link targets, not mtimes.
+(cd "$root" && find . -printf '%p %y %m %U %G %s %l\n' | LC_ALL=C sort | sha256sum | cut -c1-32) >"$tmp/id"
+rm -f "$tmp/debootstrap.log"
+mv "$tmp" "$final"
+trap - EXIT
+echo "$final"

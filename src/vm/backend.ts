@@ -1,0 +1,50 @@
+// The interface every VMM backend implements (QEMU now, libkrun next): boot a VM whose PID 1 is
+// the guest agent, hand back a connected AgentClient, and stop or kill it.
+import type { AgentClient } from "../agent/client.js";
+
+export type NetworkMode = "none" | "all";
+
+export interface VmConfig {
+  /** Guest RAM in MiB. */
+  memory: number;
+  /** Virtual CPUs (whole number). */
+  cpus: number;
+  network: NetworkMode;
+  /** Read-only root disk image (ext4) holding the sandbox's image. */
+  rootDisk: string;
+  /** Seconds to wait for the agent's hello. */
+  bootTimeout: number;
+  /** A name for logs and errors. */
+  name: string;
+}
+
+/** Milliseconds from the start of boot() for each phase, and the guest's own timeline. */
+export interface BootTimeline {
+  /** Host-side preparation before the VMM was started (kernel, initramfs, disks). */
+  hostPrepMs: number;
+  /** The VMM process was spawned. */
+  vmmStartMs: number;
+  /** The agent's hello arrived. */
+  agentReadyMs: number;
+  /** Guest milestones (agent_start, modules_loaded, root_mounted, ...) in ms since guest kernel start. */
+  guest: { name: string; ms: number }[];
+}
+
+export interface Vm {
+  readonly agent: AgentClient;
+  readonly backend: string;
+  readonly timeline: BootTimeline;
+  /** The guest console log, kept while the VM runs and after a failure. */
+  readonly consoleLog: string;
+  /** Resolves when the VMM process ended. */
+  readonly exited: Promise<void>;
+  /** Graceful: agent shutdown, then a bounded wait, then kill. Idempotent. */
+  stop(): Promise<void>;
+  /** Kills the VMM at once. */
+  kill(): void;
+}
+
+export interface Backend {
+  readonly name: string;
+  boot(config: VmConfig): Promise<Vm>;
+}

@@ -1,0 +1,62 @@
+// The guest's boot artifacts: the kernel (Debian's cloud kernel prepared by
+// scripts/guest-kernel.sh, or one named by option / MSB_KERNEL) and an initramfs holding the
+// agent as /init, built once per (agent, modules) content and cached.
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import path from "node:path";
+
+import { agentBinaryPath } from "../agent/binary.js";
+import { MicrosandboxError } from "../errors.js";
+import { cacheDir } from "../paths.js";
+import { buildInitramfs } from "./initramfs.js";
+
+/** The guest kernel or initramfs is missing or unusable. */
+export class GuestKernelError extends MicrosandboxError {
+  override readonly code = "MSB_GUEST_KERNEL";
+}
+
+export interface GuestBoot {
+  /** Uncompressed vmlinux (PVH-bootable ELF). */
+  kernel: string;
+  initramfs: string;
+}
+
+const built = new Map<string, GuestBoot>();
+
+/** Finds the kernel and returns it with a matching initramfs, building that on first use. */
+export async function guestBoot(opts: { kernel?: string; env?: NodeJS.ProcessEnv } = {}): Promise<GuestBoot> {
+  const env = opts.env ?? process.env;
+  const kernel = opts.kernel ?? env.MSB_KERNEL ?? defaultKernel(env);
+  if (!existsSync(kernel)) {
+    throw new GuestKernelError(
+      `guest kernel ${kernel} not found.\nPossible solutions:\n` +
+        `- on Debian: bash scripts/guest-kernel.sh ${cacheDir(env)} (fetches the cloud kernel without installing it)\n` +
+        "- name an uncompressed vmlinux with the `kernel` option or MSB_KERNEL (virtio drivers built in, or a modules/ dir beside it)",
+    );
+  }
+  const memo = built.get(kernel);
+  if (memo) return memo;
+  const kernelDir = path.dirname(kernel);
+  const agent = agentBinaryPath(env);
+  const hash = createHash("sha256").update(readFileSync(agent));
+  const order = path.join(kernelDir, "modules", "order");
+  if (existsSync(order)) hash.update(readFileSync(order)).update(kernelDir);
+  const initramfs = path.join(cacheDir(env), "initramfs", `${hash.digest("hex").slice(0, 24)}.cpio`);
+  if (!existsSync(initramfs)) {
+    mkdirSync(path.dirname(initramfs), { recursive: true });
+    await buildInitramfs({ agentPath: agent, kernelDir, outPath: initramfs });
+  }
+  const boot = { kernel, initramfs };
+  built.set(kernel, boot);
+  return boot;
+}
+
+function defaultKernel(env: NodeJS.ProcessEnv): string {
+  const dir = path.join(cacheDir(env), "kernel");
+  try {
+    const version = readFileSync(path.join(dir, "current"), "utf8").trim();
+    return path.join(dir, version, "vmlinux");
+  } catch {
+    return path.join(dir, "<none>", "vmlinux");
+  }
+}
