@@ -76,6 +76,26 @@ export class OutputLimitError extends MicrosandboxError {
   override readonly code = "MSB_OUTPUT_LIMIT";
 }
 
+/** The sandbox is not running: call start() first, or it was stopped. */
+export class SandboxNotRunningError extends MicrosandboxError {
+  override readonly code = "MSB_SANDBOX_NOT_RUNNING";
+}
+
+/** The sandbox ran out of a resource: memory (the guest OOM killer struck) or processes. */
+export class ResourceError extends MicrosandboxError {
+  override readonly code = "MSB_RESOURCE";
+}
+
+/** The sandbox's network is not available as configured. */
+export class NetworkError extends MicrosandboxError {
+  override readonly code = "MSB_NETWORK";
+}
+
+/** The interpreter behind run() ended unexpectedly; its state is lost and the next run() starts afresh. */
+export class ExecutionError extends MicrosandboxError {
+  override readonly code = "MSB_EXECUTION";
+}
+
 /** The operation was cancelled through its AbortSignal; `cause` is the signal's reason. */
 export class AbortError extends MicrosandboxError {
   override readonly code = "MSB_ABORTED";

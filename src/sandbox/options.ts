@@ -1,0 +1,129 @@
+// Sandbox options: their types, defaults and checks. Everything is validated here, before any VM
+// starts, with messages that name the value and say what to do.
+import { randomBytes } from "node:crypto";
+import os from "node:os";
+
+import { InvalidArgumentError } from "../errors.js";
+import type { NetworkMode } from "../vm/backend.js";
+
+export interface SandboxOptions {
+  /** 1–63 characters of [A-Za-z0-9_-], starting alphanumeric. Default: a generated name. */
+  name?: string;
+  /** Local image name (see scripts/build-image.sh). PythonSandbox / NodeSandbox have defaults. */
+  image?: string;
+  /** Guest RAM in MiB. Default 512. */
+  memory?: number;
+  /** CPU cores; fractions round up to whole vCPUs. Default 1. */
+  cpus?: number;
+  /** Seconds to wait for the sandbox to boot. Default 180. */
+  timeout?: number;
+  /** "none": no network device at all (default). "all": outbound access through user-mode NAT. */
+  network?: NetworkMode;
+  /** Environment for commands and interpreters, on top of PATH/HOME/LANG defaults. */
+  env?: Record<string, string>;
+  /** Working directory for commands and interpreters. Default "/root". */
+  workdir?: string;
+  /** Which VMM: "auto" (default) or "qemu". */
+  backend?: "auto" | "qemu";
+  /** An uncompressed guest kernel (vmlinux) to boot instead of the cached Debian one. */
+  kernel?: string;
+}
+
+export interface StartOptions {
+  memory?: number;
+  cpus?: number;
+  /** Seconds to wait for the sandbox to boot. */
+  timeout?: number;
+}
+
+export interface ResolvedOptions {
+  name: string;
+  image: string;
+  memory: number;
+  cpus: number;
+  timeout: number;
+  network: NetworkMode;
+  env: Record<string, string>;
+  workdir: string;
+  backend: "auto" | "qemu";
+  kernel: string | undefined;
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
+export const MIN_MEMORY_MIB = 64;
+
+export function checkMemory(memory: unknown): number {
+  const hostMiB = Math.floor(os.totalmem() / 2 ** 20);
+  if (typeof memory !== "number" || !Number.isInteger(memory) || memory < MIN_MEMORY_MIB || memory > hostMiB) {
+    throw new InvalidArgumentError(
+      `memory ${String(memory)} is invalid: give whole MiB from ${MIN_MEMORY_MIB} to ${hostMiB} (this host's RAM), e.g. memory: 512`,
+    );
+  }
+  return memory;
+}
+
+export function checkCpus(cpus: unknown): number {
+  if (typeof cpus !== "number" || !Number.isFinite(cpus) || cpus <= 0 || cpus > 64) {
+    throw new InvalidArgumentError(`cpus ${String(cpus)} is invalid: give a number of cores above 0 and at most 64, e.g. cpus: 1`);
+  }
+  return cpus;
+}
+
+export function checkSeconds(what: string, v: unknown): number {
+  if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
+    throw new InvalidArgumentError(`${what} ${String(v)} is invalid: give a positive number of seconds`);
+  }
+  return v;
+}
+
+export function resolveOptions(opts: SandboxOptions, defaultImage: string | undefined): ResolvedOptions {
+  if (opts === null || typeof opts !== "object") throw new InvalidArgumentError("sandbox options must be an object");
+  const name = opts.name ?? `sandbox-${randomBytes(4).toString("hex")}`;
+  if (typeof name !== "string" || !NAME.test(name)) {
+    throw new InvalidArgumentError(
+      `sandbox name ${JSON.stringify(name)} is invalid: use 1-63 letters, digits, '_' or '-', starting with a letter or digit`,
+    );
+  }
+  const image = opts.image ?? defaultImage;
+  if (typeof image !== "string" || image === "") {
+    throw new InvalidArgumentError("CustomSandbox needs an image: CustomSandbox.create({ image: \"busybox\" })");
+  }
+  const network = opts.network ?? "none";
+  if (network !== "none" && network !== "all") {
+    throw new InvalidArgumentError(`network ${JSON.stringify(network)} is invalid: use "none" or "all"`);
+  }
+  const backend = opts.backend ?? "auto";
+  if (backend !== "auto" && backend !== "qemu") {
+    throw new InvalidArgumentError(`backend ${JSON.stringify(backend)} is invalid: use "auto" or "qemu"`);
+  }
+  const workdir = opts.workdir ?? "/root";
+  if (typeof workdir !== "string" || !workdir.startsWith("/")) {
+    throw new InvalidArgumentError(`workdir ${JSON.stringify(workdir)} must be an absolute guest path`);
+  }
+  const env = { ...(opts.env ?? {}) };
+  for (const [k, v] of Object.entries(env)) {
+    if (!k || k.includes("=") || k.includes("\0") || typeof v !== "string" || v.includes("\0")) {
+      throw new InvalidArgumentError(`environment variable ${JSON.stringify(k)} is invalid: names without '=', string values`);
+    }
+  }
+  return {
+    name,
+    image,
+    memory: checkMemory(opts.memory ?? 512),
+    cpus: checkCpus(opts.cpus ?? 1),
+    timeout: checkSeconds("timeout", opts.timeout ?? 180),
+    network,
+    env,
+    workdir,
+    backend,
+    kernel: opts.kernel,
+  };
+}
+
+/** The guest environment: defaults a shell expects, then the sandbox's, then the call's. */
+export function guestEnv(...layers: (Record<string, string> | undefined)[]): Record<string, string> {
+  return Object.assign(
+    { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root", LANG: "C.UTF-8", TERM: "dumb" },
+    ...layers,
+  );
+}

@@ -1,0 +1,238 @@
+// The public sandbox classes: a VM booted from an image, with commands, files and (for Python and
+// Node) a persistent interpreter. create() = new + start(); stop() or `await using` ends the VM.
+import { debuglog } from "node:util";
+
+import type { AgentClient } from "../agent/client.js";
+import type { ExecProcess } from "../agent/process.js";
+import { InvalidArgumentError, ResourceError, SandboxNotRunningError, TimeoutError } from "../errors.js";
+import { ImageStore } from "../images/store.js";
+import type { BootTimeline, Vm } from "../vm/backend.js";
+import { QemuBackend } from "../vm/qemu.js";
+import { CommandExecution, Execution } from "./execution.js";
+import { SandboxFiles } from "./files.js";
+import { checkCpus, checkMemory, checkSeconds, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
+import { Repl, type ReplLanguage } from "./repl.js";
+
+const debug = debuglog("microsandbox");
+
+export interface CommandOptions {
+  /** Seconds; past it the process tree is killed and TimeoutError is thrown. */
+  timeout?: number;
+  /** Absolute working directory. Default: the sandbox's workdir. */
+  cwd?: string;
+  /** Added to the sandbox's environment. */
+  env?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export interface RunOptions {
+  /** Seconds; past it the interpreter is killed (its state is lost) and TimeoutError is thrown. */
+  timeout?: number;
+}
+
+/** sandbox.command: shell commands in the sandbox. */
+export class SandboxCommands {
+  constructor(private readonly sandbox: Sandbox) {}
+
+  /** Runs `command` with `args` (no shell) and collects its output. A non-zero exit is not an error. */
+  async run(command: string, args: readonly string[] = [], opts: CommandOptions = {}): Promise<CommandExecution> {
+    if (typeof command !== "string" || command === "") throw new InvalidArgumentError("command must be a non-empty string, e.g. \"echo\"");
+    if (!Array.isArray(args)) throw new InvalidArgumentError(`args must be an array of strings, got ${typeof args}`);
+    const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
+    const agent = this.sandbox.agent();
+    const r = await agent.exec([command, ...args], this.sandbox.processOptions(opts, timeout));
+    if (r.signal === "SIGKILL") {
+      const oom = await this.sandbox.explainDeath(command);
+      if (oom) throw oom;
+    }
+    if (r.timedOut) throw new TimeoutError(`${command} ran longer than ${timeout} s and was killed`);
+    return new CommandExecution(command, args, r.exitCode, r.signal, r.stdout.toString("utf8"), r.stderr.toString("utf8"), r.durationMs);
+  }
+
+  /** Starts `command` and returns it for streaming output, stdin and signals. */
+  spawn(command: string, args: readonly string[] = [], opts: CommandOptions & { stdin?: boolean } = {}): ExecProcess {
+    const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
+    return this.sandbox.agent().spawn([command, ...args], { ...this.sandbox.processOptions(opts, timeout), stdin: !!opts.stdin });
+  }
+}
+
+export abstract class Sandbox implements AsyncDisposable {
+  /** Shell commands: run() and the streaming spawn(). */
+  readonly command = new SandboxCommands(this);
+  /** Files in the sandbox, and copies between host and guest. */
+  readonly fs = new SandboxFiles(() => this.agent());
+  protected opts: ResolvedOptions;
+  private vm: Vm | undefined;
+  private starting: Promise<void> | undefined;
+  private oomKills = 0;
+  private backendReason = "";
+
+  constructor(opts: SandboxOptions = {}, defaultImage?: string) {
+    this.opts = resolveOptions(opts, defaultImage);
+  }
+
+  /** Creates and starts a sandbox. */
+  static async create<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, opts: SandboxOptions = {}): Promise<T> {
+    const sandbox = new this(opts);
+    await sandbox.start();
+    return sandbox;
+  }
+
+  get name(): string {
+    return this.opts.name;
+  }
+
+  get isRunning(): boolean {
+    return this.vm !== undefined;
+  }
+
+  /** The VMM in use and why it was chosen, e.g. "qemu (tcg): no KVM: ...". */
+  get backend(): string | undefined {
+    return this.vm && `${this.vm.backend}: ${this.backendReason}`;
+  }
+
+  /** Boot phases of the running VM. */
+  get timeline(): BootTimeline | undefined {
+    return this.vm?.timeline;
+  }
+
+  /** Boots the VM. memory (MiB), cpus and timeout (seconds to boot) override the constructor's. */
+  start(opts: StartOptions = {}): Promise<void> {
+    if (this.vm) return Promise.resolve();
+    if (opts.memory !== undefined) this.opts.memory = checkMemory(opts.memory);
+    if (opts.cpus !== undefined) this.opts.cpus = checkCpus(opts.cpus);
+    if (opts.timeout !== undefined) this.opts.timeout = checkSeconds("timeout", opts.timeout);
+    this.starting ??= this.boot().finally(() => (this.starting = undefined));
+    return this.starting;
+  }
+
+  private async boot(): Promise<void> {
+    const store = new ImageStore();
+    const image = store.resolve(this.opts.image);
+    const disk = await store.disk(image);
+    const backend = new QemuBackend(this.opts.kernel ? { kernel: this.opts.kernel } : {});
+    const vm = await backend.boot({
+      name: this.opts.name,
+      memory: this.opts.memory,
+      cpus: Math.ceil(this.opts.cpus),
+      network: this.opts.network,
+      rootDisk: disk,
+      bootTimeout: this.opts.timeout,
+    });
+    this.backendReason = backend.reason;
+    try {
+      this.oomKills = await this.readOomKills(vm.agent);
+    } catch (err) {
+      await vm.stop();
+      throw err;
+    }
+    this.vm = vm;
+    debug("sandbox %s running on %s", this.name, this.backend);
+  }
+
+  /** Stops the VM: the agent shuts the guest down, then the VMM is made sure to be gone. */
+  async stop(): Promise<void> {
+    await this.starting?.catch(() => {});
+    const vm = this.vm;
+    if (!vm) return;
+    this.vm = undefined;
+    this.onStop();
+    await vm.stop();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+
+  /** Lets subclasses drop per-VM state (interpreters). */
+  protected onStop(): void {}
+
+  /** @internal The agent of the running VM. */
+  agent(): AgentClient {
+    if (!this.vm) throw new SandboxNotRunningError(`sandbox ${this.name} is not running: call start() (or create()) first`);
+    if (this.vm.agent.closed) throw new SandboxNotRunningError(`sandbox ${this.name} has stopped: its VM is gone`);
+    return this.vm.agent;
+  }
+
+  /** @internal Options for a process in this sandbox. */
+  processOptions(opts: CommandOptions, timeout: number | undefined) {
+    return {
+      env: guestEnv(this.opts.env, opts.env),
+      cwd: opts.cwd ?? this.opts.workdir,
+      ...(timeout !== undefined ? { timeout } : {}),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    };
+  }
+
+  /**
+   * @internal After a process died by SIGKILL: a ResourceError if the guest's OOM killer struck
+   * since the last look (its counter in /proc/vmstat went up), else undefined.
+   */
+  async explainDeath(what: string): Promise<ResourceError | undefined> {
+    const vm = this.vm;
+    if (!vm || vm.agent.closed) return undefined;
+    const now = await this.readOomKills(vm.agent);
+    if (now <= this.oomKills) return undefined;
+    this.oomKills = now;
+    return new ResourceError(
+      `${what} ran out of memory: the guest killed it to stay within the sandbox's ${this.opts.memory} MiB. ` +
+        "Start the sandbox with more memory (memory: MiB) or use less.",
+    );
+  }
+
+  private async readOomKills(agent: AgentClient): Promise<number> {
+    const vmstat = (await agent.readFile("/proc/vmstat")).toString("utf8");
+    return Number(/^oom_kill (\d+)$/m.exec(vmstat)?.[1] ?? 0);
+  }
+}
+
+abstract class LanguageSandbox extends Sandbox {
+  private repl: Repl | undefined;
+  protected abstract readonly language: ReplLanguage;
+
+  /**
+   * Runs code in the sandbox's persistent interpreter: state survives between calls, and the value
+   * of a final expression is echoed like the interactive prompt. An exception does not throw: it
+   * makes hasError() true with the traceback in error().
+   */
+  async run(code: string, opts: RunOptions = {}): Promise<Execution> {
+    if (typeof code !== "string") throw new InvalidArgumentError(`code must be a string, got ${typeof code}`);
+    const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
+    this.agent(); // not running: fail before queueing
+    this.repl ??= new Repl(this.language, {
+      agent: () => this.agent(),
+      env: () => guestEnv(this.opts.env),
+      workdir: () => this.opts.workdir,
+      explainDeath: (what) => this.explainDeath(what),
+    });
+    return this.repl.run(code, timeout);
+  }
+
+  protected override onStop(): void {
+    this.repl?.reset();
+    this.repl = undefined;
+  }
+}
+
+/** A sandbox with a persistent Python interpreter (image "python" by default, or MSB_PYTHON_IMAGE). */
+export class PythonSandbox extends LanguageSandbox {
+  protected readonly language: ReplLanguage = { language: "python", driver: "python_driver.py", interpreter: ["python3", "-u"] };
+  constructor(opts: SandboxOptions = {}) {
+    super(opts, process.env.MSB_PYTHON_IMAGE ?? "python");
+  }
+}
+
+/** A sandbox with a persistent Node.js interpreter (image "node" by default, or MSB_NODE_IMAGE). */
+export class NodeSandbox extends LanguageSandbox {
+  protected readonly language: ReplLanguage = { language: "javascript", driver: "node_driver.js", interpreter: ["node"] };
+  constructor(opts: SandboxOptions = {}) {
+    super(opts, process.env.MSB_NODE_IMAGE ?? "node");
+  }
+}
+
+/** A sandbox from any image: commands and files, no interpreter. `image` is required. */
+export class CustomSandbox extends Sandbox {
+  constructor(opts: SandboxOptions = {}) {
+    super(opts, undefined);
+  }
+}
