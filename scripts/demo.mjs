@@ -1,35 +1,24 @@
 #!/usr/bin/env node
-// Demo: start the guest agent as a host process (VM boot arrives with the QEMU backend), connect
-// an AgentClient, and run Python and a shell command through it.
-import { spawn } from "node:child_process";
-import { once } from "node:events";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import os from "node:os";
-import path from "node:path";
+// Demo: boot a Python sandbox (a real microVM), run code in its persistent interpreter and a
+// shell command, print what came back and how long each step took.
+import { PythonSandbox } from "../dist/index.js";
 
-import { AgentClient, agentBinaryPath } from "../dist/index.js";
-
-const dir = mkdtempSync(path.join(os.tmpdir(), "msb-demo-"));
-const socket = path.join(dir, "agent.sock");
-const agent = spawn(agentBinaryPath(), ["--listen", `unix:${socket}`], { stdio: "inherit" });
+const t0 = performance.now();
+const ms = (t) => `${Math.round(performance.now() - t)} ms`;
+const sandbox = await PythonSandbox.create({ name: "demo", memory: 512, cpus: 1 });
 try {
-  while (!existsSync(socket)) await new Promise((r) => setTimeout(r, 10));
-  const client = await AgentClient.connect(socket);
-  console.log(`agent ${client.hello.agentVersion} (protocol ${client.hello.protocolVersion}, pid ${client.hello.pid})`);
-
-  const py = await client.exec(["python3", "-c", "print('Hello from Python!'); print(2 + 2)"], {
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
-    timeout: 10,
-  });
-  process.stdout.write(py.stdout);
-  console.log(`python3 exited with ${py.exitCode} in ${py.durationMs.toFixed(1)} ms`);
-
-  const echo = await client.exec(["echo", "Hello World"]);
-  process.stdout.write(echo.stdout);
-
-  await client.shutdown();
-  await once(agent, "exit");
+  console.log(`booted ${sandbox.name} in ${ms(t0)} on ${sandbox.backend}`);
+  let t = performance.now();
+  const hello = await sandbox.run("import platform\nprint(f'Hello from Python {platform.python_version()} on {platform.release()}!')");
+  console.log(`${await hello.output()}   (${ms(t)}, first run starts the interpreter)`);
+  t = performance.now();
+  const sum = await sandbox.run("2 + 2");
+  console.log(`2 + 2 = ${await sum.output()}   (${ms(t)})`);
+  const fail = await sandbox.run("1 / 0");
+  console.log(`1 / 0 -> hasError() ${fail.hasError()}: ${(await fail.error()).split("\n").at(-1)}`);
+  const cmd = await sandbox.command.run("uname", ["-a"]);
+  console.log(`uname -a -> ${await cmd.output()} (exit ${cmd.exitCode})`);
 } finally {
-  agent.kill("SIGKILL");
-  rmSync(dir, { recursive: true, force: true });
+  await sandbox.stop();
 }
+console.log(`stopped; total ${ms(t0)}`);

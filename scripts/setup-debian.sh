@@ -8,6 +8,10 @@ packages=(
   musl-tools                # musl-gcc: the static guest agent
   libnanopb-dev nanopb protobuf-compiler  # protobuf for the agent (runtime, generator)
   file                      # checks the agent is a static binary
+  qemu-system-x86           # the VMM where libkrun is not available
+  lz4 kmod cpio             # guest kernel: vmlinux extraction, module dependencies
+  e2fsprogs                 # mkfs.ext4 -d: image root disks
+  debootstrap busybox-static  # offline images (python, node, busybox)
 )
 
 missing=()

@@ -152,7 +152,10 @@ export class Repl {
           );
         } catch (err) {
           clearTimeout(timer);
-          if (this.proc === proc) this.proc = undefined;
+          if (this.proc === proc) {
+            this.proc = undefined;
+            this.starting = undefined; // the next run() starts a fresh driver
+          }
           proc.kill("SIGKILL");
           const explained = await this.host.explainDeath(`the ${this.lang.language} interpreter`).catch(() => undefined);
           const error = explained ?? (err as Error);
