@@ -60,6 +60,7 @@ struct session {
   bool exited, timed_out;
   int status;
   uint64_t start_ns, end_ns, deadline_ns, grace_ns;
+  uint32_t cgroup;  // serial of the tree's cgroup, 0 when none
   // S_READ / S_WRITE
   int fd;
   uint64_t remaining, total;
@@ -138,9 +139,18 @@ struct init_config {
   char root[64];        // image disk, mounted read-only as the overlay's lower layer
   char rootfstype[16];
   bool net;             // configure eth0 for QEMU user networking
+  unsigned max_pids;    // pids.max of the sandbox cgroup
 };
+
 extern struct init_config g_init;
 void init_guest(void);
+
+// cgroup.c: one cgroup per exec'd process tree (only in a VM)
+bool cgroup_setup(unsigned max_pids);
+// Makes the next exec's cgroup; returns its cgroup.procs for the child to join (-1: none).
+int cgroup_open(uint32_t *serial);
+// Reads the tree's OOM kills and refused forks, and removes its cgroup if it is empty.
+void cgroup_close(uint32_t serial, uint64_t *oom_kills, uint64_t *pids_limit_hits);
 _Noreturn void init_poweroff(void);
 
 // util.c

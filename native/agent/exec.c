@@ -21,7 +21,7 @@
 #define MAX_GROUPS 64
 
 // Steps of the child between fork and exec; the failing one travels back with its errno.
-enum stage { ST_SETSID, ST_DUP, ST_RLIMIT, ST_SETGROUPS, ST_SETGID, ST_SETUID, ST_CHDIR, ST_EXEC };
+enum stage { ST_SETSID, ST_CGROUP, ST_DUP, ST_RLIMIT, ST_SETGROUPS, ST_SETGID, ST_SETUID, ST_CHDIR, ST_EXEC };
 struct failure {
   int stage, err;
 };
@@ -82,12 +82,13 @@ static void exec_search(char **argv, char **envp) {
 }
 
 static _Noreturn void child(const microsandbox_agent_Exec *req, char **argv, char **envp,
-                            int fds[3], const struct ids *ids, int report) {
+                            int fds[3], const struct ids *ids, int cgroup_fd, int report) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
   signal(SIGPIPE, SIG_DFL);  // ignored dispositions survive exec; the agent ignores SIGPIPE
   if (setsid() < 0) child_fail(report, ST_SETSID);
+  if (cgroup_fd >= 0 && write(cgroup_fd, "0", 1) < 0) child_fail(report, ST_CGROUP);
   for (int i = 0; i < 3; i++)
     if (dup2(fds[i], i) < 0) child_fail(report, ST_DUP);
   for (pb_size_t i = 0; i < req->rlimits_count; i++) {
@@ -203,16 +204,21 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
     if (req->open_stdin) ok = pipe2(in, O_CLOEXEC) == 0;
     else ok = (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;
   }
+  uint32_t cgroup = 0;
+  int cgroup_fd = ok ? cgroup_open(&cgroup) : -1;
   pid_t pid = ok ? fork() : -1;
   if (pid == 0) {
     close(report[0]);
     int fds[3] = {in[0], out[1], err[1]};
-    child(req, argv, envp, fds, &ids, report[1]);
+    child(req, argv, envp, fds, &ids, cgroup_fd, report[1]);
   }
   int saved = errno;
+  if (cgroup_fd >= 0) close(cgroup_fd);
   free(argv);
   free(envp);
   if (pid < 0) {
+    uint64_t unused[2];
+    cgroup_close(cgroup, &unused[0], &unused[1]);
     close_pair(out), close_pair(err), close_pair(in), close_pair(report);
     send_error(c, id, ERR(EXEC_FAILED), saved, "cannot start a process: %s", strerror(saved));
     return;
@@ -228,6 +234,8 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   close(report[0]);
   if (n == sizeof f) {
     waitpid(pid, NULL, 0);
+    uint64_t unused[2];
+    cgroup_close(cgroup, &unused[0], &unused[1]);
     close(out[0]), close(err[0]);
     if (in[1] >= 0) close(in[1]);
     describe_failure(c, id, req, &ids, f);
@@ -242,6 +250,7 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
     return;
   }
   s->pid = pid;
+  s->cgroup = cgroup;
   s->start_ns = start;
   // Capped at ~30 years so the nanosecond deadline cannot wrap.
   if (req->timeout_ms) s->deadline_ns = start + (req->timeout_ms < 1000000000000ull ? req->timeout_ms : 1000000000000ull) * 1000000ull;
@@ -282,6 +291,7 @@ static void maybe_finish(struct session *s) {
   }
   e->timed_out = s->timed_out;
   e->duration_ns = s->end_ns - s->start_ns;
+  cgroup_close(s->cgroup, &e->oom_kills, &e->pids_limit_hits);
   conn_send(s->conn, &m);
   session_free(s);
 }

@@ -64,6 +64,7 @@ static void parse_cmdline(void) {
     else if (strncmp(tok, "msb.root=", 9) == 0) snprintf(g_init.root, sizeof g_init.root, "%s", tok + 9);
     else if (strncmp(tok, "msb.rootfstype=", 15) == 0) snprintf(g_init.rootfstype, sizeof g_init.rootfstype, "%s", tok + 15);
     else if (strncmp(tok, "msb.net=", 8) == 0) g_init.net = tok[8] == '1';
+    else if (strncmp(tok, "msb.pids=", 9) == 0) g_init.max_pids = (unsigned)strtoul(tok + 9, NULL, 10);
   }
 }
 
@@ -178,6 +179,7 @@ void init_guest(void) {
   load_modules();
   boot_event("modules_loaded");
   assemble_root();
+  if (!cgroup_setup(g_init.max_pids ? g_init.max_pids : 1024)) say("no per-command cgroups: %s", strerror(errno));
   sethostname("sandbox", 7);
   setup_network();
   boot_event("init_done");

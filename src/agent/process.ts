@@ -52,6 +52,8 @@ export interface ExitStatus {
   timedOut: boolean;
   /** From start to exit, in milliseconds. */
   durationMs: number;
+  /** Counters of the process tree's own cgroup in a VM (0 outside one): processes the OOM killer took, forks refused by the pids limit. */
+  guestCounters: { oomKills: number; pidsLimitHits: number };
 }
 
 function checkString(name: string, v: unknown): string {
@@ -195,6 +197,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
           signal: signalName(e.signal),
           timedOut: e.timedOut,
           durationMs: toNumber(e.durationNs) / 1e6,
+          guestCounters: { oomKills: toNumber(e.oomKills), pidsLimitHits: toNumber(e.pidsLimitHits) },
         });
         break;
       }

@@ -51,7 +51,7 @@ export interface GuestFrame {
   started?: { pid: number };
   output?: { stream: number; data: Uint8Array };
   credit?: { bytes: number };
-  exit?: { code: number; signal: number; timedOut: boolean; durationNs: Long64 };
+  exit?: { code: number; signal: number; timedOut: boolean; durationNs: Long64; oomKills: Long64; pidsLimitHits: Long64 };
   stat?: WireStat;
   entries?: { entries: WireStat[] };
   done?: { size: Long64 };

@@ -19,6 +19,8 @@ export interface SandboxOptions {
   timeout?: number;
   /** "none": no network device at all (default). "all": outbound access through user-mode NAT. */
   network?: NetworkMode;
+  /** Most processes the sandbox's commands may run at once; past it forks fail. Default 1024. */
+  maxProcesses?: number;
   /** Environment for commands and interpreters, on top of PATH/HOME/LANG defaults. */
   env?: Record<string, string>;
   /** Working directory for commands and interpreters. Default "/root". */
@@ -43,6 +45,7 @@ export interface ResolvedOptions {
   cpus: number;
   timeout: number;
   network: NetworkMode;
+  maxProcesses: number;
   env: Record<string, string>;
   workdir: string;
   backend: "auto" | "qemu";
@@ -106,9 +109,14 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
       throw new InvalidArgumentError(`environment variable ${JSON.stringify(k)} is invalid: names without '=', string values`);
     }
   }
+  const maxProcesses = opts.maxProcesses ?? 1024;
+  if (!Number.isInteger(maxProcesses) || maxProcesses < 16 || maxProcesses > 1_000_000) {
+    throw new InvalidArgumentError(`maxProcesses ${String(maxProcesses)} is invalid: give a whole number from 16 to 1000000`);
+  }
   return {
     name,
     image,
+    maxProcesses,
     memory: checkMemory(opts.memory ?? 512),
     cpus: checkCpus(opts.cpus ?? 1),
     timeout: checkSeconds("timeout", opts.timeout ?? 180),

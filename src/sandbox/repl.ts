@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 import type { AgentClient } from "../agent/client.js";
-import type { ExecProcess } from "../agent/process.js";
+import type { ExecProcess, ExitStatus } from "../agent/process.js";
 import { ExecutionError, TimeoutError } from "../errors.js";
 import { Execution } from "./execution.js";
 import { encodeCell, type ReplFrame, ReplFrameDecoder } from "./repl-frames.js";
@@ -24,8 +24,8 @@ export interface ReplHost {
   agent(): AgentClient;
   env(): Record<string, string>;
   workdir(): string;
-  /** Turns an unexplained death of a process into a ResourceError when the OOM killer struck. */
-  explainDeath(what: string): Promise<Error | undefined>;
+  /** A ResourceError when the guest's counters at a process's exit show memory or processes ran out. */
+  exhausted(what: string, counters: ExitStatus["guestCounters"]): Error | undefined;
 }
 
 interface Cell {
@@ -146,9 +146,12 @@ export class Repl {
             else for (const f of decoder.push(chunk.data)) onFrame(f);
           }
           const status = await proc.exit;
-          throw new ExecutionError(
-            `the ${this.lang.language} interpreter ended (${status.signal ?? `exit code ${status.exitCode}`}); its state is lost` +
-              (crashOutput ? `:\n${crashOutput}` : ""),
+          throw (
+            this.host.exhausted(`the ${this.lang.language} interpreter`, status.guestCounters) ??
+            new ExecutionError(
+              `the ${this.lang.language} interpreter ended (${status.signal ?? `exit code ${status.exitCode}`}); its state is lost` +
+                (crashOutput ? `:\n${crashOutput}` : ""),
+            )
           );
         } catch (err) {
           clearTimeout(timer);
@@ -157,8 +160,7 @@ export class Repl {
             this.starting = undefined; // the next run() starts a fresh driver
           }
           proc.kill("SIGKILL");
-          const explained = await this.host.explainDeath(`the ${this.lang.language} interpreter`).catch(() => undefined);
-          const error = explained ?? (err as Error);
+          const error = err as Error;
           reject(error);
           mine()?.settle(error);
         }

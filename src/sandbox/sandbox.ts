@@ -3,7 +3,7 @@
 import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent/client.js";
-import type { ExecProcess } from "../agent/process.js";
+import type { ExecProcess, ExitStatus } from "../agent/process.js";
 import { InvalidArgumentError, ResourceError, SandboxNotRunningError, TimeoutError } from "../errors.js";
 import { ImageStore } from "../images/store.js";
 import type { BootTimeline, Vm } from "../vm/backend.js";
@@ -41,10 +41,8 @@ export class SandboxCommands {
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
     const agent = this.sandbox.agent();
     const r = await agent.exec([command, ...args], this.sandbox.processOptions(opts, timeout));
-    if (r.signal === "SIGKILL") {
-      const oom = await this.sandbox.explainDeath(command);
-      if (oom) throw oom;
-    }
+    const exhausted = this.sandbox.exhausted(command, r.guestCounters);
+    if (exhausted) throw exhausted;
     if (r.timedOut) throw new TimeoutError(`${command} ran longer than ${timeout} s and was killed`);
     return new CommandExecution(command, args, r.exitCode, r.signal, r.stdout.toString("utf8"), r.stderr.toString("utf8"), r.durationMs);
   }
@@ -64,7 +62,6 @@ export abstract class Sandbox implements AsyncDisposable {
   protected opts: ResolvedOptions;
   private vm: Vm | undefined;
   private starting: Promise<void> | undefined;
-  private oomKills = 0;
   private backendReason = "";
 
   constructor(opts: SandboxOptions = {}, defaultImage?: string) {
@@ -91,14 +88,19 @@ export abstract class Sandbox implements AsyncDisposable {
     return this.vm && `${this.vm.backend}: ${this.backendReason}`;
   }
 
+  /** Process id of the running VM's VMM (QEMU). */
+  get pid(): number | undefined {
+    return this.vm?.pid;
+  }
+
   /** Boot phases of the running VM. */
   get timeline(): BootTimeline | undefined {
     return this.vm?.timeline;
   }
 
   /** Boots the VM. memory (MiB), cpus and timeout (seconds to boot) override the constructor's. */
-  start(opts: StartOptions = {}): Promise<void> {
-    if (this.vm) return Promise.resolve();
+  async start(opts: StartOptions = {}): Promise<void> {
+    if (this.vm) return;
     if (opts.memory !== undefined) this.opts.memory = checkMemory(opts.memory);
     if (opts.cpus !== undefined) this.opts.cpus = checkCpus(opts.cpus);
     if (opts.timeout !== undefined) this.opts.timeout = checkSeconds("timeout", opts.timeout);
@@ -116,16 +118,11 @@ export abstract class Sandbox implements AsyncDisposable {
       memory: this.opts.memory,
       cpus: Math.ceil(this.opts.cpus),
       network: this.opts.network,
+      maxProcesses: this.opts.maxProcesses,
       rootDisk: disk,
       bootTimeout: this.opts.timeout,
     });
     this.backendReason = backend.reason;
-    try {
-      this.oomKills = await this.readOomKills(vm.agent);
-    } catch (err) {
-      await vm.stop();
-      throw err;
-    }
     this.vm = vm;
     debug("sandbox %s running on %s", this.name, this.backend);
   }
@@ -165,24 +162,23 @@ export abstract class Sandbox implements AsyncDisposable {
   }
 
   /**
-   * @internal After a process died by SIGKILL: a ResourceError if the guest's OOM killer struck
-   * since the last look (its counter in /proc/vmstat went up), else undefined.
+   * @internal A ResourceError when the counters of a finished process tree (its own cgroup in the
+   * guest) show the OOM killer took one of its processes or its forks hit the process limit.
    */
-  async explainDeath(what: string): Promise<ResourceError | undefined> {
-    const vm = this.vm;
-    if (!vm || vm.agent.closed) return undefined;
-    const now = await this.readOomKills(vm.agent);
-    if (now <= this.oomKills) return undefined;
-    this.oomKills = now;
-    return new ResourceError(
-      `${what} ran out of memory: the guest killed it to stay within the sandbox's ${this.opts.memory} MiB. ` +
-        "Start the sandbox with more memory (memory: MiB) or use less.",
-    );
-  }
-
-  private async readOomKills(agent: AgentClient): Promise<number> {
-    const vmstat = (await agent.readFile("/proc/vmstat")).toString("utf8");
-    return Number(/^oom_kill (\d+)$/m.exec(vmstat)?.[1] ?? 0);
+  exhausted(what: string, counters: ExitStatus["guestCounters"]): ResourceError | undefined {
+    if (counters.oomKills > 0) {
+      return new ResourceError(
+        `${what} ran out of memory: the guest killed it to stay within the sandbox's ${this.opts.memory} MiB. ` +
+          "Start the sandbox with more memory (memory: MiB) or use less.",
+      );
+    }
+    if (counters.pidsLimitHits > 0) {
+      return new ResourceError(
+        `${what} hit the sandbox's process limit (${this.opts.maxProcesses}): forks failed. ` +
+          "Raise it with maxProcesses, or run fewer processes at once.",
+      );
+    }
+    return undefined;
   }
 }
 
@@ -203,7 +199,7 @@ abstract class LanguageSandbox extends Sandbox {
       agent: () => this.agent(),
       env: () => guestEnv(this.opts.env),
       workdir: () => this.opts.workdir,
-      explainDeath: (what) => this.explainDeath(what),
+      exhausted: (what, counters) => this.exhausted(what, counters),
     });
     return this.repl.run(code, timeout);
   }

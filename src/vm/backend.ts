@@ -12,6 +12,8 @@ export interface VmConfig {
   network: NetworkMode;
   /** Read-only root disk image (ext4) holding the sandbox's image. */
   rootDisk: string;
+  /** Most processes the sandbox's commands may have at once (the guest's pids cgroup). */
+  maxProcesses: number;
   /** Seconds to wait for the agent's hello. */
   bootTimeout: number;
   /** A name for logs and errors. */
@@ -33,6 +35,8 @@ export interface BootTimeline {
 export interface Vm {
   readonly agent: AgentClient;
   readonly backend: string;
+  /** Process id of the VMM. */
+  readonly pid: number;
   readonly timeline: BootTimeline;
   /** The guest console log, kept while the VM runs and after a failure. */
   readonly consoleLog: string;

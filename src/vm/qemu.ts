@@ -92,7 +92,7 @@ export class QemuBackend implements Backend {
   }
 
   args(accel: "kvm" | "tcg", config: VmConfig, boot: { kernel: string; initramfs: string }, socket: string, consoleLog: string): string[] {
-    const append = ["console=ttyS0", "quiet", "panic=-1", `msb.port=${PORT_NAME}`, "msb.root=/dev/vda", `msb.net=${config.network === "all" ? 1 : 0}`];
+    const append = ["console=ttyS0", "quiet", "panic=-1", `msb.port=${PORT_NAME}`, "msb.root=/dev/vda", `msb.net=${config.network === "all" ? 1 : 0}`, `msb.pids=${config.maxProcesses}`];
     const accelArgs = accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg"];
     if (accel === "tcg") {
       const khz = hostTscKhz();
@@ -204,6 +204,7 @@ export class QemuBackend implements Backend {
     return {
       agent,
       backend: `qemu (${accel})`,
+      pid: child.pid!,
       timeline,
       consoleLog,
       exited,

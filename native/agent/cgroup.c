@@ -1,0 +1,81 @@
+// Per-process-tree cgroups in the guest. Every exec gets its own cgroup under "sandbox", which
+// carries the sandbox's pids limit, so a fork bomb fails its forks instead of taking the guest
+// down; and each tree's own counters (OOM kills in memory.events, refused forks in pids.events)
+// go back in its Exit, so the host can tell "ran out of memory / processes" apart per command.
+// The agent itself stays outside, in the root cgroup.
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+#define ROOT "/sys/fs/cgroup"
+#define SANDBOX ROOT "/sandbox"
+
+static bool g_enabled;
+static uint32_t g_serial;
+
+static bool write_file(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = write(fd, text, strlen(text)) == (ssize_t)strlen(text);
+  close(fd);
+  return ok;
+}
+
+// Reads "<key> <number>" from a small cgroup file such as memory.events.
+static uint64_t read_counter(const char *path, const char *key) {
+  char buf[1024];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  size_t klen = strlen(key);
+  for (char *line = buf; line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+    if (strncmp(line, key, klen) == 0 && line[klen] == ' ') return strtoull(line + klen + 1, NULL, 10);
+  return 0;
+}
+
+bool cgroup_setup(unsigned max_pids) {
+  char max[32];
+  snprintf(max, sizeof max, "%u", max_pids);
+  mkdir(ROOT, 0755);
+  if (mount("cgroup2", ROOT, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) return false;
+  if (!write_file(ROOT "/cgroup.subtree_control", "+pids +memory")) return false;
+  if (mkdir(SANDBOX, 0755) < 0 && errno != EEXIST) return false;
+  if (!write_file(SANDBOX "/pids.max", max)) return false;
+  if (!write_file(SANDBOX "/cgroup.subtree_control", "+pids +memory")) return false;
+  g_enabled = true;
+  return true;
+}
+
+int cgroup_open(uint32_t *serial) {
+  *serial = 0;
+  if (!g_enabled) return -1;
+  char path[96];
+  uint32_t id = ++g_serial;
+  snprintf(path, sizeof path, SANDBOX "/exec-%u", id);
+  if (mkdir(path, 0755) < 0) return -1;
+  strcat(path, "/cgroup.procs");
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd >= 0) *serial = id;
+  return fd;
+}
+
+void cgroup_close(uint32_t serial, uint64_t *oom_kills, uint64_t *pids_limit_hits) {
+  if (!serial) return;
+  char dir[64], path[96];
+  snprintf(dir, sizeof dir, SANDBOX "/exec-%u", serial);
+  snprintf(path, sizeof path, "%s/memory.events", dir);
+  *oom_kills = read_counter(path, "oom_kill");
+  snprintf(path, sizeof path, "%s/pids.events", dir);
+  *pids_limit_hits = read_counter(path, "max");
+  rmdir(dir);  // fails while background processes of the tree live on; they keep it
+}

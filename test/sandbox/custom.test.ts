@@ -1,0 +1,129 @@
+// CustomSandbox on the tiny busybox image: network modes, isolation, resource limits, clean
+// stops, and the VM dying with its creator. Real VMs (QEMU; TCG here).
+import { execFileSync, spawn } from "node:child_process";
+import { once } from "node:events";
+import { existsSync, readdirSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { CustomSandbox, ImageError, ImageStore, InvalidArgumentError, PythonSandbox, ResourceError } from "../../src/index.js";
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+const qemuPids = () => {
+  try {
+    return execFileSync("pgrep", ["-f", "qemu-system"]).toString().trim().split("\n").filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+};
+const runtimeDirs = () => readdirSync(tmpdir()).filter((n) => n.startsWith("msb-") && !n.startsWith("msb-agent-test"));
+
+let server: ReturnType<typeof createServer>;
+let port: number;
+
+beforeAll(async () => {
+  server = createServer((s) => s.end("hello from the host\n"));
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  port = (server.address() as { port: number }).port;
+});
+
+afterAll(() => server?.close());
+
+describe("network", () => {
+  it('"none" has no route to the host; "all" reaches a server on it', async () => {
+    const offline = await CustomSandbox.create({ image: "busybox", memory: 128 });
+    const online = await CustomSandbox.create({ image: "busybox", memory: 128, network: "all" });
+    try {
+      // 10.0.2.2 is the host as QEMU's user-mode network shows it. (busybox-static's wget crashes
+      // in this image, so nc makes the connection.)
+      const fetch = ["-c", `nc -w 5 10.0.2.2 ${port} </dev/null`];
+      const blocked = await offline.command.run("sh", fetch);
+      expect(blocked.success).toBe(false);
+      expect(await (await offline.command.run("ls", ["/sys/class/net"])).output()).toBe("lo");
+      const reached = await online.command.run("sh", fetch);
+      expect(await reached.output()).toBe("hello from the host");
+    } finally {
+      await Promise.all([offline.stop(), online.stop()]);
+    }
+  });
+});
+
+describe("isolation and cleanup", () => {
+  it("keeps two sandboxes apart and the image untouched, and leaves nothing behind", async () => {
+    const qemuBefore = qemuPids();
+    const dirsBefore = runtimeDirs();
+    const a = await CustomSandbox.create({ image: "busybox", memory: 128 });
+    const b = await CustomSandbox.create({ image: "busybox", memory: 128 });
+    const pids = [a.pid!, b.pid!];
+    try {
+      await a.command.run("sh", ["-c", "echo secret > /root/only-in-a; echo changed > /etc/hostname-a"]);
+      expect(await (await a.command.run("cat", ["/root/only-in-a"])).output()).toBe("secret");
+      const inB = await b.command.run("ls", ["/root"]);
+      expect(await inB.output()).toBe("");
+      const rootfs = new ImageStore().resolve("busybox").rootfs;
+      expect(existsSync(path.join(rootfs, "root", "only-in-a"))).toBe(false);
+      expect(existsSync(path.join(rootfs, "etc", "hostname-a"))).toBe(false);
+      expect(runtimeDirs().length).toBe(dirsBefore.length + 2);
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
+    expect(pids.filter(alive)).toEqual([]);
+    expect(qemuPids().sort()).toEqual(qemuBefore.sort());
+    expect(runtimeDirs().sort()).toEqual(dirsBefore.sort());
+  });
+
+  it("takes the VM down with the Node process that created it", async () => {
+    const script = `
+      import { CustomSandbox } from ${JSON.stringify(new URL("../../dist/index.js", import.meta.url).href)};
+      const sb = await CustomSandbox.create({ image: "busybox", memory: 128 });
+      console.log(sb.pid);
+      setInterval(() => {}, 1000);`;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
+    const [line] = (await once(child.stdout!, "data")) as [Buffer];
+    const vmPid = Number(line.toString().trim());
+    expect(alive(vmPid)).toBe(true);
+    child.kill("SIGKILL");
+    for (let i = 0; i < 100 && alive(vmPid); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(alive(vmPid)).toBe(false);
+  });
+});
+
+describe("resources", () => {
+  it("turns a fork bomb into a ResourceError and survives it", async () => {
+    const sb = await CustomSandbox.create({ image: "busybox", memory: 256, maxProcesses: 256 });
+    try {
+      const err = await sb.command.run("sh", ["-c", "f() { f | f & }; f; sleep 3"], { timeout: 30 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ResourceError);
+      expect((err as Error).message).toContain("process limit (256)");
+      // Each command has its own cgroup: the bomb's stragglers are not blamed on the next one.
+      expect(await (await sb.command.run("echo", ["still here"])).output()).toBe("still here");
+    } finally {
+      await sb.stop();
+    }
+  });
+});
+
+describe("bad options are rejected before any VM starts", () => {
+  it("names the value and what to do", async () => {
+    const before = qemuPids();
+    await expect(PythonSandbox.create({ memory: -1 })).rejects.toThrow(/memory -1 is invalid: give whole MiB/);
+    await expect(PythonSandbox.create({ cpus: 0 })).rejects.toThrow(/cpus 0 is invalid/);
+    await expect(CustomSandbox.create({})).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(CustomSandbox.create({ image: "no-such-image" })).rejects.toBeInstanceOf(ImageError);
+    await expect(CustomSandbox.create({ image: "busybox", name: "bad name!" })).rejects.toThrow(/sandbox name "bad name!" is invalid/);
+    await expect(CustomSandbox.create({ image: "busybox", network: "some" as never })).rejects.toThrow(/use "none" or "all"/);
+    const sb = new CustomSandbox({ image: "busybox" });
+    await expect(sb.start({ memory: 1.5 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    expect(qemuPids()).toEqual(before);
+  });
+});
