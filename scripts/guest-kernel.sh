@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches Debian's cloud kernel package (without installing it) and caches, under CACHE_DIR/kernel/<KVER>/, an
-# uncompressed ELF `vmlinux` for QEMU -M microvm (PVH boot) plus the virtio/overlay modules the guest needs and
-# `modules/order`, their load order. Writes CACHE_DIR/kernel/current (= KVER); prints the kernel dir last.
+# uncompressed ELF `vmlinux` for QEMU -M microvm (PVH boot) plus the virtio/overlay modules the guest needs,
+# `modules/order` (their load order) and `modules/order.net` (what networking adds, loaded after). Writes CACHE_DIR/kernel/current (= KVER); prints the kernel dir last.
 # Idempotent: does nothing when `current` names a complete kernel dir.
 # Needs: apt-get, dpkg, lz4, kmod (modprobe, depmod); root only if the apt lists must be refreshed.
 set -euo pipefail
@@ -11,12 +11,14 @@ if [ $# -ne 1 ]; then
   exit 2
 fi
 cache="$1/kernel"
-modules=(virtio_mmio virtio_console virtio_blk virtio_net overlay ext4)
+modules=(virtio_mmio virtio_console virtio_blk overlay ext4)
+# Loaded only when the sandbox has a network: a sandbox without one boots faster without them.
+net_modules=(virtio_net)
 
 # Fast path: a kernel dir is only ever created by an atomic rename once complete, so its presence suffices.
 if [ -f "$cache/current" ]; then
   kver="$(cat "$cache/current")"
-  if [ -n "$kver" ] && [ -f "$cache/$kver/vmlinux" ] && [ -f "$cache/$kver/modules/order" ]; then
+  if [ -n "$kver" ] && [ -f "$cache/$kver/vmlinux" ] && [ -f "$cache/$kver/modules/order.net" ]; then
     echo "$cache/$kver"
     exit 0
   fi
@@ -64,22 +66,29 @@ moddir="$tmp/x/lib/modules/$kver"
 
 # --show-depends lists "insmod PATH [opts]" dependencies first, or "builtin NAME" for built-in ones (ext4 in the
 # cloud kernel), so concatenating the lists and keeping first occurrences gives a valid load order.
-order=()
-for m in "${modules[@]}"; do
-  deps="$(modprobe -S "$kver" -d "$tmp/x" --show-depends "$m")"
-  while read -r kind path _; do
-    [ "$kind" = insmod ] || continue
-    name="$(basename "$path")"
-    case "$name" in
-      *.ko.xz) xz -dc "$path" > "$out/modules/${name%.xz}"; name="${name%.xz}" ;;
-      *.ko.zst) zstd -qdc "$path" > "$out/modules/${name%.zst}"; name="${name%.zst}" ;;
-      *.ko) cp "$path" "$out/modules/$name" ;;
-      *) echo "guest-kernel: unexpected module file $path" >&2; exit 1 ;;
-    esac
-    [[ " ${order[*]-} " == *" $name "* ]] || order+=("$name")
-  done <<< "$deps"
-done
-printf '%s\n' "${order[@]}" > "$out/modules/order"
+seen=" "
+# Prints the load order of the named modules and their dependencies, leaving out those listed
+# before (in $seen), and copies them into the output.
+load_order() {
+  for m in "$@"; do
+    deps="$(modprobe -S "$kver" -d "$tmp/x" --show-depends "$m")"
+    while read -r kind path _; do
+      [ "$kind" = insmod ] || continue
+      name="$(basename "$path")"
+      case "$name" in
+        *.ko.xz) xz -dc "$path" > "$out/modules/${name%.xz}"; name="${name%.xz}" ;;
+        *.ko.zst) zstd -qdc "$path" > "$out/modules/${name%.zst}"; name="${name%.zst}" ;;
+        *.ko) cp "$path" "$out/modules/$name" ;;
+        *) echo "guest-kernel: unexpected module file $path" >&2; exit 1 ;;
+      esac
+      [[ "$seen" == *" $name "* ]] && continue
+      seen+="$name "
+      echo "$name"
+    done <<< "$deps"
+  done
+}
+load_order "${modules[@]}" > "$out/modules/order"
+load_order "${net_modules[@]}" > "$out/modules/order.net"
 
 rm -rf "${cache:?}/$kver"
 mv "$out" "$cache/$kver"

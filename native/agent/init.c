@@ -73,9 +73,9 @@ static void mount_or_die(const char *src, const char *dst, const char *type, uns
   if (mount(src, dst, type, flags, data) < 0) fatal(dst);
 }
 
-// Loads the modules listed in /modules/order, in that order (dependencies first).
-static void load_modules(void) {
-  FILE *f = fopen("/modules/order", "re");
+// Loads the modules listed in `list`, in that order (dependencies first).
+static void load_modules(const char *list) {
+  FILE *f = fopen(list, "re");
   if (!f) return;  // a kernel with everything built in
   char name[256], path[300];
   while (fgets(name, sizeof name, f)) {
@@ -176,7 +176,8 @@ void init_guest(void) {
   mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   mount_or_die("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   parse_cmdline();
-  load_modules();
+  load_modules("/modules/order");
+  if (g_init.net) load_modules("/modules/order.net");
   boot_event("modules_loaded");
   assemble_root();
   if (!cgroup_setup(g_init.max_pids ? g_init.max_pids : 1024)) say("no per-command cgroups: %s", strerror(errno));

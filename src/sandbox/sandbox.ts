@@ -63,6 +63,7 @@ export abstract class Sandbox implements AsyncDisposable {
   private vm: Vm | undefined;
   private starting: Promise<void> | undefined;
   private backendReason = "";
+  private bootTimeline: BootTimeline | undefined;
 
   constructor(opts: SandboxOptions = {}, defaultImage?: string) {
     this.opts = resolveOptions(opts, defaultImage);
@@ -93,9 +94,9 @@ export abstract class Sandbox implements AsyncDisposable {
     return this.vm?.pid;
   }
 
-  /** Boot phases of the running VM. */
+  /** Boot phases of the running VM, in ms from the start of start() (host prep includes the image). */
   get timeline(): BootTimeline | undefined {
-    return this.vm?.timeline;
+    return this.bootTimeline;
   }
 
   /** Boots the VM. memory (MiB), cpus and timeout (seconds to boot) override the constructor's. */
@@ -109,10 +110,12 @@ export abstract class Sandbox implements AsyncDisposable {
   }
 
   private async boot(): Promise<void> {
+    const t0 = performance.now();
     const store = new ImageStore();
     const image = store.resolve(this.opts.image);
     const disk = await store.disk(image);
     const backend = new QemuBackend(this.opts.kernel ? { kernel: this.opts.kernel } : {});
+    const imagePrepMs = performance.now() - t0;
     const vm = await backend.boot({
       name: this.opts.name,
       memory: this.opts.memory,
@@ -123,6 +126,13 @@ export abstract class Sandbox implements AsyncDisposable {
       bootTimeout: this.opts.timeout,
     });
     this.backendReason = backend.reason;
+    const tl = vm.timeline;
+    this.bootTimeline = {
+      ...tl,
+      hostPrepMs: imagePrepMs + tl.hostPrepMs,
+      vmmStartMs: imagePrepMs + tl.vmmStartMs,
+      agentReadyMs: imagePrepMs + tl.agentReadyMs,
+    };
     this.vm = vm;
     debug("sandbox %s running on %s", this.name, this.backend);
   }

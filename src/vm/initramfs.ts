@@ -19,8 +19,8 @@ const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const S_IFLNK = 0o120000;
 
-/** The file names and load order of the guest modules, as scripts/guest-kernel.sh writes them. */
-export const MODULE_ORDER_FILE = "order";
+/** Load-order lists of the guest modules, as scripts/guest-kernel.sh writes them: always, and for networking. */
+export const MODULE_ORDER_FILES = ["order", "order.net"] as const;
 
 function header(fields: number[]): string {
   // newc: magic, then 13 fields as 8 ASCII hex digits: ino mode uid gid nlink mtime filesize
@@ -76,17 +76,22 @@ export interface InitramfsOptions {
 /** Writes the guest initramfs: empty mount points, /init = agent, /modules/*.ko and /modules/order. */
 export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
   const modSrc = join(opts.kernelDir, "modules");
-  const order = await readFile(join(modSrc, MODULE_ORDER_FILE));
   const kos = (await readdir(modSrc)).filter((f) => f.endsWith(".ko")).sort(); // sorted: reproducible output
-  // Fail here rather than in the guest, where a missing module only shows up as a missing device.
-  for (const name of order.toString("utf8").split("\n").filter(Boolean)) {
-    if (!kos.includes(name)) throw new Error(`initramfs: ${name} listed in ${join(modSrc, "order")} but missing`);
+  const lists: { name: string; data: Buffer }[] = [];
+  for (const name of MODULE_ORDER_FILES) {
+    const data = await readFile(join(modSrc, name)).catch(() => undefined);
+    if (!data) continue;
+    // Fail here rather than in the guest, where a missing module only shows up as a missing device.
+    for (const ko of data.toString("utf8").split("\n").filter(Boolean)) {
+      if (!kos.includes(ko)) throw new Error(`initramfs: ${ko} listed in ${join(modSrc, name)} but missing`);
+    }
+    lists.push({ name, data });
   }
   const dir = (path: string): CpioEntry => ({ path, mode: S_IFDIR | 0o755 });
   const entries: CpioEntry[] = [
     ...["dev", "proc", "sys", "run", "newroot", "modules"].map(dir),
     { path: "init", mode: S_IFREG | 0o755, data: await readFile(opts.agentPath) },
-    { path: `modules/${MODULE_ORDER_FILE}`, mode: S_IFREG | 0o644, data: order },
+    ...lists.map((l) => ({ path: `modules/${l.name}`, mode: S_IFREG | 0o644, data: l.data })),
   ];
   for (const ko of kos) entries.push({ path: `modules/${ko}`, mode: S_IFREG | 0o644, data: await readFile(join(modSrc, ko)) });
 
