@@ -9,7 +9,7 @@ import path from "node:path";
 import { debuglog } from "node:util";
 
 import { AgentClient } from "../agent/client.js";
-import { InvalidArgumentError, MicrosandboxError } from "../errors.js";
+import { InvalidArgumentError, MicrosandboxError, NetworkError } from "../errors.js";
 import { probe } from "../native.js";
 import { cacheDir, makeRuntimeDir } from "../paths.js";
 import type { Backend, BootTimeline, Vm, VmConfig } from "./backend.js";
@@ -170,6 +170,13 @@ export class QemuBackend implements Backend {
       }
       rmSync(dir, { recursive: true, force: true });
       const details = [stderr.trim() && `QEMU said: ${stderr.trim()}`, log && `guest console (${log}) ends with:\n${tail(log, 1500)}`];
+      // A QEMU built without user-mode networking (libslirp) refuses "-netdev user".
+      if (config.network === "all" && /netdev|network backend/i.test(stderr)) {
+        throw new NetworkError(
+          `sandbox ${config.name} cannot have network "all": this QEMU has no user-mode networking (${stderr.trim()}). ` +
+            'Install a QEMU built with libslirp, or use network: "none".',
+        );
+      }
       const err = new VmBootError(`sandbox ${config.name} did not boot: ${what}\n${details.filter(Boolean).join("\n")}`, log, { cause });
       err.vmmExitedEarly = early;
       throw err;

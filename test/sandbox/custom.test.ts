@@ -2,13 +2,13 @@
 // stops, and the VM dying with its creator. Real VMs (QEMU; TCG here).
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { CustomSandbox, ImageError, ImageStore, InvalidArgumentError, PythonSandbox, ResourceError } from "../../src/index.js";
+import { CustomSandbox, ImageError, ImageStore, InvalidArgumentError, NetworkError, PythonSandbox, ResourceError } from "../../src/index.js";
 
 const alive = (pid: number) => {
   try {
@@ -54,6 +54,28 @@ describe("network", () => {
       expect(await reached.output()).toBe("hello from the host");
     } finally {
       await Promise.all([offline.stop(), online.stop()]);
+    }
+  });
+});
+
+describe("network errors", () => {
+  it('reports a QEMU without user-mode networking as a NetworkError for network "all"', async () => {
+    // A stand-in for a QEMU built without libslirp: it refuses "-netdev user" as such builds do.
+    const dir = mkdtempSync(path.join(tmpdir(), "msb-noslirp-"));
+    const fake = path.join(dir, "qemu-without-slirp");
+    writeFileSync(
+      fake,
+      `#!/bin/sh\ncase "$*" in *"-netdev user"*) echo "qemu-system-x86_64: -netdev user,id=net0: network backend 'user' is not compiled into this binary" >&2; exit 1;; esac\nexec qemu-system-x86_64 "$@"\n`,
+      { mode: 0o755 },
+    );
+    process.env.MSB_QEMU = fake;
+    try {
+      const err = await CustomSandbox.create({ image: "busybox", memory: 128, network: "all" }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(NetworkError);
+      expect((err as Error).message).toMatch(/network "all".*libslirp/);
+    } finally {
+      delete process.env.MSB_QEMU;
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
