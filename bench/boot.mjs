@@ -24,7 +24,7 @@ const floorCpio = path.join(work, "floor.cpio");
 writeFileSync(floorCpio, cpioNewc([{ path: "init", mode: 0o100755, data: readFileSync(floorInit) }]));
 
 const store = new ImageStore();
-const disk = await store.disk(store.resolve("busybox"));
+const disk = await store.disk(await store.lookup("local:busybox"));
 const backend = new QemuBackend();
 const { kernel } = await guestBoot();
 const config = { name: "floor", memory: 256, cpus: 1, network: "none", maxProcesses: 1024, rootDisk: disk, bootTimeout: 60 };
@@ -48,7 +48,7 @@ async function floorRun() {
 
 async function sandboxRun() {
   const t0 = performance.now();
-  const sb = await CustomSandbox.create({ image: "busybox", memory: 256 });
+  const sb = await CustomSandbox.create({ image: "local:busybox", memory: 256 });
   const created = performance.now() - t0;
   await sb.command.run("echo", ["first output"]);
   const firstOutput = performance.now() - t0;

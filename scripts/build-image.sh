@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds an offline sandbox image from Debian packages into CACHE_DIR/images/NAME/:
+# Builds an offline sandbox image from Debian packages into CACHE_DIR/local/NAME/ (reference
+# "local:NAME"):
 #   rootfs/  the image's files      id  a content id (sha256 of the file manifest)
 # NAME: busybox (busybox-static applets only, a few MB), python (debootstrap minbase +
 # python3-minimal), node (minbase + nodejs). Idempotent: an existing image is kept.
@@ -10,7 +11,7 @@ if [ $# -ne 2 ]; then
   echo "usage: $0 CACHE_DIR busybox|python|node" >&2
   exit 2
 fi
-images="$1/images"
+images="$1/local"
 name="$2"
 final="$images/$name"
 if [ -f "$final/id" ]; then

@@ -5,7 +5,10 @@ import { PythonSandbox } from "../dist/index.js";
 
 const t0 = performance.now();
 const ms = (t) => `${Math.round(performance.now() - t)} ms`;
-const sandbox = await PythonSandbox.create({ name: "demo", memory: 512, cpus: 1 });
+// The image prepare-guest.sh builds from Debian packages; set MSB_PYTHON_IMAGE to use another
+// (the default without the demo is python:3.12-slim from Docker Hub).
+const image = process.env.MSB_PYTHON_IMAGE ?? "local:python";
+const sandbox = await PythonSandbox.create({ name: "demo", image, memory: 512, cpus: 1 });
 try {
   console.log(`booted ${sandbox.name} in ${ms(t0)} on ${sandbox.backend}`);
   let t = performance.now();

@@ -9,7 +9,7 @@ cache="${MSB_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/microsandbox}"
 bash "$here/guest-kernel.sh" "$cache" >/dev/null
 for image in "${@:-busybox python node}"; do
   for name in $image; do
-    if [ ! -f "$cache/images/$name/id" ] && [ "$(id -u)" -ne 0 ]; then
+    if [ ! -f "$cache/local/$name/id" ] && [ "$(id -u)" -ne 0 ]; then
       echo "prepare-guest: building image $name needs root: sudo MSB_CACHE_DIR=$cache bash $0 $name" >&2
       exit 1
     fi

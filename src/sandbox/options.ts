@@ -4,13 +4,22 @@ import { randomBytes } from "node:crypto";
 import os from "node:os";
 
 import { InvalidArgumentError } from "../errors.js";
+import type { RegistryClientOptions } from "../images/registry.js";
 import type { NetworkMode } from "../vm/backend.js";
 
 export interface SandboxOptions {
   /** 1–63 characters of [A-Za-z0-9_-], starting alphanumeric. Default: a generated name. */
   name?: string;
-  /** Local image name (see scripts/build-image.sh). PythonSandbox / NodeSandbox have defaults. */
+  /**
+   * The image: a registry reference ("python:3.12-slim", "ghcr.io/o/r@sha256:…"), an archive
+   * ("oci:DIR[:TAG]", "oci-archive:FILE[:TAG]", "docker-archive:FILE"), or a locally built image
+   * ("local:python", see scripts/build-image.sh). PythonSandbox and NodeSandbox have defaults.
+   */
   image?: string;
+  /** When to fetch the image from its registry: "missing" (default), "always", or "never". */
+  pull?: "missing" | "always" | "never";
+  /** Registry settings for pulling: credentials, registries allowed over plain HTTP, retries. */
+  registry?: RegistryClientOptions;
   /** Guest RAM in MiB. Default 512. */
   memory?: number;
   /** CPU cores; fractions round up to whole vCPUs. Default 1. */
@@ -23,7 +32,7 @@ export interface SandboxOptions {
   maxProcesses?: number;
   /** Environment for commands and interpreters, on top of PATH/HOME/LANG defaults. */
   env?: Record<string, string>;
-  /** Working directory for commands and interpreters. Default "/root". */
+  /** Working directory for commands and interpreters. Default: the image's WorkingDir, else "/". */
   workdir?: string;
   /** Which VMM: "auto" (default) or "qemu". */
   backend?: "auto" | "qemu";
@@ -47,7 +56,9 @@ export interface ResolvedOptions {
   network: NetworkMode;
   maxProcesses: number;
   env: Record<string, string>;
-  workdir: string;
+  workdir: string | undefined;
+  pull: "missing" | "always" | "never";
+  registry: RegistryClientOptions | undefined;
   backend: "auto" | "qemu";
   kernel: string | undefined;
 }
@@ -99,8 +110,8 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
   if (backend !== "auto" && backend !== "qemu") {
     throw new InvalidArgumentError(`backend ${JSON.stringify(backend)} is invalid: use "auto" or "qemu"`);
   }
-  const workdir = opts.workdir ?? "/root";
-  if (typeof workdir !== "string" || !workdir.startsWith("/")) {
+  const workdir = opts.workdir;
+  if (workdir !== undefined && (typeof workdir !== "string" || !workdir.startsWith("/"))) {
     throw new InvalidArgumentError(`workdir ${JSON.stringify(workdir)} must be an absolute guest path`);
   }
   const env = { ...(opts.env ?? {}) };
@@ -123,12 +134,31 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     network,
     env,
     workdir,
+    pull: checkPull(opts.pull ?? "missing"),
+    registry: opts.registry,
     backend,
     kernel: opts.kernel,
   };
 }
 
-/** The guest environment: defaults a shell expects, then the sandbox's, then the call's. */
+function checkPull(pull: unknown): "missing" | "always" | "never" {
+  if (pull !== "missing" && pull !== "always" && pull !== "never") {
+    throw new InvalidArgumentError(`pull ${JSON.stringify(pull)} is invalid: use "missing", "always" or "never"`);
+  }
+  return pull;
+}
+
+/** "KEY=VALUE" entries (an image config's Env) as a record. */
+export function envRecord(entries: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const e of entries) {
+    const eq = e.indexOf("=");
+    if (eq > 0) out[e.slice(0, eq)] = e.slice(eq + 1);
+  }
+  return out;
+}
+
+/** The guest environment: defaults a shell expects, then the image's, the sandbox's, the call's. */
 export function guestEnv(...layers: (Record<string, string> | undefined)[]): Record<string, string> {
   return Object.assign(
     { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root", LANG: "C.UTF-8", TERM: "dumb" },

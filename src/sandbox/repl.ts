@@ -22,8 +22,8 @@ export interface ReplLanguage {
 /** What a REPL needs from its sandbox. */
 export interface ReplHost {
   agent(): AgentClient;
-  env(): Record<string, string>;
-  workdir(): string;
+  /** Environment, working directory and user for processes, from the image and the sandbox. */
+  processOptions(): { env: Record<string, string>; cwd: string; user?: string; gid?: number };
   /** A ResourceError when the guest's counters at a process's exit show memory or processes ran out. */
   exhausted(what: string, counters: ExitStatus["guestCounters"]): Error | undefined;
 }
@@ -115,11 +115,7 @@ export class Repl {
     const guestPath = `${DRIVER_DIR}/${this.lang.driver}`;
     const source = readFileSync(fileURLToPath(new URL(`../../guest/repl/${this.lang.driver}`, import.meta.url)));
     await agent.writeFile(guestPath, source, { parents: true });
-    const proc = agent.spawn([...this.lang.interpreter, guestPath], {
-      stdin: true,
-      env: this.host.env(),
-      cwd: this.host.workdir(),
-    });
+    const proc = agent.spawn([...this.lang.interpreter, guestPath], { ...this.host.processOptions(), stdin: true });
     const decoder = new ReplFrameDecoder();
     let crashOutput = "";
     const ready = new Promise<void>((resolve, reject) => {

@@ -5,12 +5,13 @@ import { debuglog } from "node:util";
 import type { AgentClient } from "../agent/client.js";
 import type { ExecProcess, ExitStatus } from "../agent/process.js";
 import { InvalidArgumentError, ResourceError, SandboxNotRunningError, TimeoutError } from "../errors.js";
-import { ImageStore } from "../images/store.js";
+import { resolveImage } from "../images/sources.js";
+import { type ImageConfig, ImageStore } from "../images/store.js";
 import type { BootTimeline, Vm } from "../vm/backend.js";
 import { QemuBackend } from "../vm/qemu.js";
 import { CommandExecution, Execution } from "./execution.js";
 import { SandboxFiles } from "./files.js";
-import { checkCpus, checkMemory, checkSeconds, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
+import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
 import { Repl, type ReplLanguage } from "./repl.js";
 
 const debug = debuglog("microsandbox");
@@ -34,8 +35,15 @@ export interface RunOptions {
 export class SandboxCommands {
   constructor(private readonly sandbox: Sandbox) {}
 
-  /** Runs `command` with `args` (no shell) and collects its output. A non-zero exit is not an error. */
-  async run(command: string, args: readonly string[] = [], opts: CommandOptions = {}): Promise<CommandExecution> {
+  /**
+   * Runs `command` with `args` (no shell) and collects its output. A non-zero exit is not an error.
+   * Without a command it runs the image's default (Entrypoint + Cmd).
+   */
+  async run(command?: string, args: readonly string[] = [], opts: CommandOptions = {}): Promise<CommandExecution> {
+    if (command === undefined) {
+      const [program, ...rest] = this.sandbox.defaultCommand();
+      return this.run(program!, rest, opts);
+    }
     if (typeof command !== "string" || command === "") throw new InvalidArgumentError("command must be a non-empty string, e.g. \"echo\"");
     if (!Array.isArray(args)) throw new InvalidArgumentError(`args must be an array of strings, got ${typeof args}`);
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
@@ -63,6 +71,7 @@ export abstract class Sandbox implements AsyncDisposable {
   private vm: Vm | undefined;
   private starting: Promise<void> | undefined;
   private backendReason = "";
+  private imageConfig: ImageConfig = { env: [] };
   private bootTimeline: BootTimeline | undefined;
 
   constructor(opts: SandboxOptions = {}, defaultImage?: string) {
@@ -112,8 +121,9 @@ export abstract class Sandbox implements AsyncDisposable {
   private async boot(): Promise<void> {
     const t0 = performance.now();
     const store = new ImageStore();
-    const image = store.resolve(this.opts.image);
+    const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
     const disk = await store.disk(image);
+    this.imageConfig = image.config;
     const backend = new QemuBackend(this.opts.kernel ? { kernel: this.opts.kernel } : {});
     const imagePrepMs = performance.now() - t0;
     const vm = await backend.boot({
@@ -126,6 +136,15 @@ export abstract class Sandbox implements AsyncDisposable {
       bootTimeout: this.opts.timeout,
     });
     this.backendReason = backend.reason;
+    // Like container runtimes, make the image's WorkingDir when the image lacks it.
+    if (image.config.workingDir) {
+      try {
+        await vm.agent.mkdir(image.config.workingDir, { parents: true });
+      } catch (err) {
+        await vm.stop();
+        throw err;
+      }
+    }
     const tl = vm.timeline;
     this.bootTimeline = {
       ...tl,
@@ -161,14 +180,29 @@ export abstract class Sandbox implements AsyncDisposable {
     return this.vm.agent;
   }
 
-  /** @internal Options for a process in this sandbox. */
+  /** @internal Options for a process in this sandbox: the image config, then the sandbox's, then the call's. */
   processOptions(opts: CommandOptions, timeout: number | undefined) {
+    const [user, group] = (this.imageConfig.user ?? "").split(":");
     return {
-      env: guestEnv(this.opts.env, opts.env),
-      cwd: opts.cwd ?? this.opts.workdir,
+      env: guestEnv(envRecord(this.imageConfig.env), this.opts.env, opts.env),
+      cwd: opts.cwd ?? this.workdir(),
+      ...(user ? { user } : {}),
+      ...(group && /^\d+$/.test(group) ? { gid: Number(group) } : {}),
       ...(timeout !== undefined ? { timeout } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
     };
+  }
+
+  /** @internal The working directory: the sandbox's, the image's, or "/". */
+  workdir(): string {
+    return this.opts.workdir ?? this.imageConfig.workingDir ?? "/";
+  }
+
+  /** @internal The image's Entrypoint + Cmd. */
+  defaultCommand(): string[] {
+    const argv = [...(this.imageConfig.entrypoint ?? []), ...(this.imageConfig.cmd ?? [])];
+    if (!argv.length) throw new InvalidArgumentError(`image ${this.opts.image} has no Entrypoint or Cmd: name a command`);
+    return argv;
   }
 
   /**
@@ -207,8 +241,7 @@ abstract class LanguageSandbox extends Sandbox {
     this.agent(); // not running: fail before queueing
     this.repl ??= new Repl(this.language, {
       agent: () => this.agent(),
-      env: () => guestEnv(this.opts.env),
-      workdir: () => this.opts.workdir,
+      processOptions: () => this.processOptions({}, undefined),
       exhausted: (what, counters) => this.exhausted(what, counters),
     });
     return this.repl.run(code, timeout);
@@ -220,19 +253,19 @@ abstract class LanguageSandbox extends Sandbox {
   }
 }
 
-/** A sandbox with a persistent Python interpreter (image "python" by default, or MSB_PYTHON_IMAGE). */
+/** A sandbox with a persistent Python interpreter (image python:3.12-slim by default, or MSB_PYTHON_IMAGE). */
 export class PythonSandbox extends LanguageSandbox {
   protected readonly language: ReplLanguage = { language: "python", driver: "python_driver.py", interpreter: ["python3", "-u"] };
   constructor(opts: SandboxOptions = {}) {
-    super(opts, process.env.MSB_PYTHON_IMAGE ?? "python");
+    super(opts, process.env.MSB_PYTHON_IMAGE ?? "python:3.12-slim");
   }
 }
 
-/** A sandbox with a persistent Node.js interpreter (image "node" by default, or MSB_NODE_IMAGE). */
+/** A sandbox with a persistent Node.js interpreter (image node:22-slim by default, or MSB_NODE_IMAGE). */
 export class NodeSandbox extends LanguageSandbox {
   protected readonly language: ReplLanguage = { language: "javascript", driver: "node_driver.js", interpreter: ["node"] };
   constructor(opts: SandboxOptions = {}) {
-    super(opts, process.env.MSB_NODE_IMAGE ?? "node");
+    super(opts, process.env.MSB_NODE_IMAGE ?? "node:22-slim");
   }
 }
 

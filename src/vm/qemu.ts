@@ -4,7 +4,8 @@
 // backed by a unix socket; QEMU runs under msb-vmm so it dies with this process.
 import { spawn } from "node:child_process";
 import { existsSync, readFileSync, renameSync, rmSync, mkdirSync } from "node:fs";
-import { createConnection } from "node:net";
+import { once } from "node:events";
+import { createConnection, type Socket } from "node:net";
 import path from "node:path";
 import { debuglog } from "node:util";
 
@@ -49,6 +50,21 @@ function tail(file: string, bytes = 2000): string {
     return text.slice(-bytes);
   } catch {
     return "";
+  }
+}
+
+// QEMU binds the socket a moment before it listens: refused connections are retried while it lives.
+async function connectSocket(path: string, dead: () => boolean, deadline: number): Promise<Socket> {
+  for (;;) {
+    const socket = createConnection(path);
+    try {
+      await once(socket, "connect");
+      return socket;
+    } catch (err) {
+      socket.destroy();
+      if ((err as NodeJS.ErrnoException).code !== "ECONNREFUSED" || dead() || Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 5));
+    }
   }
 }
 
@@ -155,6 +171,8 @@ export class QemuBackend implements Backend {
     });
 
     const fail = async (what: string, cause?: unknown): Promise<never> => {
+      // A VMM that is failing by itself (an abort under KVM) gets a moment to say so and exit.
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 500))]);
       child.kill("SIGKILL");
       await exited;
       // Dead by its own hand (an error exit or an abort), not by our SIGKILL, and quickly.
@@ -191,7 +209,7 @@ export class QemuBackend implements Backend {
     }
     let agent: AgentClient;
     try {
-      const stream = createConnection(socket);
+      const stream = await connectSocket(socket, () => exitedFlag, deadline);
       const onExit = () => stream.destroy(new Error("QEMU exited"));
       child.once("exit", onExit);
       agent = await AgentClient.fromStream(stream, { timeout: Math.max(0.001, (deadline - Date.now()) / 1000) });

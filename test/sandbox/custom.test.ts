@@ -41,8 +41,8 @@ afterAll(() => server?.close());
 
 describe("network", () => {
   it('"none" has no route to the host; "all" reaches a server on it', async () => {
-    const offline = await CustomSandbox.create({ image: "busybox", memory: 128 });
-    const online = await CustomSandbox.create({ image: "busybox", memory: 128, network: "all" });
+    const offline = await CustomSandbox.create({ image: "local:busybox", memory: 128 });
+    const online = await CustomSandbox.create({ image: "local:busybox", memory: 128, network: "all" });
     try {
       // 10.0.2.2 is the host as QEMU's user-mode network shows it. (busybox-static's wget crashes
       // in this image, so nc makes the connection.)
@@ -70,7 +70,7 @@ describe("network errors", () => {
     );
     process.env.MSB_QEMU = fake;
     try {
-      const err = await CustomSandbox.create({ image: "busybox", memory: 128, network: "all" }).catch((e: unknown) => e);
+      const err = await CustomSandbox.create({ image: "local:busybox", memory: 128, network: "all" }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(NetworkError);
       expect((err as Error).message).toMatch(/network "all".*libslirp/);
     } finally {
@@ -84,15 +84,15 @@ describe("isolation and cleanup", () => {
   it("keeps two sandboxes apart and the image untouched, and leaves nothing behind", async () => {
     const qemuBefore = qemuPids();
     const dirsBefore = runtimeDirs();
-    const a = await CustomSandbox.create({ image: "busybox", memory: 128 });
-    const b = await CustomSandbox.create({ image: "busybox", memory: 128 });
+    const a = await CustomSandbox.create({ image: "local:busybox", memory: 128 });
+    const b = await CustomSandbox.create({ image: "local:busybox", memory: 128 });
     const pids = [a.pid!, b.pid!];
     try {
       await a.command.run("sh", ["-c", "echo secret > /root/only-in-a; echo changed > /etc/hostname-a"]);
       expect(await (await a.command.run("cat", ["/root/only-in-a"])).output()).toBe("secret");
       const inB = await b.command.run("ls", ["/root"]);
       expect(await inB.output()).toBe("");
-      const rootfs = new ImageStore().resolve("busybox").rootfs;
+      const rootfs = (await new ImageStore().lookup("local:busybox"))!.rootfs;
       expect(existsSync(path.join(rootfs, "root", "only-in-a"))).toBe(false);
       expect(existsSync(path.join(rootfs, "etc", "hostname-a"))).toBe(false);
       expect(runtimeDirs().length).toBe(dirsBefore.length + 2);
@@ -107,12 +107,17 @@ describe("isolation and cleanup", () => {
   it("takes the VM down with the Node process that created it", async () => {
     const script = `
       import { CustomSandbox } from ${JSON.stringify(new URL("../../dist/index.js", import.meta.url).href)};
-      const sb = await CustomSandbox.create({ image: "busybox", memory: 128 });
+      const sb = await CustomSandbox.create({ image: "local:busybox", memory: 128 });
       console.log(sb.pid);
       setInterval(() => {}, 1000);`;
     const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
-    const [line] = (await once(child.stdout!, "data")) as [Buffer];
-    const vmPid = Number(line.toString().trim());
+    const line = await Promise.race([
+      once(child.stdout!, "data").then(([d]) => String(d)),
+      once(child, "exit").then(([code]) => {
+        throw new Error(`the child exited (${code}) before booting a sandbox; is dist/ built (npm run prepare)?`);
+      }),
+    ]);
+    const vmPid = Number(line.trim());
     expect(alive(vmPid)).toBe(true);
     child.kill("SIGKILL");
     for (let i = 0; i < 100 && alive(vmPid); i++) await new Promise((r) => setTimeout(r, 50));
@@ -122,7 +127,7 @@ describe("isolation and cleanup", () => {
 
 describe("resources", () => {
   it("turns a fork bomb into a ResourceError and survives it", async () => {
-    const sb = await CustomSandbox.create({ image: "busybox", memory: 256, maxProcesses: 256 });
+    const sb = await CustomSandbox.create({ image: "local:busybox", memory: 256, maxProcesses: 256 });
     try {
       const err = await sb.command.run("sh", ["-c", "f() { f | f & }; f; sleep 3"], { timeout: 30 }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(ResourceError);
@@ -141,10 +146,12 @@ describe("bad options are rejected before any VM starts", () => {
     await expect(PythonSandbox.create({ memory: -1 })).rejects.toThrow(/memory -1 is invalid: give whole MiB/);
     await expect(PythonSandbox.create({ cpus: 0 })).rejects.toThrow(/cpus 0 is invalid/);
     await expect(CustomSandbox.create({})).rejects.toBeInstanceOf(InvalidArgumentError);
-    await expect(CustomSandbox.create({ image: "no-such-image" })).rejects.toBeInstanceOf(ImageError);
-    await expect(CustomSandbox.create({ image: "busybox", name: "bad name!" })).rejects.toThrow(/sandbox name "bad name!" is invalid/);
-    await expect(CustomSandbox.create({ image: "busybox", network: "some" as never })).rejects.toThrow(/use "none" or "all"/);
-    const sb = new CustomSandbox({ image: "busybox" });
+    await expect(CustomSandbox.create({ image: "local:no-such-image" })).rejects.toBeInstanceOf(ImageError);
+    await expect(CustomSandbox.create({ image: "no-such-image", pull: "never" })).rejects.toThrow(/docker.io\/library\/no-such-image:latest is not in .* pulling is off/);
+    await expect(CustomSandbox.create({ image: "Bad/Reference" })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(CustomSandbox.create({ image: "local:busybox", name: "bad name!" })).rejects.toThrow(/sandbox name "bad name!" is invalid/);
+    await expect(CustomSandbox.create({ image: "local:busybox", network: "some" as never })).rejects.toThrow(/use "none" or "all"/);
+    const sb = new CustomSandbox({ image: "local:busybox" });
     await expect(sb.start({ memory: 1.5 })).rejects.toBeInstanceOf(InvalidArgumentError);
     expect(qemuPids()).toEqual(before);
   });

@@ -1,0 +1,77 @@
+// Turns an image's layers into a root filesystem: each layer blob is decompressed as a stream
+// (gzip through zlib, zstd through zlib where Node has it or the zstd binary) and applied in order,
+// path-safely, by applyLayer. The caller publishes the result atomically.
+import { spawn } from "node:child_process";
+import { createReadStream } from "node:fs";
+import { open } from "node:fs/promises";
+import { PassThrough, type Readable, type Transform } from "node:stream";
+import zlib from "node:zlib";
+
+import { MicrosandboxError } from "../errors.js";
+import { applyLayer, type LayerStats } from "./layers.js";
+
+/** A layer could not be decompressed. */
+export class LayerFormatError extends MicrosandboxError {
+  override readonly code = "MSB_LAYER_FORMAT";
+}
+
+export interface LayerSource {
+  /** sha256 digest of the blob, for messages. */
+  digest: string;
+  /** Path of the (possibly compressed) layer tar. */
+  path: string;
+}
+
+const GZIP = [0x1f, 0x8b];
+const ZSTD = [0x28, 0xb5, 0x2f, 0xfd];
+const starts = (head: Buffer, magic: number[]) => magic.every((b, i) => head[i] === b);
+
+type ZstdZlib = typeof zlib & { createZstdDecompress?: () => Transform };
+
+function zstdStream(input: Readable, digest: string): Readable {
+  const native = (zlib as ZstdZlib).createZstdDecompress;
+  if (native) return input.pipe(native());
+  // Node < 22.15 has no zstd: the zstd CLI decompresses instead.
+  const child = spawn("zstd", ["-dc"], { stdio: ["pipe", "pipe", "pipe"] });
+  const out = new PassThrough();
+  let stderr = "";
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()).slice(-2000));
+  child.on("error", (err) =>
+    out.destroy(new LayerFormatError(`layer ${digest} is zstd-compressed and this Node has no zstd; install the zstd tool (apt-get install zstd)`, { cause: err })),
+  );
+  child.on("exit", (code) => {
+    if (code !== 0) out.destroy(new LayerFormatError(`zstd could not decompress layer ${digest}: ${stderr.trim()}`));
+  });
+  input.pipe(child.stdin);
+  child.stdin.on("error", () => {}); // zstd exiting early is reported through its exit code
+  child.stdout.pipe(out);
+  return out;
+}
+
+/** Opens a layer blob as its decompressed tar stream, by the blob's magic bytes (media types lie). */
+export async function openLayer(layer: LayerSource): Promise<Readable> {
+  const head = Buffer.alloc(4);
+  const handle = await open(layer.path, "r");
+  try {
+    await handle.read(head, 0, 4, 0);
+  } finally {
+    await handle.close();
+  }
+  const raw = createReadStream(layer.path, { highWaterMark: 1 << 20 });
+  if (starts(head, GZIP)) return raw.pipe(zlib.createGunzip());
+  if (starts(head, ZSTD)) return zstdStream(raw, layer.digest);
+  return raw;
+}
+
+/** Applies the layers in order onto `rootfs` (an empty directory). */
+export async function unpackLayers(layers: LayerSource[], rootfs: string, onLayer?: (l: LayerSource, s: LayerStats) => void): Promise<void> {
+  for (const layer of layers) {
+    const stream = await openLayer(layer);
+    try {
+      const stats = await applyLayer(stream, rootfs, { layer: layer.digest });
+      onLayer?.(layer, stats);
+    } finally {
+      stream.destroy();
+    }
+  }
+}
