@@ -12,6 +12,8 @@ packages=(
   lz4 kmod cpio             # guest kernel: vmlinux extraction, module dependencies
   e2fsprogs                 # mkfs.ext4 -d: image root disks
   debootstrap busybox-static  # offline images (python, node, busybox)
+  zstd                      # zstd layers where Node's zlib has no zstd
+  docker-registry skopeo umoci openssl  # tests: a real registry, token auth; the pull benchmark
 )
 
 missing=()

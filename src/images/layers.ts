@@ -40,6 +40,8 @@ export interface ApplyLayerOptions {
 }
 
 const MAX_HOPS = 40; // Linux's MAXSYMLINKS
+const QUEUED_FILE_MAX = 1 << 20; // larger files are written in line, never held in memory
+const QUEUED_FILES = 32;
 const WH = ".wh.";
 const OPAQUE = ".wh..wh..opq";
 
@@ -94,8 +96,32 @@ class Applier {
   private readonly dirCache = new Map<string, string>();
   // Directory modes and mtimes are set last: later entries still write into them.
   private readonly dirMeta = new Map<string, { mode: number; mtime: number }>();
+  // New small files are created on the thread pool, several at once: creating files is the
+  // kernel's slowest step here, and it overlaps. Anything else waits until they are all done, so
+  // only fresh files under already-resolved parents are ever in flight.
+  private readonly inflight = new Map<string, Promise<void>>();
+  // Files whose path was taken (by a lower layer's entry): replaced in line when the queue drains.
+  private readonly taken: { at: string; e: TarEntry; data: Buffer }[] = [];
+  private failure: { entry: string; err: unknown } | undefined;
 
   constructor(private readonly root: string, private readonly asRoot: boolean) {}
+
+  /** Waits for every file in flight; rethrows the first failure (see `failed` for its entry). */
+  async drain(): Promise<void> {
+    await Promise.all(this.inflight.values());
+    this.inflight.clear();
+    if (this.failure) throw this.failure.err;
+    for (const { at, e, data } of this.taken.splice(0)) await this.file(at, e, data);
+  }
+
+  /** Waits for every file in flight, ignoring failures. */
+  async settle(): Promise<void> {
+    await Promise.allSettled(this.inflight.values());
+  }
+
+  get failed(): { entry: string; err: unknown } | undefined {
+    return this.failure;
+  }
 
   private host = (rel: string) => (rel ? `${this.root}/${rel}` : this.root);
 
@@ -176,6 +202,7 @@ class Applier {
   }
 
   async apply(e: TarEntry): Promise<void> {
+    if (e.type !== "file") await this.drain();
     const rel = clean(e.path);
     if (rel === "") {
       if (e.type !== "dir") throw new Refusal("would replace the image root with a non-directory");
@@ -205,7 +232,7 @@ class Applier {
     }
     const at = join(dir, name);
     if (e.type === "dir") this.dir(at, e);
-    else if (e.type === "file") await this.file(at, e);
+    else if (e.type === "file") await this.fileOrQueue(at, e);
     else if (e.type === "symlink") this.symlink(at, e);
     else if (e.type === "hardlink") this.hardlink(at, e);
     else await this.fifo(at, e);
@@ -232,7 +259,42 @@ class Applier {
     this.stats.dirs++;
   }
 
-  private async file(at: string, e: TarEntry): Promise<void> {
+  // A small file goes to the thread pool; a large one, or a second entry for a path in flight,
+  // is written in line. (No lstat first: beside creates in flight it waits on the directory lock.)
+  private async fileOrQueue(at: string, e: TarEntry): Promise<void> {
+    if (e.size > QUEUED_FILE_MAX || this.inflight.has(at)) {
+      await this.drain();
+      return this.file(at, e);
+    }
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of e.body()) chunks.push(chunk);
+    const data = Buffer.concat(chunks);
+    this.stats.files++;
+    this.stats.bytes += data.length;
+    const entry = e.path;
+    const create = this.create(at, e, data).catch((err: unknown) => {
+      if ((err as NodeJS.ErrnoException).code === "EEXIST") this.taken.push({ at, e, data });
+      else this.failure ??= { entry, err };
+    });
+    this.inflight.set(at, create);
+    if (this.inflight.size >= QUEUED_FILES) await this.drain();
+  }
+
+  private async create(at: string, e: TarEntry, data: Buffer): Promise<void> {
+    const h = await fs.promises.open(this.host(at), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    try {
+      for (let off = 0; off < data.length; ) off += (await h.write(data, off)).bytesWritten;
+      if (this.asRoot) await h.chown(e.uid, e.gid);
+      else this.stats.ownershipSkipped++;
+      await h.chmod(e.mode); // after chown, which clears setuid/setgid
+      await h.utimes(e.mtime, e.mtime);
+    } finally {
+      await h.close();
+    }
+  }
+
+  /** Writes a file in line: the entry's body, or `data` already read (and counted) for it. */
+  private async file(at: string, e: TarEntry, data?: Buffer): Promise<void> {
     const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
     // O_EXCL|O_NOFOLLOW: never opens what is there; whatever is there is cleared first.
     let fd: number;
@@ -244,9 +306,9 @@ class Applier {
       fd = fs.openSync(this.host(at), flags, 0o600);
     }
     try {
-      for await (const chunk of e.body()) {
+      for await (const chunk of data ? [data] : e.body()) {
         for (let off = 0; off < chunk.length; ) off += fs.writeSync(fd, chunk, off);
-        this.stats.bytes += chunk.length;
+        if (!data) this.stats.bytes += chunk.length;
       }
       // chown clears setuid/setgid, so the mode goes on after it.
       this.own(() => fs.fchownSync(fd, e.uid, e.gid));
@@ -255,7 +317,7 @@ class Applier {
     } finally {
       fs.closeSync(fd);
     }
-    this.stats.files++;
+    if (!data) this.stats.files++;
   }
 
   private symlink(at: string, e: TarEntry): void {
@@ -341,8 +403,14 @@ export async function applyLayer(tarStream: AsyncIterable<Uint8Array>, target: s
         turn = performance.now();
       }
     }
+    await a.drain();
     a.finish();
   } catch (err) {
+    await a.settle(); // nothing of this layer may still be writing once it has failed
+    if (a.failed) {
+      current = a.failed.entry;
+      err = a.failed.err;
+    }
     if (err instanceof LayerError) throw err;
     if (err instanceof Refusal) throw fail(err.message);
     if (err instanceof TarError) throw new LayerError(opts.layer, err.entry, `is malformed at byte ${err.offset}: ${err.message}`, { cause: err });

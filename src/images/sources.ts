@@ -54,6 +54,32 @@ export async function pullImage(store: ImageStore, ref: string, opts: ResolveOpt
   return store.publish(ref, resolved.config.digest.slice("sha256:".length), (dir) => unpackInto(dir, config.bytes, layers));
 }
 
+/**
+ * Pulls like pullImage, with progress as an async iterable of typed events; `image` settles when
+ * the image is in the store. Iterating is optional: events are buffered until read.
+ */
+export function pullEvents(store: ImageStore, ref: string, opts: Omit<ResolveOptions, "onEvent"> = {}): { events: AsyncIterable<PullEvent>; image: Promise<ResolvedImage> } {
+  const queue: PullEvent[] = [];
+  let wake: (() => void) | undefined;
+  let finished = false;
+  const image = pullImage(store, String(parseReference(ref)), { ...opts, onEvent: (e) => (queue.push(e), wake?.()) }).finally(() => {
+    finished = true;
+    wake?.();
+  });
+  image.catch(() => {}); // surfaced through `image` and at the end of `events`
+  const events = async function* () {
+    for (;;) {
+      while (queue.length) yield queue.shift()!;
+      if (finished) {
+        await image; // rethrows the pull's error to the iterating caller
+        return;
+      }
+      await new Promise<void>((r) => (wake = r));
+    }
+  };
+  return { events: events(), image };
+}
+
 async function unpackInto(dir: string, config: Buffer, layers: LayerSource[]): Promise<void> {
   await unpackLayers(layers, path.join(dir, "rootfs"));
   await writeFile(path.join(dir, "config.json"), config);
