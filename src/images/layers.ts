@@ -5,6 +5,7 @@ import fs, { constants, type Stats } from "node:fs";
 import { promisify } from "node:util";
 
 import { MicrosandboxError } from "../errors.js";
+import { clean, lstatOrNull, Refusal, RootPath } from "./rootpath.js";
 import { readTar, TarError, type TarEntry } from "./tar.js";
 
 const run = promisify(execFile);
@@ -39,7 +40,6 @@ export interface ApplyLayerOptions {
   maxEntries?: number; // default 2,000,000
 }
 
-const MAX_HOPS = 40; // Linux's MAXSYMLINKS
 const QUEUED_FILE_MAX = 1 << 20; // larger files are written in line, never held in memory
 const QUEUED_FILES = 32;
 const WH = ".wh.";
@@ -53,36 +53,11 @@ const show = (p: string) => JSON.stringify(p.length > 200 ? `${p.slice(0, 200)}â
 const join = (dir: string, name: string) => (dir ? `${dir}/${name}` : name);
 const parentOf = (rel: string) => rel.slice(0, Math.max(0, rel.lastIndexOf("/")));
 
-/** A reason to refuse the current entry; applyLayer wraps it into a LayerError naming the entry. */
-class Refusal extends Error {}
-
-/** Lexically cleans an archive path to a relative one ("" = the root); refuses what climbs above the root. */
-function clean(p: string): string {
-  const parts: string[] = [];
-  for (const c of p.split("/")) {
-    if (c === "" || c === ".") continue;
-    if (c === "..") {
-      if (!parts.length) throw new Refusal("escapes the image root");
-      parts.pop();
-    } else parts.push(c);
-  }
-  return parts.join("/");
-}
-
-// The fs calls below are synchronous on purpose: each is microseconds on a local disk, and a layer's
-// tens of thousands of entries spend far longer hopping through the libuv threadpool. applyLayer
-// yields to the event loop every 10 ms or so, so it never hogs it for long.
-function lstatOrNull(p: string): Stats | null {
-  try {
-    return fs.lstatSync(p);
-  } catch (err) {
-    if (["ENOENT", "ENOTDIR"].includes((err as NodeJS.ErrnoException).code!)) return null;
-    throw err;
-  }
-}
-
 const kind = (st: Stats) => (st.isDirectory() ? "a directory" : st.isSymbolicLink() ? "a symlink" : "not a regular file");
 
+// The fs calls below (and in rootpath.ts) are synchronous on purpose: each is microseconds on a local
+// disk, and a layer's tens of thousands of entries spend far longer hopping through the libuv
+// threadpool. applyLayer yields to the event loop every 10 ms or so, so it never hogs it for long.
 class Applier {
   readonly stats: LayerStats = {
     entries: 0, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, fifos: 0, whiteouts: 0,
@@ -104,7 +79,11 @@ class Applier {
   private readonly taken: { at: string; e: TarEntry; data: Buffer }[] = [];
   private failure: { entry: string; err: unknown } | undefined;
 
-  constructor(private readonly root: string, private readonly asRoot: boolean) {}
+  private readonly rootPath: RootPath;
+
+  constructor(private readonly root: string, private readonly asRoot: boolean) {
+    this.rootPath = new RootPath(root);
+  }
 
   /** Waits for every file in flight; rethrows the first failure (see `failed` for its entry). */
   async drain(): Promise<void> {
@@ -123,35 +102,7 @@ class Applier {
     return this.failure;
   }
 
-  private host = (rel: string) => (rel ? `${this.root}/${rel}` : this.root);
-
-  /**
-   * Resolves directory components like a chroot would (securejoin): symlinks are followed but
-   * re-rooted at the target, ".." stops at it. The result names only real dirs or missing ones.
-   */
-  private resolveDir(rel: string): string {
-    const done: string[] = [];
-    const pending = rel ? rel.split("/").reverse() : []; // a stack: next component last
-    let hops = 0;
-    while (pending.length) {
-      const c = pending.pop()!;
-      if (c === "" || c === ".") continue;
-      if (c === "..") {
-        done.pop();
-        continue;
-      }
-      done.push(c);
-      const here = this.host(done.join("/"));
-      const st = lstatOrNull(here);
-      if (!st?.isSymbolicLink()) continue;
-      if (++hops > MAX_HOPS) throw new Refusal("has too many levels of symbolic links in its parent directories");
-      const link = fs.readlinkSync(here);
-      done.pop();
-      if (link.startsWith("/")) done.length = 0;
-      for (const l of link.split("/").reverse()) pending.push(l);
-    }
-    return done.join("/");
-  }
+  private host = (rel: string) => this.rootPath.host(rel);
 
   /** Creates missing directories along a resolved path (which holds no symlinks). */
   private makeDirs(rel: string): void {
@@ -225,7 +176,7 @@ class Applier {
     // The final component is never followed: whatever is there gets replaced.
     let dir = this.dirCache.get(parentOf(rel));
     if (dir === undefined) {
-      dir = this.resolveDir(parentOf(rel));
+      dir = this.rootPath.resolveDir(parentOf(rel));
       this.makeDirs(dir);
       if (this.dirCache.size > 4096) this.dirCache.clear();
       this.dirCache.set(parentOf(rel), dir);
@@ -241,7 +192,7 @@ class Applier {
 
   private whiteout(parent: string, name: string): void {
     this.stats.whiteouts++;
-    const dir = this.resolveDir(parent);
+    const dir = this.rootPath.resolveDir(parent);
     if (name === OPAQUE) {
       const st = lstatOrNull(this.host(dir));
       if (st?.isDirectory()) for (const child of fs.readdirSync(this.host(dir))) this.prune(join(dir, child));
@@ -338,7 +289,7 @@ class Applier {
       throw new Refusal(`${why}, which is outside the image root`);
     }
     if (!target) throw new Refusal(`${why}, which is the image root`);
-    const src = join(this.resolveDir(parentOf(target)), target.slice(target.lastIndexOf("/") + 1));
+    const src = join(this.rootPath.resolveDir(parentOf(target)), target.slice(target.lastIndexOf("/") + 1));
     const st = lstatOrNull(this.host(src));
     if (!st) throw new Refusal(`${why}, which does not exist in the image`);
     if (!st.isFile()) throw new Refusal(`${why}, which is ${kind(st)}; only regular files can be hardlinked`);

@@ -1,16 +1,19 @@
 // RegistryClient: speaks the OCI distribution API to resolve an image reference to a manifest for
 // one platform and to download its blobs, verified by digest while streaming, with token auth and retries.
 import { createHash, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { mkdir, open, rename, rm } from "node:fs/promises";
-import os from "node:os";
 import path from "node:path";
-import { debuglog } from "node:util";
 
 import { InvalidArgumentError, MicrosandboxError } from "../errors.js";
+import { type Credentials, credentialsHint, credentialsOption, defaultDockerConfig, normaliseRegistry, RegistryAuth } from "./auth.js";
+import { bodyChunks, errorDetail, follow, readCapped, RegistryError, retrying, TransientError } from "./http.js";
+import { hostPlatform, type Platform, selectPlatform } from "./platform.js";
 import { type ImageReference, isDigest, parseReference, registryHost, withDigest } from "./reference.js";
 
-const debug = debuglog("microsandbox");
+// The pieces that moved out stay importable from here, as before.
+export { type Credentials, parseChallenges } from "./auth.js";
+export { RegistryError } from "./http.js";
+export { formatPlatform, hostPlatform, type Platform, PlatformNotFoundError, platformMatches } from "./platform.js";
 
 export const MEDIA_TYPES = {
   ociManifest: "application/vnd.oci.image.manifest.v1+json",
@@ -23,42 +26,11 @@ const INDEX_TYPES = new Set<string>([MEDIA_TYPES.ociIndex, MEDIA_TYPES.dockerLis
 const MANIFEST_TYPES = new Set<string>([MEDIA_TYPES.ociManifest, MEDIA_TYPES.dockerManifest]);
 const ACCEPT = [MEDIA_TYPES.ociIndex, MEDIA_TYPES.dockerList, MEDIA_TYPES.ociManifest, MEDIA_TYPES.dockerManifest].join(", ");
 const MANIFEST_MAX_BYTES = 4 * 1024 * 1024;
-const TOKEN_MAX_BYTES = 1024 * 1024;
-const MAX_REDIRECTS = 10;
 const MAX_INDEX_DEPTH = 2;
-
-/** The registry refused or failed a request; `status` is the HTTP status when there was one. */
-export class RegistryError extends MicrosandboxError {
-  override readonly code: string = "MSB_REGISTRY";
-  constructor(
-    message: string,
-    readonly status?: number,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
-}
 
 /** Downloaded content did not match the digest or size that named it; nothing was kept. */
 export class DigestMismatchError extends MicrosandboxError {
   override readonly code = "MSB_DIGEST_MISMATCH";
-}
-
-/** An image index has no manifest for the wanted platform; `available` lists the ones it has. */
-export class PlatformNotFoundError extends MicrosandboxError {
-  override readonly code = "MSB_PLATFORM_NOT_FOUND";
-  constructor(
-    message: string,
-    readonly available: string[],
-  ) {
-    super(message);
-  }
-}
-
-export interface Platform {
-  os: string;
-  architecture: string;
-  variant?: string;
 }
 
 export interface Descriptor {
@@ -94,8 +66,6 @@ export interface ResolvedManifest {
   layers: Descriptor[];
 }
 
-export type Credentials = { username: string; password: string } | { token: string };
-
 export interface RegistryClientOptions {
   /** Per registry name as written in references ("docker.io", "ghcr.io", "127.0.0.1:5000"). `token` is sent as a Bearer token as is. */
   credentials?: Record<string, Credentials>;
@@ -124,63 +94,15 @@ export interface PullOptions {
   concurrency?: number;
 }
 
-/** Marks a failure worth another attempt: network errors, 5xx/429, truncated bodies. */
-class TransientError extends Error {
-  constructor(
-    message: string,
-    readonly status?: number,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
-}
-
-const GOARCH: Partial<Record<NodeJS.Architecture, string>> = {
-  x64: "amd64", arm64: "arm64", arm: "arm", ia32: "386", ppc64: "ppc64le", s390x: "s390x", riscv64: "riscv64",
-};
-
-/** The platform this process runs on, in OCI terms: linux/amd64 or linux/arm64. */
-export function hostPlatform(): Platform {
-  return { os: "linux", architecture: GOARCH[process.arch] ?? process.arch };
-}
-
-export function formatPlatform(p: Platform | undefined): string {
-  if (!p) return "unknown";
-  return `${p.os}/${p.architecture}${p.variant ? `/${p.variant}` : ""}`;
-}
-
-/** Whether an index entry's platform serves `want`; arm64 treats variant "v8" and none as the same. */
-export function platformMatches(want: Platform, have: Platform | undefined): boolean {
-  if (!have || have.os !== want.os || have.architecture !== want.architecture) return false;
-  const norm = (v: string | undefined) => (want.architecture === "arm64" && v === "v8" ? undefined : v || undefined);
-  if (want.variant === undefined) return want.architecture === "arm64" ? norm(have.variant) === undefined : true;
-  return norm(have.variant) === norm(want.variant);
-}
-
 export class RegistryClient {
-  readonly #credentials = new Map<string, Credentials>();
-  readonly #dockerConfig: string;
-  #dockerAuths: Map<string, Credentials> | undefined;
+  readonly #auth: RegistryAuth;
   readonly #insecure: Set<string>;
   readonly #retries: number;
   readonly #retryDelay: number;
   readonly #fetch: typeof fetch;
-  /** Authorization header values by "registry scope", with their expiry (ms since epoch). */
-  readonly #tokens = new Map<string, { header: string; expires: number }>();
-  /** Registries that asked for Basic auth: later requests send it up front. */
-  readonly #basic = new Set<string>();
 
   constructor(options: RegistryClientOptions = {}) {
-    for (const [registry, creds] of Object.entries(options.credentials ?? {})) {
-      const ok =
-        creds !== null && typeof creds === "object" &&
-        ("token" in creds ? typeof creds.token === "string" && creds.token !== "" :
-          typeof creds.username === "string" && typeof creds.password === "string");
-      if (!ok) {
-        throw new InvalidArgumentError(`credentials for ${JSON.stringify(registry)} must be { username, password } or { token } with strings`);
-      }
-      this.#credentials.set(normaliseRegistry(registry), creds);
-    }
+    const credentials = credentialsOption(options.credentials);
     const retries = options.retries ?? 3;
     if (!Number.isInteger(retries) || retries < 0 || retries > 20) {
       throw new InvalidArgumentError(`retries must be an integer from 0 to 20, got ${String(options.retries)}`);
@@ -196,9 +118,11 @@ export class RegistryClient {
     this.#retryDelay = retryDelay;
     this.#insecure = new Set((options.insecure ?? []).map(normaliseRegistry));
     this.#fetch = options.fetch ?? globalThis.fetch;
-    this.#dockerConfig =
-      options.dockerConfig ??
-      path.join(process.env.DOCKER_CONFIG || path.join(os.homedir(), ".docker"), "config.json");
+    // Token requests go through #follow too: the same redirect rules, and the same fetch.
+    this.#auth = new RegistryAuth(credentials, options.dockerConfig ?? defaultDockerConfig(), {
+      follow: (url, headers) => this.#follow(url, headers),
+      isInsecure: (registry) => this.#isInsecure(registry),
+    });
   }
 
   /**
@@ -219,17 +143,7 @@ export class RegistryClient {
       indexDigest ??= fetched.digest;
       const entries = (fetched.json as { manifests?: unknown }).manifests;
       if (!Array.isArray(entries)) throw new RegistryError(`${ref}: the index ${fetched.digest} has no "manifests" array`);
-      const chosen = (entries as Descriptor[]).find((d) => platformMatches(platform, d?.platform));
-      if (!chosen) {
-        const available = (entries as Descriptor[])
-          .map((d) => formatPlatform(d?.platform))
-          .filter((p) => p !== "unknown/unknown");
-        throw new PlatformNotFoundError(
-          `${ref} has no image for ${formatPlatform(platform)}; it has ${available.join(", ") || "none"}. ` +
-            `Pick one with getManifest(ref, { os, architecture, variant }) or use an image built for this platform`,
-          available,
-        );
-      }
+      const chosen = selectPlatform(entries as Descriptor[], platform, ref);
       checkDescriptor(chosen, `${ref}: index entry`);
       fetched = await this.#fetchManifest(ref, chosen.digest, chosen.digest, chosen.size);
     }
@@ -387,156 +301,34 @@ export class RegistryClient {
   async #get(ref: ImageReference, pathname: string, accept?: string): Promise<Response> {
     const url = `${this.#scheme(ref.registry)}://${registryHost(ref.registry)}${pathname}`;
     const headers: Record<string, string> = accept ? { accept } : {};
-    const cached = this.#cachedAuthorization(ref);
+    const cached = this.#auth.cachedAuthorization(ref);
     if (cached) headers.authorization = cached;
     let res = await this.#follow(url, headers);
     if (res.status !== 401) return res;
     const challenge = res.headers.get("www-authenticate");
     await res.body?.cancel();
-    const authorization = challenge ? await this.#authorize(ref, challenge) : undefined;
+    const authorization = challenge ? await this.#auth.authorize(ref, challenge) : undefined;
     if (authorization === undefined || authorization === cached) return res;
     res = await this.#follow(url, { ...headers, authorization });
     return res;
   }
 
   /** fetch() with redirects followed by hand: never https→http, and no Authorization to another origin. */
-  async #follow(url: string, headers: Record<string, string>): Promise<Response> {
-    let current = new URL(url);
-    const origin = current.origin;
-    for (let hop = 0; ; hop++) {
-      const sendHeaders = current.origin === origin ? headers : withoutAuthorization(headers);
-      const res = await this.#fetch(current, { headers: sendHeaders, redirect: "manual" });
-      if (res.status < 300 || res.status >= 400 || res.status === 304 || !res.headers.get("location")) return res;
-      await res.body?.cancel();
-      if (hop >= MAX_REDIRECTS) throw new RegistryError(`${url}: more than ${MAX_REDIRECTS} redirects`, res.status);
-      const next = new URL(res.headers.get("location")!, current);
-      if (next.protocol !== "https:" && !(next.protocol === "http:" && current.protocol === "http:")) {
-        throw new RegistryError(
-          `${current.host} redirected ${current.href} to ${next.href}; refusing to leave HTTPS (or to follow a non-HTTP redirect)`,
-          res.status,
-        );
-      }
-      debug("registry: %s redirected to %s", current.href, next.href);
-      current = next;
-    }
-  }
-
-  #cachedAuthorization(ref: ImageReference): string | undefined {
-    const creds = this.#credentialsFor(ref.registry);
-    if (creds && "token" in creds) return `Bearer ${creds.token}`;
-    const token = this.#tokens.get(`${ref.registry} repository:${ref.repository}:pull`);
-    if (token && token.expires > Date.now()) return token.header;
-    if (creds && this.#basic.has(ref.registry)) return basicHeader(creds);
-    return undefined;
-  }
-
-  /** Answers a WWW-Authenticate challenge: a Bearer token from the realm, or Basic credentials. */
-  async #authorize(ref: ImageReference, header: string): Promise<string | undefined> {
-    const challenges = parseChallenges(header);
-    const creds = this.#credentialsFor(ref.registry);
-    const bearer = challenges.find((c) => c.scheme === "bearer");
-    if (bearer) {
-      if (creds && "token" in creds) return undefined; // the token we were given was refused
-      return this.#bearerToken(ref, bearer.params, creds);
-    }
-    if (challenges.some((c) => c.scheme === "basic") && creds) {
-      this.#basic.add(ref.registry);
-      return basicHeader(creds);
-    }
-    return undefined;
-  }
-
-  async #bearerToken(ref: ImageReference, params: Record<string, string>, creds: Credentials | undefined): Promise<string> {
-    const realmText = params.realm;
-    let realm: URL;
-    try {
-      realm = new URL(realmText ?? "");
-    } catch {
-      throw new RegistryError(`${ref.registry} asked for a Bearer token but gave no valid realm (${JSON.stringify(realmText)})`, 401);
-    }
-    if (realm.protocol !== "https:" && !(realm.protocol === "http:" && (this.#isInsecure(ref.registry) || this.#isInsecure(realm.host)))) {
-      throw new RegistryError(
-        `${ref.registry} sends clients to the token server ${realm.href} over ${realm.protocol}; refusing. ` +
-          `If that is intended, list ${realm.host} in the insecure option`,
-        401,
-      );
-    }
-    const scope = params.scope ?? "";
-    const key = `${ref.registry} ${scope}`;
-    const url = new URL(realm);
-    if (params.service) url.searchParams.set("service", params.service);
-    for (const s of scope.split(" ").filter(Boolean)) url.searchParams.append("scope", s);
-    const headers: Record<string, string> = { accept: "application/json" };
-    if (creds && "username" in creds) headers.authorization = basicHeader(creds);
-    const res = await this.#follow(url.href, headers);
-    if (!res.ok) {
-      const detail = await errorDetail(res);
-      if (res.status >= 500 || res.status === 429) throw new TransientError(`token server ${realm.host} answered ${res.status}${detail}`, res.status);
-      if (res.status === 401 || res.status === 403) {
-        throw new RegistryError(
-          creds
-            ? `${res.status} from the token server ${realm.host} for ${ref.registry}/${ref.repository}${detail}: ` +
-                `it rejected the credentials for ${ref.registry} (user ${JSON.stringify((creds as { username: string }).username)}); check the username and password`
-            : `${res.status} from the token server ${realm.host} for ${ref.registry}/${ref.repository}${detail}: ` +
-                `anonymous access is refused; ${credentialsHint(ref.registry)}`,
-          401,
-        );
-      }
-      throw new RegistryError(`token server ${realm.host} answered ${res.status} for ${ref.registry}/${ref.repository}${detail}`, res.status);
-    }
-    let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
-    try {
-      body = JSON.parse((await readCapped(res, TOKEN_MAX_BYTES, `token from ${realm.host}`)).toString("utf8"));
-    } catch (err) {
-      if (err instanceof MicrosandboxError || err instanceof TransientError) throw err;
-      throw new RegistryError(`the token server ${realm.host} did not answer JSON`, res.status, { cause: err });
-    }
-    const token = typeof body.token === "string" && body.token ? body.token : body.access_token;
-    if (typeof token !== "string" || token === "") {
-      throw new RegistryError(`the token server ${realm.host} answered without "token" or "access_token"`, res.status);
-    }
-    const lifetime = typeof body.expires_in === "number" && body.expires_in > 0 ? body.expires_in : 60;
-    const header = `Bearer ${token}`;
-    // Renewed a little early so a token does not expire between the check and the request.
-    this.#tokens.set(key, { header, expires: Date.now() + Math.max(lifetime - 10, 1) * 1000 });
-    return header;
+  #follow(url: string, headers: Record<string, string>): Promise<Response> {
+    return follow((input, init) => this.#fetch(input, init), url, headers);
   }
 
   /** Runs `attempt` until it succeeds, fails for good, or `retries` more attempts have failed. */
-  async #retrying<T>(what: string, attempt: () => Promise<T>, ref: ImageReference): Promise<T> {
-    for (let n = 0; ; n++) {
-      try {
-        return await attempt();
-      } catch (err) {
-        if (err instanceof MicrosandboxError) throw err;
-        const tls = tlsProblem(err);
-        if (tls !== undefined) {
-          const hint = this.#isInsecure(ref.registry)
-            ? ""
-            : `. If ${ref.registry} serves plain HTTP, mark it insecure: new RegistryClient({ insecure: [${JSON.stringify(ref.registry)}] })`;
-          throw new RegistryError(`could not speak HTTPS to ${ref.registry} for ${what}: ${tls}${hint}`, undefined, { cause: err });
-        }
-        const status = err instanceof TransientError ? err.status : undefined;
-        if (n >= this.#retries) {
-          throw new RegistryError(
-            `${what} failed after ${n + 1} attempt${n ? "s" : ""}: ${describe(err)}. ` +
-              `Check the network and the registry, or raise the retries option`,
-            status,
-            { cause: err },
-          );
-        }
-        const delay = this.#retryDelay * 2 ** n * (0.5 + Math.random() / 2);
-        debug("registry: %s failed (%s); attempt %d of %d in %d ms", what, describe(err), n + 2, this.#retries + 1, Math.round(delay));
-        await new Promise((r) => setTimeout(r, delay));
-      }
-    }
+  #retrying<T>(what: string, attempt: () => Promise<T>, ref: ImageReference): Promise<T> {
+    const insecure = this.#isInsecure(ref.registry);
+    return retrying(what, attempt, { retries: this.#retries, retryDelay: this.#retryDelay, registry: ref.registry, insecure });
   }
 
   async #statusError(res: Response, ref: ImageReference, what: string): Promise<Error> {
     const detail = await errorDetail(res);
     if (res.status >= 500 || res.status === 429) return new TransientError(`${res.status} from ${ref.registry}${detail}`, res.status);
     if (res.status === 401 || res.status === 403) {
-      const creds = this.#credentialsFor(ref.registry);
+      const creds = this.#auth.credentialsFor(ref.registry);
       return new RegistryError(
         creds
           ? `${res.status} from ${ref.registry} for ${what}${detail}: the credentials for ${ref.registry} do not give pull access to ${ref.repository}`
@@ -557,89 +349,6 @@ export class RegistryClient {
   #isInsecure(registry: string): boolean {
     return this.#insecure.has(registry) || this.#insecure.has(registry.replace(/:\d+$/, ""));
   }
-
-  #credentialsFor(registry: string): Credentials | undefined {
-    const given = this.#credentials.get(registry);
-    if (given) return given;
-    this.#dockerAuths ??= readDockerAuths(this.#dockerConfig);
-    return this.#dockerAuths.get(registry);
-  }
-}
-
-/** "https://index.docker.io/v1/" → "docker.io"; "http://127.0.0.1:5000" → "127.0.0.1:5000". */
-function normaliseRegistry(name: string): string {
-  const host = name.replace(/^[a-z]+:\/\//i, "").replace(/\/.*$/, "");
-  return host === "index.docker.io" || host === "registry-1.docker.io" ? "docker.io" : host;
-}
-
-function readDockerAuths(file: string): Map<string, Credentials> {
-  const auths = new Map<string, Credentials>();
-  let config: { auths?: Record<string, { auth?: unknown }> };
-  try {
-    config = JSON.parse(readFileSync(file, "utf8"));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") debug("registry: ignoring %s: %s", file, describe(err));
-    return auths;
-  }
-  for (const [name, entry] of Object.entries(config?.auths ?? {})) {
-    if (typeof entry?.auth !== "string" || entry.auth === "") continue;
-    const decoded = Buffer.from(entry.auth, "base64").toString("utf8");
-    const colon = decoded.indexOf(":");
-    if (colon <= 0) continue;
-    auths.set(normaliseRegistry(name), { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) });
-  }
-  return auths;
-}
-
-function credentialsHint(registry: string): string {
-  return (
-    `give credentials with new RegistryClient({ credentials: { ${JSON.stringify(registry)}: { username, password } } }) ` +
-    `or \`docker login ${registry}\``
-  );
-}
-
-function basicHeader(creds: Credentials): string {
-  if ("token" in creds) return `Bearer ${creds.token}`;
-  return `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString("base64")}`;
-}
-
-function withoutAuthorization(headers: Record<string, string>): Record<string, string> {
-  const { authorization: _dropped, ...rest } = headers;
-  return rest;
-}
-
-/** Parses `WWW-Authenticate`, which may hold several challenges: `Bearer realm="…",scope="…", Basic realm="…"`. */
-export function parseChallenges(header: string): { scheme: string; params: Record<string, string> }[] {
-  const out: { scheme: string; params: Record<string, string> }[] = [];
-  const token = /[!#$%&'*+.^_`|~0-9A-Za-z-]+/y;
-  let i = 0;
-  const skip = (chars: RegExp) => {
-    while (i < header.length && chars.test(header[i]!)) i++;
-  };
-  while (i < header.length) {
-    skip(/[\s,]/);
-    token.lastIndex = i;
-    const name = token.exec(header)?.[0];
-    if (!name) break;
-    i += name.length;
-    skip(/\s/);
-    if (header[i] !== "=") {
-      out.push({ scheme: name.toLowerCase(), params: {} });
-      continue;
-    }
-    i++;
-    skip(/\s/);
-    let value = "";
-    if (header[i] === '"') {
-      for (i++; i < header.length && header[i] !== '"'; i++) value += header[i] === "\\" ? header[++i] ?? "" : header[i];
-      i++;
-    } else {
-      for (; i < header.length && !/[\s,]/.test(header[i]!); i++) value += header[i];
-    }
-    const last = out.at(-1);
-    if (last) last.params[name.toLowerCase()] = value;
-  }
-  return out;
 }
 
 function checkDescriptor(d: Partial<Descriptor> | undefined, what: string): asserts d is Descriptor {
@@ -649,79 +358,6 @@ function checkDescriptor(d: Partial<Descriptor> | undefined, what: string): asse
   if (!Number.isSafeInteger(d.size) || (d.size as number) < 0) {
     throw new RegistryError(`${what}: size ${JSON.stringify(d.size)} of ${d.digest} is not a non-negative integer`);
   }
-}
-
-/** The body's chunks; a broken connection surfaces as a TransientError. */
-async function* bodyChunks(res: Response, what: string): AsyncGenerator<Uint8Array> {
-  if (!res.body) return;
-  const reader = res.body.getReader();
-  try {
-    for (;;) {
-      let step;
-      try {
-        step = await reader.read();
-      } catch (err) {
-        throw new TransientError(`the connection broke while reading ${what}`, undefined, { cause: err });
-      }
-      if (step.done) return;
-      yield step.value;
-    }
-  } finally {
-    reader.releaseLock();
-    await res.body.cancel().catch(() => {});
-  }
-}
-
-async function readCapped(res: Response, cap: number, what: string): Promise<Buffer> {
-  const length = Number(res.headers.get("content-length") ?? NaN);
-  if (length > cap) {
-    await res.body?.cancel();
-    throw new RegistryError(`${what} is ${length} bytes, over the ${cap}-byte limit`, res.status);
-  }
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for await (const chunk of bodyChunks(res, what)) {
-    total += chunk.length;
-    if (total > cap) throw new RegistryError(`${what} is over the ${cap}-byte limit`, res.status);
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
-}
-
-/** The registry's JSON error ("MANIFEST_UNKNOWN: manifest unknown") as a suffix, or "". */
-async function errorDetail(res: Response): Promise<string> {
-  try {
-    const text = (await readCapped(res, 64 * 1024, "error body")).toString("utf8");
-    const errors = (JSON.parse(text) as { errors?: { code?: string; message?: string }[] }).errors;
-    const first = errors?.[0];
-    if (first) return ` (${[first.code, first.message].filter(Boolean).join(": ")})`;
-  } catch {
-    // Not JSON, or gone: the status says enough.
-  }
-  return "";
-}
-
-/** The TLS failure behind a fetch error (e.g. "wrong version number" from a plain HTTP port), if it was one. */
-function tlsProblem(err: unknown): string | undefined {
-  for (let e = err as { code?: unknown; message?: unknown; cause?: unknown } | undefined, i = 0; e && i < 5; e = e.cause as typeof e, i++) {
-    if (typeof e.code === "string" && /^(ERR_SSL_|ERR_TLS_|EPROTO$|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_)/.test(e.code)) {
-      const reason = typeof e.message === "string"
-        ? e.message.split("\n")[0]!.replace(/^[0-9A-F]+:error:[0-9A-F]+:/, "").replace(/:[^:\s]*\.c:\d+:?$/, "")
-        : "";
-      return reason ? `${e.code} (${reason})` : e.code;
-    }
-  }
-  return undefined;
-}
-
-function describe(err: unknown): string {
-  const parts: string[] = [];
-  for (let e = err as { message?: unknown; code?: unknown; cause?: unknown } | undefined, i = 0; e && i < 4; e = e.cause as typeof e, i++) {
-    const text = typeof e.message === "string" ? e.message : String(e);
-    if (parts.some((p) => p.includes(text))) continue;
-    parts.push(typeof e.code === "string" && !text.includes(e.code) ? `${text} [${e.code}]` : text);
-  }
-  return parts.join(": ");
 }
 
 async function exists(file: string): Promise<boolean> {
