@@ -4,7 +4,9 @@
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
+import { gunzipSync } from "node:zlib";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
@@ -110,6 +112,30 @@ describe("pull and reuse", () => {
     expect(a).toEqual({ code: 0, out: appImage.config.digest.slice(7) });
     expect(b).toEqual(a);
     expect(readdirSync(path.join(shared, "images"))).toEqual([a.out]);
+  });
+});
+
+describe("layer compression", () => {
+  it("unpacks zstd layers (through the zstd tool where Node's zlib has no zstd)", async () => {
+    const gz = buildImage({ layers: [{ "z/": "", "z/data.txt": "compressed with zstd\n" }] });
+    const tar = gunzipSync(gz.blobs.get(gz.layers[0]!.digest)!);
+    const zst = execFileSync("zstd", ["-q", "-c"], { input: tar });
+    const image = buildImage({ gzipLayers: [] });
+    // Swap the layer for its zstd form, with the media type registries use for it.
+    const layerDigest = `sha256:${createHash("sha256").update(zst).digest("hex")}`;
+    image.blobs.set(layerDigest, zst);
+    const config = JSON.parse(image.blobs.get(image.config.digest)!.toString());
+    config.rootfs.diff_ids = [`sha256:${createHash("sha256").update(tar).digest("hex")}`];
+    const configBytes = Buffer.from(JSON.stringify(config));
+    const configDigest = `sha256:${createHash("sha256").update(configBytes).digest("hex")}`;
+    image.blobs.set(configDigest, configBytes);
+    image.config = { ...image.config, digest: configDigest, size: configBytes.length };
+    image.layers = [{ mediaType: "application/vnd.oci.image.layer.v1.tar+zstd", digest: layerDigest, size: zst.length }];
+    image.bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: image.mediaType, config: image.config, layers: image.layers }));
+    image.digest = `sha256:${createHash("sha256").update(image.bytes).digest("hex")}`;
+    await pushImage(registry.url, "test/zstd", "1", image);
+    const pulled = await resolveImage(new ImageStore(tempDir("msb-store-zstd-")), `${registry.host}/test/zstd:1`, insecure());
+    expect(readFileSync(path.join(pulled.rootfs, "z/data.txt"), "utf8")).toBe("compressed with zstd\n");
   });
 });
 
