@@ -17,10 +17,32 @@
       ]
     },
     {
+      # The per-VM helper. Its libkrun mode decodes proto/vmm.proto with nanopb (code generated
+      # here, runtime linked statically); without nanopb it is built with the QEMU exec mode only.
       "target_name": "msb-vmm",
       "type": "executable",
+      "variables": {"nanopb_lib": "<!(node native/vmm/nanopb.mjs lib)"},
       "sources": ["native/vmm/vmm.c"],
-      "cflags": ["-std=c11", "-Wall", "-Wextra"]
+      "cflags": ["-std=c11", "-Wall", "-Wextra"],
+      "xcode_settings": {"MACOSX_DEPLOYMENT_TARGET": "11.0"},
+      "conditions": [
+        ["nanopb_lib==''", {"defines": ["MSB_VMM_NO_KRUN"]}, {
+          "sources": ["native/vmm/config.c", "native/vmm/krun.c", "native/vmm/status.c"],
+          # Debian's libprotobuf-nanopb.a is built with PB_ENABLE_MALLOC (pointer fields).
+          "defines": ["PB_ENABLE_MALLOC"],
+          "include_dirs": ["native/vmm", "<(INTERMEDIATE_DIR)/proto"],
+          "libraries": ["<(nanopb_lib)"],
+          "actions": [{
+            "action_name": "nanopb_vmm",
+            "inputs": ["proto/vmm.proto", "proto/vmm.options"],
+            "outputs": ["<(INTERMEDIATE_DIR)/proto/vmm.pb.c", "<(INTERMEDIATE_DIR)/proto/vmm.pb.h"],
+            "action": ["<!(node native/vmm/nanopb.mjs generator)", "-q", "-I", "proto",
+                       "-D", "<(INTERMEDIATE_DIR)/proto", "-f", "proto/vmm.options", "proto/vmm.proto"],
+            "process_outputs_as_sources": 1
+          }]
+        }],
+        ["OS=='linux'", {"libraries": ["-ldl"]}]
+      ]
     }
   ]
 }

@@ -27,11 +27,11 @@ const store = new ImageStore();
 const disk = await store.disk(await store.lookup("local:busybox"));
 const backend = new QemuBackend();
 const { kernel } = await guestBoot();
-const config = { name: "floor", memory: 256, cpus: 1, network: "none", maxProcesses: 1024, rootDisk: disk, bootTimeout: 60 };
+const config = { name: "floor", memory: 256, cpus: 1, network: "none", maxProcesses: 1024, bootTimeout: 60 };
 
 async function floorRun() {
   const sock = path.join(work, "floor.sock");
-  const args = backend.args(backend.accel, config, { kernel, initramfs: floorCpio }, sock, "/dev/null")
+  const args = backend.args(backend.accel, config, { kernel, initramfs: floorCpio }, disk, sock, "/dev/null")
     .map((a) => (a.startsWith("file,id=console") ? "stdio,id=console" : a));
   const t0 = performance.now();
   const qemu = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "inherit"] });

@@ -76,6 +76,11 @@ export class OutputLimitError extends MicrosandboxError {
   override readonly code = "MSB_OUTPUT_LIMIT";
 }
 
+/** The requested VMM cannot run on this host; the message says what is missing. */
+export class BackendUnavailableError extends MicrosandboxError {
+  override readonly code = "MSB_BACKEND_UNAVAILABLE";
+}
+
 /** The sandbox is not running: call start() first, or it was stopped. */
 export class SandboxNotRunningError extends MicrosandboxError {
   override readonly code = "MSB_SANDBOX_NOT_RUNNING";

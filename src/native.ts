@@ -1,5 +1,6 @@
 // The native addon, loaded through node-gyp-build (prebuilds first, then build/Release), and the
-// host capability probe it provides. Inputs are settled here; the addon only does the syscalls.
+// host capability probe it provides: /dev/kvm, libkrun (and which entry points it has), libkrunfw.
+// Inputs are settled here; the addon only does the syscalls.
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 
@@ -14,13 +15,39 @@ export interface ProbeItem {
   errno: number;
 }
 
+/** The libkrun entry points the VM helper may use; which exist tells the library's generation. */
+export const KRUN_SYMBOLS = [
+  "krun_create_ctx", "krun_set_log_level", "krun_init_log", "krun_set_vm_config", "krun_set_root",
+  "krun_add_disk", "krun_add_disk2", "krun_add_virtiofs", "krun_add_virtiofs3", "krun_add_vsock_port",
+  "krun_add_vsock_port2", "krun_disable_implicit_vsock", "krun_add_vsock", "krun_set_rlimits",
+  "krun_set_exec", "krun_set_workdir", "krun_set_console_output", "krun_has_feature", "krun_start_enter",
+] as const;
+
+export interface LibkrunReport extends ProbeItem {
+  name: string;
+  /** The entry points found. */
+  symbols: string[];
+  /** The oldest libkrun release with every entry point found ("1.17", "1.10", "1.8", or "unknown"). */
+  generation: string;
+  /** Keeps a shared image read-only (virtiofs3 or a read-only disk). */
+  readOnlyImage: boolean;
+  /** Can run without network (disable_implicit_vsock + add_vsock, libkrun >= 1.17). */
+  networkNone: boolean;
+}
+
 export interface ProbeReport {
   kvm: ProbeItem & { path: string };
-  libkrun: ProbeItem & { name: string };
+  libkrun: LibkrunReport;
+  libkrunfw: ProbeItem & { name: string };
+}
+
+interface RawProbe extends ProbeItem {
+  symbols: string[];
 }
 
 interface Addon {
-  probe(kvmPath: string, libkrunName: string): { kvm: ProbeItem; libkrun: ProbeItem };
+  probeKvm(path: string): RawProbe;
+  probeLibrary(name: string, required: string, symbols: string[]): RawProbe;
 }
 
 let addon: Addon | undefined;
@@ -38,10 +65,41 @@ export function libkrunName(env: NodeJS.ProcessEnv = process.env): string {
   return process.platform === "darwin" ? "libkrun.1.dylib" : "libkrun.so.1";
 }
 
-/** Reports whether /dev/kvm can be opened read-write and whether libkrun can be loaded. */
-export function probe(opts: { kvmPath?: string; libkrun?: string } = {}): ProbeReport {
-  const kvmPath = opts.kvmPath ?? "/dev/kvm";
+/** libkrunfw, the kernel libkrun boots: MSB_LIBKRUNFW_PATH, else the soname libkrun >= 1.17 pairs with. */
+export function libkrunfwName(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.MSB_LIBKRUNFW_PATH) return env.MSB_LIBKRUNFW_PATH;
+  return process.platform === "darwin" ? "libkrunfw.5.dylib" : "libkrunfw.so.5";
+}
+
+function generation(has: (s: string) => boolean): string {
+  if (has("krun_disable_implicit_vsock") && has("krun_add_vsock")) return "1.17";
+  if (has("krun_add_disk2") && has("krun_add_vsock_port2")) return "1.10";
+  if (has("krun_add_vsock_port")) return "1.8";
+  return "unknown";
+}
+
+/** Reports whether /dev/kvm opens read-write, whether libkrun and libkrunfw load, and what libkrun offers. */
+export function probe(opts: { kvmPath?: string; libkrun?: string; libkrunfw?: string } = {}): ProbeReport {
+  const native = nativeAddon();
+  const kvmPath = opts.kvmPath ?? process.env.MSB_VMM_KVM_DEVICE ?? "/dev/kvm";
   const name = opts.libkrun ?? libkrunName();
-  const r = nativeAddon().probe(kvmPath, name);
-  return { kvm: { ...r.kvm, path: kvmPath }, libkrun: { ...r.libkrun, name } };
+  const fw = opts.libkrunfw ?? libkrunfwName();
+  const kvm = native.probeKvm(kvmPath);
+  const lib = native.probeLibrary(name, "krun_create_ctx", [...KRUN_SYMBOLS]);
+  const has = (s: string) => lib.symbols.includes(s);
+  const firmware = native.probeLibrary(fw, "", []);
+  return {
+    kvm: { ok: kvm.ok, detail: kvm.detail, errno: kvm.errno, path: kvmPath },
+    libkrun: {
+      ok: lib.ok,
+      detail: lib.ok ? lib.detail : lib.detail.replace("krun_create_ctx symbol", "krun_create_ctx symbol: not a libkrun library"),
+      errno: lib.errno,
+      name,
+      symbols: lib.symbols,
+      generation: lib.ok ? generation(has) : "unknown",
+      readOnlyImage: has("krun_add_virtiofs3") || has("krun_add_disk2") || has("krun_add_disk"),
+      networkNone: has("krun_disable_implicit_vsock") && has("krun_add_vsock"),
+    },
+    libkrunfw: { ok: firmware.ok, detail: firmware.detail, errno: firmware.errno, name: fw },
+  };
 }

@@ -35,6 +35,15 @@ describe("probe", () => {
     expect(r.libkrun.detail).toContain("no krun_create_ctx");
   });
 
+  it("reports libkrun's entry points, generation and libkrunfw", () => {
+    const missing = probe({ libkrun: "/nonexistent/libkrun.so.1", libkrunfw: "/nonexistent/libkrunfw.so.5" });
+    expect(missing.libkrun).toMatchObject({ ok: false, symbols: [], generation: "unknown", readOnlyImage: false, networkNone: false });
+    expect(missing.libkrunfw).toMatchObject({ ok: false, name: "/nonexistent/libkrunfw.so.5" });
+    expect(missing.libkrunfw.detail).toContain("dlopen(/nonexistent/libkrunfw.so.5) failed");
+    // Any loadable library satisfies the libkrunfw probe, which only checks it loads.
+    expect(probe({ libkrunfw: "libc.so.6" }).libkrunfw.ok).toBe(true);
+  });
+
   it("takes the libkrun path from MSB_LIBKRUN_PATH", () => {
     expect(libkrunName({ MSB_LIBKRUN_PATH: "/opt/krun/libkrun.so" })).toBe("/opt/krun/libkrun.so");
     expect(libkrunName({})).toBe(process.platform === "darwin" ? "libkrun.1.dylib" : "libkrun.so.1");

@@ -27,7 +27,7 @@ ProbeResult ProbeKvm(const std::string& path) {
   return r;
 }
 
-ProbeResult ProbeLibkrun(const std::string& name) {
+ProbeResult ProbeLibrary(const std::string& name, const std::string& required, const std::vector<std::string>& symbols) {
   ProbeResult r;
   dlerror();
   void* handle = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -36,8 +36,10 @@ ProbeResult ProbeLibkrun(const std::string& name) {
     r.detail = std::string("dlopen(") + name + ") failed: " + (why ? why : "unknown error");
     return r;
   }
-  if (dlsym(handle, "krun_create_ctx") == nullptr) {
-    r.detail = name + " loaded but has no krun_create_ctx symbol: not a libkrun library";
+  for (const auto& s : symbols)
+    if (dlsym(handle, s.c_str()) != nullptr) r.symbols.push_back(s);
+  if (!required.empty() && dlsym(handle, required.c_str()) == nullptr) {
+    r.detail = name + " loaded but has no " + required + " symbol";
   } else {
     r.ok = true;
     r.detail = name + " loaded";

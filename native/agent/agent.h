@@ -144,6 +144,7 @@ struct init_config {
 
 extern struct init_config g_init;
 void init_guest(void);
+void init_root_only(const char *source, unsigned max_pids);
 
 // cgroup.c: one cgroup per exec'd process tree (only in a VM)
 bool cgroup_setup(unsigned max_pids);

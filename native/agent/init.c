@@ -91,6 +91,7 @@ static void load_modules(const char *list) {
 }
 
 static void wait_for(const char *path, int timeout_ms) {
+  if (path[0] != '/') return;  // a virtio-fs tag, not a device node
   for (int waited = 0; access(path, F_OK) < 0; waited += 5) {
     if (waited >= timeout_ms) {
       errno = ENOENT;
@@ -167,6 +168,32 @@ static void setup_network(void) {
     }
   }
   close(s);
+}
+
+static void mount_if_missing(const char *src, const char *dst, const char *type, unsigned long flags) {
+  mkdir(dst, 0755);
+  if (mount(src, dst, type, flags, NULL) < 0 && errno != EBUSY) say("mount %s: %s", dst, strerror(errno));
+}
+
+// Under libkrun, whose own init is PID 1 and has set up /proc, /sys, /dev and networking (TSI):
+// only the root is ours to assemble, from the image shared read-only.
+void init_root_only(const char *source, unsigned max_pids) {
+  if (strncmp(source, "virtiofs:", 9) == 0) {
+    snprintf(g_init.root, sizeof g_init.root, "%s", source + 9);
+    snprintf(g_init.rootfstype, sizeof g_init.rootfstype, "virtiofs");
+  } else if (strncmp(source, "disk:", 5) == 0) {
+    snprintf(g_init.root, sizeof g_init.root, "%s", source + 5);
+    snprintf(g_init.rootfstype, sizeof g_init.rootfstype, "ext4");
+  } else {
+    errno = EINVAL;
+    fatal(source);
+  }
+  mount_if_missing("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC);
+  mount_if_missing("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC);
+  mount_if_missing("devtmpfs", "/dev", "devtmpfs", MS_NOSUID);
+  assemble_root();
+  if (!cgroup_setup(max_pids)) say("no per-command cgroups: %s", strerror(errno));
+  boot_event("init_done");
 }
 
 void init_guest(void) {

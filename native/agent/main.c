@@ -74,10 +74,13 @@ static void die(const char *what) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: msb-agent --listen unix:PATH | --port virtio:NAME | --vsock PORT\n"
+          "usage: msb-agent (--listen unix:PATH | --port virtio:NAME | --vsock PORT) [--root SOURCE] [--pids N]\n"
           "  unix:PATH    serve connections on a unix socket (host-side tests)\n"
           "  virtio:NAME  serve the virtio-serial port named NAME\n"
-          "  PORT         connect to the host over vsock (CID 2) on PORT\n");
+          "  PORT         connect to the host over vsock (CID 2) on PORT\n"
+          "  --root virtiofs:TAG | disk:DEVICE\n"
+          "               first assemble the sandbox root (under libkrun's init, which is PID 1)\n"
+          "  --pids N     the sandbox's process limit (with --root)\n");
   exit(2);
 }
 
@@ -201,8 +204,18 @@ static void setup_signals(void) {
 int main(int argc, char **argv) {
   boot_event("agent_start");
   bool pid1 = getpid() == 1;
+  const char *mode = "", *arg = "", *root = NULL;
+  unsigned pids = 1024;
+  for (int i = 1; i < argc; i++) {
+    if (i + 1 >= argc) usage();
+    if (strcmp(argv[i], "--root") == 0) root = argv[++i];
+    else if (strcmp(argv[i], "--pids") == 0) pids = (unsigned)strtoul(argv[++i], NULL, 10);
+    else if (!*mode) mode = argv[i], arg = argv[++i];
+    else usage();
+  }
   if (pid1) init_guest();
-  else if (argc != 3) usage();
+  else if (!*mode) usage();
+  else if (root) init_root_only(root, pids);
   g_epoll = epoll_create1(EPOLL_CLOEXEC);
   if (g_epoll < 0) die("epoll_create1");
   setup_signals();
@@ -210,7 +223,6 @@ int main(int argc, char **argv) {
   // PID 1 (host tests, libkrun's own init), so a killed process tree leaves no zombies.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
 
-  const char *mode = pid1 ? "" : argv[1], *arg = pid1 ? "" : argv[2];
   g_listen.fd = -1;
   if (pid1) {
     int fd = g_init.port[0] ? open_virtio_port_when_ready(g_init.port) : connect_vsock(g_init.vsock_port);

@@ -4,31 +4,92 @@
 //   msb-vmm exec PARENT_PID -- PROGRAM ARGS...
 //     Arms a parent-death signal (SIGKILL), checks PARENT_PID is still the parent (it may have
 //     died before the signal was armed), and execs PROGRAM (QEMU) in its place.
+//   msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD
+//     The same guard, then reads a framed KrunConfig (proto/vmm.proto) from CONFIG_FD and becomes
+//     a libkrun VM. A failure before the VM starts is written as a KrunStatus on STATUS_FD (exit
+//     1); STATUS_FD reaching end-of-file without one means the VM is starting.
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <errno.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#ifndef MSB_VMM_NO_KRUN
+#include "vmm.h"
+#endif
 
 static int usage(void) {
-  fprintf(stderr, "usage: msb-vmm exec PARENT_PID -- PROGRAM [ARGS...]\n");
+  fprintf(stderr,
+          "usage: msb-vmm exec PARENT_PID -- PROGRAM [ARGS...]\n"
+          "       msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD\n");
   return 2;
 }
 
-int main(int argc, char **argv) {
-  if (argc < 5 || strcmp(argv[1], "exec") != 0 || strcmp(argv[3], "--") != 0) return usage();
-  pid_t parent = (pid_t)strtol(argv[2], NULL, 10);
+// A whole decimal number >= 0, else -1.
+static long number(const char *s) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  return (errno || end == s || *end || v < 0) ? -1 : v;
+}
+
+// 0 when the parent-death signal is armed and `parent` is still our parent, else an errno.
+static int guard_parent(pid_t parent) {
 #ifdef __linux__
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
-    perror("msb-vmm: prctl(PR_SET_PDEATHSIG)");
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) return errno;
+#endif
+  return getppid() == parent ? 0 : ESRCH;  // the creator may have died before the signal was armed
+}
+
+static int exec_mode(int argc, char **argv) {
+  if (argc < 5 || strcmp(argv[3], "--") != 0) return usage();
+  long parent = number(argv[2]);
+  if (parent < 0) return usage();
+  int err = guard_parent((pid_t)parent);
+  if (err == ESRCH) return 1;
+  if (err) {
+    fprintf(stderr, "msb-vmm: prctl(PR_SET_PDEATHSIG): %s\n", strerror(err));
     return 1;
   }
-#endif
-  if (getppid() != parent) return 1;  // the creator is already gone
   execvp(argv[4], argv + 4);
   fprintf(stderr, "msb-vmm: cannot execute %s: %s\n", argv[4], strerror(errno));
   return 127;
+}
+
+static int krun_mode(int argc, char **argv) {
+  if (argc != 5) return usage();
+  long parent = number(argv[2]), config_fd = number(argv[3]), status_fd = number(argv[4]);
+  if (parent < 0 || config_fd < 0 || status_fd < 0 || config_fd == status_fd) return usage();
+  if (fcntl((int)status_fd, F_GETFD) < 0 || fcntl((int)config_fd, F_GETFD) < 0) {
+    fprintf(stderr, "msb-vmm: config fd %ld or status fd %ld is not open\n", config_fd, status_fd);
+    return 2;
+  }
+#ifdef MSB_VMM_NO_KRUN
+  fprintf(stderr, "msb-vmm: built without nanopb, so without libkrun support: install libnanopb-dev and nanopb, "
+                  "then npm rebuild microsandbox\n");
+  return 1;
+#else
+  int st = (int)status_fd;
+  int err = guard_parent((pid_t)parent);
+  if (err == ESRCH) return vmm_fail(st, "parent", err, "parent %ld is gone (our parent is %d)", parent, (int)getppid());
+  if (err) return vmm_fail(st, "parent", err, "prctl(PR_SET_PDEATHSIG) failed: %s", strerror(err));
+  // The descriptors must not leak into anything libkrun may spawn.
+  fcntl(st, F_SETFD, FD_CLOEXEC);
+  krun_config cfg;
+  int rc = config_read((int)config_fd, st, &cfg);
+  if (rc) return rc;
+  return krun_run(&cfg, st);
+#endif
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 2 && strcmp(argv[1], "exec") == 0) return exec_mode(argc, argv);
+  if (argc >= 2 && strcmp(argv[1], "krun") == 0) return krun_mode(argc, argv);
+  return usage();
 }

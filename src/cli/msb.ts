@@ -4,6 +4,7 @@
 import { parseArgs } from "node:util";
 
 import { MicrosandboxError } from "../errors.js";
+import { doctor, formatDoctor } from "./doctor.js";
 import type { PullEvent } from "../images/registry.js";
 import { pullImage, resolveImage } from "../images/sources.js";
 import { ImageStore } from "../images/store.js";
@@ -16,6 +17,7 @@ const USAGE = `usage: msb <command> [options]
   images                           list stored images with their sizes
   rmi IMAGE...                     remove images
   prune                            remove everything no image reference needs
+  doctor [--json]                  what this host has and lacks for each backend
   run IMAGE [options] [-- CMD ARG...]
                                    boot a sandbox from IMAGE and run CMD (default: the image's Entrypoint + Cmd)
       --memory MIB  --cpus N  --network none|all  --timeout SECONDS  --insecure
@@ -64,6 +66,7 @@ async function main(argv: string[]): Promise<number> {
       cpus: { type: "string" },
       network: { type: "string" },
       timeout: { type: "string" },
+      json: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -94,6 +97,11 @@ async function main(argv: string[]): Promise<number> {
         else (console.error(`msb: no image ${key}`), (status = 1));
       }
       return status;
+    }
+    case "doctor": {
+      const report = doctor();
+      console.log(values.json ? JSON.stringify(report, null, 2) : formatDoctor(report));
+      return report.backends.krun.usable || report.backends.qemu.usable ? 0 : 1;
     }
     case "prune":
       console.log(`freed ${mb(await store.prune())}`);

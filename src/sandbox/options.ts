@@ -34,8 +34,8 @@ export interface SandboxOptions {
   env?: Record<string, string>;
   /** Working directory for commands and interpreters. Default: the image's WorkingDir, else "/". */
   workdir?: string;
-  /** Which VMM: "auto" (default) or "qemu". */
-  backend?: "auto" | "qemu";
+  /** Which VMM: "auto" (default: libkrun where it works, else QEMU), "krun", or "qemu". */
+  backend?: "auto" | "krun" | "qemu";
   /** An uncompressed guest kernel (vmlinux) to boot instead of the cached Debian one. */
   kernel?: string;
 }
@@ -59,7 +59,7 @@ export interface ResolvedOptions {
   workdir: string | undefined;
   pull: "missing" | "always" | "never";
   registry: RegistryClientOptions | undefined;
-  backend: "auto" | "qemu";
+  backend: "auto" | "krun" | "qemu";
   kernel: string | undefined;
 }
 
@@ -107,8 +107,8 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     throw new InvalidArgumentError(`network ${JSON.stringify(network)} is invalid: use "none" or "all"`);
   }
   const backend = opts.backend ?? "auto";
-  if (backend !== "auto" && backend !== "qemu") {
-    throw new InvalidArgumentError(`backend ${JSON.stringify(backend)} is invalid: use "auto" or "qemu"`);
+  if (backend !== "auto" && backend !== "krun" && backend !== "qemu") {
+    throw new InvalidArgumentError(`backend ${JSON.stringify(backend)} is invalid: use "auto", "krun" or "qemu"`);
   }
   const workdir = opts.workdir;
   if (workdir !== undefined && (typeof workdir !== "string" || !workdir.startsWith("/"))) {

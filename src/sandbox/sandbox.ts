@@ -4,10 +4,11 @@ import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent/client.js";
 import type { ExecProcess, ExitStatus } from "../agent/process.js";
-import { InvalidArgumentError, ResourceError, SandboxNotRunningError, TimeoutError } from "../errors.js";
+import { BackendUnavailableError, InvalidArgumentError, ResourceError, SandboxNotRunningError, TimeoutError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
-import type { BootTimeline, Vm } from "../vm/backend.js";
+import type { Backend, BootTimeline, Vm } from "../vm/backend.js";
+import { KrunBackend, krunUnavailable } from "../vm/krun.js";
 import { QemuBackend } from "../vm/qemu.js";
 import { CommandExecution, Execution } from "./execution.js";
 import { SandboxFiles } from "./files.js";
@@ -15,6 +16,19 @@ import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type Resolve
 import { Repl, type ReplLanguage } from "./repl.js";
 
 const debug = debuglog("microsandbox");
+
+/** The VMM for a sandbox, and why: libkrun where it works, else QEMU (KVM or TCG). */
+export function chooseBackend(opts: Pick<ResolvedOptions, "backend" | "kernel">): { backend: Backend; reason: string } {
+  const qemu = () => new QemuBackend(opts.kernel ? { kernel: opts.kernel } : {});
+  if (opts.backend === "qemu") return { backend: qemu(), reason: "backend qemu requested" };
+  const unavailable = krunUnavailable();
+  if (opts.backend === "krun") {
+    if (unavailable) throw new BackendUnavailableError(`backend "krun" is not usable here: ${unavailable}. Run \`msb doctor\` for what to install, or use backend "auto"`);
+    return { backend: new KrunBackend(), reason: "backend krun requested" };
+  }
+  if (!unavailable) return { backend: new KrunBackend(), reason: "libkrun and KVM are available" };
+  return { backend: qemu(), reason: `libkrun not used (${unavailable})` };
+}
 
 export interface CommandOptions {
   /** Seconds; past it the process tree is killed and TimeoutError is thrown. */
@@ -122,20 +136,21 @@ export abstract class Sandbox implements AsyncDisposable {
     const t0 = performance.now();
     const store = new ImageStore();
     const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
-    const disk = await store.disk(image);
     this.imageConfig = image.config;
-    const backend = new QemuBackend(this.opts.kernel ? { kernel: this.opts.kernel } : {});
+    const { backend, reason } = chooseBackend(this.opts);
     const imagePrepMs = performance.now() - t0;
+    debug("sandbox %s: backend %s (%s)", this.name, backend.name, reason);
     const vm = await backend.boot({
       name: this.opts.name,
       memory: this.opts.memory,
       cpus: Math.ceil(this.opts.cpus),
       network: this.opts.network,
       maxProcesses: this.opts.maxProcesses,
-      rootDisk: disk,
+      rootfs: image.rootfs,
+      rootDisk: () => store.disk(image),
       bootTimeout: this.opts.timeout,
     });
-    this.backendReason = backend.reason;
+    this.backendReason = backend instanceof QemuBackend ? `${reason}; ${backend.reason}` : reason;
     // Like container runtimes, make the image's WorkingDir when the image lacks it.
     if (image.config.workingDir) {
       try {

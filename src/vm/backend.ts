@@ -10,8 +10,10 @@ export interface VmConfig {
   /** Virtual CPUs (whole number). */
   cpus: number;
   network: NetworkMode;
-  /** Read-only root disk image (ext4) holding the sandbox's image. */
-  rootDisk: string;
+  /** The image, unpacked (libkrun shares it read-only by virtio-fs). */
+  rootfs: string;
+  /** The image as a read-only ext4 disk (QEMU); made lazily, only for backends that use it. */
+  rootDisk: () => Promise<string>;
   /** Most processes the sandbox's commands may have at once (the guest's pids cgroup). */
   maxProcesses: number;
   /** Seconds to wait for the agent's hello. */

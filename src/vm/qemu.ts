@@ -107,7 +107,7 @@ export class QemuBackend implements Backend {
     return kvm.ok ? "/dev/kvm is usable" : `no KVM: ${kvm.detail}`;
   }
 
-  args(accel: "kvm" | "tcg", config: VmConfig, boot: { kernel: string; initramfs: string }, socket: string, consoleLog: string): string[] {
+  args(accel: "kvm" | "tcg", config: VmConfig, boot: { kernel: string; initramfs: string }, disk: string, socket: string, consoleLog: string): string[] {
     const append = ["console=ttyS0", "quiet", "panic=-1", `msb.port=${PORT_NAME}`, "msb.root=/dev/vda", `msb.net=${config.network === "all" ? 1 : 0}`, `msb.pids=${config.maxProcesses}`];
     const accelArgs = accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg"];
     if (accel === "tcg") {
@@ -128,7 +128,7 @@ export class QemuBackend implements Backend {
       "-device", "virtio-serial-device",
       "-chardev", `socket,id=agent,path=${socket},server=on,wait=off`,
       "-device", `virtserialport,chardev=agent,name=${PORT_NAME}`,
-      "-drive", `id=root,file=${config.rootDisk},format=raw,if=none,readonly=on`,
+      "-drive", `id=root,file=${disk},format=raw,if=none,readonly=on`,
       "-device", "virtio-blk-device,drive=root",
     ];
     if (config.network === "all") args.push("-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0");
@@ -152,12 +152,13 @@ export class QemuBackend implements Backend {
   private async bootWith(accel: "kvm" | "tcg", config: VmConfig): Promise<Vm> {
     const t0 = performance.now();
     const boot = await guestBoot(this.opts.kernel ? { kernel: this.opts.kernel } : {});
+    const disk = await config.rootDisk();
     const hostPrepMs = performance.now() - t0;
     const dir = makeRuntimeDir();
     const socket = path.join(dir, "agent.sock");
     const consoleLog = path.join(dir, "console.log");
     const qemu = this.opts.qemu ?? process.env.MSB_QEMU ?? "qemu-system-x86_64";
-    const argv = [qemu, ...this.args(accel, config, boot, socket, consoleLog)];
+    const argv = [qemu, ...this.args(accel, config, boot, disk, socket, consoleLog)];
     debug("booting %s with %s: %s", config.name, accel, argv.join(" "));
     const child = spawn(vmmHelperPath(), ["exec", String(process.pid), "--", ...argv], { stdio: ["ignore", "ignore", "pipe"] });
     const vmmStartMs = performance.now() - t0;

@@ -1,0 +1,187 @@
+// KrunBackend: boots a VM through libkrun (KVM on Linux, Hypervisor.framework on macOS) in the
+// per-VM helper msb-vmm, never inside Node: krun_start_enter takes over the calling process. The
+// launch config goes to the helper on an inherited pipe (proto/vmm.proto), failures before the
+// VM starts come back on another; the agent connects over vsock, which libkrun maps to a unix
+// socket this process listens on.
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { copyFileSync, mkdirSync, rmSync } from "node:fs";
+import { createServer, type Socket } from "node:net";
+import path from "node:path";
+import type { Readable, Writable } from "node:stream";
+import { fileURLToPath } from "node:url";
+import { debuglog } from "node:util";
+import protobuf from "protobufjs";
+
+import { AgentClient } from "../agent/client.js";
+import { agentBinaryPath } from "../agent/binary.js";
+import { MicrosandboxError } from "../errors.js";
+import { probe } from "../native.js";
+import { makeRuntimeDir } from "../paths.js";
+import type { Backend, BootTimeline, Vm, VmConfig } from "./backend.js";
+import { vmmHelperPath } from "./helper.js";
+
+const debug = debuglog("microsandbox");
+const root = protobuf.loadSync(fileURLToPath(new URL("../../proto/vmm.proto", import.meta.url)));
+const KrunConfig = root.lookupType("microsandbox.vmm.KrunConfig");
+const KrunStatus = root.lookupType("microsandbox.vmm.KrunStatus");
+const MAX_STATUS = 64 * 1024;
+// The agent's vsock port; libkrun reserves 620, 123 and 1024-1031 for itself.
+export const AGENT_VSOCK_PORT = 7070;
+export const IMAGE_TAG = "msb-image";
+
+/** libkrun refused the VM before it started; `step` names the failing call. */
+export class KrunStartError extends MicrosandboxError {
+  override readonly code = "MSB_KRUN_START";
+  constructor(
+    message: string,
+    readonly step: string,
+    readonly errnum: number,
+  ) {
+    super(message);
+  }
+}
+
+/** Why libkrun cannot be used on this host, or undefined when it can. */
+export function krunUnavailable(): string | undefined {
+  const p = probe();
+  if (process.platform === "linux" && !p.kvm.ok) return `KVM: ${p.kvm.detail}`;
+  if (!p.libkrun.ok) return `libkrun: ${p.libkrun.detail}`;
+  if (!p.libkrunfw.ok) return `libkrunfw: ${p.libkrunfw.detail}`;
+  if (!p.libkrun.readOnlyImage) return `libkrun ${p.libkrun.generation} can share an image neither read-only by virtio-fs nor as a read-only disk`;
+  return undefined;
+}
+
+function frame(bytes: Uint8Array): Buffer {
+  const out = Buffer.alloc(4 + bytes.length);
+  out.writeUInt32BE(bytes.length, 0);
+  out.set(bytes, 4);
+  return out;
+}
+
+/** The launch config the helper receives for `config`. */
+export function krunConfig(config: VmConfig, dirs: { boot: string; socket: string; consoleLog: string }): Record<string, unknown> {
+  return {
+    logLevel: 1,
+    cpus: config.cpus,
+    memoryMib: config.memory,
+    rootDir: dirs.boot,
+    imageDir: config.rootfs,
+    imageTag: IMAGE_TAG,
+    vsockPort: AGENT_VSOCK_PORT,
+    vsockSocket: dirs.socket,
+    network: config.network === "all" ? 1 : 0,
+    execPath: "/msb-agent",
+    argv: ["--vsock", String(AGENT_VSOCK_PORT), "--root", `virtiofs:${IMAGE_TAG}`, "--pids", String(config.maxProcesses)],
+    env: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+    workdir: "/",
+    consoleLog: dirs.consoleLog,
+  };
+}
+
+// Reads the status pipe to its end: nothing means the VM is starting, a message means it is not.
+async function readStatus(stream: Readable): Promise<KrunStartError | undefined> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_STATUS) break;
+    chunks.push(chunk);
+  }
+  const data = Buffer.concat(chunks);
+  if (data.length === 0) return undefined;
+  try {
+    const len = data.readUInt32BE(0);
+    const s = KrunStatus.decode(data.subarray(4, 4 + len)) as unknown as { step: string; errnum: number; message: string };
+    return new KrunStartError(`libkrun could not start the VM at ${s.step}: ${s.message}`, s.step, s.errnum);
+  } catch {
+    return new KrunStartError(`the VM helper reported an unreadable failure (${data.length} bytes)`, "status", 0);
+  }
+}
+
+export class KrunBackend implements Backend {
+  readonly name = "krun";
+
+  async boot(config: VmConfig): Promise<Vm> {
+    const t0 = performance.now();
+    const dir = makeRuntimeDir();
+    // The guest's root: just the agent and the mount points it assembles the real root on.
+    const boot = path.join(dir, "root");
+    for (const d of ["dev", "proc", "sys", "run", "newroot", "tmp"]) mkdirSync(path.join(boot, d), { recursive: true });
+    copyFileSync(agentBinaryPath(), path.join(boot, "msb-agent"));
+    const socket = path.join(dir, "agent.sock");
+    const consoleLog = path.join(dir, "console.log");
+    // libkrun connects to this socket when the guest connects to its vsock port: listen first.
+    const server = createServer();
+    server.listen(socket);
+    await once(server, "listening");
+    const accepted = once(server, "connection") as Promise<[Socket]>;
+    const hostPrepMs = performance.now() - t0;
+
+    const child = spawn(vmmHelperPath(), ["krun", String(process.pid), "3", "4"], { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe"] });
+    const vmmStartMs = performance.now() - t0;
+    let stderr = "";
+    child.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-4000)));
+    const exited = once(child, "exit").then(() => undefined);
+    const cleanup = () => {
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    };
+    const configPipe = child.stdio[3] as Writable;
+    configPipe.on("error", () => {}); // a helper that died early is reported through the status pipe
+    configPipe.end(frame(KrunConfig.encode(KrunConfig.fromObject(krunConfig(config, { boot, socket, consoleLog }))).finish()));
+    debug("booting %s with libkrun", config.name);
+
+    const failure = await readStatus(child.stdio[4] as Readable);
+    if (failure) {
+      child.kill("SIGKILL");
+      await exited;
+      cleanup();
+      throw failure;
+    }
+    let agent: AgentClient;
+    try {
+      const timeout = new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new KrunStartError(`no agent connection within ${config.bootTimeout} s`, "boot", 0)), config.bootTimeout * 1000).unref(),
+      );
+      const died = exited.then(() => {
+        throw new KrunStartError(`the VM ended before its agent connected${stderr.trim() ? `: ${stderr.trim()}` : ""}`, "boot", 0);
+      });
+      const [stream] = await Promise.race([accepted, died, timeout]);
+      agent = await AgentClient.fromStream(stream, { timeout: config.bootTimeout });
+    } catch (err) {
+      child.kill("SIGKILL");
+      await exited;
+      cleanup();
+      throw err;
+    }
+    const timeline: BootTimeline = {
+      hostPrepMs,
+      vmmStartMs,
+      agentReadyMs: performance.now() - t0,
+      guest: agent.hello.boot.map((e) => ({ name: e.name, ms: e.ns / 1e6 })),
+    };
+    let stopping: Promise<void> | undefined;
+    return {
+      agent,
+      backend: "krun",
+      pid: child.pid!,
+      timeline,
+      consoleLog,
+      exited,
+      kill: () => void child.kill("SIGKILL"),
+      stop() {
+        stopping ??= (async () => {
+          // No graceful stop exists in libkrun on Linux: the agent exits, then the helper is made sure to be gone.
+          await agent.shutdown({ timeout: 5 }).catch(() => {});
+          const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+          await exited;
+          clearTimeout(timer);
+          agent.close();
+          cleanup();
+        })();
+        return stopping;
+      },
+    };
+  }
+}
