@@ -9,12 +9,12 @@ import { createConnection } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { machine, median } from "./common.mjs";
 
 import { AgentClient, agentBinaryPath } from "../dist/index.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const work = mkdtempSync(path.join(os.tmpdir(), "msb-bench-"));
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const now = () => Number(process.hrtime.bigint());
 
 const EXEC_RUNS = 500;
@@ -105,13 +105,7 @@ rmSync(work, { recursive: true, force: true });
 const baseline = rtt + spawnTrue;
 const result = {
   date: new Date().toISOString(),
-  machine: {
-    cpu: os.cpus()[0]?.model ?? "unknown",
-    cpus: os.cpus().length,
-    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
-    kernel: `${os.type()} ${os.release()}`,
-    node: process.version,
-  },
+  machine: machine(),
   execRoundTrip: {
     medianUs: agent.execRtt / 1e3,
     rawSocketRttUs: rtt / 1e3,

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { machine, median } from "./common.mjs";
 
 import { CustomSandbox, ImageStore, QemuBackend } from "../dist/index.js";
 import { cpioNewc } from "../dist/vm/initramfs.js";
@@ -15,7 +16,6 @@ import { guestBoot } from "../dist/vm/guest.js";
 const RUNS = Number(process.env.MSB_BENCH_RUNS ?? 10);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const work = mkdtempSync(path.join(os.tmpdir(), "msb-boot-bench-"));
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 // The floor's initramfs: only /init.
 const floorInit = path.join(work, "floor-init");
@@ -74,14 +74,7 @@ const guestMs = (name) => median(runs.map((r) => r.guest.find((e) => e.name === 
 const floor = median(floors);
 const result = {
   date: new Date().toISOString(),
-  machine: {
-    cpu: os.cpus()[0]?.model ?? "unknown",
-    cpus: os.cpus().length,
-    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
-    kernel: `${os.type()} ${os.release()}`,
-    node: process.version,
-    backend: `qemu ${backend.accel} (${backend.reason})`,
-  },
+  machine: { ...machine(), backend: `qemu ${backend.accel} (${backend.reason})` },
   runs: RUNS,
   floorMarkerMs: floor,
   phasesMs: {

@@ -10,13 +10,13 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
+import { machine, median } from "./common.mjs";
 
 import { CustomSandbox, ImageStore, pullImage } from "../dist/index.js";
 
 const RUNS = Number(process.env.MSB_BENCH_RUNS ?? 5);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const work = mkdtempSync(path.join(os.tmpdir(), "msb-pull-bench-"));
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const sha = (b) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 // Each timed step starts with no dirty pages of the one before: on this disk, writeback of 150 MB
 // lands on whoever writes next.
@@ -105,7 +105,7 @@ rmSync(work, { recursive: true, force: true });
 
 const result = {
   date: new Date().toISOString(),
-  machine: { cpu: os.cpus()[0]?.model ?? "unknown", cpus: os.cpus().length, memoryGiB: Math.round(os.totalmem() / 2 ** 30), kernel: `${os.type()} ${os.release()}`, node: process.version },
+  machine: machine(),
   image: { layerBytes, files, unpackedBytes: Number(execFileSync("du", ["-sb", rootfs]).toString().split("\t")[0]) },
   runs: RUNS,
   pullUnpackMs: median(ours),

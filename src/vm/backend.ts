@@ -1,5 +1,7 @@
 // The interface every VMM backend implements (QEMU now, libkrun next): boot a VM whose PID 1 is
 // the guest agent, hand back a connected AgentClient, and stop or kill it.
+import type { ChildProcess } from "node:child_process";
+
 import type { AgentClient } from "../agent/client.js";
 
 export type NetworkMode = "none" | "all";
@@ -53,4 +55,44 @@ export interface Vm {
 export interface Backend {
   readonly name: string;
   boot(config: VmConfig): Promise<Vm>;
+}
+
+/**
+ * The Vm of a VMM process with a connected agent. stop(): the agent shuts the guest down (there is
+ * no graceful stop from outside with libkrun on Linux, and QEMU's would race the agent), a
+ * bounded wait for the VMM to exit, SIGKILL after it, then `cleanup`.
+ */
+export function runningVm(parts: {
+  agent: AgentClient;
+  backend: string;
+  child: ChildProcess;
+  exited: Promise<void>;
+  timeline: BootTimeline;
+  consoleLog: string;
+  cleanup: () => void;
+}): Vm {
+  const { agent, child, exited } = parts;
+  let stopping: Promise<void> | undefined;
+  return {
+    agent,
+    backend: parts.backend,
+    pid: child.pid!,
+    timeline: parts.timeline,
+    consoleLog: parts.consoleLog,
+    exited,
+    kill: () => void child.kill("SIGKILL"),
+    stop() {
+      stopping ??= (async () => {
+        if (child.exitCode === null && child.signalCode === null) {
+          await agent.shutdown({ timeout: 5 }).catch(() => {});
+          const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+          await exited;
+          clearTimeout(timer);
+        }
+        agent.close();
+        parts.cleanup();
+      })();
+      return stopping;
+    },
+  };
 }

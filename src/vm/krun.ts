@@ -18,7 +18,7 @@ import { agentBinaryPath } from "../agent/binary.js";
 import { MicrosandboxError } from "../errors.js";
 import { probe } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import type { Backend, BootTimeline, Vm, VmConfig } from "./backend.js";
+import { type Backend, type BootTimeline, runningVm, type Vm, type VmConfig } from "./backend.js";
 import { vmmHelperPath } from "./helper.js";
 
 const debug = debuglog("microsandbox");
@@ -161,27 +161,6 @@ export class KrunBackend implements Backend {
       agentReadyMs: performance.now() - t0,
       guest: agent.hello.boot.map((e) => ({ name: e.name, ms: e.ns / 1e6 })),
     };
-    let stopping: Promise<void> | undefined;
-    return {
-      agent,
-      backend: "krun",
-      pid: child.pid!,
-      timeline,
-      consoleLog,
-      exited,
-      kill: () => void child.kill("SIGKILL"),
-      stop() {
-        stopping ??= (async () => {
-          // No graceful stop exists in libkrun on Linux: the agent exits, then the helper is made sure to be gone.
-          await agent.shutdown({ timeout: 5 }).catch(() => {});
-          const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-          await exited;
-          clearTimeout(timer);
-          agent.close();
-          cleanup();
-        })();
-        return stopping;
-      },
-    };
+    return runningVm({ agent, backend: "krun", child, exited, timeline, consoleLog, cleanup });
   }
 }

@@ -13,7 +13,7 @@ import { AgentClient } from "../agent/client.js";
 import { InvalidArgumentError, MicrosandboxError, NetworkError } from "../errors.js";
 import { probe } from "../native.js";
 import { cacheDir, makeRuntimeDir } from "../paths.js";
-import type { Backend, BootTimeline, Vm, VmConfig } from "./backend.js";
+import { type Backend, type BootTimeline, runningVm, type Vm, type VmConfig } from "./backend.js";
 import { guestBoot } from "./guest.js";
 import { vmmHelperPath } from "./helper.js";
 
@@ -226,28 +226,6 @@ export class QemuBackend implements Backend {
     };
     debug("%s ready in %d ms", config.name, Math.round(timeline.agentReadyMs));
 
-    let stopping: Promise<void> | undefined;
-    return {
-      agent,
-      backend: `qemu (${accel})`,
-      pid: child.pid!,
-      timeline,
-      consoleLog,
-      exited,
-      kill: () => void child.kill("SIGKILL"),
-      stop() {
-        stopping ??= (async () => {
-          if (!exitedFlag) {
-            await agent.shutdown({ timeout: 5 }).catch(() => {});
-            const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-            await exited;
-            clearTimeout(timer);
-          }
-          agent.close();
-          rmSync(dir, { recursive: true, force: true });
-        })();
-        return stopping;
-      },
-    };
+    return runningVm({ agent, backend: `qemu (${accel})`, child, exited, timeline, consoleLog, cleanup: () => rmSync(dir, { recursive: true, force: true }) });
   }
 }
