@@ -10,7 +10,7 @@ import { gunzipSync } from "node:zlib";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { resolveImage, pullImage } from "../../src/images/sources.js";
+import { pullEvents, pullImage, resolveImage } from "../../src/images/sources.js";
 import { ImageStore } from "../../src/images/store.js";
 import { CustomSandbox, ImageError } from "../../src/index.js";
 import { buildImage, pushImage, startFaultyProxy, startRegistry, type TestRegistry } from "./registry-helpers.js";
@@ -59,6 +59,17 @@ describe("pull and reuse", () => {
     const listed = await store.list();
     expect(listed).toEqual([{ ref, id: image.id, size: expect.any(Number) }]);
     expect(listed[0]!.size).toBeGreaterThan(0);
+  });
+
+  it("reports pull progress as an async iterable of typed events", async () => {
+    const store = new ImageStore(tempDir("msb-store-events-"));
+    const { events, image } = pullEvents(store, `${registry.host}/test/app:v1`, insecure());
+    const seen: string[] = [];
+    for await (const e of events) seen.push(e.type);
+    expect(seen[0]).toBe("resolved");
+    expect(seen.filter((t) => t === "layer-done")).toHaveLength(3); // config + 2 layers
+    expect(seen.at(-1)).toBe("done");
+    expect((await image).id).toBe(appImage.config.digest.slice(7));
   });
 
   it("removes and prunes", async () => {
