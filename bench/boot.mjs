@@ -1,119 +1,60 @@
 #!/usr/bin/env node
-// Boot benchmark: a sandbox's boot phases (host prep, VMM start, agent ready, first command
-// output, stop) next to a floor measured in the same run: the same kernel, QEMU flags and devices
-// booting a trivial init that prints a marker. Writes bench/results/boot.{json,md}.
-import { execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
-import os from "node:os";
+// Boot benchmark (npm run bench): `msb bench`'s runner in sequential (20) and burst (4) modes,
+// each with a floor measured in the same run, and the warm pool's acquire → first output.
+// Writes bench/results/boot-{sequential,burst}.{json,md,svg} and bench/results/pool.{json,md}.
+import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { machine, median } from "./common.mjs";
 
-import { CustomSandbox, ImageStore, QemuBackend } from "../dist/index.js";
-import { cpioNewc } from "../dist/vm/initramfs.js";
-import { guestBoot } from "../dist/vm/guest.js";
+import { CustomSandbox, runBench, SandboxPool } from "../dist/index.js";
+import { formatTable, PHASES, phaseValues, toJson } from "../dist/bench/report.js";
+import { summarize } from "../dist/bench/stats.js";
+import { cdfSvg } from "../dist/bench/svg.js";
+import { machine } from "./common.mjs";
 
-const RUNS = Number(process.env.MSB_BENCH_RUNS ?? 10);
 const here = path.dirname(fileURLToPath(import.meta.url));
-const work = mkdtempSync(path.join(os.tmpdir(), "msb-boot-bench-"));
+const out = (name) => path.join(here, "results", name);
+const SEQUENTIAL = Number(process.env.MSB_BENCH_RUNS ?? 20);
+const BURST = 4;
 
-// The floor's initramfs: only /init.
-const floorInit = path.join(work, "floor-init");
-execFileSync("musl-gcc", ["-static", "-Os", "-o", floorInit, path.join(here, "floor-init.c")]);
-const floorCpio = path.join(work, "floor.cpio");
-writeFileSync(floorCpio, cpioNewc([{ path: "init", mode: 0o100755, data: readFileSync(floorInit) }]));
-
-const store = new ImageStore();
-const disk = await store.disk(await store.lookup("local:busybox"));
-const backend = new QemuBackend();
-const { kernel } = await guestBoot();
-const config = { name: "floor", memory: 256, cpus: 1, network: "none", maxProcesses: 1024, bootTimeout: 60 };
-
-async function floorRun() {
-  const sock = path.join(work, "floor.sock");
-  const args = backend.args(backend.accel, config, { kernel, initramfs: floorCpio }, disk, sock, "/dev/null")
-    .map((a) => (a.startsWith("file,id=console") ? "stdio,id=console" : a));
-  const t0 = performance.now();
-  const qemu = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "inherit"] });
-  let markerMs;
-  let seen = "";
-  qemu.stdout.on("data", (d) => {
-    seen += d.toString();
-    if (markerMs === undefined && seen.includes("MSB-FLOOR-MARKER")) markerMs = performance.now() - t0;
-  });
-  await new Promise((resolve) => qemu.once("exit", resolve));
-  if (markerMs === undefined) throw new Error(`the floor VM printed no marker:\n${seen.slice(-2000)}`);
-  return markerMs;
+for (const [mode, runs] of [["sequential", SEQUENTIAL], ["burst", BURST]]) {
+  const result = await runBench({ mode, runs, image: "local:busybox", memory: 256 });
+  result.machine = { ...machine(), ...result.machine };
+  const table = formatTable(result);
+  const series = PHASES.filter((p) => p.key !== "stop").map((p) => ({ name: p.label, values: phaseValues(result, p.key) }));
+  if (result.floor.length) series.push({ name: "floor (trivial init)", values: result.floor });
+  writeFileSync(out(`boot-${mode}.json`), JSON.stringify(toJson(result), null, 2) + "\n");
+  writeFileSync(out(`boot-${mode}.svg`), cdfSvg(series, { title: `${result.backend}, ${mode}, ${runs} runs`, unit: "ms" }));
+  writeFileSync(
+    out(`boot-${mode}.md`),
+    `# Boot benchmark, ${mode}\n\n${new Date().toISOString()} — ${result.machine.cpu}, ${result.machine.cpus} cores, ` +
+      `${result.machine.memoryGiB} GiB, ${result.machine.kernel}, Node ${result.machine.node}.\n` +
+      `Backend: ${result.backend} (${result.machine.backendReason}). Busybox image, 256 MiB, 1 vCPU.\n\n` +
+      "```\n" + table + "\n```\n\n![CDF per phase](boot-" + mode + ".svg)\n",
+  );
+  console.log(table, "\n");
 }
 
-async function sandboxRun() {
-  const t0 = performance.now();
-  const sb = await CustomSandbox.create({ image: "local:busybox", memory: 256 });
-  const created = performance.now() - t0;
-  await sb.command.run("echo", ["first output"]);
-  const firstOutput = performance.now() - t0;
-  const tl = sb.timeline;
-  const t1 = performance.now();
-  await sb.stop();
-  return { ...tl, created, firstOutput, stopMs: performance.now() - t1 };
+// The warm pool: acquire() → first command output, with the pool kept full.
+const pool = new SandboxPool(CustomSandbox, { image: "local:busybox", memory: 256, size: 2 });
+await pool.warm();
+const times = [];
+for (let i = 0; i < 10; i++) {
+  await pool.warm();
+  const t = performance.now();
+  const sb = await CustomSandbox.create({ pool });
+  await sb.command.run("echo", ["ready"]);
+  times.push(performance.now() - t);
+  await pool.release(sb);
 }
-
-// Warm-up: fills the page cache, and lets the backend settle on KVM or TCG before the floor copies its flags.
-await sandboxRun();
-await floorRun();
-const floors = [];
-const runs = [];
-for (let i = 0; i < RUNS; i++) {
-  floors.push(await floorRun());
-  runs.push(await sandboxRun());
-}
-rmSync(work, { recursive: true, force: true });
-
-const pick = (k) => median(runs.map((r) => r[k]));
-const guestMs = (name) => median(runs.map((r) => r.guest.find((e) => e.name === name)?.ms ?? NaN));
-const floor = median(floors);
-const result = {
-  date: new Date().toISOString(),
-  machine: { ...machine(), backend: `qemu ${backend.accel} (${backend.reason})` },
-  runs: RUNS,
-  floorMarkerMs: floor,
-  phasesMs: {
-    hostPrep: pick("hostPrepMs"),
-    vmmStart: pick("vmmStartMs"),
-    guestAgentStart: guestMs("agent_start"),
-    guestModulesLoaded: guestMs("modules_loaded"),
-    guestRootMounted: guestMs("root_mounted"),
-    guestChannelOpen: guestMs("channel_open"),
-    agentReady: pick("agentReadyMs"),
-    firstCommandOutput: pick("firstOutput"),
-    stop: pick("stopMs"),
-  },
-  agentReadyOverFloor: pick("agentReadyMs") / floor,
-  targets: { agentReadyOverFloor: "<= 1.15", hostPrepMs: "<= 10" },
-};
-const f = (n) => n.toFixed(1);
-const p = result.phasesMs;
-const md = `# Boot benchmark
-
-${result.date} — ${result.machine.cpu}, ${result.machine.cpus} cores, ${result.machine.memoryGiB} GiB, ${result.machine.kernel},
-Node ${result.machine.node}; ${result.machine.backend}. Busybox image, 256 MiB, 1 vCPU; medians of ${RUNS} sequential runs,
-sandbox and floor interleaved.
-
-| phase | ms from create() | note |
-| --- | --- | --- |
-| host prep (kernel, initramfs, image disk; cached) | ${f(p.hostPrep)} | target ≤ 10 |
-| VMM process spawned | ${f(p.vmmStart)} | |
-| guest: agent starts as PID 1 | ${f(p.guestAgentStart)} | guest clock, from kernel start |
-| guest: modules loaded | ${f(p.guestModulesLoaded)} | guest clock |
-| guest: overlay root mounted | ${f(p.guestRootMounted)} | guest clock |
-| guest: agent channel open | ${f(p.guestChannelOpen)} | guest clock |
-| **agent ready** (hello received) | **${f(p.agentReady)}** | |
-| first command output (\`echo\`) | ${f(p.firstCommandOutput)} | |
-| stop (shutdown → VMM gone) | ${f(p.stop)} | separate clock |
-| **floor**: same kernel + QEMU flags, trivial init prints a marker | **${f(floor)}** | |
-
-agent ready / floor = **${result.agentReadyOverFloor.toFixed(2)}** (target ≤ 1.15).
-`;
-writeFileSync(path.join(here, "results", "boot.json"), JSON.stringify(result, null, 2) + "\n");
-writeFileSync(path.join(here, "results", "boot.md"), md);
-console.log(md);
+await pool.close();
+const s = summarize(times);
+const poolResult = { date: new Date().toISOString(), machine: machine(), runs: times.length, acquireToFirstOutputMs: s, target: "p50 <= 50" };
+writeFileSync(out("pool.json"), JSON.stringify(poolResult, null, 2) + "\n");
+writeFileSync(
+  out("pool.md"),
+  `# Warm pool\n\n${poolResult.date} — ${poolResult.machine.cpu}, ${poolResult.machine.cpus} cores, ${poolResult.machine.kernel}.\n` +
+    `acquire() from a full pool of 2 → first command output (\`echo\`), ${times.length} runs: ` +
+    `p50 ${s.p50.toFixed(1)} ms, p95 ${s.p95.toFixed(1)} ms (target p50 ≤ 50 ms). A boot on this machine takes ~1.3 s.\n`,
+);
+console.log(`pool: acquire → first output p50 ${s.p50.toFixed(1)} ms, p95 ${s.p95.toFixed(1)} ms`);

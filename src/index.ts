@@ -26,3 +26,8 @@ export { TarError } from "./images/tar.js";
 export { QemuBackend, VmBootError } from "./vm/qemu.js";
 export { GuestKernelError } from "./vm/guest.js";
 export type { BootTimeline, NetworkMode } from "./vm/backend.js";
+export { SandboxPool } from "./sandbox/pool.js";
+export type { PoolOptions, PoolStats } from "./sandbox/pool.js";
+export { runBench } from "./bench/run.js";
+export type { BenchMode, BenchOptions } from "./bench/run.js";
+export { KrunBackend, KrunStartError } from "./vm/krun.js";

@@ -1,10 +1,14 @@
 #!/usr/bin/env node
 // msb: the command line. pull / images / rmi / prune manage the image store; run boots a
 // sandbox from an image and runs a command (or the image's default) in it.
+import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
 import { MicrosandboxError } from "../errors.js";
 import { doctor, formatDoctor } from "./doctor.js";
+import { type BenchMode, runBench } from "../bench/run.js";
+import { formatTable, PHASES, phaseValues, toJson } from "../bench/report.js";
+import { cdfSvg } from "../bench/svg.js";
 import type { PullEvent } from "../images/registry.js";
 import { pullImage, resolveImage } from "../images/sources.js";
 import { ImageStore } from "../images/store.js";
@@ -18,6 +22,9 @@ const USAGE = `usage: msb <command> [options]
   rmi IMAGE...                     remove images
   prune                            remove everything no image reference needs
   doctor [--json]                  what this host has and lacks for each backend
+  bench [--mode sequential|burst|staggered] [--runs N] [--spacing MS] [--image IMAGE]
+        [--backend auto|krun|qemu] [--compare CMD] [--output FILE.json] [--svg FILE]
+                                   boot-latency benchmark: create() -> first output, phase by phase, next to a floor
   run IMAGE [options] [-- CMD ARG...]
                                    boot a sandbox from IMAGE and run CMD (default: the image's Entrypoint + Cmd)
       --memory MIB  --cpus N  --network none|all  --timeout SECONDS  --insecure
@@ -67,6 +74,14 @@ async function main(argv: string[]): Promise<number> {
       network: { type: "string" },
       timeout: { type: "string" },
       json: { type: "boolean" },
+      output: { type: "string" },
+      mode: { type: "string" },
+      runs: { type: "string" },
+      spacing: { type: "string" },
+      image: { type: "string" },
+      backend: { type: "string" },
+      compare: { type: "string" },
+      svg: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -102,6 +117,26 @@ async function main(argv: string[]): Promise<number> {
       const report = doctor();
       console.log(values.json ? JSON.stringify(report, null, 2) : formatDoctor(report));
       return report.backends.krun.usable || report.backends.qemu.usable ? 0 : 1;
+    }
+    case "bench": {
+      const result = await runBench({
+        mode: (values.mode ?? "sequential") as BenchMode,
+        runs: Number(values.runs ?? 10),
+        ...(values.spacing ? { spacingMs: Number(values.spacing) } : {}),
+        ...(values.image ? { image: values.image } : {}),
+        ...(values.memory ? { memory: Number(values.memory) } : {}),
+        ...(values.backend ? { backend: values.backend as "auto" | "krun" | "qemu" } : {}),
+        ...(values.compare ? { compare: values.compare } : {}),
+        onRun: (i, r) => process.stderr.write(`run ${i + 1}: ${r.ok ? `first output at ${r.firstOutput!.toFixed(0)} ms` : `failed: ${r.error}`}\n`),
+      });
+      console.log(formatTable(result));
+      if (values.output) writeFileSync(values.output, JSON.stringify(toJson(result), null, 2) + "\n");
+      if (values.svg) {
+        const series = PHASES.filter((p) => p.key !== "stop").map((p) => ({ name: p.label, values: phaseValues(result, p.key) }));
+        if (result.floor.length) series.push({ name: "floor (trivial init)", values: result.floor });
+        writeFileSync(values.svg, cdfSvg(series, { title: `${result.backend}, ${result.mode}, ${result.runs.length} runs`, unit: "ms" }));
+      }
+      return result.runs.every((r) => r.ok) ? 0 : 1;
     }
     case "prune":
       console.log(`freed ${mb(await store.prune())}`);

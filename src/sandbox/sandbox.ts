@@ -13,6 +13,7 @@ import { QemuBackend } from "../vm/qemu.js";
 import { CommandExecution, Execution } from "./execution.js";
 import { SandboxFiles } from "./files.js";
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
+import type { SandboxPool } from "./pool.js";
 import { Repl, type ReplLanguage } from "./repl.js";
 
 const debug = debuglog("microsandbox");
@@ -92,8 +93,9 @@ export abstract class Sandbox implements AsyncDisposable {
     this.opts = resolveOptions(opts, defaultImage);
   }
 
-  /** Creates and starts a sandbox. */
-  static async create<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, opts: SandboxOptions = {}): Promise<T> {
+  /** Creates and starts a sandbox; with `pool`, takes an already booted one from it. */
+  static async create<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, opts: SandboxOptions & { pool?: SandboxPool<T> } = {}): Promise<T> {
+    if (opts.pool) return opts.pool.acquire();
     const sandbox = new this(opts);
     await sandbox.start();
     return sandbox;
@@ -188,6 +190,14 @@ export abstract class Sandbox implements AsyncDisposable {
   /** Lets subclasses drop per-VM state (interpreters). */
   protected onStop(): void {}
 
+  /**
+   * @internal Readies a booted sandbox for its first use, as a warm pool does before handing it
+   * out: the guest reads the shell and C library from its disk now, not during the first command.
+   */
+  async prewarm(): Promise<void> {
+    await this.agent().exec(["sh", "-c", "true"], this.processOptions({}, undefined)).catch(() => {});
+  }
+
   /** @internal The agent of the running VM. */
   agent(): AgentClient {
     if (!this.vm) throw new SandboxNotRunningError(`sandbox ${this.name} is not running: call start() (or create()) first`);
@@ -265,6 +275,12 @@ abstract class LanguageSandbox extends Sandbox {
   protected override onStop(): void {
     this.repl?.reset();
     this.repl = undefined;
+  }
+
+  /** @internal A pooled interpreter sandbox hands out its interpreter already running. */
+  override async prewarm(): Promise<void> {
+    await super.prewarm();
+    await this.run("None").catch(() => {});
   }
 }
 

@@ -1,4 +1,5 @@
-// The benchmark's floor: a trivial /init that prints a marker on the console and powers off.
+// msb-floor-init, the boot benchmark's floor: a trivial /init that prints a marker on the console
+// and powers off.
 // Booted by the same kernel with the same devices as a sandbox, it shows what the kernel and the
 // VMM cost before any of our code runs.
 #include <sys/reboot.h>
