@@ -14,6 +14,7 @@ packages=(
   debootstrap busybox-static  # offline images (python, node, busybox)
   zstd                      # zstd layers where Node's zlib has no zstd
   docker-registry skopeo umoci openssl  # tests: a real registry, token auth; the pull benchmark
+  libxml2-utils             # tests: xmllint checks the benchmark's SVG
 )
 
 missing=()
