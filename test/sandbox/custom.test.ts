@@ -9,15 +9,8 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { CustomSandbox, ImageError, ImageStore, InvalidArgumentError, NetworkError, PythonSandbox, ResourceError } from "../../src/index.js";
+import { alive } from "./helpers.js";
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 const qemuPids = () => {
   try {
     return execFileSync("pgrep", ["-f", "qemu-system"]).toString().trim().split("\n").filter(Boolean).map(Number);

@@ -3,15 +3,8 @@
 import { afterEach, describe, expect, it } from "vitest";
 
 import { CustomSandbox, InvalidArgumentError, SandboxPool } from "../../src/index.js";
+import { alive } from "./helpers.js";
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 let pool: SandboxPool<CustomSandbox> | undefined;
 afterEach(async () => {
