@@ -220,7 +220,8 @@ export class RegistryClient {
                 `Nothing was kept at ${destPath}; report it to the registry's operator`,
             );
           }
-          await fh.sync();
+          // No fsync: the blob is a download cache whose image is unpacked right away (and the
+          // unpacked tree is not synced either); flushing 100 MB here cost seconds on slow disks.
         } finally {
           await fh.close();
         }

@@ -2,7 +2,7 @@
 // scripts/guest-kernel.sh, or one named by option / MSB_KERNEL) and an initramfs holding the
 // agent as /init, built once per (agent, modules) content and cached.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 
 import { agentBinaryPath } from "../agent/binary.js";
@@ -39,8 +39,11 @@ export async function guestBoot(opts: { kernel?: string; env?: NodeJS.ProcessEnv
   const kernelDir = path.dirname(kernel);
   const agent = agentBinaryPath(env);
   const hash = createHash("sha256").update(readFileSync(agent));
-  const order = path.join(kernelDir, "modules", "order");
-  if (existsSync(order)) hash.update(readFileSync(order)).update(kernelDir);
+  // The initramfs is named by everything it holds: the agent, and each module file with its name.
+  const modules = path.join(kernelDir, "modules");
+  if (existsSync(modules)) {
+    for (const f of readdirSync(modules).sort()) hash.update(f).update(readFileSync(path.join(modules, f)));
+  }
   const initramfs = path.join(cacheDir(env), "initramfs", `${hash.digest("hex").slice(0, 24)}.cpio`);
   if (!existsSync(initramfs)) {
     mkdirSync(path.dirname(initramfs), { recursive: true });
