@@ -2,6 +2,7 @@
 // msb: the command line. pull / images / rmi / prune manage the image store; run boots a
 // sandbox from an image and runs a command (or the image's default) in it.
 import { writeFileSync } from "node:fs";
+import { constants as osConstants } from "node:os";
 import { parseArgs } from "node:util";
 
 import { MicrosandboxError } from "../errors.js";
@@ -157,7 +158,8 @@ async function main(argv: string[]): Promise<number> {
         const proc = sandbox.command.spawn(cmd[0]!, cmd.slice(1), values.timeout ? { timeout: Number(values.timeout) } : {});
         for await (const chunk of proc) (chunk.stream === "stdout" ? process.stdout : process.stderr).write(chunk.data);
         const exit = await proc.exit;
-        return exit.exitCode ?? 128 + 9;
+        // A signal's death gets the shell's status: 128 + its number.
+        return exit.exitCode ?? 128 + (osConstants.signals[exit.signal as NodeJS.Signals] ?? 9);
       } finally {
         await sandbox.stop();
       }

@@ -1,13 +1,17 @@
 // A cross-process lock on a cache entry: an exclusive-create lock file holding the owner's pid,
 // so two processes materializing one image neither corrupt nor duplicate it. A lock whose owner
-// died is taken over.
-import { open, readFile, rm } from "node:fs/promises";
+// died, or that was left empty by a crash, is taken over.
+import { randomBytes } from "node:crypto";
+import { open, readFile, rename, rm, stat } from "node:fs/promises";
 
 import { MicrosandboxError } from "../errors.js";
 
 export class LockTimeoutError extends MicrosandboxError {
   override readonly code = "MSB_LOCK_TIMEOUT";
 }
+
+// An empty lock file is one being written this instant; older than this, its writer crashed.
+const EMPTY_LOCK_STALE_MS = 5000;
 
 function alive(pid: number): boolean {
   try {
@@ -16,6 +20,13 @@ function alive(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "EPERM";
   }
+}
+
+async function stale(lock: string): Promise<boolean> {
+  const owner = Number((await readFile(lock, "utf8").catch(() => "")).trim());
+  if (owner) return !alive(owner);
+  const st = await stat(lock).catch(() => undefined);
+  return st !== undefined && Date.now() - st.mtimeMs > EMPTY_LOCK_STALE_MS;
 }
 
 /** Runs `fn` while holding `${path}.lock`; waits (polling) up to `timeoutMs` for another holder. */
@@ -30,13 +41,14 @@ export async function withLock<T>(path: string, fn: () => Promise<T>, timeoutMs 
       break;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      const owner = Number((await readFile(lock, "utf8").catch(() => "")).trim());
-      // An empty file is a lock being written right now; a dead owner's lock is stale.
-      if (owner && !alive(owner)) {
-        await rm(lock, { force: true });
+      if (await stale(lock)) {
+        // Renamed aside, not removed: of two processes taking over the same stale lock, only one
+        // rename finds it; the other's fails and it goes back to waiting.
+        const aside = `${lock}.stale-${randomBytes(6).toString("hex")}`;
+        if (await rename(lock, aside).then(() => true, () => false)) await rm(aside, { force: true });
         continue;
       }
-      if (Date.now() > deadline) throw new LockTimeoutError(`waited too long for ${lock} (held by pid ${owner || "?"})`);
+      if (Date.now() > deadline) throw new LockTimeoutError(`waited too long for ${lock}`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }

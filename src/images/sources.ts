@@ -3,7 +3,7 @@
 // scripts/build-image.sh. Every source ends in ImageStore.publish: one unpacked image per content.
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readFile, realpath, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 
 import { InvalidArgumentError } from "../errors.js";
@@ -85,6 +85,17 @@ async function unpackInto(dir: string, config: Buffer, layers: LayerSource[]): P
   await writeFile(path.join(dir, "config.json"), config);
 }
 
+// A file of an image archive or layout: a regular file really inside `root` (archives can hold
+// symlinks to /dev/zero, to FIFOs or to host files).
+async function member(root: string, rel: string, what: string): Promise<string> {
+  const file = path.resolve(root, rel);
+  const real = await realpath(file).catch(() => undefined);
+  if (!real) throw new ImageError(`${what} is missing (${file})`);
+  if (!real.startsWith((await realpath(root)) + path.sep)) throw new ImageError(`${what} (${rel}) leads outside ${root}`);
+  if (!(await lstat(real)).isFile()) throw new ImageError(`${what} (${rel}) is not a regular file`);
+  return real;
+}
+
 async function readJson(file: string, what: string): Promise<{ bytes: Buffer; value: Record<string, unknown> }> {
   const size = (await stat(file).catch(() => undefined))?.size;
   if (size === undefined) throw new ImageError(`${what} is missing (${file})`);
@@ -107,15 +118,14 @@ async function fileDigest(file: string): Promise<string> {
 async function layoutBlob(layout: string, d: unknown, what: string): Promise<string> {
   const digest = (d as Descriptor | undefined)?.digest;
   if (typeof digest !== "string" || !/^sha256:[a-f0-9]{64}$/.test(digest)) throw new ImageError(`${what}: bad or missing digest ${JSON.stringify(digest)}`);
-  const file = path.join(layout, "blobs", "sha256", digest.slice(7));
-  if (!existsSync(file)) throw new ImageError(`${what}: blob ${digest} is missing from ${layout}`);
+  const file = await member(layout, path.join("blobs", "sha256", digest.slice(7)), `${what}: blob ${digest}`);
   const actual = await fileDigest(file);
   if (actual !== digest) throw new ImageError(`${what}: blob ${digest} hashes to ${actual}; the archive is corrupt or tampered`);
   return file;
 }
 
-async function fromLayout(store: ImageStore, ref: string, layout: string, tag: string | undefined, platform: Platform): Promise<ResolvedImage> {
-  const index = await readJson(path.join(layout, "index.json"), `index.json of ${ref}`);
+async function fromLayout(store: ImageStore, ref: string, layout: string, tag: string | undefined, platform: Platform, identity: string): Promise<ResolvedImage> {
+  const index = await readJson(await member(layout, "index.json", `index.json of ${ref}`), `index.json of ${ref}`);
   const manifests = Array.isArray(index.value.manifests) ? (index.value.manifests as Descriptor[]) : [];
   const name = (d: Descriptor) => d.annotations?.["org.opencontainers.image.ref.name"];
   const chosen = tag ? manifests.filter((d) => name(d) === tag || name(d)?.endsWith(`:${tag}`)) : manifests;
@@ -136,28 +146,28 @@ async function fromLayout(store: ImageStore, ref: string, layout: string, tag: s
     layers.push({ digest: d.digest, path: await layoutBlob(layout, d, `layer of ${ref}`) });
   }
   const id = path.basename(configFile);
-  return store.publish(ref, id, (dir) => unpackInto(dir, config.bytes, layers));
+  return store.publish(ref, id, (dir) => unpackInto(dir, config.bytes, layers), identity);
 }
 
 // `docker save` before Docker 25: manifest.json names the config and the layer tars.
-async function fromDockerSave(store: ImageStore, ref: string, dir: string): Promise<ResolvedImage> {
-  const manifest = (await readJson(path.join(dir, "manifest.json"), `manifest.json of ${ref}`)).value as unknown;
+async function fromDockerSave(store: ImageStore, ref: string, dir: string, identity: string): Promise<ResolvedImage> {
+  const manifest = (await readJson(await member(dir, "manifest.json", `manifest.json of ${ref}`), `manifest.json of ${ref}`)).value as unknown;
   const entry = Array.isArray(manifest) && manifest.length === 1 ? (manifest[0] as { Config?: unknown; Layers?: unknown }) : undefined;
   if (!entry || typeof entry.Config !== "string" || !Array.isArray(entry.Layers)) {
     throw new ImageError(`${ref}: manifest.json must describe exactly one image (save one image per archive)`);
   }
-  const inside = (p: unknown) => {
-    if (typeof p !== "string" || path.isAbsolute(p) || path.normalize(p).startsWith("..")) throw new ImageError(`${ref}: manifest.json names ${JSON.stringify(p)}, outside the archive`);
-    return path.join(dir, p);
+  const inside = (p: unknown, what: string) => {
+    if (typeof p !== "string") throw new ImageError(`${ref}: manifest.json names ${JSON.stringify(p)} as a file`);
+    return member(dir, p, `${what} of ${ref}`);
   };
-  const config = await readJson(inside(entry.Config), `config of ${ref}`);
+  const config = await readJson(await inside(entry.Config, "config"), `config of ${ref}`);
   const layers: LayerSource[] = [];
   for (const l of entry.Layers) {
-    const file = inside(l);
+    const file = await inside(l, "layer");
     layers.push({ digest: await fileDigest(file), path: file });
   }
   const id = createHash("sha256").update(config.bytes).digest("hex");
-  return store.publish(ref, id, (d) => unpackInto(d, config.bytes, layers));
+  return store.publish(ref, id, (d) => unpackInto(d, config.bytes, layers), identity);
 }
 
 async function importArchive(store: ImageStore, ref: string, kind: "oci" | "oci-archive" | "docker-archive", spec: string, platform = hostPlatform()): Promise<ResolvedImage> {
@@ -165,16 +175,19 @@ async function importArchive(store: ImageStore, ref: string, kind: "oci" | "oci-
   const colon = spec.lastIndexOf(":");
   const [file, tag] = colon > 0 && !spec.slice(colon + 1).includes("/") ? [spec.slice(0, colon), spec.slice(colon + 1)] : [spec, undefined];
   if (!existsSync(file)) throw new ImageError(`${ref}: ${file} does not exist`);
-  const cached = await store.lookup(ref);
+  // The same path can hold another image later: the cache entry is valid for this file as it is now.
+  const st = await stat(kind === "oci" ? path.join(file, "index.json") : file);
+  const identity = `${await realpath(file)} ${st.size} ${st.mtimeMs}`;
+  const cached = await store.lookup(ref, identity);
   if (cached) return cached;
-  if (kind === "oci") return fromLayout(store, ref, file, tag, platform);
+  if (kind === "oci") return fromLayout(store, ref, file, tag, platform, identity);
   // Archives are unpacked with the same path-safe code as image layers: they are untrusted too.
   await mkdir(store.root, { recursive: true });
   const tmp = await mkdtemp(path.join(store.root, ".import-"));
   try {
     await applyLayer(createReadStream(file), tmp, { layer: file });
-    if (existsSync(path.join(tmp, "index.json"))) return await fromLayout(store, ref, tmp, tag, platform);
-    if (kind === "docker-archive") return await fromDockerSave(store, ref, tmp);
+    if (existsSync(path.join(tmp, "index.json"))) return await fromLayout(store, ref, tmp, tag, platform, identity);
+    if (kind === "docker-archive") return await fromDockerSave(store, ref, tmp, identity);
     throw new ImageError(`${ref}: ${file} holds no index.json: not an OCI image layout archive`);
   } finally {
     await rm(tmp, { recursive: true, force: true });

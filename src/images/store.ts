@@ -11,7 +11,7 @@
 //   local/<name>/             images built by scripts/build-image.sh (reference "local:<name>")
 // Everything is written aside and renamed into place, under a lock per entry.
 import { execFile } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -81,12 +81,16 @@ export class ImageStore {
     return path.join(this.root, "images", id);
   }
 
-  /** The image a reference names, if it is in the store (no network). */
-  async lookup(ref: string): Promise<ResolvedImage | undefined> {
+  /**
+   * The image a reference names, if it is in the store (no network). `identity`, for archive
+   * sources, must match the one the reference was tagged with (the file may have changed).
+   */
+  async lookup(ref: string, identity?: string): Promise<ResolvedImage | undefined> {
     if (ref.startsWith("local:")) return this.local(ref);
-    const id = await readFile(path.join(this.root, "refs", encodeRef(ref)), "utf8").catch(() => undefined);
-    if (!id || !existsSync(path.join(this.imageDir(id.trim()), "rootfs"))) return undefined;
-    return this.loadImage(ref, id.trim());
+    const [id, tagged] = (await readFile(path.join(this.root, "refs", encodeRef(ref)), "utf8").catch(() => "")).split("\n");
+    if (!id || !existsSync(path.join(this.imageDir(id), "rootfs"))) return undefined;
+    if (identity !== undefined && tagged !== identity) return undefined;
+    return this.loadImage(ref, id);
   }
 
   private async loadImage(ref: string, id: string): Promise<ResolvedImage> {
@@ -115,33 +119,37 @@ export class ImageStore {
    * Publishes an unpacked image: `build` fills a fresh directory with rootfs/ and config.json;
    * it runs only if image `id` is not there yet, under the image's lock.
    */
-  async publish(ref: string, id: string, build: (dir: string) => Promise<void>): Promise<ResolvedImage> {
+  async publish(ref: string, id: string, build: (dir: string) => Promise<void>, identity?: string): Promise<ResolvedImage> {
     const final = this.imageDir(id);
     await mkdir(path.dirname(final), { recursive: true, mode: 0o700 });
     await withLock(final, async () => {
-      if (existsSync(path.join(final, "rootfs"))) return;
-      const tmp = `${final}.${process.pid}.tmp`;
-      await rm(tmp, { recursive: true, force: true });
-      await mkdir(path.join(tmp, "rootfs"), { recursive: true });
-      try {
-        await build(tmp);
-        await rename(tmp, final);
-      } catch (err) {
+      // Tagged under the lock, so prune never sees the image published but not yet named.
+      if (!existsSync(path.join(final, "rootfs"))) {
+        const tmp = `${final}.${process.pid}.tmp`;
         await rm(tmp, { recursive: true, force: true });
-        throw err;
+        await mkdir(path.join(tmp, "rootfs"), { recursive: true });
+        try {
+          await build(tmp);
+          await rm(final, { recursive: true, force: true }); // the remains of an interrupted removal
+          await rename(tmp, final);
+        } catch (err) {
+          await rm(tmp, { recursive: true, force: true });
+          throw err;
+        }
       }
+      await this.tag(ref, id, identity);
     });
-    await this.tag(ref, id);
     return this.loadImage(ref, id);
   }
 
-  /** Points a reference at an image id. */
-  async tag(ref: string, id: string): Promise<void> {
+  /** Points a reference at an image id (and, for archives, the identity of the file it came from). */
+  async tag(ref: string, id: string, identity?: string): Promise<void> {
     const dir = path.join(this.root, "refs");
     await mkdir(dir, { recursive: true });
     const file = path.join(dir, encodeRef(ref));
-    await writeFile(`${file}.${process.pid}.tmp`, id);
-    await rename(`${file}.${process.pid}.tmp`, file);
+    const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
+    await writeFile(tmp, identity === undefined ? id : `${id}\n${identity}`);
+    await rename(tmp, file);
   }
 
   /** The image's read-only ext4 disk, made on first use. */
@@ -174,7 +182,7 @@ export class ImageStore {
     const refs = await readdir(path.join(this.root, "refs")).catch(() => [] as string[]);
     const out: ImageInfo[] = [];
     for (const file of refs.filter((f) => !f.endsWith(".tmp"))) {
-      const id = (await readFile(path.join(this.root, "refs", file), "utf8")).trim();
+      const id = (await readFile(path.join(this.root, "refs", file), "utf8")).split("\n")[0]!.trim();
       out.push({ ref: decodeURIComponent(file), id, size: await this.size(id) });
     }
     return out.sort((a, b) => a.ref.localeCompare(b.ref));
@@ -189,7 +197,7 @@ export class ImageStore {
   /** Removes a reference, and its image once no reference names it. Returns false if it was unknown. */
   async remove(ref: string): Promise<boolean> {
     const file = path.join(this.root, "refs", encodeRef(ref));
-    const id = (await readFile(file, "utf8").catch(() => "")).trim();
+    const id = (await readFile(file, "utf8").catch(() => "")).split("\n")[0]!.trim();
     if (!id) return false;
     await rm(file, { force: true });
     if (!(await this.list()).some((i) => i.id === id)) await this.dropImage(id);
@@ -201,7 +209,8 @@ export class ImageStore {
     const keep = new Set((await this.list()).map((i) => i.id));
     let freed = 0;
     for (const id of await readdir(path.join(this.root, "images")).catch(() => [] as string[])) {
-      if (keep.has(id) || id.endsWith(".lock")) continue;
+      // Locks and half-built images belong to work in progress.
+      if (keep.has(id) || id.endsWith(".lock") || id.endsWith(".tmp")) continue;
       freed += await this.size(id);
       await this.dropImage(id);
     }

@@ -30,22 +30,35 @@ type ZstdZlib = typeof zlib & { createZstdDecompress?: () => Transform };
 
 function zstdStream(input: Readable, digest: string): Readable {
   const native = (zlib as ZstdZlib).createZstdDecompress;
-  if (native) return input.pipe(native());
+  if (native) return chain(input, native());
   // Node < 22.15 has no zstd: the zstd CLI decompresses instead.
   const child = spawn("zstd", ["-dc"], { stdio: ["pipe", "pipe", "pipe"] });
   const out = new PassThrough();
   let stderr = "";
-  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()).slice(-2000));
+  child.stderr.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
   child.on("error", (err) =>
     out.destroy(new LayerFormatError(`layer ${digest} is zstd-compressed and this Node has no zstd; install the zstd tool (apt-get install zstd)`, { cause: err })),
   );
   child.on("exit", (code) => {
-    if (code !== 0) out.destroy(new LayerFormatError(`zstd could not decompress layer ${digest}: ${stderr.trim()}`));
+    if (code) out.destroy(new LayerFormatError(`zstd could not decompress layer ${digest}: ${stderr.trim()}`));
   });
-  input.pipe(child.stdin);
   child.stdin.on("error", () => {}); // zstd exiting early is reported through its exit code
+  input.on("error", (err) => out.destroy(err));
+  input.pipe(child.stdin);
   child.stdout.pipe(out);
+  // Whoever stops reading (an applied layer, or a refused one) ends the whole chain.
+  out.on("close", () => {
+    input.destroy();
+    child.kill("SIGKILL");
+  });
   return out;
+}
+
+// input → transform, with errors of either side ending both.
+function chain(input: Readable, transform: Transform): Readable {
+  input.on("error", (err) => transform.destroy(err));
+  transform.on("close", () => input.destroy());
+  return input.pipe(transform);
 }
 
 /** Opens a layer blob as its decompressed tar stream, by the blob's magic bytes (media types lie). */
@@ -58,7 +71,7 @@ export async function openLayer(layer: LayerSource): Promise<Readable> {
     await handle.close();
   }
   const raw = createReadStream(layer.path, { highWaterMark: 1 << 20 });
-  if (starts(head, GZIP)) return raw.pipe(zlib.createGunzip());
+  if (starts(head, GZIP)) return chain(raw, zlib.createGunzip());
   if (starts(head, ZSTD)) return zstdStream(raw, layer.digest);
   return raw;
 }

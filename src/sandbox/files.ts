@@ -61,7 +61,13 @@ export class SandboxFiles {
       return total;
     }
     if (!st.isFile()) throw new InvalidArgumentError(`copyIn copies files and directories; ${hostPath} is neither`);
-    return this.write(guestPath, createReadStream(hostPath), { mode: st.mode & 0o777 });
+    this.agent(); // a stopped sandbox fails here, before a file is opened
+    const source = createReadStream(hostPath);
+    try {
+      return await this.write(guestPath, source, { mode: st.mode & 0o777 });
+    } finally {
+      source.destroy();
+    }
   }
 
   /** Copies a guest file or directory tree to the host; resolves with the bytes copied. */

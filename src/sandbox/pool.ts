@@ -86,8 +86,11 @@ export class SandboxPool<T extends Sandbox> {
   /** Ends a sandbox from acquire(): it is stopped, never reused, and the pool refills. */
   async release(sb: T): Promise<void> {
     this.inUse.delete(sb);
-    await sb.stop();
-    this.refill();
+    try {
+      await sb.stop();
+    } finally {
+      this.refill();
+    }
   }
 
   /** Stops every sandbox the pool holds or is booting; handed-out ones stay their users'. */
@@ -120,7 +123,7 @@ export class SandboxPool<T extends Sandbox> {
     const sb = new this.Kind(this.sandboxOptions());
     const boot = sb.start().then(() => sb.prewarm()).then(
       async () => {
-        if (this.closed) return sb.stop();
+        if (this.closed) return sb.stop().catch((err: unknown) => debug("pool: stopping a late boot failed: %s", (err as Error).message));
         const waiter = this.waiters.shift();
         if (waiter) {
           this.inUse.add(sb);

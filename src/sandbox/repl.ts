@@ -119,7 +119,10 @@ export class Repl {
     const decoder = new ReplFrameDecoder();
     let crashOutput = "";
     const ready = new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new TimeoutError(`the ${this.lang.language} interpreter did not start within ${READY_TIMEOUT_S} s`)), READY_TIMEOUT_S * 1000);
+      const timer = setTimeout(() => {
+        proc.kill("SIGKILL"); // not left running in the guest
+        reject(new TimeoutError(`the ${this.lang.language} interpreter did not start within ${READY_TIMEOUT_S} s`));
+      }, READY_TIMEOUT_S * 1000);
       const mine = () => (this.cell?.proc === proc ? this.cell : undefined);
       const onFrame = (f: ReplFrame) => {
         if (f.type === "ready") {

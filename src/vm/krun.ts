@@ -3,7 +3,7 @@
 // launch config goes to the helper on an inherited pipe (proto/vmm.proto), failures before the
 // VM starts come back on another; the agent connects over vsock, which libkrun maps to a unix
 // socket this process listens on.
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { copyFileSync, mkdirSync, rmSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
@@ -104,63 +104,74 @@ export class KrunBackend implements Backend {
 
   async boot(config: VmConfig): Promise<Vm> {
     const t0 = performance.now();
+    const helper = vmmHelperPath();
+    const agentBinary = agentBinaryPath();
     const dir = makeRuntimeDir();
-    // The guest's root: just the agent and the mount points it assembles the real root on.
-    const boot = path.join(dir, "root");
-    for (const d of ["dev", "proc", "sys", "run", "newroot", "tmp"]) mkdirSync(path.join(boot, d), { recursive: true });
-    copyFileSync(agentBinaryPath(), path.join(boot, "msb-agent"));
-    const socket = path.join(dir, "agent.sock");
-    const consoleLog = path.join(dir, "console.log");
-    // libkrun connects to this socket when the guest connects to its vsock port: listen first.
     const server = createServer();
-    server.listen(socket);
-    await once(server, "listening");
-    const accepted = once(server, "connection") as Promise<[Socket]>;
-    const hostPrepMs = performance.now() - t0;
-
-    const child = spawn(vmmHelperPath(), ["krun", String(process.pid), "3", "4"], { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe"] });
-    const vmmStartMs = performance.now() - t0;
-    let stderr = "";
-    child.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-4000)));
-    const exited = once(child, "exit").then(() => undefined);
     const cleanup = () => {
       server.close();
       rmSync(dir, { recursive: true, force: true });
     };
-    const configPipe = child.stdio[3] as Writable;
-    configPipe.on("error", () => {}); // a helper that died early is reported through the status pipe
-    configPipe.end(frame(KrunConfig.encode(KrunConfig.fromObject(krunConfig(config, { boot, socket, consoleLog }))).finish()));
-    debug("booting %s with libkrun", config.name);
-
-    const failure = await readStatus(child.stdio[4] as Readable);
-    if (failure) {
-      child.kill("SIGKILL");
-      await exited;
-      cleanup();
-      throw failure;
-    }
-    let agent: AgentClient;
+    let child: ChildProcess | undefined;
+    // Resolves when the helper is gone, whether it exited or could not be spawned at all.
+    let exited: Promise<void> = Promise.resolve();
     try {
-      const timeout = new Promise<never>((_, reject) =>
-        setTimeout(() => reject(new KrunStartError(`no agent connection within ${config.bootTimeout} s`, "boot", 0)), config.bootTimeout * 1000).unref(),
-      );
+      // The guest's root: just the agent and the mount points it assembles the real root on.
+      const boot = path.join(dir, "root");
+      for (const d of ["dev", "proc", "sys", "run", "newroot", "tmp"]) mkdirSync(path.join(boot, d), { recursive: true });
+      copyFileSync(agentBinary, path.join(boot, "msb-agent"));
+      const socket = path.join(dir, "agent.sock");
+      const consoleLog = path.join(dir, "console.log");
+      // libkrun connects to this socket when the guest connects to its vsock port: listen first.
+      server.listen(socket);
+      await once(server, "listening");
+      const accepted = once(server, "connection") as Promise<[Socket]>;
+      accepted.catch(() => {}); // rejects when the server closes unused
+      const hostPrepMs = performance.now() - t0;
+
+      child = spawn(helper, ["krun", String(process.pid), "3", "4"], { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe"] });
+      const vmm = child;
+      exited = new Promise((resolve) => {
+        vmm.once("exit", () => resolve());
+        vmm.once("error", () => resolve());
+      });
+      const vmmStartMs = performance.now() - t0;
+      let stderr = "";
+      vmm.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-4000)));
+      const configPipe = vmm.stdio[3] as Writable;
+      configPipe.on("error", () => {}); // a helper that died early is reported through the status pipe
+      configPipe.end(frame(KrunConfig.encode(KrunConfig.fromObject(krunConfig(config, { boot, socket, consoleLog }))).finish()));
+      debug("booting %s with libkrun", config.name);
+
+      const failure = await readStatus(vmm.stdio[4] as Readable);
+      if (failure) throw failure;
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new KrunStartError(`no agent connection within ${config.bootTimeout} s`, "boot", 0)), config.bootTimeout * 1000);
+      });
       const died = exited.then(() => {
         throw new KrunStartError(`the VM ended before its agent connected${stderr.trim() ? `: ${stderr.trim()}` : ""}`, "boot", 0);
       });
-      const [stream] = await Promise.race([accepted, died, timeout]);
-      agent = await AgentClient.fromStream(stream, { timeout: config.bootTimeout });
+      let agent: AgentClient;
+      try {
+        const [stream] = await Promise.race([accepted, died, timeout]);
+        agent = await AgentClient.fromStream(stream, { timeout: config.bootTimeout });
+      } finally {
+        clearTimeout(timer);
+        died.catch(() => {});
+      }
+      const timeline: BootTimeline = {
+        hostPrepMs,
+        vmmStartMs,
+        agentReadyMs: performance.now() - t0,
+        guest: agent.hello.boot.map((e) => ({ name: e.name, ms: e.ns / 1e6 })),
+      };
+      return runningVm({ agent, backend: "krun", child: vmm, exited, timeline, consoleLog, cleanup });
     } catch (err) {
-      child.kill("SIGKILL");
+      child?.kill("SIGKILL");
       await exited;
       cleanup();
       throw err;
     }
-    const timeline: BootTimeline = {
-      hostPrepMs,
-      vmmStartMs,
-      agentReadyMs: performance.now() - t0,
-      guest: agent.hello.boot.map((e) => ({ name: e.name, ms: e.ns / 1e6 })),
-    };
-    return runningVm({ agent, backend: "krun", child, exited, timeline, consoleLog, cleanup });
   }
 }

@@ -3,7 +3,7 @@
 // half of TCG boots hang calibrating against the PIT). The agent channel is a virtio-serial port
 // backed by a unix socket; QEMU runs under msb-vmm so it dies with this process.
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync, renameSync, rmSync, mkdirSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { once } from "node:events";
 import { createConnection, type Socket } from "node:net";
 import path from "node:path";
@@ -153,6 +153,7 @@ export class QemuBackend implements Backend {
     const t0 = performance.now();
     const boot = await guestBoot(this.opts.kernel ? { kernel: this.opts.kernel } : {});
     const disk = await config.rootDisk();
+    const helper = vmmHelperPath();
     const hostPrepMs = performance.now() - t0;
     const dir = makeRuntimeDir();
     const socket = path.join(dir, "agent.sock");
@@ -160,7 +161,7 @@ export class QemuBackend implements Backend {
     const qemu = this.opts.qemu ?? process.env.MSB_QEMU ?? "qemu-system-x86_64";
     const argv = [qemu, ...this.args(accel, config, boot, disk, socket, consoleLog)];
     debug("booting %s with %s: %s", config.name, accel, argv.join(" "));
-    const child = spawn(vmmHelperPath(), ["exec", String(process.pid), "--", ...argv], { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(helper, ["exec", String(process.pid), "--", ...argv], { stdio: ["ignore", "ignore", "pipe"] });
     const vmmStartMs = performance.now() - t0;
     let stderr = "";
     child.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-4000)));
@@ -183,11 +184,15 @@ export class QemuBackend implements Backend {
       mkdirSync(logs, { recursive: true });
       const kept = path.join(logs, `${config.name}.console.log`);
       let log: string | undefined;
-      if (existsSync(consoleLog)) {
-        renameSync(consoleLog, kept);
-        log = kept;
+      try {
+        // Copied, not renamed: the runtime dir and the cache may be on different filesystems.
+        if (existsSync(consoleLog)) {
+          copyFileSync(consoleLog, kept);
+          log = kept;
+        }
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
       }
-      rmSync(dir, { recursive: true, force: true });
       const details = [stderr.trim() && `QEMU said: ${stderr.trim()}`, log && `guest console (${log}) ends with:\n${tail(log, 1500)}`];
       // A QEMU built without user-mode networking (libslirp) refuses "-netdev user".
       if (config.network === "all" && /netdev|network backend/i.test(stderr)) {

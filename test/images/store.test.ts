@@ -3,7 +3,7 @@
 // processes, nothing half-published on failure, and a sandbox booted from a pulled image.
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { gunzipSync } from "node:zlib";
@@ -165,6 +165,30 @@ describe("local sources", () => {
       expect(image.config.workingDir).toBe("/srv");
     }
     await expect(resolveImage(store, `oci:${work}/layout:nope`)).rejects.toThrow(/no image tagged nope .*tags: v1/);
+  });
+
+  it("refuses archive members that are links to files outside the archive", async () => {
+    const work = tempDir("msb-store-evil-");
+    mkdirSync(path.join(work, "a"));
+    symlinkSync("/dev/zero", path.join(work, "a", "manifest.json"));
+    execFileSync("tar", ["-C", path.join(work, "a"), "-cf", path.join(work, "evil.tar"), "."]);
+    const store = new ImageStore(tempDir("msb-store-evil-store-"));
+    await expect(resolveImage(store, `docker-archive:${work}/evil.tar`)).rejects.toThrow(/manifest.json of .* (leads outside|is not a regular file)/);
+  });
+
+  it("re-imports an archive whose file changed at the same path", async () => {
+    const work = tempDir("msb-store-reimport-");
+    const store = new ImageStore(tempDir("msb-store-reimport-store-"));
+    const archive = `${work}/app.tar`;
+    execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${registry.host}/test/app:v1`, `oci-archive:${archive}:v1`]);
+    const first = await resolveImage(store, `oci-archive:${archive}:v1`);
+    const other = buildImage({ layers: [{ "srv/": "", "srv/hello.txt": "a different image\n" }] });
+    await pushImage(registry.url, "test/other", "v1", other);
+    rmSync(archive);
+    execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${registry.host}/test/other:v1`, `oci-archive:${archive}:v1`]);
+    const second = await resolveImage(store, `oci-archive:${archive}:v1`);
+    expect(second.id).not.toBe(first.id);
+    expect(readFileSync(path.join(second.rootfs, "srv/hello.txt"), "utf8")).toBe("a different image\n");
   });
 
   it("rejects an OCI layout whose blob does not match its digest", async () => {
