@@ -25,6 +25,36 @@ static ssize_t read_full(int fd, uint8_t *p, size_t n) {
 
 static int set(const char *s) { return s != NULL && s[0] != '\0'; }
 
+// Most entries libkrun passes on; the guest's kernel command line is small anyway.
+#define MAX_ENTRIES 256
+
+// libkrun puts exec_path and workdir on the guest's kernel command line bare: whitespace,
+// quotes or control characters there would split it into other parameters.
+static int bare_ok(const char *s) {
+  for (; s && *s; s++)
+    if (*s <= ' ' || *s == '"' || *s == 0x7f) return 0;
+  return 1;
+}
+
+// Environment entries become kernel parameters (quoted): they must look like NAME=value, and
+// must not name what steers the guest's init.
+static const char *bad_env(char **v, pb_size_t n) {
+  for (pb_size_t i = 0; i < n; i++) {
+    const char *e = v[i], *p = e;
+    if (!e || !((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || *p == '_')) return e ? e : "(null)";
+    while ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_') p++;
+    if (*p != '=' || strncmp(e, "KRUN_", 5) == 0 || strncmp(e, "init=", 5) == 0 || strncmp(e, "rdinit=", 7) == 0) return e;
+  }
+  return NULL;
+}
+
+// Rlimits are joined with ',' inside one quoted value: only NAME=soft:hard fits.
+static const char *bad_rlimit(char **v, pb_size_t n) {
+  for (pb_size_t i = 0; i < n; i++)
+    if (!v[i] || strchr(v[i], ',') || !strchr(v[i], '=') || !strchr(v[i], ':')) return v[i] ? v[i] : "(null)";
+  return NULL;
+}
+
 // libkrun wraps argv, env and rlimits in double quotes on the guest's kernel command line
 // without escaping, so a quote would silently split or merge values.
 static const char *quoted(char **v, pb_size_t n) {
@@ -49,6 +79,16 @@ static int validate(const krun_config *c, int st) {
   if ((bad = quoted(c->argv, c->argv_count)) || (bad = quoted(c->env, c->env_count)) ||
       (bad = quoted(c->rlimits, c->rlimits_count)))
     return vmm_fail(st, "config", EINVAL, "argv, env and rlimits cannot contain '\"' (libkrun cannot quote it): %s", bad);
+  if (!bare_ok(c->exec_path) || !bare_ok(c->workdir))
+    return vmm_fail(st, "config", EINVAL, "exec_path and workdir cannot contain spaces, quotes or control characters");
+  if ((bad = bad_env(c->env, c->env_count)))
+    return vmm_fail(st, "config", EINVAL, "env entry \"%s\" must be NAME=value and not set KRUN_*, init or rdinit", bad);
+  if ((bad = bad_rlimit(c->rlimits, c->rlimits_count)))
+    return vmm_fail(st, "config", EINVAL, "rlimit \"%s\" must be NAME=soft:hard without commas", bad);
+  if (c->argv_count > MAX_ENTRIES || c->env_count > MAX_ENTRIES || c->rlimits_count > MAX_ENTRIES)
+    return vmm_fail(st, "config", E2BIG, "at most %d argv, env and rlimits entries each", MAX_ENTRIES);
+  if (set(c->image_tag) && strcmp(c->image_tag, "/dev/root") == 0)
+    return vmm_fail(st, "config", EINVAL, "image_tag /dev/root is libkrun's own root tag");
   return 0;
 }
 

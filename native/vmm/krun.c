@@ -79,10 +79,11 @@ static int load(krun_api *api, int st) {
 #else
   if (!set(name)) name = "libkrun.so.1";
 #endif
-  errno = 0;
   void *h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
   if (h == NULL) {
-    int err = errno ? errno : ENOENT;
+    // dlopen does not set errno reliably (a stale ENOENT from the search path is common): one
+    // fixed code, and dlerror() says what happened.
+    int err = ELIBACC;
     const char *why = dlerror();
     return vmm_fail(st, "dlopen", err, "dlopen(%s) failed: %s; install libkrun or set MSB_LIBKRUN_PATH", name,
                     why ? why : "unknown error");

@@ -10,6 +10,7 @@
 //     1); STATUS_FD reaching end-of-file without one means the VM is starting.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -31,12 +32,18 @@ static int usage(void) {
   return 2;
 }
 
-// A whole decimal number >= 0, else -1.
+// A whole decimal number from 0 to INT_MAX (pids and fds fit), else -1.
 static long number(const char *s) {
   char *end;
   errno = 0;
   long v = strtol(s, &end, 10);
-  return (errno || end == s || *end || v < 0) ? -1 : v;
+  return (errno || end == s || *end || v < 0 || v > INT_MAX) ? -1 : v;
+}
+
+// Closes every descriptor from 3 up except `keep`: nothing the creator had open reaches the VMM.
+static void close_others(int keep) {
+  for (int fd = 3; fd < 1024; fd++)
+    if (fd != keep) close(fd);
 }
 
 // 0 when the parent-death signal is armed and `parent` is still our parent, else an errno.
@@ -57,6 +64,7 @@ static int exec_mode(int argc, char **argv) {
     fprintf(stderr, "msb-vmm: prctl(PR_SET_PDEATHSIG): %s\n", strerror(err));
     return 1;
   }
+  close_others(-1);
   execvp(argv[4], argv + 4);
   fprintf(stderr, "msb-vmm: cannot execute %s: %s\n", argv[4], strerror(errno));
   return 127;
@@ -65,7 +73,8 @@ static int exec_mode(int argc, char **argv) {
 static int krun_mode(int argc, char **argv) {
   if (argc != 5) return usage();
   long parent = number(argv[2]), config_fd = number(argv[3]), status_fd = number(argv[4]);
-  if (parent < 0 || config_fd < 0 || status_fd < 0 || config_fd == status_fd) return usage();
+  // 0-2 would be freed by closing them and then reused for libkrun's own files and logs.
+  if (parent < 0 || config_fd < 3 || status_fd < 3 || config_fd == status_fd) return usage();
   if (fcntl((int)status_fd, F_GETFD) < 0 || fcntl((int)config_fd, F_GETFD) < 0) {
     fprintf(stderr, "msb-vmm: config fd %ld or status fd %ld is not open\n", config_fd, status_fd);
     return 2;
@@ -84,6 +93,7 @@ static int krun_mode(int argc, char **argv) {
   krun_config cfg;
   int rc = config_read((int)config_fd, st, &cfg);
   if (rc) return rc;
+  close_others(st); // the config fd too: it has been read
   return krun_run(&cfg, st);
 #endif
 }

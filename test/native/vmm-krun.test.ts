@@ -312,6 +312,14 @@ describe("msb-vmm krun: failures reported on the status descriptor", () => {
     [{ rootDir: "" }, "root_dir is empty"],
     [{ imageTag: "" }, "image_tag is empty"],
     [{ env: ['A="x"'] }, "cannot contain"],
+    // Everything libkrun puts on the guest's kernel command line must not be able to add to it.
+    [{ workdir: "/w KRUN_INIT=/bin/sh" }, "cannot contain spaces"],
+    [{ execPath: "/msb-agent init=/bin/sh" }, "cannot contain spaces"],
+    [{ env: ["KRUN_INIT=/bin/sh"] }, "must be NAME=value and not set KRUN_*"],
+    [{ env: ["init=/bin/sh"] }, "must be NAME=value"],
+    [{ env: ["--"] }, "must be NAME=value"],
+    [{ rlimits: ["RLIMIT_NOFILE=1:2,RLIMIT_NPROC=0:0"] }, "without commas"],
+    [{ imageTag: "/dev/root" }, "libkrun's own root tag"],
   ])("refuses an invalid config %j", async (config, message) => {
     const r = await runHelper({ config });
     expect(r.status).toMatchObject({ step: "config", errnum: EINVAL });
