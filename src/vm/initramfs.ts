@@ -76,7 +76,8 @@ export interface InitramfsOptions {
 /** Writes the guest initramfs: empty mount points, /init = agent, /modules/*.ko and /modules/order. */
 export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
   const modSrc = join(opts.kernelDir, "modules");
-  const kos = (await readdir(modSrc)).filter((f) => f.endsWith(".ko")).sort(); // sorted: reproducible output
+  // A kernel with its virtio drivers built in comes without modules at all.
+  const kos = (await readdir(modSrc).catch(() => [] as string[])).filter((f) => f.endsWith(".ko")).sort(); // sorted: reproducible output
   const lists: { name: string; data: Buffer }[] = [];
   for (const name of MODULE_ORDER_FILES) {
     const data = await readFile(join(modSrc, name)).catch(() => undefined);
