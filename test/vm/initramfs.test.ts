@@ -1,6 +1,6 @@
 // cpioNewc checked against GNU cpio's own extraction, and buildInitramfs against a fake kernel dir.
 import { execFileSync } from "node:child_process";
-import { lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { lstatSync, readdirSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -92,5 +92,16 @@ describe("buildInitramfs", () => {
 
     writeFileSync(join(kernelDir, "modules/order"), "b.ko\nc.ko\n");
     await expect(buildInitramfs({ agentPath, kernelDir, outPath: join(work, "bad.cpio") })).rejects.toThrow(/c\.ko/);
+  });
+
+  it("packs a kernel with its drivers built in: no modules at all", async () => {
+    const kernelDir = join(work, "builtin-kernel");
+    mkdirSync(kernelDir);
+    const agentPath = join(work, "agent2");
+    writeFileSync(agentPath, "agent");
+    await buildInitramfs({ agentPath, kernelDir, outPath: join(work, "builtin.cpio") });
+    const dir = extract(readFileSync(join(work, "builtin.cpio")), "builtin");
+    expect(readFileSync(join(dir, "init"), "utf8")).toBe("agent");
+    expect(readdirSync(join(dir, "modules"))).toEqual([]);
   });
 });
