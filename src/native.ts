@@ -78,12 +78,25 @@ function generation(has: (s: string) => boolean): string {
   return "unknown";
 }
 
+// Every create() asks which backend to use: the answer is kept per process (per paths asked).
+const probes = new Map<string, ProbeReport>();
+
 /** Reports whether /dev/kvm opens read-write, whether libkrun and libkrunfw load, and what libkrun offers. */
 export function probe(opts: { kvmPath?: string; libkrun?: string; libkrunfw?: string } = {}): ProbeReport {
-  const native = nativeAddon();
+  // MSB_VMM_KVM_DEVICE points the check (here and in msb-vmm) at another device node, for tests.
   const kvmPath = opts.kvmPath ?? process.env.MSB_VMM_KVM_DEVICE ?? "/dev/kvm";
   const name = opts.libkrun ?? libkrunName();
   const fw = opts.libkrunfw ?? libkrunfwName();
+  const key = `${kvmPath}\0${name}\0${fw}`;
+  const known = probes.get(key);
+  if (known) return known;
+  const report = probeNow(kvmPath, name, fw);
+  probes.set(key, report);
+  return report;
+}
+
+function probeNow(kvmPath: string, name: string, fw: string): ProbeReport {
+  const native = nativeAddon();
   const kvm = native.probeKvm(kvmPath);
   const lib = native.probeLibrary(name, "krun_create_ctx", [...KRUN_SYMBOLS]);
   const has = (s: string) => lib.symbols.includes(s);
