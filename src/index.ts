@@ -31,3 +31,6 @@ export type { PoolOptions, PoolStats } from "./sandbox/pool.js";
 export { runBench } from "./bench/run.js";
 export type { BenchMode, BenchOptions } from "./bench/run.js";
 export { KrunBackend, KrunStartError } from "./vm/krun.js";
+export { LayerFormatError } from "./images/unpack.js";
+export { LockTimeoutError } from "./images/lock.js";
+export { VmmHelperError } from "./vm/helper.js";

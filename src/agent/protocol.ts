@@ -75,7 +75,11 @@ export const streamName = (stream: number): string => (Streams[stream] ?? "UNKNO
 
 /** Encodes one host message as a frame: 4-byte big-endian length, then the message. */
 export function encodeFrame(message: Record<string, unknown>): Buffer {
-  const body = HostMessage.encode(HostMessage.fromObject(message)).finish();
+  return lengthPrefixed(HostMessage.encode(HostMessage.fromObject(message)).finish());
+}
+
+/** The framing every channel of this project uses: a 4-byte big-endian length, then the bytes. */
+export function lengthPrefixed(body: Uint8Array): Buffer {
   const frame = Buffer.allocUnsafe(4 + body.length);
   frame.writeUInt32BE(body.length, 0);
   frame.set(body, 4);

@@ -3,6 +3,7 @@
 import { randomBytes } from "node:crypto";
 import os from "node:os";
 
+import { DEFAULT_PATH } from "../agent/process.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { RegistryClientOptions } from "../images/registry.js";
 import type { NetworkMode } from "../vm/backend.js";
@@ -161,7 +162,7 @@ export function envRecord(entries: readonly string[]): Record<string, string> {
 /** The guest environment: defaults a shell expects, then the image's, the sandbox's, the call's. */
 export function guestEnv(...layers: (Record<string, string> | undefined)[]): Record<string, string> {
   return Object.assign(
-    { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root", LANG: "C.UTF-8", TERM: "dumb" },
+    { PATH: DEFAULT_PATH, HOME: "/root", LANG: "C.UTF-8", TERM: "dumb" },
     ...layers,
   );
 }

@@ -14,6 +14,7 @@ import { debuglog } from "node:util";
 import protobuf from "protobufjs";
 
 import { AgentClient } from "../agent/client.js";
+import { lengthPrefixed } from "../agent/protocol.js";
 import { agentBinaryPath } from "../agent/binary.js";
 import { MicrosandboxError } from "../errors.js";
 import { probe } from "../native.js";
@@ -50,13 +51,6 @@ export function krunUnavailable(): string | undefined {
   if (!p.libkrunfw.ok) return `libkrunfw: ${p.libkrunfw.detail}`;
   if (!p.libkrun.readOnlyImage) return `libkrun ${p.libkrun.generation} can share an image neither read-only by virtio-fs nor as a read-only disk`;
   return undefined;
-}
-
-function frame(bytes: Uint8Array): Buffer {
-  const out = Buffer.alloc(4 + bytes.length);
-  out.writeUInt32BE(bytes.length, 0);
-  out.set(bytes, 4);
-  return out;
 }
 
 /** The launch config the helper receives for `config`. */
@@ -140,7 +134,7 @@ export class KrunBackend implements Backend {
       vmm.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-4000)));
       const configPipe = vmm.stdio[3] as Writable;
       configPipe.on("error", () => {}); // a helper that died early is reported through the status pipe
-      configPipe.end(frame(KrunConfig.encode(KrunConfig.fromObject(krunConfig(config, { boot, socket, consoleLog }))).finish()));
+      configPipe.end(lengthPrefixed(KrunConfig.encode(KrunConfig.fromObject(krunConfig(config, { boot, socket, consoleLog }))).finish()));
       debug("booting %s with libkrun", config.name);
 
       const failure = await readStatus(vmm.stdio[4] as Readable);

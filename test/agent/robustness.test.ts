@@ -10,7 +10,7 @@ import protobuf from "protobufjs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { AgentClient } from "../../src/agent/client.js";
-import { encodeFrame, FrameDecoder, type GuestFrame, MAX_FRAME_BYTES } from "../../src/agent/protocol.js";
+import { encodeFrame, FrameDecoder, type GuestFrame, lengthPrefixed, MAX_FRAME_BYTES } from "../../src/agent/protocol.js";
 import { AgentConnectionError, AgentProtocolError, TimeoutError } from "../../src/errors.js";
 import { type RunningAgent, startAgent } from "./helpers.js";
 
@@ -44,11 +44,7 @@ async function raw(): Promise<{ socket: Socket; next(): Promise<GuestFrame>; clo
   return { socket, next, closed };
 }
 
-function frameOf(body: Buffer): Buffer {
-  const head = Buffer.alloc(4);
-  head.writeUInt32BE(body.length);
-  return Buffer.concat([head, body]);
-}
+const frameOf = lengthPrefixed;
 
 async function agentStillServes(): Promise<void> {
   const client = await agent.connect();

@@ -10,6 +10,8 @@ import protobuf from "protobufjs";
 import type { Readable, Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
+import { lengthPrefixed } from "../../src/agent/protocol.js";
+
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const HELPER = path.join(ROOT, "build/Release/msb-vmm");
 const proto = protobuf.loadSync(path.join(ROOT, "proto/vmm.proto"));
@@ -67,11 +69,7 @@ interface Run {
   stderr: string;
 }
 
-function frame(body: Uint8Array): Buffer {
-  const head = Buffer.alloc(4);
-  head.writeUInt32BE(body.length);
-  return Buffer.concat([head, body]);
-}
+const frame = lengthPrefixed;
 
 function encodeConfig(fields: Record<string, unknown>): Buffer {
   return frame(KrunConfig.encode(KrunConfig.fromObject(fields)).finish());
