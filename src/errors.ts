@@ -106,6 +106,118 @@ export class AbortError extends MicrosandboxError {
   override readonly code = "MSB_ABORTED";
 }
 
+/** A layer could not be applied: unsafe, malformed or over a limit. The target is left partial; discard it. */
+export class LayerError extends MicrosandboxError {
+  override readonly code = "MSB_LAYER";
+  constructor(
+    readonly layer: string,
+    /** The entry's path as written in the archive ("" when the archive itself is broken before any entry). */
+    readonly entry: string,
+    why: string,
+    options?: { cause?: unknown },
+  ) {
+    const short = /^(sha256:[0-9a-f]{12})[0-9a-f]{52}$/.exec(layer)?.[1];
+    const name = entry.length > 200 ? `${entry.slice(0, 200)}…` : entry;
+    super(`layer ${short ? `${short}…` : layer}: ${entry ? `entry ${JSON.stringify(name)}` : "archive"} ${why}`, options);
+  }
+}
+
+/** A layer could not be decompressed. */
+export class LayerFormatError extends MicrosandboxError {
+  override readonly code = "MSB_LAYER_FORMAT";
+}
+
+/** The archive is malformed: bad checksum, bad numeric field, truncated data, oversized metadata. */
+export class TarError extends MicrosandboxError {
+  override readonly code = "MSB_TAR";
+  constructor(
+    message: string,
+    /** Byte offset of the header the problem was found in. */
+    readonly offset: number,
+    /** Best-effort name of the entry involved ("" when unknown). */
+    readonly entry: string = "",
+  ) {
+    super(message);
+  }
+}
+
+/** The registry refused or failed a request; `status` is the HTTP status when there was one. */
+export class RegistryError extends MicrosandboxError {
+  override readonly code: string = "MSB_REGISTRY";
+  constructor(
+    message: string,
+    readonly status?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** An image index has no manifest for the wanted platform; `available` lists the ones it has. */
+export class PlatformNotFoundError extends MicrosandboxError {
+  override readonly code = "MSB_PLATFORM_NOT_FOUND";
+  constructor(
+    message: string,
+    readonly available: string[],
+  ) {
+    super(message);
+  }
+}
+
+/** The image is unknown or could not be materialized. */
+export class ImageError extends MicrosandboxError {
+  override readonly code = "MSB_IMAGE";
+}
+
+/** Downloaded content did not match the digest or size that named it; nothing was kept. */
+export class DigestMismatchError extends MicrosandboxError {
+  override readonly code = "MSB_DIGEST_MISMATCH";
+}
+
+export class LockTimeoutError extends MicrosandboxError {
+  override readonly code = "MSB_LOCK_TIMEOUT";
+}
+
+/** The guest agent binary is missing or not executable. */
+export class AgentBinaryError extends MicrosandboxError {
+  override readonly code = "MSB_AGENT_BINARY";
+}
+
+/** The guest kernel or initramfs is missing or unusable. */
+export class GuestKernelError extends MicrosandboxError {
+  override readonly code = "MSB_GUEST_KERNEL";
+}
+
+/** libkrun refused the VM before it started; `step` names the failing call. */
+export class KrunStartError extends MicrosandboxError {
+  override readonly code = "MSB_KRUN_START";
+  constructor(
+    message: string,
+    readonly step: string,
+    readonly errnum: number,
+  ) {
+    super(message);
+  }
+}
+
+export class VmmHelperError extends MicrosandboxError {
+  override readonly code = "MSB_VMM_HELPER";
+}
+
+/** The VM did not boot to a ready agent; `consoleLog` holds what the guest printed. */
+export class VmBootError extends MicrosandboxError {
+  override readonly code = "MSB_VM_BOOT";
+  constructor(
+    message: string,
+    readonly consoleLog: string | undefined,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+  /** QEMU itself exited within moments of starting (a VMM problem, not a guest one). */
+  vmmExitedEarly = false;
+}
+
 // Linux errno numbers: the guest is Linux whatever the host is, so the host's own table
 // (os.constants.errno) would misname them on macOS.
 const LINUX_ERRNO: Record<number, string> = {

@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { guestArch } from "../agent/binary.js";
+import { guestArch } from "../vm/agent-binary.js";
 import { MicrosandboxError } from "../errors.js";
 import { cacheDir, makeRuntimeDir } from "../paths.js";
 import type { VmConfig } from "../vm/backend.js";

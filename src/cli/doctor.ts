@@ -2,7 +2,7 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 
-import { agentBinaryPath } from "../agent/binary.js";
+import { agentBinaryPath } from "../vm/agent-binary.js";
 import { probe } from "../native.js";
 import { cacheDir } from "../paths.js";
 import { krunUnavailable } from "../vm/krun.js";

@@ -5,8 +5,8 @@ import os from "node:os";
 import path from "node:path";
 import { debuglog } from "node:util";
 
-import { InvalidArgumentError, MicrosandboxError } from "../errors.js";
-import { describe, errorDetail, readCapped, RegistryError, TransientError } from "./http.js";
+import { InvalidArgumentError, MicrosandboxError, RegistryError } from "../errors.js";
+import { describe, errorDetail, readCapped, TransientError } from "./http.js";
 import type { ImageReference } from "./reference.js";
 
 const debug = debuglog("microsandbox");

@@ -2,23 +2,12 @@
 // backoff for failures that may pass, bodies read under a cap, and the registry's own error text.
 import { debuglog } from "node:util";
 
-import { MicrosandboxError } from "../errors.js";
+import { MicrosandboxError, RegistryError } from "../errors.js";
 
 const debug = debuglog("microsandbox");
 
 const MAX_REDIRECTS = 10;
 
-/** The registry refused or failed a request; `status` is the HTTP status when there was one. */
-export class RegistryError extends MicrosandboxError {
-  override readonly code: string = "MSB_REGISTRY";
-  constructor(
-    message: string,
-    readonly status?: number,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
-}
 
 /** Marks a failure worth another attempt: network errors, 5xx/429, truncated bodies. */
 export class TransientError extends Error {

@@ -4,25 +4,12 @@ import { execFile } from "node:child_process";
 import fs, { constants, type Stats } from "node:fs";
 import { promisify } from "node:util";
 
-import { MicrosandboxError } from "../errors.js";
+import { LayerError, TarError } from "../errors.js";
 import { clean, lstatOrNull, Refusal, RootPath } from "./rootpath.js";
-import { readTar, TarError, type TarEntry } from "./tar.js";
+import { readTar, type TarEntry } from "./tar.js";
 
 const run = promisify(execFile);
 
-/** A layer could not be applied: unsafe, malformed or over a limit. The target is left partial; discard it. */
-export class LayerError extends MicrosandboxError {
-  override readonly code = "MSB_LAYER";
-  constructor(
-    readonly layer: string,
-    /** The entry's path as written in the archive ("" when the archive itself is broken before any entry). */
-    readonly entry: string,
-    why: string,
-    options?: { cause?: unknown },
-  ) {
-    super(`layer ${shortLayer(layer)}: ${entry ? `entry ${show(entry)}` : "archive"} ${why}`, options);
-  }
-}
 
 /**
  * Counts per entry kind. devicesSkipped: char/block devices, never created (the guest's devtmpfs
@@ -45,10 +32,6 @@ const QUEUED_FILES = 32;
 const WH = ".wh.";
 const OPAQUE = ".wh..wh..opq";
 
-function shortLayer(layer: string): string {
-  const m = /^(sha256:[0-9a-f]{12})[0-9a-f]{52}$/.exec(layer);
-  return m ? `${m[1]}…` : layer;
-}
 const show = (p: string) => JSON.stringify(p.length > 200 ? `${p.slice(0, 200)}…` : p);
 const join = (dir: string, name: string) => (dir ? `${dir}/${name}` : name);
 const parentOf = (rel: string) => rel.slice(0, Math.max(0, rel.lastIndexOf("/")));

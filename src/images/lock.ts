@@ -4,11 +4,8 @@
 import { randomBytes } from "node:crypto";
 import { open, readFile, rename, rm, stat } from "node:fs/promises";
 
-import { MicrosandboxError } from "../errors.js";
+import { LockTimeoutError } from "../errors.js";
 
-export class LockTimeoutError extends MicrosandboxError {
-  override readonly code = "MSB_LOCK_TIMEOUT";
-}
 
 // An empty lock file is one being written this instant; older than this, its writer crashed.
 const EMPTY_LOCK_STALE_MS = 5000;

@@ -1,6 +1,6 @@
 // Platforms in OCI terms (os/architecture/variant): this host's, how they print, and which entry of an
 // image index serves a wanted one.
-import { MicrosandboxError } from "../errors.js";
+import { PlatformNotFoundError } from "../errors.js";
 import type { ImageReference } from "./reference.js";
 
 export interface Platform {
@@ -9,16 +9,6 @@ export interface Platform {
   variant?: string;
 }
 
-/** An image index has no manifest for the wanted platform; `available` lists the ones it has. */
-export class PlatformNotFoundError extends MicrosandboxError {
-  override readonly code = "MSB_PLATFORM_NOT_FOUND";
-  constructor(
-    message: string,
-    readonly available: string[],
-  ) {
-    super(message);
-  }
-}
 
 const GOARCH: Partial<Record<NodeJS.Architecture, string>> = {
   x64: "amd64", arm64: "arm64", arm: "arm", ia32: "386", ppc64: "ppc64le", s390x: "s390x", riscv64: "riscv64",

@@ -4,16 +4,15 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdir, open, rename, rm } from "node:fs/promises";
 import path from "node:path";
 
-import { InvalidArgumentError, MicrosandboxError } from "../errors.js";
+import { DigestMismatchError, InvalidArgumentError, RegistryError } from "../errors.js";
 import { type Credentials, credentialsHint, credentialsOption, defaultDockerConfig, normaliseRegistry, RegistryAuth } from "./auth.js";
-import { bodyChunks, errorDetail, follow, readCapped, RegistryError, retrying, TransientError } from "./http.js";
+import { bodyChunks, errorDetail, follow, readCapped, retrying, TransientError } from "./http.js";
 import { hostPlatform, type Platform, selectPlatform } from "./platform.js";
 import { type ImageReference, isDigest, parseReference, registryHost, withDigest } from "./reference.js";
 
 // The pieces that moved out stay importable from here, as before.
 export { type Credentials, parseChallenges } from "./auth.js";
-export { RegistryError } from "./http.js";
-export { formatPlatform, hostPlatform, type Platform, PlatformNotFoundError, platformMatches } from "./platform.js";
+export { formatPlatform, hostPlatform, type Platform, platformMatches } from "./platform.js";
 
 export const MEDIA_TYPES = {
   ociManifest: "application/vnd.oci.image.manifest.v1+json",
@@ -28,10 +27,6 @@ const ACCEPT = [MEDIA_TYPES.ociIndex, MEDIA_TYPES.dockerList, MEDIA_TYPES.ociMan
 const MANIFEST_MAX_BYTES = 4 * 1024 * 1024;
 const MAX_INDEX_DEPTH = 2;
 
-/** Downloaded content did not match the digest or size that named it; nothing was kept. */
-export class DigestMismatchError extends MicrosandboxError {
-  override readonly code = "MSB_DIGEST_MISMATCH";
-}
 
 export interface Descriptor {
   mediaType: string;
@@ -369,3 +364,4 @@ async function exists(file: string): Promise<boolean> {
     return false;
   }
 }
+export { PlatformNotFoundError, RegistryError } from "../errors.js";

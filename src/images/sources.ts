@@ -6,11 +6,11 @@ import { createReadStream, existsSync } from "node:fs";
 import { lstat, mkdir, mkdtemp, readFile, realpath, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 
-import { InvalidArgumentError } from "../errors.js";
+import { ImageError, InvalidArgumentError } from "../errors.js";
 import { applyLayer } from "./layers.js";
 import { parseReference } from "./reference.js";
 import { type Descriptor, hostPlatform, type Platform, platformMatches, type PullEvent, RegistryClient, type RegistryClientOptions } from "./registry.js";
-import { ImageError, type ImageStore, type ResolvedImage } from "./store.js";
+import { type ImageStore, type ResolvedImage } from "./store.js";
 import { type LayerSource, unpackLayers } from "./unpack.js";
 
 export interface ResolveOptions {

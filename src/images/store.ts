@@ -17,16 +17,12 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/p
 import path from "node:path";
 import { promisify } from "node:util";
 
-import { MicrosandboxError } from "../errors.js";
+import { ImageError } from "../errors.js";
 import { cacheDir } from "../paths.js";
 import { withLock } from "./lock.js";
 
 const run = promisify(execFile);
 
-/** The image is unknown or could not be materialized. */
-export class ImageError extends MicrosandboxError {
-  override readonly code = "MSB_IMAGE";
-}
 
 /** What a sandbox takes from the image config. */
 export interface ImageConfig {

@@ -1,20 +1,7 @@
 // A streaming reader for tar archives (ustar/POSIX, GNU long names, PAX) that treats its input as
 // hostile: bodies are streamed, never buffered; metadata records are capped; bad headers throw TarError.
-import { MicrosandboxError } from "../errors.js";
+import { TarError } from "../errors.js";
 
-/** The archive is malformed: bad checksum, bad numeric field, truncated data, oversized metadata. */
-export class TarError extends MicrosandboxError {
-  override readonly code = "MSB_TAR";
-  constructor(
-    message: string,
-    /** Byte offset of the header the problem was found in. */
-    readonly offset: number,
-    /** Best-effort name of the entry involved ("" when unknown). */
-    readonly entry: string = "",
-  ) {
-    super(message);
-  }
-}
 
 export type TarEntryType = "file" | "dir" | "symlink" | "hardlink" | "char" | "block" | "fifo" | "sparse" | "other";
 

@@ -7,13 +7,9 @@ import { open } from "node:fs/promises";
 import { PassThrough, type Readable, type Transform } from "node:stream";
 import zlib from "node:zlib";
 
-import { MicrosandboxError } from "../errors.js";
+import { LayerFormatError } from "../errors.js";
 import { applyLayer, type LayerStats } from "./layers.js";
 
-/** A layer could not be decompressed. */
-export class LayerFormatError extends MicrosandboxError {
-  override readonly code = "MSB_LAYER_FORMAT";
-}
 
 export interface LayerSource {
   /** sha256 digest of the blob, for messages. */

@@ -6,7 +6,7 @@ import { lstat, mkdir, readdir } from "node:fs/promises";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 
-import type { AgentClient, FileData, FileStat, ReadFileOptions, WriteFileOptions } from "../agent/client.js";
+import type { AgentClient, FileData, FileStat, ReadFileOptions, WriteFileOptions } from "../agent-client/client.js";
 import { AgentProtocolError, InvalidArgumentError } from "../errors.js";
 
 export class SandboxFiles {

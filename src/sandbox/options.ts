@@ -3,7 +3,7 @@
 import { randomBytes } from "node:crypto";
 import os from "node:os";
 
-import { DEFAULT_PATH } from "../agent/process.js";
+import { DEFAULT_PATH } from "../agent-client/process.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { RegistryClientOptions } from "../images/registry.js";
 import type { NetworkMode } from "../vm/backend.js";

@@ -4,8 +4,8 @@
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
-import type { AgentClient } from "../agent/client.js";
-import type { ExecProcess, ExitStatus } from "../agent/process.js";
+import type { AgentClient } from "../agent-client/client.js";
+import type { ExecProcess, ExitStatus } from "../agent-client/process.js";
 import { ExecutionError, TimeoutError } from "../errors.js";
 import { Execution } from "./execution.js";
 import { encodeCell, type ReplFrame, ReplFrameDecoder } from "./repl-frames.js";

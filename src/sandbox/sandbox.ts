@@ -2,8 +2,8 @@
 // Node) a persistent interpreter. create() = new + start(); stop() or `await using` ends the VM.
 import { debuglog } from "node:util";
 
-import type { AgentClient } from "../agent/client.js";
-import type { ExecProcess, ExitStatus } from "../agent/process.js";
+import type { AgentClient } from "../agent-client/client.js";
+import type { ExecProcess, ExitStatus } from "../agent-client/process.js";
 import { BackendUnavailableError, InvalidArgumentError, ResourceError, SandboxNotRunningError, TimeoutError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";

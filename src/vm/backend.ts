@@ -2,7 +2,7 @@
 // the guest agent, hand back a connected AgentClient, and stop or kill it.
 import type { ChildProcess } from "node:child_process";
 
-import type { AgentClient } from "../agent/client.js";
+import type { AgentClient } from "../agent-client/client.js";
 
 export type NetworkMode = "none" | "all";
 

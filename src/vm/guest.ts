@@ -5,15 +5,11 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 
-import { agentBinaryPath } from "../agent/binary.js";
-import { MicrosandboxError } from "../errors.js";
+import { agentBinaryPath } from "./agent-binary.js";
+import { GuestKernelError } from "../errors.js";
 import { cacheDir } from "../paths.js";
 import { buildInitramfs } from "./initramfs.js";
 
-/** The guest kernel or initramfs is missing or unusable. */
-export class GuestKernelError extends MicrosandboxError {
-  override readonly code = "MSB_GUEST_KERNEL";
-}
 
 export interface GuestBoot {
   /** Uncompressed vmlinux (PVH-bootable ELF). */

@@ -2,11 +2,8 @@
 import { accessSync, constants } from "node:fs";
 import { fileURLToPath } from "node:url";
 
-import { MicrosandboxError } from "../errors.js";
+import { VmmHelperError } from "../errors.js";
 
-export class VmmHelperError extends MicrosandboxError {
-  override readonly code = "MSB_VMM_HELPER";
-}
 
 export function vmmHelperPath(): string {
   const path = fileURLToPath(new URL("../../build/Release/msb-vmm", import.meta.url));

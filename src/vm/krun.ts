@@ -13,10 +13,10 @@ import { fileURLToPath } from "node:url";
 import { debuglog } from "node:util";
 import protobuf from "protobufjs";
 
-import { AgentClient } from "../agent/client.js";
-import { lengthPrefixed } from "../agent/protocol.js";
-import { agentBinaryPath } from "../agent/binary.js";
-import { MicrosandboxError } from "../errors.js";
+import { AgentClient } from "../agent-client/client.js";
+import { lengthPrefixed } from "../agent-client/protocol.js";
+import { agentBinaryPath } from "./agent-binary.js";
+import { KrunStartError } from "../errors.js";
 import { probe } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
 import { type Backend, type BootTimeline, runningVm, type Vm, type VmConfig } from "./backend.js";
@@ -31,17 +31,6 @@ const MAX_STATUS = 64 * 1024;
 export const AGENT_VSOCK_PORT = 7070;
 export const IMAGE_TAG = "msb-image";
 
-/** libkrun refused the VM before it started; `step` names the failing call. */
-export class KrunStartError extends MicrosandboxError {
-  override readonly code = "MSB_KRUN_START";
-  constructor(
-    message: string,
-    readonly step: string,
-    readonly errnum: number,
-  ) {
-    super(message);
-  }
-}
 
 /** Why libkrun cannot be used on this host, or undefined when it can. */
 export function krunUnavailable(): string | undefined {

@@ -9,8 +9,8 @@ import { createConnection, type Socket } from "node:net";
 import path from "node:path";
 import { debuglog } from "node:util";
 
-import { AgentClient } from "../agent/client.js";
-import { InvalidArgumentError, MicrosandboxError, NetworkError } from "../errors.js";
+import { AgentClient } from "../agent-client/client.js";
+import { InvalidArgumentError, NetworkError, VmBootError } from "../errors.js";
 import { probe } from "../native.js";
 import { cacheDir, makeRuntimeDir } from "../paths.js";
 import { type Backend, type BootTimeline, runningVm, type Vm, type VmConfig } from "./backend.js";
@@ -20,19 +20,6 @@ import { vmmHelperPath } from "./helper.js";
 const debug = debuglog("microsandbox");
 const PORT_NAME = "msb.agent";
 
-/** The VM did not boot to a ready agent; `consoleLog` holds what the guest printed. */
-export class VmBootError extends MicrosandboxError {
-  override readonly code = "MSB_VM_BOOT";
-  constructor(
-    message: string,
-    readonly consoleLog: string | undefined,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
-  /** QEMU itself exited within moments of starting (a VMM problem, not a guest one). */
-  vmmExitedEarly = false;
-}
 
 /** Host TSC frequency in kHz, for tsc_early_khz under TCG. */
 function hostTscKhz(): number | undefined {

@@ -1,5 +1,6 @@
 // applyLayer against crafted layers: OCI semantics on well-formed images, then a corpus of hostile
 // layers, each applied in its own target inside a jail whose outside must come through untouched.
+import { LayerError } from "../../src/errors.js";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import fs from "node:fs/promises";
@@ -9,7 +10,7 @@ import { Readable } from "node:stream";
 import { createGunzip, createGzip } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { applyLayer, LayerError, type ApplyLayerOptions, type LayerStats } from "../../src/images/layers.js";
+import { applyLayer, type ApplyLayerOptions, type LayerStats } from "../../src/images/layers.js";
 import { chunked, concat, header, pad, tar, type TarSpec } from "./tar-writer.js";
 
 const asRoot = process.getuid?.() === 0;

@@ -6,17 +6,9 @@ import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { InvalidArgumentError } from "../../src/errors.js";
+import { DigestMismatchError, InvalidArgumentError } from "../../src/errors.js";
 import { parseReference, registryHost } from "../../src/images/reference.js";
-import {
-  DigestMismatchError,
-  hostPlatform,
-  parseChallenges,
-  PlatformNotFoundError,
-  type PullEvent,
-  RegistryClient,
-  RegistryError,
-} from "../../src/images/registry.js";
+import { hostPlatform, parseChallenges, PlatformNotFoundError, type PullEvent, RegistryClient, RegistryError } from "../../src/images/registry.js";
 import {
   buildImage,
   buildIndex,

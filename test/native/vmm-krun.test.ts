@@ -10,7 +10,7 @@ import protobuf from "protobufjs";
 import type { Readable, Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { lengthPrefixed } from "../../src/agent/protocol.js";
+import { lengthPrefixed } from "../../src/agent-client/protocol.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const HELPER = path.join(ROOT, "build/Release/msb-vmm");

@@ -8,10 +8,10 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
-import { BackendUnavailableError } from "../../src/errors.js";
+import { BackendUnavailableError, KrunStartError } from "../../src/errors.js";
 import { chooseBackend } from "../../src/sandbox/sandbox.js";
 import type { VmConfig } from "../../src/vm/backend.js";
-import { AGENT_VSOCK_PORT, KrunBackend, krunConfig, KrunStartError } from "../../src/vm/krun.js";
+import { AGENT_VSOCK_PORT, KrunBackend, krunConfig } from "../../src/vm/krun.js";
 import { QemuBackend } from "../../src/vm/qemu.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));

@@ -3,12 +3,8 @@
 import { accessSync, constants } from "node:fs";
 import { fileURLToPath } from "node:url";
 
-import { MicrosandboxError } from "../errors.js";
+import { AgentBinaryError } from "../errors.js";
 
-/** The guest agent binary is missing or not executable. */
-export class AgentBinaryError extends MicrosandboxError {
-  override readonly code = "MSB_AGENT_BINARY";
-}
 
 export function guestArch(hostArch: string = process.arch): string {
   return { x64: "x86_64", arm64: "aarch64" }[hostArch] ?? hostArch;

@@ -4,8 +4,8 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node
 import { tmpdir } from "node:os";
 import path from "node:path";
 
-import { AgentClient } from "../../src/agent/client.js";
-import { agentBinaryPath } from "../../src/agent/binary.js";
+import { AgentClient } from "../../src/agent-client/client.js";
+import { agentBinaryPath } from "../../src/vm/agent-binary.js";
 
 export interface RunningAgent {
   socket: string;

@@ -6,7 +6,7 @@ import { existsSync, lstatSync, readdirSync, readFileSync, symlinkSync } from "n
 import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import type { AgentClient } from "../../src/agent/client.js";
+import type { AgentClient } from "../../src/agent-client/client.js";
 import { AbortError, FileOperationError, InvalidArgumentError } from "../../src/errors.js";
 import { type RunningAgent, startAgent } from "./helpers.js";
 

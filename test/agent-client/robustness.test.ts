@@ -9,8 +9,8 @@ import { fileURLToPath } from "node:url";
 import protobuf from "protobufjs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
-import { AgentClient } from "../../src/agent/client.js";
-import { encodeFrame, FrameDecoder, type GuestFrame, lengthPrefixed, MAX_FRAME_BYTES } from "../../src/agent/protocol.js";
+import { AgentClient } from "../../src/agent-client/client.js";
+import { encodeFrame, FrameDecoder, type GuestFrame, lengthPrefixed, MAX_FRAME_BYTES } from "../../src/agent-client/protocol.js";
 import { AgentConnectionError, AgentProtocolError, TimeoutError } from "../../src/errors.js";
 import { type RunningAgent, startAgent } from "./helpers.js";
 

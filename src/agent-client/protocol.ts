@@ -5,7 +5,7 @@ import protobuf from "protobufjs";
 
 import { AgentProtocolError } from "../errors.js";
 
-// src/agent and dist/agent are both two levels below the package root.
+// src/agent-client and dist/agent-client are both two levels below the package root.
 const PROTO_PATH = fileURLToPath(new URL("../../proto/agent.proto", import.meta.url));
 const root = protobuf.loadSync(PROTO_PATH);
 

@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import type { AgentClient } from "../../src/agent/client.js";
+import type { AgentClient } from "../../src/agent-client/client.js";
 import { AbortError, ExecError, InvalidArgumentError, OutputLimitError } from "../../src/errors.js";
 import { groupGone, type RunningAgent, startAgent } from "./helpers.js";
 
