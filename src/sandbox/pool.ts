@@ -35,6 +35,8 @@ export interface PoolStats {
 export class SandboxPool<T extends Sandbox> {
   private readonly ready: T[] = [];
   private readonly booting = new Set<Promise<void>>();
+  /** Refills scheduled after hand-outs, not yet run. */
+  private readonly delayed = new Map<NodeJS.Timeout, { done: Promise<void>; resolve: () => void }>();
   private readonly inUse = new Set<T>();
   private readonly waiters: { resolve: (sb: T) => void; reject: (err: Error) => void }[] = [];
   private boots = 0;
@@ -61,9 +63,15 @@ export class SandboxPool<T extends Sandbox> {
     return { ready: this.ready.length, booting: this.booting.size, inUse: this.inUse.size, boots: this.boots, failures: this.failures };
   }
 
-  /** Resolves once the pool holds `size` ready sandboxes (or as many as the budget allows). */
+  /**
+   * Resolves once the pool holds `size` ready sandboxes (or as many as the budget allows),
+   * including the replacements of sandboxes just handed out, whose boots start a moment later.
+   */
   async warm(): Promise<void> {
-    while (this.booting.size) await Promise.race(this.booting);
+    while (this.delayed.size || this.booting.size) {
+      for (const timer of this.delayed.keys()) timer.ref(); // someone is waiting for it now
+      await Promise.race([...[...this.delayed.values()].map((d) => d.done), ...this.booting]);
+    }
   }
 
   /** A booted sandbox: a ready one at once, else the next to finish booting. */
@@ -74,7 +82,7 @@ export class SandboxPool<T extends Sandbox> {
       this.inUse.add(sb);
       // The replacement boots a moment later: a boot takes every core it can get, and the
       // caller's first commands should not have to share them with it.
-      setTimeout(() => this.refill(), REFILL_DELAY_MS).unref();
+      this.refillSoon();
       return sb;
     }
     // Nothing ready: make sure a boot is under way for this caller, then wait for one.
@@ -96,6 +104,11 @@ export class SandboxPool<T extends Sandbox> {
   /** Stops every sandbox the pool holds or is booting; handed-out ones stay their users'. */
   async close(): Promise<void> {
     this.closed = true;
+    for (const [timer, { resolve }] of this.delayed) {
+      clearTimeout(timer);
+      resolve();
+    }
+    this.delayed.clear();
     for (const w of this.waiters.splice(0)) w.reject(new SandboxNotRunningError("the sandbox pool was closed"));
     while (this.booting.size) await Promise.allSettled(this.booting);
     await Promise.all(this.ready.splice(0).map((sb) => sb.stop()));
@@ -104,6 +117,20 @@ export class SandboxPool<T extends Sandbox> {
   private sandboxOptions(): SandboxOptions {
     const { size: _size, memoryBudget: _budget, ...rest } = this.opts;
     return rest;
+  }
+
+  // A refill REFILL_DELAY_MS from now, which warm() waits for. Unref'd until someone waits: it
+  // does not keep the process alive by itself.
+  private refillSoon(): void {
+    let resolve!: () => void;
+    const done = new Promise<void>((r) => (resolve = r));
+    const timer = setTimeout(() => {
+      this.delayed.delete(timer);
+      this.refill();
+      resolve();
+    }, REFILL_DELAY_MS);
+    timer.unref();
+    this.delayed.set(timer, { done, resolve });
   }
 
   // Boots sandboxes until `size` are ready or booting, within the budget. `demand` lets one boot

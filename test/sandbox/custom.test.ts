@@ -1,24 +1,19 @@
 // CustomSandbox on the tiny busybox image: network modes, isolation, resource limits, clean
 // stops, and the VM dying with its creator. Real VMs (QEMU; TCG here).
-import { execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { CustomSandbox, ImageError, ImageStore, InvalidArgumentError, NetworkError, PythonSandbox, ResourceError } from "../../src/index.js";
-import { alive } from "./helpers.js";
+import { ownRuntimeDirs } from "../../src/paths.js";
+import { alive, childPids, waitFor, within } from "./helpers.js";
 
-const qemuPids = () => {
-  try {
-    return execFileSync("pgrep", ["-f", "qemu-system"]).toString().trim().split("\n").filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-};
-const runtimeDirs = () => readdirSync(tmpdir()).filter((n) => n.startsWith("msb-") && !n.startsWith("msb-agent-test"));
+// Every check here is of this process's own VMs, runtime dirs and children: other test files may
+// be booting VMs at the same time.
 
 let server: ReturnType<typeof createServer>;
 let port: number;
@@ -75,8 +70,7 @@ describe("network errors", () => {
 
 describe("isolation and cleanup", () => {
   it("keeps two sandboxes apart and the image untouched, and leaves nothing behind", async () => {
-    const qemuBefore = qemuPids();
-    const dirsBefore = runtimeDirs();
+    const dirsBefore = ownRuntimeDirs();
     const a = await CustomSandbox.create({ image: "local:busybox", memory: 128 });
     const b = await CustomSandbox.create({ image: "local:busybox", memory: 128 });
     const pids = [a.pid!, b.pid!];
@@ -88,13 +82,12 @@ describe("isolation and cleanup", () => {
       const rootfs = (await new ImageStore().lookup("local:busybox"))!.rootfs;
       expect(existsSync(path.join(rootfs, "root", "only-in-a"))).toBe(false);
       expect(existsSync(path.join(rootfs, "etc", "hostname-a"))).toBe(false);
-      expect(runtimeDirs().length).toBe(dirsBefore.length + 2);
+      expect(ownRuntimeDirs().length).toBe(dirsBefore.length + 2);
     } finally {
       await Promise.all([a.stop(), b.stop()]);
     }
     expect(pids.filter(alive)).toEqual([]);
-    expect(qemuPids().sort()).toEqual(qemuBefore.sort());
-    expect(runtimeDirs().sort()).toEqual(dirsBefore.sort());
+    expect(ownRuntimeDirs()).toEqual(dirsBefore);
   });
 
   it("takes the VM down with the Node process that created it", async () => {
@@ -103,18 +96,30 @@ describe("isolation and cleanup", () => {
       const sb = await CustomSandbox.create({ image: "local:busybox", memory: 128 });
       console.log(sb.pid);
       setInterval(() => {}, 1000);`;
-    const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
-    const line = await Promise.race([
-      once(child.stdout!, "data").then(([d]) => String(d)),
-      once(child, "exit").then(([code]) => {
-        throw new Error(`the child exited (${code}) before booting a sandbox; is dist/ built (npm run prepare)?`);
-      }),
-    ]);
-    const vmPid = Number(line.trim());
-    expect(alive(vmPid)).toBe(true);
-    child.kill("SIGKILL");
-    for (let i = 0; i < 100 && alive(vmPid); i++) await new Promise((r) => setTimeout(r, 50));
-    expect(alive(vmPid)).toBe(false);
+    // Its runtime dir goes in a TMPDIR of its own, removed after: the killed child cannot clean up.
+    const tmp = mkdtempSync(path.join(tmpdir(), "msb-killed-"));
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, TMPDIR: tmp } });
+    const exited = once(child, "exit");
+    try {
+      const line = await within(
+        Promise.race([
+          once(child.stdout!, "data").then(([d]) => String(d)),
+          exited.then(([code]) => {
+            throw new Error(`the child exited (${code}) before booting a sandbox; is dist/ built (npm run prepare)?`);
+          }),
+        ]),
+        30_000,
+        "the child booting a sandbox",
+      );
+      const vmPid = Number(line.trim());
+      expect(alive(vmPid)).toBe(true);
+      child.kill("SIGKILL");
+      expect(await waitFor(() => !alive(vmPid), 5000)).toBe(true);
+    } finally {
+      child.kill("SIGKILL");
+      await within(exited, 5000, "the killed child exiting");
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 });
 
@@ -135,7 +140,8 @@ describe("resources", () => {
 
 describe("bad options are rejected before any VM starts", () => {
   it("names the value and what to do", async () => {
-    const before = qemuPids();
+    const children = childPids();
+    const dirs = ownRuntimeDirs();
     await expect(PythonSandbox.create({ memory: -1 })).rejects.toThrow(/memory -1 is invalid: give whole MiB/);
     await expect(PythonSandbox.create({ cpus: 0 })).rejects.toThrow(/cpus 0 is invalid/);
     await expect(CustomSandbox.create({})).rejects.toBeInstanceOf(InvalidArgumentError);
@@ -146,6 +152,8 @@ describe("bad options are rejected before any VM starts", () => {
     await expect(CustomSandbox.create({ image: "local:busybox", network: "some" as never })).rejects.toThrow(/use "none" or "all"/);
     const sb = new CustomSandbox({ image: "local:busybox" });
     await expect(sb.start({ memory: 1.5 })).rejects.toBeInstanceOf(InvalidArgumentError);
-    expect(qemuPids()).toEqual(before);
+    // No VMM was started (it would be a child of this process), and no runtime dir made.
+    expect(childPids().filter((p) => !children.includes(p))).toEqual([]);
+    expect(ownRuntimeDirs()).toEqual(dirs);
   });
 });
