@@ -31,6 +31,15 @@ describe("the seed's examples", () => {
     expect(await (await sb.run("None")).output()).toBe("");
   });
 
+  it("has the standard library that python:3.12-slim has (http, urllib, json, sqlite3, venv)", async () => {
+    const execution = await sb.run(
+      "import http.client, urllib.request, json, sqlite3, ssl, venv, email.message\n" +
+        "sqlite3.connect(':memory:').execute('select 1').fetchone()[0] + len(json.dumps({'ok': True}))",
+    );
+    expect(await execution.error()).toBe("");
+    expect(await execution.output()).toBe("13");
+  });
+
   it("runs a shell command", async () => {
     const execution = await sb.command.run("echo", ["Hello World"]);
     expect(await execution.output()).toBe("Hello World");
