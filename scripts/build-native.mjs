@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-// Builds the native parts at `npm install` time: the N-API addon (node-gyp, against the
-// headers of the Node that runs this script, so nothing is downloaded) and, on Linux, the
-// static guest agent (native/agent/Makefile, musl-gcc + nanopb).
+// Builds the native parts at `npm install` time: the N-API addon and the VM helper msb-vmm beside
+// it (node-gyp, against the headers of the Node that runs this script, so nothing is downloaded)
+// and, on Linux, the static guest agent (native/agent/Makefile, musl-gcc + nanopb).
 // Flags: --force rebuilds even when a prebuild or a current build exists; --prebuild makes
-// prebuilds/<platform>-<arch>/ with prebuildify instead (N-API: one binary for every Node).
+// prebuilds/<platform>-<arch>/ with prebuildify instead (N-API: one addon for every Node), with
+// msb-vmm copied beside the addon, where the package looks for it.
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { copyFileSync, existsSync, readdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -39,8 +40,12 @@ function buildAddon() {
   if (!force) {
     try {
       const found = require("node-gyp-build").path(root);
-      console.log(`microsandbox: using native addon ${path.relative(root, found)}`);
-      return;
+      // The helper must sit beside the addon that will be loaded (src/native.ts looks there).
+      if (existsSync(path.join(path.dirname(found), "msb-vmm"))) {
+        console.log(`microsandbox: using native addon ${path.relative(root, found)} and the VM helper beside it`);
+        return;
+      }
+      console.log(`microsandbox: ${path.relative(root, found)} has no msb-vmm beside it: building both`);
     } catch {
       // no prebuild or earlier build: compile below
     }
@@ -79,6 +84,12 @@ function prebuild() {
   const env = dir ? { ...process.env, npm_config_nodedir: dir } : process.env;
   const status = run(process.execPath, [bin, "--napi", "--strip"], { env });
   if (status !== 0) throw new Error(`prebuildify failed with exit code ${status}`);
+  // prebuildify keeps only .node files; the helper it built goes beside the addon it made.
+  const dir = path.join(root, "prebuilds", `${process.platform}-${process.arch}`);
+  const addons = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith(".node")) : [];
+  if (!addons.length) throw new Error(`prebuildify wrote no addon in ${dir}`);
+  copyFileSync(path.join(root, "build", "Release", "msb-vmm"), path.join(dir, "msb-vmm"));
+  console.log(`microsandbox: prebuilt ${addons.map((f) => path.join(path.relative(root, dir), f)).join(", ")} and the VM helper beside it`);
 }
 
 if (process.argv.includes("--prebuild")) {

@@ -4,7 +4,8 @@
 #   bash scripts/macos-sign.sh [IDENTITY]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-helper="$here/build/Release/msb-vmm"
+# The helper the package uses: beside the addon node-gyp-build loads (a local build or a prebuild).
+helper="$(cd "$here" && node -e 'const p=require("path");console.log(p.join(p.dirname(require("node-gyp-build").path(".")),"msb-vmm"))')"
 identity="${1:--}"
 [ "$(uname -s)" = Darwin ] || { echo "macos-sign: only needed on macOS" >&2; exit 0; }
 [ -x "$helper" ] || { echo "macos-sign: $helper is missing: run npm install first" >&2; exit 1; }

@@ -214,8 +214,6 @@ export class VmBootError extends MicrosandboxError {
   ) {
     super(message, options);
   }
-  /** QEMU itself exited within moments of starting (a VMM problem, not a guest one). */
-  vmmExitedEarly = false;
 }
 
 // Linux errno numbers: the guest is Linux whatever the host is, so the host's own table

@@ -1,52 +1,43 @@
-// N-API entry points. Arguments are validated in TypeScript (src/native.ts); this layer only
-// does what needs C++.
+// N-API entry points: host plumbing Node lacks. Arguments are validated in TypeScript
+// (src/native.ts); this layer only does the syscalls. libkrun never comes near this process:
+// the VM helper msb-vmm loads it, in a process of its own.
 #include <napi.h>
 
-#include "probe.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 namespace {
 
-Napi::Object ToObject(Napi::Env env, const msb::ProbeResult& r) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("ok", Napi::Boolean::New(env, r.ok));
-  o.Set("detail", Napi::String::New(env, r.detail));
-  o.Set("errno", Napi::Number::New(env, r.err));
-  Napi::Array symbols = Napi::Array::New(env, r.symbols.size());
-  for (size_t i = 0; i < r.symbols.size(); i++) symbols.Set(i, Napi::String::New(env, r.symbols[i]));
-  o.Set("symbols", symbols);
-  return o;
+Napi::Value ErrnoError(Napi::Env env, const char* call, int err) {
+  Napi::Error e = Napi::Error::New(env, std::string(call) + " failed: " + strerror(err));
+  e.Set("errno", Napi::Number::New(env, err));
+  e.ThrowAsJavaScriptException();
+  return env.Undefined();
 }
 
-// probeKvm(path: string) -> { ok, detail, errno, symbols: [] }
-Napi::Value ProbeKvm(const Napi::CallbackInfo& info) {
+// socketPair() -> [fd, fd]: a connected pair of unix stream sockets, both close-on-exec (a child
+// gets one only where it is placed in its stdio, which clears the flag on that copy). One end
+// becomes a VM's channel inside the VMM, so no listening socket or path exists for anyone else.
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsString()) {
-    Napi::TypeError::New(env, "probeKvm(path) expects a string").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  return ToObject(env, msb::ProbeKvm(info[0].As<Napi::String>()));
-}
-
-// probeLibrary(name: string, required: string, symbols: string[]) -> { ok, detail, errno, symbols }
-Napi::Value ProbeLibrary(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsArray()) {
-    Napi::TypeError::New(env, "probeLibrary(name, required, symbols) expects two strings and an array")
-        .ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Napi::Array list = info[2].As<Napi::Array>();
-  std::vector<std::string> symbols;
-  for (uint32_t i = 0; i < list.Length(); i++) {
-    Napi::Value v = list.Get(i);
-    if (v.IsString()) symbols.push_back(v.As<Napi::String>());
-  }
-  return ToObject(env, msb::ProbeLibrary(info[0].As<Napi::String>(), info[1].As<Napi::String>(), symbols));
+  int fds[2];
+#ifdef SOCK_CLOEXEC
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0) return ErrnoError(env, "socketpair", errno);
+#else
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0) return ErrnoError(env, "socketpair", errno);
+  for (int fd : fds) fcntl(fd, F_SETFD, FD_CLOEXEC);
+#endif
+  Napi::Array pair = Napi::Array::New(env, 2);
+  pair.Set(0u, Napi::Number::New(env, fds[0]));
+  pair.Set(1u, Napi::Number::New(env, fds[1]));
+  return pair;
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("probeKvm", Napi::Function::New(env, ProbeKvm, "probeKvm"));
-  exports.Set("probeLibrary", Napi::Function::New(env, ProbeLibrary, "probeLibrary"));
+  exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
   return exports;
 }
 

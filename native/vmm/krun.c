@@ -1,7 +1,6 @@
-// The libkrun sequence: probe KVM, load libkrun at run time, configure the VM, and become it
-// (krun_start_enter). Signatures follow libkrun's include/libkrun.h; no libkrun at build time.
+// The libkrun sequence: check KVM, load libkrun at run time (host.c), configure the VM, and
+// become it (krun_start_enter).
 #define _GNU_SOURCE
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -20,84 +19,7 @@
 #define KRUN_LOG_OPTION_NO_ENV 1
 #define KRUN_DISK_FORMAT_RAW 0
 
-typedef struct {
-  int32_t (*set_log_level)(uint32_t level);
-  int32_t (*init_log)(int target_fd, uint32_t level, uint32_t style, uint32_t options);
-  int32_t (*create_ctx)(void);
-  int32_t (*set_vm_config)(uint32_t ctx_id, uint8_t num_vcpus, uint32_t ram_mib);
-  int32_t (*set_root)(uint32_t ctx_id, const char *root_path);
-  int32_t (*add_virtiofs3)(uint32_t ctx_id, const char *c_tag, const char *c_path, uint64_t shm_size, bool read_only);
-  int32_t (*add_disk2)(uint32_t ctx_id, const char *block_id, const char *disk_path, uint32_t disk_format, bool read_only);
-  int32_t (*add_disk)(uint32_t ctx_id, const char *block_id, const char *disk_path, bool read_only);
-  int32_t (*disable_implicit_vsock)(uint32_t ctx_id);
-  int32_t (*add_vsock)(uint32_t ctx_id, uint32_t tsi_features);
-  int32_t (*add_vsock_port2)(uint32_t ctx_id, uint32_t port, const char *c_filepath, bool listen);
-  int32_t (*add_vsock_port)(uint32_t ctx_id, uint32_t port, const char *c_filepath);
-  int32_t (*set_rlimits)(uint32_t ctx_id, const char *const rlimits[]);
-  int32_t (*set_exec)(uint32_t ctx_id, const char *exec_path, const char *const argv[], const char *const envp[]);
-  int32_t (*set_workdir)(uint32_t ctx_id, const char *workdir_path);
-  int32_t (*set_console_output)(uint32_t ctx_id, const char *c_filepath);
-  int32_t (*start_enter)(uint32_t ctx_id);
-} krun_api;
-
-// Entry points present in every libkrun this helper supports are required; the rest mark
-// generations (add_vsock_port 1.8, add_disk2/add_vsock_port2 1.10, init_log 1.13,
-// disable_implicit_vsock/add_vsock 1.17, add_virtiofs3 1.18) and may be missing.
-static const struct { const char *name; size_t off; bool required; } SYMBOLS[] = {
-#define SYM(fn, req) {"krun_" #fn, offsetof(krun_api, fn), req}
-    SYM(set_log_level, true),  SYM(init_log, false),      SYM(create_ctx, true),
-    SYM(set_vm_config, true),  SYM(set_root, true),       SYM(add_virtiofs3, false),
-    SYM(add_disk2, false),     SYM(add_disk, false),      SYM(disable_implicit_vsock, false),
-    SYM(add_vsock, false),     SYM(add_vsock_port2, false), SYM(add_vsock_port, false),
-    SYM(set_rlimits, true),    SYM(set_exec, true),       SYM(set_workdir, true),
-    SYM(set_console_output, false), SYM(start_enter, true),
-#undef SYM
-};
-
 static int set(const char *s) { return s != NULL && s[0] != '\0'; }
-
-static int probe_kvm(int st) {
-#ifdef __linux__
-  // libkrun aborts (SIGABRT) without a usable KVM: fail here with a report instead.
-  const char *dev = getenv("MSB_VMM_KVM_DEVICE");
-  if (!set(dev)) dev = "/dev/kvm";
-  int fd = open(dev, O_RDWR | O_CLOEXEC);
-  if (fd < 0)
-    return vmm_fail(st, "kvm", errno, "open(%s, O_RDWR) failed: %s; libkrun needs KVM: enable virtualization "
-                    "and give this user read-write access to %s (the kvm group)", dev, strerror(errno), dev);
-  close(fd);
-#else
-  (void)st;
-#endif
-  return 0;
-}
-
-static int load(krun_api *api, int st) {
-  const char *name = getenv("MSB_LIBKRUN_PATH");
-#ifdef __APPLE__
-  if (!set(name)) name = "libkrun.1.dylib";
-#else
-  if (!set(name)) name = "libkrun.so.1";
-#endif
-  void *h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-  if (h == NULL) {
-    // dlopen does not set errno reliably (a stale ENOENT from the search path is common): one
-    // fixed code, and dlerror() says what happened.
-    int err = ELIBACC;
-    const char *why = dlerror();
-    return vmm_fail(st, "dlopen", err, "dlopen(%s) failed: %s; install libkrun or set MSB_LIBKRUN_PATH", name,
-                    why ? why : "unknown error");
-  }
-  memset(api, 0, sizeof *api);
-  for (size_t i = 0; i < sizeof SYMBOLS / sizeof SYMBOLS[0]; i++) {
-    void *sym = dlsym(h, SYMBOLS[i].name);
-    if (sym == NULL && SYMBOLS[i].required)
-      return vmm_fail(st, "dlsym", ENOSYS, "%s has no %s: not libkrun, or too old", name, SYMBOLS[i].name);
-    // POSIX guarantees data and function pointers convert; memcpy keeps the compiler quiet.
-    memcpy((char *)api + SYMBOLS[i].off, &sym, sizeof sym);
-  }
-  return 0;
-}
 
 // Decides, before any libkrun call, whether this libkrun can honour the config: an image it
 // cannot keep read-only, or "no network" it cannot turn off, is refused, never degraded.
@@ -107,7 +29,7 @@ static int check_capabilities(const krun_api *api, const krun_config *c, int st)
   if ((set(c->image_dir) || set(c->image_disk)) && !dir_ok && !disk_ok)
     return vmm_fail(st, "image", ENOTSUP,
                     "this libkrun cannot share the image read-only: a directory needs krun_add_virtiofs3 "
-                    "(libkrun >= 1.18), a disk needs krun_add_disk2 or krun_add_disk (libkrun >= 1.10); "
+                    "(libkrun >= 1.18), a disk needs krun_add_disk2 or krun_add_disk (libkrun >= 1.9.5); "
                     "image_dir=%s image_disk=%s", set(c->image_dir) ? c->image_dir : "(none)",
                     set(c->image_disk) ? c->image_disk : "(none)");
   if (c->network == microsandbox_vmm_KrunConfig_Network_NONE && !(api->disable_implicit_vsock && api->add_vsock))
@@ -135,8 +57,15 @@ static const char *const *strv(char **v, pb_size_t n) {
 
 int krun_run(const krun_config *c, int st) {
   krun_api api;
-  int rc;
-  if ((rc = probe_kvm(st)) || (rc = load(&api, st)) || (rc = check_capabilities(&api, c, st))) return rc;
+  host_error e;
+  if (kvm_check(&e) < 0)
+    return vmm_fail(st, e.step, e.errnum, "%s; libkrun needs KVM: enable virtualization and give this user read-write "
+                    "access to %s (the kvm group)", e.message, kvm_device());
+  if (libkrun_load(&api, &e) == NULL)
+    return vmm_fail(st, e.step, e.errnum, "%s%s", e.message,
+                    strcmp(e.step, "dlopen") == 0 ? "; install libkrun or set MSB_LIBKRUN_PATH" : "");
+  int rc = check_capabilities(&api, c, st);
+  if (rc) return rc;
 
   if (api.init_log)
     CALL(init_log, KRUN_LOG_TARGET_DEFAULT, c->log_level, KRUN_LOG_STYLE_AUTO, KRUN_LOG_OPTION_NO_ENV);

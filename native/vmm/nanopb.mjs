@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// Finds nanopb for binding.gyp: `lib` prints the static runtime (empty, with a warning, when the
-// runtime or its generator is missing: msb-vmm is then built without its krun mode), `generator`
-// prints the code generator. NANOPB_LIB and NANOPB_GENERATOR override the search.
+// Finds nanopb for binding.gyp: `lib` prints the static runtime (and fails, saying what to
+// install, when the runtime or its generator is missing), `generator` prints the code generator.
+// NANOPB_LIB and NANOPB_GENERATOR override the search.
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
 import path from "node:path";
@@ -42,11 +42,11 @@ if (what === "generator") {
     console.log(lib);
   } else {
     console.error(
-      `microsandbox: nanopb ${lib ? "generator" : `runtime (${LIB})`} not found: msb-vmm is built without its libkrun mode.\n` +
+      `microsandbox: nanopb ${lib ? "generator" : `runtime (${LIB})`} not found: the VM helper msb-vmm cannot be built.\n` +
         "  Debian/Ubuntu: sudo apt-get install libnanopb-dev nanopb; elsewhere install nanopb's runtime and generator\n" +
         "  (or set NANOPB_LIB and NANOPB_GENERATOR), then npm rebuild microsandbox",
     );
-    console.log("");
+    process.exit(1);
   }
 } else {
   console.error("usage: node nanopb.mjs lib|generator");

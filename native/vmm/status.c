@@ -1,8 +1,10 @@
-// The failure report: one framed KrunStatus on the status descriptor, read by the host.
+// Framed messages on the helper's descriptors, and the failure report: one framed KrunStatus on
+// the status descriptor, read by the host.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -21,6 +23,25 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
   return 0;
 }
 
+int vmm_write_frame(int fd, const pb_msgdesc_t *fields, const void *msg) {
+  size_t n;
+  if (fd < 0 || !pb_get_encoded_size(&n, fields, msg) || n > VMM_FRAME_MAX) return -1;
+  uint8_t *buf = malloc(4 + n);
+  if (buf == NULL) return -1;
+  pb_ostream_t os = pb_ostream_from_buffer(buf + 4, n);
+  int rc = -1;
+  if (pb_encode(&os, fields, msg)) {
+    buf[0] = (uint8_t)(n >> 24), buf[1] = (uint8_t)(n >> 16), buf[2] = (uint8_t)(n >> 8), buf[3] = (uint8_t)n;
+    // A host that stopped reading must not kill us with SIGPIPE before a fallback.
+    struct sigaction ign = {.sa_handler = SIG_IGN}, old;
+    sigaction(SIGPIPE, &ign, &old);
+    rc = write_all(fd, buf, 4 + n);
+    sigaction(SIGPIPE, &old, NULL);
+  }
+  free(buf);
+  return rc;
+}
+
 int vmm_fail(int status_fd, const char *step, int errnum, const char *fmt, ...) {
   char message[1024];
   va_list ap;
@@ -32,18 +53,6 @@ int vmm_fail(int status_fd, const char *step, int errnum, const char *fmt, ...) 
   st.step = (char *)step;
   st.errnum = errnum;
   st.message = message;
-  uint8_t buf[4 + sizeof message + 256];
-  pb_ostream_t os = pb_ostream_from_buffer(buf + 4, sizeof buf - 4);
-  int sent = -1;
-  if (pb_encode(&os, microsandbox_vmm_KrunStatus_fields, &st)) {
-    size_t n = os.bytes_written;
-    buf[0] = (uint8_t)(n >> 24), buf[1] = (uint8_t)(n >> 16), buf[2] = (uint8_t)(n >> 8), buf[3] = (uint8_t)n;
-    // A host that stopped reading must not kill us with SIGPIPE before the stderr fallback.
-    struct sigaction ign = {.sa_handler = SIG_IGN}, old;
-    sigaction(SIGPIPE, &ign, &old);
-    sent = status_fd >= 0 ? write_all(status_fd, buf, 4 + n) : -1;
-    sigaction(SIGPIPE, &old, NULL);
-  }
-  if (sent < 0) fprintf(stderr, "msb-vmm: %s: %s\n", step, message);
+  if (vmm_write_frame(status_fd, microsandbox_vmm_KrunStatus_fields, &st) < 0) fprintf(stderr, "msb-vmm: %s: %s\n", step, message);
   return 1;
 }

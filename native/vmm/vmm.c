@@ -1,16 +1,20 @@
 // msb-vmm: the per-VM helper. A VMM never runs inside the Node process; this small executable
 // stands between Node and the VMM so the VM dies with its creator.
 //
-//   msb-vmm exec PARENT_PID -- PROGRAM ARGS...
+//   msb-vmm exec PARENT_PID [--keep FD]... -- PROGRAM ARGS...
 //     Arms a parent-death signal (SIGKILL), checks PARENT_PID is still the parent (it may have
-//     died before the signal was armed), and execs PROGRAM (QEMU) in its place.
+//     died before the signal was armed), closes every descriptor from 3 up but the kept ones
+//     (the agent channel's socket), and execs PROGRAM (QEMU) in its place.
 //   msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD
 //     The same guard, then reads a framed KrunConfig (proto/vmm.proto) from CONFIG_FD and becomes
 //     a libkrun VM. A failure before the VM starts is written as a KrunStatus on STATUS_FD (exit
 //     1); STATUS_FD reaching end-of-file without one means the VM is starting.
+//   msb-vmm probe
+//     Writes what the host offers a libkrun VM (a framed HostProbe) on stdout.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,14 +25,15 @@
 #include <sys/prctl.h>
 #endif
 
-#ifndef MSB_VMM_NO_KRUN
 #include "vmm.h"
-#endif
+
+#define MAX_KEEP 8
 
 static int usage(void) {
   fprintf(stderr,
-          "usage: msb-vmm exec PARENT_PID -- PROGRAM [ARGS...]\n"
-          "       msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD\n");
+          "usage: msb-vmm exec PARENT_PID [--keep FD]... -- PROGRAM [ARGS...]\n"
+          "       msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD\n"
+          "       msb-vmm probe\n");
   return 2;
 }
 
@@ -40,10 +45,14 @@ static long number(const char *s) {
   return (errno || end == s || *end || v < 0 || v > INT_MAX) ? -1 : v;
 }
 
-// Closes every descriptor from 3 up except `keep`: nothing the creator had open reaches the VMM.
-static void close_others(int keep) {
-  for (int fd = 3; fd < 1024; fd++)
-    if (fd != keep) close(fd);
+// Closes every descriptor from 3 up except the n in `keep`: nothing else the creator had open
+// reaches the VMM.
+static void close_others(const int *keep, int n) {
+  for (int fd = 3; fd < 1024; fd++) {
+    bool kept = false;
+    for (int i = 0; i < n; i++) kept = kept || keep[i] == fd;
+    if (!kept) close(fd);
+  }
 }
 
 // 0 when the parent-death signal is armed and `parent` is still our parent, else an errno.
@@ -55,18 +64,28 @@ static int guard_parent(pid_t parent) {
 }
 
 static int exec_mode(int argc, char **argv) {
-  if (argc < 5 || strcmp(argv[3], "--") != 0) return usage();
+  if (argc < 5) return usage();
   long parent = number(argv[2]);
   if (parent < 0) return usage();
+  int keep[MAX_KEEP], nkeep = 0, i = 3;
+  for (; i + 1 < argc && strcmp(argv[i], "--keep") == 0; i += 2) {
+    long fd = number(argv[i + 1]);
+    if (fd < 3 || nkeep == MAX_KEEP || fcntl((int)fd, F_GETFD) < 0) {
+      fprintf(stderr, "msb-vmm: --keep %s: not an open descriptor above 2 (at most %d)\n", argv[i + 1], MAX_KEEP);
+      return 2;
+    }
+    keep[nkeep++] = (int)fd;
+  }
+  if (i + 1 >= argc || strcmp(argv[i], "--") != 0) return usage();
   int err = guard_parent((pid_t)parent);
   if (err == ESRCH) return 1;
   if (err) {
     fprintf(stderr, "msb-vmm: prctl(PR_SET_PDEATHSIG): %s\n", strerror(err));
     return 1;
   }
-  close_others(-1);
-  execvp(argv[4], argv + 4);
-  fprintf(stderr, "msb-vmm: cannot execute %s: %s\n", argv[4], strerror(errno));
+  close_others(keep, nkeep);
+  execvp(argv[i + 1], argv + i + 1);
+  fprintf(stderr, "msb-vmm: cannot execute %s: %s\n", argv[i + 1], strerror(errno));
   return 127;
 }
 
@@ -79,11 +98,6 @@ static int krun_mode(int argc, char **argv) {
     fprintf(stderr, "msb-vmm: config fd %ld or status fd %ld is not open\n", config_fd, status_fd);
     return 2;
   }
-#ifdef MSB_VMM_NO_KRUN
-  fprintf(stderr, "msb-vmm: built without nanopb, so without libkrun support: install libnanopb-dev and nanopb, "
-                  "then npm rebuild microsandbox\n");
-  return 1;
-#else
   int st = (int)status_fd;
   int err = guard_parent((pid_t)parent);
   if (err == ESRCH) return vmm_fail(st, "parent", err, "parent %ld is gone (our parent is %d)", parent, (int)getppid());
@@ -93,13 +107,13 @@ static int krun_mode(int argc, char **argv) {
   krun_config cfg;
   int rc = config_read((int)config_fd, st, &cfg);
   if (rc) return rc;
-  close_others(st); // the config fd too: it has been read
+  close_others(&st, 1); // the config fd too: it has been read
   return krun_run(&cfg, st);
-#endif
 }
 
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "exec") == 0) return exec_mode(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "krun") == 0) return krun_mode(argc, argv);
+  if (argc == 2 && strcmp(argv[1], "probe") == 0) return probe_run(STDOUT_FILENO);
   return usage();
 }

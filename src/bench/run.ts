@@ -9,8 +9,7 @@ import { InvalidArgumentError } from "../errors.js";
 import { ImageStore } from "../images/store.js";
 import { resolveImage } from "../images/sources.js";
 import { CustomSandbox } from "../sandbox/sandbox.js";
-import { QemuBackend } from "../vm/qemu.js";
-import { floorRun } from "./floor.js";
+import { backendFor, chooseBackend, forcedAccel } from "../vm/select.js";
 import type { BenchResult, RunTimeline } from "./report.js";
 
 const sh = promisify(exec);
@@ -32,7 +31,7 @@ export interface BenchOptions {
   command?: string[];
   /** A shell command timed `runs` times beside, for comparison (another runtime, say). */
   compare?: string;
-  /** Floor runs (QEMU only); 0 skips the floor. Default min(runs, 10). */
+  /** Floor runs (where the backend has a floor: QEMU); 0 skips the floor. Default min(runs, 10). */
   floorRuns?: number;
   /** Called as each run ends. */
   onRun?: (index: number, run: RunTimeline) => void;
@@ -77,15 +76,18 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     runs[i] = r;
     opts.onRun?.(i, r);
   };
-  // A first, untimed boot fills the page cache and settles KVM vs TCG, as later runs will find it.
+  // A first, untimed boot fills the page cache and settles the backend, as later runs will find it.
   const used: { name?: string } = {};
   const warm = await oneRun({ ...opts, command: ["true"] }, used);
   if (!warm.ok) throw new InvalidArgumentError(`the benchmark's sandbox does not boot: ${warm.error}`);
-  // The floor is a QEMU boot: it stands next to QEMU sandboxes only. In sequential mode each floor
-  // run follows a sandbox run, so both see the same conditions.
+  // The floor boots the same backend, flags and devices as the sandboxes, where the backend has
+  // one. In sequential mode each floor run follows a sandbox run, so both see the same conditions.
   const floor: number[] = [];
-  const floorRuns = used.name?.startsWith("qemu") ? (opts.floorRuns ?? Math.min(opts.runs, 10)) : 0;
-  const qemu = new QemuBackend();
+  const accel = forcedAccel();
+  const decision = await chooseBackend({ backend: opts.backend ?? "auto", network: "none", ...(accel ? { accel } : {}) });
+  const floorBackend = backendFor(decision);
+  const floorRuns = floorBackend.floor ? (opts.floorRuns ?? Math.min(opts.runs, 10)) : 0;
+  const floorRun = () => floorBackend.floor!(floorConfig);
   const store = new ImageStore();
   const image = await resolveImage(store, opts.image ?? "local:busybox");
   const floorConfig = {
@@ -96,7 +98,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   if (opts.mode === "sequential") {
     for (const i of indices) {
       record(i, await oneRun(opts));
-      if (i < floorRuns) floor.push(await floorRun(qemu, floorConfig));
+      if (i < floorRuns) floor.push(await floorRun());
     }
   } else {
     await Promise.all(
@@ -105,7 +107,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         record(i, await oneRun(opts));
       }),
     );
-    for (let i = 0; i < floorRuns; i++) floor.push(await floorRun(qemu, floorConfig));
+    for (let i = 0; i < floorRuns; i++) floor.push(await floorRun());
   }
   // "qemu (tcg): why" → the name for tables and pictures; the why goes with the machine notes.
   const [name, ...why] = (used.name ?? "unknown").split(": ");

@@ -1,12 +1,14 @@
-// msb doctor: what this host has and lacks for each backend, with what to do about it.
+// msb doctor: what this host has and lacks for each backend, with what to do about it, and the
+// backend a sandbox would get here and why (the same decision create() makes).
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
 
-import { agentBinaryPath } from "../vm/agent-binary.js";
-import { probe } from "../native.js";
 import { cacheDir } from "../paths.js";
-import { krunUnavailable } from "../vm/krun.js";
-import { vmmHelperPath } from "../vm/helper.js";
+import { vmmHelperPath } from "../native.js";
+import { agentBinaryPath } from "../vm/agent-binary.js";
+import { guestBoot } from "../vm/guest.js";
+import type { NetworkMode } from "../vm/backend.js";
+import { qemuBinary } from "../vm/qemu.js";
+import { decide, forcedAccel, hostFacts, krunRefusal } from "../vm/select.js";
 
 export interface Check {
   name: string;
@@ -19,39 +21,66 @@ export interface Check {
 export interface DoctorReport {
   platform: string;
   backends: { krun: { usable: boolean; reason: string }; qemu: { usable: boolean; reason: string } };
+  /** What backend "auto" picks for each network mode, and why. */
+  chosen: Record<NetworkMode, { backend: string; reason: string }>;
   checks: Check[];
 }
 
-function check(name: string, fn: () => string, solutions: string[]): Check {
+async function check(name: string, fn: () => string | Promise<string>, solutions: string[]): Promise<Check> {
   try {
-    return { name, ok: true, detail: fn(), solutions: [] };
+    return { name, ok: true, detail: await fn(), solutions: [] };
   } catch (err) {
     return { name, ok: false, detail: (err as Error).message.split("\n")[0]!, solutions };
   }
 }
 
-export function doctor(): DoctorReport {
-  const p = probe();
-  const linux = process.platform === "linux";
-  const qemuBinary = process.env.MSB_QEMU ?? "qemu-system-x86_64";
+export async function doctor(): Promise<DoctorReport> {
+  const helper = await check("VM helper (msb-vmm)", () => vmmHelperPath(), ["npm rebuild microsandbox"]);
+  const agent = await check("guest agent", () => agentBinaryPath(), ["sudo apt-get install musl-tools libnanopb-dev nanopb protobuf-compiler, then npm rebuild microsandbox"]);
+  const qemu = await check("QEMU", () => execFileSync(qemuBinary(), ["--version"], { encoding: "utf8" }).split("\n")[0]!, [
+    "Debian / Ubuntu: sudo apt-get install qemu-system-x86",
+    "Fedora: sudo dnf install qemu-system-x86-core",
+    "macOS: brew install qemu",
+    "or point MSB_QEMU at a qemu-system-x86_64",
+  ]);
+  const kernel = await check("guest kernel (QEMU)", async () => (await guestBoot()).kernel, [
+    `on Debian: bash scripts/guest-kernel.sh ${cacheDir()}`,
+    "or name an uncompressed vmlinux with MSB_KERNEL",
+  ]);
+  const platform = `${process.platform}/${process.arch}`;
+  if (!helper.ok) {
+    // Without the helper nothing can be probed, and no backend runs.
+    const none = { backend: "none", reason: helper.detail };
+    return { platform, backends: { krun: { usable: false, reason: helper.detail }, qemu: { usable: false, reason: helper.detail } }, chosen: { none, all: none }, checks: [helper, agent, qemu, kernel] };
+  }
+
+  const accel = forcedAccel();
+  const canTrial = qemu.ok && kernel.ok;
+  const facts = await hostFacts({ backend: canTrial ? "auto" : "krun", network: "none", ...(accel ? { accel } : {}) });
+  const p = facts.probe;
   const checks: Check[] = [];
-  if (linux) {
+  if (process.platform === "linux") {
     checks.push({
       name: "KVM",
-      ok: p.kvm.ok,
-      detail: p.kvm.detail,
-      solutions: [
-        `join the kvm group: sudo usermod -aG kvm $USER, then log in again`,
-        `or let the group have it with a udev rule: echo 'KERNEL=="kvm", GROUP="kvm", MODE="0660"' | sudo tee /etc/udev/rules.d/99-kvm.rules && sudo udevadm trigger`,
-        "enable virtualization (VT-x / AMD-V) in the firmware; inside a VM, enable nested virtualization",
-      ],
+      ok: p.kvm.ok && !p.kvm.pvm,
+      detail: p.kvm.pvm
+        ? `KVM present but PVM (kvm_pvm module): it runs only guest kernels built for PVM, so it needs a PVM guest kernel; using TCG (${p.kvm.detail})`
+        : p.kvm.detail + (facts.kvmTrial ? `; trial boot: ${facts.kvmTrial.ok ? "" : "failed: "}${facts.kvmTrial.detail}` : ""),
+      solutions: p.kvm.pvm
+        ? ["none on this host: its hypervisor runs only PVM guests; sandboxes run under TCG emulation, slower but complete"]
+        : [
+            "join the kvm group: sudo usermod -aG kvm $USER, then log in again",
+            `or let the group have it with a udev rule: echo 'KERNEL=="kvm", GROUP="kvm", MODE="0660"' | sudo tee /etc/udev/rules.d/99-kvm.rules && sudo udevadm trigger`,
+            "enable virtualization (VT-x / AMD-V) in the firmware; inside a VM, enable nested virtualization",
+          ],
     });
   }
   checks.push({
     name: "libkrun",
     ok: p.libkrun.ok,
     detail: p.libkrun.ok
-      ? `${p.libkrun.name}: entry points of libkrun >= ${p.libkrun.generation}` + (p.libkrun.networkNone ? "" : '; network "none" needs libkrun >= 1.17')
+      ? `${p.libkrun.name}: entry points of libkrun >= ${p.libkrun.generation}; image ${p.libkrun.imageShare ? `by ${p.libkrun.imageShare}` : "cannot be shared read-only"}` +
+        (p.libkrun.networkNone ? "" : '; network "none" needs libkrun >= 1.17')
       : p.libkrun.detail,
     solutions: [
       "Fedora: sudo dnf install libkrun",
@@ -72,39 +101,26 @@ export function doctor(): DoctorReport {
       "or point MSB_LIBKRUNFW_PATH at a libkrunfw.so.5 / libkrunfw.5.dylib",
     ],
   });
-  checks.push(
-    check("QEMU", () => execFileSync(qemuBinary, ["--version"], { encoding: "utf8" }).split("\n")[0]!, [
-      "Debian / Ubuntu: sudo apt-get install qemu-system-x86",
-      "Fedora: sudo dnf install qemu-system-x86-core",
-      "macOS: brew install qemu",
-      "or point MSB_QEMU at a qemu-system-x86_64",
-    ]),
-  );
-  checks.push(
-    check("guest kernel (QEMU)", () => {
-      const kernelDir = `${cacheDir()}/kernel`;
-      const version = existsSync(`${kernelDir}/current`) ? readFileSync(`${kernelDir}/current`, "utf8").trim() : "";
-      const path = process.env.MSB_KERNEL ?? `${kernelDir}/${version}/vmlinux`;
-      if (!version && !process.env.MSB_KERNEL) throw new Error(`no guest kernel in ${kernelDir}`);
-      if (!existsSync(path)) throw new Error(`${path} is missing`);
-      return path;
-    }, [`on Debian: bash scripts/guest-kernel.sh ${cacheDir()}`, "or name an uncompressed vmlinux with MSB_KERNEL"]),
-  );
-  checks.push(check("guest agent", () => agentBinaryPath(), ["sudo apt-get install musl-tools libnanopb-dev nanopb protobuf-compiler, then npm rebuild microsandbox"]));
-  checks.push(check("VM helper (msb-vmm)", () => vmmHelperPath(), ["npm rebuild microsandbox"]));
+  checks.push(qemu, kernel, agent, helper);
 
-  const krun = krunUnavailable();
-  const ok = (name: string) => checks.find((c) => c.name === name)?.ok ?? false;
-  const qemuMissing = ["QEMU", "guest kernel (QEMU)", "guest agent", "VM helper (msb-vmm)"].filter((n) => !ok(n));
+  const krunWhyNot = krunRefusal(facts, "all") ?? (agent.ok ? undefined : "no guest agent");
+  const qemuMissing = [qemu, kernel, agent].filter((c) => !c.ok).map((c) => c.name);
+  const chosen = {} as DoctorReport["chosen"];
+  for (const network of ["none", "all"] as const) {
+    try {
+      const d = decide(facts, { backend: "auto", network, ...(accel ? { accel } : {}) });
+      chosen[network] = { backend: d.backend === "qemu" ? `qemu (${d.accel})` : "krun", reason: d.reason };
+    } catch (err) {
+      chosen[network] = { backend: "none", reason: (err as Error).message };
+    }
+  }
   return {
-    platform: `${process.platform}/${process.arch}`,
+    platform,
     backends: {
-      krun: { usable: !krun && ok("guest agent") && ok("VM helper (msb-vmm)"), reason: krun ?? "libkrun, libkrunfw and KVM are usable" },
-      qemu: {
-        usable: qemuMissing.length === 0,
-        reason: qemuMissing.length ? `missing: ${qemuMissing.join(", ")}` : p.kvm.ok ? "with KVM (falls back to TCG if KVM cannot run guests)" : "with TCG emulation (slower: no KVM)",
-      },
+      krun: { usable: !krunWhyNot, reason: krunWhyNot ?? (krunRefusal(facts, "none") ? `usable with network "all" only: ${krunRefusal(facts, "none")}` : "libkrun, libkrunfw and KVM are usable") },
+      qemu: { usable: qemuMissing.length === 0, reason: qemuMissing.length ? `missing: ${qemuMissing.join(", ")}` : chosen.none.backend.startsWith("qemu") ? chosen.none.reason : "usable" },
     },
+    chosen,
     checks,
   };
 }
@@ -122,5 +138,7 @@ export function formatDoctor(r: DoctorReport): string {
   lines.push("", "Backends:");
   lines.push(`  krun: ${r.backends.krun.usable ? "usable" : "not usable"} (${r.backends.krun.reason})`);
   lines.push(`  qemu: ${r.backends.qemu.usable ? "usable" : "not usable"} (${r.backends.qemu.reason})`);
+  lines.push("", 'A sandbox (backend "auto") gets:');
+  for (const [network, c] of Object.entries(r.chosen)) lines.push(`  network "${network}": ${c.backend}: ${c.reason}`);
   return lines.join("\n");
 }

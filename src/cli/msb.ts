@@ -115,7 +115,7 @@ async function main(argv: string[]): Promise<number> {
       return status;
     }
     case "doctor": {
-      const report = doctor();
+      const report = await doctor();
       console.log(values.json ? JSON.stringify(report, null, 2) : formatDoctor(report));
       return report.backends.krun.usable || report.backends.qemu.usable ? 0 : 1;
     }

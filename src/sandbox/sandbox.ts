@@ -4,12 +4,11 @@ import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
 import type { ExecProcess, ExitStatus } from "../agent-client/process.js";
-import { BackendUnavailableError, InvalidArgumentError, ResourceError, SandboxNotRunningError, TimeoutError } from "../errors.js";
+import { InvalidArgumentError, ResourceError, SandboxNotRunningError, TimeoutError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
-import type { Backend, BootTimeline, Vm } from "../vm/backend.js";
-import { KrunBackend, krunUnavailable } from "../vm/krun.js";
-import { QemuBackend } from "../vm/qemu.js";
+import type { BootTimeline, Vm } from "../vm/backend.js";
+import { bootVm, chooseBackend, forcedAccel } from "../vm/select.js";
 import { CommandExecution, Execution } from "./execution.js";
 import { SandboxFiles } from "./files.js";
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
@@ -17,19 +16,6 @@ import type { SandboxPool } from "./pool.js";
 import { Repl, type ReplLanguage } from "./repl.js";
 
 const debug = debuglog("microsandbox");
-
-/** The VMM for a sandbox, and why: libkrun where it works, else QEMU (KVM or TCG). */
-export function chooseBackend(opts: Pick<ResolvedOptions, "backend" | "kernel">): { backend: Backend; reason: string } {
-  const qemu = () => new QemuBackend(opts.kernel ? { kernel: opts.kernel } : {});
-  if (opts.backend === "qemu") return { backend: qemu(), reason: "backend qemu requested" };
-  const unavailable = krunUnavailable();
-  if (opts.backend === "krun") {
-    if (unavailable) throw new BackendUnavailableError(`backend "krun" is not usable here: ${unavailable}. Run \`msb doctor\` for what to install, or use backend "auto"`);
-    return { backend: new KrunBackend(), reason: "backend krun requested" };
-  }
-  if (!unavailable) return { backend: new KrunBackend(), reason: "libkrun and KVM are available" };
-  return { backend: qemu(), reason: `libkrun not used (${unavailable})` };
-}
 
 export interface CommandOptions {
   /** Seconds; past it the process tree is killed and TimeoutError is thrown. */
@@ -109,7 +95,7 @@ export abstract class Sandbox implements AsyncDisposable {
     return this.vm !== undefined;
   }
 
-  /** The VMM in use and why it was chosen, e.g. "qemu (tcg): no KVM: ...". */
+  /** The VMM in use and why it was chosen, e.g. "qemu (tcg): libkrun not used (...); no KVM (...)". */
   get backend(): string | undefined {
     return this.vm && `${this.vm.backend}: ${this.backendReason}`;
   }
@@ -139,10 +125,12 @@ export abstract class Sandbox implements AsyncDisposable {
     const store = new ImageStore();
     const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
     this.imageConfig = image.config;
-    const { backend, reason } = chooseBackend(this.opts);
+    const kernel = this.opts.kernel;
+    const accel = forcedAccel();
+    const decision = await chooseBackend({ backend: this.opts.backend, network: this.opts.network, ...(accel ? { accel } : {}), ...(kernel ? { kernel } : {}) });
     const imagePrepMs = performance.now() - t0;
-    debug("sandbox %s: backend %s (%s)", this.name, backend.name, reason);
-    const vm = await backend.boot({
+    debug("sandbox %s: %s (%s)", this.name, decision.backend, decision.reason);
+    const { vm, reason } = await bootVm(decision, {
       name: this.opts.name,
       memory: this.opts.memory,
       cpus: Math.ceil(this.opts.cpus),
@@ -151,8 +139,8 @@ export abstract class Sandbox implements AsyncDisposable {
       rootfs: image.rootfs,
       rootDisk: () => store.disk(image),
       bootTimeout: this.opts.timeout,
-    });
-    this.backendReason = backend instanceof QemuBackend ? `${reason}; ${backend.reason}` : reason;
+    }, kernel);
+    this.backendReason = reason;
     // Like container runtimes, make the image's WorkingDir when the image lacks it.
     if (image.config.workingDir) {
       try {

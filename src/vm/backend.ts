@@ -1,8 +1,17 @@
-// The interface every VMM backend implements (QEMU now, libkrun next): boot a VM whose PID 1 is
-// the guest agent, hand back a connected AgentClient, and stop or kill it.
+// The interface every VMM backend implements (QEMU, libkrun): boot a VM whose agent connects back,
+// hand back a connected AgentClient, and stop or kill it. Also the part of booting both share:
+// waiting for the agent's hello, the timeline, and a failure's cleanup and VmBootError.
 import type { ChildProcess } from "node:child_process";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import path from "node:path";
+import type { Duplex } from "node:stream";
+import { debuglog } from "node:util";
 
-import type { AgentClient } from "../agent-client/client.js";
+import { AgentClient } from "../agent-client/client.js";
+import { VmBootError } from "../errors.js";
+import { cacheDir } from "../paths.js";
+
+const debug = debuglog("microsandbox");
 
 export type NetworkMode = "none" | "all";
 
@@ -14,8 +23,11 @@ export interface VmConfig {
   network: NetworkMode;
   /** The image, unpacked (libkrun shares it read-only by virtio-fs). */
   rootfs: string;
-  /** The image as a read-only ext4 disk (QEMU); made lazily, only for backends that use it. */
-  rootDisk: () => Promise<string>;
+  /**
+   * The image as a read-only ext4 disk (QEMU, older libkrun); made lazily, only for backends that
+   * use it. Undefined: no disk (a floor boot that needs none).
+   */
+  rootDisk: () => Promise<string | undefined>;
   /** Most processes the sandbox's commands may have at once (the guest's pids cgroup). */
   maxProcesses: number;
   /** Seconds to wait for the agent's hello. */
@@ -38,6 +50,7 @@ export interface BootTimeline {
 
 export interface Vm {
   readonly agent: AgentClient;
+  /** The VMM as configured, e.g. "qemu (tcg)" or "krun". */
   readonly backend: string;
   /** Process id of the VMM. */
   readonly pid: number;
@@ -53,8 +66,125 @@ export interface Vm {
 }
 
 export interface Backend {
+  /** "qemu" or "krun". */
   readonly name: string;
+  /** The VMM as it will run, e.g. "qemu (tcg)". */
+  describe(): string;
   boot(config: VmConfig): Promise<Vm>;
+  /**
+   * Boots the benchmark's floor: the same kernel, flags and devices as boot(), with a trivial init
+   * that prints a marker. Milliseconds from the VMM's start to the marker. Undefined where the
+   * backend has no such boot (libkrun runs its own init).
+   */
+  floor?(config: VmConfig): Promise<number>;
+}
+
+/** A VMM process that was just started, for finishBoot(). */
+export interface StartedVmm {
+  /** The VMM as configured, e.g. "qemu (tcg)", and what to call it in messages ("QEMU"). */
+  label: string;
+  vmm: string;
+  config: VmConfig;
+  child: ChildProcess;
+  /** The VM's runtime dir (removed when the VM is gone) and the guest console log in it. */
+  dir: string;
+  consoleLog: string;
+  /** performance.now() when boot() began, and the phases so far. */
+  t0: number;
+  hostPrepMs: number;
+  vmmStartMs: number;
+  /** The agent's stream, once the VMM has connected it. */
+  connect(): Promise<Duplex>;
+  /** More to release with the runtime dir (a listening socket). */
+  release?(): void;
+  /** The VMM's own report of a failure to start, settled once it has exited (libkrun's status). */
+  report?: Promise<Error | undefined>;
+  /** A more specific error than VmBootError, from what the VMM printed. */
+  explain?(stderr: string): Error | undefined;
+}
+
+function tail(file: string, bytes: number): string {
+  try {
+    return readFileSync(file, "utf8").slice(-bytes);
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * Waits for the agent's hello within the boot timeout, whatever the VMM does meanwhile, and returns
+ * the running Vm. On any failure the VMM is killed, the console log is kept in the cache's logs/,
+ * the runtime dir is removed, and a VmBootError (or the backend's more specific error) is thrown.
+ */
+export async function finishBoot(s: StartedVmm): Promise<Vm> {
+  const { child, config } = s;
+  let stderr = "";
+  child.stderr?.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-4000)));
+  let gone = false;
+  const exited = new Promise<void>((resolve) => {
+    child.once("exit", () => ((gone = true), resolve()));
+    child.once("error", (err) => ((stderr += String(err)), (gone = true), resolve()));
+  });
+  const release = () => {
+    s.release?.();
+    rmSync(s.dir, { recursive: true, force: true });
+  };
+  const deadline = s.t0 + config.bootTimeout * 1000;
+  let timer: NodeJS.Timeout | undefined;
+  let ready: Promise<AgentClient> | undefined;
+  try {
+    const died = exited.then(() => {
+      throw new Error(`${s.vmm} exited before the agent was ready`);
+    });
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no agent within ${config.bootTimeout} s`)), Math.max(0, deadline - performance.now()));
+    });
+    died.catch(() => {});
+    ready = (async () => {
+      const stream = await s.connect();
+      if (gone) stream.destroy();
+      child.once("exit", () => stream.destroy(new Error(`${s.vmm} exited`)));
+      return AgentClient.fromStream(stream, { timeout: Math.max(0.001, (deadline - performance.now()) / 1000) });
+    })();
+    const agent = await Promise.race([ready, died, late]);
+    clearTimeout(timer);
+    const timeline: BootTimeline = {
+      hostPrepMs: s.hostPrepMs,
+      vmmStartMs: s.vmmStartMs,
+      agentReadyMs: performance.now() - s.t0,
+      guest: agent.hello.boot.map((e) => ({ name: e.name, ms: e.ns / 1e6 })),
+    };
+    debug("%s ready on %s in %d ms", config.name, s.label, Math.round(timeline.agentReadyMs));
+    return runningVm({ agent, backend: s.label, child, exited, timeline, consoleLog: s.consoleLog, cleanup: release });
+  } catch (cause) {
+    clearTimeout(timer);
+    ready?.then((agent) => agent.close(), () => {}); // a hello that comes after the race was lost
+    // A VMM that is failing by itself gets a moment to say why and exit.
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 500))]);
+    child.kill("SIGKILL");
+    await exited;
+    let kept: string | undefined;
+    try {
+      // The console log outlives the failed VM so the error can point at it. Copied, not renamed:
+      // the runtime dir and the cache may be on different filesystems.
+      if (existsSync(s.consoleLog)) {
+        const logs = path.join(cacheDir(), "logs");
+        mkdirSync(logs, { recursive: true });
+        kept = path.join(logs, `${config.name}.console.log`);
+        copyFileSync(s.consoleLog, kept);
+      }
+    } finally {
+      release();
+    }
+    const specific = (await s.report) ?? s.explain?.(stderr.trim());
+    if (specific) throw specific;
+    const details = [stderr.trim() && `${s.vmm} said: ${stderr.trim()}`, kept && `guest console (${kept}) ends with:\n${tail(kept, 1500)}`];
+    throw new VmBootError(
+      `sandbox ${config.name} did not boot on ${s.label}: ${(cause as Error).message}\n${details.filter(Boolean).join("\n")}`,
+      kept,
+      { cause },
+    );
+  }
 }
 
 /**
@@ -62,7 +192,7 @@ export interface Backend {
  * no graceful stop from outside with libkrun on Linux, and QEMU's would race the agent), a
  * bounded wait for the VMM to exit, SIGKILL after it, then `cleanup`.
  */
-export function runningVm(parts: {
+function runningVm(parts: {
   agent: AgentClient;
   backend: string;
   child: ChildProcess;

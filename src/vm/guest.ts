@@ -1,14 +1,16 @@
 // The guest's boot artifacts: the kernel (Debian's cloud kernel prepared by
 // scripts/guest-kernel.sh, or one named by option / MSB_KERNEL) and an initramfs holding the
-// agent as /init, built once per (agent, modules) content and cached.
+// agent as /init, built once per (agent, modules) content and cached; and the floor's initramfs,
+// whose trivial init only prints a marker (the benchmark's floor, KVM's trial boot).
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 
-import { agentBinaryPath } from "./agent-binary.js";
+import { agentBinaryPath, guestArch } from "./agent-binary.js";
 import { GuestKernelError } from "../errors.js";
 import { cacheDir } from "../paths.js";
-import { buildInitramfs } from "./initramfs.js";
+import { buildInitramfs, cpioNewc } from "./initramfs.js";
 
 
 export interface GuestBoot {
@@ -58,4 +60,25 @@ function defaultKernel(env: NodeJS.ProcessEnv): string {
   } catch {
     return path.join(dir, "<none>", "vmlinux");
   }
+}
+
+/** What msb-floor-init prints once the kernel has handed over to it. */
+export const FLOOR_MARKER = "MSB-FLOOR-MARKER";
+
+/** An initramfs whose /init is msb-floor-init (built with the agent), made once per process. */
+let floorPath: string | undefined;
+export function floorInitramfs(): string {
+  if (floorPath) return floorPath;
+  const init = fileURLToPath(new URL(`../../build-guest/${guestArch()}/msb-floor-init`, import.meta.url));
+  if (!existsSync(init)) throw new GuestKernelError(`${init} is missing: rebuild the native parts (npm rebuild microsandbox)`);
+  const data = readFileSync(init);
+  const out = path.join(cacheDir(), "initramfs", `floor-${createHash("sha256").update(data).digest("hex").slice(0, 16)}.cpio`);
+  if (!existsSync(out)) {
+    mkdirSync(path.dirname(out), { recursive: true });
+    const tmp = `${out}.${process.pid}.tmp`;
+    writeFileSync(tmp, cpioNewc([{ path: "init", mode: 0o100755, data }]));
+    renameSync(tmp, out);
+  }
+  floorPath = out;
+  return out;
 }

@@ -2,27 +2,24 @@
 // per-VM helper msb-vmm, never inside Node: krun_start_enter takes over the calling process. The
 // launch config goes to the helper on an inherited pipe (proto/vmm.proto), failures before the
 // VM starts come back on another; the agent connects over vsock, which libkrun maps to a unix
-// socket this process listens on.
-import { type ChildProcess, spawn } from "node:child_process";
+// socket this process listens on for exactly one connection.
+import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { copyFileSync, mkdirSync, rmSync } from "node:fs";
+import { copyFileSync, mkdirSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
 import path from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { fileURLToPath } from "node:url";
-import { debuglog } from "node:util";
 import protobuf from "protobufjs";
 
-import { AgentClient } from "../agent-client/client.js";
 import { lengthPrefixed } from "../agent-client/protocol.js";
-import { agentBinaryPath } from "./agent-binary.js";
+import { DEFAULT_PATH } from "../agent-client/process.js";
 import { KrunStartError } from "../errors.js";
-import { probe } from "../native.js";
+import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { type Backend, type BootTimeline, runningVm, type Vm, type VmConfig } from "./backend.js";
-import { vmmHelperPath } from "./helper.js";
+import { agentBinaryPath } from "./agent-binary.js";
+import { type Backend, finishBoot, type Vm, type VmConfig } from "./backend.js";
 
-const debug = debuglog("microsandbox");
 const root = protobuf.loadSync(fileURLToPath(new URL("../../proto/vmm.proto", import.meta.url)));
 const KrunConfig = root.lookupType("microsandbox.vmm.KrunConfig");
 const KrunStatus = root.lookupType("microsandbox.vmm.KrunStatus");
@@ -30,33 +27,37 @@ const MAX_STATUS = 64 * 1024;
 // The agent's vsock port; libkrun reserves 620, 123 and 1024-1031 for itself.
 export const AGENT_VSOCK_PORT = 7070;
 export const IMAGE_TAG = "msb-image";
+// With the root on virtio-fs, the first disk libkrun adds is the guest's /dev/vda.
+const IMAGE_DISK_DEVICE = "/dev/vda";
 
-
-/** Why libkrun cannot be used on this host, or undefined when it can. */
-export function krunUnavailable(): string | undefined {
-  const p = probe();
-  if (process.platform === "linux" && !p.kvm.ok) return `KVM: ${p.kvm.detail}`;
-  if (!p.libkrun.ok) return `libkrun: ${p.libkrun.detail}`;
-  if (!p.libkrunfw.ok) return `libkrunfw: ${p.libkrunfw.detail}`;
-  if (!p.libkrun.readOnlyImage) return `libkrun ${p.libkrun.generation} can share an image neither read-only by virtio-fs nor as a read-only disk`;
-  return undefined;
+export interface KrunOptions {
+  /**
+   * How the image reaches the guest read-only: "virtiofs" shares the unpacked directory
+   * (krun_add_virtiofs3, libkrun >= 1.18), "disk" attaches the image's ext4 disk (older libkrun).
+   */
+  imageShare: "virtiofs" | "disk";
 }
 
 /** The launch config the helper receives for `config`. */
-export function krunConfig(config: VmConfig, dirs: { boot: string; socket: string; consoleLog: string }): Record<string, unknown> {
+export function krunConfig(
+  config: VmConfig,
+  dirs: { boot: string; socket: string; consoleLog: string },
+  image: { dir: string } | { disk: string },
+): Record<string, unknown> {
+  const root = "dir" in image ? `virtiofs:${IMAGE_TAG}` : `disk:${IMAGE_DISK_DEVICE}`;
   return {
     logLevel: 1,
     cpus: config.cpus,
     memoryMib: config.memory,
     rootDir: dirs.boot,
-    imageDir: config.rootfs,
+    ...("dir" in image ? { imageDir: image.dir } : { imageDisk: image.disk }),
     imageTag: IMAGE_TAG,
     vsockPort: AGENT_VSOCK_PORT,
     vsockSocket: dirs.socket,
     network: config.network === "all" ? 1 : 0,
     execPath: "/msb-agent",
-    argv: ["--vsock", String(AGENT_VSOCK_PORT), "--root", `virtiofs:${IMAGE_TAG}`, "--pids", String(config.maxProcesses)],
-    env: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+    argv: ["--vsock", String(AGENT_VSOCK_PORT), "--root", root, "--pids", String(config.maxProcesses)],
+    env: [`PATH=${DEFAULT_PATH}`],
     workdir: "/",
     consoleLog: dirs.consoleLog,
   };
@@ -85,76 +86,62 @@ async function readStatus(stream: Readable): Promise<KrunStartError | undefined>
 export class KrunBackend implements Backend {
   readonly name = "krun";
 
+  constructor(private readonly opts: KrunOptions) {}
+
+  describe(): string {
+    return "krun";
+  }
+
   async boot(config: VmConfig): Promise<Vm> {
     const t0 = performance.now();
     const helper = vmmHelperPath();
     const agentBinary = agentBinaryPath();
+    const disk = this.opts.imageShare === "disk" ? await config.rootDisk() : undefined;
+    if (this.opts.imageShare === "disk" && !disk) throw new KrunStartError(`sandbox ${config.name} has no image disk to attach`, "image", 0);
+    const image = disk ? { disk } : { dir: config.rootfs };
     const dir = makeRuntimeDir();
+    // The guest's root: just the agent and the mount points it assembles the real root on.
+    const boot = path.join(dir, "root");
+    for (const d of ["dev", "proc", "sys", "run", "newroot", "tmp"]) mkdirSync(path.join(boot, d), { recursive: true });
+    copyFileSync(agentBinary, path.join(boot, "msb-agent"));
+    const socket = path.join(dir, "agent.sock");
+    const consoleLog = path.join(dir, "console.log");
+    // libkrun connects to this socket when the guest connects to its vsock port: listen first,
+    // and for one connection only, so nothing else in the guest can open another to the host.
     const server = createServer();
-    const cleanup = () => {
+    server.maxConnections = 1;
+    server.listen(socket);
+    await once(server, "listening");
+    const accepted = once(server, "connection").then(([s]) => {
       server.close();
-      rmSync(dir, { recursive: true, force: true });
-    };
-    let child: ChildProcess | undefined;
-    // Resolves when the helper is gone, whether it exited or could not be spawned at all.
-    let exited: Promise<void> = Promise.resolve();
-    try {
-      // The guest's root: just the agent and the mount points it assembles the real root on.
-      const boot = path.join(dir, "root");
-      for (const d of ["dev", "proc", "sys", "run", "newroot", "tmp"]) mkdirSync(path.join(boot, d), { recursive: true });
-      copyFileSync(agentBinary, path.join(boot, "msb-agent"));
-      const socket = path.join(dir, "agent.sock");
-      const consoleLog = path.join(dir, "console.log");
-      // libkrun connects to this socket when the guest connects to its vsock port: listen first.
-      server.listen(socket);
-      await once(server, "listening");
-      const accepted = once(server, "connection") as Promise<[Socket]>;
-      accepted.catch(() => {}); // rejects when the server closes unused
-      const hostPrepMs = performance.now() - t0;
+      return s as Socket;
+    });
+    accepted.catch(() => {}); // rejects when the server closes unused
+    const hostPrepMs = performance.now() - t0;
 
-      child = spawn(helper, ["krun", String(process.pid), "3", "4"], { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe"] });
-      const vmm = child;
-      exited = new Promise((resolve) => {
-        vmm.once("exit", () => resolve());
-        vmm.once("error", () => resolve());
-      });
-      const vmmStartMs = performance.now() - t0;
-      let stderr = "";
-      vmm.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-4000)));
-      const configPipe = vmm.stdio[3] as Writable;
-      configPipe.on("error", () => {}); // a helper that died early is reported through the status pipe
-      configPipe.end(lengthPrefixed(KrunConfig.encode(KrunConfig.fromObject(krunConfig(config, { boot, socket, consoleLog }))).finish()));
-      debug("booting %s with libkrun", config.name);
-
-      const failure = await readStatus(vmm.stdio[4] as Readable);
-      if (failure) throw failure;
-      let timer: NodeJS.Timeout | undefined;
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new KrunStartError(`no agent connection within ${config.bootTimeout} s`, "boot", 0)), config.bootTimeout * 1000);
-      });
-      const died = exited.then(() => {
-        throw new KrunStartError(`the VM ended before its agent connected${stderr.trim() ? `: ${stderr.trim()}` : ""}`, "boot", 0);
-      });
-      let agent: AgentClient;
-      try {
-        const [stream] = await Promise.race([accepted, died, timeout]);
-        agent = await AgentClient.fromStream(stream, { timeout: config.bootTimeout });
-      } finally {
-        clearTimeout(timer);
-        died.catch(() => {});
-      }
-      const timeline: BootTimeline = {
-        hostPrepMs,
-        vmmStartMs,
-        agentReadyMs: performance.now() - t0,
-        guest: agent.hello.boot.map((e) => ({ name: e.name, ms: e.ns / 1e6 })),
-      };
-      return runningVm({ agent, backend: "krun", child: vmm, exited, timeline, consoleLog, cleanup });
-    } catch (err) {
-      child?.kill("SIGKILL");
-      await exited;
-      cleanup();
-      throw err;
-    }
+    const child = spawn(helper, ["krun", String(process.pid), "3", "4"], { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe"] });
+    const configPipe = child.stdio[3] as Writable;
+    configPipe.on("error", () => {}); // a helper that died early is reported through the status pipe
+    configPipe.end(lengthPrefixed(KrunConfig.encode(KrunConfig.fromObject(krunConfig(config, { boot, socket, consoleLog }, image))).finish()));
+    const status = readStatus(child.stdio[4] as Readable);
+    return finishBoot({
+      label: this.describe(),
+      vmm: "libkrun",
+      config,
+      child,
+      dir,
+      consoleLog,
+      t0,
+      hostPrepMs,
+      vmmStartMs: performance.now() - t0,
+      connect: async () => {
+        const failure = await status;
+        if (failure) throw failure;
+        return accepted;
+      },
+      release: () => server.close(),
+      // libkrun's own refusal, naming the step, says more than "did not boot".
+      report: status,
+    });
   }
 }

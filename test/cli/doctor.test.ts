@@ -1,42 +1,62 @@
-// msb doctor on this machine: what it finds, and advice for what it does not.
+// msb doctor agrees with the helper's probe and with the decision create() makes, whatever this
+// host has; and it explains what is missing.
 import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 
-import { probe } from "../../src/native.js";
+import { probe } from "../../src/vm/probe.js";
+import { decide, forcedAccel, hostFacts } from "../../src/vm/select.js";
 
 const MSB = fileURLToPath(new URL("../../dist/cli/msb.js", import.meta.url));
 const run = promisify(execFile);
 
 describe("msb doctor", () => {
-  it("reports KVM and libkrun as they are here, with possible solutions for what is missing", async () => {
-    const { stdout } = await run(process.execPath, [MSB, "doctor"]);
-    const p = probe();
-    expect(stdout).toContain("/dev/kvm");
-    expect(stdout).toMatch(p.kvm.ok ? /ok +KVM: \/dev\/kvm is readable and writable/ : /MISSING KVM: open\(\/dev\/kvm/);
-    // No machine of this project has libkrun installed.
-    expect(p.libkrun.ok).toBe(false);
-    expect(stdout).toMatch(/MISSING libkrun: dlopen\(libkrun\.so\.1\) failed/);
-    expect(stdout).toContain("Possible solutions:");
-    expect(stdout).toContain("Fedora: sudo dnf install libkrun");
-    expect(stdout).toContain("brew tap slp/krun");
-    expect(stdout).toMatch(/krun: not usable \(libkrun: dlopen/);
-    expect(stdout).toMatch(/qemu: usable/);
-  });
-
-  it("answers in JSON for programs", async () => {
+  it("reports KVM, libkrun and libkrunfw as the probe finds them, and the backend create() would pick", async () => {
     const { stdout } = await run(process.execPath, [MSB, "doctor", "--json"]);
     const report = JSON.parse(stdout);
-    expect(report.backends.krun.usable).toBe(false);
-    expect(report.backends.qemu.usable).toBe(true);
-    const libkrun = report.checks.find((c: { name: string }) => c.name === "libkrun");
-    expect(libkrun).toMatchObject({ ok: false, solutions: expect.arrayContaining(["Arch Linux: sudo pacman -S libkrun"]) });
+    const p = probe();
+    const byName = (name: string) => report.checks.find((c: { name: string }) => c.name === name);
+    if (process.platform === "linux") {
+      expect(byName("KVM").ok).toBe(p.kvm.ok && !p.kvm.pvm);
+      expect(byName("KVM").detail).toContain(p.kvm.detail);
+      if (p.kvm.pvm) expect(byName("KVM").detail).toMatch(/KVM present but PVM .* needs a PVM guest kernel; using TCG/);
+    }
+    expect(byName("libkrun").ok).toBe(p.libkrun.ok);
+    expect(byName("libkrun").detail).toContain(p.libkrun.ok ? p.libkrun.name : p.libkrun.detail);
+    expect(byName("libkrunfw").ok).toBe(p.libkrunfw.ok);
+    const accel = forcedAccel();
+    const facts = await hostFacts({ backend: "auto", network: "none", ...(accel ? { accel } : {}) });
+    for (const network of ["none", "all"] as const) {
+      const d = decide(facts, { backend: "auto", network, ...(accel ? { accel } : {}) });
+      expect(report.chosen[network]).toEqual({ backend: d.backend === "qemu" ? `qemu (${d.accel})` : "krun", reason: d.reason });
+    }
+    expect(report.backends.krun.usable).toBe(report.chosen.all.backend === "krun");
+  });
+
+  it("prints the same as text, with possible solutions for what is missing", async () => {
+    const { stdout } = await run(process.execPath, [MSB, "doctor"]);
+    const report = JSON.parse((await run(process.execPath, [MSB, "doctor", "--json"])).stdout);
+    for (const c of report.checks) {
+      expect(stdout).toContain(`${c.ok ? "ok     " : "MISSING"} ${c.name}: ${c.detail}`);
+      if (!c.ok) for (const s of c.solutions) expect(stdout).toContain(`- ${s}`);
+    }
+    expect(stdout).toContain(`network "none": ${report.chosen.none.backend}: ${report.chosen.none.reason}`);
+    expect(stdout).toMatch(/krun: (usable|not usable)/);
   });
 
   it("says what is missing when the KVM device is", async () => {
-    const { stdout } = await run(process.execPath, [MSB, "doctor"], { env: { ...process.env, MSB_VMM_KVM_DEVICE: "/nonexistent/kvm" } });
+    const env = { ...process.env, MSB_VMM_KVM_DEVICE: "/nonexistent/kvm", MSB_VMM_PVM_MODULE: "/nonexistent/kvm_pvm" };
+    const { stdout } = await run(process.execPath, [MSB, "doctor"], { env });
     expect(stdout).toMatch(/MISSING KVM: open\(\/nonexistent\/kvm, O_RDWR\) failed: No such file or directory/);
     expect(stdout).toContain("sudo usermod -aG kvm");
+    expect(stdout).toMatch(/network "none": qemu \(tcg\): .*no KVM \(open\(\/nonexistent\/kvm/);
+  });
+
+  it("names libkrun's generation and what it cannot do, from a library it can load", async () => {
+    const env = { ...process.env, MSB_LIBKRUN_PATH: "libc.so.6" };
+    const { stdout } = await run(process.execPath, [MSB, "doctor"], { env });
+    expect(stdout).toMatch(/MISSING libkrun: libc.so.6 has no krun_\w+: not libkrun, or too old/);
+    expect(stdout).toContain("Fedora: sudo dnf install libkrun");
   });
 });

@@ -1,9 +1,9 @@
 // msb-vmm's libkrun mode against a recording test double of libkrun (test/native/libkrun-double.c,
 // built here in several generations): the exact calls it makes, what it refuses, and the
 // KrunStatus it reports. No VM runs: krun_start_enter in the double records and exits.
-import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { constants, tmpdir } from "node:os";
+import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { constants } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import protobuf from "protobufjs";
@@ -11,37 +11,27 @@ import type { Readable, Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { lengthPrefixed } from "../../src/agent-client/protocol.js";
+import { vmmHelperPath } from "../../src/native.js";
+import { buildDoubles, doubleEnv, type Doubles, type Generation } from "./double.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
-const HELPER = path.join(ROOT, "build/Release/msb-vmm");
+const HELPER = vmmHelperPath();
 const proto = protobuf.loadSync(path.join(ROOT, "proto/vmm.proto"));
 const KrunConfig = proto.lookupType("microsandbox.vmm.KrunConfig");
 const KrunStatus = proto.lookupType("microsandbox.vmm.KrunStatus");
 const { EINVAL, ENOENT, ENOTSUP, EMSGSIZE, ENOMEM, ESRCH } = constants.errno;
 
-// libkrun generations, by the release that introduced the newest entry point each one has.
-const GENERATIONS = { "1.18": 11800, "1.17": 11700, "1.10": 11000, "1.9.5": 10905, "1.8": 10800 } as const;
-type Generation = keyof typeof GENERATIONS;
-
-let dir: string;
-const libs = {} as Record<Generation, string>;
+let doubles: Doubles;
+let libs: Record<Generation, string>;
 let runs = 0;
 
 beforeAll(() => {
   if (!existsSync(HELPER)) throw new Error(`${HELPER} is missing: run npm run compile`);
-  dir = mkdtempSync(path.join(tmpdir(), "msb-vmm-krun-"));
-  for (const [name, version] of Object.entries(GENERATIONS)) {
-    const out = path.join(dir, `libkrun-${name}.so`);
-    const cc = spawnSync("cc", ["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", `-DKRUN_DOUBLE_VERSION=${version}`,
-      "-o", out, path.join(ROOT, "test/native/libkrun-double.c")], { encoding: "utf8" });
-    if (cc.status !== 0) throw new Error(`compiling the libkrun double failed:\n${cc.stderr}`);
-    libs[name as Generation] = out;
-  }
+  doubles = buildDoubles();
+  libs = doubles.lib;
 });
 
-afterAll(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => doubles?.remove());
 
 const DEFAULT_CONFIG = {
   logLevel: 0,
@@ -82,14 +72,11 @@ async function runHelper(opts: {
   env?: Record<string, string>;
   parent?: number;
 }): Promise<Run> {
-  const log = path.join(dir, `calls-${++runs}.log`);
+  const log = path.join(doubles.dir, `calls-${++runs}.log`);
   const lib = opts.lib === undefined ? libs["1.18"] : (libs[opts.lib as Generation] ?? opts.lib);
   const env = {
     PATH: process.env.PATH ?? "/usr/bin:/bin",
-    MSB_LIBKRUN_PATH: lib,
-    // /dev/null opens read-write like a usable /dev/kvm; the double never touches KVM.
-    MSB_VMM_KVM_DEVICE: "/dev/null",
-    KRUN_DOUBLE_LOG: log,
+    ...doubleEnv(lib, log),
     KRUN_DOUBLE_PROBE_FDS: "3,4",
     ...opts.env,
   };

@@ -1,11 +1,13 @@
 // The same sandbox checks on every backend: QEMU runs everywhere; libkrun runs where its probe
-// passes (KVM or Hypervisor.framework, libkrun and libkrunfw) and is skipped with the reason here.
+// can run a sandbox (KVM or Hypervisor.framework, libkrun and libkrunfw new enough) and is
+// skipped with the reason elsewhere.
 import { describe, expect, it } from "vitest";
 
 import { CustomSandbox } from "../../src/index.js";
-import { krunUnavailable } from "../../src/vm/krun.js";
+import { probe } from "../../src/vm/probe.js";
+import { krunRefusal } from "../../src/vm/select.js";
 
-const krunMissing = krunUnavailable();
+const krunMissing = krunRefusal({ platform: process.platform, probe: probe() }, "none");
 
 for (const backend of ["qemu", "krun"] as const) {
   const skip = backend === "krun" ? krunMissing : undefined;

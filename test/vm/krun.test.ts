@@ -1,22 +1,16 @@
-// KrunBackend and backend selection, from the TypeScript side down to libkrun's C API: the real
+// KrunBackend from the TypeScript side down to libkrun's C API: the real
 // msb-vmm helper runs against the recording test double of libkrun (test/native/libkrun-double.c).
 // No VM runs here (the double's krun_start_enter records and exits, like a VM that ended).
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
-import { BackendUnavailableError, KrunStartError } from "../../src/errors.js";
-import { chooseBackend } from "../../src/sandbox/sandbox.js";
+import { KrunStartError, VmBootError } from "../../src/errors.js";
 import type { VmConfig } from "../../src/vm/backend.js";
 import { AGENT_VSOCK_PORT, KrunBackend, krunConfig } from "../../src/vm/krun.js";
-import { QemuBackend } from "../../src/vm/qemu.js";
+import { buildDoubles, doubleEnv, type Doubles, type Generation } from "../native/double.js";
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
-let dir: string;
-let double: string;
+let doubles: Doubles;
 const saved = { ...process.env };
 
 const config = (over: Partial<VmConfig> = {}): VmConfig => ({
@@ -26,37 +20,34 @@ const config = (over: Partial<VmConfig> = {}): VmConfig => ({
   network: "none",
   maxProcesses: 512,
   rootfs: "/images/python/rootfs",
-  rootDisk: async () => "/unused.ext4",
+  rootDisk: async () => "/images/python.ext4",
   bootTimeout: 10,
   ...over,
 });
 
 beforeAll(() => {
-  dir = mkdtempSync(path.join(tmpdir(), "msb-krun-ts-"));
-  double = path.join(dir, "libkrun.so");
-  const cc = spawnSync("cc", ["-shared", "-fPIC", "-DKRUN_DOUBLE_VERSION=11800", "-o", double, path.join(ROOT, "test/native/libkrun-double.c")], { encoding: "utf8" });
-  if (cc.status !== 0) throw new Error(cc.stderr);
+  doubles = buildDoubles();
 });
 
 afterEach(() => {
-  for (const k of ["MSB_LIBKRUN_PATH", "MSB_LIBKRUNFW_PATH", "MSB_VMM_KVM_DEVICE", "KRUN_DOUBLE_LOG", "KRUN_DOUBLE_FAIL"]) {
+  for (const k of ["MSB_LIBKRUN_PATH", "MSB_LIBKRUNFW_PATH", "MSB_VMM_KVM_DEVICE", "MSB_VMM_PVM_MODULE", "KRUN_DOUBLE_LOG", "KRUN_DOUBLE_FAIL"]) {
     if (saved[k] === undefined) delete process.env[k];
     else process.env[k] = saved[k];
   }
 });
 
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+afterAll(() => doubles?.remove());
 
-/** Points libkrun, libkrunfw and the KVM device at stand-ins; returns the call log path. */
-function useDouble(): string {
-  const log = path.join(dir, `calls-${Math.random().toString(16).slice(2)}.log`);
-  Object.assign(process.env, { MSB_LIBKRUN_PATH: double, MSB_LIBKRUNFW_PATH: double, MSB_VMM_KVM_DEVICE: "/dev/null", KRUN_DOUBLE_LOG: log });
+/** Points the helper at the libkrun double of `gen`; returns the call log path. */
+function useDouble(gen: Generation = "1.18"): string {
+  const log = path.join(doubles.dir, `calls-${Math.random().toString(16).slice(2)}.log`);
+  Object.assign(process.env, doubleEnv(doubles.lib[gen], log));
   return log;
 }
 
 describe("the launch config", () => {
   it("runs the agent on vsock and assembles the root from the read-only image share", () => {
-    const c = krunConfig(config(), { boot: "/run/x/root", socket: "/run/x/agent.sock", consoleLog: "/run/x/console.log" });
+    const c = krunConfig(config(), { boot: "/run/x/root", socket: "/run/x/agent.sock", consoleLog: "/run/x/console.log" }, { dir: "/images/python/rootfs" });
     expect(c).toMatchObject({
       cpus: 2,
       memoryMib: 384,
@@ -70,16 +61,24 @@ describe("the launch config", () => {
       // libkrun's argv excludes the program itself.
       argv: ["--vsock", String(AGENT_VSOCK_PORT), "--root", "virtiofs:msb-image", "--pids", "512"],
     });
-    expect(krunConfig(config({ network: "all" }), { boot: "", socket: "", consoleLog: "" }).network).toBe(1);
+    expect(krunConfig(config({ network: "all" }), { boot: "", socket: "", consoleLog: "" }, { dir: "/i" }).network).toBe(1);
+  });
+
+  it("attaches the image disk instead where libkrun has no read-only virtio-fs, and the agent mounts it", () => {
+    const c = krunConfig(config(), { boot: "/b", socket: "/s", consoleLog: "/c" }, { disk: "/images/python.ext4" });
+    expect(c).toMatchObject({ imageDisk: "/images/python.ext4", imageTag: "msb-image" });
+    expect(c.imageDir).toBeUndefined();
+    expect(c.argv).toEqual(["--vsock", String(AGENT_VSOCK_PORT), "--root", "disk:/dev/vda", "--pids", "512"]);
   });
 });
 
 describe("KrunBackend against the libkrun double", () => {
   it("makes libkrun's calls for the sandbox, then reports a VM that ended before its agent connected", async () => {
     const log = useDouble();
-    const err = await new KrunBackend().boot(config()).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(KrunStartError);
-    expect(err).toMatchObject({ step: "boot" });
+    const err = await new KrunBackend({ imageShare: "virtiofs" }).boot(config()).catch((e: unknown) => e);
+    // The double's krun_start_enter exits like a VM that ended before its agent connected.
+    expect(err).toBeInstanceOf(VmBootError);
+    expect((err as Error).message).toMatch(/did not boot on krun: libkrun exited before the agent was ready/);
     const calls = readFileSync(log, "utf8").trim().split("\n");
     const names = calls.map((l) => l.split("(")[0]);
     expect(names).toEqual([
@@ -100,27 +99,18 @@ describe("KrunBackend against the libkrun double", () => {
   it("turns a failing libkrun call into a typed error naming the step", async () => {
     useDouble();
     process.env.KRUN_DOUBLE_FAIL = "krun_set_vm_config:-22";
-    const err = await new KrunBackend().boot(config()).catch((e: unknown) => e);
+    const err = await new KrunBackend({ imageShare: "virtiofs" }).boot(config()).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(KrunStartError);
     expect(err).toMatchObject({ code: "MSB_KRUN_START", step: "krun_set_vm_config", errnum: 22 });
   });
-});
 
-describe("backend selection", () => {
-  it("uses QEMU and says why when libkrun is missing, and refuses an explicit krun", () => {
-    process.env.MSB_LIBKRUN_PATH = "/nonexistent/libkrun.so.1";
-    const { backend, reason } = chooseBackend({ backend: "auto", kernel: undefined });
-    expect(backend).toBeInstanceOf(QemuBackend);
-    expect(reason).toMatch(/libkrun not used \(.*libkrun.*dlopen/);
-    expect(() => chooseBackend({ backend: "krun", kernel: undefined })).toThrow(BackendUnavailableError);
-    expect(() => chooseBackend({ backend: "krun", kernel: undefined })).toThrow(/msb doctor/);
-    expect(chooseBackend({ backend: "qemu", kernel: undefined }).reason).toBe("backend qemu requested");
-  });
-
-  it("picks libkrun when KVM, libkrun and libkrunfw are there", () => {
-    useDouble();
-    const { backend, reason } = chooseBackend({ backend: "auto", kernel: undefined });
-    expect(backend).toBeInstanceOf(KrunBackend);
-    expect(reason).toBe("libkrun and KVM are available");
+  it("attaches the image disk read-only on a libkrun without read-only virtio-fs (1.17), and the agent mounts it", async () => {
+    const log = useDouble("1.17");
+    const err = await new KrunBackend({ imageShare: "disk" }).boot(config()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(VmBootError); // the double's VM ends at once; nothing refused it
+    const calls = readFileSync(log, "utf8");
+    expect(calls).toContain('krun_add_disk2(7, "msb-image", "/images/python.ext4", 0, true)');
+    expect(calls).toContain('"--root", "disk:/dev/vda"');
+    expect(calls).toContain("krun_start_enter(7)");
   });
 });

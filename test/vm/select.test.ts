@@ -1,0 +1,198 @@
+// Backend selection is a decision from facts: the VM helper's probe of each libkrun generation
+// (the recording double), a simulated PVM host, KVM trial verdicts; and a boot that dies before
+// its agent is ready is booted again as the decision's fallback, whatever the timing.
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+
+import { BackendUnavailableError, KrunStartError, VmBootError } from "../../src/errors.js";
+import { ImageStore } from "../../src/images/store.js";
+import type { NetworkMode, VmConfig } from "../../src/vm/backend.js";
+import { guestBoot } from "../../src/vm/guest.js";
+import { kvmTrial } from "../../src/vm/kvm-trial.js";
+import { probe, type ProbeReport } from "../../src/vm/probe.js";
+import { backendFor, bootVm, decide, type HostFacts } from "../../src/vm/select.js";
+import { buildDoubles, doubleEnv, type Doubles, type Generation, GENERATIONS } from "../native/double.js";
+
+let doubles: Doubles;
+const saved = { ...process.env };
+
+beforeAll(() => {
+  doubles = buildDoubles();
+});
+afterAll(() => doubles?.remove());
+afterEach(() => {
+  for (const k of ["MSB_CACHE_DIR", "MSB_KERNEL", "MSB_QEMU", "KRUN_DOUBLE_LOG", ...Object.keys(doubleEnv(""))]) {
+    if (saved[k] === undefined) delete process.env[k];
+    else process.env[k] = saved[k];
+  }
+});
+
+const linux = (p: ProbeReport, kvmTrial?: HostFacts["kvmTrial"]): HostFacts => ({ platform: "linux", probe: p, ...(kvmTrial ? { kvmTrial } : {}) });
+const doubleProbe = (gen: Generation) => probe({ ...process.env, ...doubleEnv(doubles.lib[gen]) });
+
+describe("the libkrun double, generation by generation", () => {
+  // What "auto" picks with a usable KVM, for each network mode; the QEMU side is settled by a
+  // KVM trial verdict, here a failed one.
+  const expected: Record<Generation, Record<NetworkMode, string>> = {
+    "1.18": { none: "krun virtiofs", all: "krun virtiofs" },
+    "1.17": { none: "krun disk", all: "krun disk" },
+    "1.10": { none: "qemu tcg", all: "krun disk" },
+    "1.9.5": { none: "qemu tcg", all: "krun disk" },
+    "1.8": { none: "qemu tcg", all: "qemu tcg" },
+  };
+  const matrix: string[] = [];
+  afterAll(() => console.log(`backend "auto" by libkrun generation:\n${matrix.join("\n")}`));
+
+  it.each(Object.keys(GENERATIONS) as Generation[])("libkrun %s: auto picks a backend that then boots without refusal", async (gen) => {
+    const p = doubleProbe(gen);
+    expect(p.libkrun).toMatchObject({ ok: true, name: doubles.lib[gen], generation: gen });
+    for (const network of ["none", "all"] as const) {
+      const d = decide(linux(p, { ok: false, detail: "simulated" }), { backend: "auto", network });
+      const got = d.backend === "krun" ? `krun ${d.imageShare}` : `qemu ${d.accel}`;
+      matrix.push(`  ${gen.padEnd(6)} network ${network.padEnd(4)} -> ${got.padEnd(13)} ${d.reason}`);
+      expect(got).toBe(expected[gen][network]);
+      if (d.backend !== "krun") continue;
+      // The helper really takes the chosen path: its VM starts (the double then ends it at once).
+      const log = path.join(doubles.dir, `calls-${gen}-${network}.log`);
+      Object.assign(process.env, doubleEnv(doubles.lib[gen], log));
+      const err = await backendFor(d).boot(vmConfig({ network, rootfs: "/images/x/rootfs", rootDisk: async () => "/images/x.ext4" })).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(VmBootError);
+      expect(err).not.toBeInstanceOf(KrunStartError);
+      const calls = readFileSync(log, "utf8");
+      expect(calls).toContain(d.imageShare === "virtiofs" ? "krun_add_virtiofs3(" : "krun_add_disk");
+      expect(calls).toContain("krun_start_enter(7)");
+    }
+  });
+
+  it("refuses an explicit krun that cannot run, naming why and msb doctor", () => {
+    const f = linux(doubleProbe("1.10"));
+    expect(() => decide(f, { backend: "krun", network: "none" })).toThrow(BackendUnavailableError);
+    expect(() => decide(f, { backend: "krun", network: "none" })).toThrow(/network "none" needs libkrun >= 1.17.*msb doctor/);
+    expect(decide(f, { backend: "krun", network: "all" })).toMatchObject({ backend: "krun", imageShare: "disk" });
+  });
+});
+
+describe("KVM", () => {
+  const krun = () => doubleProbe("1.18");
+
+  it("on a simulated PVM host: neither libkrun nor QEMU uses it, and the reason says so", () => {
+    const p = krun();
+    const pvm: ProbeReport = { ...p, kvm: { ...p.kvm, ok: true, pvm: true } };
+    for (const network of ["none", "all"] as const) {
+      const d = decide(linux(pvm), { backend: "auto", network });
+      expect(d).toMatchObject({ backend: "qemu", accel: "tcg" });
+      expect(d.fallback).toBeUndefined();
+      expect(d.reason).toMatch(/libkrun not used \(KVM is the PVM hypervisor.*KVM present but PVM \(kvm_pvm\): it needs a PVM guest kernel; using TCG/);
+    }
+  });
+
+  it("the helper's probe sees the PVM module", () => {
+    const modules = mkdtempSync(path.join(tmpdir(), "msb-sys-"));
+    try {
+      expect(probe({ ...process.env, MSB_VMM_PVM_MODULE: modules }).kvm.pvm).toBe(true);
+      expect(probe({ ...process.env, MSB_VMM_PVM_MODULE: path.join(modules, "none") }).kvm.pvm).toBe(false);
+    } finally {
+      rmSync(modules, { recursive: true });
+    }
+  });
+
+  it("QEMU uses KVM only after a passed trial boot, with TCG as the fallback", () => {
+    const p = { ...krun(), libkrun: { ...krun().libkrun, ok: false, detail: "absent" } };
+    expect(decide(linux(p, { ok: true, detail: "booted to init in 90 ms" }), { backend: "auto", network: "none" })).toMatchObject({
+      backend: "qemu", accel: "kvm", fallback: { backend: "qemu", accel: "tcg" },
+    });
+    expect(decide(linux(p, { ok: false, detail: "no marker" }), { backend: "auto", network: "none" })).toMatchObject({ accel: "tcg", reason: expect.stringMatching(/KVM failed its trial boot \(no marker\)/) });
+    const noKvm = { ...p, kvm: { ...p.kvm, ok: false, detail: "open(/dev/kvm, O_RDWR) failed: No such file or directory" } };
+    expect(decide(linux(noKvm), { backend: "qemu", network: "all" }).reason).toMatch(/^backend qemu requested; no KVM \(open\(\/dev\/kvm/);
+    expect(decide(linux(p), { backend: "auto", network: "none", accel: "kvm" })).toMatchObject({ accel: "kvm", reason: expect.stringMatching(/MSB_QEMU_ACCEL=kvm/) });
+  });
+
+  it("the trial boot's verdict is kept per host kernel, QEMU and guest kernel", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "msb-trial-"));
+    try {
+      const { kernel } = await guestBoot();
+      // Stand-ins for QEMU under a KVM that works and one that aborts, counting their boots.
+      const count = path.join(dir, "boots");
+      const fake = (name: string, body: string) => {
+        const f = path.join(dir, name);
+        writeFileSync(f, `#!/bin/sh\ncase "$1" in --version) echo "QEMU emulator version 7.2.99 (${name})"; exit 0;; esac\necho boot >> ${count}\n${body}\n`, { mode: 0o755 });
+        return f;
+      };
+      Object.assign(process.env, { MSB_CACHE_DIR: path.join(dir, "cache"), MSB_KERNEL: kernel, MSB_QEMU: fake("good-kvm", "echo MSB-FLOOR-MARKER") });
+      const good = await kvmTrial();
+      expect(good).toMatchObject({ ok: true, detail: expect.stringMatching(/^booted to init in \d+ ms$/) });
+      expect(await kvmTrial()).toEqual(good);
+      expect(readFileSync(count, "utf8").trim().split("\n")).toHaveLength(1);
+      const files = readdirSync(path.join(dir, "cache", "kvm-trial"));
+      expect(files).toHaveLength(1);
+      expect(JSON.parse(readFileSync(path.join(dir, "cache", "kvm-trial", files[0]!), "utf8"))).toEqual(good);
+      // Another QEMU is another verdict.
+      process.env.MSB_QEMU = fake("bad-kvm", 'echo "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69" >&2; exit 1');
+      const bad = await kvmTrial();
+      expect(bad.ok).toBe(false);
+      expect(bad.detail).toContain("failed to set MSR 0x10a");
+      expect(readdirSync(path.join(dir, "cache", "kvm-trial"))).toHaveLength(2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+const vmConfig = (over: Partial<VmConfig> = {}): VmConfig => ({
+  name: "select-test", memory: 128, cpus: 1, network: "none", maxProcesses: 64,
+  rootfs: "", rootDisk: async () => undefined, bootTimeout: 60, ...over,
+});
+
+describe("fallback", () => {
+  it("boots the fallback in the same call when the first choice dies before its agent is ready", async () => {
+    const store = new ImageStore();
+    const image = (await store.lookup("local:busybox"))!;
+    const config = vmConfig({ rootfs: image.rootfs, rootDisk: () => store.disk(image) });
+    // libkrun (the double: its VM ends at once), then QEMU under TCG.
+    Object.assign(process.env, doubleEnv(doubles.lib["1.18"]));
+    const { vm, reason } = await bootVm(
+      { backend: "krun", imageShare: "virtiofs", reason: "test", fallback: { backend: "qemu", accel: "tcg", reason: "libkrun failed to boot; TCG" } },
+      config,
+    );
+    try {
+      expect(vm.backend).toBe("qemu (tcg)");
+      expect(reason).toMatch(/^libkrun failed to boot; TCG \(sandbox select-test did not boot on krun/);
+      expect((await vm.agent.exec(["echo", "fell back"])).stdout.toString()).toBe("fell back\n");
+    } finally {
+      await vm.stop();
+    }
+  });
+
+  it("a KVM boot that fails is retried under TCG and remembered for this host", async () => {
+    const store = new ImageStore();
+    const image = (await store.lookup("local:busybox"))!;
+    const { kernel } = await guestBoot();
+    const config = vmConfig({ rootfs: image.rootfs, rootDisk: () => store.disk(image) });
+    const dir = mkdtempSync(path.join(tmpdir(), "msb-kvmfail-"));
+    // A QEMU that aborts under KVM as nested hosts' do, and is the real one otherwise.
+    const qemu = path.join(dir, "qemu");
+    writeFileSync(qemu, `#!/bin/sh\ncase "$*" in *"-accel kvm"*) echo "qemu-system-x86_64: error: failed to set MSR 0x10a" >&2; exit 1;; esac\nexec qemu-system-x86_64 "$@"\n`, { mode: 0o755 });
+    Object.assign(process.env, { MSB_QEMU: qemu, MSB_CACHE_DIR: path.join(dir, "cache"), MSB_KERNEL: kernel });
+    try {
+      const { vm, reason } = await bootVm({ backend: "qemu", accel: "kvm", reason: "trial passed", fallback: { backend: "qemu", accel: "tcg", reason: "the KVM boot failed; retried under TCG" } }, config);
+      try {
+        expect(vm.backend).toBe("qemu (tcg)");
+        expect(reason).toMatch(/the KVM boot failed; retried under TCG \(.*did not boot on qemu \(kvm\)/);
+      } finally {
+        await vm.stop();
+      }
+      expect(await kvmTrial()).toMatchObject({ ok: false, detail: expect.stringMatching(/^a sandbox boot failed: /) });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("an explicit choice has no fallback: its failure is the caller's", async () => {
+    Object.assign(process.env, doubleEnv(doubles.lib["1.18"]));
+    const err = await bootVm({ backend: "krun", imageShare: "virtiofs", reason: "backend krun requested" }, vmConfig({ rootfs: "/x" })).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(VmBootError);
+    expect((err as Error).message).toMatch(/did not boot on krun/);
+  });
+});
