@@ -85,11 +85,11 @@ function prebuild() {
   const status = run(process.execPath, [bin, "--napi", "--strip"], { env });
   if (status !== 0) throw new Error(`prebuildify failed with exit code ${status}`);
   // prebuildify keeps only .node files; the helper it built goes beside the addon it made.
-  const dir = path.join(root, "prebuilds", `${process.platform}-${process.arch}`);
-  const addons = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith(".node")) : [];
-  if (!addons.length) throw new Error(`prebuildify wrote no addon in ${dir}`);
-  copyFileSync(path.join(root, "build", "Release", "msb-vmm"), path.join(dir, "msb-vmm"));
-  console.log(`microsandbox: prebuilt ${addons.map((f) => path.join(path.relative(root, dir), f)).join(", ")} and the VM helper beside it`);
+  const out = path.join(root, "prebuilds", `${process.platform}-${process.arch}`);
+  const addons = existsSync(out) ? readdirSync(out).filter((f) => f.endsWith(".node")) : [];
+  if (!addons.length) throw new Error(`prebuildify wrote no addon in ${out}`);
+  copyFileSync(path.join(root, "build", "Release", "msb-vmm"), path.join(out, "msb-vmm"));
+  console.log(`microsandbox: prebuilt ${addons.map((f) => path.join(path.relative(root, out), f)).join(", ")} and the VM helper beside it`);
 }
 
 if (process.argv.includes("--prebuild")) {

@@ -80,15 +80,24 @@ void *libkrunfw_open(const char **name, host_error *e) {
   const char *forced = getenv("MSB_LIBKRUNFW_PATH");
   const char *const one[] = {forced, NULL};
   const char *const *list = set(forced) ? one : names;
+  // The first failure says the most (the newest soname); the rest are named.
+  char first[512] = "";
+  size_t used = 0;
+  char tried[256] = "";
   for (size_t i = 0; list[i]; i++) {
-    *name = list[i];
     void *h = dlopen(list[i], RTLD_NOW | RTLD_LOCAL);
-    if (h) return h;
+    if (h) {
+      *name = list[i];
+      return h;
+    }
+    const char *why = dlerror();
+    if (i == 0) snprintf(first, sizeof first, "%s", why ? why : "unknown error");
+    used += (size_t)snprintf(tried + used, used < sizeof tried ? sizeof tried - used : 0, "%s%s", i ? ", " : "", list[i]);
   }
-  const char *why = dlerror();
+  *name = list[0];
   e->step = "dlopen";
   e->errnum = ELIBACC;
-  snprintf(e->message, sizeof e->message, "dlopen(%s) failed: %s", *name, why ? why : "unknown error");
+  snprintf(e->message, sizeof e->message, "dlopen(%s) failed: %s", tried, first);
   return NULL;
 }
 

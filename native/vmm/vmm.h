@@ -69,7 +69,7 @@ void *libkrun_load(krun_api *api, host_error *e);
 // Names of the entry points `api` has, into out (room for every entry point); their count.
 size_t libkrun_symbols(const krun_api *api, const char **out);
 // Loads libkrunfw (MSB_LIBKRUNFW_PATH, else the sonames libkrun pairs with): the handle with
-// *name the library loaded, or NULL with *name the last one tried and *e.
+// *name the library loaded, or NULL with *name the first one tried and *e.
 void *libkrunfw_open(const char **name, host_error *e);
 
 // The KVM check, the load and the libkrun call sequence. Returns only on failure (exit status).

@@ -8,7 +8,7 @@ import { agentBinaryPath } from "../vm/agent-binary.js";
 import { guestBoot } from "../vm/guest.js";
 import type { NetworkMode } from "../vm/backend.js";
 import { qemuBinary } from "../vm/qemu.js";
-import { decide, forcedAccel, hostFacts, krunRefusal } from "../vm/select.js";
+import { decide, forcedAccel, hostFacts, krunRefusal, qemuDecision } from "../vm/select.js";
 
 export interface Check {
   name: string;
@@ -105,6 +105,7 @@ export async function doctor(): Promise<DoctorReport> {
 
   const krunWhyNot = krunRefusal(facts, "all") ?? (agent.ok ? undefined : "no guest agent");
   const qemuMissing = [qemu, kernel, agent].filter((c) => !c.ok).map((c) => c.name);
+  const q = qemuDecision(facts, { backend: "qemu", network: "none", ...(accel ? { accel } : {}) });
   const chosen = {} as DoctorReport["chosen"];
   for (const network of ["none", "all"] as const) {
     try {
@@ -118,7 +119,7 @@ export async function doctor(): Promise<DoctorReport> {
     platform,
     backends: {
       krun: { usable: !krunWhyNot, reason: krunWhyNot ?? (krunRefusal(facts, "none") ? `usable with network "all" only: ${krunRefusal(facts, "none")}` : "libkrun, libkrunfw and KVM are usable") },
-      qemu: { usable: qemuMissing.length === 0, reason: qemuMissing.length ? `missing: ${qemuMissing.join(", ")}` : chosen.none.backend.startsWith("qemu") ? chosen.none.reason : "usable" },
+      qemu: { usable: qemuMissing.length === 0, reason: qemuMissing.length ? `missing: ${qemuMissing.join(", ")}` : `with ${q.accel!.toUpperCase()}: ${q.reason}` },
     },
     chosen,
     checks,

@@ -44,8 +44,8 @@ export interface Decision {
 /** Why libkrun cannot run a sandbox with `network` on this host, or undefined when it can. */
 export function krunRefusal(f: HostFacts, network: NetworkMode): string | undefined {
   const { kvm, libkrun, libkrunfw } = f.probe;
-  if (f.platform === "linux" && !kvm.ok) return `KVM: ${kvm.detail}`;
   if (f.platform === "linux" && kvm.pvm) return "KVM is the PVM hypervisor (kvm_pvm), which runs only PVM guest kernels, and libkrunfw's is not one";
+  if (f.platform === "linux" && !kvm.ok) return `KVM: ${kvm.detail}`;
   if (!libkrun.ok) return `libkrun: ${libkrun.detail}`;
   if (!libkrunfw.ok) return `libkrunfw: ${libkrunfw.detail}`;
   if (!libkrun.imageShare) return `libkrun ${libkrun.generation} can share an image read-only neither by virtio-fs (>= 1.18) nor as a disk (>= 1.9.5)`;
@@ -53,13 +53,14 @@ export function krunRefusal(f: HostFacts, network: NetworkMode): string | undefi
   return undefined;
 }
 
-function qemuDecision(f: HostFacts, req: BackendRequest): Decision {
+/** QEMU's acceleration for `req` on this host, and why. */
+export function qemuDecision(f: HostFacts, req: BackendRequest): Decision {
   const tcg = (reason: string): Decision => ({ backend: "qemu", accel: "tcg", reason });
   const { kvm } = f.probe;
   if (req.accel) return { backend: "qemu", accel: req.accel, reason: `MSB_QEMU_ACCEL=${req.accel}` };
   if (f.platform !== "linux") return tcg(`QEMU uses TCG on ${f.platform}`);
-  if (!kvm.ok) return tcg(`no KVM (${kvm.detail}); QEMU emulates with TCG`);
   if (kvm.pvm) return tcg("KVM present but PVM (kvm_pvm): it needs a PVM guest kernel; using TCG");
+  if (!kvm.ok) return tcg(`no KVM (${kvm.detail}); QEMU emulates with TCG`);
   if (!f.kvmTrial) return tcg("KVM not tried; using TCG");
   if (!f.kvmTrial.ok) return tcg(`KVM failed its trial boot (${f.kvmTrial.detail}); using TCG`);
   return {

@@ -19,7 +19,7 @@ beforeAll(() => {
   // What `npm run prebuild` leaves: prebuildify's N-API addon, and the helper beside it.
   const prebuilds = path.join(pkg, "prebuilds", `${process.platform}-${process.arch}`);
   mkdirSync(prebuilds, { recursive: true });
-  cpSync(path.join(ROOT, "build/Release/microsandbox.node"), path.join(prebuilds, "node.napi.node"));
+  cpSync(path.join(ROOT, "build/Release/microsandbox.node"), path.join(prebuilds, "microsandbox.node"));
   cpSync(path.join(ROOT, "build/Release/msb-vmm"), path.join(prebuilds, "msb-vmm"));
 });
 
