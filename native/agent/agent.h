@@ -77,13 +77,21 @@ struct conn {
   struct chunk *q_head, *q_tail;
   size_t queued;
   bool congested;
+  // Suspend: producers paused; once `suspend_mark` (the Suspended frame) is written, `quiet`
+  // holds every later frame until Resume.
+  bool suspended, quiet;
+  struct chunk *suspend_mark;
   struct session *sessions;
   uint32_t nsessions;
 };
 
+// Whether the sessions of `c` must not produce output now: a full queue, or a suspended VM.
+static inline bool conn_paused(const struct conn *c) { return c->congested || c->suspended; }
+
 // main.c
 extern int g_epoll;
 extern bool g_shutdown;  // a Shutdown was answered: exit once every connection is flushed
+extern uint64_t g_generation;  // of the last Resume that made this VM a copy (0: booted)
 extern microsandbox_agent_BootEvent g_boot[16];
 extern pb_size_t g_boot_count;
 void watch_set(struct watch *w, uint32_t events);
@@ -153,6 +161,9 @@ int cgroup_open(uint32_t *serial);
 // Reads the tree's OOM kills and refused forks, and removes its cgroup if it is empty.
 void cgroup_close(uint32_t serial, uint64_t *oom_kills, uint64_t *pids_limit_hits);
 _Noreturn void init_poweroff(void);
+
+// identity.c: a restored copy of a VM takes randomness, time and identity of its own
+void identity_renew(const microsandbox_agent_Resume *r);
 
 // util.c
 int mkdir_parents(const char *path, mode_t mode);

@@ -26,7 +26,7 @@ static void conn_flush(struct conn *c);
 static void conn_arm(struct conn *c) {
   uint32_t ev = 0;
   if (!c->closing && !c->congested) ev |= EPOLLIN;
-  if (c->q_head) ev |= EPOLLOUT;
+  if (c->q_head && !c->quiet) ev |= EPOLLOUT;
   // A closing connection with nothing left to send is closed by conn_flush, not left unwatched.
   watch_set(&c->w, ev ? ev : EPOLLOUT);
 }
@@ -40,6 +40,7 @@ static void send_hello(struct conn *c) {
   h->boot_count = g_boot_count;
   memcpy(h->boot, g_boot, sizeof(g_boot[0]) * g_boot_count);
   h->pid = (uint32_t)getpid();
+  h->generation = g_generation;
   conn_send(c, &m);
 }
 
@@ -155,7 +156,7 @@ static bool send_frame(struct conn *c, microsandbox_agent_GuestMessage *m, const
   g_wbuf[3] = (uint8_t)size;
   struct iovec iov[2] = {{g_wbuf, 4 + w.len}, {(void *)payload, payload ? payload_len : 0}};
   size_t sent = 0;
-  if (!c->q_head) {
+  if (!c->q_head && !c->quiet) {
     ssize_t n;
     do n = writev(c->w.fd, iov, payload ? 2 : 1);
     while (n < 0 && errno == EINTR);
@@ -188,7 +189,7 @@ static bool send_frame(struct conn *c, microsandbox_agent_GuestMessage *m, const
 bool conn_send(struct conn *c, microsandbox_agent_GuestMessage *m) { return send_frame(c, m, NULL, 0); }
 
 static void conn_flush(struct conn *c) {
-  while (c->q_head) {
+  while (c->q_head && !c->quiet) {
     struct chunk *k = c->q_head;
     ssize_t n = write(c->w.fd, k->data + k->off, k->len - k->off);
     if (n < 0) {
@@ -202,6 +203,10 @@ static void conn_flush(struct conn *c) {
     if (k->off < k->len) continue;
     c->q_head = k->next;
     if (!c->q_head) c->q_tail = NULL;
+    if (k == c->suspend_mark) {
+      c->suspend_mark = NULL;
+      c->quiet = true;  // Suspended is out: nothing more until Resume
+    }
     free(k);
   }
   if (c->closing && !c->q_head) {
@@ -366,6 +371,52 @@ static void shutdown_all(struct conn *from, uint32_t id) {
   }
 }
 
+// Suspend: pause every producer and answer Suspended after what is already queued.
+static void suspend(struct conn *c) {
+  c->suspended = true;
+  sessions_update(c);
+  microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
+  m.which_body = microsandbox_agent_GuestMessage_suspended_tag;
+  c->quiet = false;  // asked again after the answer went out: answer again
+  conn_send(c, &m);
+  // Written at once, or queued last: quiet from the moment it is out.
+  if (c->q_head) c->suspend_mark = c->q_tail;
+  else c->quiet = true;
+  conn_arm(c);
+}
+
+static bool kept(const microsandbox_agent_Resume *r, uint32_t id) {
+  for (pb_size_t i = 0; i < r->keep_count; i++)
+    if (r->keep[i] == id) return true;
+  return false;
+}
+
+// Resume: a new generation means this VM is a copy: new randomness, time and identity first,
+// then only the kept sessions carry on, with fresh credit (their host is new).
+static void resume(struct conn *c, const microsandbox_agent_Resume *r) {
+  if (r->generation != g_generation) {
+    identity_renew(r);
+    for (struct conn *k = g_conns; k; k = k->next) {
+      for (struct session *s = k->sessions, *next; s; s = next) {
+        next = s->next;
+        if (kept(r, s->id)) {
+          s->unacked = 0;
+          continue;
+        }
+        if (s->kind == S_EXEC) exec_kill(s);
+        else file_abort(s);
+        session_free(s);
+      }
+    }
+    g_generation = r->generation;
+  }
+  c->suspended = c->quiet = false;
+  c->suspend_mark = NULL;
+  send_hello(c);
+  conn_arm(c);
+  sessions_update(c);
+}
+
 static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
   uint32_t id = m->session;
   struct session *s;
@@ -422,6 +473,14 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
       break;
     case microsandbox_agent_HostMessage_shutdown_tag:
       shutdown_all(c, id);
+      break;
+    case microsandbox_agent_HostMessage_suspend_tag:
+      if (id == 0) suspend(c);
+      else send_error(c, id, ERR(PROTOCOL), 0, "Suspend belongs on session 0, not %u", id);
+      break;
+    case microsandbox_agent_HostMessage_resume_tag:
+      if (id == 0) resume(c, &m->body.resume);
+      else send_error(c, id, ERR(PROTOCOL), 0, "Resume belongs on session 0, not %u", id);
       break;
     default:
       send_error(c, id, ERR(PROTOCOL), 0, "frame has no known body (field %u)",

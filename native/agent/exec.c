@@ -275,7 +275,7 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
 }
 
 void exec_update(struct session *s) {
-  bool produce = !s->conn->congested && s->unacked < s->window;
+  bool produce = !conn_paused(s->conn) && s->unacked < s->window;
   watch_set(&s->out, produce ? EPOLLIN : 0);
   watch_set(&s->err, produce ? EPOLLIN : 0);
   watch_set(&s->in, s->in_head ? EPOLLOUT : 0);
@@ -364,7 +364,7 @@ void exec_on_pipe(struct watch *w, uint32_t events) {
   }
   size_t room = s->window - s->unacked;
   if (room > LIMIT(MAX_CHUNK_BYTES)) room = LIMIT(MAX_CHUNK_BYTES);
-  if (room == 0 || s->conn->congested) {
+  if (room == 0 || conn_paused(s->conn)) {
     exec_update(s);
     return;
   }

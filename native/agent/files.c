@@ -100,11 +100,11 @@ void file_read_start(struct conn *c, uint32_t id, const microsandbox_agent_ReadF
   file_read_pump(s);
 }
 
-// Sends chunks while credit lasts and the connection is not congested; credit or a drained
+// Sends chunks while credit lasts and the connection is not paused; credit or a drained
 // queue calls it again.
 void file_read_pump(struct session *s) {
   struct conn *c = s->conn;
-  while (c->w.fd >= 0 && !c->congested && s->unacked < s->window) {
+  while (c->w.fd >= 0 && !conn_paused(c) && s->unacked < s->window) {
     size_t want = s->window - s->unacked;
     if (want > LIMIT(MAX_CHUNK_BYTES)) want = LIMIT(MAX_CHUNK_BYTES);
     if (want > s->remaining) want = (size_t)s->remaining;

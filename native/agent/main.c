@@ -23,6 +23,7 @@
 
 int g_epoll = -1;
 bool g_shutdown;
+uint64_t g_generation;
 static bool g_running = true;
 static struct watch g_listen, g_signals;
 

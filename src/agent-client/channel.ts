@@ -20,6 +20,8 @@ export interface AgentHello {
   /** Guest boot milestones, in nanoseconds since the guest kernel started. */
   boot: { name: string; ns: number }[];
   pid: number;
+  /** 0 after a boot; after a resume, the generation it carried (a restored copy's own). */
+  generation: number;
 }
 
 export class Channel {
@@ -27,6 +29,7 @@ export class Channel {
   private readonly decoder = new FrameDecoder();
   private nextId = 1;
   private helloWaiter: { resolve(h: AgentHello): void; reject(e: Error): void } | undefined;
+  private suspendWaiter: { resolve(): void; reject(e: Error): void } | undefined;
   private drainWaiters: (() => void)[] = [];
   error: Error | undefined;
 
@@ -37,7 +40,10 @@ export class Channel {
     socket.on("close", () => this.fail(new AgentConnectionError("the agent closed the connection")));
   }
 
-  /** Waits for the guest's Hello (the guest speaks first) and checks the protocol version. */
+  /**
+   * Waits for the guest's Hello and checks the protocol version: the first frame of a connection,
+   * or the answer to a Resume.
+   */
   handshake(timeoutSeconds: number, signal?: AbortSignal): Promise<AgentHello> {
     return new Promise<AgentHello>((resolve, reject) => {
       if (this.error) return reject(this.error);
@@ -59,6 +65,16 @@ export class Channel {
     });
   }
 
+  /** Waits for the Suspended that answers a Suspend; on timeout the connection is closed. */
+  suspended(timeoutSeconds: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (this.error) return reject(this.error);
+      const timer = setTimeout(() => this.close(new TimeoutError(`the agent did not suspend within ${timeoutSeconds} s`)), timeoutSeconds * 1000);
+      const settle = () => (clearTimeout(timer), (this.suspendWaiter = undefined));
+      this.suspendWaiter = { resolve: () => (settle(), resolve()), reject: (e) => (settle(), reject(e)) };
+    });
+  }
+
   /** Registers a session and returns its id. */
   open(sink: SessionSink): number {
     if (this.error) throw this.error;
@@ -70,6 +86,13 @@ export class Channel {
     this.advance();
     this.sessions.set(id, sink);
     return id;
+  }
+
+  /** Registers a session the agent already has (kept across a restore) under its own id. */
+  adopt(id: number, sink: SessionSink): void {
+    if (this.error) throw this.error;
+    if (this.sessions.has(id)) throw new AgentConnectionError(`session ${id} is open already`);
+    this.sessions.set(id, sink);
   }
 
   private advance(): void {
@@ -113,6 +136,7 @@ export class Channel {
     this.error = err;
     debug("agent channel closed: %s", err.message);
     this.helloWaiter?.reject(err);
+    this.suspendWaiter?.reject(err);
     const sinks = [...this.sessions.values()];
     this.sessions.clear();
     for (const s of sinks) s.fail(err);
@@ -134,6 +158,7 @@ export class Channel {
   private route(f: GuestFrame): void {
     if (f.session === 0) {
       if (f.body === "hello" && f.hello) return this.onHello(f.hello);
+      if (f.body === "suspended" && this.suspendWaiter) return this.suspendWaiter.resolve();
       if (f.body === "error" && f.error) {
         // A connection-level error means the agent could not parse something we sent: a bug here.
         throw new AgentProtocolError(`the agent rejected a frame: ${f.error.message}`);
@@ -158,6 +183,7 @@ export class Channel {
       agentVersion: h.agentVersion,
       boot: h.boot.map((e) => ({ name: e.name, ns: toNumber(e.tNs) })),
       pid: h.pid,
+      generation: toNumber(h.generation),
     };
     debug("agent hello: version %s pid %d", hello.agentVersion, hello.pid);
     this.helloWaiter.resolve(hello);

@@ -1,6 +1,7 @@
 // AgentClient: the host's handle on one guest agent. Connects over a unix socket (or adopts an
 // already-open stream), checks the handshake, and offers processes and file operations, many
 // at once over the one connection.
+import { randomBytes } from "node:crypto";
 import { createConnection } from "node:net";
 import type { Duplex } from "node:stream";
 
@@ -83,12 +84,53 @@ function toStat(s: WireStat): FileStat {
   return stat;
 }
 
+/**
+ * A Resume: `generation` other than the agent's makes the VM a restored copy that takes the
+ * entropy, time and identity given (defaults: 64 random bytes, now, unchanged) and keeps only the
+ * sessions in `keep` (default none).
+ */
+export interface ResumeOptions {
+  generation: number;
+  entropy?: Uint8Array;
+  unixTimeNs?: bigint;
+  hostname?: string;
+  /** A UUID ("xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", lower case). */
+  bootId?: string;
+  keep?: number[];
+}
+
+function resumeMessage(r: ResumeOptions): Record<string, unknown> {
+  if (r.hostname !== undefined && (r.hostname.length > 64 || !/^[A-Za-z0-9][A-Za-z0-9_-]*$/.test(r.hostname))) {
+    throw new InvalidArgumentError(`hostname ${JSON.stringify(r.hostname)} is invalid: 1-64 letters, digits, '-' and '_'`);
+  }
+  if (r.bootId !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(r.bootId)) {
+    throw new InvalidArgumentError(`boot id ${JSON.stringify(r.bootId)} is not a lower-case UUID`);
+  }
+  const entropy = r.entropy ?? randomBytes(64);
+  if (entropy.length > 512) throw new InvalidArgumentError(`entropy of ${entropy.length} bytes is more than the 512 the agent takes`);
+  return {
+    session: 0,
+    resume: {
+      generation: r.generation,
+      entropy,
+      unixTimeNs: (r.unixTimeNs ?? BigInt(Date.now()) * 1_000_000n).toString(),
+      hostname: r.hostname ?? "",
+      bootId: r.bootId ?? "",
+      keep: r.keep ?? [],
+    },
+  };
+}
+
 export class AgentClient {
   private constructor(
     private readonly channel: Channel,
-    /** What the agent said when the connection opened: versions, pid, boot timeline. */
-    readonly hello: AgentHello,
+    private current: AgentHello,
   ) {}
+
+  /** What the agent said when the connection opened, or answered the last resume(): versions, pid, boot timeline, generation. */
+  get hello(): AgentHello {
+    return this.current;
+  }
 
   /** Connects to an agent listening on a unix socket. */
   static async connect(path: string, opts: ConnectOptions = {}): Promise<AgentClient> {
@@ -121,6 +163,41 @@ export class AgentClient {
     return new AgentClient(channel, hello);
   }
 
+  /**
+   * A new connection to a VM restored from a saved state: the guest is running already and waits
+   * for its host, so the host speaks first (a Resume), and the Hello answering it opens the
+   * connection. Sessions the Resume keeps are not known to this client until adopted.
+   */
+  static async fromRestoredStream(stream: Duplex, r: ResumeOptions, opts: ConnectOptions = {}): Promise<AgentClient> {
+    const timeout = checkTimeout(opts.timeout ?? 10, "connect timeout");
+    const message = resumeMessage(r);
+    const channel = new Channel(stream);
+    const hello = channel.handshake(timeout, opts.signal);
+    channel.send(message);
+    return new AgentClient(channel, await hello);
+  }
+
+  /**
+   * Quiets the agent before its VM is saved: it stops reading its processes' output and files,
+   * and once what it had queued has arrived, sends nothing until resume().
+   */
+  async suspend(opts: { timeout?: number } = {}): Promise<void> {
+    const timeout = checkTimeout(opts.timeout ?? 10, "suspend timeout");
+    const done = this.channel.suspended(timeout);
+    this.channel.send({ session: 0, suspend: {} });
+    await done;
+  }
+
+  /** Lets a suspended agent go on (see ResumeOptions for a restored copy); resolves with its new hello. */
+  async resume(r: ResumeOptions, opts: { timeout?: number } = {}): Promise<AgentHello> {
+    const timeout = checkTimeout(opts.timeout ?? 10, "resume timeout");
+    const message = resumeMessage(r);
+    const hello = this.channel.handshake(timeout);
+    this.channel.send(message);
+    this.current = await hello;
+    return this.current;
+  }
+
   /** True once the connection is gone; every call then fails with AgentConnectionError. */
   get closed(): boolean {
     return this.channel.closed;
@@ -136,6 +213,14 @@ export class AgentClient {
   /** Starts a process and returns it for streaming output, stdin and signals. */
   spawn(argv: readonly string[], opts: SpawnOptions = {}): ExecProcess {
     return new ExecProcess(this.channel, argv, opts);
+  }
+
+  /**
+   * Takes over a process a Resume kept running in a restored VM (`session` as it was, `pid` in the
+   * guest); `opts` as it was spawned with (stdin, window).
+   */
+  adopt(session: number, pid: number, opts: SpawnOptions = {}): ExecProcess {
+    return new ExecProcess(this.channel, [], opts, { session, pid });
   }
 
   // ---------------------------------------------------------------- files

@@ -151,19 +151,26 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
   private rejectExit!: (e: Error) => void;
   private readonly onAbort = () => this.kill("SIGKILL");
 
+  /**
+   * Starts `argv`; or, with `adopted`, takes over a process the agent kept running across a
+   * restore (its session and guest pid), sending nothing.
+   */
   constructor(
     private readonly channel: Channel,
     argv: readonly string[],
     private readonly opts: SpawnOptions = {},
+    adopted?: { session: number; pid: number },
   ) {
-    const request = execRequest(argv, opts);
+    const request = adopted ? undefined : execRequest(argv, opts);
     if (opts.signal?.aborted) throw abortError(opts.signal);
     this.pid = new Promise((res, rej) => ((this.resolvePid = res), (this.rejectPid = rej)));
     this.exit = new Promise((res, rej) => ((this.resolveExit = res), (this.rejectExit = rej)));
     // The caller may await only one of them; the other must not become an unhandled rejection.
     this.pid.catch(() => {});
     this.exit.catch(() => {});
-    this.id = channel.open({ frame: (f) => this.onFrame(f), fail: (e) => this.finish(e) });
+    const sink = { frame: (f: GuestFrame) => this.onFrame(f), fail: (e: Error) => this.finish(e) };
+    if (adopted) channel.adopt(adopted.session, sink);
+    this.id = adopted ? adopted.session : channel.open(sink);
     this.output = new Inbound<OutputChunk>(
       opts.window ?? DEFAULT_WINDOW_BYTES,
       (bytes) => this.sendIfOpen({ session: this.id, credit: { bytes } }),
@@ -171,7 +178,16 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
     );
     this.stdin = new Outbound(channel, this.id);
     opts.signal?.addEventListener("abort", this.onAbort, { once: true });
-    channel.send({ session: this.id, exec: request });
+    if (request) channel.send({ session: this.id, exec: request });
+    else {
+      this.started = true;
+      this.resolvePid(adopted!.pid);
+    }
+  }
+
+  /** The protocol session this process runs in (what a restore keeps). */
+  get session(): number {
+    return this.id;
   }
 
   private sendIfOpen(message: Record<string, unknown>): void {

@@ -47,7 +47,8 @@ export function toNumber(v: Long64 | null | undefined): number {
 export interface GuestFrame {
   session: number;
   body: string;
-  hello?: { protocolVersion: number; agentVersion: string; boot: { name: string; tNs: Long64 }[]; pid: number };
+  hello?: { protocolVersion: number; agentVersion: string; boot: { name: string; tNs: Long64 }[]; pid: number; generation: Long64 };
+  suspended?: Record<string, never>;
   started?: { pid: number };
   output?: { stream: number; data: Uint8Array };
   credit?: { bytes: number };
