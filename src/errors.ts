@@ -216,6 +216,16 @@ export class VmBootError extends MicrosandboxError {
   }
 }
 
+/** QEMU's monitor refused a command or broke (snapshots, restores). */
+export class QmpError extends MicrosandboxError {
+  override readonly code = "MSB_QMP";
+}
+
+/** This backend cannot save, restore or fork a VM (libkrun has no snapshots). */
+export class SnapshotUnsupportedError extends MicrosandboxError {
+  override readonly code = "MSB_SNAPSHOT_UNSUPPORTED";
+}
+
 // Linux errno numbers: the guest is Linux whatever the host is, so the host's own table
 // (os.constants.errno) would misname them on macOS.
 const LINUX_ERRNO: Record<number, string> = {

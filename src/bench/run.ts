@@ -31,6 +31,11 @@ export interface BenchOptions {
   command?: string[];
   /** A shell command timed `runs` times beside, for comparison (another runtime, say). */
   compare?: string;
+  /**
+   * Start each sandbox from a memory snapshot (restore-on-create; the untimed first run makes it)
+   * instead of booting it. Default false: every run boots cold.
+   */
+  snapshot?: boolean;
   /** Floor runs (where the backend has a floor: QEMU); 0 skips the floor. Default min(runs, 10). */
   floorRuns?: number;
   /** Called as each run ends. */
@@ -40,7 +45,7 @@ export interface BenchOptions {
 // One create() → first output → stop(); `backend` learns which VMM the sandbox ran on.
 async function oneRun(opts: BenchOptions, backend?: { name?: string }): Promise<RunTimeline> {
   const t0 = performance.now();
-  const sb = new CustomSandbox({ image: opts.image ?? "local:busybox", memory: opts.memory ?? 256, backend: opts.backend ?? "auto" });
+  const sb = new CustomSandbox({ image: opts.image ?? "local:busybox", memory: opts.memory ?? 256, backend: opts.backend ?? "auto", snapshot: opts.snapshot ?? false });
   try {
     await sb.start();
     const tl = sb.timeline!;
@@ -86,7 +91,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   const accel = forcedAccel();
   const decision = await chooseBackend({ backend: opts.backend ?? "auto", network: "none", ...(accel ? { accel } : {}) });
   const floorBackend = backendFor(decision);
-  const floorRuns = floorBackend.floor ? (opts.floorRuns ?? Math.min(opts.runs, 10)) : 0;
+  const floorRuns = floorBackend.floor ? (opts.floorRuns ?? (opts.mode === "burst" ? opts.runs : Math.min(opts.runs, 10))) : 0;
   const floorRun = () => floorBackend.floor!(floorConfig);
   const store = new ImageStore();
   const image = await resolveImage(store, opts.image ?? "local:busybox");
@@ -107,11 +112,16 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         record(i, await oneRun(opts));
       }),
     );
-    for (let i = 0; i < floorRuns; i++) floor.push(await floorRun());
+    // The floor meets the same contention as the runs: booted in bursts of as many at once.
+    const width = opts.mode === "burst" ? opts.runs : 1;
+    for (let i = 0; i < floorRuns; i += width) {
+      floor.push(...(await Promise.all(Array.from({ length: Math.min(width, floorRuns - i) }, floorRun))));
+    }
   }
   // "qemu (tcg): why" → the name for tables and pictures; the why goes with the machine notes.
   const [name, ...why] = (used.name ?? "unknown").split(": ");
-  const result: BenchResult = { backend: name!, mode: opts.mode, runs, floor, machine: { backendReason: why.join(": ") } };
+  const mode = opts.snapshot ? `${opts.mode}, restored from a snapshot` : opts.mode;
+  const result: BenchResult = { backend: name!, mode, runs, floor, machine: { backendReason: why.join(": ") } };
   if (opts.compare) {
     const values: number[] = [];
     for (let i = 0; i < opts.runs; i++) {

@@ -184,6 +184,16 @@ export class ImageStore {
     return out.sort((a, b) => a.ref.localeCompare(b.ref));
   }
 
+  /** The ids of every image there is: stored by reference, and built locally. */
+  async imageIds(): Promise<Set<string>> {
+    const ids = new Set((await this.list()).map((i) => i.id));
+    for (const name of await readdir(path.join(this.root, "local")).catch(() => [] as string[])) {
+      const id = await readFile(path.join(this.root, "local", name, "id"), "utf8").catch(() => "");
+      if (id.trim()) ids.add(id.trim());
+    }
+    return ids;
+  }
+
   private async size(id: string): Promise<number> {
     const { stdout } = await run("du", ["-s", "-B1", this.imageDir(id)]).catch(() => ({ stdout: "0" }));
     const disk = await stat(path.join(this.root, "disks", `${id}.ext4`)).catch(() => undefined);

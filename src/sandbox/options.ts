@@ -39,6 +39,11 @@ export interface SandboxOptions {
   backend?: "auto" | "krun" | "qemu";
   /** An uncompressed guest kernel (vmlinux) to boot instead of the cached Debian one. */
   kernel?: string;
+  /**
+   * Start from a memory snapshot instead of booting (QEMU): the first sandbox of a kind boots and
+   * saves one, later ones restore it in milliseconds. Default true; false always boots cold.
+   */
+  snapshot?: boolean;
 }
 
 export interface StartOptions {
@@ -62,6 +67,7 @@ export interface ResolvedOptions {
   registry: RegistryClientOptions | undefined;
   backend: "auto" | "krun" | "qemu";
   kernel: string | undefined;
+  snapshot: boolean;
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
@@ -139,7 +145,13 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     registry: opts.registry,
     backend,
     kernel: opts.kernel,
+    snapshot: checkBoolean("snapshot", opts.snapshot ?? true),
   };
+}
+
+function checkBoolean(name: string, v: unknown): boolean {
+  if (typeof v !== "boolean") throw new InvalidArgumentError(`${name} ${JSON.stringify(v)} is invalid: give true or false`);
+  return v;
 }
 
 function checkPull(pull: unknown): "missing" | "always" | "never" {

@@ -41,6 +41,7 @@ const READY_TIMEOUT_S = 120;
 
 export class Repl {
   private proc: ExecProcess | undefined;
+  private pid: number | undefined;
   private starting: Promise<ExecProcess> | undefined;
   private cell: Cell | undefined;
   private early: { stdout: Buffer[]; stderr: Buffer[] } = { stdout: [], stderr: [] };
@@ -116,57 +117,76 @@ export class Repl {
     const source = readFileSync(fileURLToPath(new URL(`../../guest/repl/${this.lang.driver}`, import.meta.url)));
     await agent.writeFile(guestPath, source, { parents: true });
     const proc = agent.spawn([...this.lang.interpreter, guestPath], { ...this.host.processOptions(), stdin: true });
-    const decoder = new ReplFrameDecoder();
-    let crashOutput = "";
     const ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         proc.kill("SIGKILL"); // not left running in the guest
         reject(new TimeoutError(`the ${this.lang.language} interpreter did not start within ${READY_TIMEOUT_S} s`));
       }, READY_TIMEOUT_S * 1000);
-      const mine = () => (this.cell?.proc === proc ? this.cell : undefined);
-      const onFrame = (f: ReplFrame) => {
-        if (f.type === "ready") {
-          clearTimeout(timer);
-          resolve();
-        } else if (f.type === "end") {
-          mine()?.settle(f);
-        } else if (mine()) {
-          mine()![f.type].push(f.data);
-        } else if (this.proc === proc) {
-          this.early[f.type].push(f.data); // output between cells goes with the next one
-        }
-      };
-      // The pump: every chunk of the driver's output goes through the frame decoder; the driver's
-      // own stderr is kept (bounded) to explain a crash.
-      (async () => {
-        try {
-          for await (const chunk of proc) {
-            if (chunk.stream === "stderr") crashOutput = (crashOutput + chunk.data.toString("utf8")).slice(-4000);
-            else for (const f of decoder.push(chunk.data)) onFrame(f);
-          }
-          const status = await proc.exit;
-          throw (
-            this.host.exhausted(`the ${this.lang.language} interpreter`, status.guestCounters) ??
-            new ExecutionError(
-              `the ${this.lang.language} interpreter ended (${status.signal ?? `exit code ${status.exitCode}`}); its state is lost` +
-                (crashOutput ? `:\n${crashOutput}` : ""),
-            )
-          );
-        } catch (err) {
-          clearTimeout(timer);
-          if (this.proc === proc) {
-            this.proc = undefined;
-            this.starting = undefined; // the next run() starts a fresh driver
-          }
-          proc.kill("SIGKILL");
-          const error = err as Error;
-          reject(error);
-          mine()?.settle(error);
-        }
-      })();
+      this.pump(proc, {
+        ready: () => (clearTimeout(timer), resolve()),
+        failed: (err) => (clearTimeout(timer), reject(err)),
+      });
     });
     await ready;
     this.proc = proc;
+    this.pid = await proc.pid;
     return proc;
+  }
+
+  /** The driver a copy of the VM keeps running, when there is one and no cell is in flight. */
+  kept(): { session: number; pid: number } | undefined {
+    return this.proc && !this.cell && this.pid !== undefined ? { session: this.proc.session, pid: this.pid } : undefined;
+  }
+
+  /** Takes over the driver a restored copy of the VM kept running: its state comes along. */
+  adopt(kept: { session: number; pid: number }): void {
+    const proc = this.host.agent().adopt(kept.session, kept.pid, { stdin: true });
+    this.pump(proc, { ready: () => {}, failed: () => {} });
+    this.proc = proc;
+    this.pid = kept.pid;
+  }
+
+  // Every chunk of the driver's output goes through the frame decoder, into the cell in flight;
+  // the driver's own stderr is kept (bounded) to explain a crash.
+  private pump(proc: ExecProcess, on: { ready(): void; failed(err: Error): void }): void {
+    const decoder = new ReplFrameDecoder();
+    let crashOutput = "";
+    const mine = () => (this.cell?.proc === proc ? this.cell : undefined);
+    const onFrame = (f: ReplFrame) => {
+      if (f.type === "ready") {
+        on.ready();
+      } else if (f.type === "end") {
+        mine()?.settle(f);
+      } else if (mine()) {
+        mine()![f.type].push(f.data);
+      } else if (this.proc === proc) {
+        this.early[f.type].push(f.data); // output between cells goes with the next one
+      }
+    };
+    (async () => {
+      try {
+        for await (const chunk of proc) {
+          if (chunk.stream === "stderr") crashOutput = (crashOutput + chunk.data.toString("utf8")).slice(-4000);
+          else for (const f of decoder.push(chunk.data)) onFrame(f);
+        }
+        const status = await proc.exit;
+        throw (
+          this.host.exhausted(`the ${this.lang.language} interpreter`, status.guestCounters) ??
+          new ExecutionError(
+            `the ${this.lang.language} interpreter ended (${status.signal ?? `exit code ${status.exitCode}`}); its state is lost` +
+              (crashOutput ? `:\n${crashOutput}` : ""),
+          )
+        );
+      } catch (err) {
+        if (this.proc === proc) {
+          this.proc = undefined;
+          this.starting = undefined; // the next run() starts a fresh driver
+        }
+        proc.kill("SIGKILL");
+        const error = err as Error;
+        on.failed(error);
+        mine()?.settle(error);
+      }
+    })();
   }
 }

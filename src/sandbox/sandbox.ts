@@ -4,11 +4,18 @@ import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
 import type { ExecProcess, ExitStatus } from "../agent-client/process.js";
-import { InvalidArgumentError, ResourceError, SandboxNotRunningError, TimeoutError } from "../errors.js";
+import { randomBytes } from "node:crypto";
+import { rmSync } from "node:fs";
+import path from "node:path";
+
+import { ImageError, InvalidArgumentError, ResourceError, SandboxNotRunningError, SnapshotUnsupportedError, TimeoutError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
-import type { BootTimeline, Vm } from "../vm/backend.js";
+import type { Backend, BootTimeline, Vm, VmConfig } from "../vm/backend.js";
+import { QemuBackend } from "../vm/qemu.js";
 import { bootVm, chooseBackend, forcedAccel } from "../vm/select.js";
+import { cloneIdentity, copyVm } from "../vm/snapshot.js";
+import { type KeptSession, newPausedDir, readPaused, writePaused } from "./paused.js";
 import { CommandExecution, Execution } from "./execution.js";
 import { SandboxFiles } from "./files.js";
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
@@ -70,6 +77,8 @@ export abstract class Sandbox implements AsyncDisposable {
   readonly fs = new SandboxFiles(() => this.agent());
   protected opts: ResolvedOptions;
   private vm: Vm | undefined;
+  // What booted the running VM and with what: forks and pauses start copies the same way.
+  private machine: { backend: Backend; config: VmConfig; imageId: string } | undefined;
   private starting: Promise<void> | undefined;
   private backendReason = "";
   private imageConfig: ImageConfig = { env: [] };
@@ -124,13 +133,12 @@ export abstract class Sandbox implements AsyncDisposable {
     const t0 = performance.now();
     const store = new ImageStore();
     const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
-    this.imageConfig = image.config;
     const kernel = this.opts.kernel;
     const accel = forcedAccel();
     const decision = await chooseBackend({ backend: this.opts.backend, network: this.opts.network, ...(accel ? { accel } : {}), ...(kernel ? { kernel } : {}) });
     const imagePrepMs = performance.now() - t0;
     debug("sandbox %s: %s (%s)", this.name, decision.backend, decision.reason);
-    const { vm, reason } = await bootVm(decision, {
+    const config: VmConfig = {
       name: this.opts.name,
       memory: this.opts.memory,
       cpus: Math.ceil(this.opts.cpus),
@@ -139,8 +147,14 @@ export abstract class Sandbox implements AsyncDisposable {
       rootfs: image.rootfs,
       rootDisk: () => store.disk(image),
       bootTimeout: this.opts.timeout,
-    }, kernel);
-    this.backendReason = reason;
+    };
+    const { vm, backend, reason, snapshot } = await bootVm(decision, config, kernel, this.opts.snapshot ? {
+      image: image.id,
+      prewarmName: "shell",
+      // The template's page cache keeps what the shell and the C library need: commands in every
+      // clone start without reading the disk.
+      prewarm: async (agent) => void (await agent.exec(["sh", "-c", "true"], { timeout: 60 })),
+    } : undefined);
     // Like container runtimes, make the image's WorkingDir when the image lacks it.
     if (image.config.workingDir) {
       try {
@@ -150,16 +164,120 @@ export abstract class Sandbox implements AsyncDisposable {
         throw err;
       }
     }
+    this.attach(vm, { backend, config, imageId: image.id }, image.config, reason, imagePrepMs);
+    if (snapshot) this.bootTimeline!.snapshot = snapshot;
+  }
+
+  // Makes `vm` this sandbox's running VM; its timeline starts `beforeMs` earlier (image prep).
+  private attach(vm: Vm, machine: NonNullable<Sandbox["machine"]>, imageConfig: ImageConfig, reason: string, beforeMs = 0): void {
     const tl = vm.timeline;
     this.bootTimeline = {
       ...tl,
-      hostPrepMs: imagePrepMs + tl.hostPrepMs,
-      vmmStartMs: imagePrepMs + tl.vmmStartMs,
-      agentReadyMs: imagePrepMs + tl.agentReadyMs,
+      hostPrepMs: beforeMs + tl.hostPrepMs,
+      vmmStartMs: beforeMs + tl.vmmStartMs,
+      agentReadyMs: beforeMs + tl.agentReadyMs,
     };
     this.vm = vm;
+    this.machine = machine;
+    this.imageConfig = imageConfig;
+    this.backendReason = reason;
     debug("sandbox %s running on %s", this.name, this.backend);
   }
+
+  // The running VM and its backend, when that backend can save VMs.
+  private saveable(what: string): { vm: Vm; backend: QemuBackend; machine: NonNullable<Sandbox["machine"]> } {
+    const vm = this.vm;
+    const machine = this.machine;
+    if (!vm || !machine || vm.agent.closed) throw new SandboxNotRunningError(`sandbox ${this.name} is not running: nothing to ${what}`);
+    if (!(machine.backend instanceof QemuBackend) || !vm.save) {
+      throw new SnapshotUnsupportedError(`sandbox ${this.name} runs on ${vm.backend}, which cannot ${what} a VM: use backend "qemu"`);
+    }
+    return { vm, backend: machine.backend, machine };
+  }
+
+  // This sandbox's options, for a copy of it (credentials stay in memory).
+  private copyOptions(name: string): SandboxOptions & { name: string; image: string } {
+    const { registry: _registry, ...rest } = this.opts;
+    return { ...rest, name, ...(rest.workdir === undefined ? { workdir: undefined } : {}) };
+  }
+
+  /**
+   * A new sandbox with this one's memory, processes and files as they are at this instant; this
+   * one runs on. The copy gets its own randomness, clock and identity (hostname = its name). With
+   * Python and Node sandboxes the interpreter of run() comes along, with its state. QEMU only.
+   */
+  async fork(opts: { name?: string } = {}): Promise<this> {
+    const { vm, backend, machine } = this.saveable("fork");
+    const name = opts.name ?? `${this.name.slice(0, 50)}-${randomBytes(4).toString("hex")}`;
+    const child = new (this.constructor as new (o: SandboxOptions) => this)(this.copyOptions(name));
+    const keep = this.keptSessions();
+    const config = { ...machine.config, name };
+    const copy = await copyVm(vm, backend, config, keep.map((k) => k.session));
+    child.attach(copy, { ...machine, config }, this.imageConfig, `${this.backendReason}; forked from ${this.name}`);
+    child.adopt(keep);
+    return child;
+  }
+
+  /**
+   * Saves this sandbox to disk (memory, processes, files) and stops it; `resume(name)` on the same
+   * class brings it back, in this process or another. Returns the directory it is kept in. QEMU only.
+   */
+  async pause(): Promise<string> {
+    const { vm, backend, machine } = this.saveable("pause");
+    const dir = newPausedDir(this.name);
+    try {
+      await vm.save!(path.join(dir, "state"));
+      writePaused(dir, {
+        kind: this.constructor.name,
+        options: this.copyOptions(this.name),
+        imageId: machine.imageId,
+        accel: backend.accel,
+        keep: this.keptSessions(),
+        reason: this.backendReason,
+      });
+    } catch (err) {
+      rmSync(dir, { recursive: true, force: true });
+      await vm.proceed!().catch(() => {});
+      throw err;
+    }
+    // Saved: the VM itself is no longer needed.
+    vm.kill();
+    await vm.exited;
+    await this.stop();
+    return dir;
+  }
+
+  /** Brings back the sandbox `name` that pause() saved; its saved state is removed once it runs. */
+  static async resume<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, name: string): Promise<T> {
+    const { dir, meta } = readPaused(name, this.name);
+    const sandbox = new this(meta.options);
+    const store = new ImageStore();
+    const image = await resolveImage(store, meta.options.image, { pull: "never" });
+    if (image.id !== meta.imageId) {
+      throw new ImageError(`sandbox ${name} was paused on image ${meta.options.image} with id ${meta.imageId}, which is no longer stored (now ${image.id})`);
+    }
+    const o = sandbox.opts;
+    const config: VmConfig = {
+      name, memory: o.memory, cpus: Math.ceil(o.cpus), network: o.network, maxProcesses: o.maxProcesses,
+      rootfs: image.rootfs, rootDisk: () => store.disk(image), bootTimeout: o.timeout,
+    };
+    const backend = new QemuBackend({ accel: meta.accel, ...(o.kernel ? { kernel: o.kernel } : {}) });
+    // A paused state is used once: fresh randomness and clock, the same name.
+    const { generation } = cloneIdentity(name);
+    const vm = await backend.restore(config, { state: path.join(dir, "state"), resume: { generation, hostname: name, keep: meta.keep.map((k) => k.session) } });
+    sandbox.attach(vm, { backend, config, imageId: image.id }, image.config, `${meta.reason}; resumed from ${dir}`);
+    sandbox.adopt(meta.keep);
+    rmSync(dir, { recursive: true, force: true });
+    return sandbox;
+  }
+
+  /** Processes a copy of this sandbox keeps running (the interpreter of run()). */
+  protected keptSessions(): KeptSession[] {
+    return [];
+  }
+
+  /** Takes over the kept processes in a copy. */
+  protected adopt(_kept: KeptSession[]): void {}
 
   /** Stops the VM: the agent shuts the guest down, then the VMM is made sure to be gone. */
   async stop(): Promise<void> {
@@ -243,6 +361,25 @@ abstract class LanguageSandbox extends Sandbox {
   private repl: Repl | undefined;
   protected abstract readonly language: ReplLanguage;
 
+  protected override keptSessions(): KeptSession[] {
+    const kept = this.repl?.kept();
+    return kept ? [kept] : [];
+  }
+
+  protected override adopt(kept: KeptSession[]): void {
+    if (!kept.length) return;
+    this.replFor().adopt(kept[0]!);
+  }
+
+  private replFor(): Repl {
+    this.repl ??= new Repl(this.language, {
+      agent: () => this.agent(),
+      processOptions: () => this.processOptions({}, undefined),
+      exhausted: (what, counters) => this.exhausted(what, counters),
+    });
+    return this.repl;
+  }
+
   /**
    * Runs code in the sandbox's persistent interpreter: state survives between calls, and the value
    * of a final expression is echoed like the interactive prompt. An exception does not throw: it
@@ -252,12 +389,7 @@ abstract class LanguageSandbox extends Sandbox {
     if (typeof code !== "string") throw new InvalidArgumentError(`code must be a string, got ${typeof code}`);
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
     this.agent(); // not running: fail before queueing
-    this.repl ??= new Repl(this.language, {
-      agent: () => this.agent(),
-      processOptions: () => this.processOptions({}, undefined),
-      exhausted: (what, counters) => this.exhausted(what, counters),
-    });
-    return this.repl.run(code, timeout);
+    return this.replFor().run(code, timeout);
   }
 
   protected override onStop(): void {

@@ -10,6 +10,7 @@ import { debuglog } from "node:util";
 import { AgentClient } from "../agent-client/client.js";
 import { VmBootError } from "../errors.js";
 import { cacheDir } from "../paths.js";
+import type { SnapshotOutcome } from "./snapshot.js";
 
 const debug = debuglog("microsandbox");
 
@@ -46,6 +47,8 @@ export interface BootTimeline {
   agentReadyMs: number;
   /** Guest milestones (agent_start, modules_loaded, root_mounted, ...) in ms since guest kernel start. */
   guest: { name: string; ms: number }[];
+  /** How a memory snapshot was used: restored from, made for this sandbox, or replaced and why. */
+  snapshot?: SnapshotOutcome;
 }
 
 export interface Vm {
@@ -63,6 +66,14 @@ export interface Vm {
   stop(): Promise<void>;
   /** Kills the VMM at once. */
   kill(): void;
+  /**
+   * Pauses the VM (the agent quiet, the vCPUs stopped) and writes its device state, and its RAM
+   * unless that lives in a shared file, to `file`. The VM stays paused until proceed() or stop().
+   * Undefined where the backend cannot save (libkrun).
+   */
+  save?(file: string): Promise<void>;
+  /** Lets a VM paused by save() run on, as it was. */
+  proceed?(): Promise<void>;
 }
 
 export interface Backend {
@@ -95,6 +106,10 @@ export interface StartedVmm {
   vmmStartMs: number;
   /** The agent's stream, once the VMM has connected it. */
   connect(): Promise<Duplex>;
+  /** The handshake on that stream; default: wait for the guest's hello. */
+  handshake?(stream: Duplex, timeoutSeconds: number): Promise<AgentClient>;
+  /** What the running VM can do beyond the basics (save, proceed). */
+  extend?(agent: AgentClient): Pick<Vm, "save" | "proceed">;
   /** More to release with the runtime dir (a listening socket). */
   release?(): void;
   /** The VMM's own report of a failure to start, settled once it has exited (libkrun's status). */
@@ -144,7 +159,8 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
       const stream = await s.connect();
       if (gone) stream.destroy();
       child.once("exit", () => stream.destroy(new Error(`${s.vmm} exited`)));
-      return AgentClient.fromStream(stream, { timeout: Math.max(0.001, (deadline - performance.now()) / 1000) });
+      const timeout = Math.max(0.001, (deadline - performance.now()) / 1000);
+      return s.handshake ? s.handshake(stream, timeout) : AgentClient.fromStream(stream, { timeout });
     })();
     const agent = await Promise.race([ready, died, late]);
     clearTimeout(timer);
@@ -155,7 +171,7 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
       guest: agent.hello.boot.map((e) => ({ name: e.name, ms: e.ns / 1e6 })),
     };
     debug("%s ready on %s in %d ms", config.name, s.label, Math.round(timeline.agentReadyMs));
-    return runningVm({ agent, backend: s.label, child, exited, timeline, consoleLog: s.consoleLog, cleanup: release });
+    return { ...runningVm({ agent, backend: s.label, child, exited, timeline, consoleLog: s.consoleLog, cleanup: release }), ...s.extend?.(agent) };
   } catch (cause) {
     clearTimeout(timer);
     ready?.then((agent) => agent.close(), () => {}); // a hello that comes after the race was lost

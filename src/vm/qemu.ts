@@ -1,24 +1,29 @@
 // QemuBackend: boots `qemu-system-x86_64 -M microvm` with the agent as PID 1, under KVM or TCG as
-// decided up front (src/vm/select.ts). Under TCG the host TSC frequency goes on the command line:
-// without it about half of TCG boots hang calibrating against the PIT. The agent channel is a
-// virtio-serial port backed by one end of a socketpair that only QEMU holds; QEMU runs under
-// msb-vmm so it dies with this process.
+// decided up front (src/vm/select.ts), and saves and restores VMs (snapshots, forks). Under TCG
+// the host TSC frequency goes on the command line: without it about half of TCG boots hang
+// calibrating against the PIT. The agent channel is a virtio-serial port backed by one end of a
+// socketpair that only QEMU holds, the monitor (QMP) another; QEMU runs under msb-vmm so it dies
+// with this process.
 import { spawn } from "node:child_process";
 import { closeSync, readFileSync } from "node:fs";
 import { Socket } from "node:net";
 import path from "node:path";
 import { debuglog } from "node:util";
 
-import { MicrosandboxError, NetworkError } from "../errors.js";
+import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
+import { MicrosandboxError, NetworkError, QmpError } from "../errors.js";
 import { socketPair, vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { type Backend, finishBoot, type Vm, type VmConfig } from "./backend.js";
+import { type Backend, finishBoot, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
 import { floorInitramfs, FLOOR_MARKER, guestBoot } from "./guest.js";
+import { Qmp } from "./qmp.js";
 
 const debug = debuglog("microsandbox");
 const PORT_NAME = "msb.agent";
-// Where the agent's socket sits in QEMU's descriptor table (msb-vmm keeps it open across exec).
+// Where the agent's and the monitor's sockets sit in QEMU's descriptor table (msb-vmm keeps them
+// open across exec).
 const CHANNEL_FD = 3;
+const MONITOR_FD = 4;
 
 export type Accel = "kvm" | "tcg";
 
@@ -39,6 +44,14 @@ function hostTscKhz(): number | undefined {
 
 // QEMU option values are comma-separated: a comma inside one (a path) is written twice.
 const value = (s: string) => s.replaceAll(",", ",,");
+const shellQuote = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
+
+/**
+ * Guest RAM: anonymous, or a file mapped shared (a snapshot template being made: its pages are the
+ * snapshot) or private (a clone of a template: pages shared with every clone until written).
+ * Every VM names its RAM "mem" so that any VM's saved state loads into any other.
+ */
+export type GuestRam = { file: string; share: boolean } | undefined;
 
 export interface QemuOptions {
   accel: Accel;
@@ -60,7 +73,7 @@ export class QemuBackend implements Backend {
   }
 
   /** QEMU's arguments for `config`; the console goes to a file, or to stdout ("stdio"). */
-  args(config: VmConfig, boot: { kernel: string; initramfs: string }, disk: string | undefined, console: string): string[] {
+  args(config: VmConfig, boot: { kernel: string; initramfs: string }, disk: string | undefined, console: string, ram?: GuestRam): string[] {
     const append = ["console=ttyS0", "quiet", "panic=-1", `msb.port=${PORT_NAME}`, "msb.root=/dev/vda", `msb.net=${config.network === "all" ? 1 : 0}`, `msb.pids=${config.maxProcesses}`];
     const accelArgs = this.opts.accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg"];
     if (this.opts.accel === "tcg") {
@@ -68,9 +81,12 @@ export class QemuBackend implements Backend {
       if (khz) append.push(`tsc_early_khz=${khz}`);
     }
     const args = [
-      "-M", "microvm,rtc=on",
+      "-M", "microvm,rtc=on,memory-backend=mem",
       ...accelArgs,
       "-m", String(config.memory),
+      "-object", ram
+        ? `memory-backend-file,id=mem,size=${config.memory}M,mem-path=${value(ram.file)},share=${ram.share ? "on" : "off"}`
+        : `memory-backend-ram,id=mem,size=${config.memory}M`,
       "-smp", String(config.cpus),
       "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
       "-kernel", boot.kernel,
@@ -81,42 +97,60 @@ export class QemuBackend implements Backend {
       "-device", "virtio-serial-device",
       "-chardev", `socket,id=agent,fd=${CHANNEL_FD}`,
       "-device", `virtserialport,chardev=agent,name=${PORT_NAME}`,
+      "-chardev", `socket,id=monitor,fd=${MONITOR_FD}`,
+      "-mon", "chardev=monitor,mode=control",
     ];
     if (disk) args.push("-drive", `id=root,file=${value(disk)},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=root");
     if (config.network === "all") args.push("-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0");
     return args;
   }
 
-  // Spawns QEMU under msb-vmm with one end of a fresh socketpair as its agent channel.
+  // Spawns QEMU under msb-vmm with one end of a fresh socketpair as its agent channel and another
+  // as its monitor.
   private spawnQemu(args: string[], stdout: "ignore" | "pipe") {
     const [ours, theirs] = socketPair();
+    const [monitorOurs, monitorTheirs] = socketPair();
+    const sockets = (fd: number) => new Socket({ fd, readable: true, writable: true });
     try {
-      const argv = ["exec", String(process.pid), "--keep", String(CHANNEL_FD), "--", qemuBinary(), ...args];
+      const argv = ["exec", String(process.pid), "--keep", String(CHANNEL_FD), "--keep", String(MONITOR_FD), "--", qemuBinary(), ...args];
       debug("starting %s", argv.join(" "));
-      const child = spawn(vmmHelperPath(), argv, { stdio: ["ignore", stdout, "pipe", theirs] });
-      return { child, channel: new Socket({ fd: ours, readable: true, writable: true }) };
+      const child = spawn(vmmHelperPath(), argv, { stdio: ["ignore", stdout, "pipe", theirs, monitorTheirs] });
+      return { child, channel: sockets(ours), monitor: sockets(monitorOurs) };
     } catch (err) {
       closeSync(ours);
+      closeSync(monitorOurs);
       throw err;
     } finally {
       closeSync(theirs);
+      closeSync(monitorTheirs);
     }
   }
 
-  async boot(config: VmConfig): Promise<Vm> {
+  // Everything a boot and a restore share: host prep, the spawn, and the boot ending, with the
+  // monitor connected once the agent is (and closed with the VM).
+  private async start(
+    config: VmConfig,
+    opts: { ram?: GuestRam; incoming?: boolean },
+    ready: (vmm: { qmp: Promise<Qmp>; channel: Socket }) => Pick<StartedVmm, "connect" | "handshake">,
+  ): Promise<Vm> {
     const t0 = performance.now();
     const boot = await guestBoot(this.opts.kernel ? { kernel: this.opts.kernel } : {});
     const disk = await config.rootDisk();
     const hostPrepMs = performance.now() - t0;
     const dir = makeRuntimeDir();
     const consoleLog = path.join(dir, "console.log");
+    const args = this.args(config, boot, disk, consoleLog, opts.ram);
+    if (opts.incoming) args.push("-S", "-incoming", "defer");
     let started;
     try {
-      started = this.spawnQemu(this.args(config, boot, disk, consoleLog), "ignore");
+      started = this.spawnQemu(args, "ignore");
     } catch (err) {
       throw new MicrosandboxError(`could not start QEMU for sandbox ${config.name}: ${(err as Error).message}`, { cause: err });
     }
-    const { child, channel } = started;
+    const { child, channel, monitor } = started;
+    const qmp = Qmp.connect(monitor);
+    qmp.catch(() => {}); // a QEMU that dies early is reported by the boot ending
+    const sharedRam = !!opts.ram?.share;
     return finishBoot({
       label: this.describe(),
       vmm: "QEMU",
@@ -127,8 +161,23 @@ export class QemuBackend implements Backend {
       t0,
       hostPrepMs,
       vmmStartMs: performance.now() - t0,
-      // The guest speaks first: bytes sent before it opens its port would be dropped.
-      connect: async () => channel,
+      ...ready({ qmp, channel }),
+      release: () => void qmp.then((q) => q.close(), () => monitor.destroy()),
+      extend: (agent) => ({
+        save: async (file) => {
+          const q = await qmp;
+          await agent.suspend();
+          await q.execute("stop");
+          // RAM in a shared file is the snapshot's already: only device state goes in the stream.
+          await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: sharedRam }] });
+          await q.execute("migrate", { uri: `exec:cat > ${shellQuote(file)}` });
+          await migration(q);
+        },
+        proceed: async () => {
+          await (await qmp).execute("cont");
+          await agent.resume({ generation: agent.hello.generation });
+        },
+      }),
       explain: (stderr) =>
         // A QEMU built without user-mode networking (libslirp) refuses "-netdev user".
         config.network === "all" && /netdev|network backend/i.test(stderr)
@@ -140,12 +189,39 @@ export class QemuBackend implements Backend {
     });
   }
 
+  /** Boots `config` cold; with `ram`, guest RAM lives in that file. */
+  boot(config: VmConfig, ram?: GuestRam): Promise<Vm> {
+    // The guest speaks first: bytes sent before it opens its port would be dropped.
+    return this.start(config, { ram }, ({ channel }) => ({ connect: async () => channel }));
+  }
+
+  /**
+   * Starts a VM from a saved state (`state`, from save()) instead of booting: RAM from `ram`, a
+   * template mapped privately, or from the state itself. The agent is told it is a copy (new
+   * generation, randomness, clock, identity) before anything else runs in it.
+   */
+  restore(config: VmConfig, saved: { state: string; ram?: string; resume: ResumeOptions }): Promise<Vm> {
+    const ram = saved.ram ? { file: saved.ram, share: false } : undefined;
+    return this.start(config, { ram, incoming: true }, ({ qmp, channel }) => ({
+      connect: async () => {
+        const q = await qmp;
+        await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: !!ram }] });
+        await q.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(saved.state)}` });
+        await migration(q);
+        await q.execute("cont");
+        return channel;
+      },
+      // The restored guest is running already and waits for the host: the host speaks first.
+      handshake: (stream, timeout) => AgentClient.fromRestoredStream(stream, saved.resume, { timeout }),
+    }));
+  }
+
   async floor(config: VmConfig): Promise<number> {
     const { kernel } = await guestBoot(this.opts.kernel ? { kernel: this.opts.kernel } : {});
     const initramfs = floorInitramfs();
     const disk = await config.rootDisk();
     const t0 = performance.now();
-    const { child, channel } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe");
+    const { child, channel, monitor } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe");
     let seen = "";
     let at: number | undefined;
     child.stdout!.on("data", (d: Buffer) => {
@@ -158,7 +234,18 @@ export class QemuBackend implements Backend {
     await new Promise((resolve) => child.once("exit", resolve));
     clearTimeout(timer);
     channel.destroy();
+    monitor.destroy();
     if (at === undefined) throw new MicrosandboxError(`the floor VM (${this.describe()}) printed no marker within ${config.bootTimeout} s:\n${seen}${stderr}`);
     return at;
+  }
+}
+
+// Waits for the migration under way (outgoing or incoming) to end; throws if it failed.
+async function migration(q: Qmp): Promise<void> {
+  for (;;) {
+    const info = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
+    if (info.status === "completed") return;
+    if (info.status === "failed" || info.status === "cancelled") throw new QmpError(`migration ${info.status}: ${info["error-desc"] ?? "no reason given"}`);
+    await new Promise((r) => setTimeout(r, 2));
   }
 }

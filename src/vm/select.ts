@@ -4,11 +4,13 @@
 // and, if it dies before its agent is ready, the fallback the decision names.
 import { debuglog } from "node:util";
 
+import type { AgentClient } from "../agent-client/client.js";
 import { BackendUnavailableError, InvalidArgumentError, KrunStartError, VmBootError } from "../errors.js";
 import type { Backend, NetworkMode, Vm, VmConfig } from "./backend.js";
 import { KrunBackend } from "./krun.js";
 import { kvmTrial, type KvmVerdict, recordKvmFailure } from "./kvm-trial.js";
 import { probe, type ProbeReport } from "./probe.js";
+import { restoreOrBoot, type SnapshotOutcome, snapshotInputs } from "./snapshot.js";
 import { type Accel, QemuBackend } from "./qemu.js";
 
 const debug = debuglog("microsandbox");
@@ -119,20 +121,40 @@ export function backendFor(d: Decision, kernel?: string): Backend {
   return new QemuBackend({ accel: d.accel!, ...(kernel ? { kernel } : {}) });
 }
 
+/** Restore-on-create for a sandbox: its image's id and how to ready the template. */
+export interface SnapshotRequest {
+  image: string;
+  /** Names what prewarm does, for the snapshot's key. */
+  prewarmName: string;
+  prewarm(agent: AgentClient): Promise<void>;
+}
+
 /**
- * Boots `config` as decided. A boot that dies before its agent is ready is booted again as the
- * decision's fallback, whatever the timing; a failed KVM boot is remembered for this host.
- * Returns the VM and the reason that stands for it.
+ * Boots `config` as decided: with `snapshot` and QEMU, from the matching memory snapshot (made on
+ * first use). A boot that dies before its agent is ready is booted again as the decision's
+ * fallback, whatever the timing; a failed KVM boot is remembered for this host. Returns the VM,
+ * the reason that stands for it, and how a snapshot was used.
  */
-export async function bootVm(d: Decision, config: VmConfig, kernel?: string): Promise<{ vm: Vm; reason: string }> {
+export async function bootVm(
+  d: Decision,
+  config: VmConfig,
+  kernel?: string,
+  snapshot?: SnapshotRequest,
+): Promise<{ vm: Vm; backend: Backend; reason: string; snapshot?: SnapshotOutcome }> {
+  const boot = async (decision: Decision) => {
+    const backend = backendFor(decision, kernel);
+    if (!snapshot || !(backend instanceof QemuBackend)) return { vm: await backend.boot(config), backend };
+    const inputs = await snapshotInputs(backend, config, snapshot.image, snapshot.prewarmName, kernel);
+    const { vm, outcome } = await restoreOrBoot(backend, config, inputs, snapshot.prewarm);
+    return { vm, backend, snapshot: outcome };
+  };
   try {
-    return { vm: await backendFor(d, kernel).boot(config), reason: d.reason };
+    return { ...(await boot(d)), reason: d.reason };
   } catch (err) {
     if (!d.fallback || !(err instanceof VmBootError || err instanceof KrunStartError)) throw err;
     const why = err.message.split("\n")[0]!;
     if (d.backend === "qemu" && d.accel === "kvm") await recordKvmFailure(kernel, why);
     debug("sandbox %s: %s; falling back: %s", config.name, why, d.fallback.reason);
-    const vm = await backendFor(d.fallback, kernel).boot(config);
-    return { vm, reason: `${d.fallback.reason} (${why})` };
+    return { ...(await boot(d.fallback)), reason: `${d.fallback.reason} (${why})` };
   }
 }

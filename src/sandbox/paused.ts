@@ -1,0 +1,69 @@
+// A paused sandbox on disk: its VM's saved state (RAM included) and what it takes to bring it
+// back, in this process or another: options, image, backend, and the processes kept running.
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+
+import { InvalidArgumentError } from "../errors.js";
+import { cacheDir } from "../paths.js";
+import type { SandboxOptions } from "./options.js";
+
+const FORMAT = 1;
+
+/** A process a saved VM keeps running for its next host: its protocol session and guest pid. */
+export interface KeptSession {
+  session: number;
+  pid: number;
+}
+
+export interface PausedSandbox {
+  format: number;
+  /** The class that paused it: only the same class resumes it. */
+  kind: string;
+  /** The sandbox's options (registry credentials are never written). */
+  options: SandboxOptions & { name: string; image: string };
+  /** The image's content id at pause time: the same content must still be stored. */
+  imageId: string;
+  accel: "kvm" | "tcg";
+  /** Processes kept across the pause (the interpreter of run()). */
+  keep: KeptSession[];
+  reason: string;
+  pausedAt: string;
+}
+
+/** Where the paused sandbox `name` is kept: its state file and paused.json. */
+export function pausedDir(name: string): string {
+  return path.join(cacheDir(), "paused", name);
+}
+
+export function writePaused(dir: string, meta: Omit<PausedSandbox, "format" | "pausedAt">): void {
+  const full: PausedSandbox = { format: FORMAT, ...meta, pausedAt: new Date().toISOString() };
+  const tmp = path.join(dir, "paused.json.tmp");
+  writeFileSync(tmp, JSON.stringify(full, null, 2) + "\n");
+  renameSync(tmp, path.join(dir, "paused.json"));
+}
+
+export function readPaused(name: string, kind: string): { dir: string; meta: PausedSandbox } {
+  const dir = pausedDir(name);
+  let meta: PausedSandbox;
+  try {
+    meta = JSON.parse(readFileSync(path.join(dir, "paused.json"), "utf8")) as PausedSandbox;
+  } catch {
+    throw new InvalidArgumentError(`no paused sandbox named ${JSON.stringify(name)} in ${path.dirname(dir)}: pause() one first`);
+  }
+  if (meta.format !== FORMAT || !existsSync(path.join(dir, "state"))) {
+    throw new InvalidArgumentError(`the paused sandbox ${JSON.stringify(name)} in ${dir} is incomplete or from another version: remove it`);
+  }
+  if (meta.kind !== kind) throw new InvalidArgumentError(`sandbox ${JSON.stringify(name)} was paused as a ${meta.kind}: resume it with ${meta.kind}.resume()`);
+  return { dir, meta };
+}
+
+/** A fresh directory for pausing `name`; refuses when one is already paused under that name. */
+export function newPausedDir(name: string): string {
+  const dir = pausedDir(name);
+  if (existsSync(path.join(dir, "paused.json"))) {
+    throw new InvalidArgumentError(`a sandbox named ${JSON.stringify(name)} is already paused in ${dir}: resume it, or remove the directory`);
+  }
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}

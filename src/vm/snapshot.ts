@@ -1,0 +1,217 @@
+// Restore-on-create: the first sandbox for a given (image, kernel, initramfs, memory, cpus,
+// network, limits, QEMU) boots a template VM whose RAM lives in a file, readies it, and saves
+// its device state beside that file; every later one starts from the two in tens of milliseconds
+// instead of booting, its RAM a private copy-on-write mapping of the template (N clones do not
+// cost N x memory). Snapshots live in the cache under a key of those inputs, are made under a
+// lock, published by rename, verified before use, and replaced when a restore from them fails.
+import { createHash, randomInt, randomUUID } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { readdir, readFile, rm, stat } from "node:fs/promises";
+import { debuglog } from "node:util";
+
+import type { AgentClient } from "../agent-client/client.js";
+import { withLock } from "../images/lock.js";
+import { cacheDir, makeRuntimeDir } from "../paths.js";
+import type { Vm, VmConfig } from "./backend.js";
+import { guestBoot } from "./guest.js";
+import { type QemuBackend, qemuBinary } from "./qemu.js";
+
+const debug = debuglog("microsandbox");
+const FORMAT = 1;
+
+/** What a snapshot is made of; any change makes another snapshot. */
+export interface SnapshotInputs {
+  image: string;
+  kernel: string;
+  initramfs: string;
+  memory: number;
+  cpus: number;
+  network: string;
+  maxProcesses: number;
+  accel: string;
+  qemu: string;
+  /** What was readied in the template before it was saved. */
+  prewarm: string;
+}
+
+interface Meta {
+  format: number;
+  inputs: SnapshotInputs;
+  stateBytes: number;
+  stateSha256: string;
+  ramBytes: number;
+  createdAt: string;
+}
+
+/** How a sandbox came to run: restored, a snapshot made for it, or a cold boot and why. */
+export interface SnapshotOutcome {
+  kind: "restored" | "created" | "cold";
+  detail: string;
+}
+
+let qemuVersion: string | undefined;
+
+/** The inputs of `config` booted by `backend`, with the files' identities. */
+export async function snapshotInputs(backend: QemuBackend, config: VmConfig, image: string, prewarm: string, kernel?: string): Promise<SnapshotInputs> {
+  const boot = await guestBoot(kernel ? { kernel } : {});
+  const k = statSync(boot.kernel);
+  qemuVersion ??= execFileSync(qemuBinary(), ["--version"], { encoding: "utf8" }).split("\n")[0]!;
+  return {
+    image,
+    kernel: `${boot.kernel}:${k.size}:${k.mtimeMs}`,
+    // The initramfs is named by its content (the agent and the modules).
+    initramfs: path.basename(boot.initramfs),
+    memory: config.memory,
+    cpus: config.cpus,
+    network: config.network,
+    maxProcesses: config.maxProcesses,
+    accel: backend.accel,
+    qemu: qemuVersion,
+    prewarm,
+  };
+}
+
+export function snapshotDir(inputs: SnapshotInputs): string {
+  const key = createHash("sha256").update(JSON.stringify({ format: FORMAT, ...inputs })).digest("hex").slice(0, 32);
+  return path.join(cacheDir(), "snapshots", key);
+}
+
+const sha256 = (file: string) => createHash("sha256").update(readFileSync(file)).digest("hex");
+
+/** Why the snapshot in `dir` cannot be used for `inputs`, or undefined when it can. */
+export function snapshotProblem(dir: string, inputs: SnapshotInputs): string | undefined {
+  let meta: Meta;
+  try {
+    meta = JSON.parse(readFileSync(path.join(dir, "meta.json"), "utf8")) as Meta;
+  } catch (err) {
+    return `unreadable meta.json (${(err as Error).message})`;
+  }
+  if (meta.format !== FORMAT || JSON.stringify(meta.inputs) !== JSON.stringify(inputs)) return "made for other inputs";
+  const size = (f: string) => (existsSync(path.join(dir, f)) ? statSync(path.join(dir, f)).size : -1);
+  if (size("ram") !== meta.ramBytes || meta.ramBytes !== inputs.memory * 1024 * 1024) return `ram is ${size("ram")} bytes, not ${meta.ramBytes}`;
+  if (size("state") !== meta.stateBytes) return `state is ${size("state")} bytes, not ${meta.stateBytes}`;
+  if (sha256(path.join(dir, "state")) !== meta.stateSha256) return "state does not match its checksum";
+  return undefined;
+}
+
+/** A fresh identity for a copy of a saved VM. */
+export function cloneIdentity(hostname: string) {
+  return { generation: randomInt(1, 2 ** 47), hostname, bootId: randomUUID() };
+}
+
+// Boots the template with RAM in `dir`/ram (shared: its pages are the snapshot), readies it,
+// saves its state beside, and throws the template away.
+async function makeSnapshot(backend: QemuBackend, config: VmConfig, inputs: SnapshotInputs, dir: string, prewarm: (agent: AgentClient) => Promise<void>): Promise<void> {
+  const parent = path.dirname(dir);
+  mkdirSync(parent, { recursive: true });
+  const tmp = mkdtempSync(path.join(parent, ".tmp-"));
+  let vm: Vm | undefined;
+  try {
+    vm = await backend.boot({ ...config, name: `${config.name}-template` }, { file: path.join(tmp, "ram"), share: true });
+    await prewarm(vm.agent);
+    await vm.save!(path.join(tmp, "state"));
+    vm.kill();
+    await vm.exited;
+    const state = path.join(tmp, "state");
+    const meta: Meta = {
+      format: FORMAT,
+      inputs,
+      stateBytes: statSync(state).size,
+      stateSha256: sha256(state),
+      ramBytes: statSync(path.join(tmp, "ram")).size,
+      createdAt: new Date().toISOString(),
+    };
+    writeFileSync(path.join(tmp, "meta.json"), JSON.stringify(meta, null, 2) + "\n");
+    rmSync(dir, { recursive: true, force: true });
+    renameSync(tmp, dir);
+  } finally {
+    await vm?.stop();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A running VM for `config`: restored from the snapshot of `inputs`, made first if there is none.
+ * A snapshot that fails verification or restore is replaced; the outcome says what happened.
+ */
+export async function restoreOrBoot(
+  backend: QemuBackend,
+  config: VmConfig,
+  inputs: SnapshotInputs,
+  prewarm: (agent: AgentClient) => Promise<void>,
+): Promise<{ vm: Vm; outcome: SnapshotOutcome }> {
+  const dir = snapshotDir(inputs);
+  const key = path.basename(dir);
+  const restore = () =>
+    backend.restore(config, {
+      state: path.join(dir, "state"),
+      ram: path.join(dir, "ram"),
+      resume: cloneIdentity(config.name),
+    });
+  let why = existsSync(dir) ? snapshotProblem(dir, inputs) : "no snapshot yet";
+  if (!why) {
+    try {
+      return { vm: await restore(), outcome: { kind: "restored", detail: `restored from snapshot ${key}` } };
+    } catch (err) {
+      why = `restoring snapshot ${key} failed: ${(err as Error).message.split("\n")[0]}`;
+      debug("sandbox %s: %s", config.name, why);
+    }
+  }
+  const replaced = existsSync(dir);
+  mkdirSync(path.dirname(dir), { recursive: true });
+  await withLock(dir, async () => {
+    // Another process may have made (or fixed) it while this one waited for the lock.
+    if (existsSync(dir) && !snapshotProblem(dir, inputs) && why === "no snapshot yet") return;
+    await makeSnapshot(backend, config, inputs, dir, prewarm);
+  });
+  const vm = await restore();
+  const detail = replaced ? `${why}: made snapshot ${key} anew` : `made snapshot ${key}`;
+  return { vm, outcome: { kind: replaced ? "cold" : "created", detail } };
+}
+
+/**
+ * A copy of a running VM as it is at this instant, started by `backend` with `config`; the
+ * original runs on. Sessions listed in `keep` carry on in the copy (its other processes are
+ * killed as it starts), for a host that adopts them.
+ */
+export async function copyVm(vm: Vm, backend: QemuBackend, config: VmConfig, keep: number[] = []): Promise<Vm> {
+  const dir = makeRuntimeDir();
+  const state = path.join(dir, "state");
+  try {
+    try {
+      await vm.save!(state);
+    } finally {
+      await vm.proceed!();
+    }
+    return await backend.restore(config, { state, resume: { ...cloneIdentity(config.name), keep } });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Removes the snapshots of images that are gone, unreadable ones, and work in progress left by a
+ * process that died more than an hour ago. Returns the bytes freed.
+ */
+export async function pruneSnapshots(imageIds: Set<string>): Promise<number> {
+  const root = path.join(cacheDir(), "snapshots");
+  let freed = 0;
+  for (const name of await readdir(root).catch(() => [] as string[])) {
+    const dir = path.join(root, name);
+    if (name.endsWith(".lock")) continue;
+    if (name.startsWith(".tmp-")) {
+      const st = await stat(dir).catch(() => undefined);
+      if (!st || Date.now() - st.mtimeMs < 3600_000) continue;
+    } else {
+      const meta = await readFile(path.join(dir, "meta.json"), "utf8").then((t) => JSON.parse(t) as Meta, () => undefined);
+      if (meta && imageIds.has(meta.inputs.image)) continue;
+    }
+    await withLock(dir, async () => {
+      for (const f of await readdir(dir).catch(() => [] as string[])) freed += ((await stat(path.join(dir, f)).catch(() => undefined))?.blocks ?? 0) * 512;
+      await rm(dir, { recursive: true, force: true });
+    });
+  }
+  return freed;
+}

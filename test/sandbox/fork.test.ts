@@ -1,0 +1,84 @@
+// fork(), pause() and resume() on real VMs (QEMU; TCG here): the copy has the original's memory,
+// processes and files at that instant, the original runs on, and a paused sandbox comes back in
+// another Node process with its interpreter's state.
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { promisify } from "node:util";
+import { describe, expect, it } from "vitest";
+
+import { CustomSandbox, InvalidArgumentError, PythonSandbox } from "../../src/index.js";
+import { alive } from "./helpers.js";
+
+const run = promisify(execFile);
+const DIST = new URL("../../dist/index.js", import.meta.url).href;
+
+describe("fork", () => {
+  it("copies a Python sandbox's interpreter state and files; both go on separately", async () => {
+    const parent = await PythonSandbox.create({ name: "fork-parent", memory: 512 });
+    try {
+      await parent.run("secret = 41\ncounter = [1, 2]");
+      await parent.fs.write("/root/note.txt", "before the fork");
+      const child = await parent.fork({ name: "fork-child" });
+      try {
+        expect(child.name).toBe("fork-child");
+        expect(child.pid).not.toBe(parent.pid);
+        expect(child.backend).toMatch(/forked from fork-parent/);
+        // The interpreter came along with its variables.
+        expect(await (await child.run("secret + 1")).output()).toBe("42");
+        expect(await (await child.fs.read("/root/note.txt")).toString()).toBe("before the fork");
+        // From here on they are two machines.
+        await child.run("counter.append(3)");
+        await child.fs.write("/root/note.txt", "child");
+        expect(await (await parent.run("counter")).output()).toBe("[1, 2]");
+        expect(await (await child.run("counter")).output()).toBe("[1, 2, 3]");
+        expect(await (await parent.fs.read("/root/note.txt")).toString()).toBe("before the fork");
+        expect(await (await child.command.run("hostname")).output()).toBe("fork-child");
+        // Python's random module was seeded before the fork; the kernel's RNG was reseeded after.
+        const urandom = "import os; os.urandom(16).hex()";
+        expect(await (await parent.run(urandom)).output()).not.toBe(await (await child.run(urandom)).output());
+      } finally {
+        await child.stop();
+      }
+      expect(await (await parent.run("secret")).output()).toBe("41");
+    } finally {
+      await parent.stop();
+    }
+  });
+
+  it("refuses where the VM cannot be saved, and when not running", async () => {
+    const sb = new CustomSandbox({ image: "local:busybox", memory: 128 });
+    await expect(sb.fork()).rejects.toThrow(/not running/);
+    await expect(sb.pause()).rejects.toThrow(/not running/);
+    await expect(CustomSandbox.resume("no-such-paused-sandbox")).rejects.toBeInstanceOf(InvalidArgumentError);
+  });
+});
+
+describe("pause and resume", () => {
+  it("keeps a Python variable and a file across two Node processes", async () => {
+    const name = `paused-${process.pid}`;
+    const first = `
+      import { PythonSandbox } from ${JSON.stringify(DIST)};
+      const sb = await PythonSandbox.create({ name: ${JSON.stringify(name)}, memory: 512 });
+      await sb.run("kept = {'answer': 42}");
+      await sb.fs.write("/root/kept.txt", "written before the pause");
+      const pid = sb.pid;
+      console.log(JSON.stringify({ dir: await sb.pause(), pid }));`;
+    const paused = JSON.parse((await run(process.execPath, ["--input-type=module", "-e", first], { timeout: 120_000 })).stdout);
+    expect(existsSync(paused.dir)).toBe(true);
+    expect(alive(paused.pid)).toBe(false); // paused: no VM runs
+    const second = `
+      import { PythonSandbox } from ${JSON.stringify(DIST)};
+      const sb = await PythonSandbox.resume(${JSON.stringify(name)});
+      try {
+        const answer = await (await sb.run("kept['answer']")).output();
+        const file = (await sb.fs.read("/root/kept.txt")).toString();
+        console.log(JSON.stringify({ answer, file, backend: sb.backend }));
+      } finally {
+        await sb.stop();
+      }`;
+    const resumed = JSON.parse((await run(process.execPath, ["--input-type=module", "-e", second], { timeout: 120_000 })).stdout);
+    expect(resumed).toMatchObject({ answer: "42", file: "written before the pause" });
+    expect(resumed.backend).toMatch(/resumed from/);
+    expect(existsSync(paused.dir)).toBe(false); // used once
+  });
+});

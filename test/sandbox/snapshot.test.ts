@@ -1,0 +1,83 @@
+// Restore-on-create on real VMs (QEMU; TCG here): the first sandbox of a kind makes a memory
+// snapshot, later ones restore it; clones get their own randomness, clock and identity; a damaged
+// snapshot is replaced by a cold boot, with the reason in the timeline.
+import { rmSync, truncateSync } from "node:fs";
+import path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+
+import { CustomSandbox } from "../../src/index.js";
+import { cacheDir } from "../../src/paths.js";
+
+// A limit no other test uses makes a snapshot of its own, removed at the end.
+const maxProcesses = 2000 + Math.floor(Math.random() * 1000);
+const opts = { image: "local:busybox", memory: 192, maxProcesses };
+const keys = new Set<string>();
+afterAll(() => {
+  for (const k of keys) rmSync(path.join(cacheDir(), "snapshots", k), { recursive: true, force: true });
+});
+
+const keyOf = (sb: CustomSandbox) => /snapshot ([0-9a-f]{32})/.exec(sb.timeline!.snapshot!.detail)![1]!;
+const out = async (sb: CustomSandbox, ...cmd: string[]) => (await sb.command.run(cmd[0]!, cmd.slice(1))).stdout.trim();
+
+describe("restore-on-create", () => {
+  it("makes a snapshot once, then restores clones that do not share randomness, clock or identity", async () => {
+    const first = await CustomSandbox.create({ ...opts, name: "snap-first" });
+    try {
+      expect(first.timeline!.snapshot).toMatchObject({ kind: "created" });
+      keys.add(keyOf(first));
+      expect(await out(first, "echo", "made")).toBe("made");
+    } finally {
+      await first.stop();
+    }
+    const [a, b] = await Promise.all([CustomSandbox.create({ ...opts, name: "snap-a" }), CustomSandbox.create({ ...opts, name: "snap-b" })]);
+    try {
+      for (const sb of [a, b]) {
+        expect(sb.timeline!.snapshot).toMatchObject({ kind: "restored", detail: expect.stringContaining(keyOf(first)) });
+        expect(await out(sb, "hostname")).toBe(sb.name);
+        const guestSeconds = Number(await out(sb, "date", "+%s"));
+        expect(Math.abs(guestSeconds - Date.now() / 1000)).toBeLessThan(2);
+      }
+      const random = async (sb: CustomSandbox) => out(sb, "sh", "-c", "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'");
+      expect(await random(a)).not.toBe(await random(b));
+      const bootId = (sb: CustomSandbox) => out(sb, "cat", "/proc/sys/kernel/random/boot_id");
+      expect(await bootId(a)).toMatch(/^[0-9a-f-]{36}$/);
+      expect(await bootId(a)).not.toBe(await bootId(b));
+      // Each clone's files are its own.
+      await a.fs.write("/root/only-a", "a");
+      expect((await b.command.run("ls", ["/root"])).stdout).toBe("");
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  });
+
+  it("replaces a damaged snapshot with a cold boot and says why", async () => {
+    const sb = await CustomSandbox.create({ ...opts, name: "snap-c" });
+    const key = keyOf(sb);
+    keys.add(key);
+    await sb.stop();
+    truncateSync(path.join(cacheDir(), "snapshots", key, "state"), 100);
+    const again = await CustomSandbox.create({ ...opts, name: "snap-d" });
+    try {
+      expect(again.timeline!.snapshot).toMatchObject({ kind: "cold", detail: expect.stringMatching(/state is 100 bytes.*made snapshot .* anew/) });
+      expect(await out(again, "echo", "fine")).toBe("fine");
+    } finally {
+      await again.stop();
+    }
+    const restored = await CustomSandbox.create({ ...opts, name: "snap-e" });
+    try {
+      expect(restored.timeline!.snapshot!.kind).toBe("restored");
+    } finally {
+      await restored.stop();
+    }
+  });
+
+  it("boots cold when asked to", async () => {
+    const sb = await CustomSandbox.create({ ...opts, name: "snap-off", snapshot: false });
+    try {
+      expect(sb.timeline!.snapshot).toBeUndefined();
+      expect(await out(sb, "echo", "cold")).toBe("cold");
+    } finally {
+      await sb.stop();
+    }
+  });
+});
