@@ -10,10 +10,11 @@ const ms = (t) => `${Math.round(performance.now() - t)} ms`;
 const image = process.env.MSB_PYTHON_IMAGE ?? "local:python";
 const sandbox = await PythonSandbox.create({ name: "demo", image, memory: 512, cpus: 1 });
 try {
-  console.log(`booted ${sandbox.name} in ${ms(t0)} on ${sandbox.backend}`);
+  const how = { restored: "restored from a memory snapshot", created: "booted, and saved a memory snapshot for next time", cold: "booted" };
+  console.log(`${sandbox.name}: ${how[sandbox.timeline.snapshot?.kind ?? "cold"]} in ${ms(t0)}, on ${sandbox.backend}`);
   let t = performance.now();
   const hello = await sandbox.run("import platform\nprint(f'Hello from Python {platform.python_version()} on {platform.release()}!')");
-  console.log(`${await hello.output()}   (${ms(t)}, first run starts the interpreter)`);
+  console.log(`${await hello.output()}   (${ms(t)}, the first run)`);
   t = performance.now();
   const sum = await sandbox.run("2 + 2");
   console.log(`2 + 2 = ${await sum.output()}   (${ms(t)})`);

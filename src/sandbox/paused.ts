@@ -5,15 +5,11 @@ import path from "node:path";
 
 import { InvalidArgumentError } from "../errors.js";
 import { cacheDir } from "../paths.js";
+import type { KeptSession } from "../vm/backend.js";
 import type { SandboxOptions } from "./options.js";
 
 const FORMAT = 1;
 
-/** A process a saved VM keeps running for its next host: its protocol session and guest pid. */
-export interface KeptSession {
-  session: number;
-  pid: number;
-}
 
 export interface PausedSandbox {
   format: number;

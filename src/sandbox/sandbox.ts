@@ -4,18 +4,18 @@ import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
 import type { ExecProcess, ExitStatus } from "../agent-client/process.js";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
 import path from "node:path";
 
 import { ImageError, InvalidArgumentError, ResourceError, SandboxNotRunningError, SnapshotUnsupportedError, TimeoutError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
-import type { Backend, BootTimeline, Vm, VmConfig } from "../vm/backend.js";
+import type { Backend, BootTimeline, KeptSession, Vm, VmConfig } from "../vm/backend.js";
 import { QemuBackend } from "../vm/qemu.js";
 import { bootVm, chooseBackend, forcedAccel } from "../vm/select.js";
 import { cloneIdentity, copyVm } from "../vm/snapshot.js";
-import { type KeptSession, newPausedDir, readPaused, writePaused } from "./paused.js";
+import { newPausedDir, readPaused, writePaused } from "./paused.js";
 import { CommandExecution, Execution } from "./execution.js";
 import { SandboxFiles } from "./files.js";
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
@@ -148,13 +148,9 @@ export abstract class Sandbox implements AsyncDisposable {
       rootDisk: () => store.disk(image),
       bootTimeout: this.opts.timeout,
     };
-    const { vm, backend, reason, snapshot } = await bootVm(decision, config, kernel, this.opts.snapshot ? {
-      image: image.id,
-      prewarmName: "shell",
-      // The template's page cache keeps what the shell and the C library need: commands in every
-      // clone start without reading the disk.
-      prewarm: async (agent) => void (await agent.exec(["sh", "-c", "true"], { timeout: 60 })),
-    } : undefined);
+    // Processes (and a template's interpreter) take their environment from the image config.
+    this.imageConfig = image.config;
+    const { vm, backend, reason, snapshot, kept } = await bootVm(decision, config, kernel, this.opts.snapshot ? { image: image.id, ...this.templatePrewarm(image.config) } : undefined);
     // Like container runtimes, make the image's WorkingDir when the image lacks it.
     if (image.config.workingDir) {
       try {
@@ -166,6 +162,15 @@ export abstract class Sandbox implements AsyncDisposable {
     }
     this.attach(vm, { backend, config, imageId: image.id }, image.config, reason, imagePrepMs);
     if (snapshot) this.bootTimeline!.snapshot = snapshot;
+    this.adopt(kept ?? []);
+  }
+
+  /**
+   * What a snapshot's template runs before it is saved, and a name for it in the snapshot's key:
+   * the shell once, so its files sit in the guest's page cache in every clone.
+   */
+  protected templatePrewarm(_image: ImageConfig): { prewarmName: string; prewarm(agent: AgentClient): Promise<KeptSession[]> } {
+    return { prewarmName: "shell", prewarm: async (agent) => (await agent.exec(["sh", "-c", "true"], { timeout: 60 }), []) };
   }
 
   // Makes `vm` this sandbox's running VM; its timeline starts `beforeMs` earlier (image prep).
@@ -372,12 +377,34 @@ abstract class LanguageSandbox extends Sandbox {
   }
 
   private replFor(): Repl {
-    this.repl ??= new Repl(this.language, {
-      agent: () => this.agent(),
+    this.repl ??= this.newRepl(() => this.agent());
+    return this.repl;
+  }
+
+  private newRepl(agent: () => AgentClient): Repl {
+    return new Repl(this.language, {
+      agent,
       processOptions: () => this.processOptions({}, undefined),
       exhausted: (what, counters) => this.exhausted(what, counters),
     });
-    return this.repl;
+  }
+
+  /**
+   * The template also starts the interpreter (with this sandbox's environment, which goes into the
+   * snapshot's key): every clone's first run() finds it loaded.
+   */
+  protected override templatePrewarm(image: ImageConfig): { prewarmName: string; prewarm(agent: AgentClient): Promise<KeptSession[]> } {
+    const shell = super.templatePrewarm(image);
+    const settings = createHash("sha256").update(JSON.stringify(this.processOptions({}, undefined))).digest("hex").slice(0, 16);
+    return {
+      prewarmName: `${shell.prewarmName}+${this.language.language}:${settings}`,
+      prewarm: async (agent) => {
+        await shell.prewarm(agent);
+        const repl = this.newRepl(() => agent);
+        await repl.run("None");
+        return [repl.kept()!];
+      },
+    };
   }
 
   /**

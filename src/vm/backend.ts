@@ -51,6 +51,12 @@ export interface BootTimeline {
   snapshot?: SnapshotOutcome;
 }
 
+/** A process a saved VM keeps running for its next host: its protocol session and guest pid. */
+export interface KeptSession {
+  session: number;
+  pid: number;
+}
+
 export interface Vm {
   readonly agent: AgentClient;
   /** The VMM as configured, e.g. "qemu (tcg)" or "krun". */

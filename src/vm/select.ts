@@ -6,7 +6,7 @@ import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
 import { BackendUnavailableError, InvalidArgumentError, KrunStartError, VmBootError } from "../errors.js";
-import type { Backend, NetworkMode, Vm, VmConfig } from "./backend.js";
+import type { Backend, KeptSession, NetworkMode, Vm, VmConfig } from "./backend.js";
 import { KrunBackend } from "./krun.js";
 import { kvmTrial, type KvmVerdict, recordKvmFailure } from "./kvm-trial.js";
 import { probe, type ProbeReport } from "./probe.js";
@@ -126,12 +126,13 @@ export interface SnapshotRequest {
   image: string;
   /** Names what prewarm does, for the snapshot's key. */
   prewarmName: string;
-  prewarm(agent: AgentClient): Promise<void>;
+  /** Readies the template; the processes it returns are kept running in every clone. */
+  prewarm(agent: AgentClient): Promise<KeptSession[]>;
 }
 
 /**
  * Boots `config` as decided: with `snapshot` and QEMU, from the matching memory snapshot (made on
- * first use). A boot that dies before its agent is ready is booted again as the decision's
+ * first use; the processes the template kept come back for the caller to adopt). A boot that dies before its agent is ready is booted again as the decision's
  * fallback, whatever the timing; a failed KVM boot is remembered for this host. Returns the VM,
  * the reason that stands for it, and how a snapshot was used.
  */
@@ -140,13 +141,13 @@ export async function bootVm(
   config: VmConfig,
   kernel?: string,
   snapshot?: SnapshotRequest,
-): Promise<{ vm: Vm; backend: Backend; reason: string; snapshot?: SnapshotOutcome }> {
+): Promise<{ vm: Vm; backend: Backend; reason: string; snapshot?: SnapshotOutcome; kept?: KeptSession[] }> {
   const boot = async (decision: Decision) => {
     const backend = backendFor(decision, kernel);
     if (!snapshot || !(backend instanceof QemuBackend)) return { vm: await backend.boot(config), backend };
     const inputs = await snapshotInputs(backend, config, snapshot.image, snapshot.prewarmName, kernel);
-    const { vm, outcome } = await restoreOrBoot(backend, config, inputs, snapshot.prewarm);
-    return { vm, backend, snapshot: outcome };
+    const { vm, outcome, kept } = await restoreOrBoot(backend, config, inputs, snapshot.prewarm);
+    return { vm, backend, snapshot: outcome, kept };
   };
   try {
     return { ...(await boot(d)), reason: d.reason };

@@ -14,7 +14,7 @@ import { debuglog } from "node:util";
 import type { AgentClient } from "../agent-client/client.js";
 import { withLock } from "../images/lock.js";
 import { cacheDir, makeRuntimeDir } from "../paths.js";
-import type { Vm, VmConfig } from "./backend.js";
+import type { KeptSession, Vm, VmConfig } from "./backend.js";
 import { guestBoot } from "./guest.js";
 import { type QemuBackend, qemuBinary } from "./qemu.js";
 
@@ -42,6 +42,8 @@ interface Meta {
   stateBytes: number;
   stateSha256: string;
   ramBytes: number;
+  /** Processes the template kept running for its clones (an interpreter). */
+  kept: KeptSession[];
   createdAt: string;
 }
 
@@ -80,14 +82,17 @@ export function snapshotDir(inputs: SnapshotInputs): string {
 
 const sha256 = (file: string) => createHash("sha256").update(readFileSync(file)).digest("hex");
 
+const readMeta = (dir: string) => JSON.parse(readFileSync(path.join(dir, "meta.json"), "utf8")) as Meta;
+
 /** Why the snapshot in `dir` cannot be used for `inputs`, or undefined when it can. */
 export function snapshotProblem(dir: string, inputs: SnapshotInputs): string | undefined {
   let meta: Meta;
   try {
-    meta = JSON.parse(readFileSync(path.join(dir, "meta.json"), "utf8")) as Meta;
+    meta = readMeta(dir);
   } catch (err) {
     return `unreadable meta.json (${(err as Error).message})`;
   }
+  if (!Array.isArray(meta.kept) || !meta.kept.every((k) => Number.isInteger(k.session) && Number.isInteger(k.pid))) return "meta.json lists no kept processes";
   if (meta.format !== FORMAT || JSON.stringify(meta.inputs) !== JSON.stringify(inputs)) return "made for other inputs";
   const size = (f: string) => (existsSync(path.join(dir, f)) ? statSync(path.join(dir, f)).size : -1);
   if (size("ram") !== meta.ramBytes || meta.ramBytes !== inputs.memory * 1024 * 1024) return `ram is ${size("ram")} bytes, not ${meta.ramBytes}`;
@@ -103,14 +108,14 @@ export function cloneIdentity(hostname: string) {
 
 // Boots the template with RAM in `dir`/ram (shared: its pages are the snapshot), readies it,
 // saves its state beside, and throws the template away.
-async function makeSnapshot(backend: QemuBackend, config: VmConfig, inputs: SnapshotInputs, dir: string, prewarm: (agent: AgentClient) => Promise<void>): Promise<void> {
+async function makeSnapshot(backend: QemuBackend, config: VmConfig, inputs: SnapshotInputs, dir: string, prewarm: (agent: AgentClient) => Promise<KeptSession[]>): Promise<void> {
   const parent = path.dirname(dir);
   mkdirSync(parent, { recursive: true });
   const tmp = mkdtempSync(path.join(parent, ".tmp-"));
   let vm: Vm | undefined;
   try {
     vm = await backend.boot({ ...config, name: `${config.name}-template` }, { file: path.join(tmp, "ram"), share: true });
-    await prewarm(vm.agent);
+    const kept = await prewarm(vm.agent);
     await vm.save!(path.join(tmp, "state"));
     vm.kill();
     await vm.exited;
@@ -121,6 +126,7 @@ async function makeSnapshot(backend: QemuBackend, config: VmConfig, inputs: Snap
       stateBytes: statSync(state).size,
       stateSha256: sha256(state),
       ramBytes: statSync(path.join(tmp, "ram")).size,
+      kept,
       createdAt: new Date().toISOString(),
     };
     writeFileSync(path.join(tmp, "meta.json"), JSON.stringify(meta, null, 2) + "\n");
@@ -140,20 +146,23 @@ export async function restoreOrBoot(
   backend: QemuBackend,
   config: VmConfig,
   inputs: SnapshotInputs,
-  prewarm: (agent: AgentClient) => Promise<void>,
-): Promise<{ vm: Vm; outcome: SnapshotOutcome }> {
+  prewarm: (agent: AgentClient) => Promise<KeptSession[]>,
+): Promise<{ vm: Vm; outcome: SnapshotOutcome; kept: KeptSession[] }> {
   const dir = snapshotDir(inputs);
   const key = path.basename(dir);
-  const restore = () =>
-    backend.restore(config, {
+  const restore = async () => {
+    const { kept } = readMeta(dir);
+    const vm = await backend.restore(config, {
       state: path.join(dir, "state"),
       ram: path.join(dir, "ram"),
-      resume: cloneIdentity(config.name),
+      resume: { ...cloneIdentity(config.name), keep: kept.map((k) => k.session) },
     });
+    return { vm, kept };
+  };
   let why = existsSync(dir) ? snapshotProblem(dir, inputs) : "no snapshot yet";
   if (!why) {
     try {
-      return { vm: await restore(), outcome: { kind: "restored", detail: `restored from snapshot ${key}` } };
+      return { ...(await restore()), outcome: { kind: "restored", detail: `restored from snapshot ${key}` } };
     } catch (err) {
       why = `restoring snapshot ${key} failed: ${(err as Error).message.split("\n")[0]}`;
       debug("sandbox %s: %s", config.name, why);
@@ -166,9 +175,8 @@ export async function restoreOrBoot(
     if (existsSync(dir) && !snapshotProblem(dir, inputs) && why === "no snapshot yet") return;
     await makeSnapshot(backend, config, inputs, dir, prewarm);
   });
-  const vm = await restore();
   const detail = replaced ? `${why}: made snapshot ${key} anew` : `made snapshot ${key}`;
-  return { vm, outcome: { kind: replaced ? "cold" : "created", detail } };
+  return { ...(await restore()), outcome: { kind: replaced ? "cold" : "created", detail } };
 }
 
 /**

@@ -5,7 +5,7 @@ import { rmSync, truncateSync } from "node:fs";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 
-import { CustomSandbox } from "../../src/index.js";
+import { CustomSandbox, PythonSandbox } from "../../src/index.js";
 import { cacheDir } from "../../src/paths.js";
 
 // A limit no other test uses makes a snapshot of its own, removed at the end.
@@ -16,7 +16,7 @@ afterAll(() => {
   for (const k of keys) rmSync(path.join(cacheDir(), "snapshots", k), { recursive: true, force: true });
 });
 
-const keyOf = (sb: CustomSandbox) => /snapshot ([0-9a-f]{32})/.exec(sb.timeline!.snapshot!.detail)![1]!;
+const keyOf = (sb: CustomSandbox | PythonSandbox) => /snapshot ([0-9a-f]{32})/.exec(sb.timeline!.snapshot!.detail)![1]!;
 const out = async (sb: CustomSandbox, ...cmd: string[]) => (await sb.command.run(cmd[0]!, cmd.slice(1))).stdout.trim();
 
 describe("restore-on-create", () => {
@@ -78,6 +78,27 @@ describe("restore-on-create", () => {
       expect(await out(sb, "echo", "cold")).toBe("cold");
     } finally {
       await sb.stop();
+    }
+  });
+});
+
+describe("restore-on-create with an interpreter", () => {
+  it("gives every Python clone the template's interpreter, already running, with state of its own", async () => {
+    const env = { SNAPSHOT_TEST: String(maxProcesses) }; // part of the interpreter's key: a snapshot of its own
+    const made = await PythonSandbox.create({ name: "py-snap-made", memory: 512, env });
+    keys.add(keyOf(made));
+    await made.stop();
+    const [a, b] = await Promise.all([PythonSandbox.create({ name: "py-snap-a", memory: 512, env }), PythonSandbox.create({ name: "py-snap-b", memory: 512, env })]);
+    try {
+      for (const sb of [a, b]) expect(sb.timeline!.snapshot).toMatchObject({ kind: "restored" });
+      // The same process in both: the interpreter was started once, in the template.
+      const pid = async (sb: PythonSandbox) => (await sb.run("import os; os.getpid()")).output();
+      expect(await pid(a)).toBe(await pid(b));
+      await a.run("only_in_a = 1");
+      expect((await b.run("only_in_a")).hasError()).toBe(true);
+      expect(await (await a.run("import os; os.environ['SNAPSHOT_TEST']")).output()).toBe(`'${maxProcesses}'`);
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
     }
   });
 });
