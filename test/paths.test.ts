@@ -136,7 +136,8 @@ describe("sweepRuntimeDirs", () => {
     expect(ownRuntimeDirs()).toEqual([]);
   });
 
-  it("removes the dir of a Node process killed with its sandbox running, and only that", async () => {
+  // Also the test that a VM dies with the Node process that made it.
+  it("takes the VM down with a Node process killed with its sandbox running, then removes that process's dir, and only that", async () => {
     const script = `
       import { CustomSandbox } from ${JSON.stringify(new URL("../dist/index.js", import.meta.url).href)};
       const sb = await CustomSandbox.create({ image: "local:busybox", memory: 128 });

@@ -59,7 +59,8 @@ async function oneRun(opts: BenchOptions, backend?: { name?: string }): Promise<
       ok: true,
       hostPrep: tl.hostPrepMs,
       vmmStart: tl.vmmStartMs,
-      kernelToInit: tl.guest.find((e) => e.name === "agent_start")?.ms,
+      // A restored VM did not boot: its guest timeline is its template's.
+      kernelToInit: tl.snapshot?.kind === "restored" ? undefined : tl.guest.find((e) => e.name === "agent_start")?.ms,
       agentReady: tl.agentReadyMs,
       firstOutput,
       stop: performance.now() - t1,

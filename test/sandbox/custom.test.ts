@@ -1,6 +1,5 @@
-// CustomSandbox on the tiny busybox image: network modes, isolation, resource limits, clean
-// stops, and the VM dying with its creator. Real VMs (QEMU; TCG here).
-import { spawn } from "node:child_process";
+// CustomSandbox on the tiny busybox image: network modes, isolation, resource limits and clean
+// stops (a VM dying with its creator is in test/paths.test.ts). Real VMs (QEMU; TCG here).
 import { once } from "node:events";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -10,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { CustomSandbox, ImageError, ImageStore, InvalidArgumentError, NetworkError, PythonSandbox, ResourceError } from "../../src/index.js";
 import { ownRuntimeDirs } from "../../src/paths.js";
-import { alive, childPids, waitFor, within } from "./helpers.js";
+import { alive, childPids } from "./helpers.js";
 
 // Every check here is of this process's own VMs, runtime dirs and children: other test files may
 // be booting VMs at the same time.
@@ -88,38 +87,6 @@ describe("isolation and cleanup", () => {
     }
     expect(pids.filter(alive)).toEqual([]);
     expect(ownRuntimeDirs()).toEqual(dirsBefore);
-  });
-
-  it("takes the VM down with the Node process that created it", async () => {
-    const script = `
-      import { CustomSandbox } from ${JSON.stringify(new URL("../../dist/index.js", import.meta.url).href)};
-      const sb = await CustomSandbox.create({ image: "local:busybox", memory: 128 });
-      console.log(sb.pid);
-      setInterval(() => {}, 1000);`;
-    // Its runtime dir goes in a TMPDIR of its own, removed after: the killed child cannot clean up.
-    const tmp = mkdtempSync(path.join(tmpdir(), "msb-killed-"));
-    const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, TMPDIR: tmp } });
-    const exited = once(child, "exit");
-    try {
-      const line = await within(
-        Promise.race([
-          once(child.stdout!, "data").then(([d]) => String(d)),
-          exited.then(([code]) => {
-            throw new Error(`the child exited (${code}) before booting a sandbox; is dist/ built (npm run prepare)?`);
-          }),
-        ]),
-        30_000,
-        "the child booting a sandbox",
-      );
-      const vmPid = Number(line.trim());
-      expect(alive(vmPid)).toBe(true);
-      child.kill("SIGKILL");
-      expect(await waitFor(() => !alive(vmPid), 5000)).toBe(true);
-    } finally {
-      child.kill("SIGKILL");
-      await within(exited, 5000, "the killed child exiting");
-      rmSync(tmp, { recursive: true, force: true });
-    }
   });
 });
 
