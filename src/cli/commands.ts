@@ -1,0 +1,289 @@
+// The msb commands as a table: each one's synopsis, description, options (type, meaning,
+// default) and handler. msb.ts parses the command line against it and the help text is made
+// from it, so what --help says and what the parser accepts cannot drift apart.
+import { writeFileSync } from "node:fs";
+import { constants as osConstants } from "node:os";
+
+import { type BenchMode, runBench } from "../bench/run.js";
+import { formatTable, PHASES, phaseValues, toJson } from "../bench/report.js";
+import { cdfSvg } from "../bench/svg.js";
+import type { PullEvent } from "../images/registry.js";
+import { parseReference } from "../images/reference.js";
+import { pullImage, resolveImage } from "../images/sources.js";
+import { ImageStore } from "../images/store.js";
+import { CustomSandbox } from "../sandbox/sandbox.js";
+import { pruneSnapshots } from "../vm/snapshot.js";
+import { doctor, formatDoctor } from "./doctor.js";
+
+/** How a numeric option's value is checked; the words are also the error message's. */
+export const NUMBER_KINDS = {
+  "a whole number >= 1": (n: number) => Number.isInteger(n) && n >= 1,
+  "a number > 0": (n: number) => n > 0,
+  "a number >= 0": (n: number) => n >= 0,
+} as const;
+
+export interface OptionSpec {
+  type: "boolean" | "string";
+  /** The value's name in the help text, e.g. "N"; choices are shown instead where given. */
+  value?: string;
+  description: string;
+  default?: string;
+  /** The value must be a number of this kind; the handler gets a number. */
+  number?: keyof typeof NUMBER_KINDS;
+  /** The value must be one of these. */
+  choices?: readonly string[];
+}
+
+export type Values = Record<string, string | number | boolean | undefined>;
+
+export interface Invocation {
+  values: Values;
+  positionals: string[];
+  /** What followed `--`, for a command that takes one (run); undefined without `--`. */
+  command: string[] | undefined;
+}
+
+export interface Command {
+  name: string;
+  /** After "msb ": "pull IMAGE [--insecure]". */
+  synopsis: string;
+  /** One line for the list of commands. */
+  summary: string;
+  description: string;
+  options: Record<string, OptionSpec>;
+  /** The positionals' name for messages, and how many may be given. */
+  positionals: { name?: string; min: number; max: number };
+  /** Everything after `--` is the guest's command line, untouched. */
+  takesCommand?: boolean;
+  handler(inv: Invocation): Promise<number>;
+}
+
+const IMAGE_NOTE = `IMAGE is a registry reference (python:3.12-slim), oci:DIR[:TAG], oci-archive:FILE[:TAG],
+docker-archive:FILE, or local:NAME (built by scripts/build-image.sh).`;
+
+// Sources that are imported from disk rather than pulled, so registry settings do not apply.
+const NOT_A_REGISTRY = /^(local|oci|oci-archive|docker-archive):/;
+const storeKey = (ref: string) => (NOT_A_REGISTRY.test(ref) ? ref : String(parseReference(ref)));
+const insecureFor = (ref: string) => (NOT_A_REGISTRY.test(ref) ? {} : { registry: { insecure: [parseReference(ref).registry] } });
+const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+
+/** Pull progress: a redrawn bar per blob on a terminal, one line per finished blob otherwise. */
+function progress(): (e: PullEvent) => void {
+  const tty = process.stderr.isTTY;
+  const rows = new Map<string, string>();
+  let drawn = 0;
+  const draw = () => {
+    if (drawn) process.stderr.write(`\x1b[${drawn}A`);
+    for (const line of rows.values()) process.stderr.write(`\x1b[2K${line}\n`);
+    drawn = rows.size;
+  };
+  return (e) => {
+    if (e.type === "resolved") return void process.stderr.write(`${e.ref}: ${e.digest} (${e.layers.length} layers)\n`);
+    if (e.type === "done") return;
+    const id = e.digest.slice(7, 19);
+    if (!tty) {
+      if (e.type === "layer-done" || e.type === "layer-cached") process.stderr.write(`${id}: ${e.type === "layer-cached" ? "cached" : "done"} ${mb(e.total)}\n`);
+      return;
+    }
+    const width = 30;
+    const fill = e.total ? Math.round((e.bytes / e.total) * width) : width;
+    const state = e.type === "layer-cached" ? "cached" : e.type === "layer-done" ? "done" : `${mb(e.bytes)} / ${mb(e.total)}`;
+    rows.set(id, `${id} [${"#".repeat(fill)}${"-".repeat(width - fill)}] ${state}`);
+    draw();
+  };
+}
+
+const list: Command[] = [
+  {
+    name: "pull",
+    synopsis: "pull IMAGE [--insecure]",
+    summary: "fetch an image from its registry (or import oci:/docker-archive: sources)",
+    description: `Fetch IMAGE into the local image store and print its reference and id. Registry images are
+verified blob by blob; oci:, oci-archive: and docker-archive: sources are imported from disk.
+
+${IMAGE_NOTE}`,
+    options: { insecure: { type: "boolean", description: "allow plain HTTP to IMAGE's registry", default: "off" } },
+    positionals: { name: "IMAGE", min: 1, max: 1 },
+    async handler({ values, positionals: [ref] }) {
+      const opts = { ...(values.insecure ? insecureFor(ref!) : {}), onEvent: progress() };
+      const store = new ImageStore();
+      const image = NOT_A_REGISTRY.test(ref!) ? await resolveImage(store, ref!, opts) : await pullImage(store, storeKey(ref!), opts);
+      console.log(`${image.ref} ${image.id.slice(0, 12)}`);
+      return 0;
+    },
+  },
+  {
+    name: "images",
+    synopsis: "images",
+    summary: "list stored images with their sizes",
+    description: "List the images in the local store: reference, id and size.",
+    options: {},
+    positionals: { min: 0, max: 0 },
+    async handler() {
+      const images = await new ImageStore().list();
+      console.log(["REFERENCE".padEnd(60), "ID".padEnd(12), "SIZE"].join("  "));
+      for (const i of images) console.log([i.ref.padEnd(60), i.id.slice(0, 12).padEnd(12), mb(i.size)].join("  "));
+      return 0;
+    },
+  },
+  {
+    name: "rmi",
+    synopsis: "rmi IMAGE...",
+    summary: "remove images",
+    description: `Remove each IMAGE's reference from the local store; exit status 1 if one is not there.
+msb prune then frees the space.
+
+${IMAGE_NOTE}`,
+    options: {},
+    positionals: { name: "IMAGE", min: 1, max: Infinity },
+    async handler({ positionals }) {
+      const store = new ImageStore();
+      let status = 0;
+      for (const ref of positionals) {
+        const key = storeKey(ref);
+        if (await store.remove(key)) console.log(`removed ${key}`);
+        else (console.error(`msb: no image ${key}`), (status = 1));
+      }
+      return status;
+    },
+  },
+  {
+    name: "prune",
+    synopsis: "prune",
+    summary: "remove everything no image reference needs",
+    description: `Remove the images, disks and blobs no image reference names, the memory snapshots of images
+that are gone, and print the space freed.`,
+    options: {},
+    positionals: { min: 0, max: 0 },
+    async handler() {
+      const store = new ImageStore();
+      const freed = (await store.prune()) + (await pruneSnapshots(await store.imageIds()));
+      console.log(`freed ${mb(freed)}`);
+      return 0;
+    },
+  },
+  {
+    name: "doctor",
+    synopsis: "doctor [--json]",
+    summary: "what this host has and lacks for each backend",
+    description: `Show what this host has and lacks for each backend (libkrun, QEMU), with possible solutions,
+and which backend a sandbox would boot on for each network mode. Exit status 1 if no backend
+is usable.`,
+    options: { json: { type: "boolean", description: "print the report as JSON", default: "text" } },
+    positionals: { min: 0, max: 0 },
+    async handler({ values }) {
+      const report = await doctor();
+      console.log(values.json ? JSON.stringify(report, null, 2) : formatDoctor(report));
+      return report.backends.krun.usable || report.backends.qemu.usable ? 0 : 1;
+    },
+  },
+  {
+    name: "bench",
+    synopsis: "bench [options]",
+    summary: "boot-latency benchmark: create() -> first output, phase by phase, next to a floor",
+    description: `Measure boot latency, create() -> first command output, phase by phase (host prep, VMM
+start, kernel -> init, agent ready, first output, stop), next to a floor: the same kernel and
+VMM booting a trivial init. Prints a table; progress goes to stderr.`,
+    options: {
+      mode: {
+        type: "string", choices: ["sequential", "burst", "staggered"], default: "sequential",
+        description: "one after another; all at once; or started --spacing apart",
+      },
+      runs: { type: "string", value: "N", number: "a whole number >= 1", default: "10", description: "sandboxes to boot" },
+      spacing: { type: "string", value: "MS", number: "a number >= 0", default: "500", description: "milliseconds between starts in staggered mode" },
+      image: { type: "string", value: "IMAGE", default: "local:busybox", description: "the image to boot" },
+      memory: { type: "string", value: "MIB", number: "a whole number >= 1", default: "256", description: "guest RAM in MiB" },
+      backend: { type: "string", choices: ["auto", "krun", "qemu"], default: "auto", description: "the VMM" },
+      snapshot: { type: "boolean", default: "off", description: "restore each sandbox from a memory snapshot instead of booting it" },
+      compare: { type: "string", value: "CMD", default: "none", description: "a shell command timed --runs times beside, for comparison" },
+      output: { type: "string", value: "FILE.json", default: "none", description: "also write the results as JSON" },
+      svg: { type: "string", value: "FILE", default: "none", description: "also write a CDF picture of the phases as SVG" },
+    },
+    positionals: { min: 0, max: 0 },
+    async handler({ values: v }) {
+      const result = await runBench({
+        mode: (v.mode ?? "sequential") as BenchMode,
+        runs: (v.runs as number | undefined) ?? 10,
+        ...(v.spacing !== undefined ? { spacingMs: v.spacing as number } : {}),
+        ...(v.image ? { image: v.image as string } : {}),
+        ...(v.memory !== undefined ? { memory: v.memory as number } : {}),
+        ...(v.backend ? { backend: v.backend as "auto" | "krun" | "qemu" } : {}),
+        ...(v.compare ? { compare: v.compare as string } : {}),
+        snapshot: !!v.snapshot,
+        onRun: (i, r) => process.stderr.write(`run ${i + 1}: ${r.ok ? `first output at ${r.firstOutput!.toFixed(0)} ms` : `failed: ${r.error}`}\n`),
+      });
+      console.log(formatTable(result));
+      if (v.output) writeFileSync(v.output as string, JSON.stringify(toJson(result), null, 2) + "\n");
+      if (v.svg) {
+        const series = PHASES.filter((p) => p.key !== "stop").map((p) => ({ name: p.label, values: phaseValues(result, p.key) }));
+        if (result.floor.length) series.push({ name: "floor (trivial init)", values: result.floor });
+        writeFileSync(v.svg as string, cdfSvg(series, { title: `${result.backend}, ${result.mode}, ${result.runs.length} runs`, unit: "ms" }));
+      }
+      return result.runs.every((r) => r.ok) ? 0 : 1;
+    },
+  },
+  {
+    name: "run",
+    synopsis: "run IMAGE [options] [-- CMD ARG...]",
+    summary: "boot a sandbox from IMAGE and run CMD (default: the image's Entrypoint + Cmd)",
+    description: `Boot a sandbox from IMAGE (pulled if missing), run CMD in it and stop it. CMD's output and exit
+status are passed through (128 + N if signal N killed it). Everything after -- is CMD and its
+arguments, untouched; without --, the image's Entrypoint + Cmd run.
+
+${IMAGE_NOTE}`,
+    options: {
+      memory: { type: "string", value: "MIB", number: "a whole number >= 1", default: "512", description: "guest RAM in MiB" },
+      cpus: { type: "string", value: "N", number: "a number > 0", default: "1", description: "CPU cores; fractions round up" },
+      network: { type: "string", choices: ["none", "all"], default: "none", description: "no network device, or outbound through NAT" },
+      timeout: { type: "string", value: "SECONDS", number: "a number > 0", default: "none", description: "kill CMD after this long" },
+      insecure: { type: "boolean", description: "allow plain HTTP to IMAGE's registry when pulling", default: "off" },
+    },
+    positionals: { name: "IMAGE", min: 1, max: 1 },
+    takesCommand: true,
+    async handler({ values: v, positionals: [image], command }) {
+      const sandbox = new CustomSandbox({
+        image: image!,
+        ...(v.memory !== undefined ? { memory: v.memory as number } : {}),
+        ...(v.cpus !== undefined ? { cpus: v.cpus as number } : {}),
+        ...(v.network ? { network: v.network as "none" | "all" } : {}),
+        ...(v.insecure ? insecureFor(image!) : {}),
+      });
+      await sandbox.start();
+      try {
+        const cmd = command ?? sandbox.defaultCommand();
+        const proc = sandbox.command.spawn(cmd[0]!, cmd.slice(1), v.timeout !== undefined ? { timeout: v.timeout as number } : {});
+        for await (const chunk of proc) (chunk.stream === "stdout" ? process.stdout : process.stderr).write(chunk.data);
+        const exit = await proc.exit;
+        // A signal's death gets the shell's status: 128 + its number.
+        return exit.exitCode ?? 128 + (osConstants.signals[exit.signal as NodeJS.Signals] ?? 9);
+      } finally {
+        await sandbox.stop();
+      }
+    },
+  },
+];
+
+export const COMMANDS = new Map(list.map((c) => [c.name, c]));
+
+const column = (rows: [string, string][]) => {
+  const width = Math.max(...rows.map(([left]) => left.length)) + 2;
+  return rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`).join("\n");
+};
+
+export function generalUsage(): string {
+  return `usage: msb <command> [options]
+
+commands:
+${column(list.map((c) => [c.name, c.summary]))}
+
+msb <command> --help (or msb help <command>) shows a command's synopsis and options.`;
+}
+
+export function commandUsage(cmd: Command): string {
+  const rows: [string, string][] = Object.entries(cmd.options).map(([name, o]) => {
+    const value = o.choices ? ` ${o.choices.join("|")}` : o.value ? ` ${o.value}` : "";
+    return [`--${name}${value}`, `${o.description}${o.default ? ` (default: ${o.default})` : ""}`];
+  });
+  rows.push(["-h, --help", "show this help"]);
+  return `usage: msb ${cmd.synopsis}\n\n${cmd.description}\n\noptions:\n${column(rows)}`;
+}
