@@ -52,6 +52,7 @@ struct session {
   enum session_kind kind;
   uint32_t window, unacked;  // output credit (guest -> host)
   uint32_t in_pending;       // bytes received from the host and not yet written (host -> guest)
+  uint32_t in_stale;         // of those queued, bytes from before a restore: written, never credited
   struct chunk *in_head, *in_tail;
   bool in_eof;
   // S_EXEC
@@ -78,7 +79,8 @@ struct conn {
   size_t queued;
   bool congested;
   // Suspend: producers paused; once `suspend_mark` (the Suspended frame) is written, `quiet`
-  // holds every later frame until Resume.
+  // holds every later frame until Resume. A quiet connection is never congested: nobody reads it,
+  // and its host frames (the Resume) must still be read.
   bool suspended, quiet;
   struct chunk *suspend_mark;
   struct session *sessions;
@@ -92,6 +94,7 @@ static inline bool conn_paused(const struct conn *c) { return c->congested || c-
 extern int g_epoll;
 extern bool g_shutdown;  // a Shutdown was answered: exit once every connection is flushed
 extern uint64_t g_generation;  // of the last Resume that made this VM a copy (0: booted)
+extern bool g_owns_machine;    // PID 1, or root that assembled the root (--root): clock, name and ids are ours
 extern microsandbox_agent_BootEvent g_boot[16];
 extern pb_size_t g_boot_count;
 void watch_set(struct watch *w, uint32_t events);
@@ -125,6 +128,7 @@ void exec_on_data(struct session *s, const microsandbox_agent_Data *d);
 void exec_signal(struct session *s, int sig);
 void exec_reap(void);
 void exec_update(struct session *s);
+void exec_finish(struct session *s);
 void exec_timers(uint64_t now, int64_t *next_ms);
 void exec_kill(struct session *s);
 
@@ -162,7 +166,11 @@ int cgroup_open(uint32_t *serial);
 void cgroup_close(uint32_t serial, uint64_t *oom_kills, uint64_t *pids_limit_hits);
 _Noreturn void init_poweroff(void);
 
-// identity.c: a restored copy of a VM takes randomness, time and identity of its own
+// identity.c: a restored copy of a VM takes randomness, time and identity of its own. Bounds of
+// a Resume: what RNDADDENTROPY takes here, HOST_NAME_MAX, a UUID.
+#define RESUME_MAX_ENTROPY 512
+#define RESUME_MAX_HOSTNAME 64
+#define RESUME_BOOT_ID_LEN 36
 void identity_renew(const microsandbox_agent_Resume *r);
 
 // util.c

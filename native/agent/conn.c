@@ -60,6 +60,16 @@ struct conn *conn_new(int fd) {
   return c;
 }
 
+static void queue_clear(struct conn *c) {
+  while (c->q_head) {
+    struct chunk *k = c->q_head;
+    c->q_head = k->next;
+    free(k);
+  }
+  c->q_tail = NULL;
+  c->queued = 0;
+}
+
 void conn_close(struct conn *c) {
   if (c->w.fd < 0) return;
   while (c->sessions) {
@@ -69,13 +79,7 @@ void conn_close(struct conn *c) {
     session_free(s);
   }
   watch_close(&c->w);
-  while (c->q_head) {
-    struct chunk *k = c->q_head;
-    c->q_head = k->next;
-    free(k);
-  }
-  c->q_tail = NULL;
-  c->queued = 0;
+  queue_clear(c);
   if (c->prev) c->prev->next = c->next;
   else g_conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -178,7 +182,7 @@ static bool send_frame(struct conn *c, microsandbox_agent_GuestMessage *m, const
     c->queued += rest;
   }
   conn_arm(c);
-  if (!c->congested && c->queued > QUEUE_HIGH) {
+  if (!c->congested && !c->quiet && c->queued > QUEUE_HIGH) {
     c->congested = true;
     conn_arm(c);
     sessions_update(c);
@@ -213,7 +217,7 @@ static void conn_flush(struct conn *c) {
     conn_close(c);
     return;
   }
-  bool relieved = c->congested && c->queued < QUEUE_LOW;
+  bool relieved = c->congested && (c->queued < QUEUE_LOW || c->quiet);
   if (relieved) c->congested = false;
   conn_arm(c);
   if (relieved) sessions_update(c);
@@ -275,10 +279,26 @@ struct session *session_find(struct conn *c, uint32_t id) {
   return NULL;
 }
 
+static void session_link(struct session *s, struct conn *c) {
+  s->conn = c;
+  s->prev = NULL;
+  s->next = c->sessions;
+  if (c->sessions) c->sessions->prev = s;
+  c->sessions = s;
+  c->nsessions++;
+}
+
+static void session_unlink(struct session *s) {
+  struct conn *c = s->conn;
+  if (s->prev) s->prev->next = s->next;
+  else c->sessions = s->next;
+  if (s->next) s->next->prev = s->prev;
+  c->nsessions--;
+}
+
 struct session *session_new(struct conn *c, uint32_t id, enum session_kind kind) {
   struct session *s = calloc(1, sizeof *s);
   if (!s) return NULL;
-  s->conn = c;
   s->id = id;
   s->kind = kind;
   s->window = LIMIT(DEFAULT_WINDOW_BYTES);
@@ -286,19 +306,12 @@ struct session *session_new(struct conn *c, uint32_t id, enum session_kind kind)
   s->out = (struct watch){.fd = -1, .type = W_STDOUT, .owner = s};
   s->err = (struct watch){.fd = -1, .type = W_STDERR, .owner = s};
   s->in = (struct watch){.fd = -1, .type = W_STDIN, .owner = s};
-  s->next = c->sessions;
-  if (c->sessions) c->sessions->prev = s;
-  c->sessions = s;
-  c->nsessions++;
+  session_link(s, c);
   return s;
 }
 
 void session_free(struct session *s) {
-  struct conn *c = s->conn;
-  if (s->prev) s->prev->next = s->next;
-  else c->sessions = s->next;
-  if (s->next) s->next->prev = s->prev;
-  c->nsessions--;
+  session_unlink(s);
   watch_close(&s->out);
   watch_close(&s->err);
   watch_close(&s->in);
@@ -362,13 +375,22 @@ static void shutdown_all(struct conn *from, uint32_t id) {
       session_free(s);
     }
   }
-  send_done(from, id, 0);
   g_shutdown = true;
+  for (struct conn *c = g_conns; c; c = c->next) c->quiet = false;  // a suspended VM is not saved after all
+  send_done(from, id, 0);
   for (struct conn *c = g_conns, *next; c; c = next) {
     next = c->next;
     c->closing = true;
     conn_flush(c);
   }
+}
+
+// On a suspended connection the frame just sent is the last one written before Resume.
+static void quiet_after_last(struct conn *c) {
+  if (!c->suspended) return;
+  if (c->q_head) c->suspend_mark = c->q_tail;
+  else c->quiet = true;
+  conn_arm(c);
 }
 
 // Suspend: pause every producer and answer Suspended after what is already queued.
@@ -379,10 +401,7 @@ static void suspend(struct conn *c) {
   m.which_body = microsandbox_agent_GuestMessage_suspended_tag;
   c->quiet = false;  // asked again after the answer went out: answer again
   conn_send(c, &m);
-  // Written at once, or queued last: quiet from the moment it is out.
-  if (c->q_head) c->suspend_mark = c->q_tail;
-  else c->quiet = true;
-  conn_arm(c);
+  quiet_after_last(c);
 }
 
 static bool kept(const microsandbox_agent_Resume *r, uint32_t id) {
@@ -392,29 +411,57 @@ static bool kept(const microsandbox_agent_Resume *r, uint32_t id) {
 }
 
 // Resume: a new generation means this VM is a copy: new randomness, time and identity first,
-// then only the kept sessions carry on, with fresh credit (their host is new).
+// then only the kept sessions carry on, on this connection, with fresh credit (their host is new).
 static void resume(struct conn *c, const microsandbox_agent_Resume *r) {
+  size_t entropy = r->entropy ? r->entropy->size : 0;
+  size_t hostname = r->hostname ? strlen(r->hostname) : 0, boot_id = r->boot_id ? strlen(r->boot_id) : 0;
+  if (entropy > RESUME_MAX_ENTROPY || hostname > RESUME_MAX_HOSTNAME || boot_id > RESUME_BOOT_ID_LEN ||
+      r->keep_count > LIMIT(MAX_SESSIONS)) {
+    c->quiet = false;  // the host waits for this answer even while suspended
+    send_error(c, 0, ERR(BAD_REQUEST), 0,
+               "Resume out of bounds: entropy %zu bytes (at most %u), hostname %zu (%u), boot_id %zu (%u), keep %u (%u)",
+               entropy, RESUME_MAX_ENTROPY, hostname, RESUME_MAX_HOSTNAME, boot_id, RESUME_BOOT_ID_LEN,
+               (unsigned)r->keep_count, LIMIT(MAX_SESSIONS));
+    quiet_after_last(c);
+    return;
+  }
   if (r->generation != g_generation) {
     identity_renew(r);
     for (struct conn *k = g_conns; k; k = k->next) {
       for (struct session *s = k->sessions, *next; s; s = next) {
         next = s->next;
-        if (kept(r, s->id)) {
-          s->unacked = 0;
+        if (!kept(r, s->id) || (k != c && session_find(c, s->id))) {
+          if (s->kind == S_EXEC) exec_kill(s);
+          else file_abort(s);
+          session_free(s);
           continue;
         }
-        if (s->kind == S_EXEC) exec_kill(s);
-        else file_abort(s);
-        session_free(s);
+        if (k != c) {
+          session_unlink(s);
+          session_link(s, c);
+        }
+        // Stdin bytes already here still reach the process, but the new host never sent them.
+        s->unacked = 0;
+        s->in_stale += s->in_pending;
+        s->in_pending = 0;
       }
     }
     g_generation = r->generation;
+    // The copy's conversation starts at its Hello: what was held back answered the host that saved it.
+    if (c->quiet) {
+      queue_clear(c);
+      c->congested = false;
+    }
   }
   c->suspended = c->quiet = false;
   c->suspend_mark = NULL;
   send_hello(c);
   conn_arm(c);
   sessions_update(c);
+  for (struct session *s = c->sessions, *next; s && c->w.fd >= 0; s = next) {
+    next = s->next;
+    if (s->kind == S_EXEC) exec_finish(s);  // an Exit held back while suspended
+  }
 }
 
 static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
@@ -516,6 +563,7 @@ static void conn_read(struct conn *c) {
       uint32_t len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
       if (len > LIMIT(MAX_FRAME_BYTES)) {
         // The stream cannot be resynchronised after a bad length: answer, then hang up.
+        c->quiet = false;  // hanging up: suspended or not, the answer goes out
         send_error(c, 0, ERR(PROTOCOL), 0, "frame length %u exceeds the limit of %u bytes", len,
                    LIMIT(MAX_FRAME_BYTES));
         c->rlen = 0;

@@ -281,8 +281,10 @@ void exec_update(struct session *s) {
   watch_set(&s->in, s->in_head ? EPOLLOUT : 0);
 }
 
-static void maybe_finish(struct session *s) {
-  if (!s->exited || s->out.fd >= 0 || s->err.fd >= 0) return;
+// Sends Exit and ends the session once the process exited and its output is drained; while the
+// connection is suspended the Exit waits for Resume, so a copy's host never misses it.
+void exec_finish(struct session *s) {
+  if (!s->exited || s->out.fd >= 0 || s->err.fd >= 0 || s->conn->suspended) return;
   microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
   m.session = s->id;
   m.which_body = microsandbox_agent_GuestMessage_exit_tag;
@@ -327,6 +329,9 @@ static void pump_stdin(struct session *s) {
       free(k);
     }
   }
+  uint32_t stale = done < s->in_stale ? done : s->in_stale;
+  s->in_stale -= stale;
+  done -= stale;
   s->in_pending -= done;
   if (done) send_credit(s->conn, s->id, done);
   if (!s->in_head && s->in_eof) watch_close(&s->in);
@@ -377,7 +382,7 @@ void exec_on_pipe(struct watch *w, uint32_t events) {
   }
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   watch_close(w);  // EOF or a broken pipe
-  maybe_finish(s);
+  exec_finish(s);
 }
 
 // The protocol numbers signals as Linux does on the guest architectures this agent is built for.
@@ -416,7 +421,7 @@ void exec_reap(void) {
     s->status = status;
     s->end_ns = now_ns();
     s->grace_ns = s->end_ns + EXIT_GRACE_NS;
-    maybe_finish(s);
+    exec_finish(s);
   }
 }
 
@@ -450,7 +455,7 @@ void exec_timers(uint64_t now, int64_t *next_ms) {
           expire_pipe(s, &s->out);
           expire_pipe(s, &s->err);
           s->grace_ns = now + EXIT_GRACE_NS;
-          maybe_finish(s);
+          exec_finish(s);
         } else if (s->grace_ns < next) {
           next = s->grace_ns;
         }

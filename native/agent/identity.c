@@ -1,6 +1,7 @@
 // A restored copy of a VM must not be a twin of its siblings: it mixes host entropy into the
 // kernel's RNG and reseeds it, steps its clock to the host's, and takes its own hostname, boot id
 // and machine id. Failures are reported on stderr (the console) and do not stop the agent.
+// An agent on a host (tests) reseeds too, but leaves the host's clock, name and ids alone.
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -21,19 +22,20 @@
 #define BOOT_ID_FILE "/run/msb/boot_id"
 #define BOOT_ID_PROC "/proc/sys/kernel/random/boot_id"
 
-static void say(const char *what) { fprintf(stderr, "msb-agent: %s: %s\n", what, strerror(errno)); }
+static void say(const char *what) { fprintf(stderr, "msb-agent: %s: %s (errno %d)\n", what, strerror(errno), errno); }
 
 static void reseed(const uint8_t *bytes, size_t n) {
   int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
   if (fd < 0) return say("open /dev/urandom");
   struct {
     int entropy_count, buf_size;
-    uint8_t buf[512];
+    uint8_t buf[RESUME_MAX_ENTROPY];  // the Resume was checked against it
   } add = {.entropy_count = (int)n * 8, .buf_size = (int)n};
-  memcpy(add.buf, bytes, n);
-  if (n && ioctl(fd, RNDADDENTROPY, &add) < 0 && errno != EPERM) say("RNDADDENTROPY");
-  // The CRNG takes the new entropy now, not at its next scheduled reseed (Linux >= 4.17).
-  if (ioctl(fd, RNDRESEEDCRNG) < 0 && errno != EPERM && errno != ENOTTY && errno != EINVAL) say("RNDRESEEDCRNG");
+  if (n) memcpy(add.buf, bytes, n);
+  if (n && ioctl(fd, RNDADDENTROPY, &add) < 0) say("RNDADDENTROPY");
+  // The CRNG takes the new entropy now, not at its next scheduled reseed (Linux >= 4.17; older
+  // kernels answer ENOTTY or EINVAL and reseed on their own schedule).
+  if (ioctl(fd, RNDRESEEDCRNG) < 0 && errno != ENOTTY && errno != EINVAL) say("RNDRESEEDCRNG");
   close(fd);
 }
 
@@ -71,13 +73,18 @@ static void take_boot_id(const char *id) {
 }
 
 void identity_renew(const microsandbox_agent_Resume *r) {
-  reseed(r->entropy.bytes, r->entropy.size);
+  reseed(r->entropy ? r->entropy->bytes : NULL, r->entropy ? r->entropy->size : 0);
+  if (!g_owns_machine) {
+    fprintf(stderr, "msb-agent: not the machine's init: its clock, hostname and boot id stay as they are\n");
+    return;
+  }
   if (r->unix_time_ns) {
     struct timespec ts = {.tv_sec = (time_t)(r->unix_time_ns / 1000000000), .tv_nsec = (long)(r->unix_time_ns % 1000000000)};
-    if (clock_settime(CLOCK_REALTIME, &ts) < 0 && errno != EPERM) say("clock_settime");
+    if (clock_settime(CLOCK_REALTIME, &ts) < 0) say("clock_settime");
   }
-  // Only the guest's init owns the machine's name and ids; an agent on a host (tests) does not.
-  if (getuid() != 0 || getpid() != 1) return;
-  if (r->hostname[0] && sethostname(r->hostname, strlen(r->hostname)) < 0) say("sethostname");
-  if (r->boot_id[0] && uuid_ok(r->boot_id)) take_boot_id(r->boot_id);
+  if (r->hostname && r->hostname[0] && sethostname(r->hostname, strlen(r->hostname)) < 0) say("sethostname");
+  if (r->boot_id && r->boot_id[0]) {
+    if (uuid_ok(r->boot_id)) take_boot_id(r->boot_id);
+    else fprintf(stderr, "msb-agent: boot id '%s' is not a lower-case UUID: ignored\n", r->boot_id);
+  }
 }

@@ -24,6 +24,7 @@
 int g_epoll = -1;
 bool g_shutdown;
 uint64_t g_generation;
+bool g_owns_machine;
 static bool g_running = true;
 static struct watch g_listen, g_signals;
 
@@ -217,6 +218,7 @@ int main(int argc, char **argv) {
   if (pid1) init_guest();
   else if (!*mode) usage();
   else if (root) init_root_only(root, pids);
+  g_owns_machine = pid1 || root;
   g_epoll = epoll_create1(EPOLL_CLOEXEC);
   if (g_epoll < 0) die("epoll_create1");
   setup_signals();

@@ -85,38 +85,57 @@ function toStat(s: WireStat): FileStat {
 }
 
 /**
- * A Resume: `generation` other than the agent's makes the VM a restored copy that takes the
- * entropy, time and identity given (defaults: 64 random bytes, now, unchanged) and keeps only the
- * sessions in `keep` (default none).
+ * A Resume. A `generation` other than the agent's makes the VM a restored copy: it takes the
+ * entropy, time and identity given, and only the sessions in `keep` carry on, for adopt(). The
+ * agent bounds them (entropy 512 bytes, hostname 64 characters, keep 4096 sessions) and refuses
+ * more with AgentError kind BAD_REQUEST, changing nothing.
  */
 export interface ResumeOptions {
+  /** An integer >= 0: the agent's own carries on as before; any other makes the VM a copy. */
   generation: number;
+  /** Mixed into the guest kernel's RNG, credited. Default: 64 random bytes. */
   entropy?: Uint8Array;
+  /** The guest's clock is stepped to this (0: left alone). Default: now. */
   unixTimeNs?: bigint;
+  /** Default: unchanged. */
   hostname?: string;
-  /** A UUID ("xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", lower case). */
+  /** Boot id and machine id, a lower-case UUID ("xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"). Default: unchanged. */
   bootId?: string;
+  /** Sessions (ExecProcess.session) that carry on in a copy; the agent kills the others. Default: none. */
   keep?: number[];
 }
 
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
+
+// Checks the form of a Resume; its bounds are the agent's to check.
 function resumeMessage(r: ResumeOptions): Record<string, unknown> {
-  if (r.hostname !== undefined && (r.hostname.length > 64 || !/^[A-Za-z0-9][A-Za-z0-9_-]*$/.test(r.hostname))) {
-    throw new InvalidArgumentError(`hostname ${JSON.stringify(r.hostname)} is invalid: 1-64 letters, digits, '-' and '_'`);
+  if (!Number.isSafeInteger(r.generation) || r.generation < 0) {
+    throw new InvalidArgumentError(`generation must be an integer >= 0, got ${String(r.generation)}`);
   }
-  if (r.bootId !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(r.bootId)) {
+  if (r.entropy !== undefined && !(r.entropy instanceof Uint8Array)) throw new InvalidArgumentError("entropy must be a Uint8Array");
+  if (r.unixTimeNs !== undefined && (typeof r.unixTimeNs !== "bigint" || r.unixTimeNs < INT64_MIN || r.unixTimeNs > INT64_MAX)) {
+    throw new InvalidArgumentError(`unixTimeNs must be a bigint of nanoseconds within int64, got ${String(r.unixTimeNs)}`);
+  }
+  if (r.hostname !== undefined && (typeof r.hostname !== "string" || !/^[A-Za-z0-9][A-Za-z0-9_-]*$/.test(r.hostname))) {
+    throw new InvalidArgumentError(`hostname ${JSON.stringify(r.hostname)} is invalid: letters, digits, '-' and '_', from a letter or digit`);
+  }
+  if (r.bootId !== undefined && (typeof r.bootId !== "string" || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(r.bootId))) {
     throw new InvalidArgumentError(`boot id ${JSON.stringify(r.bootId)} is not a lower-case UUID`);
   }
-  const entropy = r.entropy ?? randomBytes(64);
-  if (entropy.length > 512) throw new InvalidArgumentError(`entropy of ${entropy.length} bytes is more than the 512 the agent takes`);
+  const keep = r.keep ?? [];
+  if (!Array.isArray(keep) || !keep.every((id) => Number.isInteger(id) && id >= 1 && id <= 0xffffffff)) {
+    throw new InvalidArgumentError("keep must list session ids (integers from 1 to 4294967295)");
+  }
   return {
     session: 0,
     resume: {
       generation: r.generation,
-      entropy,
+      entropy: r.entropy ?? randomBytes(64),
       unixTimeNs: (r.unixTimeNs ?? BigInt(Date.now()) * 1_000_000n).toString(),
       hostname: r.hostname ?? "",
       bootId: r.bootId ?? "",
-      keep: r.keep ?? [],
+      keep,
     },
   };
 }
@@ -166,35 +185,44 @@ export class AgentClient {
   /**
    * A new connection to a VM restored from a saved state: the guest is running already and waits
    * for its host, so the host speaks first (a Resume), and the Hello answering it opens the
-   * connection. Sessions the Resume keeps are not known to this client until adopted.
+   * connection (a refused Resume rejects with AgentError and closes the stream). The sessions the
+   * Resume keeps are not known to the new client: take each over with adopt(); until then what the
+   * agent sends for them waits, and their ids stay theirs.
    */
   static async fromRestoredStream(stream: Duplex, r: ResumeOptions, opts: ConnectOptions = {}): Promise<AgentClient> {
     const timeout = checkTimeout(opts.timeout ?? 10, "connect timeout");
     const message = resumeMessage(r);
+    if (opts.signal?.aborted) throw abortError(opts.signal);
     const channel = new Channel(stream);
-    const hello = channel.handshake(timeout, opts.signal);
-    channel.send(message);
-    return new AgentClient(channel, await hello);
+    try {
+      return new AgentClient(channel, await channel.resume(message, r.keep ?? [], timeout, { opening: true, signal: opts.signal }));
+    } catch (err) {
+      channel.close(err as Error);
+      throw err;
+    }
   }
 
   /**
-   * Quiets the agent before its VM is saved: it stops reading its processes' output and files,
-   * and once what it had queued has arrived, sends nothing until resume().
+   * Quiets the agent before its VM is saved: it stops reading its processes' output and files, and
+   * once what it had queued has arrived, sends nothing until resume(). From the call on, what this
+   * client sends (stdin, credit, new requests) is held until resume() is answered, so no byte is in
+   * flight towards the guest when the VM is saved. Rejects with TimeoutError (and closes the
+   * connection) when the agent does not answer within `timeout` seconds (default 10).
    */
   async suspend(opts: { timeout?: number } = {}): Promise<void> {
-    const timeout = checkTimeout(opts.timeout ?? 10, "suspend timeout");
-    const done = this.channel.suspended(timeout);
-    this.channel.send({ session: 0, suspend: {} });
-    await done;
+    await this.channel.suspend(checkTimeout(opts.timeout ?? 10, "suspend timeout"));
   }
 
-  /** Lets a suspended agent go on (see ResumeOptions for a restored copy); resolves with its new hello. */
+  /**
+   * Lets the agent go on, suspended or not, and resolves with the Hello answering it, which becomes
+   * `hello`. With the agent's own generation everything carries on and what was held goes out.
+   * With another, the VM is a copy: every session this client had fails with AgentError kind
+   * RESTORED (the agent killed those not in `keep`; take kept ones over with adopt()). A Resume
+   * the agent refuses rejects with AgentError (kind BAD_REQUEST) and changes nothing.
+   */
   async resume(r: ResumeOptions, opts: { timeout?: number } = {}): Promise<AgentHello> {
     const timeout = checkTimeout(opts.timeout ?? 10, "resume timeout");
-    const message = resumeMessage(r);
-    const hello = this.channel.handshake(timeout);
-    this.channel.send(message);
-    this.current = await hello;
+    this.current = await this.channel.resume(resumeMessage(r), r.keep ?? [], timeout);
     return this.current;
   }
 
@@ -216,8 +244,9 @@ export class AgentClient {
   }
 
   /**
-   * Takes over a process a Resume kept running in a restored VM (`session` as it was, `pid` in the
-   * guest); `opts` as it was spawned with (stdin, window).
+   * Takes over a process the last resume kept (`session` as it was, `pid` in the guest), with what
+   * it sent since; `opts` as it was spawned with (stdin, window). Throws InvalidArgumentError for
+   * a session that was not kept or is adopted already.
    */
   adopt(session: number, pid: number, opts: SpawnOptions = {}): ExecProcess {
     return new ExecProcess(this.channel, [], opts, { session, pid });
@@ -370,8 +399,11 @@ export class AgentClient {
     await this.request({ rename: { from: checkPath(from, "from"), to: checkPath(to, "to") } }, opts.signal);
   }
 
-  /** Sends one request and resolves with its terminal frame; `entries` frames go to `onEntries`. */
-  private request(body: Record<string, unknown>, signal: AbortSignal | undefined, onEntries?: (f: GuestFrame) => void): Promise<GuestFrame> {
+  /**
+   * Sends one request and resolves with its terminal frame; `entries` frames go to `onEntries`.
+   * `now`: sent even while a suspended connection holds frames.
+   */
+  private request(body: Record<string, unknown>, signal: AbortSignal | undefined, onEntries?: (f: GuestFrame) => void, now = false): Promise<GuestFrame> {
     if (signal?.aborted) return Promise.reject(abortError(signal));
     const channel = this.channel;
     return new Promise<GuestFrame>((resolve, reject) => {
@@ -393,18 +425,18 @@ export class AgentClient {
         fail: (err) => (end(), reject(err)),
       });
       signal?.addEventListener("abort", onAbort, { once: true });
-      channel.send({ session: id, ...body });
+      channel.send({ session: id, ...body }, now);
     });
   }
 
   // ---------------------------------------------------------------- lifetime
 
-  /** Asks the agent to end every process and exit (as the guest's init: power off). */
+  /** Asks the agent to end every process and exit (as the guest's init: power off), suspended or not. */
   async shutdown(opts: { timeout?: number } = {}): Promise<void> {
     const timeout = checkTimeout(opts.timeout ?? 10, "shutdown timeout");
     const timer = setTimeout(() => this.channel.close(new TimeoutError(`the agent did not confirm shutdown within ${timeout} s`)), timeout * 1000);
     try {
-      await this.request({ shutdown: {} }, undefined);
+      await this.request({ shutdown: {} }, undefined, undefined, true);
     } finally {
       clearTimeout(timer);
     }

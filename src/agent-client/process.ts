@@ -152,8 +152,8 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
   private readonly onAbort = () => this.kill("SIGKILL");
 
   /**
-   * Starts `argv`; or, with `adopted`, takes over a process the agent kept running across a
-   * restore (its session and guest pid), sending nothing.
+   * Starts `argv`; or, with `adopted`, takes over a process a resume kept running (its session and
+   * guest pid), sending nothing: what the agent sent for it since is handed over at once.
    */
   constructor(
     private readonly channel: Channel,
@@ -169,7 +169,6 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
     this.pid.catch(() => {});
     this.exit.catch(() => {});
     const sink = { frame: (f: GuestFrame) => this.onFrame(f), fail: (e: Error) => this.finish(e) };
-    if (adopted) channel.adopt(adopted.session, sink);
     this.id = adopted ? adopted.session : channel.open(sink);
     this.output = new Inbound<OutputChunk>(
       opts.window ?? DEFAULT_WINDOW_BYTES,
@@ -177,15 +176,17 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
       () => {},
     );
     this.stdin = new Outbound(channel, this.id);
-    opts.signal?.addEventListener("abort", this.onAbort, { once: true });
-    if (request) channel.send({ session: this.id, exec: request });
-    else {
+    if (adopted) {
       this.started = true;
-      this.resolvePid(adopted!.pid);
+      this.resolvePid(adopted.pid);
+      channel.adopt(adopted.session, sink);
+    } else {
+      channel.send({ session: this.id, exec: request });
     }
+    if (!this.done) opts.signal?.addEventListener("abort", this.onAbort, { once: true });
   }
 
-  /** The protocol session this process runs in (what a restore keeps). */
+  /** The protocol session this process runs in: what a resume keeps. */
   get session(): number {
     return this.id;
   }
