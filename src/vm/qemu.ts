@@ -170,6 +170,8 @@ export class QemuBackend implements Backend {
           await q.execute("stop");
           // RAM in a shared file is the snapshot's already: only device state goes in the stream.
           await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: sharedRam }] });
+          // QEMU throttles migration to 128 MiB/s by default, meant for a network; this is a file.
+          await q.execute("migrate-set-parameters", { "max-bandwidth": Number.MAX_SAFE_INTEGER });
           await q.execute("migrate", { uri: `exec:cat > ${shellQuote(file)}` });
           await migration(q);
         },
