@@ -97,14 +97,19 @@ export function checkSeconds(what: string, v: unknown): number {
   return v;
 }
 
-export function resolveOptions(opts: SandboxOptions, defaultImage: string | undefined): ResolvedOptions {
-  if (opts === null || typeof opts !== "object") throw new InvalidArgumentError("sandbox options must be an object");
-  const name = opts.name ?? `sandbox-${randomBytes(4).toString("hex")}`;
+/** A sandbox name: 1-63 of [A-Za-z0-9_-], starting with a letter or digit. */
+export function checkName(name: unknown): string {
   if (typeof name !== "string" || !NAME.test(name)) {
     throw new InvalidArgumentError(
       `sandbox name ${JSON.stringify(name)} is invalid: use 1-63 letters, digits, '_' or '-', starting with a letter or digit`,
     );
   }
+  return name;
+}
+
+export function resolveOptions(opts: SandboxOptions, defaultImage: string | undefined): ResolvedOptions {
+  if (opts === null || typeof opts !== "object") throw new InvalidArgumentError("sandbox options must be an object");
+  const name = checkName(opts.name ?? `sandbox-${randomBytes(4).toString("hex")}`);
   const image = opts.image ?? defaultImage;
   if (typeof image !== "string" || image === "") {
     throw new InvalidArgumentError("CustomSandbox needs an image: CustomSandbox.create({ image: \"busybox\" })");

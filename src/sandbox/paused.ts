@@ -6,7 +6,7 @@ import path from "node:path";
 import { InvalidArgumentError } from "../errors.js";
 import { cacheDir } from "../paths.js";
 import type { KeptSession } from "../vm/backend.js";
-import type { SandboxOptions } from "./options.js";
+import { checkName, type SandboxOptions } from "./options.js";
 
 const FORMAT = 1;
 
@@ -34,12 +34,13 @@ export function pausedDir(name: string): string {
 export function writePaused(dir: string, meta: Omit<PausedSandbox, "format" | "pausedAt">): void {
   const full: PausedSandbox = { format: FORMAT, ...meta, pausedAt: new Date().toISOString() };
   const tmp = path.join(dir, "paused.json.tmp");
-  writeFileSync(tmp, JSON.stringify(full, null, 2) + "\n");
+  // Private: the options may carry secrets in env, as the state carries guest memory.
+  writeFileSync(tmp, JSON.stringify(full, null, 2) + "\n", { mode: 0o600 });
   renameSync(tmp, path.join(dir, "paused.json"));
 }
 
 export function readPaused(name: string, kind: string): { dir: string; meta: PausedSandbox } {
-  const dir = pausedDir(name);
+  const dir = pausedDir(checkName(name));
   let meta: PausedSandbox;
   try {
     meta = JSON.parse(readFileSync(path.join(dir, "paused.json"), "utf8")) as PausedSandbox;
@@ -50,6 +51,10 @@ export function readPaused(name: string, kind: string): { dir: string; meta: Pau
     throw new InvalidArgumentError(`the paused sandbox ${JSON.stringify(name)} in ${dir} is incomplete or from another version: remove it`);
   }
   if (meta.kind !== kind) throw new InvalidArgumentError(`sandbox ${JSON.stringify(name)} was paused as a ${meta.kind}: resume it with ${meta.kind}.resume()`);
+  const keepOk = Array.isArray(meta.keep) && meta.keep.every((k) => Number.isInteger(k?.session) && Number.isInteger(k?.pid));
+  if (meta.options?.name !== name || (meta.accel !== "kvm" && meta.accel !== "tcg") || !keepOk) {
+    throw new InvalidArgumentError(`the paused sandbox ${JSON.stringify(name)} in ${dir} has a damaged paused.json: remove the directory`);
+  }
   return { dir, meta };
 }
 
@@ -60,6 +65,7 @@ export function newPausedDir(name: string): string {
     throw new InvalidArgumentError(`a sandbox named ${JSON.stringify(name)} is already paused in ${dir}: resume it, or remove the directory`);
   }
   rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
+  mkdirSync(path.dirname(dir), { recursive: true, mode: 0o700 });
+  mkdirSync(dir, { mode: 0o700 });
   return dir;
 }

@@ -42,6 +42,8 @@ const READY_TIMEOUT_S = 120;
 export class Repl {
   private proc: ExecProcess | undefined;
   private pid: number | undefined;
+  // Cells queued or running: run() counts them at once, before any await.
+  private pending = 0;
   private starting: Promise<ExecProcess> | undefined;
   private cell: Cell | undefined;
   private early: { stdout: Buffer[]; stderr: Buffer[] } = { stdout: [], stderr: [] };
@@ -55,7 +57,8 @@ export class Repl {
   /** Runs one cell; cells queue behind each other. `timeout` is in seconds. */
   run(code: string, timeout?: number): Promise<Execution> {
     const cell = encodeCell(code); // size check before queueing
-    const result = this.queue.then(() => this.runCell(cell, timeout));
+    this.pending++;
+    const result = this.queue.then(() => this.runCell(cell, timeout)).finally(() => this.pending--);
     this.queue = result.catch(() => {});
     return result;
   }
@@ -64,6 +67,7 @@ export class Repl {
   reset(): void {
     this.proc?.kill("SIGKILL");
     this.proc = undefined;
+    this.pid = undefined;
     this.starting = undefined;
   }
 
@@ -128,14 +132,17 @@ export class Repl {
       });
     });
     await ready;
-    this.proc = proc;
     this.pid = await proc.pid;
+    this.proc = proc;
     return proc;
   }
 
-  /** The driver a copy of the VM keeps running, when there is one and no cell is in flight. */
+  /**
+   * The driver a copy of the VM keeps running, when there is one and no cell is queued or in
+   * flight (a copy must not inherit half a conversation).
+   */
   kept(): { session: number; pid: number } | undefined {
-    return this.proc && !this.cell && this.pid !== undefined ? { session: this.proc.session, pid: this.pid } : undefined;
+    return this.proc && this.pending === 0 && this.pid !== undefined ? { session: this.proc.session, pid: this.pid } : undefined;
   }
 
   /** Takes over the driver a restored copy of the VM kept running: its state comes along. */

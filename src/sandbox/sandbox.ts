@@ -169,8 +169,17 @@ export abstract class Sandbox implements AsyncDisposable {
    * What a snapshot's template runs before it is saved, and a name for it in the snapshot's key:
    * the shell once, so its files sit in the guest's page cache in every clone.
    */
-  protected templatePrewarm(_image: ImageConfig): { prewarmName: string; prewarm(agent: AgentClient): Promise<KeptSession[]> } {
-    return { prewarmName: "shell", prewarm: async (agent) => (await agent.exec(["sh", "-c", "true"], { timeout: 60 }), []) };
+  protected templatePrewarm(image: ImageConfig): { prewarmName: string; prewarm(agent: AgentClient): Promise<KeptSession[]> } {
+    return {
+      prewarmName: "shell",
+      prewarm: async (agent) => {
+        // As on every boot: the image's WorkingDir exists before anything runs in it.
+        if (image.workingDir) await agent.mkdir(image.workingDir, { parents: true });
+        // Best effort: an image without a shell is still an image.
+        await agent.exec(["sh", "-c", "true"], { timeout: 60 }).catch(() => {});
+        return [];
+      },
+    };
   }
 
   // Makes `vm` this sandbox's running VM; its timeline starts `beforeMs` earlier (image prep).
@@ -211,7 +220,20 @@ export abstract class Sandbox implements AsyncDisposable {
    * one runs on. The copy gets its own randomness, clock and identity (hostname = its name). With
    * Python and Node sandboxes the interpreter of run() comes along, with its state. QEMU only.
    */
-  async fork(opts: { name?: string } = {}): Promise<this> {
+  fork(opts: { name?: string } = {}): Promise<this> {
+    return this.oneSaveAtATime(() => this.forkNow(opts));
+  }
+
+  // Saves of one VM (forks, a pause) and its stop happen one after another: each pauses the VM
+  // and lets it go on, and two interleaved would let one save a running VM.
+  private saves: Promise<unknown> = Promise.resolve();
+  private oneSaveAtATime<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.saves.then(fn);
+    this.saves = run.catch(() => {});
+    return run;
+  }
+
+  private async forkNow(opts: { name?: string }): Promise<this> {
     const { vm, backend, machine } = this.saveable("fork");
     const name = opts.name ?? `${this.name.slice(0, 50)}-${randomBytes(4).toString("hex")}`;
     const child = new (this.constructor as new (o: SandboxOptions) => this)(this.copyOptions(name));
@@ -227,7 +249,11 @@ export abstract class Sandbox implements AsyncDisposable {
    * Saves this sandbox to disk (memory, processes, files) and stops it; `resume(name)` on the same
    * class brings it back, in this process or another. Returns the directory it is kept in. QEMU only.
    */
-  async pause(): Promise<string> {
+  pause(): Promise<string> {
+    return this.oneSaveAtATime(() => this.pauseNow());
+  }
+
+  private async pauseNow(): Promise<string> {
     const { vm, backend, machine } = this.saveable("pause");
     const dir = newPausedDir(this.name);
     try {
@@ -248,7 +274,7 @@ export abstract class Sandbox implements AsyncDisposable {
     // Saved: the VM itself is no longer needed.
     vm.kill();
     await vm.exited;
-    await this.stop();
+    await this.halt();
     return dir;
   }
 
@@ -286,6 +312,12 @@ export abstract class Sandbox implements AsyncDisposable {
 
   /** Stops the VM: the agent shuts the guest down, then the VMM is made sure to be gone. */
   async stop(): Promise<void> {
+    await this.saves;
+    await this.halt();
+  }
+
+  // stop() without waiting for saves (a pause ends with it).
+  private async halt(): Promise<void> {
     await this.starting?.catch(() => {});
     const vm = this.vm;
     if (!vm) return;

@@ -5,7 +5,7 @@
 // socketpair that only QEMU holds, the monitor (QMP) another; QEMU runs under msb-vmm so it dies
 // with this process.
 import { spawn } from "node:child_process";
-import { closeSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, readFileSync, rmSync } from "node:fs";
 import { Socket } from "node:net";
 import path from "node:path";
 import { debuglog } from "node:util";
@@ -109,7 +109,15 @@ export class QemuBackend implements Backend {
   // as its monitor.
   private spawnQemu(args: string[], stdout: "ignore" | "pipe") {
     const [ours, theirs] = socketPair();
-    const [monitorOurs, monitorTheirs] = socketPair();
+    let monitorPair: [number, number];
+    try {
+      monitorPair = socketPair();
+    } catch (err) {
+      closeSync(ours);
+      closeSync(theirs);
+      throw err;
+    }
+    const [monitorOurs, monitorTheirs] = monitorPair;
     const sockets = (fd: number) => new Socket({ fd, readable: true, writable: true });
     try {
       const argv = ["exec", String(process.pid), "--keep", String(CHANNEL_FD), "--keep", String(MONITOR_FD), "--", qemuBinary(), ...args];
@@ -145,6 +153,8 @@ export class QemuBackend implements Backend {
     try {
       started = this.spawnQemu(args, "ignore");
     } catch (err) {
+      rmSync(dir, { recursive: true, force: true });
+      if (err instanceof MicrosandboxError) throw err;
       throw new MicrosandboxError(`could not start QEMU for sandbox ${config.name}: ${(err as Error).message}`, { cause: err });
     }
     const { child, channel, monitor } = started;
@@ -172,8 +182,12 @@ export class QemuBackend implements Backend {
           await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: sharedRam }] });
           // QEMU throttles migration to 128 MiB/s by default, meant for a network; this is a file.
           await q.execute("migrate-set-parameters", { "max-bandwidth": Number.MAX_SAFE_INTEGER });
-          await q.execute("migrate", { uri: `exec:cat > ${shellQuote(file)}` });
+          // Private to this user (it holds guest memory), and complete once it has its name: QEMU
+          // reports the migration done before the writer has finished.
+          const part = `${file}.part`;
+          await q.execute("migrate", { uri: `exec:umask 077; cat > ${shellQuote(part)} && mv ${shellQuote(part)} ${shellQuote(file)}` });
           await migration(q);
+          await written(file);
         },
         proceed: async () => {
           await (await qmp).execute("cont");
@@ -239,6 +253,14 @@ export class QemuBackend implements Backend {
     monitor.destroy();
     if (at === undefined) throw new MicrosandboxError(`the floor VM (${this.describe()}) printed no marker within ${config.bootTimeout} s:\n${seen}${stderr}`);
     return at;
+  }
+}
+
+// Waits for the writer of a saved state to give it its final name.
+async function written(file: string): Promise<void> {
+  for (let waited = 0; !existsSync(file); waited += 5) {
+    if (waited > 30_000) throw new QmpError(`the saved state ${file} was not complete 30 s after QEMU finished sending it`);
+    await new Promise((r) => setTimeout(r, 5));
   }
 }
 

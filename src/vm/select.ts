@@ -154,8 +154,10 @@ export async function bootVm(
   } catch (err) {
     if (!d.fallback || !(err instanceof VmBootError || err instanceof KrunStartError)) throw err;
     const why = err.message.split("\n")[0]!;
-    if (d.backend === "qemu" && d.accel === "kvm") await recordKvmFailure(kernel, why);
     debug("sandbox %s: %s; falling back: %s", config.name, why, d.fallback.reason);
-    return { ...(await boot(d.fallback)), reason: `${d.fallback.reason} (${why})` };
+    const booted = await boot(d.fallback);
+    // Only a boot that works without KVM blames KVM (a bad image fails both ways).
+    if (d.backend === "qemu" && d.accel === "kvm") await recordKvmFailure(kernel, why);
+    return { ...booted, reason: `${d.fallback.reason} (${why})` };
   }
 }

@@ -6,7 +6,7 @@
 // lock, published by rename, verified before use, and replaced when a restore from them fails.
 import { createHash, randomInt, randomUUID } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { debuglog } from "node:util";
@@ -24,6 +24,8 @@ const FORMAT = 1;
 /** What a snapshot is made of; any change makes another snapshot. */
 export interface SnapshotInputs {
   image: string;
+  /** The image's ext4 disk (inode, size, mtime): a rebuilt disk differs under the guest's caches. */
+  disk: string;
   kernel: string;
   initramfs: string;
   memory: number;
@@ -59,9 +61,12 @@ let qemuVersion: string | undefined;
 export async function snapshotInputs(backend: QemuBackend, config: VmConfig, image: string, prewarm: string, kernel?: string): Promise<SnapshotInputs> {
   const boot = await guestBoot(kernel ? { kernel } : {});
   const k = statSync(boot.kernel);
+  const diskPath = await config.rootDisk();
+  const d = diskPath ? statSync(diskPath) : undefined;
   qemuVersion ??= execFileSync(qemuBinary(), ["--version"], { encoding: "utf8" }).split("\n")[0]!;
   return {
     image,
+    disk: d ? `${diskPath}:${d.ino}:${d.size}:${d.mtimeMs}` : "",
     kernel: `${boot.kernel}:${k.size}:${k.mtimeMs}`,
     // The initramfs is named by its content (the agent and the modules).
     initramfs: path.basename(boot.initramfs),
@@ -86,13 +91,17 @@ const readMeta = (dir: string) => JSON.parse(readFileSync(path.join(dir, "meta.j
 
 /** Why the snapshot in `dir` cannot be used for `inputs`, or undefined when it can. */
 export function snapshotProblem(dir: string, inputs: SnapshotInputs): string | undefined {
-  let meta: Meta;
   try {
-    meta = readMeta(dir);
+    return problem(dir, inputs);
   } catch (err) {
-    return `unreadable meta.json (${(err as Error).message})`;
+    return `unreadable (${(err as Error).message})`;
   }
-  if (!Array.isArray(meta.kept) || !meta.kept.every((k) => Number.isInteger(k.session) && Number.isInteger(k.pid))) return "meta.json lists no kept processes";
+}
+
+function problem(dir: string, inputs: SnapshotInputs): string | undefined {
+  const meta = readMeta(dir);
+  if (!meta || typeof meta !== "object") return "meta.json holds no object";
+  if (!Array.isArray(meta.kept) || !meta.kept.every((k) => Number.isInteger(k?.session) && Number.isInteger(k?.pid))) return "meta.json lists no kept processes";
   if (meta.format !== FORMAT || JSON.stringify(meta.inputs) !== JSON.stringify(inputs)) return "made for other inputs";
   const size = (f: string) => (existsSync(path.join(dir, f)) ? statSync(path.join(dir, f)).size : -1);
   if (size("ram") !== meta.ramBytes || meta.ramBytes !== inputs.memory * 1024 * 1024) return `ram is ${size("ram")} bytes, not ${meta.ramBytes}`;
@@ -130,8 +139,12 @@ async function makeSnapshot(backend: QemuBackend, config: VmConfig, inputs: Snap
       createdAt: new Date().toISOString(),
     };
     writeFileSync(path.join(tmp, "meta.json"), JSON.stringify(meta, null, 2) + "\n");
-    rmSync(dir, { recursive: true, force: true });
+    // A published snapshot is never changed in place: the old one is renamed aside whole (clones
+    // restoring from it hold links to its files) and the new one renamed in.
+    const aside = `${tmp}-old`;
+    if (existsSync(dir)) renameSync(dir, aside);
     renameSync(tmp, dir);
+    rmSync(aside, { recursive: true, force: true });
   } finally {
     await vm?.stop();
     rmSync(tmp, { recursive: true, force: true });
@@ -140,7 +153,8 @@ async function makeSnapshot(backend: QemuBackend, config: VmConfig, inputs: Snap
 
 /**
  * A running VM for `config`: restored from the snapshot of `inputs`, made first if there is none.
- * A snapshot that fails verification or restore is replaced; the outcome says what happened.
+ * A snapshot that fails verification or restore is replaced; when no snapshot can be made or
+ * restored the VM boots cold. The outcome says which, and why.
  */
 export async function restoreOrBoot(
   backend: QemuBackend,
@@ -151,32 +165,53 @@ export async function restoreOrBoot(
   const dir = snapshotDir(inputs);
   const key = path.basename(dir);
   const restore = async () => {
-    const { kept } = readMeta(dir);
-    const vm = await backend.restore(config, {
-      state: path.join(dir, "state"),
-      ram: path.join(dir, "ram"),
-      resume: { ...cloneIdentity(config.name), keep: kept.map((k) => k.session) },
-    });
-    return { vm, kept };
+    // Links pin the files this restore reads, whatever happens to the snapshot meanwhile (QEMU
+    // opens the RAM when it starts, the state only later).
+    const own = makeRuntimeDir();
+    try {
+      const meta = readMeta(dir);
+      const files = { ram: path.join(own, "ram"), state: path.join(own, "state") };
+      for (const f of ["ram", "state"] as const) {
+        try {
+          linkSync(path.join(dir, f), files[f]);
+        } catch {
+          files[f] = path.join(dir, f); // another filesystem: read in place
+        }
+      }
+      const vm = await backend.restore(config, { ...files, resume: { ...cloneIdentity(config.name), keep: meta.kept.map((k) => k.session) } });
+      return { vm, kept: meta.kept, createdAt: meta.createdAt };
+    } finally {
+      rmSync(own, { recursive: true, force: true });
+    }
   };
+  const attempt = async (kind: SnapshotOutcome["kind"], detail: string) => ({ ...(await restore()), outcome: { kind, detail } });
   let why = existsSync(dir) ? snapshotProblem(dir, inputs) : "no snapshot yet";
+  const seen = why ? undefined : readMeta(dir).createdAt;
   if (!why) {
     try {
-      return { ...(await restore()), outcome: { kind: "restored", detail: `restored from snapshot ${key}` } };
+      return await attempt("restored", `restored from snapshot ${key}`);
     } catch (err) {
       why = `restoring snapshot ${key} failed: ${(err as Error).message.split("\n")[0]}`;
       debug("sandbox %s: %s", config.name, why);
     }
   }
-  const replaced = existsSync(dir);
-  mkdirSync(path.dirname(dir), { recursive: true });
-  await withLock(dir, async () => {
-    // Another process may have made (or fixed) it while this one waited for the lock.
-    if (existsSync(dir) && !snapshotProblem(dir, inputs) && why === "no snapshot yet") return;
-    await makeSnapshot(backend, config, inputs, dir, prewarm);
-  });
-  const detail = replaced ? `${why}: made snapshot ${key} anew` : `made snapshot ${key}`;
-  return { ...(await restore()), outcome: { kind: replaced ? "cold" : "created", detail } };
+  try {
+    mkdirSync(path.dirname(dir), { recursive: true });
+    const made = await withLock(dir, async () => {
+      // Another process may have made or replaced it while this one waited for the lock.
+      const now = snapshotProblem(dir, inputs) ? undefined : readMeta(dir).createdAt;
+      if (now !== undefined && now !== seen) return false;
+      await makeSnapshot(backend, config, inputs, dir, prewarm);
+      return true;
+    });
+    const detail = made ? (why === "no snapshot yet" ? `made snapshot ${key}` : `${why}: made snapshot ${key} anew`) : `restored from snapshot ${key}, made meanwhile by another process`;
+    return await attempt(made ? (why === "no snapshot yet" ? "created" : "cold") : "restored", detail);
+  } catch (err) {
+    // No snapshot to be had: this sandbox boots the ordinary way.
+    const reason = `${why}; snapshot ${key} could not be made or restored (${(err as Error).message.split("\n")[0]}): booted cold`;
+    debug("sandbox %s: %s", config.name, reason);
+    return { vm: await backend.boot(config), kept: [], outcome: { kind: "cold", detail: reason } };
+  }
 }
 
 /**
