@@ -39,6 +39,11 @@ interface Cell {
 const DRIVER_DIR = "/run/microsandbox";
 const READY_TIMEOUT_S = 120;
 
+/** The in-guest driver program of `lang`. */
+export function driverSource(lang: ReplLanguage): Buffer {
+  return readFileSync(fileURLToPath(new URL(`../../guest/repl/${lang.driver}`, import.meta.url)));
+}
+
 export class Repl {
   private proc: ExecProcess | undefined;
   private pid: number | undefined;
@@ -118,7 +123,7 @@ export class Repl {
   private async spawnDriver(): Promise<ExecProcess> {
     const agent = this.host.agent();
     const guestPath = `${DRIVER_DIR}/${this.lang.driver}`;
-    const source = readFileSync(fileURLToPath(new URL(`../../guest/repl/${this.lang.driver}`, import.meta.url)));
+    const source = driverSource(this.lang);
     await agent.writeFile(guestPath, source, { parents: true });
     const proc = agent.spawn([...this.lang.interpreter, guestPath], { ...this.host.processOptions(), stdin: true });
     const ready = new Promise<void>((resolve, reject) => {

@@ -20,7 +20,7 @@ import { CommandExecution, Execution } from "./execution.js";
 import { SandboxFiles } from "./files.js";
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
 import type { SandboxPool } from "./pool.js";
-import { Repl, type ReplLanguage } from "./repl.js";
+import { driverSource, Repl, type ReplLanguage } from "./repl.js";
 
 const debug = debuglog("microsandbox");
 
@@ -427,7 +427,8 @@ abstract class LanguageSandbox extends Sandbox {
    */
   protected override templatePrewarm(image: ImageConfig): { prewarmName: string; prewarm(agent: AgentClient): Promise<KeptSession[]> } {
     const shell = super.templatePrewarm(image);
-    const settings = createHash("sha256").update(JSON.stringify(this.processOptions({}, undefined))).digest("hex").slice(0, 16);
+    // A snapshot's interpreter is this driver, started with these settings.
+    const settings = createHash("sha256").update(JSON.stringify(this.processOptions({}, undefined))).update(driverSource(this.language)).digest("hex").slice(0, 16);
     return {
       prewarmName: `${shell.prewarmName}+${this.language.language}:${settings}`,
       prewarm: async (agent) => {
