@@ -1,10 +1,13 @@
 // Test helpers: a real agent process listening on a unix socket in a temporary directory.
 import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { createConnection, type Socket } from "node:net";
 import path from "node:path";
 
 import { AgentClient } from "../../src/agent-client/client.js";
+import { encodeFrame, FrameDecoder, type GuestFrame } from "../../src/agent-client/protocol.js";
 import { agentBinaryPath } from "../../src/vm/agent-binary.js";
 
 export interface RunningAgent {
@@ -62,4 +65,39 @@ export function processGroupMembers(pgid: number): number[] {
     }
   }
   return members;
+}
+
+export interface RawConnection {
+  socket: Socket;
+  send(m: Record<string, unknown>): void;
+  /** The next decoded frame, or undefined when none came within `ms`. */
+  next(ms?: number): Promise<GuestFrame | undefined>;
+  closed: Promise<unknown>;
+}
+
+/** A raw connection to an agent, past its first Hello: send frames, read decoded frames. */
+export async function rawConnection(socketPath: string): Promise<RawConnection> {
+  const socket = createConnection(socketPath);
+  const decoder = new FrameDecoder();
+  const frames: GuestFrame[] = [];
+  let wake: (() => void) | undefined;
+  socket.on("data", (chunk: Buffer) => {
+    for (const f of decoder.push(chunk)) frames.push(f);
+    wake?.();
+  });
+  const closed = once(socket, "close");
+  await once(socket, "connect");
+  const next = async (ms = 5000) => {
+    const deadline = Date.now() + ms;
+    while (!frames.length && Date.now() < deadline) {
+      await new Promise<void>((r) => {
+        wake = r;
+        setTimeout(r, deadline - Date.now());
+      });
+    }
+    return frames.shift();
+  };
+  const hello = await next();
+  if (hello?.body !== "hello") throw new Error(`the agent's first frame was ${hello?.body ?? "nothing"}, not a hello`);
+  return { socket, send: (m) => socket.write(encodeFrame(m)), next, closed };
 }

@@ -8,9 +8,9 @@ import { afterEach, describe, expect, it } from "vitest";
 
 import { AgentClient } from "../../src/agent-client/client.js";
 import type { ExecProcess } from "../../src/agent-client/process.js";
-import { encodeFrame, FrameDecoder, type GuestFrame, toNumber } from "../../src/agent-client/protocol.js";
+import { FrameDecoder, type GuestFrame, toNumber } from "../../src/agent-client/protocol.js";
 import { AgentError, InvalidArgumentError } from "../../src/errors.js";
-import { type RunningAgent, startAgent } from "./helpers.js";
+import { rawConnection, type RunningAgent, startAgent } from "./helpers.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -64,30 +64,7 @@ async function roundTrip(proc: ExecProcess, line: string): Promise<string> {
   return r.done ? "" : r.value.data.toString();
 }
 
-/** A raw connection: send frames, read decoded frames, or none within a time. */
-async function raw(path: string): Promise<{ socket: Socket; send(m: Record<string, unknown>): void; next(ms?: number): Promise<GuestFrame | undefined> }> {
-  const socket = createConnection(path);
-  const decoder = new FrameDecoder();
-  const frames: GuestFrame[] = [];
-  let wake: (() => void) | undefined;
-  socket.on("data", (chunk: Buffer) => {
-    for (const f of decoder.push(chunk)) frames.push(f);
-    wake?.();
-  });
-  await once(socket, "connect");
-  const next = async (ms = 5000) => {
-    const deadline = Date.now() + ms;
-    while (!frames.length && Date.now() < deadline) {
-      await new Promise<void>((r) => {
-        wake = r;
-        setTimeout(r, deadline - Date.now());
-      });
-    }
-    return frames.shift();
-  };
-  expect((await next())?.body).toBe("hello");
-  return { socket, send: (m) => socket.write(encodeFrame(m)), next };
-}
+const raw = rawConnection;
 
 /** Reads past its first Hello until `body` arrives; the frames before it. */
 async function readUntil(c: Awaited<ReturnType<typeof raw>>, body: string): Promise<GuestFrame[]> {

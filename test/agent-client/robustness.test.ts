@@ -10,9 +10,9 @@ import protobuf from "protobufjs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { AgentClient } from "../../src/agent-client/client.js";
-import { encodeFrame, FrameDecoder, type GuestFrame, lengthPrefixed, MAX_FRAME_BYTES } from "../../src/agent-client/protocol.js";
+import { encodeFrame, lengthPrefixed, MAX_FRAME_BYTES } from "../../src/agent-client/protocol.js";
 import { AgentConnectionError, AgentProtocolError, TimeoutError } from "../../src/errors.js";
-import { type RunningAgent, startAgent } from "./helpers.js";
+import { rawConnection, type RunningAgent, startAgent } from "./helpers.js";
 
 let agent: RunningAgent;
 
@@ -24,24 +24,10 @@ afterAll(async () => {
   await agent?.stop();
 });
 
-/** A raw connection to the agent: send bytes, read decoded frames. */
-async function raw(): Promise<{ socket: Socket; next(): Promise<GuestFrame>; closed: Promise<unknown> }> {
-  const socket = createConnection(agent.socket);
-  const decoder = new FrameDecoder();
-  const frames: GuestFrame[] = [];
-  let wake: (() => void) | undefined;
-  socket.on("data", (chunk: Buffer) => {
-    for (const f of decoder.push(chunk)) frames.push(f);
-    wake?.();
-  });
-  const closed = once(socket, "close");
-  await once(socket, "connect");
-  const next = async () => {
-    while (!frames.length) await new Promise<void>((r) => (wake = r));
-    return frames.shift()!;
-  };
-  expect((await next()).body).toBe("hello");
-  return { socket, next, closed };
+// A raw connection to the agent: send bytes, read decoded frames (a frame must come).
+async function raw() {
+  const c = await rawConnection(agent.socket);
+  return { ...c, next: async () => (await c.next(10_000))! };
 }
 
 const frameOf = lengthPrefixed;
