@@ -8,7 +8,7 @@ import { promisify } from "node:util";
 import { InvalidArgumentError } from "../errors.js";
 import { ImageStore } from "../images/store.js";
 import { resolveImage } from "../images/sources.js";
-import { CustomSandbox } from "../sandbox/sandbox.js";
+import { CustomSandbox } from "../sandbox/kinds.js";
 import { backendFor, chooseBackend, forcedAccel } from "../vm/select.js";
 import type { BenchResult, RunTimeline } from "./report.js";
 

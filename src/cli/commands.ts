@@ -11,7 +11,7 @@ import type { PullEvent } from "../images/registry.js";
 import { parseReference } from "../images/reference.js";
 import { pullImage, resolveImage } from "../images/sources.js";
 import { ImageStore } from "../images/store.js";
-import { CustomSandbox } from "../sandbox/sandbox.js";
+import { CustomSandbox } from "../sandbox/kinds.js";
 import { pruneSnapshots } from "../vm/snapshot.js";
 import { doctor, formatDoctor } from "./doctor.js";
 

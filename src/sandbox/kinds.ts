@@ -1,0 +1,105 @@
+// The sandbox kinds: Python and Node, with a persistent interpreter behind run() that snapshots
+// and copies carry along, and CustomSandbox for any image.
+import { createHash } from "node:crypto";
+
+import type { AgentClient } from "../agent-client/client.js";
+import { InvalidArgumentError } from "../errors.js";
+import type { ImageConfig } from "../images/store.js";
+import type { KeptSession } from "../vm/backend.js";
+import type { Execution } from "./execution.js";
+import { checkSeconds, type SandboxOptions } from "./options.js";
+import { driverSource, Repl, type ReplLanguage } from "./repl.js";
+import { type RunOptions, Sandbox } from "./sandbox.js";
+
+abstract class LanguageSandbox extends Sandbox {
+  private repl: Repl | undefined;
+  protected abstract readonly language: ReplLanguage;
+
+  protected override keptSessions(): KeptSession[] {
+    const kept = this.repl?.kept();
+    return kept ? [kept] : [];
+  }
+
+  protected override adopt(kept: KeptSession[]): void {
+    if (!kept.length) return;
+    this.replFor().adopt(kept[0]!);
+  }
+
+  private replFor(): Repl {
+    this.repl ??= this.newRepl(() => this.agent());
+    return this.repl;
+  }
+
+  private newRepl(agent: () => AgentClient): Repl {
+    return new Repl(this.language, {
+      agent,
+      processOptions: () => this.processOptions({}, undefined),
+      exhausted: (what, counters) => this.exhausted(what, counters),
+    });
+  }
+
+  /**
+   * The template also starts the interpreter (with this sandbox's environment, which goes into the
+   * snapshot's key): every clone's first run() finds it loaded.
+   */
+  protected override templatePrewarm(image: ImageConfig): { prewarmName: string; prewarm(agent: AgentClient): Promise<KeptSession[]> } {
+    const shell = super.templatePrewarm(image);
+    // A snapshot's interpreter is this driver, started with these settings.
+    const settings = createHash("sha256").update(JSON.stringify(this.processOptions({}, undefined))).update(driverSource(this.language)).digest("hex").slice(0, 16);
+    return {
+      prewarmName: `${shell.prewarmName}+${this.language.language}:${settings}`,
+      prewarm: async (agent) => {
+        await shell.prewarm(agent);
+        const repl = this.newRepl(() => agent);
+        await repl.run("None");
+        return [repl.kept()!];
+      },
+    };
+  }
+
+  /**
+   * Runs code in the sandbox's persistent interpreter: state survives between calls, and the value
+   * of a final expression is echoed like the interactive prompt. An exception does not throw: it
+   * makes hasError() true with the traceback in error().
+   */
+  async run(code: string, opts: RunOptions = {}): Promise<Execution> {
+    if (typeof code !== "string") throw new InvalidArgumentError(`code must be a string, got ${typeof code}`);
+    const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
+    this.agent(); // not running: fail before queueing
+    return this.replFor().run(code, timeout);
+  }
+
+  protected override onStop(): void {
+    this.repl?.reset();
+    this.repl = undefined;
+  }
+
+  /** @internal A pooled interpreter sandbox hands out its interpreter already running. */
+  override async prewarm(): Promise<void> {
+    await super.prewarm();
+    await this.run("None").catch(() => {});
+  }
+}
+
+/** A sandbox with a persistent Python interpreter (image python:3.12-slim by default, or MSB_PYTHON_IMAGE). */
+export class PythonSandbox extends LanguageSandbox {
+  protected readonly language: ReplLanguage = { language: "python", driver: "python_driver.py", interpreter: ["python3", "-u"] };
+  constructor(opts: SandboxOptions = {}) {
+    super(opts, process.env.MSB_PYTHON_IMAGE ?? "python:3.12-slim");
+  }
+}
+
+/** A sandbox with a persistent Node.js interpreter (image node:22-slim by default, or MSB_NODE_IMAGE). */
+export class NodeSandbox extends LanguageSandbox {
+  protected readonly language: ReplLanguage = { language: "javascript", driver: "node_driver.js", interpreter: ["node"] };
+  constructor(opts: SandboxOptions = {}) {
+    super(opts, process.env.MSB_NODE_IMAGE ?? "node:22-slim");
+  }
+}
+
+/** A sandbox from any image: commands and files, no interpreter. `image` is required. */
+export class CustomSandbox extends Sandbox {
+  constructor(opts: SandboxOptions = {}) {
+    super(opts, undefined);
+  }
+}
