@@ -6,7 +6,7 @@
 // lock, published by rename, verified before use, and replaced when a restore from them fails.
 import { createHash, randomInt, randomUUID } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { debuglog } from "node:util";
@@ -120,7 +120,9 @@ export function cloneIdentity(hostname: string) {
 async function makeSnapshot(backend: QemuBackend, config: VmConfig, inputs: SnapshotInputs, dir: string, prewarm: (agent: AgentClient) => Promise<KeptSession[]>): Promise<void> {
   const parent = path.dirname(dir);
   mkdirSync(parent, { recursive: true });
-  const tmp = mkdtempSync(path.join(parent, ".tmp-"));
+  // Work of this key left by a process that died: under the key's lock, nobody else's.
+  for (const name of readdirSync(parent)) if (name.startsWith(`${path.basename(dir)}.tmp-`)) rmSync(path.join(parent, name), { recursive: true, force: true });
+  const tmp = mkdtempSync(`${dir}.tmp-`);
   let vm: Vm | undefined;
   try {
     vm = await backend.boot({ ...config, name: `${config.name}-template` }, { file: path.join(tmp, "ram"), share: true });
@@ -244,7 +246,7 @@ export async function pruneSnapshots(imageIds: Set<string>): Promise<number> {
   for (const name of await readdir(root).catch(() => [] as string[])) {
     const dir = path.join(root, name);
     if (name.endsWith(".lock")) continue;
-    if (name.startsWith(".tmp-")) {
+    if (name.includes(".tmp-")) {
       const st = await stat(dir).catch(() => undefined);
       if (!st || Date.now() - st.mtimeMs < 3600_000) continue;
     } else {

@@ -1,7 +1,7 @@
 // Restore-on-create on real VMs (QEMU; TCG here): the first sandbox of a kind makes a memory
 // snapshot, later ones restore it; clones get their own randomness, clock and identity; a damaged
 // snapshot is replaced by a cold boot, with the reason in the timeline.
-import { rmSync, statSync, truncateSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 
@@ -58,8 +58,13 @@ describe("restore-on-create", () => {
     keys.add(key);
     await sb.stop();
     truncateSync(path.join(cacheDir(), "snapshots", key, "state"), 100);
+    // What a process killed while making this snapshot would have left.
+    const leftover = path.join(cacheDir(), "snapshots", `${key}.tmp-killed`);
+    mkdirSync(leftover);
+    writeFileSync(path.join(leftover, "ram"), "half a snapshot");
     const again = await CustomSandbox.create({ ...opts, name: "snap-d" });
     try {
+      expect(existsSync(leftover)).toBe(false);
       expect(again.timeline!.snapshot).toMatchObject({ kind: "cold", detail: expect.stringMatching(/state is 100 bytes.*made snapshot .* anew/) });
       expect(await out(again, "echo", "fine")).toBe("fine");
     } finally {
