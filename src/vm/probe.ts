@@ -67,7 +67,7 @@ interface RawCheck {
 const item = (c: RawCheck | undefined): ProbeItem => ({ ok: !!c?.ok, detail: c?.detail ?? "", errno: c?.errnum ?? 0 });
 
 /** Decodes the helper's framed HostProbe. */
-export function decodeProbe(frame: Buffer): ProbeReport {
+function decodeProbe(frame: Buffer): ProbeReport {
   if (frame.length < 4 || frame.readUInt32BE(0) !== frame.length - 4) {
     throw new VmmHelperError(`the VM helper's probe answer is not one frame (${frame.length} bytes)`);
   }

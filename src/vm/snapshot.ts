@@ -80,7 +80,7 @@ export async function snapshotInputs(backend: QemuBackend, config: VmConfig, ima
   };
 }
 
-export function snapshotDir(inputs: SnapshotInputs): string {
+function snapshotDir(inputs: SnapshotInputs): string {
   const key = createHash("sha256").update(JSON.stringify({ format: FORMAT, ...inputs })).digest("hex").slice(0, 32);
   return path.join(cacheDir(), "snapshots", key);
 }
@@ -90,7 +90,7 @@ const sha256 = (file: string) => createHash("sha256").update(readFileSync(file))
 const readMeta = (dir: string) => JSON.parse(readFileSync(path.join(dir, "meta.json"), "utf8")) as Meta;
 
 /** Why the snapshot in `dir` cannot be used for `inputs`, or undefined when it can. */
-export function snapshotProblem(dir: string, inputs: SnapshotInputs): string | undefined {
+function snapshotProblem(dir: string, inputs: SnapshotInputs): string | undefined {
   try {
     return problem(dir, inputs);
   } catch (err) {
