@@ -111,7 +111,8 @@ void send_error(struct conn *c, uint32_t session, microsandbox_agent_Error_Kind 
                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 void send_done(struct conn *c, uint32_t session, uint64_t size);
 void send_credit(struct conn *c, uint32_t session, uint32_t bytes);
-// Bulk output: read at most MAX_CHUNK_BYTES into chunk_buf(), then send_chunk() frames them.
+// Bulk output: read at most CHUNK_BYTES into chunk_buf(), then send_chunk() frames them.
+#define CHUNK_BYTES (65536 - 32)
 uint8_t *chunk_buf(void);
 bool send_chunk(struct conn *c, uint32_t session, int stream, size_t len);
 struct session *session_new(struct conn *c, uint32_t id, enum session_kind kind);

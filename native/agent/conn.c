@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include <pb_decode.h>
@@ -108,11 +107,16 @@ void graveyard_flush(void) {
 // ------------------------------------------------------------------ sending
 
 // Frames are encoded into one static buffer and written straight away when nothing is queued;
-// only what the socket does not take is copied into the queue. Bulk payloads are not even
-// encoded: the encoder's write of the payload (always the last field) is skipped and the bytes
-// go out from where they were read, through writev. Bulk output thus costs no allocation and no
-// extra copy while the host keeps up.
+// only what the channel does not take is copied into the queue. Bulk payloads are not even
+// encoded: they are read into g_out behind room for their frame's header, the encoder's write of
+// them (always the last field) is skipped, and the header is copied in front, so a chunk goes out
+// in one contiguous write from where it was read. Frames of bulk output are at most 64 KiB: a
+// virtio-serial port takes 32 KiB per write, so each costs two writes (and two notifications of
+// the VMM), with no remainder left to queue and flush on another turn of the loop.
 static uint8_t g_wbuf[4 + LIMIT(MAX_FRAME_BYTES)];
+#define CHUNK_HEADROOM 32
+static uint8_t g_out[CHUNK_HEADROOM + CHUNK_BYTES];
+_Static_assert(CHUNK_HEADROOM + CHUNK_BYTES == 65536 && CHUNK_BYTES <= LIMIT(MAX_CHUNK_BYTES), "bulk frames are 64 KiB");
 
 bool chunk_append(struct chunk **head, struct chunk **tail, const void *data, size_t len) {
   struct chunk *k = malloc(sizeof *k + len);
@@ -129,7 +133,7 @@ bool chunk_append(struct chunk **head, struct chunk **tail, const void *data, si
 
 struct frame_writer {
   size_t len;                 // header bytes in g_wbuf (after the 4-byte length)
-  const uint8_t *payload;     // written in place, not copied
+  const void *payload;        // left out: it is already where it goes
   size_t payload_len;
   bool payload_seen;
 };
@@ -146,9 +150,28 @@ static bool frame_write(pb_ostream_t *os, const pb_byte_t *buf, size_t count) {
   return true;
 }
 
-// A failed write marks the connection broken instead of closing it: callers hold sessions of it
-// and may free them themselves; graveyard_flush closes it once the batch is done.
-static bool send_frame(struct conn *c, microsandbox_agent_GuestMessage *m, const uint8_t *payload, size_t payload_len) {
+// Writes what the channel takes now. A failed write marks the connection broken instead of
+// closing it: callers hold sessions of it and may free them themselves; graveyard_flush closes it
+// once the batch is done.
+static size_t write_now(struct conn *c, const uint8_t *p, size_t len) {
+  size_t sent = 0;
+  while (sent < len) {
+    ssize_t n = write(c->w.fd, p + sent, len - sent);
+    if (n > 0) {
+      sent += (size_t)n;
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else {
+      if (n < 0 && errno != EAGAIN) c->broken = true;  // the host is gone
+      break;
+    }
+  }
+  return sent;
+}
+
+// Sends `m`; a bulk payload (`payload_len` bytes at chunk_buf(), the message's last field) goes
+// with it without being encoded.
+static bool send_frame(struct conn *c, microsandbox_agent_GuestMessage *m, const void *payload, size_t payload_len) {
   if (c->w.fd < 0 || c->broken) return false;
   struct frame_writer w = {.payload = payload, .payload_len = payload_len};
   pb_ostream_t os = {.callback = frame_write, .state = &w, .max_size = LIMIT(MAX_FRAME_BYTES)};
@@ -158,29 +181,23 @@ static bool send_frame(struct conn *c, microsandbox_agent_GuestMessage *m, const
   g_wbuf[1] = (uint8_t)(size >> 16);
   g_wbuf[2] = (uint8_t)(size >> 8);
   g_wbuf[3] = (uint8_t)size;
-  struct iovec iov[2] = {{g_wbuf, 4 + w.len}, {(void *)payload, payload ? payload_len : 0}};
-  size_t sent = 0;
+  const uint8_t *frame = g_wbuf;
+  if (payload) {
+    if (4 + w.len > CHUNK_HEADROOM) return false;
+    frame = chunk_buf() - (4 + w.len);
+    memmove((uint8_t *)frame, g_wbuf, 4 + w.len);
+  }
+  size_t len = 4 + size, sent = 0;
   if (!c->q_head && !c->quiet) {
-    ssize_t n;
-    do n = writev(c->w.fd, iov, payload ? 2 : 1);
-    while (n < 0 && errno == EINTR);
-    if (n < 0 && errno != EAGAIN) {
-      c->broken = true;  // the host is gone
-      return false;
-    }
-    if (n > 0) sent = (size_t)n;
-    if (sent == 4 + size) return true;
+    sent = write_now(c, frame, len);
+    if (c->broken) return false;
+    if (sent == len) return true;
   }
-  for (int i = 0; i < 2; i++) {
-    size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
-    sent -= skip;
-    size_t rest = iov[i].iov_len - skip;
-    if (rest && !chunk_append(&c->q_head, &c->q_tail, (uint8_t *)iov[i].iov_base + skip, rest)) {
-      c->broken = true;  // half a frame went out: the stream cannot go on
-      return false;
-    }
-    c->queued += rest;
+  if (!chunk_append(&c->q_head, &c->q_tail, frame + sent, len - sent)) {
+    c->broken = true;  // half a frame may have gone out: the stream cannot go on
+    return false;
   }
+  c->queued += len - sent;
   conn_arm(c);
   if (!c->congested && !c->quiet && c->queued > QUEUE_HIGH) {
     c->congested = true;
@@ -253,22 +270,18 @@ void send_credit(struct conn *c, uint32_t session, uint32_t bytes) {
   conn_send(c, &m);
 }
 
-// The one buffer bulk output is read into before it is framed: the loop is single-threaded.
-static union {
-  pb_bytes_array_t a;
-  uint8_t raw[PB_BYTES_ARRAY_T_ALLOCSIZE(LIMIT(MAX_CHUNK_BYTES))];
-} g_chunk;
-
-uint8_t *chunk_buf(void) { return g_chunk.a.bytes; }
+uint8_t *chunk_buf(void) { return g_out + CHUNK_HEADROOM; }
 
 bool send_chunk(struct conn *c, uint32_t session, int stream, size_t len) {
+  // The encoder sees the payload's size only: its bytes are skipped, and are at chunk_buf().
+  static pb_bytes_array_t size_only;
   microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
   m.session = session;
   m.which_body = microsandbox_agent_GuestMessage_output_tag;
   m.body.output.stream = (microsandbox_agent_Output_Stream)stream;
-  g_chunk.a.size = (pb_size_t)len;
-  m.body.output.data = &g_chunk.a;
-  return send_frame(c, &m, g_chunk.a.bytes, len);
+  size_only.size = (pb_size_t)len;
+  m.body.output.data = &size_only;
+  return send_frame(c, &m, size_only.bytes, len);
 }
 
 // ------------------------------------------------------------------ sessions

@@ -368,7 +368,7 @@ void exec_on_pipe(struct watch *w, uint32_t events) {
     return;
   }
   size_t room = s->window - s->unacked;
-  if (room > LIMIT(MAX_CHUNK_BYTES)) room = LIMIT(MAX_CHUNK_BYTES);
+  if (room > CHUNK_BYTES) room = CHUNK_BYTES;
   if (room == 0 || conn_paused(s->conn)) {
     exec_update(s);
     return;

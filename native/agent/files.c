@@ -106,7 +106,7 @@ void file_read_pump(struct session *s) {
   struct conn *c = s->conn;
   while (c->w.fd >= 0 && !conn_paused(c) && s->unacked < s->window) {
     size_t want = s->window - s->unacked;
-    if (want > LIMIT(MAX_CHUNK_BYTES)) want = LIMIT(MAX_CHUNK_BYTES);
+    if (want > CHUNK_BYTES) want = CHUNK_BYTES;
     if (want > s->remaining) want = (size_t)s->remaining;
     ssize_t n = want ? read(s->fd, chunk_buf(), want) : 0;
     if (n < 0 && errno == EINTR) continue;
