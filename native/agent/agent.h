@@ -45,6 +45,12 @@ struct conn;
 
 enum session_kind { S_EXEC, S_READ, S_WRITE };
 
+// A process tree's cgroup: its serial (0: none) and its counters when it was handed out.
+struct cgroup {
+  uint32_t serial;
+  uint64_t oom_base, pids_base;
+};
+
 struct session {
   struct session *next, *prev;  // in conn->sessions
   struct conn *conn;
@@ -61,7 +67,7 @@ struct session {
   bool exited, timed_out;
   int status;
   uint64_t start_ns, end_ns, deadline_ns, grace_ns;
-  uint32_t cgroup;  // serial of the tree's cgroup, 0 when none
+  struct cgroup cgroup;  // the tree's, serial 0 when none
   // S_READ / S_WRITE
   int fd;
   uint64_t remaining, total;
@@ -161,10 +167,11 @@ void init_root_only(const char *source, unsigned max_pids);
 
 // cgroup.c: one cgroup per exec'd process tree (only in a VM)
 bool cgroup_setup(unsigned max_pids);
-// Makes the next exec's cgroup; returns its cgroup.procs for the child to join (-1: none).
-int cgroup_open(uint32_t *serial);
-// Reads the tree's OOM kills and refused forks, and removes its cgroup if it is empty.
-void cgroup_close(uint32_t serial, uint64_t *oom_kills, uint64_t *pids_limit_hits);
+// Gets the next exec a cgroup; returns its directory, for the child to start in (-1: none).
+int cgroup_open(struct cgroup *cg);
+// Reads the tree's OOM kills and refused forks, and keeps its cgroup for reuse or removes it
+// once it is empty.
+void cgroup_close(const struct cgroup *cg, uint64_t *oom_kills, uint64_t *pids_limit_hits);
 _Noreturn void init_poweroff(void);
 
 // identity.c: a restored copy of a VM takes randomness, time and identity of its own. Bounds of

@@ -103,6 +103,29 @@ describe("resources", () => {
       await sb.stop();
     }
   });
+
+  it("starts each command in a cgroup of its own; a reused one does not pass on its count of refused forks", async () => {
+    const sb = await CustomSandbox.create({ image: "local:busybox", memory: 256, maxProcesses: 32 });
+    try {
+      const cgroup = async () => (await (await sb.command.run("cat", ["/proc/self/cgroup"])).output()).trim();
+      // Two at once cannot share one.
+      const [a, b] = await Promise.all([sb.command.run("sh", ["-c", "cat /proc/self/cgroup; sleep 1"]), sb.command.run("sh", ["-c", "cat /proc/self/cgroup; sleep 1"])]);
+      const [ca, cb] = [(await a.output()).trim(), (await b.output()).trim()];
+      expect(ca).toMatch(/^0::\/sandbox\/exec-\d+$/);
+      expect(ca).not.toBe(cb);
+      // An emptied cgroup goes to the next command.
+      const before = await cgroup();
+      expect([ca, cb]).toContain(before);
+      // Forks refused at the limit, then every process gone: the next command gets that cgroup,
+      // and is not blamed for the refusals.
+      // (cat ends when the last `sleep` holding its pipe has, so the command outlives them all.)
+      const err = await sb.command.run("sh", ["-c", "(while :; do sleep 1 & done) 2>/dev/null | cat"], { timeout: 30 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ResourceError);
+      expect(await cgroup()).toBe(before);
+    } finally {
+      await sb.stop();
+    }
+  });
 });
 
 describe("bad options are rejected before any VM starts", () => {
