@@ -35,6 +35,12 @@ export interface VmConfig {
   bootTimeout: number;
   /** A name for logs and errors. */
   name: string;
+  /**
+   * @internal The data-path benchmark's baseline: a second virtio-serial port, named "msb.raw",
+   * whose host end is Vm.rawPort, so the agent's path and the bare port are measured in one VM.
+   * QEMU only.
+   */
+  rawPort?: boolean;
 }
 
 /** Milliseconds from the start of boot() for each phase, and the guest's own timeline. */
@@ -80,6 +86,8 @@ export interface Vm {
   save?(file: string): Promise<void>;
   /** Lets a VM paused by save() run on, as it was. */
   proceed?(): Promise<void>;
+  /** @internal The host end of the "msb.raw" port, when VmConfig.rawPort asked for one. */
+  readonly rawPort?: Duplex;
 }
 
 export interface Backend {
@@ -115,7 +123,7 @@ export interface StartedVmm {
   /** The handshake on that stream; default: wait for the guest's hello. */
   handshake?(stream: Duplex, timeoutSeconds: number): Promise<AgentClient>;
   /** What the running VM can do beyond the basics (save, proceed). */
-  extend?(agent: AgentClient): Pick<Vm, "save" | "proceed">;
+  extend?(agent: AgentClient): Pick<Vm, "save" | "proceed" | "rawPort">;
   /** More to release with the runtime dir (a listening socket). */
   release?(): void;
   /** The VMM's own report of a failure to start, settled once it has exited (libkrun's status). */

@@ -20,10 +20,11 @@ import { Qmp } from "./qmp.js";
 
 const debug = debuglog("microsandbox");
 const PORT_NAME = "msb.agent";
-// Where the agent's and the monitor's sockets sit in QEMU's descriptor table (msb-vmm keeps them
-// open across exec).
+// Where the agent's, the monitor's and the bare port's sockets sit in QEMU's descriptor table
+// (msb-vmm keeps them open across exec).
 const CHANNEL_FD = 3;
 const MONITOR_FD = 4;
+const RAW_FD = 5;
 
 export type Accel = "kvm" | "tcg";
 
@@ -100,37 +101,37 @@ export class QemuBackend implements Backend {
       "-chardev", `socket,id=monitor,fd=${MONITOR_FD}`,
       "-mon", "chardev=monitor,mode=control",
     ];
+    if (config.rawPort) args.push("-chardev", `socket,id=raw,fd=${RAW_FD}`, "-device", "virtserialport,chardev=raw,name=msb.raw");
     if (disk) args.push("-drive", `id=root,file=${value(disk)},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=root");
     if (config.network === "all") args.push("-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0");
     return args;
   }
 
-  // Spawns QEMU under msb-vmm with one end of a fresh socketpair as its agent channel and another
-  // as its monitor.
-  private spawnQemu(args: string[], stdout: "ignore" | "pipe") {
-    const [ours, theirs] = socketPair();
-    let monitorPair: [number, number];
+  // Spawns QEMU under msb-vmm with one end of a fresh socketpair as its agent channel, another as
+  // its monitor, and with `raw` a third for the benchmark's bare port.
+  private spawnQemu(args: string[], stdout: "ignore" | "pipe", raw = false) {
+    const pairs: [number, number][] = [];
+    const closeAll = (which: 0 | 1) => pairs.forEach((p) => closeSync(p[which]));
     try {
-      monitorPair = socketPair();
+      for (let i = raw ? 3 : 2; i > 0; i--) pairs.push(socketPair());
     } catch (err) {
-      closeSync(ours);
-      closeSync(theirs);
+      closeAll(0);
+      closeAll(1);
       throw err;
     }
-    const [monitorOurs, monitorTheirs] = monitorPair;
+    const fds = pairs.map((_, i) => CHANNEL_FD + i);
     const sockets = (fd: number) => new Socket({ fd, readable: true, writable: true });
     try {
-      const argv = ["exec", String(process.pid), "--keep", String(CHANNEL_FD), "--keep", String(MONITOR_FD), "--", qemuBinary(), ...args];
+      const argv = ["exec", String(process.pid), ...fds.flatMap((fd) => ["--keep", String(fd)]), "--", qemuBinary(), ...args];
       debug("starting %s", argv.join(" "));
-      const child = spawn(vmmHelperPath(), argv, { stdio: ["ignore", stdout, "pipe", theirs, monitorTheirs] });
-      return { child, channel: sockets(ours), monitor: sockets(monitorOurs) };
+      const child = spawn(vmmHelperPath(), argv, { stdio: ["ignore", stdout, "pipe", ...pairs.map((p) => p[1])] });
+      const [channel, monitor, rawPort] = pairs.map((p) => sockets(p[0]));
+      return { child, channel: channel!, monitor: monitor!, rawPort };
     } catch (err) {
-      closeSync(ours);
-      closeSync(monitorOurs);
+      closeAll(0);
       throw err;
     } finally {
-      closeSync(theirs);
-      closeSync(monitorTheirs);
+      closeAll(1);
     }
   }
 
@@ -151,13 +152,13 @@ export class QemuBackend implements Backend {
     if (opts.incoming) args.push("-S", "-incoming", "defer");
     let started;
     try {
-      started = this.spawnQemu(args, "ignore");
+      started = this.spawnQemu(args, "ignore", config.rawPort);
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
       if (err instanceof MicrosandboxError) throw err;
       throw new MicrosandboxError(`could not start QEMU for sandbox ${config.name}: ${(err as Error).message}`, { cause: err });
     }
-    const { child, channel, monitor } = started;
+    const { child, channel, monitor, rawPort } = started;
     const qmp = Qmp.connect(monitor);
     qmp.catch(() => {}); // a QEMU that dies early is reported by the boot ending
     const sharedRam = !!opts.ram?.share;
@@ -172,8 +173,12 @@ export class QemuBackend implements Backend {
       hostPrepMs,
       vmmStartMs: performance.now() - t0,
       ...ready({ qmp, channel }),
-      release: () => void qmp.then((q) => q.close(), () => monitor.destroy()),
+      release: () => {
+        rawPort?.destroy();
+        void qmp.then((q) => q.close(), () => monitor.destroy());
+      },
       extend: (agent) => ({
+        ...(rawPort ? { rawPort } : {}),
         save: async (file) => {
           const q = await qmp;
           await agent.suspend();
@@ -237,7 +242,7 @@ export class QemuBackend implements Backend {
     const initramfs = floorInitramfs();
     const disk = await config.rootDisk();
     const t0 = performance.now();
-    const { child, channel, monitor } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe");
+    const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", config.rawPort);
     let seen = "";
     let at: number | undefined;
     child.stdout!.on("data", (d: Buffer) => {
@@ -251,6 +256,7 @@ export class QemuBackend implements Backend {
     clearTimeout(timer);
     channel.destroy();
     monitor.destroy();
+    rawPort?.destroy();
     if (at === undefined) throw new MicrosandboxError(`the floor VM (${this.describe()}) printed no marker within ${config.bootTimeout} s:\n${seen}${stderr}`);
     return at;
   }
