@@ -1,10 +1,11 @@
 // msb-vmm: the per-VM helper. A VMM never runs inside the Node process; this small executable
 // stands between Node and the VMM so the VM dies with its creator.
 //
-//   msb-vmm exec PARENT_PID [--keep FD]... -- PROGRAM ARGS...
+//   msb-vmm exec PARENT_PID [--keep FD]... [--no-network] -- PROGRAM ARGS...
 //     Arms a parent-death signal (SIGKILL), checks PARENT_PID is still the parent (it may have
 //     died before the signal was armed), closes every descriptor from 3 up but the kept ones
-//     (the agent channel's socket), and execs PROGRAM (QEMU) in its place.
+//     (the agent channel's socket), forbids new privileges, with --no-network leaves the host's
+//     network namespace for an empty one, and execs PROGRAM (QEMU) in its place.
 //   msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD
 //     The same guard, then reads a framed KrunConfig (proto/vmm.proto) from CONFIG_FD and becomes
 //     a libkrun VM. A failure before the VM starts is written as a KrunStatus on STATUS_FD (exit
@@ -22,7 +23,9 @@
 #include <string.h>
 #include <unistd.h>
 #ifdef __linux__
+#include <sched.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #endif
 
 #include "vmm.h"
@@ -31,7 +34,7 @@
 
 static int usage(void) {
   fprintf(stderr,
-          "usage: msb-vmm exec PARENT_PID [--keep FD]... -- PROGRAM [ARGS...]\n"
+          "usage: msb-vmm exec PARENT_PID [--keep FD]... [--no-network] -- PROGRAM [ARGS...]\n"
           "       msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD\n"
           "       msb-vmm probe\n");
   return 2;
@@ -45,14 +48,34 @@ static long number(const char *s) {
   return (errno || end == s || *end || v < 0 || v > INT_MAX) ? -1 : v;
 }
 
-// Closes every descriptor from 3 up except the n in `keep`: nothing else the creator had open
-// reaches the VMM.
+// Closes every descriptor from 3 up except the n in `keep` (ascending): nothing else the creator
+// had open reaches the VMM.
 static void close_others(const int *keep, int n) {
-  for (int fd = 3; fd < 1024; fd++) {
-    bool kept = false;
-    for (int i = 0; i < n; i++) kept = kept || keep[i] == fd;
-    if (!kept) close(fd);
+  int from = 3;
+  for (int i = 0; i <= n; i++) {
+    int to = i < n ? keep[i] - 1 : INT_MAX;
+#if defined(__linux__) && defined(SYS_close_range)
+    if (from <= to && syscall(SYS_close_range, (unsigned)from, (unsigned)to, 0) == 0) {
+      from = to + 2;
+      continue;
+    }
+#endif
+    for (int fd = from; fd <= to && fd < 1024; fd++) close(fd);  // a kernel before 5.9
+    from = to + 2;
   }
+}
+
+// What the VMM may no longer gain or reach: privileges (set-uid programs, file capabilities),
+// and with `no_network` the host's network, for a VM that has none (an empty namespace; as a
+// non-root user inside a user namespace of its own). 0 or an errno.
+static int confine(bool no_network) {
+#ifdef __linux__
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return errno;
+  if (no_network && unshare(CLONE_NEWNET) < 0 && unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0) return errno;
+#else
+  (void)no_network;
+#endif
+  return 0;
 }
 
 // 0 when the parent-death signal is armed and `parent` is still our parent, else an errno.
@@ -74,8 +97,12 @@ static int exec_mode(int argc, char **argv) {
       fprintf(stderr, "msb-vmm: --keep %s: not an open descriptor above 2 (at most %d)\n", argv[i + 1], MAX_KEEP);
       return 2;
     }
-    keep[nkeep++] = (int)fd;
+    int at = nkeep++;
+    for (; at > 0 && keep[at - 1] > fd; at--) keep[at] = keep[at - 1];
+    keep[at] = (int)fd;
   }
+  bool no_network = i < argc && strcmp(argv[i], "--no-network") == 0;
+  if (no_network) i++;
   if (i + 1 >= argc || strcmp(argv[i], "--") != 0) return usage();
   int err = guard_parent((pid_t)parent);
   if (err == ESRCH) return 1;
@@ -84,6 +111,10 @@ static int exec_mode(int argc, char **argv) {
     return 1;
   }
   close_others(keep, nkeep);
+  if ((err = confine(no_network))) {
+    fprintf(stderr, "msb-vmm: cannot confine %s: %s\n", argv[i + 1], strerror(err));
+    return 1;
+  }
   execvp(argv[i + 1], argv + i + 1);
   fprintf(stderr, "msb-vmm: cannot execute %s: %s\n", argv[i + 1], strerror(errno));
   return 127;
@@ -108,6 +139,8 @@ static int krun_mode(int argc, char **argv) {
   int rc = config_read((int)config_fd, st, &cfg);
   if (rc) return rc;
   close_others(&st, 1); // the config fd too: it has been read
+  if ((err = confine(cfg.network == microsandbox_vmm_KrunConfig_Network_NONE)))
+    return vmm_fail(st, "confine", err, "cannot confine the VM: %s", strerror(err));
   return krun_run(&cfg, st);
 }
 

@@ -3,28 +3,32 @@
 // the host TSC frequency goes on the command line: without it about half of TCG boots hang
 // calibrating against the PIT. The agent channel is a virtio-serial port backed by one end of a
 // socketpair that only QEMU holds, the monitor (QMP) another; QEMU runs under msb-vmm so it dies
-// with this process.
+// with this process, confined: its own seccomp filter, no new privileges, no descriptors of ours
+// but those, and no host network when the VM has none.
 import { spawn } from "node:child_process";
-import { closeSync, existsSync, readFileSync, rmSync } from "node:fs";
-import { Socket } from "node:net";
+import { closeSync, createWriteStream, openSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { createServer, Socket } from "node:net";
 import path from "node:path";
+import { pipeline } from "node:stream/promises";
 import { debuglog } from "node:util";
 
 import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
-import { MicrosandboxError, NetworkError, QmpError } from "../errors.js";
+import { BackendUnavailableError, MicrosandboxError, NetworkError, QmpError } from "../errors.js";
 import { socketPair, vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { type Backend, finishBoot, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
+import { type Backend, finishBoot, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
 import { floorInitramfs, FLOOR_MARKER, guestBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
 
 const debug = debuglog("microsandbox");
 const PORT_NAME = "msb.agent";
-// Where the agent's, the monitor's and the bare port's sockets sit in QEMU's descriptor table
-// (msb-vmm keeps them open across exec).
+// Where the agent's, the monitor's and the bare port's sockets, and a saved VM being loaded, sit
+// in QEMU's descriptor table (msb-vmm keeps them open across exec).
 const CHANNEL_FD = 3;
 const MONITOR_FD = 4;
 const RAW_FD = 5;
+const STATE_FD = 6;
+const SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 export type Accel = "kvm" | "tcg";
 
@@ -45,7 +49,6 @@ function hostTscKhz(): number | undefined {
 
 // QEMU option values are comma-separated: a comma inside one (a path) is written twice.
 const value = (s: string) => s.replaceAll(",", ",,");
-const shellQuote = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
 
 /**
  * Guest RAM: anonymous, or a file mapped shared (a snapshot template being made: its pages are the
@@ -101,30 +104,36 @@ export class QemuBackend implements Backend {
       "-chardev", `socket,id=monitor,fd=${MONITOR_FD}`,
       "-mon", "chardev=monitor,mode=control",
     ];
+    // QEMU's own seccomp filter: no obsolete system calls, no privilege changes, no spawning, no
+    // scheduler or affinity changes (saves go through a socket of ours, not a spawned writer).
+    if (process.platform === "linux") args.push("-sandbox", SECCOMP);
     if (config.rawPort) args.push("-chardev", `socket,id=raw,fd=${RAW_FD}`, "-device", "virtserialport,chardev=raw,name=msb.raw");
     if (disk) args.push("-drive", `id=root,file=${value(disk)},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=root");
     if (config.network === "all") args.push("-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0");
     return args;
   }
 
-  // Spawns QEMU under msb-vmm with one end of a fresh socketpair as its agent channel, another as
-  // its monitor, and with `raw` a third for the benchmark's bare port.
-  private spawnQemu(args: string[], stdout: "ignore" | "pipe", raw = false) {
+  // Spawns QEMU under msb-vmm, confined (no new privileges; without a network, none of the
+  // host's), with one end of a fresh socketpair as its agent channel, another as its monitor,
+  // with `raw` a third for the benchmark's bare port, and `state` (a saved VM to load) at STATE_FD.
+  private spawnQemu(args: string[], stdout: "ignore" | "pipe", opts: { network: NetworkMode; raw?: boolean; state?: number }) {
     const pairs: [number, number][] = [];
     const closeAll = (which: 0 | 1) => pairs.forEach((p) => closeSync(p[which]));
     try {
-      for (let i = raw ? 3 : 2; i > 0; i--) pairs.push(socketPair());
+      for (let i = opts.raw ? 3 : 2; i > 0; i--) pairs.push(socketPair());
     } catch (err) {
       closeAll(0);
       closeAll(1);
       throw err;
     }
-    const fds = pairs.map((_, i) => CHANNEL_FD + i);
     const sockets = (fd: number) => new Socket({ fd, readable: true, writable: true });
+    const stdio: ("ignore" | "pipe" | number)[] = ["ignore", stdout, "pipe", pairs[0]![1], pairs[1]![1], pairs[2]?.[1] ?? "ignore"];
+    if (opts.state !== undefined) stdio[STATE_FD] = opts.state;
+    const keep = stdio.flatMap((fd, i) => (i > 2 && typeof fd === "number" ? ["--keep", String(i)] : []));
     try {
-      const argv = ["exec", String(process.pid), ...fds.flatMap((fd) => ["--keep", String(fd)]), "--", qemuBinary(), ...args];
+      const argv = ["exec", String(process.pid), ...keep, ...(opts.network === "none" ? ["--no-network"] : []), "--", qemuBinary(), ...args];
       debug("starting %s", argv.join(" "));
-      const child = spawn(vmmHelperPath(), argv, { stdio: ["ignore", stdout, "pipe", ...pairs.map((p) => p[1])] });
+      const child = spawn(vmmHelperPath(), argv, { stdio });
       const [channel, monitor, rawPort] = pairs.map((p) => sockets(p[0]));
       return { child, channel: channel!, monitor: monitor!, rawPort };
     } catch (err) {
@@ -139,7 +148,7 @@ export class QemuBackend implements Backend {
   // monitor connected once the agent is (and closed with the VM).
   private async start(
     config: VmConfig,
-    opts: { ram?: GuestRam; incoming?: boolean },
+    opts: { ram?: GuestRam; incoming?: { state: string } },
     ready: (vmm: { qmp: Promise<Qmp>; channel: Socket }) => Pick<StartedVmm, "connect" | "handshake">,
   ): Promise<Vm> {
     const t0 = performance.now();
@@ -151,12 +160,16 @@ export class QemuBackend implements Backend {
     const args = this.args(config, boot, disk, consoleLog, opts.ram);
     if (opts.incoming) args.push("-S", "-incoming", "defer");
     let started;
+    let state: number | undefined;
     try {
-      started = this.spawnQemu(args, "ignore", config.rawPort);
+      if (opts.incoming) state = openSync(opts.incoming.state, "r");
+      started = this.spawnQemu(args, "ignore", { network: config.network, raw: config.rawPort, state });
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
       if (err instanceof MicrosandboxError) throw err;
       throw new MicrosandboxError(`could not start QEMU for sandbox ${config.name}: ${(err as Error).message}`, { cause: err });
+    } finally {
+      if (state !== undefined) closeSync(state);
     }
     const { child, channel, monitor, rawPort } = started;
     const qmp = Qmp.connect(monitor);
@@ -187,12 +200,10 @@ export class QemuBackend implements Backend {
           await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: sharedRam }] });
           // QEMU throttles migration to 128 MiB/s by default, meant for a network; this is a file.
           await q.execute("migrate-set-parameters", { "max-bandwidth": Number.MAX_SAFE_INTEGER });
-          // Private to this user (it holds guest memory), and complete once it has its name: QEMU
-          // reports the migration done before the writer has finished.
+          // Complete once it has its name.
           const part = `${file}.part`;
-          await q.execute("migrate", { uri: `exec:umask 077; cat > ${shellQuote(part)} && mv ${shellQuote(part)} ${shellQuote(file)}` });
-          await migration(q);
-          await written(file);
+          await migrateInto(q, path.join(dir, "migration.sock"), part);
+          renameSync(part, file);
         },
         proceed: async () => {
           await (await qmp).execute("cont");
@@ -206,7 +217,12 @@ export class QemuBackend implements Backend {
               `sandbox ${config.name} cannot have network "all": this QEMU has no user-mode networking (${stderr}). ` +
                 'Install a QEMU built with libslirp, or use network: "none".',
             )
-          : undefined,
+          : /sandbox|seccomp/i.test(stderr)
+            ? new BackendUnavailableError(
+                `QEMU cannot confine sandbox ${config.name} with its seccomp filter (${stderr}): install a QEMU built with libseccomp ` +
+                  "(Debian's qemu-system-x86 is)",
+              )
+            : undefined,
     });
   }
 
@@ -223,11 +239,11 @@ export class QemuBackend implements Backend {
    */
   restore(config: VmConfig, saved: { state: string; ram?: string; resume: ResumeOptions }): Promise<Vm> {
     const ram = saved.ram ? { file: saved.ram, share: false } : undefined;
-    return this.start(config, { ram, incoming: true }, ({ qmp, channel }) => ({
+    return this.start(config, { ram, incoming: { state: saved.state } }, ({ qmp, channel }) => ({
       connect: async () => {
         const q = await qmp;
         await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: !!ram }] });
-        await q.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(saved.state)}` });
+        await q.execute("migrate-incoming", { uri: `fd:${STATE_FD}` });
         await migration(q);
         await q.execute("cont");
         return channel;
@@ -242,7 +258,7 @@ export class QemuBackend implements Backend {
     const initramfs = floorInitramfs();
     const disk = await config.rootDisk();
     const t0 = performance.now();
-    const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", config.rawPort);
+    const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", { network: config.network, raw: config.rawPort });
     let seen = "";
     let at: number | undefined;
     child.stdout!.on("data", (d: Buffer) => {
@@ -262,11 +278,29 @@ export class QemuBackend implements Backend {
   }
 }
 
-// Waits for the writer of a saved state to give it its final name.
-async function written(file: string): Promise<void> {
-  for (let waited = 0; !existsSync(file); waited += 5) {
-    if (waited > 30_000) throw new QmpError(`the saved state ${file} was not complete 30 s after QEMU finished sending it`);
-    await new Promise((r) => setTimeout(r, 5));
+// Streams the outgoing migration into `file`, private to this user (it holds guest memory),
+// through a unix socket in the VM's runtime dir that QEMU connects to: its seccomp filter lets
+// it spawn no writer of its own.
+async function migrateInto(q: Qmp, socketPath: string, file: string): Promise<void> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(socketPath, resolve);
+  });
+  try {
+    const received = new Promise<void>((resolve, reject) => {
+      server.once("connection", (sock) => {
+        server.close();
+        pipeline(sock, createWriteStream(file, { mode: 0o600 })).then(resolve, reject);
+      });
+    });
+    received.catch(() => {}); // a migration that fails before connecting is reported below
+    await q.execute("migrate", { uri: `unix:${socketPath}` });
+    await migration(q);
+    await received;
+  } finally {
+    server.close();
+    rmSync(socketPath, { force: true });
   }
 }
 
