@@ -39,5 +39,19 @@
         ["OS=='linux'", {"libraries": ["-ldl"]}]
       ]
     }
+  ],
+  "conditions": [
+    ["OS=='linux'", {
+      "targets": [{
+        # Preloaded into QEMU for a VM whose network has a policy: it holds libslirp's sockets to
+        # the policy (native/netpolicy/netpolicy.c). msb-vmm finds it beside itself.
+        "target_name": "msb-netpolicy",
+        "type": "shared_library",
+        "product_extension": "so",
+        "sources": ["native/netpolicy/netpolicy.c"],
+        "cflags": ["-std=c11", "-Wall", "-Wextra", "-fPIC"],
+        "libraries": ["-ldl"]
+      }]
+    }]
   ]
 }

@@ -84,12 +84,15 @@ function prebuild() {
   const env = dir ? { ...process.env, npm_config_nodedir: dir } : process.env;
   const status = run(process.execPath, [bin, "--napi", "--strip"], { env });
   if (status !== 0) throw new Error(`prebuildify failed with exit code ${status}`);
-  // prebuildify keeps only .node files; the helper it built goes beside the addon it made.
+  // prebuildify keeps only .node files; the helpers it built go beside the addon it made.
   const out = path.join(root, "prebuilds", `${process.platform}-${process.arch}`);
   const addons = existsSync(out) ? readdirSync(out).filter((f) => f.endsWith(".node")) : [];
   if (!addons.length) throw new Error(`prebuildify wrote no addon in ${out}`);
-  copyFileSync(path.join(root, "build", "Release", "msb-vmm"), path.join(out, "msb-vmm"));
-  console.log(`microsandbox: prebuilt ${addons.map((f) => path.join(path.relative(root, out), f)).join(", ")} and the VM helper beside it`);
+  for (const helper of ["msb-vmm", "msb-netpolicy.so"]) {
+    const built = path.join(root, "build", "Release", helper);
+    if (existsSync(built)) copyFileSync(built, path.join(out, helper));
+  }
+  console.log(`microsandbox: prebuilt ${addons.map((f) => path.join(path.relative(root, out), f)).join(", ")} and the VM helpers beside it`);
 }
 
 if (process.argv.includes("--prebuild")) {

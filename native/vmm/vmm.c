@@ -1,11 +1,12 @@
 // msb-vmm: the per-VM helper. A VMM never runs inside the Node process; this small executable
 // stands between Node and the VMM so the VM dies with its creator.
 //
-//   msb-vmm exec PARENT_PID [--keep FD]... [--no-network] -- PROGRAM ARGS...
+//   msb-vmm exec PARENT_PID [--keep FD]... [--no-network | --net-policy RULES] -- PROGRAM ARGS...
 //     Arms a parent-death signal (SIGKILL), checks PARENT_PID is still the parent (it may have
 //     died before the signal was armed), closes every descriptor from 3 up but the kept ones
 //     (the agent channel's socket), forbids new privileges, with --no-network leaves the host's
-//     network namespace for an empty one, and execs PROGRAM (QEMU) in its place.
+//     network namespace for an empty one, with --net-policy preloads msb-netpolicy.so (beside
+//     this executable) to hold PROGRAM's sockets to RULES, and execs PROGRAM (QEMU) in its place.
 //   msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD
 //     The same guard, then reads a framed KrunConfig (proto/vmm.proto) from CONFIG_FD and becomes
 //     a libkrun VM. A failure before the VM starts is written as a KrunStatus on STATUS_FD (exit
@@ -34,7 +35,7 @@
 
 static int usage(void) {
   fprintf(stderr,
-          "usage: msb-vmm exec PARENT_PID [--keep FD]... [--no-network] -- PROGRAM [ARGS...]\n"
+          "usage: msb-vmm exec PARENT_PID [--keep FD]... [--no-network | --net-policy RULES] -- PROGRAM [ARGS...]\n"
           "       msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD\n"
           "       msb-vmm probe\n");
   return 2;
@@ -86,6 +87,27 @@ static int guard_parent(pid_t parent) {
   return getppid() == parent ? 0 : ESRCH;  // the creator may have died before the signal was armed
 }
 
+// Has the program about to be executed load msb-netpolicy.so, beside this executable, with
+// `rules`. 0 or an errno.
+static int preload_policy(const char *rules) {
+#ifdef __linux__
+  char self[PATH_MAX], lib[PATH_MAX + 32];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return errno ? errno : ENOENT;
+  self[n] = 0;
+  char *slash = strrchr(self, '/');
+  if (!slash) return ENOENT;
+  *slash = 0;
+  snprintf(lib, sizeof lib, "%s/msb-netpolicy.so", self);
+  if (access(lib, R_OK) < 0) return errno;
+  if (setenv("LD_PRELOAD", lib, 1) < 0 || setenv("MSB_NET_POLICY", rules, 1) < 0) return errno;
+  return 0;
+#else
+  (void)rules;
+  return ENOTSUP;
+#endif
+}
+
 static int exec_mode(int argc, char **argv) {
   if (argc < 5) return usage();
   long parent = number(argv[2]);
@@ -103,6 +125,8 @@ static int exec_mode(int argc, char **argv) {
   }
   bool no_network = i < argc && strcmp(argv[i], "--no-network") == 0;
   if (no_network) i++;
+  const char *policy = NULL;
+  if (!no_network && i + 1 < argc && strcmp(argv[i], "--net-policy") == 0) policy = argv[i + 1], i += 2;
   if (i + 1 >= argc || strcmp(argv[i], "--") != 0) return usage();
   int err = guard_parent((pid_t)parent);
   if (err == ESRCH) return 1;
@@ -113,6 +137,10 @@ static int exec_mode(int argc, char **argv) {
   close_others(keep, nkeep);
   if ((err = confine(no_network))) {
     fprintf(stderr, "msb-vmm: cannot confine %s: %s\n", argv[i + 1], strerror(err));
+    return 1;
+  }
+  if (policy && (err = preload_policy(policy))) {
+    fprintf(stderr, "msb-vmm: cannot hold %s to its network policy: %s\n", argv[i + 1], strerror(err));
     return 1;
   }
   execvp(argv[i + 1], argv + i + 1);

@@ -234,7 +234,7 @@ ${IMAGE_NOTE}`,
     options: {
       memory: { type: "string", value: "MIB", number: "a whole number >= 1", default: "512", description: "guest RAM in MiB" },
       cpus: { type: "string", value: "N", number: "a number > 0", default: "1", description: "CPU cores; fractions round up" },
-      network: { type: "string", choices: ["none", "all"], default: "none", description: "no network device, or outbound through NAT" },
+      network: { type: "string", choices: ["none", "public", "all"], default: "none", description: "no network; the internet but not the host or private addresses; or everything" },
       timeout: { type: "string", value: "SECONDS", number: "a number > 0", default: "none", description: "kill CMD after this long" },
       insecure: { type: "boolean", description: "allow plain HTTP to IMAGE's registry when pulling", default: "off" },
     },
@@ -245,7 +245,7 @@ ${IMAGE_NOTE}`,
         image: image!,
         ...(v.memory !== undefined ? { memory: v.memory as number } : {}),
         ...(v.cpus !== undefined ? { cpus: v.cpus as number } : {}),
-        ...(v.network ? { network: v.network as "none" | "all" } : {}),
+        ...(v.network ? { network: v.network as "none" | "public" | "all" } : {}),
         ...(v.insecure ? insecureFor(image!) : {}),
       });
       await sandbox.start();

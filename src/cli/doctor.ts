@@ -6,7 +6,7 @@ import { cacheDir } from "../paths.js";
 import { vmmHelperPath } from "../native.js";
 import { agentBinaryPath } from "../vm/agent-binary.js";
 import { guestBoot } from "../vm/guest.js";
-import type { NetworkMode } from "../vm/backend.js";
+import { vmRequest } from "../vm/netpolicy.js";
 import { qemuBinary } from "../vm/qemu.js";
 import { decide, forcedAccel, hostFacts, krunRefusal, qemuDecision } from "../vm/select.js";
 
@@ -21,8 +21,8 @@ export interface Check {
 export interface DoctorReport {
   platform: string;
   backends: { krun: { usable: boolean; reason: string }; qemu: { usable: boolean; reason: string } };
-  /** What backend "auto" picks for each network mode, and why. */
-  chosen: Record<NetworkMode, { backend: string; reason: string }>;
+  /** What backend "auto" picks for each network policy, and why. */
+  chosen: Record<"none" | "public" | "all", { backend: string; reason: string }>;
   checks: Check[];
 }
 
@@ -51,7 +51,7 @@ export async function doctor(): Promise<DoctorReport> {
   if (!helper.ok) {
     // Without the helper nothing can be probed, and no backend runs.
     const none = { backend: "none", reason: helper.detail };
-    return { platform, backends: { krun: { usable: false, reason: helper.detail }, qemu: { usable: false, reason: helper.detail } }, chosen: { none, all: none }, checks: [helper, agent, qemu, kernel] };
+    return { platform, backends: { krun: { usable: false, reason: helper.detail }, qemu: { usable: false, reason: helper.detail } }, chosen: { none, public: none, all: none }, checks: [helper, agent, qemu, kernel] };
   }
 
   const accel = forcedAccel();
@@ -107,9 +107,9 @@ export async function doctor(): Promise<DoctorReport> {
   const qemuMissing = [qemu, kernel, agent].filter((c) => !c.ok).map((c) => c.name);
   const q = qemuDecision(facts, { backend: "qemu", network: "none", ...(accel ? { accel } : {}) });
   const chosen = {} as DoctorReport["chosen"];
-  for (const network of ["none", "all"] as const) {
+  for (const network of ["none", "public", "all"] as const) {
     try {
-      const d = decide(facts, { backend: "auto", network, ...(accel ? { accel } : {}) });
+      const d = decide(facts, { backend: "auto", ...vmRequest(network), ...(accel ? { accel } : {}) });
       chosen[network] = { backend: d.backend === "qemu" ? `qemu (${d.accel})` : "krun", reason: d.reason };
     } catch (err) {
       chosen[network] = { backend: "none", reason: (err as Error).message };

@@ -6,7 +6,7 @@ import os from "node:os";
 import { DEFAULT_PATH } from "../agent-client/process.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { RegistryClientOptions } from "../images/registry.js";
-import type { NetworkMode } from "../vm/backend.js";
+import { checkNetwork, type NetworkPolicy } from "../vm/netpolicy.js";
 
 export interface SandboxOptions {
   /** 1–63 characters of [A-Za-z0-9_-], starting alphanumeric. Default: a generated name. */
@@ -27,8 +27,12 @@ export interface SandboxOptions {
   cpus?: number;
   /** Seconds to wait for the sandbox to boot. Default 180. */
   timeout?: number;
-  /** "none": no network device at all (default). "all": outbound access through user-mode NAT. */
-  network?: NetworkMode;
+  /**
+   * What the sandbox may reach, enforced outside the guest: "none" (default: no network device),
+   * "public" (the internet, not the host or private, link-local and metadata addresses), "all"
+   * (the host's services too), or { allow: [CIDR...], deny: [CIDR...] }.
+   */
+  network?: NetworkPolicy;
   /** Most processes the sandbox's commands may run at once; past it forks fail. Default 1024. */
   maxProcesses?: number;
   /** Environment for commands and interpreters, on top of PATH/HOME/LANG defaults. */
@@ -59,7 +63,7 @@ export interface ResolvedOptions {
   memory: number;
   cpus: number;
   timeout: number;
-  network: NetworkMode;
+  network: NetworkPolicy;
   maxProcesses: number;
   env: Record<string, string>;
   workdir: string | undefined;
@@ -114,10 +118,7 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
   if (typeof image !== "string" || image === "") {
     throw new InvalidArgumentError("CustomSandbox needs an image: CustomSandbox.create({ image: \"busybox\" })");
   }
-  const network = opts.network ?? "none";
-  if (network !== "none" && network !== "all") {
-    throw new InvalidArgumentError(`network ${JSON.stringify(network)} is invalid: use "none" or "all"`);
-  }
+  const network = checkNetwork(opts.network ?? "none");
   const backend = opts.backend ?? "auto";
   if (backend !== "auto" && backend !== "krun" && backend !== "qemu") {
     throw new InvalidArgumentError(`backend ${JSON.stringify(backend)} is invalid: use "auto", "krun" or "qemu"`);

@@ -14,6 +14,7 @@ import { type ImageConfig, ImageStore } from "../images/store.js";
 import type { Backend, BootTimeline, KeptSession, Vm, VmConfig } from "../vm/backend.js";
 import { QemuBackend } from "../vm/qemu.js";
 import { bootVm, chooseBackend, forcedAccel } from "../vm/select.js";
+import { vmNetwork, vmRequest } from "../vm/netpolicy.js";
 import { cloneIdentity, copyVm } from "../vm/snapshot.js";
 import { newPausedDir, readPaused, writePaused } from "./paused.js";
 import { CommandExecution } from "./execution.js";
@@ -108,6 +109,11 @@ export abstract class Sandbox implements AsyncDisposable {
     return this.vm && `${this.vm.backend}: ${this.backendReason}`;
   }
 
+  /** Connections the network policy refused while the VM ran (0 when nothing holds it). */
+  get networkRefusals(): number {
+    return this.vm?.networkRefusals?.() ?? 0;
+  }
+
   /** Process id of the running VM's VMM (QEMU). */
   get pid(): number | undefined {
     return this.vm?.pid;
@@ -134,14 +140,14 @@ export abstract class Sandbox implements AsyncDisposable {
     const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
     const kernel = this.opts.kernel;
     const accel = forcedAccel();
-    const decision = await chooseBackend({ backend: this.opts.backend, network: this.opts.network, ...(accel ? { accel } : {}), ...(kernel ? { kernel } : {}) });
+    const decision = await chooseBackend({ backend: this.opts.backend, ...vmRequest(this.opts.network), ...(accel ? { accel } : {}), ...(kernel ? { kernel } : {}) });
     const imagePrepMs = performance.now() - t0;
     debug("sandbox %s: %s (%s)", this.name, decision.backend, decision.reason);
     const config: VmConfig = {
       name: this.opts.name,
       memory: this.opts.memory,
       cpus: Math.ceil(this.opts.cpus),
-      network: this.opts.network,
+      ...vmNetwork(this.opts.network),
       maxProcesses: this.opts.maxProcesses,
       rootfs: image.rootfs,
       rootDisk: () => store.disk(image),
@@ -288,7 +294,7 @@ export abstract class Sandbox implements AsyncDisposable {
     }
     const o = sandbox.opts;
     const config: VmConfig = {
-      name, memory: o.memory, cpus: Math.ceil(o.cpus), network: o.network, maxProcesses: o.maxProcesses,
+      name, memory: o.memory, cpus: Math.ceil(o.cpus), ...vmNetwork(o.network), maxProcesses: o.maxProcesses,
       rootfs: image.rootfs, rootDisk: () => store.disk(image), bootTimeout: o.timeout,
     };
     const backend = new QemuBackend({ accel: meta.accel, ...(o.kernel ? { kernel: o.kernel } : {}) });

@@ -22,6 +22,11 @@ export interface VmConfig {
   /** Virtual CPUs (whole number). */
   cpus: number;
   network: NetworkMode;
+  /**
+   * With a network: the rules the VMM's sockets are held to (src/vm/netpolicy.ts); undefined:
+   * unrestricted.
+   */
+  egress?: string;
   /** The image, unpacked (libkrun shares it read-only by virtio-fs). */
   rootfs: string;
   /**
@@ -88,6 +93,8 @@ export interface Vm {
   proceed?(): Promise<void>;
   /** @internal The host end of the "msb.raw" port, when VmConfig.rawPort asked for one. */
   readonly rawPort?: Duplex;
+  /** Connections the network policy refused so far (VmConfig.egress). */
+  readonly networkRefusals?: () => number;
 }
 
 export interface Backend {
@@ -123,7 +130,7 @@ export interface StartedVmm {
   /** The handshake on that stream; default: wait for the guest's hello. */
   handshake?(stream: Duplex, timeoutSeconds: number): Promise<AgentClient>;
   /** What the running VM can do beyond the basics (save, proceed). */
-  extend?(agent: AgentClient): Pick<Vm, "save" | "proceed" | "rawPort">;
+  extend?(agent: AgentClient): Pick<Vm, "save" | "proceed" | "rawPort" | "networkRefusals">;
   /** More to release with the runtime dir (a listening socket). */
   release?(): void;
   /** The VMM's own report of a failure to start, settled once it has exited (libkrun's status). */

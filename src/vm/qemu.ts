@@ -5,7 +5,7 @@
 // socketpair that only QEMU holds, the monitor (QMP) another; QEMU runs under msb-vmm so it dies
 // with this process, confined: its own seccomp filter, no new privileges, no descriptors of ours
 // but those, and no host network when the VM has none.
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, createWriteStream, openSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { createServer, Socket } from "node:net";
 import path from "node:path";
@@ -116,7 +116,7 @@ export class QemuBackend implements Backend {
   // Spawns QEMU under msb-vmm, confined (no new privileges; without a network, none of the
   // host's), with one end of a fresh socketpair as its agent channel, another as its monitor,
   // with `raw` a third for the benchmark's bare port, and `state` (a saved VM to load) at STATE_FD.
-  private spawnQemu(args: string[], stdout: "ignore" | "pipe", opts: { network: NetworkMode; raw?: boolean; state?: number }) {
+  private spawnQemu(args: string[], stdout: "ignore" | "pipe", opts: { network: NetworkMode; egress?: string; raw?: boolean; state?: number }) {
     const pairs: [number, number][] = [];
     const closeAll = (which: 0 | 1) => pairs.forEach((p) => closeSync(p[which]));
     try {
@@ -131,7 +131,8 @@ export class QemuBackend implements Backend {
     if (opts.state !== undefined) stdio[STATE_FD] = opts.state;
     const keep = stdio.flatMap((fd, i) => (i > 2 && typeof fd === "number" ? ["--keep", String(i)] : []));
     try {
-      const argv = ["exec", String(process.pid), ...keep, ...(opts.network === "none" ? ["--no-network"] : []), "--", qemuBinary(), ...args];
+      const confine = opts.network === "none" ? ["--no-network"] : opts.egress !== undefined ? ["--net-policy", opts.egress] : [];
+      const argv = ["exec", String(process.pid), ...keep, ...confine, "--", qemuBinary(), ...args];
       debug("starting %s", argv.join(" "));
       const child = spawn(vmmHelperPath(), argv, { stdio });
       const [channel, monitor, rawPort] = pairs.map((p) => sockets(p[0]));
@@ -163,7 +164,7 @@ export class QemuBackend implements Backend {
     let state: number | undefined;
     try {
       if (opts.incoming) state = openSync(opts.incoming.state, "r");
-      started = this.spawnQemu(args, "ignore", { network: config.network, raw: config.rawPort, state });
+      started = this.spawnQemu(args, "ignore", { network: config.network, egress: config.egress, raw: config.rawPort, state });
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
       if (err instanceof MicrosandboxError) throw err;
@@ -172,6 +173,7 @@ export class QemuBackend implements Backend {
       if (state !== undefined) closeSync(state);
     }
     const { child, channel, monitor, rawPort } = started;
+    const refusals = countRefusals(child);
     const qmp = Qmp.connect(monitor);
     qmp.catch(() => {}); // a QEMU that dies early is reported by the boot ending
     const sharedRam = !!opts.ram?.share;
@@ -192,6 +194,7 @@ export class QemuBackend implements Backend {
       },
       extend: (agent) => ({
         ...(rawPort ? { rawPort } : {}),
+        ...(config.egress !== undefined ? { networkRefusals: refusals } : {}),
         save: async (file) => {
           const q = await qmp;
           await agent.suspend();
@@ -258,7 +261,7 @@ export class QemuBackend implements Backend {
     const initramfs = floorInitramfs();
     const disk = await config.rootDisk();
     const t0 = performance.now();
-    const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", { network: config.network, raw: config.rawPort });
+    const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", { network: config.network, egress: config.egress, raw: config.rawPort });
     let seen = "";
     let at: number | undefined;
     child.stdout!.on("data", (d: Buffer) => {
@@ -302,6 +305,18 @@ async function migrateInto(q: Qmp, socketPath: string, file: string): Promise<vo
     server.close();
     rmSync(socketPath, { force: true });
   }
+}
+
+// Counts the connections msb-netpolicy refused, from the lines it writes to QEMU's stderr.
+function countRefusals(child: ChildProcess): () => number {
+  let count = 0;
+  let partial = "";
+  child.stderr?.on("data", (d: Buffer | string) => {
+    const lines = (partial + d.toString()).split("\n");
+    partial = lines.pop()!.slice(-200);
+    count += lines.filter((l) => l.startsWith("msb-net: refused ")).length;
+  });
+  return () => count;
 }
 
 // Waits for the migration under way (outgoing or incoming) to end; throws if it failed.

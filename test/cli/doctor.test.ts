@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest";
 
 import { probe } from "../../src/vm/probe.js";
 import { decide, forcedAccel, hostFacts } from "../../src/vm/select.js";
+import { vmRequest } from "../../src/vm/netpolicy.js";
 
 const MSB = fileURLToPath(new URL("../../dist/cli/msb.js", import.meta.url));
 const run = promisify(execFile);
@@ -27,8 +28,8 @@ describe("msb doctor", () => {
     expect(byName("libkrunfw").ok).toBe(p.libkrunfw.ok);
     const accel = forcedAccel();
     const facts = await hostFacts({ backend: "auto", network: "none", ...(accel ? { accel } : {}) });
-    for (const network of ["none", "all"] as const) {
-      const d = decide(facts, { backend: "auto", network, ...(accel ? { accel } : {}) });
+    for (const network of ["none", "public", "all"] as const) {
+      const d = decide(facts, { backend: "auto", ...vmRequest(network), ...(accel ? { accel } : {}) });
       expect(report.chosen[network]).toEqual({ backend: d.backend === "qemu" ? `qemu (${d.accel})` : "krun", reason: d.reason });
     }
     expect(report.backends.krun.usable).toBe(report.chosen.all.backend === "krun");

@@ -120,7 +120,7 @@ describe("msb help and argument checking", () => {
       expect(bench).toMatch(o);
     }
     const run = (await msb(["run", "--help"], {}, QUICK)).stdout;
-    for (const o of [/--cpus N .*\(default: 1\)/, /--network none\|all .*\(default: none\)/, /--timeout SECONDS/, /--insecure/]) expect(run).toMatch(o);
+    for (const o of [/--cpus N .*\(default: 1\)/, /--network none\|public\|all .*\(default: none\)/, /--timeout SECONDS/, /--insecure/]) expect(run).toMatch(o);
     expect(run).not.toMatch(/--runs|--json|--mode/);
     expect((await msb(["pull", "--help"], {}, QUICK)).stdout).not.toMatch(/--runs|--memory|--json/);
   });
@@ -135,7 +135,7 @@ describe("msb help and argument checking", () => {
     const help = await msb(["help", "run"]);
     expect(help.code).toBe(0);
     expect(help.stdout.split("\n")[0]).toBe("usage: msb run IMAGE [options] [-- CMD ARG...]");
-    expect(help.stdout).toContain("--network none|all");
+    expect(help.stdout).toContain("--network none|public|all");
     expect(help.stdout).toBe((await msb(["run", "--help"])).stdout);
     const unknown = await msb(["help", "frobnicate"]);
     expect(unknown.code).toBe(2);
@@ -175,7 +175,7 @@ describe("msb help and argument checking", () => {
       [["run", "local:busybox", "--memory", "lots", "--", "true"], /--memory .*"lots"/],
       [["run", "local:busybox", "--cpus", "two", "--", "true"], /--cpus .*"two"/],
       [["run", "local:busybox", "--timeout", "never", "--", "true"], /--timeout .*"never"/],
-      [["run", "local:busybox", "--network", "wifi", "--", "true"], /--network .*none, all.*"wifi"/],
+      [["run", "local:busybox", "--network", "wifi", "--", "true"], /--network .*none, public, all.*"wifi"/],
       [["bench", "--runs"], /--runs needs a value/],
     ];
     for (const [args, message] of cases) {

@@ -1,7 +1,7 @@
 // An install from prebuilds (no build/ directory, as a user of a published package has it) finds
 // the VM helper beside the prebuilt addon and boots a VM with it.
 import { execFile } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,7 +20,9 @@ beforeAll(() => {
   const prebuilds = path.join(pkg, "prebuilds", `${process.platform}-${process.arch}`);
   mkdirSync(prebuilds, { recursive: true });
   cpSync(path.join(ROOT, "build/Release/microsandbox.node"), path.join(prebuilds, "microsandbox.node"));
-  cpSync(path.join(ROOT, "build/Release/msb-vmm"), path.join(prebuilds, "msb-vmm"));
+  for (const helper of ["msb-vmm", "msb-netpolicy.so"]) {
+    if (existsSync(path.join(ROOT, "build/Release", helper))) cpSync(path.join(ROOT, "build/Release", helper), path.join(prebuilds, helper));
+  }
 });
 
 afterAll(() => rmSync(pkg, { recursive: true, force: true }));

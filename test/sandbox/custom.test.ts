@@ -139,7 +139,7 @@ describe("bad options are rejected before any VM starts", () => {
     await expect(CustomSandbox.create({ image: "no-such-image", pull: "never" })).rejects.toThrow(/docker.io\/library\/no-such-image:latest is not in .* pulling is off/);
     await expect(CustomSandbox.create({ image: "Bad/Reference" })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(CustomSandbox.create({ image: "local:busybox", name: "bad name!" })).rejects.toThrow(/sandbox name "bad name!" is invalid/);
-    await expect(CustomSandbox.create({ image: "local:busybox", network: "some" as never })).rejects.toThrow(/use "none" or "all"/);
+    await expect(CustomSandbox.create({ image: "local:busybox", network: "some" as never })).rejects.toThrow(/use "none", "public", "all"/);
     const sb = new CustomSandbox({ image: "local:busybox" });
     await expect(sb.start({ memory: 1.5 })).rejects.toBeInstanceOf(InvalidArgumentError);
     // No VMM was started (it would be a child of this process), and no runtime dir made.

@@ -72,6 +72,13 @@ describe("the libkrun double, generation by generation", () => {
     expect(() => decide(f, { backend: "krun", network: "none" })).toThrow(/network "none" needs libkrun >= 1.17.*msb doctor/);
     expect(decide(f, { backend: "krun", network: "all" })).toMatchObject({ backend: "krun", imageShare: "disk" });
   });
+
+  it("leaves a network held to a policy to QEMU, which enforces it", () => {
+    const f = linux(doubleProbe("1.18"));
+    expect(decide(f, { backend: "auto", network: "all" }).backend).toBe("krun");
+    expect(decide(f, { backend: "auto", network: "all", policy: true })).toMatchObject({ backend: "qemu" });
+    expect(() => decide(f, { backend: "krun", network: "all", policy: true })).toThrow(/cannot be held to a network policy/);
+  });
 });
 
 describe("KVM", () => {

@@ -1,0 +1,91 @@
+// Network policies, enforced outside the guest. Only loopback carries traffic here: the host's
+// own service listens on 127.0.0.1, which a guest reaches as 10.0.2.2; every other destination
+// tried is refused inside QEMU's process before a packet leaves it.
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { CustomSandbox, InvalidArgumentError, type NetworkPolicy } from "../../src/index.js";
+import { checkNetwork, NON_PUBLIC, policyRules } from "../../src/vm/netpolicy.js";
+
+let server: Server;
+let port: number;
+
+beforeAll(async () => {
+  server = createServer((_, res) => res.end("host-only\n")).listen(0, "127.0.0.1");
+  await new Promise((r) => server.once("listening", r));
+  port = (server.address() as AddressInfo).port;
+});
+
+afterAll(() => server.close());
+
+// What `nc` in the guest makes of a connection to ADDRESS:PORT: the host service's answer, or
+// its error (a refusal is immediate: a hang would end in nc's own timeout instead).
+async function tryConnect(sb: CustomSandbox, address: string, to = port): Promise<string> {
+  const r = await sb.command.run("sh", ["-c", `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 20 ${address} ${to} 2>&1 | tail -1`]);
+  return (await r.output()).trim();
+}
+
+async function withSandbox(network: NetworkPolicy, body: (sb: CustomSandbox) => Promise<void>) {
+  const sb = await CustomSandbox.create({ image: "local:busybox", memory: 128, network });
+  try {
+    await body(sb);
+  } finally {
+    await sb.stop();
+  }
+}
+
+describe("network policies", () => {
+  it('"public" refuses the host, private addresses and cloud metadata at once, and counts each', async () => {
+    await withSandbox("public", async (sb) => {
+      expect(await tryConnect(sb, "10.0.2.2")).toMatch(/Connection refused/);
+      expect(await tryConnect(sb, "192.168.0.1", 80)).toMatch(/Connection refused/);
+      expect(await tryConnect(sb, "169.254.169.254", 80)).toMatch(/Connection refused/);
+      expect(sb.networkRefusals).toBe(3);
+      // Root in the guest owns its routes and addresses, not QEMU's sockets.
+      const ip = await sb.command.run("sh", ["-c", "ip addr add 10.0.2.77/24 dev eth0 && ip route replace default via 10.0.2.2 dev eth0"]);
+      expect(ip.exitCode).toBe(0);
+      expect(await tryConnect(sb, "10.0.2.2")).toMatch(/Connection refused/);
+      expect(sb.networkRefusals).toBe(4);
+    });
+  });
+
+  it('"all" reaches the host\'s own services', async () => {
+    await withSandbox("all", async (sb) => {
+      expect(await tryConnect(sb, "10.0.2.2")).toBe("host-only");
+      expect(sb.networkRefusals).toBe(0);
+    });
+  });
+
+  it("an allowlist admits exactly its CIDRs", async () => {
+    await withSandbox({ allow: ["127.0.0.1"] }, async (sb) => {
+      expect(await tryConnect(sb, "10.0.2.2")).toBe("host-only");
+      expect(await tryConnect(sb, "192.168.0.1", 80)).toMatch(/Connection refused/);
+      expect(sb.networkRefusals).toBe(1);
+    });
+  });
+});
+
+describe("network policy values", () => {
+  it("checks and normalizes what it is given, naming a bad value", () => {
+    expect(checkNetwork("public")).toBe("public");
+    expect(checkNetwork({ allow: ["203.0.113.7", "2001:db8::/32"], deny: ["198.51.100.0/24"] })).toEqual({ allow: ["203.0.113.7/32", "2001:db8::/32"], deny: ["198.51.100.0/24"] });
+    expect(() => checkNetwork("private")).toThrow(/network "private" is invalid: use "none", "public", "all"/);
+    expect(() => checkNetwork({ allow: ["10.0.0.0/33"] })).toThrow(InvalidArgumentError);
+    expect(() => checkNetwork({ allow: ["example.com"] })).toThrow(/domain names are not supported yet/);
+    expect(() => checkNetwork({ allow: "10.0.0.0/8" })).toThrow(/network.allow must be an array/);
+    expect(() => checkNetwork({ alow: [] })).toThrow(/unknown field "alow"/);
+  });
+
+  it("writes rules where DNS comes first, denials before admissions, and nothing else passes", () => {
+    expect(policyRules("all", ["10.0.0.53"])).toBeUndefined();
+    expect(policyRules("none", [])).toBeUndefined();
+    const pub = policyRules("public", ["10.0.0.53", "fd00::53"])!.split(" ");
+    expect(pub.slice(0, 2)).toEqual(["+10.0.0.53/32@53", "+fd00::53/128@53"]);
+    expect(pub).toContain("-127.0.0.0/8");
+    expect(pub).toContain("-169.254.0.0/16");
+    expect(pub.slice(-2)).toEqual(["+0.0.0.0/0", "+::/0"]);
+    expect(pub.length).toBe(2 + NON_PUBLIC.length + 2);
+    expect(policyRules({ allow: ["203.0.113.0/24"], deny: ["203.0.113.9/32"] }, [])).toBe("-203.0.113.9/32 +203.0.113.0/24");
+  });
+});
