@@ -68,11 +68,14 @@ static void close_others(const int *keep, int n) {
 
 // What the VMM may no longer gain or reach: privileges (set-uid programs, file capabilities),
 // and with `no_network` the host's network, for a VM that has none (an empty namespace; as a
-// non-root user inside a user namespace of its own). 0 or an errno.
+// non-root user inside a user namespace of its own). A host that allows neither namespace (no
+// root, unprivileged user namespaces off) keeps the VM in its own, said on stderr: the VM has no
+// network device either way. 0 or an errno.
 static int confine(bool no_network) {
 #ifdef __linux__
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return errno;
-  if (no_network && unshare(CLONE_NEWNET) < 0 && unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0) return errno;
+  if (no_network && unshare(CLONE_NEWNET) < 0 && unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0)
+    fprintf(stderr, "msb-vmm: the VMM stays in the host's network namespace: %s\n", strerror(errno));
 #else
   (void)no_network;
 #endif
