@@ -27,6 +27,11 @@ export class Inbound<T extends { data: Buffer }> implements AsyncIterableIterato
   ) {}
 
   /** Takes one chunk from the guest; a guest that ignores its credit is a protocol error. */
+  /** Chunks received and not yet taken by the reader. */
+  get backlog(): number {
+    return this.queue.length;
+  }
+
   push(item: T): void {
     const n = item.data.length;
     if (n > MAX_CHUNK_BYTES || this.outstanding + n > this.window) {

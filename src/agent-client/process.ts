@@ -1,6 +1,6 @@
 // A process running in the guest: the streaming form (ExecProcess: output as an async iterable,
 // stdin writes, signals) and the option checks that turn ExecOptions into an Exec request.
-import { AgentError, ExecError, abortError, InvalidArgumentError, linuxErrnoName, OutputLimitError } from "../errors.js";
+import { AgentError, ExecError, abortError, InvalidArgumentError, linuxErrnoName, OutputLimitError, TimeoutError } from "../errors.js";
 import type { Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
 import { DEFAULT_WINDOW_BYTES, errorKindName, type GuestFrame, MAX_WINDOW_BYTES, RlimitResources, SignalNumbers, signalName, streamName, toNumber } from "./protocol.js";
@@ -150,6 +150,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
   private resolveExit!: (s: ExitStatus) => void;
   private rejectExit!: (e: Error) => void;
   private readonly onAbort = () => this.kill("SIGKILL");
+  private backstop: NodeJS.Timeout | undefined;
 
   /**
    * Starts `argv`; or, with `adopted`, takes over a process a resume kept running (its session and
@@ -184,6 +185,19 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
       channel.send({ session: this.id, exec: request });
     }
     if (!this.done) opts.signal?.addEventListener("abort", this.onAbort, { once: true });
+    if (!this.done && opts.timeout !== undefined) this.armBackstop(argv[0] ?? `session ${this.id}`, opts.timeout);
+  }
+
+  // The guest kills a process at its timeout. This is the host's backstop for a guest that does
+  // not answer (hung, hostile): no end within half the timeout more (1 to 10 s), while this side
+  // is not the one holding up its output, fails the process with a TimeoutError.
+  private armBackstop(program: string, timeout: number, wait = timeout + Math.min(10, Math.max(1, timeout / 2))): void {
+    this.backstop = setTimeout(() => {
+      if (this.done) return;
+      if (this.output.backlog > 0) return this.armBackstop(program, timeout, 1); // our reader is behind, not the guest
+      this.kill("SIGKILL");
+      this.finish(new TimeoutError(`${program} did not end within its timeout of ${timeout} s and a grace after it: the guest is not answering`));
+    }, wait * 1000);
   }
 
   /** The protocol session this process runs in: what a resume keeps. */
@@ -229,6 +243,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
   private finish(err: Error | undefined, status?: ExitStatus): void {
     if (this.done) return;
     this.done = true;
+    clearTimeout(this.backstop);
     this.channel.release(this.id);
     this.opts.signal?.removeEventListener("abort", this.onAbort);
     const aborted = this.opts.signal?.aborted ? abortError(this.opts.signal) : undefined;

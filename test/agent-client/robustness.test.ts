@@ -180,4 +180,101 @@ describe("the client survives a misbehaving agent", () => {
     await expect(client.exec(["true"])).rejects.toBeInstanceOf(AgentConnectionError);
     await victim.stop();
   });
+
+  // Each hostile agent next to a sound one in the same process: the hostile case ends in a typed
+  // error (or its junk is dropped), the host's memory stays bounded, and the neighbour serves on.
+  describe("a hostile agent beside a sound one", () => {
+    const rssMiB = () => process.memoryUsage().rss / 2 ** 20;
+    const outputFor = (session: number, bytes = 65535) => guestFrame({ session, output: { stream: 0, data: Buffer.alloc(bytes, 0x41) } });
+
+    async function beside(hostile: (s: Socket) => void, attack: (client: AgentClient) => Promise<unknown>): Promise<unknown> {
+      await fakeAgent(hostile);
+      const neighbour = await agent.connect();
+      const before = rssMiB();
+      const client = await AgentClient.connect(sockPath);
+      let outcome: unknown;
+      try {
+        outcome = await attack(client).catch((e: unknown) => e);
+      } finally {
+        client.close();
+      }
+      expect(rssMiB() - before).toBeLessThan(96);
+      expect((await neighbour.exec(["echo", "fine"])).stdout.toString()).toBe("fine\n");
+      neighbour.close();
+      return outcome;
+    }
+
+    it("a frame whose length lies, then a hang-up: pending calls fail with AgentConnectionError", async () => {
+      const err = await beside(
+        (s) => {
+          s.write(hello());
+          s.once("data", () => {
+            const head = Buffer.alloc(4);
+            head.writeUInt32BE(1000);
+            s.end(Buffer.concat([head, Buffer.alloc(10)]));
+          });
+        },
+        (c) => c.exec(["true"]),
+      );
+      expect(err).toBeInstanceOf(AgentConnectionError);
+    });
+
+    it("a half-frame, then silence: a command with a timeout fails with TimeoutError from the host's side", async () => {
+      const err = await beside(
+        (s) => {
+          s.write(hello());
+          s.once("data", () => {
+            const head = Buffer.alloc(4);
+            head.writeUInt32BE(1000);
+            s.write(Buffer.concat([head, Buffer.alloc(10)]));
+          });
+        },
+        (c) => c.exec(["sleep", "60"], { timeout: 0.2 }),
+      );
+      expect(err).toBeInstanceOf(TimeoutError);
+      expect((err as Error).message).toMatch(/sleep did not end within its timeout of 0.2 s.*not answering/);
+    });
+
+    it("200 MB of output for sessions nobody opened, and a reused session: dropped, the real answer kept", async () => {
+      const result = await beside(
+        (s) => {
+          s.write(hello());
+          s.once("data", async () => {
+            // Written as fast as the client takes it: the attacker's own buffers are not the client's.
+            for (let i = 0; i < 3200; i++) if (!s.write(outputFor(1000 + (i % 7)))) await once(s, "drain");
+            s.write(guestFrame({ session: 1, started: { pid: 42 } }));
+            s.write(guestFrame({ session: 1, started: { pid: 43 } }));
+            s.write(guestFrame({ session: 1, output: { stream: 0, data: Buffer.from("real\n") } }));
+            s.write(guestFrame({ session: 1, exit: { code: 3 } }));
+            // The session is over: more for it is junk.
+            for (let i = 0; i < 100; i++) s.write(outputFor(1));
+            s.write(guestFrame({ session: 1, exit: { code: 4 } }));
+          });
+        },
+        (c) => c.exec(["anything"]),
+      );
+      expect(result).toMatchObject({ exitCode: 3 });
+      expect((result as { stdout: Buffer }).stdout.toString()).toBe("real\n");
+    });
+
+    it("a flood of credit and a hello with absurd values: accepted within the frame limit, nothing grows", async () => {
+      const boot = Array.from({ length: 20_000 }, (_, i) => ({ name: `e${i}`, tNs: "18446744073709551615" }));
+      const result = await beside(
+        (s) => {
+          s.write(guestFrame({ hello: { protocolVersion: 1, agentVersion: "v".repeat(100_000), pid: 4294967295, generation: "18446744073709551615", boot } }));
+          s.once("data", async () => {
+            s.write(guestFrame({ session: 1, started: { pid: 42 } }));
+            const credit = guestFrame({ session: 1, credit: { bytes: 4294967295 } });
+            for (let i = 0; i < 100_000; i++) if (!s.write(credit)) await once(s, "drain");
+            s.write(guestFrame({ session: 1, exit: { code: 0 } }));
+          });
+        },
+        async (c) => {
+          expect(c.hello.boot.length).toBe(20_000);
+          return c.exec(["cat"], { stdin: "x" });
+        },
+      );
+      expect(result).toMatchObject({ exitCode: 0 });
+    });
+  });
 });
