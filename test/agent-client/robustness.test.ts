@@ -204,15 +204,18 @@ describe("the client survives a misbehaving agent", () => {
       return outcome;
     }
 
+    // 10 bytes of a frame that says it has 1000.
+    const halfFrame = () => {
+      const head = Buffer.alloc(4);
+      head.writeUInt32BE(1000);
+      return Buffer.concat([head, Buffer.alloc(10)]);
+    };
+
     it("a frame whose length lies, then a hang-up: pending calls fail with AgentConnectionError", async () => {
       const err = await beside(
         (s) => {
           s.write(hello());
-          s.once("data", () => {
-            const head = Buffer.alloc(4);
-            head.writeUInt32BE(1000);
-            s.end(Buffer.concat([head, Buffer.alloc(10)]));
-          });
+          s.once("data", () => s.end(halfFrame()));
         },
         (c) => c.exec(["true"]),
       );
@@ -223,11 +226,7 @@ describe("the client survives a misbehaving agent", () => {
       const err = await beside(
         (s) => {
           s.write(hello());
-          s.once("data", () => {
-            const head = Buffer.alloc(4);
-            head.writeUInt32BE(1000);
-            s.write(Buffer.concat([head, Buffer.alloc(10)]));
-          });
+          s.once("data", () => s.write(halfFrame()));
         },
         (c) => c.exec(["sleep", "60"], { timeout: 0.2 }),
       );
