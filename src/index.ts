@@ -13,7 +13,7 @@ export { Sandbox, SandboxCommands } from "./sandbox/sandbox.js";
 export { PythonSandbox, NodeSandbox, CustomSandbox } from "./sandbox/kinds.js";
 export type { CommandOptions, RunOptions } from "./sandbox/sandbox.js";
 export type { SandboxOptions, StartOptions } from "./sandbox/options.js";
-export type { NetworkPolicy } from "./vm/netpolicy.js";
+export type { NetworkPolicy, PortForward } from "./vm/netpolicy.js";
 export { Execution, CommandExecution } from "./sandbox/execution.js";
 export type { ExecutionStatus } from "./sandbox/execution.js";
 export { SandboxFiles } from "./sandbox/files.js";

@@ -6,7 +6,7 @@ import os from "node:os";
 import { DEFAULT_PATH } from "../agent-client/process.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { RegistryClientOptions } from "../images/registry.js";
-import { checkNetwork, type NetworkPolicy } from "../vm/netpolicy.js";
+import { checkNetwork, checkPorts, type NetworkPolicy, type PortForward } from "../vm/netpolicy.js";
 
 export interface SandboxOptions {
   /** 1–63 characters of [A-Za-z0-9_-], starting alphanumeric. Default: a generated name. */
@@ -33,6 +33,11 @@ export interface SandboxOptions {
    * (the host's services too), or { allow: [CIDR...], deny: [CIDR...] }.
    */
   network?: NetworkPolicy;
+  /**
+   * Guest TCP ports published on the host: { host, guest, address? }, the host side bound on
+   * 127.0.0.1 unless `address` says otherwise. Needs a network.
+   */
+  ports?: PortForward[];
   /** Most processes the sandbox's commands may run at once; past it forks fail. Default 1024. */
   maxProcesses?: number;
   /** Environment for commands and interpreters, on top of PATH/HOME/LANG defaults. */
@@ -64,6 +69,7 @@ export interface ResolvedOptions {
   cpus: number;
   timeout: number;
   network: NetworkPolicy;
+  ports: PortForward[];
   maxProcesses: number;
   env: Record<string, string>;
   workdir: string | undefined;
@@ -119,6 +125,7 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     throw new InvalidArgumentError("CustomSandbox needs an image: CustomSandbox.create({ image: \"busybox\" })");
   }
   const network = checkNetwork(opts.network ?? "none");
+  const ports = checkPorts(opts.ports, network);
   const backend = opts.backend ?? "auto";
   if (backend !== "auto" && backend !== "krun" && backend !== "qemu") {
     throw new InvalidArgumentError(`backend ${JSON.stringify(backend)} is invalid: use "auto", "krun" or "qemu"`);
@@ -145,6 +152,7 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     cpus: checkCpus(opts.cpus ?? 1),
     timeout: checkSeconds("timeout", opts.timeout ?? 180),
     network,
+    ports,
     env,
     workdir,
     pull: checkPull(opts.pull ?? "missing"),

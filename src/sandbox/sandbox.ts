@@ -14,7 +14,7 @@ import { type ImageConfig, ImageStore } from "../images/store.js";
 import type { Backend, BootTimeline, KeptSession, Vm, VmConfig } from "../vm/backend.js";
 import { QemuBackend } from "../vm/qemu.js";
 import { bootVm, chooseBackend, forcedAccel } from "../vm/select.js";
-import { vmNetwork, vmRequest } from "../vm/netpolicy.js";
+import { checkPorts, type PortForward, vmNetwork, vmRequest } from "../vm/netpolicy.js";
 import { cloneIdentity, copyVm } from "../vm/snapshot.js";
 import { newPausedDir, readPaused, writePaused } from "./paused.js";
 import { CommandExecution } from "./execution.js";
@@ -140,7 +140,7 @@ export abstract class Sandbox implements AsyncDisposable {
     const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
     const kernel = this.opts.kernel;
     const accel = forcedAccel();
-    const decision = await chooseBackend({ backend: this.opts.backend, ...vmRequest(this.opts.network), ...(accel ? { accel } : {}), ...(kernel ? { kernel } : {}) });
+    const decision = await chooseBackend({ backend: this.opts.backend, ...vmRequest(this.opts.network, this.opts.ports), ...(accel ? { accel } : {}), ...(kernel ? { kernel } : {}) });
     const imagePrepMs = performance.now() - t0;
     debug("sandbox %s: %s (%s)", this.name, decision.backend, decision.reason);
     const config: VmConfig = {
@@ -148,6 +148,7 @@ export abstract class Sandbox implements AsyncDisposable {
       memory: this.opts.memory,
       cpus: Math.ceil(this.opts.cpus),
       ...vmNetwork(this.opts.network),
+      ports: this.opts.ports,
       maxProcesses: this.opts.maxProcesses,
       rootfs: image.rootfs,
       rootDisk: () => store.disk(image),
@@ -223,9 +224,10 @@ export abstract class Sandbox implements AsyncDisposable {
   /**
    * A new sandbox with this one's memory, processes and files as they are at this instant; this
    * one runs on. The copy gets its own randomness, clock and identity (hostname = its name). With
-   * Python and Node sandboxes the interpreter of run() comes along, with its state. QEMU only.
+   * Python and Node sandboxes the interpreter of run() comes along, with its state. The copy
+   * publishes `ports` of its own, none by default: this one keeps its host ports. QEMU only.
    */
-  fork(opts: { name?: string } = {}): Promise<this> {
+  fork(opts: { name?: string; ports?: PortForward[] } = {}): Promise<this> {
     return this.oneSaveAtATime(() => this.forkNow(opts));
   }
 
@@ -238,12 +240,13 @@ export abstract class Sandbox implements AsyncDisposable {
     return run;
   }
 
-  private async forkNow(opts: { name?: string }): Promise<this> {
+  private async forkNow(opts: { name?: string; ports?: PortForward[] }): Promise<this> {
     const { vm, backend, machine } = this.saveable("fork");
     const name = opts.name ?? `${this.name.slice(0, 50)}-${randomBytes(4).toString("hex")}`;
-    const child = new (this.constructor as new (o: SandboxOptions) => this)(this.copyOptions(name));
+    const ports = checkPorts(opts.ports, this.opts.network);
+    const child = new (this.constructor as new (o: SandboxOptions) => this)({ ...this.copyOptions(name), ports });
     const keep = this.keptSessions();
-    const config = { ...machine.config, name };
+    const config = { ...machine.config, name, ports };
     const copy = await copyVm(vm, backend, config, keep.map((k) => k.session));
     child.attach(copy, { ...machine, config }, this.imageConfig, `${this.backendReason}; forked from ${this.name}`);
     child.adopt(keep);
@@ -294,7 +297,7 @@ export abstract class Sandbox implements AsyncDisposable {
     }
     const o = sandbox.opts;
     const config: VmConfig = {
-      name, memory: o.memory, cpus: Math.ceil(o.cpus), ...vmNetwork(o.network), maxProcesses: o.maxProcesses,
+      name, memory: o.memory, cpus: Math.ceil(o.cpus), ...vmNetwork(o.network), ports: o.ports, maxProcesses: o.maxProcesses,
       rootfs: image.rootfs, rootDisk: () => store.disk(image), bootTimeout: o.timeout,
     };
     const backend = new QemuBackend({ accel: meta.accel, ...(o.kernel ? { kernel: o.kernel } : {}) });

@@ -10,6 +10,7 @@ import { debuglog } from "node:util";
 import { AgentClient } from "../agent-client/client.js";
 import { VmBootError } from "../errors.js";
 import { cacheDir } from "../paths.js";
+import type { PortForward } from "./netpolicy.js";
 import type { SnapshotOutcome } from "./snapshot.js";
 
 const debug = debuglog("microsandbox");
@@ -27,6 +28,8 @@ export interface VmConfig {
    * unrestricted.
    */
   egress?: string;
+  /** Guest TCP ports published on host addresses. */
+  ports?: PortForward[];
   /** The image, unpacked (libkrun shares it read-only by virtio-fs). */
   rootfs: string;
   /**

@@ -89,9 +89,34 @@ export function policyRules(policy: NetworkPolicy, dns: string[]): string | unde
   return rules.join(" ");
 }
 
-/** What a policy asks of a backend: a network device or none, and whether it is held to rules. */
-export function vmRequest(policy: NetworkPolicy): { network: NetworkMode; policy: boolean } {
-  return { network: policy === "none" ? "none" : "all", policy: policy !== "none" && policy !== "all" };
+/** A guest TCP port published on a host address (default 127.0.0.1) and port. */
+export interface PortForward {
+  host: number;
+  guest: number;
+  address?: string;
+}
+
+/** What a network asks of a backend: a device or none, and what only QEMU's network can do. */
+export function vmRequest(policy: NetworkPolicy, ports: readonly PortForward[] = []): { network: NetworkMode; qemuNetwork?: string } {
+  const needs = [policy !== "none" && policy !== "all" && "a network policy", ports.length > 0 && "published ports"].filter(Boolean);
+  return { network: policy === "none" ? "none" : "all", ...(needs.length ? { qemuNetwork: needs.join(" and ") } : {}) };
+}
+
+/** Checks a sandbox's `ports` option (a network is needed to publish any). */
+export function checkPorts(value: unknown, policy: NetworkPolicy): PortForward[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value)) throw new InvalidArgumentError(`ports must be an array of { host, guest } objects, got ${JSON.stringify(value)}`);
+  if (value.length && policy === "none") throw new InvalidArgumentError('ports need a network: give network "public", "all" or a policy, not "none"');
+  const port = (p: unknown, what: string) => {
+    if (!Number.isInteger(p) || (p as number) < 1 || (p as number) > 65535) throw new InvalidArgumentError(`${what} ${JSON.stringify(p)} is invalid: give a TCP port from 1 to 65535`);
+    return p as number;
+  };
+  return value.map((v: unknown) => {
+    const { host, guest, address = "127.0.0.1", ...rest } = (v ?? {}) as PortForward & Record<string, unknown>;
+    if (typeof v !== "object" || v === null || Object.keys(rest).length) throw new InvalidArgumentError(`ports entry ${JSON.stringify(v)} is invalid: give { host, guest } and optionally address`);
+    if (!isIPv4(address)) throw new InvalidArgumentError(`ports address ${JSON.stringify(address)} is invalid: give an IPv4 address such as "127.0.0.1"`);
+    return { host: port(host, "ports host port"), guest: port(guest, "ports guest port"), address };
+  });
 }
 
 /** The VM's side of a policy: a network device or none, and the rules its VMM is held to. */

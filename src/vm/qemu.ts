@@ -109,7 +109,10 @@ export class QemuBackend implements Backend {
     if (process.platform === "linux") args.push("-sandbox", SECCOMP);
     if (config.rawPort) args.push("-chardev", `socket,id=raw,fd=${RAW_FD}`, "-device", "virtserialport,chardev=raw,name=msb.raw");
     if (disk) args.push("-drive", `id=root,file=${value(disk)},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=root");
-    if (config.network === "all") args.push("-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0");
+    if (config.network === "all") {
+      const forwards = (config.ports ?? []).map((p) => `,hostfwd=tcp:${p.address}:${p.host}-:${p.guest}`).join("");
+      args.push("-netdev", `user,id=net0${forwards}`, "-device", "virtio-net-device,netdev=net0");
+    }
     return args;
   }
 
@@ -220,7 +223,9 @@ export class QemuBackend implements Backend {
               `sandbox ${config.name} cannot have network "all": this QEMU has no user-mode networking (${stderr}). ` +
                 'Install a QEMU built with libslirp, or use network: "none".',
             )
-          : /sandbox|seccomp/i.test(stderr)
+          : /host forwarding rule/i.test(stderr)
+            ? new NetworkError(`sandbox ${config.name} cannot publish its ports (${stderr}): is a host port taken? ${portList(config)}`)
+            : /sandbox|seccomp/i.test(stderr)
             ? new BackendUnavailableError(
                 `QEMU cannot confine sandbox ${config.name} with its seccomp filter (${stderr}): install a QEMU built with libseccomp ` +
                   "(Debian's qemu-system-x86 is)",
@@ -306,6 +311,8 @@ async function migrateInto(q: Qmp, socketPath: string, file: string): Promise<vo
     rmSync(socketPath, { force: true });
   }
 }
+
+const portList = (config: VmConfig) => `asked for ${(config.ports ?? []).map((p) => `${p.address}:${p.host} -> ${p.guest}`).join(", ")}`;
 
 // Counts the connections msb-netpolicy refused, from the lines it writes to QEMU's stderr.
 function countRefusals(child: ChildProcess): () => number {

@@ -2,11 +2,11 @@
 // own service listens on 127.0.0.1, which a guest reaches as 10.0.2.2; every other destination
 // tried is refused inside QEMU's process before a packet leaves it.
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type AddressInfo, connect, createServer as createTcpServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { CustomSandbox, InvalidArgumentError, type NetworkPolicy } from "../../src/index.js";
-import { checkNetwork, NON_PUBLIC, policyRules } from "../../src/vm/netpolicy.js";
+import { checkNetwork, checkPorts, NON_PUBLIC, policyRules } from "../../src/vm/netpolicy.js";
 
 let server: Server;
 let port: number;
@@ -63,6 +63,49 @@ describe("network policies", () => {
       expect(await tryConnect(sb, "192.168.0.1", 80)).toMatch(/Connection refused/);
       expect(sb.networkRefusals).toBe(1);
     });
+  });
+});
+
+describe("published ports", () => {
+  // A free port on 127.0.0.1, as the kernel hands them out.
+  const freePort = async () => {
+    const s = createTcpServer().listen(0, "127.0.0.1");
+    await new Promise((r) => s.once("listening", r));
+    const p = (s.address() as AddressInfo).port;
+    await new Promise((r) => s.close(r));
+    return p;
+  };
+
+  it("answers on 127.0.0.1 for a guest server, under a policy too; a fork publishes only its own", async () => {
+    const host = await freePort();
+    const sb = await CustomSandbox.create({ image: "local:busybox", memory: 128, network: "public", ports: [{ host, guest: 8080 }] });
+    try {
+      const server = sb.command.spawn("sh", ["-c", "echo from-the-guest | nc -l -p 8080"]);
+      let answer = "";
+      for (let i = 0; i < 50 && !answer; i++) {
+        answer = await new Promise<string>((resolve) => {
+          const c = connect(host, "127.0.0.1");
+          let got = "";
+          c.on("data", (d) => (got += d.toString()));
+          c.on("close", () => resolve(got.trim()));
+          c.on("error", () => resolve(""));
+        });
+        if (!answer) await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(answer).toBe("from-the-guest");
+      await server.exit;
+      const copy = await sb.fork();
+      await copy.stop();
+    } finally {
+      await sb.stop();
+    }
+  });
+
+  it("refuses ports without a network and bad port values, naming them", () => {
+    expect(() => checkPorts([{ host: 8080, guest: 80 }], "none")).toThrow(/ports need a network/);
+    expect(() => checkPorts([{ host: 0, guest: 80 }], "public")).toThrow(/ports host port 0 is invalid/);
+    expect(() => checkPorts([{ host: 8080, guest: 80, address: "localhost" }], "public")).toThrow(/ports address "localhost" is invalid/);
+    expect(checkPorts([{ host: 8080, guest: 80 }], "all")).toEqual([{ host: 8080, guest: 80, address: "127.0.0.1" }]);
   });
 });
 

@@ -76,8 +76,8 @@ describe("the libkrun double, generation by generation", () => {
   it("leaves a network held to a policy to QEMU, which enforces it", () => {
     const f = linux(doubleProbe("1.18"));
     expect(decide(f, { backend: "auto", network: "all" }).backend).toBe("krun");
-    expect(decide(f, { backend: "auto", network: "all", policy: true })).toMatchObject({ backend: "qemu" });
-    expect(() => decide(f, { backend: "krun", network: "all", policy: true })).toThrow(/cannot be held to a network policy/);
+    expect(decide(f, { backend: "auto", network: "all", qemuNetwork: "a network policy" })).toMatchObject({ backend: "qemu" });
+    expect(() => decide(f, { backend: "krun", network: "all", qemuNetwork: "published ports" })).toThrow(/cannot do published ports/);
   });
 });
 
