@@ -40,12 +40,14 @@ function buildAddon() {
   if (!force) {
     try {
       const found = require("node-gyp-build").path(root);
-      // The helper must sit beside the addon that will be loaded (src/native.ts looks there).
-      if (existsSync(path.join(path.dirname(found), "msb-vmm"))) {
-        console.log(`microsandbox: using native addon ${path.relative(root, found)} and the VM helper beside it`);
+      // The helpers must sit beside the addon that will be loaded (src/native.ts and msb-vmm look there).
+      const helpers = process.platform === "linux" ? ["msb-vmm", "msb-netpolicy.so"] : ["msb-vmm"];
+      const missing = helpers.filter((h) => !existsSync(path.join(path.dirname(found), h)));
+      if (!missing.length) {
+        console.log(`microsandbox: using native addon ${path.relative(root, found)} and the VM helpers beside it`);
         return;
       }
-      console.log(`microsandbox: ${path.relative(root, found)} has no msb-vmm beside it: building both`);
+      console.log(`microsandbox: ${path.relative(root, found)} has no ${missing.join(" or ")} beside it: building all`);
     } catch {
       // no prebuild or earlier build: compile below
     }
