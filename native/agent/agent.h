@@ -108,6 +108,13 @@ void watch_close(struct watch *w);
 uint64_t now_ns(void);
 void boot_event(const char *name);
 
+// frame.c: the host's frames
+// How much of `buf` the next frame takes: 0 while it is not all there, -1 when its length is over
+// MAX_FRAME_BYTES (the stream cannot go on), else 4 + its length, which goes in *body_len.
+long frame_next(const uint8_t *buf, size_t len, uint32_t *body_len);
+// Decodes a frame's body into `m` (pb_release it whatever the answer); false with the reason in *why.
+bool frame_decode(const uint8_t *body, size_t len, microsandbox_agent_HostMessage *m, const char **why);
+
 // conn.c
 struct conn *conn_new(int fd);
 void conn_on_event(struct conn *c, uint32_t events);

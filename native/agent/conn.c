@@ -550,9 +550,9 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
 
 static void handle_frame(struct conn *c, const uint8_t *buf, size_t len) {
   microsandbox_agent_HostMessage m = microsandbox_agent_HostMessage_init_zero;
-  pb_istream_t is = pb_istream_from_buffer(buf, len);
-  if (pb_decode(&is, microsandbox_agent_HostMessage_fields, &m)) dispatch(c, &m);
-  else send_error(c, 0, ERR(PROTOCOL), 0, "undecodable frame of %zu bytes: %s", len, PB_GET_ERROR(&is));
+  const char *why = "";
+  if (frame_decode(buf, len, &m, &why)) dispatch(c, &m);
+  else send_error(c, 0, ERR(PROTOCOL), 0, "undecodable frame of %zu bytes: %s", len, why);
   pb_release(microsandbox_agent_HostMessage_fields, &m);
 }
 
@@ -571,10 +571,11 @@ static void conn_read(struct conn *c) {
     }
     c->rlen += (size_t)n;
     size_t off = 0;
-    while (c->rlen - off >= 4) {
-      const uint8_t *p = c->rbuf + off;
-      uint32_t len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-      if (len > LIMIT(MAX_FRAME_BYTES)) {
+    for (;;) {
+      uint32_t len;
+      long whole = frame_next(c->rbuf + off, c->rlen - off, &len);
+      if (whole == 0) break;
+      if (whole < 0) {
         // The stream cannot be resynchronised after a bad length: answer, then hang up.
         c->quiet = false;  // hanging up: suspended or not, the answer goes out
         send_error(c, 0, ERR(PROTOCOL), 0, "frame length %u exceeds the limit of %u bytes", len,
@@ -584,9 +585,8 @@ static void conn_read(struct conn *c) {
         conn_flush(c);
         return;
       }
-      if (c->rlen - off - 4 < len) break;
-      handle_frame(c, p + 4, len);
-      off += 4 + len;
+      handle_frame(c, c->rbuf + off + 4, len);
+      off += (size_t)whole;
       if (c->w.fd < 0) return;
       if (c->closing) break;
     }

@@ -111,7 +111,9 @@ export class FrameDecoder {
       try {
         const message = GuestMessage.decode(frame);
         decoded = message as unknown as GuestFrame;
-        decoded.body = (message as unknown as { body?: string }).body ?? "";
+        // `body` is protobufjs's oneof accessor, whose setter clears the oneof for a name that is
+        // no field: "" (a frame with no body) needs a property of its own.
+        Object.defineProperty(decoded, "body", { value: (message as unknown as { body?: string }).body ?? "", enumerable: true });
       } catch (err) {
         throw new AgentProtocolError(`the guest sent an undecodable frame of ${length} bytes`, { cause: err });
       }
