@@ -1,6 +1,8 @@
 // A hostile guest, as root inside a normal sandbox: whatever it does ends in a typed error on
 // that sandbox or is contained in it, while a neighbour sandbox in the same process keeps working
 // and this process stays responsive. Real VMs (QEMU; TCG here).
+import { once } from "node:events";
+import { type AddressInfo, createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { AgentConnectionError, CustomSandbox, MicrosandboxError, ResourceError } from "../../src/index.js";
@@ -64,6 +66,33 @@ describe("a hostile guest", () => {
       expect(await (await sb.command.run("echo", ["alive"])).output()).toBe("alive");
     });
   });
+
+  it("opening hundreds of connections to the host at once is contained in its VMM", async () => {
+    // The host's side: a loopback server that keeps every connection it gets open.
+    const held: Socket[] = [];
+    const server = createServer((c) => held.push(c.on("error", () => {}))).listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const sb = await CustomSandbox.create({ image: "local:busybox", memory: 256, network: "all", snapshot: false });
+      try {
+        // 300 connections held open at once and idle (within the guest's process limit), until killed.
+        const proc = sb.command.spawn("sh", ["-c", `i=0; while [ $i -lt 300 ]; do sleep 600 | nc 10.0.2.2 ${port} >/dev/null 2>&1 & i=$((i+1)); done; wait`]);
+        for (let waited = 0; held.length < 300 && waited < 100_000; waited += 250) await new Promise((r) => setTimeout(r, 250));
+        expect(held.length).toBe(300);
+        await neighbourFine();
+        proc.kill();
+        await proc.exit.catch(() => {});
+        expect(await (await sb.command.run("echo", ["alive"])).output()).toBe("alive");
+      } finally {
+        await sb.stop();
+      }
+      await neighbourFine();
+    } finally {
+      for (const c of held) c.destroy();
+      server.close();
+    }
+  }, 150_000);
 
   it("killing every process it can see and writing to every device it has leaves the agent serving", async () => {
     await hostile(async (sb) => {
