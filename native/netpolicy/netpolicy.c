@@ -21,7 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define MAX_RULES 256
+#define MAX_RULES 256  // src/vm/netpolicy.ts keeps a policy well within it
 
 struct rule {
   bool admit;
@@ -80,9 +80,9 @@ __attribute__((constructor)) static void load_policy(void) {
   unsetenv("LD_PRELOAD");
   g_active = true;  // an unreadable policy refuses everything
   if (!copy) return;
-  for (char *save, *tok = strtok_r(copy, " ", &save); tok && g_nrules < MAX_RULES; tok = strtok_r(NULL, " ", &save)) {
-    if (!parse_rule(tok, &g_rules[g_nrules])) {
-      fprintf(stderr, "msb-net: bad rule %s: refusing everything\n", tok);
+  for (char *save, *tok = strtok_r(copy, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+    if (g_nrules == MAX_RULES || !parse_rule(tok, &g_rules[g_nrules])) {
+      fprintf(stderr, "msb-net: rule %s is malformed or past the %d allowed: refusing everything\n", tok, MAX_RULES);
       g_nrules = 0;
       break;
     }

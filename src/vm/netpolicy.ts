@@ -26,6 +26,8 @@ export const NON_PUBLIC = [
   "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
 ];
 
+const MAX_POLICY_CIDRS = 200;
+
 /** A CIDR in canonical text, or InvalidArgumentError naming `what`. */
 export function checkCidr(value: unknown, what: string): string {
   if (typeof value !== "string") throw new InvalidArgumentError(`${what} ${JSON.stringify(value)} is invalid: give a CIDR such as "203.0.113.0/24" or an address`);
@@ -54,6 +56,10 @@ export function checkNetwork(value: unknown): NetworkPolicy {
     };
     const out: { allow?: string[]; deny?: string[] } = {};
     const a = list(allow, "allow"), d = list(deny, "deny");
+    // msb-netpolicy holds 256 rules, the host's DNS servers and "public"'s own among them.
+    if ((a?.length ?? 0) + (d?.length ?? 0) > MAX_POLICY_CIDRS) {
+      throw new InvalidArgumentError(`network has ${(a?.length ?? 0) + (d?.length ?? 0)} CIDRs; at most ${MAX_POLICY_CIDRS} in allow and deny together: merge them into wider ones`);
+    }
     if (a) out.allow = a;
     if (d) out.deny = d;
     return out;

@@ -118,6 +118,7 @@ describe("network policy values", () => {
     expect(() => checkNetwork({ allow: ["example.com"] })).toThrow(/domain names are not supported yet/);
     expect(() => checkNetwork({ allow: "10.0.0.0/8" })).toThrow(/network.allow must be an array/);
     expect(() => checkNetwork({ alow: [] })).toThrow(/unknown field "alow"/);
+    expect(() => checkNetwork({ deny: Array.from({ length: 201 }, (_, i) => `198.51.${i >> 8}.${i & 255}`) })).toThrow(/201 CIDRs; at most 200/);
   });
 
   it("writes rules where DNS comes first, denials before admissions, and nothing else passes", () => {
