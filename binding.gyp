@@ -19,8 +19,8 @@
       # here, runtime linked statically).
       "target_name": "msb-vmm",
       "type": "executable",
-      "sources": ["native/vmm/vmm.c", "native/vmm/config.c", "native/vmm/host.c", "native/vmm/krun.c",
-                  "native/vmm/probe.c", "native/vmm/status.c"],
+      "sources": ["native/vmm/vmm.c", "native/vmm/config.c", "native/vmm/host.c", "native/vmm/jail.c",
+                  "native/vmm/krun.c", "native/vmm/probe.c", "native/vmm/status.c"],
       "cflags": ["-std=c11", "-Wall", "-Wextra"],
       # Debian's libprotobuf-nanopb.a is built with PB_ENABLE_MALLOC (pointer fields).
       "defines": ["PB_ENABLE_MALLOC"],
@@ -49,6 +49,15 @@
         "type": "shared_library",
         "product_extension": "so",
         "sources": ["native/netpolicy/netpolicy.c"],
+        "cflags": ["-std=c11", "-Wall", "-Wextra", "-fPIC"],
+        "libraries": ["-ldl"]
+      }, {
+        # Preloaded into QEMU when msb-vmm opened some of its files before the jail (guest RAM's
+        # file): it hands QEMU those descriptors (native/openfd/openfd.c).
+        "target_name": "msb-openfd",
+        "type": "shared_library",
+        "product_extension": "so",
+        "sources": ["native/openfd/openfd.c"],
         "cflags": ["-std=c11", "-Wall", "-Wextra", "-fPIC"],
         "libraries": ["-ldl"]
       }]

@@ -41,7 +41,7 @@ function buildAddon() {
     try {
       const found = require("node-gyp-build").path(root);
       // The helpers must sit beside the addon that will be loaded (src/native.ts and msb-vmm look there).
-      const helpers = process.platform === "linux" ? ["msb-vmm", "msb-netpolicy.so"] : ["msb-vmm"];
+      const helpers = process.platform === "linux" ? ["msb-vmm", "msb-netpolicy.so", "msb-openfd.so"] : ["msb-vmm"];
       const missing = helpers.filter((h) => !existsSync(path.join(path.dirname(found), h)));
       if (!missing.length) {
         console.log(`microsandbox: using native addon ${path.relative(root, found)} and the VM helpers beside it`);
@@ -90,7 +90,7 @@ function prebuild() {
   const out = path.join(root, "prebuilds", `${process.platform}-${process.arch}`);
   const addons = existsSync(out) ? readdirSync(out).filter((f) => f.endsWith(".node")) : [];
   if (!addons.length) throw new Error(`prebuildify wrote no addon in ${out}`);
-  for (const helper of ["msb-vmm", "msb-netpolicy.so"]) {
+  for (const helper of ["msb-vmm", "msb-netpolicy.so", "msb-openfd.so"]) {
     const built = path.join(root, "build", "Release", helper);
     if (existsSync(built)) copyFileSync(built, path.join(out, helper));
   }

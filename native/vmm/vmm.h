@@ -78,4 +78,18 @@ int krun_run(const krun_config *cfg, int status_fd);
 // Writes one framed HostProbe on fd; the exit status.
 int probe_run(int fd);
 
+// The jail QEMU runs in (jail.c): a mount namespace holding the system's programs, the `ro`
+// files and the runtime dir; with `no_network`, an empty network namespace; as root, the uid and
+// gid JAIL_ID_BASE + pid. 0, or an errno and `why`; `unavailable` when the host allows no
+// namespaces here at all (nothing was changed).
+#define JAIL_ID_BASE 0x70000000u
+#define JAIL_MAX_RO 16
+typedef struct {
+  const char *rundir;
+  const char *ro[JAIL_MAX_RO];
+  int nro;
+  bool no_network;
+} jail_spec;
+int jail_enter(const jail_spec *j, bool *unavailable, char *why, size_t n);
+
 #endif

@@ -4,9 +4,10 @@
 // calibrating against the PIT. The agent channel is a virtio-serial port backed by one end of a
 // socketpair that only QEMU holds, the monitor (QMP) another; QEMU runs under msb-vmm so it dies
 // with this process, confined: its own seccomp filter, no new privileges, no descriptors of ours
-// but those, and no host network when the VM has none.
+// but those, a jail holding only its own files (as root, with a uid of its own), and no host
+// network when the VM has none.
 import { type ChildProcess, spawn } from "node:child_process";
-import { closeSync, createWriteStream, openSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { chmodSync, closeSync, createWriteStream, openSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { createServer, Socket } from "node:net";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -116,10 +117,10 @@ export class QemuBackend implements Backend {
     return args;
   }
 
-  // Spawns QEMU under msb-vmm, confined (no new privileges; without a network, none of the
-  // host's), with one end of a fresh socketpair as its agent channel, another as its monitor,
-  // with `raw` a third for the benchmark's bare port, and `state` (a saved VM to load) at STATE_FD.
-  private spawnQemu(args: string[], stdout: "ignore" | "pipe", opts: { network: NetworkMode; egress?: string; raw?: boolean; state?: number }) {
+  // Spawns QEMU under msb-vmm, jailed (see jailArgs), with one end of a fresh socketpair as its
+  // agent channel, another as its monitor, with `raw` a third for the benchmark's bare port, and
+  // `state` (a saved VM to load) at STATE_FD.
+  private spawnQemu(args: string[], stdout: "ignore" | "pipe", opts: { network: NetworkMode; egress?: string; raw?: boolean; state?: number; jail: Jail }) {
     const pairs: [number, number][] = [];
     const closeAll = (which: 0 | 1) => pairs.forEach((p) => closeSync(p[which]));
     try {
@@ -135,7 +136,7 @@ export class QemuBackend implements Backend {
     const keep = stdio.flatMap((fd, i) => (i > 2 && typeof fd === "number" ? ["--keep", String(i)] : []));
     try {
       const confine = opts.network === "none" ? ["--no-network"] : opts.egress !== undefined ? ["--net-policy", opts.egress] : [];
-      const argv = ["exec", String(process.pid), ...keep, ...confine, "--", qemuBinary(), ...args];
+      const argv = ["exec", String(process.pid), ...keep, ...jailArgs(opts.jail), ...confine, "--", qemuBinary(), ...args];
       debug("starting %s", argv.join(" "));
       const child = spawn(vmmHelperPath(), argv, { stdio });
       const [channel, monitor, rawPort] = pairs.map((p) => sockets(p[0]));
@@ -167,7 +168,8 @@ export class QemuBackend implements Backend {
     let state: number | undefined;
     try {
       if (opts.incoming) state = openSync(opts.incoming.state, "r");
-      started = this.spawnQemu(args, "ignore", { network: config.network, egress: config.egress, raw: config.rawPort, state });
+      const jail = { dir, files: [boot.kernel, boot.initramfs, ...(disk ? [disk] : [])], ram: opts.ram };
+      started = this.spawnQemu(args, "ignore", { network: config.network, egress: config.egress, raw: config.rawPort, state, jail });
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
       if (err instanceof MicrosandboxError) throw err;
@@ -265,8 +267,10 @@ export class QemuBackend implements Backend {
     const { kernel } = await guestBoot(this.opts.kernel ? { kernel: this.opts.kernel } : {});
     const initramfs = floorInitramfs();
     const disk = await config.rootDisk();
+    const dir = makeRuntimeDir();
+    const jail = { dir, files: [kernel, initramfs, ...(disk ? [disk] : [])] };
     const t0 = performance.now();
-    const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", { network: config.network, egress: config.egress, raw: config.rawPort });
+    const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", { network: config.network, egress: config.egress, raw: config.rawPort, jail });
     let seen = "";
     let at: number | undefined;
     child.stdout!.on("data", (d: Buffer) => {
@@ -281,9 +285,35 @@ export class QemuBackend implements Backend {
     channel.destroy();
     monitor.destroy();
     rawPort?.destroy();
+    rmSync(dir, { recursive: true, force: true });
     if (at === undefined) throw new MicrosandboxError(`the floor VM (${this.describe()}) printed no marker within ${config.bootTimeout} s:\n${seen}${stderr}`);
     return at;
   }
+}
+
+/** What a QEMU's jail holds: its runtime dir, the files it reads, and guest RAM's file if any. */
+interface Jail {
+  dir: string;
+  files: string[];
+  ram?: GuestRam;
+}
+
+// msb-vmm's jail options: the runtime dir (writable), the files QEMU reads by path (read-only),
+// a QEMU installed outside the system's programs (which are always there), and guest
+// RAM's file opened by msb-vmm itself: read-write for a template being made, read-only for a
+// clone, whose private mapping must never reach the template another clone maps too.
+function jailArgs(jail: Jail): string[] {
+  const files = [...jail.files];
+  const qemu = qemuBinary();
+  if (path.isAbsolute(qemu) && !qemu.startsWith("/usr/")) {
+    // A QEMU installed elsewhere brings its prefix (PREFIX/bin/qemu: libraries and firmware
+    // beside it); a lone executable only its directory.
+    const dir = path.dirname(qemu);
+    files.push(path.basename(dir) === "bin" ? path.dirname(dir) : dir);
+  }
+  const ro = files.flatMap((f) => ["--ro", path.resolve(f)]);
+  const ram = jail.ram ? ["--open", `${path.resolve(jail.ram.file)}:${jail.ram.share ? "w" : "r"}`] : [];
+  return ["--jail", jail.dir, ...ro, ...ram];
 }
 
 // Streams the outgoing migration into `file`, private to this user (it holds guest memory),
@@ -295,6 +325,9 @@ async function migrateInto(q: Qmp, socketPath: string, file: string): Promise<vo
     server.once("error", reject);
     server.listen(socketPath, resolve);
   });
+  // QEMU runs as the VM's own uid: the socket is open to it, and to nobody else (the 0700
+  // runtime dir is that uid's).
+  chmodSync(socketPath, 0o666);
   try {
     const received = new Promise<void>((resolve, reject) => {
       server.once("connection", (sock) => {

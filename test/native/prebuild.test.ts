@@ -20,7 +20,7 @@ beforeAll(() => {
   const prebuilds = path.join(pkg, "prebuilds", `${process.platform}-${process.arch}`);
   mkdirSync(prebuilds, { recursive: true });
   cpSync(path.join(ROOT, "build/Release/microsandbox.node"), path.join(prebuilds, "microsandbox.node"));
-  for (const helper of ["msb-vmm", "msb-netpolicy.so"]) {
+  for (const helper of ["msb-vmm", "msb-netpolicy.so", "msb-openfd.so"]) {
     if (existsSync(path.join(ROOT, "build/Release", helper))) cpSync(path.join(ROOT, "build/Release", helper), path.join(prebuilds, helper));
   }
 });

@@ -1,7 +1,7 @@
 // CustomSandbox on the tiny busybox image: network modes, isolation, resource limits and clean
 // stops (a VM dying with its creator is in test/paths.test.ts). Real VMs (QEMU; TCG here).
 import { once } from "node:events";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -49,6 +49,7 @@ describe("network errors", () => {
   it('reports a QEMU without user-mode networking as a NetworkError for network "all"', async () => {
     // A stand-in for a QEMU built without libslirp: it refuses "-netdev user" as such builds do.
     const dir = mkdtempSync(path.join(tmpdir(), "msb-noslirp-"));
+    chmodSync(dir, 0o755); // QEMU runs jailed, as the VM's uid
     const fake = path.join(dir, "qemu-without-slirp");
     writeFileSync(
       fake,

@@ -1,7 +1,7 @@
 // Backend selection is a decision from facts: the VM helper's probe of each libkrun generation
 // (the recording double), a simulated PVM host, KVM trial verdicts; and a boot that dies before
 // its agent is ready is booted again as the decision's fallback, whatever the timing.
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -120,18 +120,20 @@ describe("KVM", () => {
     const dir = mkdtempSync(path.join(tmpdir(), "msb-trial-"));
     try {
       const { kernel } = await guestBoot();
-      // Stand-ins for QEMU under a KVM that works and one that aborts, counting their boots.
-      const count = path.join(dir, "boots");
-      const fake = (name: string, body: string) => {
+      // Stand-ins for QEMU under a KVM that works and one that aborts (jailed like QEMU: their
+      // directory must be open to the VM's uid).
+      chmodSync(dir, 0o755);
+      const fake = (name: string, body: string, version = name) => {
         const f = path.join(dir, name);
-        writeFileSync(f, `#!/bin/sh\ncase "$1" in --version) echo "QEMU emulator version 7.2.99 (${name})"; exit 0;; esac\necho boot >> ${count}\n${body}\n`, { mode: 0o755 });
+        writeFileSync(f, `#!/bin/sh\ncase "$1" in --version) echo "QEMU emulator version 7.2.99 (${version})"; exit 0;; esac\n${body}\n`, { mode: 0o755 });
         return f;
       };
       Object.assign(process.env, { MSB_CACHE_DIR: path.join(dir, "cache"), MSB_KERNEL: kernel, MSB_QEMU: fake("good-kvm", "echo MSB-FLOOR-MARKER") });
       const good = await kvmTrial();
       expect(good).toMatchObject({ ok: true, detail: expect.stringMatching(/^booted to init in \d+ ms$/) });
+      // The same QEMU version, now unable to boot: the kept verdict answers, no second boot.
+      fake("good-kvm", "exit 1", "good-kvm");
       expect(await kvmTrial()).toEqual(good);
-      expect(readFileSync(count, "utf8").trim().split("\n")).toHaveLength(1);
       const files = readdirSync(path.join(dir, "cache", "kvm-trial"));
       expect(files).toHaveLength(1);
       expect(JSON.parse(readFileSync(path.join(dir, "cache", "kvm-trial", files[0]!), "utf8"))).toEqual(good);
@@ -178,6 +180,7 @@ describe("fallback", () => {
     const { kernel } = await guestBoot();
     const config = vmConfig({ rootfs: image.rootfs, rootDisk: () => store.disk(image) });
     const dir = mkdtempSync(path.join(tmpdir(), "msb-kvmfail-"));
+    chmodSync(dir, 0o755); // QEMU runs jailed, as the VM's uid
     // A QEMU that aborts under KVM as nested hosts' do, and is the real one otherwise.
     const qemu = path.join(dir, "qemu");
     writeFileSync(qemu, `#!/bin/sh\ncase "$*" in *"-accel kvm"*) echo "qemu-system-x86_64: error: failed to set MSR 0x10a" >&2; exit 1;; esac\nexec qemu-system-x86_64 "$@"\n`, { mode: 0o755 });
