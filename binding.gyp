@@ -48,9 +48,9 @@
         "target_name": "msb-netpolicy",
         "type": "shared_library",
         "product_extension": "so",
-        "sources": ["native/netpolicy/netpolicy.c"],
+        "sources": ["native/netpolicy/netpolicy.c", "native/netpolicy/dns.c"],
         "cflags": ["-std=c11", "-Wall", "-Wextra", "-fPIC"],
-        "libraries": ["-ldl"]
+        "libraries": ["-ldl", "-lpthread"]
       }, {
         # Preloaded into QEMU when msb-vmm opened some of its files before the jail (guest RAM's
         # file): it hands QEMU those descriptors (native/openfd/openfd.c).

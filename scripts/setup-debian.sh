@@ -15,7 +15,8 @@ packages=(
   zstd                      # zstd layers where Node's zlib has no zstd
   docker-registry skopeo umoci openssl  # tests: a real registry, token auth; the pull benchmark
   libxml2-utils             # tests: xmllint checks the benchmark's SVG
-  clang libclang-rt-14-dev  # tests: libFuzzer on the agent's frame decoding (scripts/fuzz.sh)
+  clang libclang-rt-14-dev  # tests: libFuzzer on the native decoders (scripts/fuzz.sh)
+  iproute2                  # tests: the network namespaces of the network policy tests
 )
 
 missing=()

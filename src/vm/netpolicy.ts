@@ -13,58 +13,77 @@ import type { NetworkMode } from "./backend.js";
  * "none": no network device. "public": the internet, but not the host (its loopback, reached as
  * 10.0.2.2), private, shared (CGNAT), link-local (cloud metadata, 169.254.169.254), multicast or
  * reserved addresses. "all": everything the host reaches, the host's own services included.
- * `{ allow, deny }`: with `allow`, only those CIDRs (an address alone is a /32 or /128); `deny`
- * refuses CIDRs on top of "public" or of the allowlist. DNS through the host's resolvers always
- * works while there is a network.
+ * `{ allow, deny }`: entries are CIDRs (an address alone is a /32 or /128), domains
+ * ("example.com": that name) or domain suffixes ("*.example.com": every name below it). With
+ * `allow`, only those; `deny` refuses on top of "public" or of the allowlist. A domain admits the
+ * addresses the host's DNS servers gave for it, and never a non-public one (no rebinding onto the
+ * host or its network): admit such ranges by CIDR. DNS through the host's resolvers always works
+ * while there is a network.
  */
 export type NetworkPolicy = "none" | "public" | "all" | { allow?: string[]; deny?: string[] };
 
-/** What "public" refuses: every address that is not on the public internet. */
+/**
+ * What "public" refuses: every address that is not on the public internet. The documentation
+ * ranges (TEST-NET, 2001:db8::/32) are not refused: nothing routes them, and tests stand in for
+ * the internet with them.
+ */
 export const NON_PUBLIC = [
   "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
-  "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-  "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
+  "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
+  "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "fc00::/7", "fe80::/10", "ff00::/8",
 ];
 
-const MAX_POLICY_CIDRS = 200;
+const MAX_POLICY_ENTRIES = 200;
+const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const ENTRY_HINT = 'give a CIDR such as "203.0.113.0/24", an address, a domain such as "example.com" or a suffix such as "*.example.com"';
 
 /** A CIDR in canonical text, or InvalidArgumentError naming `what`. */
 export function checkCidr(value: unknown, what: string): string {
-  if (typeof value !== "string") throw new InvalidArgumentError(`${what} ${JSON.stringify(value)} is invalid: give a CIDR such as "203.0.113.0/24" or an address`);
+  if (typeof value !== "string") throw new InvalidArgumentError(`${what} ${JSON.stringify(value)} is invalid: ${ENTRY_HINT}`);
   const [addr, bits, extra] = value.split("/");
   const v4 = isIPv4(addr!), v6 = isIPv6(addr!);
   const max = v4 ? 32 : 128;
   const prefix = bits === undefined ? max : /^\d{1,3}$/.test(bits) ? Number(bits) : NaN;
-  if ((!v4 && !v6) || extra !== undefined || !(prefix >= 0 && prefix <= max)) {
-    const hint = /[a-z]/i.test(addr ?? "") && !v6 ? " (domain names are not supported yet: give the addresses)" : "";
-    throw new InvalidArgumentError(`${what} ${JSON.stringify(value)} is invalid: give a CIDR such as "203.0.113.0/24", "2001:db8::/32" or an address${hint}`);
-  }
+  if ((!v4 && !v6) || extra !== undefined || !(prefix >= 0 && prefix <= max)) throw new InvalidArgumentError(`${what} ${JSON.stringify(value)} is invalid: ${ENTRY_HINT}`);
   return `${addr}/${prefix}`;
 }
 
-/** Checks a sandbox's `network` option; returns it with its CIDRs canonical. */
+/** A policy entry in canonical form: a CIDR, a lowercase domain, or "*." and a lowercase domain. */
+export function checkEntry(value: unknown, what: string): string {
+  if (typeof value !== "string" || !/[a-z]/i.test(value) || value.includes(":")) return checkCidr(value, what);
+  const name = value.toLowerCase().replace(/\.$/, "");
+  const labels = (name.startsWith("*.") ? name.slice(2) : name).split(".");
+  if (name.length > 253 || !labels.every((l) => LABEL.test(l)) || !/[a-z]/.test(labels.at(-1)!)) {
+    throw new InvalidArgumentError(`${what} ${JSON.stringify(value)} is invalid: ${ENTRY_HINT}`);
+  }
+  return name;
+}
+
+const isDomain = (entry: string) => !entry.includes("/");
+
+/** Checks a sandbox's `network` option; returns it with its entries canonical. */
 export function checkNetwork(value: unknown): NetworkPolicy {
   if (value === "none" || value === "public" || value === "all") return value;
   if (value !== null && typeof value === "object" && !Array.isArray(value)) {
     const { allow, deny, ...rest } = value as { allow?: unknown; deny?: unknown };
     const unknown = Object.keys(rest);
-    if (unknown.length) throw new InvalidArgumentError(`network has unknown field ${JSON.stringify(unknown[0])}: use { allow: [CIDR...], deny: [CIDR...] }`);
+    if (unknown.length) throw new InvalidArgumentError(`network has unknown field ${JSON.stringify(unknown[0])}: use { allow: [...], deny: [...] } of CIDRs and domains`);
     const list = (v: unknown, name: string) => {
       if (v === undefined) return undefined;
-      if (!Array.isArray(v)) throw new InvalidArgumentError(`network.${name} must be an array of CIDRs, got ${JSON.stringify(v)}`);
-      return v.map((c) => checkCidr(c, `network.${name} entry`));
+      if (!Array.isArray(v)) throw new InvalidArgumentError(`network.${name} must be an array of CIDRs and domains, got ${JSON.stringify(v)}`);
+      return v.map((c) => checkEntry(c, `network.${name} entry`));
     };
     const out: { allow?: string[]; deny?: string[] } = {};
     const a = list(allow, "allow"), d = list(deny, "deny");
     // msb-netpolicy holds 256 rules, the host's DNS servers and "public"'s own among them.
-    if ((a?.length ?? 0) + (d?.length ?? 0) > MAX_POLICY_CIDRS) {
-      throw new InvalidArgumentError(`network has ${(a?.length ?? 0) + (d?.length ?? 0)} CIDRs; at most ${MAX_POLICY_CIDRS} in allow and deny together: merge them into wider ones`);
+    if ((a?.length ?? 0) + (d?.length ?? 0) > MAX_POLICY_ENTRIES) {
+      throw new InvalidArgumentError(`network has ${(a?.length ?? 0) + (d?.length ?? 0)} entries; at most ${MAX_POLICY_ENTRIES} in allow and deny together: merge CIDRs into wider ones, domains into "*." suffixes`);
     }
     if (a) out.allow = a;
     if (d) out.deny = d;
     return out;
   }
-  throw new InvalidArgumentError(`network ${JSON.stringify(value)} is invalid: use "none", "public", "all" or { allow: [CIDR...], deny: [CIDR...] }`);
+  throw new InvalidArgumentError(`network ${JSON.stringify(value)} is invalid: use "none", "public", "all" or { allow: [...], deny: [...] } of CIDRs and domains`);
 }
 
 /** The host's DNS servers, which the guest's resolver (10.0.2.3) forwards to. */
@@ -79,19 +98,26 @@ export function nameservers(resolvConf = "/etc/resolv.conf"): string[] {
 }
 
 /**
- * msb-netpolicy's rules for `policy`: "+CIDR[@PORT]" admits, "-CIDR" refuses, the first match
- * decides, none matching refuses. Undefined: nothing to hold ("none" has no network, "all" is
- * unrestricted).
+ * msb-netpolicy's rules for `policy`: "+" admits, "-" refuses, then "CIDR[@PORT]", "d:NAME" (the
+ * addresses DNS gave for NAME) or "s:NAME" (for any name below NAME); the first match decides,
+ * none matching refuses. Order: the host's DNS servers, denials, CIDR admissions, the non-public
+ * ranges (so that no domain admits one), domain admissions. Undefined: nothing to hold ("none"
+ * has no network, "all" is unrestricted).
  */
 export function policyRules(policy: NetworkPolicy, dns: string[]): string | undefined {
   if (policy === "none" || policy === "all") return undefined;
   const host = (a: string) => (isIPv4(a) ? `${a}/32` : `${a}/128`);
-  const rules = dns.flatMap((a) => [`+${host(a)}@53`]);
+  const rule = (sign: "+" | "-", entry: string) =>
+    !isDomain(entry) ? `${sign}${entry}` : entry.startsWith("*.") ? `${sign}s:${entry.slice(2)}` : `${sign}d:${entry}`;
+  const rules = dns.map((a) => `+${host(a)}@53`);
+  const nonPublic = NON_PUBLIC.map((c) => `-${c}`);
   const any = ["+0.0.0.0/0", "+::/0"];
-  if (policy === "public") return [...rules, ...NON_PUBLIC.map((c) => `-${c}`), ...any].join(" ");
-  rules.push(...(policy.deny ?? []).map((c) => `-${c}`));
-  if (policy.allow) rules.push(...policy.allow.map((c) => `+${c}`));
-  else rules.push(...NON_PUBLIC.map((c) => `-${c}`), ...any);
+  if (policy === "public") return [...rules, ...nonPublic, ...any].join(" ");
+  rules.push(...(policy.deny ?? []).map((e) => rule("-", e)));
+  if (!policy.allow) return [...rules, ...nonPublic, ...any].join(" ");
+  rules.push(...policy.allow.filter((e) => !isDomain(e)).map((e) => rule("+", e)));
+  const domains = policy.allow.filter(isDomain);
+  if (domains.length) rules.push(...nonPublic, ...domains.map((e) => rule("+", e)));
   return rules.join(" ");
 }
 

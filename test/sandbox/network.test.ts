@@ -115,10 +115,14 @@ describe("network policy values", () => {
     expect(checkNetwork({ allow: ["203.0.113.7", "2001:db8::/32"], deny: ["198.51.100.0/24"] })).toEqual({ allow: ["203.0.113.7/32", "2001:db8::/32"], deny: ["198.51.100.0/24"] });
     expect(() => checkNetwork("private")).toThrow(/network "private" is invalid: use "none", "public", "all"/);
     expect(() => checkNetwork({ allow: ["10.0.0.0/33"] })).toThrow(InvalidArgumentError);
-    expect(() => checkNetwork({ allow: ["example.com"] })).toThrow(/domain names are not supported yet/);
+    expect(checkNetwork({ allow: ["Example.COM.", "*.pypi.org"] })).toEqual({ allow: ["example.com", "*.pypi.org"] });
+    expect(() => checkNetwork({ allow: ["exa mple.com"] })).toThrow(/"exa mple.com" is invalid: give a CIDR .* a domain such as "example.com"/);
+    expect(() => checkNetwork({ allow: ["*example.com"] })).toThrow(InvalidArgumentError);
+    expect(() => checkNetwork({ allow: ["-bad.example.com"] })).toThrow(InvalidArgumentError);
+    expect(() => checkNetwork({ allow: ["10.0.0.300"] })).toThrow(InvalidArgumentError);
     expect(() => checkNetwork({ allow: "10.0.0.0/8" })).toThrow(/network.allow must be an array/);
     expect(() => checkNetwork({ alow: [] })).toThrow(/unknown field "alow"/);
-    expect(() => checkNetwork({ deny: Array.from({ length: 201 }, (_, i) => `198.51.${i >> 8}.${i & 255}`) })).toThrow(/201 CIDRs; at most 200/);
+    expect(() => checkNetwork({ deny: Array.from({ length: 201 }, (_, i) => `198.51.${i >> 8}.${i & 255}`) })).toThrow(/201 entries; at most 200/);
   });
 
   it("writes rules where DNS comes first, denials before admissions, and nothing else passes", () => {
@@ -131,5 +135,10 @@ describe("network policy values", () => {
     expect(pub.slice(-2)).toEqual(["+0.0.0.0/0", "+::/0"]);
     expect(pub.length).toBe(2 + NON_PUBLIC.length + 2);
     expect(policyRules({ allow: ["203.0.113.0/24"], deny: ["203.0.113.9/32"] }, [])).toBe("-203.0.113.9/32 +203.0.113.0/24");
+    // Domains come last, behind the non-public ranges: no name admits the host or its network.
+    const named = policyRules({ allow: ["10.1.0.0/16", "pypi.org", "*.pythonhosted.org"], deny: ["evil.pypi.org"] }, ["10.0.0.53"])!.split(" ");
+    expect(named.slice(0, 3)).toEqual(["+10.0.0.53/32@53", "-d:evil.pypi.org", "+10.1.0.0/16"]);
+    expect(named.slice(3, -2)).toEqual(NON_PUBLIC.map((c) => `-${c}`));
+    expect(named.slice(-2)).toEqual(["+d:pypi.org", "+s:pythonhosted.org"]);
   });
 });

@@ -1,0 +1,47 @@
+// The test's stand-in for the internet, run inside its own network namespace by netns.test.ts:
+// an HTTP server on port 80 of every address the namespace has, answering with the address it
+// was reached on, and a DNS server on ADDRESS:53 answering A queries from a fixed table (JSON in
+// argv[3]) and NXDOMAIN otherwise. Prints "ready" once both listen.
+import { createSocket } from "node:dgram";
+import { createServer } from "node:http";
+
+const [dnsAddress, table] = [process.argv[2], JSON.parse(process.argv[3])];
+
+createServer((req, res) => res.end(`internet ${req.socket.localAddress}\n`)).listen(80, "0.0.0.0");
+
+// The question's name and where the question ends.
+function question(msg) {
+  const labels = [];
+  let at = 12;
+  while (msg[at]) {
+    labels.push(msg.subarray(at + 1, at + 1 + msg[at]).toString());
+    at += 1 + msg[at];
+  }
+  return { name: labels.join(".").toLowerCase(), end: at + 5 };
+}
+
+const dns = createSocket("udp4");
+dns.on("message", (msg, from) => {
+  const { name, end } = question(msg);
+  const type = msg.readUInt16BE(end - 4);
+  const address = table[name];
+  const answers = address && type === 1 ? 1 : 0;
+  const header = Buffer.alloc(12);
+  msg.copy(header, 0, 0, 2); // id
+  header.writeUInt16BE(0x8180 | (address ? 0 : 3), 2); // a response, recursion available; NXDOMAIN
+  header.writeUInt16BE(1, 4);
+  header.writeUInt16BE(answers, 6);
+  const parts = [header, msg.subarray(12, end)];
+  if (answers) {
+    const rr = Buffer.alloc(16);
+    rr.writeUInt16BE(0xc00c, 0); // the question's name
+    rr.writeUInt16BE(1, 2); // A
+    rr.writeUInt16BE(1, 4); // IN
+    rr.writeUInt32BE(300, 6);
+    rr.writeUInt16BE(4, 10);
+    address.split(".").forEach((o, i) => rr.writeUInt8(Number(o), 12 + i));
+    parts.push(rr);
+  }
+  dns.send(Buffer.concat(parts), from.port, from.address);
+});
+dns.bind(53, dnsAddress, () => console.log("ready"));
