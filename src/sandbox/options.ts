@@ -28,9 +28,10 @@ export interface SandboxOptions {
   /** Seconds to wait for the sandbox to boot. Default 180. */
   timeout?: number;
   /**
-   * What the sandbox may reach, enforced outside the guest: "none" (default: no network device),
-   * "public" (the internet, not the host or private, link-local and metadata addresses), "all"
-   * (the host's services too), or { allow: [CIDR...], deny: [CIDR...] }.
+   * What the sandbox may reach, enforced outside the guest: "none" (no network device; the
+   * default unless `ports` are published, which makes it "public"), "public" (the internet, not
+   * the host or private, link-local and metadata addresses), "all" (the host's services too), or
+   * { allow, deny } of CIDRs, domains and "*." suffixes.
    */
   network?: NetworkPolicy;
   /**
@@ -124,7 +125,8 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
   if (typeof image !== "string" || image === "") {
     throw new InvalidArgumentError("CustomSandbox needs an image: CustomSandbox.create({ image: \"busybox\" })");
   }
-  const network = checkNetwork(opts.network ?? "none");
+  // No network unless asked; publishing ports asks for one, and then "public" is the default.
+  const network = checkNetwork(opts.network ?? (opts.ports?.length ? "public" : "none"));
   const ports = checkPorts(opts.ports, network);
   const backend = opts.backend ?? "auto";
   if (backend !== "auto" && backend !== "krun" && backend !== "qemu") {

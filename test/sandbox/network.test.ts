@@ -78,7 +78,8 @@ describe("published ports", () => {
 
   it("answers on 127.0.0.1 for a guest server, under a policy too; a fork publishes only its own", async () => {
     const host = await freePort();
-    const sb = await CustomSandbox.create({ image: "local:busybox", memory: 128, network: "public", ports: [{ host, guest: 8080 }] });
+    // No network given: publishing a port makes it "public".
+    const sb = await CustomSandbox.create({ image: "local:busybox", memory: 128, ports: [{ host, guest: 8080 }] });
     try {
       const server = sb.command.spawn("sh", ["-c", "echo from-the-guest | nc -l -p 8080"]);
       let answer = "";
