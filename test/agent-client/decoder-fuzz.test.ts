@@ -1,8 +1,11 @@
 // A seeded mutation fuzzer for the host's frame decoder, the first thing a guest's bytes meet:
 // valid guest frames, their bytes flipped, cut, repeated and given random lengths, fed in random
-// chunk sizes. The decoder must yield frames or throw AgentProtocolError, nothing else. (Not
-// coverage-guided: scripts/fuzz.sh does that for the agent's side. The same seed gives the same
-// inputs, so a failure here replays.)
+// chunk sizes. The decoder must yield frames or throw AgentProtocolError, nothing else. A blind
+// run, then a coverage-guided one: V8's own block coverage (node:inspector) says which inputs
+// reached new code in the decoder, and those join the corpus that later inputs are mutated from
+// (Jazzer.js, the npm coverage-guided fuzzer, ships a native part needing glibc 2.38, newer than
+// Debian 12's). The same seed gives the same inputs, so a failure here replays.
+import { Session } from "node:inspector/promises";
 import { fileURLToPath } from "node:url";
 import protobuf from "protobufjs";
 import { describe, expect, it } from "vitest";
@@ -35,8 +38,8 @@ function rng(seed: number) {
   };
 }
 
-function mutate(r: (n: number) => number): Buffer {
-  const parts = Array.from({ length: 1 + r(4) }, () => Buffer.from(SEEDS[r(SEEDS.length)]!));
+function mutate(r: (n: number) => number, corpus: readonly Buffer[] = SEEDS): Buffer {
+  const parts = Array.from({ length: 1 + r(4) }, () => Buffer.from(corpus[r(corpus.length)]!));
   let b = Buffer.concat(parts);
   for (let i = r(6); i > 0; i--) {
     switch (r(5)) {
@@ -59,30 +62,77 @@ function mutate(r: (n: number) => number): Buffer {
   return b;
 }
 
+// Feeds `input` in random chunks; counts frames, or true when refused with AgentProtocolError.
+function feed(input: Buffer, r: (n: number) => number): { frames: number; refused: boolean } {
+  const decoder = new FrameDecoder();
+  let frames = 0;
+  try {
+    for (let off = 0; off < input.length; ) {
+      const n = 1 + r(64);
+      for (const f of decoder.push(input.subarray(off, off + n))) {
+        expect(typeof f.body).toBe("string");
+        frames++;
+      }
+      off += n;
+    }
+  } catch (err) {
+    if (!(err instanceof AgentProtocolError)) throw err;
+    return { frames, refused: true };
+  }
+  return { frames, refused: false };
+}
+
 describe("the host's frame decoder under mutation", () => {
   it("yields frames or throws AgentProtocolError for 20000 mutated streams", () => {
     const r = rng(0x5eed);
     let frames = 0;
     let refused = 0;
     for (let i = 0; i < 20_000; i++) {
-      const input = mutate(r);
-      const decoder = new FrameDecoder();
-      try {
-        for (let off = 0; off < input.length; ) {
-          const n = 1 + r(64);
-          for (const f of decoder.push(input.subarray(off, off + n))) {
-            expect(typeof f.body).toBe("string");
-            frames++;
-          }
-          off += n;
-        }
-      } catch (err) {
-        if (!(err instanceof AgentProtocolError)) throw err;
-        refused++;
-      }
+      const out = feed(mutate(r), r);
+      frames += out.frames;
+      if (out.refused) refused++;
     }
     // Both outcomes were exercised.
     expect(frames).toBeGreaterThan(1000);
     expect(refused).toBeGreaterThan(1000);
   });
+
+  it("keeps inputs that reach new blocks of the decoder, and none ends any other way", async () => {
+    const session = new Session();
+    session.connect();
+    await session.post("Profiler.enable");
+    // Counts, reset by every take: the blocks this one input ran, in the decoder and the protobuf
+    // reader under it, each with its count's power of two (as AFL buckets hit counts).
+    const DECODER = /agent-client\/protocol|protobufjs\/src\//;
+    await session.post("Profiler.startPreciseCoverage", { callCount: true, detailed: true });
+    const ran = async () => {
+      const { result } = await session.post("Profiler.takePreciseCoverage");
+      const blocks: string[] = [];
+      for (const script of result.filter((s) => DECODER.test(s.url))) {
+        for (const fn of script.functions) for (const b of fn.ranges) if (b.count > 0) blocks.push(`${script.url}:${b.startOffset}-${b.endOffset}:${Math.floor(Math.log2(b.count))}`);
+      }
+      return blocks;
+    };
+    try {
+      const r = rng(0xc0de);
+      const seen = new Set<string>();
+      const corpus = [...SEEDS];
+      await ran();
+      for (let i = 0; i < 3000; i++) {
+        const input = mutate(r, corpus);
+        feed(input, r);
+        const fresh = (await ran()).filter((b) => !seen.has(b));
+        if (fresh.length) {
+          fresh.forEach((b) => seen.add(b));
+          corpus.push(input);
+        }
+      }
+      // Guidance found inputs the seeds alone do not reach (refusals of every kind).
+      expect(corpus.length).toBeGreaterThan(SEEDS.length + 10);
+      expect(seen.size).toBeGreaterThan(50);
+    } finally {
+      await session.post("Profiler.stopPreciseCoverage");
+      session.disconnect();
+    }
+  }, 120_000);
 });
