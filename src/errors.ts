@@ -83,7 +83,21 @@ export class BackendUnavailableError extends MicrosandboxError {
 
 /** The sandbox is not running: call start() first, or it was stopped. */
 export class SandboxNotRunningError extends MicrosandboxError {
-  override readonly code = "MSB_SANDBOX_NOT_RUNNING";
+  override readonly code: string = "MSB_SANDBOX_NOT_RUNNING";
+}
+
+/**
+ * The sandbox reached a lifetime limit (maxDuration or idleTimeout, named by `limit`) and was
+ * stopped; calls pending then and made later fail with this error.
+ */
+export class SandboxExpiredError extends SandboxNotRunningError {
+  override readonly code = "MSB_SANDBOX_EXPIRED";
+  constructor(
+    message: string,
+    readonly limit: "maxDuration" | "idleTimeout",
+  ) {
+    super(message);
+  }
 }
 
 /** The sandbox ran out of a resource: memory (the guest OOM killer struck) or processes. */

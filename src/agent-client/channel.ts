@@ -201,6 +201,11 @@ export class Channel {
   }
 
   /** Ends the connection; every open session fails with `err`. */
+  /** Sessions open now (kept ones of a restore not yet adopted are not counted). */
+  get openSessions(): number {
+    return this.sessions.size;
+  }
+
   close(err: Error = new AgentConnectionError("the agent connection was closed")): void {
     this.fail(err);
     this.socket.destroy();

@@ -443,9 +443,14 @@ export class AgentClient {
     this.channel.close(new AgentConnectionError("the agent was shut down"));
   }
 
-  /** Closes the connection; calls still pending fail with AgentConnectionError. */
-  close(): void {
-    this.channel.close(new AgentConnectionError("the agent client was closed"));
+  /** Requests under way: commands running, files being read or written, and the like. */
+  get openSessions(): number {
+    return this.channel.openSessions;
+  }
+
+  /** Closes the connection; calls still pending fail with `reason` (default AgentConnectionError). */
+  close(reason: Error = new AgentConnectionError("the agent client was closed")): void {
+    this.channel.close(reason);
   }
 }
 

@@ -20,6 +20,11 @@ abstract class LanguageSandbox extends Sandbox {
     return kept ? [kept] : [];
   }
 
+  // The interpreter's session stays open between cells: that is not work under way.
+  protected override idleSessions(): number {
+    return this.repl?.kept() ? 1 : 0;
+  }
+
   protected override adopt(kept: KeptSession[]): void {
     if (!kept.length) return;
     this.replFor().adopt(kept[0]!);

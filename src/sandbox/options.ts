@@ -54,6 +54,18 @@ export interface SandboxOptions {
    * saves one, later ones restore it in milliseconds. Default true; false always boots cold.
    */
   snapshot?: boolean;
+  /** Free-form tags, listed by Sandbox.list(): at most 64, keys 1–63 characters, values up to 256. */
+  labels?: Record<string, string>;
+  /**
+   * Seconds the sandbox may run at most, from the moment it is running (handed out, for a pooled
+   * one); then it is stopped and pending and later calls fail with SandboxExpiredError.
+   */
+  maxDuration?: number;
+  /**
+   * Seconds without a command, file operation or interpreter cell under way (and without touch())
+   * after which the sandbox is stopped, as for maxDuration.
+   */
+  idleTimeout?: number;
 }
 
 export interface StartOptions {
@@ -79,6 +91,9 @@ export interface ResolvedOptions {
   backend: "auto" | "krun" | "qemu";
   kernel: string | undefined;
   snapshot: boolean;
+  labels: Record<string, string>;
+  maxDuration: number | undefined;
+  idleTimeout: number | undefined;
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
@@ -162,7 +177,24 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     backend,
     kernel: opts.kernel,
     snapshot: checkBoolean("snapshot", opts.snapshot ?? true),
+    labels: checkLabels(opts.labels ?? {}),
+    maxDuration: opts.maxDuration === undefined ? undefined : checkSeconds("maxDuration", opts.maxDuration),
+    idleTimeout: opts.idleTimeout === undefined ? undefined : checkSeconds("idleTimeout", opts.idleTimeout),
   };
+}
+
+function checkLabels(labels: unknown): Record<string, string> {
+  if (labels === null || typeof labels !== "object" || Array.isArray(labels)) {
+    throw new InvalidArgumentError(`labels must be an object of string values, got ${JSON.stringify(labels)}`);
+  }
+  const entries = Object.entries(labels);
+  if (entries.length > 64) throw new InvalidArgumentError(`labels has ${entries.length} entries; at most 64`);
+  for (const [k, v] of entries) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.\/-]{0,62}$/.test(k) || typeof v !== "string" || v.length > 256) {
+      throw new InvalidArgumentError(`label ${JSON.stringify(k)}: ${JSON.stringify(v)} is invalid: keys of 1-63 letters, digits, '_', '.', '/' or '-', string values up to 256 characters`);
+    }
+  }
+  return { ...(labels as Record<string, string>) };
 }
 
 function checkBoolean(name: string, v: unknown): boolean {

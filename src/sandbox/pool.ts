@@ -80,6 +80,7 @@ export class SandboxPool<T extends Sandbox> {
     const sb = this.ready.shift();
     if (sb) {
       this.inUse.add(sb);
+      sb.armLifetime(); // maxDuration and idleTimeout count from the hand-out
       // The replacement boots a moment later: a boot takes every core it can get, and the
       // caller's first commands should not have to share them with it.
       this.refillSoon();
@@ -148,12 +149,14 @@ export class SandboxPool<T extends Sandbox> {
   private bootOne(): void {
     this.boots++;
     const sb = new this.Kind(this.sandboxOptions());
+    sb.holdLifetime();
     const boot = sb.start().then(() => sb.prewarm()).then(
       async () => {
         if (this.closed) return sb.stop().catch((err: unknown) => debug("pool: stopping a late boot failed: %s", (err as Error).message));
         const waiter = this.waiters.shift();
         if (waiter) {
           this.inUse.add(sb);
+          sb.armLifetime();
           waiter.resolve(sb);
         } else {
           this.ready.push(sb);

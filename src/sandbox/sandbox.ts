@@ -8,7 +8,7 @@ import { debuglog } from "node:util";
 import type { AgentClient } from "../agent-client/client.js";
 import type { ExecProcess, ExitStatus } from "../agent-client/process.js";
 
-import { ImageError, InvalidArgumentError, ResourceError, SandboxNotRunningError, SnapshotUnsupportedError, TimeoutError } from "../errors.js";
+import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError, TimeoutError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
 import type { Backend, BootTimeline, KeptSession, Vm, VmConfig } from "../vm/backend.js";
@@ -19,8 +19,10 @@ import { cloneIdentity, copyVm } from "../vm/snapshot.js";
 import { newPausedDir, readPaused, writePaused } from "./paused.js";
 import { CommandExecution } from "./execution.js";
 import { SandboxFiles } from "./files.js";
+import { Lifetime } from "./lifetime.js";
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
 import type { SandboxPool } from "./pool.js";
+import { registry, type SandboxInfo } from "./registry.js";
 
 const debug = debuglog("microsandbox");
 
@@ -83,9 +85,44 @@ export abstract class Sandbox implements AsyncDisposable {
   private backendReason = "";
   private imageConfig: ImageConfig = { env: [] };
   private bootTimeline: BootTimeline | undefined;
+  /** Stable and unique: "sb-" and 12 random hex digits. */
+  readonly id = `sb-${randomBytes(6).toString("hex")}`;
+  private startedAt: Date | undefined;
+  private lifetime: Lifetime | undefined;
+  // A pool holds a sandbox's lifetime until it hands it out.
+  private lifetimeHeld = false;
+  private expiredBy: SandboxExpiredError | undefined;
+  private readonly listed = { info: () => this.info() };
 
   constructor(opts: SandboxOptions = {}, defaultImage?: string) {
     this.opts = resolveOptions(opts, defaultImage);
+  }
+
+  /** This process's sandboxes that are starting or running. */
+  static list(): SandboxInfo[] {
+    return [...registry].map((l) => l.info());
+  }
+
+  private info(): SandboxInfo {
+    return {
+      id: this.id,
+      name: this.name,
+      kind: this.constructor.name,
+      image: this.opts.image,
+      labels: { ...this.opts.labels },
+      status: this.vm ? "running" : "starting",
+      ...(this.vm ? { pid: this.vm.pid } : {}),
+      startedAt: this.startedAt ?? new Date(),
+    };
+  }
+
+  get labels(): Readonly<Record<string, string>> {
+    return this.opts.labels;
+  }
+
+  /** Counts as activity: the idleTimeout clock starts again. */
+  touch(): void {
+    this.lifetime?.touch();
   }
 
   /** Creates and starts a sandbox; with `pool`, takes an already booted one from it. */
@@ -130,8 +167,55 @@ export abstract class Sandbox implements AsyncDisposable {
     if (opts.memory !== undefined) this.opts.memory = checkMemory(opts.memory);
     if (opts.cpus !== undefined) this.opts.cpus = checkCpus(opts.cpus);
     if (opts.timeout !== undefined) this.opts.timeout = checkSeconds("timeout", opts.timeout);
-    this.starting ??= this.boot().finally(() => (this.starting = undefined));
+    this.starting ??= this.tracked(() => this.boot()).finally(() => (this.starting = undefined));
     return this.starting;
+  }
+
+  // Lists this sandbox while `bring` brings it up, and after if it succeeded; arms its lifetime.
+  private async tracked(bring: () => Promise<void>): Promise<void> {
+    this.startedAt = new Date();
+    this.expiredBy = undefined;
+    registry.add(this.listed);
+    try {
+      await bring();
+    } catch (err) {
+      registry.delete(this.listed);
+      throw err;
+    }
+    if (!this.lifetimeHeld) this.armLifetime();
+  }
+
+  /** @internal A pool starts the lifetime limits when it hands the sandbox out. */
+  holdLifetime(): void {
+    this.lifetimeHeld = true;
+  }
+
+  /** @internal Starts the lifetime limits (maxDuration, idleTimeout) now. */
+  armLifetime(): void {
+    this.lifetimeHeld = false;
+    const { maxDuration, idleTimeout } = this.opts;
+    if (maxDuration === undefined && idleTimeout === undefined) return;
+    this.lifetime?.end();
+    this.lifetime = new Lifetime(this.name, { maxDuration, idleTimeout }, () => this.busy(), (err) => this.expire(err));
+  }
+
+  // Work under way: any open request but an interpreter idling between cells.
+  private busy(): boolean {
+    const agent = this.vm?.agent;
+    return !!agent && !agent.closed && agent.openSessions > this.idleSessions();
+  }
+
+  /** Sessions that stay open without work under way (an interpreter between cells). */
+  protected idleSessions(): number {
+    return 0;
+  }
+
+  // A lifetime limit fired: pending calls fail with `err`, later ones too, and the VM stops.
+  private expire(err: SandboxExpiredError): void {
+    debug("%s", err.message);
+    this.expiredBy = err;
+    this.vm?.agent.close(err);
+    void this.stop().catch((e: unknown) => debug("stopping expired sandbox %s: %s", this.name, (e as Error).message));
   }
 
   private async boot(): Promise<void> {
@@ -250,6 +334,9 @@ export abstract class Sandbox implements AsyncDisposable {
     const copy = await copyVm(vm, backend, config, keep.map((k) => k.session));
     child.attach(copy, { ...machine, config }, this.imageConfig, `${this.backendReason}; forked from ${this.name}`);
     child.adopt(keep);
+    child.startedAt = new Date();
+    registry.add(child.listed);
+    child.armLifetime();
     return child;
   }
 
@@ -290,12 +377,19 @@ export abstract class Sandbox implements AsyncDisposable {
   static async resume<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, name: string): Promise<T> {
     const { dir, meta } = readPaused(name, this.name);
     const sandbox = new this(meta.options);
+    await sandbox.tracked(() => sandbox.resumeFrom(dir, meta));
+    return sandbox;
+  }
+
+  // Restores the paused VM in `dir` into this sandbox; the saved state is removed once it runs.
+  private async resumeFrom(dir: string, meta: ReturnType<typeof readPaused>["meta"]): Promise<void> {
+    const name = this.name;
     const store = new ImageStore();
     const image = await resolveImage(store, meta.options.image, { pull: "never" });
     if (image.id !== meta.imageId) {
       throw new ImageError(`sandbox ${name} was paused on image ${meta.options.image} with id ${meta.imageId}, which is no longer stored (now ${image.id})`);
     }
-    const o = sandbox.opts;
+    const o = this.opts;
     const config: VmConfig = {
       name, memory: o.memory, cpus: Math.ceil(o.cpus), ...vmNetwork(o.network), ports: o.ports, maxProcesses: o.maxProcesses,
       rootfs: image.rootfs, rootDisk: () => store.disk(image), bootTimeout: o.timeout,
@@ -304,10 +398,9 @@ export abstract class Sandbox implements AsyncDisposable {
     // A paused state is used once: fresh randomness and clock, the same name.
     const { generation } = cloneIdentity(name);
     const vm = await backend.restore(config, { state: path.join(dir, "state"), resume: { generation, hostname: name, keep: meta.keep.map((k) => k.session) } });
-    sandbox.attach(vm, { backend, config, imageId: image.id }, image.config, `${meta.reason}; resumed from ${dir}`);
-    sandbox.adopt(meta.keep);
+    this.attach(vm, { backend, config, imageId: image.id }, image.config, `${meta.reason}; resumed from ${dir}`);
+    this.adopt(meta.keep);
     rmSync(dir, { recursive: true, force: true });
-    return sandbox;
   }
 
   /** Processes a copy of this sandbox keeps running (the interpreter of run()). */
@@ -328,6 +421,9 @@ export abstract class Sandbox implements AsyncDisposable {
   private async halt(): Promise<void> {
     await this.starting?.catch(() => {});
     const vm = this.vm;
+    this.lifetime?.end();
+    this.lifetime = undefined;
+    registry.delete(this.listed);
     if (!vm) return;
     this.vm = undefined;
     this.onStop();
@@ -351,6 +447,8 @@ export abstract class Sandbox implements AsyncDisposable {
 
   /** @internal The agent of the running VM. */
   agent(): AgentClient {
+    if (this.expiredBy) throw this.expiredBy;
+    this.lifetime?.touch();
     if (!this.vm) throw new SandboxNotRunningError(`sandbox ${this.name} is not running: call start() (or create()) first`);
     if (this.vm.agent.closed) throw new SandboxNotRunningError(`sandbox ${this.name} has stopped: its VM is gone`);
     return this.vm.agent;
