@@ -1,7 +1,7 @@
 // Public entry point of the microsandbox package.
 export * from "./errors.js";
 export { AgentClient } from "./agent-client/client.js";
-export type { AgentHello, ConnectOptions, FileData, FileStat, FileType, ReadFileOptions, WriteFileOptions } from "./agent-client/client.js";
+export type { AgentHello, ConnectOptions, GuestMetrics, FileData, FileStat, FileType, ReadFileOptions, WriteFileOptions } from "./agent-client/client.js";
 export { ExecProcess, SIGNALS } from "./agent-client/process.js";
 export type { ExecOptions, ExecResult, ExitStatus, OutputChunk, RlimitName, SignalName, SpawnOptions } from "./agent-client/process.js";
 export { probe } from "./vm/probe.js";
@@ -13,6 +13,8 @@ export { Sandbox, SandboxCommands } from "./sandbox/sandbox.js";
 export { PythonSandbox, NodeSandbox, CustomSandbox } from "./sandbox/kinds.js";
 export type { CommandOptions, RunOptions } from "./sandbox/sandbox.js";
 export type { SandboxOptions, StartOptions } from "./sandbox/options.js";
+export type { SandboxMetrics } from "./sandbox/metrics.js";
+export type { SandboxInfo } from "./sandbox/registry.js";
 export type { NetworkPolicy, PortForward } from "./vm/netpolicy.js";
 export { Execution, CommandExecution } from "./sandbox/execution.js";
 export type { ExecutionStatus } from "./sandbox/execution.js";

@@ -46,9 +46,14 @@ struct conn;
 enum session_kind { S_EXEC, S_READ, S_WRITE };
 
 // A process tree's cgroup: its serial (0: none) and its counters when it was handed out.
+// A process tree's counters: OOM kills, forks refused at the pids limit, CPU time.
+struct tree_counters {
+  uint64_t oom_kills, pids_limit_hits, cpu_ns;
+};
+
 struct cgroup {
   uint32_t serial;
-  uint64_t oom_base, pids_base;
+  struct tree_counters base;  // the counters when this tree got the cgroup (reused ones run on)
 };
 
 struct session {
@@ -66,6 +71,7 @@ struct session {
   struct watch out, err, in;
   bool exited, timed_out;
   int status;
+  long maxrss_kb;  // the process's ru_maxrss at its exit
   uint64_t start_ns, end_ns, deadline_ns, grace_ns;
   struct cgroup cgroup;  // the tree's, serial 0 when none
   // S_READ / S_WRITE
@@ -176,9 +182,12 @@ void init_root_only(const char *source, unsigned max_pids);
 bool cgroup_setup(unsigned max_pids);
 // Gets the next exec a cgroup; returns its directory, for the child to start in (-1: none).
 int cgroup_open(struct cgroup *cg);
-// Reads the tree's OOM kills and refused forks, and keeps its cgroup for reuse or removes it
-// once it is empty.
-void cgroup_close(const struct cgroup *cg, uint64_t *oom_kills, uint64_t *pids_limit_hits);
+// Reads what the tree used, and keeps its cgroup for reuse or removes it once it is empty.
+void cgroup_close(const struct cgroup *cg, struct tree_counters *used);
+// Processes the sandbox's commands run now.
+uint32_t cgroup_processes(void);
+// metrics.c: answers Metrics.
+void metrics_send(struct conn *c, uint32_t id);
 _Noreturn void init_poweroff(void);
 
 // identity.c: a restored copy of a VM takes randomness, time and identity of its own. Bounds of

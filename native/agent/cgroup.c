@@ -1,7 +1,8 @@
 // Per-process-tree cgroups in the guest. Every exec gets its own cgroup under "sandbox", which
 // carries the sandbox's pids limit, so a fork bomb fails its forks instead of taking the guest
 // down; and each tree's own counters (OOM kills in memory.events, refused forks in pids.events)
-// go back in its Exit, so the host can tell "ran out of memory / processes" apart per command.
+// go back in its Exit, so the host can tell "ran out of memory / processes" apart per command,
+// with its CPU time.
 // The agent itself stays outside, in the root cgroup. Making and removing a cgroup costs more than
 // the fork and exec of a small command under emulation (~10 ms of a 20 ms `true`), so emptied
 // cgroups are kept for the next commands, their counters read at release as the next user's zero.
@@ -61,12 +62,25 @@ bool cgroup_setup(unsigned max_pids) {
   return true;
 }
 
-static void counters(uint32_t serial, uint64_t *oom_kills, uint64_t *pids_limit_hits) {
+static struct tree_counters counters(uint32_t serial) {
   char path[96];
+  struct tree_counters t;
   snprintf(path, sizeof path, SANDBOX "/exec-%u/memory.events", serial);
-  *oom_kills = read_counter(path, "oom_kill");
+  t.oom_kills = read_counter(path, "oom_kill");
   snprintf(path, sizeof path, SANDBOX "/exec-%u/pids.events", serial);
-  *pids_limit_hits = read_counter(path, "max");
+  t.pids_limit_hits = read_counter(path, "max");
+  snprintf(path, sizeof path, SANDBOX "/exec-%u/cpu.stat", serial);
+  t.cpu_ns = read_counter(path, "usage_usec") * 1000;
+  return t;
+}
+
+uint32_t cgroup_processes(void) {
+  char buf[32] = "";
+  int fd = open(SANDBOX "/pids.current", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  return n > 0 ? (uint32_t)strtoul(buf, NULL, 10) : 0;
 }
 
 int cgroup_open(struct cgroup *cg) {
@@ -87,18 +101,18 @@ int cgroup_open(struct cgroup *cg) {
   return fd;
 }
 
-void cgroup_close(const struct cgroup *cg, uint64_t *oom_kills, uint64_t *pids_limit_hits) {
+void cgroup_close(const struct cgroup *cg, struct tree_counters *used) {
   if (!cg->serial) return;
-  uint64_t oom, pids;
-  counters(cg->serial, &oom, &pids);
-  *oom_kills = oom - cg->oom_base;
-  *pids_limit_hits = pids - cg->pids_base;
+  struct tree_counters now = counters(cg->serial);
+  used->oom_kills = now.oom_kills - cg->base.oom_kills;
+  used->pids_limit_hits = now.pids_limit_hits - cg->base.pids_limit_hits;
+  used->cpu_ns = now.cpu_ns - cg->base.cpu_ns;
   char path[96];
   snprintf(path, sizeof path, SANDBOX "/exec-%u/cgroup.events", cg->serial);
   // Background processes of the tree that live on keep it: it is neither reused nor removed.
   if (read_counter(path, "populated") != 0) return;
   if (g_nspares < SPARES) {
-    g_spares[g_nspares++] = (struct cgroup){cg->serial, oom, pids};
+    g_spares[g_nspares++] = (struct cgroup){cg->serial, now};
     return;
   }
   snprintf(path, sizeof path, SANDBOX "/exec-%u", cg->serial);

@@ -531,6 +531,9 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
         session_free(s);
       }
       break;
+    case microsandbox_agent_HostMessage_metrics_tag:
+      if (claim(c, id)) metrics_send(c, id);
+      break;
     case microsandbox_agent_HostMessage_shutdown_tag:
       shutdown_all(c, id);
       break;

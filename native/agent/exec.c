@@ -257,8 +257,8 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   free(argv);
   free(envp);
   if (pid < 0) {
-    uint64_t unused[2];
-    cgroup_close(&cgroup, &unused[0], &unused[1]);
+    struct tree_counters unused;
+    cgroup_close(&cgroup, &unused);
     close_pair(out), close_pair(err), close_pair(in), close_pair(report);
     send_error(c, id, ERR(EXEC_FAILED), saved, "cannot start a process: %s", strerror(saved));
     return;
@@ -274,8 +274,8 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   close(report[0]);
   if (n == sizeof f) {
     waitpid(pid, NULL, 0);
-    uint64_t unused[2];
-    cgroup_close(&cgroup, &unused[0], &unused[1]);
+    struct tree_counters unused;
+    cgroup_close(&cgroup, &unused);
     close(out[0]), close(err[0]);
     if (in[1] >= 0) close(in[1]);
     describe_failure(c, id, req, &ids, f);
@@ -336,7 +336,12 @@ void exec_finish(struct session *s) {
   }
   e->timed_out = s->timed_out;
   e->duration_ns = s->end_ns - s->start_ns;
-  cgroup_close(&s->cgroup, &e->oom_kills, &e->pids_limit_hits);
+  struct tree_counters used = {0};
+  cgroup_close(&s->cgroup, &used);
+  e->oom_kills = used.oom_kills;
+  e->pids_limit_hits = used.pids_limit_hits;
+  e->cpu_time_ns = used.cpu_ns;
+  e->peak_memory_bytes = (uint64_t)s->maxrss_kb * 1024;
   conn_send(s->conn, &m);
   session_free(s);
 }
@@ -453,11 +458,13 @@ static struct session *find_pid(pid_t pid) {
 void exec_reap(void) {
   int status;
   pid_t pid;
-  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+  struct rusage ru;
+  while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
     struct session *s = find_pid(pid);
     if (!s) continue;
     s->exited = true;
     s->status = status;
+    s->maxrss_kb = ru.ru_maxrss;
     s->end_ns = now_ns();
     s->grace_ns = s->end_ns + EXIT_GRACE_NS;
     exec_finish(s);

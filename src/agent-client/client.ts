@@ -140,6 +140,23 @@ function resumeMessage(r: ResumeOptions): Record<string, unknown> {
   };
 }
 
+/** The guest's counters, as MetricsResult in proto/agent.proto names them. */
+export interface GuestMetrics {
+  cpuBusyNs: number;
+  cpuTotalNs: number;
+  cpus: number;
+  memoryTotalBytes: number;
+  memoryAvailableBytes: number;
+  diskTotalBytes: number;
+  diskFreeBytes: number;
+  diskReadBytes: number;
+  diskWrittenBytes: number;
+  netRxBytes: number;
+  netTxBytes: number;
+  processes: number;
+  uptimeNs: number;
+}
+
 export class AgentClient {
   private constructor(
     private readonly channel: Channel,
@@ -397,6 +414,18 @@ export class AgentClient {
   /** Renames within the guest, as rename(2). */
   async rename(from: string, to: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
     await this.request({ rename: { from: checkPath(from, "from"), to: checkPath(to, "to") } }, opts.signal);
+  }
+
+  /** The guest's counters now (cumulative ones since its boot); see MetricsResult in proto/agent.proto. */
+  async metrics(opts: { signal?: AbortSignal } = {}): Promise<GuestMetrics> {
+    const m = (await this.request({ metrics: {} }, opts.signal)).metrics!;
+    const n = toNumber;
+    return {
+      cpuBusyNs: n(m.cpuBusyNs), cpuTotalNs: n(m.cpuTotalNs), cpus: m.cpus,
+      memoryTotalBytes: n(m.memoryTotalBytes), memoryAvailableBytes: n(m.memoryAvailableBytes),
+      diskTotalBytes: n(m.diskTotalBytes), diskFreeBytes: n(m.diskFreeBytes), diskReadBytes: n(m.diskReadBytes), diskWrittenBytes: n(m.diskWrittenBytes),
+      netRxBytes: n(m.netRxBytes), netTxBytes: n(m.netTxBytes), processes: m.processes, uptimeNs: n(m.uptimeNs),
+    };
   }
 
   /**

@@ -54,6 +54,8 @@ export interface ExitStatus {
   durationMs: number;
   /** Counters of the process tree's own cgroup in a VM (0 outside one): processes the OOM killer took, forks refused by the pids limit. */
   guestCounters: { oomKills: number; pidsLimitHits: number };
+  /** CPU time of the whole process tree (0 outside a VM), and the largest resident set of the process or a descendant it waited for. */
+  usage: { cpuTimeMs: number; peakMemoryBytes: number };
 }
 
 function checkString(name: string, v: unknown): string {
@@ -229,6 +231,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
           timedOut: e.timedOut,
           durationMs: toNumber(e.durationNs) / 1e6,
           guestCounters: { oomKills: toNumber(e.oomKills), pidsLimitHits: toNumber(e.pidsLimitHits) },
+          usage: { cpuTimeMs: toNumber(e.cpuTimeNs) / 1e6, peakMemoryBytes: toNumber(e.peakMemoryBytes) },
         });
         break;
       }

@@ -52,11 +52,12 @@ export interface GuestFrame {
   started?: { pid: number };
   output?: { stream: number; data: Uint8Array };
   credit?: { bytes: number };
-  exit?: { code: number; signal: number; timedOut: boolean; durationNs: Long64; oomKills: Long64; pidsLimitHits: Long64 };
+  exit?: { code: number; signal: number; timedOut: boolean; durationNs: Long64; oomKills: Long64; pidsLimitHits: Long64; cpuTimeNs: Long64; peakMemoryBytes: Long64 };
   stat?: WireStat;
   entries?: { entries: WireStat[] };
   done?: { size: Long64 };
   error?: { kind: number; errnum: number; message: string };
+  metrics?: Record<string, Long64> & { cpus: number; processes: number };
 }
 
 export interface WireStat {

@@ -49,6 +49,8 @@ export class CommandExecution {
     /** Exactly what the process wrote to stderr. */
     readonly stderr: string,
     readonly durationMs: number,
+    /** CPU time of the command's whole process tree, and its largest resident set (see ExitStatus.usage). */
+    readonly usage: { cpuTimeMs: number; peakMemoryBytes: number } = { cpuTimeMs: 0, peakMemoryBytes: 0 },
   ) {}
 
   /** The process exited with code 0. */

@@ -20,6 +20,7 @@ import { newPausedDir, readPaused, writePaused } from "./paused.js";
 import { CommandExecution } from "./execution.js";
 import { SandboxFiles } from "./files.js";
 import { Lifetime } from "./lifetime.js";
+import { type CpuMark, cpuMark, sandboxMetrics, type SandboxMetrics } from "./metrics.js";
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
 import type { SandboxPool } from "./pool.js";
 import { registry, type SandboxInfo } from "./registry.js";
@@ -62,7 +63,7 @@ export class SandboxCommands {
     const exhausted = this.sandbox.exhausted(command, r.guestCounters);
     if (exhausted) throw exhausted;
     if (r.timedOut) throw new TimeoutError(`${command} ran longer than ${timeout} s and was killed`);
-    return new CommandExecution(command, args, r.exitCode, r.signal, r.stdout.toString("utf8"), r.stderr.toString("utf8"), r.durationMs);
+    return new CommandExecution(command, args, r.exitCode, r.signal, r.stdout.toString("utf8"), r.stderr.toString("utf8"), r.durationMs, r.usage);
   }
 
   /** Starts `command` and returns it for streaming output, stdin and signals. */
@@ -123,6 +124,35 @@ export abstract class Sandbox implements AsyncDisposable {
   /** Counts as activity: the idleTimeout clock starts again. */
   touch(): void {
     this.lifetime?.touch();
+  }
+
+  private cpuMark: CpuMark;
+
+  /** CPU, memory, disk, network, processes and uptime now; CPU percent since the last call. */
+  async metrics(): Promise<SandboxMetrics> {
+    const g = await this.agent().metrics();
+    const m = sandboxMetrics(g, this.cpuMark, this.opts.memory, this.vm?.pid);
+    this.cpuMark = cpuMark(g);
+    return m;
+  }
+
+  /** A sample every `intervalMs` (default 1000, at least 100) until the sandbox stops or the loop breaks. */
+  async *metricsStream(intervalMs = 1000): AsyncGenerator<SandboxMetrics> {
+    if (!Number.isFinite(intervalMs) || intervalMs < 100) throw new InvalidArgumentError(`intervalMs ${intervalMs} is invalid: give at least 100 ms`);
+    let mark: CpuMark;
+    for (;;) {
+      let g;
+      try {
+        g = await this.agent().metrics();
+      } catch (err) {
+        if (err instanceof SandboxNotRunningError || !this.isRunning) return;
+        throw err;
+      }
+      const m = sandboxMetrics(g, mark, this.opts.memory, this.vm?.pid);
+      mark = cpuMark(g);
+      yield m;
+      await new Promise((r) => setTimeout(r, intervalMs));
+    }
   }
 
   /** Creates and starts a sandbox; with `pool`, takes an already booted one from it. */
