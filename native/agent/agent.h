@@ -45,15 +45,16 @@ struct conn;
 
 enum session_kind { S_EXEC, S_READ, S_WRITE };
 
-// A process tree's cgroup: its serial (0: none) and its counters when it was handed out.
 // A process tree's counters: OOM kills, forks refused at the pids limit, CPU time.
 struct tree_counters {
   uint64_t oom_kills, pids_limit_hits, cpu_ns;
 };
 
+// A process tree's cgroup: its serial (0: none) and its counters when it was handed out (a
+// reused cgroup's run on from its previous user's).
 struct cgroup {
   uint32_t serial;
-  struct tree_counters base;  // the counters when this tree got the cgroup (reused ones run on)
+  struct tree_counters base;
 };
 
 struct session {
@@ -72,6 +73,7 @@ struct session {
   bool exited, timed_out;
   int status;
   long maxrss_kb;  // the process's ru_maxrss at its exit
+  bool pty;        // out.fd is a terminal's master side (in.fd a duplicate of it)
   uint64_t start_ns, end_ns, deadline_ns, grace_ns;
   struct cgroup cgroup;  // the tree's, serial 0 when none
   // S_READ / S_WRITE
@@ -146,6 +148,8 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
 void exec_on_pipe(struct watch *w, uint32_t events);
 void exec_on_data(struct session *s, const microsandbox_agent_Data *d);
 void exec_signal(struct session *s, int sig);
+// Sets the terminal size of a session started with a pty (the foreground group gets SIGWINCH).
+void exec_resize(struct session *s, uint32_t rows, uint32_t cols);
 void exec_reap(void);
 void exec_update(struct session *s);
 void exec_finish(struct session *s);

@@ -531,6 +531,10 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
         session_free(s);
       }
       break;
+    case microsandbox_agent_HostMessage_resize_tag:
+      if ((s = session_find(c, id)) && s->kind == S_EXEC) exec_resize(s, m->body.resize.rows, m->body.resize.cols);
+      else send_error(c, id, ERR(BAD_REQUEST), 0, "session %u runs no process to resize", id);
+      break;
     case microsandbox_agent_HostMessage_metrics_tag:
       if (claim(c, id)) metrics_send(c, id);
       break;

@@ -14,6 +14,7 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -120,14 +121,21 @@ static pid_t fork_into(int cgroup_fd, bool *joined) {
   return fork();
 }
 
+// `fds` are the child's stdin, stdout and stderr; with a terminal, `tty` names its slave side,
+// opened after setsid() so that it becomes the new session's controlling terminal.
 static _Noreturn void child(const microsandbox_agent_Exec *req, char **argv, char **envp,
-                            int fds[3], const struct ids *ids, int cgroup_fd, int report) {
+                            int fds[3], const char *tty, const struct ids *ids, int cgroup_fd, int report) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
   signal(SIGPIPE, SIG_DFL);  // ignored dispositions survive exec; the agent ignores SIGPIPE
   if (setsid() < 0) child_fail(report, ST_SETSID);
   if (cgroup_fd >= 0 && !join_cgroup(cgroup_fd)) child_fail(report, ST_CGROUP);
+  if (tty) {
+    int t = open(tty, O_RDWR);
+    if (t < 0 || ioctl(t, TIOCSCTTY, 0) < 0) child_fail(report, ST_DUP);
+    fds[0] = fds[1] = fds[2] = t;
+  }
   for (int i = 0; i < 3; i++)
     if (dup2(fds[i], i) < 0) child_fail(report, ST_DUP);
   for (pb_size_t i = 0; i < req->rlimits_count; i++) {
@@ -204,6 +212,26 @@ static void describe_failure(struct conn *c, uint32_t id, const microsandbox_age
   }
 }
 
+// A new terminal of `size`: its master side (close-on-exec), and the slave's path in `tty`.
+static int open_pty(const microsandbox_agent_Pty *size, char *tty, size_t len) {
+  int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  struct winsize ws = {.ws_row = (unsigned short)size->rows, .ws_col = (unsigned short)size->cols};
+  if (m < 0) return -1;
+  if (grantpt(m) < 0 || unlockpt(m) < 0 || ptsname_r(m, tty, len) != 0 || ioctl(m, TIOCSWINSZ, &ws) < 0) {
+    close(m);
+    return -1;
+  }
+  return m;
+}
+
+void exec_resize(struct session *s, uint32_t rows, uint32_t cols) {
+  if (!s->pty) return send_error(s->conn, s->id, ERR(BAD_REQUEST), 0, "session %u has no terminal", s->id);
+  if (!rows || !cols || rows > 1000 || cols > 1000)
+    return send_error(s->conn, s->id, ERR(BAD_REQUEST), 0, "terminal size %ux%u is out of range (1 to 1000 each)", rows, cols);
+  struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+  if (s->out.fd >= 0) ioctl(s->out.fd, TIOCSWINSZ, &ws);
+}
+
 // NULL-terminated copy of a repeated string field, as execve wants.
 static char **to_vector(char **items, pb_size_t n) {
   char **v = calloc((size_t)n + 1, sizeof *v);
@@ -234,14 +262,23 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   struct ids ids;
   if (!resolve_ids(c, id, req, &ids)) return;
 
+  if (req->has_pty && (!req->pty.rows || !req->pty.cols || req->pty.rows > 1000 || req->pty.cols > 1000)) {
+    send_error(c, id, ERR(BAD_REQUEST), 0, "terminal size %ux%u is out of range (1 to 1000 each)", req->pty.rows, req->pty.cols);
+    return;
+  }
+
   int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, report[2] = {-1, -1};
   char **argv = to_vector(req->argv, req->argv_count);
   char **envp = to_vector(req->env, req->env_count);
-  bool ok = argv && envp && pipe2(out, O_CLOEXEC) == 0 && pipe2(err, O_CLOEXEC) == 0 &&
-            pipe2(report, O_CLOEXEC) == 0;
-  if (ok) {
-    if (req->open_stdin) ok = pipe2(in, O_CLOEXEC) == 0;
-    else ok = (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;
+  char tty[64] = "";
+  bool ok = argv && envp && pipe2(report, O_CLOEXEC) == 0;
+  if (ok && req->has_pty) {
+    // The master side stands in for every pipe: out[0] reads it, in[1] writes it.
+    ok = (out[0] = open_pty(&req->pty, tty, sizeof tty)) >= 0 && (in[1] = fcntl(out[0], F_DUPFD_CLOEXEC, 0)) >= 0;
+  } else if (ok) {
+    ok = pipe2(out, O_CLOEXEC) == 0 && pipe2(err, O_CLOEXEC) == 0;
+    if (ok && req->open_stdin) ok = pipe2(in, O_CLOEXEC) == 0;
+    else if (ok) ok = (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;
   }
   struct cgroup cgroup = {0};
   int cgroup_fd = ok ? cgroup_open(&cgroup) : -1;
@@ -250,7 +287,7 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   if (pid == 0) {
     close(report[0]);
     int fds[3] = {in[0], out[1], err[1]};
-    child(req, argv, envp, fds, &ids, joined ? -1 : cgroup_fd, report[1]);
+    child(req, argv, envp, fds, req->has_pty ? tty : NULL, &ids, joined ? -1 : cgroup_fd, report[1]);
   }
   int saved = errno;
   if (cgroup_fd >= 0) close(cgroup_fd);
@@ -264,7 +301,10 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
     return;
   }
   uint64_t start = now_ns();
-  close(out[1]), close(err[1]), close(in[0]), close(report[1]);
+  close(report[1]);
+  if (out[1] >= 0) close(out[1]);
+  if (err[1] >= 0) close(err[1]);
+  if (in[0] >= 0) close(in[0]);
   // The report pipe closes on a successful exec, or carries the failing step: the short blocking
   // read keeps Started/Error in order without another state in the loop.
   struct failure f;
@@ -276,7 +316,8 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
     waitpid(pid, NULL, 0);
     struct tree_counters unused;
     cgroup_close(&cgroup, &unused);
-    close(out[0]), close(err[0]);
+    close(out[0]);
+    if (err[0] >= 0) close(err[0]);
     if (in[1] >= 0) close(in[1]);
     describe_failure(c, id, req, &ids, f);
     return;
@@ -284,7 +325,8 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   struct session *s = session_new(c, id, S_EXEC);
   if (!s) {
     kill(pid, SIGKILL);
-    close(out[0]), close(err[0]);
+    close(out[0]);
+    if (err[0] >= 0) close(err[0]);
     if (in[1] >= 0) close(in[1]);
     send_error(c, id, ERR(INTERNAL), ENOMEM, "out of memory");
     return;
@@ -298,13 +340,16 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   s->out.fd = out[0];
   s->err.fd = err[0];
   s->in.fd = in[1];
+  s->pty = req->has_pty;
   for (int i = 0; i < 3; i++) {
     struct watch *w = i == 0 ? &s->out : i == 1 ? &s->err : &s->in;
     if (w->fd >= 0) fcntl(w->fd, F_SETFL, O_NONBLOCK);
   }
   // A deeper pipe lets a fast writer run ahead instead of waking the agent every 64 KiB.
-  fcntl(s->out.fd, F_SETPIPE_SZ, PIPE_BYTES);
-  fcntl(s->err.fd, F_SETPIPE_SZ, PIPE_BYTES);
+  if (!s->pty) {
+    fcntl(s->out.fd, F_SETPIPE_SZ, PIPE_BYTES);
+    fcntl(s->err.fd, F_SETPIPE_SZ, PIPE_BYTES);
+  }
   microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
   m.session = id;
   m.which_body = microsandbox_agent_GuestMessage_started_tag;
@@ -401,7 +446,7 @@ void exec_on_data(struct session *s, const microsandbox_agent_Data *d) {
     }
     s->in_pending += (uint32_t)len;
   }
-  if (d->eof) s->in_eof = true;
+  if (d->eof && !s->pty) s->in_eof = true;  // a terminal's input ends with ^D, not by closing it
   pump_stdin(s);
 }
 

@@ -36,6 +36,12 @@ export interface SpawnOptions {
   window?: number;
   /** Aborting kills the process tree. */
   signal?: AbortSignal;
+  /**
+   * Run on a terminal of this size instead of pipes: output (stdout and stderr alike) arrives as
+   * raw "stdout" chunks, write() types on the terminal, resize() changes its size; the process
+   * leads a session with the terminal as its controlling terminal (Ctrl-C is the byte "\x03").
+   */
+  pty?: { rows: number; cols: number };
 }
 
 export interface OutputChunk {
@@ -84,6 +90,16 @@ function limitValue(v: number): number | string {
   return v;
 }
 
+/** A terminal size: whole rows and columns from 1 to 1000. */
+export function checkTerminalSize(size: unknown): { rows: number; cols: number } {
+  const { rows, cols } = (size ?? {}) as { rows?: unknown; cols?: unknown };
+  const ok = (v: unknown) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 1000;
+  if (typeof size !== "object" || !ok(rows) || !ok(cols)) {
+    throw new InvalidArgumentError(`terminal size ${JSON.stringify(size)} is invalid: give { rows, cols }, whole numbers from 1 to 1000`);
+  }
+  return { rows: rows as number, cols: cols as number };
+}
+
 /** Validates spawn options and builds the Exec message. */
 export function execRequest(argv: readonly string[], opts: SpawnOptions): Record<string, unknown> {
   if (!Array.isArray(argv) || argv.length === 0) {
@@ -96,7 +112,8 @@ export function execRequest(argv: readonly string[], opts: SpawnOptions): Record
     if (!k || k.includes("=") || k.includes("\0")) throw new InvalidArgumentError(`environment name ${JSON.stringify(k)} is invalid`);
     return `${k}=${checkString(`env.${k}`, v)}`;
   });
-  const req: Record<string, unknown> = { argv: [...argv], env: envList, openStdin: !!opts.stdin };
+  const req: Record<string, unknown> = { argv: [...argv], env: envList, openStdin: !!opts.stdin || !!opts.pty };
+  if (opts.pty !== undefined) req.pty = checkTerminalSize(opts.pty);
   if (opts.cwd !== undefined) {
     if (!checkString("cwd", opts.cwd).startsWith("/")) throw new InvalidArgumentError(`cwd ${JSON.stringify(opts.cwd)} must be an absolute path`);
     req.cwd = opts.cwd;
@@ -263,14 +280,20 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
 
   /** Writes to the process's stdin (spawned with `stdin: true`); resolves when handed to the channel. */
   write(data: string | Uint8Array): Promise<void> {
-    if (!this.opts.stdin) return Promise.reject(new InvalidArgumentError("this process was spawned without stdin: true"));
+    if (!this.opts.stdin && !this.opts.pty) return Promise.reject(new InvalidArgumentError("this process was spawned without stdin: true"));
     return this.stdin.write(typeof data === "string" ? Buffer.from(data) : data);
   }
 
-  /** Closes stdin after everything written so far. */
+  /** Closes stdin after everything written so far (a terminal's input is ended by typing ^D). */
   end(): Promise<void> {
-    if (!this.opts.stdin) return Promise.resolve();
+    if (!this.opts.stdin || this.opts.pty) return Promise.resolve();
     return this.stdin.end();
+  }
+
+  /** Changes the size of the process's terminal (spawned with `pty`); its foreground job gets SIGWINCH. */
+  resize(rows: number, cols: number): void {
+    if (!this.opts.pty) throw new InvalidArgumentError("this process was spawned without a terminal (pty)");
+    this.sendIfOpen({ session: this.id, resize: checkTerminalSize({ rows, cols }) });
   }
 
   /** Sends a signal to the process group (default SIGKILL). A process that already ended is left alone. */

@@ -66,10 +66,15 @@ export class SandboxCommands {
     return new CommandExecution(command, args, r.exitCode, r.signal, r.stdout.toString("utf8"), r.stderr.toString("utf8"), r.durationMs, r.usage);
   }
 
-  /** Starts `command` and returns it for streaming output, stdin and signals. */
-  spawn(command: string, args: readonly string[] = [], opts: CommandOptions & { stdin?: boolean } = {}): ExecProcess {
+  /**
+   * Starts `command` and returns it for streaming output, stdin and signals; with `pty`, on a
+   * terminal of that size (TERM xterm-256color unless set otherwise): resize(), job control, raw bytes.
+   */
+  spawn(command: string, args: readonly string[] = [], opts: CommandOptions & { stdin?: boolean; pty?: { rows: number; cols: number } } = {}): ExecProcess {
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
-    return this.sandbox.agent().spawn([command, ...args], { ...this.sandbox.processOptions(opts, timeout), stdin: !!opts.stdin });
+    const base = this.sandbox.processOptions(opts, timeout);
+    if (opts.pty && base.env.TERM === "dumb") base.env = { ...base.env, TERM: "xterm-256color" };
+    return this.sandbox.agent().spawn([command, ...args], { ...base, stdin: !!opts.stdin, ...(opts.pty ? { pty: opts.pty } : {}) });
   }
 }
 
