@@ -17,6 +17,7 @@ packages=(
   libxml2-utils             # tests: xmllint checks the benchmark's SVG
   clang libclang-rt-14-dev  # tests: libFuzzer on the native decoders (scripts/fuzz.sh)
   iproute2                  # tests: the network namespaces of the network policy tests
+  tmux                      # tests: msb run -it and msb shell on a real terminal
 )
 
 missing=()

@@ -11,8 +11,12 @@ import type { PullEvent } from "../images/registry.js";
 import { parseReference } from "../images/reference.js";
 import { pullImage, resolveImage } from "../images/sources.js";
 import { ImageStore } from "../images/store.js";
+import type { ExitStatus } from "../agent-client/process.js";
+import { InvalidArgumentError } from "../errors.js";
 import { CustomSandbox } from "../sandbox/kinds.js";
+import { pausedDir } from "../sandbox/paused.js";
 import { pruneSnapshots } from "../vm/snapshot.js";
+import { attach, DETACH_KEYS, terminalSize } from "./attach.js";
 import { doctor, formatDoctor } from "./doctor.js";
 
 /** How a numeric option's value is checked; the words are also the error message's. */
@@ -24,6 +28,8 @@ export const NUMBER_KINDS = {
 
 export interface OptionSpec {
   type: "boolean" | "string";
+  /** A one-letter alias (-i); letters may be grouped (-it). */
+  short?: string;
   /** The value's name in the help text, e.g. "N"; choices are shown instead where given. */
   value?: string;
   description: string;
@@ -228,7 +234,9 @@ VMM booting a trivial init. Prints a table; progress goes to stderr.`,
     summary: "boot a sandbox from IMAGE and run CMD (default: the image's Entrypoint + Cmd)",
     description: `Boot a sandbox from IMAGE (pulled if missing), run CMD in it and stop it. CMD's output and exit
 status are passed through (128 + N if signal N killed it). Everything after -- is CMD and its
-arguments, untouched; without --, the image's Entrypoint + Cmd run.
+arguments, untouched; without --, the image's Entrypoint + Cmd run. With -i CMD reads this
+process's stdin; with -t it runs on a terminal attached to this one (raw mode, resizes follow,
+${DETACH_KEYS} detaches and stops the sandbox); -it for a shell.
 
 ${IMAGE_NOTE}`,
     options: {
@@ -237,6 +245,8 @@ ${IMAGE_NOTE}`,
       network: { type: "string", choices: ["none", "public", "all"], default: "none", description: "no network; the internet but not the host or private addresses; or everything" },
       timeout: { type: "string", value: "SECONDS", number: "a number > 0", default: "none", description: "kill CMD after this long" },
       insecure: { type: "boolean", description: "allow plain HTTP to IMAGE's registry when pulling", default: "off" },
+      interactive: { type: "boolean", short: "i", description: "pass this process's stdin to CMD", default: "off" },
+      tty: { type: "boolean", short: "t", description: "run CMD on a terminal attached to this one", default: "off" },
     },
     positionals: { name: "IMAGE", min: 1, max: 1 },
     takesCommand: true,
@@ -251,17 +261,75 @@ ${IMAGE_NOTE}`,
       await sandbox.start();
       try {
         const cmd = command ?? sandbox.defaultCommand();
-        const proc = sandbox.command.spawn(cmd[0]!, cmd.slice(1), v.timeout !== undefined ? { timeout: v.timeout as number } : {});
+        const opts = {
+          ...(v.timeout !== undefined ? { timeout: v.timeout as number } : {}),
+          ...(v.interactive ? { stdin: true } : {}),
+          ...(v.tty ? { pty: terminalSize() } : {}),
+        };
+        const proc = sandbox.command.spawn(cmd[0]!, cmd.slice(1), opts);
+        if (v.tty || v.interactive) {
+          const { exit } = await attach(proc, !!v.tty);
+          if (!exit) process.stderr.write(`\r\nmsb: detached; stopping sandbox ${sandbox.name}\r\n`);
+          return exit ? exitStatus(exit) : 0;
+        }
         for await (const chunk of proc) (chunk.stream === "stdout" ? process.stdout : process.stderr).write(chunk.data);
-        const exit = await proc.exit;
-        // A signal's death gets the shell's status: 128 + its number.
-        return exit.exitCode ?? 128 + (osConstants.signals[exit.signal as NodeJS.Signals] ?? 9);
+        return exitStatus(await proc.exit);
       } finally {
         await sandbox.stop();
       }
     },
   },
+  {
+    name: "shell",
+    synopsis: "shell NAME [--image IMAGE] [--stop]",
+    summary: "a shell in the persistent sandbox NAME: resumed if paused, made from IMAGE if new, paused again after",
+    description: `Attach this terminal to a shell (bash, else sh) in the sandbox NAME. A sandbox paused under that
+name (msb shell, or pause() of a CustomSandbox) is resumed with its memory, processes and files;
+otherwise one is made from --image. When the shell exits, or on ${DETACH_KEYS}, the sandbox is
+paused again (to ${pausedDir("NAME")}) for the next msb shell NAME, or stopped with --stop.
+QEMU only (pause).
+
+${IMAGE_NOTE}`,
+    options: {
+      image: { type: "string", value: "IMAGE", description: "the image of a new sandbox" },
+      memory: { type: "string", value: "MIB", number: "a whole number >= 1", default: "512", description: "guest RAM of a new sandbox in MiB" },
+      network: { type: "string", choices: ["none", "public", "all"], default: "none", description: "the network of a new sandbox" },
+      stop: { type: "boolean", description: "stop the sandbox at the end instead of pausing it", default: "off" },
+    },
+    positionals: { name: "NAME", min: 1, max: 1 },
+    async handler({ values: v, positionals: [name] }) {
+      let sandbox: CustomSandbox;
+      try {
+        sandbox = await CustomSandbox.resume(name!);
+      } catch (err) {
+        if (!(err instanceof InvalidArgumentError) || !/no paused sandbox/.test(err.message)) throw err;
+        if (!v.image) throw new InvalidArgumentError(`no paused sandbox named ${JSON.stringify(name)}: give --image IMAGE to make one`);
+        sandbox = await CustomSandbox.create({
+          name: name!,
+          image: v.image as string,
+          backend: "qemu",
+          ...(v.memory !== undefined ? { memory: v.memory as number } : {}),
+          ...(v.network ? { network: v.network as "none" | "public" | "all" } : {}),
+        });
+      }
+      try {
+        const bash = await sandbox.fs.stat("/bin/bash").then(() => true, () => false);
+        const proc = sandbox.command.spawn(bash ? "/bin/bash" : "/bin/sh", ["-l"], { pty: terminalSize() });
+        const { exit } = await attach(proc, true);
+        if (!v.stop) {
+          await sandbox.pause();
+          process.stderr.write(`\r\nmsb: ${exit ? "" : "detached; "}sandbox ${name} paused: msb shell ${name} resumes it\r\n`);
+        }
+        return exit ? exitStatus(exit) : 0;
+      } finally {
+        await sandbox.stop(); // nothing left to stop after a pause
+      }
+    },
+  },
 ];
+
+// A process's exit code; a signal's death gets the shell's status: 128 + its number.
+const exitStatus = (exit: ExitStatus) => exit.exitCode ?? 128 + (osConstants.signals[exit.signal as NodeJS.Signals] ?? 9);
 
 export const COMMANDS = new Map(list.map((c) => [c.name, c]));
 
@@ -282,7 +350,7 @@ msb <command> --help (or msb help <command>) shows a command's synopsis and opti
 export function commandUsage(cmd: Command): string {
   const rows: [string, string][] = Object.entries(cmd.options).map(([name, o]) => {
     const value = o.choices ? ` ${o.choices.join("|")}` : o.value ? ` ${o.value}` : "";
-    return [`--${name}${value}`, `${o.description}${o.default ? ` (default: ${o.default})` : ""}`];
+    return [`${o.short ? `-${o.short}, ` : ""}--${name}${value}`, `${o.description}${o.default ? ` (default: ${o.default})` : ""}`];
   });
   rows.push(["-h, --help", "show this help"]);
   return `usage: msb ${cmd.synopsis}\n\n${cmd.description}\n\noptions:\n${column(rows)}`;

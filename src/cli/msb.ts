@@ -46,7 +46,7 @@ function parse(cmd: Command, args: string[]): Invocation | null {
       args: sep === -1 ? args : args.slice(0, sep),
       strict: true,
       allowPositionals: true,
-      options: { ...Object.fromEntries(Object.entries(cmd.options).map(([name, o]) => [name, { type: o.type }])), help: { type: "boolean", short: "h" } },
+      options: { ...Object.fromEntries(Object.entries(cmd.options).map(([name, o]) => [name, { type: o.type, ...(o.short ? { short: o.short } : {}) }])), help: { type: "boolean", short: "h" } },
     });
   } catch (err) {
     throw parseError(cmd, err);
