@@ -14,6 +14,7 @@ export { PythonSandbox, NodeSandbox, CustomSandbox } from "./sandbox/kinds.js";
 export type { CommandOptions, RunOptions } from "./sandbox/sandbox.js";
 export type { SandboxOptions, StartOptions } from "./sandbox/options.js";
 export type { SandboxMetrics } from "./sandbox/metrics.js";
+export type { LogEntry, LogOptions } from "./sandbox/logs.js";
 export type { SandboxInfo } from "./sandbox/registry.js";
 export type { NetworkPolicy, PortForward } from "./vm/netpolicy.js";
 export { Execution, CommandExecution } from "./sandbox/execution.js";

@@ -42,6 +42,8 @@ export interface SpawnOptions {
    * leads a session with the terminal as its controlling terminal (Ctrl-C is the byte "\x03").
    */
   pty?: { rows: number; cols: number };
+  /** @internal Sees every output chunk as it arrives, before the reader (the sandbox's log). */
+  onOutput?: (chunk: OutputChunk) => void;
 }
 
 export interface OutputChunk {
@@ -234,9 +236,12 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
         this.started = true;
         this.resolvePid(f.started!.pid);
         break;
-      case "output":
-        this.output.push({ stream: streamName(f.output!.stream) as OutputChunk["stream"], data: f.output!.data as Buffer });
+      case "output": {
+        const chunk = { stream: streamName(f.output!.stream) as OutputChunk["stream"], data: f.output!.data as Buffer };
+        this.opts.onOutput?.(chunk);
+        this.output.push(chunk);
         break;
+      }
       case "credit":
         this.stdin.credit(f.credit!.bytes);
         break;

@@ -20,6 +20,7 @@ import { newPausedDir, readPaused, writePaused } from "./paused.js";
 import { CommandExecution } from "./execution.js";
 import { SandboxFiles } from "./files.js";
 import { Lifetime } from "./lifetime.js";
+import { type LogEntry, type LogOptions, SandboxLog } from "./logs.js";
 import { type CpuMark, cpuMark, sandboxMetrics, type SandboxMetrics } from "./metrics.js";
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
 import type { SandboxPool } from "./pool.js";
@@ -59,7 +60,8 @@ export class SandboxCommands {
     if (!Array.isArray(args)) throw new InvalidArgumentError(`args must be an array of strings, got ${typeof args}`);
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
     const agent = this.sandbox.agent();
-    const r = await agent.exec([command, ...args], this.sandbox.processOptions(opts, timeout));
+    const r = await agent.exec([command, ...args], { ...this.sandbox.processOptions(opts, timeout), onOutput: this.sandbox.logOutput(command) });
+    this.sandbox.logExit(command, r);
     const exhausted = this.sandbox.exhausted(command, r.guestCounters);
     if (exhausted) throw exhausted;
     if (r.timedOut) throw new TimeoutError(`${command} ran longer than ${timeout} s and was killed`);
@@ -74,7 +76,9 @@ export class SandboxCommands {
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
     const base = this.sandbox.processOptions(opts, timeout);
     if (opts.pty && base.env.TERM === "dumb") base.env = { ...base.env, TERM: "xterm-256color" };
-    return this.sandbox.agent().spawn([command, ...args], { ...base, stdin: !!opts.stdin, ...(opts.pty ? { pty: opts.pty } : {}) });
+    const proc = this.sandbox.agent().spawn([command, ...args], { ...base, stdin: !!opts.stdin, ...(opts.pty ? { pty: opts.pty } : {}), onOutput: this.sandbox.logOutput(command) });
+    proc.exit.then((r) => this.sandbox.logExit(command, r), () => {});
+    return proc;
   }
 }
 
@@ -99,6 +103,7 @@ export abstract class Sandbox implements AsyncDisposable {
   private lifetimeHeld = false;
   private expiredBy: SandboxExpiredError | undefined;
   private readonly listed = { info: () => this.info() };
+  private log: SandboxLog | undefined;
 
   constructor(opts: SandboxOptions = {}, defaultImage?: string) {
     this.opts = resolveOptions(opts, defaultImage);
@@ -124,6 +129,25 @@ export abstract class Sandbox implements AsyncDisposable {
 
   get labels(): Readonly<Record<string, string>> {
     return this.opts.labels;
+  }
+
+  /**
+   * What the sandbox's commands printed and what happened to it (started, exits, a lifetime
+   * limit, stopped), and the guest console, oldest first: the last `tail` entries (default 100).
+   * Kept in the cache after the sandbox stopped, at most ~1 MiB a sandbox, for the newest 200.
+   */
+  logs(opts: LogOptions = {}): LogEntry[] {
+    return this.log?.read(opts, this.vm?.consoleLog) ?? [];
+  }
+
+  /** @internal Logs a command's output as it arrives. */
+  logOutput(command: string): (chunk: { stream: "stdout" | "stderr"; data: Buffer }) => void {
+    return (chunk) => this.log?.add(chunk.stream, chunk.data.toString("utf8"), command);
+  }
+
+  /** @internal Logs a command's end. */
+  logExit(command: string, r: { exitCode: number | null; signal: string | null; timedOut: boolean }): void {
+    this.log?.add("event", r.timedOut ? "timed out" : r.signal ? `killed by ${r.signal}` : `exited with ${r.exitCode}`, command);
   }
 
   /** Counts as activity: the idleTimeout clock starts again. */
@@ -210,13 +234,16 @@ export abstract class Sandbox implements AsyncDisposable {
   private async tracked(bring: () => Promise<void>): Promise<void> {
     this.startedAt = new Date();
     this.expiredBy = undefined;
+    this.log ??= new SandboxLog(this.name, this.id);
     registry.add(this.listed);
     try {
       await bring();
     } catch (err) {
       registry.delete(this.listed);
+      this.log.add("event", `failed to start: ${(err as Error).message}`);
       throw err;
     }
+    this.log.add("event", `running on ${this.backend}`);
     if (!this.lifetimeHeld) this.armLifetime();
   }
 
@@ -248,6 +275,7 @@ export abstract class Sandbox implements AsyncDisposable {
   // A lifetime limit fired: pending calls fail with `err`, later ones too, and the VM stops.
   private expire(err: SandboxExpiredError): void {
     debug("%s", err.message);
+    this.log?.add("event", err.message);
     this.expiredBy = err;
     this.vm?.agent.close(err);
     void this.stop().catch((e: unknown) => debug("stopping expired sandbox %s: %s", this.name, (e as Error).message));
@@ -272,6 +300,7 @@ export abstract class Sandbox implements AsyncDisposable {
       rootfs: image.rootfs,
       rootDisk: () => store.disk(image),
       bootTimeout: this.opts.timeout,
+      consoleKeep: this.log?.console,
     };
     // Processes (and a template's interpreter) take their environment from the image config.
     this.imageConfig = image.config;
@@ -365,12 +394,14 @@ export abstract class Sandbox implements AsyncDisposable {
     const ports = checkPorts(opts.ports, this.opts.network);
     const child = new (this.constructor as new (o: SandboxOptions) => this)({ ...this.copyOptions(name), ports });
     const keep = this.keptSessions();
-    const config = { ...machine.config, name, ports };
+    child.log = new SandboxLog(name, child.id);
+    const config = { ...machine.config, name, ports, consoleKeep: child.log.console };
     const copy = await copyVm(vm, backend, config, keep.map((k) => k.session));
     child.attach(copy, { ...machine, config }, this.imageConfig, `${this.backendReason}; forked from ${this.name}`);
     child.adopt(keep);
     child.startedAt = new Date();
     registry.add(child.listed);
+    child.log.add("event", `running on ${child.backend}`);
     child.armLifetime();
     return child;
   }
@@ -427,7 +458,7 @@ export abstract class Sandbox implements AsyncDisposable {
     const o = this.opts;
     const config: VmConfig = {
       name, memory: o.memory, cpus: Math.ceil(o.cpus), ...vmNetwork(o.network), ports: o.ports, maxProcesses: o.maxProcesses,
-      rootfs: image.rootfs, rootDisk: () => store.disk(image), bootTimeout: o.timeout,
+      rootfs: image.rootfs, rootDisk: () => store.disk(image), bootTimeout: o.timeout, consoleKeep: this.log?.console,
     };
     const backend = new QemuBackend({ accel: meta.accel, ...(o.kernel ? { kernel: o.kernel } : {}) });
     // A paused state is used once: fresh randomness and clock, the same name.
@@ -463,6 +494,8 @@ export abstract class Sandbox implements AsyncDisposable {
     this.vm = undefined;
     this.onStop();
     await vm.stop();
+    this.log?.add("event", "stopped");
+    this.log?.flush();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -2,7 +2,7 @@
 // hand back a connected AgentClient, and stop or kill it. Also the part of booting both share:
 // waiting for the agent's hello, the timeline, and a failure's cleanup and VmBootError.
 import type { ChildProcess } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Duplex } from "node:stream";
 import { debuglog } from "node:util";
@@ -49,6 +49,8 @@ export interface VmConfig {
    * QEMU only.
    */
   rawPort?: boolean;
+  /** Where the guest console's last 64 KiB go when the VM ends (the sandbox's log). */
+  consoleKeep?: string;
 }
 
 /** Milliseconds from the start of boot() for each phase, and the guest's own timeline. */
@@ -195,7 +197,11 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
       guest: agent.hello.boot.map((e) => ({ name: e.name, ms: e.ns / 1e6 })),
     };
     debug("%s ready on %s in %d ms", config.name, s.label, Math.round(timeline.agentReadyMs));
-    return { ...runningVm({ agent, backend: s.label, child, exited, timeline, consoleLog: s.consoleLog, cleanup: release }), ...s.extend?.(agent) };
+    const cleanup = () => {
+      if (config.consoleKeep) keepTail(s.consoleLog, config.consoleKeep, 64 * 1024);
+      release();
+    };
+    return { ...runningVm({ agent, backend: s.label, child, exited, timeline, consoleLog: s.consoleLog, cleanup }), ...s.extend?.(agent) };
   } catch (cause) {
     clearTimeout(timer);
     ready?.then((agent) => agent.close(), () => {}); // a hello that comes after the race was lost
@@ -224,6 +230,23 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
       kept,
       { cause },
     );
+  }
+}
+
+// Copies the last `bytes` of `from` to `to` (best effort: a log, not a result).
+function keepTail(from: string, to: string, bytes: number): void {
+  try {
+    const size = statSync(from).size;
+    const fd = openSync(from, "r");
+    try {
+      const buf = Buffer.alloc(Math.min(size, bytes));
+      readSync(fd, buf, 0, buf.length, size - buf.length);
+      writeFileSync(to, buf, { mode: 0o600 });
+    } finally {
+      closeSync(fd);
+    }
+  } catch (err) {
+    debug("keeping the console of %s: %s", from, (err as Error).message);
   }
 }
 

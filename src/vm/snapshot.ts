@@ -125,7 +125,7 @@ async function makeSnapshot(backend: QemuBackend, config: VmConfig, inputs: Snap
   const tmp = mkdtempSync(`${dir}.tmp-`);
   let vm: Vm | undefined;
   try {
-    vm = await backend.boot({ ...config, name: `${config.name}-template` }, { file: path.join(tmp, "ram"), share: true });
+    vm = await backend.boot({ ...config, name: `${config.name}-template`, consoleKeep: undefined }, { file: path.join(tmp, "ram"), share: true });
     const kept = await prewarm(vm.agent);
     await vm.save!(path.join(tmp, "state"));
     vm.kill();
