@@ -9,7 +9,8 @@ import type { KeptSession } from "../vm/backend.js";
 import type { Execution } from "./execution.js";
 import { checkSeconds, type SandboxOptions } from "./options.js";
 import { driverSource, Repl, type ReplLanguage } from "./repl.js";
-import { type RunOptions, Sandbox } from "./sandbox.js";
+import type { RunOptions } from "./commands.js";
+import { Sandbox } from "./sandbox.js";
 
 abstract class LanguageSandbox extends Sandbox {
   private repl: Repl | undefined;

@@ -6,9 +6,9 @@ import path from "node:path";
 import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
-import type { ExecProcess, ExitStatus } from "../agent-client/process.js";
+import type { ExitStatus } from "../agent-client/process.js";
 
-import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError, TimeoutError } from "../errors.js";
+import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
 import type { Backend, BootTimeline, KeptSession, Vm, VmConfig } from "../vm/backend.js";
@@ -17,7 +17,7 @@ import { bootVm, chooseBackend, forcedAccel } from "../vm/select.js";
 import { checkPorts, type PortForward, vmNetwork, vmRequest } from "../vm/netpolicy.js";
 import { cloneIdentity, copyVm } from "../vm/snapshot.js";
 import { newPausedDir, readPaused, writePaused } from "./paused.js";
-import { CommandExecution } from "./execution.js";
+import { type CommandOptions, SandboxCommands } from "./commands.js";
 import { SandboxFiles } from "./files.js";
 import { Lifetime } from "./lifetime.js";
 import { type LogEntry, type LogOptions, SandboxLog } from "./logs.js";
@@ -27,60 +27,6 @@ import type { SandboxPool } from "./pool.js";
 import { registry, type SandboxInfo } from "./registry.js";
 
 const debug = debuglog("microsandbox");
-
-export interface CommandOptions {
-  /** Seconds; past it the process tree is killed and TimeoutError is thrown. */
-  timeout?: number;
-  /** Absolute working directory. Default: the sandbox's workdir. */
-  cwd?: string;
-  /** Added to the sandbox's environment. */
-  env?: Record<string, string>;
-  signal?: AbortSignal;
-}
-
-export interface RunOptions {
-  /** Seconds; past it the interpreter is killed (its state is lost) and TimeoutError is thrown. */
-  timeout?: number;
-}
-
-/** sandbox.command: shell commands in the sandbox. */
-export class SandboxCommands {
-  constructor(private readonly sandbox: Sandbox) {}
-
-  /**
-   * Runs `command` with `args` (no shell) and collects its output. A non-zero exit is not an error.
-   * Without a command it runs the image's default (Entrypoint + Cmd).
-   */
-  async run(command?: string, args: readonly string[] = [], opts: CommandOptions = {}): Promise<CommandExecution> {
-    if (command === undefined) {
-      const [program, ...rest] = this.sandbox.defaultCommand();
-      return this.run(program!, rest, opts);
-    }
-    if (typeof command !== "string" || command === "") throw new InvalidArgumentError("command must be a non-empty string, e.g. \"echo\"");
-    if (!Array.isArray(args)) throw new InvalidArgumentError(`args must be an array of strings, got ${typeof args}`);
-    const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
-    const agent = this.sandbox.agent();
-    const r = await agent.exec([command, ...args], { ...this.sandbox.processOptions(opts, timeout), onOutput: this.sandbox.logOutput(command) });
-    this.sandbox.logExit(command, r);
-    const exhausted = this.sandbox.exhausted(command, r.guestCounters);
-    if (exhausted) throw exhausted;
-    if (r.timedOut) throw new TimeoutError(`${command} ran longer than ${timeout} s and was killed`);
-    return new CommandExecution(command, args, r.exitCode, r.signal, r.stdout.toString("utf8"), r.stderr.toString("utf8"), r.durationMs, r.usage);
-  }
-
-  /**
-   * Starts `command` and returns it for streaming output, stdin and signals; with `pty`, on a
-   * terminal of that size (TERM xterm-256color unless set otherwise): resize(), job control, raw bytes.
-   */
-  spawn(command: string, args: readonly string[] = [], opts: CommandOptions & { stdin?: boolean; pty?: { rows: number; cols: number } } = {}): ExecProcess {
-    const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
-    const base = this.sandbox.processOptions(opts, timeout);
-    if (opts.pty && base.env.TERM === "dumb") base.env = { ...base.env, TERM: "xterm-256color" };
-    const proc = this.sandbox.agent().spawn([command, ...args], { ...base, stdin: !!opts.stdin, ...(opts.pty ? { pty: opts.pty } : {}), onOutput: this.sandbox.logOutput(command) });
-    proc.exit.then((r) => this.sandbox.logExit(command, r), () => {});
-    return proc;
-  }
-}
 
 export abstract class Sandbox implements AsyncDisposable {
   /** Shell commands: run() and the streaming spawn(). */

@@ -1,0 +1,62 @@
+// sandbox.command: processes in a sandbox, collected (run) or streamed (spawn), on pipes or a
+// terminal; each one's output and exit go to the sandbox's log.
+import type { ExecProcess } from "../agent-client/process.js";
+
+import { InvalidArgumentError, TimeoutError } from "../errors.js";
+import { CommandExecution } from "./execution.js";
+import { checkSeconds } from "./options.js";
+import type { Sandbox } from "./sandbox.js";
+
+export interface CommandOptions {
+  /** Seconds; past it the process tree is killed and TimeoutError is thrown. */
+  timeout?: number;
+  /** Absolute working directory. Default: the sandbox's workdir. */
+  cwd?: string;
+  /** Added to the sandbox's environment. */
+  env?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export interface RunOptions {
+  /** Seconds; past it the interpreter is killed (its state is lost) and TimeoutError is thrown. */
+  timeout?: number;
+}
+
+/** sandbox.command: shell commands in the sandbox. */
+export class SandboxCommands {
+  constructor(private readonly sandbox: Sandbox) {}
+
+  /**
+   * Runs `command` with `args` (no shell) and collects its output. A non-zero exit is not an error.
+   * Without a command it runs the image's default (Entrypoint + Cmd).
+   */
+  async run(command?: string, args: readonly string[] = [], opts: CommandOptions = {}): Promise<CommandExecution> {
+    if (command === undefined) {
+      const [program, ...rest] = this.sandbox.defaultCommand();
+      return this.run(program!, rest, opts);
+    }
+    if (typeof command !== "string" || command === "") throw new InvalidArgumentError("command must be a non-empty string, e.g. \"echo\"");
+    if (!Array.isArray(args)) throw new InvalidArgumentError(`args must be an array of strings, got ${typeof args}`);
+    const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
+    const agent = this.sandbox.agent();
+    const r = await agent.exec([command, ...args], { ...this.sandbox.processOptions(opts, timeout), onOutput: this.sandbox.logOutput(command) });
+    this.sandbox.logExit(command, r);
+    const exhausted = this.sandbox.exhausted(command, r.guestCounters);
+    if (exhausted) throw exhausted;
+    if (r.timedOut) throw new TimeoutError(`${command} ran longer than ${timeout} s and was killed`);
+    return new CommandExecution(command, args, r.exitCode, r.signal, r.stdout.toString("utf8"), r.stderr.toString("utf8"), r.durationMs, r.usage);
+  }
+
+  /**
+   * Starts `command` and returns it for streaming output, stdin and signals; with `pty`, on a
+   * terminal of that size (TERM xterm-256color unless set otherwise): resize(), job control, raw bytes.
+   */
+  spawn(command: string, args: readonly string[] = [], opts: CommandOptions & { stdin?: boolean; pty?: { rows: number; cols: number } } = {}): ExecProcess {
+    const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
+    const base = this.sandbox.processOptions(opts, timeout);
+    if (opts.pty && base.env.TERM === "dumb") base.env = { ...base.env, TERM: "xterm-256color" };
+    const proc = this.sandbox.agent().spawn([command, ...args], { ...base, stdin: !!opts.stdin, ...(opts.pty ? { pty: opts.pty } : {}), onOutput: this.sandbox.logOutput(command) });
+    proc.exit.then((r) => this.sandbox.logExit(command, r), () => {});
+    return proc;
+  }
+}
