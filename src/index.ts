@@ -3,6 +3,8 @@ export * from "./errors.js";
 export { AgentClient } from "./agent-client/client.js";
 export type { AgentHello, ConnectOptions, GuestMetrics, FileData, FileStat, FileType, ReadFileOptions, WriteFileOptions } from "./agent-client/client.js";
 export { ExecProcess, SIGNALS } from "./agent-client/process.js";
+export { FsWatch } from "./agent-client/watch.js";
+export type { FsEvent } from "./agent-client/watch.js";
 export type { ExecOptions, ExecResult, ExitStatus, OutputChunk, RlimitName, SignalName, SpawnOptions } from "./agent-client/process.js";
 export { probe } from "./vm/probe.js";
 export type { LibkrunReport, ProbeItem, ProbeReport } from "./vm/probe.js";

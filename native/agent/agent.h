@@ -21,7 +21,7 @@
 // stay idle this long, then closed so Exit can be sent.
 #define EXIT_GRACE_NS (100ull * 1000 * 1000)
 
-enum watch_type { W_LISTEN, W_CONN, W_SIGNAL, W_STDOUT, W_STDERR, W_STDIN };
+enum watch_type { W_LISTEN, W_CONN, W_SIGNAL, W_STDOUT, W_STDERR, W_STDIN, W_INOTIFY };
 
 // One fd registered with epoll; epoll_event.data.ptr points here.
 struct watch {
@@ -43,7 +43,7 @@ bool chunk_append(struct chunk **head, struct chunk **tail, const void *data, si
 
 struct conn;
 
-enum session_kind { S_EXEC, S_READ, S_WRITE };
+enum session_kind { S_EXEC, S_READ, S_WRITE, S_WATCH };
 
 // A process tree's counters: OOM kills, forks refused at the pids limit, CPU time.
 struct tree_counters {
@@ -76,6 +76,8 @@ struct session {
   bool pty;        // out.fd is a terminal's master side (in.fd a duplicate of it)
   uint64_t start_ns, end_ns, deadline_ns, grace_ns;
   struct cgroup cgroup;  // the tree's, serial 0 when none
+  // S_WATCH: out.fd is its inotify instance
+  struct fswatch *fsw;
   // S_READ / S_WRITE
   int fd;
   uint64_t remaining, total;
@@ -190,6 +192,14 @@ int cgroup_open(struct cgroup *cg);
 void cgroup_close(const struct cgroup *cg, struct tree_counters *used);
 // Processes the sandbox's commands run now.
 uint32_t cgroup_processes(void);
+// watch.c: Watch sessions.
+void watch_start(struct conn *c, uint32_t id, const microsandbox_agent_Watch *req);
+void watch_on_event(struct watch *w);
+// Reads inotify while the session has credit and the connection takes frames.
+void watch_update(struct session *s);
+void fswatch_free(struct session *s);
+// A rename's first half that waited long enough for its second becomes a delete.
+void watch_timers(uint64_t now, int64_t *next_ms);
 // metrics.c: answers Metrics.
 void metrics_send(struct conn *c, uint32_t id);
 _Noreturn void init_poweroff(void);

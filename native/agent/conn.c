@@ -328,6 +328,7 @@ void session_free(struct session *s) {
   watch_close(&s->out);
   watch_close(&s->err);
   watch_close(&s->in);
+  fswatch_free(s);
   if (s->fd >= 0) close(s->fd);
   while (s->in_head) {
     struct chunk *k = s->in_head;
@@ -355,6 +356,7 @@ void sessions_update(struct conn *c) {
       next = s->next;
       if (s->kind == S_EXEC) exec_update(s);
       else if (s->kind == S_READ) file_read_pump(s);
+      else if (s->kind == S_WATCH) watch_update(s);
     }
   } while (again && c->w.fd >= 0);
   running = false;
@@ -496,6 +498,7 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
       s->unacked -= m->body.credit.bytes < s->unacked ? m->body.credit.bytes : s->unacked;
       if (s->kind == S_EXEC) exec_update(s);
       else if (s->kind == S_READ) file_read_pump(s);
+      else if (s->kind == S_WATCH) watch_update(s);
       break;
     case microsandbox_agent_HostMessage_signal_tag:
       if ((s = session_find(c, id)) && s->kind == S_EXEC) exec_signal(s, (int)m->body.signal.signal);
@@ -534,6 +537,9 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
     case microsandbox_agent_HostMessage_resize_tag:
       if ((s = session_find(c, id)) && s->kind == S_EXEC) exec_resize(s, m->body.resize.rows, m->body.resize.cols);
       else send_error(c, id, ERR(BAD_REQUEST), 0, "session %u runs no process to resize", id);
+      break;
+    case microsandbox_agent_HostMessage_watch_tag:
+      if (claim(c, id)) watch_start(c, id, &m->body.watch);
       break;
     case microsandbox_agent_HostMessage_metrics_tag:
       if (claim(c, id)) metrics_send(c, id);

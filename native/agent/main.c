@@ -257,6 +257,7 @@ int main(int argc, char **argv) {
   while (g_running) {
     int64_t timeout = -1;
     exec_timers(now_ns(), &timeout);
+    watch_timers(now_ns(), &timeout);
     int n = epoll_wait(g_epoll, evs, 64, (int)timeout);
     if (n < 0 && errno != EINTR) die("epoll_wait");
     for (int i = 0; i < n; i++) {
@@ -266,6 +267,7 @@ int main(int argc, char **argv) {
         case W_LISTEN: on_listen(); break;
         case W_SIGNAL: on_signal(); break;
         case W_CONN: conn_on_event(w->owner, evs[i].events); break;
+        case W_INOTIFY: watch_on_event(w); break;
         default: exec_on_pipe(w, evs[i].events); break;
       }
     }

@@ -9,6 +9,7 @@ import { AgentConnectionError, AgentError, FileOperationError, abortError, Inval
 import { type AgentHello, Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
 import { agentFailure, checkTimeout, collect, type ExecOptions, ExecProcess, type ExecResult, type SpawnOptions } from "./process.js";
+import { FsWatch } from "./watch.js";
 import { DEFAULT_WINDOW_BYTES, errorKindName, fileTypeName, type GuestFrame, toNumber, type WireStat } from "./protocol.js";
 
 export type { AgentHello } from "./channel.js";
@@ -472,9 +473,21 @@ export class AgentClient {
     this.channel.close(new AgentConnectionError("the agent was shut down"));
   }
 
-  /** Requests under way: commands running, files being read or written, and the like. */
-  get openSessions(): number {
-    return this.channel.openSessions;
+  /** Requests under way: commands running, files being read or written; not watches, which only wait. */
+  get activeSessions(): number {
+    return this.channel.openSessions - this.watches;
+  }
+
+  private watches = 0;
+
+  /**
+   * Watches the guest directory `path` (with `recursive`, the tree below it): an async iterable of
+   * changes that ends when the loop is left, close() is called, or the directory goes.
+   */
+  watch(path: string, opts: { recursive?: boolean } = {}): FsWatch {
+    const w = new FsWatch(this.channel, checkPath(path), !!opts.recursive, fileFailure, () => this.watches--);
+    this.watches++;
+    return w;
   }
 
   /** Closes the connection; calls still pending fail with `reason` (default AgentConnectionError). */

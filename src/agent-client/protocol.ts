@@ -58,6 +58,7 @@ export interface GuestFrame {
   done?: { size: Long64 };
   error?: { kind: number; errnum: number; message: string };
   metrics?: Record<string, Long64> & { cpus: number; processes: number };
+  fsEvents?: { events: { kind: number; path: string; from: string; directory: boolean }[] };
 }
 
 export interface WireStat {

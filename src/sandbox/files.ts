@@ -7,6 +7,7 @@ import path from "node:path";
 import { pipeline } from "node:stream/promises";
 
 import type { AgentClient, FileData, FileStat, ReadFileOptions, WriteFileOptions } from "../agent-client/client.js";
+import type { FsWatch } from "../agent-client/watch.js";
 import { AgentProtocolError, InvalidArgumentError } from "../errors.js";
 
 export class SandboxFiles {
@@ -36,6 +37,16 @@ export class SandboxFiles {
 
   stat(guestPath: string): Promise<FileStat> {
     return this.agent().stat(guestPath);
+  }
+
+  /**
+   * Changes under the guest directory `guestPath` (with `recursive`, below it too), in order:
+   * `for await (const e of sandbox.fs.watch("/work", { recursive: true }))`, each
+   * { type: create | modify | delete | rename | overflow, path, from?, directory }. Leave the
+   * loop to stop watching. A watch is not activity for idleTimeout.
+   */
+  watch(guestPath: string, opts: { recursive?: boolean } = {}): FsWatch {
+    return this.agent().watch(guestPath, opts);
   }
 
   /** Creates a directory and its parents (mkdir -p) unless parents: false. */

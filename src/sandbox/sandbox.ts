@@ -210,7 +210,7 @@ export abstract class Sandbox implements AsyncDisposable {
   // Work under way: any open request but an interpreter idling between cells.
   private busy(): boolean {
     const agent = this.vm?.agent;
-    return !!agent && !agent.closed && agent.openSessions > this.idleSessions();
+    return !!agent && !agent.closed && agent.activeSessions > this.idleSessions();
   }
 
   /** Sessions that stay open without work under way (an interpreter between cells). */
