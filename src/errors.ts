@@ -100,6 +100,16 @@ export class SandboxExpiredError extends SandboxNotRunningError {
   }
 }
 
+/** A volume is in use in a way that excludes this use: a second writer, or a writer beside readers. */
+export class VolumeBusyError extends MicrosandboxError {
+  override readonly code = "MSB_VOLUME_BUSY";
+}
+
+/** A volume was attached but the guest could not mount it (its console says why). */
+export class VolumeMountError extends MicrosandboxError {
+  override readonly code = "MSB_VOLUME_MOUNT";
+}
+
 /** The sandbox ran out of a resource: memory (the guest OOM killer struck) or processes. */
 export class ResourceError extends MicrosandboxError {
   override readonly code = "MSB_RESOURCE";

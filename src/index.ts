@@ -18,6 +18,8 @@ export type { CommandOptions, RunOptions } from "./sandbox/commands.js";
 export type { SandboxOptions, StartOptions } from "./sandbox/options.js";
 export type { SandboxMetrics } from "./sandbox/metrics.js";
 export type { LogEntry, LogOptions } from "./sandbox/logs.js";
+export { listVolumes, removeVolume } from "./sandbox/volumes.js";
+export type { VolumeInfo, VolumeSpec } from "./sandbox/volumes.js";
 export type { SandboxInfo } from "./sandbox/registry.js";
 export type { NetworkPolicy, PortForward } from "./vm/netpolicy.js";
 export { Execution, CommandExecution } from "./sandbox/execution.js";

@@ -178,6 +178,9 @@ struct init_config {
   char rootfstype[16];
   bool net;             // configure eth0 for QEMU user networking
   unsigned max_pids;    // pids.max of the sandbox cgroup
+  // Volumes (msb.vol=SERIAL:ro|rw:PATH): a virtio disk found by its serial, mounted at PATH.
+  struct { char serial[21]; bool ro; char path[256]; } vols[8];
+  int nvols;
 };
 
 extern struct init_config g_init;

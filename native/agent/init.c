@@ -3,7 +3,10 @@
 // through overlayfs), switch into it, and bring up networking. Settings come from the kernel
 // command line (msb.*), which stays small: everything else arrives over the channel.
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <net/route.h>
@@ -34,7 +37,25 @@ static void say(const char *fmt, ...) {
   va_end(ap);
 }
 
+static void sleep_ms(long ms);
+
+// Volumes are unmounted before the power goes: a filesystem left with a dirty journal could not
+// be mounted read-only next time (recovery needs a writable disk). Their users are gone first.
+static void unmount_volumes(void) {
+  if (!g_init.nvols) return;
+  kill(-1, SIGKILL);
+  for (int waited = 0; waited < 2000; waited += 10) {
+    while (waitpid(-1, NULL, WNOHANG) > 0) {}
+    if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD) break;
+    sleep_ms(10);
+  }
+  for (int i = 0; i < g_init.nvols; i++)
+    if (umount2(g_init.vols[i].path, 0) < 0 && errno != EINVAL) say("volume %s: unmount %s: %s", g_init.vols[i].serial, g_init.vols[i].path, strerror(errno));
+}
+
 _Noreturn void init_poweroff(void) {
+  sync();
+  unmount_volumes();
   sync();
   reboot(RB_POWER_OFF);
   for (;;) pause();  // reboot() does not return for PID 1; keep the kernel from panicking
@@ -65,6 +86,62 @@ static void parse_cmdline(void) {
     else if (strncmp(tok, "msb.rootfstype=", 15) == 0) snprintf(g_init.rootfstype, sizeof g_init.rootfstype, "%s", tok + 15);
     else if (strncmp(tok, "msb.net=", 8) == 0) g_init.net = tok[8] == '1';
     else if (strncmp(tok, "msb.pids=", 9) == 0) g_init.max_pids = (unsigned)strtoul(tok + 9, NULL, 10);
+    else if (strncmp(tok, "msb.vol=", 8) == 0 && g_init.nvols < 8) {
+      char *serial = tok + 8, *mode = strchr(serial, ':'), *at = mode ? strchr(mode + 1, ':') : NULL;
+      if (!at || at[1] != '/') continue;
+      *mode = *at = 0;
+      int i = g_init.nvols++;
+      snprintf(g_init.vols[i].serial, sizeof g_init.vols[i].serial, "%s", serial);
+      g_init.vols[i].ro = strcmp(mode + 1, "ro") == 0;
+      snprintf(g_init.vols[i].path, sizeof g_init.vols[i].path, "%s", at + 1);
+    }
+  }
+}
+
+// The virtio disk whose serial is `serial` (/sys/block/vdX/serial), as /dev/vdX in `dev`.
+static bool find_disk(const char *serial, char *dev, size_t len) {
+  DIR *d = opendir("/sys/block");
+  if (!d) return false;
+  bool found = false;
+  for (struct dirent *e; !found && (e = readdir(d));) {
+    if (strncmp(e->d_name, "vd", 2) != 0) continue;
+    char path[300], got[64] = "";
+    snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, got, sizeof got - 1);
+    close(fd);
+    got[n > 0 ? n : 0] = 0;
+    got[strcspn(got, "\n")] = 0;
+    if (strcmp(got, serial) == 0) {
+      snprintf(dev, len, "/dev/%s", e->d_name);
+      found = true;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// Mounts the volumes (nosuid, nodev) at their paths in the assembled root. One that cannot be
+// mounted is said on the console and missing: the host checks /proc/mounts and names it.
+static void mount_volumes(void) {
+  for (int i = 0; i < g_init.nvols; i++) {
+    char dev[300];
+    bool found = false;
+    for (int waited = 0; !(found = find_disk(g_init.vols[i].serial, dev, sizeof dev)) && waited < 5000; waited += 10) sleep_ms(10);
+    if (!found) {
+      say("volume %s: no disk with that serial", g_init.vols[i].serial);
+      continue;
+    }
+    if (mkdir_parents(g_init.vols[i].path, 0755) < 0 && errno != EEXIST) say("volume %s: mkdir %s: %s", g_init.vols[i].serial, g_init.vols[i].path, strerror(errno));
+    unsigned long flags = MS_NOSUID | MS_NODEV | (g_init.vols[i].ro ? MS_RDONLY : 0);
+    if (mount(dev, g_init.vols[i].path, "ext4", flags, NULL) == 0) continue;
+    // A read-only disk cannot replay the journal of a VM that died: read it as it was written.
+    if (g_init.vols[i].ro && mount(dev, g_init.vols[i].path, "ext4", flags, "norecovery") == 0) {
+      say("volume %s: its journal needs recovery (its last writer died); mounted without replaying it", g_init.vols[i].serial);
+      continue;
+    }
+    say("volume %s: mount %s at %s: %s", g_init.vols[i].serial, dev, g_init.vols[i].path, strerror(errno));
   }
 }
 
@@ -207,6 +284,7 @@ void init_guest(void) {
   if (g_init.net) load_modules("/modules/order.net");
   boot_event("modules_loaded");
   assemble_root();
+  mount_volumes();
   if (!cgroup_setup(g_init.max_pids ? g_init.max_pids : 1024)) say("no per-command cgroups: %s", strerror(errno));
   sethostname("sandbox", 7);
   setup_network();

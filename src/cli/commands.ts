@@ -15,6 +15,7 @@ import type { ExitStatus } from "../agent-client/process.js";
 import { InvalidArgumentError } from "../errors.js";
 import { CustomSandbox } from "../sandbox/kinds.js";
 import { pausedDir } from "../sandbox/paused.js";
+import { listVolumes, removeVolume } from "../sandbox/volumes.js";
 import { pruneSnapshots } from "../vm/snapshot.js";
 import { attach, DETACH_KEYS, terminalSize } from "./attach.js";
 import { doctor, formatDoctor } from "./doctor.js";
@@ -277,6 +278,28 @@ ${IMAGE_NOTE}`,
       } finally {
         await sandbox.stop();
       }
+    },
+  },
+  {
+    name: "volume",
+    synopsis: "volume ls | volume rm NAME...",
+    summary: "list the persistent volumes, or remove some",
+    description: `Volumes are ext4 images in the cache (volumes/NAME.ext4) that sandboxes mount with the volumes
+option; they outlive sandboxes. ls shows each one's size, the host disk it takes (they are sparse)
+and the sandboxes using it now; rm removes a volume and its data, refused while one is in use.`,
+    options: {},
+    positionals: { name: "ls | rm NAME...", min: 1, max: Infinity },
+    async handler({ positionals: [sub, ...names] }) {
+      if (sub === "ls" && !names.length) {
+        const rows = listVolumes().map((v) => [v.name, mb(v.sizeBytes), mb(v.diskBytes), v.users.map((u) => `${u.sandbox} (pid ${u.pid}${u.readOnly ? ", ro" : ""})`).join(", ") || "-"]);
+        process.stdout.write(rows.length ? column([["NAME", "SIZE  ON DISK  USED BY"], ...rows.map(([n, ...r]) => [n!, r.join("  ")] as [string, string])]) + "\n" : "no volumes\n");
+        return 0;
+      }
+      if (sub === "rm" && names.length) {
+        for (const name of names) await removeVolume(name);
+        return 0;
+      }
+      throw new InvalidArgumentError(`msb volume takes "ls", or "rm" and volume names; got ${JSON.stringify([sub, ...names].join(" "))}`);
     },
   },
   {

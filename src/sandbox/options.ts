@@ -7,6 +7,7 @@ import { DEFAULT_PATH } from "../agent-client/process.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { RegistryClientOptions } from "../images/registry.js";
 import { checkNetwork, checkPorts, type NetworkPolicy, type PortForward } from "../vm/netpolicy.js";
+import { checkVolumes, type VolumeSpec } from "./volumes.js";
 
 export interface SandboxOptions {
   /** 1–63 characters of [A-Za-z0-9_-], starting alphanumeric. Default: a generated name. */
@@ -66,6 +67,12 @@ export interface SandboxOptions {
    * after which the sandbox is stopped, as for maxDuration.
    */
   idleTimeout?: number;
+  /**
+   * Named persistent volumes mounted at guest paths (nosuid, nodev): ext4 images in the cache that
+   * outlive the sandbox. One writer at a time (VolumeBusyError otherwise). A sandbox with volumes
+   * boots cold (a memory snapshot would hold a stale view of them) and cannot fork or pause; QEMU.
+   */
+  volumes?: VolumeSpec[];
 }
 
 export interface StartOptions {
@@ -94,6 +101,7 @@ export interface ResolvedOptions {
   labels: Record<string, string>;
   maxDuration: number | undefined;
   idleTimeout: number | undefined;
+  volumes: Required<VolumeSpec>[];
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
@@ -180,6 +188,7 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     labels: checkLabels(opts.labels ?? {}),
     maxDuration: opts.maxDuration === undefined ? undefined : checkSeconds("maxDuration", opts.maxDuration),
     idleTimeout: opts.idleTimeout === undefined ? undefined : checkSeconds("idleTimeout", opts.idleTimeout),
+    volumes: checkVolumes(opts.volumes),
   };
 }
 

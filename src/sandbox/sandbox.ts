@@ -8,7 +8,7 @@ import { debuglog } from "node:util";
 import type { AgentClient } from "../agent-client/client.js";
 import type { ExitStatus } from "../agent-client/process.js";
 
-import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError } from "../errors.js";
+import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError, VolumeMountError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
 import type { Backend, BootTimeline, KeptSession, Vm, VmConfig } from "../vm/backend.js";
@@ -25,6 +25,7 @@ import { type CpuMark, cpuMark, sandboxMetrics, type SandboxMetrics } from "./me
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
 import type { SandboxPool } from "./pool.js";
 import { registry, type SandboxInfo } from "./registry.js";
+import { leaseVolumes, type VolumeLease, volumeFile } from "./volumes.js";
 
 const debug = debuglog("microsandbox");
 
@@ -50,6 +51,7 @@ export abstract class Sandbox implements AsyncDisposable {
   private expiredBy: SandboxExpiredError | undefined;
   private readonly listed = { info: () => this.info() };
   private log: SandboxLog | undefined;
+  private volumes: VolumeLease | undefined;
 
   constructor(opts: SandboxOptions = {}, defaultImage?: string) {
     this.opts = resolveOptions(opts, defaultImage);
@@ -233,7 +235,14 @@ export abstract class Sandbox implements AsyncDisposable {
     const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
     const kernel = this.opts.kernel;
     const accel = forcedAccel();
-    const decision = await chooseBackend({ backend: this.opts.backend, ...vmRequest(this.opts.network, this.opts.ports), ...(accel ? { accel } : {}), ...(kernel ? { kernel } : {}) });
+    const volumes = this.opts.volumes;
+    const decision = await chooseBackend({
+      backend: this.opts.backend,
+      ...vmRequest(this.opts.network, this.opts.ports),
+      ...(volumes.length ? { qemuOnly: "volumes" } : {}),
+      ...(accel ? { accel } : {}),
+      ...(kernel ? { kernel } : {}),
+    });
     const imagePrepMs = performance.now() - t0;
     debug("sandbox %s: %s (%s)", this.name, decision.backend, decision.reason);
     const config: VmConfig = {
@@ -247,10 +256,24 @@ export abstract class Sandbox implements AsyncDisposable {
       rootDisk: () => store.disk(image),
       bootTimeout: this.opts.timeout,
       consoleKeep: this.log?.console,
+      ...(volumes.length ? { volumes: volumes.map((v) => ({ file: volumeFile(v.name), path: v.path, readOnly: v.readOnly })) } : {}),
     };
     // Processes (and a template's interpreter) take their environment from the image config.
     this.imageConfig = image.config;
-    const { vm, backend, reason, snapshot, kept } = await bootVm(decision, config, kernel, this.opts.snapshot ? { image: image.id, ...this.templatePrewarm(image.config) } : undefined);
+    this.volumes = volumes.length ? await leaseVolumes(volumes, { name: this.name, id: this.id }) : undefined;
+    // A memory snapshot would hold the page cache of a volume as it was, not as it is.
+    const snapshots = this.opts.snapshot && !volumes.length;
+    let booted;
+    try {
+      booted = await bootVm(decision, config, kernel, snapshots ? { image: image.id, ...this.templatePrewarm(image.config) } : undefined);
+      await checkMounted(booted.vm.agent, volumes);
+    } catch (err) {
+      await booted?.vm.stop();
+      await this.volumes?.release();
+      this.volumes = undefined;
+      throw err;
+    }
+    const { vm, backend, reason, snapshot, kept } = booted;
     // Like container runtimes, make the image's WorkingDir when the image lacks it.
     if (image.config.workingDir) {
       try {
@@ -303,6 +326,9 @@ export abstract class Sandbox implements AsyncDisposable {
     const vm = this.vm;
     const machine = this.machine;
     if (!vm || !machine || vm.agent.closed) throw new SandboxNotRunningError(`sandbox ${this.name} is not running: nothing to ${what}`);
+    if (this.opts.volumes.length) {
+      throw new SnapshotUnsupportedError(`sandbox ${this.name} has volumes, which a saved VM cannot take along consistently: it cannot ${what}`);
+    }
     if (!(machine.backend instanceof QemuBackend) || !vm.save) {
       throw new SnapshotUnsupportedError(`sandbox ${this.name} runs on ${vm.backend}, which cannot ${what} a VM: use backend "qemu"`);
     }
@@ -440,6 +466,8 @@ export abstract class Sandbox implements AsyncDisposable {
     this.vm = undefined;
     this.onStop();
     await vm.stop();
+    await this.volumes?.release();
+    this.volumes = undefined;
     this.log?.add("event", "stopped");
     this.log?.flush();
   }
@@ -511,5 +539,18 @@ export abstract class Sandbox implements AsyncDisposable {
       );
     }
     return undefined;
+  }
+}
+
+// A volume the agent could not mount fails the boot, named (the console says why).
+async function checkMounted(agent: AgentClient, volumes: ResolvedOptions["volumes"]): Promise<void> {
+  if (!volumes.length) return;
+  const mounts = (await agent.readFile("/proc/mounts")).toString("utf8").split("\n").map((l) => l.split(" "));
+  for (const v of volumes) {
+    const m = mounts.find((f) => f[1] === v.path);
+    const opts = m?.[3]?.split(",") ?? [];
+    if (!m || !opts.includes("nosuid") || !opts.includes("nodev")) {
+      throw new VolumeMountError(`volume ${v.name} is not mounted at ${v.path} in the guest: see sandbox.logs({ sources: ["console"] })`);
+    }
   }
 }

@@ -51,6 +51,8 @@ export interface VmConfig {
   rawPort?: boolean;
   /** Where the guest console's last 64 KiB go when the VM ends (the sandbox's log). */
   consoleKeep?: string;
+  /** Disk images the agent mounts at guest paths (nosuid, nodev). QEMU only. */
+  volumes?: { file: string; path: string; readOnly: boolean }[];
 }
 
 /** Milliseconds from the start of boot() for each phase, and the guest's own timeline. */

@@ -80,6 +80,7 @@ export class QemuBackend implements Backend {
   /** QEMU's arguments for `config`; the console goes to a file, or to stdout ("stdio"). */
   args(config: VmConfig, boot: { kernel: string; initramfs: string }, disk: string | undefined, console: string, ram?: GuestRam): string[] {
     const append = ["console=ttyS0", "quiet", "panic=-1", `msb.port=${PORT_NAME}`, "msb.root=/dev/vda", `msb.net=${config.network === "all" ? 1 : 0}`, `msb.pids=${config.maxProcesses}`];
+    (config.volumes ?? []).forEach((v, i) => append.push(`msb.vol=msbvol${i}:${v.readOnly ? "ro" : "rw"}:${v.path}`));
     const accelArgs = this.opts.accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg"];
     if (this.opts.accel === "tcg") {
       const khz = hostTscKhz();
@@ -110,6 +111,10 @@ export class QemuBackend implements Backend {
     if (process.platform === "linux") args.push("-sandbox", SECCOMP);
     if (config.rawPort) args.push("-chardev", `socket,id=raw,fd=${RAW_FD}`, "-device", "virtserialport,chardev=raw,name=msb.raw");
     if (disk) args.push("-drive", `id=root,file=${value(disk)},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=root");
+    // Volumes: found by the agent by serial, not by order (msb.vol on the kernel command line).
+    (config.volumes ?? []).forEach((v, i) => {
+      args.push("-drive", `id=vol${i},file=${value(v.file)},format=raw,if=none${v.readOnly ? ",readonly=on" : ""}`, "-device", `virtio-blk-device,drive=vol${i},serial=msbvol${i}`);
+    });
     if (config.network === "all") {
       const forwards = (config.ports ?? []).map((p) => `,hostfwd=tcp:${p.address}:${p.host}-:${p.guest}`).join("");
       args.push("-netdev", `user,id=net0${forwards}`, "-device", "virtio-net-device,netdev=net0");
@@ -168,7 +173,7 @@ export class QemuBackend implements Backend {
     let state: number | undefined;
     try {
       if (opts.incoming) state = openSync(opts.incoming.state, "r");
-      const jail = { dir, files: [boot.kernel, boot.initramfs, ...(disk ? [disk] : [])], ram: opts.ram };
+      const jail = { dir, files: [boot.kernel, boot.initramfs, ...(disk ? [disk] : [])], ram: opts.ram, volumes: config.volumes };
       started = this.spawnQemu(args, "ignore", { network: config.network, egress: config.egress, raw: config.rawPort, state, jail });
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
@@ -296,12 +301,13 @@ interface Jail {
   dir: string;
   files: string[];
   ram?: GuestRam;
+  volumes?: VmConfig["volumes"];
 }
 
 // msb-vmm's jail options: the runtime dir (writable), the files QEMU reads by path (read-only),
-// a QEMU installed outside the system's programs (which are always there), and guest
-// RAM's file opened by msb-vmm itself: read-write for a template being made, read-only for a
-// clone, whose private mapping must never reach the template another clone maps too.
+// a QEMU installed outside the system's programs (which are always there), and guest RAM's file
+// and volumes opened by msb-vmm itself: RAM read-write for a template being made, read-only for
+// a clone, whose private mapping must never reach the template another clone maps too.
 function jailArgs(jail: Jail): string[] {
   const files = [...jail.files];
   const qemu = qemuBinary();
@@ -313,7 +319,9 @@ function jailArgs(jail: Jail): string[] {
   }
   const ro = files.flatMap((f) => ["--ro", path.resolve(f)]);
   const ram = jail.ram ? ["--open", `${path.resolve(jail.ram.file)}:${jail.ram.share ? "w" : "r"}`] : [];
-  return ["--jail", jail.dir, ...ro, ...ram];
+  // Volumes too are opened by msb-vmm: their files belong to the Node process's user.
+  const volumes = (jail.volumes ?? []).flatMap((v) => ["--open", `${path.resolve(v.file)}:${v.readOnly ? "r" : "w"}`]);
+  return ["--jail", jail.dir, ...ro, ...ram, ...volumes];
 }
 
 // Streams the outgoing migration into `file`, private to this user (it holds guest memory),

@@ -22,6 +22,8 @@ export interface BackendRequest {
   network: NetworkMode;
   /** What the sandbox asks of its network that only QEMU's can do ("a network policy", "published ports"). */
   qemuNetwork?: string;
+  /** Anything else only QEMU does here ("volumes"). */
+  qemuOnly?: string;
   /** QEMU's acceleration when forced (MSB_QEMU_ACCEL), else decided from the facts. */
   accel?: Accel;
   /** Guest kernel for QEMU (else MSB_KERNEL or the cached one). */
@@ -46,7 +48,7 @@ export interface Decision {
 }
 
 /** Why libkrun cannot run a sandbox with `network` on this host, or undefined when it can. */
-export function krunRefusal(f: HostFacts, network: NetworkMode, qemuNetwork?: string): string | undefined {
+export function krunRefusal(f: HostFacts, network: NetworkMode, qemuNetwork?: string, qemuOnly?: string): string | undefined {
   const { kvm, libkrun, libkrunfw } = f.probe;
   if (f.platform === "linux" && kvm.pvm) return "KVM is the PVM hypervisor (kvm_pvm), which runs only PVM guest kernels, and libkrunfw's is not one";
   if (f.platform === "linux" && !kvm.ok) return `KVM: ${kvm.detail}`;
@@ -54,6 +56,7 @@ export function krunRefusal(f: HostFacts, network: NetworkMode, qemuNetwork?: st
   if (!libkrunfw.ok) return `libkrunfw: ${libkrunfw.detail}`;
   if (!libkrun.imageShare) return `libkrun ${libkrun.generation} can share an image read-only neither by virtio-fs (>= 1.18) nor as a disk (>= 1.9.5)`;
   if (qemuNetwork) return `libkrun's network (TSI) cannot do ${qemuNetwork}: QEMU's can`;
+  if (qemuOnly) return `${qemuOnly} run on QEMU only`;
   if (network === "none" && !libkrun.networkNone) return `network "none" needs libkrun >= 1.17 (this one is ${libkrun.generation}); without it the guest would get the host's network`;
   return undefined;
 }
@@ -80,7 +83,7 @@ export function qemuDecision(f: HostFacts, req: BackendRequest): Decision {
 export function decide(f: HostFacts, req: BackendRequest): Decision {
   const qemu = qemuDecision(f, req);
   if (req.backend === "qemu") return { ...qemu, reason: `backend qemu requested; ${qemu.reason}` };
-  const refusal = krunRefusal(f, req.network, req.qemuNetwork);
+  const refusal = krunRefusal(f, req.network, req.qemuNetwork, req.qemuOnly);
   if (req.backend === "krun") {
     if (refusal) {
       throw new BackendUnavailableError(`backend "krun" is not usable here: ${refusal}. Run \`msb doctor\` for what to install, or use backend "auto"`);
