@@ -41,3 +41,5 @@ export { runBench } from "./bench/run.js";
 export type { BenchMode, BenchOptions } from "./bench/run.js";
 export { KrunBackend } from "./vm/krun.js";
 export { AgentBinaryError, DigestMismatchError, GuestKernelError, ImageError, KrunStartError, LayerError, LayerFormatError, LockTimeoutError, TarError, VmBootError, VmmHelperError } from "./errors.js";
+export { createServer } from "./server/server.js";
+export type { RunningServer, ServerOptions } from "./server/server.js";

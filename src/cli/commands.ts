@@ -16,6 +16,7 @@ import { InvalidArgumentError } from "../errors.js";
 import { CustomSandbox } from "../sandbox/kinds.js";
 import { pausedDir } from "../sandbox/paused.js";
 import { listVolumes, removeVolume } from "../sandbox/volumes.js";
+import { createServer } from "../server/server.js";
 import { pruneSnapshots } from "../vm/snapshot.js";
 import { attach, DETACH_KEYS, terminalSize } from "./attach.js";
 import { doctor, formatDoctor } from "./doctor.js";
@@ -278,6 +279,44 @@ ${IMAGE_NOTE}`,
       } finally {
         await sandbox.stop();
       }
+    },
+  },
+  {
+    name: "server",
+    synopsis: "server [--host ADDR] [--port N] [--api-key KEY] [options]",
+    summary: "serve sandboxes over HTTP to the Microsandbox SDKs (JSON-RPC)",
+    description: `Serve sandboxes to clients that only talk to a server: the Microsandbox SDKs (POST /api/v1/rpc,
+JSON-RPC 2.0; GET /api/v1/health). Their default images microsandbox/python and microsandbox/node are
+this machine's local:python and local:node. Listens on 127.0.0.1 unless --host says otherwise, and
+refuses any other address without an API key (--api-key, or MSB_API_KEY); clients send it as
+Authorization: Bearer KEY. Ctrl-C or SIGTERM stops every sandbox, then the server.`,
+    options: {
+      host: { type: "string", value: "ADDR", default: "127.0.0.1", description: "address to listen on" },
+      port: { type: "string", value: "N", number: "a number >= 0", default: "5555", description: "port (0: any free one)" },
+      "api-key": { type: "string", value: "KEY", default: "MSB_API_KEY", description: "the key clients must send" },
+      "max-sandboxes": { type: "string", value: "N", number: "a whole number >= 1", default: "16", description: "sandboxes at once; more get 429" },
+      "memory-budget": { type: "string", value: "MIB", number: "a whole number >= 1", default: "half the RAM", description: "MiB all sandboxes may take; more get 429" },
+      "access-log": { type: "boolean", description: "a JSON line per request on stderr", default: "off" },
+    },
+    positionals: { min: 0, max: 0 },
+    async handler({ values: v }) {
+      const key = (v["api-key"] as string | undefined) ?? process.env.MSB_API_KEY;
+      const server = await createServer({
+        ...(v.host ? { host: v.host as string } : {}),
+        ...(v.port !== undefined ? { port: v.port as number } : {}),
+        ...(key ? { apiKeys: [key] } : {}),
+        ...(v["max-sandboxes"] !== undefined ? { maxSandboxes: v["max-sandboxes"] as number } : {}),
+        ...(v["memory-budget"] !== undefined ? { memoryBudgetMiB: v["memory-budget"] as number } : {}),
+        accessLog: !!v["access-log"],
+      });
+      process.stderr.write(`msb server: listening on ${server.url}${key ? " (API key required)" : ""}\n`);
+      const signal = await new Promise<NodeJS.Signals>((resolve) => {
+        process.once("SIGINT", () => resolve("SIGINT"));
+        process.once("SIGTERM", () => resolve("SIGTERM"));
+      });
+      process.stderr.write(`msb server: ${signal}: stopping every sandbox\n`);
+      await server.close();
+      return 0;
     },
   },
   {

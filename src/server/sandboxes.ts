@@ -1,0 +1,134 @@
+// The server's sandboxes, whichever protocol made them: who owns each (an API key's namespace),
+// its name and metadata, its lifetime, and the limits on how many run and how much memory they
+// take together. A create past a limit is HttpError 429 with Retry-After.
+import { randomBytes } from "node:crypto";
+
+import { NodeSandbox, PythonSandbox, CustomSandbox } from "../sandbox/kinds.js";
+import type { Sandbox } from "../sandbox/sandbox.js";
+import { HttpError } from "./http.js";
+
+export interface Managed {
+  /** The server's id for it (also its Sandbox name). */
+  id: string;
+  owner: string;
+  /** The Microsandbox protocol's namespace and name; E2B sandboxes use "e2b" and the id. */
+  namespace: string;
+  name: string;
+  sandbox: Sandbox;
+  memory: number;
+  template: string;
+  metadata: Record<string, string>;
+  startedAt: Date;
+  /** E2B: when it dies unless extended (ms since the epoch). */
+  endAt?: number;
+  timer?: NodeJS.Timeout;
+}
+
+export interface CreateSpec {
+  owner: string;
+  namespace: string;
+  name: string;
+  image: string;
+  template?: string;
+  memory?: number;
+  cpus?: number;
+  env?: Record<string, string>;
+  workdir?: string;
+  metadata?: Record<string, string>;
+  /** Seconds to live (E2B's timeout); undefined: until stopped. */
+  timeout?: number;
+}
+
+export interface Limits {
+  maxSandboxes: number;
+  memoryBudgetMiB: number;
+  /** Guest images by what clients ask for ("microsandbox/python" → "local:python"). */
+  images: Record<string, string>;
+}
+
+const RETRY_AFTER_S = 5;
+
+export class SandboxTable {
+  private readonly all = new Map<string, Managed>();
+  private reservedMiB = 0;
+  private reserved = 0;
+  private closed = false;
+
+  constructor(private readonly limits: Limits) {}
+
+  /** The image a client's name stands for. */
+  image(asked: string): string {
+    return this.limits.images[asked] ?? asked;
+  }
+
+  async create(spec: CreateSpec): Promise<Managed> {
+    if (this.closed) throw new HttpError(503, "the server is shutting down", "unavailable");
+    const memory = spec.memory ?? 512;
+    const used = [...this.all.values()].reduce((n, m) => n + m.memory, 0) + this.reservedMiB;
+    if (this.all.size + this.reserved >= this.limits.maxSandboxes) {
+      throw new HttpError(429, `the server runs its limit of ${this.limits.maxSandboxes} sandboxes: retry later`, "too_many_sandboxes", RETRY_AFTER_S);
+    }
+    if (used + memory > this.limits.memoryBudgetMiB) {
+      throw new HttpError(429, `${memory} MiB more would pass the server's memory budget (${used} of ${this.limits.memoryBudgetMiB} MiB in use): retry later`, "memory_budget", RETRY_AFTER_S);
+    }
+    this.reserved++;
+    this.reservedMiB += memory;
+    const id = `${randomBytes(8).toString("hex")}`;
+    const image = this.image(spec.image);
+    const Kind = /python/.test(image) ? PythonSandbox : /node/.test(image) ? NodeSandbox : CustomSandbox;
+    try {
+      const sandbox: Sandbox = await Kind.create({
+        name: `srv-${id}`,
+        image,
+        memory,
+        ...(spec.cpus !== undefined ? { cpus: spec.cpus } : {}),
+        ...(spec.env ? { env: spec.env } : {}),
+        ...(spec.workdir ? { workdir: spec.workdir } : {}),
+        labels: { "msb.server/owner": spec.owner, "msb.server/namespace": spec.namespace, "msb.server/name": spec.name },
+      });
+      const m: Managed = { id, owner: spec.owner, namespace: spec.namespace, name: spec.name, sandbox, memory, template: spec.template ?? spec.image, metadata: spec.metadata ?? {}, startedAt: new Date() };
+      this.all.set(id, m);
+      if (spec.timeout !== undefined) this.setTimeout(m, spec.timeout);
+      if (this.closed) await this.kill(m);
+      return m;
+    } finally {
+      this.reserved--;
+      this.reservedMiB -= memory;
+    }
+  }
+
+  /** Dies `seconds` from now (E2B's timeout), unless extended again. */
+  setTimeout(m: Managed, seconds: number): void {
+    clearTimeout(m.timer);
+    m.endAt = Date.now() + seconds * 1000;
+    m.timer = setTimeout(() => void this.kill(m), seconds * 1000);
+    m.timer.unref();
+  }
+
+  /** The caller's sandbox `id`, or HttpError 404 (another key's sandboxes do not exist for it). */
+  get(owner: string, id: string): Managed {
+    const m = this.all.get(id);
+    if (!m || m.owner !== owner) throw new HttpError(404, `sandbox ${JSON.stringify(id)} not found`, "not_found");
+    return m;
+  }
+
+  find(owner: string, namespace: string, name: string): Managed | undefined {
+    return [...this.all.values()].find((m) => m.owner === owner && m.namespace === namespace && m.name === name);
+  }
+
+  list(owner: string): Managed[] {
+    return [...this.all.values()].filter((m) => m.owner === owner);
+  }
+
+  async kill(m: Managed): Promise<void> {
+    clearTimeout(m.timer);
+    this.all.delete(m.id);
+    await m.sandbox.stop();
+  }
+
+  /** Stops every sandbox; creates from now on are refused. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.allSettled([...this.all.values()].map((m) => this.kill(m)));
+  }
+}

@@ -1,0 +1,105 @@
+// msb server: sandboxes over HTTP for clients that only talk to a server. One node:http server
+// with a find-my-way router; today the Microsandbox JSON-RPC protocol (msb-rpc.ts). It binds to
+// loopback unless told otherwise and refuses any other address without an API key; close() stops
+// every sandbox it runs.
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import os from "node:os";
+
+import FindMyWay from "find-my-way";
+
+import { InvalidArgumentError } from "../errors.js";
+import { Keys } from "./auth.js";
+import { HttpError, sendJson } from "./http.js";
+import { msbRpc } from "./msb-rpc.js";
+import { type Limits, SandboxTable } from "./sandboxes.js";
+
+export interface ServerOptions {
+  /** Default 127.0.0.1. Any other address needs `apiKeys`. */
+  host?: string;
+  /** Default 5555; 0 picks a free port. */
+  port?: number;
+  /** Accepted keys (Authorization: Bearer KEY); each key sees only its own sandboxes. */
+  apiKeys?: string[];
+  /** Sandboxes at once (default 16). */
+  maxSandboxes?: number;
+  /** MiB all sandboxes may take together (default: half the host's RAM). */
+  memoryBudgetMiB?: number;
+  /** Largest request body in bytes (default 1 MiB). */
+  bodyLimit?: number;
+  /** Client image names to this server's images; defaults map microsandbox/python and microsandbox/node to local:python and local:node. */
+  images?: Record<string, string>;
+  /** One JSON line per request on stderr (default off). */
+  accessLog?: boolean;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  /** Stops accepting requests and stops every sandbox. */
+  close(): Promise<void>;
+  /** @internal */
+  readonly table: SandboxTable;
+}
+
+const LOOPBACK = /^(127(\.\d{1,3}){3}|::1|localhost)$/;
+
+export async function createServer(opts: ServerOptions = {}): Promise<RunningServer> {
+  const host = opts.host ?? "127.0.0.1";
+  const keys = new Keys(opts.apiKeys ?? []);
+  if (!LOOPBACK.test(host) && !keys.required) {
+    throw new InvalidArgumentError(`the server would listen on ${host}, beyond this machine, with no API key: give apiKeys (msb server --api-key), or listen on 127.0.0.1`);
+  }
+  const limits: Limits = {
+    maxSandboxes: opts.maxSandboxes ?? 16,
+    memoryBudgetMiB: opts.memoryBudgetMiB ?? Math.floor(os.totalmem() / 2 ** 21),
+    images: { "microsandbox/python": "local:python", "microsandbox/node": "local:node", ...opts.images },
+  };
+  const table = new SandboxTable(limits);
+  const bodyLimit = opts.bodyLimit ?? 1 << 20;
+  const router = FindMyWay({
+    defaultRoute: (_req, res) => sendJson(res, 404, { code: 404, message: "no such endpoint" }),
+  });
+  router.on("GET", "/api/v1/health", (_req, res) => sendJson(res, 200, { status: "ok" }));
+  const rpc = msbRpc(table, keys, bodyLimit);
+  router.on("POST", "/api/v1/rpc", (req, res) => void rpc(req, res).catch((err) => fail(res, err)));
+
+  const server: Server = createHttpServer((req: IncomingMessage, res: ServerResponse) => {
+    const t0 = performance.now();
+    if (opts.accessLog) {
+      res.once("finish", () => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), method: req.method, path: req.url?.split("?")[0], status: res.statusCode, ms: Math.round(performance.now() - t0) }) + "\n"));
+    }
+    try {
+      router.lookup(req, res);
+    } catch (err) {
+      fail(res, err);
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(opts.port ?? 5555, host, () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  let closing: Promise<void> | undefined;
+  return {
+    url: `http://${host.includes(":") ? `[${host}]` : host}:${port}`,
+    port,
+    table,
+    close() {
+      closing ??= (async () => {
+        const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+        server.closeIdleConnections();
+        await table.close();
+        server.closeAllConnections();
+        await stopped;
+      })();
+      return closing;
+    },
+  };
+}
+
+function fail(res: ServerResponse, err: unknown): void {
+  if (res.headersSent) return void res.destroy();
+  const e = err instanceof HttpError ? err : new HttpError(500, (err as Error)?.message ?? String(err), "internal");
+  sendJson(res, e.status, { code: e.status, message: e.message }, e.retryAfter ? { "retry-after": String(e.retryAfter) } : {});
+}
