@@ -18,6 +18,8 @@ export class Execution {
     readonly stderr: string,
     /** The exception's class name ("ZeroDivisionError") when the code raised. */
     readonly errorName?: string,
+    /** Python: the repr of the final expression's value (also echoed in stdout), if it was not None. */
+    readonly result?: string,
   ) {}
 
   /** Everything the code wrote to stdout, including echoed expression values. */

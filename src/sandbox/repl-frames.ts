@@ -9,7 +9,8 @@
 //   anything else runs): frames
 //     [1-byte type][4-byte big-endian length N][N bytes]
 //     type 1 = bytes the cell wrote to stdout, 2 = bytes it wrote to stderr,
-//     type 3 = end of cell, JSON {"status":"ok"} or
+//     type 3 = end of cell, JSON {"status":"ok"} (with "result": the repr of a final expression's
+//              value, from the Python driver) or
 //              {"status":"error","ename":"ZeroDivisionError","evalue":"division by zero"},
 //     type 4 = ready, sent once at start, JSON {"language":"python","version":"3.11.2"}
 //              (the Node driver says "javascript" and the Node version).
@@ -39,7 +40,7 @@ const HEADER_BYTES = 5;
 
 export type ReplFrame =
   | { type: "stdout" | "stderr"; data: Buffer }
-  | { type: "end"; status: "ok" | "error"; ename?: string; evalue?: string }
+  | { type: "end"; status: "ok" | "error"; ename?: string; evalue?: string; result?: string }
   | { type: "ready"; language: string; version: string };
 
 /** Frames a cell for the driver's stdin. */
@@ -181,7 +182,10 @@ function decodeBody(type: number, body: Buffer): ReplFrame {
       return { type: "stderr", data: body };
     case REPL_FRAME_END: {
       const obj = parseJson(type, body);
-      if (obj.status === "ok") return { type: "end", status: "ok" };
+      if (obj.status === "ok") {
+        const result = optionalString(obj, "result");
+        return result === undefined ? { type: "end", status: "ok" } : { type: "end", status: "ok", result };
+      }
       if (obj.status !== "error") throw protocolError(`end frame has bad status ${JSON.stringify(obj.status)}`);
       const frame: ReplFrame = { type: "end", status: "error" };
       const ename = optionalString(obj, "ename");

@@ -108,6 +108,7 @@ export class Repl {
       Buffer.concat(stdout).toString("utf8"),
       Buffer.concat(stderr).toString("utf8"),
       end.ename,
+      end.result,
     );
   }
 

@@ -112,6 +112,11 @@ export class SandboxTable {
     return m;
   }
 
+  /** Any owner's sandbox `id` (the E2B data plane, where the sandbox's own token is the check). */
+  byId(id: string): Managed | undefined {
+    return this.all.get(id);
+  }
+
   find(owner: string, namespace: string, name: string): Managed | undefined {
     return [...this.all.values()].find((m) => m.owner === owner && m.namespace === namespace && m.name === name);
   }

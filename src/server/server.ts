@@ -1,5 +1,6 @@
 // msb server: sandboxes over HTTP for clients that only talk to a server. One node:http server
-// with a find-my-way router; today the Microsandbox JSON-RPC protocol (msb-rpc.ts). It binds to
+// with a find-my-way router: the Microsandbox JSON-RPC protocol (msb-rpc.ts) and the E2B API
+// (e2b/api.ts: control plane, and a data plane for requests carrying E2b-Sandbox-Id). It binds to
 // loopback unless told otherwise and refuses any other address without an API key; close() stops
 // every sandbox it runs.
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -10,6 +11,7 @@ import FindMyWay from "find-my-way";
 
 import { InvalidArgumentError } from "../errors.js";
 import { Keys } from "./auth.js";
+import { e2bApi, type E2bOptions } from "./e2b/api.js";
 import { HttpError, sendJson } from "./http.js";
 import { msbRpc } from "./msb-rpc.js";
 import { type Limits, SandboxTable } from "./sandboxes.js";
@@ -31,6 +33,8 @@ export interface ServerOptions {
   images?: Record<string, string>;
   /** One JSON line per request on stderr (default off). */
   accessLog?: boolean;
+  /** The E2B API's templates and upload limit. */
+  e2b?: E2bOptions;
 }
 
 export interface RunningServer {
@@ -63,6 +67,12 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   router.on("GET", "/api/v1/health", (_req, res) => sendJson(res, 200, { status: "ok" }));
   const rpc = msbRpc(table, keys, bodyLimit);
   router.on("POST", "/api/v1/rpc", (req, res) => void rpc(req, res).catch((err) => fail(res, err)));
+  const e2b = e2bApi(table, keys, opts.e2b ?? {}, bodyLimit);
+  e2b.routes(router, (fn) => (req, res, params) => {
+    void Promise.resolve()
+      .then(() => fn(req, res, params as Record<string, string | undefined>))
+      .catch((err) => fail(res, err));
+  });
 
   const server: Server = createHttpServer((req: IncomingMessage, res: ServerResponse) => {
     const t0 = performance.now();
@@ -70,7 +80,8 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       res.once("finish", () => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), method: req.method, path: req.url?.split("?")[0], status: res.statusCode, ms: Math.round(performance.now() - t0) }) + "\n"));
     }
     try {
-      router.lookup(req, res);
+      if (req.headers["e2b-sandbox-id"]) void e2b.dataPlane(req, res).catch((err) => fail(res, err));
+      else router.lookup(req, res);
     } catch (err) {
       fail(res, err);
     }

@@ -1,0 +1,194 @@
+// E2B's envd, served by the host for every sandbox on one port: Connect RPC process.Process and
+// filesystem.Filesystem (connect-node, from our own .proto in proto/e2b, compiled to
+// envd.binpb), translated to the agent protocol. The sandbox is the request's E2b-Sandbox-Id,
+// and its X-Access-Token must be the one its create returned.
+import { readFileSync } from "node:fs";
+
+import { createFileRegistry, type DescService, fromBinary } from "@bufbuild/protobuf";
+import { FileDescriptorSetSchema, file_google_protobuf_timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+
+import type { FileStat } from "../../agent-client/client.js";
+import { FileOperationError, MicrosandboxError } from "../../errors.js";
+import type { Managed } from "../sandboxes.js";
+import { ProcessTable, type ProcEvent } from "./processes.js";
+
+const set = fromBinary(FileDescriptorSetSchema, readFileSync(new URL("../../../proto/e2b/envd.binpb", import.meta.url)));
+const registry = createFileRegistry(
+  ...set.file.map((f) => createFileRegistry(f, (name) => (name === "google/protobuf/timestamp.proto" ? file_google_protobuf_timestamp : undefined))),
+);
+const ProcessService = registry.getService("process.Process")!;
+const FilesystemService = registry.getService("filesystem.Filesystem")!;
+
+/** The sandbox a data-plane request is for, or a ConnectError. */
+export type SandboxOf = (headers: Headers) => Managed & { processes: ProcessTable };
+
+// A guest file failure as the status envd gives.
+function rpcError(err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  if (err instanceof FileOperationError) {
+    const code = err.errnoName === "ENOENT" ? Code.NotFound : err.errnoName === "EEXIST" ? Code.AlreadyExists : err.errnoName === "EACCES" || err.errnoName === "EPERM" ? Code.PermissionDenied : Code.InvalidArgument;
+    return new ConnectError(err.message, code);
+  }
+  return new ConnectError(err instanceof MicrosandboxError ? err.message : String((err as Error)?.message ?? err), Code.Internal);
+}
+
+const TYPES = { regular: 1, directory: 2, symlink: 3 } as Record<string, number>;
+const rwx = (mode: number, type: string) =>
+  (type === "directory" ? "d" : type === "symlink" ? "l" : "-") + [6, 3, 0].map((s) => ((mode >> s) & 4 ? "r" : "-") + ((mode >> s) & 2 ? "w" : "-") + ((mode >> s) & 1 ? "x" : "-")).join("");
+
+function entry(st: FileStat, path: string) {
+  return {
+    name: st.name,
+    type: TYPES[st.type] ?? 0,
+    path,
+    size: BigInt(st.size),
+    mode: st.mode,
+    permissions: rwx(st.mode, st.type),
+    owner: st.uid === 0 ? "root" : String(st.uid),
+    group: st.gid === 0 ? "root" : String(st.gid),
+    modifiedTime: timestampFromDate(st.mtime),
+    ...(st.linkTarget ? { symlinkTarget: st.linkTarget } : {}),
+  };
+}
+
+function eventOf(e: ProcEvent) {
+  if (e.kind === "start") return { event: { case: "start" as const, value: { pid: e.pid } } };
+  if (e.kind === "data") return { event: { case: "data" as const, value: { output: { case: e.stream, value: new Uint8Array(e.data) } } } };
+  const exit = e.exit;
+  const code = exit?.exitCode ?? -1;
+  const status = exit?.signal ? `signal: ${exit.signal.slice(3).toLowerCase()}` : exit ? `exit status ${code}` : "error";
+  return { event: { case: "end" as const, value: { exitCode: code, exited: !!exit && exit.exitCode !== null, status, ...(e.error ? { error: e.error } : {}) } } };
+}
+
+export function envdRoutes(sandboxOf: SandboxOf) {
+  const of = (ctx: HandlerContext) => sandboxOf(ctx.requestHeader);
+  const proc = (ctx: HandlerContext, selector: { case: "pid"; value: number } | { case: "tag"; value: string } | { case: undefined; value?: undefined } | undefined) => {
+    const t = of(ctx).processes.find(selector ?? { case: undefined });
+    if (!t) throw new ConnectError(`process ${JSON.stringify(selector?.value ?? null)} not found`, Code.NotFound);
+    return t;
+  };
+  return (router: ConnectRouter) => {
+    // The services come from a descriptor set at run time, not generated code: their methods are
+    // not known to the type checker.
+    const serve = router.service.bind(router) as unknown as (service: DescService, impl: Record<string, unknown>) => void;
+    serve(ProcessService, {
+      async *start(req: any, ctx: HandlerContext) {
+        const m = of(ctx);
+        const cfg = req.process ?? {};
+        const size = req.pty?.size;
+        const spawned = m.sandbox.command.spawn(cfg.cmd, cfg.args ?? [], {
+          env: cfg.envs ?? {},
+          ...(cfg.cwd ? { cwd: cfg.cwd } : {}),
+          ...(size ? { pty: { rows: size.rows || 24, cols: size.cols || 80 } } : { stdin: !!req.stdin }),
+        });
+        let t;
+        try {
+          t = await m.processes.add(spawned, { cmd: cfg.cmd, args: cfg.args ?? [], envs: cfg.envs ?? {}, cwd: cfg.cwd, pty: !!size, ...(req.tag ? { tag: req.tag } : {}) });
+        } catch (err) {
+          throw rpcError(err);
+        }
+        for await (const e of t.watch()) yield { event: eventOf(e) };
+      },
+      async *connect(req: any, ctx: HandlerContext) {
+        for await (const e of proc(ctx, req.process?.selector).watch()) yield { event: eventOf(e) };
+      },
+      async list(_req: unknown, ctx: HandlerContext) {
+        return { processes: of(ctx).processes.list().map((t) => ({ pid: t.pid, ...(t.tag ? { tag: t.tag } : {}), config: { cmd: t.cmd, args: t.args, envs: t.envs, ...(t.cwd ? { cwd: t.cwd } : {}) } })) };
+      },
+      async sendInput(req: any, ctx: HandlerContext) {
+        const input = req.input?.input;
+        if (input?.value) await proc(ctx, req.process?.selector).proc.write(input.value).catch((err: unknown) => {
+          throw rpcError(err);
+        });
+        return {};
+      },
+      async streamInput(reqs: AsyncIterable<any>, ctx: HandlerContext) {
+        let t;
+        for await (const r of reqs) {
+          if (r.event.case === "start") t = proc(ctx, r.event.value.process?.selector);
+          else if (r.event.case === "data" && t && r.event.value.input?.input?.value) await t.proc.write(r.event.value.input.input.value);
+        }
+        return {};
+      },
+      async sendSignal(req: any, ctx: HandlerContext) {
+        proc(ctx, req.process?.selector).proc.kill(req.signal === 15 ? "SIGTERM" : "SIGKILL");
+        return {};
+      },
+      async closeStdin(req: any, ctx: HandlerContext) {
+        await proc(ctx, req.process?.selector).proc.end();
+        return {};
+      },
+      async update(req: any, ctx: HandlerContext) {
+        const size = req.pty?.size;
+        if (size) proc(ctx, req.process?.selector).proc.resize(size.rows, size.cols);
+        return {};
+      },
+    });
+    serve(FilesystemService, {
+      async stat(req: any, ctx: HandlerContext) {
+        try {
+          return { entry: entry(await of(ctx).sandbox.fs.stat(req.path), req.path) };
+        } catch (err) {
+          throw rpcError(err);
+        }
+      },
+      async makeDir(req: any, ctx: HandlerContext) {
+        const fs = of(ctx).sandbox.fs;
+        if (await fs.stat(req.path).then(() => true, () => false)) throw new ConnectError(`${req.path} already exists`, Code.AlreadyExists);
+        try {
+          await fs.mkdir(req.path, { parents: true });
+          return { entry: entry(await fs.stat(req.path), req.path) };
+        } catch (err) {
+          throw rpcError(err);
+        }
+      },
+      async move(req: any, ctx: HandlerContext) {
+        const fs = of(ctx).sandbox.fs;
+        try {
+          await fs.rename(req.source, req.destination);
+          return { entry: entry(await fs.stat(req.destination), req.destination) };
+        } catch (err) {
+          throw rpcError(err);
+        }
+      },
+      async listDir(req: any, ctx: HandlerContext) {
+        const fs = of(ctx).sandbox.fs;
+        const depth = req.depth || 1;
+        const entries: ReturnType<typeof entry>[] = [];
+        const walk = async (dir: string, level: number) => {
+          for (const st of await fs.list(dir)) {
+            const path = `${dir.replace(/\/$/, "")}/${st.name}`;
+            entries.push(entry(st, path));
+            if (st.type === "directory" && level < depth) await walk(path, level + 1);
+          }
+        };
+        try {
+          await walk(req.path, 1);
+        } catch (err) {
+          throw rpcError(err);
+        }
+        return { entries };
+      },
+      async remove(req: any, ctx: HandlerContext) {
+        try {
+          await of(ctx).sandbox.fs.remove(req.path, { recursive: true });
+        } catch (err) {
+          throw rpcError(err);
+        }
+        return {};
+      },
+      async *watchDir(req: any, ctx: HandlerContext) {
+        const root = String(req.path).replace(/\/$/, "");
+        const watch = of(ctx).sandbox.fs.watch(root, { recursive: !!req.recursive });
+        ctx.signal.addEventListener("abort", () => watch.close(), { once: true });
+        yield { event: { case: "start" as const, value: {} } };
+        const TYPE = { create: 1, modify: 2, delete: 3, rename: 4 } as Record<string, number>;
+        for await (const e of watch) {
+          if (e.type === "overflow") continue; // envd has no such event: the client sees a gap
+          yield { event: { case: "filesystem" as const, value: { name: e.path.slice(root.length + 1), type: TYPE[e.type] ?? 0 } } };
+        }
+      },
+    });
+  };
+}

@@ -1,0 +1,141 @@
+// msb server against the real E2B SDKs, unmodified (devDependencies under aliases: e2b 2.51 and
+// 2.49, @e2b/code-interpreter 2.8), with E2B_API_URL and E2B_SANDBOX_URL pointing at the server.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { createServer, type RunningServer } from "../../src/index.js";
+
+let server: RunningServer;
+const KEY = "e2b-test-key";
+
+type SdkModule = typeof import("e2b-251");
+let e251: SdkModule;
+let e249: SdkModule;
+
+beforeAll(async () => {
+  server = await createServer({ port: 0, apiKeys: [KEY, "another-key"], maxSandboxes: 4 });
+  Object.assign(process.env, { E2B_API_URL: server.url, E2B_SANDBOX_URL: server.url, E2B_API_KEY: KEY, E2B_DOMAIN: "localhost" });
+  e251 = (await import("e2b-251")) as unknown as SdkModule;
+  e249 = (await import("e2b-249")) as unknown as SdkModule;
+});
+afterAll(() => server?.close());
+
+describe("the e2b SDK", () => {
+  for (const [version, sdk] of [["2.51", () => e251], ["2.49", () => e249]] as const) {
+    it(`${version}: create, streaming commands, an exit error, files, timeout, list by metadata, kill`, async () => {
+      const { Sandbox, CommandExitError } = sdk();
+      const tag = `run-${version}-${Date.now()}`;
+      const sb = await Sandbox.create("base", { metadata: { tag } });
+      try {
+        const chunks: string[] = [];
+        const r = await sb.commands.run("echo hi; sleep 0.2; echo there", { onStdout: (d: string) => void chunks.push(d) });
+        expect(r.exitCode).toBe(0);
+        expect(r.stdout).toBe("hi\nthere\n");
+        expect(chunks.join("")).toBe("hi\nthere\n");
+        expect(chunks.length).toBeGreaterThanOrEqual(2); // streamed as it came, not at the end
+        const err = await sb.commands.run("echo bad >&2; exit 3").catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(CommandExitError);
+        expect(err).toMatchObject({ exitCode: 3, stderr: "bad\n" });
+
+        await sb.files.write("/root/work/a.txt", "hello file");
+        expect(await sb.files.read("/root/work/a.txt")).toBe("hello file");
+        expect((await sb.files.list("/root/work")).map((e: { name: string }) => e.name)).toEqual(["a.txt"]);
+        expect(await sb.files.exists("/root/work/nope")).toBe(false);
+
+        await sb.setTimeout(120_000);
+        const info = await sb.getInfo();
+        expect(info.metadata).toEqual({ tag });
+        expect(new Date(info.endAt).getTime()).toBeGreaterThan(Date.now() + 100_000);
+        const listed = await Sandbox.list({ query: { metadata: { tag } } }).nextItems();
+        expect(listed.map((s: { sandboxId: string }) => s.sandboxId)).toEqual([sb.sandboxId]);
+      } finally {
+        await sb.kill();
+      }
+      expect(await Sandbox.list({ query: { metadata: { tag } } }).nextItems()).toEqual([]);
+    }, 180_000);
+  }
+
+  it("keeps two sandboxes apart, and another key sees neither", async () => {
+    const { Sandbox } = e251;
+    const [a, b] = [await Sandbox.create("base"), await Sandbox.create("base")];
+    try {
+      await a.files.write("/root/who", "a");
+      await b.files.write("/root/who", "b");
+      expect(await a.files.read("/root/who")).toBe("a");
+      expect(await b.files.read("/root/who")).toBe("b");
+      const theirs = await Sandbox.list({ apiKey: "another-key" }).nextItems();
+      expect(theirs).toEqual([]);
+      expect(await Sandbox.kill(a.sandboxId, { apiKey: "another-key" })).toBe(false);
+    } finally {
+      await a.kill();
+      await b.kill();
+    }
+  }, 180_000);
+
+  it("pauses a sandbox and brings it back with connect, files and all", async () => {
+    const { Sandbox } = e251;
+    const sb = await Sandbox.create("base");
+    try {
+      await sb.files.write("/root/kept", "across a pause");
+      await sb.pause();
+      expect((await sb.getInfo()).state).toBe("paused");
+      const back = await Sandbox.connect(sb.sandboxId);
+      expect(await back.files.read("/root/kept")).toBe("across a pause");
+      expect((await back.commands.run("echo alive")).stdout).toBe("alive\n");
+    } finally {
+      await sb.kill();
+    }
+  }, 180_000);
+
+  it("kills a sandbox when its timeout passes", async () => {
+    const { Sandbox } = e251;
+    const sb = await Sandbox.create("base", { timeoutMs: 3_000 });
+    await new Promise((r) => setTimeout(r, 4_500));
+    expect(await sb.isRunning().catch(() => false)).toBe(false);
+    expect(await Sandbox.kill(sb.sandboxId)).toBe(false);
+  }, 60_000);
+});
+
+describe("@e2b/code-interpreter", () => {
+  it("keeps state between runCode calls and reports results and errors", async () => {
+    const { Sandbox } = await import("@e2b/code-interpreter");
+    const sb = await Sandbox.create();
+    try {
+      const first = await sb.runCode("x = 1\nprint('set')");
+      expect(first.logs.stdout.join("")).toBe("set\n");
+      expect(first.results).toEqual([]);
+      const second = await sb.runCode("x + 1");
+      expect(second.text).toBe("2");
+      const bad = await sb.runCode("1 / 0");
+      expect(bad.error).toMatchObject({ name: "ZeroDivisionError", value: "division by zero" });
+      expect(bad.error!.traceback).toMatch(/ZeroDivisionError/);
+    } finally {
+      await sb.kill();
+    }
+  }, 180_000);
+});
+
+describe("bad input to the E2B API", () => {
+  it("answers with clear codes and keeps serving", async () => {
+    const api = (path: string, init: RequestInit = {}) => fetch(`${server.url}${path}`, { ...init, headers: { "x-api-key": KEY, "content-type": "application/json", ...init.headers } });
+    expect((await api("/sandboxes/does-not-exist")).status).toBe(404);
+    expect(((await (await api("/sandboxes/does-not-exist")).json()) as { code: number }).code).toBe(404);
+    expect((await api("/v2/sandboxes", { method: "POST", body: "{broken" })).status).toBe(400);
+    expect((await api("/v2/sandboxes", { method: "POST", body: "x".repeat(2 << 20) })).status).toBe(413);
+    expect((await fetch(`${server.url}/v2/sandboxes`, { method: "POST", body: "{}" })).status).toBe(401);
+    // The data plane needs the sandbox's own token, and refuses paths with "..".
+    const { Sandbox } = e251;
+    const sb = await Sandbox.create("base");
+    try {
+      const dp = (path: string, token?: string) =>
+        fetch(`${server.url}${path}`, { headers: { "e2b-sandbox-id": sb.sandboxId, "e2b-sandbox-port": "49983", ...(token ? { "x-access-token": token } : {}) } });
+      expect((await dp("/files?path=/etc/hostname")).status).toBe(401);
+      const token = (await (await api(`/sandboxes/${sb.sandboxId}`)).json()) as { envdAccessToken: string };
+      expect((await dp("/files?path=/root/../etc/shadow", token.envdAccessToken)).status).toBe(400);
+      expect((await dp("/files?path=/no/such/file", token.envdAccessToken)).status).toBe(404);
+      expect((await dp("/health", token.envdAccessToken)).status).toBe(204);
+    } finally {
+      await sb.kill();
+    }
+    expect((await api("/v2/sandboxes")).status).toBe(200);
+  }, 120_000);
+});
