@@ -139,3 +139,73 @@ describe("bad input to the E2B API", () => {
     expect((await api("/v2/sandboxes")).status).toBe(200);
   }, 120_000);
 });
+
+describe("envd through the e2b SDK: processes and files", () => {
+  it("runs in the background, lists, connects, takes stdin, and kills", async () => {
+    const { Sandbox } = e251;
+    const sb = await Sandbox.create("base");
+    try {
+      const cat = await sb.commands.run("cat", { background: true, stdin: true });
+      const listed = await sb.commands.list();
+      expect(listed.map((p: { pid: number }) => p.pid)).toContain(cat.pid);
+      const seen: string[] = [];
+      const again = await sb.commands.connect(cat.pid, { onStdout: (d: string) => void seen.push(d) });
+      await sb.commands.sendStdin(cat.pid, "echoed back\n");
+      for (let i = 0; i < 100 && !seen.join("").includes("echoed back"); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(seen.join("")).toBe("echoed back\n");
+      expect(await sb.commands.kill(cat.pid)).toBe(true);
+      const end = await again.wait().catch((e: { exitCode?: number }) => e);
+      expect(end).toMatchObject({ exitCode: -1 });
+    } finally {
+      await sb.kill();
+    }
+  }, 120_000);
+
+  it("makes, stats, renames, lists deeply, watches and removes", async () => {
+    const { Sandbox, FileType } = e251;
+    const sb = await Sandbox.create("base");
+    try {
+      expect(await sb.files.makeDir("/root/w/deep")).toBe(true);
+      expect(await sb.files.makeDir("/root/w/deep")).toBe(false);
+      const events: { name: string; type: string }[] = [];
+      const watcher = await sb.files.watchDir("/root/w", (e: { name: string; type: string }) => void events.push(e), { recursive: true });
+      await sb.files.write("/root/w/deep/f.txt", "x");
+      await sb.files.rename("/root/w/deep/f.txt", "/root/w/g.txt");
+      const info = await sb.files.getInfo("/root/w/g.txt");
+      expect(info).toMatchObject({ name: "g.txt", type: FileType.FILE, size: 1, path: "/root/w/g.txt" });
+      const all = (await sb.files.list("/root/w", { depth: 2 })).map((e: { path: string }) => e.path).sort();
+      expect(all).toEqual(["/root/w/deep", "/root/w/g.txt"]);
+      await sb.files.remove("/root/w/deep");
+      expect(await sb.files.exists("/root/w/deep")).toBe(false);
+      for (let i = 0; i < 100 && !events.some((e) => e.type === "remove" && e.name === "deep"); i++) await new Promise((r) => setTimeout(r, 100));
+      await watcher.stop();
+      const names = events.map((e) => `${e.type} ${e.name}`);
+      // Writes are atomic (a temporary file renamed into place): the file arrives by a rename.
+      expect(names).toContain("rename deep/f.txt");
+      expect(names).toContain("rename g.txt");
+      expect(names).toContain("remove deep");
+    } finally {
+      await sb.kill();
+    }
+  }, 120_000);
+
+  it("runs a terminal: output, input, resize", async () => {
+    const { Sandbox } = e251;
+    const sb = await Sandbox.create("base");
+    try {
+      let screen = "";
+      const term = await sb.pty.create({ cols: 80, rows: 24, onData: (d: Uint8Array) => void (screen += Buffer.from(d).toString()) });
+      await sb.pty.sendInput(term.pid, new TextEncoder().encode("stty size\n"));
+      for (let i = 0; i < 100 && !/24 80/.test(screen); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(screen).toMatch(/24 80/);
+      await sb.pty.resize(term.pid, { cols: 100, rows: 30 });
+      await sb.pty.sendInput(term.pid, new TextEncoder().encode("stty size\n"));
+      for (let i = 0; i < 100 && !/30 100/.test(screen); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(screen).toMatch(/30 100/);
+      await sb.pty.sendInput(term.pid, new TextEncoder().encode("exit\n"));
+      expect((await term.wait()).exitCode).toBe(0);
+    } finally {
+      await sb.kill();
+    }
+  }, 120_000);
+});
