@@ -75,6 +75,18 @@ abstract class LanguageSandbox extends Sandbox {
     return this.replFor().run(code, timeout);
   }
 
+  /**
+   * Another interpreter in this sandbox, with state of its own (a notebook's contexts); close()
+   * ends it. The sandbox's own run() interpreter is not this one.
+   */
+  interpreter(): { run(code: string, opts?: RunOptions): Promise<Execution>; close(): void } {
+    const repl = this.newRepl(() => this.agent());
+    return {
+      run: (code, opts = {}) => repl.run(code, opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout)),
+      close: () => repl.reset(),
+    };
+  }
+
   protected override onStop(): void {
     this.repl?.reset();
     this.repl = undefined;

@@ -209,3 +209,24 @@ describe("envd through the e2b SDK: processes and files", () => {
     }
   }, 120_000);
 });
+
+describe("@e2b/code-interpreter contexts", () => {
+  it("keeps each context's state its own", async () => {
+    const { Sandbox } = await import("@e2b/code-interpreter");
+    const sb = await Sandbox.create();
+    try {
+      const a = await sb.createCodeContext({ cwd: "/tmp/a" });
+      const b = await sb.createCodeContext();
+      await sb.runCode("v = 'in a'", { context: a });
+      await sb.runCode("v = 'in b'", { context: b });
+      expect((await sb.runCode("v", { context: a })).text).toBe("'in a'");
+      expect((await sb.runCode("import os; os.getcwd()", { context: a })).text).toBe("'/tmp/a'");
+      expect((await sb.runCode("v", { context: b })).text).toBe("'in b'");
+      expect((await sb.listCodeContexts()).map((c: { id: string }) => c.id).sort()).toEqual([a.id, b.id].sort());
+      await sb.removeCodeContext(a);
+      expect((await sb.listCodeContexts()).map((c: { id: string }) => c.id)).toEqual([b.id]);
+    } finally {
+      await sb.kill();
+    }
+  }, 120_000);
+});

@@ -28,6 +28,8 @@ interface E2bState {
   token: string;
   processes: ProcessTable;
   paused?: { kind: typeof PythonSandbox; name: string };
+  /** The code interpreter's contexts: each an interpreter of its own. */
+  contexts: Map<string, { cwd: string; interpreter: ReturnType<PythonSandbox["interpreter"]> }>;
 }
 
 export interface E2bOptions {
@@ -79,8 +81,8 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     const env = body.envVars && typeof body.envVars === "object" ? (body.envVars as Record<string, string>) : {};
     const m = await table.create({ owner: who, namespace: "e2b", name: template, image: templates[template] ?? template, template, metadata, env, timeout });
     const token = randomBytes(24).toString("base64url");
-    state.set(m, { token, processes: new ProcessTable() });
-    sendJson(res, 201, { sandboxID: m.id, templateID: template, alias: template, clientID: "msb", envdVersion: ENVD_VERSION, envdAccessToken: token, domain: null });
+    state.set(m, { token, processes: new ProcessTable(), contexts: new Map() });
+    sendJson(res, 201, { sandboxID: m.id, templateID: template, alias: template, clientID: "msb", envdVersion: ENVD_VERSION, envdAccessToken: token, trafficAccessToken: token, domain: null });
   }
 
   // The caller's sandbox named in the path.
@@ -97,7 +99,7 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
       status = 201;
     }
     table.setTimeout(m, typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : DEFAULT_TIMEOUT_S);
-    sendJson(res, status, { sandboxID: m.id, templateID: m.template, alias: m.template, clientID: "msb", envdVersion: ENVD_VERSION, envdAccessToken: s.token, domain: null });
+    sendJson(res, status, { sandboxID: m.id, templateID: m.template, alias: m.template, clientID: "msb", envdVersion: ENVD_VERSION, envdAccessToken: s.token, trafficAccessToken: s.token, domain: null });
   }
 
   function list(req: IncomingMessage, res: ServerResponse): void {
@@ -134,6 +136,7 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     await m.sandbox.pause();
     s.paused = { kind: m.sandbox.constructor as typeof PythonSandbox, name: m.sandbox.name };
     s.processes = new ProcessTable();
+    s.contexts.clear(); // their interpreters did not survive the pause
     res.writeHead(204).end();
   }
 
@@ -167,7 +170,8 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     const m = table.byId(id);
     const s = m && state.get(m);
     if (!m || !s) throw new ConnectError(`sandbox ${JSON.stringify(id)} not found`, Code.NotFound);
-    const token = Buffer.from(headers.get("x-access-token") ?? "");
+    // envd calls carry X-Access-Token; the code interpreter's some only the traffic token, the same one here.
+    const token = Buffer.from(headers.get("x-access-token") ?? headers.get("e2b-traffic-access-token") ?? "");
     const want = Buffer.from(s.token);
     if (token.length !== want.length || !timingSafeEqual(token, want)) throw new ConnectError("the access token of this sandbox is missing or wrong", Code.Unauthenticated);
     if (s.paused) throw new ConnectError(`sandbox ${id} is paused: connect to it first`, Code.FailedPrecondition);
@@ -190,7 +194,8 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     }
     if (port === ENVD_PORT && url.pathname === "/health") return void res.writeHead(204).end();
     if (port === ENVD_PORT && url.pathname === "/files") return files(m.sandbox, req, res, url);
-    if (port === INTERPRETER_PORT && url.pathname === "/execute" && req.method === "POST") return execute(m.sandbox, req, res);
+    if (port === INTERPRETER_PORT && url.pathname === "/execute" && req.method === "POST") return execute(m, req, res);
+    if (port === INTERPRETER_PORT && url.pathname.startsWith("/contexts")) return contexts(m, req, res, url.pathname);
     throw new HttpError(404, `sandbox port ${port} serves no ${req.method} ${url.pathname}`, "not_found");
   }
 
@@ -224,13 +229,54 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     }
   }
 
-  // The code interpreter's /execute: one persistent Python interpreter per sandbox (contexts are
-  // not kept apart yet), answered as newline-delimited JSON events.
-  async function execute(sb: Managed["sandbox"], req: IncomingMessage, res: ServerResponse): Promise<void> {
+  // The code interpreter's contexts: POST creates one (an interpreter of its own), GET lists,
+  // DELETE /contexts/ID ends one, POST /contexts/ID/restart starts it afresh.
+  async function contexts(m: Managed, req: IncomingMessage, res: ServerResponse, pathname: string): Promise<void> {
+    const sb = m.sandbox;
+    if (!(sb instanceof PythonSandbox)) throw new HttpError(400, "this sandbox's template has no Python interpreter", "bad_request");
+    const all = state.get(m)!.contexts;
+    const shown = (id: string, c: { cwd: string }) => ({ id, language: "python", cwd: c.cwd });
+    const [, , id, action] = pathname.split("/");
+    if (!id && req.method === "POST") {
+      const body = await json(req);
+      if (body.language && body.language !== "python") throw new HttpError(400, `language ${JSON.stringify(body.language)} is not served here: python`, "bad_request");
+      const cwd = typeof body.cwd === "string" && body.cwd.startsWith("/") ? body.cwd : "/root";
+      const ctxId = randomBytes(8).toString("hex");
+      const c = { cwd, interpreter: sb.interpreter() };
+      await c.interpreter.run(`import os
+os.makedirs(${JSON.stringify(cwd)}, exist_ok=True)
+os.chdir(${JSON.stringify(cwd)})`);
+      all.set(ctxId, c);
+      return sendJson(res, 200, shown(ctxId, c));
+    }
+    if (!id && req.method === "GET") return sendJson(res, 200, [...all].map(([i, c]) => shown(i, c)));
+    const c = id ? all.get(id) : undefined;
+    if (!c) throw new HttpError(404, `context ${JSON.stringify(id)} not found`, "not_found");
+    if (!action && req.method === "DELETE") {
+      c.interpreter.close();
+      all.delete(id!);
+      return void res.writeHead(204).end();
+    }
+    if (action === "restart" && req.method === "POST") {
+      c.interpreter.close();
+      c.interpreter = sb.interpreter();
+      await c.interpreter.run(`import os
+os.chdir(${JSON.stringify(c.cwd)})`);
+      return void res.writeHead(204).end();
+    }
+    throw new HttpError(404, `${req.method} ${pathname} is not served`, "not_found");
+  }
+
+  // The code interpreter's /execute: the sandbox's interpreter, or a context's, answered as
+  // newline-delimited JSON events.
+  async function execute(m: Managed, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const sb = m.sandbox;
     const body = await json(req);
     if (typeof body.code !== "string") throw new HttpError(400, "code must be a string", "bad_request");
     if (!(sb instanceof PythonSandbox)) throw new HttpError(400, "this sandbox's template has no Python interpreter", "bad_request");
-    const e = await sb.run(body.code);
+    const ctx = typeof body.context_id === "string" ? state.get(m)!.contexts.get(body.context_id) : undefined;
+    if (typeof body.context_id === "string" && !ctx) throw new HttpError(404, `context ${JSON.stringify(body.context_id)} not found`, "not_found");
+    const e = ctx ? await ctx.interpreter.run(body.code) : await sb.run(body.code);
     res.writeHead(200, { "content-type": "application/x-ndjson" });
     const line = (o: object) => res.write(JSON.stringify(o) + "\n");
     const now = new Date().toISOString();
