@@ -320,6 +320,34 @@ Authorization: Bearer KEY. Ctrl-C or SIGTERM stops every sandbox, then the serve
     },
   },
   {
+    name: "ps",
+    synopsis: "ps [--server URL] [--api-key KEY]",
+    summary: "list the sandboxes an msb server runs, whichever protocol made them",
+    description: `List the sandboxes a running msb server holds for this API key: Microsandbox-protocol ones
+(namespace/name) and E2B ones (template) alike. The server is MSB_SERVER_URL, else
+http://127.0.0.1:5555; the key --api-key, else MSB_API_KEY.`,
+    options: serverOptions(),
+    positionals: { min: 0, max: 0 },
+    async handler({ values: v }) {
+      const list = (await serverCall(v, "GET", "/api/v1/sandboxes")) as { id: string; protocol: string; namespace: string; name: string; template: string; memoryMiB: number; pid: number | null; startedAt: string }[];
+      const rows: [string, string][] = list.map((s) => [s.id, `${s.protocol === "e2b" ? `e2b ${s.template}` : `${s.namespace}/${s.name}`}  ${s.memoryMiB} MiB  pid ${s.pid ?? "-"}  since ${s.startedAt}`]);
+      process.stdout.write(rows.length ? column([["ID", "WHAT  MEMORY  VMM  STARTED"], ...rows]) + "\n" : "no sandboxes\n");
+      return 0;
+    },
+  },
+  {
+    name: "kill",
+    synopsis: "kill ID... [--server URL] [--api-key KEY]",
+    summary: "stop sandboxes an msb server runs",
+    description: `Stop the sandboxes with these ids (msb ps lists them) on a running msb server; see msb ps.`,
+    options: serverOptions(),
+    positionals: { name: "ID", min: 1, max: Infinity },
+    async handler({ values: v, positionals }) {
+      for (const id of positionals) await serverCall(v, "DELETE", `/api/v1/sandboxes/${encodeURIComponent(id)}`);
+      return 0;
+    },
+  },
+  {
     name: "volume",
     synopsis: "volume ls | volume rm NAME...",
     summary: "list the persistent volumes, or remove some",
@@ -389,6 +417,28 @@ ${IMAGE_NOTE}`,
     },
   },
 ];
+
+function serverOptions(): Record<string, OptionSpec> {
+  return {
+    server: { type: "string", value: "URL", default: "MSB_SERVER_URL or http://127.0.0.1:5555", description: "the msb server" },
+    "api-key": { type: "string", value: "KEY", default: "MSB_API_KEY", description: "the key the server wants" },
+  };
+}
+
+// One request to a running msb server; its JSON answer, or an error naming the server's message.
+async function serverCall(v: Values, method: string, path: string): Promise<unknown> {
+  const base = (v.server as string | undefined) ?? process.env.MSB_SERVER_URL ?? "http://127.0.0.1:5555";
+  const key = (v["api-key"] as string | undefined) ?? process.env.MSB_API_KEY;
+  let res: Response;
+  try {
+    res = await fetch(new URL(path, base), { method, headers: key ? { authorization: `Bearer ${key}` } : {} });
+  } catch (err) {
+    throw new InvalidArgumentError(`no msb server answers at ${base} (${(err as Error).message}): start one with msb server, or give --server`);
+  }
+  const text = await res.text();
+  if (!res.ok) throw new InvalidArgumentError(`the server at ${base} answered ${res.status}: ${(JSON.parse(text || "{}") as { message?: string }).message ?? text}`);
+  return text ? JSON.parse(text) : undefined;
+}
 
 // A process's exit code; a signal's death gets the shell's status: 128 + its number.
 const exitStatus = (exit: ExitStatus) => exit.exitCode ?? 128 + (osConstants.signals[exit.signal as NodeJS.Signals] ?? 9);

@@ -67,6 +67,23 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   router.on("GET", "/api/v1/health", (_req, res) => sendJson(res, 200, { status: "ok" }));
   const rpc = msbRpc(table, keys, bodyLimit);
   router.on("POST", "/api/v1/rpc", (req, res) => void rpc(req, res).catch((err) => fail(res, err)));
+  // Every sandbox of the caller's key, whichever protocol made it (msb ps, msb kill).
+  router.on("GET", "/api/v1/sandboxes", (req, res) => {
+    try {
+      const owner = keys.owner(req, ["authorization"]);
+      sendJson(res, 200, table.list(owner).map((m) => ({ id: m.id, protocol: m.namespace === "e2b" ? "e2b" : "microsandbox", namespace: m.namespace, name: m.name, template: m.template, memoryMiB: m.memory, running: m.sandbox.isRunning, pid: m.sandbox.pid ?? null, startedAt: m.startedAt.toISOString(), ...(m.endAt ? { endAt: new Date(m.endAt).toISOString() } : {}) })));
+    } catch (err) {
+      fail(res, err);
+    }
+  });
+  router.on("DELETE", "/api/v1/sandboxes/:id", (req, res, params) => {
+    void Promise.resolve()
+      .then(async () => {
+        await table.kill(table.get(keys.owner(req, ["authorization"]), params.id ?? ""));
+        res.writeHead(204).end();
+      })
+      .catch((err) => fail(res, err));
+  });
   const e2b = e2bApi(table, keys, opts.e2b ?? {}, bodyLimit);
   e2b.routes(router, (fn) => (req, res, params) => {
     void Promise.resolve()
