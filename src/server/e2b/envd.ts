@@ -61,6 +61,13 @@ function eventOf(e: ProcEvent) {
   return { event: { case: "end" as const, value: { exitCode: code, exited: !!exit && exit.exitCode !== null, status, ...(e.error ? { error: e.error } : {}) } } };
 }
 
+const bash = new WeakMap<object, Promise<boolean>>();
+const hasBash = (m: Managed) => {
+  let known = bash.get(m.sandbox);
+  if (!known) bash.set(m.sandbox, (known = m.sandbox.fs.stat("/bin/bash").then(() => true, () => false)));
+  return known;
+};
+
 export function envdRoutes(sandboxOf: SandboxOf) {
   const of = (ctx: HandlerContext) => sandboxOf(ctx.requestHeader);
   const proc = (ctx: HandlerContext, selector: { case: "pid"; value: number } | { case: "tag"; value: string } | { case: undefined; value?: undefined } | undefined) => {
@@ -77,7 +84,9 @@ export function envdRoutes(sandboxOf: SandboxOf) {
         const m = of(ctx);
         const cfg = req.process ?? {};
         const size = req.pty?.size;
-        const spawned = m.sandbox.command.spawn(cfg.cmd, cfg.args ?? [], {
+        // The SDK runs every command with /bin/bash; an image without bash gets its sh.
+        const cmd = cfg.cmd === "/bin/bash" && !(await hasBash(m)) ? "/bin/sh" : cfg.cmd;
+        const spawned = m.sandbox.command.spawn(cmd, cfg.args ?? [], {
           env: cfg.envs ?? {},
           ...(cfg.cwd ? { cwd: cfg.cwd } : {}),
           ...(size ? { pty: { rows: size.rows || 24, cols: size.cols || 80 } } : { stdin: !!req.stdin }),

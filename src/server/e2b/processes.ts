@@ -69,11 +69,13 @@ export class ProcessTable {
       },
       async *watch() {
         const q = new Queue<ProcEvent>();
+        // A watcher that comes after the end gets only the end; any other, every event from now.
+        const over = last;
         watchers.add(q);
         void pump();
         try {
           yield { kind: "start", pid };
-          if (last?.kind === "end") return void (yield last);
+          if (over) return void (yield over);
           for (;;) {
             const e = await q.take();
             yield e;
