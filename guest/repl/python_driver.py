@@ -222,6 +222,13 @@ def _run_cell(source, filename):
         # displayhook prints repr(value) unless it is None and stores it as builtins._, exactly
         # what the interactive prompt does (and a user-installed displayhook is honoured).
         sys.displayhook(value)
+        if value is not None:
+            # The value also goes to the host on its own (the cell's result, as notebooks have).
+            try:
+                return repr(value)[:_MAX_EVALUE]
+            except BaseException:
+                return None
+    return None
 
 
 def _flush_streams():
@@ -259,10 +266,11 @@ def main():
         count += 1
         source = body.decode("utf-8", "replace")
         result = None
+        value = None
         try:
             try:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                _run_cell(source, "%s%d>" % (_CELL_PREFIX, count))
+                value = _run_cell(source, "%s%d>" % (_CELL_PREFIX, count))
             finally:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt included: the driver lives on
@@ -271,7 +279,7 @@ def main():
         _flush_streams()
         _drain()
         if result is None:
-            end = _json_obj([("status", "ok")])
+            end = _json_obj([("status", "ok")] + ([("result", value)] if value is not None else []))
         else:
             end = _json_obj([("status", "error"), ("ename", result[0]), ("evalue", result[1])])
         with _send_lock:
