@@ -121,6 +121,11 @@ export class SandboxTable {
     return [...this.all.values()].find((m) => m.owner === owner && m.namespace === namespace && m.name === name);
   }
 
+  /** Every owner's sandboxes (a presigned URL names none: its signature does). */
+  everyone(): Managed[] {
+    return [...this.all.values()];
+  }
+
   list(owner: string): Managed[] {
     return [...this.all.values()].filter((m) => m.owner === owner);
   }

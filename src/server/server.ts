@@ -98,6 +98,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
     }
     try {
       if (req.headers["e2b-sandbox-id"]) void e2b.dataPlane(req, res).catch((err) => fail(res, err));
+      else if (/^\/files\?(.*&)?signature=/.test(req.url ?? "")) void e2b.presigned(req, res).catch((err) => fail(res, err));
       else router.lookup(req, res);
     } catch (err) {
       fail(res, err);

@@ -230,3 +230,28 @@ describe("@e2b/code-interpreter contexts", () => {
     }
   }, 120_000);
 });
+
+describe("presigned file URLs", () => {
+  it("download and upload through signed URLs; a tampered or expired one is refused", async () => {
+    const { Sandbox } = e251;
+    const sb = await Sandbox.create("base");
+    try {
+      await sb.files.write("/root/shared.txt", "signed content");
+      const down = await sb.downloadUrl("/root/shared.txt");
+      expect(new URL(down).searchParams.get("signature")).toMatch(/^v1_/);
+      expect(await (await fetch(down)).text()).toBe("signed content");
+      const form = new FormData();
+      form.append("file", new Blob(["uploaded by URL"]), "up.txt");
+      const up = await sb.uploadUrl("/root/up.txt");
+      expect((await fetch(up, { method: "POST", body: form })).status).toBe(200);
+      expect(await sb.files.read("/root/up.txt")).toBe("uploaded by URL");
+      // A signature for reading does not write, and one for another path does not read.
+      expect((await fetch(down, { method: "POST", body: form })).status).toBe(403);
+      expect((await fetch(down.replace("shared.txt", "up.txt"))).status).toBe(403);
+      const expired = await sb.downloadUrl("/root/shared.txt", { useSignatureExpiration: -10 });
+      expect((await fetch(expired)).status).toBe(403);
+    } finally {
+      await sb.kill();
+    }
+  }, 120_000);
+});

@@ -3,7 +3,7 @@
 // killed; X-API-KEY) and the data plane (E2B_SANDBOX_URL: every sandbox on this one port, chosen
 // by the E2b-Sandbox-Id header and allowed by its X-Access-Token): envd's Connect RPC services
 // (envd.ts), its /files and /health, and the code interpreter's /execute (port 49999).
-import { randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -199,6 +199,28 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     throw new HttpError(404, `sandbox port ${port} serves no ${req.method} ${url.pathname}`, "not_found");
   }
 
+  // A presigned file URL (downloadUrl / uploadUrl): no sandbox header, but a signature only the
+  // holder of a sandbox's token can make, over the path, the operation, the user and the expiry.
+  // The sandbox is the one whose token makes it.
+  async function presigned(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? "/", "http://x");
+    const path = url.searchParams.get("path") ?? "";
+    const signature = Buffer.from(url.searchParams.get("signature") ?? "");
+    const expiration = url.searchParams.get("signature_expiration");
+    const operation = req.method === "GET" ? "read" : "write";
+    const user = url.searchParams.get("username") ?? "";
+    if (expiration !== null && !(Number(expiration) * 1000 > Date.now())) throw new HttpError(403, "the signed URL has expired", "expired");
+    const raw = (token: string) => `${path}:${operation}:${user}:${token}${expiration !== null ? `:${expiration}` : ""}`;
+    const sign = (token: string) => Buffer.from(`v1_${createHash("sha256").update(raw(token)).digest("base64").replace(/=+$/, "")}`);
+    const m = table.everyone().find((c) => {
+      const s = state.get(c);
+      const want = s && !s.paused ? sign(s.token) : undefined;
+      return want !== undefined && want.length === signature.length && timingSafeEqual(want, signature);
+    });
+    if (!m) throw new HttpError(403, "the signature matches no running sandbox", "forbidden");
+    return files(m.sandbox, req, res, url);
+  }
+
   async function files(sb: Managed["sandbox"], req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
     const path = url.searchParams.get("path") ?? "";
     if (!path.startsWith("/")) throw new HttpError(400, `path ${JSON.stringify(path)} must be an absolute guest path`, "bad_request");
@@ -298,5 +320,5 @@ os.chdir(${JSON.stringify(c.cwd)})`);
     res.end();
   }
 
-  return { routes, dataPlane };
+  return { routes, dataPlane, presigned };
 }
