@@ -191,6 +191,8 @@ void init_root_only(const char *source, unsigned max_pids);
 bool cgroup_setup(unsigned max_pids);
 // Gets the next exec a cgroup; returns its directory, for the child to start in (-1: none).
 int cgroup_open(struct cgroup *cg);
+// Takes the cgroup's count of refused forks now as its zero (after the agent's own refused fork).
+void cgroup_rebase(struct cgroup *cg);
 // Reads what the tree used, and keeps its cgroup for reuse or removes it once it is empty.
 void cgroup_close(const struct cgroup *cg, struct tree_counters *used);
 // Processes the sandbox's commands run now.

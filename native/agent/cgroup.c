@@ -101,6 +101,10 @@ int cgroup_open(struct cgroup *cg) {
   return fd;
 }
 
+void cgroup_rebase(struct cgroup *cg) {
+  if (cg->serial) cg->base.pids_limit_hits = counters(cg->serial).pids_limit_hits;
+}
+
 void cgroup_close(const struct cgroup *cg, struct tree_counters *used) {
   if (!cg->serial) return;
   struct tree_counters now = counters(cg->serial);

@@ -284,6 +284,9 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   int cgroup_fd = ok ? cgroup_open(&cgroup) : -1;
   bool joined = false;
   pid_t pid = ok ? fork_into(cgroup_fd, &joined) : -1;
+  // A fork into the cgroup refused at the sandbox's limit counts in the cgroup's own pids
+  // events; that refusal was ours (the fallback started the process), not the command's.
+  if (pid > 0 && cgroup_fd >= 0 && !joined) cgroup_rebase(&cgroup);
   if (pid == 0) {
     close(report[0]);
     int fds[3] = {in[0], out[1], err[1]};

@@ -101,8 +101,12 @@ describe("python driver", () => {
     expect(py.crashOutput).toBe("");
   });
 
-  it("echoes the value of the last expression", async () => {
-    expect(await py.run("2 + 2")).toEqual({ stdout: "4\n", stderr: "", end: { type: "end", status: "ok" } });
+  it("echoes the value of the last expression, and reports it as the cell's result", async () => {
+    expect(await py.run("2 + 2")).toEqual({ stdout: "4\n", stderr: "", end: { type: "end", status: "ok", result: "4" } });
+    expect((await py.run("'a' * 3")).end).toEqual({ type: "end", status: "ok", result: "'aaa'" });
+    // None is not echoed, and is no result; nor is a statement.
+    expect((await py.run("None")).end).toEqual({ type: "end", status: "ok" });
+    expect((await py.run("y = 1")).end).toEqual({ type: "end", status: "ok" });
   });
 
   it("keeps state between cells, and _ like the prompt", async () => {
