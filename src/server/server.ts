@@ -97,7 +97,9 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       res.once("finish", () => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), method: req.method, path: req.url?.split("?")[0], status: res.statusCode, ms: Math.round(performance.now() - t0) }) + "\n"));
     }
     try {
-      if (req.headers["e2b-sandbox-id"]) void e2b.dataPlane(req, res).catch((err) => fail(res, err));
+      const host = /^(\d{1,5})-([0-9a-f]{16})\./.exec(req.headers.host ?? "");
+      if (host) void e2b.portProxy(req, res, Number(host[1]), host[2]!).catch((err) => fail(res, err));
+      else if (req.headers["e2b-sandbox-id"]) void e2b.dataPlane(req, res).catch((err) => fail(res, err));
       else if (/^\/files\?(.*&)?signature=/.test(req.url ?? "")) void e2b.presigned(req, res).catch((err) => fail(res, err));
       else router.lookup(req, res);
     } catch (err) {

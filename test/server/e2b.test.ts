@@ -255,3 +255,36 @@ describe("presigned file URLs", () => {
     }
   }, 120_000);
 });
+
+describe("getHost(port)", () => {
+  it("reaches a server in the guest through PORT-ID.DOMAIN on the server's port", async () => {
+    const { Sandbox } = e251;
+    const http = await import("node:http");
+    const sb = await Sandbox.create("local:busybox");
+    try {
+      await sb.commands.run("mkdir -p /www && echo served-by-guest > /www/index.html && busybox httpd -f -p 8080 -h /www", { background: true });
+      const get = (host: string) =>
+        new Promise<{ status: number; body: string }>((resolve, reject) =>
+          http
+            .get({ host: "127.0.0.1", port: server.port, path: "/index.html", headers: { host } }, (res) => {
+              let body = "";
+              res.on("data", (c: Buffer) => (body += c));
+              res.on("end", () => resolve({ status: res.statusCode!, body }));
+            })
+            .on("error", reject),
+        );
+      const host = sb.getHost(8080);
+      expect(host).toBe(`8080-${sb.sandboxId}.localhost`);
+      let got = await get(host);
+      for (let i = 0; i < 20 && got.status !== 200; i++) {
+        await new Promise((r) => setTimeout(r, 250)); // httpd starting
+        got = await get(host);
+      }
+      expect(got).toEqual({ status: 200, body: "served-by-guest\n" });
+      expect((await get(`8081-${sb.sandboxId}.localhost`)).status).toBe(502);
+      expect((await get("8080-0000000000000000.localhost")).status).toBe(502);
+    } finally {
+      await sb.kill();
+    }
+  }, 120_000);
+});
