@@ -16,55 +16,11 @@ import { InvalidArgumentError } from "../errors.js";
 import { CustomSandbox } from "../sandbox/kinds.js";
 import { pausedDir } from "../sandbox/paused.js";
 import { listVolumes, removeVolume } from "../sandbox/volumes.js";
-import { createServer } from "../server/server.js";
 import { pruneSnapshots } from "../vm/snapshot.js";
 import { attach, DETACH_KEYS, terminalSize } from "./attach.js";
+import { SERVER_COMMANDS } from "./server-commands.js";
+import { column, type Command } from "./spec.js";
 import { doctor, formatDoctor } from "./doctor.js";
-
-/** How a numeric option's value is checked; the words are also the error message's. */
-export const NUMBER_KINDS = {
-  "a whole number >= 1": (n: number) => Number.isInteger(n) && n >= 1,
-  "a number > 0": (n: number) => n > 0,
-  "a number >= 0": (n: number) => n >= 0,
-} as const;
-
-export interface OptionSpec {
-  type: "boolean" | "string";
-  /** A one-letter alias (-i); letters may be grouped (-it). */
-  short?: string;
-  /** The value's name in the help text, e.g. "N"; choices are shown instead where given. */
-  value?: string;
-  description: string;
-  default?: string;
-  /** The value must be a number of this kind; the handler gets a number. */
-  number?: keyof typeof NUMBER_KINDS;
-  /** The value must be one of these. */
-  choices?: readonly string[];
-}
-
-export type Values = Record<string, string | number | boolean | undefined>;
-
-export interface Invocation {
-  values: Values;
-  positionals: string[];
-  /** What followed `--`, for a command that takes one (run); undefined without `--`. */
-  command: string[] | undefined;
-}
-
-export interface Command {
-  name: string;
-  /** After "msb ": "pull IMAGE [--insecure]". */
-  synopsis: string;
-  /** One line for the list of commands. */
-  summary: string;
-  description: string;
-  options: Record<string, OptionSpec>;
-  /** The positionals' name for messages, and how many may be given. */
-  positionals: { name?: string; min: number; max: number };
-  /** Everything after `--` is the guest's command line, untouched. */
-  takesCommand?: boolean;
-  handler(inv: Invocation): Promise<number>;
-}
 
 const IMAGE_NOTE = `IMAGE is a registry reference (python:3.12-slim), oci:DIR[:TAG], oci-archive:FILE[:TAG],
 docker-archive:FILE, or local:NAME (built by scripts/build-image.sh).`;
@@ -282,72 +238,6 @@ ${IMAGE_NOTE}`,
     },
   },
   {
-    name: "server",
-    synopsis: "server [--host ADDR] [--port N] [--api-key KEY] [options]",
-    summary: "serve sandboxes over HTTP to the Microsandbox SDKs (JSON-RPC)",
-    description: `Serve sandboxes to clients that only talk to a server: the Microsandbox SDKs (POST /api/v1/rpc,
-JSON-RPC 2.0; GET /api/v1/health). Their default images microsandbox/python and microsandbox/node are
-this machine's local:python and local:node. Listens on 127.0.0.1 unless --host says otherwise, and
-refuses any other address without an API key (--api-key, or MSB_API_KEY); clients send it as
-Authorization: Bearer KEY. Ctrl-C or SIGTERM stops every sandbox, then the server.`,
-    options: {
-      host: { type: "string", value: "ADDR", default: "127.0.0.1", description: "address to listen on" },
-      port: { type: "string", value: "N", number: "a number >= 0", default: "5555", description: "port (0: any free one)" },
-      "api-key": { type: "string", value: "KEY", default: "MSB_API_KEY", description: "the key clients must send" },
-      "max-sandboxes": { type: "string", value: "N", number: "a whole number >= 1", default: "16", description: "sandboxes at once; more get 429" },
-      "memory-budget": { type: "string", value: "MIB", number: "a whole number >= 1", default: "half the RAM", description: "MiB all sandboxes may take; more get 429" },
-      "access-log": { type: "boolean", description: "a JSON line per request on stderr", default: "off" },
-    },
-    positionals: { min: 0, max: 0 },
-    async handler({ values: v }) {
-      const key = (v["api-key"] as string | undefined) ?? process.env.MSB_API_KEY;
-      const server = await createServer({
-        ...(v.host ? { host: v.host as string } : {}),
-        ...(v.port !== undefined ? { port: v.port as number } : {}),
-        ...(key ? { apiKeys: [key] } : {}),
-        ...(v["max-sandboxes"] !== undefined ? { maxSandboxes: v["max-sandboxes"] as number } : {}),
-        ...(v["memory-budget"] !== undefined ? { memoryBudgetMiB: v["memory-budget"] as number } : {}),
-        accessLog: !!v["access-log"],
-      });
-      process.stderr.write(`msb server: listening on ${server.url}${key ? " (API key required)" : ""}\n`);
-      const signal = await new Promise<NodeJS.Signals>((resolve) => {
-        process.once("SIGINT", () => resolve("SIGINT"));
-        process.once("SIGTERM", () => resolve("SIGTERM"));
-      });
-      process.stderr.write(`msb server: ${signal}: stopping every sandbox\n`);
-      await server.close();
-      return 0;
-    },
-  },
-  {
-    name: "ps",
-    synopsis: "ps [--server URL] [--api-key KEY]",
-    summary: "list the sandboxes an msb server runs, whichever protocol made them",
-    description: `List the sandboxes a running msb server holds for this API key: Microsandbox-protocol ones
-(namespace/name) and E2B ones (template) alike. The server is MSB_SERVER_URL, else
-http://127.0.0.1:5555; the key --api-key, else MSB_API_KEY.`,
-    options: serverOptions(),
-    positionals: { min: 0, max: 0 },
-    async handler({ values: v }) {
-      const list = (await serverCall(v, "GET", "/api/v1/sandboxes")) as { id: string; protocol: string; namespace: string; name: string; template: string; memoryMiB: number; pid: number | null; startedAt: string }[];
-      const rows: [string, string][] = list.map((s) => [s.id, `${s.protocol === "e2b" ? `e2b ${s.template}` : `${s.namespace}/${s.name}`}  ${s.memoryMiB} MiB  pid ${s.pid ?? "-"}  since ${s.startedAt}`]);
-      process.stdout.write(rows.length ? column([["ID", "WHAT  MEMORY  VMM  STARTED"], ...rows]) + "\n" : "no sandboxes\n");
-      return 0;
-    },
-  },
-  {
-    name: "kill",
-    synopsis: "kill ID... [--server URL] [--api-key KEY]",
-    summary: "stop sandboxes an msb server runs",
-    description: `Stop the sandboxes with these ids (msb ps lists them) on a running msb server; see msb ps.`,
-    options: serverOptions(),
-    positionals: { name: "ID", min: 1, max: Infinity },
-    async handler({ values: v, positionals }) {
-      for (const id of positionals) await serverCall(v, "DELETE", `/api/v1/sandboxes/${encodeURIComponent(id)}`);
-      return 0;
-    },
-  },
-  {
     name: "volume",
     synopsis: "volume ls | volume rm NAME...",
     summary: "list the persistent volumes, or remove some",
@@ -418,43 +308,18 @@ ${IMAGE_NOTE}`,
   },
 ];
 
-function serverOptions(): Record<string, OptionSpec> {
-  return {
-    server: { type: "string", value: "URL", default: "MSB_SERVER_URL or http://127.0.0.1:5555", description: "the msb server" },
-    "api-key": { type: "string", value: "KEY", default: "MSB_API_KEY", description: "the key the server wants" },
-  };
-}
-
-// One request to a running msb server; its JSON answer, or an error naming the server's message.
-async function serverCall(v: Values, method: string, path: string): Promise<unknown> {
-  const base = (v.server as string | undefined) ?? process.env.MSB_SERVER_URL ?? "http://127.0.0.1:5555";
-  const key = (v["api-key"] as string | undefined) ?? process.env.MSB_API_KEY;
-  let res: Response;
-  try {
-    res = await fetch(new URL(path, base), { method, headers: key ? { authorization: `Bearer ${key}` } : {} });
-  } catch (err) {
-    throw new InvalidArgumentError(`no msb server answers at ${base} (${(err as Error).message}): start one with msb server, or give --server`);
-  }
-  const text = await res.text();
-  if (!res.ok) throw new InvalidArgumentError(`the server at ${base} answered ${res.status}: ${(JSON.parse(text || "{}") as { message?: string }).message ?? text}`);
-  return text ? JSON.parse(text) : undefined;
-}
-
 // A process's exit code; a signal's death gets the shell's status: 128 + its number.
 const exitStatus = (exit: ExitStatus) => exit.exitCode ?? 128 + (osConstants.signals[exit.signal as NodeJS.Signals] ?? 9);
 
-export const COMMANDS = new Map(list.map((c) => [c.name, c]));
+export const COMMANDS = new Map([...list, ...SERVER_COMMANDS].map((c) => [c.name, c]));
+export { NUMBER_KINDS, type Command, type Invocation, type Values } from "./spec.js";
 
-const column = (rows: [string, string][]) => {
-  const width = Math.max(...rows.map(([left]) => left.length)) + 2;
-  return rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`).join("\n");
-};
 
 export function generalUsage(): string {
   return `usage: msb <command> [options]
 
 commands:
-${column(list.map((c) => [c.name, c.summary]))}
+${column([...COMMANDS.values()].map((c) => [c.name, c.summary]))}
 
 msb <command> --help (or msb help <command>) shows a command's synopsis and options.`;
 }
