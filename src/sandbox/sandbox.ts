@@ -8,7 +8,7 @@ import { debuglog } from "node:util";
 import type { AgentClient } from "../agent-client/client.js";
 import type { ExitStatus } from "../agent-client/process.js";
 
-import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError, VolumeMountError } from "../errors.js";
+import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
 import type { Backend, BootTimeline, KeptSession, Vm, VmConfig } from "../vm/backend.js";
@@ -25,7 +25,7 @@ import { type CpuMark, cpuMark, sandboxMetrics, type SandboxMetrics } from "./me
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
 import type { SandboxPool } from "./pool.js";
 import { registry, type SandboxInfo } from "./registry.js";
-import { leaseVolumes, type VolumeLease, volumeFile } from "./volumes.js";
+import { checkMounted, leaseVolumes, type VolumeLease, volumeFile } from "./volumes.js";
 
 const debug = debuglog("microsandbox");
 
@@ -539,18 +539,5 @@ export abstract class Sandbox implements AsyncDisposable {
       );
     }
     return undefined;
-  }
-}
-
-// A volume the agent could not mount fails the boot, named (the console says why).
-async function checkMounted(agent: AgentClient, volumes: ResolvedOptions["volumes"]): Promise<void> {
-  if (!volumes.length) return;
-  const mounts = (await agent.readFile("/proc/mounts")).toString("utf8").split("\n").map((l) => l.split(" "));
-  for (const v of volumes) {
-    const m = mounts.find((f) => f[1] === v.path);
-    const opts = m?.[3]?.split(",") ?? [];
-    if (!m || !opts.includes("nosuid") || !opts.includes("nodev")) {
-      throw new VolumeMountError(`volume ${v.name} is not mounted at ${v.path} in the guest: see sandbox.logs({ sources: ["console"] })`);
-    }
   }
 }

@@ -11,7 +11,8 @@ import { open } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 
-import { InvalidArgumentError, MicrosandboxError, VolumeBusyError } from "../errors.js";
+import type { AgentClient } from "../agent-client/client.js";
+import { InvalidArgumentError, MicrosandboxError, VolumeBusyError, VolumeMountError } from "../errors.js";
 import { withLock } from "../images/lock.js";
 import { cacheDir } from "../paths.js";
 
@@ -180,4 +181,17 @@ export async function removeVolume(name: string): Promise<void> {
     rmSync(volumeFile(name), { force: true });
     rmSync(usersFile(name), { force: true });
   });
+}
+
+/** A volume the agent could not mount fails the boot, named (the console says why). */
+export async function checkMounted(agent: AgentClient, volumes: Required<VolumeSpec>[]): Promise<void> {
+  if (!volumes.length) return;
+  const mounts = (await agent.readFile("/proc/mounts")).toString("utf8").split("\n").map((l) => l.split(" "));
+  for (const v of volumes) {
+    const m = mounts.find((f) => f[1] === v.path);
+    const opts = m?.[3]?.split(",") ?? [];
+    if (!m || !opts.includes("nosuid") || !opts.includes("nodev")) {
+      throw new VolumeMountError(`volume ${v.name} is not mounted at ${v.path} in the guest: see sandbox.logs({ sources: ["console"] })`);
+    }
+  }
 }
