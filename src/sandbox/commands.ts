@@ -39,8 +39,9 @@ export class SandboxCommands {
     if (!Array.isArray(args)) throw new InvalidArgumentError(`args must be an array of strings, got ${typeof args}`);
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
     const agent = this.sandbox.agent();
-    const r = await agent.exec([command, ...args], { ...this.sandbox.processOptions(opts, timeout), onOutput: this.sandbox.logOutput(command) });
-    this.sandbox.logExit(command, r);
+    const tap = this.sandbox.logTap(command);
+    const r = await agent.exec([command, ...args], { ...this.sandbox.processOptions(opts, timeout), onOutput: (c) => tap.output(c) });
+    tap.end(r);
     const exhausted = this.sandbox.exhausted(command, r.guestCounters);
     if (exhausted) throw exhausted;
     if (r.timedOut) throw new TimeoutError(`${command} ran longer than ${timeout} s and was killed`);
@@ -55,8 +56,9 @@ export class SandboxCommands {
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
     const base = this.sandbox.processOptions(opts, timeout);
     if (opts.pty && base.env.TERM === "dumb") base.env = { ...base.env, TERM: "xterm-256color" };
-    const proc = this.sandbox.agent().spawn([command, ...args], { ...base, stdin: !!opts.stdin, ...(opts.pty ? { pty: opts.pty } : {}), onOutput: this.sandbox.logOutput(command) });
-    proc.exit.then((r) => this.sandbox.logExit(command, r), () => {});
+    const tap = this.sandbox.logTap(command);
+    const proc = this.sandbox.agent().spawn([command, ...args], { ...base, stdin: !!opts.stdin, ...(opts.pty ? { pty: opts.pty } : {}), onOutput: (c) => tap.output(c) });
+    proc.exit.then((r) => tap.end(r), () => {});
     return proc;
   }
 }

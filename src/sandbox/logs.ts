@@ -115,6 +115,48 @@ export class SandboxLog {
   }
 }
 
+/** What one command may put in the log as it runs, and what of its end is kept for its exit. */
+const COMMAND_HEAD_BYTES = 64 * 1024;
+const COMMAND_TAIL_BYTES = 64 * 1024;
+
+/**
+ * One command's output on its way to the log: the first COMMAND_HEAD_BYTES as they come (a
+ * running command's log shows it), then only the last COMMAND_TAIL_BYTES, kept as bytes and
+ * logged at the end with a note of what was left out. A command printing gigabytes costs the
+ * log a fixed amount of work, not a copy of everything.
+ */
+export class CommandTap {
+  private headBytes = 0;
+  private readonly tail: { stream: "stdout" | "stderr"; data: Buffer }[] = [];
+  private tailBytes = 0;
+  private skipped = 0;
+
+  constructor(
+    private readonly log: SandboxLog,
+    private readonly command: string,
+  ) {}
+
+  output(chunk: { stream: "stdout" | "stderr"; data: Buffer }): void {
+    if (this.headBytes < COMMAND_HEAD_BYTES) {
+      this.headBytes += chunk.data.length;
+      return this.log.add(chunk.stream, chunk.data.toString("utf8"), this.command);
+    }
+    this.tail.push(chunk);
+    this.tailBytes += chunk.data.length;
+    while (this.tailBytes - this.tail[0]!.data.length >= COMMAND_TAIL_BYTES) {
+      const dropped = this.tail.shift()!;
+      this.tailBytes -= dropped.data.length;
+      this.skipped += dropped.data.length;
+    }
+  }
+
+  end(r: { exitCode: number | null; signal: string | null; timedOut: boolean }): void {
+    if (this.skipped) this.log.add("event", `${this.skipped} bytes of output not logged`, this.command);
+    for (const c of this.tail.splice(0)) this.log.add(c.stream, c.data.toString("utf8"), this.command);
+    this.log.add("event", r.timedOut ? "timed out" : r.signal ? `killed by ${r.signal}` : `exited with ${r.exitCode}`, this.command);
+  }
+}
+
 // Keeps the newest KEEP_SANDBOXES sandboxes' logs.
 function prune(dir: string): void {
   try {

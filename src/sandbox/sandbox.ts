@@ -20,7 +20,7 @@ import { newPausedDir, readPaused, writePaused } from "./paused.js";
 import { type CommandOptions, SandboxCommands } from "./commands.js";
 import { SandboxFiles } from "./files.js";
 import { Lifetime } from "./lifetime.js";
-import { type LogEntry, type LogOptions, SandboxLog } from "./logs.js";
+import { CommandTap, type LogEntry, type LogOptions, SandboxLog } from "./logs.js";
 import { type CpuMark, cpuMark, sandboxMetrics, type SandboxMetrics } from "./metrics.js";
 import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
 import type { SandboxPool } from "./pool.js";
@@ -88,14 +88,9 @@ export abstract class Sandbox implements AsyncDisposable {
     return this.log?.read(opts, this.vm?.consoleLog) ?? [];
   }
 
-  /** @internal Logs a command's output as it arrives. */
-  logOutput(command: string): (chunk: { stream: "stdout" | "stderr"; data: Buffer }) => void {
-    return (chunk) => this.log?.add(chunk.stream, chunk.data.toString("utf8"), command);
-  }
-
-  /** @internal Logs a command's end. */
-  logExit(command: string, r: { exitCode: number | null; signal: string | null; timedOut: boolean }): void {
-    this.log?.add("event", r.timedOut ? "timed out" : r.signal ? `killed by ${r.signal}` : `exited with ${r.exitCode}`, command);
+  /** @internal Where a command's output and end go in the log (nowhere before the first start). */
+  logTap(command: string): Pick<CommandTap, "output" | "end"> {
+    return this.log ? new CommandTap(this.log, command) : { output() {}, end() {} };
   }
 
   /** Counts as activity: the idleTimeout clock starts again. */

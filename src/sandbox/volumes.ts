@@ -186,7 +186,8 @@ export async function removeVolume(name: string): Promise<void> {
 /** A volume the agent could not mount fails the boot, named (the console says why). */
 export async function checkMounted(agent: AgentClient, volumes: Required<VolumeSpec>[]): Promise<void> {
   if (!volumes.length) return;
-  const mounts = (await agent.readFile("/proc/mounts")).toString("utf8").split("\n").map((l) => l.split(" "));
+  // Read right after boot, before any user code; bounded all the same.
+  const mounts = (await agent.readFile("/proc/mounts", { length: 1 << 20 })).toString("utf8").split("\n").map((l) => l.split(" "));
   for (const v of volumes) {
     const m = mounts.find((f) => f[1] === v.path);
     const opts = m?.[3]?.split(",") ?? [];

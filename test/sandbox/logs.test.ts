@@ -44,6 +44,9 @@ describe("sandbox.logs()", () => {
       expect(bytes).toBeLessThan(1.2 * 2 ** 20);
       const last = sb.logs({ tail: 2 });
       expect(last.map((e) => e.text)).toEqual([expect.stringMatching(/last-line\n$/), "exited with 0"]);
+      // The head and the tail of so much output are logged, the middle counted.
+      const note = sb.logs({ tail: 100, sources: ["event"] }).find((e) => /bytes of output not logged/.test(e.text));
+      expect(Number(note?.text.split(" ")[0])).toBeGreaterThan(7_000_000);
     } finally {
       await sb.stop();
     }
