@@ -58,6 +58,7 @@ export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
       const config = (p.config ?? {}) as Params;
       if (table.find(owner, namespace, name)) return `Sandbox ${name} is already running`;
       await table.create({
+        protocol: "microsandbox",
         owner,
         namespace,
         name,
@@ -94,7 +95,7 @@ export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
     "sandbox.metrics.get": async (owner, p) => {
       const namespace = typeof p.namespace === "string" && p.namespace !== "*" ? p.namespace : undefined;
       const name = typeof p.sandbox === "string" ? p.sandbox : undefined;
-      const chosen = table.list(owner).filter((m) => (!namespace || m.namespace === namespace) && (!name || m.name === name));
+      const chosen = table.list(owner).filter((m) => m.protocol === "microsandbox" && (!namespace || m.namespace === namespace) && (!name || m.name === name));
       const sandboxes = await Promise.all(
         chosen.map(async (m) => {
           const s = await m.sandbox.metrics().catch(() => undefined);

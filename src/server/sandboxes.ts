@@ -10,8 +10,10 @@ import { HttpError } from "./http.js";
 export interface Managed {
   /** The server's id for it (also its Sandbox name). */
   id: string;
+  /** The protocol that made it: each finds its own by name. */
+  protocol: "microsandbox" | "e2b";
   owner: string;
-  /** The Microsandbox protocol's namespace and name; E2B sandboxes use "e2b" and the id. */
+  /** The Microsandbox protocol's namespace and name; E2B sandboxes: "e2b" and their template. */
   namespace: string;
   name: string;
   sandbox: Sandbox;
@@ -25,6 +27,7 @@ export interface Managed {
 }
 
 export interface CreateSpec {
+  protocol: Managed["protocol"];
   owner: string;
   namespace: string;
   name: string;
@@ -86,7 +89,7 @@ export class SandboxTable {
         ...(spec.workdir ? { workdir: spec.workdir } : {}),
         labels: { "msb.server/owner": spec.owner, "msb.server/namespace": spec.namespace, "msb.server/name": spec.name },
       });
-      const m: Managed = { id, owner: spec.owner, namespace: spec.namespace, name: spec.name, sandbox, memory, template: spec.template ?? spec.image, metadata: spec.metadata ?? {}, startedAt: new Date() };
+      const m: Managed = { id, protocol: spec.protocol, owner: spec.owner, namespace: spec.namespace, name: spec.name, sandbox, memory, template: spec.template ?? spec.image, metadata: spec.metadata ?? {}, startedAt: new Date() };
       this.all.set(id, m);
       if (spec.timeout !== undefined) this.setTimeout(m, spec.timeout);
       if (this.closed) await this.kill(m);
@@ -117,8 +120,9 @@ export class SandboxTable {
     return this.all.get(id);
   }
 
+  /** A Microsandbox-protocol sandbox by its namespace and name. */
   find(owner: string, namespace: string, name: string): Managed | undefined {
-    return [...this.all.values()].find((m) => m.owner === owner && m.namespace === namespace && m.name === name);
+    return [...this.all.values()].find((m) => m.protocol === "microsandbox" && m.owner === owner && m.namespace === namespace && m.name === name);
   }
 
   /** Every owner's sandboxes (a presigned URL names none: its signature does). */

@@ -71,7 +71,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   router.on("GET", "/api/v1/sandboxes", (req, res) => {
     try {
       const owner = keys.owner(req, ["authorization"]);
-      sendJson(res, 200, table.list(owner).map((m) => ({ id: m.id, protocol: m.namespace === "e2b" ? "e2b" : "microsandbox", namespace: m.namespace, name: m.name, template: m.template, memoryMiB: m.memory, running: m.sandbox.isRunning, pid: m.sandbox.pid ?? null, startedAt: m.startedAt.toISOString(), ...(m.endAt ? { endAt: new Date(m.endAt).toISOString() } : {}) })));
+      sendJson(res, 200, table.list(owner).map((m) => ({ id: m.id, protocol: m.protocol, namespace: m.namespace, name: m.name, template: m.template, memoryMiB: m.memory, running: m.sandbox.isRunning, pid: m.sandbox.pid ?? null, startedAt: m.startedAt.toISOString(), ...(m.endAt ? { endAt: new Date(m.endAt).toISOString() } : {}) })));
     } catch (err) {
       fail(res, err);
     }

@@ -79,7 +79,7 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : DEFAULT_TIMEOUT_S;
     const metadata = body.metadata && typeof body.metadata === "object" ? (body.metadata as Record<string, string>) : {};
     const env = body.envVars && typeof body.envVars === "object" ? (body.envVars as Record<string, string>) : {};
-    const m = await table.create({ owner: who, namespace: "e2b", name: template, image: templates[template] ?? template, template, metadata, env, timeout });
+    const m = await table.create({ protocol: "e2b", owner: who, namespace: "e2b", name: template, image: templates[template] ?? template, template, metadata, env, timeout });
     const token = randomBytes(24).toString("base64url");
     state.set(m, { token, processes: new ProcessTable(), contexts: new Map() });
     sendJson(res, 201, { sandboxID: m.id, templateID: template, alias: template, clientID: "msb", envdVersion: ENVD_VERSION, envdAccessToken: token, trafficAccessToken: token, domain: null });
