@@ -22,7 +22,14 @@ fi
 
 mkdir -p "$images"
 tmp="$(mktemp -d "$images/.tmp-$name.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
+# debootstrap mounts /proc and /sys inside the root it builds; one that is interrupted leaves them
+# mounted. They come off before the half-made image is removed.
+cleanup() {
+  awk -v t="$tmp/" 'index($2, t) == 1 { print $2 }' /proc/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m"; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 root="$tmp/rootfs"
 mirror="${MSB_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
