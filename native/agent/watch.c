@@ -150,10 +150,19 @@ static void watch_tree(struct session *s, const char *path, bool report) {
   nftw(path, on_entry, 16, FTW_PHYS);
 }
 
+// Watches with a rename's first half waiting for its second: watch_timers has work only then
+// (it runs on every turn of the agent's loop).
+static int g_waiting;
+
+static void set_deadline(struct fswatch *f, uint64_t at) {
+  g_waiting += (at != 0) - (f->move_deadline_ns != 0);
+  f->move_deadline_ns = at;
+}
+
 // An IN_MOVED_FROM whose IN_MOVED_TO did not follow: moved out of the tree.
 static void settle_move(struct session *s) {
   struct fswatch *f = s->fsw;
-  f->move_deadline_ns = 0;
+  set_deadline(f, 0);
   if (!f->moved) return;
   emit(s, microsandbox_agent_FsEvent_Kind_DELETE, f->moved, NULL, f->moved_dir);
   f->moved = NULL;
@@ -162,6 +171,7 @@ static void settle_move(struct session *s) {
 void fswatch_free(struct session *s) {
   struct fswatch *f = s->fsw;
   if (!f) return;
+  set_deadline(f, 0);
   for (int i = 0; i < f->n; i++) free(f->batch[i].path), free(f->batch[i].from);
   for (int i = 0; i < f->ndirs; i++) free(f->dirs[i].path);
   free(f->dirs);
@@ -230,7 +240,7 @@ static bool take(struct session *s, const char *buf, ssize_t len) {
     if (!path) continue;
     bool isdir = e->mask & IN_ISDIR;
     if (f->moved && !((e->mask & IN_MOVED_TO) && e->cookie == f->cookie)) settle_move(s);
-    f->move_deadline_ns = 0;
+    set_deadline(f, 0);
     if (e->mask & IN_MOVED_FROM) {
       f->moved = path, f->cookie = e->cookie, f->moved_dir = isdir;
     } else if (e->mask & IN_MOVED_TO) {
@@ -264,7 +274,7 @@ void watch_on_event(struct watch *w) {
   bool gone = take(s, buf, len);
   // A rename queues its halves one after the other, and this wakeup may come between them: a
   // pending IN_MOVED_FROM waits MOVE_WAIT_NS for its partner before it counts as a move out.
-  if (s->fsw->moved && !s->fsw->move_deadline_ns) s->fsw->move_deadline_ns = now_ns() + MOVE_WAIT_NS;
+  if (s->fsw->moved && !s->fsw->move_deadline_ns) set_deadline(s->fsw, now_ns() + MOVE_WAIT_NS);
   if (gone) settle_move(s);
   flush(s);
   if (gone) {
@@ -275,7 +285,7 @@ void watch_on_event(struct watch *w) {
 }
 
 void watch_timers(uint64_t now, int64_t *next_ms) {
-  for (struct conn *c = g_conns; c; c = c->next) {
+  for (struct conn *c = g_conns; g_waiting && c; c = c->next) {
     for (struct session *s = c->sessions; s && c->w.fd >= 0; s = s->next) {
       uint64_t at = s->kind == S_WATCH ? s->fsw->move_deadline_ns : 0;
       if (!at) continue;

@@ -5,7 +5,18 @@ import { AgentProtocolError } from "../errors.js";
 import type { Channel } from "./channel.js";
 import { DEFAULT_WINDOW_BYTES, MAX_CHUNK_BYTES } from "./protocol.js";
 
-export class Inbound<T extends { data: Buffer }> implements AsyncIterableIterator<T> {
+/** How Inbound counts what it holds: bytes of credit an item takes, and what one may take at most. */
+export interface Sizing<T> {
+  size(item: T): number;
+  /** Largest item (default MAX_CHUNK_BYTES). */
+  maxItem?: number;
+  /** Bytes past the window a sender may run (default 0: it stops at the window exactly). */
+  slack?: number;
+}
+
+const chunks: Sizing<{ data: Buffer }> = { size: (item) => item.data.length };
+
+export class Inbound<T> implements AsyncIterableIterator<T> {
   private readonly queue: T[] = [];
   private outstanding = 0; // sent by the guest, not yet credited
   private uncredited = 0; // consumed here, credit not yet sent
@@ -24,17 +35,18 @@ export class Inbound<T extends { data: Buffer }> implements AsyncIterableIterato
     private readonly window: number,
     private readonly credit: (bytes: number) => void,
     private readonly onReturn: () => void,
+    private readonly sizing: Sizing<T> = chunks as unknown as Sizing<T>,
   ) {}
 
-  /** Takes one chunk from the guest; a guest that ignores its credit is a protocol error. */
   /** Chunks received and not yet taken by the reader. */
   get backlog(): number {
     return this.queue.length;
   }
 
+  /** Takes one item from the guest; a guest that ignores its credit is a protocol error. */
   push(item: T): void {
-    const n = item.data.length;
-    if (n > MAX_CHUNK_BYTES || this.outstanding + n > this.window) {
+    const n = this.sizing.size(item);
+    if (n > (this.sizing.maxItem ?? MAX_CHUNK_BYTES) || this.outstanding + n > this.window + (this.sizing.slack ?? 0)) {
       throw new AgentProtocolError(
         `the guest sent ${n} bytes with ${this.window - this.outstanding} bytes of credit left`,
       );
@@ -64,7 +76,7 @@ export class Inbound<T extends { data: Buffer }> implements AsyncIterableIterato
     for (;;) {
       const item = this.queue.shift();
       if (item) {
-        this.consumed(item.data.length);
+        this.consumed(this.sizing.size(item));
         return { value: item, done: false };
       }
       if (this.error) throw this.error;
