@@ -24,6 +24,8 @@ export interface Managed {
   /** E2B: when it dies unless extended (ms since the epoch). */
   endAt?: number;
   timer?: NodeJS.Timeout;
+  /** What else goes when it is killed (a paused sandbox's saved state). */
+  discard?: () => void;
 }
 
 export interface CreateSpec {
@@ -59,11 +61,6 @@ export class SandboxTable {
 
   constructor(private readonly limits: Limits) {}
 
-  /** The image a client's name stands for. */
-  image(asked: string): string {
-    return this.limits.images[asked] ?? asked;
-  }
-
   async create(spec: CreateSpec): Promise<Managed> {
     if (this.closed) throw new HttpError(503, "the server is shutting down", "unavailable");
     const memory = spec.memory ?? 512;
@@ -77,7 +74,7 @@ export class SandboxTable {
     this.reserved++;
     this.reservedMiB += memory;
     const id = `${randomBytes(8).toString("hex")}`;
-    const image = this.image(spec.image);
+    const image = this.limits.images[spec.image] ?? spec.image;
     const Kind = /python/.test(image) ? PythonSandbox : /node/.test(image) ? NodeSandbox : CustomSandbox;
     try {
       const sandbox: Sandbox = await Kind.create({
@@ -138,6 +135,7 @@ export class SandboxTable {
     clearTimeout(m.timer);
     this.all.delete(m.id);
     await m.sandbox.stop();
+    m.discard?.();
   }
 
   /** Stops every sandbox; creates from now on are refused. */

@@ -2,7 +2,10 @@
 // 2.49, @e2b/code-interpreter 2.8), with E2B_API_URL and E2B_SANDBOX_URL pointing at the server.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
+import { existsSync } from "node:fs";
+
 import { createServer, type RunningServer } from "../../src/index.js";
+import { pausedDir } from "../../src/sandbox/paused.js";
 
 let server: RunningServer;
 const KEY = "e2b-test-key";
@@ -71,8 +74,14 @@ describe("the e2b SDK", () => {
     }
   }, 180_000);
 
-  it("pauses a sandbox and brings it back with connect, files and all", async () => {
+  it("pauses a sandbox and brings it back with connect, files and all; killing a paused one leaves nothing", async () => {
     const { Sandbox } = e251;
+    const other = await Sandbox.create("local:busybox");
+    await other.pause();
+    const saved = pausedDir(`srv-${other.sandboxId}`);
+    expect(existsSync(saved)).toBe(true);
+    expect(await Sandbox.kill(other.sandboxId)).toBe(true);
+    expect(existsSync(saved)).toBe(false);
     const sb = await Sandbox.create("base");
     try {
       await sb.files.write("/root/kept", "across a pause");

@@ -4,6 +4,7 @@
 // by the E2b-Sandbox-Id header and allowed by its X-Access-Token): envd's Connect RPC services
 // (envd.ts), its /files and /health, and the code interpreter's /execute (port 49999).
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { rmSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -96,6 +97,7 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     if (s.paused) {
       m.sandbox = await s.paused.kind.resume(s.paused.name);
       delete s.paused;
+      delete m.discard;
       status = 201;
     }
     table.setTimeout(m, typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : DEFAULT_TIMEOUT_S);
@@ -133,8 +135,11 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     const m = target(req, params);
     const s = state.get(m)!;
     if (s.paused) throw new HttpError(409, `sandbox ${m.id} is already paused`, "conflict");
-    await m.sandbox.pause();
+    const dir = await m.sandbox.pause();
     s.paused = { kind: m.sandbox.constructor as typeof PythonSandbox, name: m.sandbox.name };
+    // Paused, it waits for a connect, not for its timeout; killed, its saved state goes too.
+    clearTimeout(m.timer);
+    m.discard = () => rmSync(dir, { recursive: true, force: true });
     s.processes = new ProcessTable();
     s.contexts.clear(); // their interpreters did not survive the pause
     res.writeHead(204).end();
@@ -145,7 +150,10 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     router.on("POST", "/v2/sandboxes", wrap(create));
     router.on("GET", "/sandboxes", wrap(list));
     router.on("GET", "/v2/sandboxes", wrap(list));
-    router.on("GET", "/sandboxes/:sandboxID", wrap((req, res, p) => sendJson(res, 200, { ...info(target(req, p)), envdAccessToken: state.get(target(req, p))?.token })));
+    router.on("GET", "/sandboxes/:sandboxID", wrap((req, res, p) => {
+      const m = target(req, p);
+      sendJson(res, 200, { ...info(m), envdAccessToken: state.get(m)?.token });
+    }));
     router.on("DELETE", "/sandboxes/:sandboxID", wrap(async (req, res, p) => {
       await table.kill(target(req, p));
       res.writeHead(204).end();
