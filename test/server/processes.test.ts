@@ -36,4 +36,28 @@ describe("ProcessTable", () => {
     expect(await collect(t.watch())).toEqual(["start 42", "end 0"]);
     expect(table.list()).toEqual([]);
   });
+
+  it("stops reading a process while a watcher is 4 MiB behind, and goes on when it catches up", async () => {
+    let pulled = 0;
+    const endless = {
+      pid: Promise.resolve(7),
+      exit: new Promise(() => {}),
+      async *[Symbol.asyncIterator]() {
+        for (; pulled < 1000; pulled++) {
+          await new Promise((r) => setImmediate(r)); // as a real process's output arrives: over time
+          yield { stream: "stdout", data: Buffer.alloc(64 * 1024) };
+        }
+      },
+    } as unknown as ExecProcess;
+    const t = await new ProcessTable().add(endless, { cmd: "yes", args: [], envs: {}, pty: false });
+    const slow = t.watch();
+    await slow.next(); // the start; then nothing is read for a while
+    await new Promise((r) => setTimeout(r, 100));
+    const stalled = pulled;
+    expect(stalled).toBeLessThanOrEqual(4 * 16 + 2);
+    for (let i = 0; i < 40; i++) await slow.next();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(pulled).toBeGreaterThan(stalled);
+    await slow.return(undefined);
+  });
 });

@@ -17,24 +17,32 @@ export interface Tracked {
   cwd?: string;
   pty: boolean;
   proc: ExecProcess;
-  /** Resolves once the process ended and every watcher got its end. */
-  ended: Promise<void>;
   /** A stream of this process's events from now on. */
   watch(): AsyncGenerator<ProcEvent>;
 }
 
-// A waiter's queue: events pushed, taken in order.
-class Queue<T> {
-  private items: T[] = [];
+// Bytes of output a watcher may have waiting before the pump stops reading the process: a slow
+// client holds the guest back (through the process's own credit), not host memory.
+const WATCHER_BACKLOG_BYTES = 4 * 2 ** 20;
+
+// A watcher's queue: events pushed, taken in order; `bytes` of data waiting in it.
+class Queue {
+  private items: ProcEvent[] = [];
   private wake: (() => void) | undefined;
-  push(item: T): void {
+  bytes = 0;
+  constructor(private readonly drained: () => void) {}
+  push(item: ProcEvent): void {
     this.items.push(item);
+    if (item.kind === "data") this.bytes += item.data.length;
     this.wake?.();
   }
-  async take(): Promise<T> {
+  async take(): Promise<ProcEvent> {
     while (!this.items.length) await new Promise<void>((r) => (this.wake = r));
     this.wake = undefined;
-    return this.items.shift()!;
+    const item = this.items.shift()!;
+    if (item.kind === "data") this.bytes -= item.data.length;
+    if (this.bytes < WATCHER_BACKLOG_BYTES) this.drained();
+    return item;
   }
 }
 
@@ -42,17 +50,30 @@ export class ProcessTable {
   private readonly byPid = new Map<number, Tracked>();
 
   /** Tracks `proc` (just spawned); the first event every watcher sees is its start. */
-  async add(proc: ExecProcess, info: Omit<Tracked, "pid" | "proc" | "ended" | "watch">): Promise<Tracked> {
+  async add(proc: ExecProcess, info: Omit<Tracked, "pid" | "proc" | "watch">): Promise<Tracked> {
     const pid = await proc.pid;
-    const watchers = new Set<Queue<ProcEvent>>();
+    const watchers = new Set<Queue>();
     const emit = (e: ProcEvent) => watchers.forEach((q) => q.push(e));
+    let resume: (() => void) | undefined;
+    const drained = () => {
+      const r = resume;
+      resume = undefined;
+      r?.();
+    };
+    // Waits while some watcher is too far behind (one that leaves frees the pump too).
+    const room = async () => {
+      while ([...watchers].some((q) => q.bytes >= WATCHER_BACKLOG_BYTES)) await new Promise<void>((r) => (resume = r));
+    };
     let last: ProcEvent | undefined;
     let pumping: Promise<void> | undefined;
     // Output is read once the first watcher is there: none is lost to a start nobody watched yet.
     const pump = () =>
       (pumping ??= (async () => {
         try {
-          for await (const chunk of proc) emit({ kind: "data", stream: info.pty ? "pty" : chunk.stream, data: chunk.data });
+          for await (const chunk of proc) {
+            emit({ kind: "data", stream: info.pty ? "pty" : chunk.stream, data: chunk.data });
+            await room();
+          }
           last = { kind: "end", exit: await proc.exit };
         } catch (err) {
           last = { kind: "end", exit: undefined, error: (err as Error).message };
@@ -64,11 +85,8 @@ export class ProcessTable {
       ...info,
       pid,
       proc,
-      get ended() {
-        return pump();
-      },
       async *watch() {
-        const q = new Queue<ProcEvent>();
+        const q = new Queue(drained);
         // A watcher that comes after the end gets only the end; any other, every event from now.
         const over = last;
         watchers.add(q);
@@ -83,6 +101,7 @@ export class ProcessTable {
           }
         } finally {
           watchers.delete(q);
+          drained();
         }
       },
     };
