@@ -4,8 +4,11 @@
 // by the E2b-Sandbox-Id header and allowed by its X-Access-Token): envd's Connect RPC services
 // (envd.ts), its /files and /health, and the code interpreter's /execute (port 49999).
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { once } from "node:events";
 import { rmSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -235,9 +238,12 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     if (path.split("/").includes("..")) throw new HttpError(400, `path ${JSON.stringify(path)} may not contain ".."`, "bad_request");
     try {
       if (req.method === "GET") {
-        const data = await sb.fs.read(path);
-        res.writeHead(200, { "content-type": "application/octet-stream", "content-length": data.length });
-        return void res.end(data);
+        // Streamed under the guest's credit, whatever the file's size: a slow client holds the
+        // read back, not host memory.
+        const st = await sb.fs.stat(path);
+        if (st.type === "directory") throw new HttpError(400, `${path} is a directory`, "bad_request");
+        res.writeHead(200, { "content-type": "application/octet-stream" });
+        return await pipeline(Readable.from(sb.fs.readStream(path)), res);
       }
       if (req.method !== "POST") throw new HttpError(405, `${req.method} /files is not served`, "method");
       const type = String(req.headers["content-type"] ?? "");
@@ -355,7 +361,12 @@ for d in iter(lambda: s.recv(65536), b""): sys.stdout.buffer.write(d); sys.stdou
     for await (const chunk of proc) {
       if (chunk.stream !== "stdout") continue;
       sent += chunk.data.length;
-      sock.write(chunk.data);
+      // Waiting for a slow client holds the relay back (the process's credit), not host memory.
+      if (!sock.write(chunk.data)) await Promise.race([once(sock, "drain"), once(sock, "close")]);
+      if (sock.destroyed) {
+        proc.kill(); // the client left
+        break;
+      }
     }
     const exit = await proc.exit;
     if (!sent) {
