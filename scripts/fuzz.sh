@@ -20,7 +20,8 @@ for target in $targets; do
     frames)
       arch=$(uname -m)
       gen="build-guest/$arch/gen"
-      nanopb=$(ls /usr/lib/*-linux-*/libprotobuf-nanopb.a /usr/lib/libprotobuf-nanopb.a 2>/dev/null | head -1 || true)
+      # This machine's own nanopb: other architectures' may be installed beside it (multiarch).
+      nanopb=$(ls "/usr/lib/$(gcc -print-multiarch)/libprotobuf-nanopb.a" /usr/lib/libprotobuf-nanopb.a 2>/dev/null | head -1 || true)
       [ -f "$gen/agent.pb.c" ] || make -s -C native/agent
       clang "${flags[@]}" -DPB_ENABLE_MALLOC -I "$gen" -I native/agent -o build-fuzz/agent-frames \
         native/agent/fuzz/frames.c native/agent/frame.c "$gen/agent.pb.c" "$nanopb"

@@ -1,5 +1,5 @@
 // The agent's duties as the guest's PID 1 (QEMU boots it from the initramfs): mount the kernel
-// filesystems, load the virtio modules, assemble the root (read-only image disk + tmpfs upper
+// filesystems, load the modules of a kernel that has them (ours has none), assemble the root (read-only image disk + tmpfs upper
 // through overlayfs), switch into it, and bring up networking. Settings come from the kernel
 // command line (msb.*), which stays small: everything else arrives over the channel.
 #include <arpa/inet.h>
@@ -150,10 +150,11 @@ static void mount_or_die(const char *src, const char *dst, const char *type, uns
   if (mount(src, dst, type, flags, data) < 0) fatal(dst);
 }
 
-// Loads the modules listed in `list`, in that order (dependencies first).
-static void load_modules(const char *list) {
+// Loads the modules listed in `list`, in that order (dependencies first). False when there is no
+// list: a kernel with everything built in, like ours.
+static bool load_modules(const char *list) {
   FILE *f = fopen(list, "re");
-  if (!f) return;  // a kernel with everything built in
+  if (!f) return false;
   char name[256], path[300];
   while (fgets(name, sizeof name, f)) {
     name[strcspn(name, "\n")] = 0;
@@ -165,6 +166,7 @@ static void load_modules(const char *list) {
     close(fd);
   }
   fclose(f);
+  return true;
 }
 
 static void wait_for(const char *path, int timeout_ms) {
@@ -280,9 +282,10 @@ void init_guest(void) {
   mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   mount_or_die("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   parse_cmdline();
-  load_modules("/modules/order");
-  if (g_init.net) load_modules("/modules/order.net");
-  boot_event("modules_loaded");
+  if (load_modules("/modules/order")) {
+    if (g_init.net) load_modules("/modules/order.net");
+    boot_event("modules_loaded");
+  }
   assemble_root();
   mount_volumes();
   if (!cgroup_setup(g_init.max_pids ? g_init.max_pids : 1024)) say("no per-command cgroups: %s", strerror(errno));

@@ -1,4 +1,5 @@
-// Builds the QEMU guest's initramfs: a reproducible "newc" cpio archive holding the agent as /init plus kernel modules.
+// Builds the QEMU guest's initramfs: a reproducible "newc" cpio archive holding the agent as /init,
+// plus the modules of a kernel that needs them (ours has every driver built in and needs none).
 import { randomBytes } from "node:crypto";
 import { readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
@@ -19,7 +20,7 @@ const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const S_IFLNK = 0o120000;
 
-/** Load-order lists of the guest modules, as scripts/guest-kernel.sh writes them: always, and for networking. */
+/** Load-order lists of the guest modules, as bench/debian-kernel.sh writes them: always, and for networking. */
 export const MODULE_ORDER_FILES = ["order", "order.net"] as const;
 
 function header(fields: number[]): string {
@@ -67,13 +68,13 @@ export function cpioNewc(entries: readonly CpioEntry[]): Buffer {
 export interface InitramfsOptions {
   /** The static guest agent; it becomes /init (PID 1). */
   agentPath: string;
-  /** A kernel dir from scripts/guest-kernel.sh: holds modules/*.ko and modules/order. */
+  /** The kernel's dir: modules/*.ko and modules/order beside a kernel that has modules. */
   kernelDir: string;
   /** Where to write the archive (replaced atomically). */
   outPath: string;
 }
 
-/** Writes the guest initramfs: empty mount points, /init = agent, /modules/*.ko and /modules/order. */
+/** Writes the guest initramfs: empty mount points, /init = agent, and where the kernel has modules, /modules/*.ko and /modules/order. */
 export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
   const modSrc = join(opts.kernelDir, "modules");
   // A kernel with its virtio drivers built in comes without modules at all.
@@ -90,7 +91,7 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
   }
   const dir = (path: string): CpioEntry => ({ path, mode: S_IFDIR | 0o755 });
   const entries: CpioEntry[] = [
-    ...["dev", "proc", "sys", "run", "newroot", "modules"].map(dir),
+    ...["dev", "proc", "sys", "run", "newroot", ...(kos.length ? ["modules"] : [])].map(dir),
     { path: "init", mode: S_IFREG | 0o755, data: await readFile(opts.agentPath) },
     ...lists.map((l) => ({ path: `modules/${l.name}`, mode: S_IFREG | 0o644, data: l.data })),
   ];
