@@ -10,7 +10,7 @@ export { probe } from "./vm/probe.js";
 export type { LibkrunReport, ProbeItem, ProbeReport } from "./vm/probe.js";
 export { chooseBackend } from "./vm/select.js";
 export type { BackendRequest, Decision } from "./vm/select.js";
-export { agentBinaryPath } from "./vm/agent-binary.js";
+export { agentBinaryPath } from "./vm/guest.js";
 export { Sandbox } from "./sandbox/sandbox.js";
 export { SandboxCommands } from "./sandbox/commands.js";
 export { PythonSandbox, NodeSandbox, CustomSandbox } from "./sandbox/kinds.js";

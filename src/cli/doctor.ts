@@ -2,10 +2,8 @@
 // backend a sandbox would get here and why (the same decision create() makes).
 import { execFileSync } from "node:child_process";
 
-import { cacheDir } from "../paths.js";
 import { vmmHelperPath } from "../native.js";
-import { agentBinaryPath } from "../vm/agent-binary.js";
-import { guestBoot } from "../vm/guest.js";
+import { agentBinaryPath, guestArch, guestBoot, KERNEL_FILE } from "../vm/guest.js";
 import { vmRequest } from "../vm/netpolicy.js";
 import { qemuBinary } from "../vm/qemu.js";
 import { decide, forcedAccel, hostFacts, krunRefusal, qemuDecision } from "../vm/select.js";
@@ -44,8 +42,8 @@ export async function doctor(): Promise<DoctorReport> {
     "or point MSB_QEMU at a qemu-system-x86_64",
   ]);
   const kernel = await check("guest kernel (QEMU)", async () => (await guestBoot()).kernel, [
-    `on Debian: bash scripts/guest-kernel.sh ${cacheDir()}`,
-    "or name an uncompressed vmlinux with MSB_KERNEL",
+    `in a checkout: bash scripts/build-kernel.sh ${guestArch()} (a few minutes, once)`,
+    `or name a ${KERNEL_FILE[guestArch()]} with MSB_KERNEL`,
   ]);
   const platform = `${process.platform}/${process.arch}`;
   if (!helper.ok) {

@@ -48,7 +48,7 @@ export interface SandboxOptions {
   workdir?: string;
   /** Which VMM: "auto" (default: libkrun where it works, else QEMU), "krun", or "qemu". */
   backend?: "auto" | "krun" | "qemu";
-  /** An uncompressed guest kernel (vmlinux) to boot instead of the cached Debian one. */
+  /** A guest kernel to boot on QEMU instead of ours: an uncompressed vmlinux (x86_64) or an Image (aarch64), its virtio drivers built in or in a modules/ dir beside it. */
   kernel?: string;
   /**
    * Start from a memory snapshot instead of booting (QEMU): the first sandbox of a kind boots and

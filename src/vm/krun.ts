@@ -17,7 +17,7 @@ import { DEFAULT_PATH } from "../agent-client/process.js";
 import { KrunStartError } from "../errors.js";
 import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { agentBinaryPath } from "./agent-binary.js";
+import { agentBinaryPath } from "./guest.js";
 import { type Backend, finishBoot, type Vm, type VmConfig } from "./backend.js";
 
 const root = protobuf.loadSync(fileURLToPath(new URL("../../proto/vmm.proto", import.meta.url)));

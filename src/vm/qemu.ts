@@ -1,7 +1,6 @@
-// QemuBackend: boots `qemu-system-x86_64 -M microvm` with the agent as PID 1, under KVM or TCG as
-// decided up front (src/vm/select.ts), and saves and restores VMs (snapshots, forks). Under TCG
-// the host TSC frequency goes on the command line: without it about half of TCG boots hang
-// calibrating against the PIT. The agent channel is a virtio-serial port backed by one end of a
+// QemuBackend: boots QEMU with the agent as PID 1 — `-M microvm` for x86_64 guests, `-M virt` for
+// aarch64 ones — under KVM or TCG as decided up front (src/vm/select.ts), and saves and restores
+// VMs (snapshots, forks). The agent channel is a virtio-serial port backed by one end of a
 // socketpair that only QEMU holds, the monitor (QMP) another; QEMU runs under msb-vmm so it dies
 // with this process, confined: its own seccomp filter, no new privileges, no descriptors of ours
 // but those, a jail holding only its own files (as root, with a uid of its own), and no host
@@ -18,7 +17,7 @@ import { BackendUnavailableError, MicrosandboxError, NetworkError, QmpError } fr
 import { socketPair, vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
 import { type Backend, finishBoot, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
-import { floorInitramfs, FLOOR_MARKER, guestBoot } from "./guest.js";
+import { floorInitramfs, FLOOR_MARKER, type GuestArch, guestArch, guestBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
 
 const debug = debuglog("microsandbox");
@@ -33,19 +32,49 @@ const SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecont
 
 export type Accel = "kvm" | "tcg";
 
-/** The QEMU binary: MSB_QEMU, else qemu-system-x86_64 on the PATH. */
-export function qemuBinary(env: NodeJS.ProcessEnv = process.env): string {
-  return env.MSB_QEMU || "qemu-system-x86_64";
+/**
+ * What QEMU boots each guest architecture on: its machine (virtio-mmio devices, found through ACPI
+ * on microvm and the device tree on virt), the console the kernel writes to, and the CPU under
+ * each accelerator. Under TCG, x86 is QEMU's default model with ARAT (an always-running local
+ * APIC timer): without it the kernel must assume the timer stops in deep idle, and with no
+ * broadcast timer on microvm it keeps a periodic tick for ever (100 wakeups a second of an idle
+ * VM). On virt, an ARMv8.0 core, whose emulation is cheaper than `max`'s pointer authentication.
+ */
+const MACHINES: Record<GuestArch, { machine: Record<Accel, string>; console: string; cpu: Record<Accel, string> }> = {
+  x86_64: { machine: { kvm: "microvm,rtc=on", tcg: "microvm,rtc=on" }, console: "ttyS0", cpu: { kvm: "host", tcg: "qemu64,+arat" } },
+  aarch64: { machine: { kvm: "virt,gic-version=host", tcg: "virt" }, console: "ttyAMA0", cpu: { kvm: "host", tcg: "cortex-a57" } },
+};
+
+/** The QEMU binary for `arch` guests: MSB_QEMU for this host's own architecture, else qemu-system-ARCH on the PATH. */
+export function qemuBinary(env: NodeJS.ProcessEnv = process.env, arch: GuestArch = guestArch()): string {
+  return (arch === guestArch() && env.MSB_QEMU) || `qemu-system-${arch}`;
 }
 
-/** Host TSC frequency in kHz, for tsc_early_khz under TCG. */
+/** Host TSC frequency in kHz, for tsc_early_khz under TCG; undefined where the host does not say. */
 function hostTscKhz(): number | undefined {
   try {
     return Number(readFileSync("/sys/devices/system/cpu/cpu0/tsc_freq_khz", "utf8").trim()) || undefined;
   } catch {
-    const mhz = /cpu MHz\s*:\s*([\d.]+)/.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1];
-    return mhz ? Math.round(Number(mhz) * 1000) : undefined;
+    try {
+      const mhz = /cpu MHz\s*:\s*([\d.]+)/.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1];
+      return mhz ? Math.round(Number(mhz) * 1000) : undefined;
+    } catch {
+      return undefined;
+    }
   }
+}
+
+/**
+ * What an emulated x86 guest is told on its command line, each a cost of TCG that KVM does not
+ * have (measured with initcall_debug and RIP sampling: guest/kernel/README.md):
+ * - tsc_early_khz: the host's TSC frequency. Without it about half of the boots hang calibrating
+ *   against the PIT.
+ * - noreplace-smp: on one vCPU the kernel rewrites every lock prefix, one text_poke each, and
+ *   each poke flushes TCG's TLB (~45 ms).
+ */
+function tcgX86Cmdline(): string[] {
+  const khz = hostTscKhz();
+  return [...(khz ? [`tsc_early_khz=${khz}`] : []), "noreplace-smp"];
 }
 
 // QEMU option values are comma-separated: a comma inside one (a path) is written twice.
@@ -60,8 +89,10 @@ export type GuestRam = { file: string; share: boolean } | undefined;
 
 export interface QemuOptions {
   accel: Accel;
-  /** Uncompressed guest kernel (vmlinux). Default: MSB_KERNEL or the cached Debian cloud kernel. */
+  /** The guest kernel. Default: MSB_KERNEL, else ours for the guest's architecture. */
   kernel?: string;
+  /** The guest's architecture. Default: this host's (another one runs only under TCG). */
+  arch?: GuestArch;
 }
 
 export class QemuBackend implements Backend {
@@ -73,22 +104,35 @@ export class QemuBackend implements Backend {
     return this.opts.accel;
   }
 
+  get arch(): GuestArch {
+    return this.opts.arch ?? guestArch();
+  }
+
+  /** The machine and CPU QEMU emulates: a saved VM loads only into the same. */
+  get machine(): string {
+    const m = MACHINES[this.arch];
+    return `${m.machine[this.opts.accel]} -cpu ${m.cpu[this.opts.accel]}`;
+  }
+
   describe(): string {
-    return `qemu (${this.opts.accel})`;
+    return this.arch === guestArch() ? `qemu (${this.opts.accel})` : `qemu (${this.opts.accel}, ${this.arch})`;
+  }
+
+  private guestBoot() {
+    return guestBoot({ arch: this.arch, ...(this.opts.kernel ? { kernel: this.opts.kernel } : {}) });
   }
 
   /** QEMU's arguments for `config`; the console goes to a file, or to stdout ("stdio"). */
   args(config: VmConfig, boot: { kernel: string; initramfs: string }, disk: string | undefined, console: string, ram?: GuestRam): string[] {
-    const append = ["console=ttyS0", "quiet", "panic=-1", `msb.port=${PORT_NAME}`, "msb.root=/dev/vda", `msb.net=${config.network === "all" ? 1 : 0}`, `msb.pids=${config.maxProcesses}`];
+    const { accel } = this.opts;
+    const m = MACHINES[this.arch];
+    const append = [`console=${m.console}`, "quiet", "panic=-1", `msb.port=${PORT_NAME}`, "msb.root=/dev/vda", `msb.net=${config.network === "all" ? 1 : 0}`, `msb.pids=${config.maxProcesses}`];
     (config.volumes ?? []).forEach((v, i) => append.push(`msb.vol=msbvol${i}:${v.readOnly ? "ro" : "rw"}:${v.path}`));
-    const accelArgs = this.opts.accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg"];
-    if (this.opts.accel === "tcg") {
-      const khz = hostTscKhz();
-      if (khz) append.push(`tsc_early_khz=${khz}`);
-    }
+    if (accel === "tcg" && this.arch === "x86_64") append.push(...tcgX86Cmdline());
     const args = [
-      "-M", "microvm,rtc=on,memory-backend=mem",
-      ...accelArgs,
+      "-M", `${m.machine[accel]},memory-backend=mem`,
+      "-accel", accel,
+      "-cpu", m.cpu[accel],
       "-m", String(config.memory),
       "-object", ram
         ? `memory-backend-file,id=mem,size=${config.memory}M,mem-path=${value(ram.file)},share=${ram.share ? "on" : "off"}`
@@ -141,7 +185,8 @@ export class QemuBackend implements Backend {
     const keep = stdio.flatMap((fd, i) => (i > 2 && typeof fd === "number" ? ["--keep", String(i)] : []));
     try {
       const confine = opts.network === "none" ? ["--no-network"] : opts.egress !== undefined ? ["--net-policy", opts.egress] : [];
-      const argv = ["exec", String(process.pid), ...keep, ...jailArgs(opts.jail), ...confine, "--", qemuBinary(), ...args];
+      const qemu = qemuBinary(process.env, this.arch);
+      const argv = ["exec", String(process.pid), ...keep, ...jailArgs(opts.jail, qemu), ...confine, "--", qemu, ...args];
       debug("starting %s", argv.join(" "));
       const child = spawn(vmmHelperPath(), argv, { stdio });
       const [channel, monitor, rawPort] = pairs.map((p) => sockets(p[0]));
@@ -162,7 +207,7 @@ export class QemuBackend implements Backend {
     ready: (vmm: { qmp: Promise<Qmp>; channel: Socket }) => Pick<StartedVmm, "connect" | "handshake">,
   ): Promise<Vm> {
     const t0 = performance.now();
-    const boot = await guestBoot(this.opts.kernel ? { kernel: this.opts.kernel } : {});
+    const boot = await this.guestBoot();
     const disk = await config.rootDisk();
     const hostPrepMs = performance.now() - t0;
     const dir = makeRuntimeDir();
@@ -269,8 +314,8 @@ export class QemuBackend implements Backend {
   }
 
   async floor(config: VmConfig): Promise<number> {
-    const { kernel } = await guestBoot(this.opts.kernel ? { kernel: this.opts.kernel } : {});
-    const initramfs = floorInitramfs();
+    const { kernel } = await this.guestBoot();
+    const initramfs = floorInitramfs(this.arch);
     const disk = await config.rootDisk();
     const dir = makeRuntimeDir();
     const jail = { dir, files: [kernel, initramfs, ...(disk ? [disk] : [])] };
@@ -308,9 +353,8 @@ interface Jail {
 // a QEMU installed outside the system's programs (which are always there), and guest RAM's file
 // and volumes opened by msb-vmm itself: RAM read-write for a template being made, read-only for
 // a clone, whose private mapping must never reach the template another clone maps too.
-function jailArgs(jail: Jail): string[] {
+function jailArgs(jail: Jail, qemu: string): string[] {
   const files = [...jail.files];
-  const qemu = qemuBinary();
   if (path.isAbsolute(qemu) && !qemu.startsWith("/usr/")) {
     // A QEMU installed elsewhere brings its prefix (PREFIX/bin/qemu: libraries and firmware
     // beside it); a lone executable only its directory.

@@ -33,6 +33,8 @@ export interface SnapshotInputs {
   network: string;
   maxProcesses: number;
   accel: string;
+  /** QEMU's machine and CPU model. */
+  machine: string;
   qemu: string;
   /** What was readied in the template before it was saved. */
   prewarm: string;
@@ -55,15 +57,16 @@ export interface SnapshotOutcome {
   detail: string;
 }
 
-let qemuVersion: string | undefined;
+const qemuVersions: Record<string, string> = {};
 
 /** The inputs of `config` booted by `backend`, with the files' identities. */
 export async function snapshotInputs(backend: QemuBackend, config: VmConfig, image: string, prewarm: string, kernel?: string): Promise<SnapshotInputs> {
-  const boot = await guestBoot(kernel ? { kernel } : {});
+  const boot = await guestBoot({ arch: backend.arch, ...(kernel ? { kernel } : {}) });
   const k = statSync(boot.kernel);
   const diskPath = await config.rootDisk();
   const d = diskPath ? statSync(diskPath) : undefined;
-  qemuVersion ??= execFileSync(qemuBinary(), ["--version"], { encoding: "utf8" }).split("\n")[0]!;
+  const qemu = qemuBinary(process.env, backend.arch);
+  qemuVersions[qemu] ??= execFileSync(qemu, ["--version"], { encoding: "utf8" }).split("\n")[0]!;
   return {
     image,
     disk: d ? `${diskPath}:${d.ino}:${d.size}:${d.mtimeMs}` : "",
@@ -75,7 +78,8 @@ export async function snapshotInputs(backend: QemuBackend, config: VmConfig, ima
     network: config.network,
     maxProcesses: config.maxProcesses,
     accel: backend.accel,
-    qemu: qemuVersion,
+    machine: backend.machine,
+    qemu: `${qemu} ${qemuVersions[qemu]}`,
     prewarm,
   };
 }

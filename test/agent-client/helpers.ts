@@ -8,7 +8,7 @@ import path from "node:path";
 
 import { AgentClient } from "../../src/agent-client/client.js";
 import { encodeFrame, FrameDecoder, type GuestFrame } from "../../src/agent-client/protocol.js";
-import { agentBinaryPath } from "../../src/vm/agent-binary.js";
+import { agentBinaryPath } from "../../src/vm/guest.js";
 
 export interface RunningAgent {
   socket: string;

@@ -10,6 +10,7 @@ import { afterAll, describe, expect, it } from "vitest";
 
 import { CustomSandbox } from "../../src/index.js";
 import { vmmHelperPath } from "../../src/native.js";
+import { guestBoot } from "../../src/vm/guest.js";
 import { qemuBinary } from "../../src/vm/qemu.js";
 
 const status = (pid: number, key: string) => new RegExp(`^${key}:\\s+(\\S+)`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
@@ -30,7 +31,7 @@ describe.skipIf(process.platform !== "linux")("a confined QEMU", () => {
       if (root) expect(status(pid, "Uid")).toBe(String(JAIL_ID_BASE + pid));
       expect(netns(pid)).not.toBe(netns("self"));
       // Its root is the jail: the system's programs, and the top directories of its own files.
-      const own = new Set([os.tmpdir(), os.homedir(), process.env.MSB_CACHE_DIR ?? os.homedir()].map((d) => path.resolve(d).split("/")[1]));
+      const own = new Set([os.tmpdir(), os.homedir(), process.env.MSB_CACHE_DIR ?? os.homedir(), (await guestBoot()).kernel].map((d) => path.resolve(d).split("/")[1]));
       const extra = readdirSync(`/proc/${pid}/root`).filter((e) => !SYSTEM.includes(e) && !own.has(e));
       expect(extra).toEqual([]);
       expect(readdirSync(`/proc/${pid}/root/etc`).sort()).toEqual(["ld.so.cache"]);
