@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Fetches Debian's cloud kernel package (without installing it) and caches, under CACHE_DIR/kernel/<KVER>/, an
-# uncompressed ELF `vmlinux` for QEMU -M microvm (PVH boot) plus the virtio/overlay modules the guest needs,
-# `modules/order` (their load order) and `modules/order.net` (what networking adds, loaded after). Writes CACHE_DIR/kernel/current (= KVER); prints the kernel dir last.
-# Idempotent: does nothing when `current` names a complete kernel dir.
+# The benchmark's comparison kernel, and a kernel with modules for the test that boots one: Debian's
+# cloud kernel package, fetched without installing it, cached under CACHE_DIR/debian-kernel/<KVER>/
+# as an uncompressed ELF `vmlinux` for QEMU -M microvm (PVH boot) plus the virtio/overlay modules
+# the guest needs, `modules/order` (their load order) and `modules/order.net` (what networking
+# adds, loaded after). Writes CACHE_DIR/debian-kernel/current (= KVER); prints the vmlinux last.
+# Sandboxes boot our own kernel (scripts/build-kernel.sh); this one only when named (`kernel`,
+# MSB_KERNEL, msb bench --kernel). Idempotent: does nothing when `current` names a complete dir.
 # Needs: apt-get, dpkg, lz4, kmod (modprobe, depmod); root only if the apt lists must be refreshed.
 set -euo pipefail
 
@@ -10,7 +13,7 @@ if [ $# -ne 1 ]; then
   echo "usage: $0 CACHE_DIR" >&2
   exit 2
 fi
-cache="$1/kernel"
+cache="$1/debian-kernel"
 # Bumped whenever what this script writes changes, so older caches are rebuilt.
 format=2
 modules=(virtio_mmio virtio_console virtio_blk overlay ext4)
@@ -21,7 +24,7 @@ net_modules=(virtio_net)
 if [ -f "$cache/current" ]; then
   kver="$(cat "$cache/current")"
   if [ -n "$kver" ] && [ -f "$cache/$kver/vmlinux" ] && [ "$(cat "$cache/$kver/format" 2>/dev/null)" = "$format" ]; then
-    echo "$cache/$kver"
+    echo "$cache/$kver/vmlinux"
     exit 0
   fi
 fi
@@ -100,4 +103,4 @@ rm -rf "${cache:?}/$kver"
 mv "$out" "$cache/$kver"
 echo "$kver" > "$tmp/current"
 mv "$tmp/current" "$cache/current"
-echo "$cache/$kver"
+echo "$cache/$kver/vmlinux"

@@ -9,7 +9,8 @@ packages=(
   libnanopb-dev nanopb protobuf-compiler  # protobuf for the agent (runtime, generator)
   file                      # checks the agent is a static binary
   qemu-system-x86           # the VMM where libkrun is not available
-  lz4 kmod cpio             # guest kernel: vmlinux extraction, module dependencies
+  curl flex bison bc libelf-dev libssl-dev  # our guest kernel (scripts/build-kernel.sh)
+  lz4 kmod cpio             # the benchmark's Debian kernel: vmlinux extraction, module dependencies
   e2fsprogs                 # mkfs.ext4 -d: image root disks
   debootstrap busybox-static  # offline images (python, node, busybox)
   zstd                      # zstd layers where Node's zlib has no zstd
@@ -19,6 +20,14 @@ packages=(
   iproute2                  # tests: the network namespaces of the network policy tests
   tmux                      # tests: msb run -it and msb shell on a real terminal
 )
+
+# On x86_64, the aarch64 guest is built and tested too: its kernel and agent with Debian's cross
+# toolchain and arm64 multiarch musl and nanopb, booted by qemu-system-aarch64.
+cross=()
+if [ "$(uname -m)" = x86_64 ]; then
+  cross=(gcc-aarch64-linux-gnu linux-libc-dev-arm64-cross musl-dev:arm64 libnanopb-dev:arm64 qemu-system-arm)
+  packages+=("${cross[@]}")
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -32,5 +41,8 @@ fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 echo "setup: installing ${missing[*]}"
+if [ ${#cross[@]} -gt 0 ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  $sudo dpkg --add-architecture arm64
+fi
 $sudo apt-get update -q
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
