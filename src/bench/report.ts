@@ -21,6 +21,8 @@ export interface BenchResult {
   backend: string;
   /** "sequential", "burst" or "staggered". */
   mode: string;
+  /** The guest kernel booted, where one was named (msb bench --kernel). */
+  kernel?: string;
   runs: RunTimeline[];
   /** The same kernel booting a trivial init: ms from VMM start to its marker, one per boot. */
   floor: number[];
@@ -82,7 +84,7 @@ export function formatTable(result: BenchResult): string {
   const floor = summarize(result.floor);
   const ok = result.runs.filter((r) => r.ok).length;
   const header =
-    `${result.backend} · ${result.mode} · n=${result.runs.length} · ` +
+    `${result.backend}${result.kernel ? ` · kernel ${result.kernel}` : ""} · ${result.mode} · n=${result.runs.length} · ` +
     `success ${percent(successRate(result.runs))} (${ok}/${result.runs.length}) · ` +
     `floor p50 ${formatMs(floor.p50)} ms (n=${floor.n})`;
 

@@ -2,6 +2,7 @@
 // (burst) or at a fixed spacing (staggered) — the modes of the public ComputeSDK sandbox
 // benchmark, whose headline is create() → first command output — each timed phase by phase,
 // next to a floor measured in the same run and, optionally, a user's command for comparison.
+// Given several kernels, each gets its runs and floor in the same run, interleaved.
 import { exec } from "node:child_process";
 import { promisify } from "node:util";
 
@@ -38,14 +39,22 @@ export interface BenchOptions {
   snapshot?: boolean;
   /** Floor runs (where the backend has a floor: QEMU); 0 skips the floor. Default min(runs, 10). */
   floorRuns?: number;
+  /**
+   * Guest kernels to compare (QEMU): each gets `runs` sandboxes and its own floor, interleaved
+   * run by run (sequential) or batch by batch, so all meet the same machine. Default: the default kernel.
+   */
+  kernels?: string[];
   /** Called as each run ends. */
   onRun?: (index: number, run: RunTimeline) => void;
 }
 
 // One create() → first output → stop(); `backend` learns which VMM the sandbox ran on.
-async function oneRun(opts: BenchOptions, backend?: { name?: string }): Promise<RunTimeline> {
+async function oneRun(opts: BenchOptions, kernel: string | undefined, backend?: { name?: string }): Promise<RunTimeline> {
   const t0 = performance.now();
-  const sb = new CustomSandbox({ image: opts.image ?? "local:busybox", memory: opts.memory ?? 256, backend: opts.backend ?? "auto", snapshot: opts.snapshot ?? false });
+  const sb = new CustomSandbox({
+    image: opts.image ?? "local:busybox", memory: opts.memory ?? 256, backend: opts.backend ?? "auto", snapshot: opts.snapshot ?? false,
+    ...(kernel ? { kernel } : {}),
+  });
   try {
     await sb.start();
     const tl = sb.timeline!;
@@ -71,58 +80,76 @@ async function oneRun(opts: BenchOptions, backend?: { name?: string }): Promise<
   }
 }
 
+/** Runs the benchmark with the default kernel, or the one kernel `opts.kernels` names. */
 export async function runBench(opts: BenchOptions): Promise<BenchResult> {
+  if ((opts.kernels?.length ?? 0) > 1) throw new InvalidArgumentError("runBench takes at most one kernel: compare several with runBenchKernels");
+  return (await runBenchKernels(opts))[0]!;
+}
+
+/** Runs the benchmark once per kernel in `opts.kernels` (or the default one), interleaved; one result each, in that order. */
+export async function runBenchKernels(opts: BenchOptions): Promise<BenchResult[]> {
   if (!Number.isInteger(opts.runs) || opts.runs < 1) throw new InvalidArgumentError(`runs must be a whole number >= 1, got ${opts.runs}`);
   if (!["sequential", "burst", "staggered"].includes(opts.mode)) {
     throw new InvalidArgumentError(`mode ${JSON.stringify(opts.mode)} is invalid: use sequential, burst or staggered`);
   }
+  const kernels: (string | undefined)[] = opts.kernels?.length ? opts.kernels : [undefined];
+  if (opts.kernels?.length && opts.backend === "krun") throw new InvalidArgumentError("kernels are compared on QEMU: libkrun boots its own (libkrunfw's)");
   const spacing = opts.spacingMs ?? 500;
-  const runs: RunTimeline[] = [];
-  const record = (i: number, r: RunTimeline) => {
-    runs[i] = r;
-    opts.onRun?.(i, r);
+  const runs: RunTimeline[][] = kernels.map(() => []);
+  const floors: number[][] = kernels.map(() => []);
+  let done = 0;
+  const record = (k: number, i: number, r: RunTimeline) => {
+    runs[k]![i] = r;
+    opts.onRun?.(done++, r);
   };
-  // A first, untimed boot fills the page cache and settles the backend, as later runs will find it.
+  // A first, untimed boot per kernel fills the page cache and settles the backend, as later runs will find it.
   const used: { name?: string } = {};
-  const warm = await oneRun({ ...opts, command: ["true"] }, used);
-  if (!warm.ok) throw new InvalidArgumentError(`the benchmark's sandbox does not boot: ${warm.error}`);
-  // The floor boots the same backend, flags and devices as the sandboxes, where the backend has
-  // one. In sequential mode each floor run follows a sandbox run, so both see the same conditions.
-  const floor: number[] = [];
+  for (const kernel of kernels) {
+    const warm = await oneRun({ ...opts, command: ["true"] }, kernel, used);
+    if (!warm.ok) throw new InvalidArgumentError(`the benchmark's sandbox does not boot${kernel ? ` on kernel ${kernel}` : ""}: ${warm.error}`);
+  }
+  // The floor boots the same backend, kernel, flags and devices as the sandboxes, where the backend
+  // has one. In sequential mode each floor run follows a sandbox run, so both see the same conditions.
   const accel = forcedAccel();
   const decision = await chooseBackend({ backend: opts.backend ?? "auto", network: "none", ...(accel ? { accel } : {}) });
-  const floorBackend = backendFor(decision);
-  const floorRuns = floorBackend.floor ? (opts.floorRuns ?? (opts.mode === "burst" ? opts.runs : Math.min(opts.runs, 10))) : 0;
-  const floorRun = () => floorBackend.floor!(floorConfig);
+  const floorBackends = kernels.map((k) => backendFor(decision, k));
+  const floorRuns = floorBackends[0]!.floor ? (opts.floorRuns ?? (opts.mode === "burst" ? opts.runs : Math.min(opts.runs, 10))) : 0;
   const store = new ImageStore();
   const image = await resolveImage(store, opts.image ?? "local:busybox");
   const floorConfig = {
     name: "floor", memory: opts.memory ?? 256, cpus: 1, network: "none" as const, maxProcesses: 1024,
     rootfs: image.rootfs, rootDisk: () => store.disk(image), bootTimeout: 60,
   };
+  const floorRun = (k: number) => floorBackends[k]!.floor!(floorConfig);
+  // Round r visits the kernels in a rotated order, so none always goes first.
+  const order = (r: number) => kernels.map((_, k) => (k + r) % kernels.length);
   const indices = Array.from({ length: opts.runs }, (_, i) => i);
   if (opts.mode === "sequential") {
     for (const i of indices) {
-      record(i, await oneRun(opts));
-      if (i < floorRuns) floor.push(await floorRun());
+      for (const k of order(i)) {
+        record(k, i, await oneRun(opts, kernels[k], undefined));
+        if (i < floorRuns) floors[k]!.push(await floorRun(k));
+      }
     }
   } else {
-    await Promise.all(
-      indices.map(async (i) => {
-        if (opts.mode === "staggered") await new Promise((r) => setTimeout(r, i * spacing));
-        record(i, await oneRun(opts));
-      }),
-    );
-    // The floor meets the same contention as the runs: booted in bursts of as many at once.
-    const width = opts.mode === "burst" ? opts.runs : 1;
-    for (let i = 0; i < floorRuns; i += width) {
-      floor.push(...(await Promise.all(Array.from({ length: Math.min(width, floorRuns - i) }, floorRun))));
+    for (const k of order(0)) {
+      await Promise.all(
+        indices.map(async (i) => {
+          if (opts.mode === "staggered") await new Promise((r) => setTimeout(r, i * spacing));
+          record(k, i, await oneRun(opts, kernels[k], undefined));
+        }),
+      );
+      // The floor meets the same contention as the runs: booted in bursts of as many at once.
+      const width = opts.mode === "burst" ? opts.runs : 1;
+      for (let i = 0; i < floorRuns; i += width) {
+        floors[k]!.push(...(await Promise.all(Array.from({ length: Math.min(width, floorRuns - i) }, () => floorRun(k)))));
+      }
     }
   }
   // "qemu (tcg): why" → the name for tables and pictures; the why goes with the machine notes.
   const [name, ...why] = (used.name ?? "unknown").split(": ");
   const mode = opts.snapshot ? `${opts.mode}, restored from a snapshot` : opts.mode;
-  const result: BenchResult = { backend: name!, mode, runs, floor, machine: { backendReason: why.join(": ") } };
+  let comparison: BenchResult["comparison"];
   if (opts.compare) {
     const values: number[] = [];
     for (let i = 0; i < opts.runs; i++) {
@@ -130,7 +157,11 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       await sh(opts.compare);
       values.push(performance.now() - t);
     }
-    result.comparison = { command: opts.compare, values };
+    comparison = { command: opts.compare, values };
   }
-  return result;
+  return kernels.map((kernel, k) => ({
+    backend: name!, mode, runs: runs[k]!, floor: floors[k]!, machine: { backendReason: why.join(": ") },
+    ...(kernel ? { kernel } : {}),
+    ...(comparison ? { comparison } : {}),
+  }));
 }

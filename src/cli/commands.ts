@@ -3,9 +3,10 @@
 // from it, so what --help says and what the parser accepts cannot drift apart.
 import { writeFileSync } from "node:fs";
 import { constants as osConstants } from "node:os";
+import path from "node:path";
 
-import { type BenchMode, runBench } from "../bench/run.js";
-import { formatTable, PHASES, phaseValues, toJson } from "../bench/report.js";
+import { type BenchMode, runBenchKernels } from "../bench/run.js";
+import { type BenchResult, formatTable, PHASES, phaseValues, toJson } from "../bench/report.js";
 import { cdfSvg } from "../bench/svg.js";
 import type { PullEvent } from "../images/registry.js";
 import { parseReference } from "../images/reference.js";
@@ -158,6 +159,10 @@ VMM booting a trivial init. Prints a table; progress goes to stderr.`,
       image: { type: "string", value: "IMAGE", default: "local:busybox", description: "the image to boot" },
       memory: { type: "string", value: "MIB", number: "a whole number >= 1", default: "256", description: "guest RAM in MiB" },
       backend: { type: "string", choices: ["auto", "krun", "qemu"], default: "auto", description: "the VMM" },
+      kernel: {
+        type: "string", value: "FILE", multiple: true, default: "ours",
+        description: "the guest kernel (QEMU); given twice or more, the kernels are compared side by side, run by run",
+      },
       snapshot: { type: "boolean", default: "off", description: "restore each sandbox from a memory snapshot instead of booting it" },
       compare: { type: "string", value: "CMD", default: "none", description: "a shell command timed --runs times beside, for comparison" },
       output: { type: "string", value: "FILE.json", default: "none", description: "also write the results as JSON" },
@@ -165,7 +170,7 @@ VMM booting a trivial init. Prints a table; progress goes to stderr.`,
     },
     positionals: { min: 0, max: 0 },
     async handler({ values: v }) {
-      const result = await runBench({
+      const results = await runBenchKernels({
         mode: (v.mode ?? "sequential") as BenchMode,
         runs: (v.runs as number | undefined) ?? 10,
         ...(v.spacing !== undefined ? { spacingMs: v.spacing as number } : {}),
@@ -173,17 +178,23 @@ VMM booting a trivial init. Prints a table; progress goes to stderr.`,
         ...(v.memory !== undefined ? { memory: v.memory as number } : {}),
         ...(v.backend ? { backend: v.backend as "auto" | "krun" | "qemu" } : {}),
         ...(v.compare ? { compare: v.compare as string } : {}),
+        ...(v.kernel ? { kernels: (v.kernel as string[]).map((k) => path.resolve(k)) } : {}),
         snapshot: !!v.snapshot,
         onRun: (i, r) => process.stderr.write(`run ${i + 1}: ${r.ok ? `first output at ${r.firstOutput!.toFixed(0)} ms` : `failed: ${r.error}`}\n`),
       });
-      console.log(formatTable(result));
-      if (v.output) writeFileSync(v.output as string, JSON.stringify(toJson(result), null, 2) + "\n");
+      console.log(results.map(formatTable).join("\n"));
+      if (v.output) writeFileSync(v.output as string, JSON.stringify(results.length === 1 ? toJson(results[0]!) : results.map(toJson), null, 2) + "\n");
       if (v.svg) {
-        const series = PHASES.filter((p) => p.key !== "stop").map((p) => ({ name: p.label, values: phaseValues(result, p.key) }));
-        if (result.floor.length) series.push({ name: "floor (trivial init)", values: result.floor });
-        writeFileSync(v.svg as string, cdfSvg(series, { title: `${result.backend}, ${result.mode}, ${result.runs.length} runs`, unit: "ms" }));
+        // Several kernels: each one's first output and floor, one picture.
+        const tag = (r: BenchResult) => (results.length > 1 ? ` (${path.basename(path.dirname(r.kernel!))}/${path.basename(r.kernel!)})` : "");
+        const series = results.flatMap((r) => [
+          ...PHASES.filter((p) => p.key !== "stop" && (results.length === 1 || p.key === "firstOutput")).map((p) => ({ name: p.label + tag(r), values: phaseValues(r, p.key) })),
+          ...(r.floor.length ? [{ name: `floor (trivial init)${tag(r)}`, values: r.floor }] : []),
+        ]);
+        const first = results[0]!;
+        writeFileSync(v.svg as string, cdfSvg(series, { title: `${first.backend}, ${first.mode}, ${first.runs.length} runs${results.length > 1 ? ` per kernel` : ""}`, unit: "ms" }));
       }
-      return result.runs.every((r) => r.ok) ? 0 : 1;
+      return results.every((r) => r.runs.every((run) => run.ok)) ? 0 : 1;
     },
   },
   {

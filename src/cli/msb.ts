@@ -46,7 +46,10 @@ function parse(cmd: Command, args: string[]): Invocation | null {
       args: sep === -1 ? args : args.slice(0, sep),
       strict: true,
       allowPositionals: true,
-      options: { ...Object.fromEntries(Object.entries(cmd.options).map(([name, o]) => [name, { type: o.type, ...(o.short ? { short: o.short } : {}) }])), help: { type: "boolean", short: "h" } },
+      options: {
+        ...Object.fromEntries(Object.entries(cmd.options).map(([name, o]) => [name, { type: o.type, ...(o.short ? { short: o.short } : {}), ...(o.multiple ? { multiple: true } : {}) }])),
+        help: { type: "boolean", short: "h" },
+      },
     });
   } catch (err) {
     throw parseError(cmd, err);
@@ -54,7 +57,7 @@ function parse(cmd: Command, args: string[]): Invocation | null {
   if (parsed.values.help) return null;
 
   const values: Values = {};
-  for (const [name, raw] of Object.entries(parsed.values as Record<string, string | boolean | undefined>)) {
+  for (const [name, raw] of Object.entries(parsed.values as Record<string, string | string[] | boolean | undefined>)) {
     const spec = cmd.options[name]!;
     if (typeof raw !== "string") values[name] = raw;
     else if (spec.number) {

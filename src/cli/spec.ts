@@ -19,9 +19,11 @@ export interface OptionSpec {
   number?: keyof typeof NUMBER_KINDS;
   /** The value must be one of these. */
   choices?: readonly string[];
+  /** May be given more than once; the handler gets every value, in order. */
+  multiple?: boolean;
 }
 
-export type Values = Record<string, string | number | boolean | undefined>;
+export type Values = Record<string, string | string[] | number | boolean | undefined>;
 
 export interface Invocation {
   values: Values;
