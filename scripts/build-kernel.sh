@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds our guest kernel for ARCH (x86_64: a PVH-bootable ELF vmlinux; aarch64: an Image) from
-# the pinned Debian linux-source package (guest/kernel/source.env) and our config fragments
-# (guest/kernel/common.config + ARCH.config, merged over tinyconfig), reproducibly.
-#   CACHE_DIR/kernels/ARCH-HASH/{vmlinux|Image,config}  HASH of (source pin, fragments, recipe)
+# the pinned Debian linux-source package (guest/kernel/source.env) with our patches
+# (guest/kernel/patches/, in order) and our config fragments (guest/kernel/common.config +
+# ARCH.config, merged over tinyconfig), reproducibly.
+#   CACHE_DIR/kernels/ARCH-HASH/{vmlinux|Image,config}  HASH of (source pin, patches, fragments, recipe)
 # then copies the kernel to build-guest/ARCH/, where the package looks for it. Idempotent: a
 # cached build is reused. Prints the kernel's path last.
-# Needs: curl, make, gcc (aarch64-linux-gnu-gcc for aarch64), flex, bison, bc, libelf-dev.
+# Needs: curl, patch, make, gcc (aarch64-linux-gnu-gcc for aarch64), flex, bison, bc, libelf-dev.
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
@@ -28,7 +29,9 @@ esac
 # shellcheck source=../guest/kernel/source.env
 . "$conf/source.env"
 export KBUILD_BUILD_TIMESTAMP KBUILD_BUILD_USER KBUILD_BUILD_HOST KBUILD_BUILD_VERSION
-hash="$(cat "$conf/source.env" "$conf/common.config" "$conf/$arch.config" <(echo "recipe $recipe $arch") | sha256sum | cut -c1-16)"
+patches=("$conf"/patches/*.patch)
+patch_set="$(cat "${patches[@]}" | sha256sum | cut -c1-12)"
+hash="$(cat "$conf/source.env" "${patches[@]}" "$conf/common.config" "$conf/$arch.config" <(echo "recipe $recipe $arch") | sha256sum | cut -c1-16)"
 out="$cache/$arch-$hash"
 install_to="$here/build-guest/$arch/$target"
 
@@ -46,13 +49,17 @@ if [ -f "$out/$target" ]; then
   exit 0
 fi
 
-for tool in curl make flex bison bc "${cross}gcc"; do
+for tool in curl patch make flex bison bc "${cross}gcc"; do
   command -v "$tool" >/dev/null || { echo "build-kernel: missing $tool (bash scripts/setup-debian.sh installs it)" >&2; exit 1; }
 done
 
 mkdir -p "$cache"
-# The source is unpacked once per pinned version and shared by every build of it.
-src="$cache/src/$KERNEL_PACKAGE_VERSION"
+# The source is unpacked and patched once per pinned version and patch set, and shared by every
+# build of them.
+src_id="$KERNEL_PACKAGE_VERSION-$patch_set"
+src="$cache/src/$src_id"
+# Trees of other versions or patch sets are done with: a source tree is ~1.5 GB.
+for old in "$cache"/src/*; do [ "$old" = "$src" ] || rm -rf "$old"; done
 if [ ! -f "$src/.complete" ]; then
   tmp="$(mktemp -d "$cache/.src.XXXXXX")"
   trap 'rm -rf "$tmp"' EXIT
@@ -64,6 +71,7 @@ if [ ! -f "$src/.complete" ]; then
   (cd "$tmp" && ar x src.deb data.tar.xz && tar xf data.tar.xz --wildcards './usr/src/*.tar.xz')
   mkdir "$tmp/tree"
   tar xf "$tmp"/usr/src/*.tar.xz -C "$tmp/tree" --strip-components=1
+  for p in "${patches[@]}"; do patch -s -p1 --no-backup-if-mismatch -d "$tmp/tree" <"$p"; done
   touch "$tmp/tree/.complete"
   rm -rf "$src"
   mkdir -p "$(dirname "$src")"
@@ -72,8 +80,10 @@ if [ ! -f "$src/.complete" ]; then
   trap - EXIT
 fi
 
-# Objects stay between builds of one architecture, so a changed fragment rebuilds only what it touches.
-obj="$cache/obj-$arch"
+# Objects stay between builds of one architecture and source, so a changed fragment rebuilds only
+# what it touches; another source tree starts afresh (kbuild's dependencies name the old one).
+obj="$cache/obj-$arch-$src_id"
+for old in "$cache"/obj-"$arch"-*; do [ "$old" = "$obj" ] || rm -rf "$old"; done
 mkdir -p "$obj"
 kmake() { make -s -C "$src" O="$obj" ARCH="$karch" CROSS_COMPILE="$cross" "$@"; }
 cat "$conf/common.config" "$conf/$arch.config" >"$obj/fragment.config"
@@ -98,4 +108,6 @@ cp "$obj/.config" "$tmp/config"
 echo "$KERNEL_PACKAGE $KERNEL_PACKAGE_VERSION, $("${cross}gcc" --version | head -1), built in $((SECONDS - start)) s" >"$tmp/build-info"
 rm -rf "$out"
 mv "$tmp" "$out"
+# Earlier builds for this architecture are superseded.
+for old in "$cache/$arch"-*; do [ "$old" = "$out" ] || rm -rf "$old"; done
 install_kernel

@@ -9,7 +9,7 @@ packages=(
   libnanopb-dev nanopb protobuf-compiler  # protobuf for the agent (runtime, generator)
   file                      # checks the agent is a static binary
   qemu-system-x86           # the VMM where libkrun is not available
-  curl flex bison bc libelf-dev libssl-dev  # our guest kernel (scripts/build-kernel.sh)
+  curl patch flex bison bc libelf-dev libssl-dev  # our guest kernel (scripts/build-kernel.sh)
   lz4 kmod cpio             # the benchmark's Debian kernel: vmlinux extraction, module dependencies
   e2fsprogs                 # mkfs.ext4 -d: image root disks
   debootstrap busybox-static  # offline images (python, node, busybox)
