@@ -150,6 +150,10 @@ export class QemuBackend implements Backend {
       "-chardev", console === "stdio" ? "stdio,id=console" : `file,id=console,path=${value(console)}`,
       "-serial", "chardev:console",
       "-device", `virtio-serial-device,max_ports=${SERIAL_PORTS}`,
+      // The host's randomness: without it the guest's getrandom() blocks until the kernel has
+      // gathered its own entropy (2-3 s of jitter under TCG), and Python's first import waits.
+      "-object", "rng-random,id=rng,filename=/dev/urandom",
+      "-device", "virtio-rng-device,rng=rng",
       "-chardev", `socket,id=agent,fd=${CHANNEL_FD}`,
       "-device", `virtserialport,chardev=agent,name=${PORT_NAME}`,
       "-chardev", `socket,id=monitor,fd=${MONITOR_FD}`,
