@@ -35,19 +35,6 @@ const SERIAL_PORTS = 2;
 
 export type Accel = "kvm" | "tcg";
 
-/**
- * What QEMU boots each guest architecture on: its machine (virtio-mmio devices, found through ACPI
- * on microvm and the device tree on virt), the console the kernel writes to, and the CPU under
- * each accelerator. Under TCG, x86 is QEMU's default model with ARAT (an always-running local
- * APIC timer): without it the kernel must assume the timer stops in deep idle, and with no
- * broadcast timer on microvm it keeps a periodic tick for ever (100 wakeups a second of an idle
- * VM). On virt, an ARMv8.0 core, whose emulation is cheaper than `max`'s pointer authentication.
- */
-const MACHINES: Record<GuestArch, { machine: Record<Accel, string>; console: string; cpu: Record<Accel, string> }> = {
-  x86_64: { machine: { kvm: "microvm,rtc=on", tcg: "microvm,rtc=on" }, console: "ttyS0", cpu: { kvm: "host", tcg: "qemu64,+arat" } },
-  aarch64: { machine: { kvm: "virt,gic-version=host", tcg: "virt" }, console: "ttyAMA0", cpu: { kvm: "host", tcg: "cortex-a57" } },
-};
-
 /** The QEMU binary for `arch` guests: MSB_QEMU for this host's own architecture, else qemu-system-ARCH on the PATH. */
 export function qemuBinary(env: NodeJS.ProcessEnv = process.env, arch: GuestArch = guestArch()): string {
   return (arch === guestArch() && env.MSB_QEMU) || `qemu-system-${arch}`;
@@ -67,19 +54,47 @@ function hostTscKhz(): number | undefined {
   }
 }
 
+/** The machine QEMU emulates for a guest: `-M`, `-cpu`, the kernel's console, and what the kernel is told. */
+interface Machine {
+  machine: string;
+  cpu: string;
+  console: string;
+  cmdline: string[];
+}
+
 /**
- * What an emulated x86 guest is told on its command line, each a cost of TCG that KVM does not
- * have (measured with initcall_debug and RIP sampling: guest/kernel/README.md):
+ * What QEMU boots each guest architecture on: microvm for x86_64 (virtio-mmio devices found
+ * through ACPI), virt for aarch64 (through the device tree). Under KVM the host's CPU; under TCG
+ * on virt an ARMv8.0 core, whose emulation is cheaper than `max`'s pointer authentication. An
+ * emulated x86 guest needs more, each a cost of TCG that KVM does not have (measured with
+ * initcall_debug, RIP sampling and strace: guest/kernel/README.md):
+ * - `-cpu qemu64,+arat`: without an always-running APIC timer the kernel must assume the timer
+ *   stops in deep idle, and with no broadcast timer on microvm it keeps a periodic tick for ever
+ *   (100 wakeups a second of an idle VM).
  * - tsc_early_khz: the host's TSC frequency. Without it about half of the boots hang calibrating
- *   against the PIT.
+ *   against the PIT; with it the guest needs no PIT, whose timer QEMU would otherwise run ~80
+ *   times a second in an idle VM's main loop (pit=off).
  * - lapic_timer_khz (our kernel's patch): TCG's local APIC counts QEMU's nanoseconds, a 1 GHz
  *   timer, and has no TSC-deadline mode; untold, the kernel calibrates it by polling for 100 ms.
  * - noreplace-smp: on one vCPU the kernel rewrites every lock prefix, one text_poke each, and
  *   each poke flushes TCG's TLB (~45 ms).
+ * - tsc=reliable: TCG's TSC is the host's, and the guest has no other clock to check it against;
+ *   the watchdog that would try wakes an idle guest twice a second.
  */
-function tcgX86Cmdline(): string[] {
+function machineFor(arch: GuestArch, accel: Accel): Machine {
+  if (arch === "aarch64") {
+    return accel === "kvm"
+      ? { machine: "virt,gic-version=host", cpu: "host", console: "ttyAMA0", cmdline: [] }
+      : { machine: "virt", cpu: "cortex-a57", console: "ttyAMA0", cmdline: [] };
+  }
+  if (accel === "kvm") return { machine: "microvm,rtc=on", cpu: "host", console: "ttyS0", cmdline: [] };
   const khz = hostTscKhz();
-  return [...(khz ? [`tsc_early_khz=${khz}`] : []), "lapic_timer_khz=1000000", "noreplace-smp"];
+  return {
+    machine: khz ? "microvm,rtc=on,pit=off" : "microvm,rtc=on",
+    cpu: "qemu64,+arat",
+    console: "ttyS0",
+    cmdline: [...(khz ? [`tsc_early_khz=${khz}`] : []), "lapic_timer_khz=1000000", "noreplace-smp", "tsc=reliable"],
+  };
 }
 
 // QEMU option values are comma-separated: a comma inside one (a path) is written twice.
@@ -115,8 +130,8 @@ export class QemuBackend implements Backend {
 
   /** The machine, CPU and serial device QEMU emulates: a saved VM loads only into the same. */
   get machine(): string {
-    const m = MACHINES[this.arch];
-    return `${m.machine[this.opts.accel]} -cpu ${m.cpu[this.opts.accel]} serial-ports=${SERIAL_PORTS}`;
+    const m = machineFor(this.arch, this.opts.accel);
+    return `${m.machine} -cpu ${m.cpu} serial-ports=${SERIAL_PORTS}`;
   }
 
   describe(): string {
@@ -130,14 +145,14 @@ export class QemuBackend implements Backend {
   /** QEMU's arguments for `config`; the console goes to a file, or to stdout ("stdio"). */
   args(config: VmConfig, boot: { kernel: string; initramfs: string }, disk: string | undefined, console: string, ram?: GuestRam): string[] {
     const { accel } = this.opts;
-    const m = MACHINES[this.arch];
+    const m = machineFor(this.arch, accel);
     const append = [`console=${m.console}`, "quiet", "panic=-1", `msb.port=${PORT_NAME}`, "msb.root=/dev/vda", `msb.net=${config.network === "all" ? 1 : 0}`, `msb.pids=${config.maxProcesses}`];
     (config.volumes ?? []).forEach((v, i) => append.push(`msb.vol=msbvol${i}:${v.readOnly ? "ro" : "rw"}:${v.path}`));
-    if (accel === "tcg" && this.arch === "x86_64") append.push(...tcgX86Cmdline());
+    append.push(...m.cmdline);
     const args = [
-      "-M", `${m.machine[accel]},memory-backend=mem`,
+      "-M", `${m.machine},memory-backend=mem`,
       "-accel", accel,
-      "-cpu", m.cpu[accel],
+      "-cpu", m.cpu,
       "-m", String(config.memory),
       "-object", ram
         ? `memory-backend-file,id=mem,size=${config.memory}M,mem-path=${value(ram.file)},share=${ram.share ? "on" : "off"}`
