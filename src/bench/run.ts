@@ -68,8 +68,7 @@ async function oneRun(opts: BenchOptions, kernel: string | undefined, backend?: 
       ok: true,
       hostPrep: tl.hostPrepMs,
       vmmStart: tl.vmmStartMs,
-      // A restored VM did not boot: its guest timeline is its template's.
-      kernelToInit: tl.snapshot?.kind === "restored" ? undefined : tl.guest.find((e) => e.name === "agent_start")?.ms,
+      kernelToInit: tl.kernelMs,
       agentReady: tl.agentReadyMs,
       firstOutput,
       stop: performance.now() - t1,

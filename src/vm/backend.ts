@@ -63,8 +63,14 @@ export interface BootTimeline {
   vmmStartMs: number;
   /** The agent's hello arrived. */
   agentReadyMs: number;
-  /** Guest milestones (agent_start, modules_loaded, root_mounted, ...) in ms since guest kernel start. */
+  /**
+   * Guest milestones (agent_start, modules_loaded, root_mounted, ...) in ms by the guest's clock,
+   * which starts once its kernel has set up timekeeping: the VMM's own start-up and the kernel's
+   * first steps come before it (about agentReadyMs - vmmStartMs - the last milestone).
+   */
   guest: { name: string; ms: number }[];
+  /** A cold boot's kernel share: its start to the agent's, by the guest's clock. Undefined for a VM restored from a saved state. */
+  kernelMs?: number;
   /** How a memory snapshot was used: restored from, made for this sandbox, or replaced and why. */
   snapshot?: SnapshotOutcome;
 }
@@ -192,11 +198,15 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
     })();
     const agent = await Promise.race([ready, died, late]);
     clearTimeout(timer);
+    const guest = agent.hello.boot.map((e) => ({ name: e.name, ms: e.ns / 1e6 }));
+    const agentStart = guest.find((e) => e.name === "agent_start")?.ms;
     const timeline: BootTimeline = {
       hostPrepMs: s.hostPrepMs,
       vmmStartMs: s.vmmStartMs,
       agentReadyMs: performance.now() - s.t0,
-      guest: agent.hello.boot.map((e) => ({ name: e.name, ms: e.ns / 1e6 })),
+      guest,
+      // A restored VM did not boot (its own handshake): its hello tells of the saved VM's boot.
+      ...(s.handshake || agentStart === undefined ? {} : { kernelMs: agentStart }),
     };
     debug("%s ready on %s in %d ms", config.name, s.label, Math.round(timeline.agentReadyMs));
     const cleanup = () => {

@@ -12,7 +12,6 @@ import { cacheDir } from "../paths.js";
 import { buildInitramfs, cpioNewc } from "./initramfs.js";
 
 export type GuestArch = "x86_64" | "aarch64";
-export const GUEST_ARCHES: readonly GuestArch[] = ["x86_64", "aarch64"];
 
 /** The guest architecture that runs natively on a host of Node's `process.arch`. */
 export function guestArch(hostArch: string = process.arch): GuestArch {

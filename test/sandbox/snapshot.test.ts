@@ -24,6 +24,8 @@ describe("restore-on-create", () => {
     const first = await CustomSandbox.create({ ...opts, name: "snap-first" });
     try {
       expect(first.timeline!.snapshot).toMatchObject({ kind: "created" });
+      // The template booted; its kernel's share is its own.
+      expect(first.timeline!.kernelMs).toBeGreaterThan(0);
       keys.add(keyOf(first));
       expect(await out(first, "echo", "made")).toBe("made");
     } finally {
@@ -35,6 +37,8 @@ describe("restore-on-create", () => {
     try {
       for (const sb of [a, b]) {
         expect(sb.timeline!.snapshot).toMatchObject({ kind: "restored", detail: expect.stringContaining(keyOf(first)) });
+        // A restored VM booted no kernel.
+        expect(sb.timeline!.kernelMs).toBeUndefined();
         expect(await out(sb, "hostname")).toBe(sb.name);
         const guestSeconds = Number(await out(sb, "date", "+%s"));
         expect(Math.abs(guestSeconds - Date.now() / 1000)).toBeLessThan(1.5);

@@ -32,6 +32,7 @@ describe.skipIf(process.arch !== "x64")("another guest kernel", () => {
       try {
         expect((await (await sb.command.run("uname", ["-r"])).output()).trim()).toMatch(release);
         expect(sb.timeline!.guest.some((e) => e.name === "modules_loaded")).toBe(loads);
+        expect(sb.timeline!.kernelMs).toBe(sb.timeline!.guest.find((e) => e.name === "agent_start")!.ms);
         // The network's driver too (with modules, the one order.net names): eth0 has QEMU's address.
         expect(await (await sb.command.run("cat", ["/sys/class/net/eth0/address"])).output()).toBe("52:54:00:12:34:56");
       } finally {
