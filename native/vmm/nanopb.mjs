@@ -44,7 +44,7 @@ if (what === "generator") {
     console.error(
       `microsandbox: nanopb ${lib ? "generator" : `runtime (${LIB})`} not found: the VM helper msb-vmm cannot be built.\n` +
         "  Debian/Ubuntu: sudo apt-get install libnanopb-dev nanopb; elsewhere install nanopb's runtime and generator\n" +
-        "  (or set NANOPB_LIB and NANOPB_GENERATOR), then npm rebuild microsandbox",
+        "  (or set NANOPB_LIB and NANOPB_GENERATOR), then npm install again in this checkout",
     );
     process.exit(1);
   }

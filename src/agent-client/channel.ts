@@ -284,7 +284,8 @@ export class Channel {
     if (h.protocolVersion !== PROTOCOL_VERSION) {
       throw new AgentProtocolError(
         `the guest agent speaks protocol version ${h.protocolVersion}, this host speaks ${PROTOCOL_VERSION}: ` +
-          "rebuild the agent with this package (npm rebuild microsandbox)",
+          "use the agent of this package's version: its platform package (@microsandbox/OS-CPU) at the same version, " +
+            "or in a checkout make -C native/agent; MSB_AGENT_PATH, if set, names another",
       );
     }
     const hello: AgentHello = {

@@ -2,8 +2,8 @@
 // backend a sandbox would get here and why (the same decision create() makes).
 import { execFileSync } from "node:child_process";
 
-import { vmmHelperPath } from "../native.js";
-import { agentBinaryPath, guestArch, guestBoot, KERNEL_FILE } from "../vm/guest.js";
+import { type Artifact, guestArtifact, KERNEL_FILE, nativeArtifact } from "../artifacts.js";
+import { guestArch, guestBoot } from "../vm/guest.js";
 import { vmRequest } from "../vm/netpolicy.js";
 import { qemuBinary } from "../vm/qemu.js";
 import { decide, forcedAccel, hostFacts, krunRefusal, qemuDecision } from "../vm/select.js";
@@ -24,32 +24,42 @@ export interface DoctorReport {
   checks: Check[];
 }
 
-async function check(name: string, fn: () => string | Promise<string>, solutions: string[]): Promise<Check> {
+// A check's solutions are the failure's own "Possible solutions" lines, else `solutions`.
+async function check(name: string, fn: () => string | Promise<string>, solutions: string[] = []): Promise<Check> {
   try {
     return { name, ok: true, detail: await fn(), solutions: [] };
   } catch (err) {
-    return { name, ok: false, detail: (err as Error).message.split("\n")[0]!, solutions };
+    const lines = (err as Error).message.split("\n");
+    const own = lines.slice(lines.indexOf("Possible solutions:") + 1).filter((l) => l.startsWith("- ")).map((l) => l.slice(2));
+    return { name, ok: false, detail: lines[0]!, solutions: lines.includes("Possible solutions:") ? own : solutions };
   }
 }
 
+// An artifact's path and where it came from: the platform package, a source build, or a variable.
+const described = (a: Artifact) => `${a.path} (${a.source}: ${a.from})`;
+
 export async function doctor(): Promise<DoctorReport> {
-  const helper = await check("VM helper (msb-vmm)", () => vmmHelperPath(), ["npm rebuild microsandbox"]);
-  const agent = await check("guest agent", () => agentBinaryPath(), ["sudo apt-get install musl-tools libnanopb-dev nanopb protobuf-compiler, then npm rebuild microsandbox"]);
+  const arch = guestArch();
+  const helper = await check("VM helper (msb-vmm)", () => described(nativeArtifact("msb-vmm")));
+  const addon = await check("native addon", () => described(nativeArtifact("microsandbox.node")));
+  const agent = await check("guest agent", () => described(guestArtifact(arch, "msb-agent")));
   const qemu = await check("QEMU", () => execFileSync(qemuBinary(), ["--version"], { encoding: "utf8" }).split("\n")[0]!, [
     "Debian / Ubuntu: sudo apt-get install qemu-system-x86",
     "Fedora: sudo dnf install qemu-system-x86-core",
     "macOS: brew install qemu",
     "or point MSB_QEMU at a qemu-system-x86_64",
   ]);
-  const kernel = await check("guest kernel (QEMU)", async () => (await guestBoot()).kernel, [
-    `in a checkout: bash scripts/build-kernel.sh ${guestArch()} (a few minutes, once)`,
-    `or name a ${KERNEL_FILE[guestArch()]} with MSB_KERNEL`,
-  ]);
+  const kernel = await check("guest kernel (QEMU)", async () => {
+    const { kernel: file } = await guestBoot();
+    const artifact = guestArtifact(arch, KERNEL_FILE[arch]);
+    return artifact.path === file ? described(artifact) : file;
+  });
   const platform = `${process.platform}/${process.arch}`;
-  if (!helper.ok) {
-    // Without the helper nothing can be probed, and no backend runs.
-    const none = { backend: "none", reason: helper.detail };
-    return { platform, backends: { krun: { usable: false, reason: helper.detail }, qemu: { usable: false, reason: helper.detail } }, chosen: { none, public: none, all: none }, checks: [helper, agent, qemu, kernel] };
+  if (!helper.ok || !addon.ok) {
+    // Without the helper (or the addon beside it) nothing can be probed, and no backend runs.
+    const why = (helper.ok ? addon : helper).detail;
+    const none = { backend: "none", reason: why };
+    return { platform, backends: { krun: { usable: false, reason: why }, qemu: { usable: false, reason: why } }, chosen: { none, public: none, all: none }, checks: [addon, helper, agent, qemu, kernel] };
   }
 
   const accel = forcedAccel();
@@ -99,16 +109,22 @@ export async function doctor(): Promise<DoctorReport> {
       "or point MSB_LIBKRUNFW_PATH at a libkrunfw.so.5 / libkrunfw.5.dylib",
     ],
   });
-  checks.push(qemu, kernel, agent, helper);
+  checks.push(qemu, kernel, agent, helper, addon);
 
-  const krunWhyNot = krunRefusal(facts, "all") ?? (agent.ok ? undefined : "no guest agent");
+  // One verdict per backend, and the choice for each network made only among usable ones: what
+  // create() decides, unless the backend it would pick lacks a part of ours.
+  const krunWhyNot = krunRefusal(facts, "all") ?? (agent.ok ? undefined : "missing: guest agent");
   const qemuMissing = [qemu, kernel, agent].filter((c) => !c.ok).map((c) => c.name);
+  const qemuWhyNot = qemuMissing.length ? `missing: ${qemuMissing.join(", ")}` : undefined;
   const q = qemuDecision(facts, { backend: "qemu", network: "none", ...(accel ? { accel } : {}) });
   const chosen = {} as DoctorReport["chosen"];
   for (const network of ["none", "public", "all"] as const) {
     try {
       const d = decide(facts, { backend: "auto", ...vmRequest(network), ...(accel ? { accel } : {}) });
-      chosen[network] = { backend: d.backend === "qemu" ? `qemu (${d.accel})` : "krun", reason: d.reason };
+      const whyNot = d.backend === "krun" ? krunWhyNot : qemuWhyNot;
+      chosen[network] = whyNot
+        ? { backend: "none", reason: `${d.backend === "krun" ? "libkrun" : "QEMU"} would run it but is not usable here (${whyNot})` }
+        : { backend: d.backend === "qemu" ? `qemu (${d.accel})` : "krun", reason: d.reason };
     } catch (err) {
       chosen[network] = { backend: "none", reason: (err as Error).message };
     }
@@ -117,7 +133,7 @@ export async function doctor(): Promise<DoctorReport> {
     platform,
     backends: {
       krun: { usable: !krunWhyNot, reason: krunWhyNot ?? (krunRefusal(facts, "none") ? `usable with network "all" only: ${krunRefusal(facts, "none")}` : "libkrun, libkrunfw and KVM are usable") },
-      qemu: { usable: qemuMissing.length === 0, reason: qemuMissing.length ? `missing: ${qemuMissing.join(", ")}` : `with ${q.accel!.toUpperCase()}: ${q.reason}` },
+      qemu: { usable: !qemuWhyNot, reason: qemuWhyNot ?? `with ${q.accel!.toUpperCase()}: ${q.reason}` },
     },
     chosen,
     checks,
@@ -129,7 +145,7 @@ export function formatDoctor(r: DoctorReport): string {
   const lines = [`microsandbox doctor (${r.platform})`, ""];
   for (const c of r.checks) {
     lines.push(`${c.ok ? "ok     " : "MISSING"} ${c.name}: ${c.detail}`);
-    if (!c.ok) {
+    if (!c.ok && c.solutions.length) {
       lines.push("        Possible solutions:");
       for (const s of c.solutions) lines.push(`        - ${s}`);
     }

@@ -1,47 +1,28 @@
-// The guest's boot artifacts, per guest architecture, in build-guest/<arch>/ (or where the
-// environment points): our kernel (scripts/build-kernel.sh), the static agent and the floor's
-// trivial init; and the initramfs made from the agent (plus the modules of a kernel that has
-// them beside it), built once per content and cached.
+// The guest's boot artifacts per guest architecture, found by src/artifacts.ts (an environment
+// override, a checkout's build-guest/ARCH, or a platform package): our kernel, the static agent
+// and the floor's trivial init; and the initramfs made from the agent (plus the modules of a
+// kernel that has them beside it), built once per content and cached.
 import { createHash } from "node:crypto";
-import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 
-import { AgentBinaryError, GuestKernelError, InvalidArgumentError } from "../errors.js";
+import { type GuestArch, guestArtifact, KERNEL_FILE, nativeGuestArch } from "../artifacts.js";
+import { GuestKernelError, InvalidArgumentError } from "../errors.js";
 import { cacheDir } from "../paths.js";
 import { buildInitramfs, cpioNewc } from "./initramfs.js";
 
-export type GuestArch = "x86_64" | "aarch64";
+export { type GuestArch, KERNEL_FILE } from "../artifacts.js";
 
 /** The guest architecture that runs natively on a host of Node's `process.arch`. */
 export function guestArch(hostArch: string = process.arch): GuestArch {
-  const arch = ({ x64: "x86_64", arm64: "aarch64" } as Record<string, GuestArch>)[hostArch];
+  const arch = nativeGuestArch(hostArch);
   if (!arch) throw new InvalidArgumentError(`no guest architecture for a ${hostArch} host: microsandbox runs on x64 and arm64`);
   return arch;
 }
 
-/** How each architecture's kernel is built and booted: x86_64 as an ELF vmlinux (PVH), aarch64 as an Image. */
-export const KERNEL_FILE: Record<GuestArch, string> = { x86_64: "vmlinux", aarch64: "Image" };
-
-// build-guest/<arch>/<name> in this package.
-const guestFile = (arch: GuestArch, name: string) => fileURLToPath(new URL(`../../build-guest/${arch}/${name}`, import.meta.url));
-
-/** The static guest agent for `arch`: build-guest/<arch>/msb-agent, or MSB_AGENT_PATH for the native one. */
+/** The static guest agent for `arch` (MSB_AGENT_PATH overrides the native one). */
 export function agentBinaryPath(env: NodeJS.ProcessEnv = process.env, arch: GuestArch = guestArch()): string {
-  const file = (arch === guestArch() && env.MSB_AGENT_PATH) || guestFile(arch, "msb-agent");
-  try {
-    accessSync(file, constants.X_OK);
-  } catch (err) {
-    throw new AgentBinaryError(
-      `the guest agent ${file} is missing or not executable.\n` +
-        "Possible solutions:\n" +
-        "- install its build tools: sudo apt-get install musl-tools libnanopb-dev nanopb protobuf-compiler\n" +
-        `- then rebuild it: npm rebuild microsandbox (or make -C native/agent${arch === guestArch() ? "" : ` ARCH=${arch}`} in a checkout)\n` +
-        "- or point MSB_AGENT_PATH at a built msb-agent",
-      { cause: err },
-    );
-  }
-  return file;
+  return guestArtifact(arch, "msb-agent", env).path;
 }
 
 export interface GuestBoot {
@@ -60,17 +41,12 @@ const built = new Map<string, GuestBoot>();
 export async function guestBoot(opts: { kernel?: string; arch?: GuestArch; env?: NodeJS.ProcessEnv } = {}): Promise<GuestBoot> {
   const env = opts.env ?? process.env;
   const arch = opts.arch ?? guestArch();
-  const kernel = opts.kernel ?? ((arch === guestArch() && env.MSB_KERNEL) || guestFile(arch, KERNEL_FILE[arch]));
-  if (!existsSync(kernel)) {
-    const named = opts.kernel ? "the kernel option" : arch === guestArch() && env.MSB_KERNEL ? "MSB_KERNEL" : undefined;
+  if (opts.kernel !== undefined && !existsSync(opts.kernel)) {
     throw new GuestKernelError(
-      `guest kernel ${kernel} not found${named ? ` (named by ${named})` : ""}.\nPossible solutions:\n` +
-        (named
-          ? `- fix ${named}: an uncompressed ${KERNEL_FILE[arch]} with its virtio drivers built in, or a modules/ dir beside it\n`
-          : `- in a checkout: bash scripts/build-kernel.sh ${arch} (builds our kernel once, a few minutes)\n` +
-            `- or name a ${KERNEL_FILE[arch]} with the \`kernel\` option or MSB_KERNEL`),
+      `guest kernel ${opts.kernel} (the kernel option) not found: name an uncompressed ${KERNEL_FILE[arch]} with its virtio drivers built in, or a modules/ dir beside it`,
     );
   }
+  const kernel = opts.kernel ?? guestArtifact(arch, KERNEL_FILE[arch], env).path;
   const key = `${arch}\0${kernel}`;
   const memo = built.get(key);
   if (memo) return memo;
@@ -100,9 +76,7 @@ const floors = new Map<GuestArch, string>();
 export function floorInitramfs(arch: GuestArch = guestArch()): string {
   const memo = floors.get(arch);
   if (memo) return memo;
-  const init = guestFile(arch, "msb-floor-init");
-  if (!existsSync(init)) throw new GuestKernelError(`${init} is missing: rebuild the native parts (npm rebuild microsandbox)`);
-  const data = readFileSync(init);
+  const data = readFileSync(guestArtifact(arch, "msb-floor-init").path);
   const out = path.join(cacheDir(), "initramfs", `floor-${createHash("sha256").update(data).digest("hex").slice(0, 16)}.cpio`);
   if (!existsSync(out)) {
     mkdirSync(path.dirname(out), { recursive: true });

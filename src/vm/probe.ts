@@ -101,7 +101,8 @@ export function probe(env: NodeJS.ProcessEnv = process.env): ProbeReport {
   const r = spawnSync(helper, ["probe"], { env, timeout: 10_000, maxBuffer: 1 << 20 });
   if (r.error || r.status !== 0) {
     const why = r.error?.message ?? `exit status ${r.status ?? r.signal}: ${r.stderr.toString().trim()}`;
-    throw new VmmHelperError(`the VM helper ${helper} could not probe this host (${why}): rebuild the native parts (npm rebuild microsandbox)`);
+    throw new VmmHelperError(`the VM helper ${helper} could not probe this host (${why}): ` +
+      "reinstall microsandbox with its optional dependencies (the platform package carries the helper), or in a checkout run npm install");
   }
   const report = decodeProbe(r.stdout);
   probes.set(key, report);

@@ -133,7 +133,7 @@ describe("the client survives a misbehaving agent", () => {
     await fakeAgent((s) => s.write(hello(9)));
     const err = await AgentClient.connect(sockPath).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AgentProtocolError);
-    expect((err as Error).message).toMatch(/protocol version 9.*npm rebuild/);
+    expect((err as Error).message).toMatch(/protocol version 9.*use the agent of this package.s version: its platform package/);
   });
 
   it("closes on an oversized frame from the guest and fails pending calls", async () => {
