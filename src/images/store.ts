@@ -17,6 +17,8 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/p
 import path from "node:path";
 import { promisify } from "node:util";
 
+import { PACKAGE_ROOT } from "../artifacts.js";
+import { findHostTool, missingToolHint } from "../host-tools.js";
 import { ImageError } from "../errors.js";
 import { cacheDir } from "../paths.js";
 import { withLock } from "./lock.js";
@@ -103,9 +105,14 @@ export class ImageStore {
       if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) throw new Error("bad name");
       id = readFileSync(path.join(dir, "id"), "utf8").trim();
     } catch {
+      // The script that makes local images is part of a checkout, not of the installed package.
+      const script = path.join(PACKAGE_ROOT, "scripts", "build-image.sh");
       throw new ImageError(
-        `image ${JSON.stringify(ref)} is not built in ${path.join(this.root, "local")}.\n` +
-          `Possible solutions:\n- build it: sudo bash scripts/build-image.sh ${this.root} ${name || "NAME"} (busybox, python or node)`,
+        `image ${JSON.stringify(ref)} is not built in ${path.join(this.root, "local")}.\nPossible solutions:\n` +
+          (existsSync(script)
+            ? `- build it: sudo bash ${script} ${this.root} ${name || "NAME"} (busybox, python, node or busybox-aarch64)`
+            : "- local: images are built from Debian packages in a checkout of microsandbox (scripts/build-image.sh); " +
+              'use a registry image instead, such as "python:3.12-slim", or an OCI archive (oci-archive:FILE)'),
       );
     }
     return { ref, id: `local-${id}`, rootfs: path.join(dir, "rootfs"), config: { env: [] } };
@@ -153,6 +160,8 @@ export class ImageStore {
     const disk = path.join(this.root, "disks", `${image.id}.ext4`);
     if (existsSync(disk)) return disk;
     await mkdir(path.dirname(disk), { recursive: true });
+    const mkfs = findHostTool("mkfs.ext4");
+    if (!mkfs) throw new ImageError(`cannot materialize image ${image.ref} into a disk: ${missingToolHint("mkfs.ext4", "it makes each image's read-only disk")}`);
     await withLock(disk, async () => {
       if (existsSync(disk)) return;
       const tmp = `${disk}.${process.pid}.tmp`;
@@ -163,7 +172,7 @@ export class ImageStore {
         const inodes = Number(count.trim()) * 2 + 4096;
         // Room for filesystem metadata and block rounding; the guest never writes to this disk.
         const mib = Math.ceil((bytes * 1.3 + inodes * 256) / 2 ** 20) + 32;
-        await run("mkfs.ext4", ["-q", "-F", "-d", image.rootfs, "-L", "msb-root", "-N", String(inodes), "-O", "^has_journal", "-m", "0", tmp, `${mib}M`]);
+        await run(mkfs, ["-q", "-F", "-d", image.rootfs, "-L", "msb-root", "-N", String(inodes), "-O", "^has_journal", "-m", "0", tmp, `${mib}M`]);
         await rename(tmp, disk);
       } catch (err) {
         await rm(tmp, { force: true });

@@ -1,11 +1,12 @@
 // Turns an image's layers into a root filesystem: each layer blob is decompressed as a stream
-// (gzip through zlib, zstd through zlib where Node has it or the zstd binary) and applied in order,
+// (gzip through zlib, zstd through zlib where Node has it, else fzstd) and applied in order,
 // path-safely, by applyLayer. The caller publishes the result atomically.
-import { spawn } from "node:child_process";
 import { createReadStream } from "node:fs";
 import { open } from "node:fs/promises";
-import { PassThrough, type Readable, type Transform } from "node:stream";
+import { type Readable, Transform } from "node:stream";
 import zlib from "node:zlib";
+
+import { Decompress } from "fzstd";
 
 import { LayerFormatError } from "../errors.js";
 import { applyLayer, type LayerStats } from "./layers.js";
@@ -26,28 +27,31 @@ type ZstdZlib = typeof zlib & { createZstdDecompress?: () => Transform };
 
 function zstdStream(input: Readable, digest: string): Readable {
   const native = (zlib as ZstdZlib).createZstdDecompress;
-  if (native) return chain(input, native());
-  // Node < 22.15 has no zstd: the zstd CLI decompresses instead.
-  const child = spawn("zstd", ["-dc"], { stdio: ["pipe", "pipe", "pipe"] });
-  const out = new PassThrough();
-  let stderr = "";
-  child.stderr.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
-  child.on("error", (err) =>
-    out.destroy(new LayerFormatError(`layer ${digest} is zstd-compressed and this Node has no zstd; install the zstd tool (apt-get install zstd)`, { cause: err })),
-  );
-  child.on("exit", (code) => {
-    if (code) out.destroy(new LayerFormatError(`zstd could not decompress layer ${digest}: ${stderr.trim()}`));
+  // Node < 22.15 has no zstd: fzstd, a zstd decoder in JavaScript, decompresses instead, so no
+  // host tool is needed either way.
+  return chain(input, native ? native() : fzstdTransform(digest));
+}
+
+// fzstd's streaming decoder as a Transform: chunks in, decompressed chunks out, a malformed
+// frame a LayerFormatError. A frame may ask for a window of up to 2 GiB: address space that is
+// only touched as output is written, and output is bounded by the layer's size caps downstream.
+function fzstdTransform(digest: string): Transform {
+  let push: (chunk: Uint8Array) => void = () => {};
+  const decoder = new Decompress((chunk) => push(chunk));
+  const feed = (chunk: Uint8Array, final: boolean, done: (err?: Error) => void) => {
+    try {
+      decoder.push(chunk, final);
+      done();
+    } catch (err) {
+      done(new LayerFormatError(`zstd could not decompress layer ${digest}: ${(err as Error).message}`, { cause: err }));
+    }
+  };
+  const t = new Transform({
+    transform: (chunk: Buffer, _enc, done) => feed(chunk, false, done),
+    flush: (done) => feed(new Uint8Array(0), true, done),
   });
-  child.stdin.on("error", () => {}); // zstd exiting early is reported through its exit code
-  input.on("error", (err) => out.destroy(err));
-  input.pipe(child.stdin);
-  child.stdout.pipe(out);
-  // Whoever stops reading (an applied layer, or a refused one) ends the whole chain.
-  out.on("close", () => {
-    input.destroy();
-    child.kill("SIGKILL");
-  });
-  return out;
+  push = (chunk) => t.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+  return t;
 }
 
 // input → transform, with errors of either side ending both.

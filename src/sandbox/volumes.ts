@@ -13,6 +13,7 @@ import { promisify } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
 import { InvalidArgumentError, MicrosandboxError, VolumeBusyError, VolumeMountError } from "../errors.js";
+import { findHostTool, missingToolHint } from "../host-tools.js";
 import { withLock } from "../images/lock.js";
 import { cacheDir } from "../paths.js";
 
@@ -146,15 +147,17 @@ export async function leaseVolumes(specs: Required<VolumeSpec>[], sandbox: { nam
 async function makeVolume(name: string, sizeMiB: number): Promise<void> {
   const file = volumeFile(name);
   const part = `${file}.part`;
+  const mkfs = findHostTool("mkfs.ext4");
+  if (!mkfs) throw new MicrosandboxError(`cannot make volume ${name}: ${missingToolHint("mkfs.ext4", "it formats volumes")}`);
   const h = await open(part, "w", 0o600);
   await h.truncate(sizeMiB * 2 ** 20);
   await h.close();
   try {
-    await promisify(execFile)("mkfs.ext4", ["-q", "-F", "-L", name.slice(0, 16), "-E", "root_owner=0:0", part]);
+    await promisify(execFile)(mkfs, ["-q", "-F", "-L", name.slice(0, 16), "-E", "root_owner=0:0", part]);
   } catch (err) {
     rmSync(part, { force: true });
     const e = err as NodeJS.ErrnoException & { stderr?: string };
-    throw new MicrosandboxError(e.code === "ENOENT" ? "mkfs.ext4 not found: install e2fsprogs to make volumes" : `mkfs.ext4 failed for volume ${name}: ${e.stderr ?? e.message}`, { cause: err });
+    throw new MicrosandboxError(`mkfs.ext4 failed for volume ${name}: ${e.stderr ?? e.message}`, { cause: err });
   }
   renameSync(part, file);
 }

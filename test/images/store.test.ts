@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { pullEvents, pullImage, resolveImage } from "../../src/images/sources.js";
 import { ImageStore } from "../../src/images/store.js";
-import { CustomSandbox, ImageError } from "../../src/index.js";
+import { CustomSandbox, ImageError, LayerError, LayerFormatError } from "../../src/index.js";
 import { buildImage, pushImage, startFaultyProxy, startRegistry, type TestRegistry } from "./registry-helpers.js";
 
 let registry: TestRegistry;
@@ -127,10 +127,8 @@ describe("pull and reuse", () => {
 });
 
 describe("layer compression", () => {
-  it("unpacks zstd layers (through the zstd tool where Node's zlib has no zstd)", async () => {
-    const gz = buildImage({ layers: [{ "z/": "", "z/data.txt": "compressed with zstd\n" }] });
-    const tar = gunzipSync(gz.blobs.get(gz.layers[0]!.digest)!);
-    const zst = execFileSync("zstd", ["-q", "-c"], { input: tar });
+  // A layer of `zst` bytes standing for `tar`, with the media type registries use for zstd.
+  const zstdImage = (zst: Buffer, tar: Buffer) => {
     const image = buildImage({ gzipLayers: [] });
     // Swap the layer for its zstd form, with the media type registries use for it.
     const layerDigest = `sha256:${createHash("sha256").update(zst).digest("hex")}`;
@@ -144,9 +142,23 @@ describe("layer compression", () => {
     image.layers = [{ mediaType: "application/vnd.oci.image.layer.v1.tar+zstd", digest: layerDigest, size: zst.length }];
     image.bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: image.mediaType, config: image.config, layers: image.layers }));
     image.digest = `sha256:${createHash("sha256").update(image.bytes).digest("hex")}`;
-    await pushImage(registry.url, "test/zstd", "1", image);
+    return image;
+  };
+
+  it("unpacks zstd layers (through fzstd where Node's zlib has no zstd), and refuses a broken one", async () => {
+    const gz = buildImage({ layers: [{ "z/": "", "z/data.txt": "compressed with zstd\n" }] });
+    const tar = gunzipSync(gz.blobs.get(gz.layers[0]!.digest)!);
+    const zst = execFileSync("zstd", ["-q", "-c"], { input: tar });
+    await pushImage(registry.url, "test/zstd", "1", zstdImage(zst, tar));
     const pulled = await resolveImage(new ImageStore(tempDir("msb-store-zstd-")), `${registry.host}/test/zstd:1`, insecure());
     expect(readFileSync(path.join(pulled.rootfs, "z/data.txt"), "utf8")).toBe("compressed with zstd\n");
+    // The zstd magic, then bytes that are no zstd frame.
+    const broken = Buffer.concat([zst.subarray(0, 4), Buffer.alloc(64, 0xa5)]);
+    await pushImage(registry.url, "test/zstd", "broken", zstdImage(broken, tar));
+    const err = await resolveImage(new ImageStore(tempDir("msb-store-zstd-")), `${registry.host}/test/zstd:broken`, insecure()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(LayerError);
+    expect((err as LayerError).cause).toBeInstanceOf(LayerFormatError);
+    expect(String(err)).toMatch(/zstd could not decompress layer sha256:/);
   });
 });
 
