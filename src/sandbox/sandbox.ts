@@ -13,7 +13,7 @@ import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
 import type { Backend, BootTimeline, KeptSession, Vm, VmConfig } from "../vm/backend.js";
 import { QemuBackend } from "../vm/qemu.js";
-import { bootVm, chooseBackend, forcedAccel } from "../vm/select.js";
+import { backendFor, bootVm, chooseBackend, forcedAccel } from "../vm/select.js";
 import { checkPorts, type PortForward, vmNetwork, vmRequest } from "../vm/netpolicy.js";
 import { cloneIdentity, copyVm } from "../vm/snapshot.js";
 import { newPausedDir, readPaused, writePaused } from "./paused.js";
@@ -226,8 +226,6 @@ export abstract class Sandbox implements AsyncDisposable {
 
   private async boot(): Promise<void> {
     const t0 = performance.now();
-    const store = new ImageStore();
-    const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
     const kernel = this.opts.kernel;
     const accel = forcedAccel();
     const volumes = this.opts.volumes;
@@ -238,6 +236,10 @@ export abstract class Sandbox implements AsyncDisposable {
       ...(accel ? { accel } : {}),
       ...(kernel ? { kernel } : {}),
     });
+    // What the VM is made of before the image: a missing kernel or agent must not cost a pull.
+    await backendFor(decision, kernel).check();
+    const store = new ImageStore();
+    const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
     const imagePrepMs = performance.now() - t0;
     debug("sandbox %s: %s (%s)", this.name, decision.backend, decision.reason);
     const config: VmConfig = {

@@ -115,6 +115,11 @@ export interface Backend {
   readonly name: string;
   /** The VMM as it will run, e.g. "qemu (tcg)". */
   describe(): string;
+  /**
+   * Throws what this backend lacks to boot anything (the VM helper, the guest agent, the kernel),
+   * before a caller spends time on an image. Cheap once it has passed.
+   */
+  check(): Promise<void>;
   boot(config: VmConfig): Promise<Vm>;
   /**
    * Boots the benchmark's floor: the same kernel, flags and devices as boot(), with a trivial init

@@ -92,6 +92,12 @@ export class KrunBackend implements Backend {
     return "krun";
   }
 
+  // libkrun brings its own kernel (libkrunfw): the helper and our agent are all it needs of ours.
+  async check(): Promise<void> {
+    vmmHelperPath();
+    agentBinaryPath();
+  }
+
   async boot(config: VmConfig): Promise<Vm> {
     const t0 = performance.now();
     const helper = vmmHelperPath();

@@ -143,6 +143,11 @@ export class QemuBackend implements Backend {
     return guestBoot({ arch: this.arch, ...(this.opts.kernel ? { kernel: this.opts.kernel } : {}) });
   }
 
+  async check(): Promise<void> {
+    vmmHelperPath();
+    await this.guestBoot();
+  }
+
   /** QEMU's arguments for `config`; the console goes to a file, or to stdout ("stdio"). */
   args(config: VmConfig, boot: { kernel: string; initramfs: string }, disk: string | undefined, console: string, ram?: GuestRam): string[] {
     const { accel } = this.opts;
