@@ -24,7 +24,7 @@ import { column, type Command } from "./spec.js";
 import { doctor, formatDoctor } from "./doctor.js";
 
 const IMAGE_NOTE = `IMAGE is a registry reference (python:3.12-slim), oci:DIR[:TAG], oci-archive:FILE[:TAG],
-docker-archive:FILE, or local:NAME (built by scripts/build-image.sh).`;
+docker-archive:FILE, or local:NAME (built by scripts/build-image.sh in a checkout).`;
 
 // Sources that are imported from disk rather than pulled, so registry settings do not apply.
 const NOT_A_REGISTRY = /^(local|oci|oci-archive|docker-archive):/;

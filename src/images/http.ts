@@ -71,7 +71,8 @@ export async function retrying<T>(what: string, attempt: () => Promise<T>, polic
       if (tls !== undefined) {
         const hint = policy.insecure
           ? ""
-          : `. If ${registry} serves plain HTTP, mark it insecure: new RegistryClient({ insecure: [${JSON.stringify(registry)}] })`;
+          : `. If ${registry} serves plain HTTP, mark it insecure: the sandbox option registry: { insecure: [${JSON.stringify(registry)}] } ` +
+            "(msb pull and msb run: --insecure; a RegistryClient of your own: its insecure option)";
         throw new RegistryError(`could not speak HTTPS to ${registry} for ${what}: ${tls}${hint}`, undefined, { cause: err });
       }
       const status = err instanceof TransientError ? err.status : undefined;

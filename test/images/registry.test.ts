@@ -280,7 +280,7 @@ describe("RegistryClient on a plain registry", () => {
     const err = await errorOf(strict.getManifest(`${registry.host}/app/hello:v1`));
     expect(err).toBeInstanceOf(RegistryError);
     expect((err as RegistryError).code).toBe("MSB_REGISTRY");
-    expect((err as Error).message).toContain(`insecure: ["${registry.host}"]`);
+    expect((err as Error).message).toContain(`registry: { insecure: ["${registry.host}"] }`);
   });
 
   describe("through a proxy that cuts downloads", () => {
