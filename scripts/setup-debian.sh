@@ -13,7 +13,7 @@ packages=(
   lz4 kmod cpio             # the benchmark's Debian kernel: vmlinux extraction, module dependencies
   e2fsprogs                 # mkfs.ext4 -d: image root disks
   debootstrap busybox-static  # offline images (python, node, busybox)
-  zstd                      # zstd layers where Node's zlib has no zstd
+  zstd                      # tests: zstd-compressed layers
   docker-registry skopeo umoci openssl  # tests: a real registry, token auth; the pull benchmark
   libxml2-utils             # tests: xmllint checks the benchmark's SVG
   clang libclang-rt-14-dev  # tests: libFuzzer on the native decoders (scripts/fuzz.sh)
@@ -21,11 +21,12 @@ packages=(
   tmux                      # tests: msb run -it and msb shell on a real terminal
 )
 
-# On x86_64, the aarch64 guest is built and tested too: its kernel and agent with Debian's cross
-# toolchain and arm64 multiarch musl and nanopb, booted by qemu-system-aarch64.
+# On x86_64, the aarch64 guest is built and tested too, and the linux-arm64 package made: its
+# kernel, agent and native half with Debian's cross toolchains and arm64 multiarch musl and
+# nanopb, booted by qemu-system-aarch64.
 cross=()
 if [ "$(uname -m)" = x86_64 ]; then
-  cross=(gcc-aarch64-linux-gnu linux-libc-dev-arm64-cross musl-dev:arm64 libnanopb-dev:arm64 qemu-system-arm)
+  cross=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu linux-libc-dev-arm64-cross musl-dev:arm64 libnanopb-dev:arm64 qemu-system-arm)
   packages+=("${cross[@]}")
 fi
 
