@@ -4,20 +4,18 @@
 // ext4 materialization, and the host prep of a second create() from the cached image.
 // Writes bench/results/pull.{json,md}.
 import { execFileSync, spawn } from "node:child_process";
-import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { gzipSync } from "node:zlib";
 import { machine, median } from "./common.mjs";
+import { ociLayout } from "../scripts/oci-layout.mjs";
 
 import { CustomSandbox, ImageStore, pullImage } from "../dist/index.js";
 
 const RUNS = Number(process.env.MSB_BENCH_RUNS ?? 5);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const work = mkdtempSync(path.join(os.tmpdir(), "msb-pull-bench-"));
-const sha = (b) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 // Each timed step starts with no dirty pages of the one before: on this disk, writeback of 150 MB
 // lands on whoever writes next.
 const time = async (fn) => {
@@ -29,24 +27,8 @@ const time = async (fn) => {
 
 // The image: the Debian python rootfs scripts/build-image.sh makes, as one gzipped layer.
 const rootfs = (await new ImageStore().lookup("local:python")).rootfs;
-let tar = execFileSync("tar", ["-C", rootfs, "-c", "."], { maxBuffer: 1 << 30 });
-let layer = gzipSync(tar, { level: 1 });
-const config = Buffer.from(JSON.stringify({
-  architecture: "amd64", os: "linux",
-  config: { Env: ["PATH=/usr/local/bin:/usr/bin:/bin"], Cmd: ["python3"] },
-  rootfs: { type: "layers", diff_ids: [sha(tar)] },
-}));
 const layout = path.join(work, "layout");
-mkdirSync(path.join(layout, "blobs", "sha256"), { recursive: true });
-const putBlob = (b) => (writeFileSync(path.join(layout, "blobs", "sha256", sha(b).slice(7)), b), { digest: sha(b), size: b.length });
-const manifest = Buffer.from(JSON.stringify({
-  schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
-  config: { mediaType: "application/vnd.oci.image.config.v1+json", ...putBlob(config) },
-  layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", ...putBlob(layer) }],
-}));
-const m = putBlob(manifest);
-writeFileSync(path.join(layout, "oci-layout"), JSON.stringify({ imageLayoutVersion: "1.0.0" }));
-writeFileSync(path.join(layout, "index.json"), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: "application/vnd.oci.image.manifest.v1+json", ...m, annotations: { "org.opencontainers.image.ref.name": "bench" } }] }));
+const layerBytes = ociLayout({ rootfs, layout, tag: "bench", config: { Env: ["PATH=/usr/local/bin:/usr/bin:/bin"], Cmd: ["python3"] } });
 
 // A real registry on loopback.
 const port = 20000 + Math.floor(Math.random() * 20000);
@@ -63,11 +45,6 @@ for (let i = 0; ; i++) {
 }
 const ref = `${host}/bench/python:bench`;
 execFileSync("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", `oci:${layout}:bench`, `docker://${ref}`]);
-
-// The image is in the registry now: drop the 200 MB of buffers that built it, which would otherwise
-// weigh on this process's garbage collector during the measured pulls.
-const layerBytes = layer.length;
-tar = layer = undefined;
 
 const ours = [];
 const disks = [];

@@ -1,9 +1,11 @@
 // Test helpers: Debian's docker-registry on 127.0.0.1 (optionally behind token auth served from this
-// process), small OCI/Docker images built in memory, and a push over the distribution API.
+// process, optionally over TLS with a certificate authority of its own), small OCI/Docker images
+// built in memory, and a push over the distribution API.
 import { execFileSync, spawn } from "node:child_process";
 import { createHash, randomBytes, sign } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import https from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -26,6 +28,8 @@ export interface TestRegistry {
   /** "127.0.0.1:<port>", as written in image references. */
   host: string;
   url: string;
+  /** With TLS: the certificate authority's certificate (PEM file) that signed the registry's. */
+  ca?: string;
   storage: string;
   /** Requests the token server answered, in order (token auth only). */
   tokenRequests: TokenRequest[];
@@ -46,7 +50,7 @@ export async function freePort(): Promise<number> {
 }
 
 /** Starts `docker-registry serve` on a free port with a temp storage dir; with `tokenAuth`, also a token server. */
-export async function startRegistry(options: { tokenAuth?: TokenAuthOptions } = {}): Promise<TestRegistry> {
+export async function startRegistry(options: { tokenAuth?: TokenAuthOptions; tls?: boolean } = {}): Promise<TestRegistry> {
   const dir = mkdtempSync(path.join(tmpdir(), "msb-registry-test-"));
   const storage = path.join(dir, "storage");
   const port = await freePort();
@@ -115,6 +119,20 @@ export async function startRegistry(options: { tokenAuth?: TokenAuthOptions } = 
     config.auth = { token: { realm, service, issuer, rootcertbundle: cert } };
   }
 
+  let ca: string | undefined;
+  if (options.tls) {
+    ca = path.join(dir, "ca.crt");
+    const [caKey, key, csr, cert] = ["ca.key", "server.key", "server.csr", "server.crt"].map((f) => path.join(dir, f));
+    const ssl = (...args: string[]) => execFileSync("openssl", args, { stdio: "ignore" });
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", caKey, "-out", ca, "-days", "2", "-subj", "/CN=msb-test-ca",
+      "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign");
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1");
+    const ext = path.join(dir, "server.ext");
+    writeFileSync(ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n");
+    ssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", caKey, "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext);
+    (config.http as Record<string, unknown>).tls = { certificate: cert, key };
+  }
+
   // JSON is YAML, so the config needs no YAML writer.
   const configPath = path.join(dir, "config.yml");
   writeFileSync(configPath, JSON.stringify(config, null, 2));
@@ -126,13 +144,17 @@ export async function startRegistry(options: { tokenAuth?: TokenAuthOptions } = 
   proc.stdout!.on("data", keep);
   proc.stderr!.on("data", keep);
   const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-  const url = `http://${host}`;
+  const url = `${ca ? "https" : "http"}://${host}`;
+  const status = (u: string) =>
+    new Promise<number>((resolve, reject) => {
+      const req = (ca ? https : http).get(u, ca ? { ca: readFileSync(ca) } : {}, (res) => (res.resume(), resolve(res.statusCode ?? 0)));
+      req.once("error", reject);
+    });
   for (let i = 0; ; i++) {
     if (proc.exitCode !== null) throw new Error(`docker-registry exited with ${proc.exitCode}:\n${log}`);
     try {
-      const res = await fetch(`${url}/v2/`);
-      await res.body?.cancel();
-      if (res.status === 200 || res.status === 401) break;
+      const code = await status(`${url}/v2/`);
+      if (code === 200 || code === 401) break;
     } catch {
       // Not listening yet.
     }
@@ -144,6 +166,7 @@ export async function startRegistry(options: { tokenAuth?: TokenAuthOptions } = 
   return {
     host,
     url,
+    ...(ca ? { ca } : {}),
     storage,
     tokenRequests,
     pushToken,
