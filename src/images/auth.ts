@@ -8,6 +8,7 @@ import { debuglog } from "node:util";
 import { InvalidArgumentError, MicrosandboxError, RegistryError } from "../errors.js";
 import { describe, errorDetail, readCapped, TransientError } from "./http.js";
 import type { ImageReference } from "./reference.js";
+import { checkKeys } from "../keys.js";
 
 const debug = debuglog("microsandbox");
 
@@ -26,6 +27,7 @@ export function credentialsOption(given: Record<string, Credentials> | undefined
     if (!ok) {
       throw new InvalidArgumentError(`credentials for ${JSON.stringify(registry)} must be { username, password } or { token } with strings`);
     }
+    checkKeys("credentials field", creds, "token" in creds ? ["token"] : ["username", "password"]);
     credentials.set(normaliseRegistry(registry), creds);
   }
   return credentials;

@@ -9,6 +9,7 @@ import { type Credentials, credentialsHint, credentialsOption, defaultDockerConf
 import { bodyChunks, errorDetail, follow, readCapped, retrying, TransientError } from "./http.js";
 import { hostPlatform, type Platform, selectPlatform } from "./platform.js";
 import { type ImageReference, isDigest, parseReference, registryHost, withDigest } from "./reference.js";
+import { checkKeys, keysOf } from "../keys.js";
 
 // The pieces that moved out stay importable from here, as before.
 export { type Credentials, parseChallenges } from "./auth.js";
@@ -75,6 +76,8 @@ export interface RegistryClientOptions {
   fetch?: typeof fetch;
 }
 
+const REGISTRY_KEYS = keysOf<RegistryClientOptions>({ credentials: true, dockerConfig: true, insecure: true, retries: true, retryDelay: true, fetch: true });
+
 /** Progress of RegistryClient.pull(); a callback receives them in order (wrap it in a queue for an async iterable). */
 export type PullEvent =
   | { type: "resolved"; ref: string; digest: string; layers: Descriptor[] }
@@ -97,6 +100,7 @@ export class RegistryClient {
   readonly #fetch: typeof fetch;
 
   constructor(options: RegistryClientOptions = {}) {
+    checkKeys("registry option", options, REGISTRY_KEYS);
     const credentials = credentialsOption(options.credentials);
     const retries = options.retries ?? 3;
     if (!Number.isInteger(retries) || retries < 0 || retries > 20) {

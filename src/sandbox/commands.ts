@@ -6,6 +6,7 @@ import { InvalidArgumentError, TimeoutError } from "../errors.js";
 import { CommandExecution } from "./execution.js";
 import { checkSeconds } from "./options.js";
 import type { Sandbox } from "./sandbox.js";
+import { checkKeys, keysOf } from "../keys.js";
 
 export interface CommandOptions {
   /** Seconds; past it the process tree is killed and TimeoutError is thrown. */
@@ -20,6 +21,24 @@ export interface CommandOptions {
 export interface RunOptions {
   /** Seconds; past it the interpreter is killed (its state is lost) and TimeoutError is thrown. */
   timeout?: number;
+}
+
+/** What command.spawn() takes beyond run()'s options. */
+export interface SpawnCommandOptions extends CommandOptions {
+  /** A pipe to the process's stdin (write(), end()). */
+  stdin?: boolean;
+  /** Run on a terminal of this size. */
+  pty?: { rows: number; cols: number };
+}
+
+const COMMAND_KEYS = keysOf<CommandOptions>({ timeout: true, cwd: true, env: true, signal: true });
+const SPAWN_KEYS = keysOf<SpawnCommandOptions>({ timeout: true, cwd: true, env: true, signal: true, stdin: true, pty: true });
+const RUN_KEYS = keysOf<RunOptions>({ timeout: true });
+
+/** run()'s options checked: the interpreter's timeout in seconds, if any. */
+export function runTimeout(opts: RunOptions): number | undefined {
+  checkKeys("run option", opts, RUN_KEYS);
+  return opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
 }
 
 /** sandbox.command: shell commands in the sandbox. */
@@ -37,6 +56,7 @@ export class SandboxCommands {
     }
     if (typeof command !== "string" || command === "") throw new InvalidArgumentError("command must be a non-empty string, e.g. \"echo\"");
     if (!Array.isArray(args)) throw new InvalidArgumentError(`args must be an array of strings, got ${typeof args}`);
+    checkKeys("command option", opts, COMMAND_KEYS);
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
     const agent = this.sandbox.agent();
     const tap = this.sandbox.logTap(command);
@@ -52,7 +72,8 @@ export class SandboxCommands {
    * Starts `command` and returns it for streaming output, stdin and signals; with `pty`, on a
    * terminal of that size (TERM xterm-256color unless set otherwise): resize(), job control, raw bytes.
    */
-  spawn(command: string, args: readonly string[] = [], opts: CommandOptions & { stdin?: boolean; pty?: { rows: number; cols: number } } = {}): ExecProcess {
+  spawn(command: string, args: readonly string[] = [], opts: SpawnCommandOptions = {}): ExecProcess {
+    checkKeys("spawn option", opts, SPAWN_KEYS);
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
     const base = this.sandbox.processOptions(opts, timeout);
     if (opts.pty && base.env.TERM === "dumb") base.env = { ...base.env, TERM: "xterm-256color" };

@@ -7,9 +7,9 @@ import { InvalidArgumentError } from "../errors.js";
 import type { ImageConfig } from "../images/store.js";
 import type { KeptSession } from "../vm/backend.js";
 import type { Execution } from "./execution.js";
-import { checkSeconds, type SandboxOptions } from "./options.js";
+import type { SandboxOptions } from "./options.js";
 import { driverSource, Repl, type ReplLanguage } from "./repl.js";
-import type { RunOptions } from "./commands.js";
+import { type RunOptions, runTimeout } from "./commands.js";
 import { Sandbox } from "./sandbox.js";
 
 abstract class LanguageSandbox extends Sandbox {
@@ -70,7 +70,7 @@ abstract class LanguageSandbox extends Sandbox {
    */
   async run(code: string, opts: RunOptions = {}): Promise<Execution> {
     if (typeof code !== "string") throw new InvalidArgumentError(`code must be a string, got ${typeof code}`);
-    const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
+    const timeout = runTimeout(opts);
     this.agent(); // not running: fail before queueing
     return this.replFor().run(code, timeout);
   }
@@ -82,7 +82,7 @@ abstract class LanguageSandbox extends Sandbox {
   interpreter(): { run(code: string, opts?: RunOptions): Promise<Execution>; close(): void } {
     const repl = this.newRepl(() => this.agent());
     return {
-      run: (code, opts = {}) => repl.run(code, opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout)),
+      run: (code, opts = {}) => repl.run(code, runTimeout(opts)),
       close: () => repl.reset(),
     };
   }

@@ -5,7 +5,8 @@ import os from "node:os";
 
 import { DEFAULT_PATH } from "../agent-client/process.js";
 import { InvalidArgumentError } from "../errors.js";
-import type { RegistryClientOptions } from "../images/registry.js";
+import { checkKeys, keysOf } from "../keys.js";
+import { RegistryClient, type RegistryClientOptions } from "../images/registry.js";
 import { checkNetwork, checkPorts, type NetworkPolicy, type PortForward } from "../vm/netpolicy.js";
 import { checkVolumes, type VolumeSpec } from "./volumes.js";
 
@@ -104,6 +105,14 @@ export interface ResolvedOptions {
   volumes: Required<VolumeSpec>[];
 }
 
+/** Every sandbox option, for the check that refuses any other key. */
+export const SANDBOX_OPTION_KEYS = keysOf<SandboxOptions>({
+  name: true, image: true, pull: true, registry: true, memory: true, cpus: true, timeout: true, network: true, ports: true,
+  maxProcesses: true, env: true, workdir: true, backend: true, kernel: true, snapshot: true, labels: true, maxDuration: true,
+  idleTimeout: true, volumes: true,
+});
+export const START_OPTION_KEYS = keysOf<StartOptions>({ memory: true, cpus: true, timeout: true });
+
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 export const MIN_MEMORY_MIB = 64;
 
@@ -141,8 +150,15 @@ export function checkName(name: unknown): string {
   return name;
 }
 
+// Checked as the client will take it, so a bad registry option fails before anything boots.
+function checkRegistry(registry: RegistryClientOptions | undefined): RegistryClientOptions | undefined {
+  if (registry !== undefined) new RegistryClient(registry);
+  return registry;
+}
+
 export function resolveOptions(opts: SandboxOptions, defaultImage: string | undefined): ResolvedOptions {
   if (opts === null || typeof opts !== "object") throw new InvalidArgumentError("sandbox options must be an object");
+  checkKeys("sandbox option", opts, SANDBOX_OPTION_KEYS);
   const name = checkName(opts.name ?? `sandbox-${randomBytes(4).toString("hex")}`);
   const image = opts.image ?? defaultImage;
   if (typeof image !== "string" || image === "") {
@@ -181,7 +197,7 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     env,
     workdir,
     pull: checkPull(opts.pull ?? "missing"),
-    registry: opts.registry,
+    registry: checkRegistry(opts.registry),
     backend,
     kernel: opts.kernel,
     snapshot: checkBoolean("snapshot", opts.snapshot ?? true),

@@ -5,8 +5,9 @@
 import { debuglog } from "node:util";
 
 import { InvalidArgumentError, SandboxNotRunningError } from "../errors.js";
-import type { SandboxOptions } from "./options.js";
+import { SANDBOX_OPTION_KEYS, type SandboxOptions } from "./options.js";
 import type { Sandbox } from "./sandbox.js";
+import { checkKeys, keysOf } from "../keys.js";
 
 const debug = debuglog("microsandbox");
 const REFILL_DELAY_MS = 250;
@@ -20,6 +21,8 @@ export interface PoolOptions extends Omit<SandboxOptions, "name"> {
    */
   memoryBudget?: number;
 }
+
+const POOL_OPTION_KEYS = [...SANDBOX_OPTION_KEYS.filter((k) => k !== "name"), ...keysOf<Pick<PoolOptions, "size" | "memoryBudget">>({ size: true, memoryBudget: true })];
 
 export interface PoolStats {
   ready: number;
@@ -49,6 +52,7 @@ export class SandboxPool<T extends Sandbox> {
     private readonly Kind: new (opts?: SandboxOptions) => T,
     private readonly opts: PoolOptions,
   ) {
+    checkKeys("pool option", opts, POOL_OPTION_KEYS);
     if (!Number.isInteger(opts.size) || opts.size < 1) throw new InvalidArgumentError(`pool size must be a whole number >= 1, got ${opts.size}`);
     this.memory = opts.memory ?? 512;
     this.budget = opts.memoryBudget ?? opts.size * this.memory;

@@ -22,10 +22,13 @@ import { SandboxFiles } from "./files.js";
 import { Lifetime } from "./lifetime.js";
 import { CommandTap, type LogEntry, type LogOptions, SandboxLog } from "./logs.js";
 import { type CpuMark, cpuMark, sandboxMetrics, type SandboxMetrics } from "./metrics.js";
-import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, type StartOptions } from "./options.js";
+import { checkKeys, keysOf } from "../keys.js";
+import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, START_OPTION_KEYS, type StartOptions } from "./options.js";
 import type { SandboxPool } from "./pool.js";
 import { registry, type SandboxInfo } from "./registry.js";
 import { checkMounted, leaseVolumes, type VolumeLease, volumeFile } from "./volumes.js";
+
+const LOG_KEYS = keysOf<LogOptions>({ tail: true, sources: true });
 
 const debug = debuglog("microsandbox");
 
@@ -85,6 +88,7 @@ export abstract class Sandbox implements AsyncDisposable {
    * Kept in the cache after the sandbox stopped, at most ~1 MiB a sandbox, for the newest 200.
    */
   logs(opts: LogOptions = {}): LogEntry[] {
+    checkKeys("logs option", opts, LOG_KEYS);
     return this.log?.read(opts, this.vm?.consoleLog) ?? [];
   }
 
@@ -129,8 +133,9 @@ export abstract class Sandbox implements AsyncDisposable {
 
   /** Creates and starts a sandbox; with `pool`, takes an already booted one from it. */
   static async create<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, opts: SandboxOptions & { pool?: SandboxPool<T> } = {}): Promise<T> {
-    if (opts.pool) return opts.pool.acquire();
-    const sandbox = new this(opts);
+    const { pool, ...options } = opts;
+    if (pool) return pool.acquire();
+    const sandbox = new this(options);
     await sandbox.start();
     return sandbox;
   }
@@ -165,6 +170,7 @@ export abstract class Sandbox implements AsyncDisposable {
 
   /** Boots the VM. memory (MiB), cpus and timeout (seconds to boot) override the constructor's. */
   async start(opts: StartOptions = {}): Promise<void> {
+    checkKeys("start option", opts, START_OPTION_KEYS);
     if (this.vm) return;
     if (opts.memory !== undefined) this.opts.memory = checkMemory(opts.memory);
     if (opts.cpus !== undefined) this.opts.cpus = checkCpus(opts.cpus);

@@ -16,6 +16,7 @@ import { InvalidArgumentError, MicrosandboxError, VolumeBusyError, VolumeMountEr
 import { findHostTool, missingToolHint } from "../host-tools.js";
 import { withLock } from "../images/lock.js";
 import { cacheDir } from "../paths.js";
+import { checkKeys, keysOf } from "../keys.js";
 
 export interface VolumeSpec {
   /** 1–63 of [a-z0-9_.-], starting with a letter or digit. */
@@ -47,14 +48,16 @@ const dir = () => path.join(cacheDir(), "volumes");
 export const volumeFile = (name: string) => path.join(dir(), `${name}.ext4`);
 const usersFile = (name: string) => path.join(dir(), `${name}.users`);
 
+const VOLUME_KEYS = keysOf<VolumeSpec>({ name: true, path: true, readOnly: true, sizeMiB: true });
+
 export function checkVolumes(value: unknown): Required<VolumeSpec>[] {
   if (value === undefined) return [];
   if (!Array.isArray(value)) throw new InvalidArgumentError(`volumes must be an array of { name, path, readOnly?, sizeMiB? }, got ${JSON.stringify(value)}`);
   if (value.length > MAX_VOLUMES) throw new InvalidArgumentError(`${value.length} volumes; at most ${MAX_VOLUMES} a sandbox`);
   const out = value.map((v: unknown) => {
-    const { name, path: at, readOnly = false, sizeMiB = 1024, ...rest } = (v ?? {}) as VolumeSpec & Record<string, unknown>;
-    const what = `volume ${JSON.stringify(v)}`;
-    if (typeof v !== "object" || v === null || Object.keys(rest).length) throw new InvalidArgumentError(`${what} is invalid: give { name, path, readOnly?, sizeMiB? }`);
+    if (typeof v !== "object" || v === null) throw new InvalidArgumentError(`volume ${JSON.stringify(v)} is invalid: give { name, path, readOnly?, sizeMiB? }`);
+    checkKeys("volume option", v, VOLUME_KEYS);
+    const { name, path: at, readOnly = false, sizeMiB = 1024 } = v as VolumeSpec;
     if (typeof name !== "string" || !NAME.test(name)) throw new InvalidArgumentError(`volume name ${JSON.stringify(name)} is invalid: 1-63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit`);
     if (typeof at !== "string" || at.length > 128 || !GUEST_PATH.test(at) || at.split("/").some((p) => p === "." || p === "..") || RESERVED.some((r) => at === r || at.startsWith(`${r}/`))) {
       throw new InvalidArgumentError(`volume path ${JSON.stringify(at)} is invalid: an absolute guest path of at most 128 letters, digits, '_', '.', '-' (not under ${RESERVED.join(", ")})`);

@@ -15,6 +15,7 @@ import { e2bApi, type E2bOptions } from "./e2b/api.js";
 import { HttpError, sendJson } from "./http.js";
 import { msbRpc } from "./msb-rpc.js";
 import { type Limits, SandboxTable } from "./sandboxes.js";
+import { checkKeys, keysOf } from "../keys.js";
 
 export interface ServerOptions {
   /** Default 127.0.0.1. Any other address needs `apiKeys`. */
@@ -48,7 +49,14 @@ export interface RunningServer {
 
 const LOOPBACK = /^(127(\.\d{1,3}){3}|::1|localhost)$/;
 
+const SERVER_KEYS = keysOf<ServerOptions>({
+  host: true, port: true, apiKeys: true, maxSandboxes: true, memoryBudgetMiB: true, bodyLimit: true, images: true, accessLog: true, e2b: true,
+});
+const E2B_KEYS = keysOf<E2bOptions>({ templates: true, fileLimit: true });
+
 export async function createServer(opts: ServerOptions = {}): Promise<RunningServer> {
+  checkKeys("server option", opts, SERVER_KEYS);
+  if (opts.e2b) checkKeys("server e2b option", opts.e2b, E2B_KEYS);
   const host = opts.host ?? "127.0.0.1";
   const keys = new Keys(opts.apiKeys ?? []);
   if (!LOOPBACK.test(host) && !keys.required) {

@@ -8,6 +8,7 @@ import { isIPv4, isIPv6 } from "node:net";
 
 import { InvalidArgumentError } from "../errors.js";
 import type { NetworkMode } from "./backend.js";
+import { checkKeys, keysOf } from "../keys.js";
 
 /**
  * "none": no network device. "public": the internet, but not the host (its loopback, reached as
@@ -65,9 +66,8 @@ const isDomain = (entry: string) => !entry.includes("/");
 export function checkNetwork(value: unknown): NetworkPolicy {
   if (value === "none" || value === "public" || value === "all") return value;
   if (value !== null && typeof value === "object" && !Array.isArray(value)) {
-    const { allow, deny, ...rest } = value as { allow?: unknown; deny?: unknown };
-    const unknown = Object.keys(rest);
-    if (unknown.length) throw new InvalidArgumentError(`network has unknown field ${JSON.stringify(unknown[0])}: use { allow: [...], deny: [...] } of CIDRs and domains`);
+    checkKeys("network option", value, ["allow", "deny"]);
+    const { allow, deny } = value as { allow?: unknown; deny?: unknown };
     const list = (v: unknown, name: string) => {
       if (v === undefined) return undefined;
       if (!Array.isArray(v)) throw new InvalidArgumentError(`network.${name} must be an array of CIDRs and domains, got ${JSON.stringify(v)}`);
@@ -135,6 +135,8 @@ export function vmRequest(policy: NetworkPolicy, ports: readonly PortForward[] =
 }
 
 /** Checks a sandbox's `ports` option (a network is needed to publish any). */
+const PORT_KEYS = keysOf<PortForward>({ host: true, guest: true, address: true });
+
 export function checkPorts(value: unknown, policy: NetworkPolicy): PortForward[] {
   if (value === undefined) return [];
   if (!Array.isArray(value)) throw new InvalidArgumentError(`ports must be an array of { host, guest } objects, got ${JSON.stringify(value)}`);
@@ -144,8 +146,9 @@ export function checkPorts(value: unknown, policy: NetworkPolicy): PortForward[]
     return p as number;
   };
   return value.map((v: unknown) => {
-    const { host, guest, address = "127.0.0.1", ...rest } = (v ?? {}) as PortForward & Record<string, unknown>;
-    if (typeof v !== "object" || v === null || Object.keys(rest).length) throw new InvalidArgumentError(`ports entry ${JSON.stringify(v)} is invalid: give { host, guest } and optionally address`);
+    if (typeof v !== "object" || v === null) throw new InvalidArgumentError(`ports entry ${JSON.stringify(v)} is invalid: give { host, guest } and optionally address`);
+    checkKeys("port option", v, PORT_KEYS);
+    const { host, guest, address = "127.0.0.1" } = v as PortForward;
     if (!isIPv4(address)) throw new InvalidArgumentError(`ports address ${JSON.stringify(address)} is invalid: give an IPv4 address such as "127.0.0.1"`);
     return { host: port(host, "ports host port"), guest: port(guest, "ports guest port"), address };
   });

@@ -122,7 +122,7 @@ describe("network policy values", () => {
     expect(() => checkNetwork({ allow: ["-bad.example.com"] })).toThrow(InvalidArgumentError);
     expect(() => checkNetwork({ allow: ["10.0.0.300"] })).toThrow(InvalidArgumentError);
     expect(() => checkNetwork({ allow: "10.0.0.0/8" })).toThrow(/network.allow must be an array/);
-    expect(() => checkNetwork({ alow: [] })).toThrow(/unknown field "alow"/);
+    expect(() => checkNetwork({ alow: [] })).toThrow(/unknown network option "alow": did you mean "allow"\?/);
     expect(() => checkNetwork({ deny: Array.from({ length: 201 }, (_, i) => `198.51.${i >> 8}.${i & 255}`) })).toThrow(/201 entries; at most 200/);
   });
 
