@@ -38,6 +38,7 @@ const output = (cmd, argv, opts = {}) => spawnSync(cmd, argv, { cwd: root, encod
 // since removed, and the checkout's dist/ untouched), and only what package.json's files name.
 const mainStage = mkdtempSync(path.join(os.tmpdir(), "msb-pkg-main-"));
 process.on("exit", () => rmSync(mainStage, { recursive: true, force: true }));
+run(process.execPath, [path.join(root, "scripts/gen-proto.mjs")]);
 run(process.execPath, [path.join(root, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.json", "--outDir", path.join(mainStage, "dist")]);
 for (const part of ["README.md", ...pkg.files.filter((f) => !f.startsWith("dist"))]) {
   cpSync(path.join(root, part), path.join(mainStage, part), { recursive: true });
