@@ -4,7 +4,7 @@ import type { Duplex } from "node:stream";
 import { debuglog } from "node:util";
 
 import { AgentConnectionError, AgentError, AgentProtocolError, abortError, InvalidArgumentError, TimeoutError } from "../errors.js";
-import { encodeFrame, errorKindName, FrameDecoder, type GuestFrame, MAX_SESSIONS, MAX_WINDOW_BYTES, PROTOCOL_VERSION, toNumber } from "./protocol.js";
+import { encodeFrame, errorKindName, FrameDecoder, type GuestBody, type GuestFrame, type HostBody, MAX_SESSIONS, MAX_WINDOW_BYTES, PROTOCOL_VERSION } from "./protocol.js";
 
 const debug = debuglog("microsandbox");
 
@@ -105,7 +105,7 @@ export class Channel {
     });
     this.suspendWaiter = { ...settled, promise };
     this.hold();
-    this.socket.write(encodeFrame({ session: 0, suspend: {} }));
+    this.socket.write(encodeFrame(0, { case: "suspend", value: {} }));
     return promise;
   }
 
@@ -115,13 +115,13 @@ export class Channel {
    * holding began: the agent killed those not in `keep`, and the kept ones carry on with fresh
    * credit for whoever adopt()s them. An Error the agent answers instead rejects with AgentError.
    */
-  resume(message: Record<string, unknown>, keep: readonly number[], timeoutSeconds: number, opts: { opening?: boolean; signal?: AbortSignal } = {}): Promise<AgentHello> {
+  resume(message: HostBody, keep: readonly number[], timeoutSeconds: number, opts: { opening?: boolean; signal?: AbortSignal } = {}): Promise<AgentHello> {
     if (this.helloWaiter) return Promise.reject(new InvalidArgumentError("a resume is already waiting for the agent's hello"));
     const heldBefore = this.held !== undefined;
     const answer = this.awaitHello(timeoutSeconds, opts.signal, { opening: !!opts.opening, resume: { keep: new Set(keep), heldBefore } });
     if (!this.error) {
       this.hold();
-      this.socket.write(encodeFrame(message));
+      this.socket.write(encodeFrame(0, message));
     }
     return answer;
   }
@@ -181,11 +181,11 @@ export class Channel {
    * Sends one frame; false when the socket's buffer is full (await drain() before bulk data).
    * `now`: written even while frames are held (Shutdown: the VM is not saved after all).
    */
-  send(message: Record<string, unknown>, now = false): boolean {
+  send(session: number, body: HostBody, now = false): boolean {
     if (this.error) throw this.error;
-    const frame = encodeFrame(message);
+    const frame = encodeFrame(session, body);
     if (!this.held || now) return this.socket.write(frame);
-    this.held.frames.push({ session: message.session as number, frame });
+    this.held.frames.push({ session, frame });
     return true;
   }
 
@@ -243,14 +243,15 @@ export class Channel {
 
   private route(f: GuestFrame): void {
     if (f.session === 0) {
-      if (f.body === "hello" && f.hello) return this.onHello(f.hello);
-      if (f.body === "suspended" && this.suspendWaiter) return this.suspendWaiter.resolve();
-      if (f.body === "error" && f.error) {
-        if (this.helloWaiter?.resume) return this.refused(this.helloWaiter, f.error);
+      const b = f.body;
+      if (b.case === "hello") return this.onHello(b.value);
+      if (b.case === "suspended" && this.suspendWaiter) return this.suspendWaiter.resolve();
+      if (b.case === "error") {
+        if (this.helloWaiter?.resume) return this.refused(this.helloWaiter, b.value);
         // A connection-level error means the agent could not parse something we sent: a bug here.
-        throw new AgentProtocolError(`the agent rejected a frame: ${f.error.message}`);
+        throw new AgentProtocolError(`the agent rejected a frame: ${b.value.message}`);
       }
-      throw new AgentProtocolError(`unexpected ${f.body || "empty"} frame on session 0`);
+      throw new AgentProtocolError(`unexpected ${b.case ?? "empty"} frame on session 0`);
     }
     if (this.helloWaiter?.opening) throw new AgentProtocolError("the agent sent a session frame before its hello");
     const sink = this.sessions.get(f.session);
@@ -262,23 +263,23 @@ export class Channel {
 
   // Until adopted, a kept session may send at most a window of output and its terminal frame.
   private park(id: number, parked: Parked, f: GuestFrame): void {
-    if (f.body === "output") parked.outputBytes += f.output!.data.length;
+    if (f.body.case === "output") parked.outputBytes += f.body.value.data.length;
     if (parked.ended || parked.outputBytes > MAX_WINDOW_BYTES) {
       throw new AgentProtocolError(`the agent sent more for kept session ${id} than its credit and one terminal frame`);
     }
-    parked.ended = f.body !== "output";
+    parked.ended = f.body.case !== "output";
     parked.frames.push(f);
   }
 
   // The agent refused a Resume (out of bounds): that call fails, the connection goes on, and frames
   // are held still if the agent is still suspended.
-  private refused(waiter: HelloWaiter, e: NonNullable<GuestFrame["error"]>): void {
+  private refused(waiter: HelloWaiter, e: GuestBody<"error">): void {
     const kind = errorKindName(e.kind);
     if (!waiter.resume!.heldBefore) this.unhold();
     waiter.reject(new AgentError(`the agent refused the resume (${kind}): ${e.message}`, kind));
   }
 
-  private onHello(h: NonNullable<GuestFrame["hello"]>): void {
+  private onHello(h: GuestBody<"hello">): void {
     const waiter = this.helloWaiter;
     if (!waiter) throw new AgentProtocolError("the agent sent a second hello");
     if (h.protocolVersion !== PROTOCOL_VERSION) {
@@ -291,9 +292,9 @@ export class Channel {
     const hello: AgentHello = {
       protocolVersion: h.protocolVersion,
       agentVersion: h.agentVersion,
-      boot: h.boot.map((e) => ({ name: e.name, ns: toNumber(e.tNs) })),
+      boot: h.boot.map((e) => ({ name: e.name, ns: Number(e.tNs) })),
       pid: h.pid,
-      generation: toNumber(h.generation),
+      generation: Number(h.generation),
     };
     debug("agent hello: version %s pid %d generation %d", hello.agentVersion, hello.pid, hello.generation);
     // Done here, before the frames that follow the Hello are routed: they belong to the new state.

@@ -10,7 +10,7 @@ import { type AgentHello, Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
 import { agentFailure, checkTimeout, collect, type ExecOptions, ExecProcess, type ExecResult, type SpawnOptions } from "./process.js";
 import { FsWatch } from "./watch.js";
-import { DEFAULT_WINDOW_BYTES, errorKindName, fileTypeName, type GuestFrame, toNumber, type WireStat } from "./protocol.js";
+import { DEFAULT_WINDOW_BYTES, errorKindName, fileTypeName, type GuestBody, type GuestFrame, type HostBody } from "./protocol.js";
 
 export type { AgentHello } from "./channel.js";
 
@@ -66,20 +66,20 @@ function checkCount(name: string, v: number | undefined): number {
   return v;
 }
 
-function fileFailure(e: NonNullable<GuestFrame["error"]>): Error {
+function fileFailure(e: GuestBody<"error">): Error {
   if (errorKindName(e.kind) === "IO") return new FileOperationError(e.message, e.errnum, linuxErrnoName(e.errnum));
   return agentFailure(e);
 }
 
-function toStat(s: WireStat): FileStat {
+function toStat(s: GuestBody<"stat">): FileStat {
   const stat: FileStat = {
     name: s.name,
     type: fileTypeName(s.type) as FileType,
-    size: toNumber(s.size),
+    size: Number(s.size),
     mode: s.mode,
     uid: s.uid,
     gid: s.gid,
-    mtime: new Date(toNumber(s.mtimeNs) / 1e6),
+    mtime: new Date(Number(s.mtimeNs / 1000000n)),
   };
   if (s.linkTarget) stat.linkTarget = s.linkTarget;
   return stat;
@@ -110,7 +110,7 @@ const INT64_MIN = -(2n ** 63n);
 const INT64_MAX = 2n ** 63n - 1n;
 
 // Checks the form of a Resume; its bounds are the agent's to check.
-function resumeMessage(r: ResumeOptions): Record<string, unknown> {
+function resumeMessage(r: ResumeOptions): HostBody {
   if (!Number.isSafeInteger(r.generation) || r.generation < 0) {
     throw new InvalidArgumentError(`generation must be an integer >= 0, got ${String(r.generation)}`);
   }
@@ -129,11 +129,11 @@ function resumeMessage(r: ResumeOptions): Record<string, unknown> {
     throw new InvalidArgumentError("keep must list session ids (integers from 1 to 4294967295)");
   }
   return {
-    session: 0,
-    resume: {
-      generation: r.generation,
+    case: "resume",
+    value: {
+      generation: BigInt(r.generation),
       entropy: r.entropy ?? randomBytes(64),
-      unixTimeNs: (r.unixTimeNs ?? BigInt(Date.now()) * 1_000_000n).toString(),
+      unixTimeNs: r.unixTimeNs ?? BigInt(Date.now()) * 1_000_000n,
       hostname: r.hostname ?? "",
       bootId: r.bootId ?? "",
       keep,
@@ -284,7 +284,7 @@ export class AgentClient {
       if (!open) return;
       open = false;
       channel.release(id);
-      if (!channel.closed) channel.send({ session: id, cancel: {} });
+      if (!channel.closed) channel.send(id, { case: "cancel", value: {} });
     };
     const onAbort = () => {
       cancel();
@@ -298,20 +298,21 @@ export class AgentClient {
     };
     const id = channel.open({
       frame: (f) => {
-        if (f.body === "output") inbound.push({ data: f.output!.data as Buffer });
-        else if (f.body === "done") finish();
-        else if (f.body === "error") finish(fileFailure(f.error!));
-        else finish(new AgentError(`unexpected ${f.body} frame for a file read`, "PROTOCOL"));
+        const b = f.body;
+        if (b.case === "output") inbound.push({ data: b.value.data as Buffer });
+        else if (b.case === "done") finish();
+        else if (b.case === "error") finish(fileFailure(b.value));
+        else finish(new AgentError(`unexpected ${b.case} frame for a file read`, "PROTOCOL"));
       },
       fail: (err) => finish(err),
     });
     const inbound = new Inbound<{ data: Buffer }>(
       DEFAULT_WINDOW_BYTES,
-      (bytes) => open && !channel.closed && channel.send({ session: id, credit: { bytes } }),
+      (bytes) => open && !channel.closed && channel.send(id, { case: "credit", value: { bytes } }),
       cancel,
     );
     opts.signal?.addEventListener("abort", onAbort, { once: true });
-    channel.send({ session: id, readFile: { path, offset, length, window: DEFAULT_WINDOW_BYTES } });
+    channel.send(id, { case: "readFile", value: { path, offset: BigInt(offset), length: BigInt(length), window: DEFAULT_WINDOW_BYTES } });
     // Callers iterate plain Buffers.
     const chunks: AsyncIterableIterator<Buffer> = {
       next: async () => {
@@ -349,24 +350,25 @@ export class AgentClient {
     const result = new Promise<number>((resolve, reject) => (settle = { resolve, reject }));
     const id = channel.open({
       frame: (f) => {
-        if (f.body === "credit") return outbound.credit(f.credit!.bytes);
+        const b = f.body;
+        if (b.case === "credit") return outbound.credit(b.value.bytes);
         channel.release(id);
-        if (f.body === "done") settle.resolve(toNumber(f.done!.size));
-        else if (f.body === "error") settle.reject(fileFailure(f.error!));
-        else settle.reject(new AgentError(`unexpected ${f.body} frame for a file write`, "PROTOCOL"));
+        if (b.case === "done") settle.resolve(Number(b.value.size));
+        else if (b.case === "error") settle.reject(fileFailure(b.value));
+        else settle.reject(new AgentError(`unexpected ${b.case} frame for a file write`, "PROTOCOL"));
       },
       fail: (err) => settle.reject(err),
     });
     const outbound = new Outbound(channel, id);
     const onAbort = () => {
       channel.release(id);
-      if (!channel.closed) channel.send({ session: id, cancel: {} });
+      if (!channel.closed) channel.send(id, { case: "cancel", value: {} });
       settle.reject(abortError(opts.signal!));
     };
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     result.catch((err: Error) => outbound.fail(err));
     try {
-      channel.send({ session: id, writeFile: { path, mode: opts.mode ?? 0, parents: !!opts.parents } });
+      channel.send(id, { case: "writeFile", value: { path, mode: opts.mode ?? 0, parents: !!opts.parents } });
       if (typeof data === "string") await outbound.write(Buffer.from(data));
       else if (data instanceof Uint8Array) await outbound.write(data);
       // Readables in string mode yield strings.
@@ -376,7 +378,7 @@ export class AgentClient {
       // A failed source cancels the guest's half-written file; a guest-side failure explains itself.
       if (!channel.closed) {
         channel.release(id);
-        channel.send({ session: id, cancel: {} });
+        channel.send(id, { case: "cancel", value: {} });
       }
       settle.reject(err as Error);
     }
@@ -390,37 +392,36 @@ export class AgentClient {
   /** Lists a directory (without . and ..); symbolic links are described, not followed. */
   async list(path: string, opts: { signal?: AbortSignal } = {}): Promise<FileStat[]> {
     const entries: FileStat[] = [];
-    await this.request({ listDir: { path: checkPath(path) } }, opts.signal, (f) => {
-      for (const e of f.entries!.entries) entries.push(toStat(e));
+    await this.request({ case: "listDir", value: { path: checkPath(path) } }, opts.signal, (e) => {
+      for (const s of e.entries) entries.push(toStat(s));
     });
     return entries;
   }
 
   /** Describes a path; a symbolic link is described, not followed. */
   async stat(path: string, opts: { signal?: AbortSignal } = {}): Promise<FileStat> {
-    const f = await this.request({ stat: { path: checkPath(path) } }, opts.signal);
-    return toStat(f.stat!);
+    return toStat(this.answer(await this.request({ case: "stat", value: { path: checkPath(path) } }, opts.signal), "stat"));
   }
 
   /** Creates a directory; `parents` behaves like mkdir -p. */
   async mkdir(path: string, opts: { parents?: boolean; mode?: number; signal?: AbortSignal } = {}): Promise<void> {
-    await this.request({ mkdir: { path: checkPath(path), mode: opts.mode ?? 0, parents: !!opts.parents } }, opts.signal);
+    await this.request({ case: "mkdir", value: { path: checkPath(path), mode: opts.mode ?? 0, parents: !!opts.parents } }, opts.signal);
   }
 
   /** Removes a file, symbolic link or empty directory; `recursive` behaves like rm -r. */
   async remove(path: string, opts: { recursive?: boolean; signal?: AbortSignal } = {}): Promise<void> {
-    await this.request({ remove: { path: checkPath(path), recursive: !!opts.recursive } }, opts.signal);
+    await this.request({ case: "remove", value: { path: checkPath(path), recursive: !!opts.recursive } }, opts.signal);
   }
 
   /** Renames within the guest, as rename(2). */
   async rename(from: string, to: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
-    await this.request({ rename: { from: checkPath(from, "from"), to: checkPath(to, "to") } }, opts.signal);
+    await this.request({ case: "rename", value: { from: checkPath(from, "from"), to: checkPath(to, "to") } }, opts.signal);
   }
 
   /** The guest's counters now (cumulative ones since its boot); see MetricsResult in proto/agent.proto. */
   async metrics(opts: { signal?: AbortSignal } = {}): Promise<GuestMetrics> {
-    const m = (await this.request({ metrics: {} }, opts.signal)).metrics!;
-    const n = toNumber;
+    const m = this.answer(await this.request({ case: "metrics", value: {} }, opts.signal), "metrics");
+    const n = Number;
     return {
       cpuBusyNs: n(m.cpuBusyNs), cpuTotalNs: n(m.cpuTotalNs), cpus: m.cpus,
       memoryTotalBytes: n(m.memoryTotalBytes), memoryAvailableBytes: n(m.memoryAvailableBytes),
@@ -429,11 +430,17 @@ export class AgentClient {
     };
   }
 
+  // A request's terminal frame, which must be of kind `c`.
+  private answer<C extends "stat" | "metrics">(f: GuestFrame, c: C): GuestBody<C> {
+    if (f.body.case !== c) throw new AgentError(`the agent answered ${c} with ${f.body.case ?? "an empty"} frame`, "PROTOCOL");
+    return f.body.value as GuestBody<C>;
+  }
+
   /**
    * Sends one request and resolves with its terminal frame; `entries` frames go to `onEntries`.
    * `now`: sent even while a suspended connection holds frames.
    */
-  private request(body: Record<string, unknown>, signal: AbortSignal | undefined, onEntries?: (f: GuestFrame) => void, now = false): Promise<GuestFrame> {
+  private request(body: HostBody, signal: AbortSignal | undefined, onEntries?: (e: GuestBody<"entries">) => void, now = false): Promise<GuestFrame> {
     if (signal?.aborted) return Promise.reject(abortError(signal));
     const channel = this.channel;
     return new Promise<GuestFrame>((resolve, reject) => {
@@ -447,15 +454,15 @@ export class AgentClient {
       };
       const id = channel.open({
         frame: (f) => {
-          if (f.body === "entries" && onEntries) return onEntries(f);
+          if (f.body.case === "entries" && onEntries) return onEntries(f.body.value);
           end();
-          if (f.body === "error") reject(fileFailure(f.error!));
+          if (f.body.case === "error") reject(fileFailure(f.body.value));
           else resolve(f);
         },
         fail: (err) => (end(), reject(err)),
       });
       signal?.addEventListener("abort", onAbort, { once: true });
-      channel.send({ session: id, ...body }, now);
+      channel.send(id, body, now);
     });
   }
 
@@ -466,7 +473,7 @@ export class AgentClient {
     const timeout = checkTimeout(opts.timeout ?? 10, "shutdown timeout");
     const timer = setTimeout(() => this.channel.close(new TimeoutError(`the agent did not confirm shutdown within ${timeout} s`)), timeout * 1000);
     try {
-      await this.request({ shutdown: {} }, undefined, undefined, true);
+      await this.request({ case: "shutdown", value: {} }, undefined, undefined, true);
     } finally {
       clearTimeout(timer);
     }

@@ -156,7 +156,7 @@ export class Outbound {
         }
         if (this.error) throw this.error;
         this.inflight += chunk.length;
-        if (!this.channel.send({ session: this.session, data: { data: chunk } })) await this.channel.drain();
+        if (!this.channel.send(this.session, { case: "data", value: { data: chunk } })) await this.channel.drain();
       }
     });
   }
@@ -167,7 +167,7 @@ export class Outbound {
       if (this.finished) return;
       this.finished = true;
       if (this.error) throw this.error;
-      this.channel.send({ session: this.session, data: { eof: true } });
+      this.channel.send(this.session, { case: "data", value: { eof: true } });
     });
   }
 

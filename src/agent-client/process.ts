@@ -3,7 +3,7 @@
 import { AgentError, ExecError, abortError, InvalidArgumentError, linuxErrnoName, OutputLimitError, TimeoutError } from "../errors.js";
 import type { Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
-import { DEFAULT_WINDOW_BYTES, errorKindName, type GuestFrame, MAX_WINDOW_BYTES, RlimitResources, SignalNumbers, signalName, streamName, toNumber } from "./protocol.js";
+import { DEFAULT_WINDOW_BYTES, errorKindName, type GuestBody, type GuestFrame, type HostBody, MAX_WINDOW_BYTES, RlimitResources, SignalNumbers, signalName, streamName } from "./protocol.js";
 
 export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -86,10 +86,10 @@ export function checkTimeout(timeout: unknown, what = "timeout"): number {
   return timeout;
 }
 
-function limitValue(v: number): number | string {
-  if (v === Infinity) return "18446744073709551615";
-  if (!Number.isInteger(v) || v < 0) throw new InvalidArgumentError(`rlimit values must be integers >= 0 or Infinity, got ${v}`);
-  return v;
+function limitValue(v: number): bigint {
+  if (v === Infinity) return 2n ** 64n - 1n; // RLIM_INFINITY
+  if (!Number.isSafeInteger(v) || v < 0) throw new InvalidArgumentError(`rlimit values must be integers >= 0 or Infinity, got ${v}`);
+  return BigInt(v);
 }
 
 /** A terminal size: whole rows and columns from 1 to 1000. */
@@ -102,8 +102,11 @@ export function checkTerminalSize(size: unknown): { rows: number; cols: number }
   return { rows: rows as number, cols: cols as number };
 }
 
+/** The Exec message, as built from spawn options. */
+type ExecInit = Extract<HostBody, { case: "exec" }>["value"];
+
 /** Validates spawn options and builds the Exec message. */
-export function execRequest(argv: readonly string[], opts: SpawnOptions): Record<string, unknown> {
+export function execRequest(argv: readonly string[], opts: SpawnOptions): ExecInit {
   if (!Array.isArray(argv) || argv.length === 0) {
     throw new InvalidArgumentError("argv must be a non-empty array: the program, then its arguments");
   }
@@ -114,7 +117,7 @@ export function execRequest(argv: readonly string[], opts: SpawnOptions): Record
     if (!k || k.includes("=") || k.includes("\0")) throw new InvalidArgumentError(`environment name ${JSON.stringify(k)} is invalid`);
     return `${k}=${checkString(`env.${k}`, v)}`;
   });
-  const req: Record<string, unknown> = { argv: [...argv], env: envList, openStdin: !!opts.stdin || !!opts.pty };
+  const req: ExecInit = { argv: [...argv], env: envList, openStdin: !!opts.stdin || !!opts.pty };
   if (opts.pty !== undefined) req.pty = checkTerminalSize(opts.pty);
   if (opts.cwd !== undefined) {
     if (!checkString("cwd", opts.cwd).startsWith("/")) throw new InvalidArgumentError(`cwd ${JSON.stringify(opts.cwd)} must be an absolute path`);
@@ -123,7 +126,7 @@ export function execRequest(argv: readonly string[], opts: SpawnOptions): Record
   if (opts.user !== undefined) req.user = typeof opts.user === "number" ? String(checkId("user", opts.user)) : checkString("user", opts.user);
   if (opts.uid !== undefined) req.uid = checkId("uid", opts.uid);
   if (opts.gid !== undefined) req.gid = checkId("gid", opts.gid);
-  if (opts.timeout !== undefined) req.timeoutMs = Math.ceil(checkTimeout(opts.timeout) * 1000);
+  if (opts.timeout !== undefined) req.timeoutMs = BigInt(Math.ceil(checkTimeout(opts.timeout) * 1000));
   if (opts.window !== undefined) {
     if (!Number.isInteger(opts.window) || opts.window < 1 || opts.window > MAX_WINDOW_BYTES) {
       throw new InvalidArgumentError(`window must be an integer from 1 to ${MAX_WINDOW_BYTES} bytes, got ${opts.window}`);
@@ -144,7 +147,7 @@ export function execRequest(argv: readonly string[], opts: SpawnOptions): Record
 }
 
 /** Turns an agent Error frame into the matching typed error. */
-export function agentFailure(e: NonNullable<GuestFrame["error"]>): Error {
+export function agentFailure(e: GuestBody<"error">): Error {
   const kind = errorKindName(e.kind);
   if (kind === "EXEC_FAILED") return new ExecError(e.message, e.errnum, linuxErrnoName(e.errnum));
   return new AgentError(`agent error (${kind}): ${e.message}`, kind);
@@ -194,7 +197,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
     this.id = adopted ? adopted.session : channel.open(sink);
     this.output = new Inbound<OutputChunk>(
       opts.window ?? DEFAULT_WINDOW_BYTES,
-      (bytes) => this.sendIfOpen({ session: this.id, credit: { bytes } }),
+      (bytes) => this.sendIfOpen({ case: "credit", value: { bytes } }),
       () => {},
     );
     this.stdin = new Outbound(channel, this.id);
@@ -203,7 +206,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
       this.resolvePid(adopted.pid);
       channel.adopt(adopted.session, sink);
     } else {
-      channel.send({ session: this.id, exec: request });
+      channel.send(this.id, { case: "exec", value: request! });
     }
     if (!this.done) opts.signal?.addEventListener("abort", this.onAbort, { once: true });
     if (!this.done && opts.timeout !== undefined) this.armBackstop(argv[0] ?? `session ${this.id}`, opts.timeout);
@@ -226,42 +229,43 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
     return this.id;
   }
 
-  private sendIfOpen(message: Record<string, unknown>): void {
-    if (!this.done && !this.channel.closed) this.channel.send(message);
+  private sendIfOpen(body: HostBody): void {
+    if (!this.done && !this.channel.closed) this.channel.send(this.id, body);
   }
 
   private onFrame(f: GuestFrame): void {
-    switch (f.body) {
+    const b = f.body;
+    switch (b.case) {
       case "started":
         this.started = true;
-        this.resolvePid(f.started!.pid);
+        this.resolvePid(b.value.pid);
         break;
       case "output": {
-        const chunk = { stream: streamName(f.output!.stream) as OutputChunk["stream"], data: f.output!.data as Buffer };
+        const chunk = { stream: streamName(b.value.stream) as OutputChunk["stream"], data: b.value.data as Buffer };
         this.opts.onOutput?.(chunk);
         this.output.push(chunk);
         break;
       }
       case "credit":
-        this.stdin.credit(f.credit!.bytes);
+        this.stdin.credit(b.value.bytes);
         break;
       case "exit": {
-        const e = f.exit!;
+        const e = b.value;
         this.finish(undefined, {
           exitCode: e.signal ? null : e.code,
           signal: signalName(e.signal),
           timedOut: e.timedOut,
-          durationMs: toNumber(e.durationNs) / 1e6,
-          guestCounters: { oomKills: toNumber(e.oomKills), pidsLimitHits: toNumber(e.pidsLimitHits) },
-          usage: { cpuTimeMs: toNumber(e.cpuTimeNs) / 1e6, peakMemoryBytes: toNumber(e.peakMemoryBytes) },
+          durationMs: Number(e.durationNs) / 1e6,
+          guestCounters: { oomKills: Number(e.oomKills), pidsLimitHits: Number(e.pidsLimitHits) },
+          usage: { cpuTimeMs: Number(e.cpuTimeNs) / 1e6, peakMemoryBytes: Number(e.peakMemoryBytes) },
         });
         break;
       }
       case "error":
-        this.finish(agentFailure(f.error!));
+        this.finish(agentFailure(b.value));
         break;
       default:
-        this.finish(new AgentError(`unexpected ${f.body} frame for a process`, "PROTOCOL"));
+        this.finish(new AgentError(`unexpected ${b.case} frame for a process`, "PROTOCOL"));
     }
   }
 
@@ -298,7 +302,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
   /** Changes the size of the process's terminal (spawned with `pty`); its foreground job gets SIGWINCH. */
   resize(rows: number, cols: number): void {
     if (!this.opts.pty) throw new InvalidArgumentError("this process was spawned without a terminal (pty)");
-    this.sendIfOpen({ session: this.id, resize: checkTerminalSize({ rows, cols }) });
+    this.sendIfOpen({ case: "resize", value: checkTerminalSize({ rows, cols }) });
   }
 
   /** Sends a signal to the process group (default SIGKILL). A process that already ended is left alone. */
@@ -307,7 +311,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
     if (number === undefined) {
       throw new InvalidArgumentError(`unknown signal ${JSON.stringify(signal)}; use a Linux name such as "SIGTERM"`);
     }
-    this.sendIfOpen({ session: this.id, signal: { signal: number } });
+    this.sendIfOpen({ case: "signal", value: { signal: number } });
   }
 
   [Symbol.asyncIterator](): AsyncIterator<OutputChunk> {

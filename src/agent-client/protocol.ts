@@ -1,84 +1,43 @@
-// The host's view of proto/agent.proto: message types loaded with protobufjs, the shared limits,
-// and the length-prefixed framing (encoder and a bounded incremental decoder).
-import { fileURLToPath } from "node:url";
-import protobuf from "protobufjs";
+// The host's side of proto/agent.proto: the message types generated from it (src/gen, by
+// scripts/gen-proto.mjs), the shared limits, and the length-prefixed framing (encoder and a
+// bounded incremental decoder).
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 
 import { AgentProtocolError } from "../errors.js";
+import { Error_Kind, FileType, type GuestMessage, GuestMessageSchema, HostMessageSchema, Limit, Output_Stream, Rlimit_Resource, SignalName } from "../gen/agent_pb.js";
 
-// src/agent-client and dist/agent-client are both two levels below the package root.
-const PROTO_PATH = fileURLToPath(new URL("../../proto/agent.proto", import.meta.url));
-const root = protobuf.loadSync(PROTO_PATH);
+export const PROTOCOL_VERSION: number = Limit.PROTOCOL_VERSION;
+export const MAX_FRAME_BYTES: number = Limit.MAX_FRAME_BYTES;
+export const MAX_CHUNK_BYTES: number = Limit.MAX_CHUNK_BYTES;
+export const DEFAULT_WINDOW_BYTES: number = Limit.DEFAULT_WINDOW_BYTES;
+export const MAX_WINDOW_BYTES: number = Limit.MAX_WINDOW_BYTES;
+export const MAX_SESSIONS: number = Limit.MAX_SESSIONS;
 
-const HostMessage = root.lookupType("microsandbox.agent.HostMessage");
-const GuestMessage = root.lookupType("microsandbox.agent.GuestMessage");
-const LimitEnum = root.lookupEnum("microsandbox.agent.Limit").values;
-const ErrorKinds = root.lookupEnum("microsandbox.agent.Error.Kind").valuesById;
-const FileTypes = root.lookupEnum("microsandbox.agent.FileType").valuesById;
-const Streams = root.lookupEnum("microsandbox.agent.Output.Stream").valuesById;
-export const RlimitResources = root.lookupEnum("microsandbox.agent.Rlimit.Resource").values;
-const SignalEnum = root.lookupEnum("microsandbox.agent.SignalName");
+// A TypeScript enum's names, without the reverse (number -> name) entries.
+const names = (e: object) => Object.keys(e).filter((k) => Number.isNaN(Number(k)));
+
+/** Rlimit resources by name ("NOFILE"). */
+export const RlimitResources: Readonly<Record<string, number>> = Object.fromEntries(names(Rlimit_Resource).map((k) => [k, Rlimit_Resource[k as keyof typeof Rlimit_Resource]]));
 /** Signal names the protocol knows, by number. */
 export const SignalNumbers: Readonly<Record<string, number>> = Object.fromEntries(
-  Object.entries(SignalEnum.values).filter(([name]) => name !== "SIGNAL_NONE"),
+  names(SignalName).filter((k) => k !== "SIGNAL_NONE").map((k) => [k, SignalName[k as keyof typeof SignalName]]),
 );
-export const signalName = (n: number): string | null => (n ? (SignalEnum.valuesById[n] ?? `SIG${n}`) : null);
+export const signalName = (n: number): string | null => (n ? (SignalName[n] ?? `SIG${n}`) : null);
 
-function limit(name: string): number {
-  const v = LimitEnum[name];
-  if (v === undefined) throw new Error(`proto/agent.proto has no Limit ${name}`);
-  return v;
-}
+/** A decoded guest message. */
+export type GuestFrame = GuestMessage;
+/** The body of a guest frame of kind `C`. */
+export type GuestBody<C extends NonNullable<GuestFrame["body"]["case"]>> = Extract<GuestFrame["body"], { case: C }>["value"];
+/** The body of a host message: `{ case: "exec", value: { argv } }`. */
+export type HostBody = NonNullable<MessageInitShape<typeof HostMessageSchema>["body"]>;
 
-export const PROTOCOL_VERSION = limit("PROTOCOL_VERSION");
-export const MAX_FRAME_BYTES = limit("MAX_FRAME_BYTES");
-export const MAX_CHUNK_BYTES = limit("MAX_CHUNK_BYTES");
-export const DEFAULT_WINDOW_BYTES = limit("DEFAULT_WINDOW_BYTES");
-export const MAX_WINDOW_BYTES = limit("MAX_WINDOW_BYTES");
-export const MAX_SESSIONS = limit("MAX_SESSIONS");
-
-// uint64 fields decode as Long objects when the long package is present (protobufjs depends on it).
-type Long64 = number | { toNumber(): number };
-export function toNumber(v: Long64 | null | undefined): number {
-  if (v === null || v === undefined) return 0;
-  return typeof v === "number" ? v : v.toNumber();
-}
-
-/** A decoded guest message: `body` names the field that is set. */
-export interface GuestFrame {
-  session: number;
-  body: string;
-  hello?: { protocolVersion: number; agentVersion: string; boot: { name: string; tNs: Long64 }[]; pid: number; generation: Long64 };
-  suspended?: Record<string, never>;
-  started?: { pid: number };
-  output?: { stream: number; data: Uint8Array };
-  credit?: { bytes: number };
-  exit?: { code: number; signal: number; timedOut: boolean; durationNs: Long64; oomKills: Long64; pidsLimitHits: Long64; cpuTimeNs: Long64; peakMemoryBytes: Long64 };
-  stat?: WireStat;
-  entries?: { entries: WireStat[] };
-  done?: { size: Long64 };
-  error?: { kind: number; errnum: number; message: string };
-  metrics?: Record<string, Long64> & { cpus: number; processes: number };
-  fsEvents?: { events: { kind: number; path: string; from: string; directory: boolean }[] };
-}
-
-export interface WireStat {
-  name: string;
-  type: number;
-  size: Long64;
-  mode: number;
-  uid: number;
-  gid: number;
-  mtimeNs: Long64;
-  linkTarget: string;
-}
-
-export const errorKindName = (kind: number): string => ErrorKinds[kind] ?? `KIND_${kind}`;
-export const fileTypeName = (type: number): string => (FileTypes[type] ?? "UNKNOWN").toLowerCase();
-export const streamName = (stream: number): string => (Streams[stream] ?? "UNKNOWN").toLowerCase();
+export const errorKindName = (kind: number): string => Error_Kind[kind] ?? `KIND_${kind}`;
+export const fileTypeName = (type: number): string => (FileType[type] ?? "UNKNOWN").toLowerCase();
+export const streamName = (stream: number): string => (Output_Stream[stream] ?? "UNKNOWN").toLowerCase();
 
 /** Encodes one host message as a frame: 4-byte big-endian length, then the message. */
-export function encodeFrame(message: Record<string, unknown>): Buffer {
-  return lengthPrefixed(HostMessage.encode(HostMessage.fromObject(message)).finish());
+export function encodeFrame(session: number, body: HostBody): Buffer {
+  return lengthPrefixed(toBinary(HostMessageSchema, create(HostMessageSchema, { session, body })));
 }
 
 /** The framing every channel of this project uses: a 4-byte big-endian length, then the bytes. */
@@ -111,11 +70,7 @@ export class FrameDecoder {
       const frame = this.take(4 + length).subarray(4);
       let decoded: GuestFrame;
       try {
-        const message = GuestMessage.decode(frame);
-        decoded = message as unknown as GuestFrame;
-        // `body` is protobufjs's oneof accessor, whose setter clears the oneof for a name that is
-        // no field: "" (a frame with no body) needs a property of its own.
-        Object.defineProperty(decoded, "body", { value: (message as unknown as { body?: string }).body ?? "", enumerable: true });
+        decoded = fromBinary(GuestMessageSchema, frame);
       } catch (err) {
         throw new AgentProtocolError(`the guest sent an undecodable frame of ${length} bytes`, { cause: err });
       }

@@ -5,7 +5,7 @@
 import { AgentProtocolError } from "../errors.js";
 import type { Channel } from "./channel.js";
 import { Inbound } from "./flow.js";
-import { type GuestFrame, MAX_FRAME_BYTES } from "./protocol.js";
+import { type GuestBody, type GuestFrame, MAX_FRAME_BYTES } from "./protocol.js";
 
 export interface FsEvent {
   type: "create" | "modify" | "delete" | "rename" | "overflow";
@@ -33,38 +33,39 @@ export class FsWatch implements AsyncIterableIterator<FsEvent> {
     private readonly channel: Channel,
     path: string,
     recursive: boolean,
-    private readonly failure: (e: NonNullable<GuestFrame["error"]>) => Error,
+    private readonly failure: (e: GuestBody<"error">) => Error,
     private readonly onEnd: () => void,
   ) {
     const sink = { frame: (f: GuestFrame) => this.onFrame(f), fail: (err: Error) => this.finish(err) };
     this.id = channel.open(sink);
     this.inbound = new Inbound<Item>(
       WATCH_WINDOW,
-      (bytes) => !channel.closed && channel.send({ session: this.id, credit: { bytes } }),
+      (bytes) => !channel.closed && channel.send(this.id, { case: "credit", value: { bytes } }),
       () => this.close(),
       // The agent stops reading inotify at the window, past it by at most one read and the scan
       // of a new directory.
       { size: (item) => item.bytes, maxItem: MAX_FRAME_BYTES, slack: 3 * WATCH_WINDOW + MAX_FRAME_BYTES },
     );
-    channel.send({ session: this.id, watch: { path, recursive, window: WATCH_WINDOW } });
+    channel.send(this.id, { case: "watch", value: { path, recursive, window: WATCH_WINDOW } });
   }
 
   private onFrame(f: GuestFrame): void {
-    if (f.body === "fsEvents") {
+    const b = f.body;
+    if (b.case === "fsEvents") {
       try {
-        for (const e of f.fsEvents!.events ?? []) {
-          const event: FsEvent = { type: KINDS[e.kind] ?? "overflow", path: e.path ?? "", directory: !!e.directory, ...(e.from ? { from: e.from } : {}) };
-          this.inbound.push({ event, bytes: EVENT_OVERHEAD + Buffer.byteLength(event.path) + Buffer.byteLength(e.from ?? "") });
+        for (const e of b.value.events) {
+          const event: FsEvent = { type: KINDS[e.kind] ?? "overflow", path: e.path, directory: e.directory, ...(e.from ? { from: e.from } : {}) };
+          this.inbound.push({ event, bytes: EVENT_OVERHEAD + Buffer.byteLength(event.path) + Buffer.byteLength(e.from) });
         }
       } catch (err) {
         this.finish(err as Error); // a guest past its credit
       }
-    } else if (f.body === "done") {
+    } else if (b.case === "done") {
       this.finish(); // the watched directory went
-    } else if (f.body === "error") {
-      this.finish(this.closed ? undefined : this.failure(f.error!)); // CANCELLED after close() is the expected end
+    } else if (b.case === "error") {
+      this.finish(this.closed ? undefined : this.failure(b.value)); // CANCELLED after close() is the expected end
     } else {
-      this.finish(new AgentProtocolError(`unexpected ${f.body} frame for a watch`));
+      this.finish(new AgentProtocolError(`unexpected ${b.case} frame for a watch`));
     }
   }
 
@@ -72,7 +73,7 @@ export class FsWatch implements AsyncIterableIterator<FsEvent> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (!this.channel.closed) this.channel.send({ session: this.id, cancel: {} });
+    if (!this.channel.closed) this.channel.send(this.id, { case: "cancel", value: {} });
   }
 
   private finish(err?: Error): void {

@@ -9,20 +9,18 @@ import { copyFileSync, mkdirSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
 import path from "node:path";
 import type { Readable, Writable } from "node:stream";
-import { fileURLToPath } from "node:url";
-import protobuf from "protobufjs";
+
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 
 import { lengthPrefixed } from "../agent-client/protocol.js";
 import { DEFAULT_PATH } from "../agent-client/process.js";
 import { KrunStartError } from "../errors.js";
+import { KrunConfig_Network, KrunConfigSchema, KrunStatusSchema } from "../gen/vmm_pb.js";
 import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
 import { agentBinaryPath } from "./guest.js";
 import { type Backend, finishBoot, type Vm, type VmConfig } from "./backend.js";
 
-const root = protobuf.loadSync(fileURLToPath(new URL("../../proto/vmm.proto", import.meta.url)));
-const KrunConfig = root.lookupType("microsandbox.vmm.KrunConfig");
-const KrunStatus = root.lookupType("microsandbox.vmm.KrunStatus");
 const MAX_STATUS = 64 * 1024;
 // The agent's vsock port; libkrun reserves 620, 123 and 1024-1031 for itself.
 export const AGENT_VSOCK_PORT = 7070;
@@ -43,7 +41,7 @@ export function krunConfig(
   config: VmConfig,
   dirs: { boot: string; socket: string; consoleLog: string },
   image: { dir: string } | { disk: string },
-): Record<string, unknown> {
+): MessageInitShape<typeof KrunConfigSchema> {
   const root = "dir" in image ? `virtiofs:${IMAGE_TAG}` : `disk:${IMAGE_DISK_DEVICE}`;
   return {
     logLevel: 1,
@@ -54,7 +52,7 @@ export function krunConfig(
     imageTag: IMAGE_TAG,
     vsockPort: AGENT_VSOCK_PORT,
     vsockSocket: dirs.socket,
-    network: config.network === "all" ? 1 : 0,
+    network: config.network === "all" ? KrunConfig_Network.ALL : KrunConfig_Network.NONE,
     execPath: "/msb-agent",
     argv: ["--vsock", String(AGENT_VSOCK_PORT), "--root", root, "--pids", String(config.maxProcesses)],
     env: [`PATH=${DEFAULT_PATH}`],
@@ -76,7 +74,7 @@ async function readStatus(stream: Readable): Promise<KrunStartError | undefined>
   if (data.length === 0) return undefined;
   try {
     const len = data.readUInt32BE(0);
-    const s = KrunStatus.decode(data.subarray(4, 4 + len)) as unknown as { step: string; errnum: number; message: string };
+    const s = fromBinary(KrunStatusSchema, data.subarray(4, 4 + len));
     return new KrunStartError(`libkrun could not start the VM at ${s.step}: ${s.message}`, s.step, s.errnum);
   } catch {
     return new KrunStartError(`the VM helper reported an unreadable failure (${data.length} bytes)`, "status", 0);
@@ -128,7 +126,7 @@ export class KrunBackend implements Backend {
     const child = spawn(helper, ["krun", String(process.pid), "3", "4"], { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe"] });
     const configPipe = child.stdio[3] as Writable;
     configPipe.on("error", () => {}); // a helper that died early is reported through the status pipe
-    configPipe.end(lengthPrefixed(KrunConfig.encode(KrunConfig.fromObject(krunConfig(config, { boot, socket, consoleLog }, image))).finish()));
+    configPipe.end(lengthPrefixed(toBinary(KrunConfigSchema, create(KrunConfigSchema, krunConfig(config, { boot, socket, consoleLog }, image)))));
     const status = readStatus(child.stdio[4] as Readable);
     return finishBoot({
       label: this.describe(),

@@ -2,15 +2,12 @@
 // proto/vmm.proto): the helper's own KVM check, libkrun loader and entry-point table, so what
 // Node believes works and what the helper will do cannot disagree. libkrun is never loaded here.
 import { spawnSync } from "node:child_process";
-import { fileURLToPath } from "node:url";
-import protobuf from "protobufjs";
+
+import { fromBinary } from "@bufbuild/protobuf";
 
 import { VmmHelperError } from "../errors.js";
+import { type HostProbe_Check, HostProbeSchema } from "../gen/vmm_pb.js";
 import { vmmHelperPath } from "../native.js";
-
-const HostProbe = protobuf
-  .loadSync(fileURLToPath(new URL("../../proto/vmm.proto", import.meta.url)))
-  .lookupType("microsandbox.vmm.HostProbe");
 
 export interface ProbeItem {
   ok: boolean;
@@ -58,23 +55,14 @@ function generation(has: (s: string) => boolean): string {
   return "unknown";
 }
 
-interface RawCheck {
-  ok?: boolean;
-  detail?: string;
-  errnum?: number;
-}
-
-const item = (c: RawCheck | undefined): ProbeItem => ({ ok: !!c?.ok, detail: c?.detail ?? "", errno: c?.errnum ?? 0 });
+const item = (c: HostProbe_Check | undefined): ProbeItem => ({ ok: !!c?.ok, detail: c?.detail ?? "", errno: c?.errnum ?? 0 });
 
 /** Decodes the helper's framed HostProbe. */
 function decodeProbe(frame: Buffer): ProbeReport {
   if (frame.length < 4 || frame.readUInt32BE(0) !== frame.length - 4) {
     throw new VmmHelperError(`the VM helper's probe answer is not one frame (${frame.length} bytes)`);
   }
-  const p = HostProbe.toObject(HostProbe.decode(frame.subarray(4)), { defaults: true }) as {
-    kvm: RawCheck; kvmPath: string; kvmPvm: boolean; libkrun: RawCheck; libkrunName: string;
-    libkrunSymbols: string[]; libkrunfw: RawCheck; libkrunfwName: string;
-  };
+  const p = fromBinary(HostProbeSchema, frame.subarray(4));
   const symbols = p.libkrunSymbols;
   const has = (s: string) => symbols.includes(s);
   const libkrun = item(p.libkrun);

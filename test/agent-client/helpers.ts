@@ -7,7 +7,10 @@ import { createConnection, type Socket } from "node:net";
 import path from "node:path";
 
 import { AgentClient } from "../../src/agent-client/client.js";
-import { encodeFrame, FrameDecoder, type GuestFrame } from "../../src/agent-client/protocol.js";
+import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+
+import { encodeFrame, FrameDecoder, type GuestBody, type GuestFrame, type HostBody, lengthPrefixed } from "../../src/agent-client/protocol.js";
+import { GuestMessageSchema } from "../../src/gen/agent_pb.js";
 import { agentBinaryPath } from "../../src/vm/guest.js";
 
 export interface RunningAgent {
@@ -69,7 +72,7 @@ export function processGroupMembers(pgid: number): number[] {
 
 export interface RawConnection {
   socket: Socket;
-  send(m: Record<string, unknown>): void;
+  send(session: number, body: HostBody): void;
   /** The next decoded frame, or undefined when none came within `ms`. */
   next(ms?: number): Promise<GuestFrame | undefined>;
   closed: Promise<unknown>;
@@ -98,6 +101,17 @@ export async function rawConnection(socketPath: string): Promise<RawConnection> 
     return frames.shift();
   };
   const hello = await next();
-  if (hello?.body !== "hello") throw new Error(`the agent's first frame was ${hello?.body ?? "nothing"}, not a hello`);
-  return { socket, send: (m) => socket.write(encodeFrame(m)), next, closed };
+  if (hello?.body.case !== "hello") throw new Error(`the agent's first frame was ${hello?.body.case ?? "nothing"}, not a hello`);
+  return { socket, send: (session, body) => socket.write(encodeFrame(session, body)), next, closed };
+}
+
+/** A guest frame, as a fake agent sends it: `guestFrame(1, { case: "started", value: { pid: 42 } })`. */
+export function guestFrame(session: number, body: MessageInitShape<typeof GuestMessageSchema>["body"]): Buffer {
+  return lengthPrefixed(toBinary(GuestMessageSchema, create(GuestMessageSchema, { session, body })));
+}
+
+/** The body of `f`, which must be a frame of kind `c`. */
+export function bodyOf<C extends NonNullable<GuestFrame["body"]["case"]>>(f: GuestFrame | undefined, c: C): GuestBody<C> {
+  if (f?.body.case !== c) throw new Error(`expected a ${c} frame, got ${f ? (f.body.case ?? "an empty") : "no"} frame`);
+  return f.body.value as GuestBody<C>;
 }

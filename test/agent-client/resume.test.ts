@@ -8,9 +8,9 @@ import { afterEach, describe, expect, it } from "vitest";
 
 import { AgentClient } from "../../src/agent-client/client.js";
 import type { ExecProcess } from "../../src/agent-client/process.js";
-import { FrameDecoder, type GuestFrame, toNumber } from "../../src/agent-client/protocol.js";
+import { FrameDecoder, type GuestFrame } from "../../src/agent-client/protocol.js";
 import { AgentError, InvalidArgumentError } from "../../src/errors.js";
-import { rawConnection, type RunningAgent, startAgent } from "./helpers.js";
+import { bodyOf, rawConnection, type RunningAgent, startAgent } from "./helpers.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -72,7 +72,7 @@ async function readUntil(c: Awaited<ReturnType<typeof raw>>, body: string): Prom
   for (;;) {
     const f = await c.next();
     if (!f) throw new Error(`no ${body} frame`);
-    if (f.body === body) return before;
+    if (f.body.case === body) return before;
     before.push(f);
   }
 }
@@ -86,7 +86,7 @@ async function restoredPort(): Promise<Socket> {
   await once(socket, "connect");
   const [greeting] = (await once(socket, "data")) as [Buffer];
   const f = [...new FrameDecoder().push(greeting)];
-  expect(f.map((x) => x.body)).toEqual(["hello"]);
+  expect(f.map((x) => x.body.case)).toEqual(["hello"]);
   expect(greeting.readUInt32BE(0) + 4).toBe(greeting.length);
   return socket;
 }
@@ -120,23 +120,23 @@ describe("suspend", () => {
   it("writes nothing after Suspended, answers a second Suspend, and a Resume with a Hello", async () => {
     await freshAgent();
     const c = await raw(agent.socket);
-    c.send({ session: 1, exec: { argv: ["yes"] } });
-    expect((await c.next())?.body).toBe("started");
-    expect((await c.next())?.body).toBe("output");
-    c.send({ session: 0, suspend: {} });
+    c.send(1, { case: "exec", value: { argv: ["yes"] } });
+    expect((await c.next())?.body.case).toBe("started");
+    expect((await c.next())?.body.case).toBe("output");
+    c.send(0, { case: "suspend", value: {} });
     const before = await readUntil(c, "suspended");
-    const credit = before.reduce((n, f) => n + (f.output?.data.length ?? 0), 0) + 65536;
-    c.send({ session: 1, credit: { bytes: credit } }); // read, but produces nothing now
+    const credit = before.reduce((n, f) => n + (f.body.case === "output" ? f.body.value.data.length : 0), 0) + 65536;
+    c.send(1, { case: "credit", value: { bytes: credit } }); // read, but produces nothing now
     expect(await c.next(300)).toBeUndefined();
-    c.send({ session: 0, suspend: {} });
-    expect((await c.next())?.body).toBe("suspended");
-    c.send({ session: 2, stat: { path: "/" } }); // answered, but held back
+    c.send(0, { case: "suspend", value: {} });
+    expect((await c.next())?.body.case).toBe("suspended");
+    c.send(2, { case: "stat", value: { path: "/" } }); // answered, but held back
     expect(await c.next(300)).toBeUndefined();
-    c.send({ session: 0, resume: { generation: 0 } });
+    c.send(0, { case: "resume", value: { generation: 0n } });
     // The same generation: the conversation goes on, what was held back first.
-    expect(await c.next()).toMatchObject({ session: 2, body: "stat" });
-    expect(toNumber((await c.next())?.hello?.generation)).toBe(0);
-    expect((await c.next())?.body).toBe("output");
+    expect(await c.next()).toMatchObject({ session: 2, body: { case: "stat" } });
+    expect((await c.next())?.body).toMatchObject({ case: "hello", value: { generation: 0n } });
+    expect((await c.next())?.body.case).toBe("output");
     c.socket.destroy();
   });
 
@@ -151,10 +151,10 @@ describe("suspend", () => {
   it("belongs on session 0, as does Resume", async () => {
     await freshAgent();
     const c = await raw(agent.socket);
-    c.send({ session: 4, suspend: {} });
-    expect(await c.next()).toMatchObject({ session: 4, body: "error", error: { kind: 1 } });
-    c.send({ session: 4, resume: { generation: 9 } });
-    expect(await c.next()).toMatchObject({ session: 4, body: "error", error: { kind: 1 } });
+    c.send(4, { case: "suspend", value: {} });
+    expect(await c.next()).toMatchObject({ session: 4, body: { case: "error", value: { kind: 1 } } });
+    c.send(4, { case: "resume", value: { generation: 9n } });
+    expect(await c.next()).toMatchObject({ session: 4, body: { case: "error", value: { kind: 1 } } });
     expect((await connect()).hello.generation).toBe(0);
     c.socket.destroy();
   });
@@ -164,16 +164,16 @@ describe("resume with a new generation", () => {
   it("kills every session it does not keep, without a word", async () => {
     await freshAgent();
     const c = await raw(agent.socket);
-    c.send({ session: 3, exec: { argv: ["sleep", "60"] } });
-    const pid = (await c.next())!.started!.pid;
-    c.send({ session: 0, suspend: {} });
-    expect((await c.next())?.body).toBe("suspended");
-    c.send({ session: 4, stat: { path: "/" } }); // answered, held back, and dropped: the copy's host did not ask
+    c.send(3, { case: "exec", value: { argv: ["sleep", "60"] } });
+    const pid = bodyOf(await c.next(), "started").pid;
+    c.send(0, { case: "suspend", value: {} });
+    expect((await c.next())?.body.case).toBe("suspended");
+    c.send(4, { case: "stat", value: { path: "/" } }); // answered, held back, and dropped: the copy's host did not ask
     await sleep(100);
-    c.send({ session: 0, resume: { generation: 5, entropy: Buffer.alloc(64, 7) } });
+    c.send(0, { case: "resume", value: { generation: 5n, entropy: Buffer.alloc(64, 7) } });
     const hello = await c.next();
-    expect(hello?.body).toBe("hello");
-    expect(toNumber(hello!.hello!.generation)).toBe(5);
+    expect(hello?.body.case).toBe("hello");
+    expect(hello!.body).toMatchObject({ value: { generation: 5n } });
     expect(await c.next(300)).toBeUndefined();
     const other = await connect();
     expect(other.hello.generation).toBe(5);

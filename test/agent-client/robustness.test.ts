@@ -5,14 +5,13 @@ import { createConnection, createServer, type Server, type Socket } from "node:n
 import { once } from "node:events";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import protobuf from "protobufjs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { AgentClient } from "../../src/agent-client/client.js";
 import { encodeFrame, lengthPrefixed, MAX_FRAME_BYTES } from "../../src/agent-client/protocol.js";
+import type { Rlimit_Resource } from "../../src/gen/agent_pb.js";
 import { AgentConnectionError, AgentProtocolError, TimeoutError } from "../../src/errors.js";
-import { rawConnection, type RunningAgent, startAgent } from "./helpers.js";
+import { bodyOf, guestFrame, rawConnection, type RunningAgent, startAgent } from "./helpers.js";
 
 let agent: RunningAgent;
 
@@ -43,11 +42,11 @@ describe("the agent survives garbage", () => {
     const c = await raw();
     c.socket.write(frameOf(Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f])));
     const err = await c.next();
-    expect(err).toMatchObject({ session: 0, body: "error" });
-    expect(err.error!.kind).toBe(1); // PROTOCOL
-    c.socket.write(encodeFrame({ session: 7, exec: { argv: ["echo", "after garbage"] } }));
-    expect((await c.next()).body).toBe("started");
-    expect((await c.next()).output!.data.toString()).toBe("after garbage\n");
+    expect(err).toMatchObject({ session: 0, body: { case: "error" } });
+    expect(bodyOf(err, "error").kind).toBe(1); // PROTOCOL
+    c.socket.write(encodeFrame(7, { case: "exec", value: { argv: ["echo", "after garbage"] } }));
+    expect((await c.next()).body.case).toBe("started");
+    expect(bodyOf(await c.next(), "output").data.toString()).toBe("after garbage\n");
     c.socket.destroy();
   });
 
@@ -57,25 +56,25 @@ describe("the agent survives garbage", () => {
     head.writeUInt32BE(MAX_FRAME_BYTES + 1);
     c.socket.write(head);
     const err = await c.next();
-    expect(err.error!.message).toContain("exceeds the limit");
+    expect(bodyOf(err, "error").message).toContain("exceeds the limit");
     await c.closed;
     await agentStillServes();
   });
 
   it("rejects requests that make no sense", async () => {
     const c = await raw();
-    c.socket.write(encodeFrame({ session: 0, exec: { argv: ["true"] } }));
-    expect((await c.next()).error!.message).toContain("non-zero session id");
-    c.socket.write(encodeFrame({ session: 3, exec: { argv: [] } }));
-    expect((await c.next()).error).toMatchObject({ kind: 2, message: expect.stringContaining("argv is empty") });
-    c.socket.write(encodeFrame({ session: 4, exec: { argv: ["sleep", "5"] } }));
-    expect((await c.next()).body).toBe("started");
-    c.socket.write(encodeFrame({ session: 4, exec: { argv: ["true"] } }));
-    expect((await c.next()).error!.message).toContain("already open");
-    c.socket.write(encodeFrame({ session: 5, stat: { path: "relative" } }));
-    expect((await c.next()).error!.message).toContain("not absolute");
-    c.socket.write(encodeFrame({ session: 6, exec: { argv: ["true"], rlimits: [{ resource: 99, soft: 1, hard: 1 }] } }));
-    expect((await c.next()).error!.message).toContain("unknown rlimit");
+    c.socket.write(encodeFrame(0, { case: "exec", value: { argv: ["true"] } }));
+    expect(bodyOf(await c.next(), "error").message).toContain("non-zero session id");
+    c.socket.write(encodeFrame(3, { case: "exec", value: { argv: [] } }));
+    expect(bodyOf(await c.next(), "error")).toMatchObject({ kind: 2, message: expect.stringContaining("argv is empty") });
+    c.socket.write(encodeFrame(4, { case: "exec", value: { argv: ["sleep", "5"] } }));
+    expect((await c.next()).body.case).toBe("started");
+    c.socket.write(encodeFrame(4, { case: "exec", value: { argv: ["true"] } }));
+    expect(bodyOf(await c.next(), "error").message).toContain("already open");
+    c.socket.write(encodeFrame(5, { case: "stat", value: { path: "relative" } }));
+    expect(bodyOf(await c.next(), "error").message).toContain("not absolute");
+    c.socket.write(encodeFrame(6, { case: "exec", value: { argv: ["true"], rlimits: [{ resource: 99 as Rlimit_Resource, soft: 1n, hard: 1n }] } }));
+    expect(bodyOf(await c.next(), "error").message).toContain("unknown rlimit");
     c.socket.destroy();
   });
 
@@ -87,10 +86,10 @@ describe("the agent survives garbage", () => {
       s.destroy();
     }
     const c = await raw();
-    c.socket.write(encodeFrame({ session: 1, exec: { argv: ["sleep", "60"] } }));
+    c.socket.write(encodeFrame(1, { case: "exec", value: { argv: ["sleep", "60"] } }));
     const started = await c.next();
     c.socket.destroy();
-    const pid = started.started!.pid;
+    const pid = bodyOf(started, "started").pid;
     for (let i = 0; i < 100; i++) {
       try {
         process.kill(pid, 0);
@@ -118,10 +117,7 @@ describe("the client survives a misbehaving agent", () => {
     await once(server, "listening");
   }
 
-  // Guest frames encoded from the same proto file the agent is generated from.
-  const GuestMessage = protobuf.loadSync(fileURLToPath(new URL("../../proto/agent.proto", import.meta.url))).lookupType("microsandbox.agent.GuestMessage");
-  const guestFrame = (m: object) => frameOf(Buffer.from(GuestMessage.encode(GuestMessage.fromObject(m)).finish()));
-  const hello = (version = 1) => guestFrame({ hello: { protocolVersion: version, agentVersion: "fake" } });
+  const hello = (version = 1) => guestFrame(0, { case: "hello", value: { protocolVersion: version, agentVersion: "fake" } });
 
   it("times out when the agent never says hello", async () => {
     await fakeAgent(() => {});
@@ -153,7 +149,7 @@ describe("the client survives a misbehaving agent", () => {
       s.write(hello());
       s.once("data", () => {
         // Output frames for session 1 well past the 1 MiB window, with no credit granted.
-        const out = guestFrame({ session: 1, output: { stream: 0, data: Buffer.alloc(65535) } });
+        const out = guestFrame(1, { case: "output", value: { stream: 0, data: Buffer.alloc(65535) } });
         for (let i = 0; i < 20; i++) s.write(out);
       });
     });
@@ -185,7 +181,7 @@ describe("the client survives a misbehaving agent", () => {
   // error (or its junk is dropped), the host's memory stays bounded, and the neighbour serves on.
   describe("a hostile agent beside a sound one", () => {
     const rssMiB = () => process.memoryUsage().rss / 2 ** 20;
-    const outputFor = (session: number, bytes = 65535) => guestFrame({ session, output: { stream: 0, data: Buffer.alloc(bytes, 0x41) } });
+    const outputFor = (session: number, bytes = 65535) => guestFrame(session, { case: "output", value: { stream: 0, data: Buffer.alloc(bytes, 0x41) } });
 
     async function beside(hostile: (s: Socket) => void, attack: (client: AgentClient) => Promise<unknown>): Promise<unknown> {
       await fakeAgent(hostile);
@@ -241,13 +237,13 @@ describe("the client survives a misbehaving agent", () => {
           s.once("data", async () => {
             // Written as fast as the client takes it: the attacker's own buffers are not the client's.
             for (let i = 0; i < 3200; i++) if (!s.write(outputFor(1000 + (i % 7)))) await once(s, "drain");
-            s.write(guestFrame({ session: 1, started: { pid: 42 } }));
-            s.write(guestFrame({ session: 1, started: { pid: 43 } }));
-            s.write(guestFrame({ session: 1, output: { stream: 0, data: Buffer.from("real\n") } }));
-            s.write(guestFrame({ session: 1, exit: { code: 3 } }));
+            s.write(guestFrame(1, { case: "started", value: { pid: 42 } }));
+            s.write(guestFrame(1, { case: "started", value: { pid: 43 } }));
+            s.write(guestFrame(1, { case: "output", value: { stream: 0, data: Buffer.from("real\n") } }));
+            s.write(guestFrame(1, { case: "exit", value: { code: 3 } }));
             // The session is over: more for it is junk.
             for (let i = 0; i < 100; i++) s.write(outputFor(1));
-            s.write(guestFrame({ session: 1, exit: { code: 4 } }));
+            s.write(guestFrame(1, { case: "exit", value: { code: 4 } }));
           });
         },
         (c) => c.exec(["anything"]),
@@ -257,15 +253,15 @@ describe("the client survives a misbehaving agent", () => {
     });
 
     it("a flood of credit and a hello with absurd values: accepted within the frame limit, nothing grows", async () => {
-      const boot = Array.from({ length: 20_000 }, (_, i) => ({ name: `e${i}`, tNs: "18446744073709551615" }));
+      const boot = Array.from({ length: 20_000 }, (_, i) => ({ name: `e${i}`, tNs: 2n ** 64n - 1n }));
       const result = await beside(
         (s) => {
-          s.write(guestFrame({ hello: { protocolVersion: 1, agentVersion: "v".repeat(100_000), pid: 4294967295, generation: "18446744073709551615", boot } }));
+          s.write(guestFrame(0, { case: "hello", value: { protocolVersion: 1, agentVersion: "v".repeat(100_000), pid: 4294967295, generation: 2n ** 64n - 1n, boot } }));
           s.once("data", async () => {
-            s.write(guestFrame({ session: 1, started: { pid: 42 } }));
-            const credit = guestFrame({ session: 1, credit: { bytes: 4294967295 } });
+            s.write(guestFrame(1, { case: "started", value: { pid: 42 } }));
+            const credit = guestFrame(1, { case: "credit", value: { bytes: 4294967295 } });
             for (let i = 0; i < 100_000; i++) if (!s.write(credit)) await once(s, "drain");
-            s.write(guestFrame({ session: 1, exit: { code: 0 } }));
+            s.write(guestFrame(1, { case: "exit", value: { code: 0 } }));
           });
         },
         async (c) => {

@@ -5,20 +5,16 @@ import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { constants } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import protobuf from "protobufjs";
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import type { Readable, Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { lengthPrefixed } from "../../src/agent-client/protocol.js";
+import { KrunConfig_Network, KrunConfigSchema, KrunStatusSchema } from "../../src/gen/vmm_pb.js";
 import { vmmHelperPath } from "../../src/native.js";
 import { buildDoubles, doubleEnv, type Doubles, type Generation } from "./double.js";
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const HELPER = vmmHelperPath();
-const proto = protobuf.loadSync(path.join(ROOT, "proto/vmm.proto"));
-const KrunConfig = proto.lookupType("microsandbox.vmm.KrunConfig");
-const KrunStatus = proto.lookupType("microsandbox.vmm.KrunStatus");
 const { EINVAL, ENOENT, ENOTSUP, EMSGSIZE, ENOMEM, ESRCH } = constants.errno;
 
 let doubles: Doubles;
@@ -33,7 +29,9 @@ beforeAll(() => {
 
 afterAll(() => doubles?.remove());
 
-const DEFAULT_CONFIG = {
+type KrunConfigInit = MessageInitShape<typeof KrunConfigSchema>;
+
+const DEFAULT_CONFIG: KrunConfigInit = {
   logLevel: 0,
   cpus: 1,
   memoryMib: 512,
@@ -42,7 +40,7 @@ const DEFAULT_CONFIG = {
   imageTag: "msb-image",
   vsockPort: 2695,
   vsockSocket: "/run/sb/agent.sock",
-  network: "ALL",
+  network: KrunConfig_Network.ALL,
   execPath: "/msb-agent",
   argv: ["--krun"],
   consoleLog: "/run/sb/console.log",
@@ -61,12 +59,12 @@ interface Run {
 
 const frame = lengthPrefixed;
 
-function encodeConfig(fields: Record<string, unknown>): Buffer {
-  return frame(KrunConfig.encode(KrunConfig.fromObject(fields)).finish());
+function encodeConfig(fields: KrunConfigInit): Buffer {
+  return frame(toBinary(KrunConfigSchema, create(KrunConfigSchema, fields)));
 }
 
 async function runHelper(opts: {
-  config?: Record<string, unknown>;
+  config?: KrunConfigInit;
   raw?: Buffer;
   lib?: Generation | string;
   env?: Record<string, string>;
@@ -98,7 +96,8 @@ async function runHelper(opts: {
   let decoded: Run["status"] = null;
   if (bytes.length > 0) {
     expect(bytes.length).toBe(4 + bytes.readUInt32BE(0));
-    decoded = KrunStatus.toObject(KrunStatus.decode(bytes.subarray(4)), { defaults: true }) as Run["status"];
+    const { step, errnum, message } = fromBinary(KrunStatusSchema, bytes.subarray(4));
+    decoded = { step, errnum, message };
   }
   const calls = existsSync(log) ? readFileSync(log, "utf8").split("\n").filter(Boolean) : [];
   return { code, signal, statusBytes: bytes.length, status: decoded, calls, stderr };
@@ -132,7 +131,7 @@ describe("msb-vmm krun: call sequence", () => {
   });
 
   it("turns networking off with an explicit vsock without TSI", async () => {
-    const r = await runHelper({ config: { network: "NONE" } });
+    const r = await runHelper({ config: { network: KrunConfig_Network.NONE } });
     expect(r.calls).toEqual([
       "krun_init_log(-1, 0, 0, 1)",
       "krun_create_ctx()",
@@ -206,7 +205,7 @@ describe("msb-vmm krun: libkrun generations", () => {
 
 describe("msb-vmm krun: refusals", () => {
   it.each(["1.10", "1.9.5"] as Generation[])("refuses network none on libkrun %s, before any call", async (gen) => {
-    const r = await runHelper({ lib: gen, config: { network: "NONE", imageDisk: "/srv/images/python.ext4" } });
+    const r = await runHelper({ lib: gen, config: { network: KrunConfig_Network.NONE, imageDisk: "/srv/images/python.ext4" } });
     expect(r.code).toBe(1);
     expect(r.status).toMatchObject({ step: "network", errnum: ENOTSUP });
     expect(r.status!.message).toContain("libkrun >= 1.17");
