@@ -110,7 +110,7 @@ static inline bool conn_paused(const struct conn *c) { return c->congested || c-
 extern int g_epoll;
 extern bool g_shutdown;  // a Shutdown was answered: exit once every connection is flushed
 extern uint64_t g_generation;  // of the last Resume that made this VM a copy (0: booted)
-extern bool g_owns_machine;    // PID 1, or root that assembled the root (--root): clock, name and ids are ours
+extern bool g_owns_machine;    // booted a VM (a BootConfig): its clock, name and ids are ours
 extern microsandbox_agent_BootEvent g_boot[16];
 extern pb_size_t g_boot_count;
 void watch_set(struct watch *w, uint32_t events);
@@ -170,22 +170,16 @@ void file_mkdir(struct conn *c, uint32_t id, const microsandbox_agent_Mkdir *req
 void file_remove(struct conn *c, uint32_t id, const microsandbox_agent_Remove *req);
 void file_rename(struct conn *c, uint32_t id, const char *from, const char *to);
 
-// init.c: PID 1 in a QEMU guest
-struct init_config {
-  char port[64];        // virtio-serial port name to serve
-  unsigned vsock_port;  // or vsock port on the host (CID 2)
-  char root[64];        // image disk, mounted read-only as the overlay's lower layer
-  char rootfstype[16];
-  bool net;             // configure eth0 for QEMU user networking
-  unsigned max_pids;    // pids.max of the sandbox cgroup
-  // Volumes (msb.vol=SERIAL:ro|rw:PATH): a virtio disk found by its serial, mounted at PATH.
-  struct { char serial[21]; bool ro; char path[256]; } vols[8];
-  int nvols;
-};
-
-extern struct init_config g_init;
+// init.c: bringing up a VM as its BootConfig (proto/agent.proto) asks. The host writes it at
+// BOOT_CONFIG_PATH in the guest's first root (src/vm/guest.ts names the same file).
+#define BOOT_CONFIG_PATH "/msb-boot.pb"
+extern microsandbox_agent_BootConfig g_boot_config;
+// Reads BOOT_CONFIG_PATH into g_boot_config; false when there is none (the agent runs on a host).
+bool boot_config_read(void);
+// As the guest's PID 1 (QEMU): kernel filesystems, modules, the root, volumes, network.
 void init_guest(void);
-void init_root_only(const char *source, unsigned max_pids);
+// Under libkrun's own init, which is PID 1 and has set up the rest: only the root.
+void init_root_only(void);
 
 // cgroup.c: one cgroup per exec'd process tree (only in a VM)
 bool cgroup_setup(unsigned max_pids);

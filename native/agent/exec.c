@@ -19,7 +19,6 @@
 
 #include "agent.h"
 
-#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_GROUPS 64
 #define PIPE_BYTES (1 << 20)
 
@@ -59,13 +58,15 @@ static _Noreturn void child_fail(int fd, int stage) {
   _exit(127);
 }
 
-// execve with the PATH of the new environment (execvp would search the agent's own PATH).
+// execve with the PATH of the new environment (execvp would search the agent's own PATH). The
+// host always sends one (src/agent-client/process.ts has the default): without it a bare name
+// is not found.
 static void exec_search(char **argv, char **envp) {
   if (strchr(argv[0], '/')) {
     execve(argv[0], argv, envp);
     return;
   }
-  const char *path = DEFAULT_PATH;
+  const char *path = "";
   for (char **e = envp; *e; e++)
     if (strncmp(*e, "PATH=", 5) == 0) path = *e + 5;
   bool denied = false;

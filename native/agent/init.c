@@ -1,7 +1,8 @@
-// The agent's duties as the guest's PID 1 (QEMU boots it from the initramfs): mount the kernel
-// filesystems, load the modules of a kernel that has them (ours has none), assemble the root (read-only image disk + tmpfs upper
-// through overlayfs), switch into it, and bring up networking. Settings come from the kernel
-// command line (msb.*), which stays small: everything else arrives over the channel.
+// Bringing up a VM: as the guest's PID 1 (QEMU boots the agent from the initramfs) mount the
+// kernel filesystems, load the modules of a kernel that has them (ours has none), assemble the
+// root (the read-only image + a tmpfs upper through overlayfs), switch into it, mount volumes and
+// bring up networking; under libkrun's own init, only the root. What to bring up comes from the
+// host's BootConfig (proto/agent.proto), read from a file in the first root before anything else.
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -23,9 +24,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <pb_decode.h>
+
 #include "agent.h"
 
-struct init_config g_init;
+microsandbox_agent_BootConfig g_boot_config;
 
 // Writes to the console (PID 1's stdout); the host keeps it as the console log.
 static void say(const char *fmt, ...) {
@@ -42,15 +45,17 @@ static void sleep_ms(long ms);
 // Volumes are unmounted before the power goes: a filesystem left with a dirty journal could not
 // be mounted read-only next time (recovery needs a writable disk). Their users are gone first.
 static void unmount_volumes(void) {
-  if (!g_init.nvols) return;
+  if (!g_boot_config.volumes_count) return;
   kill(-1, SIGKILL);
   for (int waited = 0; waited < 2000; waited += 10) {
     while (waitpid(-1, NULL, WNOHANG) > 0) {}
     if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD) break;
     sleep_ms(10);
   }
-  for (int i = 0; i < g_init.nvols; i++)
-    if (umount2(g_init.vols[i].path, 0) < 0 && errno != EINVAL) say("volume %s: unmount %s: %s", g_init.vols[i].serial, g_init.vols[i].path, strerror(errno));
+  for (pb_size_t i = 0; i < g_boot_config.volumes_count; i++) {
+    const microsandbox_agent_Volume *v = &g_boot_config.volumes[i];
+    if (umount2(v->path, 0) < 0 && errno != EINVAL) say("volume %s: unmount %s: %s", v->serial, v->path, strerror(errno));
+  }
 }
 
 _Noreturn void init_poweroff(void) {
@@ -71,31 +76,39 @@ static void sleep_ms(long ms) {
   nanosleep(&ts, NULL);
 }
 
-// msb.port=NAME msb.vsock=PORT msb.root=DEV msb.rootfstype=TYPE msb.net=0|1
-static void parse_cmdline(void) {
-  char buf[2048] = {0};
-  int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fatal("/proc/cmdline");
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return;
-  for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
-    if (strncmp(tok, "msb.port=", 9) == 0) snprintf(g_init.port, sizeof g_init.port, "%s", tok + 9);
-    else if (strncmp(tok, "msb.vsock=", 10) == 0) g_init.vsock_port = (unsigned)strtoul(tok + 10, NULL, 10);
-    else if (strncmp(tok, "msb.root=", 9) == 0) snprintf(g_init.root, sizeof g_init.root, "%s", tok + 9);
-    else if (strncmp(tok, "msb.rootfstype=", 15) == 0) snprintf(g_init.rootfstype, sizeof g_init.rootfstype, "%s", tok + 15);
-    else if (strncmp(tok, "msb.net=", 8) == 0) g_init.net = tok[8] == '1';
-    else if (strncmp(tok, "msb.pids=", 9) == 0) g_init.max_pids = (unsigned)strtoul(tok + 9, NULL, 10);
-    else if (strncmp(tok, "msb.vol=", 8) == 0 && g_init.nvols < 8) {
-      char *serial = tok + 8, *mode = strchr(serial, ':'), *at = mode ? strchr(mode + 1, ':') : NULL;
-      if (!at || at[1] != '/') continue;
-      *mode = *at = 0;
-      int i = g_init.nvols++;
-      snprintf(g_init.vols[i].serial, sizeof g_init.vols[i].serial, "%s", serial);
-      g_init.vols[i].ro = strcmp(mode + 1, "ro") == 0;
-      snprintf(g_init.vols[i].path, sizeof g_init.vols[i].path, "%s", at + 1);
-    }
+// A string field of the BootConfig: set, and at most `max` bytes.
+static bool boot_string(const char *v, size_t max) {
+  return v && *v && strlen(v) <= max;
+}
+
+bool boot_config_read(void) {
+  int fd = open(BOOT_CONFIG_PATH, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return false;
+    fatal(BOOT_CONFIG_PATH);
   }
+  static uint8_t buf[microsandbox_agent_Limit_MAX_BOOT_CONFIG_BYTES + 1];
+  size_t len = 0;
+  for (ssize_t n; len < sizeof buf && (n = read(fd, buf + len, sizeof buf - len)) != 0; len += (size_t)n)
+    if (n < 0) fatal(BOOT_CONFIG_PATH);
+  close(fd);
+  errno = EINVAL;
+  if (len == sizeof buf) fatal(BOOT_CONFIG_PATH " is larger than MAX_BOOT_CONFIG_BYTES");
+  pb_istream_t in = pb_istream_from_buffer(buf, len);
+  if (!pb_decode(&in, microsandbox_agent_BootConfig_fields, &g_boot_config)) {
+    say("%s: %s", BOOT_CONFIG_PATH, PB_GET_ERROR(&in));
+    fatal("decoding the boot config");
+  }
+  const microsandbox_agent_BootConfig *b = &g_boot_config;
+  bool ok = (b->which_channel == microsandbox_agent_BootConfig_virtio_port_tag ? boot_string(b->channel.virtio_port, 63)
+                                                                              : b->which_channel == microsandbox_agent_BootConfig_vsock_port_tag)
+            && (b->which_image == microsandbox_agent_BootConfig_disk_tag ? boot_string(b->image.disk, 63) && b->image.disk[0] == '/'
+                                                                         : b->which_image == microsandbox_agent_BootConfig_virtiofs_tag && boot_string(b->image.virtiofs, 63))
+            && b->max_processes > 0 && b->volumes_count <= microsandbox_agent_Limit_MAX_VOLUMES;
+  for (pb_size_t i = 0; ok && i < b->volumes_count; i++)
+    ok = boot_string(b->volumes[i].serial, 20) && boot_string(b->volumes[i].path, 255) && b->volumes[i].path[0] == '/';
+  if (!ok) fatal("the boot config lacks a channel, an image or a process limit, or has a bad volume");
+  return true;
 }
 
 // The virtio disk whose serial is `serial` (/sys/block/vdX/serial), as /dev/vdX in `dev`.
@@ -125,28 +138,30 @@ static bool find_disk(const char *serial, char *dev, size_t len) {
 // Mounts the volumes (nosuid, nodev) at their paths in the assembled root. One that cannot be
 // mounted is said on the console and missing: the host checks /proc/mounts and names it.
 static void mount_volumes(void) {
-  for (int i = 0; i < g_init.nvols; i++) {
+  for (pb_size_t i = 0; i < g_boot_config.volumes_count; i++) {
+    const microsandbox_agent_Volume *v = &g_boot_config.volumes[i];
     char dev[300];
     bool found = false;
-    for (int waited = 0; !(found = find_disk(g_init.vols[i].serial, dev, sizeof dev)) && waited < 5000; waited += 10) sleep_ms(10);
+    for (int waited = 0; !(found = find_disk(v->serial, dev, sizeof dev)) && waited < 5000; waited += 10) sleep_ms(10);
     if (!found) {
-      say("volume %s: no disk with that serial", g_init.vols[i].serial);
+      say("volume %s: no disk with that serial", v->serial);
       continue;
     }
-    if (mkdir_parents(g_init.vols[i].path, 0755) < 0 && errno != EEXIST) say("volume %s: mkdir %s: %s", g_init.vols[i].serial, g_init.vols[i].path, strerror(errno));
-    unsigned long flags = MS_NOSUID | MS_NODEV | (g_init.vols[i].ro ? MS_RDONLY : 0);
-    if (mount(dev, g_init.vols[i].path, "ext4", flags, NULL) == 0) continue;
+    if (mkdir_parents(v->path, 0755) < 0 && errno != EEXIST) say("volume %s: mkdir %s: %s", v->serial, v->path, strerror(errno));
+    unsigned long flags = MS_NOSUID | MS_NODEV | (v->read_only ? MS_RDONLY : 0);
+    if (mount(dev, v->path, "ext4", flags, NULL) == 0) continue;
     // A read-only disk cannot replay the journal of a VM that died: read it as it was written.
-    if (g_init.vols[i].ro && mount(dev, g_init.vols[i].path, "ext4", flags, "norecovery") == 0) {
-      say("volume %s: its journal needs recovery (its last writer died); mounted without replaying it", g_init.vols[i].serial);
+    if (v->read_only && mount(dev, v->path, "ext4", flags, "norecovery") == 0) {
+      say("volume %s: its journal needs recovery (its last writer died); mounted without replaying it", v->serial);
       continue;
     }
-    say("volume %s: mount %s at %s: %s", g_init.vols[i].serial, dev, g_init.vols[i].path, strerror(errno));
+    say("volume %s: mount %s at %s: %s", v->serial, dev, v->path, strerror(errno));
   }
 }
 
+// The agent makes every mount point it mounts on: neither the initramfs nor libkrun's root has them.
 static void mount_or_die(const char *src, const char *dst, const char *type, unsigned long flags, const char *data) {
-  mkdir(dst, 0755);
+  mkdir_parents(dst, 0755);
   if (mount(src, dst, type, flags, data) < 0) fatal(dst);
 }
 
@@ -183,8 +198,10 @@ static void wait_for(const char *path, int timeout_ms) {
 // The image disk read-only below, a tmpfs above, overlayfs joining them at /newroot; then the
 // kernel filesystems move along and /newroot becomes / (initramfs cannot be pivot_root'ed).
 static void assemble_root(void) {
-  wait_for(g_init.root, 10000);
-  mount_or_die(g_init.root, "/run/lower", g_init.rootfstype, MS_RDONLY, NULL);
+  bool disk = g_boot_config.which_image == microsandbox_agent_BootConfig_disk_tag;
+  const char *image = disk ? g_boot_config.image.disk : g_boot_config.image.virtiofs;
+  wait_for(image, 10000);
+  mount_or_die(image, "/run/lower", disk ? "ext4" : "virtiofs", MS_RDONLY, NULL);
   mount_or_die("rw", "/run/rw", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
   mkdir("/run/rw/upper", 0755);
   mkdir("/run/rw/work", 0755);
@@ -194,7 +211,7 @@ static void assemble_root(void) {
   char dst[64];
   for (size_t i = 0; i < 3; i++) {
     snprintf(dst, sizeof dst, "/newroot%s", moves[i]);
-    mkdir(dst, 0755);
+    mkdir_parents(dst, 0755);
     if (mount(moves[i], dst, NULL, MS_MOVE, NULL) < 0) fatal(dst);
   }
   if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
@@ -223,12 +240,12 @@ static void if_config(int s, const char *ifname, const char *addr, const char *m
   }
 }
 
-// Loopback always; with msb.net=1, eth0 on QEMU user networking's fixed addresses.
+// Loopback always; with a network, eth0 on QEMU user networking's fixed addresses.
 static void setup_network(void) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) return say("socket: %s", strerror(errno));
   if_config(s, "lo", NULL, NULL);
-  if (g_init.net) {
+  if (g_boot_config.network) {
     wait_for("/sys/class/net/eth0", 5000);
     if_config(s, "eth0", "10.0.2.15", "255.255.255.0");
     struct rtentry rt = {0};
@@ -250,45 +267,32 @@ static void setup_network(void) {
 }
 
 static void mount_if_missing(const char *src, const char *dst, const char *type, unsigned long flags) {
-  mkdir(dst, 0755);
+  mkdir_parents(dst, 0755);
   if (mount(src, dst, type, flags, NULL) < 0 && errno != EBUSY) say("mount %s: %s", dst, strerror(errno));
 }
 
 // Under libkrun, whose own init is PID 1 and has set up /proc, /sys, /dev and networking (TSI):
 // only the root is ours to assemble, from the image shared read-only.
-void init_root_only(const char *source, unsigned max_pids) {
-  if (strncmp(source, "virtiofs:", 9) == 0) {
-    snprintf(g_init.root, sizeof g_init.root, "%s", source + 9);
-    snprintf(g_init.rootfstype, sizeof g_init.rootfstype, "virtiofs");
-  } else if (strncmp(source, "disk:", 5) == 0) {
-    snprintf(g_init.root, sizeof g_init.root, "%s", source + 5);
-    snprintf(g_init.rootfstype, sizeof g_init.rootfstype, "ext4");
-  } else {
-    errno = EINVAL;
-    fatal(source);
-  }
+void init_root_only(void) {
   mount_if_missing("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC);
   mount_if_missing("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC);
   mount_if_missing("devtmpfs", "/dev", "devtmpfs", MS_NOSUID);
   assemble_root();
-  if (!cgroup_setup(max_pids)) say("no per-command cgroups: %s", strerror(errno));
+  if (!cgroup_setup(g_boot_config.max_processes)) say("no per-command cgroups: %s", strerror(errno));
   boot_event("init_done");
 }
 
 void init_guest(void) {
-  snprintf(g_init.root, sizeof g_init.root, "/dev/vda");
-  snprintf(g_init.rootfstype, sizeof g_init.rootfstype, "ext4");
   mount_or_die("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
   mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   mount_or_die("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-  parse_cmdline();
   if (load_modules("/modules/order")) {
-    if (g_init.net) load_modules("/modules/order.net");
+    if (g_boot_config.network) load_modules("/modules/order.net");
     boot_event("modules_loaded");
   }
   assemble_root();
   mount_volumes();
-  if (!cgroup_setup(g_init.max_pids ? g_init.max_pids : 1024)) say("no per-command cgroups: %s", strerror(errno));
+  if (!cgroup_setup(g_boot_config.max_processes)) say("no per-command cgroups: %s", strerror(errno));
   sethostname("sandbox", 7);
   setup_network();
   boot_event("init_done");

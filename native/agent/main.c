@@ -76,13 +76,8 @@ static void die(const char *what) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: msb-agent (--listen unix:PATH | --port virtio:NAME | --vsock PORT) [--root SOURCE] [--pids N]\n"
-          "  unix:PATH    serve connections on a unix socket (host-side tests)\n"
-          "  virtio:NAME  serve the virtio-serial port named NAME\n"
-          "  PORT         connect to the host over vsock (CID 2) on PORT\n"
-          "  --root virtiofs:TAG | disk:DEVICE\n"
-          "               first assemble the sandbox root (under libkrun's init, which is PID 1)\n"
-          "  --pids N     the sandbox's process limit (with --root)\n");
+          "usage: msb-agent --listen unix:PATH   serve connections on a unix socket (host-side tests)\n"
+          "In a VM the agent takes no arguments: it boots as " BOOT_CONFIG_PATH " says.\n");
   exit(2);
 }
 
@@ -206,19 +201,19 @@ static void setup_signals(void) {
 int main(int argc, char **argv) {
   boot_event("agent_start");
   bool pid1 = getpid() == 1;
-  const char *mode = "", *arg = "", *root = NULL;
-  unsigned pids = 1024;
-  for (int i = 1; i < argc; i++) {
-    if (i + 1 >= argc) usage();
-    if (strcmp(argv[i], "--root") == 0) root = argv[++i];
-    else if (strcmp(argv[i], "--pids") == 0) pids = (unsigned)strtoul(argv[++i], NULL, 10);
-    else if (!*mode) mode = argv[i], arg = argv[++i];
-    else usage();
+  // A VM's agent boots as its BootConfig says; without one it serves a socket on a host.
+  bool vm = boot_config_read();
+  const char *listen_at = NULL;
+  if (!vm) {
+    if (argc != 3 || strcmp(argv[1], "--listen") != 0 || strncmp(argv[2], "unix:", 5) != 0) usage();
+    listen_at = argv[2] + 5;
+  } else if (argc != 1) {
+    usage();
   }
-  if (pid1) init_guest();
-  else if (!*mode) usage();
-  else if (root) init_root_only(root, pids);
-  g_owns_machine = pid1 || root;
+  if (vm && pid1) init_guest();
+  else if (vm) init_root_only();
+  else if (pid1) die(BOOT_CONFIG_PATH);
+  g_owns_machine = vm;
   g_epoll = epoll_create1(EPOLL_CLOEXEC);
   if (g_epoll < 0) die("epoll_create1");
   setup_signals();
@@ -227,30 +222,17 @@ int main(int argc, char **argv) {
   prctl(PR_SET_CHILD_SUBREAPER, 1);
 
   g_listen.fd = -1;
-  if (pid1) {
-    int fd = g_init.port[0] ? open_virtio_port_when_ready(g_init.port) : connect_vsock(g_init.vsock_port);
-    if (fd < 0) die(g_init.port[0] ? g_init.port : "vsock connect");
+  if (vm) {
+    bool virtio = g_boot_config.which_channel == microsandbox_agent_BootConfig_virtio_port_tag;
+    int fd = virtio ? open_virtio_port_when_ready(g_boot_config.channel.virtio_port) : connect_vsock(g_boot_config.channel.vsock_port);
+    if (fd < 0) die(virtio ? g_boot_config.channel.virtio_port : "vsock connect");
     boot_event("channel_open");
     conn_new(fd);
-  } else if (strcmp(mode, "--listen") == 0 && strncmp(arg, "unix:", 5) == 0) {
-    g_listen.fd = listen_unix(arg + 5);
+  } else {
+    g_listen.fd = listen_unix(listen_at);
     g_spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     g_listen.type = W_LISTEN;
     watch_set(&g_listen, EPOLLIN);
-  } else if (strcmp(mode, "--port") == 0 && strncmp(arg, "virtio:", 7) == 0) {
-    errno = 0;
-    int fd = open_virtio_port(arg + 7);
-    if (fd < 0) die(arg);
-    conn_new(fd);
-  } else if (strcmp(mode, "--vsock") == 0) {
-    char *end;
-    unsigned long port = strtoul(arg, &end, 10);
-    if (*end || port == 0 || port > 0xffffffffUL) usage();
-    int fd = connect_vsock((unsigned)port);
-    if (fd < 0) die("vsock connect");
-    conn_new(fd);
-  } else {
-    usage();
   }
 
   struct epoll_event evs[64];
@@ -281,6 +263,6 @@ int main(int argc, char **argv) {
     kill(-1, SIGKILL);
     init_poweroff();
   }
-  if (g_listen.fd >= 0 && strncmp(arg, "unix:", 5) == 0) unlink(arg + 5);
+  if (listen_at) unlink(listen_at);
   return 0;
 }

@@ -5,6 +5,7 @@ import type { Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
 import { DEFAULT_WINDOW_BYTES, errorKindName, type GuestBody, type GuestFrame, type HostBody, MAX_WINDOW_BYTES, RlimitResources, SignalNumbers, signalName, streamName } from "./protocol.js";
 
+/** PATH of a process whose environment names none: the agent searches no other. */
 export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /** Linux signal names, as the protocol defines them. */
@@ -18,7 +19,7 @@ export type SignalName =
 export type RlimitName = "cpu" | "fsize" | "data" | "stack" | "core" | "nofile" | "as" | "nproc" | "memlock";
 
 export interface SpawnOptions {
-  /** The whole environment of the process. Default: only PATH. */
+  /** The whole environment of the process; PATH is DEFAULT_PATH unless it names one. */
   env?: Record<string, string>;
   /** Absolute working directory in the guest. Default: "/". */
   cwd?: string;
@@ -112,7 +113,7 @@ export function execRequest(argv: readonly string[], opts: SpawnOptions): ExecIn
   }
   argv.forEach((a, i) => checkString(`argv[${i}]`, a));
   if (argv[0] === "") throw new InvalidArgumentError("argv[0] (the program) is empty");
-  const env = opts.env ?? { PATH: DEFAULT_PATH };
+  const env = { PATH: DEFAULT_PATH, ...opts.env };
   const envList = Object.entries(env).map(([k, v]) => {
     if (!k || k.includes("=") || k.includes("\0")) throw new InvalidArgumentError(`environment name ${JSON.stringify(k)} is invalid`);
     return `${k}=${checkString(`env.${k}`, v)}`;

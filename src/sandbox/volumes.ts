@@ -15,6 +15,7 @@ import type { AgentClient } from "../agent-client/client.js";
 import { InvalidArgumentError, MicrosandboxError, VolumeBusyError, VolumeMountError } from "../errors.js";
 import { findHostTool, missingToolHint } from "../host-tools.js";
 import { withLock } from "../images/lock.js";
+import { Limit } from "../gen/agent_pb.js";
 import { cacheDir } from "../paths.js";
 import { checkKeys, keysOf } from "../keys.js";
 
@@ -38,7 +39,7 @@ export interface VolumeInfo {
   users: { pid: number; sandbox: string; id: string; readOnly: boolean }[];
 }
 
-const MAX_VOLUMES = 8;
+const MAX_VOLUMES: number = Limit.MAX_VOLUMES;
 const NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 // Guest paths go on the kernel command line: no spaces, no colons, nothing to escape.
 const GUEST_PATH = /^(\/[A-Za-z0-9_.-]+)+$/;

@@ -6,8 +6,11 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
+import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+
 import { type GuestArch, guestArtifact, KERNEL_FILE, nativeGuestArch } from "../artifacts.js";
 import { GuestKernelError, InvalidArgumentError } from "../errors.js";
+import { BootConfigSchema } from "../gen/agent_pb.js";
 import { cacheDir } from "../paths.js";
 import { buildInitramfs, cpioNewc } from "./initramfs.js";
 
@@ -86,4 +89,26 @@ export function floorInitramfs(arch: GuestArch = guestArch()): string {
   }
   floors.set(arch, out);
   return out;
+}
+
+/**
+ * Where the agent finds its BootConfig in the guest's first root (BOOT_CONFIG_PATH in
+ * native/agent/agent.h): how it boots, on every backend, instead of kernel parameters or argv.
+ */
+export const BOOT_CONFIG_FILE = "msb-boot.pb";
+
+export type BootConfig = MessageInitShape<typeof BootConfigSchema>;
+
+export const encodeBootConfig = (boot: BootConfig): Uint8Array => toBinary(BootConfigSchema, create(BootConfigSchema, boot));
+
+const initramfsBytes = new Map<string, Buffer>();
+
+/**
+ * Writes to `out` the initramfs of one VM: `initramfs` (the agent, built once per content) with an
+ * archive holding its BootConfig appended, which the kernel unpacks after the first.
+ */
+export function initramfsWithBoot(initramfs: string, boot: Uint8Array, out: string): void {
+  let base = initramfsBytes.get(initramfs);
+  if (!base) initramfsBytes.set(initramfs, (base = readFileSync(initramfs)));
+  writeFileSync(out, Buffer.concat([base, cpioNewc([{ path: BOOT_CONFIG_FILE, mode: 0o100400, data: boot }])]), { mode: 0o644 });
 }

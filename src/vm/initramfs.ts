@@ -74,7 +74,7 @@ export interface InitramfsOptions {
   outPath: string;
 }
 
-/** Writes the guest initramfs: empty mount points, /init = agent, and where the kernel has modules, /modules/*.ko and /modules/order. */
+/** Writes the guest initramfs: /init = agent, and where the kernel has modules, /modules/*.ko and /modules/order. */
 export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
   const modSrc = join(opts.kernelDir, "modules");
   // A kernel with its virtio drivers built in comes without modules at all.
@@ -89,9 +89,9 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
     }
     lists.push({ name, data });
   }
-  const dir = (path: string): CpioEntry => ({ path, mode: S_IFDIR | 0o755 });
+  // The agent makes its own mount points; modules need their directory.
   const entries: CpioEntry[] = [
-    ...["dev", "proc", "sys", "run", "newroot", ...(kos.length ? ["modules"] : [])].map(dir),
+    ...(kos.length ? [{ path: "modules", mode: S_IFDIR | 0o755 }] : []),
     { path: "init", mode: S_IFREG | 0o755, data: await readFile(opts.agentPath) },
     ...lists.map((l) => ({ path: `modules/${l.name}`, mode: S_IFREG | 0o644, data: l.data })),
   ];

@@ -5,7 +5,7 @@
 // socket this process listens on for exactly one connection.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { copyFileSync, mkdirSync } from "node:fs";
+import { copyFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
 import path from "node:path";
 import type { Readable, Writable } from "node:stream";
@@ -18,7 +18,7 @@ import { KrunStartError } from "../errors.js";
 import { KrunConfig_Network, KrunConfigSchema, KrunStatusSchema } from "../gen/vmm_pb.js";
 import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { agentBinaryPath } from "./guest.js";
+import { agentBinaryPath, BOOT_CONFIG_FILE, type BootConfig, encodeBootConfig } from "./guest.js";
 import { type Backend, finishBoot, type Vm, type VmConfig } from "./backend.js";
 
 const MAX_STATUS = 64 * 1024;
@@ -36,13 +36,21 @@ export interface KrunOptions {
   imageShare: "virtiofs" | "disk";
 }
 
+/** How the agent boots `config` under libkrun: over vsock, the image by virtio-fs or as a disk. */
+export function krunBootConfig(config: VmConfig, image: { dir: string } | { disk: string }): BootConfig {
+  return {
+    channel: { case: "vsockPort", value: AGENT_VSOCK_PORT },
+    image: "dir" in image ? { case: "virtiofs", value: IMAGE_TAG } : { case: "disk", value: IMAGE_DISK_DEVICE },
+    maxProcesses: config.maxProcesses,
+  };
+}
+
 /** The launch config the helper receives for `config`. */
 export function krunConfig(
   config: VmConfig,
   dirs: { boot: string; socket: string; consoleLog: string },
   image: { dir: string } | { disk: string },
 ): MessageInitShape<typeof KrunConfigSchema> {
-  const root = "dir" in image ? `virtiofs:${IMAGE_TAG}` : `disk:${IMAGE_DISK_DEVICE}`;
   return {
     logLevel: 1,
     cpus: config.cpus,
@@ -54,7 +62,8 @@ export function krunConfig(
     vsockSocket: dirs.socket,
     network: config.network === "all" ? KrunConfig_Network.ALL : KrunConfig_Network.NONE,
     execPath: "/msb-agent",
-    argv: ["--vsock", String(AGENT_VSOCK_PORT), "--root", root, "--pids", String(config.maxProcesses)],
+    // The agent boots as BOOT_CONFIG_FILE in its root says.
+    argv: [],
     env: [`PATH=${DEFAULT_PATH}`],
     workdir: "/",
     consoleLog: dirs.consoleLog,
@@ -104,10 +113,12 @@ export class KrunBackend implements Backend {
     if (this.opts.imageShare === "disk" && !disk) throw new KrunStartError(`sandbox ${config.name} has no image disk to attach`, "image", 0);
     const image = disk ? { disk } : { dir: config.rootfs };
     const dir = makeRuntimeDir();
-    // The guest's root: just the agent and the mount points it assembles the real root on.
+    // The guest's first root: the agent, its BootConfig, and what libkrun's own init mounts on
+    // before it starts the agent (the agent makes its own mount points).
     const boot = path.join(dir, "root");
-    for (const d of ["dev", "proc", "sys", "run", "newroot", "tmp"]) mkdirSync(path.join(boot, d), { recursive: true });
+    for (const d of ["dev", "proc", "sys"]) mkdirSync(path.join(boot, d), { recursive: true });
     copyFileSync(agentBinary, path.join(boot, "msb-agent"));
+    writeFileSync(path.join(boot, BOOT_CONFIG_FILE), encodeBootConfig(krunBootConfig(config, image)), { mode: 0o400 });
     const socket = path.join(dir, "agent.sock");
     const consoleLog = path.join(dir, "console.log");
     // libkrun connects to this socket when the guest connects to its vsock port: listen first,

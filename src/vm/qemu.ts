@@ -17,7 +17,7 @@ import { BackendUnavailableError, MicrosandboxError, NetworkError, QmpError } fr
 import { socketPair, vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
 import { type Backend, finishBoot, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
-import { floorInitramfs, FLOOR_MARKER, type GuestArch, guestArch, guestBoot } from "./guest.js";
+import { type BootConfig, encodeBootConfig, floorInitramfs, FLOOR_MARKER, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
 
 const debug = debuglog("microsandbox");
@@ -98,6 +98,9 @@ function machineFor(arch: GuestArch, accel: Accel): Machine {
   };
 }
 
+// The serial of the i-th volume's disk, by which the agent finds it.
+const volumeSerial = (i: number) => `msbvol${i}`;
+
 // QEMU option values are comma-separated: a comma inside one (a path) is written twice.
 const value = (s: string) => s.replaceAll(",", ",,");
 
@@ -148,13 +151,26 @@ export class QemuBackend implements Backend {
     await this.guestBoot();
   }
 
+  /**
+   * How the agent boots `config` on QEMU: the channel is the port named PORT_NAME, the image the
+   * first disk, and each volume the disk with the serial volumeSerial(i).
+   */
+  bootConfig(config: VmConfig): Uint8Array {
+    const boot: BootConfig = {
+      channel: { case: "virtioPort", value: PORT_NAME },
+      image: { case: "disk", value: "/dev/vda" },
+      network: config.network === "all",
+      maxProcesses: config.maxProcesses,
+      volumes: (config.volumes ?? []).map((v, i) => ({ serial: volumeSerial(i), path: v.path, readOnly: v.readOnly })),
+    };
+    return encodeBootConfig(boot);
+  }
+
   /** QEMU's arguments for `config`; the console goes to a file, or to stdout ("stdio"). */
   args(config: VmConfig, boot: { kernel: string; initramfs: string }, disk: string | undefined, console: string, ram?: GuestRam): string[] {
     const { accel } = this.opts;
     const m = machineFor(this.arch, accel);
-    const append = [`console=${m.console}`, "quiet", "panic=-1", `msb.port=${PORT_NAME}`, "msb.root=/dev/vda", `msb.net=${config.network === "all" ? 1 : 0}`, `msb.pids=${config.maxProcesses}`];
-    (config.volumes ?? []).forEach((v, i) => append.push(`msb.vol=msbvol${i}:${v.readOnly ? "ro" : "rw"}:${v.path}`));
-    append.push(...m.cmdline);
+    const append = [`console=${m.console}`, "quiet", "panic=-1", ...m.cmdline];
     const args = [
       "-M", `${m.machine},memory-backend=mem`,
       "-accel", accel,
@@ -185,9 +201,9 @@ export class QemuBackend implements Backend {
     if (process.platform === "linux") args.push("-sandbox", SECCOMP);
     if (config.rawPort) args.push("-chardev", `socket,id=raw,fd=${RAW_FD}`, "-device", "virtserialport,chardev=raw,name=msb.raw");
     if (disk) args.push("-drive", `id=root,file=${value(disk)},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=root");
-    // Volumes: found by the agent by serial, not by order (msb.vol on the kernel command line).
+    // Volumes: found by the agent by serial, not by order.
     (config.volumes ?? []).forEach((v, i) => {
-      args.push("-drive", `id=vol${i},file=${value(v.file)},format=raw,if=none${v.readOnly ? ",readonly=on" : ""}`, "-device", `virtio-blk-device,drive=vol${i},serial=msbvol${i}`);
+      args.push("-drive", `id=vol${i},file=${value(v.file)},format=raw,if=none${v.readOnly ? ",readonly=on" : ""}`, "-device", `virtio-blk-device,drive=vol${i},serial=${volumeSerial(i)}`);
     });
     if (config.network === "all") {
       const forwards = (config.ports ?? []).map((p) => `,hostfwd=tcp:${p.address}:${p.host}-:${p.guest}`).join("");
@@ -237,18 +253,25 @@ export class QemuBackend implements Backend {
     ready: (vmm: { qmp: Promise<Qmp>; channel: Socket }) => Pick<StartedVmm, "connect" | "handshake">,
   ): Promise<Vm> {
     const t0 = performance.now();
-    const boot = await this.guestBoot();
+    const { kernel, initramfs: agentInitramfs } = await this.guestBoot();
     const disk = await config.rootDisk();
-    const hostPrepMs = performance.now() - t0;
     const dir = makeRuntimeDir();
+    const initramfs = path.join(dir, "initramfs.cpio");
+    try {
+      initramfsWithBoot(agentInitramfs, this.bootConfig(config), initramfs);
+    } catch (err) {
+      rmSync(dir, { recursive: true, force: true });
+      throw err;
+    }
+    const hostPrepMs = performance.now() - t0;
     const consoleLog = path.join(dir, "console.log");
-    const args = this.args(config, boot, disk, consoleLog, opts.ram);
+    const args = this.args(config, { kernel, initramfs }, disk, consoleLog, opts.ram);
     if (opts.incoming) args.push("-S", "-incoming", "defer");
     let started;
     let state: number | undefined;
     try {
       if (opts.incoming) state = openSync(opts.incoming.state, "r");
-      const jail = { dir, files: [boot.kernel, boot.initramfs, ...(disk ? [disk] : [])], ram: opts.ram, volumes: config.volumes };
+      const jail = { dir, files: [kernel, ...(disk ? [disk] : [])], ram: opts.ram, volumes: config.volumes };
       started = this.spawnQemu(args, "ignore", { network: config.network, egress: config.egress, raw: config.rawPort, state, jail });
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });

@@ -28,6 +28,8 @@ export interface SnapshotInputs {
   disk: string;
   kernel: string;
   initramfs: string;
+  /** The agent's BootConfig, by its digest. */
+  boot: string;
   memory: number;
   cpus: number;
   network: string;
@@ -73,6 +75,7 @@ export async function snapshotInputs(backend: QemuBackend, config: VmConfig, ima
     kernel: `${boot.kernel}:${k.size}:${k.mtimeMs}`,
     // The initramfs is named by its content (the agent and the modules).
     initramfs: path.basename(boot.initramfs),
+    boot: createHash("sha256").update(backend.bootConfig(config)).digest("hex"),
     memory: config.memory,
     cpus: config.cpus,
     network: config.network,

@@ -3,8 +3,11 @@ import { execFileSync } from "node:child_process";
 import { lstatSync, readdirSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fromBinary } from "@bufbuild/protobuf";
 import { afterAll, describe, expect, it } from "vitest";
 
+import { BootConfigSchema } from "../../src/gen/agent_pb.js";
+import { encodeBootConfig, initramfsWithBoot } from "../../src/vm/guest.js";
 import { buildInitramfs, cpioNewc, type CpioEntry } from "../../src/vm/initramfs.js";
 
 const work = mkdtempSync(join(tmpdir(), "msb-initramfs-"));
@@ -67,7 +70,7 @@ describe("cpioNewc", () => {
 });
 
 describe("buildInitramfs", () => {
-  it("packs the agent as /init, the mount points and the modules", async () => {
+  it("packs the agent as /init and the modules", async () => {
     const kernelDir = join(work, "kernel");
     mkdirSync(join(kernelDir, "modules"), { recursive: true });
     writeFileSync(join(kernelDir, "modules/a.ko"), "A".repeat(5));
@@ -82,9 +85,7 @@ describe("buildInitramfs", () => {
     expect(readFileSync(outPath).equals(first)).toBe(true);
 
     const dir = extract(first, "initramfs");
-    for (const d of ["dev", "proc", "sys", "run", "newroot", "modules"]) {
-      expect(lstatSync(join(dir, d)).isDirectory()).toBe(true);
-    }
+    expect(lstatSync(join(dir, "modules")).isDirectory()).toBe(true);
     expect(lstatSync(join(dir, "init")).mode).toBe(0o100755);
     expect(readFileSync(join(dir, "init"), "utf8")).toBe("\x7fELF fake agent");
     expect(readFileSync(join(dir, "modules/order"), "utf8")).toBe("b.ko\na.ko\n");
@@ -102,7 +103,24 @@ describe("buildInitramfs", () => {
     await buildInitramfs({ agentPath, kernelDir, outPath: join(work, "builtin.cpio") });
     const dir = extract(readFileSync(join(work, "builtin.cpio")), "builtin");
     expect(readFileSync(join(dir, "init"), "utf8")).toBe("agent");
-    // Only the agent and the mount points it needs.
-    expect(readdirSync(dir).sort()).toEqual(["dev", "init", "newroot", "proc", "run", "sys"]);
+    // Only the agent, which makes its own mount points.
+    expect(readdirSync(dir)).toEqual(["init"]);
+  });
+
+  it("gives each VM its BootConfig in an archive appended to the agent's", async () => {
+    const kernelDir = join(work, "boot-kernel");
+    mkdirSync(kernelDir);
+    writeFileSync(join(work, "agent3"), "agent");
+    const base = join(work, "base.cpio");
+    await buildInitramfs({ agentPath: join(work, "agent3"), kernelDir, outPath: base });
+    const boot = encodeBootConfig({ channel: { case: "virtioPort", value: "msb.agent" }, image: { case: "disk", value: "/dev/vda" }, maxProcesses: 64 });
+    initramfsWithBoot(base, boot, join(work, "vm.cpio"));
+    const vm = readFileSync(join(work, "vm.cpio"));
+    const first = readFileSync(base);
+    // The kernel unpacks archives one after another: the agent's, unchanged, then the BootConfig's.
+    expect(vm.subarray(0, first.length).equals(first)).toBe(true);
+    const dir = extract(vm.subarray(first.length), "boot");
+    expect(lstatSync(join(dir, "msb-boot.pb")).mode).toBe(0o100400);
+    expect(fromBinary(BootConfigSchema, readFileSync(join(dir, "msb-boot.pb")))).toMatchObject({ maxProcesses: 64, image: { case: "disk", value: "/dev/vda" } });
   });
 });

@@ -3,11 +3,15 @@
 // No VM runs here (the double's krun_start_enter records and exits, like a VM that ended).
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
+import { fromBinary } from "@bufbuild/protobuf";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { KrunStartError, VmBootError } from "../../src/errors.js";
+import { BootConfigSchema } from "../../src/gen/agent_pb.js";
+import { KrunConfig_Network } from "../../src/gen/vmm_pb.js";
 import type { VmConfig } from "../../src/vm/backend.js";
-import { AGENT_VSOCK_PORT, KrunBackend, krunConfig } from "../../src/vm/krun.js";
+import { encodeBootConfig } from "../../src/vm/guest.js";
+import { AGENT_VSOCK_PORT, KrunBackend, krunBootConfig, krunConfig } from "../../src/vm/krun.js";
 import { buildDoubles, doubleEnv, type Doubles, type Generation } from "../native/double.js";
 
 let doubles: Doubles;
@@ -56,19 +60,22 @@ describe("the launch config", () => {
       imageTag: "msb-image",
       vsockPort: AGENT_VSOCK_PORT,
       vsockSocket: "/run/x/agent.sock",
-      network: 0,
+      network: KrunConfig_Network.NONE,
       execPath: "/msb-agent",
-      // libkrun's argv excludes the program itself.
-      argv: ["--vsock", String(AGENT_VSOCK_PORT), "--root", "virtiofs:msb-image", "--pids", "512"],
+      // Nothing on libkrun's argv (it ends up on the guest kernel's command line): the agent
+      // boots as the BootConfig in its root says.
+      argv: [],
     });
-    expect(krunConfig(config({ network: "all" }), { boot: "", socket: "", consoleLog: "" }, { dir: "/i" }).network).toBe(1);
+    expect(krunConfig(config({ network: "all" }), { boot: "", socket: "", consoleLog: "" }, { dir: "/i" }).network).toBe(KrunConfig_Network.ALL);
+    const boot = fromBinary(BootConfigSchema, encodeBootConfig(krunBootConfig(config(), { dir: "/images/python/rootfs" })));
+    expect(boot).toMatchObject({ channel: { case: "vsockPort", value: AGENT_VSOCK_PORT }, image: { case: "virtiofs", value: "msb-image" }, maxProcesses: 512, volumes: [] });
   });
 
   it("attaches the image disk instead where libkrun has no read-only virtio-fs, and the agent mounts it", () => {
     const c = krunConfig(config(), { boot: "/b", socket: "/s", consoleLog: "/c" }, { disk: "/images/python.ext4" });
     expect(c).toMatchObject({ imageDisk: "/images/python.ext4", imageTag: "msb-image" });
     expect(c.imageDir).toBeUndefined();
-    expect(c.argv).toEqual(["--vsock", String(AGENT_VSOCK_PORT), "--root", "disk:/dev/vda", "--pids", "512"]);
+    expect(krunBootConfig(config(), { disk: "/images/python.ext4" }).image).toEqual({ case: "disk", value: "/dev/vda" });
   });
 });
 
@@ -90,7 +97,7 @@ describe("KrunBackend against the libkrun double", () => {
     expect(call("krun_set_vm_config")).toMatch(/, 2, 384\)$/);
     expect(call("krun_add_virtiofs3")).toContain('"msb-image", "/images/python/rootfs", 0, true');
     expect(call("krun_add_vsock")).toMatch(/, 0\)$/); // no TSI: network "none"
-    expect(call("krun_set_exec")).toContain(`"/msb-agent", ["--vsock", "${AGENT_VSOCK_PORT}", "--root", "virtiofs:msb-image", "--pids", "512"]`);
+    expect(call("krun_set_exec")).toContain('"/msb-agent", [], ["PATH=');
     // The boot directory the guest got as its root is gone again.
     const root = /krun_set_root\(\d+, "([^"]+)"\)/.exec(call("krun_set_root"))![1]!;
     expect(existsSync(root)).toBe(false);
@@ -110,7 +117,6 @@ describe("KrunBackend against the libkrun double", () => {
     expect(err).toBeInstanceOf(VmBootError); // the double's VM ends at once; nothing refused it
     const calls = readFileSync(log, "utf8");
     expect(calls).toContain('krun_add_disk2(7, "msb-image", "/images/python.ext4", 0, true)');
-    expect(calls).toContain('"--root", "disk:/dev/vda"');
     expect(calls).toContain("krun_start_enter(7)");
   });
 });
