@@ -11,7 +11,8 @@ const image = process.env.MSB_PYTHON_IMAGE ?? "local:python";
 const sandbox = await PythonSandbox.create({ name: "demo", image, memory: 512, cpus: 1 });
 try {
   const how = { restored: "restored from a memory snapshot", created: "booted, and saved a memory snapshot for next time", cold: "booted" };
-  console.log(`${sandbox.name}: ${how[sandbox.timeline.snapshot?.kind ?? "cold"]} in ${ms(t0)}, on ${sandbox.backend}`);
+  const { name, accel, reason } = sandbox.backend;
+  console.log(`${sandbox.name}: ${how[sandbox.timeline.snapshot?.kind ?? "cold"]} in ${ms(t0)}, on ${name}${accel ? ` (${accel})` : ""}: ${reason}`);
   let t = performance.now();
   const hello = await sandbox.run("import platform\nprint(f'Hello from Python {platform.python_version()} on {platform.release()}!')");
   console.log(`${await hello.output()}   (${ms(t)}, the first run)`);

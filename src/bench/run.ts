@@ -10,7 +10,7 @@ import { InvalidArgumentError } from "../errors.js";
 import { ImageStore } from "../images/store.js";
 import { resolveImage } from "../images/sources.js";
 import { CustomSandbox } from "../sandbox/kinds.js";
-import { backendFor, chooseBackend, forcedAccel } from "../vm/select.js";
+import { type BackendInfo, planMachine } from "../vm/machine.js";
 import type { BenchResult, RunTimeline } from "./report.js";
 
 const sh = promisify(exec);
@@ -49,7 +49,7 @@ export interface BenchOptions {
 }
 
 // One create() → first output → stop(); `backend` learns which VMM the sandbox ran on.
-async function oneRun(opts: BenchOptions, kernel: string | undefined, backend?: { name?: string }): Promise<RunTimeline> {
+async function oneRun(opts: BenchOptions, kernel: string | undefined, backend?: { info?: BackendInfo }): Promise<RunTimeline> {
   const t0 = performance.now();
   const sb = new CustomSandbox({
     image: opts.image ?? "local:busybox", memory: opts.memory ?? 256, backend: opts.backend ?? "auto", snapshot: opts.snapshot ?? false,
@@ -58,7 +58,7 @@ async function oneRun(opts: BenchOptions, kernel: string | undefined, backend?: 
   try {
     await sb.start();
     const tl = sb.timeline!;
-    if (backend) backend.name = sb.backend;
+    if (backend) backend.info = sb.backend;
     const [cmd, ...args] = opts.command ?? ["echo", "ready"];
     await sb.command.run(cmd!, args);
     const firstOutput = performance.now() - t0;
@@ -102,24 +102,26 @@ export async function runBenchKernels(opts: BenchOptions): Promise<BenchResult[]
     opts.onRun?.(done++, r);
   };
   // A first, untimed boot per kernel fills the page cache and settles the backend, as later runs will find it.
-  const used: { name?: string } = {};
+  const used: { info?: BackendInfo } = {};
   for (const kernel of kernels) {
     const warm = await oneRun({ ...opts, command: ["true"] }, kernel, used);
     if (!warm.ok) throw new InvalidArgumentError(`the benchmark's sandbox does not boot${kernel ? ` on kernel ${kernel}` : ""}: ${warm.error}`);
   }
   // The floor boots the same backend, kernel, flags and devices as the sandboxes, where the backend
   // has one. In sequential mode each floor run follows a sandbox run, so both see the same conditions.
-  const accel = forcedAccel();
-  const decision = await chooseBackend({ backend: opts.backend ?? "auto", network: "none", ...(accel ? { accel } : {}) });
-  const floorBackends = kernels.map((k) => backendFor(decision, k));
-  const floorRuns = floorBackends[0]!.floor ? (opts.floorRuns ?? (opts.mode === "burst" ? opts.runs : Math.min(opts.runs, 10))) : 0;
+  const plans = await Promise.all(
+    kernels.map((kernel) =>
+      planMachine({
+        name: "floor", memory: opts.memory ?? 256, cpus: 1, network: "none", ports: [], maxProcesses: 1024, bootTimeout: 60, volumes: [],
+        backend: opts.backend ?? "auto", ...(kernel ? { kernel } : {}),
+      }),
+    ),
+  );
   const store = new ImageStore();
-  const image = await resolveImage(store, opts.image ?? "local:busybox");
-  const floorConfig = {
-    name: "floor", memory: opts.memory ?? 256, cpus: 1, network: "none" as const, maxProcesses: 1024,
-    rootfs: image.rootfs, rootDisk: () => store.disk(image), bootTimeout: 60,
-  };
-  const floorRun = (k: number) => floorBackends[k]!.floor!(floorConfig);
+  const resolved = await resolveImage(store, opts.image ?? "local:busybox");
+  const image = { id: resolved.id, rootfs: resolved.rootfs, disk: () => store.disk(resolved) };
+  const floorRun = (k: number) => plans[k]!.floor!(image);
+  const floorRuns = plans[0]!.floor ? (opts.floorRuns ?? (opts.mode === "burst" ? opts.runs : Math.min(opts.runs, 10))) : 0;
   // Round r visits the kernels in a rotated order, so none always goes first.
   const order = (r: number) => kernels.map((_, k) => (k + r) % kernels.length);
   const indices = Array.from({ length: opts.runs }, (_, i) => i);
@@ -145,8 +147,9 @@ export async function runBenchKernels(opts: BenchOptions): Promise<BenchResult[]
       }
     }
   }
-  // "qemu (tcg): why" → the name for tables and pictures; the why goes with the machine notes.
-  const [name, ...why] = (used.name ?? "unknown").split(": ");
+  // The name for tables and pictures; the why goes with the machine notes.
+  const info = used.info;
+  const name = info ? `${info.name}${info.accel ? ` (${info.accel})` : ""}` : "unknown";
   const mode = opts.snapshot ? `${opts.mode}, restored from a snapshot` : opts.mode;
   let comparison: BenchResult["comparison"];
   if (opts.compare) {
@@ -159,7 +162,7 @@ export async function runBenchKernels(opts: BenchOptions): Promise<BenchResult[]
     comparison = { command: opts.compare, values };
   }
   return kernels.map((kernel, k) => ({
-    backend: name!, mode, runs: runs[k]!, floor: floors[k]!, machine: { backendReason: why.join(": ") },
+    backend: name, mode, runs: runs[k]!, floor: floors[k]!, machine: { backendReason: info?.reason ?? "" },
     ...(kernel ? { kernel } : {}),
     ...(comparison ? { comparison } : {}),
   }));

@@ -4,7 +4,8 @@ import { execFileSync } from "node:child_process";
 
 import { type Artifact, guestArtifact, KERNEL_FILE, nativeArtifact } from "../artifacts.js";
 import { guestArch, guestBoot } from "../vm/guest.js";
-import { vmRequest } from "../vm/netpolicy.js";
+import { machineNeeds } from "../vm/machine.js";
+import { vmNetwork } from "../vm/netpolicy.js";
 import { qemuBinary } from "../vm/qemu.js";
 import { decide, forcedAccel, hostFacts, krunRefusal, qemuDecision } from "../vm/select.js";
 
@@ -120,7 +121,7 @@ export async function doctor(): Promise<DoctorReport> {
   const chosen = {} as DoctorReport["chosen"];
   for (const network of ["none", "public", "all"] as const) {
     try {
-      const d = decide(facts, { backend: "auto", ...vmRequest(network), ...(accel ? { accel } : {}) });
+      const d = decide(facts, { backend: "auto", network: vmNetwork(network).network, needs: machineNeeds({ network, ports: [], volumes: [] }), ...(accel ? { accel } : {}) });
       const whyNot = d.backend === "krun" ? krunWhyNot : qemuWhyNot;
       chosen[network] = whyNot
         ? { backend: "none", reason: `${d.backend === "krun" ? "libkrun" : "QEMU"} would run it but is not usable here (${whyNot})` }

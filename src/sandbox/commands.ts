@@ -7,6 +7,7 @@ import { CommandExecution } from "./execution.js";
 import { checkSeconds } from "./options.js";
 import type { Sandbox } from "./sandbox.js";
 import { checkKeys, keysOf } from "../keys.js";
+import { publish } from "../trace.js";
 
 export interface CommandOptions {
   /** Seconds; past it the process tree is killed and TimeoutError is thrown. */
@@ -60,7 +61,17 @@ export class SandboxCommands {
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
     const agent = this.sandbox.agent();
     const tap = this.sandbox.logTap(command);
-    const r = await agent.exec([command, ...args], { ...this.sandbox.processOptions(opts, timeout), onOutput: (c) => tap.output(c) });
+    const traced = { sandbox: this.sandbox.name, command };
+    const started = performance.now();
+    publish("command:start", { ...traced, args });
+    let r;
+    try {
+      r = await agent.exec([command, ...args], { ...this.sandbox.processOptions(opts, timeout), onOutput: (c) => tap.output(c) });
+    } catch (error) {
+      publish("command:end", { ...traced, exitCode: null, error, ms: performance.now() - started });
+      throw error;
+    }
+    publish("command:end", { ...traced, exitCode: r.exitCode, ms: performance.now() - started });
     tap.end(r);
     const exhausted = this.sandbox.exhausted(command, r.guestCounters);
     if (exhausted) throw exhausted;

@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import type { AgentClient } from "../agent-client/client.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { ImageConfig } from "../images/store.js";
-import type { KeptSession } from "../vm/backend.js";
+import type { KeptSession } from "../vm/machine.js";
 import type { Execution } from "./execution.js";
 import type { SandboxOptions } from "./options.js";
 import { driverSource, Repl, type ReplLanguage } from "./repl.js";

@@ -1,15 +1,15 @@
-// A paused sandbox on disk: its VM's saved state (RAM included) and what it takes to bring it
-// back, in this process or another: options, image, backend, and the processes kept running.
+// A paused sandbox on disk: its saved machine (src/vm/machine.ts: the VM's state, RAM included)
+// and what it takes to bring it back, in this process or another: options, image, and the
+// processes kept running.
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
 import { InvalidArgumentError } from "../errors.js";
 import { cacheDir } from "../paths.js";
-import type { KeptSession } from "../vm/backend.js";
+import type { KeptSession } from "../vm/machine.js";
 import { checkName, type SandboxOptions } from "./options.js";
 
-const FORMAT = 1;
-
+const FORMAT = 2;
 
 export interface PausedSandbox {
   format: number;
@@ -19,14 +19,12 @@ export interface PausedSandbox {
   options: SandboxOptions & { name: string; image: string };
   /** The image's content id at pause time: the same content must still be stored. */
   imageId: string;
-  accel: "kvm" | "tcg";
   /** Processes kept across the pause (the interpreter of run()). */
   keep: KeptSession[];
-  reason: string;
   pausedAt: string;
 }
 
-/** Where the paused sandbox `name` is kept: its state file and paused.json. */
+/** Where the paused sandbox `name` is kept: its saved machine and paused.json. */
 export function pausedDir(name: string): string {
   return path.join(cacheDir(), "paused", name);
 }
@@ -52,7 +50,7 @@ export function readPaused(name: string, kind: string): { dir: string; meta: Pau
   }
   if (meta.kind !== kind) throw new InvalidArgumentError(`sandbox ${JSON.stringify(name)} was paused as a ${meta.kind}: resume it with ${meta.kind}.resume()`);
   const keepOk = Array.isArray(meta.keep) && meta.keep.every((k) => Number.isInteger(k?.session) && Number.isInteger(k?.pid));
-  if (meta.options?.name !== name || (meta.accel !== "kvm" && meta.accel !== "tcg") || !keepOk) {
+  if (meta.options?.name !== name || !keepOk) {
     throw new InvalidArgumentError(`the paused sandbox ${JSON.stringify(name)} in ${dir} has a damaged paused.json: remove the directory`);
   }
   return { dir, meta };

@@ -2,7 +2,6 @@
 // create() = new + start(); stop() or `await using` ends the VM. The kinds are in kinds.ts.
 import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
-import path from "node:path";
 import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
@@ -11,11 +10,8 @@ import type { ExitStatus } from "../agent-client/process.js";
 import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
-import type { Backend, BootTimeline, KeptSession, Vm, VmConfig } from "../vm/backend.js";
-import { QemuBackend } from "../vm/qemu.js";
-import { backendFor, bootVm, chooseBackend, forcedAccel } from "../vm/select.js";
-import { checkPorts, type PortForward, vmNetwork, vmRequest } from "../vm/netpolicy.js";
-import { cloneIdentity, copyVm } from "../vm/snapshot.js";
+import { type BackendInfo, type BootTimeline, type Capability, type KeptSession, type Machine, type MachineSpec, planMachine, restoreMachine } from "../vm/machine.js";
+import { checkPorts, type PortForward } from "../vm/netpolicy.js";
 import { newPausedDir, readPaused, writePaused } from "./paused.js";
 import { type CommandOptions, SandboxCommands } from "./commands.js";
 import { SandboxFiles } from "./files.js";
@@ -32,17 +28,19 @@ const LOG_KEYS = keysOf<LogOptions>({ tail: true, sources: true });
 
 const debug = debuglog("microsandbox");
 
+/** "qemu (tcg): why", for logs and messages. */
+export const describeBackend = (b: BackendInfo): string => `${b.name}${b.accel ? ` (${b.accel})` : ""}: ${b.reason}`;
+
 export abstract class Sandbox implements AsyncDisposable {
   /** Shell commands: run() and the streaming spawn(). */
   readonly command = new SandboxCommands(this);
   /** Files in the sandbox, and copies between host and guest. */
   readonly fs = new SandboxFiles(() => this.agent());
   protected opts: ResolvedOptions;
-  private vm: Vm | undefined;
-  // What booted the running VM and with what: forks and pauses start copies the same way.
-  private machine: { backend: Backend; config: VmConfig; imageId: string } | undefined;
+  private vm: Machine | undefined;
+  // The running VM's image, by content: a paused sandbox resumes only on the same.
+  private imageId = "";
   private starting: Promise<void> | undefined;
-  private backendReason = "";
   private imageConfig: ImageConfig = { env: [] };
   private bootTimeline: BootTimeline | undefined;
   /** Stable and unique: "sb-" and 12 random hex digits. */
@@ -148,14 +146,14 @@ export abstract class Sandbox implements AsyncDisposable {
     return this.vm !== undefined;
   }
 
-  /** The VMM in use and why it was chosen, e.g. "qemu (tcg): libkrun not used (...); no KVM (...)". */
-  get backend(): string | undefined {
-    return this.vm && `${this.vm.backend}: ${this.backendReason}`;
+  /** The VMM running this sandbox, and why it was chosen: `{ name: "qemu", accel: "tcg", arch, reason }`. */
+  get backend(): BackendInfo | undefined {
+    return this.vm?.info;
   }
 
   /** Connections the network policy refused while the VM ran (0 when nothing holds it). */
   get networkRefusals(): number {
-    return this.vm?.networkRefusals?.() ?? 0;
+    return this.vm?.networkRefusals() ?? 0;
   }
 
   /** Process id of the running VM's VMM (QEMU). */
@@ -192,7 +190,7 @@ export abstract class Sandbox implements AsyncDisposable {
       this.log.add("event", `failed to start: ${(err as Error).message}`);
       throw err;
     }
-    this.log.add("event", `running on ${this.backend}`);
+    this.log.add("event", `running on ${describeBackend(this.vm!.info)}`);
     if (!this.lifetimeHeld) this.armLifetime();
   }
 
@@ -230,37 +228,24 @@ export abstract class Sandbox implements AsyncDisposable {
     void this.stop().catch((e: unknown) => debug("stopping expired sandbox %s: %s", this.name, (e as Error).message));
   }
 
+  // What this sandbox asks of its VM.
+  private machineSpec(): MachineSpec {
+    const o = this.opts;
+    return {
+      name: o.name, memory: o.memory, cpus: Math.ceil(o.cpus), network: o.network, ports: o.ports, maxProcesses: o.maxProcesses,
+      bootTimeout: o.timeout, volumes: o.volumes.map((v) => ({ file: volumeFile(v.name), path: v.path, readOnly: v.readOnly })),
+      backend: o.backend, ...(this.log ? { consoleKeep: this.log.console } : {}), ...(o.kernel ? { kernel: o.kernel } : {}),
+    };
+  }
+
   private async boot(): Promise<void> {
     const t0 = performance.now();
-    const kernel = this.opts.kernel;
-    const accel = forcedAccel();
-    const volumes = this.opts.volumes;
-    const decision = await chooseBackend({
-      backend: this.opts.backend,
-      ...vmRequest(this.opts.network, this.opts.ports),
-      ...(volumes.length ? { qemuOnly: "volumes" } : {}),
-      ...(accel ? { accel } : {}),
-      ...(kernel ? { kernel } : {}),
-    });
     // What the VM is made of before the image: a missing kernel or agent must not cost a pull.
-    await backendFor(decision, kernel).check();
+    const plan = await planMachine(this.machineSpec());
     const store = new ImageStore();
     const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
     const imagePrepMs = performance.now() - t0;
-    debug("sandbox %s: %s (%s)", this.name, decision.backend, decision.reason);
-    const config: VmConfig = {
-      name: this.opts.name,
-      memory: this.opts.memory,
-      cpus: Math.ceil(this.opts.cpus),
-      ...vmNetwork(this.opts.network),
-      ports: this.opts.ports,
-      maxProcesses: this.opts.maxProcesses,
-      rootfs: image.rootfs,
-      rootDisk: () => store.disk(image),
-      bootTimeout: this.opts.timeout,
-      consoleKeep: this.log?.console,
-      ...(volumes.length ? { volumes: volumes.map((v) => ({ file: volumeFile(v.name), path: v.path, readOnly: v.readOnly })) } : {}),
-    };
+    const volumes = this.opts.volumes;
     // Processes (and a template's interpreter) take their environment from the image config.
     this.imageConfig = image.config;
     this.volumes = volumes.length ? await leaseVolumes(volumes, { name: this.name, id: this.id }) : undefined;
@@ -268,27 +253,19 @@ export abstract class Sandbox implements AsyncDisposable {
     const snapshots = this.opts.snapshot && !volumes.length;
     let booted;
     try {
-      booted = await bootVm(decision, config, kernel, snapshots ? { image: image.id, ...this.templatePrewarm(image.config) } : undefined);
-      await checkMounted(booted.vm.agent, volumes);
+      booted = await plan.boot({ id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) }, snapshots ? this.templatePrewarm(image.config) : undefined);
+      await checkMounted(booted.machine.agent, volumes);
+      // Like container runtimes, make the image's WorkingDir when the image lacks it.
+      if (image.config.workingDir) await booted.machine.agent.mkdir(image.config.workingDir, { parents: true });
     } catch (err) {
-      await booted?.vm.stop();
+      await booted?.machine.stop();
       await this.volumes?.release();
       this.volumes = undefined;
       throw err;
     }
-    const { vm, backend, reason, snapshot, kept } = booted;
-    // Like container runtimes, make the image's WorkingDir when the image lacks it.
-    if (image.config.workingDir) {
-      try {
-        await vm.agent.mkdir(image.config.workingDir, { parents: true });
-      } catch (err) {
-        await vm.stop();
-        throw err;
-      }
-    }
-    this.attach(vm, { backend, config, imageId: image.id }, image.config, reason, imagePrepMs);
-    if (snapshot) this.bootTimeline!.snapshot = snapshot;
-    this.adopt(kept ?? []);
+    this.attach(booted.machine, image.id, image.config, imagePrepMs);
+    if (booted.snapshot) this.bootTimeline!.snapshot = booted.snapshot;
+    this.adopt(booted.kept);
   }
 
   /**
@@ -309,7 +286,7 @@ export abstract class Sandbox implements AsyncDisposable {
   }
 
   // Makes `vm` this sandbox's running VM; its timeline starts `beforeMs` earlier (image prep).
-  private attach(vm: Vm, machine: NonNullable<Sandbox["machine"]>, imageConfig: ImageConfig, reason: string, beforeMs = 0): void {
+  private attach(vm: Machine, imageId: string, imageConfig: ImageConfig, beforeMs = 0): void {
     const tl = vm.timeline;
     this.bootTimeline = {
       ...tl,
@@ -318,24 +295,22 @@ export abstract class Sandbox implements AsyncDisposable {
       agentReadyMs: beforeMs + tl.agentReadyMs,
     };
     this.vm = vm;
-    this.machine = machine;
+    this.imageId = imageId;
     this.imageConfig = imageConfig;
-    this.backendReason = reason;
-    debug("sandbox %s running on %s", this.name, this.backend);
+    debug("sandbox %s running on %s", this.name, describeBackend(vm.info));
   }
 
-  // The running VM and its backend, when that backend can save VMs.
-  private saveable(what: string): { vm: Vm; backend: QemuBackend; machine: NonNullable<Sandbox["machine"]> } {
+  // The running VM, when its backend can `capability` ("fork", "pause") and nothing keeps it from it.
+  private saveable(capability: Capability, what: string): Machine {
     const vm = this.vm;
-    const machine = this.machine;
-    if (!vm || !machine || vm.agent.closed) throw new SandboxNotRunningError(`sandbox ${this.name} is not running: nothing to ${what}`);
+    if (!vm || vm.agent.closed) throw new SandboxNotRunningError(`sandbox ${this.name} is not running: nothing to ${what}`);
     if (this.opts.volumes.length) {
       throw new SnapshotUnsupportedError(`sandbox ${this.name} has volumes, which a saved VM cannot take along consistently: it cannot ${what}`);
     }
-    if (!(machine.backend instanceof QemuBackend) || !vm.save) {
-      throw new SnapshotUnsupportedError(`sandbox ${this.name} runs on ${vm.backend}, which cannot ${what} a VM: use backend "qemu"`);
+    if (!vm.capabilities.has(capability)) {
+      throw new SnapshotUnsupportedError(`sandbox ${this.name} runs on ${describeBackend(vm.info)}, which cannot ${what} a VM: use backend "qemu"`);
     }
-    return { vm, backend: machine.backend, machine };
+    return vm;
   }
 
   // This sandbox's options, for a copy of it (credentials stay in memory).
@@ -364,19 +339,18 @@ export abstract class Sandbox implements AsyncDisposable {
   }
 
   private async forkNow(opts: { name?: string; ports?: PortForward[] }): Promise<this> {
-    const { vm, backend, machine } = this.saveable("fork");
+    const vm = this.saveable("fork", "fork");
     const name = opts.name ?? `${this.name.slice(0, 50)}-${randomBytes(4).toString("hex")}`;
     const ports = checkPorts(opts.ports, this.opts.network);
     const child = new (this.constructor as new (o: SandboxOptions) => this)({ ...this.copyOptions(name), ports });
     const keep = this.keptSessions();
     child.log = new SandboxLog(name, child.id);
-    const config = { ...machine.config, name, ports, consoleKeep: child.log.console };
-    const copy = await copyVm(vm, backend, config, keep.map((k) => k.session));
-    child.attach(copy, { ...machine, config }, this.imageConfig, `${this.backendReason}; forked from ${this.name}`);
+    const copy = await vm.copy({ name, ports, consoleKeep: child.log.console }, keep.map((k) => k.session));
+    child.attach(copy, this.imageId, this.imageConfig);
     child.adopt(keep);
     child.startedAt = new Date();
     registry.add(child.listed);
-    child.log.add("event", `running on ${child.backend}`);
+    child.log.add("event", `running on ${describeBackend(copy.info)}`);
     child.armLifetime();
     return child;
   }
@@ -390,26 +364,16 @@ export abstract class Sandbox implements AsyncDisposable {
   }
 
   private async pauseNow(): Promise<string> {
-    const { vm, backend, machine } = this.saveable("pause");
+    const vm = this.saveable("pause", "pause");
     const dir = newPausedDir(this.name);
     try {
-      await vm.save!(path.join(dir, "state"));
-      writePaused(dir, {
-        kind: this.constructor.name,
-        options: this.copyOptions(this.name),
-        imageId: machine.imageId,
-        accel: backend.accel,
-        keep: this.keptSessions(),
-        reason: this.backendReason,
-      });
+      writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(this.name), imageId: this.imageId, keep: this.keptSessions() });
+      // Saved, the VM ends; a save that fails leaves it running as it was.
+      await vm.save(dir);
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
-      await vm.proceed!().catch(() => {});
       throw err;
     }
-    // Saved: the VM itself is no longer needed.
-    vm.kill();
-    await vm.exited;
     await this.halt();
     return dir;
   }
@@ -424,22 +388,13 @@ export abstract class Sandbox implements AsyncDisposable {
 
   // Restores the paused VM in `dir` into this sandbox; the saved state is removed once it runs.
   private async resumeFrom(dir: string, meta: ReturnType<typeof readPaused>["meta"]): Promise<void> {
-    const name = this.name;
     const store = new ImageStore();
     const image = await resolveImage(store, meta.options.image, { pull: "never" });
     if (image.id !== meta.imageId) {
-      throw new ImageError(`sandbox ${name} was paused on image ${meta.options.image} with id ${meta.imageId}, which is no longer stored (now ${image.id})`);
+      throw new ImageError(`sandbox ${this.name} was paused on image ${meta.options.image} with id ${meta.imageId}, which is no longer stored (now ${image.id})`);
     }
-    const o = this.opts;
-    const config: VmConfig = {
-      name, memory: o.memory, cpus: Math.ceil(o.cpus), ...vmNetwork(o.network), ports: o.ports, maxProcesses: o.maxProcesses,
-      rootfs: image.rootfs, rootDisk: () => store.disk(image), bootTimeout: o.timeout, consoleKeep: this.log?.console,
-    };
-    const backend = new QemuBackend({ accel: meta.accel, ...(o.kernel ? { kernel: o.kernel } : {}) });
-    // A paused state is used once: fresh randomness and clock, the same name.
-    const { generation } = cloneIdentity(name);
-    const vm = await backend.restore(config, { state: path.join(dir, "state"), resume: { generation, hostname: name, keep: meta.keep.map((k) => k.session) } });
-    this.attach(vm, { backend, config, imageId: image.id }, image.config, `${meta.reason}; resumed from ${dir}`);
+    const vm = await restoreMachine(dir, this.machineSpec(), { id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) }, meta.keep.map((k) => k.session));
+    this.attach(vm, image.id, image.config);
     this.adopt(meta.keep);
     rmSync(dir, { recursive: true, force: true });
   }

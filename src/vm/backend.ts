@@ -7,15 +7,23 @@ import path from "node:path";
 import type { Duplex } from "node:stream";
 import { debuglog } from "node:util";
 
-import { AgentClient } from "../agent-client/client.js";
+import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
 import { VmBootError } from "../errors.js";
 import { cacheDir } from "../paths.js";
+import type { GuestArch } from "./guest.js";
 import type { PortForward } from "./netpolicy.js";
 import type { SnapshotOutcome } from "./snapshot.js";
 
 const debug = debuglog("microsandbox");
 
 export type NetworkMode = "none" | "all";
+
+/**
+ * What a backend can do beyond booting: restore-on-create from memory snapshots ("snapshot"),
+ * copies of a running VM ("fork"), saving one to disk and restoring it ("pause"), volumes, a
+ * network held to a policy ("egress-policy"), and guest ports published on the host ("ports").
+ */
+export type Capability = "snapshot" | "fork" | "pause" | "volumes" | "egress-policy" | "ports";
 
 export interface VmConfig {
   /** Guest RAM in MiB. */
@@ -75,6 +83,12 @@ export interface BootTimeline {
   snapshot?: SnapshotOutcome;
 }
 
+/**
+ * Guest RAM: anonymous, or a file mapped shared (a snapshot template being made: its pages are the
+ * snapshot) or private (a clone of a template: pages shared with every clone until written).
+ */
+export type GuestRam = { file: string; share: boolean } | undefined;
+
 /** A process a saved VM keeps running for its next host: its protocol session and guest pid. */
 export interface KeptSession {
   session: number;
@@ -113,6 +127,9 @@ export interface Vm {
 export interface Backend {
   /** "qemu" or "krun". */
   readonly name: string;
+  readonly capabilities: ReadonlySet<Capability>;
+  /** The guest's architecture. */
+  readonly arch: GuestArch;
   /** The VMM as it will run, e.g. "qemu (tcg)". */
   describe(): string;
   /**
@@ -120,7 +137,18 @@ export interface Backend {
    * before a caller spends time on an image. Cheap once it has passed.
    */
   check(): Promise<void>;
-  boot(config: VmConfig): Promise<Vm>;
+  /** Boots `config` cold; with `ram` (capability "snapshot"), guest RAM lives in that file. */
+  boot(config: VmConfig, ram?: GuestRam): Promise<Vm>;
+  /**
+   * Starts a VM from a state save() wrote (capabilities "fork", "pause", "snapshot"): RAM from
+   * `ram`, a template mapped privately, or from the state itself; the agent is told it is a copy.
+   */
+  restore?(config: VmConfig, saved: { state: string; ram?: string; resume: ResumeOptions }): Promise<Vm>;
+  /**
+   * What a memory snapshot of `config` depends on beyond the image (kernel, initramfs, the
+   * agent's boot config, the VMM and machine): a snapshot is made anew when any changes.
+   */
+  snapshotKey?(config: VmConfig): Promise<Record<string, string>>;
   /**
    * Boots the benchmark's floor: the same kernel, flags and devices as boot(), with a trivial init
    * that prints a marker. Milliseconds from the VMM's start to the marker. Undefined where the

@@ -18,8 +18,8 @@ import { KrunStartError } from "../errors.js";
 import { KrunConfig_Network, KrunConfigSchema, KrunStatusSchema } from "../gen/vmm_pb.js";
 import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { agentBinaryPath, BOOT_CONFIG_FILE, type BootConfig, encodeBootConfig } from "./guest.js";
-import { type Backend, finishBoot, type Vm, type VmConfig } from "./backend.js";
+import { agentBinaryPath, BOOT_CONFIG_FILE, type BootConfig, encodeBootConfig, guestArch } from "./guest.js";
+import { type Backend, type Capability, finishBoot, type Vm, type VmConfig } from "./backend.js";
 
 const MAX_STATUS = 64 * 1024;
 // The agent's vsock port; libkrun reserves 620, 123 and 1024-1031 for itself.
@@ -90,8 +90,16 @@ async function readStatus(stream: Readable): Promise<KrunStartError | undefined>
   }
 }
 
+/**
+ * None: libkrun saves nothing, and its network (TSI) goes out through the host's sockets, where
+ * no policy holds it; volumes are attached by QEMU only, for now.
+ */
+export const KRUN_CAPABILITIES: ReadonlySet<Capability> = new Set();
+
 export class KrunBackend implements Backend {
   readonly name = "krun";
+  readonly capabilities = KRUN_CAPABILITIES;
+  readonly arch = guestArch();
 
   constructor(private readonly opts: KrunOptions) {}
 

@@ -128,12 +128,6 @@ export interface PortForward {
   address?: string;
 }
 
-/** What a network asks of a backend: a device or none, and what only QEMU's network can do. */
-export function vmRequest(policy: NetworkPolicy, ports: readonly PortForward[] = []): { network: NetworkMode; qemuNetwork?: string } {
-  const needs = [policy !== "none" && policy !== "all" && "a network policy", ports.length > 0 && "published ports"].filter(Boolean);
-  return { network: policy === "none" ? "none" : "all", ...(needs.length ? { qemuNetwork: needs.join(" and ") } : {}) };
-}
-
 /** Checks a sandbox's `ports` option (a network is needed to publish any). */
 const PORT_KEYS = keysOf<PortForward>({ host: true, guest: true, address: true });
 

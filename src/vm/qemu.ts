@@ -5,8 +5,9 @@
 // with this process, confined: its own seccomp filter, no new privileges, no descriptors of ours
 // but those, a jail holding only its own files (as root, with a uid of its own), and no host
 // network when the VM has none.
-import { type ChildProcess, spawn } from "node:child_process";
-import { chmodSync, closeSync, createWriteStream, openSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { chmodSync, closeSync, createWriteStream, openSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { createServer, Socket } from "node:net";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -16,7 +17,7 @@ import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
 import { BackendUnavailableError, MicrosandboxError, NetworkError, QmpError } from "../errors.js";
 import { socketPair, vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { type Backend, finishBoot, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
+import { type Backend, type Capability, finishBoot, type GuestRam, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
 import { type BootConfig, encodeBootConfig, floorInitramfs, FLOOR_MARKER, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
 
@@ -104,12 +105,6 @@ const volumeSerial = (i: number) => `msbvol${i}`;
 // QEMU option values are comma-separated: a comma inside one (a path) is written twice.
 const value = (s: string) => s.replaceAll(",", ",,");
 
-/**
- * Guest RAM: anonymous, or a file mapped shared (a snapshot template being made: its pages are the
- * snapshot) or private (a clone of a template: pages shared with every clone until written).
- * Every VM names its RAM "mem" so that any VM's saved state loads into any other.
- */
-export type GuestRam = { file: string; share: boolean } | undefined;
 
 export interface QemuOptions {
   accel: Accel;
@@ -119,8 +114,14 @@ export interface QemuOptions {
   arch?: GuestArch;
 }
 
+// Every VM QEMU runs can be saved, restored and copied, and holds its network to a policy from
+// outside the guest.
+const CAPABILITIES: ReadonlySet<Capability> = new Set(["snapshot", "fork", "pause", "volumes", "egress-policy", "ports"]);
+const qemuVersions = new Map<string, string>();
+
 export class QemuBackend implements Backend {
   readonly name = "qemu";
+  readonly capabilities = CAPABILITIES;
 
   constructor(private readonly opts: QemuOptions) {}
 
@@ -140,6 +141,23 @@ export class QemuBackend implements Backend {
 
   describe(): string {
     return this.arch === guestArch() ? `qemu (${this.opts.accel})` : `qemu (${this.opts.accel}, ${this.arch})`;
+  }
+
+  async snapshotKey(config: VmConfig): Promise<Record<string, string>> {
+    const boot = await this.guestBoot();
+    const k = statSync(boot.kernel);
+    const qemu = qemuBinary(process.env, this.arch);
+    let version = qemuVersions.get(qemu);
+    if (!version) qemuVersions.set(qemu, (version = execFileSync(qemu, ["--version"], { encoding: "utf8" }).split("\n")[0]!));
+    return {
+      kernel: `${boot.kernel}:${k.size}:${k.mtimeMs}`,
+      // The initramfs is named by its content (the agent and the modules).
+      initramfs: path.basename(boot.initramfs),
+      boot: createHash("sha256").update(this.bootConfig(config)).digest("hex"),
+      accel: this.accel,
+      machine: this.machine,
+      qemu: `${qemu} ${version}`,
+    };
   }
 
   private guestBoot() {
@@ -176,6 +194,7 @@ export class QemuBackend implements Backend {
       "-accel", accel,
       "-cpu", m.cpu,
       "-m", String(config.memory),
+      // Every VM names its RAM "mem", so that any VM's saved state loads into any other.
       "-object", ram
         ? `memory-backend-file,id=mem,size=${config.memory}M,mem-path=${value(ram.file)},share=${ram.share ? "on" : "off"}`
         : `memory-backend-ram,id=mem,size=${config.memory}M`,

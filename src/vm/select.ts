@@ -1,29 +1,27 @@
 // Which VMM boots a sandbox, and why: a decision from facts (the helper's host probe, a cached
-// KVM trial verdict, the requested options), never from how long something took. decide() is
-// pure, so every host can be tested; chooseBackend() gathers the facts; bootVm() boots the choice
-// and, if it dies before its agent is ready, the fallback the decision names.
-import { debuglog } from "node:util";
-
-import type { AgentClient } from "../agent-client/client.js";
-import { BackendUnavailableError, InvalidArgumentError, KrunStartError, VmBootError } from "../errors.js";
-import type { Backend, KeptSession, NetworkMode, Vm, VmConfig } from "./backend.js";
-import { KrunBackend } from "./krun.js";
-import { kvmTrial, type KvmVerdict, recordKvmFailure } from "./kvm-trial.js";
+// KVM trial verdict, what the sandbox needs), never from how long something took. decide() is
+// pure, so every host can be tested; chooseBackend() gathers the facts; machine.ts boots the
+// choice and, if it dies before its agent is ready, the fallback the decision names.
+import { BackendUnavailableError, InvalidArgumentError } from "../errors.js";
+import type { Backend, Capability, NetworkMode } from "./backend.js";
+import { KRUN_CAPABILITIES, KrunBackend } from "./krun.js";
+import { kvmTrial, type KvmVerdict } from "./kvm-trial.js";
 import { probe, type ProbeReport } from "./probe.js";
-import { restoreOrBoot, type SnapshotOutcome, snapshotInputs } from "./snapshot.js";
 import { type Accel, QemuBackend } from "./qemu.js";
 
-const debug = debuglog("microsandbox");
-
 export type BackendName = "auto" | "krun" | "qemu";
+
+/** A capability a sandbox needs of its backend, and why, in words for the reason ("volumes"). */
+export interface Need {
+  capability: Capability;
+  why: string;
+}
 
 export interface BackendRequest {
   backend: BackendName;
   network: NetworkMode;
-  /** What the sandbox asks of its network that only QEMU's can do ("a network policy", "published ports"). */
-  qemuNetwork?: string;
-  /** Anything else only QEMU does here ("volumes"). */
-  qemuOnly?: string;
+  /** What the sandbox needs beyond booting: a backend that lacks any is passed over. */
+  needs?: readonly Need[];
   /** QEMU's acceleration when forced (MSB_QEMU_ACCEL), else decided from the facts. */
   accel?: Accel;
   /** Guest kernel for QEMU (else MSB_KERNEL or the cached one). */
@@ -47,16 +45,16 @@ export interface Decision {
   fallback?: Decision;
 }
 
-/** Why libkrun cannot run a sandbox with `network` on this host, or undefined when it can. */
-export function krunRefusal(f: HostFacts, network: NetworkMode, qemuNetwork?: string, qemuOnly?: string): string | undefined {
+/** Why libkrun cannot run a sandbox with `network` and `needs` on this host, or undefined when it can. */
+export function krunRefusal(f: HostFacts, network: NetworkMode, needs: readonly Need[] = []): string | undefined {
   const { kvm, libkrun, libkrunfw } = f.probe;
   if (f.platform === "linux" && kvm.pvm) return "KVM is the PVM hypervisor (kvm_pvm), which runs only PVM guest kernels, and libkrunfw's is not one";
   if (f.platform === "linux" && !kvm.ok) return `KVM: ${kvm.detail}`;
   if (!libkrun.ok) return `libkrun: ${libkrun.detail}`;
   if (!libkrunfw.ok) return `libkrunfw: ${libkrunfw.detail}`;
   if (!libkrun.imageShare) return `libkrun ${libkrun.generation} can share an image read-only neither by virtio-fs (>= 1.18) nor as a disk (>= 1.9.5)`;
-  if (qemuNetwork) return `libkrun's network (TSI) cannot do ${qemuNetwork}: QEMU's can`;
-  if (qemuOnly) return `${qemuOnly} run on QEMU only`;
+  const lacking = needs.filter((n) => !KRUN_CAPABILITIES.has(n.capability));
+  if (lacking.length) return `libkrun cannot do ${lacking.map((n) => n.why).join(" or ")}: QEMU can`;
   if (network === "none" && !libkrun.networkNone) return `network "none" needs libkrun >= 1.17 (this one is ${libkrun.generation}); without it the guest would get the host's network`;
   return undefined;
 }
@@ -83,7 +81,7 @@ export function qemuDecision(f: HostFacts, req: BackendRequest): Decision {
 export function decide(f: HostFacts, req: BackendRequest): Decision {
   const qemu = qemuDecision(f, req);
   if (req.backend === "qemu") return { ...qemu, reason: `backend qemu requested; ${qemu.reason}` };
-  const refusal = krunRefusal(f, req.network, req.qemuNetwork, req.qemuOnly);
+  const refusal = krunRefusal(f, req.network, req.needs);
   if (req.backend === "krun") {
     if (refusal) {
       throw new BackendUnavailableError(`backend "krun" is not usable here: ${refusal}. Run \`msb doctor\` for what to install, or use backend "auto"`);
@@ -125,45 +123,4 @@ export async function chooseBackend(req: BackendRequest): Promise<Decision> {
 export function backendFor(d: Decision, kernel?: string): Backend {
   if (d.backend === "krun") return new KrunBackend({ imageShare: d.imageShare! });
   return new QemuBackend({ accel: d.accel!, ...(kernel ? { kernel } : {}) });
-}
-
-/** Restore-on-create for a sandbox: its image's id and how to ready the template. */
-export interface SnapshotRequest {
-  image: string;
-  /** Names what prewarm does, for the snapshot's key. */
-  prewarmName: string;
-  /** Readies the template; the processes it returns are kept running in every clone. */
-  prewarm(agent: AgentClient): Promise<KeptSession[]>;
-}
-
-/**
- * Boots `config` as decided: with `snapshot` and QEMU, from the matching memory snapshot (made on
- * first use; the processes the template kept come back for the caller to adopt). A boot that dies before its agent is ready is booted again as the decision's
- * fallback, whatever the timing; a failed KVM boot is remembered for this host. Returns the VM,
- * the reason that stands for it, and how a snapshot was used.
- */
-export async function bootVm(
-  d: Decision,
-  config: VmConfig,
-  kernel?: string,
-  snapshot?: SnapshotRequest,
-): Promise<{ vm: Vm; backend: Backend; reason: string; snapshot?: SnapshotOutcome; kept?: KeptSession[] }> {
-  const boot = async (decision: Decision) => {
-    const backend = backendFor(decision, kernel);
-    if (!snapshot || !(backend instanceof QemuBackend)) return { vm: await backend.boot(config), backend };
-    const inputs = await snapshotInputs(backend, config, snapshot.image, snapshot.prewarmName, kernel);
-    const { vm, outcome, kept } = await restoreOrBoot(backend, config, inputs, snapshot.prewarm);
-    return { vm, backend, snapshot: outcome, kept };
-  };
-  try {
-    return { ...(await boot(d)), reason: d.reason };
-  } catch (err) {
-    if (!d.fallback || !(err instanceof VmBootError || err instanceof KrunStartError)) throw err;
-    const why = err.message.split("\n")[0]!;
-    debug("sandbox %s: %s; falling back: %s", config.name, why, d.fallback.reason);
-    const booted = await boot(d.fallback);
-    // Only a boot that works without KVM blames KVM (a bad image fails both ways).
-    if (d.backend === "qemu" && d.accel === "kvm") await recordKvmFailure(kernel, why);
-    return { ...booted, reason: `${d.fallback.reason} (${why})` };
-  }
 }

@@ -5,7 +5,6 @@
 // cost N x memory). Snapshots live in the cache under a key of those inputs, are made under a
 // lock, published by rename, verified before use, and replaced when a restore from them fails.
 import { createHash, randomInt, randomUUID } from "node:crypto";
-import { execFileSync } from "node:child_process";
 import { existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { readdir, readFile, rm, stat } from "node:fs/promises";
@@ -14,32 +13,24 @@ import { debuglog } from "node:util";
 import type { AgentClient } from "../agent-client/client.js";
 import { withLock } from "../images/lock.js";
 import { cacheDir, makeRuntimeDir } from "../paths.js";
-import type { KeptSession, Vm, VmConfig } from "./backend.js";
-import { guestBoot } from "./guest.js";
-import { type QemuBackend, qemuBinary } from "./qemu.js";
+import type { Backend, KeptSession, Vm, VmConfig } from "./backend.js";
 
 const debug = debuglog("microsandbox");
-const FORMAT = 1;
+const FORMAT = 2;
 
 /** What a snapshot is made of; any change makes another snapshot. */
 export interface SnapshotInputs {
   image: string;
   /** The image's ext4 disk (inode, size, mtime): a rebuilt disk differs under the guest's caches. */
   disk: string;
-  kernel: string;
-  initramfs: string;
-  /** The agent's BootConfig, by its digest. */
-  boot: string;
   memory: number;
   cpus: number;
   network: string;
   maxProcesses: number;
-  accel: string;
-  /** QEMU's machine and CPU model. */
-  machine: string;
-  qemu: string;
   /** What was readied in the template before it was saved. */
   prewarm: string;
+  /** The backend's own: kernel, initramfs, boot config, VMM and machine (Backend.snapshotKey). */
+  backend: Record<string, string>;
 }
 
 interface Meta {
@@ -59,31 +50,19 @@ export interface SnapshotOutcome {
   detail: string;
 }
 
-const qemuVersions: Record<string, string> = {};
-
 /** The inputs of `config` booted by `backend`, with the files' identities. */
-export async function snapshotInputs(backend: QemuBackend, config: VmConfig, image: string, prewarm: string, kernel?: string): Promise<SnapshotInputs> {
-  const boot = await guestBoot({ arch: backend.arch, ...(kernel ? { kernel } : {}) });
-  const k = statSync(boot.kernel);
+export async function snapshotInputs(backend: Backend, config: VmConfig, image: string, prewarm: string): Promise<SnapshotInputs> {
   const diskPath = await config.rootDisk();
   const d = diskPath ? statSync(diskPath) : undefined;
-  const qemu = qemuBinary(process.env, backend.arch);
-  qemuVersions[qemu] ??= execFileSync(qemu, ["--version"], { encoding: "utf8" }).split("\n")[0]!;
   return {
     image,
     disk: d ? `${diskPath}:${d.ino}:${d.size}:${d.mtimeMs}` : "",
-    kernel: `${boot.kernel}:${k.size}:${k.mtimeMs}`,
-    // The initramfs is named by its content (the agent and the modules).
-    initramfs: path.basename(boot.initramfs),
-    boot: createHash("sha256").update(backend.bootConfig(config)).digest("hex"),
     memory: config.memory,
     cpus: config.cpus,
     network: config.network,
     maxProcesses: config.maxProcesses,
-    accel: backend.accel,
-    machine: backend.machine,
-    qemu: `${qemu} ${qemuVersions[qemu]}`,
     prewarm,
+    backend: (await backend.snapshotKey?.(config)) ?? {},
   };
 }
 
@@ -117,6 +96,12 @@ function problem(dir: string, inputs: SnapshotInputs): string | undefined {
   return undefined;
 }
 
+// The backend's restore, which every backend with snapshots or copies has.
+function restorer(backend: Backend): NonNullable<Backend["restore"]> {
+  if (!backend.restore) throw new Error(`${backend.describe()} cannot restore a saved VM`);
+  return backend.restore.bind(backend);
+}
+
 /** A fresh identity for a copy of a saved VM. */
 export function cloneIdentity(hostname: string) {
   return { generation: randomInt(1, 2 ** 47), hostname, bootId: randomUUID() };
@@ -124,7 +109,7 @@ export function cloneIdentity(hostname: string) {
 
 // Boots the template with RAM in `dir`/ram (shared: its pages are the snapshot), readies it,
 // saves its state beside, and throws the template away.
-async function makeSnapshot(backend: QemuBackend, config: VmConfig, inputs: SnapshotInputs, dir: string, prewarm: (agent: AgentClient) => Promise<KeptSession[]>): Promise<void> {
+async function makeSnapshot(backend: Backend, config: VmConfig, inputs: SnapshotInputs, dir: string, prewarm: (agent: AgentClient) => Promise<KeptSession[]>): Promise<void> {
   const parent = path.dirname(dir);
   mkdirSync(parent, { recursive: true });
   // Work of this key left by a process that died: under the key's lock, nobody else's.
@@ -166,7 +151,7 @@ async function makeSnapshot(backend: QemuBackend, config: VmConfig, inputs: Snap
  * restored the VM boots cold. The outcome says which, and why.
  */
 export async function restoreOrBoot(
-  backend: QemuBackend,
+  backend: Backend,
   config: VmConfig,
   inputs: SnapshotInputs,
   prewarm: (agent: AgentClient) => Promise<KeptSession[]>,
@@ -187,7 +172,7 @@ export async function restoreOrBoot(
           files[f] = path.join(dir, f); // another filesystem: read in place
         }
       }
-      const vm = await backend.restore(config, { ...files, resume: { ...cloneIdentity(config.name), keep: meta.kept.map((k) => k.session) } });
+      const vm = await restorer(backend)(config, { ...files, resume: { ...cloneIdentity(config.name), keep: meta.kept.map((k) => k.session) } });
       return { vm, kept: meta.kept, createdAt: meta.createdAt };
     } finally {
       rmSync(own, { recursive: true, force: true });
@@ -228,7 +213,7 @@ export async function restoreOrBoot(
  * original runs on. Sessions listed in `keep` carry on in the copy (its other processes are
  * killed as it starts), for a host that adopts them.
  */
-export async function copyVm(vm: Vm, backend: QemuBackend, config: VmConfig, keep: number[] = []): Promise<Vm> {
+export async function copyVm(vm: Vm, backend: Backend, config: VmConfig, keep: number[] = []): Promise<Vm> {
   const dir = makeRuntimeDir();
   const state = path.join(dir, "state");
   try {
@@ -237,7 +222,7 @@ export async function copyVm(vm: Vm, backend: QemuBackend, config: VmConfig, kee
     } finally {
       await vm.proceed!();
     }
-    return await backend.restore(config, { state, resume: { ...cloneIdentity(config.name), keep } });
+    return await restorer(backend)(config, { state, resume: { ...cloneIdentity(config.name), keep } });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -7,7 +7,8 @@ import { describe, expect, it } from "vitest";
 
 import { probe } from "../../src/vm/probe.js";
 import { decide, forcedAccel, hostFacts } from "../../src/vm/select.js";
-import { vmRequest } from "../../src/vm/netpolicy.js";
+import { machineNeeds } from "../../src/vm/machine.js";
+import { vmNetwork } from "../../src/vm/netpolicy.js";
 
 const MSB = fileURLToPath(new URL("../../dist/cli/msb.js", import.meta.url));
 const run = promisify(execFile);
@@ -29,7 +30,7 @@ describe("msb doctor", () => {
     const accel = forcedAccel();
     const facts = await hostFacts({ backend: "auto", network: "none", ...(accel ? { accel } : {}) });
     for (const network of ["none", "public", "all"] as const) {
-      const d = decide(facts, { backend: "auto", ...vmRequest(network), ...(accel ? { accel } : {}) });
+      const d = decide(facts, { backend: "auto", network: vmNetwork(network).network, needs: machineNeeds({ network, ports: [], volumes: [] }), ...(accel ? { accel } : {}) });
       expect(report.chosen[network]).toEqual({ backend: d.backend === "qemu" ? `qemu (${d.accel})` : "krun", reason: d.reason });
     }
     expect(report.backends.krun.usable).toBe(report.chosen.all.backend === "krun");

@@ -12,7 +12,8 @@ import type { NetworkMode, VmConfig } from "../../src/vm/backend.js";
 import { guestBoot } from "../../src/vm/guest.js";
 import { kvmTrial } from "../../src/vm/kvm-trial.js";
 import { probe, type ProbeReport } from "../../src/vm/probe.js";
-import { backendFor, bootVm, decide, type HostFacts } from "../../src/vm/select.js";
+import { bootDecided, type MachineSpec } from "../../src/vm/machine.js";
+import { backendFor, decide, type HostFacts } from "../../src/vm/select.js";
 import { buildDoubles, doubleEnv, type Doubles, type Generation, GENERATIONS } from "../native/double.js";
 
 let doubles: Doubles;
@@ -57,7 +58,10 @@ describe("the libkrun double, generation by generation", () => {
       // The helper really takes the chosen path: its VM starts (the double then ends it at once).
       const log = path.join(doubles.dir, `calls-${gen}-${network}.log`);
       Object.assign(process.env, doubleEnv(doubles.lib[gen], log));
-      const err = await backendFor(d).boot(vmConfig({ network, rootfs: "/images/x/rootfs", rootDisk: async () => "/images/x.ext4" })).catch((e: unknown) => e);
+      const config: VmConfig = {
+        name: "select-test", memory: 128, cpus: 1, network, maxProcesses: 64, bootTimeout: 60, rootfs: "/images/x/rootfs", rootDisk: async () => "/images/x.ext4",
+      };
+      const err = await backendFor(d).boot(config).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(VmBootError);
       expect(err).not.toBeInstanceOf(KrunStartError);
       const calls = readFileSync(log, "utf8");
@@ -76,8 +80,8 @@ describe("the libkrun double, generation by generation", () => {
   it("leaves a network held to a policy to QEMU, which enforces it", () => {
     const f = linux(doubleProbe("1.18"));
     expect(decide(f, { backend: "auto", network: "all" }).backend).toBe("krun");
-    expect(decide(f, { backend: "auto", network: "all", qemuNetwork: "a network policy" })).toMatchObject({ backend: "qemu" });
-    expect(() => decide(f, { backend: "krun", network: "all", qemuNetwork: "published ports" })).toThrow(/cannot do published ports/);
+    expect(decide(f, { backend: "auto", network: "all", needs: [{ capability: "egress-policy", why: "a network policy" }] })).toMatchObject({ backend: "qemu" });
+    expect(() => decide(f, { backend: "krun", network: "all", needs: [{ capability: "ports", why: "published ports" }] })).toThrow(/cannot do published ports/);
   });
 });
 
@@ -149,36 +153,35 @@ describe("KVM", () => {
   });
 });
 
-const vmConfig = (over: Partial<VmConfig> = {}): VmConfig => ({
-  name: "select-test", memory: 128, cpus: 1, network: "none", maxProcesses: 64,
-  rootfs: "", rootDisk: async () => undefined, bootTimeout: 60, ...over,
-});
+const spec: MachineSpec = {
+  name: "select-test", memory: 128, cpus: 1, network: "none", ports: [], maxProcesses: 64, bootTimeout: 60, volumes: [], backend: "auto",
+};
+const busybox = async () => {
+  const store = new ImageStore();
+  const image = (await store.lookup("local:busybox"))!;
+  return { id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) };
+};
 
 describe("fallback", () => {
   it("boots the fallback in the same call when the first choice dies before its agent is ready", async () => {
-    const store = new ImageStore();
-    const image = (await store.lookup("local:busybox"))!;
-    const config = vmConfig({ rootfs: image.rootfs, rootDisk: () => store.disk(image) });
     // libkrun (the double: its VM ends at once), then QEMU under TCG.
     Object.assign(process.env, doubleEnv(doubles.lib["1.18"]));
-    const { vm, reason } = await bootVm(
+    const { machine } = await bootDecided(
       { backend: "krun", imageShare: "virtiofs", reason: "test", fallback: { backend: "qemu", accel: "tcg", reason: "libkrun failed to boot; TCG" } },
-      config,
+      spec,
+      await busybox(),
     );
     try {
-      expect(vm.backend).toBe("qemu (tcg)");
-      expect(reason).toMatch(/^libkrun failed to boot; TCG \(sandbox select-test did not boot on krun/);
-      expect((await vm.agent.exec(["echo", "fell back"])).stdout.toString()).toBe("fell back\n");
+      expect(machine.info).toMatchObject({ name: "qemu", accel: "tcg", reason: expect.stringMatching(/^libkrun failed to boot; TCG \(sandbox select-test did not boot on krun/) });
+      expect((await machine.agent.exec(["echo", "fell back"])).stdout.toString()).toBe("fell back\n");
     } finally {
-      await vm.stop();
+      await machine.stop();
     }
   });
 
   it("a KVM boot that fails is retried under TCG and remembered for this host", async () => {
-    const store = new ImageStore();
-    const image = (await store.lookup("local:busybox"))!;
+    const image = await busybox();
     const { kernel } = await guestBoot();
-    const config = vmConfig({ rootfs: image.rootfs, rootDisk: () => store.disk(image) });
     const dir = mkdtempSync(path.join(tmpdir(), "msb-kvmfail-"));
     chmodSync(dir, 0o755); // QEMU runs jailed, as the VM's uid
     // A QEMU that aborts under KVM as nested hosts' do, and is the real one otherwise.
@@ -186,12 +189,12 @@ describe("fallback", () => {
     writeFileSync(qemu, `#!/bin/sh\ncase "$*" in *"-accel kvm"*) echo "qemu-system-x86_64: error: failed to set MSR 0x10a" >&2; exit 1;; esac\nexec qemu-system-x86_64 "$@"\n`, { mode: 0o755 });
     Object.assign(process.env, { MSB_QEMU: qemu, MSB_CACHE_DIR: path.join(dir, "cache"), MSB_KERNEL: kernel });
     try {
-      const { vm, reason } = await bootVm({ backend: "qemu", accel: "kvm", reason: "trial passed", fallback: { backend: "qemu", accel: "tcg", reason: "the KVM boot failed; retried under TCG" } }, config);
+      const d = { backend: "qemu" as const, accel: "kvm" as const, reason: "trial passed", fallback: { backend: "qemu" as const, accel: "tcg" as const, reason: "the KVM boot failed; retried under TCG" } };
+      const { machine } = await bootDecided(d, spec, image);
       try {
-        expect(vm.backend).toBe("qemu (tcg)");
-        expect(reason).toMatch(/the KVM boot failed; retried under TCG \(.*did not boot on qemu \(kvm\)/);
+        expect(machine.info).toMatchObject({ name: "qemu", accel: "tcg", reason: expect.stringMatching(/the KVM boot failed; retried under TCG \(.*did not boot on qemu \(kvm\)/) });
       } finally {
-        await vm.stop();
+        await machine.stop();
       }
       expect(await kvmTrial()).toMatchObject({ ok: false, detail: expect.stringMatching(/^a sandbox boot failed: /) });
     } finally {
@@ -201,7 +204,7 @@ describe("fallback", () => {
 
   it("an explicit choice has no fallback: its failure is the caller's", async () => {
     Object.assign(process.env, doubleEnv(doubles.lib["1.18"]));
-    const err = await bootVm({ backend: "krun", imageShare: "virtiofs", reason: "backend krun requested" }, vmConfig({ rootfs: "/x" })).catch((e: unknown) => e);
+    const err = await bootDecided({ backend: "krun", imageShare: "virtiofs", reason: "backend krun requested" }, spec, { id: "x", rootfs: "/x", disk: async () => undefined }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(VmBootError);
     expect((err as Error).message).toMatch(/did not boot on krun/);
   });

@@ -1,0 +1,312 @@
+// The one interface the layers above boot VMs through: a MachineSpec (what a sandbox asks of its
+// VM) is planned into a backend by the decision of select.ts, booted or restored into a Machine,
+// and a running Machine is copied, saved and stopped through it. Which VMM runs, and how it
+// saves, restores and copies, stays below this file; callers see only BackendInfo and the
+// capabilities the chosen backend declares.
+import { readFileSync, renameSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { debuglog } from "node:util";
+
+import type { AgentClient } from "../agent-client/client.js";
+import { KrunStartError, SnapshotUnsupportedError, VmBootError } from "../errors.js";
+import type { Backend, BootTimeline, Capability, KeptSession, Vm, VmConfig } from "./backend.js";
+import type { GuestArch } from "./guest.js";
+import { recordKvmFailure } from "./kvm-trial.js";
+import { type NetworkPolicy, type PortForward, vmNetwork } from "./netpolicy.js";
+import { type Accel } from "./qemu.js";
+import { backendFor, type BackendName, chooseBackend, type Decision, forcedAccel, type Need } from "./select.js";
+import { cloneIdentity, copyVm, restoreOrBoot, type SnapshotOutcome, snapshotInputs } from "./snapshot.js";
+import { publish } from "../trace.js";
+
+export type { BootTimeline, Capability, KeptSession } from "./backend.js";
+export type { BackendName, Need } from "./select.js";
+
+const debug = debuglog("microsandbox");
+
+/** Which VMM runs a sandbox, how, and why it was chosen. */
+export interface BackendInfo {
+  /** "qemu" or "krun". */
+  name: "qemu" | "krun";
+  /** QEMU's acceleration; undefined for libkrun (KVM or Hypervisor.framework, always). */
+  accel?: Accel;
+  /** The guest's architecture. */
+  arch: GuestArch;
+  /** Why this one: the decision's facts, and a fallback's or a restore's story. */
+  reason: string;
+}
+
+/** What a sandbox asks of its VM. */
+export interface MachineSpec {
+  name: string;
+  /** MiB. */
+  memory: number;
+  /** Whole vCPUs. */
+  cpus: number;
+  network: NetworkPolicy;
+  ports: readonly PortForward[];
+  maxProcesses: number;
+  /** Seconds to wait for the agent. */
+  bootTimeout: number;
+  /** Disk images the agent mounts at guest paths. */
+  volumes: readonly { file: string; path: string; readOnly: boolean }[];
+  /** Where the guest console's last 64 KiB go when the VM ends. */
+  consoleKeep?: string;
+  /** Guest kernel (QEMU); default ours. */
+  kernel?: string;
+  backend: BackendName;
+}
+
+/** The image a machine boots: its content id, unpacked tree, and read-only disk made on demand. */
+export interface MachineImage {
+  id: string;
+  rootfs: string;
+  disk(): Promise<string | undefined>;
+}
+
+/** A template's readying before its memory is saved as the snapshot later machines restore. */
+export interface SnapshotRequest {
+  /** Names what prewarm does, for the snapshot's key. */
+  prewarmName: string;
+  /** Readies the template; the processes it returns are kept running in every clone. */
+  prewarm(agent: AgentClient): Promise<KeptSession[]>;
+}
+
+/** A running VM with its agent connected. */
+export interface Machine {
+  readonly agent: AgentClient;
+  /** The VMM's process id. */
+  readonly pid: number;
+  readonly info: BackendInfo;
+  /** What this machine's backend can do beyond booting. */
+  readonly capabilities: ReadonlySet<Capability>;
+  readonly timeline: BootTimeline;
+  /** The guest console log while it runs. */
+  readonly consoleLog: string;
+  /** Resolves when the VMM process ended. */
+  readonly exited: Promise<void>;
+  /** Connections the network policy refused so far. */
+  networkRefusals(): number;
+  /** Graceful: the agent shuts the guest down, a bounded wait, then kill. Idempotent. */
+  stop(): Promise<void>;
+  /** Kills the VMM at once. */
+  kill(): void;
+  /**
+   * A new machine with this one's memory, processes and files as they are now (capability
+   * "fork"); this one runs on. Sessions in `keep` carry on in the copy for its host to adopt.
+   */
+  copy(changes: { name: string; ports: readonly PortForward[]; consoleKeep?: string }, keep: readonly number[]): Promise<Machine>;
+  /**
+   * Saves the machine into `dir` (capability "pause") and ends it; restoreMachine() brings it
+   * back. On failure it runs on as it was.
+   */
+  save(dir: string): Promise<void>;
+}
+
+/** A backend chosen for a spec, before anything was booted. */
+export interface MachinePlan {
+  readonly info: BackendInfo;
+  readonly capabilities: ReadonlySet<Capability>;
+  /**
+   * Boots a machine of `image`: with `snapshot`, where the backend has snapshots, restored from
+   * the memory snapshot of its kind (made on first use). A boot that dies before its agent is
+   * ready is booted again as the decision's fallback.
+   */
+  boot(image: MachineImage, snapshot?: SnapshotRequest): Promise<{ machine: Machine; snapshot?: SnapshotOutcome; kept: KeptSession[] }>;
+  /**
+   * Boots the benchmark's floor of `image`: the same kernel, flags and devices with a trivial
+   * init; milliseconds to its marker. Absent where the backend has no floor (libkrun).
+   */
+  floor?(image: MachineImage): Promise<number>;
+}
+
+/** What a spec needs beyond booting, each with why: the decision passes over a backend that lacks one. */
+export function machineNeeds(spec: Pick<MachineSpec, "network" | "ports" | "volumes">): Need[] {
+  const needs: Need[] = [];
+  if (spec.network !== "none" && spec.network !== "all") needs.push({ capability: "egress-policy", why: "a network policy" });
+  if (spec.ports.length) needs.push({ capability: "ports", why: "published ports" });
+  if (spec.volumes.length) needs.push({ capability: "volumes", why: "volumes" });
+  return needs;
+}
+
+/** The one place a spec and an image become a VM's configuration. */
+function vmConfig(spec: MachineSpec, image: MachineImage): VmConfig {
+  return {
+    name: spec.name,
+    memory: spec.memory,
+    cpus: spec.cpus,
+    ...vmNetwork(spec.network),
+    ports: [...spec.ports],
+    maxProcesses: spec.maxProcesses,
+    rootfs: image.rootfs,
+    rootDisk: () => image.disk(),
+    bootTimeout: spec.bootTimeout,
+    ...(spec.consoleKeep ? { consoleKeep: spec.consoleKeep } : {}),
+    ...(spec.volumes.length ? { volumes: spec.volumes.map((v) => ({ ...v })) } : {}),
+  };
+}
+
+const infoOf = (d: Decision, backend: Backend, reason = d.reason): BackendInfo => ({
+  name: d.backend,
+  ...(d.accel ? { accel: d.accel } : {}),
+  arch: backend.arch,
+  reason,
+});
+
+/**
+ * Chooses the backend for `spec` as create() does: from the host's facts, the backend asked
+ * for, and what the spec needs (a network policy, ports, volumes; `needs` adds more). Throws
+ * what the chosen backend lacks to boot anything (the helper, the agent, the kernel) before a
+ * caller spends time on an image.
+ */
+export async function planMachine(spec: MachineSpec, needs: readonly Need[] = []): Promise<MachinePlan> {
+  const accel = forcedAccel();
+  const decision = await chooseBackend({
+    backend: spec.backend,
+    network: vmNetwork(spec.network).network,
+    needs: [...machineNeeds(spec), ...needs],
+    ...(accel ? { accel } : {}),
+    ...(spec.kernel ? { kernel: spec.kernel } : {}),
+  });
+  const backend = backendFor(decision, spec.kernel);
+  await backend.check();
+  debug("sandbox %s: %s (%s)", spec.name, decision.backend, decision.reason);
+  return {
+    info: infoOf(decision, backend),
+    capabilities: backend.capabilities,
+    boot: (image, snapshot) => bootDecided(decision, spec, image, snapshot),
+    ...(backend.floor ? { floor: (image: MachineImage) => backend.floor!(vmConfig(spec, image)) } : {}),
+  };
+}
+
+/**
+ * @internal MachinePlan.boot with the decision given, not the host's (the fallback's tests): boots
+ * `d`, else its fallback when the first dies before its agent is ready.
+ */
+export async function bootDecided(d: Decision, spec: MachineSpec, image: MachineImage, snapshot?: SnapshotRequest) {
+  const config = vmConfig(spec, image);
+  const boot = async (decision: Decision) => {
+    const backend = backendFor(decision, spec.kernel);
+    if (!snapshot || !backend.capabilities.has("snapshot")) return { vm: await backend.boot(config), backend, kept: [] };
+    const inputs = await snapshotInputs(backend, config, image.id, snapshot.prewarmName);
+    const { vm, outcome, kept } = await restoreOrBoot(backend, config, inputs, snapshot.prewarm);
+    return { vm, backend, snapshot: outcome, kept };
+  };
+  const started = performance.now();
+  publish("boot:start", { name: spec.name, backend: d.backend });
+  let booted;
+  let info: BackendInfo;
+  try {
+    booted = await boot(d);
+    info = infoOf(d, booted.backend);
+  } catch (err) {
+    if (!d.fallback || !(err instanceof VmBootError || err instanceof KrunStartError)) {
+      publish("boot:error", { name: spec.name, error: err });
+      throw err;
+    }
+    const why = err.message.split("\n")[0]!;
+    debug("sandbox %s: %s; falling back: %s", spec.name, why, d.fallback.reason);
+    booted = await boot(d.fallback);
+    // Only a boot that works without KVM blames KVM (a bad image fails both ways).
+    if (d.backend === "qemu" && d.accel === "kvm") await recordKvmFailure(spec.kernel, why);
+    info = infoOf(d.fallback, booted.backend, `${d.fallback.reason} (${why})`);
+  }
+  const machine = machineOf(booted.vm, booted.backend, config, info);
+  publish("boot:end", { name: spec.name, info, snapshot: booted.snapshot?.kind, ms: performance.now() - started });
+  return { machine, ...(booted.snapshot ? { snapshot: booted.snapshot } : {}), kept: booted.kept };
+}
+
+/** What a saved machine needs to be restored: the same backend, acceleration and architecture. */
+interface SavedMachine {
+  format: 1;
+  name: BackendInfo["name"];
+  accel?: Accel;
+  arch: GuestArch;
+}
+
+const SAVED_FILE = "machine.json";
+
+function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo): Machine {
+  const saveable = (what: string) => {
+    if (!vm.save || !backend.capabilities.has("fork")) throw new SnapshotUnsupportedError(`${info.name} cannot ${what} a VM: use backend "qemu"`);
+    return vm.save;
+  };
+  return {
+    agent: vm.agent,
+    pid: vm.pid,
+    info,
+    capabilities: backend.capabilities,
+    timeline: vm.timeline,
+    consoleLog: vm.consoleLog,
+    exited: vm.exited,
+    networkRefusals: () => vm.networkRefusals?.() ?? 0,
+    stop: () => vm.stop(),
+    kill: () => vm.kill(),
+    async copy(changes, keep) {
+      saveable("copy");
+      const copyConfig: VmConfig = { ...config, name: changes.name, ports: [...changes.ports] };
+      if (changes.consoleKeep) copyConfig.consoleKeep = changes.consoleKeep;
+      else delete copyConfig.consoleKeep;
+      const started = performance.now();
+      const copy = await copyVm(vm, backend, copyConfig, [...keep]);
+      const copied = machineOf(copy, backend, copyConfig, { ...info, reason: `${info.reason}; copied from ${config.name}` });
+      publish("restore:end", { name: changes.name, from: config.name, ms: performance.now() - started });
+      return copied;
+    },
+    async save(dir) {
+      const save = saveable("save");
+      const saved: SavedMachine = { format: 1, name: info.name, ...(info.accel ? { accel: info.accel } : {}), arch: info.arch };
+      try {
+        await save(path.join(dir, "state"));
+        writeFileSync(path.join(dir, `${SAVED_FILE}.tmp`), JSON.stringify(saved) + "\n", { mode: 0o600 });
+        renameSync(path.join(dir, `${SAVED_FILE}.tmp`), path.join(dir, SAVED_FILE));
+      } catch (err) {
+        await vm.proceed?.().catch(() => {});
+        throw err;
+      }
+      // Saved: the VM itself is no longer needed.
+      vm.kill();
+      await vm.exited;
+      await vm.stop();
+    },
+  };
+}
+
+/**
+ * Brings back the machine save() wrote into `dir`, through the same decision as a boot (a paused
+ * machine needs capability "pause"): a saved VM loads only into the backend, acceleration and
+ * architecture that saved it, so a host whose decision changed since refuses with
+ * SnapshotUnsupportedError. A restored machine takes a fresh identity with the same name;
+ * sessions in `keep` carry on.
+ */
+export async function restoreMachine(dir: string, spec: MachineSpec, image: MachineImage, keep: readonly number[]): Promise<Machine> {
+  let saved: SavedMachine;
+  try {
+    saved = JSON.parse(readFileSync(path.join(dir, SAVED_FILE), "utf8")) as SavedMachine;
+  } catch (err) {
+    throw new SnapshotUnsupportedError(`the saved machine in ${dir} has no readable ${SAVED_FILE} (${(err as Error).message}): remove it`);
+  }
+  const accel = forcedAccel();
+  const d = await chooseBackend({
+    backend: spec.backend,
+    network: vmNetwork(spec.network).network,
+    needs: [...machineNeeds(spec), { capability: "pause", why: "a paused sandbox" }],
+    ...(accel ? { accel } : {}),
+    ...(spec.kernel ? { kernel: spec.kernel } : {}),
+  });
+  const backend = backendFor(d, spec.kernel);
+  if (d.backend !== saved.name || d.accel !== saved.accel || backend.arch !== saved.arch) {
+    const was = `${saved.name}${saved.accel ? ` (${saved.accel})` : ""} on ${saved.arch}`;
+    throw new SnapshotUnsupportedError(
+      `sandbox ${spec.name} was saved on ${was}, and a sandbox here now gets ${backend.describe()} (${d.reason}): a saved VM loads only into what saved it`,
+    );
+  }
+  if (!backend.restore) throw new SnapshotUnsupportedError(`${d.backend} cannot restore a saved VM`);
+  await backend.check();
+  const config = vmConfig(spec, image);
+  const started = performance.now();
+  // A saved state is used once: fresh randomness and clock, the same name.
+  const { generation } = cloneIdentity(spec.name);
+  const vm = await backend.restore(config, { state: path.join(dir, "state"), resume: { generation, hostname: spec.name, keep: [...keep] } });
+  publish("restore:end", { name: spec.name, from: dir, ms: performance.now() - started });
+  return machineOf(vm, backend, config, infoOf(d, backend, `${d.reason}; restored from ${dir}`));
+}
