@@ -2,15 +2,16 @@
 // short-lived runtime directories for each VM (sockets, console logs).
 //
 // Runtime directories live in one private parent per user, $TMPDIR/msb-<uid>, as vm-XXXXXX. Each
-// records its owner (pid and process start time) in a file `owner`, so a directory whose process
-// was killed (SIGKILL, a crash) before it could clean up is recognised as stale: the first
-// makeRuntimeDir() of every process sweeps those away.
-import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from "node:fs";
+// records its owner (src/liveness.ts: pid, start time, boot, pid namespace) in a file `owner`, so
+// a directory whose process was killed (SIGKILL, a crash) before it could clean up is recognised
+// as stale: the first makeRuntimeDir() of every process sweeps those away.
+import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { debuglog } from "node:util";
 
 import { MicrosandboxError } from "./errors.js";
+import { alive, isOwn, ownStamp, parseStamp, type ProcessStamp } from "./liveness.js";
 
 const debug = debuglog("microsandbox");
 const OWNER_FILE = "owner";
@@ -30,19 +31,8 @@ export function runtimeParent(): string {
   return path.join(os.tmpdir(), `msb-${process.getuid?.() ?? os.userInfo().username}`);
 }
 
-/**
- * Who made a runtime dir: its pid, and where known its start time, boot and pid namespace. The
- * `owner` file holds it as JSON.
- */
-export interface RuntimeDirOwner {
-  pid: number;
-  /** Field 22 of /proc/<pid>/stat (clock ticks after boot); Linux only. */
-  start?: string;
-  /** /proc/sys/kernel/random/boot_id: pids and start times only compare within one boot. */
-  boot?: string;
-  /** The pid namespace the pid is numbered in (/proc/self/ns/pid). */
-  pidns?: string;
-}
+/** Who made a runtime dir; its `owner` file holds it as JSON. */
+export type RuntimeDirOwner = ProcessStamp;
 
 function readOr<T>(read: () => T): T | undefined {
   try {
@@ -52,68 +42,10 @@ function readOr<T>(read: () => T): T | undefined {
   }
 }
 
-// /proc/<pid>/stat: "pid (comm) state ppid ...". comm may hold spaces and parentheses, so the
-// fields are counted from the last ")": state is field 3, starttime field 22.
-function procStat(pid: number): { state: string; start: string } | undefined {
-  if (process.platform !== "linux") return undefined;
-  const stat = readOr(() => readFileSync(`/proc/${pid}/stat`, "utf8"));
-  if (!stat) return undefined;
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return fields.length >= 20 ? { state: fields[0]!, start: fields[19]! } : undefined;
-}
-
-const thisBoot = () => (process.platform === "linux" ? readOr(() => readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim()) : undefined);
-const thisPidns = () => (process.platform === "linux" ? readOr(() => readlinkSync("/proc/self/ns/pid")) : undefined);
-
-let self: RuntimeDirOwner | undefined;
-function currentOwner(): RuntimeDirOwner {
-  if (!self) {
-    self = { pid: process.pid };
-    const start = procStat(process.pid)?.start;
-    if (start) self.start = start;
-    const boot = thisBoot();
-    if (boot) self.boot = boot;
-    const pidns = thisPidns();
-    if (pidns) self.pidns = pidns;
-  }
-  return self;
-}
-
 /** The owner recorded in a runtime dir, or undefined when it has none (or an unreadable one). */
 export function runtimeDirOwner(dir: string): RuntimeDirOwner | undefined {
   const text = readOr(() => readFileSync(path.join(dir, OWNER_FILE), "utf8"));
-  if (!text) return undefined;
-  const o = readOr(() => JSON.parse(text) as Record<string, unknown>);
-  // A pid of 0 or below would name a process group in kill(): only real pids count.
-  if (!o || typeof o !== "object" || !Number.isSafeInteger(o.pid) || (o.pid as number) <= 0) return undefined;
-  const owner: RuntimeDirOwner = { pid: o.pid as number };
-  for (const key of ["start", "boot", "pidns"] as const) {
-    const value = o[key];
-    if (typeof value === "string") owner[key] = value;
-  }
-  return owner;
-}
-
-// Whether the recorded owner may still be running. Unknowable cases count as alive: a live
-// process's dir must never be removed.
-function ownerAlive(o: RuntimeDirOwner): boolean {
-  const me = currentOwner();
-  if (o.boot && me.boot && o.boot !== me.boot) return false; // from before a reboot
-  if (o.pidns && me.pidns && o.pidns !== me.pidns) return true; // another pid namespace: its pids mean nothing here
-  try {
-    process.kill(o.pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ESRCH") return false;
-  }
-  const stat = procStat(o.pid);
-  if (stat && (stat.state === "Z" || stat.state === "X")) return false; // dead, not yet reaped
-  if (o.start && stat && stat.start !== o.start) return false; // the pid was reused
-  return true;
-}
-
-function isOwn(o: RuntimeDirOwner | undefined): boolean {
-  const me = currentOwner();
-  return !!o && o.pid === me.pid && o.start === me.start && o.boot === me.boot && o.pidns === me.pidns;
+  return text ? parseStamp(readOr(() => JSON.parse(text) as unknown)) : undefined;
 }
 
 // The parent, created if missing; refused unless it is a real directory of this user. /tmp is
@@ -160,7 +92,7 @@ export function makeRuntimeDir(): string {
   try {
     // Written aside and renamed in: a sweep never sees half an owner.
     const tmp = path.join(dir, `.${OWNER_FILE}`);
-    writeFileSync(tmp, JSON.stringify(currentOwner()) + "\n", { mode: 0o600 });
+    writeFileSync(tmp, JSON.stringify(ownStamp()) + "\n", { mode: 0o600 });
     renameSync(tmp, path.join(dir, OWNER_FILE));
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
@@ -198,7 +130,7 @@ export function sweepRuntimeDirs(): string[] {
       try {
         const owner = runtimeDirOwner(dir);
         if (owner) {
-          if (ownerAlive(owner)) continue;
+          if (alive(owner)) continue;
         } else {
           const age = Date.now() - lstatSync(dir).mtimeMs;
           if (age < OWNERLESS_GRACE_MS) continue;

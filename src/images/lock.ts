@@ -1,26 +1,24 @@
-// A cross-process lock on a cache entry: an exclusive-create lock file holding the owner's pid,
-// so two processes materializing one image neither corrupt nor duplicate it. A lock whose owner
-// died, or that was left empty by a crash, is taken over.
+// A cross-process lock on a cache entry: an exclusive-create lock file holding its owner's stamp
+// (src/liveness.ts), so two processes materializing one image neither corrupt nor duplicate it.
+// A lock whose owner is gone (a recycled pid does not count), or that a crash left empty, is
+// taken over.
 import { randomBytes } from "node:crypto";
 import { open, readFile, rename, rm, stat } from "node:fs/promises";
 
 import { LockTimeoutError } from "../errors.js";
-
+import { alive, ownStamp, parseStamp } from "../liveness.js";
 
 // An empty lock file is one being written this instant; older than this, its writer crashed.
 const EMPTY_LOCK_STALE_MS = 5000;
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 async function stale(lock: string): Promise<boolean> {
-  const owner = Number((await readFile(lock, "utf8").catch(() => "")).trim());
+  const text = (await readFile(lock, "utf8").catch(() => "")).trim();
+  let owner;
+  try {
+    owner = text ? parseStamp(JSON.parse(text)) : undefined;
+  } catch {
+    owner = undefined;
+  }
   if (owner) return !alive(owner);
   const st = await stat(lock).catch(() => undefined);
   return st !== undefined && Date.now() - st.mtimeMs > EMPTY_LOCK_STALE_MS;
@@ -33,7 +31,7 @@ export async function withLock<T>(path: string, fn: () => Promise<T>, timeoutMs 
   for (;;) {
     try {
       const handle = await open(lock, "wx");
-      await handle.writeFile(String(process.pid));
+      await handle.writeFile(JSON.stringify(ownStamp()));
       await handle.close();
       break;
     } catch (err) {

@@ -16,6 +16,7 @@ import { InvalidArgumentError, MicrosandboxError, VolumeBusyError, VolumeMountEr
 import { findHostTool, missingToolHint } from "../host-tools.js";
 import { withLock } from "../images/lock.js";
 import { Limit } from "../gen/agent_pb.js";
+import { alive, ownStamp, parseStamp, type ProcessStamp } from "../liveness.js";
 import { cacheDir } from "../paths.js";
 import { checkKeys, keysOf } from "../keys.js";
 
@@ -41,7 +42,7 @@ export interface VolumeInfo {
 
 const MAX_VOLUMES: number = Limit.MAX_VOLUMES;
 const NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
-// Guest paths go on the kernel command line: no spaces, no colons, nothing to escape.
+// Guest paths: plain names only, nothing for the agent or a shell to interpret.
 const GUEST_PATH = /^(\/[A-Za-z0-9_.-]+)+$/;
 const RESERVED = ["/proc", "/sys", "/dev", "/run", "/tmp"];
 
@@ -77,27 +78,22 @@ export function checkVolumes(value: unknown): Required<VolumeSpec>[] {
   return out;
 }
 
-interface User {
-  pid: number;
+/** A lease: the process that holds it (src/liveness.ts: a recycled pid holds nothing), and for whom. */
+interface User extends ProcessStamp {
   /** The sandbox's name, and its id (names may repeat across processes and time). */
   sandbox: string;
   id: string;
   readOnly: boolean;
 }
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-};
-
+// The leases whose processes may still run.
 function readUsers(name: string): User[] {
   try {
     const users = JSON.parse(readFileSync(usersFile(name), "utf8")) as User[];
-    return users.filter((u) => alive(u.pid));
+    return users.filter((u) => {
+      const stamp = parseStamp(u);
+      return stamp !== undefined && alive(stamp);
+    });
   } catch {
     return [];
   }
@@ -136,7 +132,8 @@ export async function leaseVolumes(specs: Required<VolumeSpec>[], sandbox: { nam
           );
         }
         if (!existsSync(volumeFile(v.name))) await makeVolume(v.name, v.sizeMiB);
-        writeFileSync(usersFile(v.name), JSON.stringify([...users, { pid: process.pid, sandbox: sandbox.name, id: sandbox.id, readOnly: v.readOnly }]));
+        const lease: User = { ...ownStamp(), sandbox: sandbox.name, id: sandbox.id, readOnly: v.readOnly };
+        writeFileSync(usersFile(v.name), JSON.stringify([...users, lease]));
         taken.push(v.name);
       }, 60_000);
     }
@@ -174,7 +171,8 @@ export function listVolumes(): VolumeInfo[] {
     .map((f) => {
       const name = f.slice(0, -".ext4".length);
       const st = statSync(path.join(dir(), f));
-      return { name, sizeBytes: st.size, diskBytes: st.blocks * 512, users: readUsers(name) };
+      const users = readUsers(name).map((u) => ({ pid: u.pid, sandbox: u.sandbox, id: u.id, readOnly: u.readOnly }));
+      return { name, sizeBytes: st.size, diskBytes: st.blocks * 512, users };
     })
     .sort((a, b) => a.name.localeCompare(b.name));
 }
