@@ -64,7 +64,7 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     envdVersion: ENVD_VERSION,
   });
 
-  async function json(req: IncomingMessage): Promise<Record<string, any>> {
+  async function json(req: IncomingMessage): Promise<Record<string, unknown>> {
     const body = await readBody(req, bodyLimit);
     if (!body.length) return {};
     try {

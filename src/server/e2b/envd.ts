@@ -1,24 +1,17 @@
 // E2B's envd, served by the host for every sandbox on one port: Connect RPC process.Process and
-// filesystem.Filesystem (connect-node, from our own .proto in proto/e2b, compiled to
-// envd.binpb), translated to the agent protocol. The sandbox is the request's E2b-Sandbox-Id,
-// and its X-Access-Token must be the one its create returned.
-import { readFileSync } from "node:fs";
-
-import { createFileRegistry, type DescService, fromBinary } from "@bufbuild/protobuf";
-import { FileDescriptorSetSchema, file_google_protobuf_timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
+// filesystem.Filesystem (connect-node, with the services and messages generated from our own
+// .proto in proto/e2b into src/gen/e2b), translated to the agent protocol. The sandbox is the
+// request's E2b-Sandbox-Id, and its X-Access-Token must be the one its create returned.
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 
 import type { FileStat } from "../../agent-client/client.js";
 import { FileOperationError, MicrosandboxError } from "../../errors.js";
+import { type EntryInfoSchema, EventType, FileType, Filesystem, type WatchDirResponseSchema } from "../../gen/e2b/filesystem_pb.js";
+import { Process, type ProcessEventSchema, type ProcessSelector, Signal } from "../../gen/e2b/process_pb.js";
 import type { Managed } from "../sandboxes.js";
 import { ProcessTable, type ProcEvent } from "./processes.js";
-
-const set = fromBinary(FileDescriptorSetSchema, readFileSync(new URL("../../../proto/e2b/envd.binpb", import.meta.url)));
-const registry = createFileRegistry(
-  ...set.file.map((f) => createFileRegistry(f, (name) => (name === "google/protobuf/timestamp.proto" ? file_google_protobuf_timestamp : undefined))),
-);
-const ProcessService = registry.getService("process.Process")!;
-const FilesystemService = registry.getService("filesystem.Filesystem")!;
 
 /** The sandbox a data-plane request is for, or a ConnectError. */
 export type SandboxOf = (headers: Headers) => Managed & { processes: ProcessTable };
@@ -33,14 +26,14 @@ function rpcError(err: unknown): ConnectError {
   return new ConnectError(err instanceof MicrosandboxError ? err.message : String((err as Error)?.message ?? err), Code.Internal);
 }
 
-const TYPES = { regular: 1, directory: 2, symlink: 3 } as Record<string, number>;
+const TYPES: Partial<Record<FileStat["type"], FileType>> = { regular: FileType.FILE, directory: FileType.DIRECTORY, symlink: FileType.SYMLINK };
 const rwx = (mode: number, type: string) =>
   (type === "directory" ? "d" : type === "symlink" ? "l" : "-") + [6, 3, 0].map((s) => ((mode >> s) & 4 ? "r" : "-") + ((mode >> s) & 2 ? "w" : "-") + ((mode >> s) & 1 ? "x" : "-")).join("");
 
-function entry(st: FileStat, path: string) {
+function entry(st: FileStat, path: string): MessageInitShape<typeof EntryInfoSchema> {
   return {
     name: st.name,
-    type: TYPES[st.type] ?? 0,
+    type: TYPES[st.type] ?? FileType.UNSPECIFIED,
     path,
     size: BigInt(st.size),
     mode: st.mode,
@@ -52,14 +45,17 @@ function entry(st: FileStat, path: string) {
   };
 }
 
-function eventOf(e: ProcEvent) {
-  if (e.kind === "start") return { event: { case: "start" as const, value: { pid: e.pid } } };
-  if (e.kind === "data") return { event: { case: "data" as const, value: { output: { case: e.stream, value: new Uint8Array(e.data) } } } };
+function eventOf(e: ProcEvent): MessageInitShape<typeof ProcessEventSchema> {
+  if (e.kind === "start") return { event: { case: "start", value: { pid: e.pid } } };
+  if (e.kind === "data") return { event: { case: "data", value: { output: { case: e.stream, value: new Uint8Array(e.data) } } } };
   const exit = e.exit;
   const code = exit?.exitCode ?? -1;
   const status = exit?.signal ? `signal: ${exit.signal.slice(3).toLowerCase()}` : exit ? `exit status ${code}` : "error";
-  return { event: { case: "end" as const, value: { exitCode: code, exited: !!exit && exit.exitCode !== null, status, ...(e.error ? { error: e.error } : {}) } } };
+  return { event: { case: "end", value: { exitCode: code, exited: !!exit && exit.exitCode !== null, status, ...(e.error ? { error: e.error } : {}) } } };
 }
+
+// The guest's watch events as envd's.
+const EVENTS = { create: EventType.CREATE, modify: EventType.WRITE, delete: EventType.REMOVE, rename: EventType.RENAME } as const;
 
 const bash = new WeakMap<object, Promise<boolean>>();
 const hasBash = (m: Managed) => {
@@ -70,79 +66,78 @@ const hasBash = (m: Managed) => {
 
 export function envdRoutes(sandboxOf: SandboxOf) {
   const of = (ctx: HandlerContext) => sandboxOf(ctx.requestHeader);
-  const proc = (ctx: HandlerContext, selector: { case: "pid"; value: number } | { case: "tag"; value: string } | { case: undefined; value?: undefined } | undefined) => {
+  const proc = (ctx: HandlerContext, selector: ProcessSelector["selector"] | undefined) => {
     const t = of(ctx).processes.find(selector ?? { case: undefined });
     if (!t) throw new ConnectError(`process ${JSON.stringify(selector?.value ?? null)} not found`, Code.NotFound);
     return t;
   };
   return (router: ConnectRouter) => {
-    // The services come from a descriptor set at run time, not generated code: their methods are
-    // not known to the type checker.
-    const serve = router.service.bind(router) as unknown as (service: DescService, impl: Record<string, unknown>) => void;
-    serve(ProcessService, {
-      async *start(req: any, ctx: HandlerContext) {
+    router.service(Process, {
+      async *start(req, ctx) {
         const m = of(ctx);
-        const cfg = req.process ?? {};
+        const cfg = req.process;
+        const args = cfg?.args ?? [];
+        const envs = cfg?.envs ?? {};
         const size = req.pty?.size;
         // The SDK runs every command with /bin/bash; an image without bash gets its sh.
-        const cmd = cfg.cmd === "/bin/bash" && !(await hasBash(m)) ? "/bin/sh" : cfg.cmd;
-        const spawned = m.sandbox.command.spawn(cmd, cfg.args ?? [], {
-          env: cfg.envs ?? {},
-          ...(cfg.cwd ? { cwd: cfg.cwd } : {}),
+        const cmd = cfg?.cmd === "/bin/bash" && !(await hasBash(m)) ? "/bin/sh" : (cfg?.cmd ?? "");
+        const spawned = m.sandbox.command.spawn(cmd, args, {
+          env: envs,
+          ...(cfg?.cwd ? { cwd: cfg.cwd } : {}),
           ...(size ? { pty: { rows: size.rows || 24, cols: size.cols || 80 } } : { stdin: !!req.stdin }),
         });
         let t;
         try {
-          t = await m.processes.add(spawned, { cmd: cfg.cmd, args: cfg.args ?? [], envs: cfg.envs ?? {}, cwd: cfg.cwd, pty: !!size, ...(req.tag ? { tag: req.tag } : {}) });
+          t = await m.processes.add(spawned, { cmd: cfg?.cmd ?? "", args, envs, ...(cfg?.cwd ? { cwd: cfg.cwd } : {}), pty: !!size, ...(req.tag ? { tag: req.tag } : {}) });
         } catch (err) {
           throw rpcError(err);
         }
         for await (const e of t.watch()) yield { event: eventOf(e) };
       },
-      async *connect(req: any, ctx: HandlerContext) {
+      async *connect(req, ctx) {
         for await (const e of proc(ctx, req.process?.selector).watch()) yield { event: eventOf(e) };
       },
-      async list(_req: unknown, ctx: HandlerContext) {
+      list(_req, ctx) {
         return { processes: of(ctx).processes.list().map((t) => ({ pid: t.pid, ...(t.tag ? { tag: t.tag } : {}), config: { cmd: t.cmd, args: t.args, envs: t.envs, ...(t.cwd ? { cwd: t.cwd } : {}) } })) };
       },
-      async sendInput(req: any, ctx: HandlerContext) {
+      async sendInput(req, ctx) {
         const input = req.input?.input;
         if (input?.value) await proc(ctx, req.process?.selector).proc.write(input.value).catch((err: unknown) => {
           throw rpcError(err);
         });
         return {};
       },
-      async streamInput(reqs: AsyncIterable<any>, ctx: HandlerContext) {
+      async streamInput(reqs, ctx) {
         let t;
         for await (const r of reqs) {
           if (r.event.case === "start") t = proc(ctx, r.event.value.process?.selector);
-          else if (r.event.case === "data" && t && r.event.value.input?.input?.value) await t.proc.write(r.event.value.input.input.value);
+          else if (r.event.case === "data" && t && r.event.value.input?.input.value) await t.proc.write(r.event.value.input.input.value);
         }
         return {};
       },
-      async sendSignal(req: any, ctx: HandlerContext) {
-        proc(ctx, req.process?.selector).proc.kill(req.signal === 15 ? "SIGTERM" : "SIGKILL");
+      sendSignal(req, ctx) {
+        proc(ctx, req.process?.selector).proc.kill(req.signal === Signal.SIGTERM ? "SIGTERM" : "SIGKILL");
         return {};
       },
-      async closeStdin(req: any, ctx: HandlerContext) {
+      async closeStdin(req, ctx) {
         await proc(ctx, req.process?.selector).proc.end();
         return {};
       },
-      async update(req: any, ctx: HandlerContext) {
+      update(req, ctx) {
         const size = req.pty?.size;
         if (size) proc(ctx, req.process?.selector).proc.resize(size.rows, size.cols);
         return {};
       },
     });
-    serve(FilesystemService, {
-      async stat(req: any, ctx: HandlerContext) {
+    router.service(Filesystem, {
+      async stat(req, ctx) {
         try {
           return { entry: entry(await of(ctx).sandbox.fs.stat(req.path), req.path) };
         } catch (err) {
           throw rpcError(err);
         }
       },
-      async makeDir(req: any, ctx: HandlerContext) {
+      async makeDir(req, ctx) {
         const fs = of(ctx).sandbox.fs;
         if (await fs.stat(req.path).then(() => true, () => false)) throw new ConnectError(`${req.path} already exists`, Code.AlreadyExists);
         try {
@@ -152,7 +147,7 @@ export function envdRoutes(sandboxOf: SandboxOf) {
           throw rpcError(err);
         }
       },
-      async move(req: any, ctx: HandlerContext) {
+      async move(req, ctx) {
         const fs = of(ctx).sandbox.fs;
         try {
           await fs.rename(req.source, req.destination);
@@ -161,10 +156,10 @@ export function envdRoutes(sandboxOf: SandboxOf) {
           throw rpcError(err);
         }
       },
-      async listDir(req: any, ctx: HandlerContext) {
+      async listDir(req, ctx) {
         const fs = of(ctx).sandbox.fs;
         const depth = req.depth || 1;
-        const entries: ReturnType<typeof entry>[] = [];
+        const entries: MessageInitShape<typeof EntryInfoSchema>[] = [];
         const walk = async (dir: string, level: number) => {
           for (const st of await fs.list(dir)) {
             const path = `${dir.replace(/\/$/, "")}/${st.name}`;
@@ -179,7 +174,7 @@ export function envdRoutes(sandboxOf: SandboxOf) {
         }
         return { entries };
       },
-      async remove(req: any, ctx: HandlerContext) {
+      async remove(req, ctx) {
         try {
           await of(ctx).sandbox.fs.remove(req.path, { recursive: true });
         } catch (err) {
@@ -187,15 +182,14 @@ export function envdRoutes(sandboxOf: SandboxOf) {
         }
         return {};
       },
-      async *watchDir(req: any, ctx: HandlerContext) {
-        const root = String(req.path).replace(/\/$/, "");
-        const watch = of(ctx).sandbox.fs.watch(root, { recursive: !!req.recursive });
+      async *watchDir(req, ctx): AsyncGenerator<MessageInitShape<typeof WatchDirResponseSchema>> {
+        const root = req.path.replace(/\/$/, "");
+        const watch = of(ctx).sandbox.fs.watch(root, { recursive: req.recursive });
         ctx.signal.addEventListener("abort", () => watch.close(), { once: true });
-        yield { event: { case: "start" as const, value: {} } };
-        const TYPE = { create: 1, modify: 2, delete: 3, rename: 4 } as Record<string, number>;
+        yield { event: { case: "start", value: {} } };
         for await (const e of watch) {
           if (e.type === "overflow") continue; // envd has no such event: the client sees a gap
-          yield { event: { case: "filesystem" as const, value: { name: e.path.slice(root.length + 1), type: TYPE[e.type] ?? 0 } } };
+          yield { event: { case: "filesystem", value: { name: e.path.slice(root.length + 1), type: EVENTS[e.type] } } };
         }
       },
     });
