@@ -2,6 +2,10 @@
 // errors that carry their status (and a Retry-After when the server is full).
 import type { IncomingMessage, ServerResponse } from "node:http";
 
+/** A route's path parameters (find-my-way's :names). */
+export type Params = Record<string, string | undefined>;
+export type Handler = (req: IncomingMessage, res: ServerResponse, params: Params) => Promise<void> | void;
+
 export class HttpError extends Error {
   constructor(
     readonly status: number,
@@ -25,6 +29,19 @@ export async function readBody(req: IncomingMessage, limit: number): Promise<Buf
     parts.push(chunk as Buffer);
   }
   return Buffer.concat(parts);
+}
+
+/** The body as a JSON object ({} when empty), or HttpError 400. */
+export async function readJsonObject(req: IncomingMessage, limit: number): Promise<Record<string, unknown>> {
+  const body = await readBody(req, limit);
+  if (!body.length) return {};
+  try {
+    const v: unknown = JSON.parse(body.toString("utf8"));
+    if (v && typeof v === "object" && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // answered below
+  }
+  throw new HttpError(400, "the body is not a JSON object", "bad_request");
 }
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {

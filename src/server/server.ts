@@ -1,6 +1,6 @@
 // msb server: sandboxes over HTTP for clients that only talk to a server. One node:http server
 // with a find-my-way router: the Microsandbox JSON-RPC protocol (msb-rpc.ts) and the E2B API
-// (e2b/api.ts: control plane, and a data plane for requests carrying E2b-Sandbox-Id). It binds to
+// (e2b/: control plane, and a data plane for requests carrying E2b-Sandbox-Id). It binds to
 // loopback unless told otherwise and refuses any other address without an API key; close() stops
 // every sandbox it runs.
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -12,6 +12,7 @@ import FindMyWay from "find-my-way";
 import { InvalidArgumentError } from "../errors.js";
 import { Keys } from "./auth.js";
 import { e2bApi, type E2bOptions } from "./e2b/api.js";
+import { portHost } from "./e2b/ports.js";
 import { HttpError, sendJson } from "./http.js";
 import { msbRpc } from "./msb-rpc.js";
 import { type Limits, SandboxTable } from "./sandboxes.js";
@@ -93,11 +94,13 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       .catch((err) => fail(res, err));
   });
   const e2b = e2bApi(table, keys, opts.e2b ?? {}, bodyLimit);
-  e2b.routes(router, (fn) => (req, res, params) => {
-    void Promise.resolve()
-      .then(() => fn(req, res, params as Record<string, string | undefined>))
-      .catch((err) => fail(res, err));
-  });
+  e2b.routes((method, path, fn) =>
+    router.on(method, path, (req, res, params) => {
+      void Promise.resolve()
+        .then(() => fn(req, res, params))
+        .catch((err) => fail(res, err));
+    }),
+  );
 
   const server: Server = createHttpServer((req: IncomingMessage, res: ServerResponse) => {
     const t0 = performance.now();
@@ -105,8 +108,8 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       res.once("finish", () => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), method: req.method, path: req.url?.split("?")[0], status: res.statusCode, ms: Math.round(performance.now() - t0) }) + "\n"));
     }
     try {
-      const host = /^(\d{1,5})-([0-9a-f]{16})\./.exec(req.headers.host ?? "");
-      if (host) void e2b.portProxy(req, res, Number(host[1]), host[2]!).catch((err) => fail(res, err));
+      const host = portHost(req.headers.host);
+      if (host) void e2b.portProxy(req, res, host.port, host.id).catch((err) => fail(res, err));
       else if (req.headers["e2b-sandbox-id"]) void e2b.dataPlane(req, res).catch((err) => fail(res, err));
       else if (/^\/files\?(.*&)?signature=/.test(req.url ?? "")) void e2b.presigned(req, res).catch((err) => fail(res, err));
       else router.lookup(req, res);

@@ -11,10 +11,9 @@ import { FileOperationError, MicrosandboxError } from "../../errors.js";
 import { type EntryInfoSchema, EventType, FileType, Filesystem, type WatchDirResponseSchema } from "../../gen/e2b/filesystem_pb.js";
 import { Process, type ProcessEventSchema, type ProcessSelector, Signal } from "../../gen/e2b/process_pb.js";
 import type { Managed } from "../sandboxes.js";
-import { ProcessTable, type ProcEvent } from "./processes.js";
+import type { ProcEvent } from "./processes.js";
+import type { E2bSandboxes } from "./shared.js";
 
-/** The sandbox a data-plane request is for, or a ConnectError. */
-export type SandboxOf = (headers: Headers) => Managed & { processes: ProcessTable };
 
 // A guest file failure as the status envd gives.
 function rpcError(err: unknown): ConnectError {
@@ -64,17 +63,18 @@ const hasBash = (m: Managed) => {
   return known;
 };
 
-export function envdRoutes(sandboxOf: SandboxOf) {
-  const of = (ctx: HandlerContext) => sandboxOf(ctx.requestHeader);
+export function envdRoutes(sandboxes: E2bSandboxes) {
+  const of = (ctx: HandlerContext) => sandboxes.forRequest(ctx.requestHeader);
+  const fsOf = (ctx: HandlerContext) => of(ctx).m.sandbox.fs;
   const proc = (ctx: HandlerContext, selector: ProcessSelector["selector"] | undefined) => {
-    const t = of(ctx).processes.find(selector ?? { case: undefined });
+    const t = of(ctx).s.processes.find(selector ?? { case: undefined });
     if (!t) throw new ConnectError(`process ${JSON.stringify(selector?.value ?? null)} not found`, Code.NotFound);
     return t;
   };
   return (router: ConnectRouter) => {
     router.service(Process, {
       async *start(req, ctx) {
-        const m = of(ctx);
+        const { m, s } = of(ctx);
         const cfg = req.process;
         const args = cfg?.args ?? [];
         const envs = cfg?.envs ?? {};
@@ -88,7 +88,7 @@ export function envdRoutes(sandboxOf: SandboxOf) {
         });
         let t;
         try {
-          t = await m.processes.add(spawned, { cmd: cfg?.cmd ?? "", args, envs, ...(cfg?.cwd ? { cwd: cfg.cwd } : {}), pty: !!size, ...(req.tag ? { tag: req.tag } : {}) });
+          t = await s.processes.add(spawned, { cmd: cfg?.cmd ?? "", args, envs, ...(cfg?.cwd ? { cwd: cfg.cwd } : {}), pty: !!size, ...(req.tag ? { tag: req.tag } : {}) });
         } catch (err) {
           throw rpcError(err);
         }
@@ -98,7 +98,7 @@ export function envdRoutes(sandboxOf: SandboxOf) {
         for await (const e of proc(ctx, req.process?.selector).watch()) yield { event: eventOf(e) };
       },
       list(_req, ctx) {
-        return { processes: of(ctx).processes.list().map((t) => ({ pid: t.pid, ...(t.tag ? { tag: t.tag } : {}), config: { cmd: t.cmd, args: t.args, envs: t.envs, ...(t.cwd ? { cwd: t.cwd } : {}) } })) };
+        return { processes: of(ctx).s.processes.list().map((t) => ({ pid: t.pid, ...(t.tag ? { tag: t.tag } : {}), config: { cmd: t.cmd, args: t.args, envs: t.envs, ...(t.cwd ? { cwd: t.cwd } : {}) } })) };
       },
       async sendInput(req, ctx) {
         const input = req.input?.input;
@@ -132,13 +132,13 @@ export function envdRoutes(sandboxOf: SandboxOf) {
     router.service(Filesystem, {
       async stat(req, ctx) {
         try {
-          return { entry: entry(await of(ctx).sandbox.fs.stat(req.path), req.path) };
+          return { entry: entry(await fsOf(ctx).stat(req.path), req.path) };
         } catch (err) {
           throw rpcError(err);
         }
       },
       async makeDir(req, ctx) {
-        const fs = of(ctx).sandbox.fs;
+        const fs = fsOf(ctx);
         if (await fs.stat(req.path).then(() => true, () => false)) throw new ConnectError(`${req.path} already exists`, Code.AlreadyExists);
         try {
           await fs.mkdir(req.path, { parents: true });
@@ -148,7 +148,7 @@ export function envdRoutes(sandboxOf: SandboxOf) {
         }
       },
       async move(req, ctx) {
-        const fs = of(ctx).sandbox.fs;
+        const fs = fsOf(ctx);
         try {
           await fs.rename(req.source, req.destination);
           return { entry: entry(await fs.stat(req.destination), req.destination) };
@@ -157,7 +157,7 @@ export function envdRoutes(sandboxOf: SandboxOf) {
         }
       },
       async listDir(req, ctx) {
-        const fs = of(ctx).sandbox.fs;
+        const fs = fsOf(ctx);
         const depth = req.depth || 1;
         const entries: MessageInitShape<typeof EntryInfoSchema>[] = [];
         const walk = async (dir: string, level: number) => {
@@ -176,7 +176,7 @@ export function envdRoutes(sandboxOf: SandboxOf) {
       },
       async remove(req, ctx) {
         try {
-          await of(ctx).sandbox.fs.remove(req.path, { recursive: true });
+          await fsOf(ctx).remove(req.path, { recursive: true });
         } catch (err) {
           throw rpcError(err);
         }
@@ -184,7 +184,7 @@ export function envdRoutes(sandboxOf: SandboxOf) {
       },
       async *watchDir(req, ctx): AsyncGenerator<MessageInitShape<typeof WatchDirResponseSchema>> {
         const root = req.path.replace(/\/$/, "");
-        const watch = of(ctx).sandbox.fs.watch(root, { recursive: req.recursive });
+        const watch = fsOf(ctx).watch(root, { recursive: req.recursive });
         ctx.signal.addEventListener("abort", () => watch.close(), { once: true });
         yield { event: { case: "start", value: {} } };
         for await (const e of watch) {

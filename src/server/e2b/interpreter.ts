@@ -1,0 +1,83 @@
+// The code interpreter (port 49999): /execute runs code in the sandbox's interpreter, or in a
+// context's, and answers newline-delimited JSON events; /contexts makes, lists, ends and
+// restarts contexts, each an interpreter of its own.
+import { randomBytes } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+
+import { PythonSandbox } from "../../sandbox/kinds.js";
+import { HttpError, readJsonObject, sendJson } from "../http.js";
+import type { CodeContext, E2bSandbox } from "./shared.js";
+
+export function codeInterpreter(bodyLimit: number) {
+  const python = ({ m }: E2bSandbox): PythonSandbox => {
+    if (!(m.sandbox instanceof PythonSandbox)) throw new HttpError(400, "this sandbox's template has no Python interpreter", "bad_request");
+    return m.sandbox;
+  };
+
+  // POST creates a context, GET lists them, DELETE /contexts/ID ends one, POST
+  // /contexts/ID/restart starts it afresh.
+  async function contexts(sb: E2bSandbox, req: IncomingMessage, res: ServerResponse, pathname: string): Promise<void> {
+    const py = python(sb);
+    const all = sb.s.contexts;
+    const shown = (id: string, c: CodeContext) => ({ id, language: "python", cwd: c.cwd });
+    const [, , id, action] = pathname.split("/");
+    if (!id && req.method === "POST") {
+      const body = await readJsonObject(req, bodyLimit);
+      if (body.language && body.language !== "python") throw new HttpError(400, `language ${JSON.stringify(body.language)} is not served here: python`, "bad_request");
+      const cwd = typeof body.cwd === "string" && body.cwd.startsWith("/") ? body.cwd : "/root";
+      const ctxId = randomBytes(8).toString("hex");
+      const c = { cwd, interpreter: py.interpreter() };
+      await c.interpreter.run(`import os
+os.makedirs(${JSON.stringify(cwd)}, exist_ok=True)
+os.chdir(${JSON.stringify(cwd)})`);
+      all.set(ctxId, c);
+      return sendJson(res, 200, shown(ctxId, c));
+    }
+    if (!id && req.method === "GET") return sendJson(res, 200, [...all].map(([i, c]) => shown(i, c)));
+    const c = id ? all.get(id) : undefined;
+    if (!c) throw new HttpError(404, `context ${JSON.stringify(id)} not found`, "not_found");
+    if (!action && req.method === "DELETE") {
+      c.interpreter.close();
+      all.delete(id!);
+      return void res.writeHead(204).end();
+    }
+    if (action === "restart" && req.method === "POST") {
+      c.interpreter.close();
+      c.interpreter = py.interpreter();
+      await c.interpreter.run(`import os
+os.chdir(${JSON.stringify(c.cwd)})`);
+      return void res.writeHead(204).end();
+    }
+    throw new HttpError(404, `${req.method} ${pathname} is not served`, "not_found");
+  }
+
+  async function execute(sb: E2bSandbox, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readJsonObject(req, bodyLimit);
+    if (typeof body.code !== "string") throw new HttpError(400, "code must be a string", "bad_request");
+    const py = python(sb);
+    const ctx = typeof body.context_id === "string" ? sb.s.contexts.get(body.context_id) : undefined;
+    if (typeof body.context_id === "string" && !ctx) throw new HttpError(404, `context ${JSON.stringify(body.context_id)} not found`, "not_found");
+    const e = ctx ? await ctx.interpreter.run(body.code) : await py.run(body.code);
+    res.writeHead(200, { "content-type": "application/x-ndjson" });
+    const line = (o: object) => res.write(JSON.stringify(o) + "\n");
+    const now = new Date().toISOString();
+    // The interpreter echoes a final expression's value on stdout, as a prompt does; here it is
+    // the main result instead.
+    const echoed = e.result !== undefined && e.stdout.endsWith(`${e.result}\n`) ? e.result.length + 1 : 0;
+    const printed = e.stdout.slice(0, e.stdout.length - echoed);
+    if (printed) line({ type: "stdout", text: printed, timestamp: now });
+    if (e.hasError()) {
+      // The report ends in "Name: value"; the traceback is all of it.
+      const last = e.stderr.trim().split("\n").at(-1) ?? "";
+      const at = last.indexOf(": ");
+      line({ type: "error", name: e.errorName ?? (at > 0 ? last.slice(0, at) : last), value: at > 0 ? last.slice(at + 2) : "", traceback: e.stderr });
+    } else {
+      if (e.stderr) line({ type: "stderr", text: e.stderr, timestamp: now });
+      if (e.result !== undefined) line({ type: "result", text: e.result, is_main_result: true });
+    }
+    line({ type: "end_of_execution" });
+    res.end();
+  }
+
+  return { contexts, execute };
+}
