@@ -7,6 +7,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { InvalidArgumentError, MicrosandboxError, TimeoutError } from "../errors.js";
 import { NodeSandbox, PythonSandbox } from "../sandbox/kinds.js";
 import type { Keys } from "./auth.js";
+import { SERVER_DEFAULTS } from "./defaults.js";
 import { HttpError, readBody, sendJson } from "./http.js";
 import type { SandboxTable } from "./sandboxes.js";
 
@@ -53,7 +54,7 @@ const lines = (stdout: string, stderr: string) => [
 export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
   const methods: Record<string, (owner: string, p: Params) => Promise<unknown>> = {
     "sandbox.start": async (owner, p) => {
-      const namespace = str(p, "namespace", "default");
+      const namespace = str(p, "namespace", SERVER_DEFAULTS.rpc.namespace);
       const name = str(p, "sandbox");
       const config = (p.config ?? {}) as Params;
       if (table.find(owner, namespace, name)) return `Sandbox ${name} is already running`;
@@ -62,7 +63,7 @@ export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
         owner,
         namespace,
         name,
-        image: str(config, "image", "microsandbox/python"),
+        image: str(config, "image", SERVER_DEFAULTS.rpc.image),
         memory: num(config.memory, "config.memory"),
         cpus: num(config.cpus, "config.cpus"),
         env: Object.fromEntries(((config.envs as string[] | undefined) ?? []).map((e) => [e.split("=")[0]!, e.slice(e.indexOf("=") + 1)])),
@@ -107,7 +108,7 @@ export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
   };
 
   function running(owner: string, p: Params) {
-    const namespace = str(p, "namespace", "default");
+    const namespace = str(p, "namespace", SERVER_DEFAULTS.rpc.namespace);
     const name = str(p, "sandbox");
     const m = table.find(owner, namespace, name);
     if (!m) throw new RpcError(RPC_ERRORS.notFound, `no sandbox ${JSON.stringify(name)} in namespace ${JSON.stringify(namespace)}`);
@@ -152,7 +153,7 @@ export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
     const reply = await call(owner, msg);
     if (!reply) return void res.writeHead(204).end(); // a notification
     const full = (reply as { error?: { code: number } }).error?.code === RPC_ERRORS.full;
-    sendJson(res, full ? 429 : 200, reply, full ? { "retry-after": "5" } : {});
+    sendJson(res, full ? 429 : 200, reply, full ? { "retry-after": String(SERVER_DEFAULTS.retryAfterS) } : {});
   };
 }
 

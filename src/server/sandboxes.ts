@@ -5,6 +5,7 @@ import { randomBytes } from "node:crypto";
 
 import { NodeSandbox, PythonSandbox, CustomSandbox } from "../sandbox/kinds.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
+import { SERVER_DEFAULTS } from "./defaults.js";
 import { HttpError } from "./http.js";
 
 export interface Managed {
@@ -51,8 +52,6 @@ export interface Limits {
   images: Record<string, string>;
 }
 
-const RETRY_AFTER_S = 5;
-
 export class SandboxTable {
   private readonly all = new Map<string, Managed>();
   private reservedMiB = 0;
@@ -63,13 +62,13 @@ export class SandboxTable {
 
   async create(spec: CreateSpec): Promise<Managed> {
     if (this.closed) throw new HttpError(503, "the server is shutting down", "unavailable");
-    const memory = spec.memory ?? 512;
+    const memory = spec.memory ?? SERVER_DEFAULTS.sandboxMemoryMiB;
     const used = [...this.all.values()].reduce((n, m) => n + m.memory, 0) + this.reservedMiB;
     if (this.all.size + this.reserved >= this.limits.maxSandboxes) {
-      throw new HttpError(429, `the server runs its limit of ${this.limits.maxSandboxes} sandboxes: retry later`, "too_many_sandboxes", RETRY_AFTER_S);
+      throw new HttpError(429, `the server runs its limit of ${this.limits.maxSandboxes} sandboxes: retry later`, "too_many_sandboxes", SERVER_DEFAULTS.retryAfterS);
     }
     if (used + memory > this.limits.memoryBudgetMiB) {
-      throw new HttpError(429, `${memory} MiB more would pass the server's memory budget (${used} of ${this.limits.memoryBudgetMiB} MiB in use): retry later`, "memory_budget", RETRY_AFTER_S);
+      throw new HttpError(429, `${memory} MiB more would pass the server's memory budget (${used} of ${this.limits.memoryBudgetMiB} MiB in use): retry later`, "memory_budget", SERVER_DEFAULTS.retryAfterS);
     }
     this.reserved++;
     this.reservedMiB += memory;

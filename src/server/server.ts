@@ -5,12 +5,12 @@
 // every sandbox it runs.
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import os from "node:os";
 
 import FindMyWay from "find-my-way";
 
 import { InvalidArgumentError } from "../errors.js";
 import { Keys } from "./auth.js";
+import { BUILTIN_IMAGES, defaultMemoryBudgetMiB, SERVER_DEFAULTS } from "./defaults.js";
 import { e2bApi, type E2bOptions } from "./e2b/api.js";
 import { portHost } from "./e2b/ports.js";
 import { HttpError, sendJson } from "./http.js";
@@ -19,19 +19,19 @@ import { type Limits, SandboxTable } from "./sandboxes.js";
 import { checkKeys, keysOf } from "../keys.js";
 
 export interface ServerOptions {
-  /** Default 127.0.0.1. Any other address needs `apiKeys`. */
+  /** The address to listen on (default {@link SERVER_DEFAULTS}.host). Any other than loopback needs `apiKeys`. */
   host?: string;
-  /** Default 5555; 0 picks a free port. */
+  /** The port (default {@link SERVER_DEFAULTS}.port); 0 picks a free one. */
   port?: number;
   /** Accepted keys (Authorization: Bearer KEY); each key sees only its own sandboxes. */
   apiKeys?: string[];
-  /** Sandboxes at once (default 16). */
+  /** Sandboxes at once (default {@link SERVER_DEFAULTS}.maxSandboxes). */
   maxSandboxes?: number;
-  /** MiB all sandboxes may take together (default: half the host's RAM). */
+  /** MiB all sandboxes may take together (default {@link defaultMemoryBudgetMiB}: half the host's RAM). */
   memoryBudgetMiB?: number;
-  /** Largest request body in bytes (default 1 MiB). */
+  /** Largest request body in bytes (default {@link SERVER_DEFAULTS}.bodyLimit). */
   bodyLimit?: number;
-  /** Client image names to this server's images; defaults map microsandbox/python and microsandbox/node to local:python and local:node. */
+  /** Client image names to this server's images, added to {@link BUILTIN_IMAGES}. */
   images?: Record<string, string>;
   /** One JSON line per request on stderr (default off). */
   accessLog?: boolean;
@@ -58,18 +58,18 @@ const E2B_KEYS = keysOf<E2bOptions>({ templates: true, fileLimit: true });
 export async function createServer(opts: ServerOptions = {}): Promise<RunningServer> {
   checkKeys("server option", opts, SERVER_KEYS);
   if (opts.e2b) checkKeys("server e2b option", opts.e2b, E2B_KEYS);
-  const host = opts.host ?? "127.0.0.1";
+  const host = opts.host ?? SERVER_DEFAULTS.host;
   const keys = new Keys(opts.apiKeys ?? []);
   if (!LOOPBACK.test(host) && !keys.required) {
     throw new InvalidArgumentError(`the server would listen on ${host}, beyond this machine, with no API key: give apiKeys (msb server --api-key), or listen on 127.0.0.1`);
   }
   const limits: Limits = {
-    maxSandboxes: opts.maxSandboxes ?? 16,
-    memoryBudgetMiB: opts.memoryBudgetMiB ?? Math.floor(os.totalmem() / 2 ** 21),
-    images: { "microsandbox/python": "local:python", "microsandbox/node": "local:node", ...opts.images },
+    maxSandboxes: opts.maxSandboxes ?? SERVER_DEFAULTS.maxSandboxes,
+    memoryBudgetMiB: opts.memoryBudgetMiB ?? defaultMemoryBudgetMiB(),
+    images: { ...BUILTIN_IMAGES, ...opts.images },
   };
   const table = new SandboxTable(limits);
-  const bodyLimit = opts.bodyLimit ?? 1 << 20;
+  const bodyLimit = opts.bodyLimit ?? SERVER_DEFAULTS.bodyLimit;
   const router = FindMyWay({
     defaultRoute: (_req, res) => sendJson(res, 404, { code: 404, message: "no such endpoint" }),
   });
@@ -119,7 +119,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(opts.port ?? 5555, host, () => resolve());
+    server.listen(opts.port ?? SERVER_DEFAULTS.port, host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
   let closing: Promise<void> | undefined;

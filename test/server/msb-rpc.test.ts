@@ -4,6 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { createServer, InvalidArgumentError, type RunningServer, Sandbox } from "../../src/index.js";
+import { SERVER_DEFAULTS } from "../../src/server/defaults.js";
 
 let server: RunningServer;
 const KEY = "test-key-1";
@@ -85,7 +86,7 @@ describe("the Microsandbox JSON-RPC server", () => {
     try {
       expect(results.slice(0, 2).map((r) => r.body.result)).toEqual(["Sandbox a started", "Sandbox b started"]);
       expect(results[2]!.status).toBe(429);
-      expect(results[2]!.headers.get("retry-after")).toBe("5");
+      expect(results[2]!.headers.get("retry-after")).toBe(String(SERVER_DEFAULTS.retryAfterS));
       expect(results[2]!.body.error?.code).toBe(-32005);
     } finally {
       for (const n of names) await rpc("sandbox.stop", { sandbox: n });

@@ -9,6 +9,7 @@ import { Code, type ConnectError } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 
 import type { Keys } from "../auth.js";
+import { BUILTIN_TEMPLATES, SERVER_DEFAULTS } from "../defaults.js";
 import { HttpError } from "../http.js";
 import type { SandboxTable } from "../sandboxes.js";
 import { controlPlane } from "./control.js";
@@ -19,16 +20,16 @@ import { relayToPort } from "./ports.js";
 import { E2bSandboxes, ENVD_PORT, headersOf, INTERPRETER_PORT } from "./shared.js";
 
 export interface E2bOptions {
-  /** Template ids to images; "base" and "code-interpreter-v1" default to local:python. */
+  /** Template ids to images, added to {@link BUILTIN_TEMPLATES}. */
   templates?: Record<string, string>;
-  /** Largest file upload in bytes (default 100 MiB). */
+  /** Largest file upload in bytes (default {@link SERVER_DEFAULTS}.e2b.fileLimit). */
   fileLimit?: number;
 }
 
 export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLimit: number) {
   const sandboxes = new E2bSandboxes(table, keys);
-  const templates: Record<string, string> = { base: "local:python", "code-interpreter-v1": "local:python", ...opts.templates };
-  const fileLimit = opts.fileLimit ?? 100 * 2 ** 20;
+  const templates: Record<string, string> = { ...BUILTIN_TEMPLATES, ...opts.templates };
+  const fileLimit = opts.fileLimit ?? SERVER_DEFAULTS.e2b.fileLimit;
   const envd = connectNodeAdapter({ routes: envdRoutes(sandboxes) });
   const interpreter = codeInterpreter(bodyLimit);
 

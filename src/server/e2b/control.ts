@@ -5,11 +5,10 @@ import { rmSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import type { PythonSandbox } from "../../sandbox/kinds.js";
+import { SERVER_DEFAULTS } from "../defaults.js";
 import { type Handler, HttpError, type Params, readJsonObject, sendJson } from "../http.js";
 import { ProcessTable } from "./processes.js";
 import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION } from "./shared.js";
-
-const DEFAULT_TIMEOUT_S = 300;
 
 export interface ControlOptions {
   /** Template ids to images. */
@@ -42,8 +41,8 @@ export function controlPlane(sandboxes: E2bSandboxes, opts: ControlOptions) {
   async function create(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const who = sandboxes.owner(req);
     const body = await readJsonObject(req, opts.bodyLimit);
-    const template = typeof body.templateID === "string" && body.templateID ? body.templateID : "base";
-    const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : DEFAULT_TIMEOUT_S;
+    const template = typeof body.templateID === "string" && body.templateID ? body.templateID : SERVER_DEFAULTS.e2b.template;
+    const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS;
     const metadata = body.metadata && typeof body.metadata === "object" ? (body.metadata as Record<string, string>) : {};
     const env = body.envVars && typeof body.envVars === "object" ? (body.envVars as Record<string, string>) : {};
     const m = await table.create({ protocol: "e2b", owner: who, namespace: "e2b", name: template, image: opts.templates[template] ?? template, template, metadata, env, timeout });
@@ -61,7 +60,7 @@ export function controlPlane(sandboxes: E2bSandboxes, opts: ControlOptions) {
       delete m.discard;
       status = 201;
     }
-    table.setTimeout(m, typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : DEFAULT_TIMEOUT_S);
+    table.setTimeout(m, typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS);
     sendJson(res, status, reached({ m, s }));
   }
 
@@ -69,7 +68,7 @@ export function controlPlane(sandboxes: E2bSandboxes, opts: ControlOptions) {
     const url = new URL(req.url ?? "/", "http://x");
     const wanted = new URLSearchParams(url.searchParams.get("metadata") ?? "");
     const states = url.searchParams.getAll("state").flatMap((s) => s.split(","));
-    const limit = Math.min(Math.max(Number(url.searchParams.get("limit") ?? 100) || 100, 1), 1000);
+    const limit = Math.min(Math.max(Number(url.searchParams.get("limit") ?? SERVER_DEFAULTS.e2b.listLimit) || SERVER_DEFAULTS.e2b.listLimit, 1), 1000);
     const after = url.searchParams.get("nextToken");
     let all = sandboxes
       .list(req)
