@@ -1,12 +1,12 @@
 // The server's sandboxes, whichever protocol made them: who owns each (an API key's namespace),
 // its name and metadata, its lifetime, and the limits on how many run and how much memory they
-// take together. A create past a limit is HttpError 429 with Retry-After.
+// take together. A create past a limit is a ServerFullError (429 with Retry-After).
 import { randomBytes } from "node:crypto";
 
 import { NodeSandbox, PythonSandbox, CustomSandbox } from "../sandbox/kinds.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
 import { SERVER_DEFAULTS } from "./defaults.js";
-import { HttpError } from "./http.js";
+import { NotFoundError, ServerClosingError, ServerFullError } from "./errors.js";
 
 export interface Managed {
   /** The server's id for it (also its Sandbox name). */
@@ -61,14 +61,14 @@ export class SandboxTable {
   constructor(private readonly limits: Limits) {}
 
   async create(spec: CreateSpec): Promise<Managed> {
-    if (this.closed) throw new HttpError(503, "the server is shutting down", "unavailable");
+    if (this.closed) throw new ServerClosingError("the server is shutting down: start sandboxes on another");
     const memory = spec.memory ?? SERVER_DEFAULTS.sandboxMemoryMiB;
     const used = [...this.all.values()].reduce((n, m) => n + m.memory, 0) + this.reservedMiB;
     if (this.all.size + this.reserved >= this.limits.maxSandboxes) {
-      throw new HttpError(429, `the server runs its limit of ${this.limits.maxSandboxes} sandboxes: retry later`, "too_many_sandboxes", SERVER_DEFAULTS.retryAfterS);
+      throw new ServerFullError(`the server runs its limit of ${this.limits.maxSandboxes} sandboxes: retry later, or stop one`);
     }
     if (used + memory > this.limits.memoryBudgetMiB) {
-      throw new HttpError(429, `${memory} MiB more would pass the server's memory budget (${used} of ${this.limits.memoryBudgetMiB} MiB in use): retry later`, "memory_budget", SERVER_DEFAULTS.retryAfterS);
+      throw new ServerFullError(`${memory} MiB more would pass the server's memory budget (${used} of ${this.limits.memoryBudgetMiB} MiB in use): retry later, or ask for less`);
     }
     this.reserved++;
     this.reservedMiB += memory;
@@ -104,10 +104,10 @@ export class SandboxTable {
     m.timer.unref();
   }
 
-  /** The caller's sandbox `id`, or HttpError 404 (another key's sandboxes do not exist for it). */
+  /** The caller's sandbox `id`, or NotFoundError (another key's sandboxes do not exist for it). */
   get(owner: string, id: string): Managed {
     const m = this.all.get(id);
-    if (!m || m.owner !== owner) throw new HttpError(404, `sandbox ${JSON.stringify(id)} not found`, "not_found");
+    if (!m || m.owner !== owner) throw new NotFoundError(`sandbox ${JSON.stringify(id)} not found: msb ps lists this key's sandboxes`);
     return m;
   }
 

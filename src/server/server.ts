@@ -11,9 +11,10 @@ import FindMyWay from "find-my-way";
 import { InvalidArgumentError } from "../errors.js";
 import { Keys } from "./auth.js";
 import { BUILTIN_IMAGES, defaultMemoryBudgetMiB, SERVER_DEFAULTS } from "./defaults.js";
+import { NotFoundError } from "./errors.js";
 import { e2bApi, type E2bOptions } from "./e2b/api.js";
 import { portHost } from "./e2b/ports.js";
-import { HttpError, sendJson } from "./http.js";
+import { sendError, sendJson } from "./http.js";
 import { msbRpc } from "./msb-rpc.js";
 import { type Limits, SandboxTable } from "./sandboxes.js";
 import { checkKeys, keysOf } from "../keys.js";
@@ -71,18 +72,18 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   const table = new SandboxTable(limits);
   const bodyLimit = opts.bodyLimit ?? SERVER_DEFAULTS.bodyLimit;
   const router = FindMyWay({
-    defaultRoute: (_req, res) => sendJson(res, 404, { code: 404, message: "no such endpoint" }),
+    defaultRoute: (req, res) => sendError(res, new NotFoundError(`no such endpoint: ${req.method} ${req.url?.split("?")[0]}`)),
   });
   router.on("GET", "/api/v1/health", (_req, res) => sendJson(res, 200, { status: "ok" }));
   const rpc = msbRpc(table, keys, bodyLimit);
-  router.on("POST", "/api/v1/rpc", (req, res) => void rpc(req, res).catch((err) => fail(res, err)));
+  router.on("POST", "/api/v1/rpc", (req, res) => void rpc(req, res).catch((err) => sendError(res, err)));
   // Every sandbox of the caller's key, whichever protocol made it (msb ps, msb kill).
   router.on("GET", "/api/v1/sandboxes", (req, res) => {
     try {
       const owner = keys.owner(req, ["authorization"]);
       sendJson(res, 200, table.list(owner).map((m) => ({ id: m.id, protocol: m.protocol, namespace: m.namespace, name: m.name, template: m.template, memoryMiB: m.memory, running: m.sandbox.isRunning, pid: m.sandbox.pid ?? null, startedAt: m.startedAt.toISOString(), ...(m.endAt ? { endAt: new Date(m.endAt).toISOString() } : {}) })));
     } catch (err) {
-      fail(res, err);
+      sendError(res, err);
     }
   });
   router.on("DELETE", "/api/v1/sandboxes/:id", (req, res, params) => {
@@ -91,14 +92,14 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
         await table.kill(table.get(keys.owner(req, ["authorization"]), params.id ?? ""));
         res.writeHead(204).end();
       })
-      .catch((err) => fail(res, err));
+      .catch((err) => sendError(res, err));
   });
   const e2b = e2bApi(table, keys, opts.e2b ?? {}, bodyLimit);
   e2b.routes((method, path, fn) =>
     router.on(method, path, (req, res, params) => {
       void Promise.resolve()
         .then(() => fn(req, res, params))
-        .catch((err) => fail(res, err));
+        .catch((err) => sendError(res, err));
     }),
   );
 
@@ -109,12 +110,12 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
     }
     try {
       const host = portHost(req.headers.host);
-      if (host) void e2b.portProxy(req, res, host.port, host.id).catch((err) => fail(res, err));
-      else if (req.headers["e2b-sandbox-id"]) void e2b.dataPlane(req, res).catch((err) => fail(res, err));
-      else if (/^\/files\?(.*&)?signature=/.test(req.url ?? "")) void e2b.presigned(req, res).catch((err) => fail(res, err));
+      if (host) void e2b.portProxy(req, res, host.port, host.id).catch((err) => sendError(res, err));
+      else if (req.headers["e2b-sandbox-id"]) void e2b.dataPlane(req, res).catch((err) => sendError(res, err));
+      else if (/^\/files\?(.*&)?signature=/.test(req.url ?? "")) void e2b.presigned(req, res).catch((err) => sendError(res, err));
       else router.lookup(req, res);
     } catch (err) {
-      fail(res, err);
+      sendError(res, err);
     }
   });
   await new Promise<void>((resolve, reject) => {
@@ -138,10 +139,4 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       return closing;
     },
   };
-}
-
-function fail(res: ServerResponse, err: unknown): void {
-  if (res.headersSent) return void res.destroy();
-  const e = err instanceof HttpError ? err : new HttpError(500, (err as Error)?.message ?? String(err), "internal");
-  sendJson(res, e.status, { code: e.status, message: e.message }, e.retryAfter ? { "retry-after": String(e.retryAfter) } : {});
 }

@@ -131,8 +131,14 @@ describe("bad input to the E2B API", () => {
     expect((await api("/v2/sandboxes", { method: "POST", body: "{broken" })).status).toBe(400);
     expect((await api("/v2/sandboxes", { method: "POST", body: "x".repeat(2 << 20) })).status).toBe(413);
     expect((await fetch(`${server.url}/v2/sandboxes`, { method: "POST", body: "{}" })).status).toBe(401);
-    // The data plane needs the sandbox's own token, and refuses paths with "..".
+    // Through the SDK: a bad option is the client's mistake (400), an image that does not exist is
+    // a 404; neither is a server failure (500).
     const { Sandbox } = e251;
+    const bad = await Sandbox.create("base", { envs: { "A=B": "x" } }).catch((e: unknown) => e);
+    expect(bad).toMatchObject({ statusCode: 400, message: expect.stringMatching(/environment variable "A=B" is invalid/) });
+    const missing = await Sandbox.create("local:no-such-image").catch((e: unknown) => e);
+    expect(missing).toMatchObject({ statusCode: 404, message: expect.stringMatching(/local:no-such-image/) });
+    // The data plane needs the sandbox's own token, and refuses paths with "..".
     const sb = await Sandbox.create("base");
     try {
       const dp = (path: string, token?: string) =>

@@ -5,15 +5,12 @@
 // interpreter.ts). Requests for getHost's PORT-ID.DOMAIN go to the port relay (ports.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { Code, type ConnectError } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
-
 import type { Keys } from "../auth.js";
 import { BUILTIN_TEMPLATES, SERVER_DEFAULTS } from "../defaults.js";
-import { HttpError } from "../http.js";
+import { NotFoundError } from "../errors.js";
 import type { SandboxTable } from "../sandboxes.js";
 import { controlPlane } from "./control.js";
-import { envdRoutes } from "./envd.js";
+import { envdHandler } from "./envd.js";
 import { serveFiles, servePresigned } from "./files.js";
 import { codeInterpreter } from "./interpreter.js";
 import { relayToPort } from "./ports.js";
@@ -30,7 +27,7 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
   const sandboxes = new E2bSandboxes(table, keys);
   const templates: Record<string, string> = { ...BUILTIN_TEMPLATES, ...opts.templates };
   const fileLimit = opts.fileLimit ?? SERVER_DEFAULTS.e2b.fileLimit;
-  const envd = connectNodeAdapter({ routes: envdRoutes(sandboxes) });
+  const envd = envdHandler(sandboxes);
   const interpreter = codeInterpreter(bodyLimit);
 
   /** Serves a data-plane request (one with E2b-Sandbox-Id). */
@@ -38,18 +35,12 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
     const port = String(req.headers["e2b-sandbox-port"] ?? ENVD_PORT);
     const url = new URL(req.url ?? "/", "http://x");
     if (port === ENVD_PORT && /^\/(process\.Process|filesystem\.Filesystem)\//.test(url.pathname)) return envd(req, res);
-    let sb;
-    try {
-      sb = sandboxes.forRequest(headersOf(req));
-    } catch (err) {
-      const e = err as ConnectError;
-      throw new HttpError(e.code === Code.NotFound ? 404 : e.code === Code.Unauthenticated ? 401 : 409, e.rawMessage, "sandbox");
-    }
+    const sb = sandboxes.forRequest(headersOf(req));
     if (port === ENVD_PORT && url.pathname === "/health") return void res.writeHead(204).end();
     if (port === ENVD_PORT && url.pathname === "/files") return serveFiles(sb.m.sandbox, req, res, url, fileLimit);
     if (port === INTERPRETER_PORT && url.pathname === "/execute" && req.method === "POST") return interpreter.execute(sb, req, res);
     if (port === INTERPRETER_PORT && url.pathname.startsWith("/contexts")) return interpreter.contexts(sb, req, res, url.pathname);
-    throw new HttpError(404, `sandbox port ${port} serves no ${req.method} ${url.pathname}`, "not_found");
+    throw new NotFoundError(`sandbox port ${port} serves no ${req.method} ${url.pathname}`);
   }
 
   return {

@@ -6,7 +6,9 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 
 import type { PythonSandbox } from "../../sandbox/kinds.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
-import { type Handler, HttpError, type Params, readJsonObject, sendJson } from "../http.js";
+import { InvalidArgumentError } from "../../errors.js";
+import { ConflictError } from "../errors.js";
+import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import { ProcessTable } from "./processes.js";
 import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION } from "./shared.js";
 
@@ -92,7 +94,7 @@ export function controlPlane(sandboxes: E2bSandboxes, opts: ControlOptions) {
 
   async function pause(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
     const { m, s } = target(req, params);
-    if (s.paused) throw new HttpError(409, `sandbox ${m.id} is already paused`, "conflict");
+    if (s.paused) throw new ConflictError(`sandbox ${m.id} is already paused: connect to it to resume it`);
     const dir = await m.sandbox.pause();
     s.paused = { kind: m.sandbox.constructor as typeof PythonSandbox, name: m.sandbox.name };
     // Paused, it waits for a connect, not for its timeout; killed, its saved state goes too.
@@ -120,7 +122,7 @@ export function controlPlane(sandboxes: E2bSandboxes, opts: ControlOptions) {
     on("POST", "/sandboxes/:sandboxID/timeout", async (req, res, p) => {
       const { m } = target(req, p);
       const body = await readJsonObject(req, opts.bodyLimit);
-      if (!(typeof body.timeout === "number" && body.timeout > 0)) throw new HttpError(400, "timeout must be a positive number of seconds", "bad_request");
+      if (!(typeof body.timeout === "number" && body.timeout > 0)) throw new InvalidArgumentError(`timeout ${JSON.stringify(body.timeout)} is invalid: give a positive number of seconds`);
       table.setTimeout(m, body.timeout);
       res.writeHead(204).end();
     });

@@ -2,28 +2,21 @@
 // filesystem.Filesystem (connect-node, with the services and messages generated from our own
 // .proto in proto/e2b into src/gen/e2b), translated to the agent protocol. The sandbox is the
 // request's E2b-Sandbox-Id, and its X-Access-Token must be the one its create returned.
+import type { IncomingMessage, ServerResponse } from "node:http";
+
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import type { ConnectRouter, HandlerContext, Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
 
 import type { FileStat } from "../../agent-client/client.js";
-import { FileOperationError, MicrosandboxError } from "../../errors.js";
+import { FileOperationError } from "../../errors.js";
 import { type EntryInfoSchema, EventType, FileType, Filesystem, type WatchDirResponseSchema } from "../../gen/e2b/filesystem_pb.js";
 import { Process, type ProcessEventSchema, type ProcessSelector, Signal } from "../../gen/e2b/process_pb.js";
+import { connectErrorOf, NotFoundError } from "../errors.js";
 import type { Managed } from "../sandboxes.js";
 import type { ProcEvent } from "./processes.js";
 import type { E2bSandboxes } from "./shared.js";
-
-
-// A guest file failure as the status envd gives.
-function rpcError(err: unknown): ConnectError {
-  if (err instanceof ConnectError) return err;
-  if (err instanceof FileOperationError) {
-    const code = err.errnoName === "ENOENT" ? Code.NotFound : err.errnoName === "EEXIST" ? Code.AlreadyExists : err.errnoName === "EACCES" || err.errnoName === "EPERM" ? Code.PermissionDenied : Code.InvalidArgument;
-    return new ConnectError(err.message, code);
-  }
-  return new ConnectError(err instanceof MicrosandboxError ? err.message : String((err as Error)?.message ?? err), Code.Internal);
-}
 
 const TYPES: Partial<Record<FileStat["type"], FileType>> = { regular: FileType.FILE, directory: FileType.DIRECTORY, symlink: FileType.SYMLINK };
 const rwx = (mode: number, type: string) =>
@@ -63,12 +56,39 @@ const hasBash = (m: Managed) => {
   return known;
 };
 
-export function envdRoutes(sandboxes: E2bSandboxes) {
+// Every failure, thrown by a handler or while it streams, answered with the Connect code the
+// server's one table gives it.
+const answered: Interceptor = (next) => async (req) => {
+  try {
+    const res = await next(req);
+    if (!res.stream) return res;
+    const messages = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        try {
+          yield* messages;
+        } catch (err) {
+          throw connectErrorOf(err);
+        }
+      })(),
+    };
+  } catch (err) {
+    throw connectErrorOf(err);
+  }
+};
+
+/** The node:http handler for envd's services, for the sandboxes the E2B API made. */
+export function envdHandler(sandboxes: E2bSandboxes): (req: IncomingMessage, res: ServerResponse) => void {
+  return connectNodeAdapter({ routes: envdRoutes(sandboxes), interceptors: [answered] });
+}
+
+function envdRoutes(sandboxes: E2bSandboxes) {
   const of = (ctx: HandlerContext) => sandboxes.forRequest(ctx.requestHeader);
   const fsOf = (ctx: HandlerContext) => of(ctx).m.sandbox.fs;
   const proc = (ctx: HandlerContext, selector: ProcessSelector["selector"] | undefined) => {
     const t = of(ctx).s.processes.find(selector ?? { case: undefined });
-    if (!t) throw new ConnectError(`process ${JSON.stringify(selector?.value ?? null)} not found`, Code.NotFound);
+    if (!t) throw new NotFoundError(`process ${JSON.stringify(selector?.value ?? null)} not found: it ended, or was never started`);
     return t;
   };
   return (router: ConnectRouter) => {
@@ -86,12 +106,7 @@ export function envdRoutes(sandboxes: E2bSandboxes) {
           ...(cfg?.cwd ? { cwd: cfg.cwd } : {}),
           ...(size ? { pty: { rows: size.rows || 24, cols: size.cols || 80 } } : { stdin: !!req.stdin }),
         });
-        let t;
-        try {
-          t = await s.processes.add(spawned, { cmd: cfg?.cmd ?? "", args, envs, ...(cfg?.cwd ? { cwd: cfg.cwd } : {}), pty: !!size, ...(req.tag ? { tag: req.tag } : {}) });
-        } catch (err) {
-          throw rpcError(err);
-        }
+        const t = await s.processes.add(spawned, { cmd: cfg?.cmd ?? "", args, envs, ...(cfg?.cwd ? { cwd: cfg.cwd } : {}), pty: !!size, ...(req.tag ? { tag: req.tag } : {}) });
         for await (const e of t.watch()) yield { event: eventOf(e) };
       },
       async *connect(req, ctx) {
@@ -102,9 +117,7 @@ export function envdRoutes(sandboxes: E2bSandboxes) {
       },
       async sendInput(req, ctx) {
         const input = req.input?.input;
-        if (input?.value) await proc(ctx, req.process?.selector).proc.write(input.value).catch((err: unknown) => {
-          throw rpcError(err);
-        });
+        if (input?.value) await proc(ctx, req.process?.selector).proc.write(input.value);
         return {};
       },
       async streamInput(reqs, ctx) {
@@ -131,30 +144,19 @@ export function envdRoutes(sandboxes: E2bSandboxes) {
     });
     router.service(Filesystem, {
       async stat(req, ctx) {
-        try {
-          return { entry: entry(await fsOf(ctx).stat(req.path), req.path) };
-        } catch (err) {
-          throw rpcError(err);
-        }
+        return { entry: entry(await fsOf(ctx).stat(req.path), req.path) };
       },
       async makeDir(req, ctx) {
         const fs = fsOf(ctx);
-        if (await fs.stat(req.path).then(() => true, () => false)) throw new ConnectError(`${req.path} already exists`, Code.AlreadyExists);
-        try {
-          await fs.mkdir(req.path, { parents: true });
-          return { entry: entry(await fs.stat(req.path), req.path) };
-        } catch (err) {
-          throw rpcError(err);
-        }
+        // envd answers AlreadyExists for any existing path, which mkdir -p would accept.
+        if (await fs.stat(req.path).then(() => true, () => false)) throw new FileOperationError(`${req.path} already exists`, 17, "EEXIST");
+        await fs.mkdir(req.path, { parents: true });
+        return { entry: entry(await fs.stat(req.path), req.path) };
       },
       async move(req, ctx) {
         const fs = fsOf(ctx);
-        try {
-          await fs.rename(req.source, req.destination);
-          return { entry: entry(await fs.stat(req.destination), req.destination) };
-        } catch (err) {
-          throw rpcError(err);
-        }
+        await fs.rename(req.source, req.destination);
+        return { entry: entry(await fs.stat(req.destination), req.destination) };
       },
       async listDir(req, ctx) {
         const fs = fsOf(ctx);
@@ -167,19 +169,11 @@ export function envdRoutes(sandboxes: E2bSandboxes) {
             if (st.type === "directory" && level < depth) await walk(path, level + 1);
           }
         };
-        try {
-          await walk(req.path, 1);
-        } catch (err) {
-          throw rpcError(err);
-        }
+        await walk(req.path, 1);
         return { entries };
       },
       async remove(req, ctx) {
-        try {
-          await fsOf(ctx).remove(req.path, { recursive: true });
-        } catch (err) {
-          throw rpcError(err);
-        }
+        await fsOf(ctx).remove(req.path, { recursive: true });
         return {};
       },
       async *watchDir(req, ctx): AsyncGenerator<MessageInitShape<typeof WatchDirResponseSchema>> {

@@ -5,12 +5,14 @@ import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { PythonSandbox } from "../../sandbox/kinds.js";
-import { HttpError, readJsonObject, sendJson } from "../http.js";
+import { InvalidArgumentError } from "../../errors.js";
+import { NotFoundError } from "../errors.js";
+import { readJsonObject, sendJson } from "../http.js";
 import type { CodeContext, E2bSandbox } from "./shared.js";
 
 export function codeInterpreter(bodyLimit: number) {
   const python = ({ m }: E2bSandbox): PythonSandbox => {
-    if (!(m.sandbox instanceof PythonSandbox)) throw new HttpError(400, "this sandbox's template has no Python interpreter", "bad_request");
+    if (!(m.sandbox instanceof PythonSandbox)) throw new InvalidArgumentError("this sandbox's template has no Python interpreter");
     return m.sandbox;
   };
 
@@ -23,7 +25,7 @@ export function codeInterpreter(bodyLimit: number) {
     const [, , id, action] = pathname.split("/");
     if (!id && req.method === "POST") {
       const body = await readJsonObject(req, bodyLimit);
-      if (body.language && body.language !== "python") throw new HttpError(400, `language ${JSON.stringify(body.language)} is not served here: python`, "bad_request");
+      if (body.language && body.language !== "python") throw new InvalidArgumentError(`language ${JSON.stringify(body.language)} is not served here: python`);
       const cwd = typeof body.cwd === "string" && body.cwd.startsWith("/") ? body.cwd : "/root";
       const ctxId = randomBytes(8).toString("hex");
       const c = { cwd, interpreter: py.interpreter() };
@@ -35,7 +37,7 @@ os.chdir(${JSON.stringify(cwd)})`);
     }
     if (!id && req.method === "GET") return sendJson(res, 200, [...all].map(([i, c]) => shown(i, c)));
     const c = id ? all.get(id) : undefined;
-    if (!c) throw new HttpError(404, `context ${JSON.stringify(id)} not found`, "not_found");
+    if (!c) throw new NotFoundError(`context ${JSON.stringify(id)} not found`);
     if (!action && req.method === "DELETE") {
       c.interpreter.close();
       all.delete(id!);
@@ -48,15 +50,15 @@ os.chdir(${JSON.stringify(cwd)})`);
 os.chdir(${JSON.stringify(c.cwd)})`);
       return void res.writeHead(204).end();
     }
-    throw new HttpError(404, `${req.method} ${pathname} is not served`, "not_found");
+    throw new NotFoundError(`${req.method} ${pathname} is not served`);
   }
 
   async function execute(sb: E2bSandbox, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJsonObject(req, bodyLimit);
-    if (typeof body.code !== "string") throw new HttpError(400, "code must be a string", "bad_request");
+    if (typeof body.code !== "string") throw new InvalidArgumentError(`code must be a string, got ${typeof body.code}`);
     const py = python(sb);
     const ctx = typeof body.context_id === "string" ? sb.s.contexts.get(body.context_id) : undefined;
-    if (typeof body.context_id === "string" && !ctx) throw new HttpError(404, `context ${JSON.stringify(body.context_id)} not found`, "not_found");
+    if (typeof body.context_id === "string" && !ctx) throw new NotFoundError(`context ${JSON.stringify(body.context_id)} not found`);
     const e = ctx ? await ctx.interpreter.run(body.code) : await py.run(body.code);
     res.writeHead(200, { "content-type": "application/x-ndjson" });
     const line = (o: object) => res.write(JSON.stringify(o) + "\n");

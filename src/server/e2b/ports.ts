@@ -5,7 +5,9 @@
 import { once } from "node:events";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { HttpError, readBody } from "../http.js";
+import { InvalidArgumentError } from "../../errors.js";
+import { PortUnreachableError } from "../errors.js";
+import { readBody } from "../http.js";
 import type { E2bSandboxes } from "./shared.js";
 
 /** The sandbox id and guest port a Host header names (PORT-ID.DOMAIN), if it names one. */
@@ -17,8 +19,8 @@ export function portHost(host: string | undefined): { port: number; id: string }
 /** Relays one request to `port` in sandbox `id`; its body is limited to `bodyLimit` bytes. */
 export async function relayToPort(sandboxes: E2bSandboxes, req: IncomingMessage, res: ServerResponse, port: number, id: string, bodyLimit: number): Promise<void> {
   const found = sandboxes.running(id);
-  if (!found) throw new HttpError(502, `sandbox ${id} is not running`, "no_sandbox");
-  if (!(port >= 1 && port <= 65535)) throw new HttpError(400, `port ${port} is invalid`, "bad_request");
+  if (!found) throw new PortUnreachableError(`sandbox ${id} is not running`);
+  if (!(port >= 1 && port <= 65535)) throw new InvalidArgumentError(`port ${port} is invalid: give 1 to 65535`);
   const body = await readBody(req, bodyLimit);
   const headers = Object.entries(req.headers)
     .filter(([k]) => k !== "connection" && k !== "keep-alive" && k !== "content-length" && k !== "transfer-encoding")
@@ -46,7 +48,7 @@ for d in iter(lambda: s.recv(65536), b""): sys.stdout.buffer.write(d); sys.stdou
   }
   const exit = await proc.exit;
   if (!sent) {
-    throw new HttpError(502, `nothing answered on port ${port} in sandbox ${id} (relay exit ${exit.exitCode})`, "bad_gateway");
+    throw new PortUnreachableError(`nothing answered on port ${port} in sandbox ${id} (relay exit ${exit.exitCode}): is a server listening on 127.0.0.1:${port} there?`);
   }
   sock.end();
 }

@@ -5,11 +5,9 @@
 import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 
-import { Code, ConnectError } from "@connectrpc/connect";
-
 import type { PythonSandbox } from "../../sandbox/kinds.js";
 import type { Keys } from "../auth.js";
-import { HttpError } from "../http.js";
+import { ConflictError, NotFoundError, UnauthorizedError } from "../errors.js";
 import type { Managed, SandboxTable } from "../sandboxes.js";
 import { ProcessTable } from "./processes.js";
 
@@ -70,11 +68,11 @@ export class E2bSandboxes {
     return this.states.get(m);
   }
 
-  /** The caller's sandbox `id`, made by the E2B API, or HttpError 404. */
+  /** The caller's sandbox `id`, made by the E2B API, or NotFoundError. */
   owned(req: IncomingMessage, id: string): E2bSandbox {
     const m = this.table.get(this.owner(req), id);
     const s = this.states.get(m);
-    if (!s) throw new HttpError(404, `sandbox ${JSON.stringify(id)} was not made by the E2B API: see it with msb ps`, "not_found");
+    if (!s) throw new NotFoundError(`sandbox ${JSON.stringify(id)} was not made by the E2B API: msb ps lists it, msb kill stops it`);
     return { m, s };
   }
 
@@ -101,17 +99,17 @@ export class E2bSandboxes {
     return m && s && !s.paused ? { m, s } : undefined;
   }
 
-  /** The data-plane request's sandbox (E2b-Sandbox-Id), allowed by its token, or a ConnectError. */
+  /** The data-plane request's sandbox (E2b-Sandbox-Id), allowed by its token. */
   forRequest(headers: HeaderSource): E2bSandbox {
     const id = headers.get("e2b-sandbox-id") ?? "";
     const m = this.table.byId(id);
     const s = m && this.states.get(m);
-    if (!m || !s) throw new ConnectError(`sandbox ${JSON.stringify(id)} not found`, Code.NotFound);
+    if (!m || !s) throw new NotFoundError(`sandbox ${JSON.stringify(id)} not found`);
     // envd calls carry X-Access-Token; the code interpreter's some only the traffic token, the same one here.
     const token = Buffer.from(headers.get("x-access-token") ?? headers.get("e2b-traffic-access-token") ?? "");
     const want = Buffer.from(s.token);
-    if (token.length !== want.length || !timingSafeEqual(token, want)) throw new ConnectError("the access token of this sandbox is missing or wrong", Code.Unauthenticated);
-    if (s.paused) throw new ConnectError(`sandbox ${id} is paused: connect to it first`, Code.FailedPrecondition);
+    if (token.length !== want.length || !timingSafeEqual(token, want)) throw new UnauthorizedError("the access token of this sandbox is missing or wrong: send the envdAccessToken its create returned, as X-Access-Token");
+    if (s.paused) throw new ConflictError(`sandbox ${id} is paused: connect to it first`);
     return { m, s };
   }
 }
