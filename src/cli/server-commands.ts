@@ -16,9 +16,12 @@ server's URL). Listens on ${SERVER_DEFAULTS.host} unless --host says otherwise, 
 without an API key (--api-key, or MSB_API_KEY), which clients send as Authorization: Bearer KEY
 (E2B: X-API-KEY). Ctrl-C or SIGTERM stops every sandbox, then the server.
 
-The Microsandbox SDKs' images, and the E2B SDKs' templates, that this server knows by name (any
-other name is taken as an image reference):
-${column([...Object.entries(BUILTIN_IMAGES), ...Object.entries(BUILTIN_TEMPLATES).map(([id, image]): [string, string] => [`template ${id}`, image])])}`,
+The Microsandbox SDKs' images and the E2B SDKs' templates this server knows by name, with the
+kind of sandbox each makes (any other name is taken as an image reference, a CustomSandbox):
+${column([
+  ...Object.entries(BUILTIN_IMAGES).map(([name, e]): [string, string] => [name, `${e.image} (${e.kind})`]),
+  ...Object.entries(BUILTIN_TEMPLATES).map(([id, e]): [string, string] => [`template ${id}`, `${e.image} (${e.kind})`]),
+])}`,
     options: {
       host: { type: "string", value: "ADDR", default: SERVER_DEFAULTS.host, description: "address to listen on" },
       port: { type: "string", value: "N", number: "a number >= 0", default: String(SERVER_DEFAULTS.port), description: "port (0: any free one)" },

@@ -2,6 +2,8 @@
 // options' doc comments read them from here.
 import os from "node:os";
 
+import type { ImageEntry } from "./catalog.js";
+
 export const SERVER_DEFAULTS = {
   /** The address listened on; any other than loopback needs an API key. */
   host: "127.0.0.1",
@@ -32,11 +34,17 @@ export const SERVER_DEFAULTS = {
 export const defaultMemoryBudgetMiB = (): number => Math.floor(os.totalmem() / 2 ** 21);
 export const DEFAULT_MEMORY_BUDGET_TEXT = "half the host's RAM";
 
-/** Client image names the server knows without being told, and the images they stand for. */
-export const BUILTIN_IMAGES: Readonly<Record<string, string>> = { "microsandbox/python": "local:python", "microsandbox/node": "local:node" };
+/** Microsandbox image names the server knows without being told, and what they stand for. */
+export const BUILTIN_IMAGES: Readonly<Record<string, ImageEntry>> = {
+  "microsandbox/python": { image: "local:python", kind: "PythonSandbox" },
+  "microsandbox/node": { image: "local:node", kind: "NodeSandbox" },
+};
 
-/** E2B template ids the server knows without being told, and the images they stand for. */
-export const BUILTIN_TEMPLATES: Readonly<Record<string, string>> = { base: "local:python", "code-interpreter-v1": "local:python" };
+/** E2B template ids the server knows without being told, and what they stand for. */
+export const BUILTIN_TEMPLATES: Readonly<Record<string, ImageEntry>> = {
+  base: { image: "local:python", kind: "PythonSandbox" },
+  "code-interpreter-v1": { image: "local:python", kind: "PythonSandbox" },
+};
 
 /** Where msb ps and msb kill look for a server when given none. */
 export const DEFAULT_SERVER_URL = `http://${SERVER_DEFAULTS.host}:${SERVER_DEFAULTS.port}`;

@@ -7,8 +7,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { InvalidArgumentError, MicrosandboxError } from "../errors.js";
-import { NodeSandbox, PythonSandbox } from "../sandbox/kinds.js";
 import type { Keys } from "./auth.js";
+import type { ImageCatalog } from "./catalog.js";
 import { SERVER_DEFAULTS } from "./defaults.js";
 import { answerOf, messageOf, NotFoundError, RPC_ERRORS } from "./errors.js";
 import { readBody, sendJson } from "./http.js";
@@ -62,19 +62,21 @@ function sendFailure(res: ServerResponse, err: unknown, id: string | number | nu
   sendJson(res, f.status, { jsonrpc: "2.0", id, error: f.error }, f.retryAfterS ? { "retry-after": String(f.retryAfterS) } : {});
 }
 
-export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
+export function msbRpc(table: SandboxTable, catalog: ImageCatalog, keys: Keys, bodyLimit: number) {
   const methods: Record<string, (owner: string, p: Params) => Promise<unknown>> = {
     "sandbox.start": async (owner, p) => {
       const namespace = str(p.namespace, "params.namespace", SERVER_DEFAULTS.rpc.namespace);
       const name = str(p.sandbox, "params.sandbox");
       const config = (p.config ?? {}) as Params;
       if (table.find(owner, namespace, name)) return `Sandbox ${name} is already running`;
+      const image = str(config.image, "params.config.image", SERVER_DEFAULTS.rpc.image);
       await table.create({
         protocol: "microsandbox",
         owner,
         namespace,
         name,
-        image: str(config.image, "params.config.image", SERVER_DEFAULTS.rpc.image),
+        ...catalog.image(image),
+        template: image,
         memory: num(config.memory, "params.config.memory"),
         cpus: num(config.cpus, "params.config.cpus"),
         env: Object.fromEntries(((config.envs as string[] | undefined) ?? []).map((e) => [e.split("=")[0]!, e.slice(e.indexOf("=") + 1)])),
@@ -90,10 +92,7 @@ export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
       const m = running(owner, p);
       const language = str(p.language, "params.language");
       const code = str(p.code, "params.code");
-      const sb = m.sandbox;
-      const wanted = language === "python" ? PythonSandbox : language === "nodejs" || language === "javascript" ? NodeSandbox : undefined;
-      if (!wanted || !(sb instanceof wanted)) throw new InvalidArgumentError(`sandbox ${m.name} runs ${m.template}, which has no ${language} interpreter`);
-      const e = await (sb as PythonSandbox).run(code, { ...(p.timeout !== undefined ? { timeout: num(p.timeout, "params.timeout")! } : {}) });
+      const e = await catalog.interpreterOf(m, language).run(code, { ...(p.timeout !== undefined ? { timeout: num(p.timeout, "params.timeout")! } : {}) });
       return { status: e.hasError() ? "error" : "success", language, output: lines(await e.output(), await e.error()), has_error: e.hasError() };
     },
     "sandbox.command.run": async (owner, p) => {

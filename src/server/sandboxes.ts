@@ -3,8 +3,8 @@
 // take together. A create past a limit is a ServerFullError (429 with Retry-After).
 import { randomBytes } from "node:crypto";
 
-import { NodeSandbox, PythonSandbox, CustomSandbox } from "../sandbox/kinds.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
+import { SANDBOX_KINDS, type SandboxKind } from "./catalog.js";
 import { SERVER_DEFAULTS } from "./defaults.js";
 import { NotFoundError, ServerClosingError, ServerFullError } from "./errors.js";
 
@@ -18,6 +18,8 @@ export interface Managed {
   namespace: string;
   name: string;
   sandbox: Sandbox;
+  /** The class it was made as, from the catalog: whether it has an interpreter, and which. */
+  kind: SandboxKind;
   memory: number;
   template: string;
   metadata: Record<string, string>;
@@ -34,8 +36,11 @@ export interface CreateSpec {
   owner: string;
   namespace: string;
   name: string;
+  /** The image to boot and the class to make it as (the catalog's answer for what the client asked for). */
   image: string;
-  template?: string;
+  kind: SandboxKind;
+  /** What the client asked for (an E2B template id, a Microsandbox image name). */
+  template: string;
   memory?: number;
   cpus?: number;
   env?: Record<string, string>;
@@ -48,8 +53,6 @@ export interface CreateSpec {
 export interface Limits {
   maxSandboxes: number;
   memoryBudgetMiB: number;
-  /** Guest images by what clients ask for ("microsandbox/python" → "local:python"). */
-  images: Record<string, string>;
 }
 
 export class SandboxTable {
@@ -73,19 +76,17 @@ export class SandboxTable {
     this.reserved++;
     this.reservedMiB += memory;
     const id = `${randomBytes(8).toString("hex")}`;
-    const image = this.limits.images[spec.image] ?? spec.image;
-    const Kind = /python/.test(image) ? PythonSandbox : /node/.test(image) ? NodeSandbox : CustomSandbox;
     try {
-      const sandbox: Sandbox = await Kind.create({
+      const sandbox: Sandbox = await SANDBOX_KINDS[spec.kind].create({
         name: `srv-${id}`,
-        image,
+        image: spec.image,
         memory,
         ...(spec.cpus !== undefined ? { cpus: spec.cpus } : {}),
         ...(spec.env ? { env: spec.env } : {}),
         ...(spec.workdir ? { workdir: spec.workdir } : {}),
         labels: { "msb.server/owner": spec.owner, "msb.server/namespace": spec.namespace, "msb.server/name": spec.name },
       });
-      const m: Managed = { id, protocol: spec.protocol, owner: spec.owner, namespace: spec.namespace, name: spec.name, sandbox, memory, template: spec.template ?? spec.image, metadata: spec.metadata ?? {}, startedAt: new Date() };
+      const m: Managed = { id, protocol: spec.protocol, owner: spec.owner, namespace: spec.namespace, name: spec.name, sandbox, kind: spec.kind, memory, template: spec.template, metadata: spec.metadata ?? {}, startedAt: new Date() };
       this.all.set(id, m);
       if (spec.timeout !== undefined) this.setTimeout(m, spec.timeout);
       if (this.closed) await this.kill(m);

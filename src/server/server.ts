@@ -10,7 +10,8 @@ import FindMyWay from "find-my-way";
 
 import { InvalidArgumentError } from "../errors.js";
 import { Keys } from "./auth.js";
-import { BUILTIN_IMAGES, defaultMemoryBudgetMiB, SERVER_DEFAULTS } from "./defaults.js";
+import { ImageCatalog, type ImageOption } from "./catalog.js";
+import { type BUILTIN_IMAGES, defaultMemoryBudgetMiB, SERVER_DEFAULTS } from "./defaults.js";
 import { NotFoundError } from "./errors.js";
 import { e2bApi, type E2bOptions } from "./e2b/api.js";
 import { portHost } from "./e2b/ports.js";
@@ -32,8 +33,14 @@ export interface ServerOptions {
   memoryBudgetMiB?: number;
   /** Largest request body in bytes (default {@link SERVER_DEFAULTS}.bodyLimit). */
   bodyLimit?: number;
-  /** Client image names to this server's images, added to {@link BUILTIN_IMAGES}. */
-  images?: Record<string, string>;
+  /**
+   * Microsandbox image names (sandbox.start's config.image) to images and the kind of sandbox each
+   * makes, added to {@link BUILTIN_IMAGES}: `{ image: "python:3.12-slim", kind: "PythonSandbox" }`.
+   * A bare string is an image reference: under a built-in name it keeps that name's kind, under
+   * any other it is a CustomSandbox (no interpreter). A name in no table is taken as an image
+   * reference, a CustomSandbox.
+   */
+  images?: Record<string, ImageOption>;
   /** One JSON line per request on stderr (default off). */
   accessLog?: boolean;
   /** The E2B API's templates and upload limit. */
@@ -64,10 +71,10 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   if (!LOOPBACK.test(host) && !keys.required) {
     throw new InvalidArgumentError(`the server would listen on ${host}, beyond this machine, with no API key: give apiKeys (msb server --api-key), or listen on 127.0.0.1`);
   }
+  const catalog = new ImageCatalog({ images: opts.images, templates: opts.e2b?.templates });
   const limits: Limits = {
     maxSandboxes: opts.maxSandboxes ?? SERVER_DEFAULTS.maxSandboxes,
     memoryBudgetMiB: opts.memoryBudgetMiB ?? defaultMemoryBudgetMiB(),
-    images: { ...BUILTIN_IMAGES, ...opts.images },
   };
   const table = new SandboxTable(limits);
   const bodyLimit = opts.bodyLimit ?? SERVER_DEFAULTS.bodyLimit;
@@ -75,7 +82,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
     defaultRoute: (req, res) => sendError(res, new NotFoundError(`no such endpoint: ${req.method} ${req.url?.split("?")[0]}`)),
   });
   router.on("GET", "/api/v1/health", (_req, res) => sendJson(res, 200, { status: "ok" }));
-  const rpc = msbRpc(table, keys, bodyLimit);
+  const rpc = msbRpc(table, catalog, keys, bodyLimit);
   router.on("POST", "/api/v1/rpc", (req, res) => void rpc(req, res).catch((err) => sendError(res, err)));
   // Every sandbox of the caller's key, whichever protocol made it (msb ps, msb kill).
   router.on("GET", "/api/v1/sandboxes", (req, res) => {
@@ -94,7 +101,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       })
       .catch((err) => sendError(res, err));
   });
-  const e2b = e2bApi(table, keys, opts.e2b ?? {}, bodyLimit);
+  const e2b = e2bApi(table, catalog, keys, opts.e2b ?? {}, bodyLimit);
   e2b.routes((method, path, fn) =>
     router.on(method, path, (req, res, params) => {
       void Promise.resolve()

@@ -101,6 +101,10 @@ describe("the Microsandbox JSON-RPC server", () => {
       expect(results[2]!.status).toBe(429);
       expect(results[2]!.headers.get("retry-after")).toBe(String(SERVER_DEFAULTS.retryAfterS));
       expect(results[2]!.body.error?.code).toBe(-32005);
+      // local:busybox is a CustomSandbox: it has no interpreter to run code in.
+      const repl = await rpc("sandbox.repl.run", { sandbox: "a", language: "python", code: "1 + 1" });
+      expect(repl.status).toBe(400);
+      expect(repl.body.error).toMatchObject({ code: -32602, message: expect.stringMatching(/sandbox a is a CustomSandbox .* no python interpreter/) });
     } finally {
       for (const n of names) await rpc("sandbox.stop", { sandbox: n });
     }

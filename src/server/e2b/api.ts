@@ -6,7 +6,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import type { Keys } from "../auth.js";
-import { BUILTIN_TEMPLATES, SERVER_DEFAULTS } from "../defaults.js";
+import type { ImageCatalog, ImageOption } from "../catalog.js";
+import { type BUILTIN_TEMPLATES, SERVER_DEFAULTS } from "../defaults.js";
 import { NotFoundError } from "../errors.js";
 import type { SandboxTable } from "../sandboxes.js";
 import { controlPlane } from "./control.js";
@@ -17,18 +18,23 @@ import { relayToPort } from "./ports.js";
 import { E2bSandboxes, ENVD_PORT, headersOf, INTERPRETER_PORT } from "./shared.js";
 
 export interface E2bOptions {
-  /** Template ids to images, added to {@link BUILTIN_TEMPLATES}. */
-  templates?: Record<string, string>;
+  /**
+   * Template ids to images and the kind of sandbox each makes, added to {@link BUILTIN_TEMPLATES}:
+   * `{ image: "local:python", kind: "PythonSandbox" }` (only a PythonSandbox serves the code
+   * interpreter). A bare string is an image reference: under a built-in id it keeps that id's
+   * kind, under any other it is a CustomSandbox. An id in no table is looked up among the server's
+   * `images`, else taken as an image reference, a CustomSandbox.
+   */
+  templates?: Record<string, ImageOption>;
   /** Largest file upload in bytes (default {@link SERVER_DEFAULTS}.e2b.fileLimit). */
   fileLimit?: number;
 }
 
-export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLimit: number) {
+export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, opts: E2bOptions, bodyLimit: number) {
   const sandboxes = new E2bSandboxes(table, keys);
-  const templates: Record<string, string> = { ...BUILTIN_TEMPLATES, ...opts.templates };
   const fileLimit = opts.fileLimit ?? SERVER_DEFAULTS.e2b.fileLimit;
   const envd = envdHandler(sandboxes);
-  const interpreter = codeInterpreter(bodyLimit);
+  const interpreter = codeInterpreter(catalog, bodyLimit);
 
   /** Serves a data-plane request (one with E2b-Sandbox-Id). */
   async function dataPlane(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -44,7 +50,7 @@ export function e2bApi(table: SandboxTable, keys: Keys, opts: E2bOptions, bodyLi
   }
 
   return {
-    routes: controlPlane(sandboxes, { templates, bodyLimit }),
+    routes: controlPlane(sandboxes, catalog, bodyLimit),
     dataPlane,
     presigned: (req: IncomingMessage, res: ServerResponse) => servePresigned(sandboxes, req, res, fileLimit),
     portProxy: (req: IncomingMessage, res: ServerResponse, port: number, id: string) => relayToPort(sandboxes, req, res, port, id, fileLimit),

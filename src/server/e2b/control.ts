@@ -4,21 +4,15 @@ import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import type { PythonSandbox } from "../../sandbox/kinds.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
 import { InvalidArgumentError } from "../../errors.js";
+import { type ImageCatalog, SANDBOX_KINDS } from "../catalog.js";
 import { ConflictError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import { ProcessTable } from "./processes.js";
 import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION } from "./shared.js";
 
-export interface ControlOptions {
-  /** Template ids to images. */
-  templates: Record<string, string>;
-  bodyLimit: number;
-}
-
-export function controlPlane(sandboxes: E2bSandboxes, opts: ControlOptions) {
+export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bodyLimit: number) {
   const { table } = sandboxes;
   const target = (req: IncomingMessage, params: Params) => sandboxes.owned(req, params.sandboxID ?? "");
 
@@ -42,22 +36,22 @@ export function controlPlane(sandboxes: E2bSandboxes, opts: ControlOptions) {
 
   async function create(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const who = sandboxes.owner(req);
-    const body = await readJsonObject(req, opts.bodyLimit);
+    const body = await readJsonObject(req, bodyLimit);
     const template = typeof body.templateID === "string" && body.templateID ? body.templateID : SERVER_DEFAULTS.e2b.template;
     const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS;
     const metadata = body.metadata && typeof body.metadata === "object" ? (body.metadata as Record<string, string>) : {};
     const env = body.envVars && typeof body.envVars === "object" ? (body.envVars as Record<string, string>) : {};
-    const m = await table.create({ protocol: "e2b", owner: who, namespace: "e2b", name: template, image: opts.templates[template] ?? template, template, metadata, env, timeout });
+    const m = await table.create({ protocol: "e2b", owner: who, namespace: "e2b", name: template, ...catalog.template(template), template, metadata, env, timeout });
     const s = sandboxes.add(m, randomBytes(24).toString("base64url"));
     sendJson(res, 201, reached({ m, s }));
   }
 
   async function connect(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
     const { m, s } = target(req, params);
-    const body = await readJsonObject(req, opts.bodyLimit);
+    const body = await readJsonObject(req, bodyLimit);
     let status = 200;
     if (s.paused) {
-      m.sandbox = await s.paused.kind.resume(s.paused.name);
+      m.sandbox = await SANDBOX_KINDS[m.kind].resume(s.paused.name);
       delete s.paused;
       delete m.discard;
       status = 201;
@@ -96,7 +90,7 @@ export function controlPlane(sandboxes: E2bSandboxes, opts: ControlOptions) {
     const { m, s } = target(req, params);
     if (s.paused) throw new ConflictError(`sandbox ${m.id} is already paused: connect to it to resume it`);
     const dir = await m.sandbox.pause();
-    s.paused = { kind: m.sandbox.constructor as typeof PythonSandbox, name: m.sandbox.name };
+    s.paused = { name: m.sandbox.name };
     // Paused, it waits for a connect, not for its timeout; killed, its saved state goes too.
     clearTimeout(m.timer);
     m.discard = () => rmSync(dir, { recursive: true, force: true });
@@ -121,7 +115,7 @@ export function controlPlane(sandboxes: E2bSandboxes, opts: ControlOptions) {
     });
     on("POST", "/sandboxes/:sandboxID/timeout", async (req, res, p) => {
       const { m } = target(req, p);
-      const body = await readJsonObject(req, opts.bodyLimit);
+      const body = await readJsonObject(req, bodyLimit);
       if (!(typeof body.timeout === "number" && body.timeout > 0)) throw new InvalidArgumentError(`timeout ${JSON.stringify(body.timeout)} is invalid: give a positive number of seconds`);
       table.setTimeout(m, body.timeout);
       res.writeHead(204).end();

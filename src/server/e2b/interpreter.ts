@@ -4,28 +4,28 @@
 import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { PythonSandbox } from "../../sandbox/kinds.js";
 import { InvalidArgumentError } from "../../errors.js";
+import type { ImageCatalog } from "../catalog.js";
 import { NotFoundError } from "../errors.js";
 import { readJsonObject, sendJson } from "../http.js";
 import type { CodeContext, E2bSandbox } from "./shared.js";
 
-export function codeInterpreter(bodyLimit: number) {
-  const python = ({ m }: E2bSandbox): PythonSandbox => {
-    if (!(m.sandbox instanceof PythonSandbox)) throw new InvalidArgumentError("this sandbox's template has no Python interpreter");
-    return m.sandbox;
+export function codeInterpreter(catalog: ImageCatalog, bodyLimit: number) {
+  // The code interpreter runs Python only, in a sandbox whose kind has a Python interpreter.
+  const python = ({ m }: E2bSandbox, language: unknown) => {
+    if (language !== undefined && language !== "python") throw new InvalidArgumentError(`language ${JSON.stringify(language)} is not served by this code interpreter: python`);
+    return catalog.interpreterOf(m, "python");
   };
 
   // POST creates a context, GET lists them, DELETE /contexts/ID ends one, POST
   // /contexts/ID/restart starts it afresh.
   async function contexts(sb: E2bSandbox, req: IncomingMessage, res: ServerResponse, pathname: string): Promise<void> {
-    const py = python(sb);
     const all = sb.s.contexts;
     const shown = (id: string, c: CodeContext) => ({ id, language: "python", cwd: c.cwd });
     const [, , id, action] = pathname.split("/");
     if (!id && req.method === "POST") {
       const body = await readJsonObject(req, bodyLimit);
-      if (body.language && body.language !== "python") throw new InvalidArgumentError(`language ${JSON.stringify(body.language)} is not served here: python`);
+      const py = python(sb, body.language ?? undefined);
       const cwd = typeof body.cwd === "string" && body.cwd.startsWith("/") ? body.cwd : "/root";
       const ctxId = randomBytes(8).toString("hex");
       const c = { cwd, interpreter: py.interpreter() };
@@ -45,7 +45,7 @@ os.chdir(${JSON.stringify(cwd)})`);
     }
     if (action === "restart" && req.method === "POST") {
       c.interpreter.close();
-      c.interpreter = py.interpreter();
+      c.interpreter = python(sb, undefined).interpreter();
       await c.interpreter.run(`import os
 os.chdir(${JSON.stringify(c.cwd)})`);
       return void res.writeHead(204).end();
@@ -56,7 +56,7 @@ os.chdir(${JSON.stringify(c.cwd)})`);
   async function execute(sb: E2bSandbox, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJsonObject(req, bodyLimit);
     if (typeof body.code !== "string") throw new InvalidArgumentError(`code must be a string, got ${typeof body.code}`);
-    const py = python(sb);
+    const py = python(sb, body.language ?? undefined);
     const ctx = typeof body.context_id === "string" ? sb.s.contexts.get(body.context_id) : undefined;
     if (typeof body.context_id === "string" && !ctx) throw new NotFoundError(`context ${JSON.stringify(body.context_id)} not found`);
     const e = ctx ? await ctx.interpreter.run(body.code) : await py.run(body.code);

@@ -26,7 +26,8 @@ export interface E2bState {
   /** The envd access token its create returned: every data-plane call must carry it. */
   token: string;
   processes: ProcessTable;
-  paused?: { kind: typeof PythonSandbox; name: string };
+  /** Set while paused: the name its saved state is resumed by. */
+  paused?: { name: string };
   contexts: Map<string, CodeContext>;
 }
 
