@@ -21,6 +21,7 @@ export interface Managed {
   /** The class it was made as, from the catalog: whether it has an interpreter, and which. */
   kind: SandboxKind;
   memory: number;
+  /** What the client asked for: an E2B template id, a Microsandbox image name. */
   template: string;
   metadata: Record<string, string>;
   startedAt: Date;

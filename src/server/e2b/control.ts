@@ -4,9 +4,9 @@ import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { SERVER_DEFAULTS } from "../defaults.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { type ImageCatalog, SANDBOX_KINDS } from "../catalog.js";
+import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import { ProcessTable } from "./processes.js";

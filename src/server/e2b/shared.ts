@@ -65,10 +65,6 @@ export class E2bSandboxes {
     return s;
   }
 
-  stateOf(m: Managed): E2bState | undefined {
-    return this.states.get(m);
-  }
-
   /** The caller's sandbox `id`, made by the E2B API, or NotFoundError. */
   owned(req: IncomingMessage, id: string): E2bSandbox {
     const m = this.table.get(this.owner(req), id);
@@ -79,18 +75,12 @@ export class E2bSandboxes {
 
   /** The caller's sandboxes that the E2B API made. */
   list(req: IncomingMessage): E2bSandbox[] {
-    return this.table.list(this.owner(req)).flatMap((m) => {
-      const s = this.states.get(m);
-      return s ? [{ m, s }] : [];
-    });
+    return this.made(this.table.list(this.owner(req)));
   }
 
   /** Every owner's sandboxes that the E2B API made (a presigned URL names none: its signature does). */
   everyone(): E2bSandbox[] {
-    return this.table.everyone().flatMap((m) => {
-      const s = this.states.get(m);
-      return s ? [{ m, s }] : [];
-    });
+    return this.made(this.table.everyone());
   }
 
   /** Any owner's running sandbox `id` (the getHost relay, where the sandbox id is the address). */
@@ -112,5 +102,12 @@ export class E2bSandboxes {
     if (token.length !== want.length || !timingSafeEqual(token, want)) throw new UnauthorizedError("the access token of this sandbox is missing or wrong: send the envdAccessToken its create returned, as X-Access-Token");
     if (s.paused) throw new ConflictError(`sandbox ${id} is paused: connect to it first`);
     return { m, s };
+  }
+
+  private made(all: Managed[]): E2bSandbox[] {
+    return all.flatMap((m) => {
+      const s = this.states.get(m);
+      return s ? [{ m, s }] : [];
+    });
   }
 }
