@@ -145,6 +145,9 @@ export function answerOf(err: unknown): Answer {
   return (err instanceof MicrosandboxError && BY_CODE[err.code]) || INTERNAL;
 }
 
+/** The headers an answer adds: Retry-After when the client should come back later. */
+export const answerHeaders = (a: Answer): Record<string, string> => (a.retryAfterS ? { "retry-after": String(a.retryAfterS) } : {});
+
 export const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 /** `err` as the Connect error envd answers with. */

@@ -3,7 +3,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { InvalidArgumentError } from "../errors.js";
-import { answerOf, BodyTooLargeError, messageOf } from "./errors.js";
+import { answerHeaders, answerOf, BodyTooLargeError, messageOf } from "./errors.js";
 
 /** A route's path parameters (find-my-way's :names). */
 export type Params = Record<string, string | undefined>;
@@ -46,5 +46,5 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
 export function sendError(res: ServerResponse, err: unknown): void {
   if (res.headersSent) return void res.destroy();
   const a = answerOf(err);
-  sendJson(res, a.status, { code: a.status, message: messageOf(err) }, a.retryAfterS ? { "retry-after": String(a.retryAfterS) } : {});
+  sendJson(res, a.status, { code: a.status, message: messageOf(err) }, answerHeaders(a));
 }

@@ -10,7 +10,7 @@ import { InvalidArgumentError, MicrosandboxError } from "../errors.js";
 import type { Keys } from "./auth.js";
 import type { ImageCatalog } from "./catalog.js";
 import { SERVER_DEFAULTS } from "./defaults.js";
-import { answerOf, messageOf, NotFoundError, RPC_ERRORS } from "./errors.js";
+import { answerHeaders, answerOf, messageOf, NotFoundError, RPC_ERRORS } from "./errors.js";
 import { readBody, sendJson } from "./http.js";
 import type { SandboxTable } from "./sandboxes.js";
 
@@ -45,11 +45,11 @@ const lines = (stdout: string, stderr: string) => [
 ];
 
 // A failed call: its JSON-RPC error, and how it is answered over HTTP when it is alone.
-function failure(err: unknown): { status: number; retryAfterS?: number; error: { code: number; message: string; data?: { type: string; code: string } } } {
-  if (err instanceof EnvelopeError) return { status: 400, error: { code: err.code, message: err.message } };
+function failure(err: unknown): { status: number; headers: Record<string, string>; error: { code: number; message: string; data?: { type: string; code: string } } } {
+  if (err instanceof EnvelopeError) return { status: 400, headers: {}, error: { code: err.code, message: err.message } };
   const a = answerOf(err);
   const data = err instanceof MicrosandboxError ? { data: { type: err.name, code: err.code } } : {};
-  return { status: a.status, ...(a.retryAfterS ? { retryAfterS: a.retryAfterS } : {}), error: { code: a.rpc, message: messageOf(err), ...data } };
+  return { status: a.status, headers: answerHeaders(a), error: { code: a.rpc, message: messageOf(err), ...data } };
 }
 
 type Outcome = { id: string | number | null } & ({ result: unknown } | { failed: unknown });
@@ -59,7 +59,7 @@ const replyOf = (o: Outcome) => ({ jsonrpc: "2.0", id: o.id, ...("failed" in o ?
 // A request answered alone: a failure gets its HTTP status from the table, as the E2B API's do.
 function sendFailure(res: ServerResponse, err: unknown, id: string | number | null = null): void {
   const f = failure(err);
-  sendJson(res, f.status, { jsonrpc: "2.0", id, error: f.error }, f.retryAfterS ? { "retry-after": String(f.retryAfterS) } : {});
+  sendJson(res, f.status, { jsonrpc: "2.0", id, error: f.error }, f.headers);
 }
 
 export function msbRpc(table: SandboxTable, catalog: ImageCatalog, keys: Keys, bodyLimit: number) {

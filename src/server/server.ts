@@ -29,7 +29,7 @@ export interface ServerOptions {
   apiKeys?: string[];
   /** Sandboxes at once (default {@link SERVER_DEFAULTS}.maxSandboxes). */
   maxSandboxes?: number;
-  /** MiB all sandboxes may take together (default {@link defaultMemoryBudgetMiB}: half the host's RAM). */
+  /** MiB all sandboxes may take together (default {@link defaultMemoryBudgetMiB}). */
   memoryBudgetMiB?: number;
   /** Largest request body in bytes (default {@link SERVER_DEFAULTS}.bodyLimit). */
   bodyLimit?: number;
