@@ -163,7 +163,7 @@ describe("bad input to the E2B API", () => {
 
 describe("envd through the e2b SDK: processes and files", () => {
   it("runs in the background, lists, connects, takes stdin, and kills", async () => {
-    const { Sandbox } = e251;
+    const { Sandbox, NotFoundError } = e251;
     const sb = await Sandbox.create("base");
     try {
       const cat = await sb.commands.run("cat", { background: true, stdin: true });
@@ -177,6 +177,9 @@ describe("envd through the e2b SDK: processes and files", () => {
       expect(await sb.commands.kill(cat.pid)).toBe(true);
       const end = await again.wait().catch((e: { exitCode?: number }) => e);
       expect(end).toMatchObject({ exitCode: -1 });
+      // envd's failures, in a stream or not, get their Connect code from the server's one table.
+      await expect(sb.commands.connect(999_999)).rejects.toBeInstanceOf(NotFoundError);
+      await expect(sb.files.list("/root/no-such-dir")).rejects.toBeInstanceOf(NotFoundError);
     } finally {
       await sb.kill();
     }
