@@ -1,6 +1,7 @@
 // The msb commands that serve sandboxes (msb server) or talk to a running server (msb ps, msb
 // kill).
 import { InvalidArgumentError } from "../errors.js";
+import { BUILTIN_IMAGES, BUILTIN_TEMPLATES, DEFAULT_MEMORY_BUDGET_TEXT, DEFAULT_SERVER_URL, SERVER_DEFAULTS } from "../server/defaults.js";
 import { createServer } from "../server/server.js";
 import { column, type Command, type OptionSpec, type Values } from "./spec.js";
 
@@ -10,18 +11,23 @@ export const SERVER_COMMANDS: Command[] = [
     synopsis: "server [--host ADDR] [--port N] [--api-key KEY] [options]",
     summary: "serve sandboxes over HTTP to the Microsandbox SDKs (JSON-RPC) and the E2B SDKs",
     description: `Serve sandboxes to clients that only talk to a server: the Microsandbox SDKs (POST /api/v1/rpc,
-JSON-RPC 2.0; GET /api/v1/health; their default images microsandbox/python and microsandbox/node
-are this machine's local:python and local:node) and the E2B SDKs (E2B_API_URL and E2B_SANDBOX_URL
-both this server's URL; templates base and code-interpreter-v1 are local:python). Listens on
-127.0.0.1 unless --host says otherwise, and refuses any other address without an API key
-(--api-key, or MSB_API_KEY), which clients send as Authorization: Bearer KEY (E2B: X-API-KEY).
-Ctrl-C or SIGTERM stops every sandbox, then the server.`,
+JSON-RPC 2.0; GET /api/v1/health) and the E2B SDKs (E2B_API_URL and E2B_SANDBOX_URL both this
+server's URL). Listens on ${SERVER_DEFAULTS.host} unless --host says otherwise, and refuses any other address
+without an API key (--api-key, or MSB_API_KEY), which clients send as Authorization: Bearer KEY
+(E2B: X-API-KEY). Ctrl-C or SIGTERM stops every sandbox, then the server.
+
+The Microsandbox SDKs' images and the E2B SDKs' templates this server knows by name, with the
+kind of sandbox each makes (any other name is taken as an image reference, a CustomSandbox):
+${column([
+  ...Object.entries(BUILTIN_IMAGES).map(([name, e]): [string, string] => [name, `${e.image} (${e.kind})`]),
+  ...Object.entries(BUILTIN_TEMPLATES).map(([id, e]): [string, string] => [`template ${id}`, `${e.image} (${e.kind})`]),
+])}`,
     options: {
-      host: { type: "string", value: "ADDR", default: "127.0.0.1", description: "address to listen on" },
-      port: { type: "string", value: "N", number: "a number >= 0", default: "5555", description: "port (0: any free one)" },
+      host: { type: "string", value: "ADDR", default: SERVER_DEFAULTS.host, description: "address to listen on" },
+      port: { type: "string", value: "N", number: "a number >= 0", default: String(SERVER_DEFAULTS.port), description: "port (0: any free one)" },
       "api-key": { type: "string", value: "KEY", default: "MSB_API_KEY", description: "the key clients must send" },
-      "max-sandboxes": { type: "string", value: "N", number: "a whole number >= 1", default: "16", description: "sandboxes at once; more get 429" },
-      "memory-budget": { type: "string", value: "MIB", number: "a whole number >= 1", default: "half the RAM", description: "MiB all sandboxes may take; more get 429" },
+      "max-sandboxes": { type: "string", value: "N", number: "a whole number >= 1", default: String(SERVER_DEFAULTS.maxSandboxes), description: "sandboxes at once; more get 429" },
+      "memory-budget": { type: "string", value: "MIB", number: "a whole number >= 1", default: DEFAULT_MEMORY_BUDGET_TEXT, description: "MiB all sandboxes may take; more get 429" },
       "access-log": { type: "boolean", description: "a JSON line per request on stderr", default: "off" },
     },
     positionals: { min: 0, max: 0 },
@@ -51,7 +57,7 @@ Ctrl-C or SIGTERM stops every sandbox, then the server.`,
     summary: "list the sandboxes an msb server runs, whichever protocol made them",
     description: `List the sandboxes a running msb server holds for this API key: Microsandbox-protocol ones
 (namespace/name) and E2B ones (template) alike. The server is MSB_SERVER_URL, else
-http://127.0.0.1:5555; the key --api-key, else MSB_API_KEY.`,
+${DEFAULT_SERVER_URL}; the key --api-key, else MSB_API_KEY.`,
     options: serverOptions(),
     positionals: { min: 0, max: 0 },
     async handler({ values: v }) {
@@ -77,14 +83,14 @@ http://127.0.0.1:5555; the key --api-key, else MSB_API_KEY.`,
 
 function serverOptions(): Record<string, OptionSpec> {
   return {
-    server: { type: "string", value: "URL", default: "MSB_SERVER_URL or http://127.0.0.1:5555", description: "the msb server" },
+    server: { type: "string", value: "URL", default: `MSB_SERVER_URL or ${DEFAULT_SERVER_URL}`, description: "the msb server" },
     "api-key": { type: "string", value: "KEY", default: "MSB_API_KEY", description: "the key the server wants" },
   };
 }
 
 // One request to a running msb server; its JSON answer, or an error naming the server's message.
 async function serverCall(v: Values, method: string, path: string): Promise<unknown> {
-  const base = (v.server as string | undefined) ?? process.env.MSB_SERVER_URL ?? "http://127.0.0.1:5555";
+  const base = (v.server as string | undefined) ?? process.env.MSB_SERVER_URL ?? DEFAULT_SERVER_URL;
   const key = (v["api-key"] as string | undefined) ?? process.env.MSB_API_KEY;
   let res: Response;
   try {

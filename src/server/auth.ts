@@ -3,7 +3,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 
-import { HttpError } from "./http.js";
+import { UnauthorizedError } from "./errors.js";
 
 const digest = (key: string) => createHash("sha256").update(key).digest();
 
@@ -20,7 +20,7 @@ export class Keys {
 
   /**
    * The caller's owner id (a key's digest prefix; "anonymous" without keys) from the key in
-   * `header`, or HttpError 401.
+   * `header`, or UnauthorizedError.
    */
   owner(req: IncomingMessage, headers: readonly string[]): string {
     if (!this.required) return "anonymous";
@@ -30,14 +30,14 @@ export class Keys {
       if (typeof v === "string" && v) key = v.replace(/^Bearer\s+/i, "");
       if (key) break;
     }
-    if (!key) throw new HttpError(401, `no API key: send it in ${headers.join(" or ")}`, "unauthorized");
+    if (!key) throw new UnauthorizedError(`no API key: send it in ${headers.join(" or ")}`);
     const d = digest(key);
     // Every key is compared, so the time taken says nothing about which came close.
     let match = -1;
     this.digests.forEach((k, i) => {
       if (timingSafeEqual(k, d) && match < 0) match = i;
     });
-    if (match < 0) throw new HttpError(401, "the API key is not valid", "unauthorized");
+    if (match < 0) throw new UnauthorizedError("the API key is not valid: send one the server was started with (msb server --api-key)");
     return d.subarray(0, 6).toString("hex");
   }
 }

@@ -1,28 +1,22 @@
 // The Microsandbox server protocol (the SDK page's Python, JS and Rust clients): JSON-RPC 2.0 at
-// POST /api/v1/rpc. Sandboxes are named by (namespace, sandbox) within the caller's key. Errors
-// carry stable codes: the JSON-RPC ones, and -32001 unauthorized, -32004 not found, -32005 the
-// server is full (HTTP 429, Retry-After), -32010 the sandbox failed the call (timeout, resource).
+// POST /api/v1/rpc. Sandboxes are named by (namespace, sandbox) within the caller's key. A failed
+// call is answered by the server's one table (errors.ts): the JSON-RPC code it gives
+// (RPC_ERRORS), data {type, code} naming the error, and, for a request that is not part of a
+// batch, its HTTP status (429 with Retry-After when the server is full). A body that is not a
+// JSON-RPC request at all is a 400.
 import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { InvalidArgumentError, MicrosandboxError, TimeoutError } from "../errors.js";
-import { NodeSandbox, PythonSandbox } from "../sandbox/kinds.js";
+import { InvalidArgumentError, MicrosandboxError } from "../errors.js";
 import type { Keys } from "./auth.js";
-import { HttpError, readBody, sendJson } from "./http.js";
+import type { ImageCatalog } from "./catalog.js";
+import { SERVER_DEFAULTS } from "./defaults.js";
+import { answerHeaders, answerOf, messageOf, NotFoundError, RPC_ERRORS } from "./errors.js";
+import { readBody, sendJson } from "./http.js";
 import type { SandboxTable } from "./sandboxes.js";
 
-export const RPC_ERRORS = {
-  parse: -32700,
-  invalidRequest: -32600,
-  methodNotFound: -32601,
-  invalidParams: -32602,
-  internal: -32603,
-  unauthorized: -32001,
-  notFound: -32004,
-  full: -32005,
-  sandbox: -32010,
-} as const;
-
-class RpcError extends Error {
+// A body that is not a JSON-RPC call (parse error, invalid request, no such method): JSON-RPC's own
+// codes. Everything else a call can fail with is a typed error.
+class EnvelopeError extends Error {
   constructor(
     readonly code: number,
     message: string,
@@ -33,14 +27,14 @@ class RpcError extends Error {
 
 type Params = Record<string, unknown>;
 
-const str = (p: Params, key: string, fallback?: string): string => {
-  const v = p[key] ?? fallback;
-  if (typeof v !== "string" || !v) throw new RpcError(RPC_ERRORS.invalidParams, `params.${key} must be a non-empty string`);
-  return v;
+const str = (v: unknown, what: string, fallback?: string): string => {
+  const s = v ?? fallback;
+  if (typeof s !== "string" || !s) throw new InvalidArgumentError(`${what} ${JSON.stringify(s)} is invalid: give a non-empty string`);
+  return s;
 };
 const num = (v: unknown, what: string): number | undefined => {
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== "number" || !(v > 0)) throw new RpcError(RPC_ERRORS.invalidParams, `${what} must be a positive number`);
+  if (typeof v !== "number" || !(v > 0)) throw new InvalidArgumentError(`${what} ${JSON.stringify(v)} is invalid: give a positive number`);
   return v;
 };
 
@@ -50,21 +44,41 @@ const lines = (stdout: string, stderr: string) => [
   ...stderr.split("\n").filter((l, i, a) => l || i < a.length - 1).map((text) => ({ stream: "stderr", text })),
 ];
 
-export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
+// A failed call: its JSON-RPC error, and how it is answered over HTTP when it is alone.
+function failure(err: unknown): { status: number; headers: Record<string, string>; error: { code: number; message: string; data?: { type: string; code: string } } } {
+  if (err instanceof EnvelopeError) return { status: 400, headers: {}, error: { code: err.code, message: err.message } };
+  const a = answerOf(err);
+  const data = err instanceof MicrosandboxError ? { data: { type: err.name, code: err.code } } : {};
+  return { status: a.status, headers: answerHeaders(a), error: { code: a.rpc, message: messageOf(err), ...data } };
+}
+
+type Outcome = { id: string | number | null } & ({ result: unknown } | { failed: unknown });
+
+const replyOf = (o: Outcome) => ({ jsonrpc: "2.0", id: o.id, ...("failed" in o ? { error: failure(o.failed).error } : { result: o.result }) });
+
+// A request answered alone: a failure gets its HTTP status from the table, as the E2B API's do.
+function sendFailure(res: ServerResponse, err: unknown, id: string | number | null = null): void {
+  const f = failure(err);
+  sendJson(res, f.status, { jsonrpc: "2.0", id, error: f.error }, f.headers);
+}
+
+export function msbRpc(table: SandboxTable, catalog: ImageCatalog, keys: Keys, bodyLimit: number) {
   const methods: Record<string, (owner: string, p: Params) => Promise<unknown>> = {
     "sandbox.start": async (owner, p) => {
-      const namespace = str(p, "namespace", "default");
-      const name = str(p, "sandbox");
+      const namespace = str(p.namespace, "params.namespace", SERVER_DEFAULTS.rpc.namespace);
+      const name = str(p.sandbox, "params.sandbox");
       const config = (p.config ?? {}) as Params;
       if (table.find(owner, namespace, name)) return `Sandbox ${name} is already running`;
+      const image = str(config.image, "params.config.image", SERVER_DEFAULTS.rpc.image);
       await table.create({
         protocol: "microsandbox",
         owner,
         namespace,
         name,
-        image: str(config, "image", "microsandbox/python"),
-        memory: num(config.memory, "config.memory"),
-        cpus: num(config.cpus, "config.cpus"),
+        ...catalog.image(image),
+        template: image,
+        memory: num(config.memory, "params.config.memory"),
+        cpus: num(config.cpus, "params.config.cpus"),
         env: Object.fromEntries(((config.envs as string[] | undefined) ?? []).map((e) => [e.split("=")[0]!, e.slice(e.indexOf("=") + 1)])),
         ...(typeof config.workdir === "string" ? { workdir: config.workdir } : {}),
       });
@@ -72,23 +86,20 @@ export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
     },
     "sandbox.stop": async (owner, p) => {
       await table.kill(running(owner, p));
-      return `Sandbox ${str(p, "sandbox")} stopped`;
+      return `Sandbox ${str(p.sandbox, "params.sandbox")} stopped`;
     },
     "sandbox.repl.run": async (owner, p) => {
       const m = running(owner, p);
-      const language = str(p, "language");
-      const code = str(p, "code");
-      const sb = m.sandbox;
-      const wanted = language === "python" ? PythonSandbox : language === "nodejs" || language === "javascript" ? NodeSandbox : undefined;
-      if (!wanted || !(sb instanceof wanted)) throw new RpcError(RPC_ERRORS.invalidParams, `sandbox ${m.name} runs ${m.template}, which has no ${language} interpreter`);
-      const e = await (sb as PythonSandbox).run(code, { ...(p.timeout !== undefined ? { timeout: num(p.timeout, "params.timeout")! } : {}) });
+      const language = str(p.language, "params.language");
+      const code = str(p.code, "params.code");
+      const e = await catalog.interpreterOf(m, language).run(code, { ...(p.timeout !== undefined ? { timeout: num(p.timeout, "params.timeout")! } : {}) });
       return { status: e.hasError() ? "error" : "success", language, output: lines(await e.output(), await e.error()), has_error: e.hasError() };
     },
     "sandbox.command.run": async (owner, p) => {
       const m = running(owner, p);
-      const command = str(p, "command");
+      const command = str(p.command, "params.command");
       const args = (p.args ?? []) as string[];
-      if (!Array.isArray(args) || args.some((a) => typeof a !== "string")) throw new RpcError(RPC_ERRORS.invalidParams, "params.args must be an array of strings");
+      if (!Array.isArray(args) || args.some((a) => typeof a !== "string")) throw new InvalidArgumentError(`params.args ${JSON.stringify(args)} is invalid: give an array of strings`);
       const r = await m.sandbox.command.run(command, args, p.timeout !== undefined ? { timeout: num(p.timeout, "params.timeout")! } : {});
       return { command, args, exit_code: r.exitCode ?? -1, success: r.success, output: lines(r.stdout, r.stderr) };
     },
@@ -107,62 +118,54 @@ export function msbRpc(table: SandboxTable, keys: Keys, bodyLimit: number) {
   };
 
   function running(owner: string, p: Params) {
-    const namespace = str(p, "namespace", "default");
-    const name = str(p, "sandbox");
+    const namespace = str(p.namespace, "params.namespace", SERVER_DEFAULTS.rpc.namespace);
+    const name = str(p.sandbox, "params.sandbox");
     const m = table.find(owner, namespace, name);
-    if (!m) throw new RpcError(RPC_ERRORS.notFound, `no sandbox ${JSON.stringify(name)} in namespace ${JSON.stringify(namespace)}`);
+    if (!m) throw new NotFoundError(`no sandbox ${JSON.stringify(name)} in namespace ${JSON.stringify(namespace)}: start it with sandbox.start`);
     return m;
   }
 
-  async function call(owner: string, msg: unknown): Promise<object | undefined> {
+  // One call's outcome; none for a notification.
+  async function call(owner: string, msg: unknown): Promise<Outcome | undefined> {
     const m = msg as { jsonrpc?: unknown; id?: unknown; method?: unknown; params?: unknown };
     const id = m && typeof m === "object" && (typeof m.id === "string" || typeof m.id === "number") ? m.id : null;
-    const reply = (body: object) => (m && typeof m === "object" && "id" in m ? { jsonrpc: "2.0", id, ...body } : undefined);
+    let outcome: Outcome;
     try {
-      if (!m || typeof m !== "object" || m.jsonrpc !== "2.0" || typeof m.method !== "string") throw new RpcError(RPC_ERRORS.invalidRequest, 'not a JSON-RPC 2.0 request: give {"jsonrpc": "2.0", "method", "params", "id"}');
+      if (!m || typeof m !== "object" || m.jsonrpc !== "2.0" || typeof m.method !== "string") throw new EnvelopeError(RPC_ERRORS.invalidRequest, 'not a JSON-RPC 2.0 request: give {"jsonrpc": "2.0", "method", "params", "id"}');
       const fn = methods[m.method];
-      if (!fn) throw new RpcError(RPC_ERRORS.methodNotFound, `no method ${JSON.stringify(m.method)}; there are ${Object.keys(methods).join(", ")}`);
+      if (!fn) throw new EnvelopeError(RPC_ERRORS.methodNotFound, `no method ${JSON.stringify(m.method)}; there are ${Object.keys(methods).join(", ")}`);
       const params = (m.params ?? {}) as Params;
-      if (typeof params !== "object" || Array.isArray(params)) throw new RpcError(RPC_ERRORS.invalidParams, "params must be an object");
-      return reply({ result: await fn(owner, params) });
+      if (typeof params !== "object" || Array.isArray(params)) throw new InvalidArgumentError(`params ${JSON.stringify(params)} is invalid: give an object`);
+      outcome = { id, result: await fn(owner, params) };
     } catch (err) {
-      return reply({ error: toRpcError(err) });
+      outcome = { id, failed: err };
     }
+    return m && typeof m === "object" && "id" in m ? outcome : undefined;
   }
 
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     let owner: string;
+    let text: string;
     try {
       owner = keys.owner(req, ["authorization", "proxy-authorization"]);
+      text = (await readBody(req, bodyLimit)).toString("utf8");
     } catch (err) {
-      return sendJson(res, 401, { jsonrpc: "2.0", id: null, error: { code: RPC_ERRORS.unauthorized, message: (err as Error).message } });
+      return sendFailure(res, err);
     }
     let msg: unknown;
     try {
-      msg = JSON.parse((await readBody(req, bodyLimit)).toString("utf8"));
+      msg = JSON.parse(text);
     } catch (err) {
-      const status = err instanceof HttpError ? err.status : 400;
-      return sendJson(res, status, { jsonrpc: "2.0", id: null, error: { code: err instanceof HttpError ? RPC_ERRORS.invalidRequest : RPC_ERRORS.parse, message: err instanceof HttpError ? err.message : `the body is not JSON: ${(err as Error).message}` } });
+      return sendFailure(res, new EnvelopeError(RPC_ERRORS.parse, `the body is not JSON: ${messageOf(err)}`));
     }
     if (Array.isArray(msg)) {
-      if (!msg.length) return sendJson(res, 400, { jsonrpc: "2.0", id: null, error: { code: RPC_ERRORS.invalidRequest, message: "an empty batch" } });
-      const replies = (await Promise.all(msg.map((m) => call(owner, m)))).filter(Boolean);
+      if (!msg.length) return sendFailure(res, new EnvelopeError(RPC_ERRORS.invalidRequest, "an empty batch: send at least one request"));
+      const replies = (await Promise.all(msg.map((m) => call(owner, m)))).flatMap((o) => (o ? [replyOf(o)] : []));
       return replies.length ? sendJson(res, 200, replies) : void res.writeHead(204).end();
     }
-    const reply = await call(owner, msg);
-    if (!reply) return void res.writeHead(204).end(); // a notification
-    const full = (reply as { error?: { code: number } }).error?.code === RPC_ERRORS.full;
-    sendJson(res, full ? 429 : 200, reply, full ? { "retry-after": "5" } : {});
+    const outcome = await call(owner, msg);
+    if (!outcome) return void res.writeHead(204).end(); // a notification
+    if ("failed" in outcome) return sendFailure(res, outcome.failed, outcome.id);
+    sendJson(res, 200, replyOf(outcome));
   };
-}
-
-function toRpcError(err: unknown): { code: number; message: string; data?: unknown } {
-  if (err instanceof RpcError) return { code: err.code, message: err.message };
-  if (err instanceof HttpError) {
-    const code = err.status === 429 ? RPC_ERRORS.full : err.status === 404 ? RPC_ERRORS.notFound : err.status === 503 ? RPC_ERRORS.full : RPC_ERRORS.internal;
-    return { code, message: err.message };
-  }
-  if (err instanceof InvalidArgumentError) return { code: RPC_ERRORS.invalidParams, message: err.message };
-  if (err instanceof TimeoutError || err instanceof MicrosandboxError) return { code: RPC_ERRORS.sandbox, message: err.message, data: { type: err.name, code: (err as MicrosandboxError).code } };
-  return { code: RPC_ERRORS.internal, message: (err as Error)?.message ?? String(err) };
 }

@@ -1,11 +1,12 @@
 // The server's sandboxes, whichever protocol made them: who owns each (an API key's namespace),
 // its name and metadata, its lifetime, and the limits on how many run and how much memory they
-// take together. A create past a limit is HttpError 429 with Retry-After.
+// take together. A create past a limit is a ServerFullError (429 with Retry-After).
 import { randomBytes } from "node:crypto";
 
-import { NodeSandbox, PythonSandbox, CustomSandbox } from "../sandbox/kinds.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
-import { HttpError } from "./http.js";
+import { SANDBOX_KINDS, type SandboxKind } from "./catalog.js";
+import { SERVER_DEFAULTS } from "./defaults.js";
+import { NotFoundError, ServerClosingError, ServerFullError } from "./errors.js";
 
 export interface Managed {
   /** The server's id for it (also its Sandbox name). */
@@ -17,7 +18,10 @@ export interface Managed {
   namespace: string;
   name: string;
   sandbox: Sandbox;
+  /** The class it was made as, from the catalog: whether it has an interpreter, and which. */
+  kind: SandboxKind;
   memory: number;
+  /** What the client asked for: an E2B template id, a Microsandbox image name. */
   template: string;
   metadata: Record<string, string>;
   startedAt: Date;
@@ -33,8 +37,11 @@ export interface CreateSpec {
   owner: string;
   namespace: string;
   name: string;
+  /** The image to boot and the class to make it as (the catalog's answer for what the client asked for). */
   image: string;
-  template?: string;
+  kind: SandboxKind;
+  /** What the client asked for (an E2B template id, a Microsandbox image name). */
+  template: string;
   memory?: number;
   cpus?: number;
   env?: Record<string, string>;
@@ -47,11 +54,7 @@ export interface CreateSpec {
 export interface Limits {
   maxSandboxes: number;
   memoryBudgetMiB: number;
-  /** Guest images by what clients ask for ("microsandbox/python" → "local:python"). */
-  images: Record<string, string>;
 }
-
-const RETRY_AFTER_S = 5;
 
 export class SandboxTable {
   private readonly all = new Map<string, Managed>();
@@ -62,31 +65,29 @@ export class SandboxTable {
   constructor(private readonly limits: Limits) {}
 
   async create(spec: CreateSpec): Promise<Managed> {
-    if (this.closed) throw new HttpError(503, "the server is shutting down", "unavailable");
-    const memory = spec.memory ?? 512;
+    if (this.closed) throw new ServerClosingError("the server is shutting down: start sandboxes on another");
+    const memory = spec.memory ?? SERVER_DEFAULTS.sandboxMemoryMiB;
     const used = [...this.all.values()].reduce((n, m) => n + m.memory, 0) + this.reservedMiB;
     if (this.all.size + this.reserved >= this.limits.maxSandboxes) {
-      throw new HttpError(429, `the server runs its limit of ${this.limits.maxSandboxes} sandboxes: retry later`, "too_many_sandboxes", RETRY_AFTER_S);
+      throw new ServerFullError(`the server runs its limit of ${this.limits.maxSandboxes} sandboxes: retry later, or stop one`);
     }
     if (used + memory > this.limits.memoryBudgetMiB) {
-      throw new HttpError(429, `${memory} MiB more would pass the server's memory budget (${used} of ${this.limits.memoryBudgetMiB} MiB in use): retry later`, "memory_budget", RETRY_AFTER_S);
+      throw new ServerFullError(`${memory} MiB more would pass the server's memory budget (${used} of ${this.limits.memoryBudgetMiB} MiB in use): retry later, or ask for less`);
     }
     this.reserved++;
     this.reservedMiB += memory;
     const id = `${randomBytes(8).toString("hex")}`;
-    const image = this.limits.images[spec.image] ?? spec.image;
-    const Kind = /python/.test(image) ? PythonSandbox : /node/.test(image) ? NodeSandbox : CustomSandbox;
     try {
-      const sandbox: Sandbox = await Kind.create({
+      const sandbox: Sandbox = await SANDBOX_KINDS[spec.kind].create({
         name: `srv-${id}`,
-        image,
+        image: spec.image,
         memory,
         ...(spec.cpus !== undefined ? { cpus: spec.cpus } : {}),
         ...(spec.env ? { env: spec.env } : {}),
         ...(spec.workdir ? { workdir: spec.workdir } : {}),
         labels: { "msb.server/owner": spec.owner, "msb.server/namespace": spec.namespace, "msb.server/name": spec.name },
       });
-      const m: Managed = { id, protocol: spec.protocol, owner: spec.owner, namespace: spec.namespace, name: spec.name, sandbox, memory, template: spec.template ?? spec.image, metadata: spec.metadata ?? {}, startedAt: new Date() };
+      const m: Managed = { id, protocol: spec.protocol, owner: spec.owner, namespace: spec.namespace, name: spec.name, sandbox, kind: spec.kind, memory, template: spec.template, metadata: spec.metadata ?? {}, startedAt: new Date() };
       this.all.set(id, m);
       if (spec.timeout !== undefined) this.setTimeout(m, spec.timeout);
       if (this.closed) await this.kill(m);
@@ -105,10 +106,10 @@ export class SandboxTable {
     m.timer.unref();
   }
 
-  /** The caller's sandbox `id`, or HttpError 404 (another key's sandboxes do not exist for it). */
+  /** The caller's sandbox `id`, or NotFoundError (another key's sandboxes do not exist for it). */
   get(owner: string, id: string): Managed {
     const m = this.all.get(id);
-    if (!m || m.owner !== owner) throw new HttpError(404, `sandbox ${JSON.stringify(id)} not found`, "not_found");
+    if (!m || m.owner !== owner) throw new NotFoundError(`sandbox ${JSON.stringify(id)} not found: msb ps lists this key's sandboxes`);
     return m;
   }
 

@@ -1,37 +1,46 @@
 // msb server: sandboxes over HTTP for clients that only talk to a server. One node:http server
 // with a find-my-way router: the Microsandbox JSON-RPC protocol (msb-rpc.ts) and the E2B API
-// (e2b/api.ts: control plane, and a data plane for requests carrying E2b-Sandbox-Id). It binds to
+// (e2b/: control plane, and a data plane for requests carrying E2b-Sandbox-Id). It binds to
 // loopback unless told otherwise and refuses any other address without an API key; close() stops
 // every sandbox it runs.
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import os from "node:os";
 
 import FindMyWay from "find-my-way";
 
 import { InvalidArgumentError } from "../errors.js";
 import { Keys } from "./auth.js";
+import { ImageCatalog, type ImageOption } from "./catalog.js";
+import { type BUILTIN_IMAGES, defaultMemoryBudgetMiB, SERVER_DEFAULTS } from "./defaults.js";
+import { NotFoundError } from "./errors.js";
 import { e2bApi, type E2bOptions } from "./e2b/api.js";
-import { HttpError, sendJson } from "./http.js";
+import { portHost } from "./e2b/ports.js";
+import { sendError, sendJson } from "./http.js";
 import { msbRpc } from "./msb-rpc.js";
 import { type Limits, SandboxTable } from "./sandboxes.js";
 import { checkKeys, keysOf } from "../keys.js";
 
 export interface ServerOptions {
-  /** Default 127.0.0.1. Any other address needs `apiKeys`. */
+  /** The address to listen on (default {@link SERVER_DEFAULTS}.host). Any other than loopback needs `apiKeys`. */
   host?: string;
-  /** Default 5555; 0 picks a free port. */
+  /** The port (default {@link SERVER_DEFAULTS}.port); 0 picks a free one. */
   port?: number;
   /** Accepted keys (Authorization: Bearer KEY); each key sees only its own sandboxes. */
   apiKeys?: string[];
-  /** Sandboxes at once (default 16). */
+  /** Sandboxes at once (default {@link SERVER_DEFAULTS}.maxSandboxes). */
   maxSandboxes?: number;
-  /** MiB all sandboxes may take together (default: half the host's RAM). */
+  /** MiB all sandboxes may take together (default {@link defaultMemoryBudgetMiB}). */
   memoryBudgetMiB?: number;
-  /** Largest request body in bytes (default 1 MiB). */
+  /** Largest request body in bytes (default {@link SERVER_DEFAULTS}.bodyLimit). */
   bodyLimit?: number;
-  /** Client image names to this server's images; defaults map microsandbox/python and microsandbox/node to local:python and local:node. */
-  images?: Record<string, string>;
+  /**
+   * Microsandbox image names (sandbox.start's config.image) to images and the kind of sandbox each
+   * makes, added to {@link BUILTIN_IMAGES}: `{ image: "python:3.12-slim", kind: "PythonSandbox" }`.
+   * A bare string is an image reference: under a built-in name it keeps that name's kind, under
+   * any other it is a CustomSandbox (no interpreter). A name in no table is taken as an image
+   * reference, a CustomSandbox.
+   */
+  images?: Record<string, ImageOption>;
   /** One JSON line per request on stderr (default off). */
   accessLog?: boolean;
   /** The E2B API's templates and upload limit. */
@@ -57,31 +66,31 @@ const E2B_KEYS = keysOf<E2bOptions>({ templates: true, fileLimit: true });
 export async function createServer(opts: ServerOptions = {}): Promise<RunningServer> {
   checkKeys("server option", opts, SERVER_KEYS);
   if (opts.e2b) checkKeys("server e2b option", opts.e2b, E2B_KEYS);
-  const host = opts.host ?? "127.0.0.1";
+  const host = opts.host ?? SERVER_DEFAULTS.host;
   const keys = new Keys(opts.apiKeys ?? []);
   if (!LOOPBACK.test(host) && !keys.required) {
     throw new InvalidArgumentError(`the server would listen on ${host}, beyond this machine, with no API key: give apiKeys (msb server --api-key), or listen on 127.0.0.1`);
   }
+  const catalog = new ImageCatalog({ images: opts.images, templates: opts.e2b?.templates });
   const limits: Limits = {
-    maxSandboxes: opts.maxSandboxes ?? 16,
-    memoryBudgetMiB: opts.memoryBudgetMiB ?? Math.floor(os.totalmem() / 2 ** 21),
-    images: { "microsandbox/python": "local:python", "microsandbox/node": "local:node", ...opts.images },
+    maxSandboxes: opts.maxSandboxes ?? SERVER_DEFAULTS.maxSandboxes,
+    memoryBudgetMiB: opts.memoryBudgetMiB ?? defaultMemoryBudgetMiB(),
   };
   const table = new SandboxTable(limits);
-  const bodyLimit = opts.bodyLimit ?? 1 << 20;
+  const bodyLimit = opts.bodyLimit ?? SERVER_DEFAULTS.bodyLimit;
   const router = FindMyWay({
-    defaultRoute: (_req, res) => sendJson(res, 404, { code: 404, message: "no such endpoint" }),
+    defaultRoute: (req, res) => sendError(res, new NotFoundError(`no such endpoint: ${req.method} ${req.url?.split("?")[0]}`)),
   });
   router.on("GET", "/api/v1/health", (_req, res) => sendJson(res, 200, { status: "ok" }));
-  const rpc = msbRpc(table, keys, bodyLimit);
-  router.on("POST", "/api/v1/rpc", (req, res) => void rpc(req, res).catch((err) => fail(res, err)));
+  const rpc = msbRpc(table, catalog, keys, bodyLimit);
+  router.on("POST", "/api/v1/rpc", (req, res) => void rpc(req, res).catch((err) => sendError(res, err)));
   // Every sandbox of the caller's key, whichever protocol made it (msb ps, msb kill).
   router.on("GET", "/api/v1/sandboxes", (req, res) => {
     try {
       const owner = keys.owner(req, ["authorization"]);
       sendJson(res, 200, table.list(owner).map((m) => ({ id: m.id, protocol: m.protocol, namespace: m.namespace, name: m.name, template: m.template, memoryMiB: m.memory, running: m.sandbox.isRunning, pid: m.sandbox.pid ?? null, startedAt: m.startedAt.toISOString(), ...(m.endAt ? { endAt: new Date(m.endAt).toISOString() } : {}) })));
     } catch (err) {
-      fail(res, err);
+      sendError(res, err);
     }
   });
   router.on("DELETE", "/api/v1/sandboxes/:id", (req, res, params) => {
@@ -90,14 +99,16 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
         await table.kill(table.get(keys.owner(req, ["authorization"]), params.id ?? ""));
         res.writeHead(204).end();
       })
-      .catch((err) => fail(res, err));
+      .catch((err) => sendError(res, err));
   });
-  const e2b = e2bApi(table, keys, opts.e2b ?? {}, bodyLimit);
-  e2b.routes(router, (fn) => (req, res, params) => {
-    void Promise.resolve()
-      .then(() => fn(req, res, params as Record<string, string | undefined>))
-      .catch((err) => fail(res, err));
-  });
+  const e2b = e2bApi(table, catalog, keys, opts.e2b ?? {}, bodyLimit);
+  e2b.routes((method, path, fn) =>
+    router.on(method, path, (req, res, params) => {
+      void Promise.resolve()
+        .then(() => fn(req, res, params))
+        .catch((err) => sendError(res, err));
+    }),
+  );
 
   const server: Server = createHttpServer((req: IncomingMessage, res: ServerResponse) => {
     const t0 = performance.now();
@@ -105,18 +116,18 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       res.once("finish", () => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), method: req.method, path: req.url?.split("?")[0], status: res.statusCode, ms: Math.round(performance.now() - t0) }) + "\n"));
     }
     try {
-      const host = /^(\d{1,5})-([0-9a-f]{16})\./.exec(req.headers.host ?? "");
-      if (host) void e2b.portProxy(req, res, Number(host[1]), host[2]!).catch((err) => fail(res, err));
-      else if (req.headers["e2b-sandbox-id"]) void e2b.dataPlane(req, res).catch((err) => fail(res, err));
-      else if (/^\/files\?(.*&)?signature=/.test(req.url ?? "")) void e2b.presigned(req, res).catch((err) => fail(res, err));
+      const host = portHost(req.headers.host);
+      if (host) void e2b.portProxy(req, res, host.port, host.id).catch((err) => sendError(res, err));
+      else if (req.headers["e2b-sandbox-id"]) void e2b.dataPlane(req, res).catch((err) => sendError(res, err));
+      else if (/^\/files\?(.*&)?signature=/.test(req.url ?? "")) void e2b.presigned(req, res).catch((err) => sendError(res, err));
       else router.lookup(req, res);
     } catch (err) {
-      fail(res, err);
+      sendError(res, err);
     }
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(opts.port ?? 5555, host, () => resolve());
+    server.listen(opts.port ?? SERVER_DEFAULTS.port, host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
   let closing: Promise<void> | undefined;
@@ -135,10 +146,4 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       return closing;
     },
   };
-}
-
-function fail(res: ServerResponse, err: unknown): void {
-  if (res.headersSent) return void res.destroy();
-  const e = err instanceof HttpError ? err : new HttpError(500, (err as Error)?.message ?? String(err), "internal");
-  sendJson(res, e.status, { code: e.status, message: e.message }, e.retryAfter ? { "retry-after": String(e.retryAfter) } : {});
 }

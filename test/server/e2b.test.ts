@@ -15,7 +15,13 @@ let e251: SdkModule;
 let e249: SdkModule;
 
 beforeAll(async () => {
-  server = await createServer({ port: 0, apiKeys: [KEY, "another-key"], maxSandboxes: 4 });
+  server = await createServer({
+    port: 0,
+    apiKeys: [KEY, "another-key"],
+    maxSandboxes: 4,
+    // The same image twice: once said to be a PythonSandbox, once a bare string (a CustomSandbox).
+    e2b: { templates: { "python-said": { image: "local:python", kind: "PythonSandbox" }, "python-unsaid": "local:python" } },
+  });
   Object.assign(process.env, { E2B_API_URL: server.url, E2B_SANDBOX_URL: server.url, E2B_API_KEY: KEY, E2B_DOMAIN: "localhost" });
   e251 = (await import("e2b-251")) as unknown as SdkModule;
   e249 = (await import("e2b-249")) as unknown as SdkModule;
@@ -131,8 +137,14 @@ describe("bad input to the E2B API", () => {
     expect((await api("/v2/sandboxes", { method: "POST", body: "{broken" })).status).toBe(400);
     expect((await api("/v2/sandboxes", { method: "POST", body: "x".repeat(2 << 20) })).status).toBe(413);
     expect((await fetch(`${server.url}/v2/sandboxes`, { method: "POST", body: "{}" })).status).toBe(401);
-    // The data plane needs the sandbox's own token, and refuses paths with "..".
+    // Through the SDK: a bad option is the client's mistake (400), an image that does not exist is
+    // a 404; neither is a server failure (500).
     const { Sandbox } = e251;
+    const bad = await Sandbox.create("base", { envs: { "A=B": "x" } }).catch((e: unknown) => e);
+    expect(bad).toMatchObject({ statusCode: 400, message: expect.stringMatching(/environment variable "A=B" is invalid/) });
+    const missing = await Sandbox.create("local:no-such-image").catch((e: unknown) => e);
+    expect(missing).toMatchObject({ statusCode: 404, message: expect.stringMatching(/local:no-such-image/) });
+    // The data plane needs the sandbox's own token, and refuses paths with "..".
     const sb = await Sandbox.create("base");
     try {
       const dp = (path: string, token?: string) =>
@@ -151,7 +163,7 @@ describe("bad input to the E2B API", () => {
 
 describe("envd through the e2b SDK: processes and files", () => {
   it("runs in the background, lists, connects, takes stdin, and kills", async () => {
-    const { Sandbox } = e251;
+    const { Sandbox, NotFoundError } = e251;
     const sb = await Sandbox.create("base");
     try {
       const cat = await sb.commands.run("cat", { background: true, stdin: true });
@@ -165,6 +177,9 @@ describe("envd through the e2b SDK: processes and files", () => {
       expect(await sb.commands.kill(cat.pid)).toBe(true);
       const end = await again.wait().catch((e: { exitCode?: number }) => e);
       expect(end).toMatchObject({ exitCode: -1 });
+      // envd's failures, in a stream or not, get their Connect code from the server's one table.
+      await expect(sb.commands.connect(999_999)).rejects.toBeInstanceOf(NotFoundError);
+      await expect(sb.files.list("/root/no-such-dir")).rejects.toBeInstanceOf(NotFoundError);
     } finally {
       await sb.kill();
     }
@@ -215,6 +230,33 @@ describe("envd through the e2b SDK: processes and files", () => {
       expect((await term.wait()).exitCode).toBe(0);
     } finally {
       await sb.kill();
+    }
+  }, 120_000);
+});
+
+describe("the code interpreter and the template's kind", () => {
+  it("runs code where the template's kind has an interpreter, and answers 400 where it has none", async () => {
+    const { Sandbox } = await import("@e2b/code-interpreter");
+    const said = await Sandbox.create("python-said");
+    try {
+      expect((await said.runCode("6 * 7")).text).toBe("42");
+    } finally {
+      await said.kill();
+    }
+    // The kind comes from the table, never from the image's name.
+    const unsaid = await Sandbox.create("python-unsaid");
+    try {
+      await expect(unsaid.runCode("6 * 7")).rejects.toThrow(/^400/);
+      const { envdAccessToken } = (await (await fetch(`${server.url}/sandboxes/${unsaid.sandboxId}`, { headers: { "x-api-key": KEY } })).json()) as { envdAccessToken: string };
+      const res = await fetch(`${server.url}/execute`, {
+        method: "POST",
+        headers: { "e2b-sandbox-id": unsaid.sandboxId, "e2b-sandbox-port": "49999", "x-access-token": envdAccessToken },
+        body: JSON.stringify({ code: "6 * 7" }),
+      });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { message: string }).message).toMatch(/is a CustomSandbox \(from "python-unsaid"\), which has no python interpreter/);
+    } finally {
+      await unsaid.kill();
     }
   }, 120_000);
 });

@@ -4,6 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { createServer, InvalidArgumentError, type RunningServer, Sandbox } from "../../src/index.js";
+import { SERVER_DEFAULTS } from "../../src/server/defaults.js";
 
 let server: RunningServer;
 const KEY = "test-key-1";
@@ -21,7 +22,7 @@ async function rpc(method: string, params: object, key: string | null = KEY) {
     headers: { "content-type": "application/json", ...(key ? { authorization: `Bearer ${key}` } : {}) },
     body: JSON.stringify({ jsonrpc: "2.0", id: nextId++, method, params }),
   });
-  return { status: res.status, headers: res.headers, body: (await res.json()) as { result?: any; error?: { code: number; message: string } } };
+  return { status: res.status, headers: res.headers, body: (await res.json()) as { result?: any; error?: { code: number; message: string; data?: { code: string } } } };
 }
 
 describe("the Microsandbox JSON-RPC server", () => {
@@ -47,6 +48,10 @@ describe("the Microsandbox JSON-RPC server", () => {
       expect(bad.body.result.output.some((l: { stream: string; text: string }) => l.stream === "stderr" && /ZeroDivisionError/.test(l.text))).toBe(true);
       const cmd = await rpc("sandbox.command.run", { namespace: "team", sandbox: "py", command: "sh", args: ["-c", "echo $GREETING; echo oops >&2; exit 3"] });
       expect(cmd.body.result).toEqual({ command: "sh", args: ["-c", "echo $GREETING; echo oops >&2; exit 3"], exit_code: 3, success: false, output: [{ stream: "stdout", text: "hi" }, { stream: "stderr", text: "oops" }] });
+      // A command past its timeout: 504 and -32010, by the server's one error table.
+      const slow = await rpc("sandbox.command.run", { namespace: "team", sandbox: "py", command: "sleep", args: ["30"], timeout: 1 });
+      expect(slow.status).toBe(504);
+      expect(slow.body.error).toMatchObject({ code: -32010, data: { code: "MSB_TIMEOUT" } });
       const m = await rpc("sandbox.metrics.get", { namespace: "team" });
       expect(m.body.result.sandboxes).toEqual([expect.objectContaining({ namespace: "team", name: "py", running: true })]);
       expect(m.body.result.sandboxes[0].memory_usage).toBeGreaterThan(0);
@@ -72,6 +77,15 @@ describe("the Microsandbox JSON-RPC server", () => {
     expect((await rpc("sandbox.explode", {})).body.error?.code).toBe(-32601);
     expect((await rpc("sandbox.start", { sandbox: "" })).body.error?.code).toBe(-32602);
     expect((await rpc("sandbox.command.run", { sandbox: "nope", command: "true" })).body.error?.code).toBe(-32004);
+    // A bad option is the client's mistake (400), an image that does not exist is a 404: neither
+    // is a server failure (500), and neither boots anything.
+    const bad = await rpc("sandbox.start", { sandbox: "w", config: { image: "local:busybox", workdir: "relative" } });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error).toMatchObject({ code: -32602, data: { code: "MSB_INVALID_ARGUMENT" } });
+    expect(bad.body.error?.message).toMatch(/workdir "relative"/);
+    const missing = await rpc("sandbox.start", { sandbox: "w", config: { image: "local:no-such-image" } });
+    expect(missing.status).toBe(404);
+    expect(missing.body.error).toMatchObject({ code: -32004, data: { code: "MSB_IMAGE" } });
     r = await post("x".repeat(2 << 20));
     expect(r.status).toBe(413);
     expect((await fetch(`${server.url}/api/v1/nowhere`)).status).toBe(404);
@@ -85,8 +99,12 @@ describe("the Microsandbox JSON-RPC server", () => {
     try {
       expect(results.slice(0, 2).map((r) => r.body.result)).toEqual(["Sandbox a started", "Sandbox b started"]);
       expect(results[2]!.status).toBe(429);
-      expect(results[2]!.headers.get("retry-after")).toBe("5");
+      expect(results[2]!.headers.get("retry-after")).toBe(String(SERVER_DEFAULTS.retryAfterS));
       expect(results[2]!.body.error?.code).toBe(-32005);
+      // local:busybox is a CustomSandbox: it has no interpreter to run code in.
+      const repl = await rpc("sandbox.repl.run", { sandbox: "a", language: "python", code: "1 + 1" });
+      expect(repl.status).toBe(400);
+      expect(repl.body.error).toMatchObject({ code: -32602, message: expect.stringMatching(/sandbox a is a CustomSandbox .* no python interpreter/) });
     } finally {
       for (const n of names) await rpc("sandbox.stop", { sandbox: n });
     }

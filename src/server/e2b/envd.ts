@@ -1,46 +1,31 @@
 // E2B's envd, served by the host for every sandbox on one port: Connect RPC process.Process and
-// filesystem.Filesystem (connect-node, from our own .proto in proto/e2b, compiled to
-// envd.binpb), translated to the agent protocol. The sandbox is the request's E2b-Sandbox-Id,
-// and its X-Access-Token must be the one its create returned.
-import { readFileSync } from "node:fs";
+// filesystem.Filesystem (connect-node, with the services and messages generated from our own
+// .proto in proto/e2b into src/gen/e2b), translated to the agent protocol. The sandbox is the
+// request's E2b-Sandbox-Id, and its X-Access-Token must be the one its create returned.
+import type { IncomingMessage, ServerResponse } from "node:http";
 
-import { createFileRegistry, type DescService, fromBinary } from "@bufbuild/protobuf";
-import { FileDescriptorSetSchema, file_google_protobuf_timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { ConnectRouter, HandlerContext, Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
 
 import type { FileStat } from "../../agent-client/client.js";
-import { FileOperationError, MicrosandboxError } from "../../errors.js";
+import { FileOperationError } from "../../errors.js";
+import { type EntryInfoSchema, EventType, FileType, Filesystem, type WatchDirResponseSchema } from "../../gen/e2b/filesystem_pb.js";
+import { Process, type ProcessEventSchema, type ProcessSelector, Signal } from "../../gen/e2b/process_pb.js";
+import { connectErrorOf, NotFoundError } from "../errors.js";
 import type { Managed } from "../sandboxes.js";
-import { ProcessTable, type ProcEvent } from "./processes.js";
+import type { ProcEvent } from "./processes.js";
+import type { E2bSandboxes } from "./shared.js";
 
-const set = fromBinary(FileDescriptorSetSchema, readFileSync(new URL("../../../proto/e2b/envd.binpb", import.meta.url)));
-const registry = createFileRegistry(
-  ...set.file.map((f) => createFileRegistry(f, (name) => (name === "google/protobuf/timestamp.proto" ? file_google_protobuf_timestamp : undefined))),
-);
-const ProcessService = registry.getService("process.Process")!;
-const FilesystemService = registry.getService("filesystem.Filesystem")!;
-
-/** The sandbox a data-plane request is for, or a ConnectError. */
-export type SandboxOf = (headers: Headers) => Managed & { processes: ProcessTable };
-
-// A guest file failure as the status envd gives.
-function rpcError(err: unknown): ConnectError {
-  if (err instanceof ConnectError) return err;
-  if (err instanceof FileOperationError) {
-    const code = err.errnoName === "ENOENT" ? Code.NotFound : err.errnoName === "EEXIST" ? Code.AlreadyExists : err.errnoName === "EACCES" || err.errnoName === "EPERM" ? Code.PermissionDenied : Code.InvalidArgument;
-    return new ConnectError(err.message, code);
-  }
-  return new ConnectError(err instanceof MicrosandboxError ? err.message : String((err as Error)?.message ?? err), Code.Internal);
-}
-
-const TYPES = { regular: 1, directory: 2, symlink: 3 } as Record<string, number>;
+const TYPES: Partial<Record<FileStat["type"], FileType>> = { regular: FileType.FILE, directory: FileType.DIRECTORY, symlink: FileType.SYMLINK };
 const rwx = (mode: number, type: string) =>
   (type === "directory" ? "d" : type === "symlink" ? "l" : "-") + [6, 3, 0].map((s) => ((mode >> s) & 4 ? "r" : "-") + ((mode >> s) & 2 ? "w" : "-") + ((mode >> s) & 1 ? "x" : "-")).join("");
 
-function entry(st: FileStat, path: string) {
+function entry(st: FileStat, path: string): MessageInitShape<typeof EntryInfoSchema> {
   return {
     name: st.name,
-    type: TYPES[st.type] ?? 0,
+    type: TYPES[st.type] ?? FileType.UNSPECIFIED,
     path,
     size: BigInt(st.size),
     mode: st.mode,
@@ -52,14 +37,17 @@ function entry(st: FileStat, path: string) {
   };
 }
 
-function eventOf(e: ProcEvent) {
-  if (e.kind === "start") return { event: { case: "start" as const, value: { pid: e.pid } } };
-  if (e.kind === "data") return { event: { case: "data" as const, value: { output: { case: e.stream, value: new Uint8Array(e.data) } } } };
+function eventOf(e: ProcEvent): MessageInitShape<typeof ProcessEventSchema> {
+  if (e.kind === "start") return { event: { case: "start", value: { pid: e.pid } } };
+  if (e.kind === "data") return { event: { case: "data", value: { output: { case: e.stream, value: new Uint8Array(e.data) } } } };
   const exit = e.exit;
   const code = exit?.exitCode ?? -1;
   const status = exit?.signal ? `signal: ${exit.signal.slice(3).toLowerCase()}` : exit ? `exit status ${code}` : "error";
-  return { event: { case: "end" as const, value: { exitCode: code, exited: !!exit && exit.exitCode !== null, status, ...(e.error ? { error: e.error } : {}) } } };
+  return { event: { case: "end", value: { exitCode: code, exited: !!exit && exit.exitCode !== null, status, ...(e.error ? { error: e.error } : {}) } } };
 }
+
+// The guest's watch events as envd's.
+const EVENTS = { create: EventType.CREATE, modify: EventType.WRITE, delete: EventType.REMOVE, rename: EventType.RENAME } as const;
 
 const bash = new WeakMap<object, Promise<boolean>>();
 const hasBash = (m: Managed) => {
@@ -68,103 +56,112 @@ const hasBash = (m: Managed) => {
   return known;
 };
 
-export function envdRoutes(sandboxOf: SandboxOf) {
-  const of = (ctx: HandlerContext) => sandboxOf(ctx.requestHeader);
-  const proc = (ctx: HandlerContext, selector: { case: "pid"; value: number } | { case: "tag"; value: string } | { case: undefined; value?: undefined } | undefined) => {
-    const t = of(ctx).processes.find(selector ?? { case: undefined });
-    if (!t) throw new ConnectError(`process ${JSON.stringify(selector?.value ?? null)} not found`, Code.NotFound);
+// Every failure, thrown by a handler or while it streams, answered with the Connect code the
+// server's one table gives it.
+const answered: Interceptor = (next) => async (req) => {
+  try {
+    const res = await next(req);
+    if (!res.stream) return res;
+    const messages = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        try {
+          yield* messages;
+        } catch (err) {
+          throw connectErrorOf(err);
+        }
+      })(),
+    };
+  } catch (err) {
+    throw connectErrorOf(err);
+  }
+};
+
+/** The node:http handler for envd's services, for the sandboxes the E2B API made. */
+export function envdHandler(sandboxes: E2bSandboxes): (req: IncomingMessage, res: ServerResponse) => void {
+  return connectNodeAdapter({ routes: envdRoutes(sandboxes), interceptors: [answered] });
+}
+
+function envdRoutes(sandboxes: E2bSandboxes) {
+  const of = (ctx: HandlerContext) => sandboxes.forRequest(ctx.requestHeader);
+  const fsOf = (ctx: HandlerContext) => of(ctx).m.sandbox.fs;
+  const proc = (ctx: HandlerContext, selector: ProcessSelector["selector"] | undefined) => {
+    const t = of(ctx).s.processes.find(selector ?? { case: undefined });
+    if (!t) throw new NotFoundError(`process ${JSON.stringify(selector?.value ?? null)} not found: it ended, or was never started`);
     return t;
   };
   return (router: ConnectRouter) => {
-    // The services come from a descriptor set at run time, not generated code: their methods are
-    // not known to the type checker.
-    const serve = router.service.bind(router) as unknown as (service: DescService, impl: Record<string, unknown>) => void;
-    serve(ProcessService, {
-      async *start(req: any, ctx: HandlerContext) {
-        const m = of(ctx);
-        const cfg = req.process ?? {};
+    router.service(Process, {
+      async *start(req, ctx) {
+        const { m, s } = of(ctx);
+        const cfg = req.process;
+        const args = cfg?.args ?? [];
+        const envs = cfg?.envs ?? {};
         const size = req.pty?.size;
         // The SDK runs every command with /bin/bash; an image without bash gets its sh.
-        const cmd = cfg.cmd === "/bin/bash" && !(await hasBash(m)) ? "/bin/sh" : cfg.cmd;
-        const spawned = m.sandbox.command.spawn(cmd, cfg.args ?? [], {
-          env: cfg.envs ?? {},
-          ...(cfg.cwd ? { cwd: cfg.cwd } : {}),
+        const cmd = cfg?.cmd === "/bin/bash" && !(await hasBash(m)) ? "/bin/sh" : (cfg?.cmd ?? "");
+        const spawned = m.sandbox.command.spawn(cmd, args, {
+          env: envs,
+          ...(cfg?.cwd ? { cwd: cfg.cwd } : {}),
           ...(size ? { pty: { rows: size.rows || 24, cols: size.cols || 80 } } : { stdin: !!req.stdin }),
         });
-        let t;
-        try {
-          t = await m.processes.add(spawned, { cmd: cfg.cmd, args: cfg.args ?? [], envs: cfg.envs ?? {}, cwd: cfg.cwd, pty: !!size, ...(req.tag ? { tag: req.tag } : {}) });
-        } catch (err) {
-          throw rpcError(err);
-        }
+        const t = await s.processes.add(spawned, { cmd: cfg?.cmd ?? "", args, envs, ...(cfg?.cwd ? { cwd: cfg.cwd } : {}), pty: !!size, ...(req.tag ? { tag: req.tag } : {}) });
         for await (const e of t.watch()) yield { event: eventOf(e) };
       },
-      async *connect(req: any, ctx: HandlerContext) {
+      async *connect(req, ctx) {
         for await (const e of proc(ctx, req.process?.selector).watch()) yield { event: eventOf(e) };
       },
-      async list(_req: unknown, ctx: HandlerContext) {
-        return { processes: of(ctx).processes.list().map((t) => ({ pid: t.pid, ...(t.tag ? { tag: t.tag } : {}), config: { cmd: t.cmd, args: t.args, envs: t.envs, ...(t.cwd ? { cwd: t.cwd } : {}) } })) };
+      list(_req, ctx) {
+        return { processes: of(ctx).s.processes.list().map((t) => ({ pid: t.pid, ...(t.tag ? { tag: t.tag } : {}), config: { cmd: t.cmd, args: t.args, envs: t.envs, ...(t.cwd ? { cwd: t.cwd } : {}) } })) };
       },
-      async sendInput(req: any, ctx: HandlerContext) {
+      async sendInput(req, ctx) {
         const input = req.input?.input;
-        if (input?.value) await proc(ctx, req.process?.selector).proc.write(input.value).catch((err: unknown) => {
-          throw rpcError(err);
-        });
+        if (input?.value) await proc(ctx, req.process?.selector).proc.write(input.value);
         return {};
       },
-      async streamInput(reqs: AsyncIterable<any>, ctx: HandlerContext) {
+      async streamInput(reqs, ctx) {
         let t;
         for await (const r of reqs) {
           if (r.event.case === "start") t = proc(ctx, r.event.value.process?.selector);
-          else if (r.event.case === "data" && t && r.event.value.input?.input?.value) await t.proc.write(r.event.value.input.input.value);
+          else if (r.event.case === "data" && t && r.event.value.input?.input.value) await t.proc.write(r.event.value.input.input.value);
         }
         return {};
       },
-      async sendSignal(req: any, ctx: HandlerContext) {
-        proc(ctx, req.process?.selector).proc.kill(req.signal === 15 ? "SIGTERM" : "SIGKILL");
+      sendSignal(req, ctx) {
+        proc(ctx, req.process?.selector).proc.kill(req.signal === Signal.SIGTERM ? "SIGTERM" : "SIGKILL");
         return {};
       },
-      async closeStdin(req: any, ctx: HandlerContext) {
+      async closeStdin(req, ctx) {
         await proc(ctx, req.process?.selector).proc.end();
         return {};
       },
-      async update(req: any, ctx: HandlerContext) {
+      update(req, ctx) {
         const size = req.pty?.size;
         if (size) proc(ctx, req.process?.selector).proc.resize(size.rows, size.cols);
         return {};
       },
     });
-    serve(FilesystemService, {
-      async stat(req: any, ctx: HandlerContext) {
-        try {
-          return { entry: entry(await of(ctx).sandbox.fs.stat(req.path), req.path) };
-        } catch (err) {
-          throw rpcError(err);
-        }
+    router.service(Filesystem, {
+      async stat(req, ctx) {
+        return { entry: entry(await fsOf(ctx).stat(req.path), req.path) };
       },
-      async makeDir(req: any, ctx: HandlerContext) {
-        const fs = of(ctx).sandbox.fs;
-        if (await fs.stat(req.path).then(() => true, () => false)) throw new ConnectError(`${req.path} already exists`, Code.AlreadyExists);
-        try {
-          await fs.mkdir(req.path, { parents: true });
-          return { entry: entry(await fs.stat(req.path), req.path) };
-        } catch (err) {
-          throw rpcError(err);
-        }
+      async makeDir(req, ctx) {
+        const fs = fsOf(ctx);
+        // envd answers AlreadyExists for any existing path, which mkdir -p would accept.
+        if (await fs.stat(req.path).then(() => true, () => false)) throw new FileOperationError(`${req.path} already exists`, 17, "EEXIST");
+        await fs.mkdir(req.path, { parents: true });
+        return { entry: entry(await fs.stat(req.path), req.path) };
       },
-      async move(req: any, ctx: HandlerContext) {
-        const fs = of(ctx).sandbox.fs;
-        try {
-          await fs.rename(req.source, req.destination);
-          return { entry: entry(await fs.stat(req.destination), req.destination) };
-        } catch (err) {
-          throw rpcError(err);
-        }
+      async move(req, ctx) {
+        const fs = fsOf(ctx);
+        await fs.rename(req.source, req.destination);
+        return { entry: entry(await fs.stat(req.destination), req.destination) };
       },
-      async listDir(req: any, ctx: HandlerContext) {
-        const fs = of(ctx).sandbox.fs;
+      async listDir(req, ctx) {
+        const fs = fsOf(ctx);
         const depth = req.depth || 1;
-        const entries: ReturnType<typeof entry>[] = [];
+        const entries: MessageInitShape<typeof EntryInfoSchema>[] = [];
         const walk = async (dir: string, level: number) => {
           for (const st of await fs.list(dir)) {
             const path = `${dir.replace(/\/$/, "")}/${st.name}`;
@@ -172,30 +169,21 @@ export function envdRoutes(sandboxOf: SandboxOf) {
             if (st.type === "directory" && level < depth) await walk(path, level + 1);
           }
         };
-        try {
-          await walk(req.path, 1);
-        } catch (err) {
-          throw rpcError(err);
-        }
+        await walk(req.path, 1);
         return { entries };
       },
-      async remove(req: any, ctx: HandlerContext) {
-        try {
-          await of(ctx).sandbox.fs.remove(req.path, { recursive: true });
-        } catch (err) {
-          throw rpcError(err);
-        }
+      async remove(req, ctx) {
+        await fsOf(ctx).remove(req.path, { recursive: true });
         return {};
       },
-      async *watchDir(req: any, ctx: HandlerContext) {
-        const root = String(req.path).replace(/\/$/, "");
-        const watch = of(ctx).sandbox.fs.watch(root, { recursive: !!req.recursive });
+      async *watchDir(req, ctx): AsyncGenerator<MessageInitShape<typeof WatchDirResponseSchema>> {
+        const root = req.path.replace(/\/$/, "");
+        const watch = fsOf(ctx).watch(root, { recursive: req.recursive });
         ctx.signal.addEventListener("abort", () => watch.close(), { once: true });
-        yield { event: { case: "start" as const, value: {} } };
-        const TYPE = { create: 1, modify: 2, delete: 3, rename: 4 } as Record<string, number>;
+        yield { event: { case: "start", value: {} } };
         for await (const e of watch) {
           if (e.type === "overflow") continue; // envd has no such event: the client sees a gap
-          yield { event: { case: "filesystem" as const, value: { name: e.path.slice(root.length + 1), type: TYPE[e.type] ?? 0 } } };
+          yield { event: { case: "filesystem", value: { name: e.path.slice(root.length + 1), type: EVENTS[e.type] } } };
         }
       },
     });

@@ -1,0 +1,128 @@
+// The E2B control plane (E2B_API_URL, X-API-KEY): sandboxes created, connected to (which resumes
+// a paused one), listed, described, killed, given a new timeout, paused, and measured.
+import { randomBytes } from "node:crypto";
+import { rmSync } from "node:fs";
+import type { IncomingMessage, ServerResponse } from "node:http";
+
+import { InvalidArgumentError } from "../../errors.js";
+import { type ImageCatalog, SANDBOX_KINDS } from "../catalog.js";
+import { SERVER_DEFAULTS } from "../defaults.js";
+import { ConflictError } from "../errors.js";
+import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
+import { ProcessTable } from "./processes.js";
+import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION } from "./shared.js";
+
+export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bodyLimit: number) {
+  const { table } = sandboxes;
+  const target = (req: IncomingMessage, params: Params) => sandboxes.owned(req, params.sandboxID ?? "");
+
+  const info = ({ m, s }: E2bSandbox) => ({
+    sandboxID: m.id,
+    templateID: m.template,
+    alias: m.template,
+    clientID: "msb",
+    startedAt: m.startedAt.toISOString(),
+    endAt: new Date(m.endAt ?? Date.now()).toISOString(),
+    cpuCount: 1,
+    memoryMB: m.memory,
+    diskSizeMB: 0,
+    metadata: m.metadata,
+    state: s.paused ? "paused" : "running",
+    envdVersion: ENVD_VERSION,
+  });
+
+  // What create and connect answer: how the SDK reaches the sandbox.
+  const reached = ({ m, s }: E2bSandbox) => ({ sandboxID: m.id, templateID: m.template, alias: m.template, clientID: "msb", envdVersion: ENVD_VERSION, envdAccessToken: s.token, trafficAccessToken: s.token, domain: null });
+
+  async function create(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const who = sandboxes.owner(req);
+    const body = await readJsonObject(req, bodyLimit);
+    const template = typeof body.templateID === "string" && body.templateID ? body.templateID : SERVER_DEFAULTS.e2b.template;
+    const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS;
+    const metadata = body.metadata && typeof body.metadata === "object" ? (body.metadata as Record<string, string>) : {};
+    const env = body.envVars && typeof body.envVars === "object" ? (body.envVars as Record<string, string>) : {};
+    const m = await table.create({ protocol: "e2b", owner: who, namespace: "e2b", name: template, ...catalog.template(template), template, metadata, env, timeout });
+    const s = sandboxes.add(m, randomBytes(24).toString("base64url"));
+    sendJson(res, 201, reached({ m, s }));
+  }
+
+  async function connect(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
+    const { m, s } = target(req, params);
+    const body = await readJsonObject(req, bodyLimit);
+    let status = 200;
+    if (s.paused) {
+      m.sandbox = await SANDBOX_KINDS[m.kind].resume(s.paused.name);
+      delete s.paused;
+      delete m.discard;
+      status = 201;
+    }
+    table.setTimeout(m, typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS);
+    sendJson(res, status, reached({ m, s }));
+  }
+
+  function list(req: IncomingMessage, res: ServerResponse): void {
+    const url = new URL(req.url ?? "/", "http://x");
+    const wanted = new URLSearchParams(url.searchParams.get("metadata") ?? "");
+    const states = url.searchParams.getAll("state").flatMap((s) => s.split(","));
+    const limit = Math.min(Math.max(Number(url.searchParams.get("limit") ?? SERVER_DEFAULTS.e2b.listLimit) || SERVER_DEFAULTS.e2b.listLimit, 1), 1000);
+    const after = url.searchParams.get("nextToken");
+    let all = sandboxes
+      .list(req)
+      .filter(({ m }) => [...wanted].every(([k, v]) => m.metadata[k] === v))
+      .map(info)
+      .filter((i) => !states.length || states.includes(i.state))
+      .sort((a, b) => a.sandboxID.localeCompare(b.sandboxID));
+    if (after) all = all.filter((i) => i.sandboxID > after);
+    const page = all.slice(0, limit);
+    sendJson(res, 200, page, all.length > limit ? { "x-next-token": page.at(-1)!.sandboxID } : {});
+  }
+
+  async function metrics(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
+    const { m } = target(req, params);
+    const s = await m.sandbox.metrics();
+    const now = new Date();
+    sendJson(res, 200, [
+      { timestamp: now.toISOString(), timestampUnix: Math.floor(now.getTime() / 1000), cpuCount: s.cpu.cores, cpuUsedPct: s.cpu.percent, memUsed: s.memory.usedBytes, memTotal: s.memory.totalBytes, diskUsed: s.disk.usedBytes, diskTotal: s.disk.usedBytes + s.disk.freeBytes },
+    ]);
+  }
+
+  async function pause(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
+    const { m, s } = target(req, params);
+    if (s.paused) throw new ConflictError(`sandbox ${m.id} is already paused: connect to it to resume it`);
+    const dir = await m.sandbox.pause();
+    s.paused = { name: m.sandbox.name };
+    // Paused, it waits for a connect, not for its timeout; killed, its saved state goes too.
+    clearTimeout(m.timer);
+    m.discard = () => rmSync(dir, { recursive: true, force: true });
+    s.processes = new ProcessTable();
+    s.contexts.clear(); // their interpreters did not survive the pause
+    res.writeHead(204).end();
+  }
+
+  /** Gives each of the control plane's routes to `on`, which serves it (and answers its errors). */
+  return function routes(on: (method: "GET" | "POST" | "DELETE", path: string, handler: Handler) => void): void {
+    on("POST", "/sandboxes", create);
+    on("POST", "/v2/sandboxes", create);
+    on("GET", "/sandboxes", list);
+    on("GET", "/v2/sandboxes", list);
+    on("GET", "/sandboxes/:sandboxID", (req, res, p) => {
+      const sb = target(req, p);
+      sendJson(res, 200, { ...info(sb), envdAccessToken: sb.s.token });
+    });
+    on("DELETE", "/sandboxes/:sandboxID", async (req, res, p) => {
+      await table.kill(target(req, p).m);
+      res.writeHead(204).end();
+    });
+    on("POST", "/sandboxes/:sandboxID/timeout", async (req, res, p) => {
+      const { m } = target(req, p);
+      const body = await readJsonObject(req, bodyLimit);
+      if (!(typeof body.timeout === "number" && body.timeout > 0)) throw new InvalidArgumentError(`timeout ${JSON.stringify(body.timeout)} is invalid: give a positive number of seconds`);
+      table.setTimeout(m, body.timeout);
+      res.writeHead(204).end();
+    });
+    on("GET", "/sandboxes/:sandboxID/metrics", metrics);
+    on("POST", "/sandboxes/:sandboxID/pause", pause);
+    on("POST", "/sandboxes/:sandboxID/connect", connect);
+    on("POST", "/v2/sandboxes/:sandboxID/connect", connect);
+  };
+}

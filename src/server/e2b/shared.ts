@@ -1,0 +1,113 @@
+// What the parts of the E2B API share: the protocol's constants, each sandbox's E2B state (its
+// access token, processes, pause and code contexts), and how a request finds its sandbox: by the
+// caller's key on the control plane, by E2b-Sandbox-Id and the sandbox's own token on the data
+// plane.
+import { timingSafeEqual } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+
+import type { PythonSandbox } from "../../sandbox/kinds.js";
+import type { Keys } from "../auth.js";
+import { ConflictError, NotFoundError, UnauthorizedError } from "../errors.js";
+import type { Managed, SandboxTable } from "../sandboxes.js";
+import { ProcessTable } from "./processes.js";
+
+/** The envd version reported: it turns on the SDK features served here (octet-stream uploads, recursive watches, stdin close). */
+export const ENVD_VERSION = "0.5.7";
+export const ENVD_PORT = "49983";
+export const INTERPRETER_PORT = "49999";
+
+/** A code interpreter context: an interpreter of its own, started in `cwd`. */
+export interface CodeContext {
+  cwd: string;
+  interpreter: ReturnType<PythonSandbox["interpreter"]>;
+}
+
+export interface E2bState {
+  /** The envd access token its create returned: every data-plane call must carry it. */
+  token: string;
+  processes: ProcessTable;
+  /** Set while paused: the name its saved state is resumed by. */
+  paused?: { name: string };
+  contexts: Map<string, CodeContext>;
+}
+
+/** A sandbox the E2B API made, with its state. */
+export interface E2bSandbox {
+  m: Managed;
+  s: E2bState;
+}
+
+/** The read-only view of request headers that node:http and Connect handlers both give. */
+export interface HeaderSource {
+  get(name: string): string | null;
+}
+
+export const headersOf = (req: IncomingMessage): HeaderSource => ({ get: (n) => (typeof req.headers[n] === "string" ? req.headers[n] : null) });
+
+/** The server's sandboxes as the E2B API sees them: those it made, each with its E2B state. */
+export class E2bSandboxes {
+  private readonly states = new WeakMap<Managed, E2bState>();
+
+  constructor(
+    readonly table: SandboxTable,
+    private readonly keys: Keys,
+  ) {}
+
+  /** The caller's owner id, from X-API-KEY. */
+  owner(req: IncomingMessage): string {
+    return this.keys.owner(req, ["x-api-key"]);
+  }
+
+  /** Gives `m` (just created) its E2B state. */
+  add(m: Managed, token: string): E2bState {
+    const s: E2bState = { token, processes: new ProcessTable(), contexts: new Map() };
+    this.states.set(m, s);
+    return s;
+  }
+
+  /** The caller's sandbox `id`, made by the E2B API, or NotFoundError. */
+  owned(req: IncomingMessage, id: string): E2bSandbox {
+    const m = this.table.get(this.owner(req), id);
+    const s = this.states.get(m);
+    if (!s) throw new NotFoundError(`sandbox ${JSON.stringify(id)} was not made by the E2B API: msb ps lists it, msb kill stops it`);
+    return { m, s };
+  }
+
+  /** The caller's sandboxes that the E2B API made. */
+  list(req: IncomingMessage): E2bSandbox[] {
+    return this.made(this.table.list(this.owner(req)));
+  }
+
+  /** Every owner's sandboxes that the E2B API made (a presigned URL names none: its signature does). */
+  everyone(): E2bSandbox[] {
+    return this.made(this.table.everyone());
+  }
+
+  /** Any owner's running sandbox `id` (the getHost relay, where the sandbox id is the address). */
+  running(id: string): E2bSandbox | undefined {
+    const m = this.table.byId(id);
+    const s = m && this.states.get(m);
+    return m && s && !s.paused ? { m, s } : undefined;
+  }
+
+  /** The data-plane request's sandbox (E2b-Sandbox-Id), allowed by its token. */
+  forRequest(headers: HeaderSource): E2bSandbox {
+    const id = headers.get("e2b-sandbox-id") ?? "";
+    const m = this.table.byId(id);
+    const s = m && this.states.get(m);
+    if (!m || !s) throw new NotFoundError(`sandbox ${JSON.stringify(id)} not found`);
+    // envd calls carry X-Access-Token; the code interpreter's some only the traffic token, the same one here.
+    const token = Buffer.from(headers.get("x-access-token") ?? headers.get("e2b-traffic-access-token") ?? "");
+    const want = Buffer.from(s.token);
+    if (token.length !== want.length || !timingSafeEqual(token, want)) throw new UnauthorizedError("the access token of this sandbox is missing or wrong: send the envdAccessToken its create returned, as X-Access-Token");
+    if (s.paused) throw new ConflictError(`sandbox ${id} is paused: connect to it first`);
+    return { m, s };
+  }
+
+  private made(all: Managed[]): E2bSandbox[] {
+    return all.flatMap((m) => {
+      const s = this.states.get(m);
+      return s ? [{ m, s }] : [];
+    });
+  }
+}
