@@ -121,23 +121,30 @@ static pid_t fork_into(int cgroup_fd, bool *joined) {
   return fork();
 }
 
-// `fds` are the child's stdin, stdout and stderr; with a terminal, `tty` names its slave side,
-// opened after setsid() so that it becomes the new session's controlling terminal.
-static _Noreturn void child(const microsandbox_agent_Exec *req, char **argv, char **envp,
-                            int fds[3], const char *tty, const struct ids *ids, int cgroup_fd, int report) {
+// A new process's descriptors, indexed by the number they get in it (0 stdin, 1 stdout, 2 stderr):
+// `child` are its ends, `agent` the agent's (stdin's write end, the read ends of the others), all
+// close-on-exec. With a terminal the child opens its slave side `tty` itself, after setsid(), so
+// that it becomes the new session's controlling terminal; "" with pipes.
+struct stdio {
+  int child[3], agent[3];
+  char tty[64];
+};
+
+static _Noreturn void child(const microsandbox_agent_Exec *req, char **argv, char **envp, struct stdio *st,
+                            const struct ids *ids, int cgroup_fd, int report) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
   signal(SIGPIPE, SIG_DFL);  // ignored dispositions survive exec; the agent ignores SIGPIPE
   if (setsid() < 0) child_fail(report, ST_SETSID);
   if (cgroup_fd >= 0 && !join_cgroup(cgroup_fd)) child_fail(report, ST_CGROUP);
-  if (tty) {
-    int t = open(tty, O_RDWR);
+  if (*st->tty) {
+    int t = open(st->tty, O_RDWR);
     if (t < 0 || ioctl(t, TIOCSCTTY, 0) < 0) child_fail(report, ST_DUP);
-    fds[0] = fds[1] = fds[2] = t;
+    st->child[0] = st->child[1] = st->child[2] = t;
   }
   for (int i = 0; i < 3; i++)
-    if (dup2(fds[i], i) < 0) child_fail(report, ST_DUP);
+    if (dup2(st->child[i], i) < 0) child_fail(report, ST_DUP);
   for (pb_size_t i = 0; i < req->rlimits_count; i++) {
     struct rlimit rl = {to_rlim(req->rlimits[i].soft), to_rlim(req->rlimits[i].hard)};
     if (setrlimit(rlimit_ids[req->rlimits[i].resource], &rl) < 0) child_fail(report, ST_RLIMIT);
@@ -239,115 +246,123 @@ static char **to_vector(char **items, pb_size_t n) {
   return v;
 }
 
-static void close_pair(int p[2]) {
-  if (p[0] >= 0) close(p[0]);
-  if (p[1] >= 0) close(p[1]);
+static void close_fds(int *fds, int n) {
+  for (int i = 0; i < n; i++) {
+    if (fds[i] >= 0) close(fds[i]);
+    fds[i] = -1;
+  }
 }
 
-void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req) {
+// Pipes for stdout and stderr, and for stdin when the host feeds it (else /dev/null); or a
+// terminal, whose master side stands in for every pipe: the agent reads and writes it.
+static bool stdio_open(const microsandbox_agent_Exec *req, struct stdio *st) {
+  if (req->has_pty) {
+    return (st->agent[1] = open_pty(&req->pty, st->tty, sizeof st->tty)) >= 0 &&
+           (st->agent[0] = fcntl(st->agent[1], F_DUPFD_CLOEXEC, 0)) >= 0;
+  }
+  int p[2];
+  for (int i = 1; i < 3; i++) {
+    if (pipe2(p, O_CLOEXEC) < 0) return false;
+    st->agent[i] = p[0], st->child[i] = p[1];
+  }
+  if (!req->open_stdin) return (st->child[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;
+  if (pipe2(p, O_CLOEXEC) < 0) return false;
+  st->child[0] = p[0], st->agent[0] = p[1];
+  return true;
+}
+
+// What can be refused before anything is started; false once the host was told why.
+static bool exec_check(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req) {
   if (req->argv_count == 0 || !req->argv[0] || !*req->argv[0]) {
     send_error(c, id, ERR(BAD_REQUEST), 0, "exec needs a program: argv is empty");
-    return;
+    return false;
   }
   if (req->window > LIMIT(MAX_WINDOW_BYTES)) {
     send_error(c, id, ERR(BAD_REQUEST), 0, "window %u exceeds %u", req->window, LIMIT(MAX_WINDOW_BYTES));
-    return;
+    return false;
   }
   for (pb_size_t i = 0; i < req->rlimits_count; i++) {
     if ((unsigned)req->rlimits[i].resource >= N_RLIMITS) {
       send_error(c, id, ERR(BAD_REQUEST), 0, "unknown rlimit resource %d", (int)req->rlimits[i].resource);
-      return;
+      return false;
     }
   }
-  struct ids ids;
-  if (!resolve_ids(c, id, req, &ids)) return;
-
   if (req->has_pty && (!req->pty.rows || !req->pty.cols || req->pty.rows > 1000 || req->pty.cols > 1000)) {
     send_error(c, id, ERR(BAD_REQUEST), 0, "terminal size %ux%u is out of range (1 to 1000 each)", req->pty.rows, req->pty.cols);
-    return;
+    return false;
   }
+  return true;
+}
 
-  int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, report[2] = {-1, -1};
+// Forks the child into a cgroup of its own when there is one, and waits until it has exec'd:
+// returns its pid and its start time, or -1 once the host was told why it did not start (then
+// nothing of it is left open). The report pipe closes on a successful exec, or carries the failing
+// step: the short blocking read keeps Started/Error in order without another state in the loop.
+static pid_t exec_spawn(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req, const struct ids *ids,
+                        struct stdio *st, struct cgroup *cgroup, uint64_t *start) {
+  int report[2] = {-1, -1};
+  *st = (struct stdio){.child = {-1, -1, -1}, .agent = {-1, -1, -1}};
   char **argv = to_vector(req->argv, req->argv_count);
   char **envp = to_vector(req->env, req->env_count);
-  char tty[64] = "";
-  bool ok = argv && envp && pipe2(report, O_CLOEXEC) == 0;
-  if (ok && req->has_pty) {
-    // The master side stands in for every pipe: out[0] reads it, in[1] writes it.
-    ok = (out[0] = open_pty(&req->pty, tty, sizeof tty)) >= 0 && (in[1] = fcntl(out[0], F_DUPFD_CLOEXEC, 0)) >= 0;
-  } else if (ok) {
-    ok = pipe2(out, O_CLOEXEC) == 0 && pipe2(err, O_CLOEXEC) == 0;
-    if (ok && req->open_stdin) ok = pipe2(in, O_CLOEXEC) == 0;
-    else if (ok) ok = (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;
-  }
-  struct cgroup cgroup = {0};
-  int cgroup_fd = ok ? cgroup_open(&cgroup) : -1;
+  bool ok = argv && envp && pipe2(report, O_CLOEXEC) == 0 && stdio_open(req, st);
+  int cgroup_fd = ok ? cgroup_open(cgroup) : -1;
   bool joined = false;
   pid_t pid = ok ? fork_into(cgroup_fd, &joined) : -1;
-  // A fork into the cgroup refused at the sandbox's limit counts in the cgroup's own pids
-  // events; that refusal was ours (the fallback started the process), not the command's.
-  if (pid > 0 && cgroup_fd >= 0 && !joined) cgroup_rebase(&cgroup);
   if (pid == 0) {
     close(report[0]);
-    int fds[3] = {in[0], out[1], err[1]};
-    child(req, argv, envp, fds, req->has_pty ? tty : NULL, &ids, joined ? -1 : cgroup_fd, report[1]);
+    child(req, argv, envp, st, ids, joined ? -1 : cgroup_fd, report[1]);
   }
   int saved = errno;
+  // A fork into the cgroup refused at the sandbox's limit counts in the cgroup's own pids
+  // events; that refusal was ours (the fallback started the process), not the command's.
+  if (pid > 0 && cgroup_fd >= 0 && !joined) cgroup_rebase(cgroup);
   if (cgroup_fd >= 0) close(cgroup_fd);
   free(argv);
   free(envp);
-  if (pid < 0) {
-    struct tree_counters unused;
-    cgroup_close(&cgroup, &unused);
-    close_pair(out), close_pair(err), close_pair(in), close_pair(report);
-    send_error(c, id, ERR(EXEC_FAILED), saved, "cannot start a process: %s", strerror(saved));
-    return;
-  }
-  uint64_t start = now_ns();
-  close(report[1]);
-  if (out[1] >= 0) close(out[1]);
-  if (err[1] >= 0) close(err[1]);
-  if (in[0] >= 0) close(in[0]);
-  // The report pipe closes on a successful exec, or carries the failing step: the short blocking
-  // read keeps Started/Error in order without another state in the loop.
-  struct failure f;
-  ssize_t n;
-  do n = read(report[0], &f, sizeof f);
-  while (n < 0 && errno == EINTR);
-  close(report[0]);
-  if (n == sizeof f) {
+  close_fds(st->child, 3);
+  close_fds(&report[1], 1);
+  if (pid > 0) {
+    *start = now_ns();
+    struct failure f;
+    ssize_t n;
+    do n = read(report[0], &f, sizeof f);
+    while (n < 0 && errno == EINTR);
+    close(report[0]);
+    if (n != sizeof f) return pid;
     waitpid(pid, NULL, 0);
-    struct tree_counters unused;
-    cgroup_close(&cgroup, &unused);
-    close(out[0]);
-    if (err[0] >= 0) close(err[0]);
-    if (in[1] >= 0) close(in[1]);
-    describe_failure(c, id, req, &ids, f);
-    return;
+    describe_failure(c, id, req, ids, f);
+  } else {
+    close_fds(&report[0], 1);
+    send_error(c, id, ERR(EXEC_FAILED), saved, "cannot start a process: %s", strerror(saved));
   }
+  struct tree_counters unused;
+  cgroup_close(cgroup, &unused);
+  close_fds(st->agent, 3);
+  return -1;
+}
+
+// The session of a process that runs: its ends of the pipes, deadline and credit; then Started.
+static void exec_session(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req, pid_t pid,
+                         const struct cgroup *cgroup, uint64_t start, struct stdio *st) {
   struct session *s = session_new(c, id, S_EXEC);
   if (!s) {
     kill(pid, SIGKILL);
-    close(out[0]);
-    if (err[0] >= 0) close(err[0]);
-    if (in[1] >= 0) close(in[1]);
+    close_fds(st->agent, 3);
     send_error(c, id, ERR(INTERNAL), ENOMEM, "out of memory");
     return;
   }
   s->pid = pid;
-  s->cgroup = cgroup;
+  s->cgroup = *cgroup;
   s->start_ns = start;
   // Capped at ~30 years so the nanosecond deadline cannot wrap.
   if (req->timeout_ms) s->deadline_ns = start + (req->timeout_ms < 1000000000000ull ? req->timeout_ms : 1000000000000ull) * 1000000ull;
   if (req->window) s->window = req->window;
-  s->out.fd = out[0];
-  s->err.fd = err[0];
-  s->in.fd = in[1];
+  s->in.fd = st->agent[0];
+  s->out.fd = st->agent[1];
+  s->err.fd = st->agent[2];
   s->pty = req->has_pty;
-  for (int i = 0; i < 3; i++) {
-    struct watch *w = i == 0 ? &s->out : i == 1 ? &s->err : &s->in;
-    if (w->fd >= 0) fcntl(w->fd, F_SETFL, O_NONBLOCK);
-  }
+  for (int i = 0; i < 3; i++)
+    if (st->agent[i] >= 0) fcntl(st->agent[i], F_SETFL, O_NONBLOCK);
   // A deeper pipe lets a fast writer run ahead instead of waking the agent every 64 KiB.
   if (!s->pty) {
     fcntl(s->out.fd, F_SETPIPE_SZ, PIPE_BYTES);
@@ -359,6 +374,16 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   m.body.started.pid = (uint32_t)pid;
   conn_send(c, &m);
   exec_update(s);
+}
+
+void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req) {
+  struct ids ids;
+  if (!exec_check(c, id, req) || !resolve_ids(c, id, req, &ids)) return;
+  struct stdio st;
+  struct cgroup cgroup = {0};
+  uint64_t start = 0;
+  pid_t pid = exec_spawn(c, id, req, &ids, &st, &cgroup, &start);
+  if (pid > 0) exec_session(c, id, req, pid, &cgroup, start, &st);
 }
 
 void exec_update(struct session *s) {
