@@ -164,6 +164,18 @@ bool chunk_append(struct chunk **head, struct chunk **tail, const void *data, si
   return true;
 }
 
+uint32_t inbox_clear(struct inbox *q) {
+  uint32_t bytes = 0;
+  while (q->head) {
+    struct chunk *k = q->head;
+    q->head = k->next;
+    bytes += (uint32_t)(k->len - k->off);
+    free(k);
+  }
+  q->tail = NULL;
+  return bytes;
+}
+
 struct frame_writer {
   size_t len;                 // header bytes in g_wbuf (after the 4-byte length)
   const void *payload;        // left out: it is already where it goes
@@ -352,6 +364,7 @@ struct session *session_new(struct conn *c, uint32_t id, enum session_kind kind)
   s->out = (struct watch){.fd = -1, .type = W_STDOUT, .owner = s};
   s->err = (struct watch){.fd = -1, .type = W_STDERR, .owner = s};
   s->in = (struct watch){.fd = -1, .type = W_STDIN, .owner = s};
+  s->chan = (struct watch){.fd = -1, .type = W_CHANNEL, .owner = s};
   session_link(s, c);
   return s;
 }
@@ -361,13 +374,11 @@ void session_free(struct session *s) {
   watch_close(&s->out);
   watch_close(&s->err);
   watch_close(&s->in);
+  watch_close(&s->chan);
   fswatch_free(s);
   if (s->fd >= 0) close(s->fd);
-  while (s->in_head) {
-    struct chunk *k = s->in_head;
-    s->in_head = k->next;
-    free(k);
-  }
+  inbox_clear(&s->in_q);
+  inbox_clear(&s->chan_q);
   free(s->tmp_path);
   free(s->final_path);
   s->next = g_dead_sessions;

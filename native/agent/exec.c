@@ -1,5 +1,5 @@
-// Exec sessions: spawn a process tree in its own session, pump its pipes under credit, feed its
-// stdin, enforce its timeout, and report its exit once its output is drained.
+// Exec sessions: spawn a process tree in its own session, pump its pipes (and its channel) under
+// credit, feed its stdin, enforce its timeout, and report its exit once its output is drained.
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -12,6 +12,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -22,6 +23,11 @@
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_GROUPS 64
 #define PIPE_BYTES (1 << 20)
+// A process's channel (Exec.channel): this fd, named in its environment by this variable.
+#define CHANNEL_FD 3
+#define CHANNEL_VAR "MSB_CHANNEL_FD="
+#define STR(x) #x
+#define XSTR(x) STR(x)
 
 // Steps of the child between fork and exec; the failing one travels back with its errno.
 enum stage { ST_SETSID, ST_CGROUP, ST_DUP, ST_RLIMIT, ST_SETGROUPS, ST_SETGID, ST_SETUID, ST_CHDIR, ST_EXEC };
@@ -121,12 +127,14 @@ static pid_t fork_into(int cgroup_fd, bool *joined) {
   return fork();
 }
 
-// A new process's descriptors, indexed by the number they get in it (0 stdin, 1 stdout, 2 stderr):
-// `child` are its ends, `agent` the agent's (stdin's write end, the read ends of the others), all
-// close-on-exec. With a terminal the child opens its slave side `tty` itself, after setsid(), so
-// that it becomes the new session's controlling terminal; "" with pipes.
+// A new process's descriptors, indexed by the number they get in it (0 stdin, 1 stdout, 2 stderr,
+// CHANNEL_FD its channel): `child` are its ends, `agent` the agent's (stdin's write end, the read
+// ends of stdout and stderr, the other end of the channel), all close-on-exec; -1 where there is
+// none. With a terminal the child opens its slave side `tty` itself, after setsid(), so that it
+// becomes the new session's controlling terminal; "" with pipes.
+#define N_STDIO (CHANNEL_FD + 1)
 struct stdio {
-  int child[3], agent[3];
+  int child[N_STDIO], agent[N_STDIO];
   char tty[64];
 };
 
@@ -143,8 +151,11 @@ static _Noreturn void child(const microsandbox_agent_Exec *req, char **argv, cha
     if (t < 0 || ioctl(t, TIOCSCTTY, 0) < 0) child_fail(report, ST_DUP);
     st->child[0] = st->child[1] = st->child[2] = t;
   }
-  for (int i = 0; i < 3; i++)
-    if (dup2(st->child[i], i) < 0) child_fail(report, ST_DUP);
+  for (int i = 0; i < N_STDIO; i++) {
+    if (st->child[i] < 0) continue;
+    // Already in place (the agent had no such fd), dup2 would leave it close-on-exec.
+    if (st->child[i] == i ? fcntl(i, F_SETFD, 0) < 0 : dup2(st->child[i], i) < 0) child_fail(report, ST_DUP);
+  }
   for (pb_size_t i = 0; i < req->rlimits_count; i++) {
     struct rlimit rl = {to_rlim(req->rlimits[i].soft), to_rlim(req->rlimits[i].hard)};
     if (setrlimit(rlimit_ids[req->rlimits[i].resource], &rl) < 0) child_fail(report, ST_RLIMIT);
@@ -246,6 +257,18 @@ static char **to_vector(char **items, pb_size_t n) {
   return v;
 }
 
+// The process's environment as execve wants it; with a channel, that names it (and only that).
+static char **env_vector(const microsandbox_agent_Exec *req) {
+  static char channel[] = CHANNEL_VAR XSTR(CHANNEL_FD);
+  char **v = calloc((size_t)req->env_count + 2, sizeof *v);
+  size_t n = 0;
+  if (!v) return NULL;
+  for (pb_size_t i = 0; i < req->env_count; i++)
+    if (!req->channel || strncmp(req->env[i], CHANNEL_VAR, sizeof CHANNEL_VAR - 1) != 0) v[n++] = req->env[i];
+  if (req->channel) v[n] = channel;
+  return v;
+}
+
 static void close_fds(int *fds, int n) {
   for (int i = 0; i < n; i++) {
     if (fds[i] >= 0) close(fds[i]);
@@ -254,7 +277,8 @@ static void close_fds(int *fds, int n) {
 }
 
 // Pipes for stdout and stderr, and for stdin when the host feeds it (else /dev/null); or a
-// terminal, whose master side stands in for every pipe: the agent reads and writes it.
+// terminal, whose master side stands in for every pipe: the agent reads and writes it. And a
+// socket pair for the channel.
 static bool stdio_open(const microsandbox_agent_Exec *req, struct stdio *st) {
   if (req->has_pty) {
     return (st->agent[1] = open_pty(&req->pty, st->tty, sizeof st->tty)) >= 0 &&
@@ -265,9 +289,16 @@ static bool stdio_open(const microsandbox_agent_Exec *req, struct stdio *st) {
     if (pipe2(p, O_CLOEXEC) < 0) return false;
     st->agent[i] = p[0], st->child[i] = p[1];
   }
-  if (!req->open_stdin) return (st->child[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;
-  if (pipe2(p, O_CLOEXEC) < 0) return false;
-  st->child[0] = p[0], st->agent[0] = p[1];
+  if (!req->open_stdin) {
+    if ((st->child[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) return false;
+  } else {
+    if (pipe2(p, O_CLOEXEC) < 0) return false;
+    st->child[0] = p[0], st->agent[0] = p[1];
+  }
+  if (req->channel) {
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) < 0) return false;
+    st->agent[CHANNEL_FD] = p[0], st->child[CHANNEL_FD] = p[1];
+  }
   return true;
 }
 
@@ -291,6 +322,10 @@ static bool exec_check(struct conn *c, uint32_t id, const microsandbox_agent_Exe
     send_error(c, id, ERR(BAD_REQUEST), 0, "terminal size %ux%u is out of range (1 to 1000 each)", req->pty.rows, req->pty.cols);
     return false;
   }
+  if (req->has_pty && req->channel) {
+    send_error(c, id, ERR(BAD_REQUEST), 0, "a channel needs pipes, not a terminal: its order behind the output would not hold");
+    return false;
+  }
   return true;
 }
 
@@ -301,9 +336,9 @@ static bool exec_check(struct conn *c, uint32_t id, const microsandbox_agent_Exe
 static pid_t exec_spawn(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req, const struct ids *ids,
                         struct stdio *st, struct cgroup *cgroup, uint64_t *start) {
   int report[2] = {-1, -1};
-  *st = (struct stdio){.child = {-1, -1, -1}, .agent = {-1, -1, -1}};
+  *st = (struct stdio){.child = {-1, -1, -1, -1}, .agent = {-1, -1, -1, -1}};
   char **argv = to_vector(req->argv, req->argv_count);
-  char **envp = to_vector(req->env, req->env_count);
+  char **envp = env_vector(req);
   bool ok = argv && envp && pipe2(report, O_CLOEXEC) == 0 && stdio_open(req, st);
   int cgroup_fd = ok ? cgroup_open(cgroup) : -1;
   bool joined = false;
@@ -319,7 +354,7 @@ static pid_t exec_spawn(struct conn *c, uint32_t id, const microsandbox_agent_Ex
   if (cgroup_fd >= 0) close(cgroup_fd);
   free(argv);
   free(envp);
-  close_fds(st->child, 3);
+  close_fds(st->child, N_STDIO);
   close_fds(&report[1], 1);
   if (pid > 0) {
     *start = now_ns();
@@ -337,7 +372,7 @@ static pid_t exec_spawn(struct conn *c, uint32_t id, const microsandbox_agent_Ex
   }
   struct tree_counters unused;
   cgroup_close(cgroup, &unused);
-  close_fds(st->agent, 3);
+  close_fds(st->agent, N_STDIO);
   return -1;
 }
 
@@ -347,7 +382,7 @@ static void exec_session(struct conn *c, uint32_t id, const microsandbox_agent_E
   struct session *s = session_new(c, id, S_EXEC);
   if (!s) {
     kill(pid, SIGKILL);
-    close_fds(st->agent, 3);
+    close_fds(st->agent, N_STDIO);
     send_error(c, id, ERR(INTERNAL), ENOMEM, "out of memory");
     return;
   }
@@ -360,8 +395,9 @@ static void exec_session(struct conn *c, uint32_t id, const microsandbox_agent_E
   s->in.fd = st->agent[0];
   s->out.fd = st->agent[1];
   s->err.fd = st->agent[2];
+  s->chan.fd = st->agent[CHANNEL_FD];
   s->pty = req->has_pty;
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < N_STDIO; i++)
     if (st->agent[i] >= 0) fcntl(st->agent[i], F_SETFL, O_NONBLOCK);
   // A deeper pipe lets a fast writer run ahead instead of waking the agent every 64 KiB.
   if (!s->pty) {
@@ -386,17 +422,24 @@ void exec_start(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req)
   if (pid > 0) exec_session(c, id, req, pid, &cgroup, start, &st);
 }
 
+// Whether the process's stdout, stderr or channel are open still (held by it, or by background
+// children after it exited).
+static bool streams_open(const struct session *s) { return s->out.fd >= 0 || s->err.fd >= 0 || s->chan.fd >= 0; }
+
 void exec_update(struct session *s) {
   bool produce = !conn_paused(s->conn) && s->unacked < s->window;
   watch_set(&s->out, produce ? EPOLLIN : 0);
   watch_set(&s->err, produce ? EPOLLIN : 0);
-  watch_set(&s->in, s->in_head ? EPOLLOUT : 0);
+  watch_set(&s->in, s->in_q.head ? EPOLLOUT : 0);
+  // The channel is read once the output owed ahead of its bytes went (read_channel).
+  bool channel_in = produce && !s->out_owed && !s->err_owed;
+  watch_set(&s->chan, (channel_in ? EPOLLIN : 0) | (s->chan_q.head ? EPOLLOUT : 0));
 }
 
 // Sends Exit and ends the session once the process exited and its output is drained; while the
 // connection is suspended the Exit waits for Resume, so a copy's host never misses it.
 void exec_finish(struct session *s) {
-  if (!s->exited || s->out.fd >= 0 || s->err.fd >= 0 || s->conn->suspended) return;
+  if (!s->exited || streams_open(s) || s->conn->suspended) return;
   microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
   m.session = s->id;
   m.which_body = microsandbox_agent_GuestMessage_exit_tag;
@@ -419,87 +462,172 @@ void exec_finish(struct session *s) {
   session_free(s);
 }
 
-// Writes queued stdin; credits the host for what reached the pipe (or was dropped because the
-// process closed its end, so the host never waits on a reader that is gone).
-static void pump_stdin(struct session *s) {
-  uint32_t done = 0;
-  while (s->in_head) {
-    struct chunk *k = s->in_head;
-    ssize_t n = write(s->in.fd, k->data + k->off, k->len - k->off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) break;
-    if (n < 0) {  // EPIPE: nobody reads stdin any more
-      for (; s->in_head; s->in_head = k) {
-        k = s->in_head->next;
-        done += (uint32_t)(s->in_head->len - s->in_head->off);
-        free(s->in_head);
-      }
-      s->in_tail = NULL;
-      s->in_eof = true;
-      break;
-    }
-    k->off += (size_t)n;
-    done += (uint32_t)n;
-    if (k->off == k->len) {
-      s->in_head = k->next;
-      if (!s->in_head) s->in_tail = NULL;
-      free(k);
-    }
-  }
+// Host bytes written to the process (or dropped): credited, but not those a restored copy's host
+// never sent.
+static void credit_input(struct session *s, uint32_t done) {
   uint32_t stale = done < s->in_stale ? done : s->in_stale;
   s->in_stale -= stale;
   done -= stale;
   s->in_pending -= done;
   if (done) send_credit(s->conn, s->id, done);
-  if (!s->in_head && s->in_eof) watch_close(&s->in);
-  else exec_update(s);
+}
+
+// Writes queued host bytes to the process's stdin or channel; credits the host for what reached
+// it, or was dropped because the process closed its end (so the host never waits on a reader that
+// is gone).
+static void pump_input(struct session *s, struct watch *w, struct inbox *q) {
+  uint32_t done = 0;
+  while (q->head) {
+    struct chunk *k = q->head;
+    ssize_t n = write(w->fd, k->data + k->off, k->len - k->off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    if (n < 0) {  // EPIPE: nobody reads it any more
+      done += inbox_clear(q);
+      q->eof = true;
+      break;
+    }
+    k->off += (size_t)n;
+    done += (uint32_t)n;
+    if (k->off == k->len) {
+      q->head = k->next;
+      if (!q->head) q->tail = NULL;
+      free(k);
+    }
+  }
+  credit_input(s, done);
+  if (!q->head && q->eof) {
+    if (w == &s->in) watch_close(w);  // the process reads end of file
+    else shutdown(w->fd, SHUT_WR);    // the channel's other direction carries on
+  }
+  exec_update(s);
 }
 
 void exec_on_data(struct session *s, const microsandbox_agent_Data *d) {
   size_t len = d->data ? d->data->size : 0;
-  if (s->in.fd < 0) {
-    // No stdin pipe (not requested, or already closed): the bytes have nowhere to go.
+  struct watch *w = d->channel ? &s->chan : &s->in;
+  struct inbox *q = d->channel ? &s->chan_q : &s->in_q;
+  if (w->fd < 0) {
+    // No stdin pipe or channel (not requested, or already closed): the bytes have nowhere to go.
     if (len) send_credit(s->conn, s->id, (uint32_t)len);
     return;
   }
   if (len > LIMIT(MAX_CHUNK_BYTES) || s->in_pending + len > LIMIT(DEFAULT_WINDOW_BYTES)) {
-    send_error(s->conn, s->id, ERR(PROTOCOL), 0, "stdin data beyond the credit window");
+    send_error(s->conn, s->id, ERR(PROTOCOL), 0, "%s data beyond the credit window", d->channel ? "channel" : "stdin");
     exec_kill(s);
     return;
   }
   if (len) {
-    if (!chunk_append(&s->in_head, &s->in_tail, d->data->bytes, len)) {
+    if (!chunk_append(&q->head, &q->tail, d->data->bytes, len)) {
       send_credit(s->conn, s->id, (uint32_t)len);  // dropped, but the host must not stall
       return;
     }
     s->in_pending += (uint32_t)len;
   }
-  if (d->eof && !s->pty) s->in_eof = true;  // a terminal's input ends with ^D, not by closing it
-  pump_stdin(s);
+  if (d->eof && (d->channel || !s->pty)) q->eof = true;  // a terminal's input ends with ^D, not by closing it
+  pump_input(s, w, q);
 }
 
-void exec_on_pipe(struct watch *w, uint32_t events) {
-  struct session *s = w->owner;
-  if (w->type == W_STDIN) {
-    pump_stdin(s);
-    return;
-  }
+// Bytes a pipe or socket holds now; 0 for a closed one.
+static uint32_t unread(const struct watch *w) {
+  int n = 0;
+  if (w->fd < 0 || ioctl(w->fd, FIONREAD, &n) < 0 || n < 0) return 0;
+  return (uint32_t)n;
+}
+
+// Room for the next chunk of output under the session's credit; 0 while output is paused.
+static size_t output_room(const struct session *s) {
   size_t room = s->window - s->unacked;
-  if (room > CHUNK_BYTES) room = CHUNK_BYTES;
-  if (room == 0 || conn_paused(s->conn)) {
+  if (conn_paused(s->conn)) return 0;
+  return room > CHUNK_BYTES ? CHUNK_BYTES : room;
+}
+
+// The process closed its channel (or exited, or left it to background children that stayed quiet):
+// host bytes still queued for it have nowhere to go and are credited.
+static void close_channel(struct session *s) {
+  watch_close(&s->chan);
+  s->chan_due = 0;
+  credit_input(s, inbox_clear(&s->chan_q));
+}
+
+// Reads stdout or stderr as far as credit goes; what was owed ahead of the channel comes off.
+static void read_output(struct session *s, struct watch *w) {
+  uint32_t *owed = w->type == W_STDOUT ? &s->out_owed : &s->err_owed;
+  size_t room = output_room(s);
+  if (room == 0) {
     exec_update(s);
     return;
   }
   ssize_t n = read(w->fd, chunk_buf(), room);
   if (n > 0) {
     s->unacked += (uint32_t)n;
-    send_chunk(s->conn, s->id, w->type == W_STDOUT ? 0 : 1, (size_t)n);
+    *owed -= (uint32_t)n < *owed ? (uint32_t)n : *owed;
+    send_chunk(s->conn, s->id, w->type == W_STDOUT ? microsandbox_agent_Output_Stream_STDOUT : microsandbox_agent_Output_Stream_STDERR, (size_t)n);
     exec_update(s);
     return;
   }
-  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (n < 0 && errno == EINTR) return;
+  *owed = 0;  // nothing left: whatever more was owed, another reader of the pipe took
+  if (n < 0 && errno == EAGAIN) {
+    exec_update(s);
+    return;
+  }
   watch_close(w);  // EOF or a broken pipe
+  exec_update(s);
   exec_finish(s);
+}
+
+// The channel's bytes reach the host behind the output its process wrote before them. When the
+// channel has bytes, whatever stdout and stderr hold at that moment was written before them (a
+// write to a pipe is in it when it returns) and is owed first; counting those bytes, rather than
+// reading the pipes dry, keeps a process that never stops printing from holding back its channel.
+static void read_channel(struct session *s) {
+  if (!s->chan_due) {
+    s->chan_due = unread(&s->chan);
+    if (!s->chan_due) {
+      // Nothing to read: the process closed its end, or the wakeup was stale.
+      char b;
+      ssize_t n = recv(s->chan.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        close_channel(s);
+        exec_finish(s);
+      }
+      return;
+    }
+    s->out_owed = unread(&s->out);
+    s->err_owed = unread(&s->err);
+  }
+  size_t room = output_room(s);
+  if (room > s->chan_due) room = s->chan_due;
+  if (room == 0 || s->out_owed || s->err_owed) {
+    exec_update(s);  // the pipes go first, or credit comes first: either re-arms the channel
+    return;
+  }
+  ssize_t n = read(s->chan.fd, chunk_buf(), room);
+  if (n > 0) {
+    s->chan_due -= (uint32_t)n;
+    s->unacked += (uint32_t)n;
+    send_chunk(s->conn, s->id, microsandbox_agent_Output_Stream_CHANNEL, (size_t)n);
+    exec_update(s);
+    return;
+  }
+  if (n < 0 && errno == EINTR) return;
+  s->chan_due = 0;
+  if (n < 0 && errno == EAGAIN) return;
+  close_channel(s);
+  exec_finish(s);
+}
+
+void exec_on_pipe(struct watch *w, uint32_t events) {
+  struct session *s = w->owner;
+  if (w->type == W_STDIN) {
+    pump_input(s, w, &s->in_q);
+  } else if (w->type == W_CHANNEL) {
+    if (events & EPOLLOUT) pump_input(s, w, &s->chan_q);
+    if (events & ~(uint32_t)EPOLLOUT) read_channel(s);  // readable, or the process closed its end
+  } else {
+    read_output(s, w);
+  }
 }
 
 // The protocol numbers signals as Linux does on the guest architectures this agent is built for.
@@ -510,7 +638,7 @@ _Static_assert(microsandbox_agent_SignalName_SIGKILL == SIGKILL && microsandbox_
 
 // The group outlives its leader while background members hold the session's pipes; it cannot be
 // reused by another process group until they are gone, so signalling it stays safe until then.
-static bool group_alive(const struct session *s) { return !s->exited || s->out.fd >= 0 || s->err.fd >= 0; }
+static bool group_alive(const struct session *s) { return !s->exited || streams_open(s); }
 
 void exec_signal(struct session *s, int sig) {
   if (sig > 0 && sig <= microsandbox_agent_SignalName_SIGSYS && group_alive(s)) kill(-s->pid, sig);
@@ -544,12 +672,12 @@ void exec_reap(void) {
   }
 }
 
-// A pipe kept open by a background child after the process exited: close it once it has no
-// unread bytes, unless output is paused for credit (then its bytes are still owed to the host).
-static void expire_pipe(struct session *s, struct watch *w) {
-  int avail = 0;
-  if (w->fd < 0 || !w->registered) return;
-  if (ioctl(w->fd, FIONREAD, &avail) == 0 && avail == 0) watch_close(w);
+// A pipe or channel kept open by a background child after the process exited: close it once it
+// has no unread bytes, unless output is paused for credit (then its bytes are still owed to the host).
+static void expire_stream(struct session *s, struct watch *w) {
+  if (w->fd < 0 || !w->registered || unread(w) > 0) return;
+  if (w == &s->chan) close_channel(s);
+  else watch_close(w);
 }
 
 void exec_timers(uint64_t now, int64_t *next_ms) {
@@ -569,10 +697,11 @@ void exec_timers(uint64_t now, int64_t *next_ms) {
           next = s->deadline_ns;
         }
       }
-      if (s->exited && (s->out.fd >= 0 || s->err.fd >= 0)) {
+      if (s->exited && streams_open(s)) {
         if (now >= s->grace_ns) {
-          expire_pipe(s, &s->out);
-          expire_pipe(s, &s->err);
+          expire_stream(s, &s->out);
+          expire_stream(s, &s->err);
+          expire_stream(s, &s->chan);
           s->grace_ns = now + EXIT_GRACE_NS;
           exec_finish(s);
         } else if (s->grace_ns < next) {

@@ -10,7 +10,7 @@ import protobuf from "protobufjs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { AgentClient } from "../../src/agent-client/client.js";
-import { encodeFrame, lengthPrefixed, MAX_FRAME_BYTES } from "../../src/agent-client/protocol.js";
+import { encodeFrame, lengthPrefixed, MAX_FRAME_BYTES, PROTOCOL_VERSION } from "../../src/agent-client/protocol.js";
 import { AgentConnectionError, AgentProtocolError, TimeoutError } from "../../src/errors.js";
 import { rawConnection, type RunningAgent, startAgent } from "./helpers.js";
 
@@ -121,7 +121,7 @@ describe("the client survives a misbehaving agent", () => {
   // Guest frames encoded from the same proto file the agent is generated from.
   const GuestMessage = protobuf.loadSync(fileURLToPath(new URL("../../proto/agent.proto", import.meta.url))).lookupType("microsandbox.agent.GuestMessage");
   const guestFrame = (m: object) => frameOf(Buffer.from(GuestMessage.encode(GuestMessage.fromObject(m)).finish()));
-  const hello = (version = 1) => guestFrame({ hello: { protocolVersion: version, agentVersion: "fake" } });
+  const hello = (version = PROTOCOL_VERSION) => guestFrame({ hello: { protocolVersion: version, agentVersion: "fake" } });
 
   it("times out when the agent never says hello", async () => {
     await fakeAgent(() => {});
@@ -260,7 +260,7 @@ describe("the client survives a misbehaving agent", () => {
       const boot = Array.from({ length: 20_000 }, (_, i) => ({ name: `e${i}`, tNs: "18446744073709551615" }));
       const result = await beside(
         (s) => {
-          s.write(guestFrame({ hello: { protocolVersion: 1, agentVersion: "v".repeat(100_000), pid: 4294967295, generation: "18446744073709551615", boot } }));
+          s.write(guestFrame({ hello: { protocolVersion: PROTOCOL_VERSION, agentVersion: "v".repeat(100_000), pid: 4294967295, generation: "18446744073709551615", boot } }));
           s.once("data", async () => {
             s.write(guestFrame({ session: 1, started: { pid: 42 } }));
             const credit = guestFrame({ session: 1, credit: { bytes: 4294967295 } });
