@@ -44,7 +44,7 @@ interface Cell {
 
 /** The interpreters behind run(). */
 export const PYTHON_REPL: ReplLanguage = { language: "python", driver: ["python_driver.py"], interpreter: ["python3", "-u"] };
-export const NODE_REPL: ReplLanguage = { language: "javascript", driver: ["node_driver.js"], interpreter: ["node"] };
+export const NODE_REPL: ReplLanguage = { language: "javascript", driver: ["node_cell.js", "node_driver.js"], interpreter: ["node"] };
 
 const DRIVER_DIR = "/run/microsandbox";
 const READY_TIMEOUT_S = 120;
