@@ -1,11 +1,15 @@
 // In-guest Node.js REPL driver: runs cells from the host in one persistent vm context (see src/sandbox/repl-frames.ts).
 //
-// Plain CommonJS for Node 18+ (Debian 12's nodejs). Limits, all documented here once:
+// Shipped as one script: a prelude that defines FRAME_READY, FRAME_END and MAX_TEXT_CHARS (the
+// host's constants), node_cell.js, then this file (driverSource in src/sandbox/repl.ts). Node 18+
+// (Debian 12's nodejs).
 //
-// * Output capture is at the JS level, not the fd level: Node cannot dup2(), so fd 1 stays the
-//   protocol pipe. process.stdout/stderr and console are captured; fs.writeSync(1, ...) and child
-//   processes spawned with stdio "inherit" write straight into the protocol stream (the host's
-//   decoder then fails with a protocol error) and a child with inherited stdin can read cells.
+// Cells come in and control frames go out on the channel the agent gave this process (fd 3, named
+// by MSB_CHANNEL_FD). fd 1 and 2 are the user's: console, process.stdout, fs.writeSync(1, ...) and
+// children with stdio "inherit" all reach the host as this process's own output, and nothing
+// written there can break the conversation. stdin is /dev/null. Limits, all documented here once:
+//
+// * Children of cells inherit fd 3 (Node cannot mark it close-on-exec); they have no use for it.
 // * Plain cells run as scripts in the context, so `var`, `let`, `const`, `function` and `class`
 //   all persist across cells (top-level lexical bindings share the context's global scope).
 //   Redeclaring a `let`/`const`/`class` name in a later cell is a SyntaxError, as in a script.
@@ -13,15 +17,15 @@
 //   to persist: `var/let/const x = ...` become assignments to globals (const-ness is lost),
 //   `function f` is also copied to the global, `class C` becomes `C = class C`. Destructuring
 //   declarations (`const {a} = await f()`) stay local to the cell. The value of the last
-//   expression is echoed; finding it uses a small tokenizer, so exotic code may just not echo.
-
-"use strict";
+//   expression is echoed; finding it uses a small tokenizer (node_cell.js), so exotic code may
+//   just not echo.
 
 // Everything runs inside an async function that loads Node's modules with import(): that works
-// whether this file is loaded as CommonJS (the guest) or as ESM (a "type": "module" package.json
-// above it, as in this repository's tests), where require() does not exist.
+// whether this file is loaded as CommonJS or as ESM (a "type": "module" package.json above it in
+// the image), where require() does not exist.
 (async function driver() {
 const fs = await import("node:fs");
+const net = await import("node:net");
 const path = await import("node:path");
 const util = await import("node:util");
 const vm = await import("node:vm");
@@ -32,24 +36,27 @@ const { pathToFileURL } = await import("node:url");
 const driverFile = path.resolve(process.argv[1] || "node_driver.js");
 const driverUrl = pathToFileURL(driverFile).href;
 
-const T_STDOUT = 1;
-const T_STDERR = 2;
-const T_END = 3;
-const T_READY = 4;
-const MAX_CHUNK = 1 << 20; // output frames are split well below the host's 16 MiB limit
-const MAX_EVALUE = 16 * 1024;
+// --- the channel -------------------------------------------------------------------------------
 
-// --- protocol output ----------------------------------------------------------------------------
+// Out of the environment, so user code and its children do not come across it.
+const channel = new net.Socket({ fd: Number(process.env.MSB_CHANNEL_FD), readable: true, writable: true });
+delete process.env.MSB_CHANNEL_FD;
 
-// A private description of the stdout pipe, opened before anything else: it is blocking (whatever
-// a user's process.stdout does to fd 1's flags) and close-on-exec. Fall back to fd 1 otherwise.
-let protoOut = 1;
-try {
-  if (fs.fstatSync(1).isFIFO()) protoOut = fs.openSync("/proc/self/fd/1", fs.constants.O_WRONLY);
-} catch {
-  protoOut = 1;
+function sendJson(type, obj) {
+  // JSON.stringify leaves lone surrogates escaped (well-formed JSON.stringify, V8 >= 7.2).
+  const payload = Buffer.from(JSON.stringify(obj), "utf8");
+  const head = Buffer.allocUnsafe(5);
+  head.writeUInt8(type, 0);
+  head.writeUInt32BE(payload.length, 1);
+  channel.write(Buffer.concat([head, payload]));
 }
 
+// --- stdio --------------------------------------------------------------------------------------
+
+// process.stdout and stderr write synchronously to fd 1 and 2. Node's own make a pipe
+// non-blocking (for children that inherit it too) and queue what it does not take at once, behind
+// which an end frame or an fs.writeSync(1, ...) would overtake; a synchronous write is in the pipe
+// when it returns.
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 
 function writeAll(fd, buf) {
@@ -58,32 +65,12 @@ function writeAll(fd, buf) {
     try {
       off += fs.writeSync(fd, buf, off, buf.length - off);
     } catch (err) {
-      // fd 1 may have been made non-blocking by someone; wait for the host to read.
+      // Someone made the pipe non-blocking after all: wait for the host to read.
       if (err && err.code === "EAGAIN") Atomics.wait(sleepCell, 0, 0, 1);
       else throw err;
     }
   }
 }
-
-function sendFrame(type, payload) {
-  const head = Buffer.allocUnsafe(5);
-  head.writeUInt8(type, 0);
-  head.writeUInt32BE(payload.length, 1);
-  writeAll(protoOut, Buffer.concat([head, payload]));
-}
-
-function sendOutput(type, buf) {
-  for (let off = 0; off < buf.length; off += MAX_CHUNK) {
-    sendFrame(type, buf.subarray(off, Math.min(off + MAX_CHUNK, buf.length)));
-  }
-}
-
-function sendJson(type, obj) {
-  // JSON.stringify leaves lone surrogates escaped (well-formed JSON.stringify, V8 >= 7.2).
-  sendFrame(type, Buffer.from(JSON.stringify(obj), "utf8"));
-}
-
-// --- captured stdio -----------------------------------------------------------------------------
 
 function toBuffer(chunk, encoding) {
   if (typeof chunk === "string") return Buffer.from(chunk, Buffer.isEncoding(encoding) ? encoding : "utf8");
@@ -92,22 +79,21 @@ function toBuffer(chunk, encoding) {
   throw new TypeError('The "chunk" argument must be of type string or an instance of Buffer or Uint8Array');
 }
 
-function captureStream(type) {
+function syncStream(fd) {
   const stream = new Writable({
     write(chunk, _encoding, cb) {
-      sendOutput(type, chunk);
+      writeAll(fd, chunk);
       cb();
     },
   });
-  // Synchronous, and immune to end()/cork(): a write is framed before write() returns, which is
-  // what makes "end frame after all output" trivially true.
+  // Immune to end()/cork(): every write is in the pipe before write() returns.
   stream.write = function write(chunk, encoding, cb) {
     if (typeof encoding === "function") {
       cb = encoding;
       encoding = undefined;
     }
     const buf = toBuffer(chunk, encoding);
-    if (buf.length > 0) sendOutput(type, buf);
+    if (buf.length > 0) writeAll(fd, buf);
     if (typeof cb === "function") process.nextTick(cb);
     return true;
   };
@@ -118,25 +104,20 @@ function captureStream(type) {
     if (typeof cb === "function") process.nextTick(cb);
     return stream;
   };
+  stream.fd = fd;
   stream.isTTY = false;
   stream._isStdio = true; // pipe() must not end() it
   return stream;
 }
 
-// Take the real stdin (cells) first, then hide it: reading it would steal the host's cells.
-const cellInput = process.stdin;
-const capturedOut = captureStream(T_STDOUT);
-const capturedErr = captureStream(T_STDERR);
-function stdinUnavailable() {
-  throw new Error("process.stdin is not available in the sandbox REPL (it carries the driver protocol)");
-}
-Object.defineProperty(process, "stdout", { configurable: true, enumerable: true, get: () => capturedOut });
-Object.defineProperty(process, "stderr", { configurable: true, enumerable: true, get: () => capturedErr });
-Object.defineProperty(process, "stdin", { configurable: true, enumerable: true, get: stdinUnavailable });
+const stdout = syncStream(1);
+const stderr = syncStream(2);
+Object.defineProperty(process, "stdout", { configurable: true, enumerable: true, get: () => stdout });
+Object.defineProperty(process, "stderr", { configurable: true, enumerable: true, get: () => stderr });
 
-// The main realm's console binds process.stdout lazily, so modules required from cells are
-// captured too; the context gets its own console on the same streams.
-const userConsole = new Console({ stdout: capturedOut, stderr: capturedErr });
+// The main realm's console binds process.stdout lazily, so modules required from cells use these
+// streams too; the context gets its own console on them.
+const userConsole = new Console({ stdout, stderr });
 globalThis.console = userConsole;
 
 const realExit = process.exit.bind(process);
@@ -180,162 +161,7 @@ if (typeof fetch === "function") Object.assign(sandbox, { fetch, Headers, Reques
 const context = vm.createContext(sandbox, { name: "repl" });
 vm.runInContext("globalThis.global = globalThis;", context);
 
-// --- a small tokenizer, only for top-level await cells ------------------------------------------
-
-const REGEX_AFTER_WORD = new Set([
-  "return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw", "case", "do", "else",
-  "yield", "await",
-]);
-
-// Returns tokens {start, end, kind, value, depth, nl}; depth = open brackets before the token,
-// nl = a line break precedes it. Template literals are one token; their ${} parts are skipped.
-function tokenize(src) {
-  const tokens = [];
-  const stack = [];
-  let i = 0;
-  let nl = false;
-  const n = src.length;
-  const isIdStart = (c) => /[A-Za-z_$\u0080-\uffff]/.test(c);
-  const isId = (c) => /[\w$\u0080-\uffff]/.test(c);
-
-  function regexAllowed() {
-    const prev = tokens[tokens.length - 1];
-    if (!prev) return true;
-    if (prev.kind === "word") return REGEX_AFTER_WORD.has(prev.value);
-    if (prev.kind === "punct") return !/^[)\]}]$/.test(prev.value);
-    return false;
-  }
-  function skipString(q) {
-    i++;
-    while (i < n && src[i] !== q) {
-      if (src[i] === "\\") i++;
-      else if (src[i] === "\n") break;
-      i++;
-    }
-    i++;
-  }
-  function skipTemplate() {
-    i++;
-    while (i < n && src[i] !== "`") {
-      if (src[i] === "\\") i += 2;
-      else if (src[i] === "$" && src[i + 1] === "{") {
-        i += 2;
-        skipExpressionUntilBrace();
-      } else i++;
-    }
-    i++;
-  }
-  function skipExpressionUntilBrace() {
-    // Inside ${ }: only brackets, strings, templates and comments matter for finding its end.
-    let depth = 0;
-    while (i < n) {
-      const c = src[i];
-      if (c === "'" || c === '"') skipString(c);
-      else if (c === "`") skipTemplate();
-      else if (c === "/" && src[i + 1] === "/") while (i < n && src[i] !== "\n") i++;
-      else if (c === "/" && src[i + 1] === "*") {
-        const e = src.indexOf("*/", i + 2);
-        i = e < 0 ? n : e + 2;
-      } else if (c === "{") {
-        depth++;
-        i++;
-      } else if (c === "}") {
-        i++;
-        if (depth-- === 0) return;
-      } else i++;
-    }
-  }
-
-  while (i < n) {
-    const c = src[i];
-    if (c === "\n") {
-      nl = true;
-      i++;
-      continue;
-    }
-    if (/\s/.test(c)) {
-      i++;
-      continue;
-    }
-    if (c === "/" && src[i + 1] === "/") {
-      while (i < n && src[i] !== "\n") i++;
-      continue;
-    }
-    if (c === "/" && src[i + 1] === "*") {
-      const e = src.indexOf("*/", i + 2);
-      if (src.slice(i, e < 0 ? n : e).includes("\n")) nl = true;
-      i = e < 0 ? n : e + 2;
-      continue;
-    }
-    const start = i;
-    const depth = stack.length;
-    let kind = "punct";
-    let value;
-    if (c === "'" || c === '"') {
-      skipString(c);
-      kind = "str";
-    } else if (c === "`") {
-      skipTemplate();
-      kind = "str";
-    } else if (isIdStart(c)) {
-      while (i < n && isId(src[i])) i++;
-      kind = "word";
-      value = src.slice(start, i);
-    } else if (/[0-9]/.test(c) || (c === "." && /[0-9]/.test(src[i + 1] || ""))) {
-      while (i < n && /[\w.]/.test(src[i])) i++;
-      kind = "num";
-    } else if (c === "/" && regexAllowed()) {
-      i++;
-      let inClass = false;
-      while (i < n && src[i] !== "\n") {
-        if (src[i] === "\\") i++;
-        else if (src[i] === "[") inClass = true;
-        else if (src[i] === "]") inClass = false;
-        else if (src[i] === "/" && !inClass) break;
-        i++;
-      }
-      i++;
-      while (i < n && isId(src[i])) i++;
-      kind = "regex";
-    } else {
-      i++;
-      value = c;
-      if (c === "(" || c === "[" || c === "{") stack.push(c);
-      else if (c === ")" || c === "]" || c === "}") stack.pop();
-    }
-    tokens.push({ start, end: Math.min(i, n), kind, value, depth, nl });
-    nl = false;
-  }
-  return tokens;
-}
-
-// A line break ends a statement unless the next line obviously continues it (the ASI rules).
-const CONTINUES_LINE = /^(?:[([+\-*/%<>=&|^?:.,`]|in$|instanceof$)/;
-const ENDS_OPEN = /^[=+\-*/%<>&|^!~?:,.([{]$/;
-
-function statementStarts(tokens) {
-  const starts = [];
-  for (let k = 0; k < tokens.length; k++) {
-    const t = tokens[k];
-    if (t.depth !== 0) continue;
-    const prev = tokens[k - 1];
-    if (!prev || (prev.kind === "punct" && (prev.value === ";" || prev.value === "}"))) {
-      if (!prev || prev.value === ";" || !CONTINUES_LINE.test(t.value || "")) starts.push(k);
-      continue;
-    }
-    if (!t.nl) continue;
-    if (prev.kind === "punct" && ENDS_OPEN.test(prev.value)) continue;
-    if (t.kind === "punct" && CONTINUES_LINE.test(t.value)) continue;
-    if (t.kind === "word" && (t.value === "in" || t.value === "instanceof")) continue;
-    starts.push(k);
-  }
-  return starts;
-}
-
-const STATEMENT_WORDS = new Set([
-  "var", "let", "const", "function", "class", "if", "for", "while", "do", "try", "switch", "return",
-  "throw", "import", "export",
-]);
+// --- running cells ------------------------------------------------------------------------------
 
 function compiles(code) {
   try {
@@ -345,78 +171,6 @@ function compiles(code) {
     return false;
   }
 }
-
-// Builds the async wrapper for a top-level await cell, or null if the rewrite does not compile.
-function buildAsyncCell(code) {
-  const tokens = tokenize(code);
-  const starts = statementStarts(tokens);
-  const startSet = new Set(starts);
-
-  // The last expression statement: try statement starts from the end until V8 accepts the split.
-  let split = -1;
-  let suffixEnd = code.length;
-  let last = tokens.length - 1;
-  while (last >= 0 && tokens[last].depth === 0 && tokens[last].value === ";") last--;
-  if (last >= 0) suffixEnd = tokens[last].end;
-  for (let s = starts.length - 1, tries = 0; s >= 0 && tries < 32; s--, tries++) {
-    const at = tokens[starts[s]].start;
-    if (at >= suffixEnd) continue;
-    const t = tokens[starts[s]];
-    // A last statement that is a declaration or control flow has no value to echo.
-    const asyncFunction = t.value === "async" && tokens[starts[s] + 1] && tokens[starts[s] + 1].value === "function";
-    if (t.kind === "word" && (STATEMENT_WORDS.has(t.value) || asyncFunction)) break;
-    if (compiles(`(async () => {${code.slice(0, at)};return (${code.slice(at, suffixEnd)}\n)})`)) {
-      split = at;
-      break;
-    }
-  }
-
-  // Make top-level declarations in the prefix persistent.
-  const prefixEnd = split < 0 ? code.length : split;
-  const edits = []; // {pos, del, ins}, applied back to front
-  const names = [];
-  const functions = [];
-  for (const k of starts) {
-    const t = tokens[k];
-    if (t.start >= prefixEnd || t.kind !== "word") continue;
-    const next = tokens[k + 1];
-    if ((t.value === "var" || t.value === "let" || t.value === "const") && next && next.kind === "word") {
-      edits.push({ pos: t.start, del: t.value.length, ins: " ".repeat(t.value.length) });
-      names.push(next.value);
-      // More declarators: `let a = 1, b = 2`.
-      for (let j = k + 1; j < tokens.length && !startSet.has(j); j++) {
-        const u = tokens[j];
-        if (u.depth === 0 && u.value === ";") break;
-        if (u.depth === 0 && u.value === "," && tokens[j + 1] && tokens[j + 1].kind === "word") names.push(tokens[j + 1].value);
-      }
-    } else if (t.value === "function" || (t.value === "async" && next && next.value === "function")) {
-      let j = t.value === "async" ? k + 2 : k + 1;
-      if (tokens[j] && tokens[j].value === "*") j++;
-      if (tokens[j] && tokens[j].kind === "word") functions.push(tokens[j].value);
-    } else if (t.value === "class" && next && next.kind === "word") {
-      let j = k + 1;
-      while (j < tokens.length && !(tokens[j].depth === 0 && tokens[j].value === "{")) j++;
-      let close = j + 1;
-      while (close < tokens.length && !(tokens[close].depth === 1 && tokens[close].value === "}")) close++;
-      if (close < tokens.length && tokens[close].end <= prefixEnd) {
-        edits.push({ pos: t.start, del: 0, ins: `${next.value} = ` });
-        edits.push({ pos: tokens[close].end, del: 0, ins: ";" });
-      }
-    }
-  }
-  let prefix = code.slice(0, prefixEnd);
-  edits.sort((a, b) => b.pos - a.pos);
-  for (const e of edits) prefix = prefix.slice(0, e.pos) + e.ins + prefix.slice(e.pos + e.del);
-  const prologue = functions.map((f) => `globalThis[${JSON.stringify(f)}] = ${f};`).join("");
-  const body =
-    split < 0 ? `${prologue}${prefix}\n` : `${prologue}${prefix};return (${code.slice(split, suffixEnd)}\n)`;
-  // Everything stays on the user's lines, so line numbers in stacks still match the cell.
-  const wrapped = `(async () => {${body}})()`;
-  if (!compiles(wrapped)) return null;
-  return { wrapped, names };
-}
-
-// --- running cells ------------------------------------------------------------------------------
 
 let interruptCell = null;
 process.on("SIGINT", () => {
@@ -444,7 +198,7 @@ async function evaluate(code, filename) {
     script = new vm.Script(code, { filename });
   } catch (err) {
     if (!/\bawait\b/.test(code)) throw err;
-    const cell = buildAsyncCell(code);
+    const cell = buildAsyncCell(code, compiles);
     if (!cell) throw err;
     if (cell.names.length > 0) {
       // Assignments to undeclared names make globals (sloppy mode), but `let x;` alone would read
@@ -488,10 +242,10 @@ function formatError(err) {
 function describeError(err) {
   if (err !== null && typeof err === "object" && typeof err.message === "string") {
     const ename = typeof err.name === "string" && err.name ? err.name : "Error";
-    return { ename, evalue: err.message.slice(0, MAX_EVALUE) };
+    return { ename: ename.slice(0, MAX_TEXT_CHARS), evalue: err.message.slice(0, MAX_TEXT_CHARS) };
   }
   // `throw 42`: not an Error, so there is no name to report.
-  return { ename: "Uncaught", evalue: util.inspect(err).slice(0, MAX_EVALUE) };
+  return { ename: "Uncaught", evalue: util.inspect(err).slice(0, MAX_TEXT_CHARS) };
 }
 
 let cellCount = 0;
@@ -502,23 +256,23 @@ async function runCell(code) {
   let end;
   try {
     const value = await evaluate(code, filename);
-    if (value !== undefined) capturedOut.write(util.inspect(value) + "\n");
+    if (value !== undefined) stdout.write(util.inspect(value) + "\n");
     end = { status: "ok" };
   } catch (err) {
     try {
-      capturedErr.write(formatError(err) + "\n");
+      stderr.write(formatError(err) + "\n");
       end = { status: "error", ...describeError(err) };
     } catch {
       end = { status: "error", ename: "Error", evalue: "(the thrown value could not be inspected)" };
     }
   }
-  sendJson(T_END, end);
+  sendJson(FRAME_END, end);
 }
 
 function reportUncaught(err) {
   // Errors from timers or promises that outlive their cell: print them, keep the driver alive.
   try {
-    capturedErr.write(`Uncaught ${formatError(err)}\n`);
+    stderr.write(`Uncaught ${formatError(err)}\n`);
   } catch {
     // nothing sensible left to do
   }
@@ -552,7 +306,7 @@ function drainQueue() {
     });
 }
 
-cellInput.on("data", (chunk) => {
+channel.on("data", (chunk) => {
   pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
   while (pending.length >= 4) {
     const len = pending.readUInt32BE(0);
@@ -562,14 +316,14 @@ cellInput.on("data", (chunk) => {
   }
   drainQueue();
 });
-cellInput.on("end", () => {
+channel.on("end", () => {
   inputEnded = true;
   drainQueue();
 });
 
-sendJson(T_READY, { language: "javascript", version: process.versions.node });
+sendJson(FRAME_READY, { language: "javascript", version: process.versions.node });
 })().catch((err) => {
-  // A crash of the driver itself: the only thing that goes to the real stderr.
+  // A crash of the driver itself.
   process.stderr.write(`repl driver: ${(err && err.stack) || err}\n`);
   process.exitCode = 70;
 });

@@ -1,48 +1,36 @@
 # In-guest Python REPL driver: runs cells from the host in one persistent namespace (see src/sandbox/repl-frames.ts).
 #
-# Runs on Debian 12's python3-minimal, so it imports only what libpython3.11-minimal ships:
-# no json (we encode our two tiny JSON objects by hand), no codeop/code (we use ast + compile),
-# no queue/asyncio (a lock and a select loop are enough; top-level await is not supported).
+# Shipped behind a prelude that defines FRAME_READY, FRAME_END and MAX_TEXT_CHARS (the host's
+# constants; driverSource in src/sandbox/repl.ts). Runs on Debian 12's python3-minimal, so it
+# imports only what libpython3.11-minimal ships: no json (we encode our two tiny JSON objects by
+# hand), no codeop/code (we use ast + compile); top-level await is not supported.
+#
+# Cells come in and control frames go out on the channel the agent gave this process (fd 3, named
+# by MSB_CHANNEL_FD). fd 1 and 2 are the user's: what a cell prints, itself or through child
+# processes, reaches the host as this process's own output, and nothing it writes there can break
+# the conversation. stdin is /dev/null, so code that reads it cannot take the host's cells.
 
 import os
 import sys
 
-# Save the real stdout and stdin before anything can write or read them: from here on fd 1/2
-# belong to the user's code and fd 0 is /dev/null, so nothing the cell does (print, os.write,
-# child processes) can reach the protocol streams except by guessing these private fds.
-# os.dup() makes non-inheritable fds, so child processes do not get them either.
-_PROTO_OUT = os.dup(1)
-_PROTO_IN = os.dup(0)
+# Out of the environment, and not inherited, so user code and its children do not come across it.
+_CHANNEL = int(os.environ.pop("MSB_CHANNEL_FD"))
+os.set_inheritable(_CHANNEL, False)
 
 import ast
 import builtins
 import io
 import linecache
-import select
 import signal
 import struct
-import threading
 import traceback
 import types
 
-_MAX_EVALUE = 16 * 1024  # characters; the host caps control frames, a huge repr must not break it
-_READ_CHUNK = 1 << 20
-
-_T_STDOUT, _T_STDERR, _T_END, _T_READY = 1, 2, 3, 4
-
-# Frames come from the forwarder thread and the main thread; one lock keeps them whole and ordered.
-_send_lock = threading.Lock()
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
 
 def _send(ftype, payload):
-    _write_all(_PROTO_OUT, struct.pack(">BI", ftype, len(payload)) + payload)
+    view = memoryview(struct.pack(">BI", ftype, len(payload)) + payload)
+    while view:
+        view = view[os.write(_CHANNEL, view):]
 
 
 def _json_str(s):
@@ -68,60 +56,6 @@ def _json_obj(pairs):
     return ("{" + ",".join(_json_str(k) + ":" + _json_str(v) for k, v in pairs) + "}").encode("ascii")
 
 
-# --- fd-level capture ---------------------------------------------------------------------------
-
-_out_r, _out_w = os.pipe()
-_err_r, _err_w = os.pipe()
-os.dup2(_out_w, 1)
-os.dup2(_err_w, 2)
-os.close(_out_w)
-os.close(_err_w)
-_devnull = os.open(os.devnull, os.O_RDONLY)
-os.dup2(_devnull, 0)
-os.close(_devnull)
-# Non-blocking read ends let the drain below read "everything that is there now" and stop.
-os.set_blocking(_out_r, False)
-os.set_blocking(_err_r, False)
-_CAPTURE = ((_out_r, _T_STDOUT), (_err_r, _T_STDERR))
-
-
-def _pump(fd, ftype):
-    """Forward what fd holds right now; True if it had data. Caller holds _send_lock."""
-    got = False
-    while True:
-        try:
-            data = os.read(fd, _READ_CHUNK)
-        except BlockingIOError:
-            return got
-        if not data:
-            return got
-        _send(ftype, data)
-        got = True
-
-
-def _forwarder():
-    # Runs for the life of the driver: the cell may write more than a pipe holds (64 KiB), so
-    # someone must read while it runs. Output from background threads or children that outlive a
-    # cell is forwarded whenever it comes.
-    fds = [fd for fd, _ in _CAPTURE]
-    while True:
-        try:
-            select.select(fds, [], [])
-        except InterruptedError:
-            continue
-        with _send_lock:
-            for fd, ftype in _CAPTURE:
-                _pump(fd, ftype)
-
-
-def _drain():
-    # The cell has returned, so every byte it wrote through fd 1/2 is already in the pipes; reading
-    # both until EAGAIN under the send lock forwards all of it before the end frame.
-    with _send_lock:
-        for fd, ftype in _CAPTURE:
-            _pump(fd, ftype)
-
-
 def _make_stream(fd):
     # Line-buffered text over fd 1/2 (like the interactive prompt on a terminal), so print() output
     # and raw os.write(1, ...) output keep their order. A partial line written with
@@ -135,28 +69,8 @@ def _make_stream(fd):
     )
 
 
-class _NoStdin(io.TextIOBase):
-    """sys.stdin replacement: stdin carries the host's protocol, so reading it must fail loudly."""
-
-    def _fail(self, *args, **kwargs):
-        # EOFError is what input() raises on a closed stdin, so code that handles EOF still works.
-        raise EOFError("stdin is not available in the sandbox REPL (it carries the driver protocol)")
-
-    read = readline = readlines = _fail
-
-    def readable(self):
-        return True
-
-    def isatty(self):
-        return False
-
-    def fileno(self):
-        raise io.UnsupportedOperation("stdin is not available in the sandbox REPL")
-
-
 sys.stdout = sys.__stdout__ = _make_stream(1)
 sys.stderr = sys.__stderr__ = _make_stream(2)
-sys.stdin = sys.__stdin__ = _NoStdin()
 
 # --- interrupts ---------------------------------------------------------------------------------
 
@@ -205,7 +119,7 @@ def _report(exc):
         evalue = str(exc)
     except BaseException:
         evalue = "<unprintable %s object>" % type(exc).__name__
-    return type(exc).__name__, evalue[:_MAX_EVALUE]
+    return type(exc).__name__[:MAX_TEXT_CHARS], evalue[:MAX_TEXT_CHARS]
 
 
 def _run_cell(source, filename):
@@ -225,13 +139,14 @@ def _run_cell(source, filename):
         if value is not None:
             # The value also goes to the host on its own (the cell's result, as notebooks have).
             try:
-                return repr(value)[:_MAX_EVALUE]
+                return repr(value)[:MAX_TEXT_CHARS]
             except BaseException:
                 return None
     return None
 
 
 def _flush_streams():
+    # Whatever a cell left in Python's buffers goes to fd 1/2 before its end frame is sent.
     for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}.values():
         try:
             stream.flush()
@@ -242,7 +157,7 @@ def _flush_streams():
 def _read_exact(n):
     buf = bytearray()
     while len(buf) < n:
-        chunk = os.read(_PROTO_IN, n - len(buf))
+        chunk = os.read(_CHANNEL, n - len(buf))
         if not chunk:
             return None
         buf += chunk
@@ -250,10 +165,8 @@ def _read_exact(n):
 
 
 def main():
-    threading.Thread(target=_forwarder, name="repl-output", daemon=True).start()
     version = "%d.%d.%d" % sys.version_info[:3]
-    with _send_lock:
-        _send(_T_READY, _json_obj([("language", "python"), ("version", version)]))
+    _send(FRAME_READY, _json_obj([("language", "python"), ("version", version)]))
     count = 0
     while True:
         header = _read_exact(4)
@@ -277,16 +190,13 @@ def main():
             result = _report(exc)
             del exc
         _flush_streams()
-        _drain()
         if result is None:
             end = _json_obj([("status", "ok")] + ([("result", value)] if value is not None else []))
         else:
             end = _json_obj([("status", "error"), ("ename", result[0]), ("evalue", result[1])])
-        with _send_lock:
-            _send(_T_END, end)
-    # Host closed stdin: forward anything left, then leave without waiting for user threads.
+        _send(FRAME_END, end)
+    # The host closed the channel: leave without waiting for user threads.
     _flush_streams()
-    _drain()
     os._exit(0)
 
 

@@ -21,7 +21,7 @@
 // stay idle this long, then closed so Exit can be sent.
 #define EXIT_GRACE_NS (100ull * 1000 * 1000)
 
-enum watch_type { W_LISTEN, W_CONN, W_SIGNAL, W_STDOUT, W_STDERR, W_STDIN, W_INOTIFY };
+enum watch_type { W_LISTEN, W_CONN, W_SIGNAL, W_STDOUT, W_STDERR, W_STDIN, W_CHANNEL, W_INOTIFY };
 
 // One fd registered with epoll; epoll_event.data.ptr points here.
 struct watch {
@@ -40,6 +40,14 @@ struct chunk {
 
 // Appends a copy of `data` to a chunk list.
 bool chunk_append(struct chunk **head, struct chunk **tail, const void *data, size_t len);
+
+// Host bytes on their way to a process: its stdin, or its channel.
+struct inbox {
+  struct chunk *head, *tail;
+  bool eof;  // the host ended them: close (stdin) or half-close (the channel) once written
+};
+// Frees what an inbox holds; returns how many bytes that was.
+uint32_t inbox_clear(struct inbox *q);
 
 struct conn;
 
@@ -65,11 +73,13 @@ struct session {
   uint32_t window, unacked;  // output credit (guest -> host)
   uint32_t in_pending;       // bytes received from the host and not yet written (host -> guest)
   uint32_t in_stale;         // of those queued, bytes from before a restore: written, never credited
-  struct chunk *in_head, *in_tail;
-  bool in_eof;
   // S_EXEC
   pid_t pid;
-  struct watch out, err, in;
+  struct watch out, err, in, chan;
+  struct inbox in_q, chan_q;  // for stdin and the channel
+  // Bytes of the channel that may go to the host once `out_owed` and `err_owed` bytes of stdout
+  // and stderr went: what the pipes held when those channel bytes were there (see exec.c).
+  uint32_t chan_due, out_owed, err_owed;
   bool exited, timed_out;
   int status;
   long maxrss_kb;  // the process's ru_maxrss at its exit

@@ -22,6 +22,44 @@ static struct session *g_dead_sessions;
 
 static void conn_flush(struct conn *c);
 
+// What each kind of session does when its connection needs something of it; NULL where that kind
+// has nothing to do. The connection's code below never asks a session what kind it is.
+struct session_ops {
+  // Credit or congestion changed: produce again, or stop.
+  void (*update)(struct session *s);
+  // Data from the host; NULL: the kind takes none (a protocol error).
+  void (*data)(struct session *s, const microsandbox_agent_Data *d);
+  // Stops the session's work without a word: an exec's process group is killed, a file transfer dropped.
+  void (*stop)(struct session *s);
+  // The session reports its own end after stop() (an exec's Exit follows its output); other kinds
+  // are ended by the connection, a Cancel with Error(CANCELLED).
+  bool reports_end;
+  // After Resume: what was held back while suspended goes out (an exec's Exit).
+  void (*resumed)(struct session *s);
+  void (*signal)(struct session *s, int sig);
+  void (*resize)(struct session *s, uint32_t rows, uint32_t cols);
+};
+
+static const struct session_ops session_ops[] = {
+    [S_EXEC] = {.update = exec_update, .data = exec_on_data, .stop = exec_kill, .reports_end = true,
+                .resumed = exec_finish, .signal = exec_signal, .resize = exec_resize},
+    [S_READ] = {.update = file_read_pump, .stop = file_abort},
+    [S_WRITE] = {.data = file_write_data, .stop = file_abort},
+    [S_WATCH] = {.update = watch_update},
+};
+
+static const struct session_ops *ops(const struct session *s) { return &session_ops[s->kind]; }
+
+static void session_update(struct session *s) {
+  if (ops(s)->update) ops(s)->update(s);
+}
+
+// Ends `s` without a word: its connection, the agent or this copy of the VM is done with it.
+static void session_end(struct session *s) {
+  if (ops(s)->stop) ops(s)->stop(s);
+  session_free(s);
+}
+
 static void conn_arm(struct conn *c) {
   uint32_t ev = 0;
   if (!c->closing && !c->congested) ev |= EPOLLIN;
@@ -71,12 +109,7 @@ static void queue_clear(struct conn *c) {
 
 void conn_close(struct conn *c) {
   if (c->w.fd < 0) return;
-  while (c->sessions) {
-    struct session *s = c->sessions;
-    if (s->kind == S_EXEC) exec_kill(s);
-    else file_abort(s);
-    session_free(s);
-  }
+  while (c->sessions) session_end(c->sessions);
   watch_close(&c->w);
   queue_clear(c);
   if (c->prev) c->prev->next = c->next;
@@ -129,6 +162,18 @@ bool chunk_append(struct chunk **head, struct chunk **tail, const void *data, si
   else *head = k;
   *tail = k;
   return true;
+}
+
+uint32_t inbox_clear(struct inbox *q) {
+  uint32_t bytes = 0;
+  while (q->head) {
+    struct chunk *k = q->head;
+    q->head = k->next;
+    bytes += (uint32_t)(k->len - k->off);
+    free(k);
+  }
+  q->tail = NULL;
+  return bytes;
 }
 
 struct frame_writer {
@@ -319,6 +364,7 @@ struct session *session_new(struct conn *c, uint32_t id, enum session_kind kind)
   s->out = (struct watch){.fd = -1, .type = W_STDOUT, .owner = s};
   s->err = (struct watch){.fd = -1, .type = W_STDERR, .owner = s};
   s->in = (struct watch){.fd = -1, .type = W_STDIN, .owner = s};
+  s->chan = (struct watch){.fd = -1, .type = W_CHANNEL, .owner = s};
   session_link(s, c);
   return s;
 }
@@ -328,13 +374,11 @@ void session_free(struct session *s) {
   watch_close(&s->out);
   watch_close(&s->err);
   watch_close(&s->in);
+  watch_close(&s->chan);
   fswatch_free(s);
   if (s->fd >= 0) close(s->fd);
-  while (s->in_head) {
-    struct chunk *k = s->in_head;
-    s->in_head = k->next;
-    free(k);
-  }
+  inbox_clear(&s->in_q);
+  inbox_clear(&s->chan_q);
   free(s->tmp_path);
   free(s->final_path);
   s->next = g_dead_sessions;
@@ -354,9 +398,7 @@ void sessions_update(struct conn *c) {
     again = false;
     for (struct session *s = c->sessions, *next; s && c->w.fd >= 0; s = next) {
       next = s->next;
-      if (s->kind == S_EXEC) exec_update(s);
-      else if (s->kind == S_READ) file_read_pump(s);
-      else if (s->kind == S_WATCH) watch_update(s);
+      session_update(s);
     }
   } while (again && c->w.fd >= 0);
   running = false;
@@ -382,14 +424,8 @@ static bool claim(struct conn *c, uint32_t id) {
 }
 
 static void shutdown_all(struct conn *from, uint32_t id) {
-  for (struct conn *c = g_conns; c; c = c->next) {
-    while (c->sessions) {
-      struct session *s = c->sessions;
-      if (s->kind == S_EXEC) exec_kill(s);
-      else file_abort(s);
-      session_free(s);
-    }
-  }
+  for (struct conn *c = g_conns; c; c = c->next)
+    while (c->sessions) session_end(c->sessions);
   g_shutdown = true;
   for (struct conn *c = g_conns; c; c = c->next) c->quiet = false;  // a suspended VM is not saved after all
   send_done(from, id, 0);
@@ -446,9 +482,7 @@ static void resume(struct conn *c, const microsandbox_agent_Resume *r) {
       for (struct session *s = k->sessions, *next; s; s = next) {
         next = s->next;
         if (!kept(r, s->id) || (k != c && session_find(c, s->id))) {
-          if (s->kind == S_EXEC) exec_kill(s);
-          else file_abort(s);
-          session_free(s);
+          session_end(s);
           continue;
         }
         if (k != c) {
@@ -475,7 +509,7 @@ static void resume(struct conn *c, const microsandbox_agent_Resume *r) {
   sessions_update(c);
   for (struct session *s = c->sessions, *next; s && c->w.fd >= 0; s = next) {
     next = s->next;
-    if (s->kind == S_EXEC) exec_finish(s);  // an Exit held back while suspended
+    if (ops(s)->resumed) ops(s)->resumed(s);
   }
 }
 
@@ -489,19 +523,16 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
     case microsandbox_agent_HostMessage_data_tag:
       // Data for a session that just ended races with its end; it is dropped.
       if (!(s = session_find(c, id))) break;
-      if (s->kind == S_EXEC) exec_on_data(s, &m->body.data);
-      else if (s->kind == S_WRITE) file_write_data(s, &m->body.data);
+      if (ops(s)->data) ops(s)->data(s, &m->body.data);
       else send_error(c, id, ERR(PROTOCOL), 0, "session %u does not take data", id);
       break;
     case microsandbox_agent_HostMessage_credit_tag:
       if (!(s = session_find(c, id))) break;
       s->unacked -= m->body.credit.bytes < s->unacked ? m->body.credit.bytes : s->unacked;
-      if (s->kind == S_EXEC) exec_update(s);
-      else if (s->kind == S_READ) file_read_pump(s);
-      else if (s->kind == S_WATCH) watch_update(s);
+      session_update(s);
       break;
     case microsandbox_agent_HostMessage_signal_tag:
-      if ((s = session_find(c, id)) && s->kind == S_EXEC) exec_signal(s, (int)m->body.signal.signal);
+      if ((s = session_find(c, id)) && ops(s)->signal) ops(s)->signal(s, (int)m->body.signal.signal);
       break;
     case microsandbox_agent_HostMessage_read_file_tag:
       if (claim(c, id)) file_read_start(c, id, &m->body.read_file);
@@ -526,16 +557,14 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
       break;
     case microsandbox_agent_HostMessage_cancel_tag:
       if (!(s = session_find(c, id))) break;
-      if (s->kind == S_EXEC) {
-        exec_kill(s);
-      } else {
-        file_abort(s);
+      if (ops(s)->stop) ops(s)->stop(s);
+      if (!ops(s)->reports_end) {
         send_error(c, id, ERR(CANCELLED), 0, "session %u cancelled", id);
         session_free(s);
       }
       break;
     case microsandbox_agent_HostMessage_resize_tag:
-      if ((s = session_find(c, id)) && s->kind == S_EXEC) exec_resize(s, m->body.resize.rows, m->body.resize.cols);
+      if ((s = session_find(c, id)) && ops(s)->resize) ops(s)->resize(s, m->body.resize.rows, m->body.resize.cols);
       else send_error(c, id, ERR(BAD_REQUEST), 0, "session %u runs no process to resize", id);
       break;
     case microsandbox_agent_HostMessage_watch_tag:

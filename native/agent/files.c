@@ -274,6 +274,7 @@ void file_mkdir(struct conn *c, uint32_t id, const microsandbox_agent_Mkdir *req
 }
 
 static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+  (void)st, (void)type, (void)ftw;
   return remove(path);
 }
 

@@ -8,7 +8,7 @@ import type { Duplex } from "node:stream";
 import { AgentConnectionError, AgentError, FileOperationError, abortError, InvalidArgumentError, linuxErrnoName, TimeoutError } from "../errors.js";
 import { type AgentHello, Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
-import { agentFailure, checkTimeout, collect, type ExecOptions, ExecProcess, type ExecResult, type SpawnOptions } from "./process.js";
+import { agentFailure, type ChannelChunk, checkTimeout, collect, type ExecOptions, ExecProcess, type ExecResult, type OutputChunk, type SpawnOptions } from "./process.js";
 import { FsWatch } from "./watch.js";
 import { DEFAULT_WINDOW_BYTES, errorKindName, fileTypeName, type GuestBody, type GuestFrame, type HostBody } from "./protocol.js";
 
@@ -256,8 +256,10 @@ export class AgentClient {
     return collect(this.channel, argv, opts);
   }
 
-  /** Starts a process and returns it for streaming output, stdin and signals. */
-  spawn(argv: readonly string[], opts: SpawnOptions = {}): ExecProcess {
+  /** Starts a process and returns it for streaming output, stdin and signals (and its channel, with `channel: true`). */
+  spawn(argv: readonly string[], opts: SpawnOptions & { channel: true }): ExecProcess<OutputChunk | ChannelChunk>;
+  spawn(argv: readonly string[], opts?: SpawnOptions): ExecProcess;
+  spawn(argv: readonly string[], opts: SpawnOptions = {}): ExecProcess<OutputChunk | ChannelChunk> {
     return new ExecProcess(this.channel, argv, opts);
   }
 
@@ -266,7 +268,9 @@ export class AgentClient {
    * it sent since; `opts` as it was spawned with (stdin, window). Throws InvalidArgumentError for
    * a session that was not kept or is adopted already.
    */
-  adopt(session: number, pid: number, opts: SpawnOptions = {}): ExecProcess {
+  adopt(session: number, pid: number, opts: SpawnOptions & { channel: true }): ExecProcess<OutputChunk | ChannelChunk>;
+  adopt(session: number, pid: number, opts?: SpawnOptions): ExecProcess;
+  adopt(session: number, pid: number, opts: SpawnOptions = {}): ExecProcess<OutputChunk | ChannelChunk> {
     return new ExecProcess(this.channel, [], opts, { session, pid });
   }
 

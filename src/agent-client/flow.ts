@@ -116,12 +116,16 @@ export class Inbound<T> implements AsyncIterableIterator<T> {
   }
 }
 
+/**
+ * Host bytes for one session: a file's, or a process's stdin and channel, which share the
+ * session's window (the guest credits them together).
+ */
 export class Outbound {
   private inflight = 0;
   private waiters: (() => void)[] = [];
   private tail: Promise<void> = Promise.resolve();
   private error: Error | undefined;
-  private finished = false;
+  private readonly finished = { stdin: false, channel: false };
 
   constructor(
     private readonly channel: Channel,
@@ -146,8 +150,8 @@ export class Outbound {
     for (const f of w) f();
   }
 
-  /** Queues bytes behind earlier writes; resolves once they are handed to the socket. */
-  write(data: Uint8Array): Promise<void> {
+  /** Queues bytes (for the process's channel with `toChannel`) behind earlier writes; resolves once they are handed to the socket. */
+  write(data: Uint8Array, toChannel = false): Promise<void> {
     return this.enqueue(async () => {
       for (let off = 0; off < data.length; off += MAX_CHUNK_BYTES) {
         const chunk = data.subarray(off, off + MAX_CHUNK_BYTES);
@@ -156,18 +160,19 @@ export class Outbound {
         }
         if (this.error) throw this.error;
         this.inflight += chunk.length;
-        if (!this.channel.send(this.session, { case: "data", value: { data: chunk } })) await this.channel.drain();
+        if (!this.channel.send(this.session, { case: "data", value: { data: chunk, channel: toChannel } })) await this.channel.drain();
       }
     });
   }
 
-  /** Sends end-of-data after every queued write. */
-  end(): Promise<void> {
+  /** Sends end-of-data (of the process's channel with `toChannel`) after every queued write. */
+  end(toChannel = false): Promise<void> {
     return this.enqueue(async () => {
-      if (this.finished) return;
-      this.finished = true;
+      const which = toChannel ? "channel" : "stdin";
+      if (this.finished[which]) return;
+      this.finished[which] = true;
       if (this.error) throw this.error;
-      this.channel.send(this.session, { case: "data", value: { eof: true } });
+      this.channel.send(this.session, { case: "data", value: { eof: true, channel: toChannel } });
     });
   }
 

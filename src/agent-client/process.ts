@@ -29,6 +29,13 @@ export interface SpawnOptions {
   gid?: number;
   /** Give the process a stdin pipe (write() / end()); otherwise it reads /dev/null. */
   stdin?: boolean;
+  /**
+   * Give the process a channel to the host beside its stdio: a socket at its fd 3, named by
+   * MSB_CHANNEL_FD=3 in its environment. writeChannel() / endChannel() send it bytes; what it
+   * writes there arrives as "channel" chunks, never ahead of stdout and stderr it wrote before.
+   * Not with `pty`.
+   */
+  channel?: boolean;
   /** Seconds after which the guest kills the whole process tree (exit.timedOut is then true). */
   timeout?: number;
   /** Resource limits: a number sets soft and hard, a pair sets [soft, hard]; Infinity = unlimited. */
@@ -49,6 +56,12 @@ export interface SpawnOptions {
 
 export interface OutputChunk {
   stream: "stdout" | "stderr";
+  data: Buffer;
+}
+
+/** What a process spawned with `channel: true` wrote to its channel. */
+export interface ChannelChunk {
+  stream: "channel";
   data: Buffer;
 }
 
@@ -120,6 +133,10 @@ export function execRequest(argv: readonly string[], opts: SpawnOptions): ExecIn
   });
   const req: ExecInit = { argv: [...argv], env: envList, openStdin: !!opts.stdin || !!opts.pty };
   if (opts.pty !== undefined) req.pty = checkTerminalSize(opts.pty);
+  if (opts.channel) {
+    if (opts.pty !== undefined) throw new InvalidArgumentError("a process gets a channel or a terminal (pty), not both");
+    req.channel = true;
+  }
   if (opts.cwd !== undefined) {
     if (!checkString("cwd", opts.cwd).startsWith("/")) throw new InvalidArgumentError(`cwd ${JSON.stringify(opts.cwd)} must be an absolute path`);
     req.cwd = opts.cwd;
@@ -160,12 +177,12 @@ export function agentFailure(e: GuestBody<"error">): Error {
  * nobody reads pauses it, and `exit` resolves only once its output was delivered. Leaving the
  * loop early drops the rest of the output and lets the process run on.
  */
-export class ExecProcess implements AsyncIterable<OutputChunk> {
+export class ExecProcess<Chunk extends OutputChunk | ChannelChunk = OutputChunk> implements AsyncIterable<Chunk> {
   /** Resolves with the guest pid once the process runs; rejects with ExecError if it could not start. */
   readonly pid: Promise<number>;
   /** Resolves when the process ended and its output was delivered. */
   readonly exit: Promise<ExitStatus>;
-  private readonly output: Inbound<OutputChunk>;
+  private readonly output: Inbound<Chunk>;
   private readonly stdin: Outbound;
   private readonly id: number;
   private started = false;
@@ -196,7 +213,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
     this.exit.catch(() => {});
     const sink = { frame: (f: GuestFrame) => this.onFrame(f), fail: (e: Error) => this.finish(e) };
     this.id = adopted ? adopted.session : channel.open(sink);
-    this.output = new Inbound<OutputChunk>(
+    this.output = new Inbound<Chunk>(
       opts.window ?? DEFAULT_WINDOW_BYTES,
       (bytes) => this.sendIfOpen({ case: "credit", value: { bytes } }),
       () => {},
@@ -242,8 +259,12 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
         this.resolvePid(b.value.pid);
         break;
       case "output": {
-        const chunk = { stream: streamName(b.value.stream) as OutputChunk["stream"], data: b.value.data as Buffer };
-        this.opts.onOutput?.(chunk);
+        const chunk = { stream: streamName(b.value.stream), data: b.value.data as Buffer } as Chunk;
+        if (chunk.stream === "channel" && !this.opts.channel) {
+          this.finish(new AgentError("channel output for a process that has no channel", "PROTOCOL"));
+          break;
+        }
+        if (chunk.stream !== "channel") this.opts.onOutput?.(chunk);
         this.output.push(chunk);
         break;
       }
@@ -300,6 +321,18 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
     return this.stdin.end();
   }
 
+  /** Writes to the process's channel (spawned with `channel: true`); resolves when handed to the connection. */
+  writeChannel(data: string | Uint8Array): Promise<void> {
+    if (!this.opts.channel) return Promise.reject(new InvalidArgumentError("this process was spawned without channel: true"));
+    return this.stdin.write(typeof data === "string" ? Buffer.from(data) : data, true);
+  }
+
+  /** Half-closes the channel after everything written to it so far: the process reads end of file there. */
+  endChannel(): Promise<void> {
+    if (!this.opts.channel) return Promise.resolve();
+    return this.stdin.end(true);
+  }
+
   /** Changes the size of the process's terminal (spawned with `pty`); its foreground job gets SIGWINCH. */
   resize(rows: number, cols: number): void {
     if (!this.opts.pty) throw new InvalidArgumentError("this process was spawned without a terminal (pty)");
@@ -315,7 +348,7 @@ export class ExecProcess implements AsyncIterable<OutputChunk> {
     this.sendIfOpen({ case: "signal", value: { signal: number } });
   }
 
-  [Symbol.asyncIterator](): AsyncIterator<OutputChunk> {
+  [Symbol.asyncIterator](): AsyncIterator<Chunk> {
     return this.output;
   }
 }
@@ -326,7 +359,7 @@ export interface ExecResult extends ExitStatus {
   stderr: Buffer;
 }
 
-export interface ExecOptions extends Omit<SpawnOptions, "stdin"> {
+export interface ExecOptions extends Omit<SpawnOptions, "stdin" | "channel"> {
   /** Bytes fed to stdin, which is then closed. Without it the process reads /dev/null. */
   stdin?: string | Uint8Array;
   /** Most bytes of stdout + stderr kept; past it the process is killed. Default 64 MiB. */

@@ -8,7 +8,7 @@ import type { ImageConfig } from "../images/store.js";
 import type { KeptSession } from "../vm/machine.js";
 import type { Execution } from "./execution.js";
 import type { SandboxOptions } from "./options.js";
-import { driverSource, Repl, type ReplLanguage } from "./repl.js";
+import { driverSource, NODE_REPL, PYTHON_REPL, Repl, type ReplLanguage } from "./repl.js";
 import { type RunOptions, runTimeout } from "./commands.js";
 import { Sandbox } from "./sandbox.js";
 
@@ -101,7 +101,7 @@ abstract class LanguageSandbox extends Sandbox {
 
 /** A sandbox with a persistent Python interpreter (image python:3.12-slim by default, or MSB_PYTHON_IMAGE). */
 export class PythonSandbox extends LanguageSandbox {
-  protected readonly language: ReplLanguage = { language: "python", driver: "python_driver.py", interpreter: ["python3", "-u"] };
+  protected readonly language = PYTHON_REPL;
   constructor(opts: SandboxOptions = {}) {
     super(opts, process.env.MSB_PYTHON_IMAGE ?? "python:3.12-slim");
   }
@@ -109,7 +109,7 @@ export class PythonSandbox extends LanguageSandbox {
 
 /** A sandbox with a persistent Node.js interpreter (image node:22-slim by default, or MSB_NODE_IMAGE). */
 export class NodeSandbox extends LanguageSandbox {
-  protected readonly language: ReplLanguage = { language: "javascript", driver: "node_driver.js", interpreter: ["node"] };
+  protected readonly language = NODE_REPL;
   constructor(opts: SandboxOptions = {}) {
     super(opts, process.env.MSB_NODE_IMAGE ?? "node:22-slim");
   }

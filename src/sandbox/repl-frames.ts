@@ -1,55 +1,65 @@
-// Host side of the REPL driver protocol (guest/repl/*_driver.*): cells out, output/status frames in.
+// The REPL driver protocol (guest/repl/*_driver.*), spoken on the channel the agent gives a driver
+// beside its stdio (Exec.channel: the driver's fd 3, named by MSB_CHANNEL_FD):
 //
-// The host starts a driver as an ordinary guest process (`python3 python_driver.py`,
-// `node node_driver.js`) with stdin, stdout and stderr as pipes:
+//   host -> driver: cells, each [4-byte big-endian length N][N bytes UTF-8 source]
+//   driver -> host: control frames, each [1-byte type][4-byte big-endian length N][N bytes JSON]
+//     FRAME_READY, once at start: {"language":"python","version":"3.11.2"}
+//                  (the Node driver says "javascript" and the Node version)
+//     FRAME_END, when a cell is done: {"status":"ok"} (with "result": the repr of a final
+//                expression's value, from the Python driver) or
+//                {"status":"error","ename":"ZeroDivisionError","evalue":"division by zero"}
 //
-//   host -> driver, on the driver's stdin: cells, each
-//     [4-byte big-endian length N][N bytes UTF-8 source]
-//   driver -> host, on the driver's ORIGINAL stdout (the drivers save it to a private fd before
-//   anything else runs): frames
-//     [1-byte type][4-byte big-endian length N][N bytes]
-//     type 1 = bytes the cell wrote to stdout, 2 = bytes it wrote to stderr,
-//     type 3 = end of cell, JSON {"status":"ok"} (with "result": the repr of a final expression's
-//              value, from the Python driver) or
-//              {"status":"error","ename":"ZeroDivisionError","evalue":"division by zero"},
-//     type 4 = ready, sent once at start, JSON {"language":"python","version":"3.11.2"}
-//              (the Node driver says "javascript" and the Node version).
+// What a cell prints is not framed: the driver's stdout and stderr are the user's, and come to the
+// host as the process's own output. The agent forwards channel bytes only behind output written
+// before them, so a cell's end frame follows everything it printed (a driver flushes its own
+// buffers first) and no sentinel is looked for in user output. Output that comes between cells
+// (threads, timers, children that outlive their cell) goes with the next cell.
 //
-// Cells run one at a time in the order sent. A cell's type-3 frame comes only after every byte it
-// wrote was sent as type 1/2 frames; there are no sentinel strings in user output. Type 1/2 frames
-// may also arrive between cells (output from threads, timers or children that outlive a cell).
-// The driver's own stderr (not framed) is for crashes of the driver itself.
+// REPL_PROTOCOL is the one definition of the numbers both sides use: a driver is shipped with them
+// as a prelude in its own language (driverPrelude, put in front by driverSource in repl.ts).
 //
-// The driver runs untrusted code that can write anything to the real stdout fd if it finds it, so
-// the decoder trusts nothing: lengths, types and JSON are checked and a violation throws
-// AgentProtocolError, after which the stream is unusable (framing is lost).
+// The driver runs untrusted code, which can write anything to fd 3, so the decoder trusts nothing:
+// lengths, types and JSON are checked and a violation throws AgentProtocolError, after which the
+// stream is unusable (framing is lost) and the host replaces the driver.
 
 import { AgentProtocolError, InvalidArgumentError } from "../errors.js";
 
-export const REPL_FRAME_STDOUT = 1;
-export const REPL_FRAME_STDERR = 2;
-export const REPL_FRAME_END = 3;
-export const REPL_FRAME_READY = 4;
+/** The numbers the host and the drivers share. */
+export const REPL_PROTOCOL = {
+  FRAME_READY: 1,
+  FRAME_END: 2,
+  /** Characters of a name, message or result a driver puts in an end frame at most. */
+  MAX_TEXT_CHARS: 16 * 1024,
+} as const;
 
-/** Largest frame body accepted, and largest cell sent. */
-export const REPL_MAX_FRAME_BYTES = 16 * 1024 * 1024;
-/** Status frames are small JSON; a bigger one means garbage, and we refuse to parse megabytes. */
+/** Largest cell sent. */
+export const REPL_MAX_CELL_BYTES = 16 * 1024 * 1024;
+/**
+ * Largest control frame accepted: above three texts of MAX_TEXT_CHARS escaped at worst (12 bytes
+ * a character, a surrogate pair as two \u escapes); a bigger one is garbage we refuse to parse.
+ */
 export const REPL_MAX_CONTROL_BYTES = 1024 * 1024;
 
 const HEADER_BYTES = 5;
 
 export type ReplFrame =
-  | { type: "stdout" | "stderr"; data: Buffer }
   | { type: "end"; status: "ok" | "error"; ename?: string; evalue?: string; result?: string }
   | { type: "ready"; language: string; version: string };
 
-/** Frames a cell for the driver's stdin. */
+/** REPL_PROTOCOL as source of `language`, for the top of a driver. */
+export function driverPrelude(language: "python" | "javascript"): string {
+  const entries = Object.entries(REPL_PROTOCOL);
+  const origin = "The host's REPL protocol constants (src/sandbox/repl-frames.ts).";
+  if (language === "python") return [`# ${origin}`, ...entries.map(([k, v]) => `${k} = ${v}`), ""].join("\n");
+  // The driver ships as one script: strict mode is declared once, at its top.
+  return ['"use strict";', `// ${origin}`, ...entries.map(([k, v]) => `const ${k} = ${v};`), ""].join("\n");
+}
+
+/** Frames a cell for the driver's channel. */
 export function encodeCell(code: string): Buffer {
   const body = Buffer.from(code, "utf8");
-  if (body.length > REPL_MAX_FRAME_BYTES) {
-    throw new InvalidArgumentError(
-      `REPL cell is ${body.length} bytes; the limit is ${REPL_MAX_FRAME_BYTES}`,
-    );
+  if (body.length > REPL_MAX_CELL_BYTES) {
+    throw new InvalidArgumentError(`REPL cell is ${body.length} bytes; the limit is ${REPL_MAX_CELL_BYTES}`);
   }
   const header = Buffer.allocUnsafe(4);
   header.writeUInt32BE(body.length, 0);
@@ -60,10 +70,10 @@ function protocolError(message: string): AgentProtocolError {
   return new AgentProtocolError(`REPL driver protocol: ${message}`);
 }
 
-/** Incremental decoder for the driver's stdout; feed it chunks as they arrive. */
+/** Incremental decoder for what a driver writes to its channel; feed it chunks as they arrive. */
 export class ReplFrameDecoder {
-  // Chunks are kept as a list and joined once per frame, so a 16 MiB frame arriving in 64 KiB
-  // pieces costs one copy, not a quadratic series of concats.
+  // Chunks are kept as a list and joined once per frame, so a frame arriving in 64 KiB pieces
+  // costs one copy, not a quadratic series of concats.
   private chunks: Buffer[] = [];
   private buffered = 0;
   private header: { type: number; length: number } | null = null;
@@ -141,13 +151,11 @@ export class ReplFrameDecoder {
 }
 
 function checkHeader(type: number, length: number): { type: number; length: number } {
-  if (type < REPL_FRAME_STDOUT || type > REPL_FRAME_READY) {
+  if (type !== REPL_PROTOCOL.FRAME_READY && type !== REPL_PROTOCOL.FRAME_END) {
     throw protocolError(`unknown frame type ${type}`);
   }
-  const limit =
-    type === REPL_FRAME_END || type === REPL_FRAME_READY ? REPL_MAX_CONTROL_BYTES : REPL_MAX_FRAME_BYTES;
-  if (length > limit) {
-    throw protocolError(`frame type ${type} is ${length} bytes; the limit is ${limit}`);
+  if (length > REPL_MAX_CONTROL_BYTES) {
+    throw protocolError(`frame type ${type} is ${length} bytes; the limit is ${REPL_MAX_CONTROL_BYTES}`);
   }
   return { type, length };
 }
@@ -175,31 +183,22 @@ function optionalString(obj: Record<string, unknown>, key: string): string | und
 }
 
 function decodeBody(type: number, body: Buffer): ReplFrame {
-  switch (type) {
-    case REPL_FRAME_STDOUT:
-      return { type: "stdout", data: body };
-    case REPL_FRAME_STDERR:
-      return { type: "stderr", data: body };
-    case REPL_FRAME_END: {
-      const obj = parseJson(type, body);
-      if (obj.status === "ok") {
-        const result = optionalString(obj, "result");
-        return result === undefined ? { type: "end", status: "ok" } : { type: "end", status: "ok", result };
-      }
-      if (obj.status !== "error") throw protocolError(`end frame has bad status ${JSON.stringify(obj.status)}`);
-      const frame: ReplFrame = { type: "end", status: "error" };
-      const ename = optionalString(obj, "ename");
-      const evalue = optionalString(obj, "evalue");
-      if (ename !== undefined) frame.ename = ename;
-      if (evalue !== undefined) frame.evalue = evalue;
-      return frame;
+  const obj = parseJson(type, body);
+  if (type === REPL_PROTOCOL.FRAME_READY) {
+    if (typeof obj.language !== "string" || typeof obj.version !== "string") {
+      throw protocolError("ready frame lacks string language/version");
     }
-    default: {
-      const obj = parseJson(type, body);
-      if (typeof obj.language !== "string" || typeof obj.version !== "string") {
-        throw protocolError("ready frame lacks string language/version");
-      }
-      return { type: "ready", language: obj.language, version: obj.version };
-    }
+    return { type: "ready", language: obj.language, version: obj.version };
   }
+  if (obj.status === "ok") {
+    const result = optionalString(obj, "result");
+    return result === undefined ? { type: "end", status: "ok" } : { type: "end", status: "ok", result };
+  }
+  if (obj.status !== "error") throw protocolError(`end frame has bad status ${JSON.stringify(obj.status)}`);
+  const frame: ReplFrame = { type: "end", status: "error" };
+  const ename = optionalString(obj, "ename");
+  const evalue = optionalString(obj, "evalue");
+  if (ename !== undefined) frame.ename = ename;
+  if (evalue !== undefined) frame.evalue = evalue;
+  return frame;
 }

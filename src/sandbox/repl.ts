@@ -1,20 +1,21 @@
 // The persistent interpreter behind run(): one driver process per sandbox and language
-// (guest/repl/*_driver.*), started on first use, fed one cell at a time. A timeout kills it and
-// the next run() starts a fresh one; the error says the state is lost.
+// (guest/repl/*_driver.*), started on first use, fed one cell at a time on its channel (see
+// repl-frames.ts). A timeout kills it and the next run() starts a fresh one; the error says the
+// state is lost. So does a driver that breaks the protocol: the code it runs can write to its channel.
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 import type { AgentClient } from "../agent-client/client.js";
-import type { ExecProcess, ExitStatus } from "../agent-client/process.js";
-import { ExecutionError, TimeoutError } from "../errors.js";
+import type { ChannelChunk, ExecProcess, ExitStatus, OutputChunk } from "../agent-client/process.js";
+import { AgentProtocolError, ExecutionError, TimeoutError } from "../errors.js";
 import { Execution } from "./execution.js";
-import { encodeCell, type ReplFrame, ReplFrameDecoder } from "./repl-frames.js";
+import { driverPrelude, encodeCell, type ReplFrame, ReplFrameDecoder } from "./repl-frames.js";
 
 export interface ReplLanguage {
-  /** Reported on executions ("python", "javascript"). */
-  language: string;
-  /** Driver file name in guest/repl/. */
-  driver: string;
+  /** Reported on executions; also the language of the driver's prelude. */
+  language: "python" | "javascript";
+  /** The driver's files in guest/repl/, shipped joined into one; the last one names it. */
+  driver: string[];
   /** The interpreter; the driver's guest path is appended. */
   interpreter: string[];
 }
@@ -26,30 +27,40 @@ export interface ReplHost {
   processOptions(): { env: Record<string, string>; cwd: string; user?: string; gid?: number };
   /** A ResourceError when the guest's counters at a process's exit show memory or processes ran out. */
   exhausted(what: string, counters: ExitStatus["guestCounters"]): Error | undefined;
+  /** @internal Where drivers are written (default /run/microsandbox): tests of an agent on the host use a temporary directory. */
+  driverDir?: string;
 }
+
+type Driver = ExecProcess<OutputChunk | ChannelChunk>;
+type End = Extract<ReplFrame, { type: "end" }>;
 
 interface Cell {
   /** The driver the cell was sent to: frames of an older, killed driver must not reach it. */
-  proc: ExecProcess;
+  proc: Driver;
   stdout: Buffer[];
   stderr: Buffer[];
-  settle(frame: Extract<ReplFrame, { type: "end" }> | Error): void;
+  settle(end: End | Error): void;
 }
+
+/** The interpreters behind run(). */
+export const PYTHON_REPL: ReplLanguage = { language: "python", driver: ["python_driver.py"], interpreter: ["python3", "-u"] };
+export const NODE_REPL: ReplLanguage = { language: "javascript", driver: ["node_cell.js", "node_driver.js"], interpreter: ["node"] };
 
 const DRIVER_DIR = "/run/microsandbox";
 const READY_TIMEOUT_S = 120;
 
-/** The in-guest driver program of `lang`. */
+/** The in-guest driver program of `lang`: the protocol's constants, then its files. */
 export function driverSource(lang: ReplLanguage): Buffer {
-  return readFileSync(fileURLToPath(new URL(`../../guest/repl/${lang.driver}`, import.meta.url)));
+  const file = (name: string) => readFileSync(fileURLToPath(new URL(`../../guest/repl/${name}`, import.meta.url)));
+  return Buffer.concat([Buffer.from(driverPrelude(lang.language)), ...lang.driver.map(file)]);
 }
 
 export class Repl {
-  private proc: ExecProcess | undefined;
+  private proc: Driver | undefined;
   private pid: number | undefined;
   // Cells queued or running: run() counts them at once, before any await.
   private pending = 0;
-  private starting: Promise<ExecProcess> | undefined;
+  private starting: Promise<Driver> | undefined;
   private cell: Cell | undefined;
   private early: { stdout: Buffer[]; stderr: Buffer[] } = { stdout: [], stderr: [] };
   private queue: Promise<unknown> = Promise.resolve();
@@ -78,29 +89,29 @@ export class Repl {
 
   private async runCell(cell: Buffer, timeout: number | undefined): Promise<Execution> {
     const proc = await this.driver();
-    const end = await new Promise<Extract<ReplFrame, { type: "end" }> | Error>((settle) => {
-      this.cell = { proc, stdout: this.early.stdout, stderr: this.early.stderr, settle };
-      this.early = { stdout: [], stderr: [] };
+    const running: Cell = { proc, stdout: this.early.stdout, stderr: this.early.stderr, settle: () => {} };
+    this.early = { stdout: [], stderr: [] };
+    const end = await new Promise<End | Error>((settle) => {
       const timer =
         timeout === undefined
           ? undefined
           : setTimeout(() => {
-              settle(
+              running.settle(
                 new TimeoutError(
                   `the code ran longer than ${timeout} s; the ${this.lang.language} interpreter was restarted and its state is lost`,
                 ),
               );
               this.reset();
             }, timeout * 1000);
-      const settleOnce = (r: Extract<ReplFrame, { type: "end" }> | Error) => {
+      running.settle = (r) => {
         clearTimeout(timer);
         settle(r);
       };
-      this.cell.settle = settleOnce;
-      proc.write(cell).catch((err: Error) => settleOnce(err));
+      this.cell = running;
+      proc.writeChannel(cell).catch((err: Error) => running.settle(err));
     });
-    const { stdout, stderr } = this.cell!;
-    this.cell = undefined;
+    if (this.cell === running) this.cell = undefined;
+    const { stdout, stderr } = running;
     if (end instanceof Error) throw end;
     return new Execution(
       this.lang.language,
@@ -112,7 +123,7 @@ export class Repl {
     );
   }
 
-  private driver(): Promise<ExecProcess> {
+  private driver(): Promise<Driver> {
     if (this.proc) return Promise.resolve(this.proc);
     this.starting ??= this.spawnDriver().catch((err) => {
       this.starting = undefined;
@@ -121,12 +132,12 @@ export class Repl {
     return this.starting;
   }
 
-  private async spawnDriver(): Promise<ExecProcess> {
+  private async spawnDriver(): Promise<Driver> {
     const agent = this.host.agent();
-    const guestPath = `${DRIVER_DIR}/${this.lang.driver}`;
-    const source = driverSource(this.lang);
-    await agent.writeFile(guestPath, source, { parents: true });
-    const proc = agent.spawn([...this.lang.interpreter, guestPath], { ...this.host.processOptions(), stdin: true });
+    const guestPath = `${this.host.driverDir ?? DRIVER_DIR}/${this.lang.driver.at(-1)}`;
+    await agent.writeFile(guestPath, driverSource(this.lang), { parents: true });
+    // Cells go on the channel; stdin is /dev/null, so code that reads it cannot take them.
+    const proc = agent.spawn([...this.lang.interpreter, guestPath], { ...this.host.processOptions(), channel: true });
     const ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         proc.kill("SIGKILL"); // not left running in the guest
@@ -153,34 +164,46 @@ export class Repl {
 
   /** Takes over the driver a restored copy of the VM kept running: its state comes along. */
   adopt(kept: { session: number; pid: number }): void {
-    const proc = this.host.agent().adopt(kept.session, kept.pid, { stdin: true });
-    this.pump(proc, { ready: () => {}, failed: () => {} });
+    const proc = this.host.agent().adopt(kept.session, kept.pid, { channel: true });
+    this.pump(proc);
     this.proc = proc;
     this.pid = kept.pid;
   }
 
-  // Every chunk of the driver's output goes through the frame decoder, into the cell in flight;
-  // the driver's own stderr is kept (bounded) to explain a crash.
-  private pump(proc: ExecProcess, on: { ready(): void; failed(err: Error): void }): void {
+  // The driver's stdout and stderr go to the cell in flight (between cells: to the next one), its
+  // channel through the frame decoder. `starting`: a driver that has yet to say it is ready (an
+  // adopted one is running already). The stderr of the current cell, bounded, explains a crash.
+  private pump(proc: Driver, starting?: { ready(): void; failed(err: Error): void }): void {
     const decoder = new ReplFrameDecoder();
+    let ready = !starting;
     let crashOutput = "";
     const mine = () => (this.cell?.proc === proc ? this.cell : undefined);
     const onFrame = (f: ReplFrame) => {
       if (f.type === "ready") {
-        on.ready();
-      } else if (f.type === "end") {
-        mine()?.settle(f);
-      } else if (mine()) {
-        mine()![f.type].push(f.data);
-      } else if (this.proc === proc) {
-        this.early[f.type].push(f.data); // output between cells goes with the next one
+        if (ready) throw new AgentProtocolError("REPL driver protocol: a second ready frame");
+        ready = true;
+        starting!.ready();
+        return;
       }
+      const cell = mine();
+      if (!cell) {
+        // A driver replaced already (timed out) may still have its say; the current one may not.
+        if (!ready || this.proc === proc) throw new AgentProtocolError("REPL driver protocol: an end frame with no cell running");
+        return;
+      }
+      this.cell = undefined;
+      crashOutput = "";
+      cell.settle(f);
     };
     (async () => {
       try {
         for await (const chunk of proc) {
+          if (chunk.stream === "channel") {
+            for (const f of decoder.push(chunk.data)) onFrame(f);
+            continue;
+          }
           if (chunk.stream === "stderr") crashOutput = (crashOutput + chunk.data.toString("utf8")).slice(-4000);
-          else for (const f of decoder.push(chunk.data)) onFrame(f);
+          (mine() ?? (this.proc === proc ? this.early : undefined))?.[chunk.stream].push(chunk.data);
         }
         const status = await proc.exit;
         throw (
@@ -196,8 +219,11 @@ export class Repl {
           this.starting = undefined; // the next run() starts a fresh driver
         }
         proc.kill("SIGKILL");
-        const error = err as Error;
-        on.failed(error);
+        const error =
+          err instanceof AgentProtocolError
+            ? new AgentProtocolError(`${err.message}; the ${this.lang.language} interpreter was stopped and its state is lost`, { cause: err })
+            : (err as Error);
+        starting?.failed(error);
         mine()?.settle(error);
       }
     })();

@@ -3,8 +3,10 @@ import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import type { AgentClient } from "../../src/agent-client/client.js";
+import type { ChannelChunk, ExecProcess, OutputChunk } from "../../src/agent-client/process.js";
+import { PROTOCOL_VERSION } from "../../src/agent-client/protocol.js";
 import { AbortError, ExecError, InvalidArgumentError, OutputLimitError } from "../../src/errors.js";
-import { groupGone, type RunningAgent, startAgent } from "./helpers.js";
+import { bodyOf, groupGone, rawConnection, type RunningAgent, startAgent } from "./helpers.js";
 
 let agent: RunningAgent;
 let client: AgentClient;
@@ -22,7 +24,7 @@ afterAll(async () => {
 describe("handshake", () => {
   it("reports protocol and agent version, pid and boot timeline", () => {
     const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8"));
-    expect(client.hello.protocolVersion).toBe(1);
+    expect(client.hello.protocolVersion).toBe(PROTOCOL_VERSION);
     expect(client.hello.agentVersion).toBe(pkg.version);
     expect(client.hello.pid).toBe(agent.proc.pid);
     expect(client.hello.boot[0]?.name).toBe("agent_start");
@@ -183,6 +185,102 @@ describe("exec", () => {
   it("applies rlimits", async () => {
     const r = await client.exec(["sh", "-c", "ulimit -n; ulimit -Hn"], { rlimits: { nofile: [64, 128] } });
     expect(r.stdout.toString()).toBe("64\n128\n");
+  });
+});
+
+describe("channel", () => {
+  /** Everything a process sent, by stream, in arrival order. */
+  async function drain(proc: ExecProcess<OutputChunk | ChannelChunk>): Promise<Record<string, string>> {
+    const out: Record<string, string> = { stdout: "", stderr: "", channel: "" };
+    for await (const c of proc) out[c.stream] += c.data.toString();
+    return out;
+  }
+
+  it("is fd 3, named in the environment, both ways, and ends with a half-close", async () => {
+    // The agent's MSB_CHANNEL_FD replaces the host's.
+    const proc = client.spawn(["sh", "-c", 'echo "fd $MSB_CHANNEL_FD"; cat <&3 >&3; echo "cat saw the end" >&2'], {
+      channel: true,
+      env: { PATH: "/usr/bin:/bin", MSB_CHANNEL_FD: "9" },
+    });
+    const output = drain(proc);
+    await proc.writeChannel("ping ");
+    await proc.writeChannel(Buffer.from("pong"));
+    await proc.endChannel();
+    expect(await output).toEqual({ stdout: "fd 3\n", stderr: "cat saw the end\n", channel: "ping pong" });
+    expect((await proc.exit).exitCode).toBe(0);
+  });
+
+  it.each([["with credit to spare", undefined], ["out of credit midway", 65536]])(
+    "never overtakes stdout or stderr written before it, %s",
+    async (_, window) => {
+      // Each round writes 150 KB (more than the agent reads at once) to stdout or stderr, then
+      // its number to the channel.
+      const script = 'for i in $(seq 40); do head -c 150000 /dev/zero | tr "\\0" x; echo " $i" >&$((i % 2 + 1)); echo $i >&3; done';
+      const proc = client.spawn(["sh", "-c", script], { channel: true, ...(window ? { window } : {}) });
+      const lines = { stdout: 0, stderr: 0 };
+      const pending = { stdout: "", stderr: "" };
+      let rounds = 0;
+      for await (const c of proc) {
+        if (c.stream === "channel") {
+          for (const n of c.data.toString().trim().split("\n").map(Number)) {
+            // Round n's line is in, and so is every earlier round's.
+            expect(lines.stdout + lines.stderr).toBeGreaterThanOrEqual(n);
+            rounds = n;
+          }
+        } else {
+          pending[c.stream] += c.data.toString();
+          const parts = pending[c.stream].split("\n");
+          pending[c.stream] = parts.pop()!;
+          lines[c.stream] += parts.length;
+          if (window) await new Promise((r) => setImmediate(r)); // a slow reader
+        }
+      }
+      expect(rounds).toBe(40);
+      expect(lines).toEqual({ stdout: 20, stderr: 20 });
+      expect((await proc.exit).exitCode).toBe(0);
+    },
+  );
+
+  it("moves bulk under credit, and the exit waits for it", async () => {
+    const proc = client.spawn(["sh", "-c", "head -c 8000000 /dev/zero >&3; echo done"], { channel: true, window: 65536 });
+    let channel = 0;
+    let stdout = "";
+    for await (const c of proc) {
+      if (c.stream === "channel") channel += c.data.length;
+      else stdout += c.data.toString();
+    }
+    expect(channel).toBe(8_000_000);
+    expect(stdout).toBe("done\n");
+    expect((await proc.exit).exitCode).toBe(0);
+  });
+
+  it("does not hold the exit for background children that inherited it", async () => {
+    const t0 = Date.now();
+    const proc = client.spawn(["sh", "-c", "sleep 5 & echo bye >&3"], { channel: true });
+    expect(await drain(proc)).toMatchObject({ channel: "bye\n" });
+    expect((await proc.exit).exitCode).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(3000);
+  });
+
+  it("credits bytes for a channel the process closed", async () => {
+    const proc = client.spawn(["sh", "-c", "exec 3<&-; read go; echo closed"], { channel: true, stdin: true });
+    const output = drain(proc);
+    // Twice the window: a host waiting for credit that never comes would hang here.
+    for (let i = 0; i < 8; i++) await proc.writeChannel(Buffer.alloc(1024 * 1024));
+    await proc.write("go\n");
+    expect(await output).toMatchObject({ stdout: "closed\n" });
+  });
+
+  it("is refused with a terminal, and absent unless asked for", async () => {
+    expect(() => client.spawn(["true"], { channel: true, pty: { rows: 24, cols: 80 } })).toThrow(InvalidArgumentError);
+    const raw = await rawConnection(agent.socket);
+    raw.send(1, { case: "exec", value: { argv: ["true"], channel: true, pty: { rows: 24, cols: 80 } } });
+    expect(bodyOf(await raw.next(), "error")).toMatchObject({ kind: 2, message: expect.stringContaining("a channel needs pipes") });
+    raw.socket.destroy();
+    const plain = client.spawn(["sh", "-c", 'echo "[$MSB_CHANNEL_FD]"; ls /proc/self/fd']);
+    await expect(plain.writeChannel("x")).rejects.toBeInstanceOf(InvalidArgumentError);
+    const fds = (await drain(plain)).stdout.split("\n");
+    expect(fds[0]).toBe("[]");
   });
 });
 

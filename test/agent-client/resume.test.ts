@@ -120,7 +120,7 @@ describe("suspend", () => {
   it("writes nothing after Suspended, answers a second Suspend, and a Resume with a Hello", async () => {
     await freshAgent();
     const c = await raw(agent.socket);
-    c.send(1, { case: "exec", value: { argv: ["yes"] } });
+    c.send(1, { case: "exec", value: { argv: ["/bin/yes"] } });
     expect((await c.next())?.body.case).toBe("started");
     expect((await c.next())?.body.case).toBe("output");
     c.send(0, { case: "suspend", value: {} });
@@ -164,7 +164,7 @@ describe("resume with a new generation", () => {
   it("kills every session it does not keep, without a word", async () => {
     await freshAgent();
     const c = await raw(agent.socket);
-    c.send(3, { case: "exec", value: { argv: ["sleep", "60"] } });
+    c.send(3, { case: "exec", value: { argv: ["/bin/sleep", "60"] } });
     const pid = bodyOf(await c.next(), "started").pid;
     c.send(0, { case: "suspend", value: {} });
     expect((await c.next())?.body.case).toBe("suspended");

@@ -8,7 +8,7 @@ import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { AgentClient } from "../../src/agent-client/client.js";
-import { encodeFrame, lengthPrefixed, MAX_FRAME_BYTES } from "../../src/agent-client/protocol.js";
+import { encodeFrame, lengthPrefixed, MAX_FRAME_BYTES, PROTOCOL_VERSION } from "../../src/agent-client/protocol.js";
 import type { Rlimit_Resource } from "../../src/gen/agent_pb.js";
 import { AgentConnectionError, AgentProtocolError, TimeoutError } from "../../src/errors.js";
 import { bodyOf, guestFrame, rawConnection, type RunningAgent, startAgent } from "./helpers.js";
@@ -44,7 +44,7 @@ describe("the agent survives garbage", () => {
     const err = await c.next();
     expect(err).toMatchObject({ session: 0, body: { case: "error" } });
     expect(bodyOf(err, "error").kind).toBe(1); // PROTOCOL
-    c.socket.write(encodeFrame(7, { case: "exec", value: { argv: ["echo", "after garbage"] } }));
+    c.socket.write(encodeFrame(7, { case: "exec", value: { argv: ["/bin/echo", "after garbage"] } }));
     expect((await c.next()).body.case).toBe("started");
     expect(bodyOf(await c.next(), "output").data.toString()).toBe("after garbage\n");
     c.socket.destroy();
@@ -67,7 +67,7 @@ describe("the agent survives garbage", () => {
     expect(bodyOf(await c.next(), "error").message).toContain("non-zero session id");
     c.socket.write(encodeFrame(3, { case: "exec", value: { argv: [] } }));
     expect(bodyOf(await c.next(), "error")).toMatchObject({ kind: 2, message: expect.stringContaining("argv is empty") });
-    c.socket.write(encodeFrame(4, { case: "exec", value: { argv: ["sleep", "5"] } }));
+    c.socket.write(encodeFrame(4, { case: "exec", value: { argv: ["/bin/sleep", "5"] } }));
     expect((await c.next()).body.case).toBe("started");
     c.socket.write(encodeFrame(4, { case: "exec", value: { argv: ["true"] } }));
     expect(bodyOf(await c.next(), "error").message).toContain("already open");
@@ -75,6 +75,9 @@ describe("the agent survives garbage", () => {
     expect(bodyOf(await c.next(), "error").message).toContain("not absolute");
     c.socket.write(encodeFrame(6, { case: "exec", value: { argv: ["true"], rlimits: [{ resource: 99 as Rlimit_Resource, soft: 1n, hard: 1n }] } }));
     expect(bodyOf(await c.next(), "error").message).toContain("unknown rlimit");
+    // The host always sends PATH (the client's default): without one a bare name is not found.
+    c.socket.write(encodeFrame(7, { case: "exec", value: { argv: ["true"] } }));
+    expect(bodyOf(await c.next(), "error")).toMatchObject({ kind: 3, errnum: 2 }); // EXEC_FAILED, ENOENT
     c.socket.destroy();
   });
 
@@ -86,7 +89,7 @@ describe("the agent survives garbage", () => {
       s.destroy();
     }
     const c = await raw();
-    c.socket.write(encodeFrame(1, { case: "exec", value: { argv: ["sleep", "60"] } }));
+    c.socket.write(encodeFrame(1, { case: "exec", value: { argv: ["/bin/sleep", "60"] } }));
     const started = await c.next();
     c.socket.destroy();
     const pid = bodyOf(started, "started").pid;
@@ -117,7 +120,7 @@ describe("the client survives a misbehaving agent", () => {
     await once(server, "listening");
   }
 
-  const hello = (version = 1) => guestFrame(0, { case: "hello", value: { protocolVersion: version, agentVersion: "fake" } });
+  const hello = (version = PROTOCOL_VERSION) => guestFrame(0, { case: "hello", value: { protocolVersion: version, agentVersion: "fake" } });
 
   it("times out when the agent never says hello", async () => {
     await fakeAgent(() => {});
@@ -256,7 +259,7 @@ describe("the client survives a misbehaving agent", () => {
       const boot = Array.from({ length: 20_000 }, (_, i) => ({ name: `e${i}`, tNs: 2n ** 64n - 1n }));
       const result = await beside(
         (s) => {
-          s.write(guestFrame(0, { case: "hello", value: { protocolVersion: 1, agentVersion: "v".repeat(100_000), pid: 4294967295, generation: 2n ** 64n - 1n, boot } }));
+          s.write(guestFrame(0, { case: "hello", value: { protocolVersion: PROTOCOL_VERSION, agentVersion: "v".repeat(100_000), pid: 4294967295, generation: 2n ** 64n - 1n, boot } }));
           s.once("data", async () => {
             s.write(guestFrame(1, { case: "started", value: { pid: 42 } }));
             const credit = guestFrame(1, { case: "credit", value: { bytes: 4294967295 } });

@@ -31,6 +31,14 @@ describe("NodeSandbox", () => {
     expect(await (await sb.run("await new Promise((r) => setTimeout(() => r('later'), 10))")).output()).toBe("'later'");
   });
 
+  it("survives a cell writing to fd 1 and a child sharing it; their output comes in order", async () => {
+    const raw = await sb.run('const fs = require("fs"); console.log("a"); fs.writeSync(1, "x\\n"); console.log("b")');
+    expect(raw.stdout).toBe("a\nx\nb\n");
+    const child = await sb.run('console.log("before"); require("child_process").execSync("echo hi", { stdio: "inherit" }); console.log("after")');
+    expect(child.stdout).toBe("before\nhi\nafter\n");
+    expect(await (await sb.run("2 + 2")).output()).toBe("4");
+  });
+
   it("reports thrown errors", async () => {
     const execution = await sb.run("null.x");
     expect(execution.hasError()).toBe(true);

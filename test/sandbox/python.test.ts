@@ -79,6 +79,13 @@ describe("run()", () => {
     expect(execution.stderr).toBe("err\n");
   });
 
+  it("survives a cell writing to fd 1 and a child sharing it; their output comes in order", async () => {
+    expect((await sb.run('import os; print("a"); os.write(1, b"x\\n"); print("b")')).stdout).toBe("a\nx\nb\n");
+    const child = await sb.run('import subprocess; print("before"); subprocess.run("echo hi", shell=True); print("after")');
+    expect(child.stdout).toBe("before\nhi\nafter\n");
+    expect(await (await sb.run("2 + 2")).output()).toBe("4");
+  });
+
   it("returns large output whole", async () => {
     const execution = await sb.run("print('x' * 5_000_000)");
     expect(execution.stdout.length).toBe(5_000_001);

@@ -10,8 +10,8 @@ import { encodeFrame } from "../../../dist/agent-client/protocol.js";
 
 const out = path.join(path.dirname(fileURLToPath(import.meta.url)), "corpus");
 const messages = {
-  exec: { session: 1, exec: { argv: ["sh", "-c", "echo hi"], env: ["A=1", "PATH=/bin"], cwd: "/root", user: "root", uid: 0, gid: 0, openStdin: true, timeoutMs: 5000, rlimits: [{ resource: 5, soft: 1024, hard: 4096 }], window: 65536 } },
-  data: { session: 1, data: { data: Buffer.from("stdin bytes"), eof: true } },
+  exec: { session: 1, exec: { argv: ["sh", "-c", "echo hi"], env: ["A=1", "PATH=/bin"], cwd: "/root", user: "root", uid: 0, gid: 0, openStdin: true, timeoutMs: 5000, rlimits: [{ resource: 5, soft: 1024, hard: 4096 }], window: 65536, channel: true } },
+  data: { session: 1, data: { data: Buffer.from("stdin bytes"), eof: true, channel: true } },
   credit: { session: 1, credit: { bytes: 65536 } },
   signal: { session: 1, signal: { signal: 15 } },
   readFile: { session: 2, readFile: { path: "/etc/hostname", offset: 1, length: 100, window: 65536 } },
