@@ -250,6 +250,11 @@ export class SnapshotUnsupportedError extends MicrosandboxError {
   override readonly code = "MSB_SNAPSHOT_UNSUPPORTED";
 }
 
+/** Sandbox.resume(name) found no sandbox paused under that name. */
+export class PausedSandboxNotFoundError extends MicrosandboxError {
+  override readonly code = "MSB_PAUSED_NOT_FOUND";
+}
+
 // Linux errno numbers: the guest is Linux whatever the host is, so the host's own table
 // (os.constants.errno) would misname them on macOS.
 const LINUX_ERRNO: Record<number, string> = {

@@ -13,7 +13,7 @@ import { parseReference } from "../images/reference.js";
 import { pullImage, resolveImage } from "../images/sources.js";
 import { ImageStore } from "../images/store.js";
 import type { ExitStatus } from "../agent-client/process.js";
-import { InvalidArgumentError } from "../errors.js";
+import { InvalidArgumentError, PausedSandboxNotFoundError } from "../errors.js";
 import { CustomSandbox } from "../sandbox/kinds.js";
 import { pausedDir } from "../sandbox/paused.js";
 import { listVolumes, removeVolume } from "../sandbox/volumes.js";
@@ -293,7 +293,7 @@ ${IMAGE_NOTE}`,
       try {
         sandbox = await CustomSandbox.resume(name!);
       } catch (err) {
-        if (!(err instanceof InvalidArgumentError) || !/no paused sandbox/.test(err.message)) throw err;
+        if (!(err instanceof PausedSandboxNotFoundError)) throw err;
         if (!v.image) throw new InvalidArgumentError(`no paused sandbox named ${JSON.stringify(name)}: give --image IMAGE to make one`);
         sandbox = await CustomSandbox.create({
           name: name!,

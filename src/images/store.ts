@@ -21,7 +21,7 @@ import { PACKAGE_ROOT } from "../artifacts.js";
 import { findHostTool, missingToolHint } from "../host-tools.js";
 import { ImageError } from "../errors.js";
 import { cacheDir } from "../paths.js";
-import { withLock } from "./lock.js";
+import { withLock } from "../lock.js";
 
 const run = promisify(execFile);
 

@@ -4,7 +4,8 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
-import { InvalidArgumentError } from "../errors.js";
+import { InvalidArgumentError, PausedSandboxNotFoundError } from "../errors.js";
+import { withLock } from "../lock.js";
 import { cacheDir } from "../paths.js";
 import type { KeptSession } from "../vm/machine.js";
 import { checkName, type SandboxOptions } from "./options.js";
@@ -43,7 +44,7 @@ export function readPaused(name: string, kind: string): { dir: string; meta: Pau
   try {
     meta = JSON.parse(readFileSync(path.join(dir, "paused.json"), "utf8")) as PausedSandbox;
   } catch {
-    throw new InvalidArgumentError(`no paused sandbox named ${JSON.stringify(name)} in ${path.dirname(dir)}: pause() one first`);
+    throw new PausedSandboxNotFoundError(`no paused sandbox named ${JSON.stringify(name)} in ${path.dirname(dir)}: pause() one first`);
   }
   if (meta.format !== FORMAT || !existsSync(path.join(dir, "state"))) {
     throw new InvalidArgumentError(`the paused sandbox ${JSON.stringify(name)} in ${dir} is incomplete or from another version: remove it`);
@@ -54,6 +55,16 @@ export function readPaused(name: string, kind: string): { dir: string; meta: Pau
     throw new InvalidArgumentError(`the paused sandbox ${JSON.stringify(name)} in ${dir} has a damaged paused.json: remove the directory`);
   }
   return { dir, meta };
+}
+
+/**
+ * Runs `fn` holding the lock of the paused name `name`, across processes: a pause and a resume of
+ * one name, or two resumes, take turns, so a paused state is restored at most once.
+ */
+export function withPausedLock<T>(name: string, fn: () => Promise<T>): Promise<T> {
+  const dir = pausedDir(checkName(name));
+  mkdirSync(path.dirname(dir), { recursive: true, mode: 0o700 });
+  return withLock(dir, fn);
 }
 
 /** A fresh directory for pausing `name`; refuses when one is already paused under that name. */

@@ -12,7 +12,7 @@ import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
 import { type BackendInfo, type BootTimeline, type Capability, type KeptSession, type Machine, type MachineSpec, planMachine, restoreMachine } from "../vm/machine.js";
 import { checkPorts, type PortForward } from "../vm/netpolicy.js";
-import { newPausedDir, readPaused, writePaused } from "./paused.js";
+import { newPausedDir, readPaused, withPausedLock, writePaused } from "./paused.js";
 import { type CommandOptions, SandboxCommands } from "./commands.js";
 import { SandboxFiles } from "./files.js";
 import { Lifetime } from "./lifetime.js";
@@ -365,25 +365,33 @@ export abstract class Sandbox implements AsyncDisposable {
 
   private async pauseNow(): Promise<string> {
     const vm = this.saveable("pause", "pause");
-    const dir = newPausedDir(this.name);
-    try {
-      writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(this.name), imageId: this.imageId, keep: this.keptSessions() });
-      // Saved, the VM ends; a save that fails leaves it running as it was.
-      await vm.save(dir);
-    } catch (err) {
-      rmSync(dir, { recursive: true, force: true });
-      throw err;
-    }
+    const dir = await withPausedLock(this.name, async () => {
+      const dir = newPausedDir(this.name);
+      try {
+        writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(this.name), imageId: this.imageId, keep: this.keptSessions() });
+        // Saved, the VM ends; a save that fails leaves it running as it was.
+        await vm.save(dir);
+      } catch (err) {
+        rmSync(dir, { recursive: true, force: true });
+        throw err;
+      }
+      return dir;
+    });
     await this.halt();
     return dir;
   }
 
-  /** Brings back the sandbox `name` that pause() saved; its saved state is removed once it runs. */
+  /**
+   * Brings back the sandbox `name` that pause() saved; its saved state is removed once it runs.
+   * Two processes resuming one name take turns: the second finds nothing paused.
+   */
   static async resume<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, name: string): Promise<T> {
-    const { dir, meta } = readPaused(name, this.name);
-    const sandbox = new this(meta.options);
-    await sandbox.tracked(() => sandbox.resumeFrom(dir, meta));
-    return sandbox;
+    return withPausedLock(name, async () => {
+      const { dir, meta } = readPaused(name, this.name);
+      const sandbox = new this(meta.options);
+      await sandbox.tracked(() => sandbox.resumeFrom(dir, meta));
+      return sandbox;
+    });
   }
 
   // Restores the paused VM in `dir` into this sandbox; the saved state is removed once it runs.

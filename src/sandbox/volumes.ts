@@ -14,7 +14,7 @@ import { promisify } from "node:util";
 import type { AgentClient } from "../agent-client/client.js";
 import { InvalidArgumentError, MicrosandboxError, VolumeBusyError, VolumeMountError } from "../errors.js";
 import { findHostTool, missingToolHint } from "../host-tools.js";
-import { withLock } from "../images/lock.js";
+import { withLock } from "../lock.js";
 import { Limit } from "../gen/agent_pb.js";
 import { alive, ownStamp, parseStamp, type ProcessStamp } from "../liveness.js";
 import { cacheDir } from "../paths.js";

@@ -85,6 +85,7 @@ const BY_CODE: Readonly<Record<string, Answer>> = {
   MSB_UNAUTHORIZED: row(401, R.unauthorized, Code.Unauthenticated),
   MSB_FORBIDDEN: row(403, R.unauthorized, Code.PermissionDenied),
   MSB_NOT_FOUND: NOT_FOUND,
+  MSB_PAUSED_NOT_FOUND: NOT_FOUND,
   MSB_IMAGE: NOT_FOUND, // not in the store, or not built (local:)
   MSB_PLATFORM_NOT_FOUND: NOT_FOUND,
   MSB_CONFLICT: row(409, R.sandbox, Code.FailedPrecondition),

@@ -11,7 +11,7 @@ import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
-import { withLock } from "../images/lock.js";
+import { withLock } from "../lock.js";
 import { cacheDir, makeRuntimeDir } from "../paths.js";
 import type { Backend, KeptSession, Vm, VmConfig } from "./backend.js";
 
@@ -179,7 +179,8 @@ export async function restoreOrBoot(
     }
   };
   const attempt = async (kind: SnapshotOutcome["kind"], detail: string) => ({ ...(await restore()), outcome: { kind, detail } });
-  let why = existsSync(dir) ? snapshotProblem(dir, inputs) : "no snapshot yet";
+  const existed = existsSync(dir);
+  let why = existed ? snapshotProblem(dir, inputs) : "no snapshot yet";
   const seen = why ? undefined : readMeta(dir).createdAt;
   if (!why) {
     try {
@@ -198,8 +199,8 @@ export async function restoreOrBoot(
       await makeSnapshot(backend, config, inputs, dir, prewarm);
       return true;
     });
-    const detail = made ? (why === "no snapshot yet" ? `made snapshot ${key}` : `${why}: made snapshot ${key} anew`) : `restored from snapshot ${key}, made meanwhile by another process`;
-    return await attempt(made ? (why === "no snapshot yet" ? "created" : "cold") : "restored", detail);
+    const detail = made ? (existed ? `${why}: made snapshot ${key} anew` : `made snapshot ${key}`) : `restored from snapshot ${key}, made meanwhile by another process`;
+    return await attempt(made ? (existed ? "cold" : "created") : "restored", detail);
   } catch (err) {
     // No snapshot to be had: this sandbox boots the ordinary way.
     const reason = `${why}; snapshot ${key} could not be made or restored (${(err as Error).message.split("\n")[0]}): booted cold`;

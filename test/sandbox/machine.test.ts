@@ -4,7 +4,7 @@
 import diagnostics_channel from "node:diagnostics_channel";
 import { afterEach, describe, expect, it } from "vitest";
 
-import { CustomSandbox, SnapshotUnsupportedError } from "../../src/index.js";
+import { CustomSandbox, PausedSandboxNotFoundError, SnapshotUnsupportedError } from "../../src/index.js";
 
 const saved = process.env.MSB_QEMU_ACCEL;
 const arch = process.arch === "arm64" ? "aarch64" : "x86_64";
@@ -34,7 +34,7 @@ describe("the machine behind a sandbox", () => {
     expect(seen[3]!.message).toMatchObject({ sandbox: "traced", command: "sh", exitCode: 3 });
   });
 
-  it("resumes a paused sandbox only where the decision still picks what saved it", async () => {
+  it("resumes a paused sandbox once, and only where the decision still picks what saved it", async () => {
     const sb = await CustomSandbox.create({ name: "decided", image: "local:busybox", memory: 128, backend: "qemu", snapshot: false });
     await sb.fs.write("/root/kept", "before the pause");
     await sb.pause();
@@ -44,7 +44,13 @@ describe("the machine behind a sandbox", () => {
     expect(refused).toBeInstanceOf(SnapshotUnsupportedError);
     expect((refused as Error).message).toMatch(new RegExp(`was saved on qemu \\(tcg\\) on ${arch}, and a sandbox here now gets qemu \\(kvm\\) \\(.*MSB_QEMU_ACCEL=kvm\\)`));
     delete process.env.MSB_QEMU_ACCEL;
-    await using back = await CustomSandbox.resume("decided");
+    // Two resumes of one name take turns (a lock per paused name): one gets it, the other finds nothing.
+    const [first, second] = await Promise.allSettled([CustomSandbox.resume("decided"), CustomSandbox.resume("decided")]);
+    const won = [first, second].filter((r) => r.status === "fulfilled");
+    const lost = [first, second].filter((r) => r.status === "rejected");
+    expect(won).toHaveLength(1);
+    expect(lost[0]!.reason).toBeInstanceOf(PausedSandboxNotFoundError);
+    await using back = won[0]!.value;
     expect((await back.fs.read("/root/kept")).toString()).toBe("before the pause");
     expect(back.backend).toMatchObject({ name: "qemu", accel: "tcg", reason: expect.stringMatching(/; restored from /) });
   });

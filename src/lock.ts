@@ -1,12 +1,13 @@
 // A cross-process lock on a cache entry: an exclusive-create lock file holding its owner's stamp
-// (src/liveness.ts), so two processes materializing one image neither corrupt nor duplicate it.
+// (src/liveness.ts), so processes making one cache entry (an image, a snapshot), leasing a volume
+// or resuming a paused sandbox take turns.
 // A lock whose owner is gone (a recycled pid does not count), or that a crash left empty, is
 // taken over.
 import { randomBytes } from "node:crypto";
 import { open, readFile, rename, rm, stat } from "node:fs/promises";
 
-import { LockTimeoutError } from "../errors.js";
-import { alive, ownStamp, parseStamp } from "../liveness.js";
+import { LockTimeoutError } from "./errors.js";
+import { alive, ownStamp, parseStamp } from "./liveness.js";
 
 // An empty lock file is one being written this instant; older than this, its writer crashed.
 const EMPTY_LOCK_STALE_MS = 5000;
