@@ -1,5 +1,5 @@
 {
-  # The N-API addon: host plumbing Node lacks (socketpairs for VM channels). What must not run
+  # The N-API addon: what Node cannot ask the kernel itself (KVM capabilities). What must not run
   # inside Node (the VMM, libkrun) lives in the helper executable msb-vmm, built next to it; the
   # guest agent is built by native/agent/Makefile with musl.
   "targets": [

@@ -3,6 +3,7 @@
 import { execFileSync } from "node:child_process";
 
 import { type Artifact, guestArtifact, KERNEL_FILE, nativeArtifact } from "../artifacts.js";
+import type { KvmCapabilities } from "../native.js";
 import { guestArch, guestBoot } from "../vm/guest.js";
 import { machineNeeds } from "../vm/machine.js";
 import { vmNetwork } from "../vm/netpolicy.js";
@@ -34,6 +35,14 @@ async function check(name: string, fn: () => string | Promise<string>, solutions
     const own = lines.slice(lines.indexOf("Possible solutions:") + 1).filter((l) => l.startsWith("- ")).map((l) => l.slice(2));
     return { name, ok: false, detail: lines[0]!, solutions: lines.includes("Possible solutions:") ? own : solutions };
   }
+}
+
+// What the addon's ioctls found: the verdict, and on x86 what the CPU offers guests.
+function capabilities(c: KvmCapabilities | undefined): string {
+  if (!c) return "";
+  if (!c.ok) return `; ${c.detail}`;
+  const cpu = c.cpuVendor ? `; guests get ${c.cpuVendor} with ${c.cpuFeatures?.length ? c.cpuFeatures.join(", ") : "only baseline x86-64 features"}` : "";
+  return `; ${c.detail}${c.extensions?.length ? ` (${c.extensions.join(", ")})` : ""}${cpu}`;
 }
 
 // An artifact's path and where it came from: the platform package, a source build, or a variable.
@@ -71,10 +80,10 @@ export async function doctor(): Promise<DoctorReport> {
   if (process.platform === "linux") {
     checks.push({
       name: "KVM",
-      ok: p.kvm.ok && !p.kvm.pvm,
+      ok: p.kvm.ok && !p.kvm.pvm && p.kvm.capabilities?.ok !== false,
       detail: p.kvm.pvm
-        ? `KVM present but PVM (kvm_pvm module): it runs only guest kernels built for PVM, so it needs a PVM guest kernel; using TCG (${p.kvm.detail})`
-        : p.kvm.detail + (facts.kvmTrial ? `; trial boot: ${facts.kvmTrial.ok ? "" : "failed: "}${facts.kvmTrial.detail}` : ""),
+        ? `KVM present but PVM (kvm_pvm module): it runs only guest kernels built for PVM, so it needs a PVM guest kernel; using TCG (${p.kvm.detail}${capabilities(p.kvm.capabilities)})`
+        : p.kvm.detail + capabilities(p.kvm.capabilities) + (facts.kvmTrial ? `; trial boot: ${facts.kvmTrial.ok ? "" : "failed: "}${facts.kvmTrial.detail}` : ""),
       solutions: p.kvm.pvm
         ? ["none on this host: its hypervisor runs only PVM guests; sandboxes run under TCG emulation, slower but complete"]
         : [

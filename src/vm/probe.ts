@@ -7,7 +7,7 @@ import { fromBinary } from "@bufbuild/protobuf";
 
 import { VmmHelperError } from "../errors.js";
 import { type HostProbe_Check, HostProbeSchema } from "../gen/vmm_pb.js";
-import { vmmHelperPath } from "../native.js";
+import { type KvmCapabilities, kvmCapabilities, vmmHelperPath } from "../native.js";
 
 export interface ProbeItem {
   ok: boolean;
@@ -34,8 +34,12 @@ export interface LibkrunReport extends ProbeItem {
 }
 
 export interface ProbeReport {
-  /** The KVM device opens read-write; `pvm`: it is the PVM hypervisor, which runs only PVM guest kernels. */
-  kvm: ProbeItem & { path: string; pvm: boolean };
+  /**
+   * The KVM device opens read-write (what the helper checks before it loads libkrun); `pvm`: it is
+   * the PVM hypervisor, which runs only PVM guest kernels; `capabilities`: what it can do, asked by
+   * ioctl (Linux, where it opens).
+   */
+  kvm: ProbeItem & { path: string; pvm: boolean; capabilities?: KvmCapabilities };
   libkrun: LibkrunReport;
   libkrunfw: ProbeItem & { name: string };
 }
@@ -80,7 +84,7 @@ function decodeProbe(frame: Buffer): ProbeReport {
   };
 }
 
-/** What this host offers: KVM (and whether it is PVM), libkrun and its generation, libkrunfw. */
+/** What this host offers: KVM (whether it is PVM, and what it can do), libkrun and its generation, libkrunfw. */
 export function probe(env: NodeJS.ProcessEnv = process.env): ProbeReport {
   const key = INPUTS.map((k) => env[k] ?? "").join("\0");
   const known = probes.get(key);
@@ -93,6 +97,7 @@ export function probe(env: NodeJS.ProcessEnv = process.env): ProbeReport {
       "reinstall microsandbox with its optional dependencies (the platform package carries the helper), or in a checkout run npm install");
   }
   const report = decodeProbe(r.stdout);
+  if (process.platform === "linux" && report.kvm.ok) report.kvm.capabilities = kvmCapabilities(report.kvm.path);
   probes.set(key, report);
   return report;
 }

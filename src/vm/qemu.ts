@@ -8,14 +8,14 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, closeSync, createWriteStream, openSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
-import { createServer, Socket } from "node:net";
+import { createServer, type Socket } from "node:net";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { debuglog } from "node:util";
 
 import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
 import { BackendUnavailableError, MicrosandboxError, NetworkError, QmpError } from "../errors.js";
-import { socketPair, vmmHelperPath } from "../native.js";
+import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
 import { type Backend, type Capability, finishBoot, type GuestRam, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
 import { type BootConfig, encodeBootConfig, floorInitramfs, FLOOR_MARKER, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
@@ -231,37 +231,22 @@ export class QemuBackend implements Backend {
     return args;
   }
 
-  // Spawns QEMU under msb-vmm, jailed (see jailArgs), with one end of a fresh socketpair as its
-  // agent channel, another as its monitor, with `raw` a third for the benchmark's bare port, and
-  // `state` (a saved VM to load) at STATE_FD.
+  // Spawns QEMU under msb-vmm, jailed (see jailArgs), with a connected pair of unix sockets as
+  // its agent channel (spawn's "pipe" is a socketpair on Unix, and QEMU's socket chardev takes
+  // either end), another as its monitor, with `raw` a third for the benchmark's bare port, and
+  // `state` (a saved VM to load) at STATE_FD. Only QEMU holds the other ends: no listening
+  // socket or path exists for anyone else.
   private spawnQemu(args: string[], stdout: "ignore" | "pipe", opts: { network: NetworkMode; egress?: string; raw?: boolean; state?: number; jail: Jail }) {
-    const pairs: [number, number][] = [];
-    const closeAll = (which: 0 | 1) => pairs.forEach((p) => closeSync(p[which]));
-    try {
-      for (let i = opts.raw ? 3 : 2; i > 0; i--) pairs.push(socketPair());
-    } catch (err) {
-      closeAll(0);
-      closeAll(1);
-      throw err;
-    }
-    const sockets = (fd: number) => new Socket({ fd, readable: true, writable: true });
-    const stdio: ("ignore" | "pipe" | number)[] = ["ignore", stdout, "pipe", pairs[0]![1], pairs[1]![1], pairs[2]?.[1] ?? "ignore"];
+    const stdio: ("ignore" | "pipe" | number)[] = ["ignore", stdout, "pipe", "pipe", "pipe", opts.raw ? "pipe" : "ignore"];
     if (opts.state !== undefined) stdio[STATE_FD] = opts.state;
-    const keep = stdio.flatMap((fd, i) => (i > 2 && typeof fd === "number" ? ["--keep", String(i)] : []));
-    try {
-      const confine = opts.network === "none" ? ["--no-network"] : opts.egress !== undefined ? ["--net-policy", opts.egress] : [];
-      const qemu = qemuBinary(process.env, this.arch);
-      const argv = ["exec", String(process.pid), ...keep, ...jailArgs(opts.jail, qemu), ...confine, "--", qemu, ...args];
-      debug("starting %s", argv.join(" "));
-      const child = spawn(vmmHelperPath(), argv, { stdio });
-      const [channel, monitor, rawPort] = pairs.map((p) => sockets(p[0]));
-      return { child, channel: channel!, monitor: monitor!, rawPort };
-    } catch (err) {
-      closeAll(0);
-      throw err;
-    } finally {
-      closeAll(1);
-    }
+    const keep = stdio.flatMap((fd, i) => (i > 2 && fd !== "ignore" ? ["--keep", String(i)] : []));
+    const confine = opts.network === "none" ? ["--no-network"] : opts.egress !== undefined ? ["--net-policy", opts.egress] : [];
+    const qemu = qemuBinary(process.env, this.arch);
+    const argv = ["exec", String(process.pid), ...keep, ...jailArgs(opts.jail, qemu), ...confine, "--", qemu, ...args];
+    debug("starting %s", argv.join(" "));
+    const child = spawn(vmmHelperPath(), argv, { stdio });
+    const socket = (fd: number) => child.stdio[fd] as Socket;
+    return { child, channel: socket(CHANNEL_FD), monitor: socket(MONITOR_FD), rawPort: opts.raw ? socket(RAW_FD) : undefined };
   }
 
   // Everything a boot and a restore share: host prep, the spawn, and the boot ending, with the

@@ -67,6 +67,7 @@ export function qemuDecision(f: HostFacts, req: BackendRequest): Decision {
   if (f.platform !== "linux") return tcg(`QEMU uses TCG on ${f.platform}`);
   if (kvm.pvm) return tcg("KVM present but PVM (kvm_pvm): it needs a PVM guest kernel; using TCG");
   if (!kvm.ok) return tcg(`no KVM (${kvm.detail}); QEMU emulates with TCG`);
+  if (kvm.capabilities && !kvm.capabilities.ok) return tcg(`KVM cannot run VMs here (${kvm.capabilities.detail}); QEMU emulates with TCG`);
   if (!f.kvmTrial) return tcg("KVM not tried; using TCG");
   if (!f.kvmTrial.ok) return tcg(`KVM failed its trial boot (${f.kvmTrial.detail}); using TCG`);
   return {
@@ -110,7 +111,7 @@ export function forcedAccel(env: NodeJS.ProcessEnv = process.env): Accel | undef
 export async function hostFacts(req: BackendRequest): Promise<HostFacts> {
   const p = probe();
   const facts: HostFacts = { platform: process.platform, probe: p };
-  if (!req.accel && req.backend !== "krun" && process.platform === "linux" && p.kvm.ok && !p.kvm.pvm) {
+  if (!req.accel && req.backend !== "krun" && process.platform === "linux" && p.kvm.ok && !p.kvm.pvm && p.kvm.capabilities?.ok !== false) {
     facts.kvmTrial = await kvmTrial(req.kernel);
   }
   return facts;

@@ -2,7 +2,7 @@
 // (the recording double), a simulated PVM host, KVM trial verdicts; and a boot that dies before
 // its agent is ready is booted again as the decision's fallback, whatever the timing.
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { constants, tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
@@ -109,8 +109,23 @@ describe("KVM", () => {
     }
   });
 
+  it("asks the KVM device what it can do, by ioctl: a device that opens but is no KVM is not used", () => {
+    // The double's "usable KVM" is /dev/null: it opens read-write, as the helper checks, but the
+    // addon's KVM_GET_API_VERSION finds no KVM behind it.
+    const p = krun();
+    expect(p.kvm).toMatchObject({ ok: true, path: "/dev/null", capabilities: { ok: false, errno: constants.errno.ENOTTY, detail: expect.stringMatching(/^\/dev\/null is not a KVM device/) } });
+    const d = decide(linux({ ...p, libkrun: { ...p.libkrun, ok: false, detail: "absent" } }, { ok: true, detail: "booted" }), { backend: "auto", network: "none" });
+    expect(d).toMatchObject({ backend: "qemu", accel: "tcg", reason: expect.stringMatching(/KVM cannot run VMs here \(\/dev\/null is not a KVM device/) });
+    expect(d.fallback).toBeUndefined();
+    // A device that does not open is not asked.
+    const absent = probe({ ...process.env, ...doubleEnv(doubles.lib["1.18"]), MSB_VMM_KVM_DEVICE: "/nonexistent/kvm" }).kvm;
+    expect(absent.ok).toBe(false);
+    expect(absent.capabilities).toBeUndefined();
+  });
+
   it("QEMU uses KVM only after a passed trial boot, with TCG as the fallback", () => {
-    const p = { ...krun(), libkrun: { ...krun().libkrun, ok: false, detail: "absent" } };
+    const usable = { ...krun().kvm, capabilities: { ok: true, errno: 0, detail: "KVM API 12, creates VMs" } };
+    const p = { ...krun(), kvm: usable, libkrun: { ...krun().libkrun, ok: false, detail: "absent" } };
     expect(decide(linux(p, { ok: true, detail: "booted to init in 90 ms" }), { backend: "auto", network: "none" })).toMatchObject({
       backend: "qemu", accel: "kvm", fallback: { backend: "qemu", accel: "tcg" },
     });
