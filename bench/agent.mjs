@@ -11,7 +11,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { machine, median } from "./common.mjs";
 
-import { AgentClient, agentBinaryPath } from "../dist/index.js";
+import { AgentClient } from "../dist/agent-client/client.js";
+import { agentBinaryPath } from "../dist/vm/guest.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const work = mkdtempSync(path.join(os.tmpdir(), "msb-bench-"));

@@ -13,7 +13,11 @@ import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { chooseBackend, ImageStore, QemuBackend, resolveImage } from "../dist/index.js";
+// The bare port needs a VM below the sandbox layer: the internal modules, not the package's API.
+import { ImageStore } from "../dist/index.js";
+import { resolveImage } from "../dist/images/sources.js";
+import { QemuBackend } from "../dist/vm/qemu.js";
+import { chooseBackend } from "../dist/vm/select.js";
 import { machine, median } from "./common.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));

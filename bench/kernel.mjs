@@ -14,7 +14,8 @@ import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { CustomSandbox, PythonSandbox, QemuBackend } from "../dist/index.js";
+import { CustomSandbox, PythonSandbox } from "../dist/index.js";
+import { QemuBackend } from "../dist/vm/qemu.js";
 import { runBenchKernels } from "../dist/bench/run.js";
 import { formatTable, phaseValues, toJson } from "../dist/bench/report.js";
 import { summarize } from "../dist/bench/stats.js";

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // `npm run pack`: every tarball this machine can make, into one folder (default pack/):
-// - microsandbox-VERSION.tgz, the main package: JavaScript, protocols, interpreter drivers. It
+// - microsandbox-VERSION.tgz, the main package: JavaScript (the protocols compiled in) and the interpreter drivers. It
 //   compiles nothing at install; its optionalDependencies name the platform packages.
 // - one per platform (src/artifacts.ts's PLATFORMS), each with its native half in native/ (the
 //   N-API addon, msb-vmm and its preloads, stripped) and its guest half in guest/ (the static

@@ -1,45 +1,46 @@
-// Public entry point of the microsandbox package.
+// The public API of the microsandbox package: the sandboxes and their pool, images, the boot
+// benchmark, msb server, tracing channels, and the typed errors. Everything else (the agent
+// client, the VMM backends, the decision between them) is internal and may change in any release.
 export * from "./errors.js";
-export { AgentClient } from "./agent-client/client.js";
-export type { AgentHello, ConnectOptions, GuestMetrics, FileData, FileStat, FileType, ReadFileOptions, WriteFileOptions } from "./agent-client/client.js";
-export { ExecProcess, SIGNALS } from "./agent-client/process.js";
-export { FsWatch } from "./agent-client/watch.js";
-export type { FsEvent } from "./agent-client/watch.js";
-export type { ExecOptions, ExecResult, ExitStatus, OutputChunk, RlimitName, SignalName, SpawnOptions } from "./agent-client/process.js";
-export { probe } from "./vm/probe.js";
-export type { LibkrunReport, ProbeItem, ProbeReport } from "./vm/probe.js";
-export { chooseBackend } from "./vm/select.js";
-export type { BackendRequest, Decision } from "./vm/select.js";
-export { agentBinaryPath } from "./vm/guest.js";
-export { Sandbox } from "./sandbox/sandbox.js";
-export { SandboxCommands } from "./sandbox/commands.js";
+export { RegistryError, PlatformNotFoundError } from "./images/registry.js";
+
+// Sandboxes.
+export { Sandbox, describeBackend } from "./sandbox/sandbox.js";
 export { PythonSandbox, NodeSandbox, CustomSandbox } from "./sandbox/kinds.js";
-export type { CommandOptions, RunOptions } from "./sandbox/commands.js";
 export type { SandboxOptions, StartOptions } from "./sandbox/options.js";
+export type { BackendInfo, BootTimeline } from "./vm/machine.js";
+export type { SnapshotOutcome } from "./vm/snapshot.js";
+export type { NetworkPolicy, PortForward } from "./vm/netpolicy.js";
+export type { SandboxInfo } from "./sandbox/registry.js";
+
+// What a sandbox does: commands, interpreter cells, files, metrics, logs, volumes.
+export type { SandboxCommands, CommandOptions, RunOptions, SpawnCommandOptions } from "./sandbox/commands.js";
+export { Execution, CommandExecution } from "./sandbox/execution.js";
+export type { ExecutionStatus } from "./sandbox/execution.js";
+export type { ExecProcess, ExitStatus, OutputChunk, SignalName } from "./agent-client/process.js";
+export type { SandboxFiles } from "./sandbox/files.js";
+export type { FileData, FileStat, FileType } from "./agent-client/client.js";
+export type { FsEvent, FsWatch } from "./agent-client/watch.js";
 export type { SandboxMetrics } from "./sandbox/metrics.js";
 export type { LogEntry, LogOptions } from "./sandbox/logs.js";
 export { listVolumes, removeVolume } from "./sandbox/volumes.js";
 export type { VolumeInfo, VolumeSpec } from "./sandbox/volumes.js";
-export type { SandboxInfo } from "./sandbox/registry.js";
-export type { NetworkPolicy, PortForward } from "./vm/netpolicy.js";
-export { Execution, CommandExecution } from "./sandbox/execution.js";
-export type { ExecutionStatus } from "./sandbox/execution.js";
-export { SandboxFiles } from "./sandbox/files.js";
-export { ImageStore } from "./images/store.js";
-export type { ImageConfig, ImageInfo, ResolvedImage } from "./images/store.js";
-export { pullEvents, pullImage, resolveImage } from "./images/sources.js";
-export type { ResolveOptions } from "./images/sources.js";
-export { parseReference } from "./images/reference.js";
-export type { ImageReference } from "./images/reference.js";
-export { RegistryClient, RegistryError, PlatformNotFoundError } from "./images/registry.js";
-export type { Credentials, Platform, PullEvent, RegistryClientOptions } from "./images/registry.js";
-export { QemuBackend } from "./vm/qemu.js";
-export type { BootTimeline, NetworkMode } from "./vm/backend.js";
+
+// A warm pool of booted sandboxes.
 export { SandboxPool } from "./sandbox/pool.js";
 export type { PoolOptions, PoolStats } from "./sandbox/pool.js";
+
+// Images: pulled from registries, imported from archives, kept in the cache.
+export { ImageStore } from "./images/store.js";
+export type { ImageConfig, ImageInfo, ResolvedImage } from "./images/store.js";
+export { pullEvents, pullImage } from "./images/sources.js";
+export type { ResolveOptions } from "./images/sources.js";
+export type { Credentials, Platform, PullEvent, RegistryClientOptions } from "./images/registry.js";
+
+// Boot benchmarks, msb server, and the diagnostics_channel events.
 export { runBench } from "./bench/run.js";
 export type { BenchMode, BenchOptions } from "./bench/run.js";
-export { KrunBackend } from "./vm/krun.js";
-export { AgentBinaryError, DigestMismatchError, GuestKernelError, ImageError, KrunStartError, LayerError, LayerFormatError, LockTimeoutError, TarError, VmBootError, VmmHelperError } from "./errors.js";
 export { createServer } from "./server/server.js";
 export type { RunningServer, ServerOptions } from "./server/server.js";
+export { traceChannel } from "./trace.js";
+export type { TraceEvents } from "./trace.js";

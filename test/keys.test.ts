@@ -2,7 +2,8 @@
 // naming it and the nearest valid key, before anything boots or listens. No VMs.
 import { describe, expect, it } from "vitest";
 
-import { CustomSandbox, createServer, InvalidArgumentError, PythonSandbox, RegistryClient, SandboxPool } from "../src/index.js";
+import { CustomSandbox, createServer, InvalidArgumentError, PythonSandbox, SandboxPool } from "../src/index.js";
+import { RegistryClient } from "../src/images/registry.js";
 import { checkKeys, nearest } from "../src/keys.js";
 
 describe("option keys", () => {
