@@ -279,8 +279,8 @@ describe("channel", () => {
     raw.socket.destroy();
     const plain = client.spawn(["sh", "-c", 'echo "[$MSB_CHANNEL_FD]"; ls /proc/self/fd']);
     await expect(plain.writeChannel("x")).rejects.toBeInstanceOf(InvalidArgumentError);
-    const fds = (await drain(plain)).stdout.split("\n");
-    expect(fds[0]).toBe("[]");
+    const [channelFd] = (await drain(plain)).stdout!.split("\n");
+    expect(channelFd).toBe("[]");
   });
 });
 

@@ -122,7 +122,7 @@ export async function startRegistry(options: { tokenAuth?: TokenAuthOptions; tls
   let ca: string | undefined;
   if (options.tls) {
     ca = path.join(dir, "ca.crt");
-    const [caKey, key, csr, cert] = ["ca.key", "server.key", "server.csr", "server.crt"].map((f) => path.join(dir, f));
+    const [caKey, key, csr, cert] = ["ca.key", "server.key", "server.csr", "server.crt"].map((f) => path.join(dir, f)) as [string, string, string, string];
     const ssl = (...args: string[]) => execFileSync("openssl", args, { stdio: "ignore" });
     ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", caKey, "-out", ca, "-days", "2", "-subj", "/CN=msb-test-ca",
       "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign");

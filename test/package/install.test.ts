@@ -90,7 +90,7 @@ describe.skipIf(!root || process.platform !== "linux" || process.arch !== "x64")
     const manifest = JSON.parse(execFileSync("tar", ["xzOf", path.join(pkgs, tarball("")), "package/package.json"], { encoding: "utf8" }));
     expect(manifest.scripts).toBeUndefined();
     expect(Object.keys(manifest.optionalDependencies).sort()).toEqual(["@microsandbox/darwin-arm64", "@microsandbox/linux-arm64", "@microsandbox/linux-x64"]);
-    for (const [name, guest] of [["linux-x64", "vmlinux"], ["linux-arm64", "Image"]]) {
+    for (const [name, guest] of [["linux-x64", "vmlinux"], ["linux-arm64", "Image"]] as const) {
       expect(list(tarball(name)).sort()).toEqual(
         ["README.md", "guest/msb-agent", "guest/msb-floor-init", `guest/${guest}`, "native/microsandbox.node", "native/msb-netpolicy.so", "native/msb-openfd.so", "native/msb-vmm", "package.json"].map((f) => `package/${f}`).sort(),
       );
