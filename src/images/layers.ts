@@ -303,7 +303,10 @@ class Applier {
         if (plain) plain = (lstatOrNull(this.host(at)))?.isDirectory();
       }
       if (!plain) continue; // replaced or removed later in this layer
-      fs.chmodSync(this.host(rel), mode);
+      // Root writes into any directory; another user only into its own writable ones. A layer's
+      // 0555 /usr/lib (Fedora's, UBI's) would stop the next layer and the disk's copy of the tree,
+      // so without root a directory stays open to its owner (the guest sees u+rwx on it).
+      fs.chmodSync(this.host(rel), this.asRoot ? mode : mode | 0o700);
       fs.utimesSync(this.host(rel), mtime, mtime);
     }
   }

@@ -106,7 +106,8 @@ describe("directories and metadata", () => {
     expect(byName.link).toMatchObject({ type: "symlink", linkTarget: "file.txt" });
 
     const st = await client.stat(`${root}/tree/file.txt`);
-    expect(st).toMatchObject({ name: "file.txt", type: "regular", size: 5, uid: 0 });
+    // The agent runs as this process's user here (root in a VM).
+    expect(st).toMatchObject({ name: "file.txt", type: "regular", size: 5, uid: process.getuid!() });
     expect(Math.abs(st.mtime.getTime() - Date.now())).toBeLessThan(60_000);
 
     await client.rename(`${root}/tree/file.txt`, `${root}/tree/renamed.txt`);
