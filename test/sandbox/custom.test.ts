@@ -1,5 +1,5 @@
 // CustomSandbox on the tiny busybox image: network modes, isolation, resource limits and clean
-// stops (a VM dying with its creator is in test/paths.test.ts). Real VMs (QEMU; TCG here).
+// stops (a VM dying with its creator is in test/sandbox/orphans.test.ts). Real VMs (QEMU; TCG here).
 import { once } from "node:events";
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
