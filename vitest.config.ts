@@ -6,6 +6,7 @@ import { defineConfig } from "vitest/config";
 const UNIT = [
   "test/keys.test.ts",
   "test/paths.test.ts",
+  "test/lock.test.ts",
   "test/artifacts.test.ts",
   "test/bench/stats.test.ts",
   "test/agent-client/*.test.ts",

@@ -6,6 +6,7 @@ export { RegistryError, PlatformNotFoundError } from "./images/registry.js";
 
 // Sandboxes.
 export { Sandbox, describeBackend } from "./sandbox/sandbox.js";
+export type { ForkOptions } from "./sandbox/sandbox.js";
 export { PythonSandbox, NodeSandbox, CustomSandbox } from "./sandbox/kinds.js";
 export type { SandboxOptions, StartOptions } from "./sandbox/options.js";
 export type { BackendInfo, BootTimeline } from "./vm/machine.js";

@@ -2,7 +2,7 @@
 // naming it and the nearest valid key, before anything boots or listens. No VMs.
 import { describe, expect, it } from "vitest";
 
-import { CustomSandbox, createServer, InvalidArgumentError, PythonSandbox, SandboxPool } from "../src/index.js";
+import { CustomSandbox, createServer, InvalidArgumentError, PythonSandbox, runBench, SandboxPool } from "../src/index.js";
 import { RegistryClient } from "../src/images/registry.js";
 import { checkKeys, nearest } from "../src/keys.js";
 
@@ -33,6 +33,8 @@ describe("option keys", () => {
     await expect(createServer({ prot: 1 } as never)).rejects.toThrow(/unknown server option "prot": did you mean "port"/);
     await expect(createServer({ e2b: { fileLimt: 1 } } as never)).rejects.toThrow(/unknown server e2b option "fileLimt": did you mean "fileLimit"/);
     expect(() => sb.logs({ tial: 3 } as never)).toThrow(/unknown logs option "tial": did you mean "tail"/);
+    await expect(sb.fork({ nmae: "copy" } as never)).rejects.toThrow(/unknown fork option "nmae": did you mean "name"/);
+    await expect(runBench({ mode: "sequential", runs: 1, kernel: "/vmlinux" } as never)).rejects.toThrow(/unknown bench option "kernel": did you mean "kernels"/);
   });
 
   it("suggests only what is close: a third of the word, transpositions counted once", () => {

@@ -677,8 +677,13 @@ void exec_reap(void) {
 // has no unread bytes, unless output is paused for credit (then its bytes are still owed to the host).
 static void expire_stream(struct session *s, struct watch *w) {
   if (w->fd < 0 || !w->registered || unread(w) > 0) return;
-  if (w == &s->chan) close_channel(s);
-  else watch_close(w);
+  if (w == &s->chan) {
+    close_channel(s);
+    return;
+  }
+  watch_close(w);
+  // Output still owed ahead of the channel was read by another holder of the pipe: none is coming.
+  *(w == &s->out ? &s->out_owed : &s->err_owed) = 0;
 }
 
 void exec_timers(uint64_t now, int64_t *next_ms) {

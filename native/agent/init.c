@@ -105,6 +105,7 @@ bool boot_config_read(void) {
             && (b->which_image == microsandbox_agent_BootConfig_disk_tag ? boot_string(b->image.disk, 63) && b->image.disk[0] == '/'
                                                                          : b->which_image == microsandbox_agent_BootConfig_virtiofs_tag && boot_string(b->image.virtiofs, 63))
             && b->max_processes > 0 && b->volumes_count <= microsandbox_agent_Limit_MAX_VOLUMES;
+  // The host allows shorter paths (src/sandbox/volumes.ts); these bounds are the agent's own.
   for (pb_size_t i = 0; ok && i < b->volumes_count; i++)
     ok = boot_string(b->volumes[i].serial, 20) && boot_string(b->volumes[i].path, 255) && b->volumes[i].path[0] == '/';
   if (!ok) fatal("the boot config lacks a channel, an image or a process limit, or has a bad volume");

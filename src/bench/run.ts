@@ -10,6 +10,7 @@ import { InvalidArgumentError } from "../errors.js";
 import { ImageStore } from "../images/store.js";
 import { resolveImage } from "../images/sources.js";
 import { CustomSandbox } from "../sandbox/kinds.js";
+import { checkKeys, keysOf } from "../keys.js";
 import { type BackendInfo, planMachine } from "../vm/machine.js";
 import type { BenchResult, RunTimeline } from "./report.js";
 
@@ -86,7 +87,13 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
 }
 
 /** Runs the benchmark once per kernel in `opts.kernels` (or the default one), interleaved; one result each, in that order. */
+const BENCH_KEYS = keysOf<BenchOptions>({
+  mode: true, runs: true, spacingMs: true, backend: true, image: true, memory: true, command: true, compare: true, snapshot: true, floorRuns: true, kernels: true,
+  onRun: true,
+});
+
 export async function runBenchKernels(opts: BenchOptions): Promise<BenchResult[]> {
+  checkKeys("bench option", opts, BENCH_KEYS);
   if (!Number.isInteger(opts.runs) || opts.runs < 1) throw new InvalidArgumentError(`runs must be a whole number >= 1, got ${opts.runs}`);
   if (!["sequential", "burst", "staggered"].includes(opts.mode)) {
     throw new InvalidArgumentError(`mode ${JSON.stringify(opts.mode)} is invalid: use sequential, burst or staggered`);

@@ -46,7 +46,7 @@ export function readPaused(name: string, kind: string): { dir: string; meta: Pau
   } catch {
     throw new PausedSandboxNotFoundError(`no paused sandbox named ${JSON.stringify(name)} in ${path.dirname(dir)}: pause() one first`);
   }
-  if (meta.format !== FORMAT || !existsSync(path.join(dir, "state"))) {
+  if (meta.format !== FORMAT || !existsSync(path.join(dir, "state")) || !existsSync(path.join(dir, "machine.json"))) {
     throw new InvalidArgumentError(`the paused sandbox ${JSON.stringify(name)} in ${dir} is incomplete or from another version: remove it`);
   }
   if (meta.kind !== kind) throw new InvalidArgumentError(`sandbox ${JSON.stringify(name)} was paused as a ${meta.kind}: resume it with ${meta.kind}.resume()`);

@@ -26,6 +26,14 @@ import { checkMounted, leaseVolumes, type VolumeLease, volumeFile } from "./volu
 
 const LOG_KEYS = keysOf<LogOptions>({ tail: true, sources: true });
 
+/** What fork() takes: the copy's name (default: this one's and random hex) and the host ports it publishes. */
+export interface ForkOptions {
+  name?: string;
+  ports?: PortForward[];
+}
+
+const FORK_KEYS = keysOf<ForkOptions>({ name: true, ports: true });
+
 const debug = debuglog("microsandbox");
 
 /** "qemu (tcg): why", for logs and messages. */
@@ -325,7 +333,8 @@ export abstract class Sandbox implements AsyncDisposable {
    * Python and Node sandboxes the interpreter of run() comes along, with its state. The copy
    * publishes `ports` of its own, none by default: this one keeps its host ports. QEMU only.
    */
-  fork(opts: { name?: string; ports?: PortForward[] } = {}): Promise<this> {
+  async fork(opts: ForkOptions = {}): Promise<this> {
+    checkKeys("fork option", opts, FORK_KEYS);
     return this.oneSaveAtATime(() => this.forkNow(opts));
   }
 
@@ -338,7 +347,7 @@ export abstract class Sandbox implements AsyncDisposable {
     return run;
   }
 
-  private async forkNow(opts: { name?: string; ports?: PortForward[] }): Promise<this> {
+  private async forkNow(opts: ForkOptions): Promise<this> {
     const vm = this.saveable("fork", "fork");
     const name = opts.name ?? `${this.name.slice(0, 50)}-${randomBytes(4).toString("hex")}`;
     const ports = checkPorts(opts.ports, this.opts.network);
@@ -368,9 +377,10 @@ export abstract class Sandbox implements AsyncDisposable {
     const dir = await withPausedLock(this.name, async () => {
       const dir = newPausedDir(this.name);
       try {
-        writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(this.name), imageId: this.imageId, keep: this.keptSessions() });
-        // Saved, the VM ends; a save that fails leaves it running as it was.
-        await vm.save(dir);
+        // paused.json goes last, once the machine is saved: a pause cut short leaves no sandbox
+        // that looks paused. Saved, the VM ends; a save that fails leaves it running as it was.
+        const keep = this.keptSessions();
+        await vm.save(dir, () => writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(this.name), imageId: this.imageId, keep }));
       } catch (err) {
         rmSync(dir, { recursive: true, force: true });
         throw err;

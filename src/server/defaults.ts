@@ -27,6 +27,8 @@ export const SERVER_DEFAULTS = {
     fileLimit: 104_857_600,
     /** Sandboxes in one page of a list. */
     listLimit: 100,
+    /** Seconds one request through getHost's relay may take. */
+    relayTimeoutS: 300,
   },
 } as const;
 

@@ -101,14 +101,19 @@ export type BootConfig = MessageInitShape<typeof BootConfigSchema>;
 
 export const encodeBootConfig = (boot: BootConfig): Uint8Array => toBinary(BootConfigSchema, create(BootConfigSchema, boot));
 
-const initramfsBytes = new Map<string, Buffer>();
-
 /**
- * Writes to `out` the initramfs of one VM: `initramfs` (the agent, built once per content) with an
- * archive holding its BootConfig appended, which the kernel unpacks after the first.
+ * The initramfs of a VM booted with `boot`: `initramfs` (the agent, built once per content) with
+ * an archive holding the BootConfig appended, which the kernel unpacks after the first. Made once
+ * per (initramfs, BootConfig) in the cache: every VM of a kind, and every restore of one, uses
+ * the same file.
  */
-export function initramfsWithBoot(initramfs: string, boot: Uint8Array, out: string): void {
-  let base = initramfsBytes.get(initramfs);
-  if (!base) initramfsBytes.set(initramfs, (base = readFileSync(initramfs)));
-  writeFileSync(out, Buffer.concat([base, cpioNewc([{ path: BOOT_CONFIG_FILE, mode: 0o100400, data: boot }])]), { mode: 0o644 });
+export function initramfsWithBoot(initramfs: string, boot: Uint8Array): string {
+  const digest = createHash("sha256").update(boot).digest("hex").slice(0, 16);
+  const out = path.join(path.dirname(initramfs), `${path.basename(initramfs, ".cpio")}-boot-${digest}.cpio`);
+  if (!existsSync(out)) {
+    const tmp = `${out}.${process.pid}.tmp`;
+    writeFileSync(tmp, Buffer.concat([readFileSync(initramfs), cpioNewc([{ path: BOOT_CONFIG_FILE, mode: 0o100400, data: boot }])]), { mode: 0o644 });
+    renameSync(tmp, out);
+  }
+  return out;
 }

@@ -96,10 +96,11 @@ export interface Machine {
    */
   copy(changes: { name: string; ports: readonly PortForward[]; consoleKeep?: string }, keep: readonly number[]): Promise<Machine>;
   /**
-   * Saves the machine into `dir` (capability "pause") and ends it; restoreMachine() brings it
-   * back. On failure it runs on as it was.
+   * Saves the machine into `dir` (capability "pause"), runs `commit` (the caller's own record of
+   * it), and ends the machine; restoreMachine() brings it back. When the save or `commit` fails,
+   * the machine runs on as it was.
    */
-  save(dir: string): Promise<void>;
+  save(dir: string, commit?: () => void | Promise<void>): Promise<void>;
 }
 
 /** A backend chosen for a spec, before anything was booted. */
@@ -188,7 +189,9 @@ export async function bootDecided(d: Decision, spec: MachineSpec, image: Machine
     const backend = backendFor(decision, spec.kernel);
     if (!snapshot || !backend.capabilities.has("snapshot")) return { vm: await backend.boot(config), backend, kept: [] };
     const inputs = await snapshotInputs(backend, config, image.id, snapshot.prewarmName);
-    const { vm, outcome, kept } = await restoreOrBoot(backend, config, inputs, snapshot.prewarm);
+    // With a fallback to go to, a backend that cannot boot the template does not get a second,
+    // cold try: the fallback does.
+    const { vm, outcome, kept } = await restoreOrBoot(backend, config, inputs, snapshot.prewarm, { coldAfterBootFailure: !decision.fallback });
     return { vm, backend, snapshot: outcome, kept };
   };
   const started = performance.now();
@@ -205,7 +208,13 @@ export async function bootDecided(d: Decision, spec: MachineSpec, image: Machine
     }
     const why = err.message.split("\n")[0]!;
     debug("sandbox %s: %s; falling back: %s", spec.name, why, d.fallback.reason);
-    booted = await boot(d.fallback);
+    try {
+      booted = await boot(d.fallback);
+    } catch (second) {
+      publish("boot:error", { name: spec.name, error: second });
+      if (second instanceof VmBootError) throw new VmBootError(`${second.message}\n(first, ${d.reason}: ${why})`, second.consoleLog, { cause: second });
+      throw second;
+    }
     // Only a boot that works without KVM blames KVM (a bad image fails both ways).
     if (d.backend === "qemu" && d.accel === "kvm") await recordKvmFailure(spec.kernel, why);
     info = infoOf(d.fallback, booted.backend, `${d.fallback.reason} (${why})`);
@@ -226,8 +235,8 @@ interface SavedMachine {
 const SAVED_FILE = "machine.json";
 
 function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo): Machine {
-  const saveable = (what: string) => {
-    if (!vm.save || !backend.capabilities.has("fork")) throw new SnapshotUnsupportedError(`${info.name} cannot ${what} a VM: use backend "qemu"`);
+  const saveable = (capability: Capability, what: string) => {
+    if (!vm.save || !backend.capabilities.has(capability)) throw new SnapshotUnsupportedError(`${info.name} cannot ${what} a VM: use backend "qemu"`);
     return vm.save;
   };
   return {
@@ -242,7 +251,7 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
     stop: () => vm.stop(),
     kill: () => vm.kill(),
     async copy(changes, keep) {
-      saveable("copy");
+      saveable("fork", "copy");
       const copyConfig: VmConfig = { ...config, name: changes.name, ports: [...changes.ports] };
       if (changes.consoleKeep) copyConfig.consoleKeep = changes.consoleKeep;
       else delete copyConfig.consoleKeep;
@@ -252,13 +261,14 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
       publish("restore:end", { name: changes.name, from: config.name, ms: performance.now() - started });
       return copied;
     },
-    async save(dir) {
-      const save = saveable("save");
+    async save(dir, commit) {
+      const save = saveable("pause", "save");
       const saved: SavedMachine = { format: 1, name: info.name, ...(info.accel ? { accel: info.accel } : {}), arch: info.arch };
       try {
         await save(path.join(dir, "state"));
         writeFileSync(path.join(dir, `${SAVED_FILE}.tmp`), JSON.stringify(saved) + "\n", { mode: 0o600 });
         renameSync(path.join(dir, `${SAVED_FILE}.tmp`), path.join(dir, SAVED_FILE));
+        await commit?.();
       } catch (err) {
         await vm.proceed?.().catch(() => {});
         throw err;

@@ -259,14 +259,8 @@ export class QemuBackend implements Backend {
     const t0 = performance.now();
     const { kernel, initramfs: agentInitramfs } = await this.guestBoot();
     const disk = await config.rootDisk();
+    const initramfs = initramfsWithBoot(agentInitramfs, this.bootConfig(config));
     const dir = makeRuntimeDir();
-    const initramfs = path.join(dir, "initramfs.cpio");
-    try {
-      initramfsWithBoot(agentInitramfs, this.bootConfig(config), initramfs);
-    } catch (err) {
-      rmSync(dir, { recursive: true, force: true });
-      throw err;
-    }
     const hostPrepMs = performance.now() - t0;
     const consoleLog = path.join(dir, "console.log");
     const args = this.args(config, { kernel, initramfs }, disk, consoleLog, opts.ram);
@@ -275,7 +269,7 @@ export class QemuBackend implements Backend {
     let state: number | undefined;
     try {
       if (opts.incoming) state = openSync(opts.incoming.state, "r");
-      const jail = { dir, files: [kernel, ...(disk ? [disk] : [])], ram: opts.ram, volumes: config.volumes };
+      const jail = { dir, files: [kernel, initramfs, ...(disk ? [disk] : [])], ram: opts.ram, volumes: config.volumes };
       started = this.spawnQemu(args, "ignore", { network: config.network, egress: config.egress, raw: config.rawPort, state, jail });
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });

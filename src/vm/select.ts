@@ -50,6 +50,7 @@ export function krunRefusal(f: HostFacts, network: NetworkMode, needs: readonly 
   const { kvm, libkrun, libkrunfw } = f.probe;
   if (f.platform === "linux" && kvm.pvm) return "KVM is the PVM hypervisor (kvm_pvm), which runs only PVM guest kernels, and libkrunfw's is not one";
   if (f.platform === "linux" && !kvm.ok) return `KVM: ${kvm.detail}`;
+  if (f.platform === "linux" && kvm.capabilities?.ok === false) return `KVM: ${kvm.capabilities.detail}`;
   if (!libkrun.ok) return `libkrun: ${libkrun.detail}`;
   if (!libkrunfw.ok) return `libkrunfw: ${libkrunfw.detail}`;
   if (!libkrun.imageShare) return `libkrun ${libkrun.generation} can share an image read-only neither by virtio-fs (>= 1.18) nor as a disk (>= 1.9.5)`;

@@ -11,6 +11,7 @@ import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
+import { KrunStartError, SnapshotUnsupportedError, VmBootError } from "../errors.js";
 import { withLock } from "../lock.js";
 import { cacheDir, makeRuntimeDir } from "../paths.js";
 import type { Backend, KeptSession, Vm, VmConfig } from "./backend.js";
@@ -98,7 +99,7 @@ function problem(dir: string, inputs: SnapshotInputs): string | undefined {
 
 // The backend's restore, which every backend with snapshots or copies has.
 function restorer(backend: Backend): NonNullable<Backend["restore"]> {
-  if (!backend.restore) throw new Error(`${backend.describe()} cannot restore a saved VM`);
+  if (!backend.restore) throw new SnapshotUnsupportedError(`${backend.describe()} cannot restore a saved VM`);
   return backend.restore.bind(backend);
 }
 
@@ -148,13 +149,15 @@ async function makeSnapshot(backend: Backend, config: VmConfig, inputs: Snapshot
 /**
  * A running VM for `config`: restored from the snapshot of `inputs`, made first if there is none.
  * A snapshot that fails verification or restore is replaced; when no snapshot can be made or
- * restored the VM boots cold. The outcome says which, and why.
+ * restored the VM boots cold (unless the failure was a VM that did not boot and
+ * `coldAfterBootFailure` is false). The outcome says which, and why.
  */
 export async function restoreOrBoot(
   backend: Backend,
   config: VmConfig,
   inputs: SnapshotInputs,
   prewarm: (agent: AgentClient) => Promise<KeptSession[]>,
+  opts: { coldAfterBootFailure: boolean } = { coldAfterBootFailure: true },
 ): Promise<{ vm: Vm; outcome: SnapshotOutcome; kept: KeptSession[] }> {
   const dir = snapshotDir(inputs);
   const key = path.basename(dir);
@@ -202,6 +205,9 @@ export async function restoreOrBoot(
     const detail = made ? (existed ? `${why}: made snapshot ${key} anew` : `made snapshot ${key}`) : `restored from snapshot ${key}, made meanwhile by another process`;
     return await attempt(made ? (existed ? "cold" : "created") : "restored", detail);
   } catch (err) {
+    // A VM that did not boot at all (the template, or a restore) says the backend cannot: a caller
+    // with a fallback goes there rather than booting cold here.
+    if (!opts.coldAfterBootFailure && (err instanceof VmBootError || err instanceof KrunStartError)) throw err;
     // No snapshot to be had: this sandbox boots the ordinary way.
     const reason = `${why}; snapshot ${key} could not be made or restored (${(err as Error).message.split("\n")[0]}): booted cold`;
     debug("sandbox %s: %s", config.name, reason);

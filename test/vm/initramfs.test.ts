@@ -1,5 +1,6 @@
 // cpioNewc checked against GNU cpio's own extraction, and buildInitramfs against a fake kernel dir.
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { lstatSync, readdirSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -114,8 +115,11 @@ describe("buildInitramfs", () => {
     const base = join(work, "base.cpio");
     await buildInitramfs({ agentPath: join(work, "agent3"), kernelDir, outPath: base });
     const boot = encodeBootConfig({ channel: { case: "virtioPort", value: "msb.agent" }, image: { case: "disk", value: "/dev/vda" }, maxProcesses: 64 });
-    initramfsWithBoot(base, boot, join(work, "vm.cpio"));
-    const vm = readFileSync(join(work, "vm.cpio"));
+    const made = initramfsWithBoot(base, boot);
+    // One file per (initramfs, BootConfig), beside the initramfs: the same again is the same file.
+    expect(made).toBe(join(work, `base-boot-${createHash("sha256").update(boot).digest("hex").slice(0, 16)}.cpio`));
+    expect(initramfsWithBoot(base, boot)).toBe(made);
+    const vm = readFileSync(made);
     const first = readFileSync(base);
     // The kernel unpacks archives one after another: the agent's, unchanged, then the BootConfig's.
     expect(vm.subarray(0, first.length).equals(first)).toBe(true);

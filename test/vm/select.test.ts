@@ -8,6 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { BackendUnavailableError, KrunStartError, VmBootError } from "../../src/errors.js";
 import type { NetworkMode, VmConfig } from "../../src/vm/backend.js";
+import { kvmCapabilities } from "../../src/native.js";
 import { probe, type ProbeReport } from "../../src/vm/probe.js";
 import { backendFor, decide, type HostFacts } from "../../src/vm/select.js";
 import { buildDoubles, doubleEnv, type Doubles, type Generation, GENERATIONS } from "../native/double.js";
@@ -105,23 +106,25 @@ describe("KVM", () => {
     }
   });
 
-  it("asks the KVM device what it can do, by ioctl: a device that opens but is no KVM is not used", () => {
-    // The double's "usable KVM" is /dev/null: it opens read-write, as the helper checks, but the
-    // addon's KVM_GET_API_VERSION finds no KVM behind it.
+  it("asks the KVM device what it can do, by ioctl: one that opens but makes no VM is used by neither backend", () => {
+    // The addon on a device that opens read-write, as the helper checks, but is no KVM.
+    expect(kvmCapabilities("/dev/null")).toMatchObject({ ok: false, errno: constants.errno.ENOTTY, detail: expect.stringMatching(/^\/dev\/null is not a KVM device/) });
+    expect(kvmCapabilities("/nonexistent/kvm")).toMatchObject({ ok: false, errno: constants.errno.ENOENT });
     const p = krun();
-    expect(p.kvm).toMatchObject({ ok: true, path: "/dev/null", capabilities: { ok: false, errno: constants.errno.ENOTTY, detail: expect.stringMatching(/^\/dev\/null is not a KVM device/) } });
-    const d = decide(linux({ ...p, libkrun: { ...p.libkrun, ok: false, detail: "absent" } }, { ok: true, detail: "booted" }), { backend: "auto", network: "none" });
-    expect(d).toMatchObject({ backend: "qemu", accel: "tcg", reason: expect.stringMatching(/KVM cannot run VMs here \(\/dev\/null is not a KVM device/) });
+    const cannot = { ...p, kvm: { ...p.kvm, capabilities: { ok: false, errno: constants.errno.ENXIO, detail: "/dev/kvm cannot create a VM (KVM_CREATE_VM): No such device or address" } } };
+    const d = decide(linux(cannot, { ok: true, detail: "booted" }), { backend: "auto", network: "none" });
+    expect(d).toMatchObject({ backend: "qemu", accel: "tcg", reason: expect.stringMatching(/libkrun not used \(KVM: \/dev\/kvm cannot create a VM.*KVM cannot run VMs here/) });
     expect(d.fallback).toBeUndefined();
-    // A device that does not open is not asked.
-    const absent = probe({ ...process.env, ...doubleEnv(doubles.lib["1.18"]), MSB_VMM_KVM_DEVICE: "/nonexistent/kvm" }).kvm;
-    expect(absent.ok).toBe(false);
-    expect(absent.capabilities).toBeUndefined();
+    expect(() => decide(linux(cannot), { backend: "krun", network: "all" })).toThrow(/KVM: \/dev\/kvm cannot create a VM/);
+    // The tests' stand-in device is opened, never asked; a device that does not open is not asked either.
+    expect(p.kvm).toMatchObject({ ok: true, path: "/dev/null" });
+    expect(p.kvm.capabilities).toBeUndefined();
+    const real = probe({ ...process.env, MSB_VMM_KVM_DEVICE: "", MSB_VMM_PVM_MODULE: "/nonexistent" });
+    expect(real.kvm.capabilities === undefined).toBe(!real.kvm.ok);
   });
 
   it("QEMU uses KVM only after a passed trial boot, with TCG as the fallback", () => {
-    const usable = { ...krun().kvm, capabilities: { ok: true, errno: 0, detail: "KVM API 12, creates VMs" } };
-    const p = { ...krun(), kvm: usable, libkrun: { ...krun().libkrun, ok: false, detail: "absent" } };
+    const p = { ...krun(), libkrun: { ...krun().libkrun, ok: false, detail: "absent" } };
     expect(decide(linux(p, { ok: true, detail: "booted to init in 90 ms" }), { backend: "auto", network: "none" })).toMatchObject({
       backend: "qemu", accel: "kvm", fallback: { backend: "qemu", accel: "tcg" },
     });

@@ -10,7 +10,7 @@ import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import { ProcessTable } from "./processes.js";
-import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION } from "./shared.js";
+import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION, settled, transition } from "./shared.js";
 
 export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bodyLimit: number) {
   const { table } = sandboxes;
@@ -50,10 +50,14 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     const { m, s } = target(req, params);
     const body = await readJsonObject(req, bodyLimit);
     let status = 200;
-    if (s.paused) {
-      m.sandbox = await SANDBOX_KINDS[m.kind].resume(s.paused.name);
-      delete s.paused;
-      delete m.discard;
+    await settled(s);
+    const paused = s.paused;
+    if (paused) {
+      await transition(s, async () => {
+        m.sandbox = await SANDBOX_KINDS[m.kind].resume(paused.name);
+        delete s.paused;
+        delete m.discard;
+      });
       status = 201;
     }
     table.setTimeout(m, typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS);
@@ -88,14 +92,17 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
 
   async function pause(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
     const { m, s } = target(req, params);
+    await settled(s);
     if (s.paused) throw new ConflictError(`sandbox ${m.id} is already paused: connect to it to resume it`);
-    const dir = await m.sandbox.pause();
-    s.paused = { name: m.sandbox.name };
-    // Paused, it waits for a connect, not for its timeout; killed, its saved state goes too.
-    clearTimeout(m.timer);
-    m.discard = () => rmSync(dir, { recursive: true, force: true });
-    s.processes = new ProcessTable();
-    s.contexts.clear(); // their interpreters did not survive the pause
+    await transition(s, async () => {
+      const dir = await m.sandbox.pause();
+      s.paused = { name: m.sandbox.name };
+      // Paused, it waits for a connect, not for its timeout; killed, its saved state goes too.
+      clearTimeout(m.timer);
+      m.discard = () => rmSync(dir, { recursive: true, force: true });
+      s.processes = new ProcessTable();
+      s.contexts.clear(); // their interpreters did not survive the pause
+    });
     res.writeHead(204).end();
   }
 

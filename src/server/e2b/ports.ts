@@ -6,6 +6,7 @@ import { once } from "node:events";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { InvalidArgumentError } from "../../errors.js";
+import { SERVER_DEFAULTS } from "../defaults.js";
 import { PortUnreachableError } from "../errors.js";
 import { readBody } from "../http.js";
 import type { E2bSandboxes } from "./shared.js";
@@ -32,7 +33,7 @@ def up():
     for d in iter(lambda: sys.stdin.buffer.read1(65536), b""): s.sendall(d)
 threading.Thread(target=up,daemon=True).start()
 for d in iter(lambda: s.recv(65536), b""): sys.stdout.buffer.write(d); sys.stdout.buffer.flush()'; fi`;
-  const proc = found.m.sandbox.command.spawn("sh", ["-c", relay], { stdin: true, timeout: 300 });
+  const proc = found.m.sandbox.command.spawn("sh", ["-c", relay], { stdin: true, timeout: SERVER_DEFAULTS.e2b.relayTimeoutS });
   await proc.write(Buffer.concat([Buffer.from(head), body]));
   const sock = res.socket!;
   let sent = 0;

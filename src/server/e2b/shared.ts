@@ -28,6 +28,8 @@ export interface E2bState {
   processes: ProcessTable;
   /** Set while paused: the name its saved state is resumed by. */
   paused?: { name: string };
+  /** A pause or resume under way: one at a time, and calls that arrive meanwhile wait for it. */
+  transition?: Promise<void>;
   contexts: Map<string, CodeContext>;
 }
 
@@ -110,4 +112,18 @@ export class E2bSandboxes {
       return s ? [{ m, s }] : [];
     });
   }
+}
+
+/** Waits for the sandbox's pause or resume under way, if any, to end (either way). */
+export async function settled(s: E2bState): Promise<void> {
+  while (s.transition) await s.transition.catch(() => {});
+}
+
+/** Runs a pause or resume of the sandbox as its one transition under way. */
+export function transition(s: E2bState, change: () => Promise<void>): Promise<void> {
+  const run: Promise<void> = change().finally(() => {
+    if (s.transition === run) delete s.transition;
+  });
+  s.transition = run;
+  return run;
 }
