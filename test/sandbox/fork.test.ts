@@ -6,7 +6,7 @@ import { existsSync } from "node:fs";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 
-import { CustomSandbox, InvalidArgumentError, PythonSandbox } from "../../src/index.js";
+import { CustomSandbox, PausedSandboxNotFoundError, PythonSandbox } from "../../src/index.js";
 
 const run = promisify(execFile);
 const DIST = new URL("../../dist/index.js", import.meta.url).href;
@@ -49,7 +49,7 @@ describe("fork", () => {
     const sb = new CustomSandbox({ image: "local:busybox", memory: 128 });
     await expect(sb.fork()).rejects.toThrow(/not running/);
     await expect(sb.pause()).rejects.toThrow(/not running/);
-    await expect(CustomSandbox.resume("no-such-paused-sandbox")).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(CustomSandbox.resume("no-such-paused-sandbox")).rejects.toBeInstanceOf(PausedSandboxNotFoundError);
   });
 });
 
