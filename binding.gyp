@@ -8,7 +8,7 @@
       "sources": ["native/addon/addon.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],
-      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Werror"],
       "xcode_settings": {
         "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
         "MACOSX_DEPLOYMENT_TARGET": "11.0"
@@ -21,7 +21,7 @@
       "type": "executable",
       "sources": ["native/vmm/vmm.c", "native/vmm/config.c", "native/vmm/host.c", "native/vmm/jail.c",
                   "native/vmm/krun.c", "native/vmm/probe.c", "native/vmm/status.c"],
-      "cflags": ["-std=c11", "-Wall", "-Wextra"],
+      "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror"],
       # Debian's libprotobuf-nanopb.a is built with PB_ENABLE_MALLOC (pointer fields).
       "defines": ["PB_ENABLE_MALLOC"],
       "include_dirs": ["native/vmm", "<(INTERMEDIATE_DIR)/proto"],
@@ -49,7 +49,7 @@
         "type": "shared_library",
         "product_extension": "so",
         "sources": ["native/netpolicy/netpolicy.c", "native/netpolicy/dns.c"],
-        "cflags": ["-std=c11", "-Wall", "-Wextra", "-fPIC"],
+        "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC"],
         "libraries": ["-ldl", "-lpthread"]
       }, {
         # Preloaded into QEMU when msb-vmm opened some of its files before the jail (guest RAM's
@@ -58,7 +58,7 @@
         "type": "shared_library",
         "product_extension": "so",
         "sources": ["native/openfd/openfd.c"],
-        "cflags": ["-std=c11", "-Wall", "-Wextra", "-fPIC"],
+        "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC"],
         "libraries": ["-ldl"]
       }]
     }]

@@ -35,9 +35,6 @@ export default defineConfig({
   test: {
     // One file at a time across both projects too.
     fileParallelism: false,
-    projects: [
-      { test: { ...shared, name: "unit", include: UNIT } },
-      { test: { ...shared, name: "vm", include: ["test/**/*.test.ts"], exclude: UNIT } },
-    ],
+    projects: [{ test: { ...shared, name: "unit", include: UNIT } }, { test: { ...shared, name: "vm", include: ["test/**/*.test.ts"], exclude: UNIT } }],
   },
 });

@@ -60,7 +60,7 @@ async function rawPump() {
     const s = createConnection(sock);
     let got = 0;
     for await (const chunk of s) got += chunk.length;
-    runs.push((got / ((now() - t) / 1e9)) / 1e6);
+    runs.push(got / ((now() - t) / 1e9) / 1e6);
     await once(proc, "exit").catch(() => {});
   }
   return median(runs);
@@ -90,7 +90,7 @@ async function agentRuns() {
     const t = now();
     let got = 0;
     for await (const c of client.spawn(["head", "-c", String(STREAM_BYTES), "/dev/zero"])) got += c.data.length;
-    stream.push((got / ((now() - t) / 1e9)) / 1e6);
+    stream.push(got / ((now() - t) / 1e9) / 1e6);
   }
   client.close();
   agent.kill("SIGKILL");

@@ -20,7 +20,11 @@ const SEQUENTIAL = Number(process.env.MSB_BENCH_RUNS ?? 20);
 const BURST = 4;
 
 const p50 = {};
-for (const [name, mode, runs, snapshot] of [["sequential", "sequential", SEQUENTIAL, false], ["burst", "burst", BURST, false], ["snapshot", "sequential", SEQUENTIAL, true]]) {
+for (const [name, mode, runs, snapshot] of [
+  ["sequential", "sequential", SEQUENTIAL, false],
+  ["burst", "burst", BURST, false],
+  ["snapshot", "sequential", SEQUENTIAL, true],
+]) {
   const result = await runBench({ mode, runs, image: "local:busybox", memory: 256, snapshot });
   p50[name] = summarize(phaseValues(result, "firstOutput")).p50;
   result.machine = { ...machine(), ...result.machine };
@@ -34,12 +38,18 @@ for (const [name, mode, runs, snapshot] of [["sequential", "sequential", SEQUENT
     `# Boot benchmark, ${result.mode}\n\n${new Date().toISOString()} — ${result.machine.cpu}, ${result.machine.cpus} cores, ` +
       `${result.machine.memoryGiB} GiB, ${result.machine.kernel}, Node ${result.machine.node}.\n` +
       `Backend: ${result.backend} (${result.machine.backendReason}). Busybox image, 256 MiB, 1 vCPU.\n\n` +
-      "```\n" + table + "\n```\n\n![CDF per phase](boot-" + name + ".svg)\n",
+      "```\n" +
+      table +
+      "\n```\n\n![CDF per phase](boot-" +
+      name +
+      ".svg)\n",
   );
   console.log(table, "\n");
 }
 
-console.log(`create() → first output p50: cold ${p50.sequential.toFixed(0)} ms, restored ${p50.snapshot.toFixed(0)} ms, ratio ${(p50.snapshot / p50.sequential).toFixed(3)} (target <= 0.1)\n`);
+console.log(
+  `create() → first output p50: cold ${p50.sequential.toFixed(0)} ms, restored ${p50.snapshot.toFixed(0)} ms, ratio ${(p50.snapshot / p50.sequential).toFixed(3)} (target <= 0.1)\n`,
+);
 
 // Memory: 8 idle clones restored from one 256 MiB snapshot (RAM a private mapping of the
 // template, shared until written) against one cold-booted VM, by the VMMs' proportional set size.
@@ -53,7 +63,14 @@ for (let i = 0; i < 8; i++) clones.push(await CustomSandbox.create({ image: "loc
 for (const c of clones) await c.command.run("true");
 const clonesPss = clones.map((c) => pss(c.pid)).reduce((a, b) => a + b, 0);
 await Promise.all(clones.map((c) => c.stop()));
-const memory = { date: new Date().toISOString(), machine: machine(), coldVmPssMiB: coldPss, eightClonesPssMiB: clonesPss, ratio: clonesPss / coldPss, target: "eight clones <= 2 x one cold VM" };
+const memory = {
+  date: new Date().toISOString(),
+  machine: machine(),
+  coldVmPssMiB: coldPss,
+  eightClonesPssMiB: clonesPss,
+  ratio: clonesPss / coldPss,
+  target: "eight clones <= 2 x one cold VM",
+};
 writeFileSync(out("snapshot-memory.json"), JSON.stringify(memory, null, 2) + "\n");
 writeFileSync(
   out("snapshot-memory.md"),

@@ -32,7 +32,15 @@ for (let i = 0; i < RUNS; i++) {
 await parent.stop();
 const f = summarize(fork);
 const c = summarize(cold);
-const result = { date: new Date().toISOString(), machine: machine(), runs: RUNS, forkToFirstOutputMs: f, coldBootToFirstOutputMs: c, ratio: f.p50 / c.p50, target: "fork p50 <= 0.1 x cold boot p50" };
+const result = {
+  date: new Date().toISOString(),
+  machine: machine(),
+  runs: RUNS,
+  forkToFirstOutputMs: f,
+  coldBootToFirstOutputMs: c,
+  ratio: f.p50 / c.p50,
+  target: "fork p50 <= 0.1 x cold boot p50",
+};
 writeFileSync(path.join(here, "results", "fork.json"), JSON.stringify(result, null, 2) + "\n");
 writeFileSync(
   path.join(here, "results", "fork.md"),

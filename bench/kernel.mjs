@@ -28,14 +28,24 @@ const RUNS = Number(process.env.MSB_BENCH_RUNS ?? 10);
 const cache = process.env.MSB_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(process.env.HOME, ".cache"), "microsandbox");
 
 const ours = (await guestBoot()).kernel;
-const debian = execFileSync("bash", [path.join(here, "debian-kernel.sh"), cache], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }).trim().split("\n").pop();
+const debian = execFileSync("bash", [path.join(here, "debian-kernel.sh"), cache], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] })
+  .trim()
+  .split("\n")
+  .pop();
 const kernels = { ours, debian };
 const names = Object.keys(kernels);
 const p50 = (xs) => summarize(xs).p50;
 const ms = (v) => (v === null || v === undefined ? "—" : `${v.toFixed(0)} ms`);
 
 // 1. busybox: create() → first output, kernel → agent start, floors.
-const busybox = await runBenchKernels({ mode: "sequential", runs: RUNS, image: "local:busybox", memory: 256, backend: "qemu", kernels: Object.values(kernels) });
+const busybox = await runBenchKernels({
+  mode: "sequential",
+  runs: RUNS,
+  image: "local:busybox",
+  memory: 256,
+  backend: "qemu",
+  kernels: Object.values(kernels),
+});
 const boot = Object.fromEntries(names.map((n, i) => [n, busybox[i]]));
 for (const n of names) console.log(`${n}: ${formatTable(boot[n])}`);
 

@@ -33,7 +33,10 @@ const layerBytes = ociLayout({ rootfs, layout, tag: "bench", config: { Env: ["PA
 // A real registry on loopback.
 const port = 20000 + Math.floor(Math.random() * 20000);
 const host = `127.0.0.1:${port}`;
-writeFileSync(path.join(work, "registry.yml"), JSON.stringify({ version: 0.1, storage: { filesystem: { rootdirectory: path.join(work, "storage") } }, http: { addr: host } }));
+writeFileSync(
+  path.join(work, "registry.yml"),
+  JSON.stringify({ version: 0.1, storage: { filesystem: { rootdirectory: path.join(work, "storage") } }, http: { addr: host } }),
+);
 const registry = spawn("docker-registry", ["serve", path.join(work, "registry.yml")], { stdio: "ignore" });
 for (let i = 0; ; i++) {
   try {
@@ -55,10 +58,12 @@ for (let i = 0; i < RUNS; i++) {
   ours.push(await time(async () => (image = await pullImage(store, ref, { registry: { insecure: [host] } }))));
   disks.push(await time(() => store.disk(image)));
   const oci = path.join(work, `skopeo-${i}`);
-  theirs.push(await time(async () => {
-    execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${ref}`, `oci:${oci}:bench`]);
-    execFileSync("umoci", ["unpack", "--image", `${oci}:bench`, path.join(work, `bundle-${i}`)]);
-  }));
+  theirs.push(
+    await time(async () => {
+      execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${ref}`, `oci:${oci}:bench`]);
+      execFileSync("umoci", ["unpack", "--image", `${oci}:bench`, path.join(work, `bundle-${i}`)]);
+    }),
+  );
   const unpacked = Number(execFileSync("sh", ["-c", 'find "$1" | wc -l', "sh", path.join(work, `bundle-${i}`, "rootfs")]).toString());
   if (Math.abs(unpacked - Number(execFileSync("sh", ["-c", 'find "$1" | wc -l', "sh", image.rootfs]).toString())) > 10) {
     throw new Error(`umoci unpacked ${unpacked} entries; ours has a different count`);

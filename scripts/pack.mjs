@@ -106,13 +106,19 @@ function buildGuest(platform, dest) {
     copyFileSync(path.join(os.tmpdir(), `msb-pack-agent-${arch}`, file), path.join(dest, file));
     chmodSync(path.join(dest, file), 0o755);
   }
-  const kernel = output("bash", ["scripts/build-kernel.sh", arch], { stdio: ["ignore", "pipe", "inherit"] }).split("\n").pop();
+  const kernel = output("bash", ["scripts/build-kernel.sh", arch], { stdio: ["ignore", "pipe", "inherit"] })
+    .split("\n")
+    .pop();
   copyFileSync(kernel, path.join(dest, KERNEL_FILE[arch]));
 }
 
 function npmPack(dir) {
   // Everything is built already; prepare would only build the checkout and print into the answer.
-  const r = spawnSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", out], { cwd: dir, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+  const r = spawnSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", out], {
+    cwd: dir,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  });
   if (r.status !== 0) throw new Error(`npm pack in ${dir} failed`);
   return JSON.parse(r.stdout)[0].filename;
 }

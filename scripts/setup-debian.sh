@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   make g++ python3          # node-gyp (the N-API addon)
   musl-tools                # musl-gcc: the static guest agent
-  libnanopb-dev nanopb protobuf-compiler  # protobuf for the agent (runtime, generator)
+  libnanopb-dev nanopb protobuf-compiler  # protobuf: nanopb for the agent and helper, protoc for the TypeScript
   file                      # checks the agent is a static binary
   qemu-system-x86           # the VMM where libkrun is not available
   curl patch flex bison bc libelf-dev libssl-dev  # our guest kernel (scripts/build-kernel.sh)
@@ -17,6 +17,7 @@ packages=(
   docker-registry skopeo umoci openssl  # tests: a real registry, token auth; the pull benchmark
   libxml2-utils             # tests: xmllint checks the benchmark's SVG
   clang libclang-rt-14-dev  # tests: libFuzzer on the native decoders (scripts/fuzz.sh)
+  clang-format              # npm run lint: the C and C++ of native/
   iproute2                  # tests: the network namespaces of the network policy tests
   tmux                      # tests: msb run -it and msb shell on a real terminal
 )

@@ -83,7 +83,8 @@ function installed(name: string, root: string): { dir: string; version: string }
 }
 
 // On musl (Alpine) npm skips our glibc packages, and their programs would not load anyway.
-const hostLibc = (): string => ((process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header?.glibcVersionRuntime ? "glibc" : "musl");
+const hostLibc = (): string =>
+  (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header?.glibcVersionRuntime ? "glibc" : "musl";
 
 /** What a failed lookup says about platform packages, and what to do. */
 function packageHint(packages: string[]): string {
@@ -121,7 +122,9 @@ function find(l: Lookup, root: string): Artifact {
   const usable = (file: string) => (l.executable ? isExecutable(file) : existsSync(file));
   if (l.env?.value) {
     if (usable(l.env.value)) return { path: l.env.value, source: "environment", from: l.env.name };
-    throw new l.error(`${l.what} ${l.env.value} (named by ${l.env.name}) does not exist or cannot be used: fix ${l.env.name}, or unset it to use the one microsandbox ships`);
+    throw new l.error(
+      `${l.what} ${l.env.value} (named by ${l.env.name}) does not exist or cannot be used: fix ${l.env.name}, or unset it to use the one microsandbox ships`,
+    );
   }
   const candidates: Artifact[] = [{ path: path.join(root, l.sourceBuild, l.file), source: "source build", from: l.sourceBuild }];
   const looked: string[] = [`${path.join(root, l.sourceBuild)} (a source build)`];
@@ -175,7 +178,11 @@ export function guestArtifact(arch: GuestArch, name: string, env: NodeJS.Process
     .map((p) => ({ name: p.package, dir: PACKAGE_DIRS.guest }));
   return find(
     {
-      what: kernel ? `the guest kernel for ${arch} guests` : name === "msb-agent" ? `the guest agent for ${arch} guests` : `the floor's init for ${arch} guests`,
+      what: kernel
+        ? `the guest kernel for ${arch} guests`
+        : name === "msb-agent"
+          ? `the guest agent for ${arch} guests`
+          : `the floor's init for ${arch} guests`,
       file: name,
       executable: !kernel,
       ...(variable && native ? { env: { name: variable, value: env[variable] } } : {}),

@@ -41,7 +41,11 @@ describe.skipIf(!own)("artifacts", () => {
   it("come from the host's platform package in an installed package, which has no source build", () => {
     const pkg = installed("plain", true);
     const platform = path.join(work, "plain", "node_modules", ...own.package.split("/"));
-    expect(nativeArtifact("msb-vmm", pkg)).toEqual({ path: path.join(platform, "native", "msb-vmm"), source: "platform package", from: `${own.package} 0.1.0` });
+    expect(nativeArtifact("msb-vmm", pkg)).toEqual({
+      path: path.join(platform, "native", "msb-vmm"),
+      source: "platform package",
+      from: `${own.package} 0.1.0`,
+    });
     expect(nativeArtifact("microsandbox.node", pkg).path).toBe(path.join(platform, "native", "microsandbox.node"));
     const kernel = guestArtifact(own.guest, own.guest === "x86_64" ? "vmlinux" : "Image", {}, pkg);
     expect(kernel).toMatchObject({ source: "platform package", path: path.join(platform, "guest", own.guest === "x86_64" ? "vmlinux" : "Image") });
@@ -75,7 +79,9 @@ describe.skipIf(!own)("artifacts", () => {
     expect(() => nativeArtifact("msb-vmm", pkg)).toThrow(VmmHelperError);
     expect(() => guestArtifact(own.guest, "msb-agent", {}, pkg)).toThrow(AgentBinaryError);
     // An override that names nothing usable says so, and what to do.
-    expect(() => guestArtifact(own.guest, "msb-agent", { MSB_AGENT_PATH: path.join(work, "none") }, pkg)).toThrow(/MSB_AGENT_PATH.*does not exist or cannot be used: fix MSB_AGENT_PATH/);
+    expect(() => guestArtifact(own.guest, "msb-agent", { MSB_AGENT_PATH: path.join(work, "none") }, pkg)).toThrow(
+      /MSB_AGENT_PATH.*does not exist or cannot be used: fix MSB_AGENT_PATH/,
+    );
   });
 
   it("take a foreign guest's half from any installed package that carries it", () => {

@@ -11,7 +11,9 @@ describe("option keys", () => {
     const typo = CustomSandbox.create({ image: "local:busybox", memroy: 1024 } as never);
     await expect(typo).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(typo).rejects.toThrow(/unknown sandbox option "memroy": did you mean "memory"\?/);
-    await expect(PythonSandbox.create({ secrets: { A: "b" } } as never)).rejects.toThrow(/unknown sandbox option "secrets" \(the sandbox options are name, image, /);
+    await expect(PythonSandbox.create({ secrets: { A: "b" } } as never)).rejects.toThrow(
+      /unknown sandbox option "secrets" \(the sandbox options are name, image, /,
+    );
   });
 
   it("holds at every depth: start, commands, volumes, ports, network, registry, pool, server", async () => {
@@ -25,16 +27,26 @@ describe("option keys", () => {
     expect(() => new CustomSandbox({ image: "local:busybox", network: "public", ports: [{ host: 1, guest: 2, adress: "0.0.0.0" }] } as never)).toThrow(
       /unknown port option "adress": did you mean "address"/,
     );
-    expect(() => new CustomSandbox({ image: "local:busybox", network: { allow: [], dney: [] } } as never)).toThrow(/unknown network option "dney": did you mean "deny"/);
-    expect(() => new CustomSandbox({ image: "local:busybox", registry: { insecur: ["localhost:5000"] } } as never)).toThrow(/unknown registry option "insecur": did you mean "insecure"/);
-    expect(() => new RegistryClient({ credentials: { "r.example": { username: "u", password: "p", tokn: "x" } } } as never)).toThrow(/unknown credentials field "tokn"/);
-    expect(() => new SandboxPool(CustomSandbox, { size: 1, image: "local:busybox", memoryBuget: 10 } as never)).toThrow(/unknown pool option "memoryBuget": did you mean "memoryBudget"/);
+    expect(() => new CustomSandbox({ image: "local:busybox", network: { allow: [], dney: [] } } as never)).toThrow(
+      /unknown network option "dney": did you mean "deny"/,
+    );
+    expect(() => new CustomSandbox({ image: "local:busybox", registry: { insecur: ["localhost:5000"] } } as never)).toThrow(
+      /unknown registry option "insecur": did you mean "insecure"/,
+    );
+    expect(() => new RegistryClient({ credentials: { "r.example": { username: "u", password: "p", tokn: "x" } } } as never)).toThrow(
+      /unknown credentials field "tokn"/,
+    );
+    expect(() => new SandboxPool(CustomSandbox, { size: 1, image: "local:busybox", memoryBuget: 10 } as never)).toThrow(
+      /unknown pool option "memoryBuget": did you mean "memoryBudget"/,
+    );
     expect(() => new SandboxPool(CustomSandbox, { size: 1, name: "x" } as never)).toThrow(/unknown pool option "name"/);
     await expect(createServer({ prot: 1 } as never)).rejects.toThrow(/unknown server option "prot": did you mean "port"/);
     await expect(createServer({ e2b: { fileLimt: 1 } } as never)).rejects.toThrow(/unknown server e2b option "fileLimt": did you mean "fileLimit"/);
     expect(() => sb.logs({ tial: 3 } as never)).toThrow(/unknown logs option "tial": did you mean "tail"/);
     await expect(sb.fork({ nmae: "copy" } as never)).rejects.toThrow(/unknown fork option "nmae": did you mean "name"/);
-    await expect(runBench({ mode: "sequential", runs: 1, kernel: "/vmlinux" } as never)).rejects.toThrow(/unknown bench option "kernel": did you mean "kernels"/);
+    await expect(runBench({ mode: "sequential", runs: 1, kernel: "/vmlinux" } as never)).rejects.toThrow(
+      /unknown bench option "kernel": did you mean "kernels"/,
+    );
   });
 
   it("suggests only what is close: a third of the word, transpositions counted once", () => {

@@ -5,10 +5,7 @@
 // Plain functions, no module: driverSource (src/sandbox/repl.ts) ships this file and the driver as
 // one script, this one first.
 
-const REGEX_AFTER_WORD = new Set([
-  "return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw", "case", "do", "else",
-  "yield", "await",
-]);
+const REGEX_AFTER_WORD = new Set(["return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw", "case", "do", "else", "yield", "await"]);
 
 // Returns tokens {start, end, kind, value, depth, nl}; depth = open brackets before the token,
 // nl = a line break precedes it. Template literals are one token; their ${} parts are skipped.
@@ -156,8 +153,21 @@ function statementStarts(tokens) {
 }
 
 const STATEMENT_WORDS = new Set([
-  "var", "let", "const", "function", "class", "if", "for", "while", "do", "try", "switch", "return",
-  "throw", "import", "export",
+  "var",
+  "let",
+  "const",
+  "function",
+  "class",
+  "if",
+  "for",
+  "while",
+  "do",
+  "try",
+  "switch",
+  "return",
+  "throw",
+  "import",
+  "export",
 ]);
 
 // Builds the async wrapper for a top-level await cell, or null if the rewrite does not compile;
@@ -223,8 +233,7 @@ function buildAsyncCell(code, compiles) {
   edits.sort((a, b) => b.pos - a.pos);
   for (const e of edits) prefix = prefix.slice(0, e.pos) + e.ins + prefix.slice(e.pos + e.del);
   const prologue = functions.map((f) => `globalThis[${JSON.stringify(f)}] = ${f};`).join("");
-  const body =
-    split < 0 ? `${prologue}${prefix}\n` : `${prologue}${prefix};return (${code.slice(split, suffixEnd)}\n)`;
+  const body = split < 0 ? `${prologue}${prefix}\n` : `${prologue}${prefix};return (${code.slice(split, suffixEnd)}\n)`;
   // Everything stays on the user's lines, so line numbers in stacks still match the cell.
   const wrapped = `(async () => {${body}})()`;
   if (!compiles(wrapped)) return null;

@@ -32,19 +32,16 @@ struct Fd {
   ~Fd() {
     if (fd >= 0) close(fd);
   }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
+  Fd(const Fd &) = delete;
+  Fd &operator=(const Fd &) = delete;
 };
 
 // Extensions worth reporting: what QEMU and libkrun rely on.
 const struct {
-  const char* name;
+  const char *name;
   int cap;
 } kExtensions[] = {
-    {"user-memory", KVM_CAP_USER_MEMORY},
-    {"irqchip", KVM_CAP_IRQCHIP},
-    {"ioeventfd", KVM_CAP_IOEVENTFD},
-    {"irqfd", KVM_CAP_IRQFD},
+    {"user-memory", KVM_CAP_USER_MEMORY},       {"irqchip", KVM_CAP_IRQCHIP}, {"ioeventfd", KVM_CAP_IOEVENTFD}, {"irqfd", KVM_CAP_IRQFD},
     {"immediate-exit", KVM_CAP_IMMEDIATE_EXIT},
 #ifdef KVM_CAP_ARM_PSCI_0_2
     {"arm-psci-0.2", KVM_CAP_ARM_PSCI_0_2},
@@ -55,20 +52,20 @@ const struct {
 // CPU features guests are offered (KVM_GET_SUPPORTED_CPUID): leaf, subleaf, register, bit.
 enum Reg { EBX, ECX, EDX };
 const struct {
-  const char* name;
+  const char *name;
   unsigned leaf, index;
   Reg reg;
   int bit;
 } kFeatures[] = {
-    {"sse3", 1, 0, ECX, 0},   {"ssse3", 1, 0, ECX, 9},  {"sse4.1", 1, 0, ECX, 19}, {"sse4.2", 1, 0, ECX, 20},
-    {"x2apic", 1, 0, ECX, 21}, {"avx", 1, 0, ECX, 28},  {"avx2", 7, 0, EBX, 5},     {"avx512f", 7, 0, EBX, 16},
+    {"sse3", 1, 0, ECX, 0},    {"ssse3", 1, 0, ECX, 9}, {"sse4.1", 1, 0, ECX, 19}, {"sse4.2", 1, 0, ECX, 20},
+    {"x2apic", 1, 0, ECX, 21}, {"avx", 1, 0, ECX, 28},  {"avx2", 7, 0, EBX, 5},    {"avx512f", 7, 0, EBX, 16},
 };
 
 // The supported CPUID table, grown until it fits.
 std::vector<kvm_cpuid_entry2> SupportedCpuid(int kvm) {
   for (unsigned n = 64; n <= 4096; n *= 2) {
     std::vector<unsigned char> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
-    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+    auto *c = reinterpret_cast<kvm_cpuid2 *>(buf.data());
     c->nent = n;
     if (ioctl(kvm, KVM_GET_SUPPORTED_CPUID, c) == 0) return std::vector<kvm_cpuid_entry2>(c->entries, c->entries + c->nent);
     if (errno != E2BIG) break;
@@ -78,11 +75,11 @@ std::vector<kvm_cpuid_entry2> SupportedCpuid(int kvm) {
 #endif
 
 // { ok, errno, detail, apiVersion, createsVm, extensions, cpuVendor, cpuFeatures }
-Napi::Value KvmCapabilities(const Napi::CallbackInfo& info) {
+Napi::Value KvmCapabilities(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string device = info[0].As<Napi::String>().Utf8Value();
   Napi::Object out = Napi::Object::New(env);
-  auto fail = [&](const std::string& what, int err) {
+  auto fail = [&](const std::string &what, int err) {
     out.Set("ok", false);
     out.Set("errno", err);
     out.Set("detail", what + ": " + strerror(err));
@@ -94,20 +91,20 @@ Napi::Value KvmCapabilities(const Napi::CallbackInfo& info) {
   if (version < 0) return fail(device + " is not a KVM device (KVM_GET_API_VERSION)", errno);
   out.Set("apiVersion", version);
   Napi::Array extensions = Napi::Array::New(env);
-  for (const auto& e : kExtensions)
+  for (const auto &e : kExtensions)
     if (ioctl(kvm.fd, KVM_CHECK_EXTENSION, e.cap) > 0) extensions.Set(extensions.Length(), e.name);
   out.Set("extensions", extensions);
 #if defined(__x86_64__) || defined(__i386__)
   std::vector<kvm_cpuid_entry2> cpuid = SupportedCpuid(kvm.fd);
   Napi::Array features = Napi::Array::New(env);
-  for (const auto& f : kFeatures) {
-    for (const auto& e : cpuid) {
+  for (const auto &f : kFeatures) {
+    for (const auto &e : cpuid) {
       if (e.function != f.leaf || e.index != f.index) continue;
       unsigned reg = f.reg == EBX ? e.ebx : f.reg == ECX ? e.ecx : e.edx;
       if (reg & (1u << f.bit)) features.Set(features.Length(), f.name);
     }
   }
-  for (const auto& e : cpuid) {
+  for (const auto &e : cpuid) {
     if (e.function != 0) continue;
     char vendor[13] = {0};
     memcpy(vendor, &e.ebx, 4);
@@ -128,7 +125,7 @@ Napi::Value KvmCapabilities(const Napi::CallbackInfo& info) {
   return out;
 }
 #else
-Napi::Value KvmCapabilities(const Napi::CallbackInfo& info) {
+Napi::Value KvmCapabilities(const Napi::CallbackInfo &info) {
   Napi::Object out = Napi::Object::New(info.Env());
   out.Set("ok", false);
   out.Set("errno", ENOSYS);

@@ -118,7 +118,7 @@ static inline bool conn_paused(const struct conn *c) { return c->congested || c-
 
 // main.c
 extern int g_epoll;
-extern bool g_shutdown;  // a Shutdown was answered: exit once every connection is flushed
+extern bool g_shutdown;        // a Shutdown was answered: exit once every connection is flushed
 extern uint64_t g_generation;  // of the last Resume that made this VM a copy (0: booted)
 extern bool g_owns_machine;    // booted a VM (a BootConfig): its clock, name and ids are ours
 extern microsandbox_agent_BootEvent g_boot[16];
@@ -140,8 +140,7 @@ struct conn *conn_new(int fd);
 void conn_on_event(struct conn *c, uint32_t events);
 void conn_close(struct conn *c);
 bool conn_send(struct conn *c, microsandbox_agent_GuestMessage *m);
-void send_error(struct conn *c, uint32_t session, microsandbox_agent_Error_Kind kind, int errnum,
-                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void send_error(struct conn *c, uint32_t session, microsandbox_agent_Error_Kind kind, int errnum, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 void send_done(struct conn *c, uint32_t session, uint64_t size);
 void send_credit(struct conn *c, uint32_t session, uint32_t bytes);
 // Bulk output: read at most CHUNK_BYTES into chunk_buf(), then send_chunk() frames them.

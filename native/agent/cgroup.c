@@ -57,8 +57,7 @@ bool cgroup_setup(unsigned max_pids) {
   // limit refused them. Linux >= 6.12 counts them at the limiting cgroup (the sandbox) unless
   // mounted with pids_localevents, which older kernels do not know (and count locally anyway).
   unsigned long flags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
-  if (mount("cgroup2", ROOT, "cgroup2", flags, "pids_localevents") < 0 && (errno != EINVAL || mount("cgroup2", ROOT, "cgroup2", flags, NULL) < 0))
-    return false;
+  if (mount("cgroup2", ROOT, "cgroup2", flags, "pids_localevents") < 0 && (errno != EINVAL || mount("cgroup2", ROOT, "cgroup2", flags, NULL) < 0)) return false;
   if (!write_file(ROOT "/cgroup.subtree_control", "+pids +memory")) return false;
   if (mkdir(SANDBOX, 0755) < 0 && errno != EEXIST) return false;
   if (!write_file(SANDBOX "/pids.max", max)) return false;

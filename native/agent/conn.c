@@ -41,8 +41,13 @@ struct session_ops {
 };
 
 static const struct session_ops session_ops[] = {
-    [S_EXEC] = {.update = exec_update, .data = exec_on_data, .stop = exec_kill, .reports_end = true,
-                .resumed = exec_finish, .signal = exec_signal, .resize = exec_resize},
+    [S_EXEC] = {.update = exec_update,
+                .data = exec_on_data,
+                .stop = exec_kill,
+                .reports_end = true,
+                .resumed = exec_finish,
+                .signal = exec_signal,
+                .resize = exec_resize},
     [S_READ] = {.update = file_read_pump, .stop = file_abort},
     [S_WRITE] = {.data = file_write_data, .stop = file_abort},
     [S_WATCH] = {.update = watch_update},
@@ -177,8 +182,8 @@ uint32_t inbox_clear(struct inbox *q) {
 }
 
 struct frame_writer {
-  size_t len;                 // header bytes in g_wbuf (after the 4-byte length)
-  const void *payload;        // left out: it is already where it goes
+  size_t len;           // header bytes in g_wbuf (after the 4-byte length)
+  const void *payload;  // left out: it is already where it goes
   size_t payload_len;
   bool payload_seen;
 };
@@ -285,8 +290,7 @@ static void conn_flush(struct conn *c) {
   if (relieved) sessions_update(c);
 }
 
-void send_error(struct conn *c, uint32_t session, microsandbox_agent_Error_Kind kind, int errnum,
-                const char *fmt, ...) {
+void send_error(struct conn *c, uint32_t session, microsandbox_agent_Error_Kind kind, int errnum, const char *fmt, ...) {
   microsandbox_agent_GuestMessage m = microsandbox_agent_GuestMessage_init_zero;
   m.session = session;
   m.which_body = microsandbox_agent_GuestMessage_error_tag;
@@ -466,13 +470,10 @@ static bool kept(const microsandbox_agent_Resume *r, uint32_t id) {
 static void resume(struct conn *c, const microsandbox_agent_Resume *r) {
   size_t entropy = r->entropy ? r->entropy->size : 0;
   size_t hostname = r->hostname ? strlen(r->hostname) : 0, boot_id = r->boot_id ? strlen(r->boot_id) : 0;
-  if (entropy > RESUME_MAX_ENTROPY || hostname > RESUME_MAX_HOSTNAME || boot_id > RESUME_BOOT_ID_LEN ||
-      r->keep_count > LIMIT(MAX_SESSIONS)) {
+  if (entropy > RESUME_MAX_ENTROPY || hostname > RESUME_MAX_HOSTNAME || boot_id > RESUME_BOOT_ID_LEN || r->keep_count > LIMIT(MAX_SESSIONS)) {
     c->quiet = false;  // the host waits for this answer even while suspended
-    send_error(c, 0, ERR(BAD_REQUEST), 0,
-               "Resume out of bounds: entropy %zu bytes (at most %u), hostname %zu (%u), boot_id %zu (%u), keep %u (%u)",
-               entropy, RESUME_MAX_ENTROPY, hostname, RESUME_MAX_HOSTNAME, boot_id, RESUME_BOOT_ID_LEN,
-               (unsigned)r->keep_count, LIMIT(MAX_SESSIONS));
+    send_error(c, 0, ERR(BAD_REQUEST), 0, "Resume out of bounds: entropy %zu bytes (at most %u), hostname %zu (%u), boot_id %zu (%u), keep %u (%u)", entropy,
+               RESUME_MAX_ENTROPY, hostname, RESUME_MAX_HOSTNAME, boot_id, RESUME_BOOT_ID_LEN, (unsigned)r->keep_count, LIMIT(MAX_SESSIONS));
     quiet_after_last(c);
     return;
   }
@@ -573,9 +574,7 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
     case microsandbox_agent_HostMessage_metrics_tag:
       if (claim(c, id)) metrics_send(c, id);
       break;
-    case microsandbox_agent_HostMessage_shutdown_tag:
-      shutdown_all(c, id);
-      break;
+    case microsandbox_agent_HostMessage_shutdown_tag: shutdown_all(c, id); break;
     case microsandbox_agent_HostMessage_suspend_tag:
       if (id == 0) suspend(c);
       else send_error(c, id, ERR(PROTOCOL), 0, "Suspend belongs on session 0, not %u", id);
@@ -584,9 +583,7 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
       if (id == 0) resume(c, &m->body.resume);
       else send_error(c, id, ERR(PROTOCOL), 0, "Resume belongs on session 0, not %u", id);
       break;
-    default:
-      send_error(c, id, ERR(PROTOCOL), 0, "frame has no known body (field %u)",
-                 (unsigned)m->which_body);
+    default: send_error(c, id, ERR(PROTOCOL), 0, "frame has no known body (field %u)", (unsigned)m->which_body);
   }
 }
 
@@ -620,8 +617,7 @@ static void conn_read(struct conn *c) {
       if (whole < 0) {
         // The stream cannot be resynchronised after a bad length: answer, then hang up.
         c->quiet = false;  // hanging up: suspended or not, the answer goes out
-        send_error(c, 0, ERR(PROTOCOL), 0, "frame length %u exceeds the limit of %u bytes", len,
-                   LIMIT(MAX_FRAME_BYTES));
+        send_error(c, 0, ERR(PROTOCOL), 0, "frame length %u exceeds the limit of %u bytes", len, LIMIT(MAX_FRAME_BYTES));
         c->rlen = 0;
         c->closing = true;
         conn_flush(c);

@@ -43,14 +43,10 @@ struct ids {
 };
 
 static const int rlimit_ids[] = {
-    [microsandbox_agent_Rlimit_Resource_CPU] = RLIMIT_CPU,
-    [microsandbox_agent_Rlimit_Resource_FSIZE] = RLIMIT_FSIZE,
-    [microsandbox_agent_Rlimit_Resource_DATA] = RLIMIT_DATA,
-    [microsandbox_agent_Rlimit_Resource_STACK] = RLIMIT_STACK,
-    [microsandbox_agent_Rlimit_Resource_CORE] = RLIMIT_CORE,
-    [microsandbox_agent_Rlimit_Resource_NOFILE] = RLIMIT_NOFILE,
-    [microsandbox_agent_Rlimit_Resource_AS] = RLIMIT_AS,
-    [microsandbox_agent_Rlimit_Resource_NPROC] = RLIMIT_NPROC,
+    [microsandbox_agent_Rlimit_Resource_CPU] = RLIMIT_CPU,         [microsandbox_agent_Rlimit_Resource_FSIZE] = RLIMIT_FSIZE,
+    [microsandbox_agent_Rlimit_Resource_DATA] = RLIMIT_DATA,       [microsandbox_agent_Rlimit_Resource_STACK] = RLIMIT_STACK,
+    [microsandbox_agent_Rlimit_Resource_CORE] = RLIMIT_CORE,       [microsandbox_agent_Rlimit_Resource_NOFILE] = RLIMIT_NOFILE,
+    [microsandbox_agent_Rlimit_Resource_AS] = RLIMIT_AS,           [microsandbox_agent_Rlimit_Resource_NPROC] = RLIMIT_NPROC,
     [microsandbox_agent_Rlimit_Resource_MEMLOCK] = RLIMIT_MEMLOCK,
 };
 #define N_RLIMITS (sizeof rlimit_ids / sizeof rlimit_ids[0])
@@ -139,8 +135,7 @@ struct stdio {
   char tty[64];
 };
 
-static _Noreturn void child(const microsandbox_agent_Exec *req, char **argv, char **envp, struct stdio *st,
-                            const struct ids *ids, int cgroup_fd, int report) {
+static _Noreturn void child(const microsandbox_agent_Exec *req, char **argv, char **envp, struct stdio *st, const struct ids *ids, int cgroup_fd, int report) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
@@ -206,28 +201,18 @@ static bool resolve_ids(struct conn *c, uint32_t id, const microsandbox_agent_Ex
   return true;
 }
 
-static void describe_failure(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req,
-                             const struct ids *ids, struct failure f) {
+static void describe_failure(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req, const struct ids *ids, struct failure f) {
   const char *why = strerror(f.err);
   switch (f.stage) {
     case ST_CHDIR:
-      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot change to working directory '%s': %s",
-                 req->cwd && *req->cwd ? req->cwd : "/", why);
+      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot change to working directory '%s': %s", req->cwd && *req->cwd ? req->cwd : "/", why);
       break;
-    case ST_EXEC:
-      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot execute '%s': %s", req->argv[0], why);
-      break;
+    case ST_EXEC: send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot execute '%s': %s", req->argv[0], why); break;
     case ST_SETUID:
     case ST_SETGID:
-    case ST_SETGROUPS:
-      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot switch to uid %u gid %u: %s", (unsigned)ids->uid,
-                 (unsigned)ids->gid, why);
-      break;
-    case ST_RLIMIT:
-      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot apply resource limits: %s", why);
-      break;
-    default:
-      send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot set up the process: %s", why);
+    case ST_SETGROUPS: send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot switch to uid %u gid %u: %s", (unsigned)ids->uid, (unsigned)ids->gid, why); break;
+    case ST_RLIMIT: send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot apply resource limits: %s", why); break;
+    default: send_error(c, id, ERR(EXEC_FAILED), f.err, "cannot set up the process: %s", why);
   }
 }
 
@@ -282,8 +267,7 @@ static void close_fds(int *fds, int n) {
 // socket pair for the channel.
 static bool stdio_open(const microsandbox_agent_Exec *req, struct stdio *st) {
   if (req->has_pty) {
-    return (st->agent[1] = open_pty(&req->pty, st->tty, sizeof st->tty)) >= 0 &&
-           (st->agent[0] = fcntl(st->agent[1], F_DUPFD_CLOEXEC, 0)) >= 0;
+    return (st->agent[1] = open_pty(&req->pty, st->tty, sizeof st->tty)) >= 0 && (st->agent[0] = fcntl(st->agent[1], F_DUPFD_CLOEXEC, 0)) >= 0;
   }
   int p[2];
   for (int i = 1; i < 3; i++) {
@@ -334,8 +318,8 @@ static bool exec_check(struct conn *c, uint32_t id, const microsandbox_agent_Exe
 // returns its pid and its start time, or -1 once the host was told why it did not start (then
 // nothing of it is left open). The report pipe closes on a successful exec, or carries the failing
 // step: the short blocking read keeps Started/Error in order without another state in the loop.
-static pid_t exec_spawn(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req, const struct ids *ids,
-                        struct stdio *st, struct cgroup *cgroup, uint64_t *start) {
+static pid_t exec_spawn(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req, const struct ids *ids, struct stdio *st, struct cgroup *cgroup,
+                        uint64_t *start) {
   int report[2] = {-1, -1};
   *st = (struct stdio){.child = {-1, -1, -1, -1}, .agent = {-1, -1, -1, -1}};
   char **argv = to_vector(req->argv, req->argv_count);
@@ -378,8 +362,8 @@ static pid_t exec_spawn(struct conn *c, uint32_t id, const microsandbox_agent_Ex
 }
 
 // The session of a process that runs: its ends of the pipes, deadline and credit; then Started.
-static void exec_session(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req, pid_t pid,
-                         const struct cgroup *cgroup, uint64_t start, struct stdio *st) {
+static void exec_session(struct conn *c, uint32_t id, const microsandbox_agent_Exec *req, pid_t pid, const struct cgroup *cgroup, uint64_t start,
+                         struct stdio *st) {
   struct session *s = session_new(c, id, S_EXEC);
   if (!s) {
     kill(pid, SIGKILL);

@@ -284,9 +284,7 @@ void file_remove(struct conn *c, uint32_t id, const microsandbox_agent_Remove *r
   if (lstat(req->path, &st) < 0) return io_error(c, id, "cannot remove", req->path);
   // No FTW_MOUNT: overlayfs reports other st_dev values for files than for directories, so
   // "stay on one filesystem" would skip files and leave directories that cannot be removed.
-  int rc = req->recursive && S_ISDIR(st.st_mode)
-               ? nftw(req->path, remove_entry, 32, FTW_DEPTH | FTW_PHYS)
-               : remove(req->path);
+  int rc = req->recursive && S_ISDIR(st.st_mode) ? nftw(req->path, remove_entry, 32, FTW_DEPTH | FTW_PHYS) : remove(req->path);
   if (rc < 0) return io_error(c, id, "cannot remove", req->path);
   send_done(c, id, 0);
 }

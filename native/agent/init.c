@@ -77,9 +77,7 @@ static void sleep_ms(long ms) {
 }
 
 // A string field of the BootConfig: set, and at most `max` bytes.
-static bool boot_string(const char *v, size_t max) {
-  return v && *v && strlen(v) <= max;
-}
+static bool boot_string(const char *v, size_t max) { return v && *v && strlen(v) <= max; }
 
 bool boot_config_read(void) {
   int fd = open(BOOT_CONFIG_PATH, O_RDONLY | O_CLOEXEC);
@@ -101,10 +99,11 @@ bool boot_config_read(void) {
   }
   const microsandbox_agent_BootConfig *b = &g_boot_config;
   bool ok = (b->which_channel == microsandbox_agent_BootConfig_virtio_port_tag ? boot_string(b->channel.virtio_port, 63)
-                                                                              : b->which_channel == microsandbox_agent_BootConfig_vsock_port_tag)
-            && (b->which_image == microsandbox_agent_BootConfig_disk_tag ? boot_string(b->image.disk, 63) && b->image.disk[0] == '/'
-                                                                         : b->which_image == microsandbox_agent_BootConfig_virtiofs_tag && boot_string(b->image.virtiofs, 63))
-            && b->max_processes > 0 && b->volumes_count <= microsandbox_agent_Limit_MAX_VOLUMES;
+                                                                               : b->which_channel == microsandbox_agent_BootConfig_vsock_port_tag) &&
+            (b->which_image == microsandbox_agent_BootConfig_disk_tag
+                 ? boot_string(b->image.disk, 63) && b->image.disk[0] == '/'
+                 : b->which_image == microsandbox_agent_BootConfig_virtiofs_tag && boot_string(b->image.virtiofs, 63)) &&
+            b->max_processes > 0 && b->volumes_count <= microsandbox_agent_Limit_MAX_VOLUMES;
   // The host allows shorter paths (src/sandbox/volumes.ts); these bounds are the agent's own.
   for (pb_size_t i = 0; ok && i < b->volumes_count; i++)
     ok = boot_string(b->volumes[i].serial, 20) && boot_string(b->volumes[i].path, 255) && b->volumes[i].path[0] == '/';
@@ -215,8 +214,7 @@ static void assemble_root(void) {
     mkdir_parents(dst, 0755);
     if (mount(moves[i], dst, NULL, MS_MOVE, NULL) < 0) fatal(dst);
   }
-  if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
-    fatal("switching to the new root");
+  if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0) fatal("switching to the new root");
   mount_or_die("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
   mount_or_die("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
   mount_or_die("tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
@@ -250,8 +248,7 @@ static void setup_network(void) {
     wait_for("/sys/class/net/eth0", 5000);
     if_config(s, "eth0", "10.0.2.15", "255.255.255.0");
     struct rtentry rt = {0};
-    struct sockaddr_in *gw = (struct sockaddr_in *)&rt.rt_gateway, *dst = (struct sockaddr_in *)&rt.rt_dst,
-                       *mask = (struct sockaddr_in *)&rt.rt_genmask;
+    struct sockaddr_in *gw = (struct sockaddr_in *)&rt.rt_gateway, *dst = (struct sockaddr_in *)&rt.rt_dst, *mask = (struct sockaddr_in *)&rt.rt_genmask;
     gw->sin_family = dst->sin_family = mask->sin_family = AF_INET;
     inet_pton(AF_INET, "10.0.2.2", &gw->sin_addr);
     rt.rt_flags = RTF_UP | RTF_GATEWAY;

@@ -180,9 +180,7 @@ void fswatch_free(struct session *s) {
   s->fsw = NULL;
 }
 
-void watch_update(struct session *s) {
-  watch_set(&s->out, !conn_paused(s->conn) && s->unacked < s->window ? EPOLLIN : 0);
-}
+void watch_update(struct session *s) { watch_set(&s->out, !conn_paused(s->conn) && s->unacked < s->window ? EPOLLIN : 0); }
 
 void watch_start(struct conn *c, uint32_t id, const microsandbox_agent_Watch *req) {
   const char *path = req->path ? req->path : "";

@@ -30,16 +30,16 @@
 
 #include "dns.h"
 
-#define MAX_RULES 256  // src/vm/netpolicy.ts keeps a policy well within it
+#define MAX_RULES 256      // src/vm/netpolicy.ts keeps a policy well within it
 #define MAX_RESOLVED 2048  // addresses remembered from DNS answers; the oldest make way
 
 struct rule {
   bool admit;
-  int family;         // AF_INET or AF_INET6; 0 for a domain rule
+  int family;  // AF_INET or AF_INET6; 0 for a domain rule
   uint8_t addr[16];
-  unsigned prefix;    // bits
-  unsigned port;      // 0: any
-  bool suffix;        // a domain rule for the names below `domain`
+  unsigned prefix;  // bits
+  unsigned port;    // 0: any
+  bool suffix;      // a domain rule for the names below `domain`
   char domain[DNS_NAME_MAX + 1];
 };
 

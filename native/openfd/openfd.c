@@ -19,7 +19,10 @@
 
 #define MAX_FILES 16
 
-static struct { int fd; const char *path; } g_files[MAX_FILES];
+static struct {
+  int fd;
+  const char *path;
+} g_files[MAX_FILES];
 static int g_nfiles;
 
 __attribute__((constructor)) static void load(void) {
@@ -45,49 +48,49 @@ static int ours(int dirfd, const char *path, int flags) {
 }
 
 // The mode argument exists only with O_CREAT or O_TMPFILE.
-#define MODE(flags) \
-  mode_t mode = 0; \
+#define MODE(flags)                      \
+  mode_t mode = 0;                       \
   if ((flags) & (O_CREAT | O_TMPFILE)) { \
-    va_list ap; \
-    va_start(ap, flags); \
-    mode = va_arg(ap, mode_t); \
-    va_end(ap); \
+    va_list ap;                          \
+    va_start(ap, flags);                 \
+    mode = va_arg(ap, mode_t);           \
+    va_end(ap);                          \
   }
 
-#define WRAP_OPEN(name) \
-  int name(const char *path, int flags, ...) { \
-    MODE(flags); \
-    int fd = ours(AT_FDCWD, path, flags); \
-    if (fd != -2) return fd; \
-    static int (*real)(const char *, int, ...); \
+#define WRAP_OPEN(name)                                                         \
+  int name(const char *path, int flags, ...) {                                  \
+    MODE(flags);                                                                \
+    int fd = ours(AT_FDCWD, path, flags);                                       \
+    if (fd != -2) return fd;                                                    \
+    static int (*real)(const char *, int, ...);                                 \
     if (!real) real = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, #name); \
-    return real(path, flags, mode); \
+    return real(path, flags, mode);                                             \
   }
-#define WRAP_OPENAT(name) \
-  int name(int dirfd, const char *path, int flags, ...) { \
-    MODE(flags); \
-    int fd = ours(dirfd, path, flags); \
-    if (fd != -2) return fd; \
-    static int (*real)(int, const char *, int, ...); \
+#define WRAP_OPENAT(name)                                                            \
+  int name(int dirfd, const char *path, int flags, ...) {                            \
+    MODE(flags);                                                                     \
+    int fd = ours(dirfd, path, flags);                                               \
+    if (fd != -2) return fd;                                                         \
+    static int (*real)(int, const char *, int, ...);                                 \
     if (!real) real = (int (*)(int, const char *, int, ...))dlsym(RTLD_NEXT, #name); \
-    return real(dirfd, path, flags, mode); \
+    return real(dirfd, path, flags, mode);                                           \
   }
 // The fortified forms (_FORTIFY_SOURCE) a caller with non-constant flags reaches.
-#define WRAP_OPEN2(name) \
-  int name(const char *path, int flags) { \
-    int fd = ours(AT_FDCWD, path, flags); \
-    if (fd != -2) return fd; \
-    static int (*real)(const char *, int); \
+#define WRAP_OPEN2(name)                                                   \
+  int name(const char *path, int flags) {                                  \
+    int fd = ours(AT_FDCWD, path, flags);                                  \
+    if (fd != -2) return fd;                                               \
+    static int (*real)(const char *, int);                                 \
     if (!real) real = (int (*)(const char *, int))dlsym(RTLD_NEXT, #name); \
-    return real(path, flags); \
+    return real(path, flags);                                              \
   }
-#define WRAP_OPENAT2(name) \
-  int name(int dirfd, const char *path, int flags) { \
-    int fd = ours(dirfd, path, flags); \
-    if (fd != -2) return fd; \
-    static int (*real)(int, const char *, int); \
+#define WRAP_OPENAT2(name)                                                      \
+  int name(int dirfd, const char *path, int flags) {                            \
+    int fd = ours(dirfd, path, flags);                                          \
+    if (fd != -2) return fd;                                                    \
+    static int (*real)(int, const char *, int);                                 \
     if (!real) real = (int (*)(int, const char *, int))dlsym(RTLD_NEXT, #name); \
-    return real(dirfd, path, flags); \
+    return real(dirfd, path, flags);                                            \
   }
 
 WRAP_OPEN(open)

@@ -71,24 +71,20 @@ static int validate(const krun_config *c, int st) {
   if (!set(c->exec_path)) return vmm_fail(st, "config", EINVAL, "exec_path is empty: nothing to run in the guest");
   if ((set(c->image_dir) || set(c->image_disk)) && !set(c->image_tag))
     return vmm_fail(st, "config", EINVAL, "image_tag is empty: the guest cannot find the image without it");
-  if (c->vsock_port != 0 && !set(c->vsock_socket))
-    return vmm_fail(st, "config", EINVAL, "vsock_port %u has no vsock_socket", c->vsock_port);
+  if (c->vsock_port != 0 && !set(c->vsock_socket)) return vmm_fail(st, "config", EINVAL, "vsock_port %u has no vsock_socket", c->vsock_port);
   if (c->network != microsandbox_vmm_KrunConfig_Network_NONE && c->network != microsandbox_vmm_KrunConfig_Network_ALL)
     return vmm_fail(st, "config", EINVAL, "unknown network mode %d", (int)c->network);
   const char *bad;
-  if ((bad = quoted(c->argv, c->argv_count)) || (bad = quoted(c->env, c->env_count)) ||
-      (bad = quoted(c->rlimits, c->rlimits_count)))
+  if ((bad = quoted(c->argv, c->argv_count)) || (bad = quoted(c->env, c->env_count)) || (bad = quoted(c->rlimits, c->rlimits_count)))
     return vmm_fail(st, "config", EINVAL, "argv, env and rlimits cannot contain '\"' (libkrun cannot quote it): %s", bad);
   if (!bare_ok(c->exec_path) || !bare_ok(c->workdir))
     return vmm_fail(st, "config", EINVAL, "exec_path and workdir cannot contain spaces, quotes or control characters");
   if ((bad = bad_env(c->env, c->env_count)))
     return vmm_fail(st, "config", EINVAL, "env entry \"%s\" must be NAME=value and not set KRUN_*, init or rdinit", bad);
-  if ((bad = bad_rlimit(c->rlimits, c->rlimits_count)))
-    return vmm_fail(st, "config", EINVAL, "rlimit \"%s\" must be NAME=soft:hard without commas", bad);
+  if ((bad = bad_rlimit(c->rlimits, c->rlimits_count))) return vmm_fail(st, "config", EINVAL, "rlimit \"%s\" must be NAME=soft:hard without commas", bad);
   if (c->argv_count > MAX_ENTRIES || c->env_count > MAX_ENTRIES || c->rlimits_count > MAX_ENTRIES)
     return vmm_fail(st, "config", E2BIG, "at most %d argv, env and rlimits entries each", MAX_ENTRIES);
-  if (set(c->image_tag) && strcmp(c->image_tag, "/dev/root") == 0)
-    return vmm_fail(st, "config", EINVAL, "image_tag /dev/root is libkrun's own root tag");
+  if (set(c->image_tag) && strcmp(c->image_tag, "/dev/root") == 0) return vmm_fail(st, "config", EINVAL, "image_tag /dev/root is libkrun's own root tag");
   return 0;
 }
 
@@ -98,8 +94,7 @@ int config_read(int fd, int st, krun_config *cfg) {
   if (n < 0) return vmm_fail(st, "config", errno, "reading config fd %d: %s", fd, strerror(errno));
   if (n < 4) return vmm_fail(st, "config", EIO, "config fd %d ended after %zd of 4 length bytes", fd, n);
   uint32_t len = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 | hdr[3];
-  if (len > VMM_FRAME_MAX)
-    return vmm_fail(st, "config", EMSGSIZE, "config frame of %u bytes exceeds the %u-byte limit", len, VMM_FRAME_MAX);
+  if (len > VMM_FRAME_MAX) return vmm_fail(st, "config", EMSGSIZE, "config frame of %u bytes exceeds the %u-byte limit", len, VMM_FRAME_MAX);
   uint8_t *buf = malloc(len ? len : 1);
   if (buf == NULL) return vmm_fail(st, "config", ENOMEM, "cannot allocate %u bytes for the config", len);
   n = read_full(fd, buf, len);

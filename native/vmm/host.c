@@ -15,13 +15,18 @@
 // Entry points present in every libkrun this helper supports are required; the rest mark
 // generations (add_vsock_port 1.8, add_disk 1.9.5, add_disk2/add_vsock_port2 1.10, init_log
 // 1.13, disable_implicit_vsock/add_vsock 1.17, add_virtiofs3 1.18) and may be missing.
-static const struct { const char *name; size_t off; bool required; } SYMBOLS[] = {
-#define SYM(fn, req) {"krun_" #fn, offsetof(krun_api, fn), req}
-    SYM(set_log_level, true),  SYM(init_log, false),      SYM(create_ctx, true),
-    SYM(set_vm_config, true),  SYM(set_root, true),       SYM(add_virtiofs3, false),
-    SYM(add_disk2, false),     SYM(add_disk, false),      SYM(disable_implicit_vsock, false),
-    SYM(add_vsock, false),     SYM(add_vsock_port2, false), SYM(add_vsock_port, false),
-    SYM(set_rlimits, true),    SYM(set_exec, true),       SYM(set_workdir, true),
+static const struct {
+  const char *name;
+  size_t off;
+  bool required;
+} SYMBOLS[] = {
+#define SYM(fn, req) \
+  { "krun_" #fn, offsetof(krun_api, fn), req }
+    SYM(set_log_level, true),       SYM(init_log, false),        SYM(create_ctx, true),
+    SYM(set_vm_config, true),       SYM(set_root, true),         SYM(add_virtiofs3, false),
+    SYM(add_disk2, false),          SYM(add_disk, false),        SYM(disable_implicit_vsock, false),
+    SYM(add_vsock, false),          SYM(add_vsock_port2, false), SYM(add_vsock_port, false),
+    SYM(set_rlimits, true),         SYM(set_exec, true),         SYM(set_workdir, true),
     SYM(set_console_output, false), SYM(start_enter, true),
 #undef SYM
 };

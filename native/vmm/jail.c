@@ -28,7 +28,7 @@
 // What any QEMU needs: its program, libraries and firmware (read-only), and the device nodes it
 // may open. Missing ones are skipped (a host without /lib64, without /dev/kvm).
 static const char *const SYSTEM[] = {
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache",
+    "/usr",      "/bin",      "/sbin",     "/lib",        "/lib32",       "/lib64",   "/libx32", "/etc/ld.so.cache",
     "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/kvm", "/proc",
 };
 // libslirp forwards the guest's DNS to the host's resolvers, named here.
@@ -106,7 +106,9 @@ static int place(const char *top, const char *src, bool rw, char *why, size_t n)
 // In a new user namespace (not root), this process's uid and gid map to themselves.
 static int map_self(uid_t uid, gid_t gid) {
   char line[64];
-  struct { const char *file, *text; } w[3] = {{"/proc/self/setgroups", "deny"}, {"/proc/self/uid_map", line}, {"/proc/self/gid_map", NULL}};
+  struct {
+    const char *file, *text;
+  } w[3] = {{"/proc/self/setgroups", "deny"}, {"/proc/self/uid_map", line}, {"/proc/self/gid_map", NULL}};
   char gline[64];
   snprintf(line, sizeof line, "%u %u 1", (unsigned)uid, (unsigned)uid);
   snprintf(gline, sizeof gline, "%u %u 1", (unsigned)gid, (unsigned)gid);

@@ -30,8 +30,8 @@ static int check_capabilities(const krun_api *api, const krun_config *c, int st)
     return vmm_fail(st, "image", ENOTSUP,
                     "this libkrun cannot share the image read-only: a directory needs krun_add_virtiofs3 "
                     "(libkrun >= 1.18), a disk needs krun_add_disk2 or krun_add_disk (libkrun >= 1.9.5); "
-                    "image_dir=%s image_disk=%s", set(c->image_dir) ? c->image_dir : "(none)",
-                    set(c->image_disk) ? c->image_disk : "(none)");
+                    "image_dir=%s image_disk=%s",
+                    set(c->image_dir) ? c->image_dir : "(none)", set(c->image_disk) ? c->image_disk : "(none)");
   if (c->network == microsandbox_vmm_KrunConfig_Network_NONE && !(api->disable_implicit_vsock && api->add_vsock))
     return vmm_fail(st, "network", ENOTSUP,
                     "network \"none\" needs libkrun >= 1.17 (krun_disable_implicit_vsock, krun_add_vsock): "
@@ -59,30 +59,26 @@ int krun_run(const krun_config *c, int st) {
   krun_api api;
   host_error e;
   if (kvm_check(&e) < 0)
-    return vmm_fail(st, e.step, e.errnum, "%s; libkrun needs KVM: enable virtualization and give this user read-write "
-                    "access to %s (the kvm group)", e.message, kvm_device());
+    return vmm_fail(st, e.step, e.errnum,
+                    "%s; libkrun needs KVM: enable virtualization and give this user read-write "
+                    "access to %s (the kvm group)",
+                    e.message, kvm_device());
   if (libkrun_load(&api, &e) == NULL)
-    return vmm_fail(st, e.step, e.errnum, "%s%s", e.message,
-                    strcmp(e.step, "dlopen") == 0 ? "; install libkrun or set MSB_LIBKRUN_PATH" : "");
+    return vmm_fail(st, e.step, e.errnum, "%s%s", e.message, strcmp(e.step, "dlopen") == 0 ? "; install libkrun or set MSB_LIBKRUN_PATH" : "");
   int rc = check_capabilities(&api, c, st);
   if (rc) return rc;
 
-  if (api.init_log)
-    CALL(init_log, KRUN_LOG_TARGET_DEFAULT, c->log_level, KRUN_LOG_STYLE_AUTO, KRUN_LOG_OPTION_NO_ENV);
-  else
-    CALL(set_log_level, c->log_level);
+  if (api.init_log) CALL(init_log, KRUN_LOG_TARGET_DEFAULT, c->log_level, KRUN_LOG_STYLE_AUTO, KRUN_LOG_OPTION_NO_ENV);
+  else CALL(set_log_level, c->log_level);
   int32_t id = api.create_ctx();
   if (id < 0) return vmm_fail(st, "krun_create_ctx", -id, "krun_create_ctx failed: %s", strerror(-id));
   uint32_t ctx = (uint32_t)id;
   CALL(set_vm_config, ctx, (uint8_t)c->cpus, c->memory_mib);
   CALL(set_root, ctx, c->root_dir);
 
-  if (set(c->image_dir) && api.add_virtiofs3)
-    CALL(add_virtiofs3, ctx, c->image_tag, c->image_dir, 0, true);  // shm_size 0: no DAX window
-  else if (set(c->image_disk) && api.add_disk2)
-    CALL(add_disk2, ctx, c->image_tag, c->image_disk, KRUN_DISK_FORMAT_RAW, true);  // never probe a format
-  else if (set(c->image_disk))
-    CALL(add_disk, ctx, c->image_tag, c->image_disk, true);
+  if (set(c->image_dir) && api.add_virtiofs3) CALL(add_virtiofs3, ctx, c->image_tag, c->image_dir, 0, true);                    // shm_size 0: no DAX window
+  else if (set(c->image_disk) && api.add_disk2) CALL(add_disk2, ctx, c->image_tag, c->image_disk, KRUN_DISK_FORMAT_RAW, true);  // never probe a format
+  else if (set(c->image_disk)) CALL(add_disk, ctx, c->image_tag, c->image_disk, true);
 
   if (c->network == microsandbox_vmm_KrunConfig_Network_NONE) {
     // The implicit vsock carries TSI (the host's network); re-add it with no TSI features.
@@ -90,10 +86,8 @@ int krun_run(const krun_config *c, int st) {
     CALL(add_vsock, ctx, 0);
   }
   if (c->vsock_port != 0) {
-    if (api.add_vsock_port2)
-      CALL(add_vsock_port2, ctx, c->vsock_port, c->vsock_socket, false);  // the guest connects out
-    else
-      CALL(add_vsock_port, ctx, c->vsock_port, c->vsock_socket);
+    if (api.add_vsock_port2) CALL(add_vsock_port2, ctx, c->vsock_port, c->vsock_socket, false);  // the guest connects out
+    else CALL(add_vsock_port, ctx, c->vsock_port, c->vsock_socket);
   }
   if (c->rlimits_count > 0) CALL(set_rlimits, ctx, strv(c->rlimits, c->rlimits_count));
   // argv excludes the program (libkrun passes exec_path itself); envp is never NULL, since
@@ -105,6 +99,5 @@ int krun_run(const krun_config *c, int st) {
   // End-of-file on the status descriptor tells the host the VM is starting.
   close(st);
   int32_t err = api.start_enter(ctx);  // returns only when the VM could not start
-  return vmm_fail(-1, "krun_start_enter", err < 0 ? -err : EINVAL, "krun_start_enter failed: %s",
-                  strerror(err < 0 ? -err : EINVAL));
+  return vmm_fail(-1, "krun_start_enter", err < 0 ? -err : EINVAL, "krun_start_enter failed: %s", strerror(err < 0 ? -err : EINVAL));
 }

@@ -196,8 +196,7 @@ static int exec_mode(int argc, char **argv) {
     return 1;
   }
   char libs[2][PATH_MAX + 32];
-  if ((policy && ((err = preload("msb-netpolicy.so", libs[0], sizeof libs[0], &jail)) ||
-                  (setenv("MSB_NET_POLICY", policy, 1) < 0 && (err = errno)))) ||
+  if ((policy && ((err = preload("msb-netpolicy.so", libs[0], sizeof libs[0], &jail)) || (setenv("MSB_NET_POLICY", policy, 1) < 0 && (err = errno)))) ||
       (nopen && (err = preload("msb-openfd.so", libs[1], sizeof libs[1], &jail)))) {
     fprintf(stderr, "msb-vmm: cannot preload %s's confinement: %s\n", program, strerror(err));
     return 1;
@@ -244,9 +243,8 @@ static int krun_mode(int argc, char **argv) {
   krun_config cfg;
   int rc = config_read((int)config_fd, st, &cfg);
   if (rc) return rc;
-  close_others(&st, 1); // the config fd too: it has been read
-  if ((err = confine(cfg.network == microsandbox_vmm_KrunConfig_Network_NONE)))
-    return vmm_fail(st, "confine", err, "cannot confine the VM: %s", strerror(err));
+  close_others(&st, 1);  // the config fd too: it has been read
+  if ((err = confine(cfg.network == microsandbox_vmm_KrunConfig_Network_NONE))) return vmm_fail(st, "confine", err, "cannot confine the VM: %s", strerror(err));
   return krun_run(&cfg, st);
 }
 

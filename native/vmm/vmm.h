@@ -20,8 +20,7 @@ int vmm_write_frame(int fd, const pb_msgdesc_t *fields, const void *msg);
 
 // Writes a KrunStatus {step, errnum, message} on status_fd (stderr when that fails) and
 // returns 1, the helper's exit status for "failed before the VM started".
-int vmm_fail(int status_fd, const char *step, int errnum, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+int vmm_fail(int status_fd, const char *step, int errnum, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 // Reads one framed KrunConfig from fd, decodes and validates it; 0 or a reported failure.
 int config_read(int fd, int status_fd, krun_config *cfg);

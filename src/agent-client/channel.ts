@@ -4,7 +4,17 @@ import type { Duplex } from "node:stream";
 import { debuglog } from "node:util";
 
 import { AgentConnectionError, AgentError, AgentProtocolError, abortError, InvalidArgumentError, TimeoutError } from "../errors.js";
-import { encodeFrame, errorKindName, FrameDecoder, type GuestBody, type GuestFrame, type HostBody, MAX_SESSIONS, MAX_WINDOW_BYTES, PROTOCOL_VERSION } from "./protocol.js";
+import {
+  encodeFrame,
+  errorKindName,
+  FrameDecoder,
+  type GuestBody,
+  type GuestFrame,
+  type HostBody,
+  MAX_SESSIONS,
+  MAX_WINDOW_BYTES,
+  PROTOCOL_VERSION,
+} from "./protocol.js";
 
 const debug = debuglog("microsandbox");
 
@@ -286,7 +296,7 @@ export class Channel {
       throw new AgentProtocolError(
         `the guest agent speaks protocol version ${h.protocolVersion}, this host speaks ${PROTOCOL_VERSION}: ` +
           "use the agent of this package's version: its platform package (@microsandbox/OS-CPU) at the same version, " +
-            "or in a checkout make -C native/agent; MSB_AGENT_PATH, if set, names another",
+          "or in a checkout make -C native/agent; MSB_AGENT_PATH, if set, names another",
       );
     }
     const hello: AgentHello = {

@@ -8,7 +8,17 @@ import type { Duplex } from "node:stream";
 import { AgentConnectionError, AgentError, FileOperationError, abortError, InvalidArgumentError, linuxErrnoName, TimeoutError } from "../errors.js";
 import { type AgentHello, Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
-import { agentFailure, type ChannelChunk, checkTimeout, collect, type ExecOptions, ExecProcess, type ExecResult, type OutputChunk, type SpawnOptions } from "./process.js";
+import {
+  agentFailure,
+  type ChannelChunk,
+  checkTimeout,
+  collect,
+  type ExecOptions,
+  ExecProcess,
+  type ExecResult,
+  type OutputChunk,
+  type SpawnOptions,
+} from "./process.js";
 import { FsWatch } from "./watch.js";
 import { DEFAULT_WINDOW_BYTES, errorKindName, fileTypeName, type GuestBody, type GuestFrame, type HostBody } from "./protocol.js";
 
@@ -427,10 +437,19 @@ export class AgentClient {
     const m = this.answer(await this.request({ case: "metrics", value: {} }, opts.signal), "metrics");
     const n = Number;
     return {
-      cpuBusyNs: n(m.cpuBusyNs), cpuTotalNs: n(m.cpuTotalNs), cpus: m.cpus,
-      memoryTotalBytes: n(m.memoryTotalBytes), memoryAvailableBytes: n(m.memoryAvailableBytes),
-      diskTotalBytes: n(m.diskTotalBytes), diskFreeBytes: n(m.diskFreeBytes), diskReadBytes: n(m.diskReadBytes), diskWrittenBytes: n(m.diskWrittenBytes),
-      netRxBytes: n(m.netRxBytes), netTxBytes: n(m.netTxBytes), processes: m.processes, uptimeNs: n(m.uptimeNs),
+      cpuBusyNs: n(m.cpuBusyNs),
+      cpuTotalNs: n(m.cpuTotalNs),
+      cpus: m.cpus,
+      memoryTotalBytes: n(m.memoryTotalBytes),
+      memoryAvailableBytes: n(m.memoryAvailableBytes),
+      diskTotalBytes: n(m.diskTotalBytes),
+      diskFreeBytes: n(m.diskFreeBytes),
+      diskReadBytes: n(m.diskReadBytes),
+      diskWrittenBytes: n(m.diskWrittenBytes),
+      netRxBytes: n(m.netRxBytes),
+      netTxBytes: n(m.netTxBytes),
+      processes: m.processes,
+      uptimeNs: n(m.uptimeNs),
     };
   }
 
@@ -506,4 +525,3 @@ export class AgentClient {
     this.channel.close(reason);
   }
 }
-

@@ -47,9 +47,7 @@ export class Inbound<T> implements AsyncIterableIterator<T> {
   push(item: T): void {
     const n = this.sizing.size(item);
     if (n > (this.sizing.maxItem ?? MAX_CHUNK_BYTES) || this.outstanding + n > this.window + (this.sizing.slack ?? 0)) {
-      throw new AgentProtocolError(
-        `the guest sent ${n} bytes with ${this.window - this.outstanding} bytes of credit left`,
-      );
+      throw new AgentProtocolError(`the guest sent ${n} bytes with ${this.window - this.outstanding} bytes of credit left`);
     }
     if (this.discarding) return this.credit(n);
     if (this.ended) return;

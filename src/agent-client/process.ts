@@ -3,7 +3,18 @@
 import { AgentError, ExecError, abortError, InvalidArgumentError, linuxErrnoName, OutputLimitError, TimeoutError } from "../errors.js";
 import type { Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
-import { DEFAULT_WINDOW_BYTES, errorKindName, type GuestBody, type GuestFrame, type HostBody, MAX_WINDOW_BYTES, RlimitResources, SignalNumbers, signalName, streamName } from "./protocol.js";
+import {
+  DEFAULT_WINDOW_BYTES,
+  errorKindName,
+  type GuestBody,
+  type GuestFrame,
+  type HostBody,
+  MAX_WINDOW_BYTES,
+  RlimitResources,
+  SignalNumbers,
+  signalName,
+  streamName,
+} from "./protocol.js";
 
 /** PATH of a process whose environment names none: the agent searches no other. */
 export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -11,10 +22,37 @@ export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 /** Linux signal names, as the protocol defines them. */
 export const SIGNALS = Object.keys(SignalNumbers) as SignalName[];
 export type SignalName =
-  | "SIGHUP" | "SIGINT" | "SIGQUIT" | "SIGILL" | "SIGTRAP" | "SIGABRT" | "SIGBUS" | "SIGFPE" | "SIGKILL" | "SIGUSR1"
-  | "SIGSEGV" | "SIGUSR2" | "SIGPIPE" | "SIGALRM" | "SIGTERM" | "SIGSTKFLT" | "SIGCHLD" | "SIGCONT" | "SIGSTOP"
-  | "SIGTSTP" | "SIGTTIN" | "SIGTTOU" | "SIGURG" | "SIGXCPU" | "SIGXFSZ" | "SIGVTALRM" | "SIGPROF" | "SIGWINCH"
-  | "SIGIO" | "SIGPWR" | "SIGSYS";
+  | "SIGHUP"
+  | "SIGINT"
+  | "SIGQUIT"
+  | "SIGILL"
+  | "SIGTRAP"
+  | "SIGABRT"
+  | "SIGBUS"
+  | "SIGFPE"
+  | "SIGKILL"
+  | "SIGUSR1"
+  | "SIGSEGV"
+  | "SIGUSR2"
+  | "SIGPIPE"
+  | "SIGALRM"
+  | "SIGTERM"
+  | "SIGSTKFLT"
+  | "SIGCHLD"
+  | "SIGCONT"
+  | "SIGSTOP"
+  | "SIGTSTP"
+  | "SIGTTIN"
+  | "SIGTTOU"
+  | "SIGURG"
+  | "SIGXCPU"
+  | "SIGXFSZ"
+  | "SIGVTALRM"
+  | "SIGPROF"
+  | "SIGWINCH"
+  | "SIGIO"
+  | "SIGPWR"
+  | "SIGSYS";
 
 export type RlimitName = "cpu" | "fsize" | "data" | "stack" | "core" | "nofile" | "as" | "nproc" | "memlock";
 
@@ -376,7 +414,10 @@ export async function collect(channel: Channel, argv: readonly string[], opts: E
   const proc = new ExecProcess(channel, argv, { ...spawnOpts, stdin: stdin !== undefined });
   if (stdin !== undefined) {
     // Errors surface through exit; a process that ignores its stdin must not fail the call.
-    proc.write(stdin).then(() => proc.end()).catch(() => {});
+    proc
+      .write(stdin)
+      .then(() => proc.end())
+      .catch(() => {});
   }
   const out: Buffer[] = [];
   const err: Buffer[] = [];

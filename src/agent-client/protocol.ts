@@ -4,7 +4,17 @@
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 
 import { AgentProtocolError } from "../errors.js";
-import { Error_Kind, FileType, type GuestMessage, GuestMessageSchema, HostMessageSchema, Limit, Output_Stream, Rlimit_Resource, SignalName } from "../gen/agent_pb.js";
+import {
+  Error_Kind,
+  FileType,
+  type GuestMessage,
+  GuestMessageSchema,
+  HostMessageSchema,
+  Limit,
+  Output_Stream,
+  Rlimit_Resource,
+  SignalName,
+} from "../gen/agent_pb.js";
 
 export const PROTOCOL_VERSION: number = Limit.PROTOCOL_VERSION;
 export const MAX_FRAME_BYTES: number = Limit.MAX_FRAME_BYTES;
@@ -17,10 +27,14 @@ export const MAX_SESSIONS: number = Limit.MAX_SESSIONS;
 const names = (e: object) => Object.keys(e).filter((k) => Number.isNaN(Number(k)));
 
 /** Rlimit resources by name ("NOFILE"). */
-export const RlimitResources: Readonly<Record<string, number>> = Object.fromEntries(names(Rlimit_Resource).map((k) => [k, Rlimit_Resource[k as keyof typeof Rlimit_Resource]]));
+export const RlimitResources: Readonly<Record<string, number>> = Object.fromEntries(
+  names(Rlimit_Resource).map((k) => [k, Rlimit_Resource[k as keyof typeof Rlimit_Resource]]),
+);
 /** Signal names the protocol knows, by number. */
 export const SignalNumbers: Readonly<Record<string, number>> = Object.fromEntries(
-  names(SignalName).filter((k) => k !== "SIGNAL_NONE").map((k) => [k, SignalName[k as keyof typeof SignalName]]),
+  names(SignalName)
+    .filter((k) => k !== "SIGNAL_NONE")
+    .map((k) => [k, SignalName[k as keyof typeof SignalName]]),
 );
 export const signalName = (n: number): string | null => (n ? (SignalName[n] ?? `SIG${n}`) : null);
 

@@ -105,7 +105,10 @@ export function formatTable(result: BenchResult): string {
   const widths = head.map((_, c) => Math.max(...all.map((r) => r[c]!.length)));
   // First column left-aligned, figures right-aligned, two spaces between columns.
   const line = (r: string[]) =>
-    r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join("  ").trimEnd();
+    r
+      .map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
+      .join("  ")
+      .trimEnd();
   const rule = "-".repeat(widths.reduce((a, w) => a + w, 0) + 2 * (widths.length - 1));
 
   const out = [header, line(head), rule, ...rows.map(line)];
@@ -121,10 +124,7 @@ export interface BenchJson extends BenchResult {
 
 /** The result with its success rate and a Summary per phase, the floor and the comparison; ready for JSON.stringify. */
 export function toJson(result: BenchResult): BenchJson {
-  const phases = Object.fromEntries(PHASES.map(({ key }) => [key, summarize(phaseValues(result, key))])) as Record<
-    Phase,
-    Summary
-  >;
+  const phases = Object.fromEntries(PHASES.map(({ key }) => [key, summarize(phaseValues(result, key))])) as Record<Phase, Summary>;
   const summary: BenchJson["summary"] = { ...phases, floor: summarize(result.floor) };
   if (result.comparison) summary.comparison = summarize(result.comparison.values);
   return { ...result, successRate: successRate(result.runs), summary };

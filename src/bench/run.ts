@@ -53,7 +53,10 @@ export interface BenchOptions {
 async function oneRun(opts: BenchOptions, kernel: string | undefined, backend?: { info?: BackendInfo }): Promise<RunTimeline> {
   const t0 = performance.now();
   const sb = new CustomSandbox({
-    image: opts.image ?? "local:busybox", memory: opts.memory ?? 256, backend: opts.backend ?? "auto", snapshot: opts.snapshot ?? false,
+    image: opts.image ?? "local:busybox",
+    memory: opts.memory ?? 256,
+    backend: opts.backend ?? "auto",
+    snapshot: opts.snapshot ?? false,
     ...(kernel ? { kernel } : {}),
   });
   try {
@@ -88,7 +91,17 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
 
 /** Runs the benchmark once per kernel in `opts.kernels` (or the default one), interleaved; one result each, in that order. */
 const BENCH_KEYS = keysOf<BenchOptions>({
-  mode: true, runs: true, spacingMs: true, backend: true, image: true, memory: true, command: true, compare: true, snapshot: true, floorRuns: true, kernels: true,
+  mode: true,
+  runs: true,
+  spacingMs: true,
+  backend: true,
+  image: true,
+  memory: true,
+  command: true,
+  compare: true,
+  snapshot: true,
+  floorRuns: true,
+  kernels: true,
   onRun: true,
 });
 
@@ -119,8 +132,16 @@ export async function runBenchKernels(opts: BenchOptions): Promise<BenchResult[]
   const plans = await Promise.all(
     kernels.map((kernel) =>
       planMachine({
-        name: "floor", memory: opts.memory ?? 256, cpus: 1, network: "none", ports: [], maxProcesses: 1024, bootTimeout: 60, volumes: [],
-        backend: opts.backend ?? "auto", ...(kernel ? { kernel } : {}),
+        name: "floor",
+        memory: opts.memory ?? 256,
+        cpus: 1,
+        network: "none",
+        ports: [],
+        maxProcesses: 1024,
+        bootTimeout: 60,
+        volumes: [],
+        backend: opts.backend ?? "auto",
+        ...(kernel ? { kernel } : {}),
       }),
     ),
   );
@@ -169,7 +190,11 @@ export async function runBenchKernels(opts: BenchOptions): Promise<BenchResult[]
     comparison = { command: opts.compare, values };
   }
   return kernels.map((kernel, k) => ({
-    backend: name, mode, runs: runs[k]!, floor: floors[k]!, machine: { backendReason: info?.reason ?? "" },
+    backend: name,
+    mode,
+    runs: runs[k]!,
+    floor: floors[k]!,
+    machine: { backendReason: info?.reason ?? "" },
     ...(kernel ? { kernel } : {}),
     ...(comparison ? { comparison } : {}),
   }));

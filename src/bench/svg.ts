@@ -94,7 +94,8 @@ export function cdfSvg(series: readonly CdfSeries[], opts: CdfOptions): string {
 
   // Grid and axes.
   out.push(`<g stroke="#ddd" stroke-width="1">`);
-  for (const pct of [0, 25, 50, 75, 100]) out.push(`<line x1="${px(plot.x)}" x2="${px(plot.x + plot.w)}" y1="${px(yAt(pct / 100))}" y2="${px(yAt(pct / 100))}"/>`);
+  for (const pct of [0, 25, 50, 75, 100])
+    out.push(`<line x1="${px(plot.x)}" x2="${px(plot.x + plot.w)}" y1="${px(yAt(pct / 100))}" y2="${px(yAt(pct / 100))}"/>`);
   for (const t of ticks) out.push(`<line x1="${px(xAt(t))}" x2="${px(xAt(t))}" y1="${px(plot.y)}" y2="${px(plot.y + plot.h)}"/>`);
   out.push(`</g>`);
   // Axes on the left and bottom only: a full frame would hide the lines where they reach 100 %.

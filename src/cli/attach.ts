@@ -43,7 +43,12 @@ function detachFilter(onDetach: () => void): (chunk: Buffer) => Buffer {
  * Connects stdin, stdout and the terminal size to `proc` (spawned with a pty when `tty`, with
  * stdin otherwise) until it ends or the user detaches.
  */
-export async function attach(proc: ExecProcess, tty: boolean, stdin: NodeJS.ReadStream = process.stdin, stdout: NodeJS.WriteStream = process.stdout): Promise<Attached> {
+export async function attach(
+  proc: ExecProcess,
+  tty: boolean,
+  stdin: NodeJS.ReadStream = process.stdin,
+  stdout: NodeJS.WriteStream = process.stdout,
+): Promise<Attached> {
   const raw = tty && stdin.isTTY;
   let detach!: () => void;
   const detached = new Promise<void>((resolve) => (detach = resolve));

@@ -47,7 +47,8 @@ function progress(): (e: PullEvent) => void {
     if (e.type === "done") return;
     const id = e.digest.slice(7, 19);
     if (!tty) {
-      if (e.type === "layer-done" || e.type === "layer-cached") process.stderr.write(`${id}: ${e.type === "layer-cached" ? "cached" : "done"} ${mb(e.total)}\n`);
+      if (e.type === "layer-done" || e.type === "layer-cached")
+        process.stderr.write(`${id}: ${e.type === "layer-cached" ? "cached" : "done"} ${mb(e.total)}\n`);
       return;
     }
     const width = 30;
@@ -107,7 +108,7 @@ ${IMAGE_NOTE}`,
       for (const ref of positionals) {
         const key = storeKey(ref);
         if (await store.remove(key)) console.log(`removed ${key}`);
-        else (console.error(`msb: no image ${key}`), (status = 1));
+        else console.error(`msb: no image ${key}`), (status = 1);
       }
       return status;
     },
@@ -151,7 +152,9 @@ start, kernel -> init, agent ready, first output, stop), next to a floor: the sa
 VMM booting a trivial init. Prints a table; progress goes to stderr.`,
     options: {
       mode: {
-        type: "string", choices: ["sequential", "burst", "staggered"], default: "sequential",
+        type: "string",
+        choices: ["sequential", "burst", "staggered"],
+        default: "sequential",
         description: "one after another; all at once; or started --spacing apart",
       },
       runs: { type: "string", value: "N", number: "a whole number >= 1", default: "10", description: "sandboxes to boot" },
@@ -160,7 +163,10 @@ VMM booting a trivial init. Prints a table; progress goes to stderr.`,
       memory: { type: "string", value: "MIB", number: "a whole number >= 1", default: "256", description: "guest RAM in MiB" },
       backend: { type: "string", choices: ["auto", "krun", "qemu"], default: "auto", description: "the VMM" },
       kernel: {
-        type: "string", value: "FILE", multiple: true, default: "ours",
+        type: "string",
+        value: "FILE",
+        multiple: true,
+        default: "ours",
         description: "the guest kernel (QEMU); given twice or more, the kernels are compared side by side, run by run",
       },
       snapshot: { type: "boolean", default: "off", description: "restore each sandbox from a memory snapshot instead of booting it" },
@@ -188,11 +194,17 @@ VMM booting a trivial init. Prints a table; progress goes to stderr.`,
         // Several kernels: each one's first output and floor, one picture.
         const tag = (r: BenchResult) => (results.length > 1 ? ` (${path.basename(path.dirname(r.kernel!))}/${path.basename(r.kernel!)})` : "");
         const series = results.flatMap((r) => [
-          ...PHASES.filter((p) => p.key !== "stop" && (results.length === 1 || p.key === "firstOutput")).map((p) => ({ name: p.label + tag(r), values: phaseValues(r, p.key) })),
+          ...PHASES.filter((p) => p.key !== "stop" && (results.length === 1 || p.key === "firstOutput")).map((p) => ({
+            name: p.label + tag(r),
+            values: phaseValues(r, p.key),
+          })),
           ...(r.floor.length ? [{ name: `floor (trivial init)${tag(r)}`, values: r.floor }] : []),
         ]);
         const first = results[0]!;
-        writeFileSync(v.svg as string, cdfSvg(series, { title: `${first.backend}, ${first.mode}, ${first.runs.length} runs${results.length > 1 ? ` per kernel` : ""}`, unit: "ms" }));
+        writeFileSync(
+          v.svg as string,
+          cdfSvg(series, { title: `${first.backend}, ${first.mode}, ${first.runs.length} runs${results.length > 1 ? ` per kernel` : ""}`, unit: "ms" }),
+        );
       }
       return results.every((r) => r.runs.every((run) => run.ok)) ? 0 : 1;
     },
@@ -211,7 +223,12 @@ ${IMAGE_NOTE}`,
     options: {
       memory: { type: "string", value: "MIB", number: "a whole number >= 1", default: "512", description: "guest RAM in MiB" },
       cpus: { type: "string", value: "N", number: "a number > 0", default: "1", description: "CPU cores; fractions round up" },
-      network: { type: "string", choices: ["none", "public", "all"], default: "none", description: "no network; the internet but not the host or private addresses; or everything" },
+      network: {
+        type: "string",
+        choices: ["none", "public", "all"],
+        default: "none",
+        description: "no network; the internet but not the host or private addresses; or everything",
+      },
       timeout: { type: "string", value: "SECONDS", number: "a number > 0", default: "none", description: "kill CMD after this long" },
       insecure: { type: "boolean", description: "allow plain HTTP to IMAGE's registry when pulling", default: "off" },
       interactive: { type: "boolean", short: "i", description: "pass this process's stdin to CMD", default: "off" },
@@ -259,8 +276,17 @@ and the sandboxes using it now; rm removes a volume and its data, refused while 
     positionals: { name: "ls | rm NAME...", min: 1, max: Infinity },
     async handler({ positionals: [sub, ...names] }) {
       if (sub === "ls" && !names.length) {
-        const rows = listVolumes().map((v) => [v.name, mb(v.sizeBytes), mb(v.diskBytes), v.users.map((u) => `${u.sandbox} (pid ${u.pid}${u.readOnly ? ", ro" : ""})`).join(", ") || "-"]);
-        process.stdout.write(rows.length ? column([["NAME", "SIZE  ON DISK  USED BY"], ...rows.map(([n, ...r]) => [n!, r.join("  ")] as [string, string])]) + "\n" : "no volumes\n");
+        const rows = listVolumes().map((v) => [
+          v.name,
+          mb(v.sizeBytes),
+          mb(v.diskBytes),
+          v.users.map((u) => `${u.sandbox} (pid ${u.pid}${u.readOnly ? ", ro" : ""})`).join(", ") || "-",
+        ]);
+        process.stdout.write(
+          rows.length
+            ? column([["NAME", "SIZE  ON DISK  USED BY"], ...rows.map(([n, ...r]) => [n!, r.join("  ")] as [string, string])]) + "\n"
+            : "no volumes\n",
+        );
         return 0;
       }
       if (sub === "rm" && names.length) {
@@ -304,7 +330,10 @@ ${IMAGE_NOTE}`,
         });
       }
       try {
-        const bash = await sandbox.fs.stat("/bin/bash").then(() => true, () => false);
+        const bash = await sandbox.fs.stat("/bin/bash").then(
+          () => true,
+          () => false,
+        );
         const proc = sandbox.command.spawn(bash ? "/bin/bash" : "/bin/sh", ["-l"], { pty: terminalSize() });
         const { exit } = await attach(proc, true);
         if (!v.stop) {
@@ -324,7 +353,6 @@ const exitStatus = (exit: ExitStatus) => exit.exitCode ?? 128 + (osConstants.sig
 
 export const COMMANDS = new Map([...list, ...SERVER_COMMANDS].map((c) => [c.name, c]));
 export { NUMBER_KINDS, type Command, type Invocation, type Values } from "./spec.js";
-
 
 export function generalUsage(): string {
   return `usage: msb <command> [options]

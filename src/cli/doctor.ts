@@ -32,7 +32,10 @@ async function check(name: string, fn: () => string | Promise<string>, solutions
     return { name, ok: true, detail: await fn(), solutions: [] };
   } catch (err) {
     const lines = (err as Error).message.split("\n");
-    const own = lines.slice(lines.indexOf("Possible solutions:") + 1).filter((l) => l.startsWith("- ")).map((l) => l.slice(2));
+    const own = lines
+      .slice(lines.indexOf("Possible solutions:") + 1)
+      .filter((l) => l.startsWith("- "))
+      .map((l) => l.slice(2));
     return { name, ok: false, detail: lines[0]!, solutions: lines.includes("Possible solutions:") ? own : solutions };
   }
 }
@@ -69,7 +72,12 @@ export async function doctor(): Promise<DoctorReport> {
     // Without the helper (or the addon beside it) nothing can be probed, and no backend runs.
     const why = (helper.ok ? addon : helper).detail;
     const none = { backend: "none", reason: why };
-    return { platform, backends: { krun: { usable: false, reason: why }, qemu: { usable: false, reason: why } }, chosen: { none, public: none, all: none }, checks: [addon, helper, agent, qemu, kernel] };
+    return {
+      platform,
+      backends: { krun: { usable: false, reason: why }, qemu: { usable: false, reason: why } },
+      chosen: { none, public: none, all: none },
+      checks: [addon, helper, agent, qemu, kernel],
+    };
   }
 
   const accel = forcedAccel();
@@ -83,7 +91,9 @@ export async function doctor(): Promise<DoctorReport> {
       ok: p.kvm.ok && !p.kvm.pvm && p.kvm.capabilities?.ok !== false,
       detail: p.kvm.pvm
         ? `KVM present but PVM (kvm_pvm module): it runs only guest kernels built for PVM, so it needs a PVM guest kernel; using TCG (${p.kvm.detail}${capabilities(p.kvm.capabilities)})`
-        : p.kvm.detail + capabilities(p.kvm.capabilities) + (facts.kvmTrial ? `; trial boot: ${facts.kvmTrial.ok ? "" : "failed: "}${facts.kvmTrial.detail}` : ""),
+        : p.kvm.detail +
+          capabilities(p.kvm.capabilities) +
+          (facts.kvmTrial ? `; trial boot: ${facts.kvmTrial.ok ? "" : "failed: "}${facts.kvmTrial.detail}` : ""),
       solutions: p.kvm.pvm
         ? ["none on this host: its hypervisor runs only PVM guests; sandboxes run under TCG emulation, slower but complete"]
         : [
@@ -130,7 +140,12 @@ export async function doctor(): Promise<DoctorReport> {
   const chosen = {} as DoctorReport["chosen"];
   for (const network of ["none", "public", "all"] as const) {
     try {
-      const d = decide(facts, { backend: "auto", network: vmNetwork(network).network, needs: machineNeeds({ network, ports: [], volumes: [] }), ...(accel ? { accel } : {}) });
+      const d = decide(facts, {
+        backend: "auto",
+        network: vmNetwork(network).network,
+        needs: machineNeeds({ network, ports: [], volumes: [] }),
+        ...(accel ? { accel } : {}),
+      });
       const whyNot = d.backend === "krun" ? krunWhyNot : qemuWhyNot;
       chosen[network] = whyNot
         ? { backend: "none", reason: `${d.backend === "krun" ? "libkrun" : "QEMU"} would run it but is not usable here (${whyNot})` }
@@ -142,7 +157,12 @@ export async function doctor(): Promise<DoctorReport> {
   return {
     platform,
     backends: {
-      krun: { usable: !krunWhyNot, reason: krunWhyNot ?? (krunRefusal(facts, "none") ? `usable with network "all" only: ${krunRefusal(facts, "none")}` : "libkrun, libkrunfw and KVM are usable") },
+      krun: {
+        usable: !krunWhyNot,
+        reason:
+          krunWhyNot ??
+          (krunRefusal(facts, "none") ? `usable with network "all" only: ${krunRefusal(facts, "none")}` : "libkrun, libkrunfw and KVM are usable"),
+      },
       qemu: { usable: !qemuWhyNot, reason: qemuWhyNot ?? `with ${q.accel!.toUpperCase()}: ${q.reason}` },
     },
     chosen,

@@ -9,7 +9,10 @@ import { type Command, COMMANDS, commandUsage, generalUsage, type Invocation, NU
 
 /** A mistake on the command line: reported with `msb: ` and exit status 2, before any work. */
 class UsageError extends Error {
-  constructor(message: string, readonly usage?: string) {
+  constructor(
+    message: string,
+    readonly usage?: string,
+  ) {
     super(message);
   }
 }
@@ -47,7 +50,12 @@ function parse(cmd: Command, args: string[]): Invocation | null {
       strict: true,
       allowPositionals: true,
       options: {
-        ...Object.fromEntries(Object.entries(cmd.options).map(([name, o]) => [name, { type: o.type, ...(o.short ? { short: o.short } : {}), ...(o.multiple ? { multiple: true } : {}) }])),
+        ...Object.fromEntries(
+          Object.entries(cmd.options).map(([name, o]) => [
+            name,
+            { type: o.type, ...(o.short ? { short: o.short } : {}), ...(o.multiple ? { multiple: true } : {}) },
+          ]),
+        ),
         help: { type: "boolean", short: "h" },
       },
     });

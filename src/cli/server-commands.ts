@@ -26,8 +26,20 @@ ${column([
       host: { type: "string", value: "ADDR", default: SERVER_DEFAULTS.host, description: "address to listen on" },
       port: { type: "string", value: "N", number: "a number >= 0", default: String(SERVER_DEFAULTS.port), description: "port (0: any free one)" },
       "api-key": { type: "string", value: "KEY", default: "MSB_API_KEY", description: "the key clients must send" },
-      "max-sandboxes": { type: "string", value: "N", number: "a whole number >= 1", default: String(SERVER_DEFAULTS.maxSandboxes), description: "sandboxes at once; more get 429" },
-      "memory-budget": { type: "string", value: "MIB", number: "a whole number >= 1", default: DEFAULT_MEMORY_BUDGET_TEXT, description: "MiB all sandboxes may take; more get 429" },
+      "max-sandboxes": {
+        type: "string",
+        value: "N",
+        number: "a whole number >= 1",
+        default: String(SERVER_DEFAULTS.maxSandboxes),
+        description: "sandboxes at once; more get 429",
+      },
+      "memory-budget": {
+        type: "string",
+        value: "MIB",
+        number: "a whole number >= 1",
+        default: DEFAULT_MEMORY_BUDGET_TEXT,
+        description: "MiB all sandboxes may take; more get 429",
+      },
       "access-log": { type: "boolean", description: "a JSON line per request on stderr", default: "off" },
     },
     positionals: { min: 0, max: 0 },
@@ -61,8 +73,20 @@ ${DEFAULT_SERVER_URL}; the key --api-key, else MSB_API_KEY.`,
     options: serverOptions(),
     positionals: { min: 0, max: 0 },
     async handler({ values: v }) {
-      const list = (await serverCall(v, "GET", "/api/v1/sandboxes")) as { id: string; protocol: string; namespace: string; name: string; template: string; memoryMiB: number; pid: number | null; startedAt: string }[];
-      const rows: [string, string][] = list.map((s) => [s.id, `${s.protocol === "e2b" ? `e2b ${s.template}` : `${s.namespace}/${s.name}`}  ${s.memoryMiB} MiB  pid ${s.pid ?? "-"}  since ${s.startedAt}`]);
+      const list = (await serverCall(v, "GET", "/api/v1/sandboxes")) as {
+        id: string;
+        protocol: string;
+        namespace: string;
+        name: string;
+        template: string;
+        memoryMiB: number;
+        pid: number | null;
+        startedAt: string;
+      }[];
+      const rows: [string, string][] = list.map((s) => [
+        s.id,
+        `${s.protocol === "e2b" ? `e2b ${s.template}` : `${s.namespace}/${s.name}`}  ${s.memoryMiB} MiB  pid ${s.pid ?? "-"}  since ${s.startedAt}`,
+      ]);
       process.stdout.write(rows.length ? column([["ID", "WHAT  MEMORY  VMM  STARTED"], ...rows]) + "\n" : "no sandboxes\n");
       return 0;
     },
@@ -99,6 +123,7 @@ async function serverCall(v: Values, method: string, path: string): Promise<unkn
     throw new InvalidArgumentError(`no msb server answers at ${base} (${(err as Error).message}): start one with msb server, or give --server`);
   }
   const text = await res.text();
-  if (!res.ok) throw new InvalidArgumentError(`the server at ${base} answered ${res.status}: ${(JSON.parse(text || "{}") as { message?: string }).message ?? text}`);
+  if (!res.ok)
+    throw new InvalidArgumentError(`the server at ${base} answered ${res.status}: ${(JSON.parse(text || "{}") as { message?: string }).message ?? text}`);
   return text ? JSON.parse(text) : undefined;
 }

@@ -21,9 +21,9 @@ export function credentialsOption(given: Record<string, Credentials> | undefined
   const credentials = new Map<string, Credentials>();
   for (const [registry, creds] of Object.entries(given ?? {})) {
     const ok =
-      creds !== null && typeof creds === "object" &&
-      ("token" in creds ? typeof creds.token === "string" && creds.token !== "" :
-        typeof creds.username === "string" && typeof creds.password === "string");
+      creds !== null &&
+      typeof creds === "object" &&
+      ("token" in creds ? typeof creds.token === "string" && creds.token !== "" : typeof creds.username === "string" && typeof creds.password === "string");
     if (!ok) {
       throw new InvalidArgumentError(`credentials for ${JSON.stringify(registry)} must be { username, password } or { token } with strings`);
     }
@@ -179,8 +179,7 @@ function readDockerAuths(file: string): Map<string, Credentials> {
 
 export function credentialsHint(registry: string): string {
   return (
-    `give credentials with new RegistryClient({ credentials: { ${JSON.stringify(registry)}: { username, password } } }) ` +
-    `or \`docker login ${registry}\``
+    `give credentials with new RegistryClient({ credentials: { ${JSON.stringify(registry)}: { username, password } } }) ` + `or \`docker login ${registry}\``
   );
 }
 
@@ -212,7 +211,7 @@ export function parseChallenges(header: string): { scheme: string; params: Recor
     skip(/\s/);
     let value = "";
     if (header[i] === '"') {
-      for (i++; i < header.length && header[i] !== '"'; i++) value += header[i] === "\\" ? header[++i] ?? "" : header[i];
+      for (i++; i < header.length && header[i] !== '"'; i++) value += header[i] === "\\" ? (header[++i] ?? "") : header[i];
       i++;
     } else {
       for (; i < header.length && !/[\s,]/.test(header[i]!); i++) value += header[i];

@@ -8,7 +8,6 @@ const debug = debuglog("microsandbox");
 
 const MAX_REDIRECTS = 10;
 
-
 /** Marks a failure worth another attempt: network errors, 5xx/429, truncated bodies. */
 export class TransientError extends Error {
   constructor(
@@ -21,11 +20,7 @@ export class TransientError extends Error {
 }
 
 /** fetch() with redirects followed by hand: never https→http, and no Authorization to another origin. */
-export async function follow(
-  fetchFn: (input: URL, init: RequestInit) => Promise<Response>,
-  url: string,
-  headers: Record<string, string>,
-): Promise<Response> {
+export async function follow(fetchFn: (input: URL, init: RequestInit) => Promise<Response>, url: string, headers: Record<string, string>): Promise<Response> {
   let current = new URL(url);
   const origin = current.origin;
   for (let hop = 0; ; hop++) {
@@ -78,8 +73,7 @@ export async function retrying<T>(what: string, attempt: () => Promise<T>, polic
       const status = err instanceof TransientError ? err.status : undefined;
       if (n >= retries) {
         throw new RegistryError(
-          `${what} failed after ${n + 1} attempt${n ? "s" : ""}: ${describe(err)}. ` +
-            `Check the network and the registry, or raise the retries option`,
+          `${what} failed after ${n + 1} attempt${n ? "s" : ""}: ${describe(err)}. ` + `Check the network and the registry, or raise the retries option`,
           status,
           { cause: err },
         );
@@ -145,9 +139,13 @@ export async function errorDetail(res: Response): Promise<string> {
 function tlsProblem(err: unknown): string | undefined {
   for (let e = err as { code?: unknown; message?: unknown; cause?: unknown } | undefined, i = 0; e && i < 5; e = e.cause as typeof e, i++) {
     if (typeof e.code === "string" && /^(ERR_SSL_|ERR_TLS_|EPROTO$|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_)/.test(e.code)) {
-      const reason = typeof e.message === "string"
-        ? e.message.split("\n")[0]!.replace(/^[0-9A-F]+:error:[0-9A-F]+:/, "").replace(/:[^:\s]*\.c:\d+:?$/, "")
-        : "";
+      const reason =
+        typeof e.message === "string"
+          ? e.message
+              .split("\n")[0]!
+              .replace(/^[0-9A-F]+:error:[0-9A-F]+:/, "")
+              .replace(/:[^:\s]*\.c:\d+:?$/, "")
+          : "";
       return reason ? `${e.code} (${reason})` : e.code;
     }
   }

@@ -10,15 +10,23 @@ import { readTar, type TarEntry } from "./tar.js";
 
 const run = promisify(execFile);
 
-
 /**
  * Counts per entry kind. devicesSkipped: char/block devices, never created (the guest's devtmpfs
  * provides /dev). ownershipSkipped: uid/gid not applied because this process is not root.
  * bytes: regular-file content written. tarBytes: tar stream read, what `maxBytes` caps.
  */
 export interface LayerStats {
-  entries: number; files: number; dirs: number; symlinks: number; hardlinks: number; fifos: number; whiteouts: number;
-  devicesSkipped: number; ownershipSkipped: number; bytes: number; tarBytes: number;
+  entries: number;
+  files: number;
+  dirs: number;
+  symlinks: number;
+  hardlinks: number;
+  fifos: number;
+  whiteouts: number;
+  devicesSkipped: number;
+  ownershipSkipped: number;
+  bytes: number;
+  tarBytes: number;
 }
 
 export interface ApplyLayerOptions {
@@ -43,8 +51,17 @@ const kind = (st: Stats) => (st.isDirectory() ? "a directory" : st.isSymbolicLin
 // threadpool. applyLayer yields to the event loop every 10 ms or so, so it never hogs it for long.
 class Applier {
   readonly stats: LayerStats = {
-    entries: 0, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, fifos: 0, whiteouts: 0,
-    devicesSkipped: 0, ownershipSkipped: 0, bytes: 0, tarBytes: 0,
+    entries: 0,
+    files: 0,
+    dirs: 0,
+    symlinks: 0,
+    hardlinks: 0,
+    fifos: 0,
+    whiteouts: 0,
+    devicesSkipped: 0,
+    ownershipSkipped: 0,
+    bytes: 0,
+    tarBytes: 0,
   };
   // What this layer put in place (and their ancestors): an opaque marker or whiteout spares them.
   private readonly kept = new Set<string>();
@@ -64,7 +81,10 @@ class Applier {
 
   private readonly rootPath: RootPath;
 
-  constructor(private readonly root: string, private readonly asRoot: boolean) {
+  constructor(
+    private readonly root: string,
+    private readonly asRoot: boolean,
+  ) {
     this.rootPath = new RootPath(root);
   }
 
@@ -297,10 +317,10 @@ class Applier {
   finish(): void {
     for (const [rel, { mode, mtime }] of this.dirMeta) {
       let at = "";
-      let plain = (lstatOrNull(this.root))?.isDirectory();
+      let plain = lstatOrNull(this.root)?.isDirectory();
       for (const c of rel ? rel.split("/") : []) {
         at = join(at, c);
-        if (plain) plain = (lstatOrNull(this.host(at)))?.isDirectory();
+        if (plain) plain = lstatOrNull(this.host(at))?.isDirectory();
       }
       if (!plain) continue; // replaced or removed later in this layer
       // Root writes into any directory; another user only into its own writable ones. A layer's

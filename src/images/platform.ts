@@ -9,9 +9,14 @@ export interface Platform {
   variant?: string;
 }
 
-
 const GOARCH: Partial<Record<NodeJS.Architecture, string>> = {
-  x64: "amd64", arm64: "arm64", arm: "arm", ia32: "386", ppc64: "ppc64le", s390x: "s390x", riscv64: "riscv64",
+  x64: "amd64",
+  arm64: "arm64",
+  arm: "arm",
+  ia32: "386",
+  ppc64: "ppc64le",
+  s390x: "s390x",
+  riscv64: "riscv64",
 };
 
 /** The platform this process runs on, in OCI terms: linux/amd64 or linux/arm64. */
@@ -40,9 +45,7 @@ export function selectPlatform<T extends { platform?: Platform }>(entries: T[], 
   const chosen = entries.find((d) => platformMatches(platform, d?.platform));
   if (!chosen) {
     // "unknown/unknown" entries are attestations (provenance, SBOMs), not images.
-    const available = entries
-      .map((d) => formatPlatform(d?.platform))
-      .filter((p) => p !== "unknown/unknown");
+    const available = entries.map((d) => formatPlatform(d?.platform)).filter((p) => p !== "unknown/unknown");
     throw new PlatformNotFoundError(
       `${ref} has no image for ${formatPlatform(platform)}; it has ${available.join(", ") || "none"}. ` +
         `Pick one with getManifest(ref, { os, architecture, variant }) or use an image built for this platform`,

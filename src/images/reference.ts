@@ -32,8 +32,7 @@ export function isDigest(value: unknown): value is string {
 
 /** Parses and normalises an image reference; throws InvalidArgumentError naming the value and the rule it broke. */
 export function parseReference(ref: string): ImageReference {
-  const bad = (why: string) =>
-    new InvalidArgumentError(`image reference ${JSON.stringify(ref)} is invalid: ${why}`);
+  const bad = (why: string) => new InvalidArgumentError(`image reference ${JSON.stringify(ref)} is invalid: ${why}`);
   if (typeof ref !== "string" || ref.trim() === "") throw bad("it is empty");
   if (ref !== ref.trim()) throw bad("it has leading or trailing whitespace");
 

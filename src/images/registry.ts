@@ -28,7 +28,6 @@ const ACCEPT = [MEDIA_TYPES.ociIndex, MEDIA_TYPES.dockerList, MEDIA_TYPES.ociMan
 const MANIFEST_MAX_BYTES = 4 * 1024 * 1024;
 const MAX_INDEX_DEPTH = 2;
 
-
 export interface Descriptor {
   mediaType: string;
   digest: string;
@@ -147,9 +146,10 @@ export class RegistryClient {
       fetched = await this.#fetchManifest(ref, chosen.digest, chosen.digest, chosen.size);
     }
     if (!MANIFEST_TYPES.has(fetched.mediaType)) {
-      const hint = fetched.mediaType.includes("v1+") || fetched.mediaType.includes("prettyjws")
-        ? "Docker schema 1 manifests are not supported: push the image again with a current client"
-        : `expected one of ${[...MANIFEST_TYPES, ...INDEX_TYPES].join(", ")}`;
+      const hint =
+        fetched.mediaType.includes("v1+") || fetched.mediaType.includes("prettyjws")
+          ? "Docker schema 1 manifests are not supported: push the image again with a current client"
+          : `expected one of ${[...MANIFEST_TYPES, ...INDEX_TYPES].join(", ")}`;
       throw new RegistryError(`${ref}: manifest ${fetched.digest} has media type ${JSON.stringify(fetched.mediaType)}; ${hint}`);
     }
     const manifest = fetched.json as unknown as ImageManifest;
@@ -188,48 +188,54 @@ export class RegistryClient {
     const dir = path.dirname(destPath);
     await mkdir(dir, { recursive: true });
     const where = `${ref.registry}/${ref.repository}@${digest}`;
-    await this.#retrying(`download of blob ${where}`, async () => {
-      const tmp = path.join(dir, `.${path.basename(destPath)}.${randomBytes(6).toString("hex")}.partial`);
-      try {
-        const res = await this.#get(ref, `/v2/${ref.repository}/blobs/${digest}`);
-        if (!res.ok) throw await this.#statusError(res, ref, `blob ${where}`);
-        const length = res.headers.get("content-length");
-        if (length !== null && Number(length) !== size) {
-          await res.body?.cancel();
-          throw new DigestMismatchError(`${where}: the registry sent Content-Length ${length} but the manifest says ${size} bytes; the blob is not the one the manifest names`);
-        }
-        const hash = createHash(digest.slice(0, digest.indexOf(":")));
-        let received = 0;
-        const fh = await open(tmp, "wx");
+    await this.#retrying(
+      `download of blob ${where}`,
+      async () => {
+        const tmp = path.join(dir, `.${path.basename(destPath)}.${randomBytes(6).toString("hex")}.partial`);
         try {
-          for await (const chunk of bodyChunks(res, "the blob")) {
-            received += chunk.length;
-            if (received > size) {
-              throw new DigestMismatchError(`${where}: received more than the ${size} bytes the manifest says; the blob is not the one the manifest names`);
-            }
-            hash.update(chunk);
-            for (let off = 0; off < chunk.length; ) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
-            onBytes?.(received, size);
-          }
-          if (received < size) throw new TransientError(`the body ended after ${received} of ${size} bytes`);
-          const actual = `${digest.slice(0, digest.indexOf(":"))}:${hash.digest("hex")}`;
-          if (actual !== digest) {
+          const res = await this.#get(ref, `/v2/${ref.repository}/blobs/${digest}`);
+          if (!res.ok) throw await this.#statusError(res, ref, `blob ${where}`);
+          const length = res.headers.get("content-length");
+          if (length !== null && Number(length) !== size) {
+            await res.body?.cancel();
             throw new DigestMismatchError(
-              `${where}: the downloaded content hashes to ${actual}; the registry served corrupt or tampered data. ` +
-                `Nothing was kept at ${destPath}; report it to the registry's operator`,
+              `${where}: the registry sent Content-Length ${length} but the manifest says ${size} bytes; the blob is not the one the manifest names`,
             );
           }
-          // No fsync: the blob is a download cache whose image is unpacked right away (and the
-          // unpacked tree is not synced either); flushing 100 MB here cost seconds on slow disks.
-        } finally {
-          await fh.close();
+          const hash = createHash(digest.slice(0, digest.indexOf(":")));
+          let received = 0;
+          const fh = await open(tmp, "wx");
+          try {
+            for await (const chunk of bodyChunks(res, "the blob")) {
+              received += chunk.length;
+              if (received > size) {
+                throw new DigestMismatchError(`${where}: received more than the ${size} bytes the manifest says; the blob is not the one the manifest names`);
+              }
+              hash.update(chunk);
+              for (let off = 0; off < chunk.length; ) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
+              onBytes?.(received, size);
+            }
+            if (received < size) throw new TransientError(`the body ended after ${received} of ${size} bytes`);
+            const actual = `${digest.slice(0, digest.indexOf(":"))}:${hash.digest("hex")}`;
+            if (actual !== digest) {
+              throw new DigestMismatchError(
+                `${where}: the downloaded content hashes to ${actual}; the registry served corrupt or tampered data. ` +
+                  `Nothing was kept at ${destPath}; report it to the registry's operator`,
+              );
+            }
+            // No fsync: the blob is a download cache whose image is unpacked right away (and the
+            // unpacked tree is not synced either); flushing 100 MB here cost seconds on slow disks.
+          } finally {
+            await fh.close();
+          }
+          await rename(tmp, destPath);
+        } catch (err) {
+          await rm(tmp, { force: true });
+          throw err;
         }
-        await rename(tmp, destPath);
-      } catch (err) {
-        await rm(tmp, { force: true });
-        throw err;
-      }
-    }, ref);
+      },
+      ref,
+    );
   }
 
   /**
@@ -254,9 +260,7 @@ export class RegistryClient {
           continue;
         }
         emit({ type: "layer-start", digest: blob.digest, bytes: 0, total: blob.size });
-        await this.fetchBlob(ref, blob, dest, (bytes, total) =>
-          emit({ type: "layer-progress", digest: blob.digest, bytes, total }),
-        );
+        await this.fetchBlob(ref, blob, dest, (bytes, total) => emit({ type: "layer-progress", digest: blob.digest, bytes, total }));
         emit({ type: "layer-done", digest: blob.digest, bytes: blob.size, total: blob.size });
       }
     };
@@ -267,34 +271,38 @@ export class RegistryClient {
 
   async #fetchManifest(ref: ImageReference, reference: string, pinned: string | undefined, expectedSize?: number) {
     const name = `${ref.registry}/${ref.repository}${isDigest(reference) ? "@" : ":"}${reference}`;
-    return this.#retrying(`fetch of manifest ${name}`, async () => {
-      const res = await this.#get(ref, `/v2/${ref.repository}/manifests/${reference}`, ACCEPT);
-      if (!res.ok) throw await this.#statusError(res, ref, `manifest ${name}`);
-      const cap = Math.min(MANIFEST_MAX_BYTES, expectedSize ?? MANIFEST_MAX_BYTES);
-      const raw = await readCapped(res, cap, `manifest ${name}`);
-      const alg = pinned ? pinned.slice(0, pinned.indexOf(":")) : "sha256";
-      const digest = `${alg}:${createHash(alg).update(raw).digest("hex")}`;
-      if (pinned !== undefined && digest !== pinned) {
-        throw new DigestMismatchError(
-          `${ref.registry}/${ref.repository}: the manifest served for ${pinned} hashes to ${digest}; the registry served corrupt or tampered data`,
-        );
-      }
-      if (expectedSize !== undefined && raw.length !== expectedSize) {
-        throw new DigestMismatchError(`${ref.registry}/${ref.repository}@${digest}: the manifest is ${raw.length} bytes but the index says ${expectedSize}`);
-      }
-      let json: Record<string, unknown>;
-      try {
-        json = JSON.parse(raw.toString("utf8")) as Record<string, unknown>;
-        if (json === null || typeof json !== "object") throw new Error("not an object");
-      } catch (err) {
-        throw new RegistryError(`manifest ${name} is not a JSON object`, res.status, { cause: err });
-      }
-      const mediaType =
-        (typeof json.mediaType === "string" && json.mediaType) ||
-        res.headers.get("content-type")?.split(";")[0]?.trim() ||
-        (Array.isArray(json.manifests) ? MEDIA_TYPES.ociIndex : MEDIA_TYPES.ociManifest);
-      return { digest, mediaType, raw, json };
-    }, ref);
+    return this.#retrying(
+      `fetch of manifest ${name}`,
+      async () => {
+        const res = await this.#get(ref, `/v2/${ref.repository}/manifests/${reference}`, ACCEPT);
+        if (!res.ok) throw await this.#statusError(res, ref, `manifest ${name}`);
+        const cap = Math.min(MANIFEST_MAX_BYTES, expectedSize ?? MANIFEST_MAX_BYTES);
+        const raw = await readCapped(res, cap, `manifest ${name}`);
+        const alg = pinned ? pinned.slice(0, pinned.indexOf(":")) : "sha256";
+        const digest = `${alg}:${createHash(alg).update(raw).digest("hex")}`;
+        if (pinned !== undefined && digest !== pinned) {
+          throw new DigestMismatchError(
+            `${ref.registry}/${ref.repository}: the manifest served for ${pinned} hashes to ${digest}; the registry served corrupt or tampered data`,
+          );
+        }
+        if (expectedSize !== undefined && raw.length !== expectedSize) {
+          throw new DigestMismatchError(`${ref.registry}/${ref.repository}@${digest}: the manifest is ${raw.length} bytes but the index says ${expectedSize}`);
+        }
+        let json: Record<string, unknown>;
+        try {
+          json = JSON.parse(raw.toString("utf8")) as Record<string, unknown>;
+          if (json === null || typeof json !== "object") throw new Error("not an object");
+        } catch (err) {
+          throw new RegistryError(`manifest ${name} is not a JSON object`, res.status, { cause: err });
+        }
+        const mediaType =
+          (typeof json.mediaType === "string" && json.mediaType) ||
+          res.headers.get("content-type")?.split(";")[0]?.trim() ||
+          (Array.isArray(json.manifests) ? MEDIA_TYPES.ociIndex : MEDIA_TYPES.ociManifest);
+        return { digest, mediaType, raw, json };
+      },
+      ref,
+    );
   }
 
   /** A GET with authentication: cached credentials up front, one challenge-response on 401. */

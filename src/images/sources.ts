@@ -26,7 +26,8 @@ const MAX_JSON = 4 * 1024 * 1024;
 
 /** Finds or fetches the image `ref` names and returns it unpacked. */
 export async function resolveImage(store: ImageStore, ref: string, opts: ResolveOptions = {}): Promise<ResolvedImage> {
-  if (typeof ref !== "string" || ref === "") throw new InvalidArgumentError(`image ${JSON.stringify(ref)} is invalid: name an image such as "python:3.12-slim"`);
+  if (typeof ref !== "string" || ref === "")
+    throw new InvalidArgumentError(`image ${JSON.stringify(ref)} is invalid: name an image such as "python:3.12-slim"`);
   if (ref.startsWith("local:")) return (await store.lookup(ref))!;
   const archive = ARCHIVE.exec(ref);
   if (archive) return importArchive(store, ref, archive[1] as "oci" | "oci-archive" | "docker-archive", archive[2]!, opts.platform);
@@ -58,7 +59,11 @@ export async function pullImage(store: ImageStore, ref: string, opts: ResolveOpt
  * Pulls like pullImage, with progress as an async iterable of typed events; `image` settles when
  * the image is in the store. Iterating is optional: events are buffered until read.
  */
-export function pullEvents(store: ImageStore, ref: string, opts: Omit<ResolveOptions, "onEvent"> = {}): { events: AsyncIterable<PullEvent>; image: Promise<ResolvedImage> } {
+export function pullEvents(
+  store: ImageStore,
+  ref: string,
+  opts: Omit<ResolveOptions, "onEvent"> = {},
+): { events: AsyncIterable<PullEvent>; image: Promise<ResolvedImage> } {
   const queue: PullEvent[] = [];
   let wake: (() => void) | undefined;
   let finished = false;
@@ -124,14 +129,23 @@ async function layoutBlob(layout: string, d: unknown, what: string): Promise<str
   return file;
 }
 
-async function fromLayout(store: ImageStore, ref: string, layout: string, tag: string | undefined, platform: Platform, identity: string): Promise<ResolvedImage> {
+async function fromLayout(
+  store: ImageStore,
+  ref: string,
+  layout: string,
+  tag: string | undefined,
+  platform: Platform,
+  identity: string,
+): Promise<ResolvedImage> {
   const index = await readJson(await member(layout, "index.json", `index.json of ${ref}`), `index.json of ${ref}`);
   const manifests = Array.isArray(index.value.manifests) ? (index.value.manifests as Descriptor[]) : [];
   const name = (d: Descriptor) => d.annotations?.["org.opencontainers.image.ref.name"];
   const chosen = tag ? manifests.filter((d) => name(d) === tag || name(d)?.endsWith(`:${tag}`)) : manifests;
   if (chosen.length !== 1) {
     const names = manifests.map(name).filter(Boolean).join(", ") || "none";
-    throw new ImageError(`${ref}: ${chosen.length ? "several images" : "no image"} ${tag ? `tagged ${tag}` : ""} in ${layout}; name one as oci:DIR:TAG (tags: ${names})`);
+    throw new ImageError(
+      `${ref}: ${chosen.length ? "several images" : "no image"} ${tag ? `tagged ${tag}` : ""} in ${layout}; name one as oci:DIR:TAG (tags: ${names})`,
+    );
   }
   let manifest = (await readJson(await layoutBlob(layout, chosen[0], ref), `manifest of ${ref}`)).value;
   if (Array.isArray(manifest.manifests)) {
@@ -170,7 +184,13 @@ async function fromDockerSave(store: ImageStore, ref: string, dir: string, ident
   return store.publish(ref, id, (d) => unpackInto(d, config.bytes, layers), identity);
 }
 
-async function importArchive(store: ImageStore, ref: string, kind: "oci" | "oci-archive" | "docker-archive", spec: string, platform = hostPlatform()): Promise<ResolvedImage> {
+async function importArchive(
+  store: ImageStore,
+  ref: string,
+  kind: "oci" | "oci-archive" | "docker-archive",
+  spec: string,
+  platform = hostPlatform(),
+): Promise<ResolvedImage> {
   // "PATH:TAG" when what follows the last ':' is not part of a path.
   const colon = spec.lastIndexOf(":");
   const [file, tag] = colon > 0 && !spec.slice(colon + 1).includes("/") ? [spec.slice(0, colon), spec.slice(colon + 1)] : [spec, undefined];

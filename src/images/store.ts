@@ -25,7 +25,6 @@ import { withLock } from "../lock.js";
 
 const run = promisify(execFile);
 
-
 /** What a sandbox takes from the image config. */
 export interface ImageConfig {
   /** "KEY=VALUE" entries. */
@@ -161,7 +160,8 @@ export class ImageStore {
     if (existsSync(disk)) return disk;
     await mkdir(path.dirname(disk), { recursive: true });
     const mkfs = findHostTool("mkfs.ext4");
-    if (!mkfs) throw new ImageError(`cannot materialize image ${image.ref} into a disk: ${missingToolHint("mkfs.ext4", "it makes each image's read-only disk")}`);
+    if (!mkfs)
+      throw new ImageError(`cannot materialize image ${image.ref} into a disk: ${missingToolHint("mkfs.ext4", "it makes each image's read-only disk")}`);
     await withLock(disk, async () => {
       if (existsSync(disk)) return;
       const tmp = `${disk}.${process.pid}.tmp`;

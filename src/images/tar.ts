@@ -2,7 +2,6 @@
 // hostile: bodies are streamed, never buffered; metadata records are capped; bad headers throw TarError.
 import { TarError } from "../errors.js";
 
-
 export type TarEntryType = "file" | "dir" | "symlink" | "hardlink" | "char" | "block" | "fifo" | "sparse" | "other";
 
 export interface TarEntry {
@@ -37,8 +36,16 @@ export interface TarLimits {
 const BLOCK = 512;
 const MAX_META_HEADERS = 16; // consecutive L/K/x/g headers before a real one: more is garbage
 const TYPES: Record<string, TarEntryType> = {
-  "0": "file", "\0": "file", "7": "file", "1": "hardlink", "2": "symlink", "3": "char", "4": "block",
-  "5": "dir", "6": "fifo", S: "sparse",
+  "0": "file",
+  "\0": "file",
+  "7": "file",
+  "1": "hardlink",
+  "2": "symlink",
+  "3": "char",
+  "4": "block",
+  "5": "dir",
+  "6": "fifo",
+  S: "sparse",
 };
 const utf8 = new TextDecoder();
 
@@ -116,7 +123,10 @@ function numeric(b: Uint8Array, field: string, offset: number, entry = "", signe
     if (negative && !signed) throw new TarError(`header field ${field} is negative`, offset, entry);
     return negative ? -(v + 1) : v;
   }
-  const s = utf8.decode(b).replace(/[\0 ]+$/, "").replace(/^ +/, "");
+  const s = utf8
+    .decode(b)
+    .replace(/[\0 ]+$/, "")
+    .replace(/^ +/, "");
   const end = s.indexOf("\0");
   const digits = end < 0 ? s : s.slice(0, end);
   if (!/^[0-7]*$/.test(digits)) throw new TarError(`header field ${field} is not octal: ${JSON.stringify(digits)}`, offset, entry);
@@ -236,7 +246,14 @@ export async function* readTar(source: AsyncIterable<Uint8Array>, limits: TarLim
       let started = false;
       const what = "the entry's body";
       const entry: TarEntry = {
-        path, type, typeflag, linkname, uid, gid, mtime, offset,
+        path,
+        type,
+        typeflag,
+        linkname,
+        uid,
+        gid,
+        mtime,
+        offset,
         mode: num(100, 108, "mode") & 0o7777,
         size: bodySize,
         devmajor: num(329, 337, "devmajor"),

@@ -11,7 +11,6 @@ import { Decompress } from "fzstd";
 import { LayerFormatError } from "../errors.js";
 import { applyLayer, type LayerStats } from "./layers.js";
 
-
 export interface LayerSource {
   /** sha256 digest of the blob, for messages. */
   digest: string;

@@ -55,7 +55,7 @@ export class SandboxCommands {
       const [program, ...rest] = this.sandbox.defaultCommand();
       return this.run(program!, rest, opts);
     }
-    if (typeof command !== "string" || command === "") throw new InvalidArgumentError("command must be a non-empty string, e.g. \"echo\"");
+    if (typeof command !== "string" || command === "") throw new InvalidArgumentError('command must be a non-empty string, e.g. "echo"');
     if (!Array.isArray(args)) throw new InvalidArgumentError(`args must be an array of strings, got ${typeof args}`);
     checkKeys("command option", opts, COMMAND_KEYS);
     const timeout = opts.timeout === undefined ? undefined : checkSeconds("timeout", opts.timeout);
@@ -89,8 +89,13 @@ export class SandboxCommands {
     const base = this.sandbox.processOptions(opts, timeout);
     if (opts.pty && base.env.TERM === "dumb") base.env = { ...base.env, TERM: "xterm-256color" };
     const tap = this.sandbox.logTap(command);
-    const proc = this.sandbox.agent().spawn([command, ...args], { ...base, stdin: !!opts.stdin, ...(opts.pty ? { pty: opts.pty } : {}), onOutput: (c) => tap.output(c) });
-    proc.exit.then((r) => tap.end(r), () => {});
+    const proc = this.sandbox
+      .agent()
+      .spawn([command, ...args], { ...base, stdin: !!opts.stdin, ...(opts.pty ? { pty: opts.pty } : {}), onOutput: (c) => tap.output(c) });
+    proc.exit.then(
+      (r) => tap.end(r),
+      () => {},
+    );
     return proc;
   }
 }

@@ -51,7 +51,11 @@ abstract class LanguageSandbox extends Sandbox {
   protected override templatePrewarm(image: ImageConfig): { prewarmName: string; prewarm(agent: AgentClient): Promise<KeptSession[]> } {
     const shell = super.templatePrewarm(image);
     // A snapshot's interpreter is this driver, started with these settings.
-    const settings = createHash("sha256").update(JSON.stringify(this.processOptions({}, undefined))).update(driverSource(this.language)).digest("hex").slice(0, 16);
+    const settings = createHash("sha256")
+      .update(JSON.stringify(this.processOptions({}, undefined)))
+      .update(driverSource(this.language))
+      .digest("hex")
+      .slice(0, 16);
     return {
       prewarmName: `${shell.prewarmName}+${this.language.language}:${settings}`,
       prewarm: async (agent) => {

@@ -56,7 +56,8 @@ export class Lifetime {
 
   private fire(limit: "maxDuration" | "idleTimeout"): void {
     this.end();
-    const what = limit === "maxDuration" ? `ran for its maxDuration of ${this.limits.maxDuration} s` : `was idle for its idleTimeout of ${this.limits.idleTimeout} s`;
+    const what =
+      limit === "maxDuration" ? `ran for its maxDuration of ${this.limits.maxDuration} s` : `was idle for its idleTimeout of ${this.limits.idleTimeout} s`;
     this.expire(new SandboxExpiredError(`sandbox ${this.name} ${what} and was stopped`, limit));
   }
 }

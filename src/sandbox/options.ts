@@ -107,9 +107,25 @@ export interface ResolvedOptions {
 
 /** Every sandbox option, for the check that refuses any other key. */
 export const SANDBOX_OPTION_KEYS = keysOf<SandboxOptions>({
-  name: true, image: true, pull: true, registry: true, memory: true, cpus: true, timeout: true, network: true, ports: true,
-  maxProcesses: true, env: true, workdir: true, backend: true, kernel: true, snapshot: true, labels: true, maxDuration: true,
-  idleTimeout: true, volumes: true,
+  name: true,
+  image: true,
+  pull: true,
+  registry: true,
+  memory: true,
+  cpus: true,
+  timeout: true,
+  network: true,
+  ports: true,
+  maxProcesses: true,
+  env: true,
+  workdir: true,
+  backend: true,
+  kernel: true,
+  snapshot: true,
+  labels: true,
+  maxDuration: true,
+  idleTimeout: true,
+  volumes: true,
 });
 export const START_OPTION_KEYS = keysOf<StartOptions>({ memory: true, cpus: true, timeout: true });
 
@@ -143,9 +159,7 @@ export function checkSeconds(what: string, v: unknown): number {
 /** A sandbox name: 1-63 of [A-Za-z0-9_-], starting with a letter or digit. */
 export function checkName(name: unknown): string {
   if (typeof name !== "string" || !NAME.test(name)) {
-    throw new InvalidArgumentError(
-      `sandbox name ${JSON.stringify(name)} is invalid: use 1-63 letters, digits, '_' or '-', starting with a letter or digit`,
-    );
+    throw new InvalidArgumentError(`sandbox name ${JSON.stringify(name)} is invalid: use 1-63 letters, digits, '_' or '-', starting with a letter or digit`);
   }
   return name;
 }
@@ -162,7 +176,7 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
   const name = checkName(opts.name ?? `sandbox-${randomBytes(4).toString("hex")}`);
   const image = opts.image ?? defaultImage;
   if (typeof image !== "string" || image === "") {
-    throw new InvalidArgumentError("CustomSandbox needs an image: CustomSandbox.create({ image: \"busybox\" })");
+    throw new InvalidArgumentError('CustomSandbox needs an image: CustomSandbox.create({ image: "busybox" })');
   }
   // No network unless asked; publishing ports asks for one, and then "public" is the default.
   const network = checkNetwork(opts.network ?? (opts.ports?.length ? "public" : "none"));
@@ -216,7 +230,9 @@ function checkLabels(labels: unknown): Record<string, string> {
   if (entries.length > 64) throw new InvalidArgumentError(`labels has ${entries.length} entries; at most 64`);
   for (const [k, v] of entries) {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.\/-]{0,62}$/.test(k) || typeof v !== "string" || v.length > 256) {
-      throw new InvalidArgumentError(`label ${JSON.stringify(k)}: ${JSON.stringify(v)} is invalid: keys of 1-63 letters, digits, '_', '.', '/' or '-', string values up to 256 characters`);
+      throw new InvalidArgumentError(
+        `label ${JSON.stringify(k)}: ${JSON.stringify(v)} is invalid: keys of 1-63 letters, digits, '_', '.', '/' or '-', string values up to 256 characters`,
+      );
     }
   }
   return { ...(labels as Record<string, string>) };
@@ -246,8 +262,5 @@ export function envRecord(entries: readonly string[]): Record<string, string> {
 
 /** The guest environment: defaults a shell expects, then the image's, the sandbox's, the call's. */
 export function guestEnv(...layers: (Record<string, string> | undefined)[]): Record<string, string> {
-  return Object.assign(
-    { PATH: DEFAULT_PATH, HOME: "/root", LANG: "C.UTF-8", TERM: "dumb" },
-    ...layers,
-  );
+  return Object.assign({ PATH: DEFAULT_PATH, HOME: "/root", LANG: "C.UTF-8", TERM: "dumb" }, ...layers);
 }

@@ -22,7 +22,10 @@ export interface PoolOptions extends Omit<SandboxOptions, "name"> {
   memoryBudget?: number;
 }
 
-const POOL_OPTION_KEYS = [...SANDBOX_OPTION_KEYS.filter((k) => k !== "name"), ...keysOf<Pick<PoolOptions, "size" | "memoryBudget">>({ size: true, memoryBudget: true })];
+const POOL_OPTION_KEYS = [
+  ...SANDBOX_OPTION_KEYS.filter((k) => k !== "name"),
+  ...keysOf<Pick<PoolOptions, "size" | "memoryBudget">>({ size: true, memoryBudget: true }),
+];
 
 export interface PoolStats {
   ready: number;
@@ -154,25 +157,28 @@ export class SandboxPool<T extends Sandbox> {
     this.boots++;
     const sb = new this.Kind(this.sandboxOptions());
     sb.holdLifetime();
-    const boot = sb.start().then(() => sb.prewarm()).then(
-      async () => {
-        if (this.closed) return sb.stop().catch((err: unknown) => debug("pool: stopping a late boot failed: %s", (err as Error).message));
-        const waiter = this.waiters.shift();
-        if (waiter) {
-          this.inUse.add(sb);
-          sb.armLifetime();
-          waiter.resolve(sb);
-        } else {
-          this.ready.push(sb);
-        }
-      },
-      (err: unknown) => {
-        this.failures++;
-        debug("pool boot failed: %s", (err as Error).message);
-        // A caller waiting on this boot gets its error rather than an endless retry.
-        this.waiters.shift()?.reject(err as Error);
-      },
-    );
+    const boot = sb
+      .start()
+      .then(() => sb.prewarm())
+      .then(
+        async () => {
+          if (this.closed) return sb.stop().catch((err: unknown) => debug("pool: stopping a late boot failed: %s", (err as Error).message));
+          const waiter = this.waiters.shift();
+          if (waiter) {
+            this.inUse.add(sb);
+            sb.armLifetime();
+            waiter.resolve(sb);
+          } else {
+            this.ready.push(sb);
+          }
+        },
+        (err: unknown) => {
+          this.failures++;
+          debug("pool boot failed: %s", (err as Error).message);
+          // A caller waiting on this boot gets its error rather than an endless retry.
+          this.waiters.shift()?.reject(err as Error);
+        },
+      );
     const tracked = boot.finally(() => {
       this.booting.delete(tracked);
       if (this.waiters.length) this.refill(true); // the next waiting caller's boot

@@ -113,9 +113,7 @@ export class ReplFrameDecoder {
   end(): void {
     if (this.failed) throw this.failed;
     if (this.header || this.buffered > 0) {
-      this.failed = protocolError(
-        `stream ended inside a frame (${this.buffered} bytes of a ${this.header ? "body" : "header"} pending)`,
-      );
+      this.failed = protocolError(`stream ended inside a frame (${this.buffered} bytes of a ${this.header ? "body" : "header"} pending)`);
       throw this.failed;
     }
   }

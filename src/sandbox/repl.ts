@@ -97,9 +97,7 @@ export class Repl {
           ? undefined
           : setTimeout(() => {
               running.settle(
-                new TimeoutError(
-                  `the code ran longer than ${timeout} s; the ${this.lang.language} interpreter was restarted and its state is lost`,
-                ),
+                new TimeoutError(`the code ran longer than ${timeout} s; the ${this.lang.language} interpreter was restarted and its state is lost`),
               );
               this.reset();
             }, timeout * 1000);

@@ -10,7 +10,16 @@ import type { ExitStatus } from "../agent-client/process.js";
 import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
-import { type BackendInfo, type BootTimeline, type Capability, type KeptSession, type Machine, type MachineSpec, planMachine, restoreMachine } from "../vm/machine.js";
+import {
+  type BackendInfo,
+  type BootTimeline,
+  type Capability,
+  type KeptSession,
+  type Machine,
+  type MachineSpec,
+  planMachine,
+  restoreMachine,
+} from "../vm/machine.js";
 import { checkPorts, type PortForward } from "../vm/netpolicy.js";
 import { newPausedDir, readPaused, withPausedLock, writePaused } from "./paused.js";
 import { type CommandOptions, SandboxCommands } from "./commands.js";
@@ -19,7 +28,18 @@ import { Lifetime } from "./lifetime.js";
 import { CommandTap, type LogEntry, type LogOptions, SandboxLog } from "./logs.js";
 import { type CpuMark, cpuMark, sandboxMetrics, type SandboxMetrics } from "./metrics.js";
 import { checkKeys, keysOf } from "../keys.js";
-import { checkCpus, checkMemory, checkSeconds, envRecord, guestEnv, type ResolvedOptions, resolveOptions, type SandboxOptions, START_OPTION_KEYS, type StartOptions } from "./options.js";
+import {
+  checkCpus,
+  checkMemory,
+  checkSeconds,
+  envRecord,
+  guestEnv,
+  type ResolvedOptions,
+  resolveOptions,
+  type SandboxOptions,
+  START_OPTION_KEYS,
+  type StartOptions,
+} from "./options.js";
 import type { SandboxPool } from "./pool.js";
 import { registry, type SandboxInfo } from "./registry.js";
 import { checkMounted, leaseVolumes, type VolumeLease, volumeFile } from "./volumes.js";
@@ -213,7 +233,12 @@ export abstract class Sandbox implements AsyncDisposable {
     const { maxDuration, idleTimeout } = this.opts;
     if (maxDuration === undefined && idleTimeout === undefined) return;
     this.lifetime?.end();
-    this.lifetime = new Lifetime(this.name, { maxDuration, idleTimeout }, () => this.busy(), (err) => this.expire(err));
+    this.lifetime = new Lifetime(
+      this.name,
+      { maxDuration, idleTimeout },
+      () => this.busy(),
+      (err) => this.expire(err),
+    );
   }
 
   // Work under way: any open request but an interpreter idling between cells.
@@ -240,9 +265,17 @@ export abstract class Sandbox implements AsyncDisposable {
   private machineSpec(): MachineSpec {
     const o = this.opts;
     return {
-      name: o.name, memory: o.memory, cpus: Math.ceil(o.cpus), network: o.network, ports: o.ports, maxProcesses: o.maxProcesses,
-      bootTimeout: o.timeout, volumes: o.volumes.map((v) => ({ file: volumeFile(v.name), path: v.path, readOnly: v.readOnly })),
-      backend: o.backend, ...(this.log ? { consoleKeep: this.log.console } : {}), ...(o.kernel ? { kernel: o.kernel } : {}),
+      name: o.name,
+      memory: o.memory,
+      cpus: Math.ceil(o.cpus),
+      network: o.network,
+      ports: o.ports,
+      maxProcesses: o.maxProcesses,
+      bootTimeout: o.timeout,
+      volumes: o.volumes.map((v) => ({ file: volumeFile(v.name), path: v.path, readOnly: v.readOnly })),
+      backend: o.backend,
+      ...(this.log ? { consoleKeep: this.log.console } : {}),
+      ...(o.kernel ? { kernel: o.kernel } : {}),
     };
   }
 
@@ -261,7 +294,10 @@ export abstract class Sandbox implements AsyncDisposable {
     const snapshots = this.opts.snapshot && !volumes.length;
     let booted;
     try {
-      booted = await plan.boot({ id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) }, snapshots ? this.templatePrewarm(image.config) : undefined);
+      booted = await plan.boot(
+        { id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) },
+        snapshots ? this.templatePrewarm(image.config) : undefined,
+      );
       await checkMounted(booted.machine.agent, volumes);
       // Like container runtimes, make the image's WorkingDir when the image lacks it.
       if (image.config.workingDir) await booted.machine.agent.mkdir(image.config.workingDir, { parents: true });
@@ -354,7 +390,10 @@ export abstract class Sandbox implements AsyncDisposable {
     const child = new (this.constructor as new (o: SandboxOptions) => this)({ ...this.copyOptions(name), ports });
     const keep = this.keptSessions();
     child.log = new SandboxLog(name, child.id);
-    const copy = await vm.copy({ name, ports, consoleKeep: child.log.console }, keep.map((k) => k.session));
+    const copy = await vm.copy(
+      { name, ports, consoleKeep: child.log.console },
+      keep.map((k) => k.session),
+    );
     child.attach(copy, this.imageId, this.imageConfig);
     child.adopt(keep);
     child.startedAt = new Date();
@@ -409,9 +448,16 @@ export abstract class Sandbox implements AsyncDisposable {
     const store = new ImageStore();
     const image = await resolveImage(store, meta.options.image, { pull: "never" });
     if (image.id !== meta.imageId) {
-      throw new ImageError(`sandbox ${this.name} was paused on image ${meta.options.image} with id ${meta.imageId}, which is no longer stored (now ${image.id})`);
+      throw new ImageError(
+        `sandbox ${this.name} was paused on image ${meta.options.image} with id ${meta.imageId}, which is no longer stored (now ${image.id})`,
+      );
     }
-    const vm = await restoreMachine(dir, this.machineSpec(), { id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) }, meta.keep.map((k) => k.session));
+    const vm = await restoreMachine(
+      dir,
+      this.machineSpec(),
+      { id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) },
+      meta.keep.map((k) => k.session),
+    );
     this.attach(vm, image.id, image.config);
     this.adopt(meta.keep);
     rmSync(dir, { recursive: true, force: true });
@@ -460,7 +506,9 @@ export abstract class Sandbox implements AsyncDisposable {
    * out: the guest reads the shell and C library from its disk now, not during the first command.
    */
   async prewarm(): Promise<void> {
-    await this.agent().exec(["sh", "-c", "true"], this.processOptions({}, undefined)).catch(() => {});
+    await this.agent()
+      .exec(["sh", "-c", "true"], this.processOptions({}, undefined))
+      .catch(() => {});
   }
 
   /** @internal The agent of the running VM. */
@@ -510,8 +558,7 @@ export abstract class Sandbox implements AsyncDisposable {
     }
     if (counters.pidsLimitHits > 0) {
       return new ResourceError(
-        `${what} hit the sandbox's process limit (${this.opts.maxProcesses}): forks failed. ` +
-          "Raise it with maxProcesses, or run fewer processes at once.",
+        `${what} hit the sandbox's process limit (${this.opts.maxProcesses}): forks failed. ` + "Raise it with maxProcesses, or run fewer processes at once.",
       );
     }
     return undefined;

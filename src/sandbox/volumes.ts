@@ -60,12 +60,22 @@ export function checkVolumes(value: unknown): Required<VolumeSpec>[] {
     if (typeof v !== "object" || v === null) throw new InvalidArgumentError(`volume ${JSON.stringify(v)} is invalid: give { name, path, readOnly?, sizeMiB? }`);
     checkKeys("volume option", v, VOLUME_KEYS);
     const { name, path: at, readOnly = false, sizeMiB = 1024 } = v as VolumeSpec;
-    if (typeof name !== "string" || !NAME.test(name)) throw new InvalidArgumentError(`volume name ${JSON.stringify(name)} is invalid: 1-63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit`);
-    if (typeof at !== "string" || at.length > 128 || !GUEST_PATH.test(at) || at.split("/").some((p) => p === "." || p === "..") || RESERVED.some((r) => at === r || at.startsWith(`${r}/`))) {
-      throw new InvalidArgumentError(`volume path ${JSON.stringify(at)} is invalid: an absolute guest path of at most 128 letters, digits, '_', '.', '-' (not under ${RESERVED.join(", ")})`);
+    if (typeof name !== "string" || !NAME.test(name))
+      throw new InvalidArgumentError(`volume name ${JSON.stringify(name)} is invalid: 1-63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit`);
+    if (
+      typeof at !== "string" ||
+      at.length > 128 ||
+      !GUEST_PATH.test(at) ||
+      at.split("/").some((p) => p === "." || p === "..") ||
+      RESERVED.some((r) => at === r || at.startsWith(`${r}/`))
+    ) {
+      throw new InvalidArgumentError(
+        `volume path ${JSON.stringify(at)} is invalid: an absolute guest path of at most 128 letters, digits, '_', '.', '-' (not under ${RESERVED.join(", ")})`,
+      );
     }
     if (typeof readOnly !== "boolean") throw new InvalidArgumentError(`volume ${name}: readOnly must be true or false`);
-    if (!Number.isInteger(sizeMiB) || sizeMiB < 16 || sizeMiB > 1024 * 1024) throw new InvalidArgumentError(`volume ${name}: sizeMiB ${JSON.stringify(sizeMiB)} is invalid: whole MiB from 16 to 1048576`);
+    if (!Number.isInteger(sizeMiB) || sizeMiB < 16 || sizeMiB > 1024 * 1024)
+      throw new InvalidArgumentError(`volume ${name}: sizeMiB ${JSON.stringify(sizeMiB)} is invalid: whole MiB from 16 to 1048576`);
     return { name, path: at, readOnly, sizeMiB };
   });
   for (const key of ["name", "path"] as const) {
@@ -121,21 +131,25 @@ export async function leaseVolumes(specs: Required<VolumeSpec>[], sandbox: { nam
   try {
     mkdirSync(dir(), { recursive: true });
     for (const v of specs) {
-      await withLock(usersFile(v.name), async () => {
-        const users = readUsers(v.name);
-        const writer = users.find((u) => !u.readOnly);
-        if (writer || (!v.readOnly && users.length)) {
-          const by = writer ?? users[0]!;
-          throw new VolumeBusyError(
-            `volume ${v.name} is in use by sandbox ${by.sandbox} (pid ${by.pid})${by.readOnly ? " read-only" : " for writing"}: ` +
-              `${v.readOnly ? "a reader waits for its writer" : "one writer at a time, and not beside readers"}; stop that sandbox first`,
-          );
-        }
-        if (!existsSync(volumeFile(v.name))) await makeVolume(v.name, v.sizeMiB);
-        const lease: User = { ...ownStamp(), sandbox: sandbox.name, id: sandbox.id, readOnly: v.readOnly };
-        writeFileSync(usersFile(v.name), JSON.stringify([...users, lease]));
-        taken.push(v.name);
-      }, 60_000);
+      await withLock(
+        usersFile(v.name),
+        async () => {
+          const users = readUsers(v.name);
+          const writer = users.find((u) => !u.readOnly);
+          if (writer || (!v.readOnly && users.length)) {
+            const by = writer ?? users[0]!;
+            throw new VolumeBusyError(
+              `volume ${v.name} is in use by sandbox ${by.sandbox} (pid ${by.pid})${by.readOnly ? " read-only" : " for writing"}: ` +
+                `${v.readOnly ? "a reader waits for its writer" : "one writer at a time, and not beside readers"}; stop that sandbox first`,
+            );
+          }
+          if (!existsSync(volumeFile(v.name))) await makeVolume(v.name, v.sizeMiB);
+          const lease: User = { ...ownStamp(), sandbox: sandbox.name, id: sandbox.id, readOnly: v.readOnly };
+          writeFileSync(usersFile(v.name), JSON.stringify([...users, lease]));
+          taken.push(v.name);
+        },
+        60_000,
+      );
     }
   } catch (err) {
     await release();
@@ -192,7 +206,10 @@ export async function removeVolume(name: string): Promise<void> {
 export async function checkMounted(agent: AgentClient, volumes: Required<VolumeSpec>[]): Promise<void> {
   if (!volumes.length) return;
   // Read right after boot, before any user code; bounded all the same.
-  const mounts = (await agent.readFile("/proc/mounts", { length: 1 << 20 })).toString("utf8").split("\n").map((l) => l.split(" "));
+  const mounts = (await agent.readFile("/proc/mounts", { length: 1 << 20 }))
+    .toString("utf8")
+    .split("\n")
+    .map((l) => l.split(" "));
   for (const v of volumes) {
     const m = mounts.find((f) => f[1] === v.path);
     const opts = m?.[3]?.split(",") ?? [];

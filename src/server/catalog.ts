@@ -60,7 +60,10 @@ export class ImageCatalog {
     const kind = Object.hasOwn(INTERPRETERS, language) ? INTERPRETERS[language] : undefined;
     if (!kind) throw new InvalidArgumentError(`language ${JSON.stringify(language)} has no interpreter here: use ${Object.keys(INTERPRETERS).join(", ")}`);
     if (m.kind !== kind) {
-      const names = [...[...this.images].filter(([, e]) => e.kind === kind).map(([n]) => n), ...[...this.templates].filter(([, e]) => e.kind === kind).map(([n]) => `template ${n}`)];
+      const names = [
+        ...[...this.images].filter(([, e]) => e.kind === kind).map(([n]) => n),
+        ...[...this.templates].filter(([, e]) => e.kind === kind).map(([n]) => `template ${n}`),
+      ];
       throw new InvalidArgumentError(
         `sandbox ${m.name} is a ${m.kind} (from ${JSON.stringify(m.template)}), which has no ${language} interpreter: start one from a name whose kind is ${kind}` +
           `${names.length ? ` (${names.join(", ")})` : ""}, or give its image that kind in the server's options: { image, kind: "${kind}" }`,
@@ -89,10 +92,13 @@ function entryOf(what: string, v: unknown, bareKind: SandboxKind): ImageEntry {
   }
   checkKeys(`server option ${what} key`, v, ENTRY_KEYS);
   const { image, kind } = v as Record<string, unknown>;
-  if (typeof image !== "string" || !image) throw new InvalidArgumentError(`server option ${what}.image ${JSON.stringify(image)} is invalid: name an image, such as "local:python"`);
+  if (typeof image !== "string" || !image)
+    throw new InvalidArgumentError(`server option ${what}.image ${JSON.stringify(image)} is invalid: name an image, such as "local:python"`);
   if (typeof kind !== "string" || !(KINDS as string[]).includes(kind)) {
     const near = typeof kind === "string" ? nearest(kind, KINDS) : undefined;
-    throw new InvalidArgumentError(`server option ${what}.kind ${JSON.stringify(kind)} is invalid${near ? `: did you mean ${JSON.stringify(near)}?` : ""} (the kinds are ${KINDS.join(", ")})`);
+    throw new InvalidArgumentError(
+      `server option ${what}.kind ${JSON.stringify(kind)} is invalid${near ? `: did you mean ${JSON.stringify(near)}?` : ""} (the kinds are ${KINDS.join(", ")})`,
+    );
   }
   return { image, kind: kind as SandboxKind };
 }

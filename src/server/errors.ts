@@ -74,7 +74,12 @@ export interface Answer {
 }
 
 const R = RPC_ERRORS;
-const row = (status: number, rpc: number, connect: Code, retryAfterS?: number): Answer => ({ status, rpc, connect, ...(retryAfterS !== undefined ? { retryAfterS } : {}) });
+const row = (status: number, rpc: number, connect: Code, retryAfterS?: number): Answer => ({
+  status,
+  rpc,
+  connect,
+  ...(retryAfterS !== undefined ? { retryAfterS } : {}),
+});
 const BAD_REQUEST = row(400, R.invalidParams, Code.InvalidArgument);
 const NOT_FOUND = row(404, R.notFound, Code.NotFound);
 const INTERNAL = row(500, R.internal, Code.Internal);

@@ -40,12 +40,22 @@ const num = (v: unknown, what: string): number | undefined => {
 
 // An execution's output as the protocol's lines: [{stream, text}].
 const lines = (stdout: string, stderr: string) => [
-  ...stdout.split("\n").filter((l, i, a) => l || i < a.length - 1).map((text) => ({ stream: "stdout", text })),
-  ...stderr.split("\n").filter((l, i, a) => l || i < a.length - 1).map((text) => ({ stream: "stderr", text })),
+  ...stdout
+    .split("\n")
+    .filter((l, i, a) => l || i < a.length - 1)
+    .map((text) => ({ stream: "stdout", text })),
+  ...stderr
+    .split("\n")
+    .filter((l, i, a) => l || i < a.length - 1)
+    .map((text) => ({ stream: "stderr", text })),
 ];
 
 // A failed call: its JSON-RPC error, and how it is answered over HTTP when it is alone.
-function failure(err: unknown): { status: number; headers: Record<string, string>; error: { code: number; message: string; data?: { type: string; code: string } } } {
+function failure(err: unknown): {
+  status: number;
+  headers: Record<string, string>;
+  error: { code: number; message: string; data?: { type: string; code: string } };
+} {
   if (err instanceof EnvelopeError) return { status: 400, headers: {}, error: { code: err.code, message: err.message } };
   const a = answerOf(err);
   const data = err instanceof MicrosandboxError ? { data: { type: err.name, code: err.code } } : {};
@@ -99,7 +109,8 @@ export function msbRpc(table: SandboxTable, catalog: ImageCatalog, keys: Keys, b
       const m = running(owner, p);
       const command = str(p.command, "params.command");
       const args = (p.args ?? []) as string[];
-      if (!Array.isArray(args) || args.some((a) => typeof a !== "string")) throw new InvalidArgumentError(`params.args ${JSON.stringify(args)} is invalid: give an array of strings`);
+      if (!Array.isArray(args) || args.some((a) => typeof a !== "string"))
+        throw new InvalidArgumentError(`params.args ${JSON.stringify(args)} is invalid: give an array of strings`);
       const r = await m.sandbox.command.run(command, args, p.timeout !== undefined ? { timeout: num(p.timeout, "params.timeout")! } : {});
       return { command, args, exit_code: r.exitCode ?? -1, success: r.success, output: lines(r.stdout, r.stderr) };
     },
@@ -110,7 +121,14 @@ export function msbRpc(table: SandboxTable, catalog: ImageCatalog, keys: Keys, b
       const sandboxes = await Promise.all(
         chosen.map(async (m) => {
           const s = await m.sandbox.metrics().catch(() => undefined);
-          return { namespace: m.namespace, name: m.name, running: m.sandbox.isRunning, cpu_usage: s?.cpu.percent ?? null, memory_usage: s ? Math.round(s.memory.usedBytes / 2 ** 20) : null, disk_usage: s?.disk.usedBytes ?? null };
+          return {
+            namespace: m.namespace,
+            name: m.name,
+            running: m.sandbox.isRunning,
+            cpu_usage: s?.cpu.percent ?? null,
+            memory_usage: s ? Math.round(s.memory.usedBytes / 2 ** 20) : null,
+            disk_usage: s?.disk.usedBytes ?? null,
+          };
         }),
       );
       return { sandboxes };
@@ -131,7 +149,8 @@ export function msbRpc(table: SandboxTable, catalog: ImageCatalog, keys: Keys, b
     const id = m && typeof m === "object" && (typeof m.id === "string" || typeof m.id === "number") ? m.id : null;
     let outcome: Outcome;
     try {
-      if (!m || typeof m !== "object" || m.jsonrpc !== "2.0" || typeof m.method !== "string") throw new EnvelopeError(RPC_ERRORS.invalidRequest, 'not a JSON-RPC 2.0 request: give {"jsonrpc": "2.0", "method", "params", "id"}');
+      if (!m || typeof m !== "object" || m.jsonrpc !== "2.0" || typeof m.method !== "string")
+        throw new EnvelopeError(RPC_ERRORS.invalidRequest, 'not a JSON-RPC 2.0 request: give {"jsonrpc": "2.0", "method", "params", "id"}');
       const fn = methods[m.method];
       if (!fn) throw new EnvelopeError(RPC_ERRORS.methodNotFound, `no method ${JSON.stringify(m.method)}; there are ${Object.keys(methods).join(", ")}`);
       const params = (m.params ?? {}) as Params;

@@ -72,7 +72,9 @@ export class SandboxTable {
       throw new ServerFullError(`the server runs its limit of ${this.limits.maxSandboxes} sandboxes: retry later, or stop one`);
     }
     if (used + memory > this.limits.memoryBudgetMiB) {
-      throw new ServerFullError(`${memory} MiB more would pass the server's memory budget (${used} of ${this.limits.memoryBudgetMiB} MiB in use): retry later, or ask for less`);
+      throw new ServerFullError(
+        `${memory} MiB more would pass the server's memory budget (${used} of ${this.limits.memoryBudgetMiB} MiB in use): retry later, or ask for less`,
+      );
     }
     this.reserved++;
     this.reservedMiB += memory;
@@ -87,7 +89,19 @@ export class SandboxTable {
         ...(spec.workdir ? { workdir: spec.workdir } : {}),
         labels: { "msb.server/owner": spec.owner, "msb.server/namespace": spec.namespace, "msb.server/name": spec.name },
       });
-      const m: Managed = { id, protocol: spec.protocol, owner: spec.owner, namespace: spec.namespace, name: spec.name, sandbox, kind: spec.kind, memory, template: spec.template, metadata: spec.metadata ?? {}, startedAt: new Date() };
+      const m: Managed = {
+        id,
+        protocol: spec.protocol,
+        owner: spec.owner,
+        namespace: spec.namespace,
+        name: spec.name,
+        sandbox,
+        kind: spec.kind,
+        memory,
+        template: spec.template,
+        metadata: spec.metadata ?? {},
+        startedAt: new Date(),
+      };
       this.all.set(id, m);
       if (spec.timeout !== undefined) this.setTimeout(m, spec.timeout);
       if (this.closed) await this.kill(m);

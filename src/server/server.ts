@@ -59,7 +59,15 @@ export interface RunningServer {
 const LOOPBACK = /^(127(\.\d{1,3}){3}|::1|localhost)$/;
 
 const SERVER_KEYS = keysOf<ServerOptions>({
-  host: true, port: true, apiKeys: true, maxSandboxes: true, memoryBudgetMiB: true, bodyLimit: true, images: true, accessLog: true, e2b: true,
+  host: true,
+  port: true,
+  apiKeys: true,
+  maxSandboxes: true,
+  memoryBudgetMiB: true,
+  bodyLimit: true,
+  images: true,
+  accessLog: true,
+  e2b: true,
 });
 const E2B_KEYS = keysOf<E2bOptions>({ templates: true, fileLimit: true });
 
@@ -69,7 +77,9 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   const host = opts.host ?? SERVER_DEFAULTS.host;
   const keys = new Keys(opts.apiKeys ?? []);
   if (!LOOPBACK.test(host) && !keys.required) {
-    throw new InvalidArgumentError(`the server would listen on ${host}, beyond this machine, with no API key: give apiKeys (msb server --api-key), or listen on 127.0.0.1`);
+    throw new InvalidArgumentError(
+      `the server would listen on ${host}, beyond this machine, with no API key: give apiKeys (msb server --api-key), or listen on 127.0.0.1`,
+    );
   }
   const catalog = new ImageCatalog({ images: opts.images, templates: opts.e2b?.templates });
   const limits: Limits = {
@@ -88,7 +98,24 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   router.on("GET", "/api/v1/sandboxes", (req, res) => {
     try {
       const owner = keys.owner(req, ["authorization"]);
-      sendJson(res, 200, table.list(owner).map((m) => ({ id: m.id, protocol: m.protocol, namespace: m.namespace, name: m.name, template: m.template, memoryMiB: m.memory, running: m.sandbox.isRunning, pid: m.sandbox.pid ?? null, startedAt: m.startedAt.toISOString(), ...(m.endAt ? { endAt: new Date(m.endAt).toISOString() } : {}) })));
+      sendJson(
+        res,
+        200,
+        table
+          .list(owner)
+          .map((m) => ({
+            id: m.id,
+            protocol: m.protocol,
+            namespace: m.namespace,
+            name: m.name,
+            template: m.template,
+            memoryMiB: m.memory,
+            running: m.sandbox.isRunning,
+            pid: m.sandbox.pid ?? null,
+            startedAt: m.startedAt.toISOString(),
+            ...(m.endAt ? { endAt: new Date(m.endAt).toISOString() } : {}),
+          })),
+      );
     } catch (err) {
       sendError(res, err);
     }
@@ -113,7 +140,17 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   const server: Server = createHttpServer((req: IncomingMessage, res: ServerResponse) => {
     const t0 = performance.now();
     if (opts.accessLog) {
-      res.once("finish", () => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), method: req.method, path: req.url?.split("?")[0], status: res.statusCode, ms: Math.round(performance.now() - t0) }) + "\n"));
+      res.once("finish", () =>
+        process.stderr.write(
+          JSON.stringify({
+            time: new Date().toISOString(),
+            method: req.method,
+            path: req.url?.split("?")[0],
+            status: res.statusCode,
+            ms: Math.round(performance.now() - t0),
+          }) + "\n",
+        ),
+      );
     }
     try {
       const host = portHost(req.headers.host);

@@ -249,7 +249,10 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
     return { ...runningVm({ agent, backend: s.label, child, exited, timeline, consoleLog: s.consoleLog, cleanup }), ...s.extend?.(agent) };
   } catch (cause) {
     clearTimeout(timer);
-    ready?.then((agent) => agent.close(), () => {}); // a hello that comes after the race was lost
+    ready?.then(
+      (agent) => agent.close(),
+      () => {},
+    ); // a hello that comes after the race was lost
     // A VMM that is failing by itself gets a moment to say why and exit.
     await Promise.race([exited, new Promise((r) => setTimeout(r, 500))]);
     child.kill("SIGKILL");
@@ -270,11 +273,9 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
     const specific = (await s.report) ?? s.explain?.(stderr.trim());
     if (specific) throw specific;
     const details = [stderr.trim() && `${s.vmm} said: ${stderr.trim()}`, kept && `guest console (${kept}) ends with:\n${tail(kept, 1500)}`];
-    throw new VmBootError(
-      `sandbox ${config.name} did not boot on ${s.label}: ${(cause as Error).message}\n${details.filter(Boolean).join("\n")}`,
-      kept,
-      { cause },
-    );
+    throw new VmBootError(`sandbox ${config.name} did not boot on ${s.label}: ${(cause as Error).message}\n${details.filter(Boolean).join("\n")}`, kept, {
+      cause,
+    });
   }
 }
 

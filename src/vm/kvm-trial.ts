@@ -30,10 +30,7 @@ async function verdictFile(kernel: string | undefined): Promise<string> {
   const { kernel: vmlinux } = await guestBoot(kernel ? { kernel } : {});
   const st = statSync(vmlinux);
   const qemuVersion = execFileSync(qemuBinary(), ["--version"], { encoding: "utf8" }).split("\n")[0]!;
-  const key = createHash("sha256")
-    .update([os.release(), qemuVersion, vmlinux, st.size, st.mtimeMs].join("\0"))
-    .digest("hex")
-    .slice(0, 24);
+  const key = createHash("sha256").update([os.release(), qemuVersion, vmlinux, st.size, st.mtimeMs].join("\0")).digest("hex").slice(0, 24);
   return path.join(cacheDir(), "kvm-trial", `${key}.json`);
 }
 
@@ -62,8 +59,14 @@ export async function kvmTrial(kernel?: string): Promise<KvmVerdict> {
   let v: KvmVerdict;
   try {
     const ms = await new QemuBackend({ accel: "kvm", ...(kernel ? { kernel } : {}) }).floor({
-      name: "kvm-trial", memory: 128, cpus: 1, network: "none", maxProcesses: 64, rootfs: "",
-      rootDisk: async () => undefined, bootTimeout: TRIAL_SECONDS,
+      name: "kvm-trial",
+      memory: 128,
+      cpus: 1,
+      network: "none",
+      maxProcesses: 64,
+      rootfs: "",
+      rootDisk: async () => undefined,
+      bootTimeout: TRIAL_SECONDS,
     });
     v = { ok: true, detail: `booted to init in ${Math.round(ms)} ms` };
   } catch (err) {

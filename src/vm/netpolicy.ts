@@ -29,9 +29,25 @@ export type NetworkPolicy = "none" | "public" | "all" | { allow?: string[]; deny
  * the internet with them.
  */
 export const NON_PUBLIC = [
-  "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
-  "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
-  "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "fc00::/7", "fe80::/10", "ff00::/8",
+  "0.0.0.0/8",
+  "10.0.0.0/8",
+  "100.64.0.0/10",
+  "127.0.0.0/8",
+  "169.254.0.0/16",
+  "172.16.0.0/12",
+  "192.0.0.0/24",
+  "192.88.99.0/24",
+  "192.168.0.0/16",
+  "198.18.0.0/15",
+  "224.0.0.0/4",
+  "240.0.0.0/4",
+  "::/128",
+  "::1/128",
+  "64:ff9b:1::/48",
+  "100::/64",
+  "fc00::/7",
+  "fe80::/10",
+  "ff00::/8",
 ];
 
 const MAX_POLICY_ENTRIES = 200;
@@ -42,10 +58,12 @@ const ENTRY_HINT = 'give a CIDR such as "203.0.113.0/24", an address, a domain s
 export function checkCidr(value: unknown, what: string): string {
   if (typeof value !== "string") throw new InvalidArgumentError(`${what} ${JSON.stringify(value)} is invalid: ${ENTRY_HINT}`);
   const [addr, bits, extra] = value.split("/");
-  const v4 = isIPv4(addr!), v6 = isIPv6(addr!);
+  const v4 = isIPv4(addr!),
+    v6 = isIPv6(addr!);
   const max = v4 ? 32 : 128;
   const prefix = bits === undefined ? max : /^\d{1,3}$/.test(bits) ? Number(bits) : NaN;
-  if ((!v4 && !v6) || extra !== undefined || !(prefix >= 0 && prefix <= max)) throw new InvalidArgumentError(`${what} ${JSON.stringify(value)} is invalid: ${ENTRY_HINT}`);
+  if ((!v4 && !v6) || extra !== undefined || !(prefix >= 0 && prefix <= max))
+    throw new InvalidArgumentError(`${what} ${JSON.stringify(value)} is invalid: ${ENTRY_HINT}`);
   return `${addr}/${prefix}`;
 }
 
@@ -74,16 +92,21 @@ export function checkNetwork(value: unknown): NetworkPolicy {
       return v.map((c) => checkEntry(c, `network.${name} entry`));
     };
     const out: { allow?: string[]; deny?: string[] } = {};
-    const a = list(allow, "allow"), d = list(deny, "deny");
+    const a = list(allow, "allow"),
+      d = list(deny, "deny");
     // msb-netpolicy holds 256 rules, the host's DNS servers and "public"'s own among them.
     if ((a?.length ?? 0) + (d?.length ?? 0) > MAX_POLICY_ENTRIES) {
-      throw new InvalidArgumentError(`network has ${(a?.length ?? 0) + (d?.length ?? 0)} entries; at most ${MAX_POLICY_ENTRIES} in allow and deny together: merge CIDRs into wider ones, domains into "*." suffixes`);
+      throw new InvalidArgumentError(
+        `network has ${(a?.length ?? 0) + (d?.length ?? 0)} entries; at most ${MAX_POLICY_ENTRIES} in allow and deny together: merge CIDRs into wider ones, domains into "*." suffixes`,
+      );
     }
     if (a) out.allow = a;
     if (d) out.deny = d;
     return out;
   }
-  throw new InvalidArgumentError(`network ${JSON.stringify(value)} is invalid: use "none", "public", "all" or { allow: [...], deny: [...] } of CIDRs and domains`);
+  throw new InvalidArgumentError(
+    `network ${JSON.stringify(value)} is invalid: use "none", "public", "all" or { allow: [...], deny: [...] } of CIDRs and domains`,
+  );
 }
 
 /** The host's DNS servers, which the guest's resolver (10.0.2.3) forwards to. */
@@ -136,11 +159,13 @@ export function checkPorts(value: unknown, policy: NetworkPolicy): PortForward[]
   if (!Array.isArray(value)) throw new InvalidArgumentError(`ports must be an array of { host, guest } objects, got ${JSON.stringify(value)}`);
   if (value.length && policy === "none") throw new InvalidArgumentError('ports need a network: give network "public", "all" or a policy, not "none"');
   const port = (p: unknown, what: string) => {
-    if (!Number.isInteger(p) || (p as number) < 1 || (p as number) > 65535) throw new InvalidArgumentError(`${what} ${JSON.stringify(p)} is invalid: give a TCP port from 1 to 65535`);
+    if (!Number.isInteger(p) || (p as number) < 1 || (p as number) > 65535)
+      throw new InvalidArgumentError(`${what} ${JSON.stringify(p)} is invalid: give a TCP port from 1 to 65535`);
     return p as number;
   };
   return value.map((v: unknown) => {
-    if (typeof v !== "object" || v === null) throw new InvalidArgumentError(`ports entry ${JSON.stringify(v)} is invalid: give { host, guest } and optionally address`);
+    if (typeof v !== "object" || v === null)
+      throw new InvalidArgumentError(`ports entry ${JSON.stringify(v)} is invalid: give { host, guest } and optionally address`);
     checkKeys("port option", v, PORT_KEYS);
     const { host, guest, address = "127.0.0.1" } = v as PortForward;
     if (!isIPv4(address)) throw new InvalidArgumentError(`ports address ${JSON.stringify(address)} is invalid: give an IPv4 address such as "127.0.0.1"`);

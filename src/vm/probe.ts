@@ -93,8 +93,10 @@ export function probe(env: NodeJS.ProcessEnv = process.env): ProbeReport {
   const r = spawnSync(helper, ["probe"], { env, timeout: 10_000, maxBuffer: 1 << 20 });
   if (r.error || r.status !== 0) {
     const why = r.error?.message ?? `exit status ${r.status ?? r.signal}: ${r.stderr.toString().trim()}`;
-    throw new VmmHelperError(`the VM helper ${helper} could not probe this host (${why}): ` +
-      "reinstall microsandbox with its optional dependencies (the platform package carries the helper), or in a checkout run npm install");
+    throw new VmmHelperError(
+      `the VM helper ${helper} could not probe this host (${why}): ` +
+        "reinstall microsandbox with its optional dependencies (the platform package carries the helper), or in a checkout run npm install",
+    );
   }
   const report = decodeProbe(r.stdout);
   // A stand-in device (MSB_VMM_KVM_DEVICE, the tests' "usable KVM") is opened, never asked.

@@ -105,7 +105,6 @@ const volumeSerial = (i: number) => `msbvol${i}`;
 // QEMU option values are comma-separated: a comma inside one (a path) is written twice.
 const value = (s: string) => s.replaceAll(",", ",,");
 
-
 export interface QemuOptions {
   accel: Accel;
   /** The guest kernel. Default: MSB_KERNEL, else ours for the guest's architecture. */
@@ -190,30 +189,51 @@ export class QemuBackend implements Backend {
     const m = machineFor(this.arch, accel);
     const append = [`console=${m.console}`, "quiet", "panic=-1", ...m.cmdline];
     const args = [
-      "-M", `${m.machine},memory-backend=mem`,
-      "-accel", accel,
-      "-cpu", m.cpu,
-      "-m", String(config.memory),
+      "-M",
+      `${m.machine},memory-backend=mem`,
+      "-accel",
+      accel,
+      "-cpu",
+      m.cpu,
+      "-m",
+      String(config.memory),
       // Every VM names its RAM "mem", so that any VM's saved state loads into any other.
-      "-object", ram
+      "-object",
+      ram
         ? `memory-backend-file,id=mem,size=${config.memory}M,mem-path=${value(ram.file)},share=${ram.share ? "on" : "off"}`
         : `memory-backend-ram,id=mem,size=${config.memory}M`,
-      "-smp", String(config.cpus),
-      "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-      "-kernel", boot.kernel,
-      "-initrd", boot.initramfs,
-      "-append", append.join(" "),
-      "-chardev", console === "stdio" ? "stdio,id=console" : `file,id=console,path=${value(console)}`,
-      "-serial", "chardev:console",
-      "-device", `virtio-serial-device,max_ports=${SERIAL_PORTS}`,
+      "-smp",
+      String(config.cpus),
+      "-nodefaults",
+      "-no-user-config",
+      "-nographic",
+      "-no-reboot",
+      "-kernel",
+      boot.kernel,
+      "-initrd",
+      boot.initramfs,
+      "-append",
+      append.join(" "),
+      "-chardev",
+      console === "stdio" ? "stdio,id=console" : `file,id=console,path=${value(console)}`,
+      "-serial",
+      "chardev:console",
+      "-device",
+      `virtio-serial-device,max_ports=${SERIAL_PORTS}`,
       // The host's randomness: without it the guest's getrandom() blocks until the kernel has
       // gathered its own entropy (2-3 s of jitter under TCG), and Python's first import waits.
-      "-object", "rng-random,id=rng,filename=/dev/urandom",
-      "-device", "virtio-rng-device,rng=rng",
-      "-chardev", `socket,id=agent,fd=${CHANNEL_FD}`,
-      "-device", `virtserialport,chardev=agent,name=${PORT_NAME}`,
-      "-chardev", `socket,id=monitor,fd=${MONITOR_FD}`,
-      "-mon", "chardev=monitor,mode=control",
+      "-object",
+      "rng-random,id=rng,filename=/dev/urandom",
+      "-device",
+      "virtio-rng-device,rng=rng",
+      "-chardev",
+      `socket,id=agent,fd=${CHANNEL_FD}`,
+      "-device",
+      `virtserialport,chardev=agent,name=${PORT_NAME}`,
+      "-chardev",
+      `socket,id=monitor,fd=${MONITOR_FD}`,
+      "-mon",
+      "chardev=monitor,mode=control",
     ];
     // QEMU's own seccomp filter: no obsolete system calls, no privilege changes, no spawning, no
     // scheduler or affinity changes (saves go through a socket of ours, not a spawned writer).
@@ -222,7 +242,12 @@ export class QemuBackend implements Backend {
     if (disk) args.push("-drive", `id=root,file=${value(disk)},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=root");
     // Volumes: found by the agent by serial, not by order.
     (config.volumes ?? []).forEach((v, i) => {
-      args.push("-drive", `id=vol${i},file=${value(v.file)},format=raw,if=none${v.readOnly ? ",readonly=on" : ""}`, "-device", `virtio-blk-device,drive=vol${i},serial=${volumeSerial(i)}`);
+      args.push(
+        "-drive",
+        `id=vol${i},file=${value(v.file)},format=raw,if=none${v.readOnly ? ",readonly=on" : ""}`,
+        "-device",
+        `virtio-blk-device,drive=vol${i},serial=${volumeSerial(i)}`,
+      );
     });
     if (config.network === "all") {
       const forwards = (config.ports ?? []).map((p) => `,hostfwd=tcp:${p.address}:${p.host}-:${p.guest}`).join("");
@@ -296,7 +321,10 @@ export class QemuBackend implements Backend {
       ...ready({ qmp, channel }),
       release: () => {
         rawPort?.destroy();
-        void qmp.then((q) => q.close(), () => monitor.destroy());
+        void qmp.then(
+          (q) => q.close(),
+          () => monitor.destroy(),
+        );
       },
       extend: (agent) => ({
         ...(rawPort ? { rawPort } : {}),
@@ -329,11 +357,11 @@ export class QemuBackend implements Backend {
           : /host forwarding rule/i.test(stderr)
             ? new NetworkError(`sandbox ${config.name} cannot publish its ports (${stderr}): is a host port taken? ${portList(config)}`)
             : /sandbox|seccomp/i.test(stderr)
-            ? new BackendUnavailableError(
-                `QEMU cannot confine sandbox ${config.name} with its seccomp filter (${stderr}): install a QEMU built with libseccomp ` +
-                  "(Debian's qemu-system-x86 is)",
-              )
-            : undefined,
+              ? new BackendUnavailableError(
+                  `QEMU cannot confine sandbox ${config.name} with its seccomp filter (${stderr}): install a QEMU built with libseccomp ` +
+                    "(Debian's qemu-system-x86 is)",
+                )
+              : undefined,
     });
   }
 
@@ -371,7 +399,12 @@ export class QemuBackend implements Backend {
     const dir = makeRuntimeDir();
     const jail = { dir, files: [kernel, initramfs, ...(disk ? [disk] : [])] };
     const t0 = performance.now();
-    const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", { network: config.network, egress: config.egress, raw: config.rawPort, jail });
+    const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", {
+      network: config.network,
+      egress: config.egress,
+      raw: config.rawPort,
+      jail,
+    });
     let seen = "";
     let at: number | undefined;
     child.stdout!.on("data", (d: Buffer) => {

@@ -56,7 +56,8 @@ export function krunRefusal(f: HostFacts, network: NetworkMode, needs: readonly 
   if (!libkrun.imageShare) return `libkrun ${libkrun.generation} can share an image read-only neither by virtio-fs (>= 1.18) nor as a disk (>= 1.9.5)`;
   const lacking = needs.filter((n) => !KRUN_CAPABILITIES.has(n.capability));
   if (lacking.length) return `libkrun cannot do ${lacking.map((n) => n.why).join(" or ")}: QEMU can`;
-  if (network === "none" && !libkrun.networkNone) return `network "none" needs libkrun >= 1.17 (this one is ${libkrun.generation}); without it the guest would get the host's network`;
+  if (network === "none" && !libkrun.networkNone)
+    return `network "none" needs libkrun >= 1.17 (this one is ${libkrun.generation}); without it the guest would get the host's network`;
   return undefined;
 }
 

@@ -68,7 +68,10 @@ export async function snapshotInputs(backend: Backend, config: VmConfig, image: 
 }
 
 function snapshotDir(inputs: SnapshotInputs): string {
-  const key = createHash("sha256").update(JSON.stringify({ format: FORMAT, ...inputs })).digest("hex").slice(0, 32);
+  const key = createHash("sha256")
+    .update(JSON.stringify({ format: FORMAT, ...inputs }))
+    .digest("hex")
+    .slice(0, 32);
   return path.join(cacheDir(), "snapshots", key);
 }
 
@@ -88,7 +91,8 @@ function snapshotProblem(dir: string, inputs: SnapshotInputs): string | undefine
 function problem(dir: string, inputs: SnapshotInputs): string | undefined {
   const meta = readMeta(dir);
   if (!meta || typeof meta !== "object") return "meta.json holds no object";
-  if (!Array.isArray(meta.kept) || !meta.kept.every((k) => Number.isInteger(k?.session) && Number.isInteger(k?.pid))) return "meta.json lists no kept processes";
+  if (!Array.isArray(meta.kept) || !meta.kept.every((k) => Number.isInteger(k?.session) && Number.isInteger(k?.pid)))
+    return "meta.json lists no kept processes";
   if (meta.format !== FORMAT || JSON.stringify(meta.inputs) !== JSON.stringify(inputs)) return "made for other inputs";
   const size = (f: string) => (existsSync(path.join(dir, f)) ? statSync(path.join(dir, f)).size : -1);
   if (size("ram") !== meta.ramBytes || meta.ramBytes !== inputs.memory * 1024 * 1024) return `ram is ${size("ram")} bytes, not ${meta.ramBytes}`;
@@ -110,7 +114,13 @@ export function cloneIdentity(hostname: string) {
 
 // Boots the template with RAM in `dir`/ram (shared: its pages are the snapshot), readies it,
 // saves its state beside, and throws the template away.
-async function makeSnapshot(backend: Backend, config: VmConfig, inputs: SnapshotInputs, dir: string, prewarm: (agent: AgentClient) => Promise<KeptSession[]>): Promise<void> {
+async function makeSnapshot(
+  backend: Backend,
+  config: VmConfig,
+  inputs: SnapshotInputs,
+  dir: string,
+  prewarm: (agent: AgentClient) => Promise<KeptSession[]>,
+): Promise<void> {
   const parent = path.dirname(dir);
   mkdirSync(parent, { recursive: true });
   // Work of this key left by a process that died: under the key's lock, nobody else's.
@@ -202,7 +212,11 @@ export async function restoreOrBoot(
       await makeSnapshot(backend, config, inputs, dir, prewarm);
       return true;
     });
-    const detail = made ? (existed ? `${why}: made snapshot ${key} anew` : `made snapshot ${key}`) : `restored from snapshot ${key}, made meanwhile by another process`;
+    const detail = made
+      ? existed
+        ? `${why}: made snapshot ${key} anew`
+        : `made snapshot ${key}`
+      : `restored from snapshot ${key}, made meanwhile by another process`;
     return await attempt(made ? (existed ? "cold" : "created") : "restored", detail);
   } catch (err) {
     // A VM that did not boot at all (the template, or a restore) says the backend cannot: a caller
@@ -249,7 +263,10 @@ export async function pruneSnapshots(imageIds: Set<string>): Promise<number> {
       const st = await stat(dir).catch(() => undefined);
       if (!st || Date.now() - st.mtimeMs < 3600_000) continue;
     } else {
-      const meta = await readFile(path.join(dir, "meta.json"), "utf8").then((t) => JSON.parse(t) as Meta, () => undefined);
+      const meta = await readFile(path.join(dir, "meta.json"), "utf8").then(
+        (t) => JSON.parse(t) as Meta,
+        () => undefined,
+      );
       if (meta && imageIds.has(meta.inputs.image)) continue;
     }
     await withLock(dir, async () => {

@@ -105,7 +105,8 @@ describe("the host's frame decoder under mutation", () => {
       const { result } = await session.post("Profiler.takePreciseCoverage");
       const blocks: string[] = [];
       for (const script of result.filter((s) => DECODER.test(s.url))) {
-        for (const fn of script.functions) for (const b of fn.ranges) if (b.count > 0) blocks.push(`${script.url}:${b.startOffset}-${b.endOffset}:${Math.floor(Math.log2(b.count))}`);
+        for (const fn of script.functions)
+          for (const b of fn.ranges) if (b.count > 0) blocks.push(`${script.url}:${b.startOffset}-${b.endOffset}:${Math.floor(Math.log2(b.count))}`);
       }
       return blocks;
     };

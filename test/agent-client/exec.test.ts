@@ -210,36 +210,36 @@ describe("channel", () => {
     expect((await proc.exit).exitCode).toBe(0);
   });
 
-  it.each([["with credit to spare", undefined], ["out of credit midway", 65536]])(
-    "never overtakes stdout or stderr written before it, %s",
-    async (_, window) => {
-      // Each round writes 150 KB (more than the agent reads at once) to stdout or stderr, then
-      // its number to the channel.
-      const script = 'for i in $(seq 40); do head -c 150000 /dev/zero | tr "\\0" x; echo " $i" >&$((i % 2 + 1)); echo $i >&3; done';
-      const proc = client.spawn(["sh", "-c", script], { channel: true, ...(window ? { window } : {}) });
-      const lines = { stdout: 0, stderr: 0 };
-      const pending = { stdout: "", stderr: "" };
-      let rounds = 0;
-      for await (const c of proc) {
-        if (c.stream === "channel") {
-          for (const n of c.data.toString().trim().split("\n").map(Number)) {
-            // Round n's line is in, and so is every earlier round's.
-            expect(lines.stdout + lines.stderr).toBeGreaterThanOrEqual(n);
-            rounds = n;
-          }
-        } else {
-          pending[c.stream] += c.data.toString();
-          const parts = pending[c.stream].split("\n");
-          pending[c.stream] = parts.pop()!;
-          lines[c.stream] += parts.length;
-          if (window) await new Promise((r) => setImmediate(r)); // a slow reader
+  it.each([
+    ["with credit to spare", undefined],
+    ["out of credit midway", 65536],
+  ])("never overtakes stdout or stderr written before it, %s", async (_, window) => {
+    // Each round writes 150 KB (more than the agent reads at once) to stdout or stderr, then
+    // its number to the channel.
+    const script = 'for i in $(seq 40); do head -c 150000 /dev/zero | tr "\\0" x; echo " $i" >&$((i % 2 + 1)); echo $i >&3; done';
+    const proc = client.spawn(["sh", "-c", script], { channel: true, ...(window ? { window } : {}) });
+    const lines = { stdout: 0, stderr: 0 };
+    const pending = { stdout: "", stderr: "" };
+    let rounds = 0;
+    for await (const c of proc) {
+      if (c.stream === "channel") {
+        for (const n of c.data.toString().trim().split("\n").map(Number)) {
+          // Round n's line is in, and so is every earlier round's.
+          expect(lines.stdout + lines.stderr).toBeGreaterThanOrEqual(n);
+          rounds = n;
         }
+      } else {
+        pending[c.stream] += c.data.toString();
+        const parts = pending[c.stream].split("\n");
+        pending[c.stream] = parts.pop()!;
+        lines[c.stream] += parts.length;
+        if (window) await new Promise((r) => setImmediate(r)); // a slow reader
       }
-      expect(rounds).toBe(40);
-      expect(lines).toEqual({ stdout: 20, stderr: 20 });
-      expect((await proc.exit).exitCode).toBe(0);
-    },
-  );
+    }
+    expect(rounds).toBe(40);
+    expect(lines).toEqual({ stdout: 20, stderr: 20 });
+    expect((await proc.exit).exitCode).toBe(0);
+  });
 
   it("moves bulk under credit, and the exit waits for it", async () => {
     const proc = client.spawn(["sh", "-c", "head -c 8000000 /dev/zero >&3; echo done"], { channel: true, window: 65536 });

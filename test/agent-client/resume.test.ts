@@ -247,7 +247,12 @@ describe("resume with a new generation", () => {
     await old.suspend();
 
     const keep = [kept.session, late.session];
-    const client = await AgentClient.fromRestoredStream(await restoredPort(), { generation: 11, keep, hostname: "copy", bootId: "0b5e6f43-9c1d-4a7e-8f2b-3d4c5e6f7a8b" });
+    const client = await AgentClient.fromRestoredStream(await restoredPort(), {
+      generation: 11,
+      keep,
+      hostname: "copy",
+      bootId: "0b5e6f43-9c1d-4a7e-8f2b-3d4c5e6f7a8b",
+    });
     clients.push(client);
     expect(client.hello.generation).toBe(11);
     expect(client.hello.pid).toBe(agent.proc.pid);
@@ -297,7 +302,13 @@ describe("a Resume out of bounds", () => {
 
   it("in form is refused by the client before anything is sent", async () => {
     const client = await freshAgent();
-    for (const r of [{ generation: -1 }, { generation: 1.5 }, { generation: 1, bootId: "not-a-uuid" }, { generation: 1, keep: [0] }, { generation: 1, unixTimeNs: 2n ** 63n }]) {
+    for (const r of [
+      { generation: -1 },
+      { generation: 1.5 },
+      { generation: 1, bootId: "not-a-uuid" },
+      { generation: 1, keep: [0] },
+      { generation: 1, unixTimeNs: 2n ** 63n },
+    ]) {
       await expect(client.resume(r)).rejects.toBeInstanceOf(InvalidArgumentError);
     }
     expect((await client.exec(["true"])).exitCode).toBe(0);

@@ -259,7 +259,12 @@ describe("the client survives a misbehaving agent", () => {
       const boot = Array.from({ length: 20_000 }, (_, i) => ({ name: `e${i}`, tNs: 2n ** 64n - 1n }));
       const result = await beside(
         (s) => {
-          s.write(guestFrame(0, { case: "hello", value: { protocolVersion: PROTOCOL_VERSION, agentVersion: "v".repeat(100_000), pid: 4294967295, generation: 2n ** 64n - 1n, boot } }));
+          s.write(
+            guestFrame(0, {
+              case: "hello",
+              value: { protocolVersion: PROTOCOL_VERSION, agentVersion: "v".repeat(100_000), pid: 4294967295, generation: 2n ** 64n - 1n, boot },
+            }),
+          );
           s.once("data", async () => {
             s.write(guestFrame(1, { case: "started", value: { pid: 42 } }));
             const credit = guestFrame(1, { case: "credit", value: { bytes: 4294967295 } });

@@ -12,12 +12,23 @@ import { cdfSvg, niceTicks } from "../../src/bench/svg.js";
 
 const range = (a: number, b: number) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
 /** A fixed permutation, so order never matters to the results. */
-const shuffled = (xs: number[]) => xs.map((x, i) => [((i * 7919) % 101) + i / 1000, x] as const).sort((a, b) => a[0] - b[0]).map(([, x]) => x);
+const shuffled = (xs: number[]) =>
+  xs
+    .map((x, i) => [((i * 7919) % 101) + i / 1000, x] as const)
+    .sort((a, b) => a[0] - b[0])
+    .map(([, x]) => x);
 
 describe("summarize", () => {
   it("1..10: nearest-rank percentiles, one value trimmed each side", () => {
     expect(summarize(shuffled(range(1, 10)))).toEqual({
-      n: 10, min: 1, max: 10, mean: 5.5, p50: 5, p95: 10, p99: 10, trimmedMean: 5.5,
+      n: 10,
+      min: 1,
+      max: 10,
+      mean: 5.5,
+      p50: 5,
+      p95: 10,
+      p99: 10,
+      trimmedMean: 5.5,
     });
   });
 
@@ -150,7 +161,7 @@ function xmllint(doc: string): void {
 describe("cdfSvg", () => {
   const series = [
     { name: "qemu (tcg)", values: [812, 845, 790, 905, 870, 1210, 830, 860, 845, 880] },
-    { name: "krun <fast> & \"small\"", values: [120, 131, 118, 140, 125, 210, 122, 128] },
+    { name: 'krun <fast> & "small"', values: [120, 131, 118, 140, 125, 210, 122, 128] },
     { name: "floor", values: [95] },
   ];
 

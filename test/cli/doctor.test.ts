@@ -30,7 +30,12 @@ describe("msb doctor", () => {
     const accel = forcedAccel();
     const facts = await hostFacts({ backend: "auto", network: "none", ...(accel ? { accel } : {}) });
     for (const network of ["none", "public", "all"] as const) {
-      const d = decide(facts, { backend: "auto", network: vmNetwork(network).network, needs: machineNeeds({ network, ports: [], volumes: [] }), ...(accel ? { accel } : {}) });
+      const d = decide(facts, {
+        backend: "auto",
+        network: vmNetwork(network).network,
+        needs: machineNeeds({ network, ports: [], volumes: [] }),
+        ...(accel ? { accel } : {}),
+      });
       expect(report.chosen[network]).toEqual({ backend: d.backend === "qemu" ? `qemu (${d.accel})` : "krun", reason: d.reason });
     }
     expect(report.backends.krun.usable).toBe(report.chosen.all.backend === "krun");

@@ -85,13 +85,26 @@ describe("msb help and argument checking", () => {
   const QUICK = 15_000; // ms; a real bench or boot would take longer or print its own output
   // For each command: its synopsis line, an option with its default, and a sign of the work.
   const commands = [
-    { name: "pull", synopsis: "usage: msb pull IMAGE [--insecure]", option: /--insecure\s+allow plain HTTP.*\(default: off\)/, work: /layers|done|cached/, args: ["example.invalid/x:1"] },
+    {
+      name: "pull",
+      synopsis: "usage: msb pull IMAGE [--insecure]",
+      option: /--insecure\s+allow plain HTTP.*\(default: off\)/,
+      work: /layers|done|cached/,
+      args: ["example.invalid/x:1"],
+    },
     { name: "images", synopsis: "usage: msb images", option: /-h, --help\s+show this help/, work: /REFERENCE/, args: [] },
     { name: "rmi", synopsis: "usage: msb rmi IMAGE...", option: /-h, --help\s+show this help/, work: /removed|no image/, args: ["example.invalid/x:1"] },
     { name: "prune", synopsis: "usage: msb prune", option: /-h, --help\s+show this help/, work: /freed \d/, args: [] },
     { name: "doctor", synopsis: "usage: msb doctor [--json]", option: /--json\s+print the report as JSON/, work: /Backends:|"checks"/, args: ["--json"] },
     { name: "bench", synopsis: "usage: msb bench [options]", option: /--runs N\s+.*\(default: 10\)/, work: /run 1:/, args: ["--runs", "1"] },
-    { name: "run", synopsis: "usage: msb run IMAGE [options] [-- CMD ARG...]", option: /--memory MIB\s+.*\(default: 512\)/, work: /from the guest/, args: ["local:busybox", "--", "echo", "from the guest"], flagAt: 1 },
+    {
+      name: "run",
+      synopsis: "usage: msb run IMAGE [options] [-- CMD ARG...]",
+      option: /--memory MIB\s+.*\(default: 512\)/,
+      work: /from the guest/,
+      args: ["local:busybox", "--", "echo", "from the guest"],
+      flagAt: 1,
+    },
   ];
   // The command line with `flag` among arguments that would otherwise do the work (before any --).
   const withFlag = (c: (typeof commands)[number], flag: string) => {
@@ -101,22 +114,35 @@ describe("msb help and argument checking", () => {
 
   for (const c of commands) {
     for (const flag of ["--help", "-h"]) {
-      it(`msb ${c.name} ${flag} prints ${c.name}'s usage and does nothing else`, async () => {
-        const started = Date.now();
-        const r = await msb(withFlag(c, flag), { MSB_CACHE_DIR: cache }, QUICK);
-        expect(r.code).toBe(0);
-        expect(r.stdout.split("\n")[0]).toBe(c.synopsis);
-        expect(r.stdout).toMatch(c.option);
-        expect(r.stdout + r.stderr).not.toMatch(c.work);
-        expect(r.stderr).toBe("");
-        expect(Date.now() - started).toBeLessThan(QUICK);
-      }, QUICK * 2);
+      it(
+        `msb ${c.name} ${flag} prints ${c.name}'s usage and does nothing else`,
+        async () => {
+          const started = Date.now();
+          const r = await msb(withFlag(c, flag), { MSB_CACHE_DIR: cache }, QUICK);
+          expect(r.code).toBe(0);
+          expect(r.stdout.split("\n")[0]).toBe(c.synopsis);
+          expect(r.stdout).toMatch(c.option);
+          expect(r.stdout + r.stderr).not.toMatch(c.work);
+          expect(r.stderr).toBe("");
+          expect(Date.now() - started).toBeLessThan(QUICK);
+        },
+        QUICK * 2,
+      );
     }
   }
 
   it("documents every option of bench and run with its meaning and default, and none of another command's", async () => {
     const bench = (await msb(["bench", "--help"], {}, QUICK)).stdout;
-    for (const o of [/--mode sequential\|burst\|staggered .*\(default: sequential\)/, /--spacing MS .*\(default: 500\)/, /--image IMAGE .*\(default: local:busybox\)/, /--memory MIB .*\(default: 256\)/, /--backend auto\|krun\|qemu .*\(default: auto\)/, /--compare CMD/, /--output FILE/, /--svg FILE/]) {
+    for (const o of [
+      /--mode sequential\|burst\|staggered .*\(default: sequential\)/,
+      /--spacing MS .*\(default: 500\)/,
+      /--image IMAGE .*\(default: local:busybox\)/,
+      /--memory MIB .*\(default: 256\)/,
+      /--backend auto\|krun\|qemu .*\(default: auto\)/,
+      /--compare CMD/,
+      /--output FILE/,
+      /--svg FILE/,
+    ]) {
       expect(bench).toMatch(o);
     }
     const run = (await msb(["run", "--help"], {}, QUICK)).stdout;
@@ -157,7 +183,12 @@ describe("msb help and argument checking", () => {
     expect(pull.code).toBe(2);
     expect(pull.stderr).toContain('unknown option --runs for "msb pull"');
     expect((await msb(["images"], env)).stdout).not.toContain("cli/app"); // nothing was pulled
-    for (const [args, option] of [[["doctor", "--mode", "burst"], "--mode"], [["bench", "--network", "all"], "--network"], [["run", "local:busybox", "--json", "--", "true"], "--json"], [["images", "--insecure"], "--insecure"]] as const) {
+    for (const [args, option] of [
+      [["doctor", "--mode", "burst"], "--mode"],
+      [["bench", "--network", "all"], "--network"],
+      [["run", "local:busybox", "--json", "--", "true"], "--json"],
+      [["images", "--insecure"], "--insecure"],
+    ] as const) {
       const r = await msb([...args], env, QUICK);
       expect(r.code).toBe(2);
       expect(r.stderr).toContain(`unknown option ${option} for "msb ${args[0]}"`);
@@ -188,7 +219,11 @@ describe("msb help and argument checking", () => {
   });
 
   it("prints the command's usage to stderr when IMAGE is missing", async () => {
-    for (const [name, synopsis] of [["pull", "usage: msb pull IMAGE"], ["run", "usage: msb run IMAGE"], ["rmi", "usage: msb rmi IMAGE..."]]) {
+    for (const [name, synopsis] of [
+      ["pull", "usage: msb pull IMAGE"],
+      ["run", "usage: msb run IMAGE"],
+      ["rmi", "usage: msb rmi IMAGE..."],
+    ]) {
       const r = await msb([name!], { MSB_CACHE_DIR: cache });
       expect(r.code).toBe(2);
       expect(r.stderr).toContain(`"msb ${name}" needs IMAGE`);

@@ -77,7 +77,12 @@ describe("applyLayer: image semantics", () => {
   it("whiteouts delete a lower file and a lower directory tree, and are never created", async () => {
     const t = freshTarget();
     const [, s] = await applyAll(t, [
-      tar([{ path: "a/file", body: "x" }, { path: "a/keep", body: "k" }, { path: "d/sub/x", body: "x" }, { path: "d/y", body: "y" }]),
+      tar([
+        { path: "a/file", body: "x" },
+        { path: "a/keep", body: "k" },
+        { path: "d/sub/x", body: "x" },
+        { path: "d/y", body: "y" },
+      ]),
       tar([{ path: "a/.wh.file" }, { path: ".wh.d" }, { path: "a/new", body: "n" }]),
     ]);
     expect(s!.whiteouts).toBe(2);
@@ -88,7 +93,12 @@ describe("applyLayer: image semantics", () => {
   it("an opaque directory hides every lower child but keeps this layer's, before or after the marker", async () => {
     const t = freshTarget();
     await applyAll(t, [
-      tar([{ path: "o/old", body: "1" }, { path: "o/olddir/x", body: "x" }, { path: "o/same", body: "lower" }, { path: "p/untouched", body: "p" }]),
+      tar([
+        { path: "o/old", body: "1" },
+        { path: "o/olddir/x", body: "x" },
+        { path: "o/same", body: "lower" },
+        { path: "p/untouched", body: "p" },
+      ]),
       tar([
         { path: "o/before", body: "b" },
         { path: "o/olddir/kept-before", body: "k" },
@@ -106,7 +116,11 @@ describe("applyLayer: image semantics", () => {
   it("spares this layer's own entries from its whiteouts, skips AUFS metadata, never writes through a hardlink", async () => {
     const t = freshTarget();
     const [, s] = await applyAll(t, [
-      tar([{ path: "w/lower", body: "l" }, { path: "etc/shadow", body: "orig" }, { path: "x", typeflag: "1", linkname: "etc/shadow" }]),
+      tar([
+        { path: "w/lower", body: "l" },
+        { path: "etc/shadow", body: "orig" },
+        { path: "x", typeflag: "1", linkname: "etc/shadow" },
+      ]),
       tar([
         { path: "w/mine", body: "m" },
         { path: "w/.wh.mine" },
@@ -127,8 +141,17 @@ describe("applyLayer: image semantics", () => {
   it("follows usrmerge symlinks in parents: lib/x.so lands in usr/lib", async () => {
     const t = freshTarget();
     await applyAll(t, [
-      tar([{ path: "usr/lib/" }, { path: "usr/bin/" }, { path: "lib", typeflag: "2", linkname: "usr/lib" }, { path: "bin", typeflag: "2", linkname: "/usr/bin" }]),
-      tar([{ path: "lib/x.so", body: "elf" }, { path: "/bin/sh", body: "sh", mode: 0o755 }, { path: "lib/sub/y.so", body: "y" }]),
+      tar([
+        { path: "usr/lib/" },
+        { path: "usr/bin/" },
+        { path: "lib", typeflag: "2", linkname: "usr/lib" },
+        { path: "bin", typeflag: "2", linkname: "/usr/bin" },
+      ]),
+      tar([
+        { path: "lib/x.so", body: "elf" },
+        { path: "/bin/sh", body: "sh", mode: 0o755 },
+        { path: "lib/sub/y.so", body: "y" },
+      ]),
     ]);
     expect(read(`${t}/usr/lib/x.so`)).toBe("elf");
     expect(read(`${t}/usr/lib/sub/y.so`)).toBe("y");
@@ -140,8 +163,20 @@ describe("applyLayer: image semantics", () => {
   it("replaces a directory with a file, a file with a directory, a symlink with a file; merges dir over dir", async () => {
     const t = freshTarget();
     await applyAll(t, [
-      tar([{ path: "p/child/deep", body: "c" }, { path: "q", body: "file" }, { path: "r/", mode: 0o755 }, { path: "r/a", body: "a" }, { path: "s", typeflag: "2", linkname: "r/a" }]),
-      tar([{ path: "p", body: "now a file" }, { path: "q/", mode: 0o711 }, { path: "q/inner", body: "i" }, { path: "r/", mode: 0o700, uid: 7 }, { path: "s", body: "plain" }]),
+      tar([
+        { path: "p/child/deep", body: "c" },
+        { path: "q", body: "file" },
+        { path: "r/", mode: 0o755 },
+        { path: "r/a", body: "a" },
+        { path: "s", typeflag: "2", linkname: "r/a" },
+      ]),
+      tar([
+        { path: "p", body: "now a file" },
+        { path: "q/", mode: 0o711 },
+        { path: "q/inner", body: "i" },
+        { path: "r/", mode: 0o700, uid: 7 },
+        { path: "s", body: "plain" },
+      ]),
     ]);
     expect(read(`${t}/p`)).toBe("now a file");
     expect((await fs.lstat(`${t}/q`)).isDirectory()).toBe(true);
@@ -212,7 +247,11 @@ async function* bomb(count: number): AsyncGenerator<Uint8Array> {
     }
     yield new Uint8Array(1024);
   }
-  const gz = Buffer.concat(await Readable.from(plain()).pipe(createGzip({ level: 1 })).toArray());
+  const gz = Buffer.concat(
+    await Readable.from(plain())
+      .pipe(createGzip({ level: 1 }))
+      .toArray(),
+  );
   expect(gz.length).toBeLessThan(2 * 1024 * 1024);
   yield* Readable.from([gz]).pipe(createGunzip());
 }
@@ -220,7 +259,11 @@ async function* bomb(count: number): AsyncGenerator<Uint8Array> {
 const corpus: Hostile[] = [
   { name: "../ traversal", layers: () => [tar([file("../sentinel2")])], rejects: ["../sentinel2", /escapes the image root/] },
   { name: "a/../../x", layers: () => [tar([file("a/../../x")])], rejects: ["a/../../x", /escapes the image root/] },
-  { name: "deep ./../ chain", layers: () => [tar([file("./../../../../../../../tmp/msb-pwned")])], rejects: ["./../../../../../../../tmp/msb-pwned", /escapes/] },
+  {
+    name: "deep ./../ chain",
+    layers: () => [tar([file("./../../../../../../../tmp/msb-pwned")])],
+    rejects: ["./../../../../../../../tmp/msb-pwned", /escapes/],
+  },
   {
     name: "absolute paths land inside",
     layers: () => [tar([file("/etc/msb-pwned"), file("/etc/passwd", "root:x:0:0::/:/bin/sh\n")])],
@@ -291,7 +334,10 @@ const corpus: Hostile[] = [
   { name: "whiteout in ../", layers: () => [tar([file("../.wh.sentinel2")])], rejects: ["../.wh.sentinel2", /escapes the image root/] },
   {
     name: "whiteout through a symlinked parent pointing outside",
-    layers: (jail) => [tar([sym("s", `${jail}/outside`), sym("s2", "../../.."), file("keep")]), tar([file("s/.wh.secret"), file("s2/.wh.sentinel"), file("s2/.wh.l1")])],
+    layers: (jail) => [
+      tar([sym("s", `${jail}/outside`), sym("s2", "../../.."), file("keep")]),
+      tar([file("s/.wh.secret"), file("s2/.wh.sentinel"), file("s2/.wh.l1")]),
+    ],
     contained: (t, stats) => {
       expect(stats[1]!.whiteouts).toBe(3);
       expect(read(`${t}/keep`)).toBe("pwned");
@@ -309,27 +355,59 @@ const corpus: Hostile[] = [
   },
   {
     name: "char and block devices",
-    layers: () => [tar([{ path: "dev/null", typeflag: "3", devmajor: 1, devminor: 3 }, { path: "dev/sda", typeflag: "4", devmajor: 8, devminor: 0 }, { path: "sentinel2", typeflag: "3", devmajor: 1, devminor: 1 }])],
+    layers: () => [
+      tar([
+        { path: "dev/null", typeflag: "3", devmajor: 1, devminor: 3 },
+        { path: "dev/sda", typeflag: "4", devmajor: 8, devminor: 0 },
+        { path: "sentinel2", typeflag: "3", devmajor: 1, devminor: 1 },
+      ]),
+    ],
     contained: (t, [s]) => {
       expect(s!.devicesSkipped).toBe(3);
       expect(existsSync(`${t}/dev/null`) || existsSync(`${t}/dev/sda`) || existsSync(`${t}/sentinel2`)).toBe(false);
     },
   },
-  { name: "gzip bomb (8 x 25 MB entries)", layers: () => [() => bomb(8)], opts: { maxBytes: 50 * 1024 * 1024 }, rejects: ["bomb1", /cap of 52428800 tar bytes/] },
-  { name: "gzip bomb (one 200 MB entry)", layers: () => [() => bomb(1)], opts: { maxBytes: 50 * 1024 * 1024 }, rejects: ["bomb0", /declared size 209715200 is larger than allowed/] },
+  {
+    name: "gzip bomb (8 x 25 MB entries)",
+    layers: () => [() => bomb(8)],
+    opts: { maxBytes: 50 * 1024 * 1024 },
+    rejects: ["bomb1", /cap of 52428800 tar bytes/],
+  },
+  {
+    name: "gzip bomb (one 200 MB entry)",
+    layers: () => [() => bomb(1)],
+    opts: { maxBytes: 50 * 1024 * 1024 },
+    rejects: ["bomb0", /declared size 209715200 is larger than allowed/],
+  },
   {
     name: "huge declared size with little data",
     layers: () => [concat([header({ name: "big", size: 10 * 1024 ** 3 }), new Uint8Array(1000)])],
     rejects: ["big", /truncated/],
   },
-  { name: "absurd base-256 size", layers: () => [concat([header({ name: "absurd", size: 2n ** 60n }), new Uint8Array(1024)])], rejects: ["absurd", /out of range/] },
+  {
+    name: "absurd base-256 size",
+    layers: () => [concat([header({ name: "absurd", size: 2n ** 60n }), new Uint8Array(1024)])],
+    rejects: ["absurd", /out of range/],
+  },
   { name: "PAX size above maxBytes", layers: () => [tar([{ path: "paxbig", pax: { size: String(2 ** 40) } }])], rejects: ["paxbig", /declared size/] },
   { name: "GNU sparse entry", layers: () => [tar([{ path: "sparse", typeflag: "S", body: "x" }])], rejects: ["sparse", /sparse/] },
-  { name: "PAX-format sparse entry", layers: () => [tar([{ path: "psparse", body: "x", pax: { "GNU.sparse.major": "1", "GNU.sparse.minor": "0" } }])], rejects: ["psparse", /sparse/] },
+  {
+    name: "PAX-format sparse entry",
+    layers: () => [tar([{ path: "psparse", body: "x", pax: { "GNU.sparse.major": "1", "GNU.sparse.minor": "0" } }])],
+    rejects: ["psparse", /sparse/],
+  },
   { name: "PAX path containing NUL", layers: () => [tar([{ path: "ok", body: "x", pax: { path: "etc/\0/../../x" } }])], rejects: ["etc/\\0/../../x", /NUL/] },
-  { name: "corrupted header checksum", layers: () => [tar([file("fine"), { path: "corrupt", body: "x", checksumDelta: 1 }])], rejects: ["corrupt", /checksum/] },
+  {
+    name: "corrupted header checksum",
+    layers: () => [tar([file("fine"), { path: "corrupt", body: "x", checksumDelta: 1 }])],
+    rejects: ["corrupt", /checksum/],
+  },
   { name: "random header garbage", layers: () => [concat([randomBytes(512).map((b) => b | 1), new Uint8Array(1024)])], rejects: [null, /checksum|octal/] },
-  { name: "non-octal size with a valid checksum", layers: () => [concat([header({ name: "nonoctal", patch: [124, new TextEncoder().encode("9999")] }), pad(0)])], rejects: ["nonoctal", /not octal/] },
+  {
+    name: "non-octal size with a valid checksum",
+    layers: () => [concat([header({ name: "nonoctal", patch: [124, new TextEncoder().encode("9999")] }), pad(0)])],
+    rejects: ["nonoctal", /not octal/],
+  },
   { name: "oversized PAX header", layers: () => [tar([{ path: "p", pax: { comment: "x".repeat(2 * 1024 * 1024) } }])], rejects: ["PaxHeaders/x", /cap/] },
   { name: "path of 400k components", layers: () => [tar([file("a/".repeat(400_000) + "x")])], rejects: ["a/".repeat(400_000) + "x", /ENAMETOOLONG/] },
   { name: "unknown typeflag", layers: () => [tar([{ path: "weird", typeflag: "Z" }])], rejects: ["weird", /unsupported tar typeflag "Z"/] },

@@ -69,9 +69,11 @@ export async function startRegistry(options: { tokenAuth?: TokenAuthOptions; tls
     const auth = options.tokenAuth;
     const key = path.join(dir, "token.key");
     const cert = path.join(dir, "token.crt");
-    execFileSync("openssl", [
-      "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=msb-test-token-issuer",
-    ], { stdio: "ignore" });
+    execFileSync(
+      "openssl",
+      ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=msb-test-token-issuer"],
+      { stdio: "ignore" },
+    );
     const keyPem = readFileSync(key, "utf8");
     // x5c carries the signing certificate; the registry checks it chains to rootcertbundle (itself here).
     const certDer = readFileSync(cert, "utf8").replace(/-----[^-]+-----|\s/g, "");
@@ -124,8 +126,25 @@ export async function startRegistry(options: { tokenAuth?: TokenAuthOptions; tls
     ca = path.join(dir, "ca.crt");
     const [caKey, key, csr, cert] = ["ca.key", "server.key", "server.csr", "server.crt"].map((f) => path.join(dir, f)) as [string, string, string, string];
     const ssl = (...args: string[]) => execFileSync("openssl", args, { stdio: "ignore" });
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", caKey, "-out", ca, "-days", "2", "-subj", "/CN=msb-test-ca",
-      "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign");
+    ssl(
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      caKey,
+      "-out",
+      ca,
+      "-days",
+      "2",
+      "-subj",
+      "/CN=msb-test-ca",
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+      "-addext",
+      "keyUsage=critical,keyCertSign,cRLSign",
+    );
     ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1");
     const ext = path.join(dir, "server.ext");
     writeFileSync(ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n");
@@ -282,7 +301,11 @@ export interface ImageSpec {
 
 export function buildImage(spec: ImageSpec = {}): TestImage {
   const types = spec.docker ? DOCKER : OCI;
-  const platform = { os: spec.platform?.os ?? "linux", architecture: spec.platform?.architecture ?? "amd64", ...(spec.platform?.variant ? { variant: spec.platform.variant } : {}) };
+  const platform = {
+    os: spec.platform?.os ?? "linux",
+    architecture: spec.platform?.architecture ?? "amd64",
+    ...(spec.platform?.variant ? { variant: spec.platform.variant } : {}),
+  };
   const blobs = new Map<string, Buffer>();
   const diffIds: string[] = [];
   const layers: TestDescriptor[] = [];
@@ -292,13 +315,15 @@ export function buildImage(spec: ImageSpec = {}): TestImage {
     blobs.set(sha256(gz), gz);
     layers.push({ mediaType: types.layer, digest: sha256(gz), size: gz.length });
   }
-  const configJson = Buffer.from(JSON.stringify({
-    ...platform,
-    created: "2024-01-01T00:00:00Z",
-    config: { Env: spec.env ?? ["PATH=/usr/local/bin:/usr/bin:/bin"], Cmd: spec.cmd ?? ["/bin/sh"], WorkingDir: spec.workingDir ?? "/" },
-    rootfs: { type: "layers", diff_ids: diffIds },
-    history: diffIds.map(() => ({ created: "2024-01-01T00:00:00Z", created_by: "msb test" })),
-  }));
+  const configJson = Buffer.from(
+    JSON.stringify({
+      ...platform,
+      created: "2024-01-01T00:00:00Z",
+      config: { Env: spec.env ?? ["PATH=/usr/local/bin:/usr/bin:/bin"], Cmd: spec.cmd ?? ["/bin/sh"], WorkingDir: spec.workingDir ?? "/" },
+      rootfs: { type: "layers", diff_ids: diffIds },
+      history: diffIds.map(() => ({ created: "2024-01-01T00:00:00Z", created_by: "msb test" })),
+    }),
+  );
   blobs.set(sha256(configJson), configJson);
   const config = { mediaType: types.config, digest: sha256(configJson), size: configJson.length };
   const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: types.manifest, config, layers }, null, 2));
@@ -385,10 +410,11 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
     cutNext: (n) => void (cuts = n),
     redirectNext: (n) => void (redirectCount = n),
     redirects: 0,
-    close: () => new Promise((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
   const server = http.createServer((req, res) => {
     const isBlob = req.method === "GET" && /\/blobs\/sha256:/.test(req.url ?? "");

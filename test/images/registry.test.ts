@@ -9,15 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DigestMismatchError, InvalidArgumentError } from "../../src/errors.js";
 import { parseReference, registryHost } from "../../src/images/reference.js";
 import { hostPlatform, parseChallenges, PlatformNotFoundError, type PullEvent, RegistryClient, RegistryError } from "../../src/images/registry.js";
-import {
-  buildImage,
-  buildIndex,
-  type FaultyProxy,
-  startFaultyProxy,
-  startRegistry,
-  type TestImage,
-  type TestRegistry,
-} from "./registry-helpers.js";
+import { buildImage, buildIndex, type FaultyProxy, startFaultyProxy, startRegistry, type TestImage, type TestRegistry } from "./registry-helpers.js";
 
 const HEX = "a".repeat(64);
 
@@ -73,9 +65,7 @@ describe("parseReference", () => {
 
 describe("parseChallenges", () => {
   it("reads Bearer and Basic challenges with quoted commas", () => {
-    expect(
-      parseChallenges('Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push", Basic realm="x"'),
-    ).toEqual([
+    expect(parseChallenges('Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push", Basic realm="x"')).toEqual([
       { scheme: "bearer", params: { realm: "https://auth.example/token", service: "registry.example", scope: "repository:a/b:pull,push" } },
       { scheme: "basic", params: { realm: "x" } },
     ]);
@@ -107,7 +97,13 @@ describe("RegistryClient safety limits (fake fetch)", () => {
 
 /** Unique content per call, so tests never share blobs by accident. */
 function uniqueImage(spec: Parameters<typeof buildImage>[0] = {}): TestImage {
-  return buildImage({ layers: [{ "id.txt": randomBytes(8).toString("hex") }, { "etc/": "", "etc/motd": "hi\n" }], env: ["A=1"], cmd: ["/bin/app"], workingDir: "/srv", ...spec });
+  return buildImage({
+    layers: [{ "id.txt": randomBytes(8).toString("hex") }, { "etc/": "", "etc/motd": "hi\n" }],
+    env: ["A=1"],
+    cmd: ["/bin/app"],
+    workingDir: "/srv",
+    ...spec,
+  });
 }
 
 function errorOf(promise: Promise<unknown>): Promise<unknown> {

@@ -25,7 +25,10 @@ const tempDir = (prefix: string) => {
 };
 
 const appImage = buildImage({
-  layers: [{ "etc/": "", "etc/app.conf": "version=1\n" }, { "srv/": "", "srv/hello.txt": "hello from layer two\n" }],
+  layers: [
+    { "etc/": "", "etc/app.conf": "version=1\n" },
+    { "srv/": "", "srv/hello.txt": "hello from layer two\n" },
+  ],
   env: ["PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hi"],
   cmd: ["cat", "/srv/hello.txt"],
   workingDir: "/srv",
@@ -87,7 +90,9 @@ describe("pull and reuse", () => {
     try {
       const store = new ImageStore(tempDir("msb-store-cut-"));
       proxy.cutNext(10);
-      await expect(pullImage(store, `${proxy.host}/test/app:v1`, { registry: { insecure: [proxy.host], retries: 0 } })).rejects.toThrow(/cut|ended|body|terminated/i);
+      await expect(pullImage(store, `${proxy.host}/test/app:v1`, { registry: { insecure: [proxy.host], retries: 0 } })).rejects.toThrow(
+        /cut|ended|body|terminated/i,
+      );
       expect(await store.list()).toEqual([]);
       expect(existsSync(path.join(store.root, "images")) ? readdirSync(path.join(store.root, "images")) : []).toEqual([]);
       // Tampered: the registry's stored layer no longer matches its digest.

@@ -101,7 +101,10 @@ export function entry(s: TarSpec): Uint8Array[] {
   const pax: Record<string, string> = { ...s.pax };
   const long = (v: string) => enc.encode(v).length > 100;
   if (s.longNames === "gnu") {
-    for (const [flag, v] of [["L", name], ["K", linkname]] as const) {
+    for (const [flag, v] of [
+      ["L", name],
+      ["K", linkname],
+    ] as const) {
       if (!long(v)) continue;
       const data = enc.encode(`${v}\0`);
       out.push(header({ name: "././@LongLink", typeflag: flag, size: data.length }), data, pad(data.length));

@@ -23,8 +23,11 @@ export function buildDoubles(): Doubles {
   const lib = {} as Record<Generation, string>;
   for (const [name, version] of Object.entries(GENERATIONS)) {
     const out = path.join(dir, `libkrun-${name}.so`);
-    const cc = spawnSync("cc", ["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", `-DKRUN_DOUBLE_VERSION=${version}`,
-      "-o", out, path.join(ROOT, "test/native/libkrun-double.c")], { encoding: "utf8" });
+    const cc = spawnSync(
+      "cc",
+      ["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", `-DKRUN_DOUBLE_VERSION=${version}`, "-o", out, path.join(ROOT, "test/native/libkrun-double.c")],
+      { encoding: "utf8" },
+    );
     if (cc.status !== 0) throw new Error(`compiling the libkrun double failed:\n${cc.stderr}`);
     lib[name as Generation] = out;
   }

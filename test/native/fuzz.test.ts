@@ -12,10 +12,14 @@ describe.skipIf(process.platform !== "linux")("native decoding of untrusted byte
   it.each([
     ["the agent's frame decoding", "frames"],
     ["msb-netpolicy's DNS response reading", "dns"],
-  ])("%s runs 10 s from its corpus without a crash, a leak or undefined behaviour", (_, target) => {
-    const r = spawnSync("bash", ["scripts/fuzz.sh", "10", target], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
-    expect(r.stderr).toMatch(/INITED cov: \d+/);
-    expect(r.stderr).toMatch(/Done \d+ runs in \d+ second/);
-    expect(r.status).toBe(0);
-  }, 150_000);
+  ])(
+    "%s runs 10 s from its corpus without a crash, a leak or undefined behaviour",
+    (_, target) => {
+      const r = spawnSync("bash", ["scripts/fuzz.sh", "10", target], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
+      expect(r.stderr).toMatch(/INITED cov: \d+/);
+      expect(r.stderr).toMatch(/Done \d+ runs in \d+ second/);
+      expect(r.status).toBe(0);
+    },
+    150_000,
+  );
 });

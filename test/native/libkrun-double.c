@@ -23,13 +23,17 @@ static void append(const char *line) {
   if (path == NULL) return;
   int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return;
-  if (write(fd, line, strlen(line)) < 0) { /* nothing to do: the test will see the line missing */ }
+  if (write(fd, line, strlen(line)) < 0) { /* nothing to do: the test will see the line missing */
+  }
   close(fd);
 }
 
 // Renders a string as a JSON string literal, NULL as null.
 static void str(FILE *f, const char *s) {
-  if (s == NULL) { fputs("null", f); return; }
+  if (s == NULL) {
+    fputs("null", f);
+    return;
+  }
   fputc('"', f);
   for (; *s; s++) {
     if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
@@ -41,7 +45,10 @@ static void str(FILE *f, const char *s) {
 
 // Renders a NULL-terminated string array as a JSON array, NULL as null.
 static void strs(FILE *f, const char *const v[]) {
-  if (v == NULL) { fputs("null", f); return; }
+  if (v == NULL) {
+    fputs("null", f);
+    return;
+  }
   fputc('[', f);
   for (size_t i = 0; v[i] != NULL; i++) {
     if (i) fputs(", ", f);
@@ -91,28 +98,23 @@ static int32_t result(const char *name, int32_t ok) {
 #define REC(fn, fmt, ...) (record(#fn, fmt, __VA_ARGS__), result(#fn, 0))
 
 int32_t krun_set_log_level(uint32_t level) { return REC(krun_set_log_level, "u", level); }
-int32_t krun_create_ctx(void) { record("krun_create_ctx", ""); return result("krun_create_ctx", (int32_t)CTX); }
+int32_t krun_create_ctx(void) {
+  record("krun_create_ctx", "");
+  return result("krun_create_ctx", (int32_t)CTX);
+}
 int32_t krun_set_vm_config(uint32_t ctx_id, uint8_t num_vcpus, uint32_t ram_mib) {
   return REC(krun_set_vm_config, "uuu", ctx_id, (unsigned)num_vcpus, ram_mib);
 }
 int32_t krun_set_root(uint32_t ctx_id, const char *root_path) { return REC(krun_set_root, "us", ctx_id, root_path); }
-int32_t krun_set_rlimits(uint32_t ctx_id, const char *const rlimits[]) {
-  return REC(krun_set_rlimits, "uS", ctx_id, rlimits);
-}
-int32_t krun_set_workdir(uint32_t ctx_id, const char *workdir_path) {
-  return REC(krun_set_workdir, "us", ctx_id, workdir_path);
-}
+int32_t krun_set_rlimits(uint32_t ctx_id, const char *const rlimits[]) { return REC(krun_set_rlimits, "uS", ctx_id, rlimits); }
+int32_t krun_set_workdir(uint32_t ctx_id, const char *workdir_path) { return REC(krun_set_workdir, "us", ctx_id, workdir_path); }
 int32_t krun_set_exec(uint32_t ctx_id, const char *exec_path, const char *const argv[], const char *const envp[]) {
   return REC(krun_set_exec, "usSS", ctx_id, exec_path, argv, envp);
 }
 
 #if KRUN_DOUBLE_VERSION >= 10800
-int32_t krun_add_vsock_port(uint32_t ctx_id, uint32_t port, const char *c_filepath) {
-  return REC(krun_add_vsock_port, "uus", ctx_id, port, c_filepath);
-}
-int32_t krun_set_console_output(uint32_t ctx_id, const char *c_filepath) {
-  return REC(krun_set_console_output, "us", ctx_id, c_filepath);
-}
+int32_t krun_add_vsock_port(uint32_t ctx_id, uint32_t port, const char *c_filepath) { return REC(krun_add_vsock_port, "uus", ctx_id, port, c_filepath); }
+int32_t krun_set_console_output(uint32_t ctx_id, const char *c_filepath) { return REC(krun_set_console_output, "us", ctx_id, c_filepath); }
 #endif
 #if KRUN_DOUBLE_VERSION >= 10905
 int32_t krun_add_disk(uint32_t ctx_id, const char *block_id, const char *disk_path, bool read_only) {
@@ -120,8 +122,7 @@ int32_t krun_add_disk(uint32_t ctx_id, const char *block_id, const char *disk_pa
 }
 #endif
 #if KRUN_DOUBLE_VERSION >= 11000
-int32_t krun_add_disk2(uint32_t ctx_id, const char *block_id, const char *disk_path, uint32_t disk_format,
-                       bool read_only) {
+int32_t krun_add_disk2(uint32_t ctx_id, const char *block_id, const char *disk_path, uint32_t disk_format, bool read_only) {
   return REC(krun_add_disk2, "ussub", ctx_id, block_id, disk_path, disk_format, read_only);
 }
 int32_t krun_add_vsock_port2(uint32_t ctx_id, uint32_t port, const char *c_filepath, bool listen) {
@@ -129,19 +130,14 @@ int32_t krun_add_vsock_port2(uint32_t ctx_id, uint32_t port, const char *c_filep
 }
 #endif
 #if KRUN_DOUBLE_VERSION >= 11300
-int32_t krun_init_log(int target_fd, uint32_t level, uint32_t style, uint32_t options) {
-  return REC(krun_init_log, "duuu", target_fd, level, style, options);
-}
+int32_t krun_init_log(int target_fd, uint32_t level, uint32_t style, uint32_t options) { return REC(krun_init_log, "duuu", target_fd, level, style, options); }
 #endif
 #if KRUN_DOUBLE_VERSION >= 11700
 int32_t krun_disable_implicit_vsock(uint32_t ctx_id) { return REC(krun_disable_implicit_vsock, "u", ctx_id); }
-int32_t krun_add_vsock(uint32_t ctx_id, uint32_t tsi_features) {
-  return REC(krun_add_vsock, "uu", ctx_id, tsi_features);
-}
+int32_t krun_add_vsock(uint32_t ctx_id, uint32_t tsi_features) { return REC(krun_add_vsock, "uu", ctx_id, tsi_features); }
 #endif
 #if KRUN_DOUBLE_VERSION >= 11800
-int32_t krun_add_virtiofs3(uint32_t ctx_id, const char *c_tag, const char *c_path, uint64_t shm_size,
-                           bool read_only) {
+int32_t krun_add_virtiofs3(uint32_t ctx_id, const char *c_tag, const char *c_path, uint64_t shm_size, bool read_only) {
   return REC(krun_add_virtiofs3, "ussUb", ctx_id, c_tag, c_path, shm_size, read_only);
 }
 #endif

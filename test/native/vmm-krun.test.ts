@@ -88,9 +88,7 @@ async function runHelper(opts: {
   const config = child.stdio[3] as Writable;
   config.on("error", () => {}); // the helper may exit before reading it all
   config.end(opts.raw ?? encodeConfig({ ...DEFAULT_CONFIG, ...opts.config }));
-  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
-    child.on("exit", (c, s) => resolve([c, s])),
-  );
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on("exit", (c, s) => resolve([c, s])));
   await statusEnd;
   const bytes = Buffer.concat(status);
   let decoded: Run["status"] = null;
@@ -183,18 +181,46 @@ describe("msb-vmm krun: libkrun generations", () => {
   const tail = ['krun_set_exec(7, "/msb-agent", ["--krun"], [])', 'krun_set_console_output(7, "/run/sb/console.log")', ...ENTER];
   const head = ["krun_create_ctx()", "krun_set_vm_config(7, 1, 512)", 'krun_set_root(7, "/srv/sb/root")'];
   const cases: [Generation, string[]][] = [
-    ["1.18", ["krun_init_log(-1, 0, 0, 1)", ...head,
-      'krun_add_virtiofs3(7, "msb-image", "/srv/images/python", 0, true)',
-      'krun_add_vsock_port2(7, 2695, "/run/sb/agent.sock", false)', ...tail]],
-    ["1.17", ["krun_init_log(-1, 0, 0, 1)", ...head,
-      'krun_add_disk2(7, "msb-image", "/srv/images/python.ext4", 0, true)',
-      'krun_add_vsock_port2(7, 2695, "/run/sb/agent.sock", false)', ...tail]],
-    ["1.10", ["krun_set_log_level(0)", ...head,
-      'krun_add_disk2(7, "msb-image", "/srv/images/python.ext4", 0, true)',
-      'krun_add_vsock_port2(7, 2695, "/run/sb/agent.sock", false)', ...tail]],
-    ["1.9.5", ["krun_set_log_level(0)", ...head,
-      'krun_add_disk(7, "msb-image", "/srv/images/python.ext4", true)',
-      'krun_add_vsock_port(7, 2695, "/run/sb/agent.sock")', ...tail]],
+    [
+      "1.18",
+      [
+        "krun_init_log(-1, 0, 0, 1)",
+        ...head,
+        'krun_add_virtiofs3(7, "msb-image", "/srv/images/python", 0, true)',
+        'krun_add_vsock_port2(7, 2695, "/run/sb/agent.sock", false)',
+        ...tail,
+      ],
+    ],
+    [
+      "1.17",
+      [
+        "krun_init_log(-1, 0, 0, 1)",
+        ...head,
+        'krun_add_disk2(7, "msb-image", "/srv/images/python.ext4", 0, true)',
+        'krun_add_vsock_port2(7, 2695, "/run/sb/agent.sock", false)',
+        ...tail,
+      ],
+    ],
+    [
+      "1.10",
+      [
+        "krun_set_log_level(0)",
+        ...head,
+        'krun_add_disk2(7, "msb-image", "/srv/images/python.ext4", 0, true)',
+        'krun_add_vsock_port2(7, 2695, "/run/sb/agent.sock", false)',
+        ...tail,
+      ],
+    ],
+    [
+      "1.9.5",
+      [
+        "krun_set_log_level(0)",
+        ...head,
+        'krun_add_disk(7, "msb-image", "/srv/images/python.ext4", true)',
+        'krun_add_vsock_port(7, 2695, "/run/sb/agent.sock")',
+        ...tail,
+      ],
+    ],
   ];
   it.each(cases)("libkrun %s: image directory and disk given, network all", async (gen, expected) => {
     const r = await runHelper({ lib: gen, config: disk });

@@ -72,7 +72,20 @@ describe.skipIf(!root || process.platform !== "linux" || process.arch !== "x64")
     // filled here (this machine may reach the registry; the user's may not).
     const fill = path.join(work, "fill");
     mkdirSync(fill);
-    await run("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", "--cache", path.join(pkgs, "npm-cache"), path.join(pkgs, tarball("")), path.join(pkgs, tarball("linux-x64"))], { cwd: fill });
+    await run(
+      "npm",
+      [
+        "install",
+        "--prefer-offline",
+        "--no-audit",
+        "--no-fund",
+        "--cache",
+        path.join(pkgs, "npm-cache"),
+        path.join(pkgs, tarball("")),
+        path.join(pkgs, tarball("linux-x64")),
+      ],
+      { cwd: fill },
+    );
   }, 900_000);
 
   afterAll(async () => {
@@ -81,18 +94,38 @@ describe.skipIf(!root || process.platform !== "linux" || process.arch !== "x64")
   });
 
   it("are made by npm run pack: the main package, and one per platform with what its platform needs", () => {
-    const files = readdirSync(pkgs).filter((f) => f.endsWith(".tgz")).sort();
+    const files = readdirSync(pkgs)
+      .filter((f) => f.endsWith(".tgz"))
+      .sort();
     expect(files).toEqual([tarball(""), tarball("darwin-arm64").replace(/\.tgz$/, "-guest-only.tgz"), tarball("linux-arm64"), tarball("linux-x64")].sort());
-    const list = (t: string) => execFileSync("tar", ["tzf", path.join(pkgs, t)], { encoding: "utf8" }).split("\n").filter(Boolean);
+    const list = (t: string) =>
+      execFileSync("tar", ["tzf", path.join(pkgs, t)], { encoding: "utf8" })
+        .split("\n")
+        .filter(Boolean);
     // The main package: JavaScript and interpreter drivers; nothing to compile.
     const main = list(tarball(""));
     expect(main.some((f) => /\.(c|cc|h|gyp)$/.test(f) || f.includes("native/"))).toBe(false);
     const manifest = JSON.parse(execFileSync("tar", ["xzOf", path.join(pkgs, tarball("")), "package/package.json"], { encoding: "utf8" }));
     expect(manifest.scripts).toBeUndefined();
     expect(Object.keys(manifest.optionalDependencies).sort()).toEqual(["@microsandbox/darwin-arm64", "@microsandbox/linux-arm64", "@microsandbox/linux-x64"]);
-    for (const [name, guest] of [["linux-x64", "vmlinux"], ["linux-arm64", "Image"]] as const) {
+    for (const [name, guest] of [
+      ["linux-x64", "vmlinux"],
+      ["linux-arm64", "Image"],
+    ] as const) {
       expect(list(tarball(name)).sort()).toEqual(
-        ["README.md", "guest/msb-agent", "guest/msb-floor-init", `guest/${guest}`, "native/microsandbox.node", "native/msb-netpolicy.so", "native/msb-openfd.so", "native/msb-vmm", "package.json"].map((f) => `package/${f}`).sort(),
+        [
+          "README.md",
+          "guest/msb-agent",
+          "guest/msb-floor-init",
+          `guest/${guest}`,
+          "native/microsandbox.node",
+          "native/msb-netpolicy.so",
+          "native/msb-openfd.so",
+          "native/msb-vmm",
+          "package.json",
+        ]
+          .map((f) => `package/${f}`)
+          .sort(),
       );
     }
     const linux = JSON.parse(execFileSync("tar", ["xzOf", path.join(pkgs, tarball("linux-x64")), "package/package.json"], { encoding: "utf8" }));
@@ -132,8 +165,20 @@ describe.skipIf(!root || process.platform !== "linux" || process.arch !== "x64")
     ].join("\n");
     const { stdout, stderr } = await run(
       "unshare",
-      ["--mount", "--propagation", "private", "bash", path.join(ROOT, "test/package/as-user.sh"), machine, userWork, pkgs,
-        `MSB_NODE_IMAGE=${image}`, "NODE_EXTRA_CA_CERTS=/pkgs/ca.crt", "--", script],
+      [
+        "--mount",
+        "--propagation",
+        "private",
+        "bash",
+        path.join(ROOT, "test/package/as-user.sh"),
+        machine,
+        userWork,
+        pkgs,
+        `MSB_NODE_IMAGE=${image}`,
+        "NODE_EXTRA_CA_CERTS=/pkgs/ca.crt",
+        "--",
+        script,
+      ],
       { timeout: 600_000, maxBuffer: 1 << 24 },
     );
     const lines = stdout.split("\n");
@@ -146,7 +191,11 @@ describe.skipIf(!root || process.platform !== "linux" || process.arch !== "x64")
     expect(out).toContain("images");
     // msb doctor names where each part came from, and its verdict agrees with what just ran.
     for (const part of ["guest kernel (QEMU)", "guest agent", "VM helper (msb-vmm)", "native addon"]) {
-      expect(stdout).toMatch(new RegExp(`ok +${part.replace(/[()]/g, "\\$&")}: /home/sbuser/app/node_modules/@microsandbox/linux-x64/\\S+ \\(platform package: @microsandbox/linux-x64 ${VERSION}\\)`));
+      expect(stdout).toMatch(
+        new RegExp(
+          `ok +${part.replace(/[()]/g, "\\$&")}: /home/sbuser/app/node_modules/@microsandbox/linux-x64/\\S+ \\(platform package: @microsandbox/linux-x64 ${VERSION}\\)`,
+        ),
+      );
     }
     expect(stdout).toMatch(/qemu: usable/);
     expect(stdout).toMatch(/network "none": qemu \(tcg\)/);
@@ -160,7 +209,14 @@ describe.skipIf(!root || process.platform !== "linux" || process.arch !== "x64")
     const arm = path.join(work, "arm64");
     mkdirSync(arm);
     execFileSync("tar", ["xzf", path.join(pkgs, tarball("linux-arm64")), "-C", arm]);
-    for (const f of ["native/microsandbox.node", "native/msb-vmm", "native/msb-netpolicy.so", "native/msb-openfd.so", "guest/msb-agent", "guest/msb-floor-init"]) {
+    for (const f of [
+      "native/microsandbox.node",
+      "native/msb-vmm",
+      "native/msb-netpolicy.so",
+      "native/msb-openfd.so",
+      "guest/msb-agent",
+      "guest/msb-floor-init",
+    ]) {
       expect(execFileSync("file", ["-b", path.join(arm, "package", f)], { encoding: "utf8" }), f).toMatch(/ARM aarch64/);
     }
     // On this x64 host, the aarch64 guest's half comes from the installed linux-arm64 package
@@ -168,8 +224,20 @@ describe.skipIf(!root || process.platform !== "linux" || process.arch !== "x64")
     const project = path.join(work, "arm-project");
     mkdirSync(project);
     writeFileSync(path.join(project, "package.json"), '{ "name": "arm", "version": "1.0.0", "private": true }\n');
-    await run("npm", ["install", "--offline", "--force", "--no-audit", "--no-fund", "--cache", path.join(pkgs, "npm-cache"),
-      ...["", "linux-x64", "linux-arm64"].map((t) => path.join(pkgs, tarball(t)))], { cwd: project });
+    await run(
+      "npm",
+      [
+        "install",
+        "--offline",
+        "--force",
+        "--no-audit",
+        "--no-fund",
+        "--cache",
+        path.join(pkgs, "npm-cache"),
+        ...["", "linux-x64", "linux-arm64"].map((t) => path.join(pkgs, tarball(t))),
+      ],
+      { cwd: project },
+    );
     const boot = `
       // Below the package's API: its internal QEMU backend, by file, to boot an aarch64 guest here.
       import { ImageStore } from "microsandbox";

@@ -110,7 +110,10 @@ describe("resources", () => {
     try {
       const cgroup = async () => (await (await sb.command.run("cat", ["/proc/self/cgroup"])).output()).trim();
       // Two at once cannot share one.
-      const [a, b] = await Promise.all([sb.command.run("sh", ["-c", "cat /proc/self/cgroup; sleep 1"]), sb.command.run("sh", ["-c", "cat /proc/self/cgroup; sleep 1"])]);
+      const [a, b] = await Promise.all([
+        sb.command.run("sh", ["-c", "cat /proc/self/cgroup; sleep 1"]),
+        sb.command.run("sh", ["-c", "cat /proc/self/cgroup; sleep 1"]),
+      ]);
       const [ca, cb] = [(await a.output()).trim(), (await b.output()).trim()];
       expect(ca).toMatch(/^0::\/sandbox\/exec-\d+$/);
       expect(ca).not.toBe(cb);
@@ -137,7 +140,9 @@ describe("bad options are rejected before any VM starts", () => {
     await expect(PythonSandbox.create({ cpus: 0 })).rejects.toThrow(/cpus 0 is invalid/);
     await expect(CustomSandbox.create({})).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(CustomSandbox.create({ image: "local:no-such-image" })).rejects.toBeInstanceOf(ImageError);
-    await expect(CustomSandbox.create({ image: "no-such-image", pull: "never" })).rejects.toThrow(/docker.io\/library\/no-such-image:latest is not in .* pulling is off/);
+    await expect(CustomSandbox.create({ image: "no-such-image", pull: "never" })).rejects.toThrow(
+      /docker.io\/library\/no-such-image:latest is not in .* pulling is off/,
+    );
     await expect(CustomSandbox.create({ image: "Bad/Reference" })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(CustomSandbox.create({ image: "local:busybox", name: "bad name!" })).rejects.toThrow(/sandbox name "bad name!" is invalid/);
     await expect(CustomSandbox.create({ image: "local:busybox", network: "some" as never })).rejects.toThrow(/use "none", "public", "all"/);

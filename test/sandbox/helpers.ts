@@ -23,7 +23,11 @@ export function childPids(pid = process.pid): number[] {
     pids = readdirSync(`/proc/${pid}/task`).flatMap((tid) => readFileSync(`/proc/${pid}/task/${tid}/children`, "utf8").split(" ").filter(Boolean).map(Number));
   } catch {
     try {
-      pids = execFileSync("pgrep", ["-P", String(pid)]).toString().split("\n").filter(Boolean).map(Number);
+      pids = execFileSync("pgrep", ["-P", String(pid)])
+        .toString()
+        .split("\n")
+        .filter(Boolean)
+        .map(Number);
     } catch {
       pids = []; // pgrep exits 1 when there are none
     }

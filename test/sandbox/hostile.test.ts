@@ -58,7 +58,10 @@ describe("a hostile guest", () => {
 
   it("filling its disk fails the writer, not the sandbox", async () => {
     await hostile(async (sb) => {
-      const fill = await sb.command.run("sh", ["-c", "dd if=/dev/zero of=/root/fill bs=1M 2>&1; echo rc=$?"], { timeout: 120 }).then((r) => r.output(), (e: unknown) => e);
+      const fill = await sb.command.run("sh", ["-c", "dd if=/dev/zero of=/root/fill bs=1M 2>&1; echo rc=$?"], { timeout: 120 }).then(
+        (r) => r.output(),
+        (e: unknown) => e,
+      );
       // The root's writable layer is guest RAM: either the disk is full or the writer was OOM-killed.
       if (typeof fill === "string") expect(fill).toMatch(/No space left on device|rc=1/);
       else expect(fill).toBeInstanceOf(ResourceError);
@@ -97,7 +100,8 @@ describe("a hostile guest", () => {
   it("killing every process it can see and writing to every device it has leaves the agent serving", async () => {
     await hostile(async (sb) => {
       // Everything but the agent's own channel and the console; a write that blocks is cut short.
-      const script = "kill -9 -1; for d in /dev/*; do [ -c $d ] || continue; case $d in /dev/vport*|/dev/console|/dev/tty*) continue;; esac; " +
+      const script =
+        "kill -9 -1; for d in /dev/*; do [ -c $d ] || continue; case $d in /dev/vport*|/dev/console|/dev/tty*) continue;; esac; " +
         "timeout 2 dd if=/dev/urandom of=$d bs=4096 count=1 2>/dev/null; echo $d; done";
       const wrote = await sb.command.run("sh", ["-c", script], { timeout: 100 });
       expect((await wrote.output()).split("\n").length).toBeGreaterThan(5);

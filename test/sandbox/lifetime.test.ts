@@ -79,7 +79,14 @@ describe("ids, labels and Sandbox.list()", () => {
     try {
       const listed = Sandbox.list().filter((s) => s.id === a.id || s.id === b.id);
       expect(listed).toHaveLength(2);
-      expect(listed.find((s) => s.id === a.id)).toMatchObject({ name: a.name, kind: "CustomSandbox", image: "local:busybox", status: "running", pid: a.pid, labels: { team: "ml", "app.kubernetes.io/name": "runner" } });
+      expect(listed.find((s) => s.id === a.id)).toMatchObject({
+        name: a.name,
+        kind: "CustomSandbox",
+        image: "local:busybox",
+        status: "running",
+        pid: a.pid,
+        labels: { team: "ml", "app.kubernetes.io/name": "runner" },
+      });
       const copy = await a.fork();
       expect(copy.id).not.toBe(a.id);
       expect(Sandbox.list().find((s) => s.id === copy.id)?.labels).toEqual(a.labels);

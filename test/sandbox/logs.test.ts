@@ -21,7 +21,12 @@ describe("sandbox.logs()", () => {
       expect(running).toContainEqual(expect.objectContaining({ source: "event", text: "exited with 0", command: "echo" }));
       expect(running).toContainEqual(expect.objectContaining({ source: "stderr", text: "to-stderr\n", command: "sh" }));
       expect(running).toContainEqual(expect.objectContaining({ source: "event", text: "exited with 3", command: "sh" }));
-      expect(running.filter((e) => e.source === "stdout" && /streamed|again/.test(e.text)).map((e) => e.text).join("")).toBe("streamed\nagain\n");
+      expect(
+        running
+          .filter((e) => e.source === "stdout" && /streamed|again/.test(e.text))
+          .map((e) => e.text)
+          .join(""),
+      ).toBe("streamed\nagain\n");
       expect(running.some((e) => e.source === "event" && /^running on qemu/.test(e.text))).toBe(true);
       expect(running.some((e) => e.source === "console")).toBe(true);
       expect(sb.logs({ tail: 2, sources: ["stdout"] }).map((e) => e.text)).toEqual(["streamed\n", "again\n"]);
@@ -40,7 +45,9 @@ describe("sandbox.logs()", () => {
       const r = await sb.command.run("sh", ["-c", "head -c 8000000 /dev/zero | tr '\\0' x; echo; echo last-line"]);
       expect(r.stdout.length).toBe(8_000_011);
       const dir = path.join(cacheDir(), "logs", "sandboxes");
-      const bytes = readdirSync(dir).filter((f) => f.includes(sb.id)).reduce((n, f) => n + statSync(path.join(dir, f)).size, 0);
+      const bytes = readdirSync(dir)
+        .filter((f) => f.includes(sb.id))
+        .reduce((n, f) => n + statSync(path.join(dir, f)).size, 0);
       expect(bytes).toBeLessThan(1.2 * 2 ** 20);
       const last = sb.logs({ tail: 2 });
       expect(last.map((e) => e.text)).toEqual([expect.stringMatching(/last-line\n$/), "exited with 0"]);

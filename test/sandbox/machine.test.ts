@@ -42,7 +42,9 @@ describe("the machine behind a sandbox", () => {
     process.env.MSB_QEMU_ACCEL = "kvm";
     const refused = await CustomSandbox.resume("decided").catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(SnapshotUnsupportedError);
-    expect((refused as Error).message).toMatch(new RegExp(`was saved on qemu \\(tcg\\) on ${arch}, and a sandbox here now gets qemu \\(kvm\\) \\(.*MSB_QEMU_ACCEL=kvm\\)`));
+    expect((refused as Error).message).toMatch(
+      new RegExp(`was saved on qemu \\(tcg\\) on ${arch}, and a sandbox here now gets qemu \\(kvm\\) \\(.*MSB_QEMU_ACCEL=kvm\\)`),
+    );
     delete process.env.MSB_QEMU_ACCEL;
     // Two resumes of one name take turns (a lock per paused name): one gets it, the other finds nothing.
     const [first, second] = await Promise.allSettled([CustomSandbox.resume("decided"), CustomSandbox.resume("decided")]);

@@ -120,7 +120,7 @@ describe.skipIf(!usable)("network policies on a test-built internet", () => {
     expect(refusals).toBe(3);
   });
 
-  it("a denied domain is refused under \"public\" while the rest of the internet answers", () => {
+  it('a denied domain is refused under "public" while the rest of the internet answers', () => {
     const { outputs, refusals } = inSandbox({ deny: ["pub.test"] }, [get("pub.test"), get(OTHER)]);
     expect(outputs[0]).toMatch(/Connection refused|can't connect/);
     expect(outputs[1]).toBe(`internet ${OTHER}`);

@@ -33,7 +33,10 @@ describe("a sandbox whose Node process was killed", () => {
       console.log(sb.pid);
       setInterval(() => {}, 1000);`;
     // The child's TMPDIR is this test's: its runtime dir is the only one there.
-    const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, TMPDIR: tmp } });
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, TMPDIR: tmp },
+    });
     const exited = once(child, "exit");
     try {
       const line = await within(
@@ -57,7 +60,9 @@ describe("a sandbox whose Node process was killed", () => {
     }
 
     const parent = runtimeParent();
-    const left = readdirSync(parent).map((n) => path.join(parent, n)).filter((dir) => runtimeDirOwner(dir)?.pid === child.pid);
+    const left = readdirSync(parent)
+      .map((n) => path.join(parent, n))
+      .filter((dir) => runtimeDirOwner(dir)?.pid === child.pid);
     expect(left).toHaveLength(1);
     expect(existsSync(path.join(left[0]!, "console.log"))).toBe(true);
     expect(sweepRuntimeDirs()).toEqual(left);

@@ -5,7 +5,6 @@ import { afterEach, describe, expect, it } from "vitest";
 import { CustomSandbox, InvalidArgumentError, SandboxPool } from "../../src/index.js";
 import { alive } from "./helpers.js";
 
-
 let pool: SandboxPool<CustomSandbox> | undefined;
 afterEach(async () => {
   await pool?.close();

@@ -136,9 +136,7 @@ describe("command.run()", () => {
   });
 
   it("turns an out-of-memory kill into a ResourceError", async () => {
-    const err = await sb.command
-      .run("python3", ["-c", "hog = []\nwhile True: hog.append(bytearray(64 * 1024 * 1024))"])
-      .catch((e: unknown) => e);
+    const err = await sb.command.run("python3", ["-c", "hog = []\nwhile True: hog.append(bytearray(64 * 1024 * 1024))"]).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ResourceError);
   });
 });
@@ -147,9 +145,11 @@ describe("fs", () => {
   it("writes, reads, lists, stats and removes", async () => {
     const data = randomBytes(3 * 1024 * 1024);
     await sb.fs.write("/root/work/data.bin", data);
-    expect(createHash("sha256").update(await sb.fs.read("/root/work/data.bin")).digest("hex")).toBe(
-      createHash("sha256").update(data).digest("hex"),
-    );
+    expect(
+      createHash("sha256")
+        .update(await sb.fs.read("/root/work/data.bin"))
+        .digest("hex"),
+    ).toBe(createHash("sha256").update(data).digest("hex"));
     expect((await sb.fs.stat("/root/work/data.bin")).size).toBe(data.length);
     expect((await sb.fs.list("/root/work")).map((e) => e.name)).toEqual(["data.bin"]);
     const seen = await sb.run("open('/root/work/data.bin', 'rb').read(4) == bytes.fromhex('" + data.subarray(0, 4).toString("hex") + "')");

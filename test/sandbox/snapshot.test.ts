@@ -118,7 +118,10 @@ describe("restore-on-create with an interpreter", () => {
     const made = await PythonSandbox.create({ name: "py-snap-made", memory: 512, env });
     keys.add(keyOf(made));
     await made.stop();
-    const [a, b] = await Promise.all([PythonSandbox.create({ name: "py-snap-a", memory: 512, env }), PythonSandbox.create({ name: "py-snap-b", memory: 512, env })]);
+    const [a, b] = await Promise.all([
+      PythonSandbox.create({ name: "py-snap-a", memory: 512, env }),
+      PythonSandbox.create({ name: "py-snap-b", memory: 512, env }),
+    ]);
     try {
       for (const sb of [a, b]) expect(sb.timeline!.snapshot).toMatchObject({ kind: "restored" });
       // The same process in both: the interpreter was started once, in the template.

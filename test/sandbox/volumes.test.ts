@@ -28,7 +28,9 @@ describe("volumes", () => {
       expect(await sb.fs.readText("/data/note")).toBe("written elsewhere\n");
       const mount = (await sb.fs.readText("/proc/mounts")).split("\n").find((l) => l.split(" ")[1] === "/data")!;
       expect(mount).toMatch(/ ext4 rw,nosuid,nodev/);
-      expect(listVolumes().find((v) => v.name === name)!.users).toEqual([expect.objectContaining({ sandbox: sb.name, id: sb.id, pid: process.pid, readOnly: false })]);
+      expect(listVolumes().find((v) => v.name === name)!.users).toEqual([
+        expect.objectContaining({ sandbox: sb.name, id: sb.id, pid: process.pid, readOnly: false }),
+      ]);
     } finally {
       await sb.stop();
     }
@@ -69,7 +71,16 @@ describe("volumes", () => {
     expect(() => new CustomSandbox({ image: "local:busybox", volumes: [{ name: "Bad Name", path: "/d" }] })).toThrow(InvalidArgumentError);
     expect(() => new CustomSandbox({ image: "local:busybox", volumes: [{ name: "ok", path: "/proc/x" }] })).toThrow(/volume path "\/proc\/x" is invalid/);
     expect(() => new CustomSandbox({ image: "local:busybox", volumes: [{ name: "ok", path: "/a/../b" }] })).toThrow(InvalidArgumentError);
-    expect(() => new CustomSandbox({ image: "local:busybox", volumes: [{ name: "a", path: "/d" }, { name: "b", path: "/d" }] })).toThrow(/two volumes with the path/);
+    expect(
+      () =>
+        new CustomSandbox({
+          image: "local:busybox",
+          volumes: [
+            { name: "a", path: "/d" },
+            { name: "b", path: "/d" },
+          ],
+        }),
+    ).toThrow(/two volumes with the path/);
     const ls = spawnSync(process.execPath, [MSB, "volume", "ls"], { encoding: "utf8" });
     expect(ls.stdout).toMatch(new RegExp(`^  ${name}\\s+67.1 MB`, "m"));
     expect(spawnSync(process.execPath, [MSB, "volume", "rm", name], { encoding: "utf8" }).status).toBe(0);

@@ -39,15 +39,26 @@ describe("msb ps and msb kill against a server", () => {
       const rpc = await fetch(`${server.url}/api/v1/rpc`, {
         method: "POST",
         headers: { authorization: `Bearer ${KEY}` },
-        body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "sandbox.start", params: { namespace: "ns", sandbox: "one", config: { image: "local:busybox", memory: 128 } } }),
+        body: JSON.stringify({
+          jsonrpc: "2.0",
+          id: 1,
+          method: "sandbox.start",
+          params: { namespace: "ns", sandbox: "one", config: { image: "local:busybox", memory: 128 } },
+        }),
       });
       expect(((await rpc.json()) as { result: string }).result).toBe("Sandbox one started");
-      const e2b = (await (await fetch(`${server.url}/v2/sandboxes`, { method: "POST", headers: { "x-api-key": KEY }, body: JSON.stringify({ templateID: "base" }) })).json()) as { sandboxID: string };
+      const e2b = (await (
+        await fetch(`${server.url}/v2/sandboxes`, { method: "POST", headers: { "x-api-key": KEY }, body: JSON.stringify({ templateID: "base" }) })
+      ).json()) as { sandboxID: string };
       const ps = await msb("ps");
       expect(ps.status).toBe(0);
       expect(ps.stdout).toMatch(/ns\/one/);
       expect(ps.stdout).toMatch(new RegExp(`${e2b.sandboxID}\\s+e2b base`));
-      const listed = (await (await fetch(`${server.url}/api/v1/sandboxes`, { headers: { authorization: `Bearer ${KEY}` } })).json()) as { id: string; pid: number; name: string }[];
+      const listed = (await (await fetch(`${server.url}/api/v1/sandboxes`, { headers: { authorization: `Bearer ${KEY}` } })).json()) as {
+        id: string;
+        pid: number;
+        name: string;
+      }[];
       const one = listed.find((s) => s.name === "one")!;
       expect((await msb("kill", one.id)).status).toBe(0);
       expect(await until(() => !alive(one.pid), 10_000)).toBe(true);
@@ -76,6 +87,10 @@ describe("msb ps and msb kill against a server", () => {
     child.kill("SIGKILL");
     expect(await until(() => !alive(pid), 10_000)).toBe(true);
     // Nothing of that VM runs any more.
-    expect(execFileSync("ps", ["-eo", "pid"], { encoding: "utf8" }).split("\n").map((s) => s.trim())).not.toContain(String(pid));
+    expect(
+      execFileSync("ps", ["-eo", "pid"], { encoding: "utf8" })
+        .split("\n")
+        .map((s) => s.trim()),
+    ).not.toContain(String(pid));
   }, 120_000);
 });

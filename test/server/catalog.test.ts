@@ -35,8 +35,12 @@ describe("ImageCatalog", () => {
   });
 
   it("refuses a bad entry, naming it", () => {
-    expect(() => new ImageCatalog({ images: { x: { image: "local:python", kind: "Python" as "PythonSandbox" } } })).toThrow(/images\["x"\]\.kind "Python" is invalid.*PythonSandbox, NodeSandbox, CustomSandbox/);
-    expect(() => new ImageCatalog({ templates: { x: { image: "local:python", kind: "PythonSandbx" as "PythonSandbox" } } })).toThrow(/did you mean "PythonSandbox"/);
+    expect(() => new ImageCatalog({ images: { x: { image: "local:python", kind: "Python" as "PythonSandbox" } } })).toThrow(
+      /images\["x"\]\.kind "Python" is invalid.*PythonSandbox, NodeSandbox, CustomSandbox/,
+    );
+    expect(() => new ImageCatalog({ templates: { x: { image: "local:python", kind: "PythonSandbx" as "PythonSandbox" } } })).toThrow(
+      /did you mean "PythonSandbox"/,
+    );
     expect(() => new ImageCatalog({ templates: { x: { imgae: "local:python", kind: "PythonSandbox" } as never } })).toThrow(/"imgae": did you mean "image"/);
     expect(() => new ImageCatalog({ images: { x: "" } })).toThrow(InvalidArgumentError);
   });
@@ -48,11 +52,15 @@ describe("ImageCatalog", () => {
     const custom = { name: "box", kind: "CustomSandbox", template: "local:busybox", sandbox } as Managed;
     expect(c.interpreterOf(py, "python")).toBe(sandbox);
     expect(() => c.interpreterOf(py, "nodejs")).toThrow(/is a PythonSandbox .* no nodejs interpreter.*kind is NodeSandbox \(microsandbox\/node\)/);
-    expect(() => c.interpreterOf(custom, "python")).toThrow(/is a CustomSandbox \(from "local:busybox"\).*\(microsandbox\/python, template base, template code-interpreter-v1\)/);
+    expect(() => c.interpreterOf(custom, "python")).toThrow(
+      /is a CustomSandbox \(from "local:busybox"\).*\(microsandbox\/python, template base, template code-interpreter-v1\)/,
+    );
     expect(() => c.interpreterOf(py, "cobol")).toThrow(/language "cobol" has no interpreter here: use python, javascript, nodejs/);
   });
 
   it("is checked when the server is created", async () => {
-    await expect(createServer({ port: 0, e2b: { templates: { bad: { image: "local:python", kind: "Custom" as "CustomSandbox" } } } })).rejects.toThrow(/e2b\.templates\["bad"\]\.kind/);
+    await expect(createServer({ port: 0, e2b: { templates: { bad: { image: "local:python", kind: "Custom" as "CustomSandbox" } } } })).rejects.toThrow(
+      /e2b\.templates\["bad"\]\.kind/,
+    );
   });
 });

@@ -29,7 +29,10 @@ beforeAll(async () => {
 afterAll(() => server?.close());
 
 describe("the e2b SDK", () => {
-  for (const [version, sdk] of [["2.51", () => e251], ["2.49", () => e249]] as const) {
+  for (const [version, sdk] of [
+    ["2.51", () => e251],
+    ["2.49", () => e249],
+  ] as const) {
     it(`${version}: create, streaming commands, an exit error, files, timeout, list by metadata, kill`, async () => {
       const { Sandbox, CommandExitError } = sdk();
       const tag = `run-${version}-${Date.now()}`;
@@ -131,7 +134,8 @@ describe("@e2b/code-interpreter", () => {
 
 describe("bad input to the E2B API", () => {
   it("answers with clear codes and keeps serving", async () => {
-    const api = (path: string, init: RequestInit = {}) => fetch(`${server.url}${path}`, { ...init, headers: { "x-api-key": KEY, "content-type": "application/json", ...init.headers } });
+    const api = (path: string, init: RequestInit = {}) =>
+      fetch(`${server.url}${path}`, { ...init, headers: { "x-api-key": KEY, "content-type": "application/json", ...init.headers } });
     expect((await api("/sandboxes/does-not-exist")).status).toBe(404);
     expect(((await (await api("/sandboxes/does-not-exist")).json()) as { code: number }).code).toBe(404);
     expect((await api("/v2/sandboxes", { method: "POST", body: "{broken" })).status).toBe(400);
@@ -148,7 +152,9 @@ describe("bad input to the E2B API", () => {
     const sb = await Sandbox.create("base");
     try {
       const dp = (path: string, token?: string) =>
-        fetch(`${server.url}${path}`, { headers: { "e2b-sandbox-id": sb.sandboxId, "e2b-sandbox-port": "49983", ...(token ? { "x-access-token": token } : {}) } });
+        fetch(`${server.url}${path}`, {
+          headers: { "e2b-sandbox-id": sb.sandboxId, "e2b-sandbox-port": "49983", ...(token ? { "x-access-token": token } : {}) },
+        });
       expect((await dp("/files?path=/etc/hostname")).status).toBe(401);
       const token = (await (await api(`/sandboxes/${sb.sandboxId}`)).json()) as { envdAccessToken: string };
       expect((await dp("/files?path=/root/../etc/shadow", token.envdAccessToken)).status).toBe(400);
@@ -247,7 +253,9 @@ describe("the code interpreter and the template's kind", () => {
     const unsaid = await Sandbox.create("python-unsaid");
     try {
       await expect(unsaid.runCode("6 * 7")).rejects.toThrow(/^400/);
-      const { envdAccessToken } = (await (await fetch(`${server.url}/sandboxes/${unsaid.sandboxId}`, { headers: { "x-api-key": KEY } })).json()) as { envdAccessToken: string };
+      const { envdAccessToken } = (await (await fetch(`${server.url}/sandboxes/${unsaid.sandboxId}`, { headers: { "x-api-key": KEY } })).json()) as {
+        envdAccessToken: string;
+      };
       const res = await fetch(`${server.url}/execute`, {
         method: "POST",
         headers: { "e2b-sandbox-id": unsaid.sandboxId, "e2b-sandbox-port": "49999", "x-access-token": envdAccessToken },

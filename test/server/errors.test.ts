@@ -13,7 +13,12 @@ describe("the server's error table", () => {
     expect(answerOf(new NotFoundError("no sandbox"))).toEqual({ status: 404, rpc: RPC_ERRORS.notFound, connect: Code.NotFound });
     expect(answerOf(new ImageError("no image"))).toMatchObject({ status: 404, rpc: RPC_ERRORS.notFound });
     expect(answerOf(new TimeoutError("slow"))).toEqual({ status: 504, rpc: RPC_ERRORS.sandbox, connect: Code.DeadlineExceeded });
-    expect(answerOf(new ServerFullError("full"))).toEqual({ status: 429, rpc: RPC_ERRORS.full, connect: Code.ResourceExhausted, retryAfterS: SERVER_DEFAULTS.retryAfterS });
+    expect(answerOf(new ServerFullError("full"))).toEqual({
+      status: 429,
+      rpc: RPC_ERRORS.full,
+      connect: Code.ResourceExhausted,
+      retryAfterS: SERVER_DEFAULTS.retryAfterS,
+    });
   });
 
   it("tells an image the registry does not have from a registry that failed", () => {

@@ -11,7 +11,12 @@ const KEY = "test-key-1";
 const OTHER = "test-key-2";
 
 beforeAll(async () => {
-  server = await createServer({ port: 0, apiKeys: [KEY, OTHER], maxSandboxes: 2, images: { "microsandbox/python": process.env.MSB_PYTHON_IMAGE ?? "local:python" } });
+  server = await createServer({
+    port: 0,
+    apiKeys: [KEY, OTHER],
+    maxSandboxes: 2,
+    images: { "microsandbox/python": process.env.MSB_PYTHON_IMAGE ?? "local:python" },
+  });
 });
 afterAll(() => server?.close());
 
@@ -22,7 +27,11 @@ async function rpc(method: string, params: object, key: string | null = KEY) {
     headers: { "content-type": "application/json", ...(key ? { authorization: `Bearer ${key}` } : {}) },
     body: JSON.stringify({ jsonrpc: "2.0", id: nextId++, method, params }),
   });
-  return { status: res.status, headers: res.headers, body: (await res.json()) as { result?: any; error?: { code: number; message: string; data?: { code: string } } } };
+  return {
+    status: res.status,
+    headers: res.headers,
+    body: (await res.json()) as { result?: any; error?: { code: number; message: string; data?: { code: string } } },
+  };
 }
 
 describe("the Microsandbox JSON-RPC server", () => {
@@ -36,7 +45,11 @@ describe("the Microsandbox JSON-RPC server", () => {
   });
 
   it("starts a Python sandbox, runs code and commands in it, reports metrics, and stops it", async () => {
-    const start = await rpc("sandbox.start", { namespace: "team", sandbox: "py", config: { image: "microsandbox/python", memory: 512, envs: ["GREETING=hi"] } });
+    const start = await rpc("sandbox.start", {
+      namespace: "team",
+      sandbox: "py",
+      config: { image: "microsandbox/python", memory: 512, envs: ["GREETING=hi"] },
+    });
     expect(start.body.result).toBe("Sandbox py started");
     try {
       const a = await rpc("sandbox.repl.run", { namespace: "team", sandbox: "py", language: "python", code: "x = 20\nprint('x is', x)" });
@@ -47,7 +60,16 @@ describe("the Microsandbox JSON-RPC server", () => {
       expect(bad.body.result.status).toBe("error");
       expect(bad.body.result.output.some((l: { stream: string; text: string }) => l.stream === "stderr" && /ZeroDivisionError/.test(l.text))).toBe(true);
       const cmd = await rpc("sandbox.command.run", { namespace: "team", sandbox: "py", command: "sh", args: ["-c", "echo $GREETING; echo oops >&2; exit 3"] });
-      expect(cmd.body.result).toEqual({ command: "sh", args: ["-c", "echo $GREETING; echo oops >&2; exit 3"], exit_code: 3, success: false, output: [{ stream: "stdout", text: "hi" }, { stream: "stderr", text: "oops" }] });
+      expect(cmd.body.result).toEqual({
+        command: "sh",
+        args: ["-c", "echo $GREETING; echo oops >&2; exit 3"],
+        exit_code: 3,
+        success: false,
+        output: [
+          { stream: "stdout", text: "hi" },
+          { stream: "stderr", text: "oops" },
+        ],
+      });
       // A command past its timeout: 504 and -32010, by the server's one error table.
       const slow = await rpc("sandbox.command.run", { namespace: "team", sandbox: "py", command: "sleep", args: ["30"], timeout: 1 });
       expect(slow.status).toBe(504);

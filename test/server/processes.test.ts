@@ -7,7 +7,14 @@ import { type ProcEvent, ProcessTable } from "../../src/server/e2b/processes.js"
 
 // A process that has printed and ended before anyone looks.
 function finished(): ExecProcess {
-  const exit = Promise.resolve({ exitCode: 0, signal: null, timedOut: false, durationMs: 1, guestCounters: { oomKills: 0, pidsLimitHits: 0 }, usage: { cpuTimeMs: 0, peakMemoryBytes: 0 } });
+  const exit = Promise.resolve({
+    exitCode: 0,
+    signal: null,
+    timedOut: false,
+    durationMs: 1,
+    guestCounters: { oomKills: 0, pidsLimitHits: 0 },
+    usage: { cpuTimeMs: 0, peakMemoryBytes: 0 },
+  });
   return {
     pid: Promise.resolve(42),
     exit,

@@ -18,8 +18,14 @@ describe.skipIf(!["x64", "arm64"].includes(process.arch))("an aarch64 guest unde
     const image = (await store.lookup(IMAGE))!;
     const backend = new QemuBackend({ accel: "tcg", arch: "aarch64" });
     vm = await backend.boot({
-      name: "aarch64-test", memory: 256, cpus: 2, network: "none", maxProcesses: 256, bootTimeout: 60,
-      rootfs: image.rootfs, rootDisk: () => store.disk(image),
+      name: "aarch64-test",
+      memory: 256,
+      cpus: 2,
+      network: "none",
+      maxProcesses: 256,
+      bootTimeout: 60,
+      rootfs: image.rootfs,
+      rootDisk: () => store.disk(image),
     });
   }, 90_000);
   afterAll(async () => {

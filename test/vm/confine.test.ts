@@ -31,7 +31,9 @@ describe.skipIf(process.platform !== "linux")("a confined QEMU", () => {
       if (root) expect(status(pid, "Uid")).toBe(String(JAIL_ID_BASE + pid));
       expect(netns(pid)).not.toBe(netns("self"));
       // Its root is the jail: the system's programs, and the top directories of its own files.
-      const own = new Set([os.tmpdir(), os.homedir(), process.env.MSB_CACHE_DIR ?? os.homedir(), (await guestBoot()).kernel].map((d) => path.resolve(d).split("/")[1]));
+      const own = new Set(
+        [os.tmpdir(), os.homedir(), process.env.MSB_CACHE_DIR ?? os.homedir(), (await guestBoot()).kernel].map((d) => path.resolve(d).split("/")[1]),
+      );
       const extra = readdirSync(`/proc/${pid}/root`).filter((e) => !SYSTEM.includes(e) && !own.has(e));
       expect(extra).toEqual([]);
       expect(readdirSync(`/proc/${pid}/root/etc`).sort()).toEqual(["ld.so.cache"]);
@@ -107,10 +109,19 @@ describe.skipIf(process.platform !== "linux")("msb-vmm exec", () => {
     // Spawned children get their stdio slots without close-on-exec: 3 is kept, 4 must not pass.
     const [a, b] = [openSync("/dev/null", "r"), openSync("/dev/null", "r")];
     try {
-      const r = spawnSync(vmmHelperPath(), ["exec", String(process.pid), ...flags, "--", ...report], { stdio: ["ignore", "pipe", "pipe", a, b], encoding: "utf8" });
+      const r = spawnSync(vmmHelperPath(), ["exec", String(process.pid), ...flags, "--", ...report], {
+        stdio: ["ignore", "pipe", "pipe", a, b],
+        encoding: "utf8",
+      });
       expect(r.stderr).toBe("");
       const lines = r.stdout.trim().split("\n");
-      return { fds: lines.slice(0, -1).map(Number).sort((x, y) => x - y), netns: lines.at(-1) };
+      return {
+        fds: lines
+          .slice(0, -1)
+          .map(Number)
+          .sort((x, y) => x - y),
+        netns: lines.at(-1),
+      };
     } finally {
       closeSync(a);
       closeSync(b);
@@ -124,6 +135,8 @@ describe.skipIf(process.platform !== "linux")("msb-vmm exec", () => {
     const isolated = run(["--keep", "3", "--no-network"]);
     expect(isolated.fds).toEqual([0, 1, 2, 3]);
     expect(isolated.netns).not.toBe(netns("self"));
-    expect(execFileSync(vmmHelperPath(), ["exec", String(process.pid), "--", "grep", "NoNewPrivs", "/proc/self/status"], { encoding: "utf8" })).toMatch(/NoNewPrivs:\s+1/);
+    expect(execFileSync(vmmHelperPath(), ["exec", String(process.pid), "--", "grep", "NoNewPrivs", "/proc/self/status"], { encoding: "utf8" })).toMatch(
+      /NoNewPrivs:\s+1/,
+    );
   });
 });

@@ -62,7 +62,15 @@ describe("the KVM trial", () => {
 });
 
 const spec: MachineSpec = {
-  name: "select-test", memory: 128, cpus: 1, network: "none", ports: [], maxProcesses: 64, bootTimeout: 60, volumes: [], backend: "auto",
+  name: "select-test",
+  memory: 128,
+  cpus: 1,
+  network: "none",
+  ports: [],
+  maxProcesses: 64,
+  bootTimeout: 60,
+  volumes: [],
+  backend: "auto",
 };
 const busybox = async () => {
   const store = new ImageStore();
@@ -80,7 +88,11 @@ describe("fallback", () => {
       await busybox(),
     );
     try {
-      expect(machine.info).toMatchObject({ name: "qemu", accel: "tcg", reason: expect.stringMatching(/^libkrun failed to boot; TCG \(sandbox select-test did not boot on krun/) });
+      expect(machine.info).toMatchObject({
+        name: "qemu",
+        accel: "tcg",
+        reason: expect.stringMatching(/^libkrun failed to boot; TCG \(sandbox select-test did not boot on krun/),
+      });
       expect((await machine.agent.exec(["echo", "fell back"])).stdout.toString()).toBe("fell back\n");
     } finally {
       await machine.stop();
@@ -94,13 +106,26 @@ describe("fallback", () => {
     chmodSync(dir, 0o755); // QEMU runs jailed, as the VM's uid
     // A QEMU that aborts under KVM as nested hosts' do, and is the real one otherwise.
     const qemu = path.join(dir, "qemu");
-    writeFileSync(qemu, `#!/bin/sh\ncase "$*" in *"-accel kvm"*) echo "qemu-system-x86_64: error: failed to set MSR 0x10a" >&2; exit 1;; esac\nexec qemu-system-x86_64 "$@"\n`, { mode: 0o755 });
+    writeFileSync(
+      qemu,
+      `#!/bin/sh\ncase "$*" in *"-accel kvm"*) echo "qemu-system-x86_64: error: failed to set MSR 0x10a" >&2; exit 1;; esac\nexec qemu-system-x86_64 "$@"\n`,
+      { mode: 0o755 },
+    );
     Object.assign(process.env, { MSB_QEMU: qemu, MSB_CACHE_DIR: path.join(dir, "cache"), MSB_KERNEL: kernel });
     try {
-      const d = { backend: "qemu" as const, accel: "kvm" as const, reason: "trial passed", fallback: { backend: "qemu" as const, accel: "tcg" as const, reason: "the KVM boot failed; retried under TCG" } };
+      const d = {
+        backend: "qemu" as const,
+        accel: "kvm" as const,
+        reason: "trial passed",
+        fallback: { backend: "qemu" as const, accel: "tcg" as const, reason: "the KVM boot failed; retried under TCG" },
+      };
       const { machine } = await bootDecided(d, spec, image);
       try {
-        expect(machine.info).toMatchObject({ name: "qemu", accel: "tcg", reason: expect.stringMatching(/the KVM boot failed; retried under TCG \(.*did not boot on qemu \(kvm\)/) });
+        expect(machine.info).toMatchObject({
+          name: "qemu",
+          accel: "tcg",
+          reason: expect.stringMatching(/the KVM boot failed; retried under TCG \(.*did not boot on qemu \(kvm\)/),
+        });
       } finally {
         await machine.stop();
       }
@@ -112,7 +137,11 @@ describe("fallback", () => {
 
   it("an explicit choice has no fallback: its failure is the caller's", async () => {
     Object.assign(process.env, doubleEnv(doubles.lib["1.18"]));
-    const err = await bootDecided({ backend: "krun", imageShare: "virtiofs", reason: "backend krun requested" }, spec, { id: "x", rootfs: "/x", disk: async () => undefined }).catch((e: unknown) => e);
+    const err = await bootDecided({ backend: "krun", imageShare: "virtiofs", reason: "backend krun requested" }, spec, {
+      id: "x",
+      rootfs: "/x",
+      disk: async () => undefined,
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(VmBootError);
     expect((err as Error).message).toMatch(/did not boot on krun/);
   });

@@ -66,7 +66,12 @@ describe("cpioNewc", () => {
     expect(() => cpioNewc([{ path: "../x", mode: 0o100644 }])).toThrow(/invalid path/);
     expect(() => cpioNewc([{ path: "a", mode: 0o120777 }])).toThrow(/no target/);
     expect(() => cpioNewc([{ path: "a", mode: 0o020644 }])).toThrow(/unsupported mode/);
-    expect(() => cpioNewc([{ path: "a", mode: 0o040755 }, { path: "/a", mode: 0o040755 }])).toThrow(/duplicate/);
+    expect(() =>
+      cpioNewc([
+        { path: "a", mode: 0o040755 },
+        { path: "/a", mode: 0o040755 },
+      ]),
+    ).toThrow(/duplicate/);
   });
 });
 
@@ -125,6 +130,9 @@ describe("buildInitramfs", () => {
     expect(vm.subarray(0, first.length).equals(first)).toBe(true);
     const dir = extract(vm.subarray(first.length), "boot");
     expect(lstatSync(join(dir, "msb-boot.pb")).mode).toBe(0o100400);
-    expect(fromBinary(BootConfigSchema, readFileSync(join(dir, "msb-boot.pb")))).toMatchObject({ maxProcesses: 64, image: { case: "disk", value: "/dev/vda" } });
+    expect(fromBinary(BootConfigSchema, readFileSync(join(dir, "msb-boot.pb")))).toMatchObject({
+      maxProcesses: 64,
+      image: { case: "disk", value: "/dev/vda" },
+    });
   });
 });

@@ -21,14 +21,27 @@ describe.skipIf(process.arch !== "x64")("another guest kernel", () => {
   let ours: string;
   const work = mkdtempSync(path.join(tmpdir(), "msb-kernels-"));
   beforeAll(async () => {
-    debian = execFileSync("bash", [path.join(root, "bench/debian-kernel.sh"), cacheDir()], { encoding: "utf8" }).trim().split("\n").pop()!;
+    debian = execFileSync("bash", [path.join(root, "bench/debian-kernel.sh"), cacheDir()], { encoding: "utf8" })
+      .trim()
+      .split("\n")
+      .pop()!;
     ours = (await guestBoot()).kernel;
   }, 120_000);
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
   it("boots with its modules loaded from the dir beside it; ours loads none", async () => {
-    for (const [kernel, release, loads] of [[debian, /-cloud-amd64$/, true], [undefined, /^6\.12\./, false]] as const) {
-      const sb = await CustomSandbox.create({ image: "local:busybox", memory: 256, backend: "qemu", snapshot: false, network: "all", ...(kernel ? { kernel } : {}) });
+    for (const [kernel, release, loads] of [
+      [debian, /-cloud-amd64$/, true],
+      [undefined, /^6\.12\./, false],
+    ] as const) {
+      const sb = await CustomSandbox.create({
+        image: "local:busybox",
+        memory: 256,
+        backend: "qemu",
+        snapshot: false,
+        network: "all",
+        ...(kernel ? { kernel } : {}),
+      });
       try {
         expect((await (await sb.command.run("uname", ["-r"])).output()).trim()).toMatch(release);
         expect(sb.timeline!.guest.some((e) => e.name === "modules_loaded")).toBe(loads);
@@ -43,7 +56,20 @@ describe.skipIf(process.arch !== "x64")("another guest kernel", () => {
 
   it("msb bench --kernel A --kernel B: both kernels' runs and floors, side by side", async () => {
     const json = path.join(work, "bench.json");
-    const { stdout, stderr } = await run(process.execPath, [path.join(root, "dist/cli/msb.js"), "bench", "--runs", "2", "--backend", "qemu", "--kernel", ours, "--kernel", debian, "--output", json]);
+    const { stdout, stderr } = await run(process.execPath, [
+      path.join(root, "dist/cli/msb.js"),
+      "bench",
+      "--runs",
+      "2",
+      "--backend",
+      "qemu",
+      "--kernel",
+      ours,
+      "--kernel",
+      debian,
+      "--output",
+      json,
+    ]);
     const results = JSON.parse(readFileSync(json, "utf8")) as { kernel: string; runs: { ok: boolean; kernelToInit?: number }[]; floor: number[] }[];
     expect(results.map((r) => r.kernel)).toEqual([ours, debian]);
     for (const r of results) {

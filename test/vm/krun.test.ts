@@ -68,7 +68,12 @@ describe("the launch config", () => {
     });
     expect(krunConfig(config({ network: "all" }), { boot: "", socket: "", consoleLog: "" }, { dir: "/i" }).network).toBe(KrunConfig_Network.ALL);
     const boot = fromBinary(BootConfigSchema, encodeBootConfig(krunBootConfig(config(), { dir: "/images/python/rootfs" })));
-    expect(boot).toMatchObject({ channel: { case: "vsockPort", value: AGENT_VSOCK_PORT }, image: { case: "virtiofs", value: "msb-image" }, maxProcesses: 512, volumes: [] });
+    expect(boot).toMatchObject({
+      channel: { case: "vsockPort", value: AGENT_VSOCK_PORT },
+      image: { case: "virtiofs", value: "msb-image" },
+      maxProcesses: 512,
+      volumes: [],
+    });
   });
 
   it("attaches the image disk instead where libkrun has no read-only virtio-fs, and the agent mounts it", () => {
@@ -89,9 +94,18 @@ describe("KrunBackend against the libkrun double", () => {
     const calls = readFileSync(log, "utf8").trim().split("\n");
     const names = calls.map((l) => l.split("(")[0]);
     expect(names).toEqual([
-      "krun_init_log", "krun_create_ctx", "krun_set_vm_config", "krun_set_root", "krun_add_virtiofs3",
-      "krun_disable_implicit_vsock", "krun_add_vsock", "krun_add_vsock_port2", "krun_set_exec", "krun_set_workdir",
-      "krun_set_console_output", "krun_start_enter",
+      "krun_init_log",
+      "krun_create_ctx",
+      "krun_set_vm_config",
+      "krun_set_root",
+      "krun_add_virtiofs3",
+      "krun_disable_implicit_vsock",
+      "krun_add_vsock",
+      "krun_add_vsock_port2",
+      "krun_set_exec",
+      "krun_set_workdir",
+      "krun_set_console_output",
+      "krun_start_enter",
     ]);
     const call = (name: string) => calls.find((l) => l.startsWith(`${name}(`))!;
     expect(call("krun_set_vm_config")).toMatch(/, 2, 384\)$/);

@@ -8,7 +8,10 @@ import { checkNetwork, NON_PUBLIC, policyRules } from "../../src/vm/netpolicy.js
 describe("network policy values", () => {
   it("checks and normalizes what it is given, naming a bad value", () => {
     expect(checkNetwork("public")).toBe("public");
-    expect(checkNetwork({ allow: ["203.0.113.7", "2001:db8::/32"], deny: ["198.51.100.0/24"] })).toEqual({ allow: ["203.0.113.7/32", "2001:db8::/32"], deny: ["198.51.100.0/24"] });
+    expect(checkNetwork({ allow: ["203.0.113.7", "2001:db8::/32"], deny: ["198.51.100.0/24"] })).toEqual({
+      allow: ["203.0.113.7/32", "2001:db8::/32"],
+      deny: ["198.51.100.0/24"],
+    });
     expect(() => checkNetwork("private")).toThrow(/network "private" is invalid: use "none", "public", "all"/);
     expect(() => checkNetwork({ allow: ["10.0.0.0/33"] })).toThrow(InvalidArgumentError);
     expect(checkNetwork({ allow: ["Example.COM.", "*.pypi.org"] })).toEqual({ allow: ["example.com", "*.pypi.org"] });

@@ -56,9 +56,18 @@ describe("the libkrun double, generation by generation", () => {
       const log = path.join(doubles.dir, `calls-${gen}-${network}.log`);
       Object.assign(process.env, doubleEnv(doubles.lib[gen], log));
       const config: VmConfig = {
-        name: "select-test", memory: 128, cpus: 1, network, maxProcesses: 64, bootTimeout: 60, rootfs: "/images/x/rootfs", rootDisk: async () => "/images/x.ext4",
+        name: "select-test",
+        memory: 128,
+        cpus: 1,
+        network,
+        maxProcesses: 64,
+        bootTimeout: 60,
+        rootfs: "/images/x/rootfs",
+        rootDisk: async () => "/images/x.ext4",
       };
-      const err = await backendFor(d).boot(config).catch((e: unknown) => e);
+      const err = await backendFor(d)
+        .boot(config)
+        .catch((e: unknown) => e);
       expect(err).toBeInstanceOf(VmBootError);
       expect(err).not.toBeInstanceOf(KrunStartError);
       const calls = readFileSync(log, "utf8");
@@ -77,7 +86,9 @@ describe("the libkrun double, generation by generation", () => {
   it("leaves a network held to a policy to QEMU, which enforces it", () => {
     const f = linux(doubleProbe("1.18"));
     expect(decide(f, { backend: "auto", network: "all" }).backend).toBe("krun");
-    expect(decide(f, { backend: "auto", network: "all", needs: [{ capability: "egress-policy", why: "a network policy" }] })).toMatchObject({ backend: "qemu" });
+    expect(decide(f, { backend: "auto", network: "all", needs: [{ capability: "egress-policy", why: "a network policy" }] })).toMatchObject({
+      backend: "qemu",
+    });
     expect(() => decide(f, { backend: "krun", network: "all", needs: [{ capability: "ports", why: "published ports" }] })).toThrow(/cannot do published ports/);
   });
 });
@@ -108,12 +119,26 @@ describe("KVM", () => {
 
   it("asks the KVM device what it can do, by ioctl: one that opens but makes no VM is used by neither backend", () => {
     // The addon on a device that opens read-write, as the helper checks, but is no KVM.
-    expect(kvmCapabilities("/dev/null")).toMatchObject({ ok: false, errno: constants.errno.ENOTTY, detail: expect.stringMatching(/^\/dev\/null is not a KVM device/) });
+    expect(kvmCapabilities("/dev/null")).toMatchObject({
+      ok: false,
+      errno: constants.errno.ENOTTY,
+      detail: expect.stringMatching(/^\/dev\/null is not a KVM device/),
+    });
     expect(kvmCapabilities("/nonexistent/kvm")).toMatchObject({ ok: false, errno: constants.errno.ENOENT });
     const p = krun();
-    const cannot = { ...p, kvm: { ...p.kvm, capabilities: { ok: false, errno: constants.errno.ENXIO, detail: "/dev/kvm cannot create a VM (KVM_CREATE_VM): No such device or address" } } };
+    const cannot = {
+      ...p,
+      kvm: {
+        ...p.kvm,
+        capabilities: { ok: false, errno: constants.errno.ENXIO, detail: "/dev/kvm cannot create a VM (KVM_CREATE_VM): No such device or address" },
+      },
+    };
     const d = decide(linux(cannot, { ok: true, detail: "booted" }), { backend: "auto", network: "none" });
-    expect(d).toMatchObject({ backend: "qemu", accel: "tcg", reason: expect.stringMatching(/libkrun not used \(KVM: \/dev\/kvm cannot create a VM.*KVM cannot run VMs here/) });
+    expect(d).toMatchObject({
+      backend: "qemu",
+      accel: "tcg",
+      reason: expect.stringMatching(/libkrun not used \(KVM: \/dev\/kvm cannot create a VM.*KVM cannot run VMs here/),
+    });
     expect(d.fallback).toBeUndefined();
     expect(() => decide(linux(cannot), { backend: "krun", network: "all" })).toThrow(/KVM: \/dev\/kvm cannot create a VM/);
     // The tests' stand-in device is opened, never asked; a device that does not open is not asked either.
@@ -126,11 +151,19 @@ describe("KVM", () => {
   it("QEMU uses KVM only after a passed trial boot, with TCG as the fallback", () => {
     const p = { ...krun(), libkrun: { ...krun().libkrun, ok: false, detail: "absent" } };
     expect(decide(linux(p, { ok: true, detail: "booted to init in 90 ms" }), { backend: "auto", network: "none" })).toMatchObject({
-      backend: "qemu", accel: "kvm", fallback: { backend: "qemu", accel: "tcg" },
+      backend: "qemu",
+      accel: "kvm",
+      fallback: { backend: "qemu", accel: "tcg" },
     });
-    expect(decide(linux(p, { ok: false, detail: "no marker" }), { backend: "auto", network: "none" })).toMatchObject({ accel: "tcg", reason: expect.stringMatching(/KVM failed its trial boot \(no marker\)/) });
+    expect(decide(linux(p, { ok: false, detail: "no marker" }), { backend: "auto", network: "none" })).toMatchObject({
+      accel: "tcg",
+      reason: expect.stringMatching(/KVM failed its trial boot \(no marker\)/),
+    });
     const noKvm = { ...p, kvm: { ...p.kvm, ok: false, detail: "open(/dev/kvm, O_RDWR) failed: No such file or directory" } };
     expect(decide(linux(noKvm), { backend: "qemu", network: "all" }).reason).toMatch(/^backend qemu requested; no KVM \(open\(\/dev\/kvm/);
-    expect(decide(linux(p), { backend: "auto", network: "none", accel: "kvm" })).toMatchObject({ accel: "kvm", reason: expect.stringMatching(/MSB_QEMU_ACCEL=kvm/) });
+    expect(decide(linux(p), { backend: "auto", network: "none", accel: "kvm" })).toMatchObject({
+      accel: "kvm",
+      reason: expect.stringMatching(/MSB_QEMU_ACCEL=kvm/),
+    });
   });
 });

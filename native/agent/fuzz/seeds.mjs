@@ -10,7 +10,22 @@ import { encodeFrame } from "../../../dist/agent-client/protocol.js";
 
 const out = path.join(path.dirname(fileURLToPath(import.meta.url)), "corpus");
 const messages = {
-  exec: { session: 1, exec: { argv: ["sh", "-c", "echo hi"], env: ["A=1", "PATH=/bin"], cwd: "/root", user: "root", uid: 0, gid: 0, openStdin: true, timeoutMs: 5000, rlimits: [{ resource: 5, soft: 1024, hard: 4096 }], window: 65536, channel: true } },
+  exec: {
+    session: 1,
+    exec: {
+      argv: ["sh", "-c", "echo hi"],
+      env: ["A=1", "PATH=/bin"],
+      cwd: "/root",
+      user: "root",
+      uid: 0,
+      gid: 0,
+      openStdin: true,
+      timeoutMs: 5000,
+      rlimits: [{ resource: 5, soft: 1024, hard: 4096 }],
+      window: 65536,
+      channel: true,
+    },
+  },
   data: { session: 1, data: { data: Buffer.from("stdin bytes"), eof: true, channel: true } },
   credit: { session: 1, credit: { bytes: 65536 } },
   signal: { session: 1, signal: { signal: 15 } },
@@ -24,11 +39,28 @@ const messages = {
   shutdown: { session: 0, shutdown: {} },
   cancel: { session: 2, cancel: {} },
   suspend: { session: 0, suspend: {} },
-  resume: { session: 0, resume: { generation: 2, entropy: Buffer.alloc(32, 7), unixTimeNs: 1_700_000_000_000_000_000n.toString(), hostname: "copy", bootId: "00000000-0000-4000-8000-000000000000", keep: [1, 3] } },
+  resume: {
+    session: 0,
+    resume: {
+      generation: 2,
+      entropy: Buffer.alloc(32, 7),
+      unixTimeNs: 1_700_000_000_000_000_000n.toString(),
+      hostname: "copy",
+      bootId: "00000000-0000-4000-8000-000000000000",
+      keep: [1, 3],
+    },
+  },
 };
 rmSync(out, { recursive: true, force: true });
 mkdirSync(out);
 for (const [name, m] of Object.entries(messages)) writeFileSync(path.join(out, name), encodeFrame(m));
 // And a stream of several frames, as the agent reads them.
-writeFileSync(path.join(out, "stream"), Buffer.concat(Object.values(messages).slice(0, 5).map((m) => encodeFrame(m))));
+writeFileSync(
+  path.join(out, "stream"),
+  Buffer.concat(
+    Object.values(messages)
+      .slice(0, 5)
+      .map((m) => encodeFrame(m)),
+  ),
+);
 console.log(`wrote ${Object.keys(messages).length + 1} seeds to ${out}`);

@@ -32,7 +32,16 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
   });
 
   // What create and connect answer: how the SDK reaches the sandbox.
-  const reached = ({ m, s }: E2bSandbox) => ({ sandboxID: m.id, templateID: m.template, alias: m.template, clientID: "msb", envdVersion: ENVD_VERSION, envdAccessToken: s.token, trafficAccessToken: s.token, domain: null });
+  const reached = ({ m, s }: E2bSandbox) => ({
+    sandboxID: m.id,
+    templateID: m.template,
+    alias: m.template,
+    clientID: "msb",
+    envdVersion: ENVD_VERSION,
+    envdAccessToken: s.token,
+    trafficAccessToken: s.token,
+    domain: null,
+  });
 
   async function create(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const who = sandboxes.owner(req);
@@ -41,7 +50,17 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS;
     const metadata = body.metadata && typeof body.metadata === "object" ? (body.metadata as Record<string, string>) : {};
     const env = body.envVars && typeof body.envVars === "object" ? (body.envVars as Record<string, string>) : {};
-    const m = await table.create({ protocol: "e2b", owner: who, namespace: "e2b", name: template, ...catalog.template(template), template, metadata, env, timeout });
+    const m = await table.create({
+      protocol: "e2b",
+      owner: who,
+      namespace: "e2b",
+      name: template,
+      ...catalog.template(template),
+      template,
+      metadata,
+      env,
+      timeout,
+    });
     const s = sandboxes.add(m, randomBytes(24).toString("base64url"));
     sendJson(res, 201, reached({ m, s }));
   }
@@ -86,7 +105,16 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     const s = await m.sandbox.metrics();
     const now = new Date();
     sendJson(res, 200, [
-      { timestamp: now.toISOString(), timestampUnix: Math.floor(now.getTime() / 1000), cpuCount: s.cpu.cores, cpuUsedPct: s.cpu.percent, memUsed: s.memory.usedBytes, memTotal: s.memory.totalBytes, diskUsed: s.disk.usedBytes, diskTotal: s.disk.usedBytes + s.disk.freeBytes },
+      {
+        timestamp: now.toISOString(),
+        timestampUnix: Math.floor(now.getTime() / 1000),
+        cpuCount: s.cpu.cores,
+        cpuUsedPct: s.cpu.percent,
+        memUsed: s.memory.usedBytes,
+        memTotal: s.memory.totalBytes,
+        diskUsed: s.disk.usedBytes,
+        diskTotal: s.disk.usedBytes + s.disk.freeBytes,
+      },
     ]);
   }
 
@@ -123,7 +151,8 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     on("POST", "/sandboxes/:sandboxID/timeout", async (req, res, p) => {
       const { m } = target(req, p);
       const body = await readJsonObject(req, bodyLimit);
-      if (!(typeof body.timeout === "number" && body.timeout > 0)) throw new InvalidArgumentError(`timeout ${JSON.stringify(body.timeout)} is invalid: give a positive number of seconds`);
+      if (!(typeof body.timeout === "number" && body.timeout > 0))
+        throw new InvalidArgumentError(`timeout ${JSON.stringify(body.timeout)} is invalid: give a positive number of seconds`);
       table.setTimeout(m, body.timeout);
       res.writeHead(204).end();
     });

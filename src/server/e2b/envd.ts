@@ -20,7 +20,8 @@ import type { E2bSandboxes } from "./shared.js";
 
 const TYPES: Partial<Record<FileStat["type"], FileType>> = { regular: FileType.FILE, directory: FileType.DIRECTORY, symlink: FileType.SYMLINK };
 const rwx = (mode: number, type: string) =>
-  (type === "directory" ? "d" : type === "symlink" ? "l" : "-") + [6, 3, 0].map((s) => ((mode >> s) & 4 ? "r" : "-") + ((mode >> s) & 2 ? "w" : "-") + ((mode >> s) & 1 ? "x" : "-")).join("");
+  (type === "directory" ? "d" : type === "symlink" ? "l" : "-") +
+  [6, 3, 0].map((s) => ((mode >> s) & 4 ? "r" : "-") + ((mode >> s) & 2 ? "w" : "-") + ((mode >> s) & 1 ? "x" : "-")).join("");
 
 function entry(st: FileStat, path: string): MessageInitShape<typeof EntryInfoSchema> {
   return {
@@ -52,7 +53,14 @@ const EVENTS = { create: EventType.CREATE, modify: EventType.WRITE, delete: Even
 const bash = new WeakMap<object, Promise<boolean>>();
 const hasBash = (m: Managed) => {
   let known = bash.get(m.sandbox);
-  if (!known) bash.set(m.sandbox, (known = m.sandbox.fs.stat("/bin/bash").then(() => true, () => false)));
+  if (!known)
+    bash.set(
+      m.sandbox,
+      (known = m.sandbox.fs.stat("/bin/bash").then(
+        () => true,
+        () => false,
+      )),
+    );
   return known;
 };
 
@@ -106,14 +114,29 @@ function envdRoutes(sandboxes: E2bSandboxes) {
           ...(cfg?.cwd ? { cwd: cfg.cwd } : {}),
           ...(size ? { pty: { rows: size.rows || 24, cols: size.cols || 80 } } : { stdin: !!req.stdin }),
         });
-        const t = await s.processes.add(spawned, { cmd: cfg?.cmd ?? "", args, envs, ...(cfg?.cwd ? { cwd: cfg.cwd } : {}), pty: !!size, ...(req.tag ? { tag: req.tag } : {}) });
+        const t = await s.processes.add(spawned, {
+          cmd: cfg?.cmd ?? "",
+          args,
+          envs,
+          ...(cfg?.cwd ? { cwd: cfg.cwd } : {}),
+          pty: !!size,
+          ...(req.tag ? { tag: req.tag } : {}),
+        });
         for await (const e of t.watch()) yield { event: eventOf(e) };
       },
       async *connect(req, ctx) {
         for await (const e of proc(ctx, req.process?.selector).watch()) yield { event: eventOf(e) };
       },
       list(_req, ctx) {
-        return { processes: of(ctx).s.processes.list().map((t) => ({ pid: t.pid, ...(t.tag ? { tag: t.tag } : {}), config: { cmd: t.cmd, args: t.args, envs: t.envs, ...(t.cwd ? { cwd: t.cwd } : {}) } })) };
+        return {
+          processes: of(ctx)
+            .s.processes.list()
+            .map((t) => ({
+              pid: t.pid,
+              ...(t.tag ? { tag: t.tag } : {}),
+              config: { cmd: t.cmd, args: t.args, envs: t.envs, ...(t.cwd ? { cwd: t.cwd } : {}) },
+            })),
+        };
       },
       async sendInput(req, ctx) {
         const input = req.input?.input;
@@ -149,7 +172,13 @@ function envdRoutes(sandboxes: E2bSandboxes) {
       async makeDir(req, ctx) {
         const fs = fsOf(ctx);
         // envd answers AlreadyExists for any existing path, which mkdir -p would accept.
-        if (await fs.stat(req.path).then(() => true, () => false)) throw new FileOperationError(`${req.path} already exists`, 17, "EEXIST");
+        if (
+          await fs.stat(req.path).then(
+            () => true,
+            () => false,
+          )
+        )
+          throw new FileOperationError(`${req.path} already exists`, 17, "EEXIST");
         await fs.mkdir(req.path, { parents: true });
         return { entry: entry(await fs.stat(req.path), req.path) };
       },

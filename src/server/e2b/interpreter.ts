@@ -13,7 +13,8 @@ import type { CodeContext, E2bSandbox } from "./shared.js";
 export function codeInterpreter(catalog: ImageCatalog, bodyLimit: number) {
   // The code interpreter runs Python only, in a sandbox whose kind has a Python interpreter.
   const python = ({ m }: E2bSandbox, language: unknown) => {
-    if (language !== undefined && language !== "python") throw new InvalidArgumentError(`language ${JSON.stringify(language)} is not served by this code interpreter: python`);
+    if (language !== undefined && language !== "python")
+      throw new InvalidArgumentError(`language ${JSON.stringify(language)} is not served by this code interpreter: python`);
     return catalog.interpreterOf(m, "python");
   };
 
@@ -35,7 +36,12 @@ os.chdir(${JSON.stringify(cwd)})`);
       all.set(ctxId, c);
       return sendJson(res, 200, shown(ctxId, c));
     }
-    if (!id && req.method === "GET") return sendJson(res, 200, [...all].map(([i, c]) => shown(i, c)));
+    if (!id && req.method === "GET")
+      return sendJson(
+        res,
+        200,
+        [...all].map(([i, c]) => shown(i, c)),
+      );
     const c = id ? all.get(id) : undefined;
     if (!c) throw new NotFoundError(`context ${JSON.stringify(id)} not found`);
     if (!action && req.method === "DELETE") {

@@ -18,7 +18,14 @@ export function portHost(host: string | undefined): { port: number; id: string }
 }
 
 /** Relays one request to `port` in sandbox `id`; its body is limited to `bodyLimit` bytes. */
-export async function relayToPort(sandboxes: E2bSandboxes, req: IncomingMessage, res: ServerResponse, port: number, id: string, bodyLimit: number): Promise<void> {
+export async function relayToPort(
+  sandboxes: E2bSandboxes,
+  req: IncomingMessage,
+  res: ServerResponse,
+  port: number,
+  id: string,
+  bodyLimit: number,
+): Promise<void> {
   const found = sandboxes.running(id);
   if (!found) throw new PortUnreachableError(`sandbox ${id} is not running`);
   if (!(port >= 1 && port <= 65535)) throw new InvalidArgumentError(`port ${port} is invalid: give 1 to 65535`);
@@ -49,7 +56,9 @@ for d in iter(lambda: s.recv(65536), b""): sys.stdout.buffer.write(d); sys.stdou
   }
   const exit = await proc.exit;
   if (!sent) {
-    throw new PortUnreachableError(`nothing answered on port ${port} in sandbox ${id} (relay exit ${exit.exitCode}): is a server listening on 127.0.0.1:${port} there?`);
+    throw new PortUnreachableError(
+      `nothing answered on port ${port} in sandbox ${id} (relay exit ${exit.exitCode}): is a server listening on 127.0.0.1:${port} there?`,
+    );
   }
   sock.end();
 }

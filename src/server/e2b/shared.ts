@@ -101,7 +101,8 @@ export class E2bSandboxes {
     // envd calls carry X-Access-Token; the code interpreter's some only the traffic token, the same one here.
     const token = Buffer.from(headers.get("x-access-token") ?? headers.get("e2b-traffic-access-token") ?? "");
     const want = Buffer.from(s.token);
-    if (token.length !== want.length || !timingSafeEqual(token, want)) throw new UnauthorizedError("the access token of this sandbox is missing or wrong: send the envdAccessToken its create returned, as X-Access-Token");
+    if (token.length !== want.length || !timingSafeEqual(token, want))
+      throw new UnauthorizedError("the access token of this sandbox is missing or wrong: send the envdAccessToken its create returned, as X-Access-Token");
     if (s.paused) throw new ConflictError(`sandbox ${id} is paused: connect to it first`);
     return { m, s };
   }
