@@ -9,10 +9,9 @@ import { createConnection } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { machine, median } from "./common.mjs";
-
 import { AgentClient } from "../dist/agent-client/client.js";
 import { agentBinaryPath } from "../dist/vm/guest.js";
+import { machine, median } from "./common.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const work = mkdtempSync(path.join(os.tmpdir(), "msb-bench-"));
@@ -133,6 +132,6 @@ The agent runs as a host process on a unix socket (no VM); medians of one run.
 | exec round trip of \`/bin/true\` (${EXEC_RUNS} runs) | ${fmt(result.execRoundTrip.medianUs)} µs | ${fmt(result.execRoundTrip.rawSocketRttUs)} µs raw socket RTT + ${fmt(result.execRoundTrip.nativeForkExecTrueUs)} µs native fork/exec | ${fmt(result.execRoundTrip.ratio, 2)} | ≤ 1.5 |
 | stdout stream, ${STREAM_BYTES / 1e9} GB from \`head -c\` (${STREAM_RUNS} runs) | ${fmt(result.streaming.agentMBps, 0)} MB/s | ${fmt(result.streaming.rawPumpMBps, 0)} MB/s raw byte pump | ${fmt(result.streaming.ratio, 2)} | ≥ 0.8 |
 `;
-writeFileSync(path.join(here, "results", "agent.json"), JSON.stringify(result, null, 2) + "\n");
+writeFileSync(path.join(here, "results", "agent.json"), `${JSON.stringify(result, null, 2)}\n`);
 writeFileSync(path.join(here, "results", "agent.md"), md);
 console.log(md);

@@ -7,11 +7,10 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-
-import { CustomSandbox, runBench, SandboxPool } from "../dist/index.js";
 import { formatTable, PHASES, phaseValues, toJson } from "../dist/bench/report.js";
 import { summarize } from "../dist/bench/stats.js";
 import { cdfSvg } from "../dist/bench/svg.js";
+import { CustomSandbox, runBench, SandboxPool } from "../dist/index.js";
 import { machine } from "./common.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -31,7 +30,7 @@ for (const [name, mode, runs, snapshot] of [
   const table = formatTable(result);
   const series = PHASES.filter((p) => p.key !== "stop").map((p) => ({ name: p.label, values: phaseValues(result, p.key) }));
   if (result.floor.length) series.push({ name: "floor (trivial init)", values: result.floor });
-  writeFileSync(out(`boot-${name}.json`), JSON.stringify(toJson(result), null, 2) + "\n");
+  writeFileSync(out(`boot-${name}.json`), `${JSON.stringify(toJson(result), null, 2)}\n`);
   writeFileSync(out(`boot-${name}.svg`), cdfSvg(series, { title: `${result.backend}, ${result.mode}, ${runs} runs`, unit: "ms" }));
   writeFileSync(
     out(`boot-${name}.md`),
@@ -71,7 +70,7 @@ const memory = {
   ratio: clonesPss / coldPss,
   target: "eight clones <= 2 x one cold VM",
 };
-writeFileSync(out("snapshot-memory.json"), JSON.stringify(memory, null, 2) + "\n");
+writeFileSync(out("snapshot-memory.json"), `${JSON.stringify(memory, null, 2)}\n`);
 writeFileSync(
   out("snapshot-memory.md"),
   `# Memory of restored clones\n\n${memory.date} — ${memory.machine.cpu}, ${memory.machine.cpus} cores, ${memory.machine.kernel}.\n` +
@@ -95,7 +94,7 @@ for (let i = 0; i < 10; i++) {
 await pool.close();
 const s = summarize(times);
 const poolResult = { date: new Date().toISOString(), machine: machine(), runs: times.length, acquireToFirstOutputMs: s, target: "p50 <= 50" };
-writeFileSync(out("pool.json"), JSON.stringify(poolResult, null, 2) + "\n");
+writeFileSync(out("pool.json"), `${JSON.stringify(poolResult, null, 2)}\n`);
 writeFileSync(
   out("pool.md"),
   `# Warm pool\n\n${poolResult.date} — ${poolResult.machine.cpu}, ${poolResult.machine.cpus} cores, ${poolResult.machine.kernel}.\n` +

@@ -12,10 +12,9 @@
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-
+import { resolveImage } from "../dist/images/sources.js";
 // The bare port needs a VM below the sandbox layer: the internal modules, not the package's API.
 import { ImageStore } from "../dist/index.js";
-import { resolveImage } from "../dist/images/sources.js";
 import { QemuBackend } from "../dist/vm/qemu.js";
 import { chooseBackend } from "../dist/vm/select.js";
 import { machine, median } from "./common.mjs";
@@ -43,6 +42,7 @@ const vm = await backend.boot({
 
 try {
   // No udev in the guest: the port's device is found by its name in sysfs.
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell script for the guest's sh; ${p##*/} is sh's parameter expansion
   const find = 'for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name)" = msb.raw ] && echo /dev/${p##*/}; done';
   const port = (await vm.agent.exec(["sh", "-c", find])).stdout.toString().trim();
   if (!port.startsWith("/dev/vport")) throw new Error(`the guest has no msb.raw port (found ${JSON.stringify(port)})`);
@@ -121,7 +121,7 @@ One VM on ${result.machine.backend} (${decision.reason}), busybox image, 256 MiB
 \`command.run("true")\` round trip through the agent, ${TRUE_RUNS} runs: p50 ${f(result.trueRoundTrip.p50Ms)} ms;
 the guest's own fork + exec + wait of /bin/true from a shell: ${f(result.trueRoundTrip.guestForkExecMs)} ms.
 `;
-  writeFileSync(path.join(here, "results", "datapath.json"), JSON.stringify(result, null, 2) + "\n");
+  writeFileSync(path.join(here, "results", "datapath.json"), `${JSON.stringify(result, null, 2)}\n`);
   writeFileSync(path.join(here, "results", "datapath.md"), md);
   console.log(md);
 } finally {

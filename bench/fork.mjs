@@ -4,9 +4,8 @@
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-
-import { CustomSandbox } from "../dist/index.js";
 import { summarize } from "../dist/bench/stats.js";
+import { CustomSandbox } from "../dist/index.js";
 import { machine } from "./common.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -41,7 +40,7 @@ const result = {
   ratio: f.p50 / c.p50,
   target: "fork p50 <= 0.1 x cold boot p50",
 };
-writeFileSync(path.join(here, "results", "fork.json"), JSON.stringify(result, null, 2) + "\n");
+writeFileSync(path.join(here, "results", "fork.json"), `${JSON.stringify(result, null, 2)}\n`);
 writeFileSync(
   path.join(here, "results", "fork.md"),
   `# Fork\n\n${result.date} — ${result.machine.cpu}, ${result.machine.cpus} cores, ${result.machine.kernel}.\n` +

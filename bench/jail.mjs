@@ -67,6 +67,6 @@ ${result.date} — ${result.machine.cpu}, ${result.machine.cpus} cores, ${result
 
 The jail costs **${result.jailCostMs} ms** over the bare helper (target ≤ 10 ms).
 `;
-writeFileSync(path.join(here, "results", "jail.json"), JSON.stringify(result, null, 2) + "\n");
+writeFileSync(path.join(here, "results", "jail.json"), `${JSON.stringify(result, null, 2)}\n`);
 writeFileSync(path.join(here, "results", "jail.md"), md);
 process.stdout.write(md);

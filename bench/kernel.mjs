@@ -13,13 +13,12 @@ import { execFileSync, spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-
-import { CustomSandbox, PythonSandbox } from "../dist/index.js";
-import { QemuBackend } from "../dist/vm/qemu.js";
-import { runBenchKernels } from "../dist/bench/run.js";
 import { formatTable, phaseValues, toJson } from "../dist/bench/report.js";
+import { runBenchKernels } from "../dist/bench/run.js";
 import { summarize } from "../dist/bench/stats.js";
+import { CustomSandbox, PythonSandbox } from "../dist/index.js";
 import { floorInitramfs, guestBoot } from "../dist/vm/guest.js";
+import { QemuBackend } from "../dist/vm/qemu.js";
 import { machine } from "./common.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -143,7 +142,7 @@ const result = {
   },
   initcalls: profile,
 };
-writeFileSync(out("kernel.json"), JSON.stringify(result, null, 2) + "\n");
+writeFileSync(out("kernel.json"), `${JSON.stringify(result, null, 2)}\n`);
 
 const row = (label, f) => `| ${label} | ${names.map((n) => f(n)).join(" | ")} |`;
 const md = [
@@ -184,7 +183,7 @@ async function initcallProfile() {
   const { kernel } = await guestBoot();
   const args = backend.args({ memory: 256, cpus: 1, network: "none", maxProcesses: 1024 }, { kernel, initramfs: floorInitramfs() }, undefined, "stdio");
   const i = args.indexOf("-append");
-  args[i + 1] = args[i + 1].replace(" quiet", "") + " initcall_debug loglevel=8";
+  args[i + 1] = `${args[i + 1].replace(" quiet", "")} initcall_debug loglevel=8`;
   // No agent and no monitor here: their sockets (descriptors msb-vmm would pass) become null devices.
   for (const id of ["agent", "monitor"]) args[args.findIndex((a) => a.startsWith(`socket,id=${id},`))] = `null,id=${id}`;
   const qemu = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "inherit"] });

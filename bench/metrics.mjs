@@ -71,6 +71,6 @@ One busybox sandbox (1 vCPU, 256 MiB, QEMU under TCG). Guest busy CPU over ${WIN
 
 The sampler costs **${result.overheadPercent.sampler} %** of the guest's CPU, an idle watcher **${result.overheadPercent.idleWatcher} %** (target < 1 % each).
 `;
-writeFileSync(path.join(here, "results", "metrics.json"), JSON.stringify(result, null, 2) + "\n");
+writeFileSync(path.join(here, "results", "metrics.json"), `${JSON.stringify(result, null, 2)}\n`);
 writeFileSync(path.join(here, "results", "metrics.md"), md);
 process.stdout.write(md);

@@ -8,10 +8,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { machine, median } from "./common.mjs";
-import { ociLayout } from "../scripts/oci-layout.mjs";
-
 import { CustomSandbox, ImageStore, pullImage } from "../dist/index.js";
+import { ociLayout } from "../scripts/oci-layout.mjs";
+import { machine, median } from "./common.mjs";
 
 const RUNS = Number(process.env.MSB_BENCH_RUNS ?? 5);
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -112,6 +111,6 @@ served by docker-registry on 127.0.0.1; medians of ${RUNS} runs, alternating, ea
 | ext4 disk from the unpacked tree (once per image) | ${f(result.ext4MaterializeMs)} | not part of the comparison |
 | host prep of a second create() from the cached image | ${result.secondCreateHostPrepMs.toFixed(2)} | target ≤ 10 |
 `;
-writeFileSync(path.join(here, "results", "pull.json"), JSON.stringify(result, null, 2) + "\n");
+writeFileSync(path.join(here, "results", "pull.json"), `${JSON.stringify(result, null, 2)}\n`);
 writeFileSync(path.join(here, "results", "pull.md"), md);
 console.log(md);

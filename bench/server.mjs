@@ -103,7 +103,7 @@ ${CLIENTS} concurrent clients × ${ROUNDS} rounds of create → \`commands.run("
 | sandboxes a minute | ${result.throughputPerMin} |
 | left behind afterwards | ${result.leaked.vmms} VMMs, ${result.leaked.runtimeDirs} runtime dirs, ${result.leaked.fds} descriptors |
 `;
-writeFileSync(path.join(here, "results", "server.json"), JSON.stringify(result, null, 2) + "\n");
+writeFileSync(path.join(here, "results", "server.json"), `${JSON.stringify(result, null, 2)}\n`);
 writeFileSync(path.join(here, "results", "server.md"), md);
 process.stdout.write(md);
 if (failed) process.stdout.write(`errors: ${result.errors.join(" | ")}\n`);

@@ -45,7 +45,7 @@ for (const part of ["README.md", ...pkg.files.filter((f) => !f.startsWith("dist"
 }
 // A user's install runs nothing of ours: the checkout's scripts and its tools stay behind.
 const { scripts: _scripts, devDependencies: _dev, ...published } = pkg;
-writeFileSync(path.join(mainStage, "package.json"), JSON.stringify(published, null, 2) + "\n");
+writeFileSync(path.join(mainStage, "package.json"), `${JSON.stringify(published, null, 2)}\n`);
 const { PLATFORMS, PACKAGE_DIRS, guestFiles, KERNEL_FILE } = await import(path.join(mainStage, "dist/artifacts.js"));
 
 const hostKey = `${process.platform}-${process.arch}`;
@@ -144,7 +144,7 @@ for (const [key, platform] of Object.entries(PLATFORMS)) {
       ...(platform.libc ? { libc: [platform.libc] } : {}),
       files: missing ? [`${PACKAGE_DIRS.guest}/`] : [`${PACKAGE_DIRS.native}/`, `${PACKAGE_DIRS.guest}/`],
     };
-    writeFileSync(path.join(dir, "package.json"), JSON.stringify(manifest, null, 2) + "\n");
+    writeFileSync(path.join(dir, "package.json"), `${JSON.stringify(manifest, null, 2)}\n`);
     writeFileSync(
       path.join(dir, "README.md"),
       `# ${platform.package}\n\nThe ${key} half of [microsandbox](https://www.npmjs.com/package/microsandbox), installed with it as an optional dependency; not for use alone.\n` +

@@ -1,47 +1,44 @@
 // The public API of the microsandbox package: the sandboxes and their pool, images, the boot
 // benchmark, msb server, tracing channels, and the typed errors. Everything else (the agent
 // client, the VMM backends, the decision between them) is internal and may change in any release.
-export * from "./errors.js";
-export { RegistryError, PlatformNotFoundError } from "./images/registry.js";
 
-// Sandboxes.
-export { Sandbox, describeBackend } from "./sandbox/sandbox.js";
-export type { ForkOptions } from "./sandbox/sandbox.js";
-export { PythonSandbox, NodeSandbox, CustomSandbox } from "./sandbox/kinds.js";
-export type { SandboxOptions, StartOptions } from "./sandbox/options.js";
-export type { BackendInfo, BootTimeline } from "./vm/machine.js";
-export type { SnapshotOutcome } from "./vm/snapshot.js";
-export type { NetworkPolicy, PortForward } from "./vm/netpolicy.js";
-export type { SandboxInfo } from "./sandbox/registry.js";
-
-// What a sandbox does: commands, interpreter cells, files, metrics, logs, volumes.
-export type { SandboxCommands, CommandOptions, RunOptions, SpawnCommandOptions } from "./sandbox/commands.js";
-export { Execution, CommandExecution } from "./sandbox/execution.js";
-export type { ExecutionStatus } from "./sandbox/execution.js";
-export type { ExecProcess, ExitStatus, OutputChunk, SignalName } from "./agent-client/process.js";
-export type { SandboxFiles } from "./sandbox/files.js";
 export type { FileData, FileStat, FileType } from "./agent-client/client.js";
+export type { ExecProcess, ExitStatus, OutputChunk, SignalName } from "./agent-client/process.js";
 export type { FsEvent, FsWatch } from "./agent-client/watch.js";
-export type { SandboxMetrics } from "./sandbox/metrics.js";
+export type { BenchMode, BenchOptions } from "./bench/run.js";
+// Boot benchmarks, msb server, and the diagnostics_channel events.
+export { runBench } from "./bench/run.js";
+export * from "./errors.js";
+export type { Credentials, Platform, PullEvent, RegistryClientOptions } from "./images/registry.js";
+export { PlatformNotFoundError, RegistryError } from "./images/registry.js";
+export type { ResolveOptions } from "./images/sources.js";
+export { pullEvents, pullImage } from "./images/sources.js";
+export type { ImageConfig, ImageInfo, ResolvedImage } from "./images/store.js";
+// Images: pulled from registries, imported from archives, kept in the cache.
+export { ImageStore } from "./images/store.js";
+// What a sandbox does: commands, interpreter cells, files, metrics, logs, volumes.
+export type { CommandOptions, RunOptions, SandboxCommands, SpawnCommandOptions } from "./sandbox/commands.js";
+export type { ExecutionStatus } from "./sandbox/execution.js";
+export { CommandExecution, Execution } from "./sandbox/execution.js";
+export type { SandboxFiles } from "./sandbox/files.js";
+export { CustomSandbox, NodeSandbox, PythonSandbox } from "./sandbox/kinds.js";
 export type { LogEntry, LogOptions } from "./sandbox/logs.js";
-export { listVolumes, removeVolume } from "./sandbox/volumes.js";
-export type { VolumeInfo, VolumeSpec } from "./sandbox/volumes.js";
+export type { SandboxMetrics } from "./sandbox/metrics.js";
+export type { SandboxOptions, StartOptions } from "./sandbox/options.js";
+export type { PoolOptions, PoolStats } from "./sandbox/pool.js";
 
 // A warm pool of booted sandboxes.
 export { SandboxPool } from "./sandbox/pool.js";
-export type { PoolOptions, PoolStats } from "./sandbox/pool.js";
-
-// Images: pulled from registries, imported from archives, kept in the cache.
-export { ImageStore } from "./images/store.js";
-export type { ImageConfig, ImageInfo, ResolvedImage } from "./images/store.js";
-export { pullEvents, pullImage } from "./images/sources.js";
-export type { ResolveOptions } from "./images/sources.js";
-export type { Credentials, Platform, PullEvent, RegistryClientOptions } from "./images/registry.js";
-
-// Boot benchmarks, msb server, and the diagnostics_channel events.
-export { runBench } from "./bench/run.js";
-export type { BenchMode, BenchOptions } from "./bench/run.js";
-export { createServer } from "./server/server.js";
+export type { SandboxInfo } from "./sandbox/registry.js";
+export type { ForkOptions } from "./sandbox/sandbox.js";
+// Sandboxes.
+export { describeBackend, Sandbox } from "./sandbox/sandbox.js";
+export type { VolumeInfo, VolumeSpec } from "./sandbox/volumes.js";
+export { listVolumes, removeVolume } from "./sandbox/volumes.js";
 export type { RunningServer, ServerOptions } from "./server/server.js";
-export { traceChannel } from "./trace.js";
+export { createServer } from "./server/server.js";
 export type { TraceEvents } from "./trace.js";
+export { traceChannel } from "./trace.js";
+export type { BackendInfo, BootTimeline } from "./vm/machine.js";
+export type { NetworkPolicy, PortForward } from "./vm/netpolicy.js";
+export type { SnapshotOutcome } from "./vm/snapshot.js";

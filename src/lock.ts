@@ -3,10 +3,10 @@
 // or resuming a paused sandbox take turns.
 // A lock whose owner is gone (a recycled pid does not count), or that a crash left empty, is
 // taken over.
-import { open, readFile, rm, stat } from "node:fs/promises";
+import { type FileHandle, open, readFile, rm, stat } from "node:fs/promises";
 
 import { LockTimeoutError } from "./errors.js";
-import { alive, ownStamp, parseStamp } from "./liveness.js";
+import { alive, ownStamp, type ProcessStamp, parseStamp } from "./liveness.js";
 
 // An empty lock file, or a takeover's guard, is one being written this instant; older than this,
 // its writer crashed.
@@ -20,7 +20,7 @@ const age = async (file: string) => {
 
 // Whether the lock holding `text` is stale: its owner is gone, or it was left empty by a crash.
 async function stale(lock: string, text: string): Promise<boolean> {
-  let owner;
+  let owner: ProcessStamp | undefined;
   try {
     owner = text.trim() ? parseStamp(JSON.parse(text)) : undefined;
   } catch {
@@ -38,7 +38,7 @@ async function stale(lock: string, text: string): Promise<boolean> {
  */
 async function takeOver(lock: string, judged: string): Promise<void> {
   const guard = `${lock}.takeover`;
-  let handle;
+  let handle: FileHandle;
   try {
     handle = await open(guard, "wx");
   } catch (err) {

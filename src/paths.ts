@@ -11,7 +11,7 @@ import path from "node:path";
 import { debuglog } from "node:util";
 
 import { MicrosandboxError } from "./errors.js";
-import { alive, isOwn, ownStamp, parseStamp, type ProcessStamp } from "./liveness.js";
+import { alive, isOwn, ownStamp, type ProcessStamp, parseStamp } from "./liveness.js";
 
 const debug = debuglog("microsandbox");
 const OWNER_FILE = "owner";
@@ -92,7 +92,7 @@ export function makeRuntimeDir(): string {
   try {
     // Written aside and renamed in: a sweep never sees half an owner.
     const tmp = path.join(dir, `.${OWNER_FILE}`);
-    writeFileSync(tmp, JSON.stringify(ownStamp()) + "\n", { mode: 0o600 });
+    writeFileSync(tmp, `${JSON.stringify(ownStamp())}\n`, { mode: 0o600 });
     renameSync(tmp, path.join(dir, OWNER_FILE));
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });

@@ -25,7 +25,10 @@ const channels = new Map<string, diagnostics_channel.Channel>();
 /** The channel of `event`: "microsandbox:" and the event's name. */
 export function traceChannel(event: keyof TraceEvents): diagnostics_channel.Channel {
   let channel = channels.get(event);
-  if (!channel) channels.set(event, (channel = diagnostics_channel.channel(`microsandbox:${event}`)));
+  if (!channel) {
+    channel = diagnostics_channel.channel(`microsandbox:${event}`);
+    channels.set(event, channel);
+  }
   return channel;
 }
 

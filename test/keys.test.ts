@@ -1,9 +1,8 @@
 // Options are checked against what exists: an unknown key at any depth is an InvalidArgumentError
 // naming it and the nearest valid key, before anything boots or listens. No VMs.
 import { describe, expect, it } from "vitest";
-
-import { CustomSandbox, createServer, InvalidArgumentError, PythonSandbox, runBench, SandboxPool } from "../src/index.js";
 import { RegistryClient } from "../src/images/registry.js";
+import { CustomSandbox, createServer, InvalidArgumentError, PythonSandbox, runBench, SandboxPool } from "../src/index.js";
 import { checkKeys, nearest } from "../src/keys.js";
 
 describe("option keys", () => {

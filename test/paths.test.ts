@@ -21,7 +21,7 @@ import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 
 import { MicrosandboxError } from "../src/errors.js";
-import { makeRuntimeDir, ownRuntimeDirs, runtimeDirOwner, runtimeParent, sweepRuntimeDirs, type RuntimeDirOwner } from "../src/paths.js";
+import { makeRuntimeDir, ownRuntimeDirs, type RuntimeDirOwner, runtimeDirOwner, runtimeParent, sweepRuntimeDirs } from "../src/paths.js";
 import { alive } from "./sandbox/helpers.js";
 
 const linux = process.platform === "linux";

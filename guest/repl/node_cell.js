@@ -172,6 +172,7 @@ const STATEMENT_WORDS = new Set([
 
 // Builds the async wrapper for a top-level await cell, or null if the rewrite does not compile;
 // `compiles(code)` says whether V8 accepts a script.
+// biome-ignore lint/correctness/noUnusedVariables: called by node_driver.js, which is shipped to the guest concatenated after this file
 function buildAsyncCell(code, compiles) {
   const tokens = tokenize(code);
   const starts = statementStarts(tokens);

@@ -254,11 +254,11 @@
     let end;
     try {
       const value = await evaluate(code, filename);
-      if (value !== undefined) stdout.write(util.inspect(value) + "\n");
+      if (value !== undefined) stdout.write(`${util.inspect(value)}\n`);
       end = { status: "ok" };
     } catch (err) {
       try {
-        stderr.write(formatError(err) + "\n");
+        stderr.write(`${formatError(err)}\n`);
         end = { status: "error", ...describeError(err) };
       } catch {
         end = { status: "error", ename: "Error", evalue: "(the thrown value could not be inspected)" };
@@ -295,7 +295,7 @@
     running = true;
     runCell(code)
       .catch((err) => {
-        fs.writeSync(2, `repl driver: ${err && err.stack}\n`);
+        fs.writeSync(2, `repl driver: ${err?.stack}\n`);
         realExit(70);
       })
       .then(() => {
@@ -322,6 +322,6 @@
   sendJson(FRAME_READY, { language: "javascript", version: process.versions.node });
 })().catch((err) => {
   // A crash of the driver itself.
-  process.stderr.write(`repl driver: ${(err && err.stack) || err}\n`);
+  process.stderr.write(`repl driver: ${err?.stack || err}\n`);
   process.exitCode = 70;
 });

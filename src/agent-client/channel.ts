@@ -110,7 +110,10 @@ export class Channel {
     let settled!: { resolve(): void; reject(e: Error): void };
     const promise = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => this.close(new TimeoutError(`the agent did not suspend within ${timeoutSeconds} s`)), timeoutSeconds * 1000);
-      const settle = () => (clearTimeout(timer), (this.suspendWaiter = undefined));
+      const settle = () => {
+        clearTimeout(timer);
+        this.suspendWaiter = undefined;
+      };
       settled = { resolve: () => (settle(), resolve()), reject: (e) => (settle(), reject(e)) };
     });
     this.suspendWaiter = { ...settled, promise };
@@ -254,10 +257,19 @@ export class Channel {
   private route(f: GuestFrame): void {
     if (f.session === 0) {
       const b = f.body;
-      if (b.case === "hello") return this.onHello(b.value);
-      if (b.case === "suspended" && this.suspendWaiter) return this.suspendWaiter.resolve();
+      if (b.case === "hello") {
+        this.onHello(b.value);
+        return;
+      }
+      if (b.case === "suspended" && this.suspendWaiter) {
+        this.suspendWaiter.resolve();
+        return;
+      }
       if (b.case === "error") {
-        if (this.helloWaiter?.resume) return this.refused(this.helloWaiter, b.value);
+        if (this.helloWaiter?.resume) {
+          this.refused(this.helloWaiter, b.value);
+          return;
+        }
         // A connection-level error means the agent could not parse something we sent: a bug here.
         throw new AgentProtocolError(`the agent rejected a frame: ${b.value.message}`);
       }
@@ -265,7 +277,10 @@ export class Channel {
     }
     if (this.helloWaiter?.opening) throw new AgentProtocolError("the agent sent a session frame before its hello");
     const sink = this.sessions.get(f.session);
-    if (sink) return sink.frame(f);
+    if (sink) {
+      sink.frame(f);
+      return;
+    }
     const parked = this.parked.get(f.session);
     // Frames for sessions that were released (cancelled, aborted) are expected and dropped.
     if (parked) this.park(f.session, parked, f);

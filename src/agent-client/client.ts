@@ -5,7 +5,7 @@ import { randomBytes } from "node:crypto";
 import { createConnection } from "node:net";
 import type { Duplex } from "node:stream";
 
-import { AgentConnectionError, AgentError, FileOperationError, abortError, InvalidArgumentError, linuxErrnoName, TimeoutError } from "../errors.js";
+import { AgentConnectionError, AgentError, abortError, FileOperationError, InvalidArgumentError, linuxErrnoName, TimeoutError } from "../errors.js";
 import { type AgentHello, Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
 import {
@@ -19,8 +19,8 @@ import {
   type OutputChunk,
   type SpawnOptions,
 } from "./process.js";
-import { FsWatch } from "./watch.js";
 import { DEFAULT_WINDOW_BYTES, errorKindName, fileTypeName, type GuestBody, type GuestFrame, type HostBody } from "./protocol.js";
+import { FsWatch } from "./watch.js";
 
 export type { AgentHello } from "./channel.js";
 

@@ -49,7 +49,10 @@ export class Inbound<T> implements AsyncIterableIterator<T> {
     if (n > (this.sizing.maxItem ?? MAX_CHUNK_BYTES) || this.outstanding + n > this.window + (this.sizing.slack ?? 0)) {
       throw new AgentProtocolError(`the guest sent ${n} bytes with ${this.window - this.outstanding} bytes of credit left`);
     }
-    if (this.discarding) return this.credit(n);
+    if (this.discarding) {
+      this.credit(n);
+      return;
+    }
     if (this.ended) return;
     this.outstanding += n;
     this.queue.push(item);

@@ -1,6 +1,6 @@
 // A process running in the guest: the streaming form (ExecProcess: output as an async iterable,
 // stdin writes, signals) and the option checks that turn ExecOptions into an Exec request.
-import { AgentError, ExecError, abortError, InvalidArgumentError, linuxErrnoName, OutputLimitError, TimeoutError } from "../errors.js";
+import { AgentError, abortError, ExecError, InvalidArgumentError, linuxErrnoName, OutputLimitError, TimeoutError } from "../errors.js";
 import type { Channel } from "./channel.js";
 import { Inbound, Outbound } from "./flow.js";
 import {
@@ -162,7 +162,9 @@ export function execRequest(argv: readonly string[], opts: SpawnOptions): ExecIn
   if (!Array.isArray(argv) || argv.length === 0) {
     throw new InvalidArgumentError("argv must be a non-empty array: the program, then its arguments");
   }
-  argv.forEach((a, i) => checkString(`argv[${i}]`, a));
+  argv.forEach((a, i) => {
+    checkString(`argv[${i}]`, a);
+  });
   if (argv[0] === "") throw new InvalidArgumentError("argv[0] (the program) is empty");
   const env = { PATH: DEFAULT_PATH, ...opts.env };
   const envList = Object.entries(env).map(([k, v]) => {
@@ -244,8 +246,14 @@ export class ExecProcess<Chunk extends OutputChunk | ChannelChunk = OutputChunk>
   ) {
     const request = adopted ? undefined : execRequest(argv, opts);
     if (opts.signal?.aborted) throw abortError(opts.signal);
-    this.pid = new Promise((res, rej) => ((this.resolvePid = res), (this.rejectPid = rej)));
-    this.exit = new Promise((res, rej) => ((this.resolveExit = res), (this.rejectExit = rej)));
+    this.pid = new Promise((res, rej) => {
+      this.resolvePid = res;
+      this.rejectPid = rej;
+    });
+    this.exit = new Promise((res, rej) => {
+      this.resolveExit = res;
+      this.rejectExit = rej;
+    });
     // The caller may await only one of them; the other must not become an unhandled rejection.
     this.pid.catch(() => {});
     this.exit.catch(() => {});

@@ -1,6 +1,6 @@
 // The boot benchmark's result for one backend and mode, as a fixed-width text table for the
 // terminal and as JSON with per-phase summaries for files and later comparison.
-import { formatMs, successRate, summarize, type Summary } from "./stats.js";
+import { formatMs, type Summary, successRate, summarize } from "./stats.js";
 
 /** One sandbox boot: ms from the start of create() per phase (kernelToInit and stop are durations). */
 export interface RunTimeline {

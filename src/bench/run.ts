@@ -7,10 +7,10 @@ import { exec } from "node:child_process";
 import { promisify } from "node:util";
 
 import { InvalidArgumentError } from "../errors.js";
-import { ImageStore } from "../images/store.js";
 import { resolveImage } from "../images/sources.js";
-import { CustomSandbox } from "../sandbox/kinds.js";
+import { ImageStore } from "../images/store.js";
 import { checkKeys, keysOf } from "../keys.js";
+import { CustomSandbox } from "../sandbox/kinds.js";
 import { type BackendInfo, planMachine } from "../vm/machine.js";
 import type { BenchResult, RunTimeline } from "./report.js";
 

@@ -4,24 +4,23 @@
 import { writeFileSync } from "node:fs";
 import { constants as osConstants } from "node:os";
 import path from "node:path";
-
-import { type BenchMode, runBenchKernels } from "../bench/run.js";
+import type { ExitStatus } from "../agent-client/process.js";
 import { type BenchResult, formatTable, PHASES, phaseValues, toJson } from "../bench/report.js";
+import { type BenchMode, runBenchKernels } from "../bench/run.js";
 import { cdfSvg } from "../bench/svg.js";
-import type { PullEvent } from "../images/registry.js";
+import { InvalidArgumentError, PausedSandboxNotFoundError } from "../errors.js";
 import { parseReference } from "../images/reference.js";
+import type { PullEvent } from "../images/registry.js";
 import { pullImage, resolveImage } from "../images/sources.js";
 import { ImageStore } from "../images/store.js";
-import type { ExitStatus } from "../agent-client/process.js";
-import { InvalidArgumentError, PausedSandboxNotFoundError } from "../errors.js";
 import { CustomSandbox } from "../sandbox/kinds.js";
 import { pausedDir } from "../sandbox/paused.js";
 import { listVolumes, removeVolume } from "../sandbox/volumes.js";
 import { pruneSnapshots } from "../vm/snapshot.js";
 import { attach, DETACH_KEYS, terminalSize } from "./attach.js";
-import { SERVER_COMMANDS } from "./server-commands.js";
-import { column, type Command } from "./spec.js";
 import { doctor, formatDoctor } from "./doctor.js";
+import { SERVER_COMMANDS } from "./server-commands.js";
+import { type Command, column } from "./spec.js";
 
 const IMAGE_NOTE = `IMAGE is a registry reference (python:3.12-slim), oci:DIR[:TAG], oci-archive:FILE[:TAG],
 docker-archive:FILE, or local:NAME (built by scripts/build-image.sh in a checkout).`;
@@ -189,7 +188,7 @@ VMM booting a trivial init. Prints a table; progress goes to stderr.`,
         onRun: (i, r) => process.stderr.write(`run ${i + 1}: ${r.ok ? `first output at ${r.firstOutput!.toFixed(0)} ms` : `failed: ${r.error}`}\n`),
       });
       console.log(results.map(formatTable).join("\n"));
-      if (v.output) writeFileSync(v.output as string, JSON.stringify(results.length === 1 ? toJson(results[0]!) : results.map(toJson), null, 2) + "\n");
+      if (v.output) writeFileSync(v.output as string, `${JSON.stringify(results.length === 1 ? toJson(results[0]!) : results.map(toJson), null, 2)}\n`);
       if (v.svg) {
         // Several kernels: each one's first output and floor, one picture.
         const tag = (r: BenchResult) => (results.length > 1 ? ` (${path.basename(path.dirname(r.kernel!))}/${path.basename(r.kernel!)})` : "");
@@ -284,7 +283,7 @@ and the sandboxes using it now; rm removes a volume and its data, refused while 
         ]);
         process.stdout.write(
           rows.length
-            ? column([["NAME", "SIZE  ON DISK  USED BY"], ...rows.map(([n, ...r]) => [n!, r.join("  ")] as [string, string])]) + "\n"
+            ? `${column([["NAME", "SIZE  ON DISK  USED BY"], ...rows.map(([n, ...r]) => [n!, r.join("  ")] as [string, string])])}\n`
             : "no volumes\n",
         );
         return 0;
@@ -352,7 +351,7 @@ ${IMAGE_NOTE}`,
 const exitStatus = (exit: ExitStatus) => exit.exitCode ?? 128 + (osConstants.signals[exit.signal as NodeJS.Signals] ?? 9);
 
 export const COMMANDS = new Map([...list, ...SERVER_COMMANDS].map((c) => [c.name, c]));
-export { NUMBER_KINDS, type Command, type Invocation, type Values } from "./spec.js";
+export { type Command, type Invocation, NUMBER_KINDS, type Values } from "./spec.js";
 
 export function generalUsage(): string {
   return `usage: msb <command> [options]

@@ -5,7 +5,7 @@
 import { parseArgs } from "node:util";
 
 import { MicrosandboxError } from "../errors.js";
-import { type Command, COMMANDS, commandUsage, generalUsage, type Invocation, NUMBER_KINDS, type Values } from "./commands.js";
+import { COMMANDS, type Command, commandUsage, generalUsage, type Invocation, NUMBER_KINDS, type Values } from "./commands.js";
 
 /** A mistake on the command line: reported with `msb: ` and exit status 2, before any work. */
 class UsageError extends Error {
@@ -43,7 +43,7 @@ function parse(cmd: Command, args: string[]): Invocation | null {
   // Only a command that runs a guest command splits at `--`; the rest leave it to parseArgs,
   // which takes what follows as positionals (msb rmi -- -odd-name).
   const sep = cmd.takesCommand ? args.indexOf("--") : -1;
-  let parsed;
+  let parsed: { values: Record<string, string | string[] | boolean | undefined>; positionals: string[] };
   try {
     parsed = parseArgs({
       args: sep === -1 ? args : args.slice(0, sep),
@@ -65,7 +65,7 @@ function parse(cmd: Command, args: string[]): Invocation | null {
   if (parsed.values.help) return null;
 
   const values: Values = {};
-  for (const [name, raw] of Object.entries(parsed.values as Record<string, string | string[] | boolean | undefined>)) {
+  for (const [name, raw] of Object.entries(parsed.values)) {
     const spec = cmd.options[name]!;
     if (typeof raw !== "string") values[name] = raw;
     else if (spec.number) {

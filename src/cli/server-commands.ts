@@ -3,7 +3,7 @@
 import { InvalidArgumentError } from "../errors.js";
 import { BUILTIN_IMAGES, BUILTIN_TEMPLATES, DEFAULT_MEMORY_BUDGET_TEXT, DEFAULT_SERVER_URL, SERVER_DEFAULTS } from "../server/defaults.js";
 import { createServer } from "../server/server.js";
-import { column, type Command, type OptionSpec, type Values } from "./spec.js";
+import { type Command, column, type OptionSpec, type Values } from "./spec.js";
 
 export const SERVER_COMMANDS: Command[] = [
   {
@@ -87,7 +87,7 @@ ${DEFAULT_SERVER_URL}; the key --api-key, else MSB_API_KEY.`,
         s.id,
         `${s.protocol === "e2b" ? `e2b ${s.template}` : `${s.namespace}/${s.name}`}  ${s.memoryMiB} MiB  pid ${s.pid ?? "-"}  since ${s.startedAt}`,
       ]);
-      process.stdout.write(rows.length ? column([["ID", "WHAT  MEMORY  VMM  STARTED"], ...rows]) + "\n" : "no sandboxes\n");
+      process.stdout.write(rows.length ? `${column([["ID", "WHAT  MEMORY  VMM  STARTED"], ...rows])}\n` : "no sandboxes\n");
       return 0;
     },
   },

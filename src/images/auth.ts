@@ -6,9 +6,9 @@ import path from "node:path";
 import { debuglog } from "node:util";
 
 import { InvalidArgumentError, MicrosandboxError, RegistryError } from "../errors.js";
+import { checkKeys } from "../keys.js";
 import { describe, errorDetail, readCapped, TransientError } from "./http.js";
 import type { ImageReference } from "./reference.js";
-import { checkKeys } from "../keys.js";
 
 const debug = debuglog("microsandbox");
 

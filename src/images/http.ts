@@ -1,5 +1,6 @@
 // The HTTP under RegistryClient and its token fetching: redirects followed by hand, retries with
 // backoff for failures that may pass, bodies read under a cap, and the registry's own error text.
+import type { ReadableStreamReadResult } from "node:stream/web";
 import { debuglog } from "node:util";
 
 import { MicrosandboxError, RegistryError } from "../errors.js";
@@ -73,7 +74,7 @@ export async function retrying<T>(what: string, attempt: () => Promise<T>, polic
       const status = err instanceof TransientError ? err.status : undefined;
       if (n >= retries) {
         throw new RegistryError(
-          `${what} failed after ${n + 1} attempt${n ? "s" : ""}: ${describe(err)}. ` + `Check the network and the registry, or raise the retries option`,
+          `${what} failed after ${n + 1} attempt${n ? "s" : ""}: ${describe(err)}. Check the network and the registry, or raise the retries option`,
           status,
           { cause: err },
         );
@@ -91,7 +92,7 @@ export async function* bodyChunks(res: Response, what: string): AsyncGenerator<U
   const reader = res.body.getReader();
   try {
     for (;;) {
-      let step;
+      let step: ReadableStreamReadResult<Uint8Array>;
       try {
         step = await reader.read();
       } catch (err) {

@@ -362,8 +362,9 @@ export async function applyLayer(tarStream: AsyncIterable<Uint8Array>, target: s
     }
     await a.drain();
     a.finish();
-  } catch (err) {
+  } catch (caught) {
     await a.settle(); // nothing of this layer may still be writing once it has failed
+    let err = caught;
     if (a.failed) {
       current = a.failed.entry;
       err = a.failed.err;

@@ -5,11 +5,11 @@ import { mkdir, open, rename, rm } from "node:fs/promises";
 import path from "node:path";
 
 import { DigestMismatchError, InvalidArgumentError, RegistryError } from "../errors.js";
+import { checkKeys, keysOf } from "../keys.js";
 import { type Credentials, credentialsHint, credentialsOption, defaultDockerConfig, normaliseRegistry, RegistryAuth } from "./auth.js";
 import { bodyChunks, errorDetail, follow, readCapped, retrying, TransientError } from "./http.js";
 import { hostPlatform, type Platform, selectPlatform } from "./platform.js";
 import { type ImageReference, isDigest, parseReference, registryHost, withDigest } from "./reference.js";
-import { checkKeys, keysOf } from "../keys.js";
 
 // The pieces that moved out stay importable from here, as before.
 export { type Credentials, parseChallenges } from "./auth.js";
@@ -157,7 +157,9 @@ export class RegistryClient {
       throw new RegistryError(`${ref}: manifest ${fetched.digest} lacks "config" or "layers"`);
     }
     checkDescriptor(manifest.config, `${ref}: config`);
-    manifest.layers.forEach((l, i) => checkDescriptor(l, `${ref}: layer ${i}`));
+    manifest.layers.forEach((l, i) => {
+      checkDescriptor(l, `${ref}: layer ${i}`);
+    });
     const result: ResolvedManifest = {
       ref: withDigest(ref, fetched.digest),
       digest: fetched.digest,
@@ -376,4 +378,5 @@ async function exists(file: string): Promise<boolean> {
     return false;
   }
 }
+
 export { PlatformNotFoundError, RegistryError } from "../errors.js";

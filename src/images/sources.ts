@@ -9,8 +9,8 @@ import path from "node:path";
 import { ImageError, InvalidArgumentError } from "../errors.js";
 import { applyLayer } from "./layers.js";
 import { parseReference } from "./reference.js";
-import { type Descriptor, hostPlatform, type Platform, platformMatches, type PullEvent, RegistryClient, type RegistryClientOptions } from "./registry.js";
-import { type ImageStore, type ResolvedImage } from "./store.js";
+import { type Descriptor, hostPlatform, type Platform, type PullEvent, platformMatches, RegistryClient, type RegistryClientOptions } from "./registry.js";
+import type { ImageStore, ResolvedImage } from "./store.js";
 import { type LayerSource, unpackLayers } from "./unpack.js";
 
 export interface ResolveOptions {

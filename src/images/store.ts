@@ -18,10 +18,10 @@ import path from "node:path";
 import { promisify } from "node:util";
 
 import { PACKAGE_ROOT } from "../artifacts.js";
-import { findHostTool, missingToolHint } from "../host-tools.js";
 import { ImageError } from "../errors.js";
-import { cacheDir } from "../paths.js";
+import { findHostTool, missingToolHint } from "../host-tools.js";
 import { withLock } from "../lock.js";
+import { cacheDir } from "../paths.js";
 
 const run = promisify(execFile);
 

@@ -1,13 +1,13 @@
 // sandbox.command: processes in a sandbox, collected (run) or streamed (spawn), on pipes or a
 // terminal; each one's output and exit go to the sandbox's log.
-import type { ExecProcess } from "../agent-client/process.js";
+import type { ExecProcess, ExecResult } from "../agent-client/process.js";
 
 import { InvalidArgumentError, TimeoutError } from "../errors.js";
+import { checkKeys, keysOf } from "../keys.js";
+import { publish } from "../trace.js";
 import { CommandExecution } from "./execution.js";
 import { checkSeconds } from "./options.js";
 import type { Sandbox } from "./sandbox.js";
-import { checkKeys, keysOf } from "../keys.js";
-import { publish } from "../trace.js";
 
 export interface CommandOptions {
   /** Seconds; past it the process tree is killed and TimeoutError is thrown. */
@@ -64,7 +64,7 @@ export class SandboxCommands {
     const traced = { sandbox: this.sandbox.name, command };
     const started = performance.now();
     publish("command:start", { ...traced, args });
-    let r;
+    let r: ExecResult;
     try {
       r = await agent.exec([command, ...args], { ...this.sandbox.processOptions(opts, timeout), onOutput: (c) => tap.output(c) });
     } catch (error) {

@@ -6,10 +6,10 @@ import type { AgentClient } from "../agent-client/client.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { ImageConfig } from "../images/store.js";
 import type { KeptSession } from "../vm/machine.js";
+import { type RunOptions, runTimeout } from "./commands.js";
 import type { Execution } from "./execution.js";
 import type { SandboxOptions } from "./options.js";
 import { driverSource, NODE_REPL, PYTHON_REPL, Repl, type ReplLanguage } from "./repl.js";
-import { type RunOptions, runTimeout } from "./commands.js";
 import { Sandbox } from "./sandbox.js";
 
 abstract class LanguageSandbox extends Sandbox {

@@ -59,7 +59,7 @@ export class SandboxLog {
   }
 
   add(source: LogEntry["source"], text: string, command?: string): void {
-    const line = JSON.stringify({ t: Date.now(), s: source, x: text, ...(command !== undefined ? { c: command } : {}) } satisfies Stored) + "\n";
+    const line = `${JSON.stringify({ t: Date.now(), s: source, x: text, ...(command !== undefined ? { c: command } : {}) } satisfies Stored)}\n`;
     this.pending.push(line);
     this.pendingBytes += line.length;
     if (this.pendingBytes >= 64 * 1024) this.flush();
@@ -139,7 +139,8 @@ export class CommandTap {
   output(chunk: { stream: "stdout" | "stderr"; data: Buffer }): void {
     if (this.headBytes < COMMAND_HEAD_BYTES) {
       this.headBytes += chunk.data.length;
-      return this.log.add(chunk.stream, chunk.data.toString("utf8"), this.command);
+      this.log.add(chunk.stream, chunk.data.toString("utf8"), this.command);
+      return;
     }
     this.tail.push(chunk);
     this.tailBytes += chunk.data.length;

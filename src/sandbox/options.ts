@@ -5,8 +5,8 @@ import os from "node:os";
 
 import { DEFAULT_PATH } from "../agent-client/process.js";
 import { InvalidArgumentError } from "../errors.js";
-import { checkKeys, keysOf } from "../keys.js";
 import { RegistryClient, type RegistryClientOptions } from "../images/registry.js";
+import { checkKeys, keysOf } from "../keys.js";
 import { checkNetwork, checkPorts, type NetworkPolicy, type PortForward } from "../vm/netpolicy.js";
 import { checkVolumes, type VolumeSpec } from "./volumes.js";
 
@@ -229,7 +229,7 @@ function checkLabels(labels: unknown): Record<string, string> {
   const entries = Object.entries(labels);
   if (entries.length > 64) throw new InvalidArgumentError(`labels has ${entries.length} entries; at most 64`);
   for (const [k, v] of entries) {
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.\/-]{0,62}$/.test(k) || typeof v !== "string" || v.length > 256) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$/.test(k) || typeof v !== "string" || v.length > 256) {
       throw new InvalidArgumentError(
         `label ${JSON.stringify(k)}: ${JSON.stringify(v)} is invalid: keys of 1-63 letters, digits, '_', '.', '/' or '-', string values up to 256 characters`,
       );

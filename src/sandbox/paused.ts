@@ -34,7 +34,7 @@ export function writePaused(dir: string, meta: Omit<PausedSandbox, "format" | "p
   const full: PausedSandbox = { format: FORMAT, ...meta, pausedAt: new Date().toISOString() };
   const tmp = path.join(dir, "paused.json.tmp");
   // Private: the options may carry secrets in env, as the state carries guest memory.
-  writeFileSync(tmp, JSON.stringify(full, null, 2) + "\n", { mode: 0o600 });
+  writeFileSync(tmp, `${JSON.stringify(full, null, 2)}\n`, { mode: 0o600 });
   renameSync(tmp, path.join(dir, "paused.json"));
 }
 

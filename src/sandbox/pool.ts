@@ -5,9 +5,9 @@
 import { debuglog } from "node:util";
 
 import { InvalidArgumentError, SandboxNotRunningError } from "../errors.js";
+import { checkKeys, keysOf } from "../keys.js";
 import { SANDBOX_OPTION_KEYS, type SandboxOptions } from "./options.js";
 import type { Sandbox } from "./sandbox.js";
-import { checkKeys, keysOf } from "../keys.js";
 
 const debug = debuglog("microsandbox");
 const REFILL_DELAY_MS = 250;

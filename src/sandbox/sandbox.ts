@@ -4,30 +4,30 @@ import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
 import { debuglog } from "node:util";
 
-import type { AgentClient } from "../agent-client/client.js";
+import type { AgentClient, GuestMetrics } from "../agent-client/client.js";
 import type { ExitStatus } from "../agent-client/process.js";
 
 import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore } from "../images/store.js";
+import { checkKeys, keysOf } from "../keys.js";
 import {
   type BackendInfo,
   type BootTimeline,
   type Capability,
   type KeptSession,
   type Machine,
+  type MachinePlan,
   type MachineSpec,
   planMachine,
   restoreMachine,
 } from "../vm/machine.js";
 import { checkPorts, type PortForward } from "../vm/netpolicy.js";
-import { newPausedDir, readPaused, withPausedLock, writePaused } from "./paused.js";
 import { type CommandOptions, SandboxCommands } from "./commands.js";
 import { SandboxFiles } from "./files.js";
 import { Lifetime } from "./lifetime.js";
 import { CommandTap, type LogEntry, type LogOptions, SandboxLog } from "./logs.js";
-import { type CpuMark, cpuMark, sandboxMetrics, type SandboxMetrics } from "./metrics.js";
-import { checkKeys, keysOf } from "../keys.js";
+import { type CpuMark, cpuMark, type SandboxMetrics, sandboxMetrics } from "./metrics.js";
 import {
   checkCpus,
   checkMemory,
@@ -40,6 +40,7 @@ import {
   START_OPTION_KEYS,
   type StartOptions,
 } from "./options.js";
+import { newPausedDir, readPaused, withPausedLock, writePaused } from "./paused.js";
 import type { SandboxPool } from "./pool.js";
 import { registry, type SandboxInfo } from "./registry.js";
 import { checkMounted, leaseVolumes, type VolumeLease, volumeFile } from "./volumes.js";
@@ -143,7 +144,7 @@ export abstract class Sandbox implements AsyncDisposable {
     if (!Number.isFinite(intervalMs) || intervalMs < 100) throw new InvalidArgumentError(`intervalMs ${intervalMs} is invalid: give at least 100 ms`);
     let mark: CpuMark;
     for (;;) {
-      let g;
+      let g: GuestMetrics;
       try {
         g = await this.agent().metrics();
       } catch (err) {
@@ -292,7 +293,7 @@ export abstract class Sandbox implements AsyncDisposable {
     this.volumes = volumes.length ? await leaseVolumes(volumes, { name: this.name, id: this.id }) : undefined;
     // A memory snapshot would hold the page cache of a volume as it was, not as it is.
     const snapshots = this.opts.snapshot && !volumes.length;
-    let booted;
+    let booted: Awaited<ReturnType<MachinePlan["boot"]>> | undefined;
     try {
       booted = await plan.boot(
         { id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) },
@@ -436,6 +437,7 @@ export abstract class Sandbox implements AsyncDisposable {
    */
   static async resume<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, name: string): Promise<T> {
     return withPausedLock(name, async () => {
+      // biome-ignore lint/complexity/noThisInStatic: `this` is the subclass resume() is called on; its name must match the kind pause() saved
       const { dir, meta } = readPaused(name, this.name);
       const sandbox = new this(meta.options);
       await sandbox.tracked(() => sandbox.resumeFrom(dir, meta));
@@ -558,7 +560,7 @@ export abstract class Sandbox implements AsyncDisposable {
     }
     if (counters.pidsLimitHits > 0) {
       return new ResourceError(
-        `${what} hit the sandbox's process limit (${this.opts.maxProcesses}): forks failed. ` + "Raise it with maxProcesses, or run fewer processes at once.",
+        `${what} hit the sandbox's process limit (${this.opts.maxProcesses}): forks failed. Raise it with maxProcesses, or run fewer processes at once.`,
       );
     }
     return undefined;

@@ -13,12 +13,12 @@ import { promisify } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
 import { InvalidArgumentError, MicrosandboxError, VolumeBusyError, VolumeMountError } from "../errors.js";
-import { findHostTool, missingToolHint } from "../host-tools.js";
-import { withLock } from "../lock.js";
 import { Limit } from "../gen/agent_pb.js";
-import { alive, ownStamp, parseStamp, type ProcessStamp } from "../liveness.js";
-import { cacheDir } from "../paths.js";
+import { findHostTool, missingToolHint } from "../host-tools.js";
 import { checkKeys, keysOf } from "../keys.js";
+import { alive, ownStamp, type ProcessStamp, parseStamp } from "../liveness.js";
+import { withLock } from "../lock.js";
+import { cacheDir } from "../paths.js";
 
 export interface VolumeSpec {
   /** 1–63 of [a-z0-9_.-], starting with a letter or digit. */

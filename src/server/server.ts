@@ -9,16 +9,16 @@ import type { AddressInfo } from "node:net";
 import FindMyWay from "find-my-way";
 
 import { InvalidArgumentError } from "../errors.js";
+import { checkKeys, keysOf } from "../keys.js";
 import { Keys } from "./auth.js";
 import { ImageCatalog, type ImageOption } from "./catalog.js";
 import { type BUILTIN_IMAGES, defaultMemoryBudgetMiB, SERVER_DEFAULTS } from "./defaults.js";
-import { NotFoundError } from "./errors.js";
-import { e2bApi, type E2bOptions } from "./e2b/api.js";
+import { type E2bOptions, e2bApi } from "./e2b/api.js";
 import { portHost } from "./e2b/ports.js";
+import { NotFoundError } from "./errors.js";
 import { sendError, sendJson } from "./http.js";
 import { msbRpc } from "./msb-rpc.js";
 import { type Limits, SandboxTable } from "./sandboxes.js";
-import { checkKeys, keysOf } from "../keys.js";
 
 export interface ServerOptions {
   /** The address to listen on (default {@link SERVER_DEFAULTS}.host). Any other than loopback needs `apiKeys`. */
@@ -101,20 +101,18 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       sendJson(
         res,
         200,
-        table
-          .list(owner)
-          .map((m) => ({
-            id: m.id,
-            protocol: m.protocol,
-            namespace: m.namespace,
-            name: m.name,
-            template: m.template,
-            memoryMiB: m.memory,
-            running: m.sandbox.isRunning,
-            pid: m.sandbox.pid ?? null,
-            startedAt: m.startedAt.toISOString(),
-            ...(m.endAt ? { endAt: new Date(m.endAt).toISOString() } : {}),
-          })),
+        table.list(owner).map((m) => ({
+          id: m.id,
+          protocol: m.protocol,
+          namespace: m.namespace,
+          name: m.name,
+          template: m.template,
+          memoryMiB: m.memory,
+          running: m.sandbox.isRunning,
+          pid: m.sandbox.pid ?? null,
+          startedAt: m.startedAt.toISOString(),
+          ...(m.endAt ? { endAt: new Date(m.endAt).toISOString() } : {}),
+        })),
       );
     } catch (err) {
       sendError(res, err);
@@ -142,13 +140,13 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
     if (opts.accessLog) {
       res.once("finish", () =>
         process.stderr.write(
-          JSON.stringify({
+          `${JSON.stringify({
             time: new Date().toISOString(),
             method: req.method,
             path: req.url?.split("?")[0],
             status: res.statusCode,
             ms: Math.round(performance.now() - t0),
-          }) + "\n",
+          })}\n`,
         ),
       );
     }

@@ -201,11 +201,20 @@ function tail(file: string, bytes: number): string {
 export async function finishBoot(s: StartedVmm): Promise<Vm> {
   const { child, config } = s;
   let stderr = "";
-  child.stderr?.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-4000)));
+  child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+    stderr = (stderr + d).slice(-4000);
+  });
   let gone = false;
   const exited = new Promise<void>((resolve) => {
-    child.once("exit", () => ((gone = true), resolve()));
-    child.once("error", (err) => ((stderr += String(err)), (gone = true), resolve()));
+    child.once("exit", () => {
+      gone = true;
+      resolve();
+    });
+    child.once("error", (err) => {
+      stderr += String(err);
+      gone = true;
+      resolve();
+    });
   });
   const release = () => {
     s.release?.();

@@ -26,13 +26,13 @@ export const MODULE_ORDER_FILES = ["order", "order.net"] as const;
 function header(fields: number[]): string {
   // newc: magic, then 13 fields as 8 ASCII hex digits: ino mode uid gid nlink mtime filesize
   // devmajor devminor rdevmajor rdevminor namesize check.
-  return "070701" + fields.map((f) => f.toString(16).padStart(8, "0")).join("");
+  return `070701${fields.map((f) => f.toString(16).padStart(8, "0")).join("")}`;
 }
 
 const pad4 = (n: number): Buffer => Buffer.alloc((4 - (n % 4)) % 4);
 
 function record(ino: number, mode: number, nlink: number, name: string, body: Uint8Array): Uint8Array[] {
-  const nameBytes = Buffer.from(name + "\0", "utf8");
+  const nameBytes = Buffer.from(`${name}\0`, "utf8");
   // uid/gid 0 and mtime 0: the guest runs everything as root, and fixed values keep the archive reproducible.
   const head = Buffer.from(header([ino, mode, 0, 0, nlink, 0, body.length, 0, 0, 0, 0, nameBytes.length, 0]), "ascii");
   // Header + name is padded to a multiple of 4 (the header is 110 bytes), then the body is padded the same way.

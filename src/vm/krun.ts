@@ -11,15 +11,14 @@ import path from "node:path";
 import type { Readable, Writable } from "node:stream";
 
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
-
-import { lengthPrefixed } from "../agent-client/protocol.js";
 import { DEFAULT_PATH } from "../agent-client/process.js";
+import { lengthPrefixed } from "../agent-client/protocol.js";
 import { KrunStartError } from "../errors.js";
 import { KrunConfig_Network, KrunConfigSchema, KrunStatusSchema } from "../gen/vmm_pb.js";
 import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { agentBinaryPath, BOOT_CONFIG_FILE, type BootConfig, encodeBootConfig, guestArch } from "./guest.js";
 import { type Backend, type Capability, finishBoot, type Vm, type VmConfig } from "./backend.js";
+import { agentBinaryPath, BOOT_CONFIG_FILE, type BootConfig, encodeBootConfig, guestArch } from "./guest.js";
 
 const MAX_STATUS = 64 * 1024;
 // The agent's vsock port; libkrun reserves 620, 123 and 1024-1031 for itself.

@@ -12,7 +12,7 @@ import { debuglog } from "node:util";
 
 import { cacheDir } from "../paths.js";
 import { guestBoot } from "./guest.js";
-import { qemuBinary, QemuBackend } from "./qemu.js";
+import { QemuBackend, qemuBinary } from "./qemu.js";
 
 const debug = debuglog("microsandbox");
 // A real KVM boots the floor in well under a second; an emulating one takes minutes.
@@ -37,7 +37,7 @@ async function verdictFile(kernel: string | undefined): Promise<string> {
 function save(file: string, v: KvmVerdict): void {
   mkdirSync(path.dirname(file), { recursive: true });
   const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify(v) + "\n");
+  writeFileSync(tmp, `${JSON.stringify(v)}\n`);
   renameSync(tmp, file);
   verdicts.set(file, v);
 }

@@ -9,14 +9,14 @@ import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
 import { KrunStartError, SnapshotUnsupportedError, VmBootError } from "../errors.js";
+import { publish } from "../trace.js";
 import type { Backend, BootTimeline, Capability, KeptSession, Vm, VmConfig } from "./backend.js";
 import type { GuestArch } from "./guest.js";
 import { recordKvmFailure } from "./kvm-trial.js";
 import { type NetworkPolicy, type PortForward, vmNetwork } from "./netpolicy.js";
-import { type Accel } from "./qemu.js";
-import { backendFor, type BackendName, chooseBackend, type Decision, forcedAccel, type Need } from "./select.js";
+import type { Accel } from "./qemu.js";
+import { type BackendName, backendFor, chooseBackend, type Decision, forcedAccel, type Need } from "./select.js";
 import { cloneIdentity, copyVm, restoreOrBoot, type SnapshotOutcome, snapshotInputs } from "./snapshot.js";
-import { publish } from "../trace.js";
 
 export type { BootTimeline, Capability, KeptSession } from "./backend.js";
 export type { BackendName, Need } from "./select.js";
@@ -196,7 +196,7 @@ export async function bootDecided(d: Decision, spec: MachineSpec, image: Machine
   };
   const started = performance.now();
   publish("boot:start", { name: spec.name, backend: d.backend });
-  let booted;
+  let booted: { vm: Vm; backend: Backend; snapshot?: SnapshotOutcome; kept: KeptSession[] };
   let info: BackendInfo;
   try {
     booted = await boot(d);
@@ -266,7 +266,7 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
       const saved: SavedMachine = { format: 1, name: info.name, ...(info.accel ? { accel: info.accel } : {}), arch: info.arch };
       try {
         await save(path.join(dir, "state"));
-        writeFileSync(path.join(dir, `${SAVED_FILE}.tmp`), JSON.stringify(saved) + "\n", { mode: 0o600 });
+        writeFileSync(path.join(dir, `${SAVED_FILE}.tmp`), `${JSON.stringify(saved)}\n`, { mode: 0o600 });
         renameSync(path.join(dir, `${SAVED_FILE}.tmp`), path.join(dir, SAVED_FILE));
         await commit?.();
       } catch (err) {

@@ -7,8 +7,8 @@ import { readFileSync } from "node:fs";
 import { isIPv4, isIPv6 } from "node:net";
 
 import { InvalidArgumentError } from "../errors.js";
-import type { NetworkMode } from "./backend.js";
 import { checkKeys, keysOf } from "../keys.js";
+import type { NetworkMode } from "./backend.js";
 
 /**
  * "none": no network device. "public": the internet, but not the host (its loopback, reached as

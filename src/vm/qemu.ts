@@ -18,7 +18,7 @@ import { BackendUnavailableError, MicrosandboxError, NetworkError, QmpError } fr
 import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
 import { type Backend, type Capability, finishBoot, type GuestRam, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
-import { type BootConfig, encodeBootConfig, floorInitramfs, FLOOR_MARKER, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
+import { type BootConfig, encodeBootConfig, FLOOR_MARKER, floorInitramfs, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
 
 const debug = debuglog("microsandbox");
@@ -147,7 +147,10 @@ export class QemuBackend implements Backend {
     const k = statSync(boot.kernel);
     const qemu = qemuBinary(process.env, this.arch);
     let version = qemuVersions.get(qemu);
-    if (!version) qemuVersions.set(qemu, (version = execFileSync(qemu, ["--version"], { encoding: "utf8" }).split("\n")[0]!));
+    if (!version) {
+      version = execFileSync(qemu, ["--version"], { encoding: "utf8" }).split("\n")[0]!;
+      qemuVersions.set(qemu, version);
+    }
     return {
       kernel: `${boot.kernel}:${k.size}:${k.mtimeMs}`,
       // The initramfs is named by its content (the agent and the modules).
@@ -290,7 +293,7 @@ export class QemuBackend implements Backend {
     const consoleLog = path.join(dir, "console.log");
     const args = this.args(config, { kernel, initramfs }, disk, consoleLog, opts.ram);
     if (opts.incoming) args.push("-S", "-incoming", "defer");
-    let started;
+    let started: { child: ChildProcess; channel: Socket; monitor: Socket; rawPort: Socket | undefined };
     let state: number | undefined;
     try {
       if (opts.incoming) state = openSync(opts.incoming.state, "r");

@@ -36,7 +36,7 @@ export class Qmp {
     if (this.error) return Promise.reject(this.error);
     return new Promise((resolve, reject) => {
       this.pending.push({ resolve, reject, what: command });
-      this.stream.write(JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + "\n");
+      this.stream.write(`${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`);
     });
   }
 
@@ -55,9 +55,11 @@ export class Qmp {
 
   private onData(d: string): void {
     this.buffer += d;
-    if (this.buffer.length > MAX_LINE && !this.buffer.includes("\n")) return this.fail(new QmpError("QEMU sent an over-long monitor line"));
-    let nl: number;
-    while ((nl = this.buffer.indexOf("\n")) >= 0) {
+    if (this.buffer.length > MAX_LINE && !this.buffer.includes("\n")) {
+      this.fail(new QmpError("QEMU sent an over-long monitor line"));
+      return;
+    }
+    for (let nl = this.buffer.indexOf("\n"); nl >= 0; nl = this.buffer.indexOf("\n")) {
       const line = this.buffer.slice(0, nl).trim();
       this.buffer = this.buffer.slice(nl + 1);
       if (!line) continue;
@@ -65,7 +67,8 @@ export class Qmp {
       try {
         msg = JSON.parse(line) as Json;
       } catch {
-        return this.fail(new QmpError(`QEMU sent a monitor line that is not JSON: ${line.slice(0, 200)}`));
+        this.fail(new QmpError(`QEMU sent a monitor line that is not JSON: ${line.slice(0, 200)}`));
+        return;
       }
       if ("event" in msg) {
         for (const w of [...this.eventWaiters]) if (w.match(msg)) w.resolve(msg);

@@ -5,8 +5,8 @@
 import { BackendUnavailableError, InvalidArgumentError } from "../errors.js";
 import type { Backend, Capability, NetworkMode } from "./backend.js";
 import { KRUN_CAPABILITIES, KrunBackend } from "./krun.js";
-import { kvmTrial, type KvmVerdict } from "./kvm-trial.js";
-import { probe, type ProbeReport } from "./probe.js";
+import { type KvmVerdict, kvmTrial } from "./kvm-trial.js";
+import { type ProbeReport, probe } from "./probe.js";
 import { type Accel, QemuBackend } from "./qemu.js";
 
 export type BackendName = "auto" | "krun" | "qemu";

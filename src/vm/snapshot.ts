@@ -6,8 +6,8 @@
 // lock, published by rename, verified before use, and replaced when a restore from them fails.
 import { createHash, randomInt, randomUUID } from "node:crypto";
 import { existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import path from "node:path";
 import { readdir, readFile, rm, stat } from "node:fs/promises";
+import path from "node:path";
 import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
@@ -143,7 +143,7 @@ async function makeSnapshot(
       kept,
       createdAt: new Date().toISOString(),
     };
-    writeFileSync(path.join(tmp, "meta.json"), JSON.stringify(meta, null, 2) + "\n");
+    writeFileSync(path.join(tmp, "meta.json"), `${JSON.stringify(meta, null, 2)}\n`);
     // A published snapshot is never changed in place: the old one is renamed aside whole (clones
     // restoring from it hold links to its files) and the new one renamed in.
     const aside = `${tmp}-old`;

@@ -120,7 +120,7 @@ describe("the host's frame decoder under mutation", () => {
         feed(input, r);
         const fresh = (await ran()).filter((b) => !seen.has(b));
         if (fresh.length) {
-          fresh.forEach((b) => seen.add(b));
+          for (const b of fresh) seen.add(b);
           corpus.push(input);
         }
       }

@@ -6,7 +6,7 @@ import type { AgentClient } from "../../src/agent-client/client.js";
 import type { ChannelChunk, ExecProcess, OutputChunk } from "../../src/agent-client/process.js";
 import { PROTOCOL_VERSION } from "../../src/agent-client/protocol.js";
 import { AbortError, ExecError, InvalidArgumentError, OutputLimitError } from "../../src/errors.js";
-import { bodyOf, groupGone, rawConnection, type RunningAgent, startAgent } from "./helpers.js";
+import { bodyOf, groupGone, type RunningAgent, rawConnection, startAgent } from "./helpers.js";
 
 let agent: RunningAgent;
 let client: AgentClient;

@@ -2,12 +2,11 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { createConnection, type Socket } from "node:net";
+import { tmpdir } from "node:os";
 import path from "node:path";
-
-import { AgentClient } from "../../src/agent-client/client.js";
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { AgentClient } from "../../src/agent-client/client.js";
 
 import { encodeFrame, FrameDecoder, type GuestBody, type GuestFrame, type HostBody, lengthPrefixed } from "../../src/agent-client/protocol.js";
 import { GuestMessageSchema } from "../../src/gen/agent_pb.js";

@@ -1,8 +1,9 @@
 // Suspend and Resume through the real agent binary: a quiet stream for saving a VM, and a restored
 // copy that kills what it does not keep and hands kept processes to a new host.
+
+import { once } from "node:events";
 import { existsSync, writeFileSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
-import { once } from "node:events";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 
@@ -10,7 +11,7 @@ import { AgentClient } from "../../src/agent-client/client.js";
 import type { ExecProcess } from "../../src/agent-client/process.js";
 import { FrameDecoder, type GuestFrame } from "../../src/agent-client/protocol.js";
 import { AgentError, InvalidArgumentError } from "../../src/errors.js";
-import { bodyOf, rawConnection, type RunningAgent, startAgent } from "./helpers.js";
+import { bodyOf, type RunningAgent, rawConnection, startAgent } from "./helpers.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -1,17 +1,17 @@
 // Bad input on both sides: garbage sent to the real agent, and misbehaving "agents" (plain
 // servers speaking broken protocol) against the client.
 import { randomBytes } from "node:crypto";
-import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { once } from "node:events";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { AgentClient } from "../../src/agent-client/client.js";
 import { encodeFrame, lengthPrefixed, MAX_FRAME_BYTES, PROTOCOL_VERSION } from "../../src/agent-client/protocol.js";
-import type { Rlimit_Resource } from "../../src/gen/agent_pb.js";
 import { AgentConnectionError, AgentProtocolError, TimeoutError } from "../../src/errors.js";
-import { bodyOf, guestFrame, rawConnection, type RunningAgent, startAgent } from "./helpers.js";
+import type { Rlimit_Resource } from "../../src/gen/agent_pb.js";
+import { bodyOf, guestFrame, type RunningAgent, rawConnection, startAgent } from "./helpers.js";
 
 let agent: RunningAgent;
 

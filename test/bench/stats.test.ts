@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 
-import { formatTable, toJson, type BenchResult } from "../../src/bench/report.js";
+import { type BenchResult, formatTable, toJson } from "../../src/bench/report.js";
 import { percentile, successRate, summarize } from "../../src/bench/stats.js";
 import { cdfSvg, niceTicks } from "../../src/bench/svg.js";
 

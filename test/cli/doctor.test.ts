@@ -4,11 +4,10 @@ import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
-
-import { probe } from "../../src/vm/probe.js";
-import { decide, forcedAccel, hostFacts } from "../../src/vm/select.js";
 import { machineNeeds } from "../../src/vm/machine.js";
 import { vmNetwork } from "../../src/vm/netpolicy.js";
+import { probe } from "../../src/vm/probe.js";
+import { decide, forcedAccel, hostFacts } from "../../src/vm/select.js";
 
 const MSB = fileURLToPath(new URL("../../dist/cli/msb.js", import.meta.url));
 const run = promisify(execFile);

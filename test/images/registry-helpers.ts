@@ -267,7 +267,7 @@ export function tarball(files: Record<string, string | Buffer>): Buffer {
     const data = isDir ? Buffer.alloc(0) : Buffer.from(content);
     const header = Buffer.alloc(512);
     const field = (offset: number, length: number, value: string) => header.write(value, offset, length, "utf8");
-    const octal = (offset: number, length: number, value: number) => field(offset, length, value.toString(8).padStart(length - 1, "0") + "\0");
+    const octal = (offset: number, length: number, value: number) => field(offset, length, `${value.toString(8).padStart(length - 1, "0")}\0`);
     field(0, 100, name);
     octal(100, 8, isDir ? 0o755 : 0o644);
     octal(108, 8, 0);
@@ -279,7 +279,7 @@ export function tarball(files: Record<string, string | Buffer>): Buffer {
     field(257, 8, "ustar\u000000");
     let sum = 0;
     for (const byte of header) sum += byte;
-    field(148, 8, sum.toString(8).padStart(6, "0") + "\0 ");
+    field(148, 8, `${sum.toString(8).padStart(6, "0")}\0 `);
     blocks.push(header, data, Buffer.alloc((512 - (data.length % 512)) % 512));
   }
   blocks.push(Buffer.alloc(1024));
@@ -407,8 +407,12 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
   const state: FaultyProxy = {
     host: "",
     blobRequests: [],
-    cutNext: (n) => void (cuts = n),
-    redirectNext: (n) => void (redirectCount = n),
+    cutNext: (n) => {
+      cuts = n;
+    },
+    redirectNext: (n) => {
+      redirectCount = n;
+    },
     redirects: 0,
     close: () =>
       new Promise((resolve) => {

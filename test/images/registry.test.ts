@@ -1,14 +1,15 @@
 // RegistryClient against a real docker-registry on 127.0.0.1: tags, digests, indexes, Docker v2
 // media types, token auth, tampered and cut-off blobs, and the refusal of unmarked plain HTTP.
+
+import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { DigestMismatchError, InvalidArgumentError } from "../../src/errors.js";
 import { parseReference, registryHost } from "../../src/images/reference.js";
-import { hostPlatform, parseChallenges, PlatformNotFoundError, type PullEvent, RegistryClient, RegistryError } from "../../src/images/registry.js";
+import { hostPlatform, PlatformNotFoundError, type PullEvent, parseChallenges, RegistryClient, RegistryError } from "../../src/images/registry.js";
 import { buildImage, buildIndex, type FaultyProxy, startFaultyProxy, startRegistry, type TestImage, type TestRegistry } from "./registry-helpers.js";
 
 const HEX = "a".repeat(64);

@@ -2,12 +2,12 @@
 // pull once, reuse offline, import OCI layouts and docker archives, concurrent pulls from two
 // processes, nothing half-published on failure, and a sandbox booted from a pulled image.
 import { execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
-import { gunzipSync } from "node:zlib";
 import path from "node:path";
+import { gunzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { pullEvents, pullImage, resolveImage } from "../../src/images/sources.js";

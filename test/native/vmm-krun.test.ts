@@ -5,14 +5,14 @@ import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { constants } from "node:os";
 import path from "node:path";
-import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import type { Readable, Writable } from "node:stream";
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { lengthPrefixed } from "../../src/agent-client/protocol.js";
 import { KrunConfig_Network, KrunConfigSchema, KrunStatusSchema } from "../../src/gen/vmm_pb.js";
 import { vmmHelperPath } from "../../src/native.js";
-import { buildDoubles, doubleEnv, type Doubles, type Generation } from "./double.js";
+import { buildDoubles, type Doubles, doubleEnv, type Generation } from "./double.js";
 
 const HELPER = vmmHelperPath();
 const { EINVAL, ENOENT, ENOTSUP, EMSGSIZE, ENOMEM, ESRCH } = constants.errno;

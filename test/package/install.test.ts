@@ -11,11 +11,10 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-
-import { cacheDir } from "../../src/paths.js";
-import { ImageStore } from "../../src/images/store.js";
-import { startRegistry, type TestRegistry } from "../images/registry-helpers.js";
 import { ociLayout } from "../../scripts/oci-layout.mjs";
+import { ImageStore } from "../../src/images/store.js";
+import { cacheDir } from "../../src/paths.js";
+import { startRegistry, type TestRegistry } from "../images/registry-helpers.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const run = promisify(execFile);

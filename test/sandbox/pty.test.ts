@@ -19,7 +19,7 @@ function screen(p: ExecProcess) {
     for await (const c of p) {
       expect(c.stream).toBe("stdout"); // a terminal has one output
       text += c.data.toString("utf8");
-      waiters.splice(0).forEach((w) => w());
+      for (const w of waiters.splice(0)) w();
     }
   })();
   return {

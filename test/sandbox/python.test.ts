@@ -1,6 +1,6 @@
 // PythonSandbox end to end: one real VM (QEMU; TCG here) shared by the tests of this file.
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -152,7 +152,7 @@ describe("fs", () => {
     ).toBe(createHash("sha256").update(data).digest("hex"));
     expect((await sb.fs.stat("/root/work/data.bin")).size).toBe(data.length);
     expect((await sb.fs.list("/root/work")).map((e) => e.name)).toEqual(["data.bin"]);
-    const seen = await sb.run("open('/root/work/data.bin', 'rb').read(4) == bytes.fromhex('" + data.subarray(0, 4).toString("hex") + "')");
+    const seen = await sb.run(`open('/root/work/data.bin', 'rb').read(4) == bytes.fromhex('${data.subarray(0, 4).toString("hex")}')`);
     expect(await seen.output()).toBe("True");
     await sb.fs.remove("/root/work", { recursive: true });
     await expect(sb.fs.stat("/root/work")).rejects.toMatchObject({ errnoName: "ENOENT" });

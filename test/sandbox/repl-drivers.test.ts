@@ -6,8 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import type { AgentClient } from "../../src/agent-client/client.js";
 import { AgentProtocolError } from "../../src/errors.js";
-import { driverPrelude, encodeCell, REPL_PROTOCOL, ReplFrameDecoder } from "../../src/sandbox/repl-frames.js";
 import { driverSource, NODE_REPL, PYTHON_REPL, Repl, type ReplLanguage } from "../../src/sandbox/repl.js";
+import { driverPrelude, encodeCell, REPL_PROTOCOL, ReplFrameDecoder } from "../../src/sandbox/repl-frames.js";
 import { type RunningAgent, startAgent } from "../agent-client/helpers.js";
 
 let agent: RunningAgent;
@@ -99,7 +99,7 @@ describe("python driver", () => {
 
   it("delivers a 5 MB print complete before the end of the cell", async () => {
     const r = await py.run('print("y" * 5_000_000)');
-    expect(r.stdout).toBe("y".repeat(5_000_000) + "\n");
+    expect(r.stdout).toBe(`${"y".repeat(5_000_000)}\n`);
   });
 
   it("flushes a partial line before the end of the cell", async () => {
@@ -207,7 +207,7 @@ describe("node driver", () => {
 
   it("delivers a 5 MB write complete before the end of the cell", async () => {
     const r = await js.run('process.stdout.write("z".repeat(5_000_000)); 0');
-    expect(r.stdout).toBe("z".repeat(5_000_000) + "0\n");
+    expect(r.stdout).toBe(`${"z".repeat(5_000_000)}0\n`);
   });
 
   it("treats garbage on its channel as a protocol violation, and starts afresh", async () => {

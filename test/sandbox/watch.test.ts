@@ -1,7 +1,7 @@
 // sandbox.fs.watch: the agent's inotify, end to end on a real VM.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { CustomSandbox, type FsEvent, FileOperationError } from "../../src/index.js";
+import { CustomSandbox, FileOperationError, type FsEvent } from "../../src/index.js";
 
 let sb: CustomSandbox;
 beforeAll(async () => {

@@ -1,8 +1,8 @@
 // msb server against the real E2B SDKs, unmodified (devDependencies under aliases: e2b 2.51 and
 // 2.49, @e2b/code-interpreter 2.8), with E2B_API_URL and E2B_SANDBOX_URL pointing at the server.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { existsSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { createServer, type RunningServer } from "../../src/index.js";
 import { pausedDir } from "../../src/sandbox/paused.js";
@@ -224,7 +224,13 @@ describe("envd through the e2b SDK: processes and files", () => {
     const sb = await Sandbox.create("base");
     try {
       let screen = "";
-      const term = await sb.pty.create({ cols: 80, rows: 24, onData: (d: Uint8Array) => void (screen += Buffer.from(d).toString()) });
+      const term = await sb.pty.create({
+        cols: 80,
+        rows: 24,
+        onData: (d: Uint8Array) => {
+          screen += Buffer.from(d).toString();
+        },
+      });
       await sb.pty.sendInput(term.pid, new TextEncoder().encode("stty size\n"));
       for (let i = 0; i < 100 && !/24 80/.test(screen); i++) await new Promise((r) => setTimeout(r, 100));
       expect(screen).toMatch(/24 80/);

@@ -20,8 +20,23 @@ beforeAll(async () => {
 });
 afterAll(() => server?.close());
 
+interface RpcError {
+  code: number;
+  message: string;
+  data?: { code: string };
+}
+interface ReplResult {
+  status: string;
+  language: string;
+  output: { stream: string; text: string }[];
+  has_error: boolean;
+}
+interface MetricsResult {
+  sandboxes: { namespace: string; name: string; running: boolean; memory_usage: number }[];
+}
+
 let nextId = 1;
-async function rpc(method: string, params: object, key: string | null = KEY) {
+async function rpc<R = unknown>(method: string, params: object, key: string | null = KEY) {
   const res = await fetch(`${server.url}/api/v1/rpc`, {
     method: "POST",
     headers: { "content-type": "application/json", ...(key ? { authorization: `Bearer ${key}` } : {}) },
@@ -30,7 +45,7 @@ async function rpc(method: string, params: object, key: string | null = KEY) {
   return {
     status: res.status,
     headers: res.headers,
-    body: (await res.json()) as { result?: any; error?: { code: number; message: string; data?: { code: string } } },
+    body: (await res.json()) as { result?: R; error?: RpcError },
   };
 }
 
@@ -54,11 +69,11 @@ describe("the Microsandbox JSON-RPC server", () => {
     try {
       const a = await rpc("sandbox.repl.run", { namespace: "team", sandbox: "py", language: "python", code: "x = 20\nprint('x is', x)" });
       expect(a.body.result).toEqual({ status: "success", language: "python", output: [{ stream: "stdout", text: "x is 20" }], has_error: false });
-      const b = await rpc("sandbox.repl.run", { namespace: "team", sandbox: "py", language: "python", code: "x * 2 + 2" });
-      expect(b.body.result.output).toEqual([{ stream: "stdout", text: "42" }]);
-      const bad = await rpc("sandbox.repl.run", { namespace: "team", sandbox: "py", language: "python", code: "1/0" });
-      expect(bad.body.result.status).toBe("error");
-      expect(bad.body.result.output.some((l: { stream: string; text: string }) => l.stream === "stderr" && /ZeroDivisionError/.test(l.text))).toBe(true);
+      const b = await rpc<ReplResult>("sandbox.repl.run", { namespace: "team", sandbox: "py", language: "python", code: "x * 2 + 2" });
+      expect(b.body.result?.output).toEqual([{ stream: "stdout", text: "42" }]);
+      const bad = await rpc<ReplResult>("sandbox.repl.run", { namespace: "team", sandbox: "py", language: "python", code: "1/0" });
+      expect(bad.body.result?.status).toBe("error");
+      expect(bad.body.result?.output.some((l) => l.stream === "stderr" && /ZeroDivisionError/.test(l.text))).toBe(true);
       const cmd = await rpc("sandbox.command.run", { namespace: "team", sandbox: "py", command: "sh", args: ["-c", "echo $GREETING; echo oops >&2; exit 3"] });
       expect(cmd.body.result).toEqual({
         command: "sh",
@@ -74,9 +89,9 @@ describe("the Microsandbox JSON-RPC server", () => {
       const slow = await rpc("sandbox.command.run", { namespace: "team", sandbox: "py", command: "sleep", args: ["30"], timeout: 1 });
       expect(slow.status).toBe(504);
       expect(slow.body.error).toMatchObject({ code: -32010, data: { code: "MSB_TIMEOUT" } });
-      const m = await rpc("sandbox.metrics.get", { namespace: "team" });
-      expect(m.body.result.sandboxes).toEqual([expect.objectContaining({ namespace: "team", name: "py", running: true })]);
-      expect(m.body.result.sandboxes[0].memory_usage).toBeGreaterThan(0);
+      const m = await rpc<MetricsResult>("sandbox.metrics.get", { namespace: "team" });
+      expect(m.body.result?.sandboxes).toEqual([expect.objectContaining({ namespace: "team", name: "py", running: true })]);
+      expect(m.body.result?.sandboxes[0]?.memory_usage).toBeGreaterThan(0);
       // The same name in another namespace, or under another key, is another sandbox: none.
       expect((await rpc("sandbox.command.run", { namespace: "other", sandbox: "py", command: "true" })).body.error?.code).toBe(-32004);
       expect((await rpc("sandbox.stop", { namespace: "team", sandbox: "py" }, OTHER)).body.error?.code).toBe(-32004);
@@ -93,9 +108,9 @@ describe("the Microsandbox JSON-RPC server", () => {
     const post = (body: string) => fetch(`${server.url}/api/v1/rpc`, { method: "POST", headers: { authorization: `Bearer ${KEY}` }, body });
     let r = await post("{not json");
     expect(r.status).toBe(400);
-    expect(((await r.json()) as any).error.code).toBe(-32700);
+    expect(((await r.json()) as { error: RpcError }).error.code).toBe(-32700);
     r = await post(JSON.stringify({ jsonrpc: "1.0", id: 1, method: "x" }));
-    expect(((await r.json()) as any).error.code).toBe(-32600);
+    expect(((await r.json()) as { error: RpcError }).error.code).toBe(-32600);
     expect((await rpc("sandbox.explode", {})).body.error?.code).toBe(-32601);
     expect((await rpc("sandbox.start", { sandbox: "" })).body.error?.code).toBe(-32602);
     expect((await rpc("sandbox.command.run", { sandbox: "nope", command: "true" })).body.error?.code).toBe(-32004);

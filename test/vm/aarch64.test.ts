@@ -3,9 +3,8 @@
 // Linux). A command runs, a file goes in and comes back, and output streams as it is made.
 import { execFileSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-
-import type { Vm } from "../../src/vm/backend.js";
 import { ImageStore } from "../../src/images/store.js";
+import type { Vm } from "../../src/vm/backend.js";
 import { QemuBackend } from "../../src/vm/qemu.js";
 
 // On x86_64 the image is scripts/prepare-guest.sh's busybox-aarch64; on arm64 the native busybox.

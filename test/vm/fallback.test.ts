@@ -11,7 +11,7 @@ import { ImageStore } from "../../src/images/store.js";
 import { guestBoot } from "../../src/vm/guest.js";
 import { kvmTrial } from "../../src/vm/kvm-trial.js";
 import { bootDecided, type MachineSpec } from "../../src/vm/machine.js";
-import { buildDoubles, doubleEnv, type Doubles } from "../native/double.js";
+import { buildDoubles, type Doubles, doubleEnv } from "../native/double.js";
 
 let doubles: Doubles;
 const saved = { ...process.env };

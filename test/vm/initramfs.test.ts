@@ -1,7 +1,7 @@
 // cpioNewc checked against GNU cpio's own extraction, and buildInitramfs against a fake kernel dir.
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { lstatSync, readdirSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 
 import { BootConfigSchema } from "../../src/gen/agent_pb.js";
 import { encodeBootConfig, initramfsWithBoot } from "../../src/vm/guest.js";
-import { buildInitramfs, cpioNewc, type CpioEntry } from "../../src/vm/initramfs.js";
+import { buildInitramfs, type CpioEntry, cpioNewc } from "../../src/vm/initramfs.js";
 
 const work = mkdtempSync(join(tmpdir(), "msb-initramfs-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));

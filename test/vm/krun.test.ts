@@ -12,7 +12,7 @@ import { KrunConfig_Network } from "../../src/gen/vmm_pb.js";
 import type { VmConfig } from "../../src/vm/backend.js";
 import { encodeBootConfig } from "../../src/vm/guest.js";
 import { AGENT_VSOCK_PORT, KrunBackend, krunBootConfig, krunConfig } from "../../src/vm/krun.js";
-import { buildDoubles, doubleEnv, type Doubles, type Generation } from "../native/double.js";
+import { buildDoubles, type Doubles, doubleEnv, type Generation } from "../native/double.js";
 
 let doubles: Doubles;
 const saved = { ...process.env };

@@ -7,11 +7,11 @@ import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { BackendUnavailableError, KrunStartError, VmBootError } from "../../src/errors.js";
-import type { NetworkMode, VmConfig } from "../../src/vm/backend.js";
 import { kvmCapabilities } from "../../src/native.js";
-import { probe, type ProbeReport } from "../../src/vm/probe.js";
+import type { NetworkMode, VmConfig } from "../../src/vm/backend.js";
+import { type ProbeReport, probe } from "../../src/vm/probe.js";
 import { backendFor, decide, type HostFacts } from "../../src/vm/select.js";
-import { buildDoubles, doubleEnv, type Doubles, type Generation, GENERATIONS } from "../native/double.js";
+import { buildDoubles, type Doubles, doubleEnv, GENERATIONS, type Generation } from "../native/double.js";
 
 let doubles: Doubles;
 const saved = { ...process.env };

@@ -11,11 +11,11 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 
 import type { FileStat } from "../../agent-client/client.js";
 import { FileOperationError } from "../../errors.js";
-import { type EntryInfoSchema, EventType, FileType, Filesystem, type WatchDirResponseSchema } from "../../gen/e2b/filesystem_pb.js";
+import { type EntryInfoSchema, EventType, Filesystem, FileType, type WatchDirResponseSchema } from "../../gen/e2b/filesystem_pb.js";
 import { Process, type ProcessEventSchema, type ProcessSelector, Signal } from "../../gen/e2b/process_pb.js";
 import { connectErrorOf, NotFoundError } from "../errors.js";
 import type { Managed } from "../sandboxes.js";
-import type { ProcEvent } from "./processes.js";
+import type { ProcEvent, Tracked } from "./processes.js";
 import type { E2bSandboxes } from "./shared.js";
 
 const TYPES: Partial<Record<FileStat["type"], FileType>> = { regular: FileType.FILE, directory: FileType.DIRECTORY, symlink: FileType.SYMLINK };
@@ -53,14 +53,13 @@ const EVENTS = { create: EventType.CREATE, modify: EventType.WRITE, delete: Even
 const bash = new WeakMap<object, Promise<boolean>>();
 const hasBash = (m: Managed) => {
   let known = bash.get(m.sandbox);
-  if (!known)
-    bash.set(
-      m.sandbox,
-      (known = m.sandbox.fs.stat("/bin/bash").then(
-        () => true,
-        () => false,
-      )),
+  if (!known) {
+    known = m.sandbox.fs.stat("/bin/bash").then(
+      () => true,
+      () => false,
     );
+    bash.set(m.sandbox, known);
+  }
   return known;
 };
 
@@ -144,7 +143,7 @@ function envdRoutes(sandboxes: E2bSandboxes) {
         return {};
       },
       async streamInput(reqs, ctx) {
-        let t;
+        let t: Tracked | undefined;
         for await (const r of reqs) {
           if (r.event.case === "start") t = proc(ctx, r.event.value.process?.selector);
           else if (r.event.case === "data" && t && r.event.value.input?.input.value) await t.proc.write(r.event.value.input.input.value);

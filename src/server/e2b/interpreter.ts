@@ -67,7 +67,7 @@ os.chdir(${JSON.stringify(c.cwd)})`);
     if (typeof body.context_id === "string" && !ctx) throw new NotFoundError(`context ${JSON.stringify(body.context_id)} not found`);
     const e = ctx ? await ctx.interpreter.run(body.code) : await py.run(body.code);
     res.writeHead(200, { "content-type": "application/x-ndjson" });
-    const line = (o: object) => res.write(JSON.stringify(o) + "\n");
+    const line = (o: object) => res.write(`${JSON.stringify(o)}\n`);
     const now = new Date().toISOString();
     // The interpreter echoes a final expression's value on stdout, as a prompt does; here it is
     // the main result instead.

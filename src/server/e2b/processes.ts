@@ -53,7 +53,9 @@ export class ProcessTable {
   async add(proc: ExecProcess, info: Omit<Tracked, "pid" | "proc" | "watch">): Promise<Tracked> {
     const pid = await proc.pid;
     const watchers = new Set<Queue>();
-    const emit = (e: ProcEvent) => watchers.forEach((q) => q.push(e));
+    const emit = (e: ProcEvent) => {
+      for (const q of watchers) q.push(e);
+    };
     let resume: (() => void) | undefined;
     const drained = () => {
       const r = resume;

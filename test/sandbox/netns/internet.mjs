@@ -39,7 +39,9 @@ dns.on("message", (msg, from) => {
     rr.writeUInt16BE(1, 4); // IN
     rr.writeUInt32BE(300, 6);
     rr.writeUInt16BE(4, 10);
-    address.split(".").forEach((o, i) => rr.writeUInt8(Number(o), 12 + i));
+    address.split(".").forEach((o, i) => {
+      rr.writeUInt8(Number(o), 12 + i);
+    });
     parts.push(rr);
   }
   dns.send(Buffer.concat(parts), from.port, from.address);
