@@ -1,10 +1,12 @@
 // Builds the recording libkrun double (libkrun-double.c) once per generation, and points the VM
 // helper at it: libkrun, libkrunfw and a KVM device that opens, on a host that is not PVM.
+
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { afterAll, afterEach, beforeAll } from "vitest";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -43,5 +45,29 @@ export function doubleEnv(lib: string, log?: string): Record<string, string> {
     MSB_VMM_KVM_DEVICE: "/dev/null",
     MSB_VMM_PVM_MODULE: "/nonexistent/kvm_pvm",
     ...(log ? { KRUN_DOUBLE_LOG: log } : {}),
+  };
+}
+
+/**
+ * The doubles for the tests of one file, built before them and removed after; after each test the
+ * environment it pointed at a double or a stand-in (doubleEnv, MSB_CACHE_DIR, MSB_KERNEL,
+ * MSB_QEMU) is as it was. Returns the doubles once built.
+ */
+export function doublesForFile(): () => Doubles {
+  let doubles: Doubles | undefined;
+  const saved = { ...process.env };
+  beforeAll(() => {
+    doubles = buildDoubles();
+  });
+  afterAll(() => doubles?.remove());
+  afterEach(() => {
+    for (const k of ["MSB_CACHE_DIR", "MSB_KERNEL", "MSB_QEMU", "KRUN_DOUBLE_LOG", ...Object.keys(doubleEnv(""))]) {
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
+    }
+  });
+  return () => {
+    if (!doubles) throw new Error("the doubles are built in beforeAll: use them inside a test");
+    return doubles;
   };
 }

@@ -4,28 +4,16 @@
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 
 import { VmBootError } from "../../src/errors.js";
 import { ImageStore } from "../../src/images/store.js";
 import { guestBoot } from "../../src/vm/guest.js";
 import { kvmTrial } from "../../src/vm/kvm-trial.js";
 import { bootDecided, type MachineSpec } from "../../src/vm/machine.js";
-import { buildDoubles, type Doubles, doubleEnv } from "../native/double.js";
+import { doubleEnv, doublesForFile } from "../native/double.js";
 
-let doubles: Doubles;
-const saved = { ...process.env };
-
-beforeAll(() => {
-  doubles = buildDoubles();
-});
-afterAll(() => doubles?.remove());
-afterEach(() => {
-  for (const k of ["MSB_CACHE_DIR", "MSB_KERNEL", "MSB_QEMU", "KRUN_DOUBLE_LOG", ...Object.keys(doubleEnv(""))]) {
-    if (saved[k] === undefined) delete process.env[k];
-    else process.env[k] = saved[k];
-  }
-});
+const doubles = doublesForFile();
 
 describe("the KVM trial", () => {
   it("the trial boot's verdict is kept per host kernel, QEMU and guest kernel", async () => {
@@ -81,7 +69,7 @@ const busybox = async () => {
 describe("fallback", () => {
   it("boots the fallback in the same call when the first choice dies before its agent is ready", async () => {
     // libkrun (the double: its VM ends at once), then QEMU under TCG.
-    Object.assign(process.env, doubleEnv(doubles.lib["1.18"]));
+    Object.assign(process.env, doubleEnv(doubles().lib["1.18"]));
     const { machine } = await bootDecided(
       { backend: "krun", imageShare: "virtiofs", reason: "test", fallback: { backend: "qemu", accel: "tcg", reason: "libkrun failed to boot; TCG" } },
       spec,
@@ -136,7 +124,7 @@ describe("fallback", () => {
   });
 
   it("an explicit choice has no fallback: its failure is the caller's", async () => {
-    Object.assign(process.env, doubleEnv(doubles.lib["1.18"]));
+    Object.assign(process.env, doubleEnv(doubles().lib["1.18"]));
     const err = await bootDecided({ backend: "krun", imageShare: "virtiofs", reason: "backend krun requested" }, spec, {
       id: "x",
       rootfs: "/x",

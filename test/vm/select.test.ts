@@ -4,31 +4,19 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { constants, tmpdir } from "node:os";
 import path from "node:path";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 
 import { BackendUnavailableError, KrunStartError, VmBootError } from "../../src/errors.js";
 import { kvmCapabilities } from "../../src/native.js";
 import type { NetworkMode, VmConfig } from "../../src/vm/backend.js";
 import { type ProbeReport, probe } from "../../src/vm/probe.js";
 import { backendFor, decide, type HostFacts } from "../../src/vm/select.js";
-import { buildDoubles, type Doubles, doubleEnv, GENERATIONS, type Generation } from "../native/double.js";
+import { doubleEnv, doublesForFile, GENERATIONS, type Generation } from "../native/double.js";
 
-let doubles: Doubles;
-const saved = { ...process.env };
-
-beforeAll(() => {
-  doubles = buildDoubles();
-});
-afterAll(() => doubles?.remove());
-afterEach(() => {
-  for (const k of ["MSB_CACHE_DIR", "MSB_KERNEL", "MSB_QEMU", "KRUN_DOUBLE_LOG", ...Object.keys(doubleEnv(""))]) {
-    if (saved[k] === undefined) delete process.env[k];
-    else process.env[k] = saved[k];
-  }
-});
+const doubles = doublesForFile();
 
 const linux = (p: ProbeReport, kvmTrial?: HostFacts["kvmTrial"]): HostFacts => ({ platform: "linux", probe: p, ...(kvmTrial ? { kvmTrial } : {}) });
-const doubleProbe = (gen: Generation) => probe({ ...process.env, ...doubleEnv(doubles.lib[gen]) });
+const doubleProbe = (gen: Generation) => probe({ ...process.env, ...doubleEnv(doubles().lib[gen]) });
 
 describe("the libkrun double, generation by generation", () => {
   // What "auto" picks with a usable KVM, for each network mode; the QEMU side is settled by a
@@ -45,7 +33,7 @@ describe("the libkrun double, generation by generation", () => {
 
   it.each(Object.keys(GENERATIONS) as Generation[])("libkrun %s: auto picks a backend that then boots without refusal", async (gen) => {
     const p = doubleProbe(gen);
-    expect(p.libkrun).toMatchObject({ ok: true, name: doubles.lib[gen], generation: gen });
+    expect(p.libkrun).toMatchObject({ ok: true, name: doubles().lib[gen], generation: gen });
     for (const network of ["none", "all"] as const) {
       const d = decide(linux(p, { ok: false, detail: "simulated" }), { backend: "auto", network });
       const got = d.backend === "krun" ? `krun ${d.imageShare}` : `qemu ${d.accel}`;
@@ -53,8 +41,8 @@ describe("the libkrun double, generation by generation", () => {
       expect(got).toBe(expected[gen][network]);
       if (d.backend !== "krun") continue;
       // The helper really takes the chosen path: its VM starts (the double then ends it at once).
-      const log = path.join(doubles.dir, `calls-${gen}-${network}.log`);
-      Object.assign(process.env, doubleEnv(doubles.lib[gen], log));
+      const log = path.join(doubles().dir, `calls-${gen}-${network}.log`);
+      Object.assign(process.env, doubleEnv(doubles().lib[gen], log));
       const config: VmConfig = {
         name: "select-test",
         memory: 128,
