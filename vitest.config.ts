@@ -5,6 +5,7 @@ import { defineConfig } from "vitest/config";
 // Every other file boots real VMs, or needs root or the test images.
 const UNIT = [
   "test/keys.test.ts",
+  "test/architecture.test.ts",
   "test/paths.test.ts",
   "test/lock.test.ts",
   "test/artifacts.test.ts",
