@@ -21,7 +21,7 @@ function screen(p: ExecProcess) {
       text += c.data.toString("utf8");
       for (const w of waiters.splice(0)) w();
     }
-  })();
+  })().catch(() => {}); // the terminal ends with its sandbox; a test that failed first says why
   return {
     mark: () => text.length,
     async waitFor(re: RegExp, from = 0, ms = 30_000): Promise<string> {
@@ -37,6 +37,20 @@ function screen(p: ExecProcess) {
       }
     },
   };
+}
+
+// Waits until the process running `argv` in the guest is its terminal's foreground job (its
+// process group is the terminal's: fields 5 and 8 of /proc/PID/stat). bash starts or resumes a
+// job before it hands it the terminal, and a Ctrl-C sent in between reaches bash instead.
+async function foregroundJob(argv: string[]): Promise<void> {
+  const script = `for d in /proc/[0-9]*; do [ "$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)" = "${argv.join(" ")} " ] && cat $d/stat; done; true`;
+  for (let tries = 0; tries < 200; tries++) {
+    const stat = (await sb.command.run("sh", ["-c", script])).stdout;
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (stat && f[2] === f[5]) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${argv.join(" ")} never became its terminal's foreground job`);
 }
 
 describe("command.spawn with a pty", () => {
@@ -57,7 +71,7 @@ describe("command.spawn with a pty", () => {
     // Ctrl-C is a byte on the terminal: the line discipline signals the foreground job.
     at = t.mark();
     await p.write("sleep 100\r");
-    await new Promise((r) => setTimeout(r, 1000));
+    await foregroundJob(["sleep", "100"]);
     await p.write("\x03");
     await t.waitFor(/\^C/, at);
     at = t.mark();
@@ -74,6 +88,7 @@ describe("command.spawn with a pty", () => {
     at = t.mark();
     await p.write("fg\r");
     await t.waitFor(/sleep 60\r\n/, at);
+    await foregroundJob(["sleep", "60"]);
     await p.write("\x03");
     await t.waitFor(/PROMPT\$ /, at + 1);
 
