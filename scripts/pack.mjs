@@ -43,10 +43,13 @@ run(process.execPath, [path.join(root, "node_modules/typescript/bin/tsc"), "-p",
 for (const part of ["README.md", ...pkg.files.filter((f) => !f.startsWith("dist"))]) {
   cpSync(path.join(root, part), path.join(mainStage, part), { recursive: true });
 }
-// A user's install runs nothing of ours: the checkout's scripts and its tools stay behind.
-const { scripts: _scripts, devDependencies: _dev, ...published } = pkg;
-writeFileSync(path.join(mainStage, "package.json"), `${JSON.stringify(published, null, 2)}\n`);
 const { PLATFORMS, PACKAGE_DIRS, guestFiles, KERNEL_FILE } = await import(path.join(mainStage, "dist/artifacts.js"));
+// A user's install runs nothing of ours: the checkout's scripts and its tools stay behind. The
+// platform packages are the published package's optional dependencies, named by PLATFORMS; the
+// checkout lists none, since they exist only once packed (and npm ci wants every listed one).
+const { scripts: _scripts, devDependencies: _dev, ...published } = pkg;
+published.optionalDependencies = Object.fromEntries(Object.values(PLATFORMS).map((p) => [p.package, pkg.version]));
+writeFileSync(path.join(mainStage, "package.json"), `${JSON.stringify(published, null, 2)}\n`);
 
 const hostKey = `${process.platform}-${process.arch}`;
 const hostMachine = os.machine();
