@@ -61,6 +61,11 @@ beforeAll(async () => {
   upstreamCA = await SandboxCA.create("upstream");
   https = createHttpsServer({ SNICallback: (name, cb) => void upstreamCA.leafContext(name).then((c) => cb(null, c), cb) }, echo);
   plain = createHttpServer(echo);
+  // An upgrade answered with 101 and the Authorization it got, then an echo of the bytes.
+  plain.on("upgrade", (req, socket: Duplex) => {
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\nX-Got: ${req.headers.authorization}\r\n\r\n`);
+    socket.pipe(socket);
+  });
   httpsPort = await listen(https);
   plainPort = await listen(plain);
 });
@@ -225,6 +230,31 @@ describe("intercepted HTTP", () => {
     const r = await web("cdn.example.net:80", { path: "/x", headers: { "x-any": `k=${s[1]!.placeholder};` } });
     expect(r.status).toBe(200);
     expect(header(JSON.parse(r.text) as Echo, "x-any")).toBe("k=any-header-value;");
+  });
+});
+
+describe("upgrades", () => {
+  it("are checked like requests, then carry bytes both ways", async () => {
+    const s = secrets();
+    const proxy = await start({ secrets: s });
+    const g = await guest(proxy, { address: "127.0.0.1", port: 80, names: ["ws.example.net"] });
+    let got = "";
+    g.on("data", (c: Buffer) => (got += c.toString()));
+    g.write(`GET /ws HTTP/1.1\r\nHost: ws.example.net\r\nUpgrade: echo\r\nConnection: Upgrade\r\nAuthorization: ${s[1]!.placeholder}\r\n\r\n`);
+    while (!got.includes("\r\n\r\n")) await once(g, "data");
+    expect(got).toMatch(/^HTTP\/1.1 101 /);
+    expect(got).toContain("X-Got: any-header-value\r\n");
+    got = "";
+    g.write("ping");
+    while (got !== "ping") await once(g, "data");
+    g.destroy();
+
+    const leak = await guest(proxy, { address: "127.0.0.1", port: 80, names: ["ws.example.org"] });
+    let refused = "";
+    leak.on("data", (c: Buffer) => (refused += c.toString()));
+    leak.write(`GET /ws HTTP/1.1\r\nHost: ws.example.org\r\nUpgrade: echo\r\nConnection: Upgrade\r\nAuthorization: ${s[1]!.placeholder}\r\n\r\n`);
+    await closed(leak);
+    expect(refused).toMatch(/^HTTP\/1.1 403 Forbidden\r\n[^]*microsandbox: secret ANY may not be sent to ws.example.org\n$/);
   });
 });
 
@@ -411,15 +441,25 @@ describe("live changes and bounds", () => {
     expect(proxy.stats()).toMatchObject({ waiting: 0, unmatched: 1 });
   });
 
-  it("close() ends every connection and stops listening", async () => {
+  it("close() ends every connection, timer and server", async () => {
+    const before = process.getActiveResourcesInfo();
     const proxy = await start({ recordWait: 60_000 });
     const g = await guest(proxy, API);
+    // An open upstream leg (kept alive in the proxy's agent) and a refusal waiting for its head.
+    expect((await client(g)("api.example.com")).status).toBe(200);
+    const r = await guest(proxy, { address: "10.1.1.1", port: 80, names: [], kind: "refused" });
     const waiting = connect(proxy.port, "127.0.0.1");
     await once(waiting, "connect");
     await proxy.close();
-    await Promise.all([closed(g), closed(waiting)]);
+    await Promise.all([closed(g), closed(waiting), closed(r)]);
     expect(proxy.stats()).toMatchObject({ open: 0, waiting: 0, records: 0 });
     const refused = connect(proxy.port, "127.0.0.1");
     await expect(once(refused, "connect")).rejects.toThrow(/ECONNREFUSED/);
+    await new Promise((resolve) => setImmediate(resolve));
+    // Nothing more than before it started (earlier tests' upstream legs may have ended since).
+    const count = (list: string[]) => list.reduce<Record<string, number>>((m, k) => ((m[k] = (m[k] ?? 0) + 1), m), {});
+    const now = count(process.getActiveResourcesInfo());
+    const was = count(before);
+    for (const [kind, n] of Object.entries(now)) expect(n, kind).toBeLessThanOrEqual(was[kind] ?? 0);
   });
 });
