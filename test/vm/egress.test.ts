@@ -254,7 +254,7 @@ describe("upgrades", () => {
     leak.on("data", (c: Buffer) => (refused += c.toString()));
     leak.write(`GET /ws HTTP/1.1\r\nHost: ws.example.org\r\nUpgrade: echo\r\nConnection: Upgrade\r\nAuthorization: ${s[1]!.placeholder}\r\n\r\n`);
     await closed(leak);
-    expect(refused).toMatch(/^HTTP\/1.1 403 Forbidden\r\n[^]*microsandbox: secret ANY may not be sent to ws.example.org\n$/);
+    expect(refused).toMatch(/^HTTP\/1.1 403 Forbidden\r\n[\s\S]*microsandbox: secret ANY may not be sent to ws.example.org\n$/);
   });
 });
 
@@ -457,7 +457,11 @@ describe("live changes and bounds", () => {
     await expect(once(refused, "connect")).rejects.toThrow(/ECONNREFUSED/);
     await new Promise((resolve) => setImmediate(resolve));
     // Nothing more than before it started (earlier tests' upstream legs may have ended since).
-    const count = (list: string[]) => list.reduce<Record<string, number>>((m, k) => ((m[k] = (m[k] ?? 0) + 1), m), {});
+    const count = (list: string[]) => {
+      const m: Record<string, number> = {};
+      for (const k of list) m[k] = (m[k] ?? 0) + 1;
+      return m;
+    };
     const now = count(process.getActiveResourcesInfo());
     const was = count(before);
     for (const [kind, n] of Object.entries(now)) expect(n, kind).toBeLessThanOrEqual(was[kind] ?? 0);
