@@ -118,7 +118,6 @@ describe.skipIf(!root || process.platform !== "linux" || process.arch !== "x64")
           "guest/msb-floor-init",
           `guest/${guest}`,
           "native/microsandbox.node",
-          "native/msb-netpolicy.so",
           "native/msb-openfd.so",
           "native/msb-vmm",
           "package.json",
@@ -211,7 +210,6 @@ describe.skipIf(!root || process.platform !== "linux" || process.arch !== "x64")
     for (const f of [
       "native/microsandbox.node",
       "native/msb-vmm",
-      "native/msb-netpolicy.so",
       "native/msb-openfd.so",
       "guest/msb-agent",
       "guest/msb-floor-init",
