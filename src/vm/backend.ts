@@ -257,7 +257,10 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
       if (config.consoleKeep) keepTail(s.consoleLog, config.consoleKeep, 64 * 1024);
       release();
     };
-    return { ...runningVm({ agent, backend: s.label, child, pid: s.vmmPid ?? child.pid!, exited, timeline, consoleLog: s.consoleLog, cleanup }), ...s.extend?.(agent) };
+    return {
+      ...runningVm({ agent, backend: s.label, child, pid: s.vmmPid ?? child.pid!, exited, timeline, consoleLog: s.consoleLog, cleanup }),
+      ...s.extend?.(agent),
+    };
   } catch (cause) {
     clearTimeout(timer);
     ready?.then(

@@ -58,7 +58,23 @@ function run(opts: string[], program: string, args: string[], prefix: string[] =
   const dir = mkdtempSync(path.join(work, "run-"));
   const inJail = path.join(dir, path.basename(program));
   copyFileSync(program, inJail);
-  const argv = ["netns", "exec", HOST, ...prefix, vmmHelperPath(), "exec", String(process.pid), "--jail", dir, "--control", "3", ...opts, "--", inJail, ...args];
+  const argv = [
+    "netns",
+    "exec",
+    HOST,
+    ...prefix,
+    vmmHelperPath(),
+    "exec",
+    String(process.pid),
+    "--jail",
+    dir,
+    "--control",
+    "3",
+    ...opts,
+    "--",
+    inJail,
+    ...args,
+  ];
   const child = spawn("ip", argv, { stdio: ["ignore", "pipe", "pipe", "pipe"] });
   const lines: string[] = [];
   const stderr: string[] = [];
