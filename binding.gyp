@@ -20,7 +20,8 @@
       "target_name": "msb-vmm",
       "type": "executable",
       "sources": ["native/vmm/vmm.c", "native/vmm/config.c", "native/vmm/host.c", "native/vmm/jail.c",
-                  "native/vmm/krun.c", "native/vmm/probe.c", "native/vmm/status.c"],
+                  "native/vmm/krun.c", "native/vmm/probe.c", "native/vmm/status.c", "native/vmm/policy.c",
+                  "native/vmm/dns.c"],
       "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror"],
       # Debian's libprotobuf-nanopb.a is built with PB_ENABLE_MALLOC (pointer fields).
       "defines": ["PB_ENABLE_MALLOC"],
@@ -36,22 +37,14 @@
         "process_outputs_as_sources": 1
       }],
       "conditions": [
-        ["OS=='linux'", {"libraries": ["-ldl"]}]
+        # The network supervisor: seccomp user notification and pidfds are Linux's.
+        ["OS=='linux'", {"libraries": ["-ldl"], "sources": ["native/vmm/supervise.c"]}]
       ]
     }
   ],
   "conditions": [
     ["OS=='linux'", {
       "targets": [{
-        # Preloaded into QEMU for a VM whose network has a policy: it holds libslirp's sockets to
-        # the policy (native/netpolicy/netpolicy.c). msb-vmm finds it beside itself.
-        "target_name": "msb-netpolicy",
-        "type": "shared_library",
-        "product_extension": "so",
-        "sources": ["native/netpolicy/netpolicy.c", "native/netpolicy/dns.c"],
-        "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC"],
-        "libraries": ["-ldl", "-lpthread"]
-      }, {
         # Preloaded into QEMU when msb-vmm opened some of its files before the jail (guest RAM's
         # file): it hands QEMU those descriptors (native/openfd/openfd.c).
         "target_name": "msb-openfd",

@@ -28,7 +28,7 @@ export function nodeDir() {
 }
 
 function buildAddon() {
-  const outputs = ["microsandbox.node", "msb-vmm", ...(process.platform === "linux" ? ["msb-netpolicy.so", "msb-openfd.so"] : [])];
+  const outputs = ["microsandbox.node", "msb-vmm", ...(process.platform === "linux" ? ["msb-openfd.so"] : [])];
   if (!force && outputs.every((f) => existsSync(path.join(root, "build", "Release", f)))) {
     console.log("microsandbox: the native addon and the VM helpers are built (build/Release)");
     return;

@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET]   default 60 s of every target; TARGET is one of
 #     frames  the guest agent's frame splitting and message decoding (native/agent/frame.c;
 #             needs the agent's generated code: make -C native/agent)
-#     dns     msb-netpolicy's reading of DNS responses (native/netpolicy/dns.c)
+#     dns     msb-vmm's network supervisor's reading of DNS responses (native/vmm/dns.c)
 #   New inputs that add coverage go to build-fuzz/corpus-TARGET, a crash to build-fuzz/crash-*
 #   (exit status non-zero).
 set -euo pipefail
@@ -29,9 +29,9 @@ for target in $targets; do
       build-fuzz/agent-frames -max_total_time="$seconds" -rss_limit_mb=1024 -max_len=70000 \
         -artifact_prefix=build-fuzz/ build-fuzz/corpus-frames native/agent/fuzz/corpus ;;
     dns)
-      clang "${flags[@]}" -I native/netpolicy -o build-fuzz/netpolicy-dns native/netpolicy/fuzz/dns.c native/netpolicy/dns.c
-      build-fuzz/netpolicy-dns -max_total_time="$seconds" -max_len=4096 \
-        -artifact_prefix=build-fuzz/ build-fuzz/corpus-dns native/netpolicy/fuzz/corpus ;;
+      clang "${flags[@]}" -I native/vmm -o build-fuzz/vmm-dns native/vmm/fuzz/dns.c native/vmm/dns.c
+      build-fuzz/vmm-dns -max_total_time="$seconds" -max_len=4096 \
+        -artifact_prefix=build-fuzz/ build-fuzz/corpus-dns native/vmm/fuzz/corpus ;;
     *) echo "fuzz: unknown target $target (frames, dns)" >&2; exit 2 ;;
   esac
 done

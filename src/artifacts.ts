@@ -32,7 +32,7 @@ export interface Platform {
   native: readonly string[];
 }
 
-const LINUX_NATIVE = ["microsandbox.node", "msb-vmm", "msb-netpolicy.so", "msb-openfd.so"] as const;
+const LINUX_NATIVE = ["microsandbox.node", "msb-vmm", "msb-openfd.so"] as const;
 
 /** Every platform a package is made for, by `${process.platform}-${process.arch}`. */
 export const PLATFORMS: Readonly<Record<string, Platform>> = {

@@ -1,15 +1,20 @@
 // msb-vmm: the per-VM helper. A VMM never runs inside the Node process; this small executable
 // stands between Node and the VMM so the VM dies with its creator.
 //
-//   msb-vmm exec PARENT_PID [--keep FD]... [--jail RUNDIR [--ro PATH]...] [--open PATH:r|w]...
-//                [--no-network | --net-policy RULES] -- PROGRAM ARGS...
+//   msb-vmm exec PARENT_PID [--keep FD]... [--control FD] [--confinement required|best-effort]
+//                [--jail RUNDIR [--ro PATH]...] [--open PATH:r|w]...
+//                [--no-network | --net-policy RULES [--proxy PORT]] -- PROGRAM ARGS...
 //     Arms a parent-death signal (SIGKILL), checks PARENT_PID is still the parent (it may have
 //     died before the signal was armed), closes every descriptor from 3 up but the kept ones
-//     (the agent channel's socket), opens the --open files for msb-openfd.so to hand to PROGRAM,
-//     with --net-policy preloads msb-netpolicy.so to hold PROGRAM's sockets to RULES, with --jail
-//     builds PROGRAM's jail (jail.c: RUNDIR and the --ro files; an empty network namespace with
-//     --no-network; a uid of its own as root), forbids new privileges, and execs PROGRAM (QEMU)
-//     in its place. The preloaded libraries sit beside this executable.
+//     (the agent channel's socket), opens the --open files for msb-openfd.so (beside this
+//     executable) to hand to PROGRAM, with --jail builds PROGRAM's jail (jail.c: RUNDIR and the
+//     --ro files; an empty network namespace with --no-network; a uid of its own as root),
+//     forbids new privileges, writes what it applied as a Confinement on the --control socket
+//     (proto/vmm.proto; with `required`, the default, anything missing ends it here, exit 1) and
+//     execs PROGRAM (QEMU) in its place. With --net-policy it forks instead: PROGRAM runs under a
+//     seccomp filter and this process stays as its network supervisor (supervise.c), making
+//     PROGRAM's socket calls that name a destination itself, held to RULES (policy.c), until
+//     PROGRAM exits, with its status.
 //   msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD
 //     The same guard, then reads a framed KrunConfig (proto/vmm.proto) from CONFIG_FD and becomes
 //     a libkrun VM. A failure before the VM starts is written as a KrunStatus on STATUS_FD (exit
@@ -29,17 +34,21 @@
 #ifdef __linux__
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #endif
 
+#include "policy.h"
 #include "vmm.h"
 
 #define MAX_KEEP 8
 
 static int usage(void) {
   fprintf(stderr,
-          "usage: msb-vmm exec PARENT_PID [--keep FD]... [--jail RUNDIR [--ro PATH]...] [--open PATH:r|w]...\n"
-          "                    [--no-network | --net-policy RULES] -- PROGRAM [ARGS...]\n"
+          "usage: msb-vmm exec PARENT_PID [--keep FD]... [--control FD] [--confinement required|best-effort]\n"
+          "                    [--jail RUNDIR [--ro PATH]...] [--open PATH:r|w]...\n"
+          "                    [--no-network | --net-policy RULES [--proxy PORT]] -- PROGRAM [ARGS...]\n"
           "       msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD\n"
           "       msb-vmm probe\n");
   return 2;
@@ -147,30 +156,178 @@ static int open_files(char **specs, int n, const char **bad) {
   return n && setenv("MSB_OPEN_FDS", env, 1) < 0 ? errno : 0;
 }
 
+// What confines the program, written to the host as a Confinement.
+typedef struct {
+  microsandbox_vmm_Confinement c;
+  bool fatal;  // a jail half built: the program must not run
+  char message[512];
+} confined;
+
+static void missing(confined *k, const char *what, const char *why) {
+  if (k->c.missing_count < sizeof k->c.missing / sizeof *k->c.missing)
+    snprintf(k->c.missing[k->c.missing_count++], sizeof k->c.missing[0], "%.40s: %.200s", what, why);
+}
+
+// Builds the jail (with `jail->rundir`), forbids new privileges and, for a VM without a network,
+// keeps it out of the host's network namespace; what was applied and what not into *k.
+static void apply_confinement(jail_spec *jail, confined *k) {
+  char why[512];
+  bool root = geteuid() == 0;
+  if (jail->rundir) {
+    bool unavailable;
+    if (!jail_enter(jail, &unavailable, why, sizeof why)) {
+      k->c.namespaces = true, k->c.uid = root;
+    } else if (!unavailable) {
+      k->fatal = true;
+      snprintf(k->message, sizeof k->message, "cannot jail the VMM: %.480s", why);
+      return;
+    } else {
+      missing(k, "namespaces", why);
+    }
+  }
+#ifdef __linux__
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0) k->c.no_new_privs = true;
+  else missing(k, "no_new_privs", strerror(errno));
+  if (jail->no_network) {
+    if (k->c.namespaces || unshare(CLONE_NEWNET) == 0 || unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0) snprintf(k->c.network, sizeof k->c.network, "none");
+    else missing(k, "network namespace", strerror(errno));
+  }
+#endif
+}
+
+// Writes the Confinement; whether the program may run (nothing missing, or best-effort).
+static bool report(int control, confined *k, bool required) {
+  microsandbox_vmm_VmmEvent e = microsandbox_vmm_VmmEvent_init_zero;
+  e.which_event = microsandbox_vmm_VmmEvent_confinement_tag;
+  e.event.confinement = k->c;
+  vmm_write_frame(control, microsandbox_vmm_VmmEvent_fields, &e);
+  for (pb_size_t i = 0; i < k->c.missing_count; i++)
+    fprintf(stderr, "msb-vmm: %s the VMM: %s\n", required ? "refusing to run" : "running without part of the confinement of", k->c.missing[i]);
+  return !required || k->c.missing_count == 0;
+}
+
+#ifdef __linux__
+// What the child that becomes QEMU tells the supervisor before exec.
+typedef struct {
+  confined k;
+  int listener;  // its number in the child
+} child_report;
+
+// Forks QEMU under the network supervisor (supervise.c). The child builds the jail, installs the
+// seccomp filter and waits for the supervisor to take the listener (pidfd_getfd: a sendmsg
+// would be the filter's own first notification) and to say go; this process becomes the
+// supervisor. Returns only an exit status.
+static int supervised(jail_spec *jail, policy *p, int control, bool required, unsigned proxy, const int *keep, int nkeep, char **argv) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+    fprintf(stderr, "msb-vmm: socketpair: %s\n", strerror(errno));
+    return 1;
+  }
+  pid_t self = getpid();
+  pid_t pid = fork();
+  if (pid < 0) {
+    fprintf(stderr, "msb-vmm: fork: %s\n", strerror(errno));
+    return 1;
+  }
+  if (pid == 0) {
+    close(sv[0]);
+    if (control >= 0) close(control);
+    if (guard_parent(self)) _exit(1);
+    child_report r = {.listener = -1};
+    apply_confinement(jail, &r.k);
+    char why[256];
+    if (!r.k.fatal) {
+      if (seccomp_install(&r.listener, why, sizeof why) == 0) r.k.c.seccomp = true;
+      else missing(&r.k, "seccomp", why);
+    }
+    char go = 0;
+    if (write(sv[1], &r, sizeof r) != (ssize_t)sizeof r || read(sv[1], &go, 1) != 1 || go != 'g') _exit(1);
+    if (r.listener >= 0) close(r.listener);  // QEMU must never answer its own calls
+    close(sv[1]);
+    // A change of uid disarmed the parent-death signal: the supervisor's death must end QEMU.
+    if (guard_parent(self)) _exit(1);
+    execvp(argv[0], argv);
+    fprintf(stderr, "msb-vmm: cannot execute %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+  }
+  close(sv[1]);
+  // A QEMU of the same uid (not root, or a failed uid change) must not ptrace its supervisor.
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  int mine[3] = {control, sv[0], -1}, nmine = control >= 0 ? 2 : 1;
+  if (control < 0) mine[0] = sv[0];
+  if (nmine == 2 && mine[0] > mine[1]) mine[2] = mine[0], mine[0] = mine[1], mine[1] = mine[2];
+  (void)keep, (void)nkeep;
+  close_others(mine, nmine);  // QEMU's descriptors are QEMU's alone
+  child_report r;
+  int status;
+  if (read(sv[0], &r, sizeof r) != (ssize_t)sizeof r) {
+    waitpid(pid, &status, 0);
+    fprintf(stderr, "msb-vmm: the VMM's process ended before it was confined\n");
+    return 1;
+  }
+  if (r.k.fatal) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    fprintf(stderr, "msb-vmm: %s\n", r.k.message);
+    return 1;
+  }
+  r.k.c.vmm_pid = (uint32_t)pid;
+  int pidfd = (int)syscall(SYS_pidfd_open, pid, 0), listener = -1;
+  if (pidfd < 0) {
+    missing(&r.k, "seccomp", "pidfd_open needs Linux 5.3");
+  } else if (r.k.c.seccomp && (listener = (int)syscall(SYS_pidfd_getfd, pidfd, r.listener, 0)) < 0) {
+    char why[128];
+    snprintf(why, sizeof why, "pidfd_getfd (Linux 5.6): %s", strerror(errno));
+    missing(&r.k, "seccomp", why);
+  }
+  if (listener >= 0) snprintf(r.k.c.network, sizeof r.k.c.network, "supervisor");
+  if (!report(control, &r.k, required)) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return 1;
+  }
+  if (write(sv[0], "g", 1) != 1) return 1;
+  close(sv[0]);
+  if (pidfd < 0) {  // nothing to supervise with: wait as a plain parent
+    while (waitpid(pid, &status, 0) < 0)
+      if (errno != EINTR) return 1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  return supervise(pid, pidfd, listener, control, p, jail->rundir, proxy);
+}
+#endif
+
 static int exec_mode(int argc, char **argv) {
   if (argc < 5) return usage();
   long parent = number(argv[2]);
   if (parent < 0) return usage();
-  int keep[MAX_KEEP], nkeep = 0, i = 3;
+  int keep[MAX_KEEP], nkeep = 0, i = 3, control = -1;
+  long proxy = 0;
+  bool required = true;
   jail_spec jail = {0};
   char *opens[JAIL_MAX_RO];
   int nopen = 0;
-  const char *policy = NULL;
+  const char *rules = NULL;
   for (; i + 1 < argc && strcmp(argv[i], "--") != 0; i += 2) {
     const char *opt = argv[i], *val = argv[i + 1];
-    if (strcmp(opt, "--keep") == 0) {
+    bool fd_opt = strcmp(opt, "--keep") == 0 || strcmp(opt, "--control") == 0;
+    if (fd_opt) {
       long fd = number(val);
       if (fd < 3 || nkeep == MAX_KEEP || fcntl((int)fd, F_GETFD) < 0) {
-        fprintf(stderr, "msb-vmm: --keep %s: not an open descriptor above 2 (at most %d)\n", val, MAX_KEEP);
+        fprintf(stderr, "msb-vmm: %s %s: not an open descriptor above 2 (at most %d)\n", opt, val, MAX_KEEP);
         return 2;
       }
+      if (opt[2] == 'c') control = (int)fd;
       int at = nkeep++;
       for (; at > 0 && keep[at - 1] > fd; at--) keep[at] = keep[at - 1];
       keep[at] = (int)fd;
     } else if (strcmp(opt, "--no-network") == 0) {
       jail.no_network = true, i--;  // takes no value
     } else if (strcmp(opt, "--net-policy") == 0) {
-      policy = val;
+      rules = val;
+    } else if (strcmp(opt, "--proxy") == 0 && (proxy = number(val)) > 0 && proxy < 65536) {
+    } else if (strcmp(opt, "--confinement") == 0 && (strcmp(val, "required") == 0 || strcmp(val, "best-effort") == 0)) {
+      required = val[0] == 'r';
     } else if (strcmp(opt, "--jail") == 0 && val[0] == '/') {
       jail.rundir = val;
     } else if (strcmp(opt, "--ro") == 0 && val[0] == '/' && jail.nro < JAIL_MAX_RO - 2) {
@@ -181,8 +338,18 @@ static int exec_mode(int argc, char **argv) {
       return usage();
     }
   }
-  if (i + 1 >= argc || strcmp(argv[i], "--") != 0 || (policy && jail.no_network)) return usage();
+  if (i + 1 >= argc || strcmp(argv[i], "--") != 0 || (rules && jail.no_network)) return usage();
   const char *program = argv[i + 1];
+  policy *pol = NULL;
+  if (rules) {
+    char why[256];
+    if (!(pol = policy_parse(rules, why, sizeof why))) {
+      fprintf(stderr, "msb-vmm: --net-policy: %s\n", why);
+      return 2;
+    }
+  }
+  // The control channel is the host's and this helper's: never QEMU's.
+  if (control >= 0) fcntl(control, F_SETFD, FD_CLOEXEC);
   int err = guard_parent((pid_t)parent);
   if (err == ESRCH) return 1;
   if (err) {
@@ -195,31 +362,30 @@ static int exec_mode(int argc, char **argv) {
     fprintf(stderr, "msb-vmm: cannot open %s for %s: %s\n", bad, program, strerror(err));
     return 1;
   }
-  char libs[2][PATH_MAX + 32];
-  if ((policy && ((err = preload("msb-netpolicy.so", libs[0], sizeof libs[0], &jail)) || (setenv("MSB_NET_POLICY", policy, 1) < 0 && (err = errno)))) ||
-      (nopen && (err = preload("msb-openfd.so", libs[1], sizeof libs[1], &jail)))) {
-    fprintf(stderr, "msb-vmm: cannot preload %s's confinement: %s\n", program, strerror(err));
+  char lib[PATH_MAX + 32];
+  if (nopen && (err = preload("msb-openfd.so", lib, sizeof lib, &jail))) {
+    fprintf(stderr, "msb-vmm: cannot preload %s's descriptors: %s\n", program, strerror(err));
     return 1;
   }
-  bool jailed = false;
-  if (jail.rundir) {
-    char why[512];
-    bool unavailable;
-    if (!(err = jail_enter(&jail, &unavailable, why, sizeof why))) {
-      jailed = true;
-    } else if (!unavailable) {
-      fprintf(stderr, "msb-vmm: cannot jail %s: %s\n", program, why);
-      return 1;
-    } else {
-      fprintf(stderr, "msb-vmm: %s runs without its jail: %s\n", program, why);
-    }
+  if (pol) {
+#ifdef __linux__
+    return supervised(&jail, pol, control, required, (unsigned)proxy, keep, nkeep, argv + i + 1);
+#else
+    confined k = {0};
+    missing(&k, "seccomp", "not on this system");
+    if (!report(control, &k, required)) return 1;
+#endif
   }
-  if ((err = confine(jail.no_network && !jailed))) {
-    fprintf(stderr, "msb-vmm: cannot confine %s: %s\n", program, strerror(err));
+  confined k = {0};
+  apply_confinement(&jail, &k);
+  if (k.fatal) {
+    fprintf(stderr, "msb-vmm: %s\n", k.message);
     return 1;
   }
+  k.c.vmm_pid = (uint32_t)getpid();
+  if (!report(control, &k, required)) return 1;
   // A change of uid disarms the parent-death signal: arm it again, and check the parent once more.
-  if (jailed && (err = guard_parent((pid_t)parent))) return 1;
+  if (k.c.namespaces && (err = guard_parent((pid_t)parent))) return 1;
   execvp(program, argv + i + 1);
   fprintf(stderr, "msb-vmm: cannot execute %s: %s\n", program, strerror(errno));
   return 127;

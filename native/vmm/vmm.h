@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "vmm.pb.h"
 
@@ -90,5 +91,16 @@ typedef struct {
   bool no_network;
 } jail_spec;
 int jail_enter(const jail_spec *j, bool *unavailable, char *why, size_t n);
+
+// The network supervisor (supervise.c, Linux). seccomp_install, in the process about to become
+// QEMU (no_new_privs set): the filter that hands QEMU's socket calls naming a destination to
+// `*listener`. 0, or an errno and `why`.
+int seccomp_install(int *listener, char *why, size_t n);
+// Answers QEMU's (pid `qemu`, `pidfd`) notifications on `listener` by the policy `p` (owned from
+// here on; --jail RUNDIR for unix sockets; the egress proxy's port or 0), reads SetPolicy from
+// `control` and writes events on it, until QEMU exits: then QEMU's exit status (a signal death
+// is raised on this process).
+struct policy;
+int supervise(pid_t qemu, int pidfd, int listener, int control, struct policy *p, const char *rundir, unsigned proxy);
 
 #endif

@@ -164,6 +164,8 @@ export interface StartedVmm {
   vmm: string;
   config: VmConfig;
   child: ChildProcess;
+  /** The VMM's pid when `child` is not the VMM itself but its supervisor (msb-vmm under a network policy). */
+  vmmPid?: number;
   /** The VM's runtime dir (removed when the VM is gone) and the guest console log in it. */
   dir: string;
   consoleLog: string;
@@ -255,7 +257,10 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
       if (config.consoleKeep) keepTail(s.consoleLog, config.consoleKeep, 64 * 1024);
       release();
     };
-    return { ...runningVm({ agent, backend: s.label, child, exited, timeline, consoleLog: s.consoleLog, cleanup }), ...s.extend?.(agent) };
+    return {
+      ...runningVm({ agent, backend: s.label, child, pid: s.vmmPid ?? child.pid!, exited, timeline, consoleLog: s.consoleLog, cleanup }),
+      ...s.extend?.(agent),
+    };
   } catch (cause) {
     clearTimeout(timer);
     ready?.then(
@@ -314,6 +319,7 @@ function runningVm(parts: {
   agent: AgentClient;
   backend: string;
   child: ChildProcess;
+  pid: number;
   exited: Promise<void>;
   timeline: BootTimeline;
   consoleLog: string;
@@ -324,7 +330,7 @@ function runningVm(parts: {
   return {
     agent,
     backend: parts.backend,
-    pid: child.pid!,
+    pid: parts.pid,
     timeline: parts.timeline,
     consoleLog: parts.consoleLog,
     exited,

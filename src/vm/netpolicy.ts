@@ -1,6 +1,6 @@
 // What a sandbox's network may reach, enforced outside the guest: QEMU's user-mode network stack
-// opens every guest connection from QEMU's own process, where msb-netpolicy.so (preloaded by
-// msb-vmm) holds connect/sendto/sendmsg to a list of rules this module writes. Root in the guest
+// opens every guest connection from QEMU's own process, whose socket calls msb-vmm's network
+// supervisor (seccomp user notification) makes itself, held to a list of rules this module writes. Root in the guest
 // can change its routes and addresses, not what QEMU's process may reach. The policy is a value
 // of its own, so another enforcer (a host-side stack, libkrun's network) can take the same one.
 import { readFileSync } from "node:fs";
@@ -94,7 +94,7 @@ export function checkNetwork(value: unknown): NetworkPolicy {
     const out: { allow?: string[]; deny?: string[] } = {};
     const a = list(allow, "allow"),
       d = list(deny, "deny");
-    // msb-netpolicy holds 256 rules, the host's DNS servers and "public"'s own among them.
+    // msb-vmm's policy holds 256 rules, the host's DNS servers and "public"'s own among them.
     if ((a?.length ?? 0) + (d?.length ?? 0) > MAX_POLICY_ENTRIES) {
       throw new InvalidArgumentError(
         `network has ${(a?.length ?? 0) + (d?.length ?? 0)} entries; at most ${MAX_POLICY_ENTRIES} in allow and deny together: merge CIDRs into wider ones, domains into "*." suffixes`,
@@ -121,14 +121,16 @@ export function nameservers(resolvConf = "/etc/resolv.conf"): string[] {
 }
 
 /**
- * msb-netpolicy's rules for `policy`: "+" admits, "-" refuses, then "CIDR[@PORT]", "d:NAME" (the
+ * msb-vmm's rules (--net-policy) for `policy`: "+" admits, "-" refuses, then "CIDR[@PORT]", "d:NAME" (the
  * addresses DNS gave for NAME) or "s:NAME" (for any name below NAME); the first match decides,
  * none matching refuses. Order: the host's DNS servers, denials, CIDR admissions, the non-public
- * ranges (so that no domain admits one), domain admissions. Undefined: nothing to hold ("none"
- * has no network, "all" is unrestricted).
+ * ranges (so that no domain admits one), domain admissions. "all" admits every address (its VMM
+ * is still supervised: raw sockets, io_uring and other families stay refused). Undefined: "none"
+ * has no network.
  */
 export function policyRules(policy: NetworkPolicy, dns: string[]): string | undefined {
-  if (policy === "none" || policy === "all") return undefined;
+  if (policy === "none") return undefined;
+  if (policy === "all") return "+0.0.0.0/0 +::/0";
   const host = (a: string) => (isIPv4(a) ? `${a}/32` : `${a}/128`);
   const rule = (sign: "+" | "-", entry: string) =>
     !isDomain(entry) ? `${sign}${entry}` : entry.startsWith("*.") ? `${sign}s:${entry.slice(2)}` : `${sign}d:${entry}`;
@@ -176,6 +178,5 @@ export function checkPorts(value: unknown, policy: NetworkPolicy): PortForward[]
 /** The VM's side of a policy: a network device or none, and the rules its VMM is held to. */
 export function vmNetwork(policy: NetworkPolicy): { network: NetworkMode; egress?: string } {
   if (policy === "none") return { network: "none" };
-  const egress = policyRules(policy, nameservers());
-  return egress === undefined ? { network: "all" } : { network: "all", egress };
+  return { network: "all", egress: policyRules(policy, nameservers())! };
 }

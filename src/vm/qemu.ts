@@ -20,6 +20,7 @@ import { makeRuntimeDir } from "../paths.js";
 import { type Backend, type Capability, finishBoot, type GuestRam, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
 import { type BootConfig, encodeBootConfig, FLOOR_MARKER, floorInitramfs, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
+import { VmmControl } from "./vmm-control.js";
 
 const debug = debuglog("microsandbox");
 const PORT_NAME = "msb.agent";
@@ -29,6 +30,7 @@ const CHANNEL_FD = 3;
 const MONITOR_FD = 4;
 const RAW_FD = 5;
 const STATE_FD = 6;
+const CONTROL_FD = 7; // msb-vmm's control channel (src/vm/vmm-control.ts), never QEMU's
 const SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 // The agent's port and the benchmark's bare one, after port 0, which QEMU keeps for a console. The
 // device's default of 31 costs the guest ~20 ms of boot under TCG setting up queues for ports
@@ -266,15 +268,17 @@ export class QemuBackend implements Backend {
   // socket or path exists for anyone else.
   private spawnQemu(args: string[], stdout: "ignore" | "pipe", opts: { network: NetworkMode; egress?: string; raw?: boolean; state?: number; jail: Jail }) {
     const stdio: ("ignore" | "pipe" | number)[] = ["ignore", stdout, "pipe", "pipe", "pipe", opts.raw ? "pipe" : "ignore"];
-    if (opts.state !== undefined) stdio[STATE_FD] = opts.state;
+    stdio[STATE_FD] = opts.state ?? "ignore";
     const keep = stdio.flatMap((fd, i) => (i > 2 && fd !== "ignore" ? ["--keep", String(i)] : []));
+    stdio[CONTROL_FD] = "pipe";
     const confine = opts.network === "none" ? ["--no-network"] : opts.egress !== undefined ? ["--net-policy", opts.egress] : [];
     const qemu = qemuBinary(process.env, this.arch);
-    const argv = ["exec", String(process.pid), ...keep, ...jailArgs(opts.jail, qemu), ...confine, "--", qemu, ...args];
+    const argv = ["exec", String(process.pid), ...keep, "--control", String(CONTROL_FD), ...jailArgs(opts.jail, qemu), ...confine, "--", qemu, ...args];
     debug("starting %s", argv.join(" "));
     const child = spawn(vmmHelperPath(), argv, { stdio });
     const socket = (fd: number) => child.stdio[fd] as Socket;
-    return { child, channel: socket(CHANNEL_FD), monitor: socket(MONITOR_FD), rawPort: opts.raw ? socket(RAW_FD) : undefined };
+    const control = new VmmControl(socket(CONTROL_FD));
+    return { child, channel: socket(CHANNEL_FD), monitor: socket(MONITOR_FD), rawPort: opts.raw ? socket(RAW_FD) : undefined, control };
   }
 
   // Everything a boot and a restore share: host prep, the spawn, and the boot ending, with the
@@ -293,7 +297,7 @@ export class QemuBackend implements Backend {
     const consoleLog = path.join(dir, "console.log");
     const args = this.args(config, { kernel, initramfs }, disk, consoleLog, opts.ram);
     if (opts.incoming) args.push("-S", "-incoming", "defer");
-    let started: { child: ChildProcess; channel: Socket; monitor: Socket; rawPort: Socket | undefined };
+    let started: { child: ChildProcess; channel: Socket; monitor: Socket; rawPort: Socket | undefined; control: VmmControl };
     let state: number | undefined;
     try {
       if (opts.incoming) state = openSync(opts.incoming.state, "r");
@@ -306,8 +310,13 @@ export class QemuBackend implements Backend {
     } finally {
       if (state !== undefined) closeSync(state);
     }
-    const { child, channel, monitor, rawPort } = started;
-    const refusals = countRefusals(child);
+    const { child, channel, monitor, rawPort, control } = started;
+    const refusals = () => control.refusals();
+    // Under a network policy msb-vmm stays as QEMU's supervisor: the VM's pid is QEMU's own.
+    const vmmPid = await control.confinement.then(
+      (c) => c.vmmPid || undefined,
+      () => undefined, // ended before it said: the boot ending reports why
+    );
     const qmp = Qmp.connect(monitor);
     qmp.catch(() => {}); // a QEMU that dies early is reported by the boot ending
     const sharedRam = !!opts.ram?.share;
@@ -316,6 +325,7 @@ export class QemuBackend implements Backend {
       vmm: "QEMU",
       config,
       child,
+      vmmPid,
       dir,
       consoleLog,
       t0,
@@ -485,18 +495,6 @@ async function migrateInto(q: Qmp, socketPath: string, file: string): Promise<vo
 }
 
 const portList = (config: VmConfig) => `asked for ${(config.ports ?? []).map((p) => `${p.address}:${p.host} -> ${p.guest}`).join(", ")}`;
-
-// Counts the connections msb-netpolicy refused, from the lines it writes to QEMU's stderr.
-function countRefusals(child: ChildProcess): () => number {
-  let count = 0;
-  let partial = "";
-  child.stderr?.on("data", (d: Buffer | string) => {
-    const lines = (partial + d.toString()).split("\n");
-    partial = lines.pop()!.slice(-200);
-    count += lines.filter((l) => l.startsWith("msb-net: refused ")).length;
-  });
-  return () => count;
-}
 
 // Waits for the migration under way (outgoing or incoming) to end; throws if it failed.
 async function migration(q: Qmp): Promise<void> {

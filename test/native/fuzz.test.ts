@@ -1,5 +1,5 @@
 // Short runs of the libFuzzer harnesses (scripts/fuzz.sh) from the committed corpora, under ASan
-// and UBSan: the frame splitting and decoding the agent runs on host bytes, and msb-netpolicy's
+// and UBSan: the frame splitting and decoding the agent runs on host bytes, and msb-vmm's
 // reading of DNS responses. Long runs are `scripts/fuzz.sh SECONDS`. Needs clang and
 // libclang-rt-14-dev (scripts/setup-debian.sh).
 import { spawnSync } from "node:child_process";
@@ -11,7 +11,7 @@ const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 describe.skipIf(process.platform !== "linux")("native decoding of untrusted bytes under libFuzzer", () => {
   it.each([
     ["the agent's frame decoding", "frames"],
-    ["msb-netpolicy's DNS response reading", "dns"],
+    ["msb-vmm's DNS response reading", "dns"],
   ])(
     "%s runs 10 s from its corpus without a crash, a leak or undefined behaviour",
     (_, target) => {

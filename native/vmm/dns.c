@@ -1,4 +1,4 @@
-// The addresses in a DNS response, for msb-netpolicy's domain rules. The response comes from the
+// The addresses in a DNS response, for the network policy's domain rules (policy.c). The response comes from the
 // network on the guest's behalf, so it is read as hostile: every offset is checked against the
 // message's length, compression pointers may only point backwards and are followed a bounded
 // number of times, and names longer than DNS allows are refused.

@@ -1,4 +1,4 @@
-// libFuzzer harness for msb-netpolicy's DNS response reading (dns.c): any bytes, as a hostile
+// libFuzzer harness for the network supervisor's DNS response reading (dns.c): any bytes, as a hostile
 // or broken resolver's answer would be. Every name reported must fit DNS's limit and every
 // address its family. Built and run by scripts/fuzz.sh dns.
 #include <stdint.h>

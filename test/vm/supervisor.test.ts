@@ -1,0 +1,173 @@
+// msb-vmm's network supervisor against a stand-in for a QEMU the guest took over: a static
+// program (fixtures/rawnet.c) that reaches the network through raw system calls, which no
+// preloaded library sees. It runs as the PROGRAM of `msb-vmm exec` in the small internet of
+// test/sandbox/netns/harness.ts, held to the rules "public" gives; the host reads the helper's
+// control channel (VmmControl) as QemuBackend does.
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
+import type { Socket } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { vmmHelperPath } from "../../src/native.js";
+import { policyRules } from "../../src/vm/netpolicy.js";
+import { VmmControl } from "../../src/vm/vmm-control.js";
+import { buildInternet, HOST, METADATA, PRIVATE, PUBLIC, removeInternet, usable } from "../sandbox/netns/harness.js";
+
+const fixtures = path.join(path.dirname(fileURLToPath(import.meta.url)), "fixtures");
+const cc = spawnSync("cc", ["--version"]).status === 0;
+const work = mkdtempSync(path.join(os.tmpdir(), "msb-sup-"));
+const PUBLIC_RULES = policyRules("public", [PUBLIC])!;
+
+// Compiles a fixture statically (no library of the host is needed in the jail).
+function build(name: string): string {
+  const out = path.join(work, name);
+  execFileSync("cc", ["-static", "-O2", "-o", out, path.join(fixtures, `${name}.c`)]);
+  return out;
+}
+
+let rawnet = "";
+let nounshare = "";
+
+beforeAll(async () => {
+  if (!usable || !cc) return;
+  rawnet = build("rawnet");
+  nounshare = build("nounshare");
+  await buildInternet();
+}, 60_000);
+
+afterAll(() => {
+  if (usable && cc) removeInternet();
+  rmSync(work, { recursive: true, force: true });
+});
+
+interface Run {
+  child: ChildProcess;
+  control: VmmControl;
+  lines: string[];
+  stderr: string[];
+  exited: Promise<number | null>;
+  line(re: RegExp): Promise<string>;
+}
+
+// `msb-vmm exec` with `opts` (a jail of its own, the control channel on fd 3) running `program`
+// (copied into the jail's runtime dir) with `args`, in the host's namespace; `prefix` runs first.
+function run(opts: string[], program: string, args: string[], prefix: string[] = []): Run {
+  const dir = mkdtempSync(path.join(work, "run-"));
+  const inJail = path.join(dir, path.basename(program));
+  copyFileSync(program, inJail);
+  const argv = [
+    "netns",
+    "exec",
+    HOST,
+    ...prefix,
+    vmmHelperPath(),
+    "exec",
+    String(process.pid),
+    "--jail",
+    dir,
+    "--control",
+    "3",
+    ...opts,
+    "--",
+    inJail,
+    ...args,
+  ];
+  const child = spawn("ip", argv, { stdio: ["ignore", "pipe", "pipe", "pipe"] });
+  const lines: string[] = [];
+  const stderr: string[] = [];
+  const waiters: (() => void)[] = [];
+  child.stdout!.setEncoding("utf8").on("data", (d: string) => {
+    lines.push(...d.split("\n").filter(Boolean));
+    for (const w of waiters.splice(0)) w();
+  });
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => stderr.push(d));
+  const exited = new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code)));
+  const line = async (re: RegExp) => {
+    for (;;) {
+      const hit = lines.find((l) => re.test(l));
+      if (hit) return hit;
+      if (child.exitCode !== null) throw new Error(`exited without ${re}: ${lines.join(" | ")} ${stderr.join("")}`);
+      await new Promise<void>((r) => {
+        waiters.push(r);
+        setTimeout(r, 200);
+      });
+    }
+  };
+  return { child, control: new VmmControl(child.stdio[3] as Socket), lines, stderr, exited, line };
+}
+
+const result = (lines: string[], target: string) => lines.find((l) => l.startsWith(`${target} `))?.slice(target.length + 1);
+
+describe.skipIf(!usable || !cc)("the network supervisor holds a hijacked VMM's raw system calls", () => {
+  it("refuses the host, private addresses and cloud metadata, admits the public internet, and counts each refusal", async () => {
+    const targets = [
+      "tcp:127.0.0.1:8080",
+      "tcp:10.0.2.2:8080",
+      `tcp:${METADATA}:80`,
+      `tcp:${PRIVATE}:80`,
+      `tcp:${PUBLIC}:80`,
+      `udp:${PRIVATE}:53`,
+      `udp:${PUBLIC}:9`,
+      "uring",
+      "packet",
+      "netlink",
+    ];
+    const r = run(["--net-policy", PUBLIC_RULES], rawnet, targets);
+    const confinement = await r.control.confinement;
+    expect(await r.exited).toBe(0);
+    expect(confinement).toMatchObject({ namespaces: true, noNewPrivs: true, seccomp: true, network: "supervisor", missing: [] });
+    expect(confinement.vmmPid).not.toBe(r.child.pid);
+    for (const t of targets.slice(0, 4)) expect(result(r.lines, t)).toBe("ECONNREFUSED");
+    expect(result(r.lines, `tcp:${PUBLIC}:80`)).toBe("ok");
+    expect(result(r.lines, `udp:${PRIVATE}:53`)).toBe("EACCES");
+    expect(result(r.lines, `udp:${PUBLIC}:9`)).toBe("ok");
+    expect(result(r.lines, "uring")).toBe("ENOSYS");
+    expect(result(r.lines, "packet")).toBe("EAFNOSUPPORT");
+    expect(result(r.lines, "netlink")).toBe("EAFNOSUPPORT");
+    expect(r.control.refusals()).toBe(5);
+  });
+
+  it("without the supervisor, the same program reaches the host's loopback (what the supervisor prevents)", async () => {
+    const r = run([], rawnet, ["tcp:127.0.0.1:8080", "uring"]);
+    const confinement = await r.control.confinement;
+    expect(await r.exited).toBe(0);
+    expect(confinement).toMatchObject({ namespaces: true, seccomp: false, network: "" });
+    expect(result(r.lines, "tcp:127.0.0.1:8080")).toBe("ok");
+  });
+
+  it("a new policy shuts the connections it refuses and refuses new ones", async () => {
+    const target = `${PUBLIC}:80`;
+    const r = run(["--net-policy", PUBLIC_RULES], rawnet, [`hold:${target}`, `tcp:${target}`]);
+    await r.line(new RegExp(`^hold:${target} ok`));
+    const applied = await r.control.setPolicy(`-${PUBLIC}/32 ${PUBLIC_RULES}`);
+    expect(applied).toMatchObject({ generation: 1, closed: 1, error: "" });
+    await r.line(new RegExp(`^hold:${target} closed`));
+    expect(await r.exited).toBe(0);
+    expect(result(r.lines, `tcp:${target}`)).toBe("ECONNREFUSED");
+    // A malformed policy is refused and the one in force stays.
+    const r2 = run(["--net-policy", PUBLIC_RULES], rawnet, [`hold:${target}`]);
+    await r2.line(/ok/);
+    const bad = await r2.control.setPolicy("+999.0.0.0/8");
+    expect(bad.error).toMatch(/malformed/);
+    expect(bad.closed).toBe(0);
+    r2.child.kill("SIGTERM");
+    expect(await r2.exited).toBe(null); // QEMU's signal, raised on msb-vmm itself
+  });
+
+  it("fails closed when the host allows no namespaces, unless confinement is best-effort", async () => {
+    const required = run(["--net-policy", PUBLIC_RULES], rawnet, ["uring"], [nounshare]);
+    const c = await required.control.confinement;
+    expect(await required.exited).toBe(1);
+    expect(c.namespaces).toBe(false);
+    expect(c.missing.join("\n")).toMatch(/^namespaces: /m);
+    expect(required.lines).toEqual([]);
+    const relaxed = run(["--confinement", "best-effort"], "/bin/echo", ["ran"], [nounshare]);
+    const c2 = await relaxed.control.confinement;
+    expect(await relaxed.exited).toBe(0);
+    expect(c2.namespaces).toBe(false);
+    expect(relaxed.lines).toEqual(["ran"]);
+  });
+});
