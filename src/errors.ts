@@ -81,6 +81,20 @@ export class BackendUnavailableError extends MicrosandboxError {
   override readonly code = "MSB_BACKEND_UNAVAILABLE";
 }
 
+/**
+ * The host cannot confine the VMM as `confinement: "required"` asks (namespaces, the network
+ * supervisor); `missing` names each part and why. `confinement: "best-effort"` runs without them.
+ */
+export class ConfinementError extends MicrosandboxError {
+  override readonly code = "MSB_CONFINEMENT";
+  constructor(
+    message: string,
+    readonly missing: readonly string[],
+  ) {
+    super(message);
+  }
+}
+
 /** The sandbox is not running: call start() first, or it was stopped. */
 export class SandboxNotRunningError extends MicrosandboxError {
   override readonly code: string = "MSB_SANDBOX_NOT_RUNNING";

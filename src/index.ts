@@ -39,6 +39,6 @@ export type { RunningServer, ServerOptions } from "./server/server.js";
 export { createServer } from "./server/server.js";
 export type { TraceEvents } from "./trace.js";
 export { traceChannel } from "./trace.js";
-export type { BackendInfo, BootTimeline } from "./vm/machine.js";
+export type { BackendInfo, BootTimeline, Confinement } from "./vm/machine.js";
 export type { NetworkPolicy, PortForward } from "./vm/netpolicy.js";
 export type { SnapshotOutcome } from "./vm/snapshot.js";

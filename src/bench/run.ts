@@ -136,6 +136,7 @@ export async function runBenchKernels(opts: BenchOptions): Promise<BenchResult[]
         memory: opts.memory ?? 256,
         cpus: 1,
         network: "none",
+        confinement: "required",
         ports: [],
         maxProcesses: 1024,
         bootTimeout: 60,

@@ -143,7 +143,7 @@ export async function doctor(): Promise<DoctorReport> {
       const d = decide(facts, {
         backend: "auto",
         network: vmNetwork(network).network,
-        needs: machineNeeds({ network, ports: [], volumes: [] }),
+        needs: machineNeeds({ network, ports: [], volumes: [], confinement: "required" }),
         ...(accel ? { accel } : {}),
       });
       const whyNot = d.backend === "krun" ? krunWhyNot : qemuWhyNot;

@@ -74,6 +74,13 @@ export interface SandboxOptions {
    * boots cold (a memory snapshot would hold a stale view of them) and cannot fork or pause; QEMU.
    */
   volumes?: VolumeSpec[];
+  /**
+   * "required" (the default): the VMM runs jailed (namespaces of its own, no new privileges, as
+   * root a uid of its own) with its network held by a supervisor outside it, or create() fails
+   * with ConfinementError naming what this host lacks. "best-effort": it runs with what the host
+   * allows, and Sandbox.confinement says what that was.
+   */
+  confinement?: "required" | "best-effort";
 }
 
 export interface StartOptions {
@@ -103,6 +110,7 @@ export interface ResolvedOptions {
   maxDuration: number | undefined;
   idleTimeout: number | undefined;
   volumes: Required<VolumeSpec>[];
+  confinement: "required" | "best-effort";
 }
 
 /** Every sandbox option, for the check that refuses any other key. */
@@ -126,6 +134,7 @@ export const SANDBOX_OPTION_KEYS = keysOf<SandboxOptions>({
   maxDuration: true,
   idleTimeout: true,
   volumes: true,
+  confinement: true,
 });
 export const START_OPTION_KEYS = keysOf<StartOptions>({ memory: true, cpus: true, timeout: true });
 
@@ -219,7 +228,13 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     maxDuration: opts.maxDuration === undefined ? undefined : checkSeconds("maxDuration", opts.maxDuration),
     idleTimeout: opts.idleTimeout === undefined ? undefined : checkSeconds("idleTimeout", opts.idleTimeout),
     volumes: checkVolumes(opts.volumes),
+    confinement: checkConfinement(opts.confinement ?? "required"),
   };
+}
+
+function checkConfinement(v: unknown): "required" | "best-effort" {
+  if (v !== "required" && v !== "best-effort") throw new InvalidArgumentError(`confinement ${JSON.stringify(v)} is invalid: use "required" or "best-effort"`);
+  return v;
 }
 
 function checkLabels(labels: unknown): Record<string, string> {

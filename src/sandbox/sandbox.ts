@@ -15,6 +15,7 @@ import {
   type BackendInfo,
   type BootTimeline,
   type Capability,
+  type Confinement,
   type KeptSession,
   type Machine,
   type MachinePlan,
@@ -22,7 +23,7 @@ import {
   planMachine,
   restoreMachine,
 } from "../vm/machine.js";
-import { checkPorts, type PortForward } from "../vm/netpolicy.js";
+import { checkNetwork, checkPorts, type NetworkPolicy, type PortForward } from "../vm/netpolicy.js";
 import { type CommandOptions, SandboxCommands } from "./commands.js";
 import { SandboxFiles } from "./files.js";
 import { Lifetime } from "./lifetime.js";
@@ -180,6 +181,11 @@ export abstract class Sandbox implements AsyncDisposable {
     return this.vm?.info;
   }
 
+  /** What confines this sandbox's VMM on the host (namespaces, uid, seccomp, how its network is held); undefined until it runs. */
+  get confinement(): Confinement | undefined {
+    return this.vm?.confinement;
+  }
+
   /** Connections the network policy refused while the VM ran (0 when nothing holds it). */
   get networkRefusals(): number {
     return this.vm?.networkRefusals() ?? 0;
@@ -275,6 +281,7 @@ export abstract class Sandbox implements AsyncDisposable {
       bootTimeout: o.timeout,
       volumes: o.volumes.map((v) => ({ file: volumeFile(v.name), path: v.path, readOnly: v.readOnly })),
       backend: o.backend,
+      confinement: o.confinement,
       ...(this.log ? { consoleKeep: this.log.console } : {}),
       ...(o.kernel ? { kernel: o.kernel } : {}),
     };
@@ -362,6 +369,20 @@ export abstract class Sandbox implements AsyncDisposable {
   private copyOptions(name: string): SandboxOptions & { name: string; image: string } {
     const { registry: _registry, ...rest } = this.opts;
     return { ...rest, name, ...(rest.workdir === undefined ? { workdir: undefined } : {}) };
+  }
+
+  /**
+   * Changes what this running sandbox may reach, as `network` does at create: new connections see
+   * the new policy once this resolves, and open connections to a destination it refuses are
+   * closed. Forks and a resumed sandbox keep it. A sandbox created with network "none" has no
+   * network device and cannot gain one (NetworkError).
+   */
+  async updateNetwork(policy: NetworkPolicy): Promise<void> {
+    const network = checkNetwork(policy);
+    this.agent();
+    const { closed } = await this.vm!.updateNetwork(network);
+    this.opts.network = network;
+    this.log?.add("event", `network policy changed${closed ? `; ${closed} open connection${closed === 1 ? "" : "s"} it refuses closed` : ""}`);
   }
 
   /**

@@ -21,9 +21,33 @@ export type NetworkMode = "none" | "all";
 /**
  * What a backend can do beyond booting: restore-on-create from memory snapshots ("snapshot"),
  * copies of a running VM ("fork"), saving one to disk and restoring it ("pause"), volumes, a
- * network held to a policy ("egress-policy"), and guest ports published on the host ("ports").
+ * network held to a policy ("egress-policy"), guest ports published on the host ("ports"), and
+ * a VMM jailed in namespaces of its own ("jail").
  */
-export type Capability = "snapshot" | "fork" | "pause" | "volumes" | "egress-policy" | "ports";
+export type Capability = "snapshot" | "fork" | "pause" | "volumes" | "egress-policy" | "ports" | "jail";
+
+/** What confines a VM's VMM process on the host, as applied (Sandbox.confinement). */
+export interface Confinement {
+  /** What was asked: "required" fails a create() that cannot have it all; "best-effort" runs with what the host allows. */
+  mode: "required" | "best-effort";
+  /** A mount namespace whose root holds only the VM's own files (and the user namespace it needs as a non-root user). */
+  namespaces: boolean;
+  /** A uid and gid of the VM's own (only when started as root). */
+  uid: boolean;
+  /** no_new_privs: no set-uid program or file capability gains the VMM anything. */
+  noNewPrivs: boolean;
+  /** A seccomp filter under which the VMM's socket calls are made by a supervisor outside it. */
+  seccomp: boolean;
+  /**
+   * How the network is held: "none" (no network device, an empty network namespace),
+   * "supervisor" (the VMM's connect/send calls are made by the supervisor, held to the policy, so
+   * a VMM the guest took over reaches nothing the policy refuses), "tsi" (libkrun: the guest's
+   * sockets are the host's, unpoliced), "unenforced" (a best-effort VM on a host without them).
+   */
+  network: "none" | "supervisor" | "tsi" | "unenforced";
+  /** Each part the host could not apply, "what: why". Empty under "required". */
+  missing: string[];
+}
 
 export interface VmConfig {
   /** Guest RAM in MiB. */
@@ -31,11 +55,12 @@ export interface VmConfig {
   /** Virtual CPUs (whole number). */
   cpus: number;
   network: NetworkMode;
-  /**
-   * With a network: the rules the VMM's sockets are held to (src/vm/netpolicy.ts); undefined:
-   * unrestricted.
-   */
+  /** With a network: the rules the VMM's sockets are held to (src/vm/netpolicy.ts). */
   egress?: string;
+  /** With a network: the host's egress proxy on 127.0.0.1 (intercepted, refused and tunnelled connections). */
+  proxyPort?: number;
+  /** Whether a VMM the host cannot confine fully may run anyway. */
+  confinement: Confinement["mode"];
   /** Guest TCP ports published on host addresses. */
   ports?: PortForward[];
   /** The image, unpacked (libkrun shares it read-only by virtio-fs). */
@@ -99,7 +124,7 @@ export interface Vm {
   readonly agent: AgentClient;
   /** The VMM as configured, e.g. "qemu (tcg)" or "krun". */
   readonly backend: string;
-  /** Process id of the VMM. */
+  /** Process id of the VMM (QEMU, not its supervisor). */
   readonly pid: number;
   readonly timeline: BootTimeline;
   /** The guest console log, kept while the VM runs and after a failure. */
@@ -122,6 +147,30 @@ export interface Vm {
   readonly rawPort?: Duplex;
   /** Connections the network policy refused so far (VmConfig.egress). */
   readonly networkRefusals?: () => number;
+  /** What confines the VMM, as applied. */
+  readonly confinement: Confinement;
+  /**
+   * Replaces the network rules (VmConfig.egress) for new connections and shuts the VMM's open
+   * TCP connections the new rules refuse; resolves once applied, with how many were shut.
+   * Undefined where the backend cannot (capability "egress-policy").
+   */
+  setPolicy?(rules: string): Promise<{ closed: number }>;
+  /** Connections the VMM's supervisor handed to the egress proxy (VmConfig.proxyPort), as they happen. */
+  onRedirect?(listener: (r: Redirect) => void): void;
+}
+
+/** A TCP connection the supervisor connected to the egress proxy in place of its destination. */
+export interface Redirect {
+  /** Its source port, as the proxy sees it. */
+  localPort: number;
+  /** The destination the guest asked for. */
+  address: string;
+  port: number;
+  kind: "intercept" | "refused" | "tunnel";
+  /** The refusing rule (kind "refused"). */
+  rule: string;
+  /** DNS names the supervisor saw resolve to `address`, newest first. */
+  names: string[];
 }
 
 export interface Backend {
@@ -164,8 +213,6 @@ export interface StartedVmm {
   vmm: string;
   config: VmConfig;
   child: ChildProcess;
-  /** The VMM's pid when `child` is not the VMM itself but its supervisor (msb-vmm under a network policy). */
-  vmmPid?: number;
   /** The VM's runtime dir (removed when the VM is gone) and the guest console log in it. */
   dir: string;
   consoleLog: string;
@@ -177,8 +224,10 @@ export interface StartedVmm {
   connect(): Promise<Duplex>;
   /** The handshake on that stream; default: wait for the guest's hello. */
   handshake?(stream: Duplex, timeoutSeconds: number): Promise<AgentClient>;
+  /** What confines the VMM, and its pid when that is not the child's, known by the time its agent is ready. */
+  confinement: Promise<{ confinement: Confinement; vmmPid?: number }>;
   /** What the running VM can do beyond the basics (save, proceed). */
-  extend?(agent: AgentClient): Pick<Vm, "save" | "proceed" | "rawPort" | "networkRefusals">;
+  extend?(agent: AgentClient): Pick<Vm, "save" | "proceed" | "rawPort" | "networkRefusals" | "setPolicy" | "onRedirect">;
   /** More to release with the runtime dir (a listening socket). */
   release?(): void;
   /** The VMM's own report of a failure to start, settled once it has exited (libkrun's status). */
@@ -257,10 +306,10 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
       if (config.consoleKeep) keepTail(s.consoleLog, config.consoleKeep, 64 * 1024);
       release();
     };
-    return {
-      ...runningVm({ agent, backend: s.label, child, pid: s.vmmPid ?? child.pid!, exited, timeline, consoleLog: s.consoleLog, cleanup }),
-      ...s.extend?.(agent),
-    };
+    const { confinement, vmmPid } = await s.confinement;
+    // The VMM's own pid (QEMU under its supervisor), for what is measured of it on the host.
+    const pid = vmmPid ?? child.pid!;
+    return { ...runningVm({ agent, backend: s.label, child, pid, exited, timeline, consoleLog: s.consoleLog, cleanup }), confinement, ...s.extend?.(agent) };
   } catch (cause) {
     clearTimeout(timer);
     ready?.then(
@@ -324,7 +373,7 @@ function runningVm(parts: {
   timeline: BootTimeline;
   consoleLog: string;
   cleanup: () => void;
-}): Vm {
+}): Omit<Vm, "confinement"> {
   const { agent, child, exited } = parts;
   let stopping: Promise<void> | undefined;
   return {

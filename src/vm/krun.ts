@@ -13,11 +13,11 @@ import type { Readable, Writable } from "node:stream";
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { DEFAULT_PATH } from "../agent-client/process.js";
 import { lengthPrefixed } from "../agent-client/protocol.js";
-import { KrunStartError } from "../errors.js";
+import { ConfinementError, KrunStartError } from "../errors.js";
 import { KrunConfig_Network, KrunConfigSchema, KrunStatusSchema } from "../gen/vmm_pb.js";
 import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { type Backend, type Capability, finishBoot, type Vm, type VmConfig } from "./backend.js";
+import { type Backend, type Capability, type Confinement, finishBoot, type Vm, type VmConfig } from "./backend.js";
 import { agentBinaryPath, BOOT_CONFIG_FILE, type BootConfig, encodeBootConfig, guestArch } from "./guest.js";
 
 const MAX_STATUS = 64 * 1024;
@@ -95,6 +95,23 @@ async function readStatus(stream: Readable): Promise<KrunStartError | undefined>
  */
 export const KRUN_CAPABILITIES: ReadonlySet<Capability> = new Set();
 
+/**
+ * What `msb-vmm krun` applies: no_new_privs, and for network "none" an empty network namespace
+ * where the host allows one; no mount jail or uid of its own (it lacks capability "jail", so a
+ * sandbox that requires confinement goes to QEMU).
+ */
+function krunConfinement(config: VmConfig): Confinement {
+  return {
+    mode: config.confinement,
+    namespaces: false,
+    uid: false,
+    noNewPrivs: true,
+    seccomp: false,
+    network: config.network === "none" ? "none" : "tsi",
+    missing: ["namespaces: libkrun's VMM runs without a mount jail (QEMU's has one)", "uid: libkrun's VMM runs as its creator's user"],
+  };
+}
+
 export class KrunBackend implements Backend {
   readonly name = "krun";
   readonly capabilities = KRUN_CAPABILITIES;
@@ -113,6 +130,12 @@ export class KrunBackend implements Backend {
   }
 
   async boot(config: VmConfig): Promise<Vm> {
+    // The decision never picks libkrun for a required confinement (it lacks capability "jail").
+    if (config.confinement === "required") {
+      throw new ConfinementError(`sandbox ${config.name} requires confinement, and libkrun's VMM runs without a jail: use backend "qemu" or confinement: "best-effort"`, [
+        "namespaces: libkrun's VMM is not jailed",
+      ]);
+    }
     const t0 = performance.now();
     const helper = vmmHelperPath();
     const agentBinary = agentBinaryPath();
@@ -161,6 +184,7 @@ export class KrunBackend implements Backend {
         if (failure) throw failure;
         return accepted;
       },
+      confinement: Promise.resolve({ confinement: krunConfinement(config) }),
       release: () => server.close(),
       // libkrun's own refusal, naming the step, says more than "did not boot".
       report: status,

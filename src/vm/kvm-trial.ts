@@ -63,6 +63,8 @@ export async function kvmTrial(kernel?: string): Promise<KvmVerdict> {
       memory: 128,
       cpus: 1,
       network: "none",
+      // It asks whether KVM boots our kernel, not whether this host can jail.
+      confinement: "best-effort",
       maxProcesses: 64,
       rootfs: "",
       rootDisk: async () => undefined,

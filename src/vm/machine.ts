@@ -8,9 +8,9 @@ import path from "node:path";
 import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
-import { KrunStartError, SnapshotUnsupportedError, VmBootError } from "../errors.js";
+import { KrunStartError, NetworkError, SnapshotUnsupportedError, VmBootError } from "../errors.js";
 import { publish } from "../trace.js";
-import type { Backend, BootTimeline, Capability, KeptSession, Vm, VmConfig } from "./backend.js";
+import type { Backend, BootTimeline, Capability, Confinement, KeptSession, Vm, VmConfig } from "./backend.js";
 import type { GuestArch } from "./guest.js";
 import { recordKvmFailure } from "./kvm-trial.js";
 import { type NetworkPolicy, type PortForward, vmNetwork } from "./netpolicy.js";
@@ -18,7 +18,7 @@ import type { Accel } from "./qemu.js";
 import { type BackendName, backendFor, chooseBackend, type Decision, forcedAccel, type Need } from "./select.js";
 import { cloneIdentity, copyVm, restoreOrBoot, type SnapshotOutcome, snapshotInputs } from "./snapshot.js";
 
-export type { BootTimeline, Capability, KeptSession } from "./backend.js";
+export type { BootTimeline, Capability, Confinement, KeptSession } from "./backend.js";
 export type { BackendName, Need } from "./select.js";
 
 const debug = debuglog("microsandbox");
@@ -54,6 +54,8 @@ export interface MachineSpec {
   /** Guest kernel (QEMU); default ours. */
   kernel?: string;
   backend: BackendName;
+  /** "required": a VMM the host cannot jail and police does not run; "best-effort": it runs with what the host allows. */
+  confinement: Confinement["mode"];
 }
 
 /** The image a machine boots: its content id, unpacked tree, and read-only disk made on demand. */
@@ -86,6 +88,14 @@ export interface Machine {
   readonly exited: Promise<void>;
   /** Connections the network policy refused so far. */
   networkRefusals(): number;
+  /** What confines the VMM on the host, as applied. */
+  readonly confinement: Confinement;
+  /**
+   * Holds the machine's network to `policy` from now on (capability "egress-policy"): new
+   * connections see it once this resolves, and open connections it refuses are closed (how many
+   * is returned). A machine booted without a network device ("none") cannot gain one.
+   */
+  updateNetwork(policy: NetworkPolicy): Promise<{ closed: number }>;
   /** Graceful: the agent shuts the guest down, a bounded wait, then kill. Idempotent. */
   stop(): Promise<void>;
   /** Kills the VMM at once. */
@@ -121,8 +131,9 @@ export interface MachinePlan {
 }
 
 /** What a spec needs beyond booting, each with why: the decision passes over a backend that lacks one. */
-export function machineNeeds(spec: Pick<MachineSpec, "network" | "ports" | "volumes">): Need[] {
+export function machineNeeds(spec: Pick<MachineSpec, "network" | "ports" | "volumes" | "confinement">): Need[] {
   const needs: Need[] = [];
+  if (spec.confinement === "required") needs.push({ capability: "jail", why: 'a jailed VMM (confinement "required")' });
   if (spec.network !== "none" && spec.network !== "all") needs.push({ capability: "egress-policy", why: "a network policy" });
   if (spec.ports.length) needs.push({ capability: "ports", why: "published ports" });
   if (spec.volumes.length) needs.push({ capability: "volumes", why: "volumes" });
@@ -141,6 +152,7 @@ function vmConfig(spec: MachineSpec, image: MachineImage): VmConfig {
     rootfs: image.rootfs,
     rootDisk: () => image.disk(),
     bootTimeout: spec.bootTimeout,
+    confinement: spec.confinement,
     ...(spec.consoleKeep ? { consoleKeep: spec.consoleKeep } : {}),
     ...(spec.volumes.length ? { volumes: spec.volumes.map((v) => ({ ...v })) } : {}),
   };
@@ -248,6 +260,16 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
     consoleLog: vm.consoleLog,
     exited: vm.exited,
     networkRefusals: () => vm.networkRefusals?.() ?? 0,
+    confinement: vm.confinement,
+    async updateNetwork(policy) {
+      if (config.network === "none") {
+        if (policy === "none") return { closed: 0 };
+        throw new NetworkError(`sandbox ${config.name} has no network device (it was created with network "none"): create it with a network to change its policy`);
+      }
+      if (!vm.setPolicy) throw new NetworkError(`${info.name} cannot change a running sandbox's network: use backend "qemu"`);
+      // "none" on a machine with a device: nothing is admitted, DNS included.
+      return vm.setPolicy(vmNetwork(policy).egress ?? "");
+    },
     stop: () => vm.stop(),
     kill: () => vm.kill(),
     async copy(changes, keep) {

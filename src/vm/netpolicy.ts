@@ -146,6 +146,19 @@ export function policyRules(policy: NetworkPolicy, dns: string[]): string | unde
   return rules.join(" ");
 }
 
+/**
+ * Why `policy` refused a connection, in words, from the supervisor's refusing rule token (as
+ * policyRules wrote it; "" when no rule admitted it): the body of the 403 a refused HTTP request
+ * gets.
+ */
+export function describeRefusal(policy: NetworkPolicy, rule: string): string {
+  const entry = rule.replace(/^-/, "").replace(/^d:/, "").replace(/^s:/, "*.");
+  if (rule === "") return policy === "none" ? 'the sandbox\'s network is "none"' : "it is not in the sandbox's network allow list";
+  if (typeof policy === "object" && policy.deny?.includes(entry)) return `network.deny has ${entry}`;
+  if (NON_PUBLIC.includes(entry)) return `${entry} is not a public address: only an allow entry of that CIDR reaches it`;
+  return `the rule ${rule} refuses it`;
+}
+
 /** A guest TCP port published on a host address (default 127.0.0.1) and port. */
 export interface PortForward {
   host: number;

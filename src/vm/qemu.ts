@@ -14,10 +14,11 @@ import { pipeline } from "node:stream/promises";
 import { debuglog } from "node:util";
 
 import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
-import { BackendUnavailableError, MicrosandboxError, NetworkError, QmpError } from "../errors.js";
+import { BackendUnavailableError, ConfinementError, MicrosandboxError, NetworkError, QmpError } from "../errors.js";
+import { type Confinement as VmmConfinement, Redirect_Kind } from "../gen/vmm_pb.js";
 import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { type Backend, type Capability, finishBoot, type GuestRam, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
+import { type Backend, type Capability, type Confinement, finishBoot, type GuestRam, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
 import { type BootConfig, encodeBootConfig, FLOOR_MARKER, floorInitramfs, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
 import { VmmControl } from "./vmm-control.js";
@@ -117,7 +118,7 @@ export interface QemuOptions {
 
 // Every VM QEMU runs can be saved, restored and copied, and holds its network to a policy from
 // outside the guest.
-const CAPABILITIES: ReadonlySet<Capability> = new Set(["snapshot", "fork", "pause", "volumes", "egress-policy", "ports"]);
+const CAPABILITIES: ReadonlySet<Capability> = new Set(["snapshot", "fork", "pause", "volumes", "egress-policy", "ports", "jail"]);
 const qemuVersions = new Map<string, string>();
 
 export class QemuBackend implements Backend {
@@ -266,14 +267,22 @@ export class QemuBackend implements Backend {
   // either end), another as its monitor, with `raw` a third for the benchmark's bare port, and
   // `state` (a saved VM to load) at STATE_FD. Only QEMU holds the other ends: no listening
   // socket or path exists for anyone else.
-  private spawnQemu(args: string[], stdout: "ignore" | "pipe", opts: { network: NetworkMode; egress?: string; raw?: boolean; state?: number; jail: Jail }) {
+  private spawnQemu(
+    args: string[],
+    stdout: "ignore" | "pipe",
+    opts: { network: NetworkMode; egress?: string; proxyPort?: number; confinement: Confinement["mode"]; raw?: boolean; state?: number; jail: Jail },
+  ) {
     const stdio: ("ignore" | "pipe" | number)[] = ["ignore", stdout, "pipe", "pipe", "pipe", opts.raw ? "pipe" : "ignore"];
     stdio[STATE_FD] = opts.state ?? "ignore";
     const keep = stdio.flatMap((fd, i) => (i > 2 && fd !== "ignore" ? ["--keep", String(i)] : []));
     stdio[CONTROL_FD] = "pipe";
-    const confine = opts.network === "none" ? ["--no-network"] : opts.egress !== undefined ? ["--net-policy", opts.egress] : [];
+    const network =
+      opts.network === "none"
+        ? ["--no-network"]
+        : ["--net-policy", opts.egress ?? "", ...(opts.proxyPort !== undefined ? ["--proxy", String(opts.proxyPort)] : [])];
     const qemu = qemuBinary(process.env, this.arch);
-    const argv = ["exec", String(process.pid), ...keep, "--control", String(CONTROL_FD), ...jailArgs(opts.jail, qemu), ...confine, "--", qemu, ...args];
+    const confine = ["--control", String(CONTROL_FD), "--confinement", opts.confinement];
+    const argv = ["exec", String(process.pid), ...keep, ...confine, ...jailArgs(opts.jail, qemu), ...network, "--", qemu, ...args];
     debug("starting %s", argv.join(" "));
     const child = spawn(vmmHelperPath(), argv, { stdio });
     const socket = (fd: number) => child.stdio[fd] as Socket;
@@ -302,7 +311,15 @@ export class QemuBackend implements Backend {
     try {
       if (opts.incoming) state = openSync(opts.incoming.state, "r");
       const jail = { dir, files: [kernel, initramfs, ...(disk ? [disk] : [])], ram: opts.ram, volumes: config.volumes };
-      started = this.spawnQemu(args, "ignore", { network: config.network, egress: config.egress, raw: config.rawPort, state, jail });
+      started = this.spawnQemu(args, "ignore", {
+        network: config.network,
+        ...(config.egress !== undefined ? { egress: config.egress } : {}),
+        ...(config.proxyPort !== undefined ? { proxyPort: config.proxyPort } : {}),
+        confinement: config.confinement,
+        raw: config.rawPort,
+        state,
+        jail,
+      });
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
       if (err instanceof MicrosandboxError) throw err;
@@ -312,11 +329,6 @@ export class QemuBackend implements Backend {
     }
     const { child, channel, monitor, rawPort, control } = started;
     const refusals = () => control.refusals();
-    // Under a network policy msb-vmm stays as QEMU's supervisor: the VM's pid is QEMU's own.
-    const vmmPid = await control.confinement.then(
-      (c) => c.vmmPid || undefined,
-      () => undefined, // ended before it said: the boot ending reports why
-    );
     const qmp = Qmp.connect(monitor);
     qmp.catch(() => {}); // a QEMU that dies early is reported by the boot ending
     const sharedRam = !!opts.ram?.share;
@@ -325,7 +337,6 @@ export class QemuBackend implements Backend {
       vmm: "QEMU",
       config,
       child,
-      vmmPid,
       dir,
       consoleLog,
       t0,
@@ -339,9 +350,24 @@ export class QemuBackend implements Backend {
           () => monitor.destroy(),
         );
       },
+      confinement: control.confinement.then((c) => ({ confinement: confinementOf(c, config.confinement), vmmPid: c.vmmPid || undefined })),
+      // A helper that exits because it could not confine QEMU as required said why first.
+      report: control.confinement.then(
+        (c) => (config.confinement === "required" && c.missing.length ? confinementError(config.name, c.missing) : undefined),
+        () => undefined,
+      ),
       extend: (agent) => ({
         ...(rawPort ? { rawPort } : {}),
         ...(config.egress !== undefined ? { networkRefusals: refusals } : {}),
+        setPolicy: async (rules) => {
+          const applied = await control.setPolicy(rules);
+          if (applied.error) throw new NetworkError(`sandbox ${config.name}'s network policy was not changed: ${applied.error}`);
+          return { closed: applied.closed };
+        },
+        onRedirect: (listener) =>
+          control.on("redirect", (r) =>
+            listener({ localPort: r.localPort, address: r.address, port: r.port, kind: REDIRECT_KINDS[r.kind], rule: r.rule, names: [...r.names] }),
+          ),
         save: async (file) => {
           const q = await qmp;
           await agent.suspend();
@@ -414,7 +440,8 @@ export class QemuBackend implements Backend {
     const t0 = performance.now();
     const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", {
       network: config.network,
-      egress: config.egress,
+      ...(config.egress !== undefined ? { egress: config.egress } : {}),
+      confinement: config.confinement,
       raw: config.rawPort,
       jail,
     });
@@ -504,4 +531,22 @@ async function migration(q: Qmp): Promise<void> {
     if (info.status === "failed" || info.status === "cancelled") throw new QmpError(`migration ${info.status}: ${info["error-desc"] ?? "no reason given"}`);
     await new Promise((r) => setTimeout(r, 2));
   }
+}
+
+const REDIRECT_KINDS = { [Redirect_Kind.INTERCEPT]: "intercept", [Redirect_Kind.REFUSED]: "refused", [Redirect_Kind.TUNNEL]: "tunnel" } as const;
+
+// The helper's report in the library's terms: its network "" means nothing holds the network.
+function confinementOf(c: VmmConfinement, mode: Confinement["mode"]): Confinement {
+  const network = c.network === "none" || c.network === "supervisor" ? c.network : "unenforced";
+  return { mode, namespaces: c.namespaces, uid: c.uid, noNewPrivs: c.noNewPrivs, seccomp: c.seccomp, network, missing: [...c.missing] };
+}
+
+function confinementError(name: string, missing: readonly string[]): ConfinementError {
+  return new ConfinementError(
+    `sandbox ${name} cannot be confined as required on this host (${missing.join("; ")}). ` +
+      "Run it where the VMM may have namespaces of its own (as root, or with unprivileged user namespaces allowed: " +
+      "sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0; in a container, CAP_SYS_ADMIN and a seccomp " +
+      'profile allowing unshare), or create it with confinement: "best-effort" to run with what this host allows (sandbox.confinement says what that is)',
+    missing,
+  );
 }

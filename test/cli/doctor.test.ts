@@ -32,7 +32,7 @@ describe("msb doctor", () => {
       const d = decide(facts, {
         backend: "auto",
         network: vmNetwork(network).network,
-        needs: machineNeeds({ network, ports: [], volumes: [] }),
+        needs: machineNeeds({ network, ports: [], volumes: [], confinement: "required" }),
         ...(accel ? { accel } : {}),
       });
       expect(report.chosen[network]).toEqual({ backend: d.backend === "qemu" ? `qemu (${d.accel})` : "krun", reason: d.reason });

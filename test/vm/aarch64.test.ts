@@ -21,6 +21,7 @@ describe.skipIf(!["x64", "arm64"].includes(process.arch))("an aarch64 guest unde
       memory: 256,
       cpus: 2,
       network: "none",
+      confinement: "required",
       maxProcesses: 256,
       bootTimeout: 60,
       rootfs: image.rootfs,

@@ -54,6 +54,8 @@ const spec: MachineSpec = {
   memory: 128,
   cpus: 1,
   network: "none",
+  // libkrun's VMM has no jail: the fallback from it is tested best-effort.
+  confinement: "best-effort",
   ports: [],
   maxProcesses: 64,
   bootTimeout: 60,

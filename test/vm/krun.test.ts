@@ -22,6 +22,8 @@ const config = (over: Partial<VmConfig> = {}): VmConfig => ({
   memory: 384,
   cpus: 2,
   network: "none",
+  // libkrun's VMM has no jail: it runs only best-effort.
+  confinement: "best-effort",
   maxProcesses: 512,
   rootfs: "/images/python/rootfs",
   rootDisk: async () => "/images/python.ext4",

@@ -48,6 +48,7 @@ describe("the libkrun double, generation by generation", () => {
         memory: 128,
         cpus: 1,
         network,
+        confinement: "best-effort",
         maxProcesses: 64,
         bootTimeout: 60,
         rootfs: "/images/x/rootfs",
