@@ -3,7 +3,8 @@
 # "local:NAME"):
 #   rootfs/  the image's files      id  a content id (sha256 of the file manifest)
 # NAME: busybox (busybox-static applets only, a few MB), python (debootstrap minbase +
-# python3: the whole standard library, so code written for python:3.12-slim runs), node
+# python3: the whole standard library, so code written for python:3.12-slim runs; `python` as
+# the official images have it; curl and the CA bundle, for HTTPS from the guest), node
 # (minbase + nodejs); busybox-aarch64, busybox for aarch64 guests (Debian's arm64 package).
 # Idempotent: an existing image is kept.
 # Needs root (debootstrap, file ownership), busybox-static and debootstrap; for busybox-aarch64,
@@ -73,7 +74,7 @@ case "$name" in
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
     ;;
-  python) minbase python3 ;;
+  python) minbase python3,python-is-python3,curl,ca-certificates ;;
   node) minbase nodejs ;;
   *)
     echo "build-image: unknown image '$name' (busybox, python, node, busybox-aarch64)" >&2

@@ -50,6 +50,7 @@
 #define MAX_IOV 1024         // the kernel's own UIO_MAXIOV
 #define MAX_DATA (1u << 20)  // bytes copied per sendmsg/sendto
 #define MAX_CONTROL 4096
+#define MAX_REDIRECTED 1024  // open connections through the proxy that a new policy can judge
 #define MAX_RECV 65536
 
 // ---------------------------------------------------------------- the filter (QEMU's side)
@@ -136,6 +137,14 @@ static struct {
   uint8_t control_buf[MAX_CONTROL];
   uint8_t *in;  // control channel input
   size_t in_len;
+  // Where the connections handed to the proxy were going, by their local port: a new policy is
+  // judged against that, not against the proxy's address. A ring; a reused port overwrites.
+  struct {
+    unsigned lport, port;
+    int family;
+    uint8_t addr[16];
+  } redirected[MAX_REDIRECTED];
+  unsigned next_redirected;
 } S;
 
 static volatile sig_atomic_t g_qemu_pid;
@@ -256,6 +265,11 @@ static long redirect(int fd, int family, const char *address, unsigned port, int
   socklen_t ll = sizeof local;
   if (getsockname(fd, (void *)&local, &ll) == 0)
     r->local_port = ntohs(local.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&local)->sin6_port : ((struct sockaddr_in *)&local)->sin_port);
+  if (kind != microsandbox_vmm_Redirect_Kind_REFUSED && r->local_port) {
+    unsigned at = S.next_redirected++ % MAX_REDIRECTED;
+    S.redirected[at].lport = r->local_port, S.redirected[at].port = port, S.redirected[at].family = afam;
+    memcpy(S.redirected[at].addr, addr, sizeof S.redirected[at].addr);
+  }
   snprintf(r->address, sizeof r->address, "%s", address);
   r->port = port;
   r->kind = (microsandbox_vmm_Redirect_Kind)kind;
@@ -496,8 +510,20 @@ static void notified(void) {
   answer(req.id, rc, count);
 }
 
+// Where the connection handed to the proxy from local port `lport` was going; false if unknown.
+static bool redirected_to(unsigned lport, int *family, uint8_t *addr, unsigned *port) {
+  for (unsigned n = 0; n < MAX_REDIRECTED; n++) {  // newest first: a reused port's last use counts
+    unsigned i = (S.next_redirected - 1 - n) % MAX_REDIRECTED;
+    if (S.redirected[i].lport != lport) continue;
+    *family = S.redirected[i].family, *port = S.redirected[i].port;
+    memcpy(addr, S.redirected[i].addr, sizeof S.redirected[i].addr);
+    return true;
+  }
+  return false;
+}
+
 // Shuts down QEMU's open TCP connections whose peer the policy in force refuses: the number.
-// Connections to the proxy were judged when made; accepted ones (a published port's) are inbound.
+// Accepted ones (a published port's) are inbound, and stay.
 static unsigned close_refused(void) {
   char dir[64];
   snprintf(dir, sizeof dir, "/proc/%d/fd", (int)S.qemu);
@@ -524,7 +550,9 @@ static unsigned close_refused(void) {
         bool inbound = false;
         for (unsigned i = 0; i < nlisten; i++) inbound |= listening[i] == lport;
         bool proxy = S.proxy && family == AF_INET && port == S.proxy && addr[0] == 127 && addr[1] == 0 && addr[2] == 0 && addr[3] == 1;
-        if (!inbound && !proxy && !policy_judge(S.policy, family, addr, port).admit && shutdown(fd, SHUT_RDWR) == 0) closed++;
+        // One handed to the proxy is judged by where it was going (a refusal's 403 is not listed).
+        bool judged = !inbound && (!proxy || redirected_to(lport, &family, addr, &port));
+        if (judged && !policy_judge(S.policy, family, addr, port).admit && shutdown(fd, SHUT_RDWR) == 0) closed++;
       }
       close(fd);
     }

@@ -137,6 +137,7 @@ export async function runBenchKernels(opts: BenchOptions): Promise<BenchResult[]
         cpus: 1,
         network: "none",
         confinement: "required",
+        secrets: [],
         ports: [],
         maxProcesses: 1024,
         bootTimeout: 60,

@@ -7,6 +7,7 @@ import { DEFAULT_PATH } from "../agent-client/process.js";
 import { InvalidArgumentError } from "../errors.js";
 import { RegistryClient, type RegistryClientOptions } from "../images/registry.js";
 import { checkKeys, keysOf } from "../keys.js";
+import { checkEgressProxy, checkSecrets, type Secret, type SecretsOption } from "../vm/machine.js";
 import { checkNetwork, checkPorts, type NetworkPolicy, type PortForward } from "../vm/netpolicy.js";
 import { checkVolumes, type VolumeSpec } from "./volumes.js";
 
@@ -81,6 +82,17 @@ export interface SandboxOptions {
    * allows, and Sandbox.confinement says what that was.
    */
   confinement?: "required" | "best-effort";
+  /**
+   * Values the guest never sees: `{ NAME: { value, hosts, headers? } }`. Commands see `$NAME` as
+   * a random placeholder; the host's egress proxy puts the value in its place only in requests to
+   * `hosts` (domains, "*." suffixes; they must be reachable under `network`), only in `headers`
+   * (every header when absent), over HTTP (port 80) and HTTPS (443, through a CA made for this
+   * sandbox, which its trust store and SSL_CERT_FILE, REQUESTS_CA_BUNDLE and NODE_EXTRA_CA_CERTS
+   * name). A placeholder bound anywhere else is refused with a 403. QEMU.
+   */
+  secrets?: SecretsOption;
+  /** "http://[user:pass@]host:port" or "socks5://…": all TCP egress goes through this proxy, and nowhere when it is down. QEMU. */
+  egressProxy?: string;
 }
 
 export interface StartOptions {
@@ -111,6 +123,8 @@ export interface ResolvedOptions {
   idleTimeout: number | undefined;
   volumes: Required<VolumeSpec>[];
   confinement: "required" | "best-effort";
+  secrets: Secret[];
+  egressProxy: string | undefined;
 }
 
 /** Every sandbox option, for the check that refuses any other key. */
@@ -135,6 +149,8 @@ export const SANDBOX_OPTION_KEYS = keysOf<SandboxOptions>({
   idleTimeout: true,
   volumes: true,
   confinement: true,
+  secrets: true,
+  egressProxy: true,
 });
 export const START_OPTION_KEYS = keysOf<StartOptions>({ memory: true, cpus: true, timeout: true });
 
@@ -190,6 +206,14 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
   // No network unless asked; publishing ports asks for one, and then "public" is the default.
   const network = checkNetwork(opts.network ?? (opts.ports?.length ? "public" : "none"));
   const ports = checkPorts(opts.ports, network);
+  const secrets = opts.secrets === undefined ? [] : checkSecrets(opts.secrets);
+  if (secrets.length && network === "none")
+    throw new InvalidArgumentError('secrets need a network: give network "public", "all" or a policy that reaches their hosts');
+  const egressProxy = opts.egressProxy;
+  if (egressProxy !== undefined) {
+    checkEgressProxy(egressProxy);
+    if (network === "none") throw new InvalidArgumentError('egressProxy needs a network: give network "public", "all" or a policy');
+  }
   const backend = opts.backend ?? "auto";
   if (backend !== "auto" && backend !== "krun" && backend !== "qemu") {
     throw new InvalidArgumentError(`backend ${JSON.stringify(backend)} is invalid: use "auto", "krun" or "qemu"`);
@@ -203,6 +227,8 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     if (!k || k.includes("=") || k.includes("\0") || typeof v !== "string" || v.includes("\0")) {
       throw new InvalidArgumentError(`environment variable ${JSON.stringify(k)} is invalid: names without '=', string values`);
     }
+    if (secrets.some((s) => s.name === k))
+      throw new InvalidArgumentError(`env.${k} is also a secret: a secret's variable holds its placeholder; drop one of them`);
   }
   const maxProcesses = opts.maxProcesses ?? 1024;
   if (!Number.isInteger(maxProcesses) || maxProcesses < 16 || maxProcesses > 1_000_000) {
@@ -229,6 +255,8 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     idleTimeout: opts.idleTimeout === undefined ? undefined : checkSeconds("idleTimeout", opts.idleTimeout),
     volumes: checkVolumes(opts.volumes),
     confinement: checkConfinement(opts.confinement ?? "required"),
+    secrets,
+    egressProxy,
   };
 }
 

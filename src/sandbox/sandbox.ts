@@ -16,12 +16,17 @@ import {
   type BootTimeline,
   type Capability,
   type Confinement,
+  checkEgressProxy,
+  checkSecrets,
+  egressEnv,
   type KeptSession,
   type Machine,
   type MachinePlan,
   type MachineSpec,
   planMachine,
   restoreMachine,
+  type SecretsOption,
+  secretsOption,
 } from "../vm/machine.js";
 import { checkNetwork, checkPorts, type NetworkPolicy, type PortForward } from "../vm/netpolicy.js";
 import { type CommandOptions, SandboxCommands } from "./commands.js";
@@ -55,6 +60,7 @@ export interface ForkOptions {
 }
 
 const FORK_KEYS = keysOf<ForkOptions>({ name: true, ports: true });
+const UPDATE_NETWORK_KEYS = keysOf<{ secrets?: SecretsOption }>({ secrets: true });
 
 const debug = debuglog("microsandbox");
 
@@ -186,6 +192,11 @@ export abstract class Sandbox implements AsyncDisposable {
     return this.vm?.confinement;
   }
 
+  /** Requests refused because a secret's placeholder was bound for a host, header or URL it may not go to. */
+  get secretRefusals(): number {
+    return this.vm?.secretRefusals() ?? 0;
+  }
+
   /** Connections the network policy refused while the VM ran (0 when nothing holds it). */
   get networkRefusals(): number {
     return this.vm?.networkRefusals() ?? 0;
@@ -282,6 +293,8 @@ export abstract class Sandbox implements AsyncDisposable {
       volumes: o.volumes.map((v) => ({ file: volumeFile(v.name), path: v.path, readOnly: v.readOnly })),
       backend: o.backend,
       confinement: o.confinement,
+      secrets: o.secrets,
+      ...(o.egressProxy ? { egressProxy: checkEgressProxy(o.egressProxy) } : {}),
       ...(this.log ? { consoleKeep: this.log.console } : {}),
       ...(o.kernel ? { kernel: o.kernel } : {}),
     };
@@ -367,21 +380,27 @@ export abstract class Sandbox implements AsyncDisposable {
 
   // This sandbox's options, for a copy of it (credentials stay in memory).
   private copyOptions(name: string): SandboxOptions & { name: string; image: string } {
-    const { registry: _registry, ...rest } = this.opts;
-    return { ...rest, name, ...(rest.workdir === undefined ? { workdir: undefined } : {}) };
+    const { registry: _registry, secrets, ...rest } = this.opts;
+    return { ...rest, name, secrets: secretsOption(secrets), ...(rest.workdir === undefined ? { workdir: undefined } : {}) };
   }
 
   /**
-   * Changes what this running sandbox may reach, as `network` does at create: new connections see
-   * the new policy once this resolves, and open connections to a destination it refuses are
-   * closed. Forks and a resumed sandbox keep it. A sandbox created with network "none" has no
-   * network device and cannot gain one (NetworkError).
+   * Changes what this running sandbox may reach, as `network` does at create, and with `secrets`
+   * its secrets (a secret kept by name keeps its placeholder; commands started from now on see
+   * the new ones): new connections see the change once this resolves, and open connections to a
+   * destination it refuses are closed. Forks and a resumed sandbox keep it. A sandbox created
+   * with network "none" has no network device and cannot gain one (NetworkError).
    */
-  async updateNetwork(policy: NetworkPolicy): Promise<void> {
+  async updateNetwork(policy: NetworkPolicy, opts: { secrets?: SecretsOption } = {}): Promise<void> {
+    checkKeys("updateNetwork option", opts, UPDATE_NETWORK_KEYS);
     const network = checkNetwork(policy);
+    const secrets = opts.secrets === undefined ? this.opts.secrets : checkSecrets(opts.secrets, this.opts.secrets);
+    const clash = secrets.find((s) => this.opts.env[s.name] !== undefined);
+    if (clash) throw new InvalidArgumentError(`secrets.${clash.name} is also in the sandbox's env: drop one of them`);
     this.agent();
-    const { closed } = await this.vm!.updateNetwork(network);
+    const { closed } = await this.vm!.updateNetwork({ network, secrets });
     this.opts.network = network;
+    this.opts.secrets = secrets;
     this.log?.add("event", `network policy changed${closed ? `; ${closed} open connection${closed === 1 ? "" : "s"} it refuses closed` : ""}`);
   }
 
@@ -547,7 +566,7 @@ export abstract class Sandbox implements AsyncDisposable {
   processOptions(opts: CommandOptions, timeout: number | undefined) {
     const [user, group] = (this.imageConfig.user ?? "").split(":");
     return {
-      env: guestEnv(envRecord(this.imageConfig.env), this.opts.env, opts.env),
+      env: guestEnv(envRecord(this.imageConfig.env), egressEnv(this.opts.secrets), this.opts.env, opts.env),
       cwd: opts.cwd ?? this.workdir(),
       ...(user ? { user } : {}),
       ...(group && /^\d+$/.test(group) ? { gid: Number(group) } : {}),

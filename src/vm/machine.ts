@@ -11,6 +11,10 @@ import type { AgentClient } from "../agent-client/client.js";
 import { KrunStartError, NetworkError, SnapshotUnsupportedError, VmBootError } from "../errors.js";
 import { publish } from "../trace.js";
 import type { Backend, BootTimeline, Capability, Confinement, KeptSession, Vm, VmConfig } from "./backend.js";
+import type { SandboxCA } from "./egress/ca.js";
+import { MachineEgress } from "./egress/egress.js";
+import type { Secret } from "./egress/secrets.js";
+import type { EgressProxyUrl } from "./egress/upstream.js";
 import type { GuestArch } from "./guest.js";
 import { recordKvmFailure } from "./kvm-trial.js";
 import { type NetworkPolicy, type PortForward, vmNetwork } from "./netpolicy.js";
@@ -19,6 +23,9 @@ import { type BackendName, backendFor, chooseBackend, type Decision, forcedAccel
 import { cloneIdentity, copyVm, restoreOrBoot, type SnapshotOutcome, snapshotInputs } from "./snapshot.js";
 
 export type { BootTimeline, Capability, Confinement, KeptSession } from "./backend.js";
+export { egressEnv } from "./egress/egress.js";
+export { checkSecrets, type Secret, type SecretOption, type SecretsOption, secretsOption } from "./egress/secrets.js";
+export { checkEgressProxy, type EgressProxyUrl } from "./egress/upstream.js";
 export type { BackendName, Need } from "./select.js";
 
 const debug = debuglog("microsandbox");
@@ -56,6 +63,10 @@ export interface MachineSpec {
   backend: BackendName;
   /** "required": a VMM the host cannot jail and police does not run; "best-effort": it runs with what the host allows. */
   confinement: Confinement["mode"];
+  /** Values the guest sees only as placeholders, swapped in by the egress proxy for their hosts. */
+  secrets: readonly Secret[];
+  /** The user's proxy that all egress goes through. */
+  egressProxy?: EgressProxyUrl;
 }
 
 /** The image a machine boots: its content id, unpacked tree, and read-only disk made on demand. */
@@ -88,6 +99,8 @@ export interface Machine {
   readonly exited: Promise<void>;
   /** Connections the network policy refused so far. */
   networkRefusals(): number;
+  /** Requests the egress proxy refused because a secret's placeholder was bound where it may not go. */
+  secretRefusals(): number;
   /** What confines the VMM on the host, as applied. */
   readonly confinement: Confinement;
   /**
@@ -95,7 +108,7 @@ export interface Machine {
    * connections see it once this resolves, and open connections it refuses are closed (how many
    * is returned). A machine booted without a network device ("none") cannot gain one.
    */
-  updateNetwork(policy: NetworkPolicy): Promise<{ closed: number }>;
+  updateNetwork(change: { network: NetworkPolicy; secrets: readonly Secret[] }): Promise<{ closed: number }>;
   /** Graceful: the agent shuts the guest down, a bounded wait, then kill. Idempotent. */
   stop(): Promise<void>;
   /** Kills the VMM at once. */
@@ -131,8 +144,10 @@ export interface MachinePlan {
 }
 
 /** What a spec needs beyond booting, each with why: the decision passes over a backend that lacks one. */
-export function machineNeeds(spec: Pick<MachineSpec, "network" | "ports" | "volumes" | "confinement">): Need[] {
+export function machineNeeds(spec: Pick<MachineSpec, "network" | "ports" | "volumes" | "confinement"> & Partial<MachineSpec>): Need[] {
   const needs: Need[] = [];
+  if (spec.secrets?.length) needs.push({ capability: "egress-policy", why: "secrets" });
+  if (spec.egressProxy) needs.push({ capability: "egress-policy", why: "an egress proxy" });
   if (spec.confinement === "required") needs.push({ capability: "jail", why: 'a jailed VMM (confinement "required")' });
   if (spec.network !== "none" && spec.network !== "all") needs.push({ capability: "egress-policy", why: "a network policy" });
   if (spec.ports.length) needs.push({ capability: "ports", why: "published ports" });
@@ -140,13 +155,17 @@ export function machineNeeds(spec: Pick<MachineSpec, "network" | "ports" | "volu
   return needs;
 }
 
-/** The one place a spec and an image become a VM's configuration. */
-function vmConfig(spec: MachineSpec, image: MachineImage): VmConfig {
+/**
+ * The one place a spec and an image become a VM's configuration; a network held by `egress`
+ * takes its rules and proxy.
+ */
+function vmConfig(spec: MachineSpec, image: MachineImage, egress?: MachineEgress): VmConfig {
   return {
     name: spec.name,
     memory: spec.memory,
     cpus: spec.cpus,
     ...vmNetwork(spec.network),
+    ...(egress ? { egress: egress.rules(), proxyPort: egress.port } : {}),
     ports: [...spec.ports],
     maxProcesses: spec.maxProcesses,
     rootfs: image.rootfs,
@@ -196,19 +215,23 @@ export async function planMachine(spec: MachineSpec, needs: readonly Need[] = []
  * `d`, else its fallback when the first dies before its agent is ready.
  */
 export async function bootDecided(d: Decision, spec: MachineSpec, image: MachineImage, snapshot?: SnapshotRequest) {
-  const config = vmConfig(spec, image);
   const boot = async (decision: Decision) => {
     const backend = backendFor(decision, spec.kernel);
-    if (!snapshot || !backend.capabilities.has("snapshot")) return { vm: await backend.boot(config), backend, kept: [] };
-    const inputs = await snapshotInputs(backend, config, image.id, snapshot.prewarmName);
-    // With a fallback to go to, a backend that cannot boot the template does not get a second,
-    // cold try: the fallback does.
-    const { vm, outcome, kept } = await restoreOrBoot(backend, config, inputs, snapshot.prewarm, { coldAfterBootFailure: !decision.fallback });
-    return { vm, backend, snapshot: outcome, kept };
+    const egress = await egressFor(spec, backend);
+    const config = vmConfig(spec, image, egress);
+    const booted = await withEgress(egress, async () => {
+      if (!snapshot || !backend.capabilities.has("snapshot")) return { vm: await backend.boot(config), kept: [] };
+      const inputs = await snapshotInputs(backend, config, image.id, snapshot.prewarmName);
+      // With a fallback to go to, a backend that cannot boot the template does not get a second,
+      // cold try: the fallback does.
+      const { vm, outcome, kept } = await restoreOrBoot(backend, config, inputs, snapshot.prewarm, { coldAfterBootFailure: !decision.fallback });
+      return { vm, snapshot: outcome, kept };
+    });
+    return { ...booted, backend, config, egress };
   };
   const started = performance.now();
   publish("boot:start", { name: spec.name, backend: d.backend });
-  let booted: { vm: Vm; backend: Backend; snapshot?: SnapshotOutcome; kept: KeptSession[] };
+  let booted: { vm: Vm; backend: Backend; config: VmConfig; egress: MachineEgress | undefined; snapshot?: SnapshotOutcome; kept: KeptSession[] };
   let info: BackendInfo;
   try {
     booted = await boot(d);
@@ -231,7 +254,7 @@ export async function bootDecided(d: Decision, spec: MachineSpec, image: Machine
     if (d.backend === "qemu" && d.accel === "kvm") await recordKvmFailure(spec.kernel, why);
     info = infoOf(d.fallback, booted.backend, `${d.fallback.reason} (${why})`);
   }
-  const machine = machineOf(booted.vm, booted.backend, config, info);
+  const machine = machineOf(booted.vm, booted.backend, booted.config, info, spec, booted.egress);
   publish("boot:end", { name: spec.name, info, snapshot: booted.snapshot?.kind, ms: performance.now() - started });
   return { machine, ...(booted.snapshot ? { snapshot: booted.snapshot } : {}), kept: booted.kept };
 }
@@ -246,7 +269,31 @@ interface SavedMachine {
 
 const SAVED_FILE = "machine.json";
 
-function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo): Machine {
+// The egress proxy for `spec` on `backend`: none without a network, or where the backend's network
+// cannot be held (libkrun's TSI, chosen only when nothing needs it). `ca`: the one a copy's guest trusts.
+async function egressFor(spec: MachineSpec, backend: Backend, ca?: SandboxCA): Promise<MachineEgress | undefined> {
+  if (spec.network === "none" || !backend.capabilities.has("egress-policy")) return undefined;
+  return MachineEgress.start({ network: spec.network, secrets: spec.secrets, ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}) }, ca);
+}
+
+// Runs `start` (a boot, restore or copy), then hands the VM's redirected connections to `egress`
+// and has its guest trust the CA; the proxy ends with a VM that never came, or failed that.
+async function withEgress<T extends { vm: Vm }>(egress: MachineEgress | undefined, start: () => Promise<T>): Promise<T> {
+  let started: T | undefined;
+  try {
+    started = await start();
+    egress?.attach(started.vm);
+    await egress?.trust(started.vm.agent);
+    return started;
+  } catch (err) {
+    started?.vm.kill();
+    await egress?.close();
+    throw err;
+  }
+}
+
+function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo, booted: MachineSpec, egress: MachineEgress | undefined): Machine {
+  let spec = booted; // its network and secrets change with updateNetwork
   const saveable = (capability: Capability, what: string) => {
     if (!vm.save || !backend.capabilities.has(capability)) throw new SnapshotUnsupportedError(`${info.name} cannot ${what} a VM: use backend "qemu"`);
     return vm.save;
@@ -260,26 +307,46 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
     consoleLog: vm.consoleLog,
     exited: vm.exited,
     networkRefusals: () => vm.networkRefusals?.() ?? 0,
+    secretRefusals: () => egress?.secretRefusals() ?? 0,
     confinement: vm.confinement,
-    async updateNetwork(policy) {
-      if (config.network === "none") {
-        if (policy === "none") return { closed: 0 };
-        throw new NetworkError(`sandbox ${config.name} has no network device (it was created with network "none"): create it with a network to change its policy`);
+    async updateNetwork(change) {
+      if (!egress) {
+        if (change.network === "none" && !change.secrets.length) return { closed: 0 };
+        throw new NetworkError(
+          config.network === "none"
+            ? `sandbox ${config.name} has no network device (it was created with network "none"): create it with a network to change its policy`
+            : `${info.name} cannot hold a running sandbox's network to a policy: use backend "qemu"`,
+        );
       }
-      if (!vm.setPolicy) throw new NetworkError(`${info.name} cannot change a running sandbox's network: use backend "qemu"`);
       // "none" on a machine with a device: nothing is admitted, DNS included.
-      return vm.setPolicy(vmNetwork(policy).egress ?? "");
+      const closed = await egress.update(vm, vm.agent, {
+        network: change.network,
+        secrets: change.secrets,
+        ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
+      });
+      spec = { ...spec, network: change.network, secrets: change.secrets };
+      return closed;
     },
     stop: () => vm.stop(),
     kill: () => vm.kill(),
     async copy(changes, keep) {
       saveable("fork", "copy");
-      const copyConfig: VmConfig = { ...config, name: changes.name, ports: [...changes.ports] };
+      const copySpec: MachineSpec = { ...spec, name: changes.name, ports: changes.ports };
+      if (changes.consoleKeep) copySpec.consoleKeep = changes.consoleKeep;
+      else delete copySpec.consoleKeep;
+      // The copy's guest trusts this one's CA already.
+      const copyEgress = await egressFor(copySpec, backend, egress?.authority);
+      const copyConfig: VmConfig = {
+        ...config,
+        name: changes.name,
+        ports: [...changes.ports],
+        ...(copyEgress ? { egress: copyEgress.rules(), proxyPort: copyEgress.port } : {}),
+      };
       if (changes.consoleKeep) copyConfig.consoleKeep = changes.consoleKeep;
       else delete copyConfig.consoleKeep;
       const started = performance.now();
-      const copy = await copyVm(vm, backend, copyConfig, [...keep]);
-      const copied = machineOf(copy, backend, copyConfig, { ...info, reason: `${info.reason}; copied from ${config.name}` });
+      const { vm: copy } = await withEgress(copyEgress, async () => ({ vm: await copyVm(vm, backend, copyConfig, [...keep]) }));
+      const copied = machineOf(copy, backend, copyConfig, { ...info, reason: `${info.reason}; copied from ${config.name}` }, copySpec, copyEgress);
       publish("restore:end", { name: changes.name, from: config.name, ms: performance.now() - started });
       return copied;
     },
@@ -334,11 +401,16 @@ export async function restoreMachine(dir: string, spec: MachineSpec, image: Mach
   }
   if (!backend.restore) throw new SnapshotUnsupportedError(`${d.backend} cannot restore a saved VM`);
   await backend.check();
-  const config = vmConfig(spec, image);
+  // A new CA: the guest's trust is installed again (the saved one's key never left its process).
+  const egress = await egressFor(spec, backend);
+  const config = vmConfig(spec, image, egress);
   const started = performance.now();
   // A saved state is used once: fresh randomness and clock, the same name.
   const { generation } = cloneIdentity(spec.name);
-  const vm = await backend.restore(config, { state: path.join(dir, "state"), resume: { generation, hostname: spec.name, keep: [...keep] } });
+  const restore = backend.restore.bind(backend);
+  const { vm } = await withEgress(egress, async () => ({
+    vm: await restore(config, { state: path.join(dir, "state"), resume: { generation, hostname: spec.name, keep: [...keep] } }),
+  }));
   publish("restore:end", { name: spec.name, from: dir, ms: performance.now() - started });
-  return machineOf(vm, backend, config, infoOf(d, backend, `${d.reason}; restored from ${dir}`));
+  return machineOf(vm, backend, config, infoOf(d, backend, `${d.reason}; restored from ${dir}`), spec, egress);
 }

@@ -125,18 +125,18 @@ export function nameservers(resolvConf = "/etc/resolv.conf"): string[] {
  * addresses DNS gave for NAME) or "s:NAME" (for any name below NAME); the first match decides,
  * none matching refuses. Order: the host's DNS servers, denials, CIDR admissions, the non-public
  * ranges (so that no domain admits one), domain admissions. "all" admits every address (its VMM
- * is still supervised: raw sockets, io_uring and other families stay refused). Undefined: "none"
- * has no network.
+ * is still supervised: raw sockets, io_uring and other families stay refused; its DNS servers are
+ * named so that their answers are read, for secrets' hosts). Undefined: "none" has no network.
  */
 export function policyRules(policy: NetworkPolicy, dns: string[]): string | undefined {
   if (policy === "none") return undefined;
-  if (policy === "all") return "+0.0.0.0/0 +::/0";
   const host = (a: string) => (isIPv4(a) ? `${a}/32` : `${a}/128`);
   const rule = (sign: "+" | "-", entry: string) =>
     !isDomain(entry) ? `${sign}${entry}` : entry.startsWith("*.") ? `${sign}s:${entry.slice(2)}` : `${sign}d:${entry}`;
   const rules = dns.map((a) => `+${host(a)}@53`);
   const nonPublic = NON_PUBLIC.map((c) => `-${c}`);
   const any = ["+0.0.0.0/0", "+::/0"];
+  if (policy === "all") return [...rules, ...any].join(" ");
   if (policy === "public") return [...rules, ...nonPublic, ...any].join(" ");
   rules.push(...(policy.deny ?? []).map((e) => rule("-", e)));
   if (!policy.allow) return [...rules, ...nonPublic, ...any].join(" ");

@@ -15,10 +15,20 @@ import { debuglog } from "node:util";
 
 import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
 import { BackendUnavailableError, ConfinementError, MicrosandboxError, NetworkError, QmpError } from "../errors.js";
-import { type Confinement as VmmConfinement, Redirect_Kind } from "../gen/vmm_pb.js";
+import { Redirect_Kind, type Confinement as VmmConfinement } from "../gen/vmm_pb.js";
 import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
-import { type Backend, type Capability, type Confinement, finishBoot, type GuestRam, type NetworkMode, type StartedVmm, type Vm, type VmConfig } from "./backend.js";
+import {
+  type Backend,
+  type Capability,
+  type Confinement,
+  finishBoot,
+  type GuestRam,
+  type NetworkMode,
+  type StartedVmm,
+  type Vm,
+  type VmConfig,
+} from "./backend.js";
 import { type BootConfig, encodeBootConfig, FLOOR_MARKER, floorInitramfs, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
 import { VmmControl } from "./vmm-control.js";

@@ -47,7 +47,13 @@ describe.skipIf(!usable)("network policies on a test-built internet", () => {
       `ip addr add 10.0.2.77/24 dev eth0 && ip route replace default via 10.0.2.2 dev eth0 && ${get("10.0.2.2:8080")}`,
     ]);
     expect(outputs.slice(0, 2)).toEqual([`internet ${PUBLIC}`, `internet ${OTHER}`]);
-    for (const refused of outputs.slice(2)) expect(refused).toMatch(/Connection refused|can't connect/);
+    // A refused HTTP request (port 80) is answered by the host with a 403 naming why; others are reset.
+    expect(outputs[2]).toMatch(/Connection refused|can't connect/);
+    expect(outputs[3]).toBe(
+      `microsandbox: ${PRIVATE}:80 is refused by the sandbox's network policy (10.0.0.0/8 is not a public address: only an allow entry of that CIDR reaches it)`,
+    );
+    expect(outputs[4]).toMatch(new RegExp(`^microsandbox: ${METADATA}:80 is refused`));
+    for (const refused of outputs.slice(5)) expect(refused).toMatch(/Connection refused|can't connect/);
     expect(refusals).toBe(5);
   });
 
@@ -62,9 +68,9 @@ describe.skipIf(!usable)("network policies on a test-built internet", () => {
       get("private.test"), // resolves to an address the allowlist admits by CIDR
     ]);
     const refused = /Connection refused|can't connect/;
-    expect(outputs[0]).toMatch(refused);
+    expect(outputs[0]).toBe(`microsandbox: ${OTHER}:80 is refused by the sandbox's network policy (it is not in the sandbox's network allow list)`);
     expect(outputs.slice(1, 4)).toEqual([`internet ${PUBLIC}`, `internet ${OTHER}`, `internet ${PRIVATE}`]);
-    expect(outputs[4]).toMatch(refused);
+    expect(outputs[4]).toMatch(/^microsandbox: 169\.254\.169\.254:80 is refused/);
     expect(outputs[5]).toMatch(refused);
     expect(outputs[6]).toBe(`internet ${PRIVATE}`);
     expect(refusals).toBe(3);
@@ -72,7 +78,7 @@ describe.skipIf(!usable)("network policies on a test-built internet", () => {
 
   it('a denied domain is refused under "public" while the rest of the internet answers', () => {
     const { outputs, refusals } = inSandbox({ deny: ["pub.test"] }, [get("pub.test"), get(OTHER)]);
-    expect(outputs[0]).toMatch(/Connection refused|can't connect/);
+    expect(outputs[0]).toBe(`microsandbox: ${PUBLIC}:80 is refused by the sandbox's network policy (network.deny has pub.test)`);
     expect(outputs[1]).toBe(`internet ${OTHER}`);
     expect(refusals).toBe(1);
   });

@@ -403,7 +403,7 @@ describe("tunnelled connections", () => {
 });
 
 describe("live changes and bounds", () => {
-  it("update() changes substitution for new requests; closeWhere() closes open connections", async () => {
+  it("update() changes substitution for new requests", async () => {
     const s = secrets();
     const proxy = await start({ secrets: s });
     const api = client(await guest(proxy, API));
@@ -415,12 +415,6 @@ describe("live changes and bounds", () => {
 
     proxy.update({ secrets: checkSecrets({ GH_TOKEN: { value: "rotated", hosts: ["elsewhere.example.com"] } }, s) });
     expect((await api("api.example.com", { headers: auth })).status).toBe(403);
-
-    const other = await guest(proxy, OTHER);
-    expect(proxy.stats().open).toBe(2);
-    expect(proxy.closeWhere((r) => r.names.includes("other.example.com"))).toBe(1);
-    await closed(other);
-    expect(proxy.stats().open).toBe(1);
   });
 
   it("takes a record that comes before its connection, and closes a connection whose record never comes", async () => {

@@ -56,6 +56,7 @@ const spec: MachineSpec = {
   network: "none",
   // libkrun's VMM has no jail: the fallback from it is tested best-effort.
   confinement: "best-effort",
+  secrets: [],
   ports: [],
   maxProcesses: 64,
   bootTimeout: 60,

@@ -26,7 +26,7 @@ describe("network policy values", () => {
 
   it("writes rules where DNS comes first, denials before admissions, and nothing else passes", () => {
     // "all" admits every address, and is still held by the supervisor (no other families, no io_uring).
-    expect(policyRules("all", ["10.0.0.53"])).toBe("+0.0.0.0/0 +::/0");
+    expect(policyRules("all", ["10.0.0.53"])).toBe("+10.0.0.53/32@53 +0.0.0.0/0 +::/0");
     expect(policyRules("none", [])).toBeUndefined();
     const pub = policyRules("public", ["10.0.0.53", "fd00::53"])!.split(" ");
     expect(pub.slice(0, 2)).toEqual(["+10.0.0.53/32@53", "+fd00::53/128@53"]);

@@ -130,10 +130,12 @@ export class EgressProxy {
   private readonly sockets = new Set<Duplex>();
   private readonly counts = { unmatched: 0, intercepted: 0, refused: 0, tunnelled: 0, requests: 0, hostRefusals: 0, secretRefusals: 0 };
   private secrets: readonly Secret[];
+  private ca: SandboxCA | undefined;
   private describeRule: (token: string) => string;
   private closed = false;
 
   private constructor(private readonly opts: EgressProxyOptions) {
+    this.ca = opts.ca;
     this.secrets = opts.secrets ?? [];
     this.describeRule = opts.describeRule ?? defaultDescribeRule;
     this.http = createHttpServer({ keepAliveTimeout: 60_000 }, (req, res) => this.onRequest(req, res));
@@ -184,23 +186,15 @@ export class EgressProxy {
     if (this.records.size > MAX_RECORDS) this.records.delete(this.records.keys().next().value!);
   }
 
-  /** Replaces the secrets and the rules' words; requests from now on use them. */
-  update(opts: { secrets?: readonly Secret[]; describeRule?: (token: string) => string }): void {
+  /**
+   * Replaces the secrets, the rules' words, and gives a CA (the first secrets of a running
+   * sandbox); requests from now on use them. Open connections a new policy refuses are shut by
+   * the VM helper, which knows where each was going.
+   */
+  update(opts: { secrets?: readonly Secret[]; describeRule?: (token: string) => string; ca?: SandboxCA }): void {
     if (opts.secrets) this.secrets = opts.secrets;
     if (opts.describeRule) this.describeRule = opts.describeRule;
-  }
-
-  /** Closes the open connections (intercepted or tunnelled) whose record `refuses` returns true for; how many. */
-  closeWhere(refuses: (record: RedirectRecord) => boolean): number {
-    let closed = 0;
-    for (const [socket, conn] of [...this.open]) {
-      if (!refuses(conn.record)) continue;
-      for (const s of conn.sockets) s.destroy();
-      socket.destroy();
-      this.open.delete(socket);
-      closed++;
-    }
-    return closed;
+    if (opts.ca) this.ca = opts.ca;
   }
 
   stats(): EgressStats {
@@ -281,13 +275,13 @@ export class EgressProxy {
       serve(socket);
       return;
     }
-    if (!this.opts.ca) return void socket.destroy();
+    if (!this.ca) return void socket.destroy();
     this.terminateTls(socket, conn).then(serve, (err: Error) => (debug("TLS from the guest: %s", err.message), socket.destroy()));
   }
 
   /** The guest's TLS, ended here with a leaf for its server name (or the address, without one). */
   private async terminateTls(socket: Socket, conn: Connection): Promise<TLSSocket> {
-    const ca = this.opts.ca!;
+    const ca = this.ca!;
     const fallback = await ca.leafContext(conn.record.address);
     const tls = this.track(
       new TLSSocket(socket, {

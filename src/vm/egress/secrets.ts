@@ -14,6 +14,11 @@ export interface SecretOption {
   hosts: string[];
   /** The request headers it may be sent in (case ignored); every header when absent. Never the URL. */
   headers?: string[];
+  /**
+   * What `$NAME` holds in the guest: "msb_" and 32 hex digits. Default: a fresh random one. Given
+   * back by a forked or resumed sandbox, whose guest already holds it.
+   */
+  placeholder?: string;
 }
 
 /** `secrets`: environment variable name → secret. */
@@ -40,6 +45,14 @@ const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 /** Every placeholder starts so; the proxy looks further only where it appears. */
 export const PLACEHOLDER_PREFIX = "msb_";
+const PLACEHOLDER = /^msb_[0-9a-f]{32}$/;
+
+/** Checked secrets as an option again, placeholders included: what a fork or a resume is created with. */
+export function secretsOption(secrets: readonly Secret[]): SecretsOption {
+  return Object.fromEntries(
+    secrets.map((s) => [s.name, { value: s.value, hosts: [...s.hosts], ...(s.headers ? { headers: [...s.headers] } : {}), placeholder: s.placeholder }]),
+  );
+}
 
 /**
  * Checks a sandbox's `secrets` option; each secret gets a fresh random placeholder, or keeps the one
@@ -67,14 +80,20 @@ export function checkSecrets(value: unknown, previous: readonly Secret[] = []): 
     if (s === null || typeof s !== "object" || Array.isArray(s)) {
       throw new InvalidArgumentError(`${where} must be an object { value, hosts, headers? }`);
     }
-    checkKeys("secret option", s, keysOf<SecretOption>({ value: true, hosts: true, headers: true }));
+    checkKeys("secret option", s, keysOf<SecretOption>({ value: true, hosts: true, headers: true, placeholder: true }));
     const o = s as Record<string, unknown>;
+    if (o.placeholder !== undefined && (typeof o.placeholder !== "string" || !PLACEHOLDER.test(o.placeholder))) {
+      throw new InvalidArgumentError(
+        `${where}.placeholder ${JSON.stringify(o.placeholder)} is invalid: give "msb_" and 32 hex digits, or leave it out for a random one`,
+      );
+    }
     return {
       name,
       value: checkValue(o.value, where),
       hosts: checkHosts(o.hosts, where),
       headers: checkHeaders(o.headers, where),
-      placeholder: previous.find((p) => p.name === name)?.placeholder ?? PLACEHOLDER_PREFIX + randomBytes(16).toString("hex"),
+      placeholder:
+        (o.placeholder as string | undefined) ?? previous.find((p) => p.name === name)?.placeholder ?? PLACEHOLDER_PREFIX + randomBytes(16).toString("hex"),
     };
   });
 }

@@ -1,13 +1,21 @@
 // The test's stand-in for the internet, run inside its own network namespace by netns.test.ts:
-// an HTTP server on port 80 of every address the namespace has, answering with the address it
-// was reached on, and a DNS server on ADDRESS:53 answering A queries from a fixed table (JSON in
-// argv[3]) and NXDOMAIN otherwise. Prints "ready" once both listen.
+// an HTTP server on port 80 and an HTTPS one on 443 (certificate and key from the directory in
+// argv[4]) of every address the namespace has, answering with the address it was reached on, or
+// at /headers with the request's Host and headers as JSON; and a DNS server on ADDRESS:53
+// answering A queries from a fixed table (JSON in argv[3]) and NXDOMAIN otherwise. Prints
+// "ready" once the DNS server listens.
 import { createSocket } from "node:dgram";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import path from "node:path";
 
-const [dnsAddress, table] = [process.argv[2], JSON.parse(process.argv[3])];
+const [dnsAddress, table, tls] = [process.argv[2], JSON.parse(process.argv[3]), process.argv[4]];
 
-createServer((req, res) => res.end(`internet ${req.socket.localAddress}\n`)).listen(80, "0.0.0.0");
+const answer = (req, res) =>
+  req.url === "/headers" ? res.end(`${JSON.stringify({ host: req.headers.host, headers: req.headers })}\n`) : res.end(`internet ${req.socket.localAddress}\n`);
+createServer(answer).listen(80, "0.0.0.0");
+createHttpsServer({ cert: readFileSync(path.join(tls, "cert.pem")), key: readFileSync(path.join(tls, "key.pem")) }, answer).listen(443, "0.0.0.0");
 
 // The question's name and where the question ends.
 function question(msg) {
