@@ -132,9 +132,10 @@ export class KrunBackend implements Backend {
   async boot(config: VmConfig): Promise<Vm> {
     // The decision never picks libkrun for a required confinement (it lacks capability "jail").
     if (config.confinement === "required") {
-      throw new ConfinementError(`sandbox ${config.name} requires confinement, and libkrun's VMM runs without a jail: use backend "qemu" or confinement: "best-effort"`, [
-        "namespaces: libkrun's VMM is not jailed",
-      ]);
+      throw new ConfinementError(
+        `sandbox ${config.name} requires confinement, and libkrun's VMM runs without a jail: use backend "qemu" or confinement: "best-effort"`,
+        ["namespaces: libkrun's VMM is not jailed"],
+      );
     }
     const t0 = performance.now();
     const helper = vmmHelperPath();

@@ -264,7 +264,9 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
     async updateNetwork(policy) {
       if (config.network === "none") {
         if (policy === "none") return { closed: 0 };
-        throw new NetworkError(`sandbox ${config.name} has no network device (it was created with network "none"): create it with a network to change its policy`);
+        throw new NetworkError(
+          `sandbox ${config.name} has no network device (it was created with network "none"): create it with a network to change its policy`,
+        );
       }
       if (!vm.setPolicy) throw new NetworkError(`${info.name} cannot change a running sandbox's network: use backend "qemu"`);
       // "none" on a machine with a device: nothing is admitted, DNS included.
