@@ -4,6 +4,8 @@ import { execFileSync } from "node:child_process";
 
 import { type Artifact, guestArtifact, KERNEL_FILE, nativeArtifact } from "../artifacts.js";
 import type { KvmCapabilities } from "../native.js";
+import type { Confinement } from "../vm/backend.js";
+import { probeConfinement } from "../vm/confinement-probe.js";
 import { guestArch, guestBoot } from "../vm/guest.js";
 import { machineNeeds } from "../vm/machine.js";
 import { vmNetwork } from "../vm/netpolicy.js";
@@ -46,6 +48,41 @@ function capabilities(c: KvmCapabilities | undefined): string {
   if (!c.ok) return `; ${c.detail}`;
   const cpu = c.cpuVendor ? `; guests get ${c.cpuVendor} with ${c.cpuFeatures?.length ? c.cpuFeatures.join(", ") : "only baseline x86-64 features"}` : "";
   return `; ${c.detail}${c.extensions?.length ? ` (${c.extensions.join(", ")})` : ""}${cpu}`;
+}
+
+const CONFINEMENT = "confinement (QEMU)";
+
+// What msb-vmm could apply to a VMM here (a real `msb-vmm exec`, src/vm/confinement-probe.ts),
+// and for each part missing what would give it; a sandbox's default, "required", fails without it.
+async function confinementCheck(): Promise<Check> {
+  let c: Confinement;
+  try {
+    c = await probeConfinement();
+  } catch (err) {
+    return { name: CONFINEMENT, ok: false, detail: (err as Error).message, solutions: ["reinstall microsandbox: its VM helper (msb-vmm) could not be run"] };
+  }
+  if (!c.missing.length) {
+    const ns = c.uid ? "mount namespace, own uid (as root)" : "mount namespace in a user namespace (not root: the VMM keeps this user's uid)";
+    const network = c.network === "supervisor" ? "network held by a seccomp supervisor" : `network ${c.network}`;
+    return { name: CONFINEMENT, ok: true, detail: `${ns}, ${c.noNewPrivs ? "no_new_privs" : "no no_new_privs"}, ${network}`, solutions: [] };
+  }
+  const lacks = (what: string) => c.missing.some((m) => m.startsWith(`${what}:`));
+  const solutions: string[] = [];
+  if (lacks("namespaces") || lacks("network namespace")) {
+    solutions.push(
+      "run as root, or allow unprivileged user namespaces: sudo sysctl kernel.unprivileged_userns_clone=1 (Debian, Ubuntu) or sudo sysctl user.max_user_namespaces=15000",
+      "Ubuntu 23.10+ also restricts them by AppArmor: sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0",
+      "in a container: give it CAP_SYS_ADMIN and a seccomp profile that allows unshare (Docker's default profile does, for a container run with --cap-add SYS_ADMIN)",
+    );
+  }
+  if (lacks("seccomp")) solutions.push("a Linux kernel >= 5.6 (pidfd_getfd), with seccomp user notification (CONFIG_SECCOMP_FILTER)");
+  solutions.push('or create sandboxes with confinement: "best-effort" to run with what this host allows (sandbox.confinement says what that is)');
+  return {
+    name: CONFINEMENT,
+    ok: false,
+    detail: `a sandbox with confinement "required" (the default) fails here: ${c.missing.join("; ")}`,
+    solutions,
+  };
 }
 
 // An artifact's path and where it came from: the platform package, a source build, or a variable.
@@ -130,6 +167,7 @@ export async function doctor(): Promise<DoctorReport> {
     ],
   });
   checks.push(qemu, kernel, agent, helper, addon);
+  if (process.platform === "linux") checks.push(await confinementCheck());
 
   // One verdict per backend, and the choice for each network made only among usable ones: what
   // create() decides, unless the backend it would pick lacks a part of ours.

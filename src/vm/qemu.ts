@@ -15,7 +15,7 @@ import { debuglog } from "node:util";
 
 import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
 import { BackendUnavailableError, ConfinementError, MicrosandboxError, NetworkError, QmpError } from "../errors.js";
-import { Redirect_Kind, type Confinement as VmmConfinement } from "../gen/vmm_pb.js";
+import { Redirect_Kind } from "../gen/vmm_pb.js";
 import { vmmHelperPath } from "../native.js";
 import { makeRuntimeDir } from "../paths.js";
 import {
@@ -31,7 +31,7 @@ import {
 } from "./backend.js";
 import { type BootConfig, encodeBootConfig, FLOOR_MARKER, floorInitramfs, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
-import { VmmControl } from "./vmm-control.js";
+import { confinementOf, VmmControl } from "./vmm-control.js";
 
 const debug = debuglog("microsandbox");
 const PORT_NAME = "msb.agent";
@@ -544,12 +544,6 @@ async function migration(q: Qmp): Promise<void> {
 }
 
 const REDIRECT_KINDS = { [Redirect_Kind.INTERCEPT]: "intercept", [Redirect_Kind.REFUSED]: "refused", [Redirect_Kind.TUNNEL]: "tunnel" } as const;
-
-// The helper's report in the library's terms: its network "" means nothing holds the network.
-function confinementOf(c: VmmConfinement, mode: Confinement["mode"]): Confinement {
-  const network = c.network === "none" || c.network === "supervisor" ? c.network : "unenforced";
-  return { mode, namespaces: c.namespaces, uid: c.uid, noNewPrivs: c.noNewPrivs, seccomp: c.seccomp, network, missing: [...c.missing] };
-}
 
 function confinementError(name: string, missing: readonly string[]): ConfinementError {
   return new ConfinementError(

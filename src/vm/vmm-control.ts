@@ -9,6 +9,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { lengthPrefixed } from "../agent-client/protocol.js";
 import { MicrosandboxError } from "../errors.js";
 import { type Confinement, type PolicyApplied, type Redirect, type Refusal, VmmCommandSchema, VmmEventSchema } from "../gen/vmm_pb.js";
+import type { Confinement as SandboxConfinement } from "./backend.js";
 
 // The helper's frames are at most 1 MiB (native/vmm/vmm.h's VMM_FRAME_MAX).
 const FRAME_MAX = 1 << 20;
@@ -73,4 +74,10 @@ export class VmmControl extends EventEmitter<{ redirect: [Redirect]; refusal: [R
       this.socket.write(lengthPrefixed(toBinary(VmmCommandSchema, cmd)));
     });
   }
+}
+
+/** The helper's report in the library's terms: its network "" means nothing holds the network. */
+export function confinementOf(c: Confinement, mode: SandboxConfinement["mode"]): SandboxConfinement {
+  const network = c.network === "none" || c.network === "supervisor" ? c.network : "unenforced";
+  return { mode, namespaces: c.namespaces, uid: c.uid, noNewPrivs: c.noNewPrivs, seccomp: c.seccomp, network, missing: [...c.missing] };
 }

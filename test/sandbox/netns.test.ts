@@ -34,6 +34,40 @@ const get = (target: string) => {
   return `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 20 ${host} ${port}`;
 };
 
+// Sends `datagrams` (hex) to the test internet's DNS server from the "host", then a query for
+// pub.test, and returns the address its answer holds: the server read the others and lived.
+function dnsAfter(datagrams: string[]): string {
+  const script = `
+    const s = require("dgram").createSocket("udp4");
+    const query = (name, type) => Buffer.concat([Buffer.from("abcd01000001000000000000", "hex"),
+      ...name.split(".").map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)])), Buffer.from([0, 0, type, 0, 1])]);
+    const sent = [...${JSON.stringify(datagrams)}.map((h) => Buffer.from(h, "hex")), query("constructor", 1), query("pub.test", 1)];
+    s.on("message", (m) => m.readUInt16BE(6) === 1 && (console.log([...m.subarray(-4)].join(".")), process.exit(0)));
+    (async () => { for (const d of sent) { s.send(d, 53, "${PUBLIC}"); await new Promise((r) => setTimeout(r, 50)); } })();
+    setTimeout(() => process.exit(1), 5000);`;
+  const r = spawnSync("ip", ["netns", "exec", HOST, process.execPath, "-e", script], { encoding: "utf8", timeout: 10_000 });
+  if (r.status !== 0) throw new Error(`no answer from the test internet's DNS server (${r.status}): ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+describe.skipIf(!usable)("the test internet's DNS server", () => {
+  it("ignores short, malformed and compressed datagrams and still answers", () => {
+    const header = "abcd01000001000000000000";
+    expect(
+      dnsAfter([
+        "", // nothing
+        "abcd01", // shorter than a header
+        header, // a question promised, none there
+        `${header}c00c00010001`, // a compression pointer for a name
+        `${header}3f6162`, // a label running past the end
+        `${header}03707562`, // a name with no end
+        `${header}037075620474657374000001`, // no QCLASS
+        "abcd818000010000000000000370756204746573740000010001", // a response, not a query
+      ]),
+    ).toBe(PUBLIC);
+  });
+});
+
 describe.skipIf(!usable)("network policies on a test-built internet", () => {
   it('"public": the public host by name and address; not the host\'s loopback, a private address or cloud metadata', () => {
     const { outputs, refusals } = inSandbox("public", [

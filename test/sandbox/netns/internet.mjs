@@ -17,22 +17,32 @@ const answer = (req, res) =>
 createServer(answer).listen(80, "0.0.0.0");
 createHttpsServer({ cert: readFileSync(path.join(tls, "cert.pem")), key: readFileSync(path.join(tls, "key.pem")) }, answer).listen(443, "0.0.0.0");
 
-// The question's name and where the question ends.
+// The question's name, type and where the question ends; undefined for anything but one plain
+// query: a datagram is whatever a test (or a guest) sends, and a bad one must not end this server.
 function question(msg) {
+  if (msg.length < 12 || msg[2] & 0x80 || msg.readUInt16BE(4) !== 1) return undefined; // a header, a query, one question
   const labels = [];
   let at = 12;
-  while (msg[at]) {
-    labels.push(msg.subarray(at + 1, at + 1 + msg[at]).toString());
-    at += 1 + msg[at];
+  for (;;) {
+    if (at >= msg.length) return undefined;
+    const len = msg[at];
+    if (len === 0) break;
+    // A question's name is not compressed (0xc0 is a pointer); a label is at most 63 bytes.
+    if (len > 63 || at + 1 + len > msg.length) return undefined;
+    labels.push(msg.subarray(at + 1, at + 1 + len).toString());
+    at += 1 + len;
   }
-  return { name: labels.join(".").toLowerCase(), end: at + 5 };
+  const end = at + 5; // the root label, QTYPE and QCLASS
+  if (end > msg.length || at + 1 - 12 > 255) return undefined; // a name is at most 255 bytes
+  return { name: labels.join(".").toLowerCase(), type: msg.readUInt16BE(at + 1), end };
 }
 
 const dns = createSocket("udp4");
 dns.on("message", (msg, from) => {
-  const { name, end } = question(msg);
-  const type = msg.readUInt16BE(end - 4);
-  const address = table[name];
+  const q = question(msg);
+  if (!q) return;
+  const { name, type, end } = q;
+  const address = Object.hasOwn(table, name) ? table[name] : undefined; // not "constructor"
   const answers = address && type === 1 ? 1 : 0;
   const header = Buffer.alloc(12);
   msg.copy(header, 0, 0, 2); // id
@@ -52,6 +62,6 @@ dns.on("message", (msg, from) => {
     });
     parts.push(rr);
   }
-  dns.send(Buffer.concat(parts), from.port, from.address);
+  dns.send(Buffer.concat(parts), from.port, from.address, () => {}); // an unreachable asker is its own problem
 });
 dns.bind(53, dnsAddress, () => console.log("ready"));
