@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The source build of a checkout (`npm install` runs it through `prepare`): the N-API addon and
-// the VM helper msb-vmm with its preloads into build/Release (node-gyp, against the headers of the
+// the VM helper msb-vmm with its preload (msb-openfd.so) into build/Release (node-gyp, against the headers of the
 // Node that runs this script, so nothing is downloaded) and, on Linux, the static guest agent into
 // build-guest/ARCH (native/agent/Makefile, musl-gcc + nanopb). An installed package never builds:
 // its parts come from the platform package (src/artifacts.ts).

@@ -3,7 +3,7 @@
 // - microsandbox-VERSION.tgz, the main package: JavaScript (the protocols compiled in) and the interpreter drivers. It
 //   compiles nothing at install; its optionalDependencies name the platform packages.
 // - one per platform (src/artifacts.ts's PLATFORMS), each with its native half in native/ (the
-//   N-API addon, msb-vmm and its preloads, stripped) and its guest half in guest/ (the static
+//   N-API addon, msb-vmm and its preload, stripped) and its guest half in guest/ (the static
 //   agent, the floor's init, our kernel for its guest architecture):
 //   - this host's platform, built natively;
 //   - linux-arm64 on an x86_64 Linux host, cross-built with Debian's aarch64 toolchains;

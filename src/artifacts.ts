@@ -148,7 +148,7 @@ function find(l: Lookup, root: string): Artifact {
   );
 }
 
-/** The host's native file `name` (the addon, msb-vmm, the preloads). */
+/** The host's native file `name` (the addon, msb-vmm, msb-openfd.so). */
 export function nativeArtifact(name: string, root: string = PACKAGE_ROOT): Artifact {
   const own = PLATFORMS[hostPlatformKey()];
   return find(

@@ -1,6 +1,6 @@
 // The native parts, found by src/artifacts.ts (a checkout's build/Release, else this host's
 // platform package): the N-API addon (what Node cannot ask the kernel itself: a KVM device's
-// capabilities, by ioctl) and the per-VM helper msb-vmm with its preloads.
+// capabilities, by ioctl) and the per-VM helper msb-vmm with its preload.
 import { createRequire } from "node:module";
 
 import { nativeArtifact } from "./artifacts.js";

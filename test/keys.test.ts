@@ -10,8 +10,12 @@ describe("option keys", () => {
     const typo = CustomSandbox.create({ image: "local:busybox", memroy: 1024 } as never);
     await expect(typo).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(typo).rejects.toThrow(/unknown sandbox option "memroy": did you mean "memory"\?/);
-    await expect(PythonSandbox.create({ secrets: { A: "b" } } as never)).rejects.toThrow(
-      /unknown sandbox option "secrets" \(the sandbox options are name, image, /,
+    await expect(PythonSandbox.create({ secretz: { A: "b" } } as never)).rejects.toThrow(/unknown sandbox option "secretz": did you mean "secrets"\?/);
+    await expect(PythonSandbox.create({ credentials: {} } as never)).rejects.toThrow(
+      /unknown sandbox option "credentials" \(the sandbox options are name, image, /,
+    );
+    await expect(PythonSandbox.create({ network: "public", secrets: { A: { value: "v", hosts: ["x.test"], header: ["a"] } } } as never)).rejects.toThrow(
+      /unknown secret option "header": did you mean "headers"\?/,
     );
   });
 

@@ -8,7 +8,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { buildInternet, HOST, OTHER, PUBLIC, removeInternet, TEST_CA, usable } from "./netns/harness.js";
+import { buildInternet, HOST, OTHER, PUBLIC, removeInternet, TEST_CA, usable } from "./netns/harness.mjs";
 
 const here = path.join(path.dirname(fileURLToPath(import.meta.url)), "netns");
 const VALUE = "s3cr3t-Value-9f2c";

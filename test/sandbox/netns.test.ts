@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import type { NetworkPolicy } from "../../src/index.js";
-import { buildInternet, HOST, METADATA, OTHER, PRIVATE, PUBLIC, removeInternet, usable } from "./netns/harness.js";
+import { buildInternet, HOST, METADATA, OTHER, PRIVATE, PUBLIC, removeInternet, usable } from "./netns/harness.mjs";
 
 const here = path.join(path.dirname(fileURLToPath(import.meta.url)), "netns");
 

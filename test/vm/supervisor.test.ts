@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { vmmHelperPath } from "../../src/native.js";
 import { policyRules } from "../../src/vm/netpolicy.js";
 import { VmmControl } from "../../src/vm/vmm-control.js";
-import { buildInternet, HOST, METADATA, PRIVATE, PUBLIC, removeInternet, usable } from "../sandbox/netns/harness.js";
+import { buildInternet, HOST, METADATA, PRIVATE, PUBLIC, removeInternet, usable } from "../sandbox/netns/harness.mjs";
 
 const fixtures = path.join(path.dirname(fileURLToPath(import.meta.url)), "fixtures");
 const cc = spawnSync("cc", ["--version"]).status === 0;

@@ -1,9 +1,9 @@
 // The test's stand-in for the internet, run inside its own network namespace by netns.test.ts:
 // an HTTP server on port 80 and an HTTPS one on 443 (certificate and key from the directory in
 // argv[4]) of every address the namespace has, answering with the address it was reached on, or
-// at /headers with the request's Host and headers as JSON; and a DNS server on ADDRESS:53
-// answering A queries from a fixed table (JSON in argv[3]) and NXDOMAIN otherwise. Prints
-// "ready" once the DNS server listens.
+// at /headers with the request's Host and headers as JSON, at /bytes/N with N bytes; and a DNS
+// server on ADDRESS:53 answering A queries from a fixed table (JSON in argv[3]) and NXDOMAIN
+// otherwise. Prints "ready" once the DNS server listens.
 import { createSocket } from "node:dgram";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
@@ -12,8 +12,26 @@ import path from "node:path";
 
 const [dnsAddress, table, tls] = [process.argv[2], JSON.parse(process.argv[3]), process.argv[4]];
 
-const answer = (req, res) =>
-  req.url === "/headers" ? res.end(`${JSON.stringify({ host: req.headers.host, headers: req.headers })}\n`) : res.end(`internet ${req.socket.localAddress}\n`);
+const chunk = Buffer.alloc(1 << 20, 0x61);
+// /bytes/N: N bytes (at most 1 GiB), for throughput benchmarks.
+function bytes(res, n) {
+  res.writeHead(200, { "content-length": n });
+  const pump = () => {
+    while (n > 0) {
+      const part = chunk.subarray(0, Math.min(n, chunk.length));
+      n -= part.length;
+      if (!res.write(part)) return void res.once("drain", pump);
+    }
+    res.end();
+  };
+  pump();
+}
+const answer = (req, res) => {
+  const size = /^\/bytes\/(\d{1,10})$/.exec(req.url ?? "");
+  if (size && Number(size[1]) <= 2 ** 30) return bytes(res, Number(size[1]));
+  if (req.url === "/headers") return res.end(`${JSON.stringify({ host: req.headers.host, headers: req.headers })}\n`);
+  res.end(`internet ${req.socket.localAddress}\n`);
+};
 createServer(answer).listen(80, "0.0.0.0");
 createHttpsServer({ cert: readFileSync(path.join(tls, "cert.pem")), key: readFileSync(path.join(tls, "key.pem")) }, answer).listen(443, "0.0.0.0");
 

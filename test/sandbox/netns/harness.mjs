@@ -6,9 +6,9 @@
 // Its web servers answer HTTP on port 80 and HTTPS on 443, with a certificate from a test CA
 // (made with openssl; TEST_CA names its certificate) for *.internet.test and pub.test. No traffic
 // leaves these namespaces.
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -34,13 +34,14 @@ const NAMES = {
   "other.internet.test": OTHER,
   "plain.test": THIRD,
 };
-const tls = mkdtempSync(path.join(os.tmpdir(), "msbt-tls-"));
+const tls = path.join(os.tmpdir(), `msbt-tls-${id}`); // made by buildInternet
 /** The test internet's CA certificate (PEM file), for NODE_EXTRA_CA_CERTS of a host that talks to it. */
 export const TEST_CA = path.join(tls, "ca.pem");
 
 // A CA and a server certificate signed by it, with openssl (a tool of its own, not our CA code).
-function makeCertificates(): void {
-  const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: tls, stdio: ["ignore", "ignore", "pipe"] });
+function makeCertificates() {
+  mkdirSync(tls, { mode: 0o700 });
+  const openssl = (...args) => execFileSync("openssl", args, { cwd: tls, stdio: ["ignore", "ignore", "pipe"] });
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
   openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test internet CA");
   openssl("req", ...ec, "-keyout", "key.pem", "-out", "server.csr", "-subj", "/CN=internet.test");
@@ -48,22 +49,22 @@ function makeCertificates(): void {
   openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext");
 }
 
-const ip = (...args: string[]) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
-const inNs = (ns: string, ...args: string[]) => ip("netns", "exec", ns, ...args);
-const children: ChildProcess[] = [];
+const ip = (...args) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
+const inNs = (ns, ...args) => ip("netns", "exec", ns, ...args);
+const children = [];
 
 // Starts a long-lived process in `ns` and waits for its "ready" line.
-async function serve(ns: string, args: string[]): Promise<void> {
+async function serve(ns, args) {
   const child = spawn("ip", ["netns", "exec", ns, ...args], { stdio: ["ignore", "pipe", "inherit"] });
   children.push(child);
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
+  await new Promise((resolve, reject) => {
+    child.stdout.on("data", (d) => d.toString().includes("ready") && resolve());
     child.once("exit", (code) => reject(new Error(`${args.join(" ")} in ${ns} exited (${code})`)));
   });
 }
 
 /** Builds the namespaces and starts their services (beforeAll). */
-export async function buildInternet(): Promise<void> {
+export async function buildInternet() {
   ip("netns", "add", HOST);
   ip("netns", "add", NET);
   ip("link", "add", `h${id}`, "netns", HOST, "type", "veth", "peer", "name", `n${id}`, "netns", NET);
@@ -85,7 +86,7 @@ export async function buildInternet(): Promise<void> {
 }
 
 /** Stops the services and removes the namespaces (afterAll). */
-export function removeInternet(): void {
+export function removeInternet() {
   for (const c of children) c.kill("SIGKILL");
   spawnSync("ip", ["netns", "del", HOST]);
   spawnSync("ip", ["netns", "del", NET]);
