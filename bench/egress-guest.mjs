@@ -85,7 +85,16 @@ try {
     for (const which of order) connect[which].push(run(which === "supervisor" ? dist : oldDist, "connect").us);
   }
   const https = run(dist, "https");
-  result = { date: new Date().toISOString().slice(0, 10), machine: machine(), connects: CONNECTS, rounds: ROUNDS, downloads: DOWNLOADS, size: SIZE, connect, https };
+  result = {
+    date: new Date().toISOString().slice(0, 10),
+    machine: machine(),
+    connects: CONNECTS,
+    rounds: ROUNDS,
+    downloads: DOWNLOADS,
+    size: SIZE,
+    connect,
+    https,
+  };
 } finally {
   removeInternet();
 }
