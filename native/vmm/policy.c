@@ -2,7 +2,8 @@
 // matches decides, none matching refuses: "+" admits, "-" refuses, then an IPv4 or IPv6 CIDR with
 // an optional "@PORT", "d:NAME" (the addresses a DNS server of the policy gave for NAME) or
 // "s:NAME" (for any name below NAME). "~" and a CIDR, "d:" or "s:" marks admitted connections to
-// intercept (sent to the host's egress proxy); "!tunnel" sends every admitted one there. What is
+// intercept (sent to the host's egress proxy); "!tunnel" sends every admitted one there; "!https":
+// the proxy can answer a refused HTTPS connection too (it has a CA the guest trusts). What is
 // checked is always the address, so a name that later resolves elsewhere (rebinding) gains
 // nothing its new address is not admitted for.
 #define _GNU_SOURCE
@@ -32,7 +33,7 @@ struct rule {
 
 struct policy {
   int n;
-  bool tunnel;
+  bool tunnel, https;
   struct rule rules[];
 };
 
@@ -93,8 +94,8 @@ policy *policy_parse(const char *text, char *err, size_t n) {
     goto fail;
   }
   for (char *save, *tok = strtok_r(copy, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
-    if (strcmp(tok, "!tunnel") == 0) {
-      p->tunnel = true;
+    if (strcmp(tok, "!tunnel") == 0 || strcmp(tok, "!https") == 0) {
+      *(tok[1] == 't' ? &p->tunnel : &p->https) = true;
       continue;
     }
     if (p->n == POLICY_MAX_RULES) {
@@ -102,7 +103,7 @@ policy *policy_parse(const char *text, char *err, size_t n) {
       goto fail;
     }
     if (!parse_rule(tok, &p->rules[p->n])) {
-      snprintf(err, n, "rule \"%.*s\" is malformed (at most %d characters: +, - or ~, then CIDR[@PORT], d:NAME or s:NAME; or !tunnel)", 64, tok,
+      snprintf(err, n, "rule \"%.*s\" is malformed (at most %d characters: +, - or ~, then CIDR[@PORT], d:NAME or s:NAME; or !tunnel, !https)", 64, tok,
                POLICY_TOKEN_MAX);
       goto fail;
     }
@@ -118,6 +119,7 @@ fail:
 
 void policy_free(policy *p) { free(p); }
 bool policy_tunnel(const policy *p) { return p->tunnel; }
+bool policy_https(const policy *p) { return p->https; }
 
 static bool prefix_match(const uint8_t *a, const uint8_t *b, unsigned bits) {
   unsigned whole = bits / 8, rest = bits % 8;

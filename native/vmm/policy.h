@@ -30,6 +30,8 @@ typedef struct {
 verdict policy_judge(const policy *p, int family, const uint8_t addr[16], unsigned port);
 // "!tunnel": every admitted TCP connection goes to the proxy, UDP only to the DNS servers.
 bool policy_tunnel(const policy *p);
+// "!https": refused TCP connections to port 443 go to the proxy too, not only those to port 80.
+bool policy_https(const policy *p);
 // Whether addr:port is a DNS server of the policy (a "+ADDRESS@53" rule for just that address).
 bool policy_dns_server(const policy *p, int family, const uint8_t addr[16], unsigned port);
 

@@ -96,21 +96,26 @@ int seccomp_install(int *listener, char *why, size_t n) {
       /* 21 */ RET(SECCOMP_RET_ALLOW),
       /* 22 */ RET(SECCOMP_RET_ERRNO | ENOSYS),
       // socket and socketpair: unix and internet only (no packet, netlink, vsock... sockets), and
-      // for internet ones TCP, UDP or ICMP (no SCTP, whose setsockopt connects).
+      // for internet ones stream or datagram sockets of TCP, UDP or ICMP (no raw sockets, no
+      // SCTP, whose setsockopt connects).
       /* 23 */ LD(ARG_LO(0)),
-      /* 24 */ JEQ(AF_UNIX, 6, 0),
+      /* 24 */ JEQ(AF_UNIX, 10, 0),
       /* 25 */ JEQ(AF_INET, 1, 0),
-      /* 26 */ JEQ(AF_INET6, 0, 5),
-      /* 27 */ LD(ARG_LO(2)),
-      /* 28 */ JEQ(0, 2, 0),
-      /* 29 */ JEQ(IPPROTO_TCP, 1, 0),
-      /* 30 */ JEQ(IPPROTO_UDP, 0, 2),
-      /* 31 */ RET(SECCOMP_RET_ALLOW),
-      /* 32 */ RET(SECCOMP_RET_ERRNO | EAFNOSUPPORT),
-      /* 33 */ JEQ(IPPROTO_ICMP, 1, 0),
-      /* 34 */ JEQ(IPPROTO_ICMPV6, 0, 1),
+      /* 26 */ JEQ(AF_INET6, 0, 9),
+      /* 27 */ LD(ARG_LO(1)),
+      /* 28 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xf),  // the type without SOCK_NONBLOCK, SOCK_CLOEXEC
+      /* 29 */ JEQ(SOCK_STREAM, 1, 0),
+      /* 30 */ JEQ(SOCK_DGRAM, 0, 9),
+      /* 31 */ LD(ARG_LO(2)),
+      /* 32 */ JEQ(0, 2, 0),
+      /* 33 */ JEQ(IPPROTO_TCP, 1, 0),
+      /* 34 */ JEQ(IPPROTO_UDP, 0, 2),
       /* 35 */ RET(SECCOMP_RET_ALLOW),
-      /* 36 */ RET(SECCOMP_RET_ERRNO | EPROTONOSUPPORT),
+      /* 36 */ RET(SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+      /* 37 */ JEQ(IPPROTO_ICMP, 1, 0),
+      /* 38 */ JEQ(IPPROTO_ICMPV6, 0, 1),
+      /* 39 */ RET(SECCOMP_RET_ALLOW),
+      /* 40 */ RET(SECCOMP_RET_ERRNO | EPROTONOSUPPORT),
   };
   struct sock_fprog prog = {.len = sizeof f / sizeof *f, .filter = f};
   int fd = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
@@ -319,7 +324,8 @@ static long do_connect(int fd, const struct seccomp_notif *req) {
   if (v.admit && !stream && tunnel && !policy_dns_server(S.policy, family, addr, port)) v.admit = false, v.rule = "!tunnel";
   if (!v.admit) {
     refusal(text, port, protocol_of(type), v.rule);
-    if (stream && web && S.proxy) return redirect(fd, domain, text, port, microsandbox_vmm_Redirect_Kind_REFUSED, v.rule, family, addr);
+    // A readable refusal where the proxy can give one: plain HTTP, and HTTPS once it has a CA.
+    if (stream && (port == 80 || (port == 443 && policy_https(S.policy))) && S.proxy) return redirect(fd, domain, text, port, microsandbox_vmm_Redirect_Kind_REFUSED, v.rule, family, addr);
     return -ECONNREFUSED;
   }
   if (stream && tunnel) {

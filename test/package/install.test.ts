@@ -236,7 +236,7 @@ describe.skipIf(!root || process.platform !== "linux" || process.arch !== "x64")
       const store = new ImageStore();
       const image = await store.lookup("local:busybox-aarch64");
       const vm = await new QemuBackend({ accel: "tcg", arch: "aarch64" }).boot({
-        name: "packed-arm64", memory: 256, cpus: 1, network: "none", maxProcesses: 64, bootTimeout: 60,
+        name: "packed-arm64", memory: 256, cpus: 1, network: "none", confinement: "required", maxProcesses: 64, bootTimeout: 60,
         rootfs: image.rootfs, rootDisk: () => store.disk(image),
       });
       try {

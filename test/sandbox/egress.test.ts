@@ -69,6 +69,12 @@ describe.skipIf(!usable)("egress: secrets, refusals and live changes", () => {
       curl("http://plain.test/headers", "Authorization: Bearer $API_KEY"),
       curl("http://pub.test/headers", "Authorization: Bearer $API_KEY"),
       { run: `grep -l -r -e '${VALUE}' -e '${OTHER_VALUE}' /proc/[0-9]*/environ /etc 2>/dev/null | wc -l; env | grep -c -e '${VALUE}' -e '${OTHER_VALUE}'` },
+      // A refused HTTPS connection: the proxy, holding a CA the guest trusts, answers it too.
+      { run: 'curl -sS --max-time 20 -w " %{http_code}" https://10.9.9.9/' },
+      // A fork trusts the same CA and holds the same placeholders; a resumed sandbox gets a new CA.
+      { fork: 'curl -sS --max-time 20 https://api.internet.test/headers -H "Authorization: Bearer $API_KEY"' },
+      { pause: true },
+      curl("https://api.internet.test/headers", "Authorization: Bearer $API_KEY"),
     ]);
     const placeholder = outputs[0]!;
     expect(placeholder).toMatch(/^msb_[0-9a-f]{32}$/);
@@ -81,6 +87,10 @@ describe.skipIf(!usable)("egress: secrets, refusals and live changes", () => {
     expect(headers(outputs[7]!).authorization).toBe(`Bearer ${placeholder}`);
     expect(outputs[8]).toBe("microsandbox: secret API_KEY may not be sent to pub.test");
     expect(outputs[9]).toBe("0\n0");
+    expect(outputs[10]).toMatch(/^microsandbox: 10\.9\.9\.9:443 is refused by the sandbox's network policy \(10\.0\.0\.0\/8 is not a public address.* 403$/s);
+    expect(headers(outputs[11]!).authorization).toBe(`Bearer ${VALUE}`);
+    expect(outputs[12]).toBe("resumed");
+    expect(headers(outputs[13]!).authorization).toBe(`Bearer ${VALUE}`);
     expect(secretRefusals).toBe(3);
   });
 
@@ -91,6 +101,8 @@ describe.skipIf(!usable)("egress: secrets, refusals and live changes", () => {
       "', 80), 20); print('open'); s.settimeout(60); print('closed' if s.recv(1) == b'' else 'data')\"";
     const { outputs, refusals } = inSandbox({ image: "local:python", network: { deny: ["pub.test"] } }, [
       { run: "curl -sS --max-time 20 -i http://pub.test/" },
+      // Without secrets there is no CA for a readable HTTPS refusal: a plain one.
+      { run: "curl -sS --max-time 20 https://pub.test/" },
       { run: `curl -sS --max-time 20 http://${OTHER}/` },
       { run: "python3 -c \"import socket; socket.create_connection(('10.9.9.9', 22), 20)\" 2>&1 | tail -1" },
       { hold },
@@ -102,13 +114,14 @@ describe.skipIf(!usable)("egress: secrets, refusals and live changes", () => {
     ]);
     expect(outputs[0]).toMatch(/^HTTP\/1\.1 403 Forbidden/);
     expect(outputs[0]).toMatch(/192\.0\.2\.10:80 is refused by the sandbox's network policy \(network\.deny has pub\.test\)/);
-    expect(outputs[1]).toBe(`internet ${OTHER}`);
-    expect(outputs[2]).toMatch(/ConnectionRefusedError/);
-    expect(outputs[3]).toBe("open");
-    expect(outputs[5]).toMatch(/^open\n(closed|.*ConnectionResetError)/s);
-    expect(outputs[6]).toMatch(/network\.deny has 198\.51\.100\.7.* 403$/s);
-    expect(outputs[8]).toBe(`internet ${PUBLIC}`);
-    expect(refusals).toBe(3);
+    expect(outputs[1]).toMatch(/curl: \(7\) Failed to connect to pub\.test port 443/);
+    expect(outputs[2]).toBe(`internet ${OTHER}`);
+    expect(outputs[3]).toMatch(/ConnectionRefusedError/);
+    expect(outputs[4]).toBe("open");
+    expect(outputs[6]).toMatch(/^open\n(closed|.*ConnectionResetError)/s);
+    expect(outputs[7]).toMatch(/network\.deny has 198\.51\.100\.7.* 403$/s);
+    expect(outputs[9]).toBe(`internet ${PUBLIC}`);
+    expect(refusals).toBe(4);
   });
 });
 

@@ -114,6 +114,8 @@ describe.skipIf(!usable || !cc)("the network supervisor holds a hijacked VMM's r
       "uring",
       "packet",
       "netlink",
+      "raw",
+      "seqpacket",
     ];
     const r = run(["--net-policy", PUBLIC_RULES], rawnet, targets);
     const confinement = await r.control.confinement;
@@ -127,6 +129,8 @@ describe.skipIf(!usable || !cc)("the network supervisor holds a hijacked VMM's r
     expect(result(r.lines, "uring")).toBe("ENOSYS");
     expect(result(r.lines, "packet")).toBe("EAFNOSUPPORT");
     expect(result(r.lines, "netlink")).toBe("EAFNOSUPPORT");
+    expect(result(r.lines, "raw")).toBe("EPROTONOSUPPORT");
+    expect(result(r.lines, "seqpacket")).toBe("EPROTONOSUPPORT");
     expect(r.control.refusals()).toBe(5);
   });
 

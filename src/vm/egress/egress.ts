@@ -66,7 +66,9 @@ export class MachineEgress {
   rules(spec: EgressSpec = this.spec): string | undefined {
     const base = vmNetwork(spec.network).egress;
     if (base === undefined) return undefined;
-    return [base, ...interceptRules(spec.secrets), ...(spec.egressProxy ? ["!tunnel"] : [])].join(" ");
+    // With a CA the proxy answers a refused HTTPS connection with a 403 too.
+    const https = this.ca || spec.secrets.length ? ["!https"] : [];
+    return [base, ...interceptRules(spec.secrets), ...https, ...(spec.egressProxy ? ["!tunnel"] : [])].join(" ");
   }
 
   /** Hands the VM's redirected connections to the proxy, which ends with the VM. */
