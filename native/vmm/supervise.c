@@ -325,7 +325,8 @@ static long do_connect(int fd, const struct seccomp_notif *req) {
   if (!v.admit) {
     refusal(text, port, protocol_of(type), v.rule);
     // A readable refusal where the proxy can give one: plain HTTP, and HTTPS once it has a CA.
-    if (stream && (port == 80 || (port == 443 && policy_https(S.policy))) && S.proxy) return redirect(fd, domain, text, port, microsandbox_vmm_Redirect_Kind_REFUSED, v.rule, family, addr);
+    if (stream && (port == 80 || (port == 443 && policy_https(S.policy))) && S.proxy)
+      return redirect(fd, domain, text, port, microsandbox_vmm_Redirect_Kind_REFUSED, v.rule, family, addr);
     return -ECONNREFUSED;
   }
   if (stream && tunnel) {

@@ -43,7 +43,9 @@ describe("network policies", () => {
       expect(await tryConnect(sb, "192.168.0.1", 80)).toBe(
         "microsandbox: 192.168.0.1:80 is refused by the sandbox's network policy (192.168.0.0/16 is not a public address: only an allow entry of that CIDR reaches it)",
       );
-      expect(await tryConnect(sb, "169.254.169.254", 80)).toMatch(/^microsandbox: 169\.254\.169\.254:80 is refused .*169\.254\.0\.0\/16 is not a public address/);
+      expect(await tryConnect(sb, "169.254.169.254", 80)).toMatch(
+        /^microsandbox: 169\.254\.169\.254:80 is refused .*169\.254\.0\.0\/16 is not a public address/,
+      );
       expect(sb.networkRefusals).toBe(3);
       // Root in the guest owns its routes and addresses, not QEMU's sockets.
       const ip = await sb.command.run("sh", ["-c", "ip addr add 10.0.2.77/24 dev eth0 && ip route replace default via 10.0.2.2 dev eth0"]);
