@@ -44,7 +44,7 @@ async function inner(dist, mode) {
     if (mode === "connect") return { us: Number(await sh(`python3 -c "${connectLoop}"`)) };
     // The guest trusts the test CA only for the host it reaches directly; the intercepted one
     // presents the sandbox's CA, which the guest trusts already.
-    await sb.files.write("/tmp/test-ca.pem", readFileSync(TEST_CA));
+    await sb.fs.write("/tmp/test-ca.pem", readFileSync(process.env.NODE_EXTRA_CA_CERTS));
     const speed = (url, extra) => sh(`curl -sS -o /dev/null -w '%{speed_download}' ${extra} -H "Authorization: $K" ${url}/bytes/${SIZE}`);
     const out = { intercepted: [], direct: [] };
     for (let i = 0; i < DOWNLOADS; i++) {

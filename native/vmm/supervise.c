@@ -52,6 +52,14 @@
 #define MAX_CONTROL 4096
 #define MAX_REDIRECTED 1024  // open connections through the proxy that a new policy can judge
 #define MAX_RECV 65536
+// Linux 6.6's synchronous wake-up of the supervisor (a hand-off on the same CPU, not a scheduler
+// round trip); Debian 12's headers predate it. Older kernels refuse it, and run without.
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
+#endif
 
 // ---------------------------------------------------------------- the filter (QEMU's side)
 
@@ -633,6 +641,7 @@ int supervise(pid_t qemu, int pidfd, int listener, int control, policy *p, const
     kill(qemu, SIGKILL);
   }
   g_qemu_pid = qemu;
+  ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, (__u64)SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
   struct sigaction fwd = {.sa_handler = forward}, ign = {.sa_handler = SIG_IGN};
   sigaction(SIGTERM, &fwd, NULL);
   sigaction(SIGINT, &fwd, NULL);

@@ -45,7 +45,7 @@ function makeCertificates() {
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
   openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test internet CA");
   openssl("req", ...ec, "-keyout", "key.pem", "-out", "server.csr", "-subj", "/CN=internet.test");
-  writeFileSync(path.join(tls, "ext"), `subjectAltName=DNS:*.internet.test,DNS:pub.test,IP:${PUBLIC},IP:${OTHER}\n`);
+  writeFileSync(path.join(tls, "ext"), `subjectAltName=DNS:*.internet.test,DNS:pub.test,DNS:plain.test,IP:${PUBLIC},IP:${OTHER}\n`);
   openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext");
 }
 
