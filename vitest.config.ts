@@ -14,6 +14,7 @@ const UNIT = [
   "test/images/layers.test.ts",
   "test/vm/initramfs.test.ts",
   "test/vm/netpolicy.test.ts",
+  "test/vm/dns.test.ts",
   "test/vm/egress*.test.ts",
   "test/vm/select.test.ts",
   "test/vm/krun.test.ts",

@@ -5,6 +5,7 @@
 #include "dns.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -13,8 +14,13 @@
 
 static unsigned be16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
 
+// A byte a host name's label may hold. Anything else (a NUL, a dot inside a label, binary) would
+// let a question for "allowed.example\0.attacker.net", answered by the attacker's server, be
+// remembered as "allowed.example".
+static bool host_byte(uint8_t c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_'; }
+
 // Reads the name at *off into `out` (lowercase, dotted, no final dot) unless out is NULL, and
-// moves *off past it. 0, or -1 when the name is malformed.
+// moves *off past it. 0, or -1 when the name is malformed or, read into `out`, not a host name.
 static int read_name(const uint8_t *msg, size_t len, size_t *off, char out[DNS_NAME_MAX + 1]) {
   size_t at = *off, used = 0, end = 0;
   int jumps = 0;
@@ -37,7 +43,10 @@ static int read_name(const uint8_t *msg, size_t len, size_t *off, char out[DNS_N
     if (used + label + (used ? 1 : 0) > DNS_NAME_MAX) return -1;
     if (out) {
       if (used) out[used++] = '.';
-      for (unsigned i = 0; i < label; i++) out[used++] = (char)tolower(msg[at + 1 + i]);
+      for (unsigned i = 0; i < label; i++) {
+        if (!host_byte(msg[at + 1 + i])) return -1;
+        out[used++] = (char)tolower(msg[at + 1 + i]);
+      }
     } else {
       used += label + (used ? 1 : 0);
     }

@@ -49,7 +49,6 @@
 
 #define MAX_IOV 1024         // the kernel's own UIO_MAXIOV
 #define MAX_DATA (1u << 20)  // bytes copied per sendmsg/sendto
-#define MAX_CONTROL 4096
 #define MAX_REDIRECTED 1024  // open connections through the proxy that a new policy can judge
 #define MAX_RECV 65536
 // Linux 6.6's synchronous wake-up of the supervisor (a hand-off on the same CPU, not a scheduler
@@ -84,46 +83,67 @@ int seccomp_install(int *listener, char *why, size_t n) {
       JEQ(0xffffffff, 0, 0),  // keeps the offsets below the same
       RET(SECCOMP_RET_KILL_PROCESS),
 #endif
-      /* 6 */ JEQ(__NR_connect, 8, 0),
-      /* 7 */ JEQ(__NR_sendmsg, 7, 0),
-      /* 8 */ JEQ(__NR_sendmmsg, 6, 0),
-      /* 9 */ JEQ(__NR_sendto, 6, 0),
-      /* 10 */ JEQ(__NR_recvfrom, 5, 0),
+      // setsockopt: no IP options or IPv6 extension headers (a source route would send what the
+      // supervisor judged for one address to another first).
+      /* 6 */ JEQ(__NR_setsockopt, 35, 0),
+      /* 7 */ JEQ(__NR_connect, 8, 0),
+      /* 8 */ JEQ(__NR_sendmsg, 7, 0),
+      /* 9 */ JEQ(__NR_sendmmsg, 6, 0),
+      /* 10 */ JEQ(__NR_sendto, 6, 0),
+      /* 11 */ JEQ(__NR_recvfrom, 5, 0),
       // io_uring's own connect and sendmsg are not system calls the filter sees.
-      /* 11 */ JEQ(__NR_io_uring_setup, 10, 0),
-      /* 12 */ JEQ(__NR_socket, 10, 0),
-      /* 13 */ JEQ(__NR_socketpair, 9, 0),
-      /* 14 */ RET(SECCOMP_RET_ALLOW),
-      /* 15 */ RET(SECCOMP_RET_USER_NOTIF),
+      /* 12 */ JEQ(__NR_io_uring_setup, 10, 0),
+      /* 13 */ JEQ(__NR_socket, 10, 0),
+      /* 14 */ JEQ(__NR_socketpair, 9, 0),
+      /* 15 */ RET(SECCOMP_RET_ALLOW),
+      /* 16 */ RET(SECCOMP_RET_USER_NOTIF),
       // sendto's dest_addr and recvfrom's src_addr (arg 4): notified only when not NULL.
-      /* 16 */ LD(ARG_LO(4)),
-      /* 17 */ JEQ(0, 0, 2),
-      /* 18 */ LD(ARG_HI(4)),
-      /* 19 */ JEQ(0, 1, 0),
-      /* 20 */ RET(SECCOMP_RET_USER_NOTIF),
-      /* 21 */ RET(SECCOMP_RET_ALLOW),
-      /* 22 */ RET(SECCOMP_RET_ERRNO | ENOSYS),
+      /* 17 */ LD(ARG_LO(4)),
+      /* 18 */ JEQ(0, 0, 2),
+      /* 19 */ LD(ARG_HI(4)),
+      /* 20 */ JEQ(0, 1, 0),
+      /* 21 */ RET(SECCOMP_RET_USER_NOTIF),
+      /* 22 */ RET(SECCOMP_RET_ALLOW),
+      /* 23 */ RET(SECCOMP_RET_ERRNO | ENOSYS),
       // socket and socketpair: unix and internet only (no packet, netlink, vsock... sockets), and
       // for internet ones stream or datagram sockets of TCP, UDP or ICMP (no raw sockets, no
       // SCTP, whose setsockopt connects).
-      /* 23 */ LD(ARG_LO(0)),
-      /* 24 */ JEQ(AF_UNIX, 10, 0),
-      /* 25 */ JEQ(AF_INET, 1, 0),
-      /* 26 */ JEQ(AF_INET6, 0, 9),
-      /* 27 */ LD(ARG_LO(1)),
-      /* 28 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xf),  // the type without SOCK_NONBLOCK, SOCK_CLOEXEC
-      /* 29 */ JEQ(SOCK_STREAM, 1, 0),
-      /* 30 */ JEQ(SOCK_DGRAM, 0, 9),
-      /* 31 */ LD(ARG_LO(2)),
-      /* 32 */ JEQ(0, 2, 0),
-      /* 33 */ JEQ(IPPROTO_TCP, 1, 0),
-      /* 34 */ JEQ(IPPROTO_UDP, 0, 2),
-      /* 35 */ RET(SECCOMP_RET_ALLOW),
-      /* 36 */ RET(SECCOMP_RET_ERRNO | EAFNOSUPPORT),
-      /* 37 */ JEQ(IPPROTO_ICMP, 1, 0),
-      /* 38 */ JEQ(IPPROTO_ICMPV6, 0, 1),
-      /* 39 */ RET(SECCOMP_RET_ALLOW),
-      /* 40 */ RET(SECCOMP_RET_ERRNO | EPROTONOSUPPORT),
+      /* 24 */ LD(ARG_LO(0)),
+      /* 25 */ JEQ(AF_UNIX, 10, 0),
+      /* 26 */ JEQ(AF_INET, 1, 0),
+      /* 27 */ JEQ(AF_INET6, 0, 9),
+      /* 28 */ LD(ARG_LO(1)),
+      /* 29 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xf),  // the type without SOCK_NONBLOCK, SOCK_CLOEXEC
+      /* 30 */ JEQ(SOCK_STREAM, 1, 0),
+      /* 31 */ JEQ(SOCK_DGRAM, 0, 9),
+      /* 32 */ LD(ARG_LO(2)),
+      /* 33 */ JEQ(0, 2, 0),
+      /* 34 */ JEQ(IPPROTO_TCP, 1, 0),
+      /* 35 */ JEQ(IPPROTO_UDP, 0, 2),
+      /* 36 */ RET(SECCOMP_RET_ALLOW),
+      /* 37 */ RET(SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+      /* 38 */ JEQ(IPPROTO_ICMP, 1, 0),
+      /* 39 */ JEQ(IPPROTO_ICMPV6, 0, 1),
+      /* 40 */ RET(SECCOMP_RET_ALLOW),
+      /* 41 */ RET(SECCOMP_RET_ERRNO | EPROTONOSUPPORT),
+      // setsockopt (level, optname): IP_OPTIONS and IPv6's extension headers refused.
+      /* 42 */ LD(ARG_LO(1)),
+      /* 43 */ JEQ(IPPROTO_IP, 0, 3),
+      /* 44 */ LD(ARG_LO(2)),
+      /* 45 */ JEQ(IP_OPTIONS, 12, 0),
+      /* 46 */ RET(SECCOMP_RET_ALLOW),
+      /* 47 */ JEQ(IPPROTO_IPV6, 0, 9),
+      /* 48 */ LD(ARG_LO(2)),
+      /* 49 */ JEQ(IPV6_RTHDR, 8, 0),
+      /* 50 */ JEQ(IPV6_HOPOPTS, 7, 0),
+      /* 51 */ JEQ(IPV6_DSTOPTS, 6, 0),
+      /* 52 */ JEQ(IPV6_RTHDRDSTOPTS, 5, 0),
+      /* 53 */ JEQ(IPV6_2292HOPOPTS, 4, 0),
+      /* 54 */ JEQ(IPV6_2292DSTOPTS, 3, 0),
+      /* 55 */ JEQ(IPV6_2292RTHDR, 2, 0),
+      /* 56 */ JEQ(IPV6_2292PKTOPTIONS, 1, 0),
+      /* 57 */ RET(SECCOMP_RET_ALLOW),
+      /* 58 */ RET(SECCOMP_RET_ERRNO | EPERM),
   };
   struct sock_fprog prog = {.len = sizeof f / sizeof *f, .filter = f};
   int fd = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
@@ -147,7 +167,6 @@ static struct {
   // Reused for every call: QEMU's agent channel writes through sendmsg.
   uint8_t *data;
   struct iovec iov[MAX_IOV];
-  uint8_t control_buf[MAX_CONTROL];
   uint8_t *in;  // control channel input
   size_t in_len;
   // Where the connections handed to the proxy were going, by their local port: a new policy is
@@ -362,7 +381,9 @@ static long judge_destination(int fd, struct sockaddr_storage *ss, socklen_t *sl
     memcpy(ss, &via, sizeof via);
     return 0;
   }
-  if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6) return 0;  // the kernel answers for it
+  // Any other family on an internet socket is not safe to pass on: the kernel reads an AF_UNSPEC
+  // destination of a UDP socket as IPv4. QEMU names its destinations properly.
+  if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6) return -EAFNOSUPPORT;
   int family;
   uint8_t addr[16];
   unsigned port;
@@ -441,14 +462,9 @@ static long do_sendmsg(int fd, const struct seccomp_notif *req, long *count) {
     if (peek(pid, &ss, (uint64_t)(uintptr_t)m.msg_name, m.msg_namelen)) return -EFAULT;
     sl = m.msg_namelen;
   }
-  if (m.msg_controllen > MAX_CONTROL) return -ENOBUFS;
-  if (m.msg_control && m.msg_controllen) {
-    if (peek(pid, S.control_buf, (uint64_t)(uintptr_t)m.msg_control, m.msg_controllen)) return -EFAULT;
-    struct msghdr c = {.msg_control = S.control_buf, .msg_controllen = m.msg_controllen};
-    // Descriptors and credentials would be the supervisor's (root's) to pass: none are.
-    for (struct cmsghdr *h = CMSG_FIRSTHDR(&c); h; h = CMSG_NXTHDR(&c, h))
-      if (h->cmsg_level == SOL_SOCKET) return -EPERM;
-  }
+  // No control data at all: sent by the supervisor, descriptors and credentials would be its own
+  // (root's), and IP options it may set (a source route) QEMU may not. QEMU's sends carry none.
+  if (m.msg_control && m.msg_controllen) return -EPERM;
   bool stream = sock_int(fd, SOL_SOCKET, SO_TYPE) == SOCK_STREAM;
   long n = gather(pid, remote, m.msg_iovlen, stream);
   if (n < 0) return n;
@@ -463,8 +479,8 @@ static long do_sendmsg(int fd, const struct seccomp_notif *req, long *count) {
                         .msg_namelen = sl,
                         .msg_iov = &one,
                         .msg_iovlen = 1,
-                        .msg_control = m.msg_controllen ? S.control_buf : NULL,
-                        .msg_controllen = m.msg_controllen};
+                        .msg_control = NULL,
+                        .msg_controllen = 0};
   ssize_t sent = sendmsg(fd, &mine, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
   long rc = sent >= 0 ? 0 : -errno;
   if (held >= 0) close(held);

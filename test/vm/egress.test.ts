@@ -461,3 +461,47 @@ describe("live changes and bounds", () => {
     for (const [kind, n] of Object.entries(now)) expect(n, kind).toBeLessThanOrEqual(was[kind] ?? 0);
   });
 });
+
+describe("what a guest may not smuggle past the checks", () => {
+  // Raw bytes on a guest connection to api.example.com:80, and what came back.
+  async function raw(proxy: EgressProxy, bytes: string): Promise<string> {
+    const g = await guest(proxy, { ...API, port: 80 });
+    let got = "";
+    g.on("data", (c: Buffer) => (got += c.toString()));
+    g.write(bytes);
+    await Promise.race([closed(g), new Promise((r) => setTimeout(r, 1500))]);
+    g.destroy();
+    return got;
+  }
+
+  it("refuses a target naming another authority, and a second Host", async () => {
+    const s = secrets();
+    const proxy = await start({ secrets: s });
+    const auth = `Authorization: token ${s[0]!.placeholder}\r\n`;
+    const absolute = await raw(proxy, `GET http://attacker.example/x HTTP/1.1\r\nHost: api.example.com\r\n${auth}\r\n`);
+    expect(absolute).toMatch(/^HTTP\/1\.1 403[^]*only origin-form request targets/);
+    const twoHosts = await raw(proxy, `GET / HTTP/1.1\r\nHost: api.example.com\r\nHost: attacker.example\r\n${auth}\r\n`);
+    expect(twoHosts).toMatch(/^HTTP\/1\.1 (400|403)/);
+    expect(seen).toEqual([]);
+  });
+
+  it("keeps a body framed: Connection cannot remove Content-Length, and a chunked body stays chunked", async () => {
+    const proxy = await start();
+    const smuggled = "GET /smuggled HTTP/1.1\r\nHost: attacker.example\r\n\r\n";
+    await raw(proxy, `GET / HTTP/1.1\r\nHost: api.example.com\r\nConnection: content-length\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`);
+    await raw(proxy, `GET / HTTP/1.1\r\nHost: api.example.com\r\nTransfer-Encoding: chunked\r\n\r\n${smuggled.length.toString(16)}\r\n${smuggled}\r\n0\r\n\r\n`);
+    expect(seen.map((e) => e.line)).toEqual(["GET /", "GET /"]);
+    expect(seen.map((e) => e.body)).toEqual([smuggled.length, smuggled.length]);
+  });
+
+  it("takes connections only from 127.0.0.1, where the VM helper connects from", async () => {
+    const proxy = await start({ recordWait: 60_000 });
+    const other = connect({ port: proxy.port, host: "127.0.0.1", localAddress: "127.0.0.2" });
+    other.on("error", () => {});
+    // Closed at once, not held for a record for a minute.
+    const ended = await Promise.race([closed(other).then(() => "closed"), new Promise((r) => setTimeout(() => r("held"), 1000))]);
+    expect(ended).toBe("closed");
+    expect(proxy.stats().waiting).toBe(0);
+    other.destroy();
+  });
+});

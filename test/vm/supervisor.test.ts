@@ -116,6 +116,10 @@ describe.skipIf(!usable || !cc)("the network supervisor holds a hijacked VMM's r
       "netlink",
       "raw",
       "seqpacket",
+      "ipoptions",
+      "rthdr",
+      "unspec:127.0.0.1:8080",
+      `cmsg:${PUBLIC}:9`,
     ];
     const r = run(["--net-policy", PUBLIC_RULES], rawnet, targets);
     const confinement = await r.control.confinement;
@@ -131,6 +135,10 @@ describe.skipIf(!usable || !cc)("the network supervisor holds a hijacked VMM's r
     expect(result(r.lines, "netlink")).toBe("EAFNOSUPPORT");
     expect(result(r.lines, "raw")).toBe("EPROTONOSUPPORT");
     expect(result(r.lines, "seqpacket")).toBe("EPROTONOSUPPORT");
+    expect(result(r.lines, "ipoptions")).toBe("EPERM");
+    expect(result(r.lines, "rthdr")).toBe("EPERM");
+    expect(result(r.lines, "unspec:127.0.0.1:8080")).toBe("EAFNOSUPPORT");
+    expect(result(r.lines, `cmsg:${PUBLIC}:9`)).toBe("EPERM");
     expect(r.control.refusals()).toBe(5);
   });
 

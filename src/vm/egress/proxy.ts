@@ -231,7 +231,9 @@ export class EgressProxy {
   private accept(socket: Socket): void {
     this.track(socket);
     const port = socket.remotePort;
-    if (this.closed || port === undefined) return void socket.destroy();
+    // The VM helper connects from 127.0.0.1: with that fixed, a port names one connection, and a
+    // local process connecting from another loopback address cannot stand in for a guest's.
+    if (this.closed || port === undefined || socket.remoteAddress !== "127.0.0.1" || this.waiting.has(port)) return void socket.destroy();
     const found = this.records.get(port);
     this.records.delete(port);
     if (found && Date.now() - found.at < RECORD_TTL) {
@@ -430,6 +432,12 @@ export class EgressProxy {
    */
   private check(req: IncomingMessage, conn: Connection, upgrade: boolean): { host: string; headers: string[] } | string {
     const { record } = conn;
+    // One Host, and a target in origin form ("/path"): a target naming another authority, or a
+    // second Host, could route the request (and a secret in it) to a host other than the one checked.
+    if (!(req.url ?? "").startsWith("/") && req.url !== "*") return "microsandbox: only origin-form request targets (/path) are forwarded";
+    if (req.rawHeaders.filter((_, i) => i % 2 === 0 && req.rawHeaders[i]!.toLowerCase() === "host").length !== 1) {
+      return "microsandbox: a request needs exactly one Host header";
+    }
     const host = hostName(req.headers.host);
     const where = hostPort(record.address, record.port);
     if (!host || !record.names.includes(host)) {
@@ -466,6 +474,9 @@ export class EgressProxy {
       }
       headers[i + 1] = value;
     }
+    // A chunked body was unframed with Transfer-Encoding (hop-by-hop): frame it again upstream, or
+    // Node would write it raw after a GET, where the next bytes read as another request.
+    if (req.headers["transfer-encoding"] !== undefined && !upgrade) headers.push("Transfer-Encoding", "chunked");
     return { host, headers };
   }
 
@@ -509,6 +520,8 @@ function withoutHopByHop(raw: readonly string[], upgrade: boolean): string[] {
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i]!.toLowerCase() === "connection") for (const n of raw[i + 1]!.split(",")) named.add(n.trim().toLowerCase());
   }
+  // What frames the message, and where it goes, are never the Connection header's to remove.
+  for (const kept of ["content-length", "host"]) named.delete(kept);
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
