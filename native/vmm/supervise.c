@@ -475,12 +475,7 @@ static long do_sendmsg(int fd, const struct seccomp_notif *req, long *count) {
     if (rc) return rc;
   }
   struct iovec one = {S.data, (size_t)n};
-  struct msghdr mine = {.msg_name = sl ? &ss : NULL,
-                        .msg_namelen = sl,
-                        .msg_iov = &one,
-                        .msg_iovlen = 1,
-                        .msg_control = NULL,
-                        .msg_controllen = 0};
+  struct msghdr mine = {.msg_name = sl ? &ss : NULL, .msg_namelen = sl, .msg_iov = &one, .msg_iovlen = 1, .msg_control = NULL, .msg_controllen = 0};
   ssize_t sent = sendmsg(fd, &mine, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
   long rc = sent >= 0 ? 0 : -errno;
   if (held >= 0) close(held);

@@ -18,9 +18,26 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 describe.skipIf(!cc)("the DNS reader", () => {
   it("learns a plain answer's name, and none whose label holds a NUL or a dot", () => {
     const bin = path.join(work, "dnsnames");
-    execFileSync("cc", ["-O1", "-I", path.join(root, "native", "vmm"), "-o", bin, path.join(root, "test", "vm", "fixtures", "dnsnames.c"), path.join(root, "native", "vmm", "dns.c")]);
-    const out = execFileSync(bin, ["a", "nul-in-label", "dot-in-label"].map((f) => path.join(corpus, f)), { encoding: "utf8" });
-    const learned = Object.fromEntries(out.trim().split("\n").map((l) => [path.basename(l.split(" ")[0]!), l.split(" ")[1]]));
+    execFileSync("cc", [
+      "-O1",
+      "-I",
+      path.join(root, "native", "vmm"),
+      "-o",
+      bin,
+      path.join(root, "test", "vm", "fixtures", "dnsnames.c"),
+      path.join(root, "native", "vmm", "dns.c"),
+    ]);
+    const out = execFileSync(
+      bin,
+      ["a", "nul-in-label", "dot-in-label"].map((f) => path.join(corpus, f)),
+      { encoding: "utf8" },
+    );
+    const learned = Object.fromEntries(
+      out
+        .trim()
+        .split("\n")
+        .map((l) => [path.basename(l.split(" ")[0]!), l.split(" ")[1]]),
+    );
     expect(learned.a).toMatch(/^[a-z0-9.-]+$/);
     expect(learned["nul-in-label"]).toBe("-");
     expect(learned["dot-in-label"]).toBe("-");
