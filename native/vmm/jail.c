@@ -1,6 +1,6 @@
 // The jail msb-vmm builds for QEMU before exec: a mount namespace whose root is an empty, read-only
 // tmpfs holding only what a VM needs (the system's programs and libraries read-only, a few device
-// nodes, /proc, the VM's own files read-only, its runtime dir writable), and, when started as root,
+// nodes, the VM's own files read-only, its runtime dir writable), and, when started as root,
 // a uid and gid of the VM's own. A QEMU the guest took over sees no other host file, owns nothing
 // outside its runtime dir, and shares its uid with no other process.
 //
@@ -26,10 +26,12 @@
 #ifdef __linux__
 
 // What any QEMU needs: its program, libraries and firmware (read-only), and the device nodes it
-// may open. Missing ones are skipped (a host without /lib64, without /dev/kvm).
+// may open. Missing ones are skipped (a host without /lib64, without /dev/kvm). No /proc: a QEMU
+// that keeps its creator's uid (the jail in a user namespace) would reach, through /proc/PID/root,
+// cwd and fd, the whole host as its creator sees it; QEMU runs without it.
 static const char *const SYSTEM[] = {
     "/usr",      "/bin",      "/sbin",     "/lib",        "/lib32",       "/lib64",   "/libx32", "/etc/ld.so.cache",
-    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/kvm", "/proc",
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/kvm",
 };
 // libslirp forwards the guest's DNS to the host's resolvers, named here.
 static const char *const NETWORK[] = {"/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf"};

@@ -76,6 +76,10 @@ describe.skipIf(process.platform !== "linux")("a jailed program", () => {
       "echo x 2>/dev/null >/usr/made && echo wrote-usr",
       "echo x 2>/dev/null >/made && echo wrote-root",
       "ls /proc/1/root/ 2>/dev/null | grep -q . && echo saw-init-root",
+      // No /proc at all: as another user (a user namespace) QEMU keeps its creator's uid, and
+      // /proc/PID/root of the creator's processes would be the host's whole tree.
+      `ls /proc/${process.pid}/root/ 2>/dev/null | grep -q . && echo saw-creator-root`,
+      "test -e /proc/self && echo has-proc",
       "id -u",
     ].join("; ");
     const r = jailed(["sh", "-c", script]);
