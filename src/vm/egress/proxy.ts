@@ -76,6 +76,8 @@ export interface EgressStats {
 export const defaultDescribeRule = (token: string): string => (token === "" ? "no rule admits it" : `rule ${token}`);
 
 const MAX_WAITING = 256;
+// Open guest connections per sandbox: past it the host refuses more rather than run out of descriptors.
+const MAX_CONNECTIONS = 1024;
 const MAX_RECORDS = 4096;
 // A record older than this is stale: its connection never came, and the port may be reused.
 const RECORD_TTL = 30_000;
@@ -157,6 +159,7 @@ export class EgressProxy {
   /** Listens on 127.0.0.1, on a free port unless `port` is given. */
   static async start(opts: EgressProxyOptions = {}, port = 0): Promise<EgressProxy> {
     const proxy = new EgressProxy(opts);
+    proxy.server.maxConnections = MAX_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       proxy.server.once("error", reject);
       proxy.server.listen(port, "127.0.0.1", () => (proxy.server.off("error", reject), resolve()));
