@@ -1,5 +1,8 @@
 // The egress proxy's option values (secrets, egressProxy) and the sandbox CA's certificates. No VMs.
-import { X509Certificate } from "node:crypto";
+import { createHash, X509Certificate } from "node:crypto";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { describe, expect, it } from "vitest";
 
 import { InvalidArgumentError } from "../../src/errors.js";
@@ -18,7 +21,25 @@ const bad = (value: unknown) => {
 };
 
 describe("the secrets option", () => {
-  it("checks, canonicalizes and gives each secret a random placeholder", () => {
+  it("gives a secret the same placeholder in every sandbox of a host, from a key of its own, which tells nothing of the value", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "msb-placeholders-"));
+    const saved = process.env.MSB_CACHE_DIR;
+    process.env.MSB_CACHE_DIR = dir;
+    try {
+      const one = (value: string) => checkSecrets({ K: { value, hosts: ["example.org"] } })[0]!.placeholder;
+      expect(one("v1")).toBe(one("v1"));
+      expect(one("v1")).not.toBe(one("v2"));
+      expect(one("v1")).not.toContain(createHash("sha256").update("K\0v1").digest("hex").slice(0, 32));
+      expect(statSync(path.join(dir, "secret-placeholders.key")).mode & 0o777).toBe(0o600);
+      expect(checkSecrets({ K: { value: "v1", hosts: ["example.org"], placeholder: `msb_${"0".repeat(32)}` } })[0]!.placeholder).toBe(`msb_${"0".repeat(32)}`);
+    } finally {
+      if (saved === undefined) delete process.env.MSB_CACHE_DIR;
+      else process.env.MSB_CACHE_DIR = saved;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("checks, canonicalizes and gives each secret a placeholder of its own", () => {
     const [s, t] = checkSecrets({
       GH_TOKEN: { value: "ghp_real", hosts: ["API.GitHub.com", "*.githubusercontent.com"], headers: ["Authorization"] },
       other: { value: "v", hosts: ["example.org"] },

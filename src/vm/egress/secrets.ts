@@ -1,9 +1,12 @@
 // The `secrets` option: values the guest never sees. The guest's `$NAME` holds a random
 // placeholder; the egress proxy swaps it for the value in requests to the secret's hosts only.
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
+import { closeSync, mkdirSync, openSync, readFileSync, writeSync } from "node:fs";
+import path from "node:path";
 
 import { InvalidArgumentError } from "../../errors.js";
 import { checkKeys, keysOf } from "../../keys.js";
+import { cacheDir } from "../../paths.js";
 import { checkEntry } from "../netpolicy.js";
 
 /** One secret as the caller gives it. */
@@ -15,8 +18,9 @@ export interface SecretOption {
   /** The request headers it may be sent in (case ignored); every header when absent. Never the URL. */
   headers?: string[];
   /**
-   * What `$NAME` holds in the guest: "msb_" and 32 hex digits. Default: a fresh random one. Given
-   * back by a forked or resumed sandbox, whose guest already holds it.
+   * What `$NAME` holds in the guest: "msb_" and 32 hex digits. Default: derived from the name and
+   * value with a key of this host's (the same in every sandbox here, and telling nothing of the
+   * value). Given back by a forked or resumed sandbox, whose guest already holds it.
    */
   placeholder?: string;
 }
@@ -46,6 +50,44 @@ const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 /** Every placeholder starts so; the proxy looks further only where it appears. */
 export const PLACEHOLDER_PREFIX = "msb_";
 const PLACEHOLDER = /^msb_[0-9a-f]{32}$/;
+
+/**
+ * The placeholder of secret `name` with `value` on this host: a keyed hash (HMAC-SHA256, the key
+ * random and kept in the cache, 0600), so the same secret gets the same placeholder in every
+ * sandbox here (a Python or Node sandbox's snapshot, whose interpreter holds its environment, is
+ * made once, not once per sandbox), and the guest learns nothing of the value from it.
+ */
+function placeholderFor(name: string, value: string): string {
+  return PLACEHOLDER_PREFIX + createHmac("sha256", placeholderKey()).update(`${name}\0${value}`).digest("hex").slice(0, 32);
+}
+
+const keys = new Map<string, Buffer>(); // by file: the cache dir is read at each call
+
+function placeholderKey(): Buffer {
+  const file = path.join(cacheDir(), "secret-placeholders.key");
+  let key = keys.get(file);
+  if (key) return key;
+  try {
+    key = readFileSync(file);
+  } catch {
+    mkdirSync(path.dirname(file), { recursive: true });
+    try {
+      // Exclusive: of two processes making it, one writes it and both read the same key.
+      const fd = openSync(file, "wx", 0o600);
+      try {
+        writeSync(fd, randomBytes(32));
+      } finally {
+        closeSync(fd);
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    key = readFileSync(file);
+  }
+  if (key.length !== 32) throw new InvalidArgumentError(`${file} is not a 32-byte key: remove it, and a new one is made`);
+  keys.set(file, key);
+  return key;
+}
 
 /** Checked secrets as an option again, placeholders included: what a fork or a resume is created with. */
 export function secretsOption(secrets: readonly Secret[]): SecretsOption {
@@ -83,17 +125,15 @@ export function checkSecrets(value: unknown, previous: readonly Secret[] = []): 
     checkKeys("secret option", s, keysOf<SecretOption>({ value: true, hosts: true, headers: true, placeholder: true }));
     const o = s as Record<string, unknown>;
     if (o.placeholder !== undefined && (typeof o.placeholder !== "string" || !PLACEHOLDER.test(o.placeholder))) {
-      throw new InvalidArgumentError(
-        `${where}.placeholder ${JSON.stringify(o.placeholder)} is invalid: give "msb_" and 32 hex digits, or leave it out for a random one`,
-      );
+      throw new InvalidArgumentError(`${where}.placeholder ${JSON.stringify(o.placeholder)} is invalid: give "msb_" and 32 hex digits, or leave it out`);
     }
+    const secret = checkValue(o.value, where);
     return {
       name,
-      value: checkValue(o.value, where),
+      value: secret,
       hosts: checkHosts(o.hosts, where),
       headers: checkHeaders(o.headers, where),
-      placeholder:
-        (o.placeholder as string | undefined) ?? previous.find((p) => p.name === name)?.placeholder ?? PLACEHOLDER_PREFIX + randomBytes(16).toString("hex"),
+      placeholder: (o.placeholder as string | undefined) ?? previous.find((p) => p.name === name)?.placeholder ?? placeholderFor(name, secret),
     };
   });
 }
