@@ -84,8 +84,8 @@ export interface SandboxOptions {
   confinement?: "required" | "best-effort";
   /**
    * Values the guest never sees: `{ NAME: { value, hosts, headers? } }`. Commands see `$NAME` as
-   * a random placeholder; the host's egress proxy puts the value in its place only in requests to
-   * `hosts` (domains, "*." suffixes; they must be reachable under `network`), only in `headers`
+   * a placeholder (a keyed hash: the same for a secret in every sandbox of this host); the host's
+   * egress proxy puts the value in its place only in requests to `hosts` (domains, "*." suffixes; they must be reachable under `network`), only in `headers`
    * (every header when absent), over HTTP (port 80) and HTTPS (443, through a CA made for this
    * sandbox, which its trust store and SSL_CERT_FILE, REQUESTS_CA_BUNDLE and NODE_EXTRA_CA_CERTS
    * name). A placeholder bound anywhere else is refused with a 403. QEMU.
