@@ -122,6 +122,7 @@ export class Repl {
       Buffer.concat(stderr).toString("utf8"),
       end.ename,
       end.result,
+      end.evalue,
     );
   }
 

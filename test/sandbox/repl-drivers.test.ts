@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import type { AgentClient } from "../../src/agent-client/client.js";
-import { AgentProtocolError } from "../../src/errors.js";
+import { AgentProtocolError, ExecError } from "../../src/errors.js";
 import { BASH_REPL, driverSource, NODE_REPL, PYTHON_REPL, Repl, type ReplLanguage } from "../../src/sandbox/repl.js";
 import { driverPrelude, encodeCell, REPL_PROTOCOL, ReplFrameDecoder } from "../../src/sandbox/repl-frames.js";
 import { type RunningAgent, startAgent } from "../agent-client/helpers.js";
@@ -257,6 +257,15 @@ describe("bash driver", () => {
   it("says its state is lost when a cell exits the shell, and starts afresh", async () => {
     await expect(sh.run("exit 3")).rejects.toThrow(/bash interpreter ended \(exit code 3\); its state is lost/);
     expect((await sh.run('echo "[$x]"')).stdout).toBe("[]\n");
+  });
+});
+
+describe("a driver whose program is missing", () => {
+  it("fails its first cell with the agent's ExecError (ENOENT), not a hang", async () => {
+    const r = repl({ ...BASH_REPL, interpreter: ["no-such-shell"] });
+    const err = await r.run("true").catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ExecError);
+    expect(err).toMatchObject({ errnoName: "ENOENT" });
   });
 });
 
