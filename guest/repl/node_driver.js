@@ -254,8 +254,13 @@
     let end;
     try {
       const value = await evaluate(code, filename);
-      if (value !== undefined) stdout.write(`${util.inspect(value)}\n`);
       end = { status: "ok" };
+      if (value !== undefined) {
+        // Echoed like the prompt does, and sent on its own as the cell's result.
+        const shown = util.inspect(value);
+        stdout.write(`${shown}\n`);
+        end.result = shown.slice(0, MAX_TEXT_CHARS);
+      }
     } catch (err) {
       try {
         stderr.write(`${formatError(err)}\n`);

@@ -18,8 +18,10 @@ export class Execution {
     readonly stderr: string,
     /** The exception's class name ("ZeroDivisionError") when the code raised. */
     readonly errorName?: string,
-    /** Python: the repr of the final expression's value (also echoed in stdout), if it was not None. */
+    /** The final expression's value as the prompt shows it (also echoed in stdout): Python's repr, Node's util.inspect; none for None, undefined or bash. */
     readonly result?: string,
+    /** What the error says ("division by zero"; bash: "exit status 1") when the code raised. */
+    readonly errorValue?: string,
   ) {}
 
   /** Everything the code wrote to stdout, including echoed expression values. */

@@ -9,7 +9,7 @@ import type { KeptSession } from "../vm/machine.js";
 import { type RunOptions, runTimeout } from "./commands.js";
 import type { Execution } from "./execution.js";
 import type { SandboxOptions } from "./options.js";
-import { driverSource, NODE_REPL, PYTHON_REPL, Repl, type ReplLanguage } from "./repl.js";
+import { driverSource, NODE_REPL, PYTHON_REPL, REPL_LANGUAGES, Repl, type ReplLanguage } from "./repl.js";
 import { Sandbox } from "./sandbox.js";
 
 abstract class LanguageSandbox extends Sandbox {
@@ -31,13 +31,18 @@ abstract class LanguageSandbox extends Sandbox {
     this.replFor().adopt(kept[0]!);
   }
 
+  /** The language of run()'s interpreter. */
+  get interpreterLanguage(): ReplLanguage["language"] {
+    return this.language.language;
+  }
+
   private replFor(): Repl {
-    this.repl ??= this.newRepl(() => this.agent());
+    this.repl ??= this.newRepl(this.language, () => this.agent());
     return this.repl;
   }
 
-  private newRepl(agent: () => AgentClient): Repl {
-    return new Repl(this.language, {
+  private newRepl(language: ReplLanguage, agent: () => AgentClient): Repl {
+    return new Repl(language, {
       agent,
       processOptions: () => this.processOptions({}, undefined),
       exhausted: (what, counters) => this.exhausted(what, counters),
@@ -60,7 +65,7 @@ abstract class LanguageSandbox extends Sandbox {
       prewarmName: `${shell.prewarmName}+${this.language.language}:${settings}`,
       prewarm: async (agent) => {
         await shell.prewarm(agent);
-        const repl = this.newRepl(() => agent);
+        const repl = this.newRepl(this.language, () => agent);
         await repl.run("None");
         return [repl.kept()!];
       },
@@ -81,10 +86,14 @@ abstract class LanguageSandbox extends Sandbox {
 
   /**
    * Another interpreter in this sandbox, with state of its own (a notebook's contexts); close()
-   * ends it. The sandbox's own run() interpreter is not this one.
+   * ends it. The sandbox's own run() interpreter is not this one. `language` (default: the
+   * sandbox's own) may be any of REPL_LANGUAGES whose program the image has: python3, node or
+   * bash; when it lacks it, the first run() throws an ExecError (ENOENT).
    */
-  interpreter(): { run(code: string, opts?: RunOptions): Promise<Execution>; close(): void } {
-    const repl = this.newRepl(() => this.agent());
+  interpreter(language: ReplLanguage["language"] = this.language.language): { run(code: string, opts?: RunOptions): Promise<Execution>; close(): void } {
+    if (!Object.hasOwn(REPL_LANGUAGES, language))
+      throw new InvalidArgumentError(`language ${JSON.stringify(language)} has no interpreter: use ${Object.keys(REPL_LANGUAGES).join(", ")}`);
+    const repl = this.newRepl(REPL_LANGUAGES[language], () => this.agent());
     return {
       run: (code, opts = {}) => repl.run(code, runTimeout(opts)),
       close: () => repl.reset(),

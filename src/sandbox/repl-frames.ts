@@ -4,9 +4,9 @@
 //   host -> driver: cells, each [4-byte big-endian length N][N bytes UTF-8 source]
 //   driver -> host: control frames, each [1-byte type][4-byte big-endian length N][N bytes JSON]
 //     FRAME_READY, once at start: {"language":"python","version":"3.11.2"}
-//                  (the Node driver says "javascript" and the Node version)
+//                  (the Node driver says "javascript" and the Node version, the bash one "bash")
 //     FRAME_END, when a cell is done: {"status":"ok"} (with "result": the repr of a final
-//                expression's value, from the Python driver) or
+//                expression's value, from the Python and Node drivers) or
 //                {"status":"error","ename":"ZeroDivisionError","evalue":"division by zero"}
 //
 // What a cell prints is not framed: the driver's stdout and stderr are the user's, and come to the
@@ -47,10 +47,11 @@ export type ReplFrame =
   | { type: "ready"; language: string; version: string };
 
 /** REPL_PROTOCOL as source of `language`, for the top of a driver. */
-export function driverPrelude(language: "python" | "javascript"): string {
+export function driverPrelude(language: "python" | "javascript" | "bash"): string {
   const entries = Object.entries(REPL_PROTOCOL);
   const origin = "The host's REPL protocol constants (src/sandbox/repl-frames.ts).";
   if (language === "python") return [`# ${origin}`, ...entries.map(([k, v]) => `${k} = ${v}`), ""].join("\n");
+  if (language === "bash") return [`# ${origin}`, ...entries.map(([k, v]) => `${k}=${v}`), ""].join("\n");
   // The driver ships as one script: strict mode is declared once, at its top.
   return ['"use strict";', `// ${origin}`, ...entries.map(([k, v]) => `const ${k} = ${v};`), ""].join("\n");
 }

@@ -13,7 +13,7 @@ import { driverPrelude, encodeCell, type ReplFrame, ReplFrameDecoder } from "./r
 
 export interface ReplLanguage {
   /** Reported on executions; also the language of the driver's prelude. */
-  language: "python" | "javascript";
+  language: "python" | "javascript" | "bash";
   /** The driver's files in guest/repl/, shipped joined into one; the last one names it. */
   driver: string[];
   /** The interpreter; the driver's guest path is appended. */
@@ -45,6 +45,10 @@ interface Cell {
 /** The interpreters behind run(). */
 export const PYTHON_REPL: ReplLanguage = { language: "python", driver: ["python_driver.py"], interpreter: ["python3", "-u"] };
 export const NODE_REPL: ReplLanguage = { language: "javascript", driver: ["node_cell.js", "node_driver.js"], interpreter: ["node"] };
+export const BASH_REPL: ReplLanguage = { language: "bash", driver: ["bash_driver.sh"], interpreter: ["bash", "--norc", "--noprofile"] };
+
+/** Every interpreter a sandbox can start, by its language. */
+export const REPL_LANGUAGES: Readonly<Record<ReplLanguage["language"], ReplLanguage>> = { python: PYTHON_REPL, javascript: NODE_REPL, bash: BASH_REPL };
 
 const DRIVER_DIR = "/run/microsandbox";
 const READY_TIMEOUT_S = 120;
@@ -118,6 +122,7 @@ export class Repl {
       Buffer.concat(stderr).toString("utf8"),
       end.ename,
       end.result,
+      end.evalue,
     );
   }
 

@@ -59,18 +59,35 @@ export class ImageCatalog {
   interpreterOf(m: Managed, language: string): PythonSandbox | NodeSandbox {
     const kind = Object.hasOwn(INTERPRETERS, language) ? INTERPRETERS[language] : undefined;
     if (!kind) throw new InvalidArgumentError(`language ${JSON.stringify(language)} has no interpreter here: use ${Object.keys(INTERPRETERS).join(", ")}`);
-    if (m.kind !== kind) {
-      const names = [
-        ...[...this.images].filter(([, e]) => e.kind === kind).map(([n]) => n),
-        ...[...this.templates].filter(([, e]) => e.kind === kind).map(([n]) => `template ${n}`),
-      ];
-      throw new InvalidArgumentError(
-        `sandbox ${m.name} is a ${m.kind} (from ${JSON.stringify(m.template)}), which has no ${language} interpreter: start one from a name whose kind is ${kind}` +
-          `${names.length ? ` (${names.join(", ")})` : ""}, or give its image that kind in the server's options: { image, kind: "${kind}" }`,
-      );
-    }
+    if (m.kind !== kind) throw this.noInterpreter(m, language, kind);
     // The table made it from SANDBOX_KINDS[m.kind], which is the kind the language needs.
     return m.sandbox as PythonSandbox | NodeSandbox;
+  }
+
+  /**
+   * `m`'s sandbox, for a code interpreter context in `language` (E2B's /execute): any kind with an
+   * interpreter starts interpreters of every language its image has the program of. An
+   * InvalidArgumentError when `m`'s kind has none, naming what would.
+   */
+  codeInterpreterOf(m: Managed, language: string): PythonSandbox | NodeSandbox {
+    if (m.kind === "PythonSandbox" || m.kind === "NodeSandbox") return m.sandbox as PythonSandbox | NodeSandbox;
+    throw this.noInterpreter(m, language, INTERPRETERS[language] ?? "PythonSandbox");
+  }
+
+  /** The names whose sandboxes are of `kind`: "microsandbox/node", "template code-interpreter-v1". */
+  namesOfKind(kind: SandboxKind): string[] {
+    return [
+      ...[...this.images].filter(([, e]) => e.kind === kind).map(([n]) => n),
+      ...[...this.templates].filter(([, e]) => e.kind === kind).map(([n]) => `template ${n}`),
+    ];
+  }
+
+  private noInterpreter(m: Managed, language: string, kind: SandboxKind): InvalidArgumentError {
+    const names = this.namesOfKind(kind);
+    return new InvalidArgumentError(
+      `sandbox ${m.name} is a ${m.kind} (from ${JSON.stringify(m.template)}), which has no ${language} interpreter: start one from a name whose kind is ${kind}` +
+        `${names.length ? ` (${names.join(", ")})` : ""}, or give its image that kind in the server's options: { image, kind: "${kind}" }`,
+    );
   }
 }
 

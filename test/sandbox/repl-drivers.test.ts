@@ -5,8 +5,8 @@ import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import type { AgentClient } from "../../src/agent-client/client.js";
-import { AgentProtocolError } from "../../src/errors.js";
-import { driverSource, NODE_REPL, PYTHON_REPL, Repl, type ReplLanguage } from "../../src/sandbox/repl.js";
+import { AgentProtocolError, ExecError } from "../../src/errors.js";
+import { BASH_REPL, driverSource, NODE_REPL, PYTHON_REPL, Repl, type ReplLanguage } from "../../src/sandbox/repl.js";
 import { driverPrelude, encodeCell, REPL_PROTOCOL, ReplFrameDecoder } from "../../src/sandbox/repl-frames.js";
 import { type RunningAgent, startAgent } from "../agent-client/helpers.js";
 
@@ -141,8 +141,10 @@ describe("node driver", () => {
   afterAll(() => js.reset());
 
   it("echoes the last expression like the Node REPL", async () => {
-    expect(await js.run("2+2")).toMatchObject({ status: "success", stdout: "4\n", stderr: "" });
+    expect(await js.run("2+2")).toMatchObject({ status: "success", stdout: "4\n", stderr: "", result: "4" });
     expect((await js.run("'a' + 'b'")).stdout).toBe("'ab'\n");
+    expect((await js.run("'a' + 'b'")).result).toBe("'ab'");
+    expect((await js.run("let q = 1")).result).toBeUndefined();
     expect((await js.run("{ a: 1 }")).stdout).toBe("{ a: 1 }\n");
     expect((await js.run("undefined")).stdout).toBe("");
   });
@@ -218,14 +220,65 @@ describe("node driver", () => {
   });
 });
 
+describe("bash driver", () => {
+  let sh: Repl;
+  beforeAll(() => {
+    sh = repl(BASH_REPL);
+  });
+  afterAll(() => sh.reset());
+
+  it("keeps variables, functions and the working directory across cells", async () => {
+    expect(await sh.run("x=41; f() { echo $((x + 1)); }; cd /tmp")).toMatchObject({ status: "success", stdout: "", stderr: "" });
+    expect(await sh.run("f; pwd")).toMatchObject({ status: "success", stdout: "42\n/tmp\n" });
+  });
+
+  it("passes stdout and stderr through, trailing newlines and all, in order", async () => {
+    expect(await sh.run("echo out; echo err >&2; printf 'a\\n\\n'")).toMatchObject({ stdout: "out\na\n\n", stderr: "err\n" });
+    expect((await sh.run("cat <<'E'\nline one\n\nE\n")).stdout).toBe("line one\n\n");
+  });
+
+  it("reports a non-zero status of the last command as an ExitCode error, and goes on", async () => {
+    const r = await sh.run("ls /nonexistent-dir");
+    expect(r).toMatchObject({ status: "error", errorName: "ExitCode" });
+    expect(r.stderr).toMatch(/nonexistent-dir/);
+    expect(await sh.run("false; true")).toMatchObject({ status: "success" });
+    expect(await sh.run("(exit 7)")).toMatchObject({ status: "error", errorName: "ExitCode" });
+    expect((await sh.run("echo $x")).stdout).toBe("41\n");
+  });
+
+  it("gives cells /dev/null for stdin and no channel", async () => {
+    expect((await sh.run("cat; echo done")).stdout).toBe("done\n");
+    // A child shell has the cell's stdio, and not the channel.
+    const fds = (await sh.run("bash -c 'ls -l /proc/$$/fd; true'; printenv MSB_CHANNEL_FD || echo unset")).stdout.split("\n");
+    expect(fds).toContain("unset");
+    expect(fds.join("\n")).not.toMatch(/ 3 ->/);
+  });
+
+  it("says its state is lost when a cell exits the shell, and starts afresh", async () => {
+    await expect(sh.run("exit 3")).rejects.toThrow(/bash interpreter ended \(exit code 3\); its state is lost/);
+    expect((await sh.run('echo "[$x]"')).stdout).toBe("[]\n");
+  });
+});
+
+describe("a driver whose program is missing", () => {
+  it("fails its first cell with the agent's ExecError (ENOENT), not a hang", async () => {
+    const r = repl({ ...BASH_REPL, interpreter: ["no-such-shell"] });
+    const err = await r.run("true").catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ExecError);
+    expect(err).toMatchObject({ errnoName: "ENOENT" });
+  });
+});
+
 describe("the drivers' constants", () => {
   it("are the host's, put in front of each driver in its own syntax", () => {
     expect(driverPrelude("python")).toContain(`FRAME_END = ${REPL_PROTOCOL.FRAME_END}\n`);
     expect(driverPrelude("javascript")).toContain(`const MAX_TEXT_CHARS = ${REPL_PROTOCOL.MAX_TEXT_CHARS};\n`);
     expect(driverSource(PYTHON_REPL).toString().startsWith(driverPrelude("python"))).toBe(true);
     expect(driverSource(NODE_REPL).toString().startsWith(driverPrelude("javascript"))).toBe(true);
+    expect(driverSource(BASH_REPL).toString().startsWith(driverPrelude("bash"))).toBe(true);
+    expect(driverPrelude("bash")).toContain(`FRAME_READY=${REPL_PROTOCOL.FRAME_READY}\n`);
     // ... and written nowhere else.
-    for (const file of [...PYTHON_REPL.driver, ...NODE_REPL.driver]) {
+    for (const file of [...PYTHON_REPL.driver, ...NODE_REPL.driver, ...BASH_REPL.driver]) {
       const source = readFileSync(new URL(`../../guest/repl/${file}`, import.meta.url), "utf8");
       for (const name of Object.keys(REPL_PROTOCOL)) expect(source).not.toMatch(new RegExp(`\\b${name}\\s*=`));
     }

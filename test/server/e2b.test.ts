@@ -296,6 +296,85 @@ describe("@e2b/code-interpreter contexts", () => {
   }, 120_000);
 });
 
+// POST /execute as the SDK does; the SDK's own error says only "400 Bad Request".
+async function execute(sandboxId: string, body: object): Promise<{ status: number; message?: string }> {
+  const { envdAccessToken } = (await (await fetch(`${server.url}/sandboxes/${sandboxId}`, { headers: { "x-api-key": KEY } })).json()) as {
+    envdAccessToken: string;
+  };
+  const res = await fetch(`${server.url}/execute`, {
+    method: "POST",
+    headers: { "e2b-sandbox-id": sandboxId, "e2b-sandbox-port": "49999", "x-access-token": envdAccessToken },
+    body: JSON.stringify(body),
+  });
+  return res.status === 200 ? { status: 200 } : { status: res.status, message: ((await res.json()) as { message: string }).message };
+}
+
+describe("@e2b/code-interpreter languages", () => {
+  it("runs js and bash, each language's default and each context an interpreter of its own", async () => {
+    const { Sandbox } = await import("@e2b/code-interpreter");
+    // Node's image: node and bash, no python.
+    const sb = await Sandbox.create("microsandbox/node");
+    try {
+      expect((await sb.runCode("let n = 20", { language: "js" })).results).toEqual([]);
+      const js = await sb.runCode("console.log('hi'); n * 2 + 2", { language: "js" });
+      expect(js.text).toBe("42");
+      expect(js.logs.stdout.join("")).toBe("hi\n");
+      const thrown = await sb.runCode("null.x", { language: "javascript" });
+      expect(thrown.error).toMatchObject({ name: "TypeError" });
+
+      await sb.runCode("v=kept; mkdir -p /tmp/w && cd /tmp/w", { language: "bash" });
+      const sh = await sb.runCode('echo "$v in $PWD"; echo warn >&2', { language: "bash" });
+      expect(sh.logs.stdout.join("")).toBe("kept in /tmp/w\n");
+      expect(sh.logs.stderr.join("")).toBe("warn\n");
+      expect(sh.error).toBeUndefined();
+      const failed = await sb.runCode("ls /nonexistent", { language: "bash" });
+      expect(failed.error).toMatchObject({ name: "ExitCode", value: "exit status 2" });
+      expect(failed.logs.stderr.join("")).toMatch(/nonexistent/);
+
+      // A context per language, apart from the default one.
+      const jsCtx = await sb.createCodeContext({ language: "js", cwd: "/tmp/c" });
+      expect(jsCtx.language).toBe("js");
+      expect((await sb.runCode("typeof n", { context: jsCtx })).text).toBe("'undefined'");
+      expect((await sb.runCode("process.cwd()", { context: jsCtx })).text).toBe("'/tmp/c'");
+      const shCtx = await sb.createCodeContext({ language: "bash" });
+      expect((await sb.runCode('echo "[$v]"; pwd', { context: shCtx })).logs.stdout.join("")).toBe("[]\n/root\n");
+      expect((await sb.runCode("n", { language: "js" })).text).toBe("20");
+
+      // The image has no python: said, not hung.
+      await expect(sb.runCode("1 + 1")).rejects.toThrow(/^400/);
+      expect((await execute(sb.sandboxId, { code: "1 + 1" })).message).toMatch(
+        /the python interpreter needs python3, which the image of sandbox .* \(from "microsandbox\/node"\) does not have: .*microsandbox\/python/,
+      );
+    } finally {
+      await sb.kill();
+    }
+  }, 240_000);
+
+  it("keeps python the default, and refuses a language it does not serve or an image lacks", async () => {
+    const { Sandbox } = await import("@e2b/code-interpreter");
+    const sb = await Sandbox.create();
+    try {
+      expect((await sb.runCode("x = 6")).results).toEqual([]);
+      expect((await sb.runCode("x * 7", { language: "python" })).text).toBe("42");
+      expect((await sb.runCode("echo $((6 * 7))", { language: "bash" })).logs.stdout).toEqual(["42\n"]);
+      await expect(sb.runCode("1", { language: "js" })).rejects.toThrow(/^400/);
+      expect((await execute(sb.sandboxId, { code: "1", language: "js" })).message).toMatch(/the javascript interpreter needs node, .*microsandbox\/node/);
+      expect(await execute(sb.sandboxId, { code: "1", language: "ts" })).toMatchObject({
+        status: 400,
+        message: expect.stringMatching(/language "ts" is not served.*TypeScript/),
+      });
+      expect(await execute(sb.sandboxId, { code: "1", language: "cobol" })).toMatchObject({
+        status: 400,
+        message: expect.stringMatching(/language "cobol" is not served.*python, js \(javascript\) and bash/),
+      });
+      await expect(sb.createCodeContext({ language: "cobol" })).rejects.toThrow(/^400/);
+      expect((await sb.runCode("x")).text).toBe("6");
+    } finally {
+      await sb.kill();
+    }
+  }, 180_000);
+});
+
 describe("presigned file URLs", () => {
   it("download and upload through signed URLs; a tampered or expired one is refused", async () => {
     const { Sandbox } = e251;

@@ -130,6 +130,7 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
       m.discard = () => rmSync(dir, { recursive: true, force: true });
       s.processes = new ProcessTable();
       s.contexts.clear(); // their interpreters did not survive the pause
+      s.defaults.clear();
     });
     res.writeHead(204).end();
   }

@@ -16,8 +16,9 @@ export const ENVD_VERSION = "0.5.7";
 export const ENVD_PORT = "49983";
 export const INTERPRETER_PORT = "49999";
 
-/** A code interpreter context: an interpreter of its own, started in `cwd`. */
+/** A code interpreter context: an interpreter of its own, in `language` (as the client named it), started in `cwd`. */
 export interface CodeContext {
+  language: string;
   cwd: string;
   interpreter: ReturnType<PythonSandbox["interpreter"]>;
 }
@@ -31,6 +32,8 @@ export interface E2bState {
   /** A pause or resume under way: one at a time, and calls that arrive meanwhile wait for it. */
   transition?: Promise<void>;
   contexts: Map<string, CodeContext>;
+  /** The interpreter of /execute with a language and no context, by language, when it is not the sandbox's own run(). */
+  defaults: Map<string, CodeContext["interpreter"]>;
 }
 
 /** A sandbox the E2B API made, with its state. */
@@ -62,7 +65,7 @@ export class E2bSandboxes {
 
   /** Gives `m` (just created) its E2B state. */
   add(m: Managed, token: string): E2bState {
-    const s: E2bState = { token, processes: new ProcessTable(), contexts: new Map() };
+    const s: E2bState = { token, processes: new ProcessTable(), contexts: new Map(), defaults: new Map() };
     this.states.set(m, s);
     return s;
   }
