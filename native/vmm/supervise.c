@@ -51,14 +51,6 @@
 #define MAX_DATA (1u << 20)  // bytes copied per sendmsg/sendto
 #define MAX_REDIRECTED 1024  // open connections through the proxy that a new policy can judge
 #define MAX_RECV 65536
-// Linux 6.6's synchronous wake-up of the supervisor (a hand-off on the same CPU, not a scheduler
-// round trip); Debian 12's headers predate it. Older kernels refuse it, and run without.
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
-#endif
 
 // ---------------------------------------------------------------- the filter (QEMU's side)
 
@@ -652,7 +644,10 @@ int supervise(pid_t qemu, int pidfd, int listener, int control, policy *p, const
     kill(qemu, SIGKILL);
   }
   g_qemu_pid = qemu;
-  ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, (__u64)SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
+  // Not Linux 6.6's synchronous wake-up (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP): it does apply to
+  // this poll() loop, but its answer wakes QEMU's thread on the supervisor's CPU, where the
+  // connect has just woken the peer (a local listener) too; QEMU then waits out the peer's run
+  // while the other CPU idles (perf sched). The scheduler's own choice was faster.
   struct sigaction fwd = {.sa_handler = forward}, ign = {.sa_handler = SIG_IGN};
   sigaction(SIGTERM, &fwd, NULL);
   sigaction(SIGINT, &fwd, NULL);
