@@ -11,6 +11,7 @@ import { machineNeeds } from "../vm/machine.js";
 import { vmNetwork } from "../vm/netpolicy.js";
 import { qemuBinary } from "../vm/qemu.js";
 import { decide, forcedAccel, hostFacts, krunRefusal, qemuDecision } from "../vm/select.js";
+import { confinementAdvice } from "../vm/vmm-control.js";
 
 export interface Check {
   name: string;
@@ -66,22 +67,11 @@ async function confinementCheck(): Promise<Check> {
     const network = c.network === "supervisor" ? "network held by a seccomp supervisor" : `network ${c.network}`;
     return { name: CONFINEMENT, ok: true, detail: `${ns}, ${c.noNewPrivs ? "no_new_privs" : "no no_new_privs"}, ${network}`, solutions: [] };
   }
-  const lacks = (what: string) => c.missing.some((m) => m.startsWith(`${what}:`));
-  const solutions: string[] = [];
-  if (lacks("namespaces") || lacks("network namespace")) {
-    solutions.push(
-      "run as root, or allow unprivileged user namespaces: sudo sysctl kernel.unprivileged_userns_clone=1 (Debian, Ubuntu) or sudo sysctl user.max_user_namespaces=15000",
-      "Ubuntu 23.10+ also restricts them by AppArmor: sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0",
-      "in a container: give it CAP_SYS_ADMIN and a seccomp profile that allows unshare (Docker's default profile does, for a container run with --cap-add SYS_ADMIN)",
-    );
-  }
-  if (lacks("seccomp")) solutions.push("a Linux kernel >= 5.6 (pidfd_getfd), with seccomp user notification (CONFIG_SECCOMP_FILTER)");
-  solutions.push('or create sandboxes with confinement: "best-effort" to run with what this host allows (sandbox.confinement says what that is)');
   return {
     name: CONFINEMENT,
     ok: false,
     detail: `a sandbox with confinement "required" (the default) fails here: ${c.missing.join("; ")}`,
-    solutions,
+    solutions: confinementAdvice(c.missing),
   };
 }
 

@@ -164,8 +164,8 @@ function vmConfig(spec: MachineSpec, image: MachineImage, egress?: MachineEgress
     name: spec.name,
     memory: spec.memory,
     cpus: spec.cpus,
-    ...vmNetwork(spec.network),
-    ...(egress ? { egress: egress.rules(), proxyPort: egress.port } : {}),
+    // The host's resolv.conf is read once: by the egress's rules, or by vmNetwork without one.
+    ...(egress ? { network: "all" as const, egress: egress.rules(), proxyPort: egress.port } : vmNetwork(spec.network)),
     ports: [...spec.ports],
     maxProcesses: spec.maxProcesses,
     rootfs: image.rootfs,

@@ -31,7 +31,7 @@ import {
 } from "./backend.js";
 import { type BootConfig, encodeBootConfig, FLOOR_MARKER, floorInitramfs, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
-import { confinementOf, VmmControl } from "./vmm-control.js";
+import { confinementAdvice, confinementOf, VmmControl } from "./vmm-control.js";
 
 const debug = debuglog("microsandbox");
 const PORT_NAME = "msb.agent";
@@ -547,10 +547,7 @@ const REDIRECT_KINDS = { [Redirect_Kind.INTERCEPT]: "intercept", [Redirect_Kind.
 
 function confinementError(name: string, missing: readonly string[]): ConfinementError {
   return new ConfinementError(
-    `sandbox ${name} cannot be confined as required on this host (${missing.join("; ")}). ` +
-      "Run it where the VMM may have namespaces of its own (as root, or with unprivileged user namespaces allowed: " +
-      "sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0; in a container, CAP_SYS_ADMIN and a seccomp " +
-      'profile allowing unshare), or create it with confinement: "best-effort" to run with what this host allows (sandbox.confinement says what that is)',
+    `sandbox ${name} cannot be confined as required on this host (${missing.join("; ")}): ${confinementAdvice(missing).join("; ")}`,
     missing,
   );
 }

@@ -81,3 +81,22 @@ export function confinementOf(c: Confinement, mode: SandboxConfinement["mode"]):
   const network = c.network === "none" || c.network === "supervisor" ? c.network : "unenforced";
   return { mode, namespaces: c.namespaces, uid: c.uid, noNewPrivs: c.noNewPrivs, seccomp: c.seccomp, network, missing: [...c.missing] };
 }
+
+/**
+ * What gives a host the parts of confinement `missing` names ("what: why" entries of the helper's
+ * report): `msb doctor`'s solutions, and the advice of a ConfinementError.
+ */
+export function confinementAdvice(missing: readonly string[]): string[] {
+  const lacks = (what: string) => missing.some((m) => m.startsWith(`${what}:`));
+  const advice: string[] = [];
+  if (lacks("namespaces") || lacks("network namespace")) {
+    advice.push(
+      "run as root, or allow unprivileged user namespaces: sudo sysctl kernel.unprivileged_userns_clone=1 (Debian, Ubuntu) or sudo sysctl user.max_user_namespaces=15000",
+      "Ubuntu 23.10+ also restricts them by AppArmor: sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0",
+      "in a container: give it CAP_SYS_ADMIN and a seccomp profile that allows unshare (Docker's default profile does, for a container run with --cap-add SYS_ADMIN)",
+    );
+  }
+  if (lacks("seccomp")) advice.push("a Linux kernel >= 5.6 (pidfd_getfd), with seccomp user notification (CONFIG_SECCOMP_FILTER)");
+  advice.push('or create sandboxes with confinement: "best-effort" to run with what this host allows (sandbox.confinement says what that is)');
+  return advice;
+}
