@@ -17,6 +17,7 @@ let e2b: SdkModule;
 beforeAll(async () => {
   server = await createServer({ port: 0, apiKeys: [KEY, OTHER], maxSandboxes: 4 });
   Object.assign(process.env, { E2B_API_URL: server.url, E2B_SANDBOX_URL: server.url, E2B_API_KEY: KEY, E2B_DOMAIN: "localhost" });
+  process.env.E2B_VOLUME_API_URL = server.url;
   e2b = (await import("e2b-251")) as unknown as SdkModule;
 });
 afterAll(async () => {
@@ -73,6 +74,47 @@ describe("E2B volumes", () => {
     expect(await Volume.getInfo(theirs.volumeId, { apiKey: OTHER })).toMatchObject({ name });
     expect(await Volume.destroy(theirs.volumeId, { apiKey: OTHER })).toBe(true);
     expect(listVolumes().filter((v) => v.name.endsWith(name))).toEqual([]);
+  }, 240_000);
+});
+
+describe("the E2B volume content API", () => {
+  it("writes, reads, lists, stats, changes and removes a volume's files, which a sandbox then sees", async () => {
+    const { Sandbox, Volume, VolumePathNotFoundError, AuthenticationError } = e2b;
+    const vol = await Volume.create(`files-${RUN}`);
+    await expect(vol.writeFile("/docs/a.txt", "no parent yet")).rejects.toBeInstanceOf(VolumePathNotFoundError);
+    expect(await vol.makeDir("/docs")).toMatchObject({ name: "docs", path: "/docs", type: "directory" });
+    await expect(vol.makeDir("/docs")).rejects.toThrow(/409: \/docs already exists/);
+    expect(await vol.makeDir("/deep/er/dir", { force: true })).toMatchObject({ path: "/deep/er/dir", type: "directory" });
+    const written = await vol.writeFile("/docs/a.txt", "hello volume", { mode: 0o600 });
+    expect(written).toMatchObject({ name: "a.txt", path: "/docs/a.txt", type: "file", size: 12, mode: 0o600, uid: 0 });
+    expect(written.mtime.getTime()).toBeGreaterThan(Date.now() - 120_000);
+    const bytes = new Uint8Array([0, 255, 1, 254, 10]);
+    await vol.writeFile("bin", bytes.buffer);
+    expect(await vol.readFile("/bin", { format: "bytes" })).toEqual(bytes);
+    expect(await vol.readFile("/docs/a.txt")).toBe("hello volume");
+    expect((await vol.list("/")).map((e) => e.path).sort()).toEqual(["/bin", "/deep", "/docs", "/lost+found"]);
+    expect((await vol.list("/docs", { depth: 2 })).map((e) => e.path)).toEqual(["/docs/a.txt"]);
+    expect((await vol.list("/", { depth: 3 })).map((e) => e.path)).toContain("/deep/er/dir");
+    expect(await vol.exists("/docs/nope")).toBe(false);
+    expect(await vol.updateMetadata("/docs/a.txt", { uid: 1000, gid: 1001, mode: 0o640 })).toMatchObject({ uid: 1000, gid: 1001, mode: 0o640 });
+    await expect(vol.readFile("/../etc/passwd")).rejects.toThrow(/400: path .* may not contain/);
+    const forged = new Volume(vol.volumeId, vol.name, "not-the-token");
+    await expect(forged.readFile("/docs/a.txt")).rejects.toBeInstanceOf(AuthenticationError);
+
+    const sb = await Sandbox.create("base", { volumeMounts: { "/v": vol } });
+    try {
+      expect((await sb.commands.run("cat /v/docs/a.txt; stat -c '%u %g %a' /v/docs/a.txt")).stdout).toBe("hello volume1000 1001 640\n");
+      // Mounted in a sandbox, its files are reached there.
+      await expect(vol.readFile("/docs/a.txt")).rejects.toThrow(new RegExp(`409: volume files-${RUN} is mounted in sandbox ${sb.sandboxId}`));
+    } finally {
+      await sb.kill();
+    }
+    await vol.remove("/docs");
+    expect(await vol.exists("/docs/a.txt")).toBe(false);
+    await expect(vol.remove("/docs")).rejects.toBeInstanceOf(VolumePathNotFoundError);
+    expect(await Volume.destroy(vol.volumeId)).toBe(true);
+    // Nothing left running: each call's helper sandbox is stopped after it.
+    expect(server.table.everyone()).toEqual([]);
   }, 240_000);
 });
 

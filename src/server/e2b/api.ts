@@ -17,6 +17,7 @@ import { codeInterpreter } from "./interpreter.js";
 import { envdEnvs, envdMetrics, observeRoutes } from "./observe.js";
 import { relayToPort } from "./ports.js";
 import { E2bSandboxes, ENVD_PORT, headersOf, INTERPRETER_PORT } from "./shared.js";
+import { volumeContent } from "./volume-content.js";
 import { E2bVolumes, volumeRoutes } from "./volumes.js";
 
 export interface E2bOptions {
@@ -55,9 +56,10 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
   }
 
   return {
-    routes: (on: Parameters<ReturnType<typeof controlPlane>>[0]) => {
+    routes: (on: Parameters<ReturnType<typeof volumeContent>>[0]) => {
       controlPlane(sandboxes, catalog, bodyLimit, volumes)(on);
       volumeRoutes(volumes, sandboxes, bodyLimit)(on);
+      volumeContent(volumes, table, catalog, bodyLimit, fileLimit)(on);
       observeRoutes(sandboxes)(on);
     },
     dataPlane,

@@ -53,7 +53,7 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS;
     const metadata = body.metadata && typeof body.metadata === "object" ? (body.metadata as Record<string, string>) : {};
     const env = body.envVars && typeof body.envVars === "object" ? (body.envVars as Record<string, string>) : {};
-    const mounts = volumes.mounts(who, body.volumeMounts);
+    const mounts = await volumes.mounts(who, body.volumeMounts);
     const m = await table.create({
       protocol: "e2b",
       owner: who,

@@ -26,6 +26,15 @@ export interface E2bVolume {
 
 const idOf = (library: string) => createHash("sha256").update(library).digest("hex").slice(0, 20);
 
+/** The owner id a volume belongs to. */
+export const ownerOf = (v: E2bVolume): string => v.library.slice(PREFIX.length, -v.name.length - 1);
+
+/** The ids of the sandboxes that have the volume mounted now. */
+export function mountedIn(v: E2bVolume): string {
+  const users = listVolumes().find((x) => x.name === v.library)?.users ?? [];
+  return users.map((u) => (u.sandbox.startsWith("srv-") ? u.sandbox.slice(4) : u.sandbox)).join(", ") || "(one that just stopped)";
+}
+
 function checkName(name: unknown): string {
   if (typeof name !== "string" || !NAME.test(name)) throw new InvalidArgumentError(`volume name ${JSON.stringify(name)} is invalid: ${NAME_RULE}`);
   return name;
@@ -35,6 +44,19 @@ function checkName(name: unknown): string {
 export class E2bVolumes {
   // Tokens are signed with a secret of this server's run: a restart gives new ones (getInfo tells them).
   private readonly secret = randomBytes(32);
+  // Content API helpers on their way down, by library volume: a mount or destroy waits for them.
+  private readonly stopping = new Map<string, Promise<void>>();
+
+  /** Records a content API helper of `library` stopping. */
+  stopped(library: string, stop: Promise<void>): void {
+    this.stopping.set(library, stop);
+    void stop.finally(() => this.stopping.get(library) === stop && this.stopping.delete(library));
+  }
+
+  /** Resolves when no content API helper of `library` is stopping. */
+  async settled(library: string): Promise<void> {
+    while (this.stopping.has(library)) await this.stopping.get(library);
+  }
 
   /** Every owner's volumes (the content API, where the token is the check). */
   all(): E2bVolume[] {
@@ -65,7 +87,7 @@ export class E2bVolumes {
    * A create's volumeMounts as the library's volumes: each an existing volume of the owner's
    * (E2B mounts only created volumes), at a path the library checks when the sandbox boots.
    */
-  mounts(owner: string, value: unknown): { e2b: { name: string; path: string }[]; library: VolumeSpec[] } {
+  async mounts(owner: string, value: unknown): Promise<{ e2b: { name: string; path: string }[]; library: VolumeSpec[] }> {
     if (value === undefined || value === null) return { e2b: [], library: [] };
     if (!Array.isArray(value)) throw new InvalidArgumentError(`volumeMounts must be an array of { name, path }, got ${JSON.stringify(value)}`);
     const mine = this.of(owner);
@@ -77,7 +99,9 @@ export class E2bVolumes {
         throw new NotFoundError(`volume ${JSON.stringify(name)} not found: create it first (Volume.create), Volume.list() lists this key's volumes`);
       return { name: name as string, path };
     });
-    return { e2b, library: e2b.map((m) => ({ name: `${PREFIX}${owner}.${m.name}`, path: m.path })) };
+    const library = e2b.map((m) => ({ name: `${PREFIX}${owner}.${m.name}`, path: m.path }));
+    for (const v of library) await this.settled(v.name);
+    return { e2b, library };
   }
 }
 
@@ -95,13 +119,12 @@ export function volumeRoutes(volumes: E2bVolumes, sandboxes: E2bSandboxes, bodyL
 
   async function destroy(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
     const v = volumes.byId(sandboxes.owner(req), params.volumeID ?? "");
+    await volumes.settled(v.library);
     try {
       await removeVolume(v.library);
     } catch (err) {
       if (!(err instanceof VolumeBusyError)) throw err;
-      const users = listVolumes().find((x) => x.name === v.library)?.users ?? [];
-      const by = users.map((u) => (u.sandbox.startsWith("srv-") ? u.sandbox.slice(4) : u.sandbox)).join(", ");
-      throw new VolumeBusyError(`volume ${v.name} is mounted in sandbox ${by || "(one that just stopped)"}: kill it first, then destroy the volume`);
+      throw new VolumeBusyError(`volume ${v.name} is mounted in sandbox ${mountedIn(v)}: kill it first, then destroy the volume`);
     }
     res.writeHead(204).end();
   }
