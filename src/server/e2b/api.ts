@@ -1,8 +1,10 @@
 // The E2B API, so the e2b and @e2b/code-interpreter SDKs work unmodified against msb server: the
-// control plane (control.ts) and the data plane (E2B_SANDBOX_URL: every sandbox on this one port,
+// control plane (control.ts; volumes.ts and their content API, volume-content.ts; logs and
+// metrics, observe.ts) and the data plane (E2B_SANDBOX_URL: every sandbox on this one port,
 // chosen by the E2b-Sandbox-Id header and allowed by its X-Access-Token): envd's Connect RPC
-// services (envd.ts), its /files (files.ts) and /health, and the code interpreter (port 49999,
-// interpreter.ts). Requests for getHost's PORT-ID.DOMAIN go to the port relay (ports.ts).
+// services (envd.ts), its /files (files.ts), /health, /envs and /metrics, and the code
+// interpreter (port 49999, interpreter.ts). Requests for getHost's PORT-ID.DOMAIN go to the port
+// relay (ports.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import type { Keys } from "../auth.js";
