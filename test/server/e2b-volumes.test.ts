@@ -38,6 +38,7 @@ describe("E2B volumes", () => {
     expect(vol.name).toBe(name);
     await expect(Volume.create(name)).rejects.toThrow(/409: volume .* already exists/);
     await expect(Volume.create("Not/A/Name")).rejects.toThrow(/400: volume name "Not\/A\/Name" is invalid/);
+    await expect(Sandbox.create("base", { volumeMounts: { "/proc/x": vol } })).rejects.toThrow(/400: volume path "\/proc\/x" is invalid/);
 
     const first = await Sandbox.create("base", { volumeMounts: { "/data": vol } });
     try {

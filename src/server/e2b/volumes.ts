@@ -95,9 +95,10 @@ export class E2bVolumes {
       const { name, path, ...rest } = (m && typeof m === "object" ? m : {}) as Record<string, unknown>;
       if (Object.keys(rest).length || typeof path !== "string")
         throw new InvalidArgumentError(`volume mount ${JSON.stringify(m)} is invalid: give { name, path } and nothing else`);
-      if (!mine.some((v) => v.name === checkName(name)))
-        throw new NotFoundError(`volume ${JSON.stringify(name)} not found: create it first (Volume.create), Volume.list() lists this key's volumes`);
-      return { name: name as string, path };
+      const known = checkName(name);
+      if (!mine.some((v) => v.name === known))
+        throw new NotFoundError(`volume ${JSON.stringify(known)} not found: create it first (Volume.create), Volume.list() lists this key's volumes`);
+      return { name: known, path };
     });
     const library = e2b.map((m) => ({ name: `${PREFIX}${owner}.${m.name}`, path: m.path }));
     for (const v of library) await this.settled(v.name);
