@@ -177,6 +177,18 @@ async function makeVolume(name: string, sizeMiB: number): Promise<void> {
   renameSync(part, file);
 }
 
+/** Makes an empty volume of `sizeMiB` now rather than at its first use; false if it already exists. */
+export async function createVolume(name: string, sizeMiB = 1024): Promise<boolean> {
+  if (!NAME.test(name))
+    throw new InvalidArgumentError(`volume name ${JSON.stringify(name)} is invalid: 1-63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit`);
+  mkdirSync(dir(), { recursive: true });
+  return withLock(usersFile(name), async () => {
+    if (existsSync(volumeFile(name))) return false;
+    await makeVolume(name, sizeMiB);
+    return true;
+  });
+}
+
 /** The volumes in the cache, with who uses them now. */
 export function listVolumes(): VolumeInfo[] {
   if (!existsSync(dir())) return [];

@@ -96,6 +96,7 @@ const BY_CODE: Readonly<Record<string, Answer>> = {
   MSB_CONFLICT: row(409, R.sandbox, Code.FailedPrecondition),
   MSB_SANDBOX_NOT_RUNNING: row(409, R.sandbox, Code.FailedPrecondition),
   MSB_SANDBOX_EXPIRED: row(409, R.sandbox, Code.FailedPrecondition),
+  MSB_VOLUME_BUSY: row(409, R.sandbox, Code.FailedPrecondition),
   MSB_BODY_TOO_LARGE: row(413, R.invalidRequest, Code.ResourceExhausted),
   // The sandbox could not do what was asked: run the program, within its memory and output limits,
   // without its interpreter dying.

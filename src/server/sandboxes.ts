@@ -4,6 +4,7 @@
 import { randomBytes } from "node:crypto";
 
 import type { Sandbox } from "../sandbox/sandbox.js";
+import type { VolumeSpec } from "../sandbox/volumes.js";
 import { SANDBOX_KINDS, type SandboxKind } from "./catalog.js";
 import { SERVER_DEFAULTS } from "./defaults.js";
 import { NotFoundError, ServerClosingError, ServerFullError } from "./errors.js";
@@ -46,6 +47,8 @@ export interface CreateSpec {
   cpus?: number;
   env?: Record<string, string>;
   workdir?: string;
+  /** Library volumes to mount (E2B's volumeMounts, each checked to be the owner's). */
+  volumes?: VolumeSpec[];
   metadata?: Record<string, string>;
   /** Seconds to live (E2B's timeout); undefined: until stopped. */
   timeout?: number;
@@ -87,6 +90,7 @@ export class SandboxTable {
         ...(spec.cpus !== undefined ? { cpus: spec.cpus } : {}),
         ...(spec.env ? { env: spec.env } : {}),
         ...(spec.workdir ? { workdir: spec.workdir } : {}),
+        ...(spec.volumes?.length ? { volumes: spec.volumes } : {}),
         labels: { "msb.server/owner": spec.owner, "msb.server/namespace": spec.namespace, "msb.server/name": spec.name },
       });
       const m: Managed = {

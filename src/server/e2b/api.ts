@@ -1,8 +1,10 @@
 // The E2B API, so the e2b and @e2b/code-interpreter SDKs work unmodified against msb server: the
-// control plane (control.ts) and the data plane (E2B_SANDBOX_URL: every sandbox on this one port,
+// control plane (control.ts; volumes.ts and their content API, volume-content.ts; logs and
+// metrics, observe.ts) and the data plane (E2B_SANDBOX_URL: every sandbox on this one port,
 // chosen by the E2b-Sandbox-Id header and allowed by its X-Access-Token): envd's Connect RPC
-// services (envd.ts), its /files (files.ts) and /health, and the code interpreter (port 49999,
-// interpreter.ts). Requests for getHost's PORT-ID.DOMAIN go to the port relay (ports.ts).
+// services (envd.ts), its /files (files.ts), /health, /envs and /metrics, and the code
+// interpreter (port 49999, interpreter.ts). Requests for getHost's PORT-ID.DOMAIN go to the port
+// relay (ports.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import type { Keys } from "../auth.js";
@@ -14,8 +16,11 @@ import { controlPlane } from "./control.js";
 import { envdHandler } from "./envd.js";
 import { serveFiles, servePresigned } from "./files.js";
 import { codeInterpreter } from "./interpreter.js";
+import { envdEnvs, envdMetrics, observeRoutes } from "./observe.js";
 import { relayToPort } from "./ports.js";
 import { E2bSandboxes, ENVD_PORT, headersOf, INTERPRETER_PORT } from "./shared.js";
+import { volumeContent } from "./volume-content.js";
+import { E2bVolumes, volumeRoutes } from "./volumes.js";
 
 export interface E2bOptions {
   /**
@@ -32,6 +37,7 @@ export interface E2bOptions {
 
 export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, opts: E2bOptions, bodyLimit: number) {
   const sandboxes = new E2bSandboxes(table, keys);
+  const volumes = new E2bVolumes();
   const fileLimit = opts.fileLimit ?? SERVER_DEFAULTS.e2b.fileLimit;
   const envd = envdHandler(sandboxes);
   const interpreter = codeInterpreter(catalog, bodyLimit);
@@ -44,13 +50,20 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
     const sb = sandboxes.forRequest(headersOf(req));
     if (port === ENVD_PORT && url.pathname === "/health") return void res.writeHead(204).end();
     if (port === ENVD_PORT && url.pathname === "/files") return serveFiles(sb.m.sandbox, req, res, url, fileLimit);
+    if (port === ENVD_PORT && url.pathname === "/envs" && req.method === "GET") return envdEnvs(sb, res);
+    if (port === ENVD_PORT && url.pathname === "/metrics" && req.method === "GET") return envdMetrics(sb, res);
     if (port === INTERPRETER_PORT && url.pathname === "/execute" && req.method === "POST") return interpreter.execute(sb, req, res);
     if (port === INTERPRETER_PORT && url.pathname.startsWith("/contexts")) return interpreter.contexts(sb, req, res, url.pathname);
     throw new NotFoundError(`sandbox port ${port} serves no ${req.method} ${url.pathname}`);
   }
 
   return {
-    routes: controlPlane(sandboxes, catalog, bodyLimit),
+    routes: (on: Parameters<ReturnType<typeof volumeContent>>[0]) => {
+      controlPlane(sandboxes, catalog, bodyLimit, volumes)(on);
+      volumeRoutes(volumes, sandboxes, bodyLimit)(on);
+      volumeContent(volumes, table, catalog, bodyLimit, fileLimit)(on);
+      observeRoutes(sandboxes)(on);
+    },
     dataPlane,
     presigned: (req: IncomingMessage, res: ServerResponse) => servePresigned(sandboxes, req, res, fileLimit),
     portProxy: (req: IncomingMessage, res: ServerResponse, port: number, id: string) => relayToPort(sandboxes, req, res, port, id, fileLimit),

@@ -9,10 +9,12 @@ import { type ImageCatalog, SANDBOX_KINDS } from "../catalog.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
+import { metricOf } from "./observe.js";
 import { ProcessTable } from "./processes.js";
 import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION, settled, transition } from "./shared.js";
+import type { E2bVolumes } from "./volumes.js";
 
-export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bodyLimit: number) {
+export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bodyLimit: number, volumes: E2bVolumes) {
   const { table } = sandboxes;
   const target = (req: IncomingMessage, params: Params) => sandboxes.owned(req, params.sandboxID ?? "");
 
@@ -29,6 +31,7 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     metadata: m.metadata,
     state: s.paused ? "paused" : "running",
     envdVersion: ENVD_VERSION,
+    volumeMounts: s.volumeMounts ?? [],
   });
 
   // What create and connect answer: how the SDK reaches the sandbox.
@@ -50,6 +53,7 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS;
     const metadata = body.metadata && typeof body.metadata === "object" ? (body.metadata as Record<string, string>) : {};
     const env = body.envVars && typeof body.envVars === "object" ? (body.envVars as Record<string, string>) : {};
+    const mounts = await volumes.mounts(who, body.volumeMounts);
     const m = await table.create({
       protocol: "e2b",
       owner: who,
@@ -59,9 +63,11 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
       template,
       metadata,
       env,
+      volumes: mounts.library,
       timeout,
     });
     const s = sandboxes.add(m, randomBytes(24).toString("base64url"));
+    if (mounts.e2b.length) s.volumeMounts = mounts.e2b;
     sendJson(res, 201, reached({ m, s }));
   }
 
@@ -102,20 +108,7 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
 
   async function metrics(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
     const { m } = target(req, params);
-    const s = await m.sandbox.metrics();
-    const now = new Date();
-    sendJson(res, 200, [
-      {
-        timestamp: now.toISOString(),
-        timestampUnix: Math.floor(now.getTime() / 1000),
-        cpuCount: s.cpu.cores,
-        cpuUsedPct: s.cpu.percent,
-        memUsed: s.memory.usedBytes,
-        memTotal: s.memory.totalBytes,
-        diskUsed: s.disk.usedBytes,
-        diskTotal: s.disk.usedBytes + s.disk.freeBytes,
-      },
-    ]);
+    sendJson(res, 200, [metricOf(await m.sandbox.metrics())]);
   }
 
   async function pause(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {

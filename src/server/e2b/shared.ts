@@ -32,6 +32,8 @@ export interface E2bState {
   /** A pause or resume under way: one at a time, and calls that arrive meanwhile wait for it. */
   transition?: Promise<void>;
   contexts: Map<string, CodeContext>;
+  /** The volumes create mounted, as E2B names them (getInfo's volumeMounts). */
+  volumeMounts?: { name: string; path: string }[];
   /** The interpreter of /execute with a language and no context, by language, when it is not the sandbox's own run(). */
   defaults: Map<string, CodeContext["interpreter"]>;
 }
