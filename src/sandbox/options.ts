@@ -7,7 +7,7 @@ import { DEFAULT_PATH } from "../agent-client/process.js";
 import { InvalidArgumentError } from "../errors.js";
 import { RegistryClient, type RegistryClientOptions } from "../images/registry.js";
 import { checkKeys, keysOf } from "../keys.js";
-import { checkEgressProxy, checkSecrets, type Secret, type SecretsOption } from "../vm/machine.js";
+import { checkEgressProxy, checkInjectHeaders, checkSecrets, type InjectHeadersOption, type Secret, type SecretsOption } from "../vm/machine.js";
 import { checkNetwork, checkPorts, type NetworkPolicy, type PortForward } from "../vm/netpolicy.js";
 import { checkVolumes, type VolumeSpec } from "./volumes.js";
 
@@ -91,6 +91,13 @@ export interface SandboxOptions {
    * name). A placeholder bound anywhere else is refused with a 403. QEMU.
    */
   secrets?: SecretsOption;
+  /**
+   * Request headers the host's egress proxy sets on HTTP and HTTPS requests to a host, replacing
+   * any of that name the guest sent: `{ "api.example.com": { authorization: "Bearer …" } }`. A
+   * "*." host covers every name below it; a request takes its exact name's entry, else the
+   * longest suffix's (not merged). The guest never sees the values. QEMU.
+   */
+  injectHeaders?: InjectHeadersOption;
   /** "http://[user:pass@]host:port" or "socks5://…": all TCP egress goes through this proxy, and nowhere when it is down. QEMU. */
   egressProxy?: string;
 }
@@ -124,6 +131,7 @@ export interface ResolvedOptions {
   volumes: Required<VolumeSpec>[];
   confinement: "required" | "best-effort";
   secrets: Secret[];
+  injectHeaders: InjectHeadersOption;
   egressProxy: string | undefined;
 }
 
@@ -150,6 +158,7 @@ export const SANDBOX_OPTION_KEYS = keysOf<SandboxOptions>({
   volumes: true,
   confinement: true,
   secrets: true,
+  injectHeaders: true,
   egressProxy: true,
 });
 export const START_OPTION_KEYS = keysOf<StartOptions>({ memory: true, cpus: true, timeout: true });
@@ -209,6 +218,9 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
   const secrets = opts.secrets === undefined ? [] : checkSecrets(opts.secrets);
   if (secrets.length && network === "none")
     throw new InvalidArgumentError('secrets need a network: give network "public", "all" or a policy that reaches their hosts');
+  const injectHeaders = opts.injectHeaders === undefined ? {} : checkInjectHeaders(opts.injectHeaders);
+  if (Object.keys(injectHeaders).length && network === "none")
+    throw new InvalidArgumentError('injectHeaders need a network: give network "public", "all" or a policy that reaches their hosts');
   const egressProxy = opts.egressProxy;
   if (egressProxy !== undefined) {
     checkEgressProxy(egressProxy);
@@ -256,6 +268,7 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     volumes: checkVolumes(opts.volumes),
     confinement: checkConfinement(opts.confinement ?? "required"),
     secrets,
+    injectHeaders,
     egressProxy,
   };
 }

@@ -17,6 +17,7 @@ import {
   type Capability,
   type Confinement,
   checkEgressProxy,
+  checkInjectHeaders,
   checkSecrets,
   egressEnv,
   type KeptSession,
@@ -25,6 +26,7 @@ import {
   type MachineSpec,
   planMachine,
   restoreMachine,
+  type InjectHeadersOption,
   type SecretsOption,
   secretsOption,
 } from "../vm/machine.js";
@@ -60,7 +62,7 @@ export interface ForkOptions {
 }
 
 const FORK_KEYS = keysOf<ForkOptions>({ name: true, ports: true });
-const UPDATE_NETWORK_KEYS = keysOf<{ secrets?: SecretsOption }>({ secrets: true });
+const UPDATE_NETWORK_KEYS = keysOf<{ secrets?: SecretsOption; injectHeaders?: InjectHeadersOption }>({ secrets: true, injectHeaders: true });
 
 const debug = debuglog("microsandbox");
 
@@ -294,6 +296,7 @@ export abstract class Sandbox implements AsyncDisposable {
       backend: o.backend,
       confinement: o.confinement,
       secrets: o.secrets,
+      injectHeaders: o.injectHeaders,
       ...(o.egressProxy ? { egressProxy: checkEgressProxy(o.egressProxy) } : {}),
       ...(this.log ? { consoleKeep: this.log.console } : {}),
       ...(o.kernel ? { kernel: o.kernel } : {}),
@@ -385,22 +388,24 @@ export abstract class Sandbox implements AsyncDisposable {
   }
 
   /**
-   * Changes what this running sandbox may reach, as `network` does at create, and with `secrets`
+   * Changes what this running sandbox may reach, as `network` does at create, with `secrets`
    * its secrets (a secret kept by name keeps its placeholder; commands started from now on see
-   * the new ones): new connections see the change once this resolves, and open connections to a
+   * the new ones) and with `injectHeaders` its injected headers (each left out is kept): new connections see the change once this resolves, and open connections to a
    * destination it refuses are closed. Forks and a resumed sandbox keep it. A sandbox created
    * with network "none" has no network device and cannot gain one (NetworkError).
    */
-  async updateNetwork(policy: NetworkPolicy, opts: { secrets?: SecretsOption } = {}): Promise<void> {
+  async updateNetwork(policy: NetworkPolicy, opts: { secrets?: SecretsOption; injectHeaders?: InjectHeadersOption } = {}): Promise<void> {
     checkKeys("updateNetwork option", opts, UPDATE_NETWORK_KEYS);
     const network = checkNetwork(policy);
     const secrets = opts.secrets === undefined ? this.opts.secrets : checkSecrets(opts.secrets, this.opts.secrets);
+    const injectHeaders = opts.injectHeaders === undefined ? this.opts.injectHeaders : checkInjectHeaders(opts.injectHeaders);
     const clash = secrets.find((s) => this.opts.env[s.name] !== undefined);
     if (clash) throw new InvalidArgumentError(`secrets.${clash.name} is also in the sandbox's env: drop one of them`);
     this.agent();
-    const { closed } = await this.vm!.updateNetwork({ network, secrets });
+    const { closed } = await this.vm!.updateNetwork({ network, secrets, injectHeaders });
     this.opts.network = network;
     this.opts.secrets = secrets;
+    this.opts.injectHeaders = injectHeaders;
     this.log?.add("event", `network policy changed${closed ? `; ${closed} open connection${closed === 1 ? "" : "s"} it refuses closed` : ""}`);
   }
 
@@ -566,7 +571,7 @@ export abstract class Sandbox implements AsyncDisposable {
   processOptions(opts: CommandOptions, timeout: number | undefined) {
     const [user, group] = (this.imageConfig.user ?? "").split(":");
     return {
-      env: guestEnv(envRecord(this.imageConfig.env), egressEnv(this.opts.secrets), this.opts.env, opts.env),
+      env: guestEnv(envRecord(this.imageConfig.env), egressEnv(this.opts.secrets, this.opts.injectHeaders), this.opts.env, opts.env),
       cwd: opts.cwd ?? this.workdir(),
       ...(user ? { user } : {}),
       ...(group && /^\d+$/.test(group) ? { gid: Number(group) } : {}),

@@ -13,6 +13,7 @@ import { publish } from "../trace.js";
 import type { Backend, BootTimeline, Capability, Confinement, KeptSession, Vm, VmConfig } from "./backend.js";
 import type { SandboxCA } from "./egress/ca.js";
 import { MachineEgress } from "./egress/egress.js";
+import { hasInjections, type InjectHeadersOption } from "./egress/inject.js";
 import type { Secret } from "./egress/secrets.js";
 import type { EgressProxyUrl } from "./egress/upstream.js";
 import type { GuestArch } from "./guest.js";
@@ -24,6 +25,7 @@ import { cloneIdentity, copyVm, restoreOrBoot, type SnapshotOutcome, snapshotInp
 
 export type { BootTimeline, Capability, Confinement, KeptSession } from "./backend.js";
 export { egressEnv } from "./egress/egress.js";
+export { checkInjectHeaders, type InjectHeadersOption } from "./egress/inject.js";
 export { checkSecrets, type Secret, type SecretOption, type SecretsOption, secretsOption } from "./egress/secrets.js";
 export { checkEgressProxy, type EgressProxyUrl } from "./egress/upstream.js";
 export type { BackendName, Need } from "./select.js";
@@ -65,6 +67,8 @@ export interface MachineSpec {
   confinement: Confinement["mode"];
   /** Values the guest sees only as placeholders, swapped in by the egress proxy for their hosts. */
   secrets: readonly Secret[];
+  /** Request headers the egress proxy sets for their hosts; the guest never sees them. */
+  injectHeaders?: InjectHeadersOption;
   /** The user's proxy that all egress goes through. */
   egressProxy?: EgressProxyUrl;
 }
@@ -108,7 +112,7 @@ export interface Machine {
    * connections see it once this resolves, and open connections it refuses are closed (how many
    * is returned). A machine booted without a network device ("none") cannot gain one.
    */
-  updateNetwork(change: { network: NetworkPolicy; secrets: readonly Secret[] }): Promise<{ closed: number }>;
+  updateNetwork(change: { network: NetworkPolicy; secrets: readonly Secret[]; injectHeaders?: InjectHeadersOption }): Promise<{ closed: number }>;
   /** Graceful: the agent shuts the guest down, a bounded wait, then kill. Idempotent. */
   stop(): Promise<void>;
   /** Kills the VMM at once. */
@@ -147,6 +151,7 @@ export interface MachinePlan {
 export function machineNeeds(spec: Pick<MachineSpec, "network" | "ports" | "volumes" | "confinement"> & Partial<MachineSpec>): Need[] {
   const needs: Need[] = [];
   if (spec.secrets?.length) needs.push({ capability: "egress-policy", why: "secrets" });
+  if (hasInjections(spec.injectHeaders)) needs.push({ capability: "egress-policy", why: "injected headers" });
   if (spec.egressProxy) needs.push({ capability: "egress-policy", why: "an egress proxy" });
   if (spec.confinement === "required") needs.push({ capability: "jail", why: 'a jailed VMM (confinement "required")' });
   if (spec.network !== "none" && spec.network !== "all") needs.push({ capability: "egress-policy", why: "a network policy" });
@@ -273,7 +278,15 @@ const SAVED_FILE = "machine.json";
 // cannot be held (libkrun's TSI, chosen only when nothing needs it). `ca`: the one a copy's guest trusts.
 async function egressFor(spec: MachineSpec, backend: Backend, ca?: SandboxCA): Promise<MachineEgress | undefined> {
   if (spec.network === "none" || !backend.capabilities.has("egress-policy")) return undefined;
-  return MachineEgress.start({ network: spec.network, secrets: spec.secrets, ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}) }, ca);
+  return MachineEgress.start(
+    {
+      network: spec.network,
+      secrets: spec.secrets,
+      ...(spec.injectHeaders ? { inject: spec.injectHeaders } : {}),
+      ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
+    },
+    ca,
+  );
 }
 
 // Runs `start` (a boot, restore or copy), then hands the VM's redirected connections to `egress`
@@ -311,7 +324,7 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
     confinement: vm.confinement,
     async updateNetwork(change) {
       if (!egress) {
-        if (change.network === "none" && !change.secrets.length) return { closed: 0 };
+        if (change.network === "none" && !change.secrets.length && !hasInjections(change.injectHeaders)) return { closed: 0 };
         throw new NetworkError(
           config.network === "none"
             ? `sandbox ${config.name} has no network device (it was created with network "none"): create it with a network to change its policy`
@@ -322,9 +335,10 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
       const closed = await egress.update(vm, vm.agent, {
         network: change.network,
         secrets: change.secrets,
+        ...(change.injectHeaders ? { inject: change.injectHeaders } : {}),
         ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
       });
-      spec = { ...spec, network: change.network, secrets: change.secrets };
+      spec = { ...spec, network: change.network, secrets: change.secrets, injectHeaders: change.injectHeaders ?? {} };
       return closed;
     },
     stop: () => vm.stop(),

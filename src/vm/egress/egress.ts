@@ -1,11 +1,12 @@
 // A machine's egress, as its VM helper and the host's proxy hold it: the rules the supervisor
-// judges the VMM's sockets by (the policy, the secrets' hosts to intercept, "!tunnel" for the
-// user's proxy), the egress proxy it hands those connections to, and the CA the guest trusts when
-// there are secrets. Everything a machine does with its network beyond booting goes through here.
+// judges the VMM's sockets by (the policy, the hosts of secrets and injected headers to intercept,
+// "!tunnel" for the user's proxy), the egress proxy it hands those connections to, and the CA the
+// guest trusts when there are secrets or injected headers. Everything a machine does with its network beyond booting goes through here.
 import type { AgentClient } from "../../agent-client/client.js";
 import type { Redirect, Vm } from "../backend.js";
 import { describeRefusal, type NetworkPolicy, vmNetwork } from "../netpolicy.js";
 import { GUEST_BUNDLE_PATH, GUEST_CA_PATH, GUEST_SYSTEM_BUNDLES, GUEST_TRUST_ENV, SandboxCA } from "./ca.js";
+import { hasInjections, type InjectHeadersOption, injectInterceptRules } from "./inject.js";
 import { EgressProxy } from "./proxy.js";
 import { interceptRules, type Secret, secretEnv } from "./secrets.js";
 import type { EgressProxyUrl } from "./upstream.js";
@@ -14,16 +15,21 @@ import type { EgressProxyUrl } from "./upstream.js";
 export interface EgressSpec {
   network: NetworkPolicy;
   secrets: readonly Secret[];
+  /** Headers the proxy sets on requests to their hosts (checkInjectHeaders). */
+  inject?: InjectHeadersOption;
   egressProxy?: EgressProxyUrl;
 }
+
+/** Whether `spec` has the proxy read HTTPS requests: it then needs a CA the guest trusts. */
+const intercepts = (spec: Pick<EgressSpec, "secrets" | "inject">) => spec.secrets.length > 0 || hasInjections(spec.inject);
 
 // The CA's block in a guest bundle, so that installing again (a resumed sandbox's new CA) replaces it.
 const BEGIN = "# microsandbox: this sandbox's CA (begin)\n";
 const END = "# microsandbox: this sandbox's CA (end)\n";
 
-/** The guest environment the secrets need: each one's placeholder, and the CA's trust variables. */
-export function egressEnv(secrets: readonly Secret[]): Record<string, string> {
-  return secrets.length ? { ...secretEnv(secrets), ...GUEST_TRUST_ENV } : {};
+/** The guest environment the secrets need (each one's placeholder), and the CA's trust variables when anything is intercepted. */
+export function egressEnv(secrets: readonly Secret[], inject?: InjectHeadersOption): Record<string, string> {
+  return intercepts({ secrets, inject }) ? { ...secretEnv(secrets), ...GUEST_TRUST_ENV } : {};
 }
 
 export class MachineEgress {
@@ -37,12 +43,13 @@ export class MachineEgress {
 
   /**
    * The proxy for a machine about to boot with `spec`. `ca`: the CA its guest already trusts (a
-   * copy of a running machine); else one is made when there are secrets.
+   * copy of a running machine); else one is made when there are secrets or injected headers.
    */
   static async start(spec: EgressSpec, ca?: SandboxCA): Promise<MachineEgress> {
-    const authority = ca ?? (spec.secrets.length ? await SandboxCA.create() : undefined);
+    const authority = ca ?? (intercepts(spec) ? await SandboxCA.create() : undefined);
     const proxy = await EgressProxy.start({
       secrets: spec.secrets,
+      ...(spec.inject ? { inject: spec.inject } : {}),
       describeRule: (token) => describeRefusal(spec.network, token),
       ...(authority ? { ca: authority } : {}),
       ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
@@ -67,8 +74,9 @@ export class MachineEgress {
     const base = vmNetwork(spec.network).egress;
     if (base === undefined) return undefined;
     // With a CA the proxy answers a refused HTTPS connection with a 403 too.
-    const https = this.ca || spec.secrets.length ? ["!https"] : [];
-    return [base, ...interceptRules(spec.secrets), ...https, ...(spec.egressProxy ? ["!tunnel"] : [])].join(" ");
+    const https = this.ca || intercepts(spec) ? ["!https"] : [];
+    const intercepted = [...new Set([...interceptRules(spec.secrets), ...injectInterceptRules(spec.inject ?? {})])];
+    return [base, ...intercepted, ...https, ...(spec.egressProxy ? ["!tunnel"] : [])].join(" ");
   }
 
   /** Hands the VM's redirected connections to the proxy, which ends with the VM. */
@@ -78,7 +86,7 @@ export class MachineEgress {
   }
 
   /**
-   * Makes the guest trust the CA, when there are secrets: the CA alone, the system bundles with it
+   * Makes the guest trust the CA, when there is one: the CA alone, the system bundles with it
    * appended, and a bundle for the variables of GUEST_TRUST_ENV. Installing again replaces it.
    */
   async trust(agent: AgentClient): Promise<void> {
@@ -106,25 +114,25 @@ export class MachineEgress {
   }
 
   /**
-   * Holds the running `vm` to `spec` from now on: the proxy's secrets first (a connection the new
-   * rules intercept finds them), then the supervisor's rules, which shut the open connections they
-   * refuse, those through the proxy included. A CA the guest trusts comes first when secrets
-   * arrive for the first time. When the supervisor refuses the rules, nothing changes.
+   * Holds the running `vm` to `spec` from now on: the proxy's secrets and injected headers first (a
+   * connection the new rules intercept finds them), then the supervisor's rules, which shut the
+   * open connections they refuse, those through the proxy included. A CA the guest trusts comes
+   * first when the first secrets or injected headers arrive. When the supervisor refuses the rules, nothing changes.
    */
   async update(vm: Vm, agent: AgentClient, spec: EgressSpec): Promise<{ closed: number }> {
-    if (spec.secrets.length && !this.ca) {
+    if (intercepts(spec) && !this.ca) {
       this.ca = await SandboxCA.create();
       this.proxy.update({ ca: this.ca });
     }
     await this.trust(agent);
     const words = (network: NetworkPolicy) => (token: string) => describeRefusal(network, token);
-    this.proxy.update({ secrets: spec.secrets, describeRule: words(spec.network) });
+    this.proxy.update({ secrets: spec.secrets, inject: spec.inject ?? {}, describeRule: words(spec.network) });
     try {
       const applied = await vm.setPolicy!(this.rules(spec) ?? "");
       this.spec = spec;
       return applied;
     } catch (err) {
-      this.proxy.update({ secrets: this.spec.secrets, describeRule: words(this.spec.network) });
+      this.proxy.update({ secrets: this.spec.secrets, inject: this.spec.inject ?? {}, describeRule: words(this.spec.network) });
       throw err;
     }
   }

@@ -1,7 +1,7 @@
 // The host-side egress proxy: the VM helper connects some guest TCP connections (to port 80 or
 // 443) here instead of their destination and reports each as a RedirectRecord. Intercepted
 // connections are parsed as HTTP/1.1 (TLS terminated with the sandbox CA's leaf) so secrets'
-// placeholders become values for their hosts only; refused ones get a readable 403; tunnelled ones
+// placeholders become values for their hosts only, and injected headers are set; refused ones get a readable 403; tunnelled ones
 // go through the user's proxy. Upstream is always the destination the guest asked for, by address.
 import {
   createServer as createHttpServer,
@@ -18,6 +18,7 @@ import { rootCertificates, TLSSocket, connect as tlsConnect } from "node:tls";
 import { debuglog } from "node:util";
 
 import { isHostname, type SandboxCA } from "./ca.js";
+import { type InjectHeadersOption, injectionFor } from "./inject.js";
 import { hostMatches, PLACEHOLDER_PREFIX, type Secret } from "./secrets.js";
 import { dial, type EgressProxyUrl } from "./upstream.js";
 
@@ -40,6 +41,8 @@ export interface RedirectRecord {
 export interface EgressProxyOptions {
   /** The checked secrets (checkSecrets). */
   secrets?: readonly Secret[];
+  /** Headers set on requests to their hosts (checkInjectHeaders). */
+  inject?: InjectHeadersOption;
   /** Terminates TLS for intercepted and refused connections to 443; without it those are closed. */
   ca?: SandboxCA;
   /** Words for a refusing rule token ("-10.0.0.0/8", "-d:evil.com", ""), for the 403's body. */
@@ -132,6 +135,7 @@ export class EgressProxy {
   private readonly sockets = new Set<Duplex>();
   private readonly counts = { unmatched: 0, intercepted: 0, refused: 0, tunnelled: 0, requests: 0, hostRefusals: 0, secretRefusals: 0 };
   private secrets: readonly Secret[];
+  private inject: InjectHeadersOption;
   private ca: SandboxCA | undefined;
   private describeRule: (token: string) => string;
   private closed = false;
@@ -139,6 +143,7 @@ export class EgressProxy {
   private constructor(private readonly opts: EgressProxyOptions) {
     this.ca = opts.ca;
     this.secrets = opts.secrets ?? [];
+    this.inject = opts.inject ?? {};
     this.describeRule = opts.describeRule ?? defaultDescribeRule;
     this.http = createHttpServer({ keepAliveTimeout: 60_000 }, (req, res) => this.onRequest(req, res));
     this.http.setTimeout(IDLE_TIMEOUT);
@@ -190,12 +195,13 @@ export class EgressProxy {
   }
 
   /**
-   * Replaces the secrets, the rules' words, and gives a CA (the first secrets of a running
+   * Replaces the secrets, the injected headers, the rules' words, and gives a CA (the first secrets of a running
    * sandbox); requests from now on use them. Open connections a new policy refuses are shut by
    * the VM helper, which knows where each was going.
    */
-  update(opts: { secrets?: readonly Secret[]; describeRule?: (token: string) => string; ca?: SandboxCA }): void {
+  update(opts: { secrets?: readonly Secret[]; inject?: InjectHeadersOption; describeRule?: (token: string) => string; ca?: SandboxCA }): void {
     if (opts.secrets) this.secrets = opts.secrets;
+    if (opts.inject) this.inject = opts.inject;
     if (opts.describeRule) this.describeRule = opts.describeRule;
     if (opts.ca) this.ca = opts.ca;
   }
@@ -431,7 +437,8 @@ export class EgressProxy {
 
   /**
    * The request's Host against the record's names and the TLS name, then the secrets: the headers
-   * to send upstream with placeholders replaced, or why the request is refused.
+   * to send upstream with placeholders replaced and the host's injected headers set (the guest's
+   * own of those names dropped, unread), or why the request is refused.
    */
   private check(req: IncomingMessage, conn: Connection, upgrade: boolean): { host: string; headers: string[] } | string {
     const { record } = conn;
@@ -460,7 +467,8 @@ export class EgressProxy {
         if (url.includes(s.placeholder)) return secretRefusal(`secret ${s.name} may not be sent in the URL: send it in a header`);
       }
     }
-    const headers = withoutHopByHop(req.rawHeaders, upgrade);
+    const injected = injectionFor(host, this.inject);
+    const headers = withoutHopByHop(req.rawHeaders, upgrade, injected);
     for (let i = 0; i < headers.length; i += 2) {
       const name = headers[i]!;
       let value = headers[i + 1]!;
@@ -480,6 +488,7 @@ export class EgressProxy {
     // A chunked body was unframed with Transfer-Encoding (hop-by-hop): frame it again upstream, or
     // Node would write it raw after a GET, where the next bytes read as another request.
     if (req.headers["transfer-encoding"] !== undefined && !upgrade) headers.push("Transfer-Encoding", "chunked");
+    for (const [name, value] of Object.entries(injected ?? {})) headers.push(name, value);
     return { host, headers };
   }
 
@@ -517,8 +526,11 @@ function rawResponse(status: string, text: string): string {
   return `HTTP/1.1 ${status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }
 
-/** `raw` (rawHeaders form) without hop-by-hop fields, nor those its Connection header names; an upgrade keeps Connection and Upgrade. */
-function withoutHopByHop(raw: readonly string[], upgrade: boolean): string[] {
+/**
+ * `raw` (rawHeaders form) without hop-by-hop fields, nor those its Connection header names, nor
+ * those `replaced` sets; an upgrade keeps Connection and Upgrade.
+ */
+function withoutHopByHop(raw: readonly string[], upgrade: boolean, replaced?: Record<string, string>): string[] {
   const named = new Set<string>();
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i]!.toLowerCase() === "connection") for (const n of raw[i + 1]!.split(",")) named.add(n.trim().toLowerCase());
@@ -530,6 +542,7 @@ function withoutHopByHop(raw: readonly string[], upgrade: boolean): string[] {
     const name = raw[i]!.toLowerCase();
     const keep = upgrade && (name === "connection" || name === "upgrade");
     if (!keep && (HOP_BY_HOP.has(name) || (named.has(name) && !upgrade))) continue;
+    if (replaced && Object.hasOwn(replaced, name)) continue;
     out.push(raw[i]!, raw[i + 1]!);
   }
   return out;
