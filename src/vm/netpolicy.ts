@@ -18,10 +18,12 @@ import type { NetworkMode } from "./backend.js";
  * ("example.com": that name) or domain suffixes ("*.example.com": every name below it). With
  * `allow`, only those; `deny` refuses on top of "public" or of the allowlist. A domain admits the
  * addresses the host's DNS servers gave for it, and never a non-public one (no rebinding onto the
- * host or its network): admit such ranges by CIDR. DNS through the host's resolvers always works
+ * host or its network): admit such ranges by CIDR. `except` (not with `allow`): entries admitted
+ * even where `deny` or "public" would refuse them (E2B's allowOut beside a denyOut); a domain
+ * there still never admits a non-public address. DNS through the host's resolvers always works
  * while there is a network.
  */
-export type NetworkPolicy = "none" | "public" | "all" | { allow?: string[]; deny?: string[] };
+export type NetworkPolicy = "none" | "public" | "all" | { allow?: string[]; deny?: string[]; except?: string[] };
 
 /**
  * What "public" refuses: every address that is not on the public internet. The documentation
@@ -86,24 +88,28 @@ const isDomain = (entry: string) => !entry.includes("/");
 export function checkNetwork(value: unknown): NetworkPolicy {
   if (value === "none" || value === "public" || value === "all") return value;
   if (value !== null && typeof value === "object" && !Array.isArray(value)) {
-    checkKeys("network option", value, ["allow", "deny"]);
-    const { allow, deny } = value as { allow?: unknown; deny?: unknown };
+    checkKeys("network option", value, ["allow", "deny", "except"]);
+    const { allow, deny, except } = value as { allow?: unknown; deny?: unknown; except?: unknown };
     const list = (v: unknown, name: string) => {
       if (v === undefined) return undefined;
       if (!Array.isArray(v)) throw new InvalidArgumentError(`network.${name} must be an array of CIDRs and domains, got ${JSON.stringify(v)}`);
       return v.map((c) => checkEntry(c, `network.${name} entry`));
     };
-    const out: { allow?: string[]; deny?: string[] } = {};
+    const out: { allow?: string[]; deny?: string[]; except?: string[] } = {};
     const a = list(allow, "allow"),
-      d = list(deny, "deny");
+      d = list(deny, "deny"),
+      e = list(except, "except");
+    if (a && e) throw new InvalidArgumentError("network.except goes with deny, not allow: with an allow list, put its entries in allow");
     // msb-vmm's policy holds 256 rules, the host's DNS servers and "public"'s own among them.
-    if ((a?.length ?? 0) + (d?.length ?? 0) > MAX_POLICY_ENTRIES) {
+    const entries = (a?.length ?? 0) + (d?.length ?? 0) + (e?.length ?? 0);
+    if (entries > MAX_POLICY_ENTRIES) {
       throw new InvalidArgumentError(
-        `network has ${(a?.length ?? 0) + (d?.length ?? 0)} entries; at most ${MAX_POLICY_ENTRIES} in allow and deny together: merge CIDRs into wider ones, domains into "*." suffixes`,
+        `network has ${entries} entries; at most ${MAX_POLICY_ENTRIES} in allow, deny and except together: merge CIDRs into wider ones, domains into "*." suffixes`,
       );
     }
     if (a) out.allow = a;
     if (d) out.deny = d;
+    if (e) out.except = e;
     return out;
   }
   throw new InvalidArgumentError(
@@ -126,7 +132,8 @@ export function nameservers(resolvConf = "/etc/resolv.conf"): string[] {
  * msb-vmm's rules (--net-policy) for `policy`: "+" admits, "-" refuses, then "CIDR[@PORT]", "d:NAME" (the
  * addresses DNS gave for NAME) or "s:NAME" (for any name below NAME); the first match decides,
  * none matching refuses. Order: the host's DNS servers, denials, CIDR admissions, the non-public
- * ranges (so that no domain admits one), domain admissions. "all" admits every address (its VMM
+ * ranges (so that no domain admits one), domain admissions; with `except`, its admissions come
+ * before the denials, in the same CIDR-first order. "all" admits every address (its VMM
  * is still supervised: raw sockets, io_uring and other families stay refused; its DNS servers are
  * named so that their answers are read, for secrets' hosts). Undefined: "none" has no network.
  */
@@ -140,6 +147,11 @@ export function policyRules(policy: NetworkPolicy, dns: string[]): string | unde
   const any = ["+0.0.0.0/0", "+::/0"];
   if (policy === "all") return [...rules, ...any].join(" ");
   if (policy === "public") return [...rules, ...nonPublic, ...any].join(" ");
+  if (policy.except) {
+    const ex = policy.except;
+    const admitted = [...ex.filter((e) => !isDomain(e)).map((e) => rule("+", e)), ...nonPublic, ...ex.filter(isDomain).map((e) => rule("+", e))];
+    return [...rules, ...admitted, ...(policy.deny ?? []).map((e) => rule("-", e)), ...any].join(" ");
+  }
   rules.push(...(policy.deny ?? []).map((e) => rule("-", e)));
   if (!policy.allow) return [...rules, ...nonPublic, ...any].join(" ");
   rules.push(...policy.allow.filter((e) => !isDomain(e)).map((e) => rule("+", e)));

@@ -10,6 +10,7 @@ import { connect as tlsConnect } from "node:tls";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { SandboxCA } from "../../src/vm/egress/ca.js";
+import { checkInjectHeaders } from "../../src/vm/egress/inject.js";
 import { EgressProxy, type EgressProxyOptions, type RedirectRecord } from "../../src/vm/egress/proxy.js";
 import { checkSecrets, type Secret } from "../../src/vm/egress/secrets.js";
 import { checkEgressProxy } from "../../src/vm/egress/upstream.js";
@@ -219,6 +220,39 @@ describe("intercepted HTTPS", () => {
     const r = await api("api.example.com");
     expect(r.status).toBe(502);
     expect(r.text).toMatch(/could not reach api.example.com at 127.0.0.1:443: .*(certificate|issuer)/i);
+  });
+});
+
+describe("injected headers", () => {
+  it("set a host's headers over the guest's of those names, from its exact entry else its longest suffix", async () => {
+    const inject = checkInjectHeaders({
+      "api.example.com": { Authorization: "Bearer exact" },
+      "*.example.com": { authorization: "Bearer wide", "X-Team": "t1" },
+      "*.deep.example.com": { "x-team": "t2" },
+    });
+    const proxy = await start({ inject });
+    const api = client(await guest(proxy, API));
+    const exact = JSON.parse((await api("api.example.com", { headers: { authorization: "guest's own", "x-keep": "1" } })).text) as Echo;
+    expect(exact.headers.filter((_, i) => i % 2 === 0 && exact.headers[i]!.toLowerCase() === "authorization")).toHaveLength(1);
+    expect(header(exact, "authorization")).toBe("Bearer exact");
+    expect(header(exact, "x-team")).toBeUndefined(); // entries are not merged
+    expect(header(exact, "x-keep")).toBe("1");
+    const wide = JSON.parse((await client(await guest(proxy, OTHER))("other.example.com")).text) as Echo;
+    expect([header(wide, "authorization"), header(wide, "x-team")]).toEqual(["Bearer wide", "t1"]);
+    const deep = { address: "127.0.0.1", port: 80, names: ["a.deep.example.com"] };
+    const narrow = JSON.parse((await client(await guest(proxy, deep))("a.deep.example.com")).text) as Echo;
+    expect([header(narrow, "authorization"), header(narrow, "x-team")]).toEqual([undefined, "t2"]);
+
+    proxy.update({ inject: {} });
+    expect(header(JSON.parse((await api("api.example.com")).text) as Echo, "authorization")).toBeUndefined();
+  });
+
+  it("refuse what the proxy sets itself, addresses and bad values, never echoing a value", () => {
+    expect(() => checkInjectHeaders({ "api.example.com": { Host: "x" } })).toThrow(/host cannot be set/);
+    expect(() => checkInjectHeaders({ "10.0.0.1": { a: "x" } })).toThrow(/is an address/);
+    expect(() => checkInjectHeaders({ "api.example.com": { a: "s3cr3t\r\nx: y" } })).toThrow(/line break/);
+    expect(() => checkInjectHeaders({ "api.example.com": { a: "s3cr3t\r\nx: y" } })).not.toThrow(/s3cr3t/);
+    expect(() => checkInjectHeaders({ "api.example.com": { a: "1", A: "2" } })).toThrow(/given twice/);
   });
 });
 

@@ -41,4 +41,12 @@ describe("network policy values", () => {
     expect(named.slice(3, -2)).toEqual(NON_PUBLIC.map((c) => `-${c}`));
     expect(named.slice(-2)).toEqual(["+d:pypi.org", "+s:pythonhosted.org"]);
   });
+
+  it("admits except's entries before deny refuses, and never a non-public address by name", () => {
+    const ex = policyRules({ deny: ["203.0.113.0/24", "pypi.org"], except: ["203.0.113.9/32", "10.1.0.0/16", "*.pypi.org"] }, ["10.0.0.53"])!.split(" ");
+    expect(ex.slice(0, 3)).toEqual(["+10.0.0.53/32@53", "+203.0.113.9/32", "+10.1.0.0/16"]);
+    expect(ex.slice(3, 3 + NON_PUBLIC.length)).toEqual(NON_PUBLIC.map((c) => `-${c}`));
+    expect(ex.slice(3 + NON_PUBLIC.length)).toEqual(["+s:pypi.org", "-203.0.113.0/24", "-d:pypi.org", "+0.0.0.0/0", "+::/0"]);
+    expect(() => checkNetwork({ allow: ["a.org"], except: ["b.org"] })).toThrow(/network.except goes with deny, not allow/);
+  });
 });

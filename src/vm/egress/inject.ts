@@ -20,7 +20,8 @@ const RESERVED = new Set(["host", "content-length", "transfer-encoding", "connec
 /** Checks `injectHeaders`; returns it canonical (lowercase hosts and header names). Messages never include a value. */
 export function checkInjectHeaders(value: unknown): InjectHeadersOption {
   const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === "object" && !Array.isArray(v);
-  if (!isObject(value)) throw new InvalidArgumentError('injectHeaders must be an object of host: { header: value }, such as { "api.example.com": { authorization: "Bearer …" } }');
+  if (!isObject(value))
+    throw new InvalidArgumentError('injectHeaders must be an object of host: { header: value }, such as { "api.example.com": { authorization: "Bearer …" } }');
   const hosts = Object.keys(value);
   if (hosts.length > MAX_HOSTS) throw new InvalidArgumentError(`injectHeaders has ${hosts.length} hosts; at most ${MAX_HOSTS}: use "*." suffixes`);
   // No prototype: a header named __proto__ is a key like any other.
