@@ -5,6 +5,8 @@ import { randomBytes } from "node:crypto";
 
 import type { Sandbox } from "../sandbox/sandbox.js";
 import type { VolumeSpec } from "../sandbox/volumes.js";
+import type { InjectHeadersOption } from "../vm/machine.js";
+import type { NetworkPolicy } from "../vm/netpolicy.js";
 import { SANDBOX_KINDS, type SandboxKind } from "./catalog.js";
 import { SERVER_DEFAULTS } from "./defaults.js";
 import { NotFoundError, ServerClosingError, ServerFullError } from "./errors.js";
@@ -52,6 +54,10 @@ export interface CreateSpec {
   metadata?: Record<string, string>;
   /** Seconds to live (E2B's timeout); undefined: until stopped. */
   timeout?: number;
+  /** The sandbox's network options; without `network`, it has none. */
+  network?: NetworkPolicy;
+  injectHeaders?: InjectHeadersOption;
+  egressProxy?: string;
 }
 
 export interface Limits {
@@ -91,6 +97,9 @@ export class SandboxTable {
         ...(spec.env ? { env: spec.env } : {}),
         ...(spec.workdir ? { workdir: spec.workdir } : {}),
         ...(spec.volumes?.length ? { volumes: spec.volumes } : {}),
+        ...(spec.network ? { network: spec.network } : {}),
+        ...(spec.injectHeaders ? { injectHeaders: spec.injectHeaders } : {}),
+        ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
         labels: { "msb.server/owner": spec.owner, "msb.server/namespace": spec.namespace, "msb.server/name": spec.name },
       });
       const m: Managed = {

@@ -1,6 +1,6 @@
 // The E2B API, so the e2b and @e2b/code-interpreter SDKs work unmodified against msb server: the
 // control plane (control.ts; volumes.ts and their content API, volume-content.ts; logs and
-// metrics, observe.ts) and the data plane (E2B_SANDBOX_URL: every sandbox on this one port,
+// metrics, observe.ts; network and secrets, network.ts and secrets.ts) and the data plane (E2B_SANDBOX_URL: every sandbox on this one port,
 // chosen by the E2b-Sandbox-Id header and allowed by its X-Access-Token): envd's Connect RPC
 // services (envd.ts), its /files (files.ts), /health, /envs and /metrics, and the code
 // interpreter (port 49999, interpreter.ts). Requests for getHost's PORT-ID.DOMAIN go to the port
@@ -11,13 +11,16 @@ import type { Keys } from "../auth.js";
 import type { ImageCatalog, ImageOption } from "../catalog.js";
 import { type BUILTIN_TEMPLATES, SERVER_DEFAULTS } from "../defaults.js";
 import { NotFoundError } from "../errors.js";
+import { readJsonObject } from "../http.js";
 import type { SandboxTable } from "../sandboxes.js";
 import { controlPlane } from "./control.js";
 import { envdHandler } from "./envd.js";
 import { serveFiles, servePresigned } from "./files.js";
 import { codeInterpreter } from "./interpreter.js";
+import { checkE2bNetwork, E2bNetworks } from "./network.js";
 import { envdEnvs, envdMetrics, observeRoutes } from "./observe.js";
 import { relayToPort } from "./ports.js";
+import { SecretStore, secretRoutes } from "./secrets.js";
 import { E2bSandboxes, ENVD_PORT, headersOf, INTERPRETER_PORT } from "./shared.js";
 import { volumeContent } from "./volume-content.js";
 import { E2bVolumes, volumeRoutes } from "./volumes.js";
@@ -38,6 +41,11 @@ export interface E2bOptions {
 export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, opts: E2bOptions, bodyLimit: number) {
   const sandboxes = new E2bSandboxes(table, keys);
   const volumes = new E2bVolumes();
+  const networks = new E2bNetworks(sandboxes, new SecretStore());
+  const secrets = secretRoutes(networks.secrets, (req) => sandboxes.owner(req), bodyLimit, {
+    updated: (owner, name) => networks.secretChanged(owner, name),
+    inUse: (owner, name) => networks.secretUsers(owner, name),
+  });
   const fileLimit = opts.fileLimit ?? SERVER_DEFAULTS.e2b.fileLimit;
   const envd = envdHandler(sandboxes);
   const interpreter = codeInterpreter(catalog, bodyLimit);
@@ -59,10 +67,18 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
 
   return {
     routes: (on: Parameters<ReturnType<typeof volumeContent>>[0]) => {
-      controlPlane(sandboxes, catalog, bodyLimit, volumes)(on);
+      controlPlane(sandboxes, catalog, bodyLimit, volumes, networks)(on);
       volumeRoutes(volumes, sandboxes, bodyLimit)(on);
       volumeContent(volumes, table, catalog, bodyLimit, fileLimit)(on);
       observeRoutes(sandboxes)(on);
+      secrets(on);
+      on("PUT", "/sandboxes/:sandboxID/network", async (req, res, p) => {
+        const sb = sandboxes.owned(req, p.sandboxID ?? "");
+        const body = await readJsonObject(req, bodyLimit);
+        const { allow_internet_access, ...network } = body;
+        await networks.update(sb, checkE2bNetwork(network, allow_internet_access, true)!);
+        res.writeHead(204).end();
+      });
     },
     dataPlane,
     presigned: (req: IncomingMessage, res: ServerResponse) => servePresigned(sandboxes, req, res, fileLimit),

@@ -9,12 +9,13 @@ import { type ImageCatalog, SANDBOX_KINDS } from "../catalog.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
+import { checkE2bNetwork, type E2bNetworks, networkInfo } from "./network.js";
 import { metricOf } from "./observe.js";
 import { ProcessTable } from "./processes.js";
 import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION, settled, transition } from "./shared.js";
 import type { E2bVolumes } from "./volumes.js";
 
-export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bodyLimit: number, volumes: E2bVolumes) {
+export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bodyLimit: number, volumes: E2bVolumes, networks: E2bNetworks) {
   const { table } = sandboxes;
   const target = (req: IncomingMessage, params: Params) => sandboxes.owned(req, params.sandboxID ?? "");
 
@@ -53,6 +54,8 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS;
     const metadata = body.metadata && typeof body.metadata === "object" ? (body.metadata as Record<string, string>) : {};
     const env = body.envVars && typeof body.envVars === "object" ? (body.envVars as Record<string, string>) : {};
+    const network = checkE2bNetwork(body.network, body.allow_internet_access);
+    const networkOptions = network ? networks.library(who, network) : {};
     const mounts = await volumes.mounts(who, body.volumeMounts);
     const m = await table.create({
       protocol: "e2b",
@@ -65,9 +68,11 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
       env,
       volumes: mounts.library,
       timeout,
+      ...networkOptions,
     });
     const s = sandboxes.add(m, randomBytes(24).toString("base64url"));
     if (mounts.e2b.length) s.volumeMounts = mounts.e2b;
+    if (network) s.network = network;
     sendJson(res, 201, reached({ m, s }));
   }
 
@@ -136,7 +141,7 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     on("GET", "/v2/sandboxes", list);
     on("GET", "/sandboxes/:sandboxID", (req, res, p) => {
       const sb = target(req, p);
-      sendJson(res, 200, { ...info(sb), envdAccessToken: sb.s.token });
+      sendJson(res, 200, { ...info(sb), ...networkInfo(sb.s.network), envdAccessToken: sb.s.token });
     });
     on("DELETE", "/sandboxes/:sandboxID", async (req, res, p) => {
       await table.kill(target(req, p).m);

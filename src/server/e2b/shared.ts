@@ -9,6 +9,7 @@ import type { PythonSandbox } from "../../sandbox/kinds.js";
 import type { Keys } from "../auth.js";
 import { ConflictError, NotFoundError, UnauthorizedError } from "../errors.js";
 import type { Managed, SandboxTable } from "../sandboxes.js";
+import type { E2bNetwork } from "./network.js";
 import { ProcessTable } from "./processes.js";
 
 /** The envd version reported: it turns on the SDK features served here (octet-stream uploads, recursive watches, stdin close). */
@@ -34,6 +35,8 @@ export interface E2bState {
   contexts: Map<string, CodeContext>;
   /** The volumes create mounted, as E2B names them (getInfo's volumeMounts). */
   volumeMounts?: { name: string; path: string }[];
+  /** Its E2B network configuration as last set; undefined: created without one, so it has no network device. */
+  network?: E2bNetwork;
   /** The interpreter of /execute with a language and no context, by language, when it is not the sandbox's own run(). */
   defaults: Map<string, CodeContext["interpreter"]>;
 }

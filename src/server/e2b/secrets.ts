@@ -1,0 +1,176 @@
+// E2B's /secrets: values stored per API key (owner), write-only. No answer carries a value: a
+// secret is used only by a sandbox's network rules, whose `${e2b.secrets.NAME}` placeholders the
+// server resolves into the headers the egress proxy injects (network.ts). Kept in the server's
+// memory: they end with it.
+import { randomBytes } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+
+import { InvalidArgumentError } from "../../errors.js";
+import { SERVER_DEFAULTS } from "../defaults.js";
+import { ConflictError, NotFoundError } from "../errors.js";
+import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
+
+interface StoredSecret {
+  secretID: string;
+  name: string;
+  value: string;
+  version: number;
+  metadata: Record<string, string>;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+const MAX_VALUE_BYTES = 64 * 1024;
+const MAX_NAME = 256;
+const MAX_PER_OWNER = 1000;
+// Injected into HTTP headers: tab, printable ASCII and Latin-1, as Node's http writes them.
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+const BAD_NAME = /[{}\p{Cc}]/u;
+
+/** What a route answers for a secret: never its value. */
+const view = (s: StoredSecret) => ({
+  secretID: s.secretID,
+  name: s.name,
+  currentVersion: s.version,
+  metadata: s.metadata,
+  createdAt: s.createdAt.toISOString(),
+  updatedAt: s.updatedAt.toISOString(),
+});
+
+export class SecretStore {
+  private readonly byOwner = new Map<string, Map<string, StoredSecret>>();
+
+  /** The owner's secret by id or name, or NotFoundError. */
+  get(owner: string, ref: string): StoredSecret {
+    const mine = this.byOwner.get(owner);
+    const found = mine?.get(ref) ?? [...(mine?.values() ?? [])].find((s) => s.name === ref.toLowerCase());
+    if (!found) throw new NotFoundError(`secret ${JSON.stringify(ref)} not found: Secret.list() names this key's secrets`);
+    return found;
+  }
+
+  /** The value of the owner's secret `name`, for a network rule's placeholder. */
+  value(owner: string, name: string): string {
+    const found = [...(this.byOwner.get(owner)?.values() ?? [])].find((s) => s.name === name.toLowerCase());
+    if (!found) {
+      throw new InvalidArgumentError(`network rule names secret ${JSON.stringify(name)}, which this API key does not have: Secret.create it first`);
+    }
+    return found.value;
+  }
+
+  list(owner: string): StoredSecret[] {
+    return [...(this.byOwner.get(owner)?.values() ?? [])].sort((a, b) => a.secretID.localeCompare(b.secretID));
+  }
+
+  create(owner: string, name: string, value: string, metadata: Record<string, string>): StoredSecret {
+    const mine = this.byOwner.get(owner) ?? new Map<string, StoredSecret>();
+    if ([...mine.values()].some((s) => s.name === name))
+      throw new ConflictError(`secret ${JSON.stringify(name)} exists: Secret.update it, or pick another name`);
+    if (mine.size >= MAX_PER_OWNER) throw new InvalidArgumentError(`this API key has ${mine.size} secrets, the most it may: destroy some first`);
+    const now = new Date();
+    const s: StoredSecret = { secretID: `sec_${randomBytes(10).toString("hex")}`, name, value, version: 1, metadata, createdAt: now, updatedAt: now };
+    mine.set(s.secretID, s);
+    this.byOwner.set(owner, mine);
+    return s;
+  }
+
+  delete(owner: string, s: StoredSecret): void {
+    this.byOwner.get(owner)?.delete(s.secretID);
+  }
+}
+
+function checkName(v: unknown): string {
+  if (typeof v !== "string" || !v || v.length > MAX_NAME || BAD_NAME.test(v)) {
+    throw new InvalidArgumentError(
+      `secret name ${JSON.stringify(v)} is invalid: give 1 to ${MAX_NAME} characters without '{', '}' or control characters (it goes into \${e2b.secrets.NAME})`,
+    );
+  }
+  const name = v.toLowerCase();
+  if (name.startsWith("sec_")) throw new InvalidArgumentError(`secret name ${JSON.stringify(v)} is invalid: the sec_ prefix is for secret ids`);
+  return name;
+}
+
+// The value goes into request headers: the messages say what is wrong with it, never what it is.
+function checkValue(v: unknown): string {
+  if (typeof v !== "string" || v === "") throw new InvalidArgumentError("secret value must be a non-empty string");
+  if (Buffer.byteLength(v) > MAX_VALUE_BYTES)
+    throw new InvalidArgumentError(`secret value is ${Buffer.byteLength(v)} bytes; at most ${MAX_VALUE_BYTES} (it travels in an HTTP header)`);
+  if (!HEADER_VALUE.test(v)) {
+    throw new InvalidArgumentError(
+      "secret value contains a line break, a control character or one beyond U+00FF, which an HTTP header cannot carry: encode it (base64) first",
+    );
+  }
+  return v;
+}
+
+function checkMetadata(v: unknown): Record<string, string> {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== "object" || Array.isArray(v)) throw new InvalidArgumentError("secret metadata must be an object of string values");
+  const entries = Object.entries(v);
+  const size = entries.reduce((n, [k, x]) => n + Buffer.byteLength(k) + (typeof x === "string" ? Buffer.byteLength(x) : 0), 0);
+  const bad = entries.find(([k, x]) => typeof x !== "string" || Buffer.byteLength(k) > 128 || Buffer.byteLength(x) > 1024);
+  if (bad) throw new InvalidArgumentError(`secret metadata ${JSON.stringify(bad[0])} is invalid: keys up to 128 bytes, string values up to 1024`);
+  if (entries.length > 32 || size > 8192) throw new InvalidArgumentError("secret metadata is too large: at most 32 entries and 8192 bytes");
+  return Object.fromEntries(entries) as Record<string, string>;
+}
+
+/**
+ * The /secrets routes. `updated`: a secret's value changed, so the sandboxes whose rules name it
+ * take the new one; `inUse`: the sandboxes whose rules name it, which keep a secret from deletion.
+ */
+export function secretRoutes(
+  store: SecretStore,
+  owner: (req: IncomingMessage) => string,
+  bodyLimit: number,
+  uses: { updated(owner: string, name: string): Promise<void>; inUse(owner: string, name: string): string[] },
+) {
+  const ref = (p: Params) => p.secretID ?? "";
+
+  function list(req: IncomingMessage, res: ServerResponse): void {
+    const url = new URL(req.url ?? "/", "http://x");
+    const limit = Math.min(Math.max(Number(url.searchParams.get("limit") ?? SERVER_DEFAULTS.e2b.listLimit) || SERVER_DEFAULTS.e2b.listLimit, 1), 1000);
+    const after = url.searchParams.get("nextToken");
+    const all = store.list(owner(req)).filter((s) => !after || s.secretID > after);
+    const page = all.slice(0, limit);
+    sendJson(res, 200, page.map(view), all.length > limit ? { "x-next-token": page.at(-1)!.secretID } : {});
+  }
+
+  async function create(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const who = owner(req);
+    const body = await readJsonObject(req, bodyLimit);
+    sendJson(res, 201, view(store.create(who, checkName(body.name), checkValue(body.value), checkMetadata(body.metadata))));
+  }
+
+  async function update(req: IncomingMessage, res: ServerResponse, p: Params): Promise<void> {
+    const who = owner(req);
+    const s = store.get(who, ref(p));
+    const body = await readJsonObject(req, bodyLimit);
+    const value = checkValue(body.value);
+    if (body.metadata !== undefined) s.metadata = checkMetadata(body.metadata);
+    s.value = value;
+    s.version++;
+    s.updatedAt = new Date();
+    await uses.updated(who, s.name);
+    sendJson(res, 200, view(s));
+  }
+
+  function remove(req: IncomingMessage, res: ServerResponse, p: Params): void {
+    const who = owner(req);
+    const s = store.get(who, ref(p));
+    const users = uses.inUse(who, s.name);
+    if (users.length) {
+      throw new ConflictError(
+        `secret ${s.name} is named by the network rules of sandbox ${users.join(", ")}: change them with updateNetwork, or kill it, first`,
+      );
+    }
+    store.delete(who, s);
+    res.writeHead(204).end();
+  }
+
+  return function routes(on: (method: "GET" | "POST" | "DELETE", path: string, handler: Handler) => void): void {
+    on("GET", "/secrets", list);
+    on("POST", "/secrets", create);
+    on("GET", "/secrets/:secretID", (req, res, p) => sendJson(res, 200, view(store.get(owner(req), ref(p)))));
+    on("POST", "/secrets/:secretID", update);
+    on("DELETE", "/secrets/:secretID", remove);
+  };
+}
