@@ -21,6 +21,7 @@ const UNIT = [
   "test/native/vmm-krun.test.ts",
   "test/server/catalog.test.ts",
   "test/server/errors.test.ts",
+  "test/server/e2b-network-map.test.ts",
   "test/sandbox/repl-drivers.test.ts",
 ];
 
