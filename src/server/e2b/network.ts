@@ -140,9 +140,10 @@ function policyOf(net: E2bNetwork): NetworkPolicy {
 
 /** The rules' headers per host, later rules replacing earlier ones' headers, placeholders resolved. */
 function injectionsOf(net: E2bNetwork, secret: (name: string) => string): InjectHeadersOption {
-  const out: InjectHeadersOption = {};
+  // No prototypes: whatever a client names a header is a key like any other.
+  const out: InjectHeadersOption = Object.create(null);
   for (const [host, rules] of Object.entries(net.rules ?? {})) {
-    const headers: Record<string, string> = {};
+    const headers: Record<string, string> = Object.create(null);
     for (const rule of rules) {
       for (const [name, value] of Object.entries(rule.transform?.headers ?? {})) {
         for (const k of Object.keys(headers)) if (k.toLowerCase() === name.toLowerCase()) delete headers[k];
