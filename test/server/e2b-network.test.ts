@@ -179,11 +179,12 @@ describe.skipIf(!usable)("e2b 2.51: network and secrets", () => {
     ).rejects.toThrow(/names secret "nope", which this API key does not have/);
     await expect(Sandbox.create("base", { network: { maskRequestHost: "msb.example.com" } })).rejects.toThrow(/maskRequestHost is not supported/);
 
-    // Created with no network options, a sandbox has no network device to update.
+    // Created with no network options, a sandbox reaches the internet, as E2B's do, and not the host.
     const bare = await Sandbox.create("base");
     try {
-      await expect(bare.updateNetwork({})).rejects.toThrow(/409: .*created without a network/);
-      expect((await bare.getInfo()).allowInternetAccess).toBeUndefined();
+      const status = (url: string) => `curl -sS --max-time 20 -o /dev/null -w '%{http_code}' ${url} || true`;
+      expect((await bare.commands.run(status("http://api.internet.test/"))).stdout).toBe("200");
+      expect((await bare.commands.run(status("http://10.0.2.2:8080/"))).stdout).toBe("000");
     } finally {
       await bare.kill();
     }

@@ -76,7 +76,7 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
         const sb = sandboxes.owned(req, p.sandboxID ?? "");
         const body = await readJsonObject(req, bodyLimit);
         const { allow_internet_access, ...network } = body;
-        await networks.update(sb, checkE2bNetwork(network, allow_internet_access, true)!);
+        await networks.update(sb, checkE2bNetwork(network, allow_internet_access, true));
         res.writeHead(204).end();
       });
     },

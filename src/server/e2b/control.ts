@@ -55,7 +55,7 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     const metadata = body.metadata && typeof body.metadata === "object" ? (body.metadata as Record<string, string>) : {};
     const env = body.envVars && typeof body.envVars === "object" ? (body.envVars as Record<string, string>) : {};
     const network = checkE2bNetwork(body.network, body.allow_internet_access);
-    const networkOptions = network ? networks.library(who, network) : {};
+    const networkOptions = networks.library(who, network);
     const mounts = await volumes.mounts(who, body.volumeMounts);
     const m = await table.create({
       protocol: "e2b",
@@ -70,9 +70,8 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
       timeout,
       ...networkOptions,
     });
-    const s = sandboxes.add(m, randomBytes(24).toString("base64url"));
+    const s = sandboxes.add(m, randomBytes(24).toString("base64url"), network);
     if (mounts.e2b.length) s.volumeMounts = mounts.e2b;
-    if (network) s.network = network;
     sendJson(res, 201, reached({ m, s }));
   }
 

@@ -99,14 +99,14 @@ function checkProxy(v: unknown): E2bNetwork["egressProxy"] {
 
 /**
  * Checks create's `network` and `allow_internet_access` (`update`: PUT's body without
- * allow_internet_access, whose keys are the same but for what only a create sets). Undefined at
- * create when neither is given.
+ * allow_internet_access, whose keys are the same but for what only a create sets). A create with
+ * neither reaches the internet, as E2B's do (and as e2b 2.49, which always sends
+ * allow_internet_access, asks).
  */
-export function checkE2bNetwork(network: unknown, allowInternetAccess: unknown, update = false): E2bNetwork | undefined {
+export function checkE2bNetwork(network: unknown, allowInternetAccess: unknown, update = false): E2bNetwork {
   if (allowInternetAccess !== undefined && typeof allowInternetAccess !== "boolean") {
     throw new InvalidArgumentError(`allow_internet_access must be true or false, got ${JSON.stringify(allowInternetAccess)}`);
   }
-  if ((network === undefined || network === null) && allowInternetAccess === undefined && !update) return undefined;
   const n = network ?? {};
   if (!isObject(n)) throw new InvalidArgumentError(`network must be an object, got ${JSON.stringify(n)}`);
   const own = ["allowOut", "denyOut", "rules", "egressProxy"];
@@ -162,7 +162,7 @@ function proxyUrl(p: NonNullable<E2bNetwork["egressProxy"]>): string {
 }
 
 /** The secrets `net`'s rules name, lowercase. */
-export function secretsNamed(net: E2bNetwork | undefined): Set<string> {
+export function secretsNamed(net: E2bNetwork): Set<string> {
   const names = new Set<string>();
   for (const rules of Object.values(net?.rules ?? {})) {
     for (const rule of rules) {
@@ -175,8 +175,7 @@ export function secretsNamed(net: E2bNetwork | undefined): Set<string> {
 }
 
 /** What getInfo says of the network: as configured, placeholders and all, without the proxy's password. */
-export function networkInfo(net: E2bNetwork | undefined): Record<string, unknown> {
-  if (!net) return { allowInternetAccess: null };
+export function networkInfo(net: E2bNetwork): Record<string, unknown> {
   const { allowInternetAccess, egressProxy, ...rest } = net;
   const proxy = egressProxy && { address: egressProxy.address, ...(egressProxy.username !== undefined ? { username: egressProxy.username } : {}) };
   return { allowInternetAccess: allowInternetAccess ?? null, network: { ...rest, ...(proxy ? { egressProxy: proxy } : {}) } };
@@ -199,11 +198,6 @@ export class E2bNetworks {
   async update({ m, s }: E2bSandbox, net: E2bNetwork): Promise<void> {
     await settled(s);
     if (s.paused) throw new ConflictError(`sandbox ${m.id} is paused: connect to it first`);
-    if (!s.network) {
-      throw new ConflictError(
-        `sandbox ${m.id} was created without a network (no network or allowInternetAccess), so it has no network device: create it with allowInternetAccess or a network`,
-      );
-    }
     const next = this.library(m.owner, net);
     if (next.egressProxy !== this.library(m.owner, s.network).egressProxy) {
       throw new InvalidArgumentError(
@@ -217,7 +211,7 @@ export class E2bNetworks {
   /** The owner's secret `name` changed: its running sandboxes whose rules name it take the new value. */
   async secretChanged(owner: string, name: string): Promise<void> {
     const users = this.users(owner, name).filter(({ s }) => !s.paused);
-    await Promise.all(users.map(({ m, s }) => this.update({ m, s }, s.network!)));
+    await Promise.all(users.map(({ m, s }) => this.update({ m, s }, s.network)));
   }
 
   /** The ids of the owner's sandboxes whose rules name secret `name`. */

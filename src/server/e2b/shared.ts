@@ -35,8 +35,8 @@ export interface E2bState {
   contexts: Map<string, CodeContext>;
   /** The volumes create mounted, as E2B names them (getInfo's volumeMounts). */
   volumeMounts?: { name: string; path: string }[];
-  /** Its E2B network configuration as last set; undefined: created without one, so it has no network device. */
-  network?: E2bNetwork;
+  /** Its E2B network configuration as last set. */
+  network: E2bNetwork;
   /** The interpreter of /execute with a language and no context, by language, when it is not the sandbox's own run(). */
   defaults: Map<string, CodeContext["interpreter"]>;
 }
@@ -68,9 +68,9 @@ export class E2bSandboxes {
     return this.keys.owner(req, ["x-api-key"]);
   }
 
-  /** Gives `m` (just created) its E2B state. */
-  add(m: Managed, token: string): E2bState {
-    const s: E2bState = { token, processes: new ProcessTable(), contexts: new Map(), defaults: new Map() };
+  /** Gives `m` (just created, on `network`) its E2B state. */
+  add(m: Managed, token: string, network: E2bNetwork): E2bState {
+    const s: E2bState = { token, network, processes: new ProcessTable(), contexts: new Map(), defaults: new Map() };
     this.states.set(m, s);
     return s;
   }
