@@ -12,11 +12,11 @@ import { SandboxTable } from "../../src/server/sandboxes.js";
 const store = new SecretStore();
 store.create("owner", "tok", "the-value", {});
 const networks = new E2bNetworks(new E2bSandboxes(new SandboxTable({ maxSandboxes: 1, memoryBudgetMiB: 1 }), new Keys([])), store);
-const map = (network: unknown, allowInternetAccess?: boolean) => networks.library("owner", checkE2bNetwork(network, allowInternetAccess)!);
+const map = (network: unknown, allowInternetAccess?: boolean) => networks.library("owner", checkE2bNetwork(network, allowInternetAccess));
 
 describe("E2B network on the library's", () => {
   it("lets allowOut win over denyOut, as E2B does", () => {
-    expect(checkE2bNetwork(undefined, undefined)).toBeUndefined(); // no network device
+    expect(map(undefined).network).toBe("public"); // nothing given: the internet, as E2B's default
     expect(map({}).network).toBe("public");
     expect(map(undefined, false).network).toEqual({ allow: [] });
     expect(map({ allowOut: ["api.example.com"], denyOut: ["0.0.0.0/0", "203.0.113.0/24"] }).network).toEqual({ allow: ["api.example.com"] });
@@ -53,7 +53,8 @@ describe("E2B network on the library's", () => {
     expect(shown).toContain(`\${e2b.secrets.tok}`);
     expect(shown).not.toContain("pw");
     expect(networkInfo(net)).toMatchObject({ allowInternetAccess: true, network: { egressProxy: { address: "p.example.com:1", username: "u" } } });
-    expect(networkInfo(undefined)).toEqual({ allowInternetAccess: null });
+    // Nothing given at create: the public internet, as E2B's default.
+    expect(networkInfo(checkE2bNetwork(undefined, undefined))).toEqual({ allowInternetAccess: null, network: {} });
   });
 
   it("refuses what it cannot honor, by name", () => {
