@@ -39,6 +39,7 @@ import { type CpuMark, cpuMark, type SandboxMetrics, sandboxMetrics } from "./me
 import {
   checkCpus,
   checkMemory,
+  checkName,
   checkSeconds,
   envRecord,
   guestEnv,
@@ -62,6 +63,13 @@ export interface ForkOptions {
 }
 
 const FORK_KEYS = keysOf<ForkOptions>({ name: true, ports: true });
+
+/** What resume() takes: `as`, the name of a new sandbox started from the saved state, which then stays. */
+export interface ResumeOptions {
+  as?: string;
+}
+
+const RESUME_KEYS = keysOf<ResumeOptions>({ as: true });
 const UPDATE_NETWORK_KEYS = keysOf<{ secrets?: SecretsOption; injectHeaders?: InjectHeadersOption }>({ secrets: true, injectHeaders: true });
 
 const debug = debuglog("microsandbox");
@@ -454,44 +462,62 @@ export abstract class Sandbox implements AsyncDisposable {
    * class brings it back, in this process or another. Returns the directory it is kept in. QEMU only.
    */
   pause(): Promise<string> {
-    return this.oneSaveAtATime(() => this.pauseNow());
+    return this.oneSaveAtATime(async () => {
+      const dir = await this.saveNow(this.name, false);
+      await this.halt();
+      return dir;
+    });
   }
 
-  private async pauseNow(): Promise<string> {
-    const vm = this.saveable("pause", "pause");
-    const dir = await withPausedLock(this.name, async () => {
-      const dir = newPausedDir(this.name);
+  /**
+   * Saves a copy of this sandbox as it is now (memory, processes, files) under `name`, as pause()
+   * would, and runs on: a snapshot. `resume(name, { as })` starts sandboxes from it, as many as
+   * wanted; `resume(name)` brings it back once. Returns the directory it is kept in. QEMU only.
+   */
+  save(name: string): Promise<string> {
+    checkName(name);
+    return this.oneSaveAtATime(() => this.saveNow(name, true));
+  }
+
+  private async saveNow(name: string, keepRunning: boolean): Promise<string> {
+    const vm = this.saveable("pause", keepRunning ? "save" : "pause");
+    return withPausedLock(name, async () => {
+      const dir = newPausedDir(name);
       try {
-        // paused.json goes last, once the machine is saved: a pause cut short leaves no sandbox
-        // that looks paused. Saved, the VM ends; a save that fails leaves it running as it was.
+        // paused.json goes last, once the machine is saved: a save cut short leaves no sandbox
+        // that looks paused. Saved, the VM ends (unless kept running); a save that fails leaves it
+        // running as it was.
         const keep = this.keptSessions();
-        await vm.save(dir, () => writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(this.name), imageId: this.imageId, keep }));
+        const record = () => writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(name), imageId: this.imageId, keep });
+        await vm.save(dir, record, { keepRunning });
       } catch (err) {
         rmSync(dir, { recursive: true, force: true });
         throw err;
       }
       return dir;
     });
-    await this.halt();
-    return dir;
   }
 
   /**
-   * Brings back the sandbox `name` that pause() saved; its saved state is removed once it runs.
-   * Two processes resuming one name take turns: the second finds nothing paused.
+   * Brings back the sandbox `name` that pause() or save() saved; its saved state is removed once
+   * it runs. With `as`, starts a new sandbox of that name from it instead and leaves the saved
+   * state in place, to start more. Two processes resuming one name take turns: the second finds
+   * nothing paused (or, with `as`, starts its own copy).
    */
-  static async resume<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, name: string): Promise<T> {
+  static async resume<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, name: string, opts: ResumeOptions = {}): Promise<T> {
+    checkKeys("resume option", opts, RESUME_KEYS);
+    if (opts.as !== undefined) checkName(opts.as);
     return withPausedLock(name, async () => {
       // biome-ignore lint/complexity/noThisInStatic: `this` is the subclass resume() is called on; its name must match the kind pause() saved
       const { dir, meta } = readPaused(name, this.name);
-      const sandbox = new this(meta.options);
-      await sandbox.tracked(() => sandbox.resumeFrom(dir, meta));
+      const sandbox = new this(opts.as === undefined ? meta.options : { ...meta.options, name: opts.as });
+      await sandbox.tracked(() => sandbox.resumeFrom(dir, meta, opts.as === undefined));
       return sandbox;
     });
   }
 
-  // Restores the paused VM in `dir` into this sandbox; the saved state is removed once it runs.
-  private async resumeFrom(dir: string, meta: ReturnType<typeof readPaused>["meta"]): Promise<void> {
+  // Restores the paused VM in `dir` into this sandbox; the saved state is removed once it runs, if `consume`.
+  private async resumeFrom(dir: string, meta: ReturnType<typeof readPaused>["meta"], consume: boolean): Promise<void> {
     const store = new ImageStore();
     const image = await resolveImage(store, meta.options.image, { pull: "never" });
     if (image.id !== meta.imageId) {
@@ -507,7 +533,7 @@ export abstract class Sandbox implements AsyncDisposable {
     );
     this.attach(vm, image.id, image.config);
     this.adopt(meta.keep);
-    rmSync(dir, { recursive: true, force: true });
+    if (consume) rmSync(dir, { recursive: true, force: true });
   }
 
   /** Processes a copy of this sandbox keeps running (the interpreter of run()). */

@@ -124,10 +124,11 @@ export interface Machine {
   copy(changes: { name: string; ports: readonly PortForward[]; consoleKeep?: string }, keep: readonly number[]): Promise<Machine>;
   /**
    * Saves the machine into `dir` (capability "pause"), runs `commit` (the caller's own record of
-   * it), and ends the machine; restoreMachine() brings it back. When the save or `commit` fails,
-   * the machine runs on as it was.
+   * it), and ends the machine; restoreMachine() brings it back. With `keepRunning` the machine
+   * goes on once saved (a copy kept on disk). When the save or `commit` fails, the machine runs
+   * on as it was.
    */
-  save(dir: string, commit?: () => void | Promise<void>): Promise<void>;
+  save(dir: string, commit?: () => void | Promise<void>, opts?: { keepRunning?: boolean }): Promise<void>;
 }
 
 /** A backend chosen for a spec, before anything was booted. */
@@ -364,7 +365,7 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
       publish("restore:end", { name: changes.name, from: config.name, ms: performance.now() - started });
       return copied;
     },
-    async save(dir, commit) {
+    async save(dir, commit, opts = {}) {
       const save = saveable("pause", "save");
       const saved: SavedMachine = { format: 1, name: info.name, ...(info.accel ? { accel: info.accel } : {}), arch: info.arch };
       try {
@@ -375,6 +376,10 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
       } catch (err) {
         await vm.proceed?.().catch(() => {});
         throw err;
+      }
+      if (opts.keepRunning) {
+        await vm.proceed?.();
+        return;
       }
       // Saved: the VM itself is no longer needed.
       vm.kill();

@@ -6,7 +6,7 @@ import { existsSync } from "node:fs";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 
-import { CustomSandbox, PausedSandboxNotFoundError, PythonSandbox } from "../../src/index.js";
+import { CustomSandbox, InvalidArgumentError, PausedSandboxNotFoundError, PythonSandbox } from "../../src/index.js";
 
 const run = promisify(execFile);
 const DIST = new URL("../../dist/index.js", import.meta.url).href;
@@ -83,5 +83,40 @@ describe("pause and resume", () => {
     expect(resumed).toMatchObject({ answer: "42", file: "written before the pause" });
     expect(resumed.backend).toMatchObject({ name: "qemu", reason: expect.stringMatching(/; restored from /) });
     expect(existsSync(paused.dir)).toBe(false); // used once
+  });
+
+  it("save() keeps a copy that runs on, and resume(name, { as }) starts sandboxes from it again and again", async () => {
+    const name = `saved-${process.pid}`;
+    const sb = await PythonSandbox.create({ name: `saver-${process.pid}`, memory: 512 });
+    let dir: string;
+    try {
+      await sb.run("state = ['saved']");
+      await sb.fs.write("/root/at-save.txt", "as saved");
+      dir = await sb.save(name);
+      // The original ran on, and what it does now is not in the copy.
+      await sb.run("state.append('after')");
+      await sb.fs.write("/root/at-save.txt", "changed after");
+      expect(await (await sb.run("state")).output()).toBe("['saved', 'after']");
+    } finally {
+      await sb.stop();
+    }
+    await expect(PythonSandbox.resume(name, { as: "Bad Name" })).rejects.toBeInstanceOf(InvalidArgumentError);
+    for (const as of [`copy-a-${process.pid}`, `copy-b-${process.pid}`]) {
+      const copy = await PythonSandbox.resume(name, { as });
+      try {
+        expect(copy.name).toBe(as);
+        expect(await (await copy.command.run("hostname")).output()).toBe(as);
+        expect(await (await copy.run("state")).output()).toBe("['saved']");
+        expect((await copy.fs.read("/root/at-save.txt")).toString()).toBe("as saved");
+        await copy.run("state.append('copy')"); // its own from here: the next copy starts as saved
+      } finally {
+        await copy.stop();
+      }
+      expect(existsSync(dir)).toBe(true); // a copy leaves the saved state for more
+    }
+    // Without `as`, the saved state is brought back once.
+    const last = await PythonSandbox.resume(name);
+    await last.stop();
+    expect(existsSync(dir)).toBe(false);
   });
 });
