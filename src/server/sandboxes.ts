@@ -31,17 +31,18 @@ export interface Managed {
   /** E2B: when it dies unless extended (ms since the epoch). */
   endAt?: number;
   timer?: NodeJS.Timeout;
+  /** What its timeout does instead of killing it (E2B's lifecycle onTimeout "pause"). */
+  onTimeout?: () => Promise<void>;
   /** What else goes when it is killed (a paused sandbox's saved state). */
   discard?: () => void;
 }
 
-export interface CreateSpec {
+interface SpecBase {
   protocol: Managed["protocol"];
   owner: string;
   namespace: string;
   name: string;
-  /** The image to boot and the class to make it as (the catalog's answer for what the client asked for). */
-  image: string;
+  /** The class it is made as. */
   kind: SandboxKind;
   /** What the client asked for (an E2B template id, a Microsandbox image name). */
   template: string;
@@ -59,6 +60,12 @@ export interface CreateSpec {
   injectHeaders?: InjectHeadersOption;
   egressProxy?: string;
 }
+
+/**
+ * A sandbox to create: booted from `image` (the catalog's answer for what the client asked for),
+ * or brought up by `start` under the name it is given (a fork, a snapshot), within the same limits.
+ */
+export type CreateSpec = SpecBase & ({ image: string; start?: never } | { start: (name: string) => Promise<Sandbox>; image?: never });
 
 export interface Limits {
   maxSandboxes: number;
@@ -89,19 +96,22 @@ export class SandboxTable {
     this.reservedMiB += memory;
     const id = `${randomBytes(8).toString("hex")}`;
     try {
-      const sandbox: Sandbox = await SANDBOX_KINDS[spec.kind].create({
-        name: `srv-${id}`,
-        image: spec.image,
-        memory,
-        ...(spec.cpus !== undefined ? { cpus: spec.cpus } : {}),
-        ...(spec.env ? { env: spec.env } : {}),
-        ...(spec.workdir ? { workdir: spec.workdir } : {}),
-        ...(spec.volumes?.length ? { volumes: spec.volumes } : {}),
-        ...(spec.network ? { network: spec.network } : {}),
-        ...(spec.injectHeaders ? { injectHeaders: spec.injectHeaders } : {}),
-        ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
-        labels: { "msb.server/owner": spec.owner, "msb.server/namespace": spec.namespace, "msb.server/name": spec.name },
-      });
+      const name = `srv-${id}`;
+      const sandbox: Sandbox = spec.start
+        ? await spec.start(name)
+        : await SANDBOX_KINDS[spec.kind].create({
+            name,
+            image: spec.image,
+            memory,
+            ...(spec.cpus !== undefined ? { cpus: spec.cpus } : {}),
+            ...(spec.env ? { env: spec.env } : {}),
+            ...(spec.workdir ? { workdir: spec.workdir } : {}),
+            ...(spec.volumes?.length ? { volumes: spec.volumes } : {}),
+            ...(spec.network ? { network: spec.network } : {}),
+            ...(spec.injectHeaders ? { injectHeaders: spec.injectHeaders } : {}),
+            ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
+            labels: { "msb.server/owner": spec.owner, "msb.server/namespace": spec.namespace, "msb.server/name": spec.name },
+          });
       const m: Managed = {
         id,
         protocol: spec.protocol,
@@ -129,7 +139,7 @@ export class SandboxTable {
   setTimeout(m: Managed, seconds: number): void {
     clearTimeout(m.timer);
     m.endAt = Date.now() + seconds * 1000;
-    m.timer = setTimeout(() => void this.kill(m), seconds * 1000);
+    m.timer = setTimeout(() => void (m.onTimeout ? m.onTimeout().catch(() => this.kill(m)) : this.kill(m)), seconds * 1000);
     m.timer.unref();
   }
 

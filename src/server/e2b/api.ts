@@ -19,9 +19,11 @@ import { serveFiles, servePresigned } from "./files.js";
 import { codeInterpreter } from "./interpreter.js";
 import { checkE2bNetwork, E2bNetworks } from "./network.js";
 import { envdEnvs, envdMetrics, observeRoutes } from "./observe.js";
+import { resumeSandbox } from "./pausing.js";
 import { relayToPort } from "./ports.js";
 import { SecretStore, secretRoutes } from "./secrets.js";
-import { E2bSandboxes, ENVD_PORT, headersOf, INTERPRETER_PORT } from "./shared.js";
+import { type E2bSandbox, E2bSandboxes, ENVD_PORT, type HeaderSource, headersOf, INTERPRETER_PORT } from "./shared.js";
+import { SnapshotStore } from "./snapshots.js";
 import { volumeContent } from "./volume-content.js";
 import { E2bVolumes, volumeRoutes } from "./volumes.js";
 
@@ -46,12 +48,14 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
     updated: (owner, name) => networks.secretChanged(owner, name),
     inUse: (owner, name) => networks.secretUsers(owner, name),
   });
+  const snapshots = new SnapshotStore();
   const fileLimit = opts.fileLimit ?? SERVER_DEFAULTS.e2b.fileLimit;
   const envd = envdHandler(sandboxes);
   const interpreter = codeInterpreter(catalog, bodyLimit);
 
   /** Serves a data-plane request (one with E2b-Sandbox-Id). */
   async function dataPlane(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    await wake(headersOf(req));
     const port = String(req.headers["e2b-sandbox-port"] ?? ENVD_PORT);
     const url = new URL(req.url ?? "/", "http://x");
     if (port === ENVD_PORT && /^\/(process\.Process|filesystem\.Filesystem)\//.test(url.pathname)) return envd(req, res);
@@ -65,9 +69,20 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
     throw new NotFoundError(`sandbox port ${port} serves no ${req.method} ${url.pathname}`);
   }
 
+  // A request allowed into a paused sandbox whose lifecycle has autoResume resumes it first (else: 409).
+  async function wake(headers: HeaderSource): Promise<void> {
+    let sb: E2bSandbox;
+    try {
+      sb = sandboxes.allowed(headers);
+    } catch {
+      return; // refused where the request is served, in its protocol's form
+    }
+    if (sb.s.paused && sb.s.lifecycle.autoResume) await resumeSandbox(table, sb, sb.s.lifecycle.timeoutS);
+  }
+
   return {
     routes: (on: Parameters<ReturnType<typeof volumeContent>>[0]) => {
-      controlPlane(sandboxes, catalog, bodyLimit, volumes, networks)(on);
+      controlPlane(sandboxes, catalog, bodyLimit, volumes, networks, snapshots)(on);
       volumeRoutes(volumes, sandboxes, bodyLimit)(on);
       volumeContent(volumes, table, catalog, bodyLimit, fileLimit)(on);
       observeRoutes(sandboxes)(on);

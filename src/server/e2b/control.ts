@@ -1,21 +1,28 @@
 // The E2B control plane (E2B_API_URL, X-API-KEY): sandboxes created, connected to (which resumes
 // a paused one), listed, described, killed, given a new timeout, paused, and measured.
 import { randomBytes } from "node:crypto";
-import { rmSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { InvalidArgumentError } from "../../errors.js";
-import { type ImageCatalog, SANDBOX_KINDS } from "../catalog.js";
+import type { ImageCatalog } from "../catalog.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
-import { ConflictError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
+import { forkRoute } from "./fork.js";
 import { checkE2bNetwork, type E2bNetworks, networkInfo } from "./network.js";
 import { metricOf } from "./observe.js";
-import { ProcessTable } from "./processes.js";
-import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION, settled, transition } from "./shared.js";
+import { armLifecycle, lifecycleOf, pauseSandbox, resumeSandbox } from "./pausing.js";
+import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION } from "./shared.js";
+import { type SnapshotStore, snapshotRoutes } from "./snapshots.js";
 import type { E2bVolumes } from "./volumes.js";
 
-export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bodyLimit: number, volumes: E2bVolumes, networks: E2bNetworks) {
+export function controlPlane(
+  sandboxes: E2bSandboxes,
+  catalog: ImageCatalog,
+  bodyLimit: number,
+  volumes: E2bVolumes,
+  networks: E2bNetworks,
+  snapshots: SnapshotStore,
+) {
   const { table } = sandboxes;
   const target = (req: IncomingMessage, params: Params) => sandboxes.owned(req, params.sandboxID ?? "");
 
@@ -33,6 +40,7 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     state: s.paused ? "paused" : "running",
     envdVersion: ENVD_VERSION,
     volumeMounts: s.volumeMounts ?? [],
+    lifecycle: { onTimeout: s.lifecycle.onTimeout, autoResume: s.lifecycle.autoResume },
   });
 
   // What create and connect answer: how the SDK reaches the sandbox.
@@ -57,12 +65,14 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     const network = checkE2bNetwork(body.network, body.allow_internet_access);
     const networkOptions = networks.library(who, network);
     const mounts = await volumes.mounts(who, body.volumeMounts);
+    const lifecycle = lifecycleOf(body, timeout);
     const m = await table.create({
       protocol: "e2b",
       owner: who,
       namespace: "e2b",
       name: template,
-      ...catalog.template(template),
+      // A snapshot of the caller's starts as it was saved (its env included), else the template boots.
+      ...(snapshots.spec(who, template) ?? catalog.template(template)),
       template,
       metadata,
       env,
@@ -70,27 +80,17 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
       timeout,
       ...networkOptions,
     });
-    const s = sandboxes.add(m, randomBytes(24).toString("base64url"), network);
+    const s = sandboxes.add(m, randomBytes(24).toString("base64url"), network, lifecycle);
+    armLifecycle({ m, s });
     if (mounts.e2b.length) s.volumeMounts = mounts.e2b;
     sendJson(res, 201, reached({ m, s }));
   }
 
   async function connect(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
-    const { m, s } = target(req, params);
+    const sb = target(req, params);
     const body = await readJsonObject(req, bodyLimit);
-    let status = 200;
-    await settled(s);
-    const paused = s.paused;
-    if (paused) {
-      await transition(s, async () => {
-        m.sandbox = await SANDBOX_KINDS[m.kind].resume(paused.name);
-        delete s.paused;
-        delete m.discard;
-      });
-      status = 201;
-    }
-    table.setTimeout(m, typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS);
-    sendJson(res, status, reached({ m, s }));
+    const resumed = await resumeSandbox(table, sb, typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS);
+    sendJson(res, resumed ? 201 : 200, reached(sb));
   }
 
   function list(req: IncomingMessage, res: ServerResponse): void {
@@ -116,19 +116,9 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
   }
 
   async function pause(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
-    const { m, s } = target(req, params);
-    await settled(s);
-    if (s.paused) throw new ConflictError(`sandbox ${m.id} is already paused: connect to it to resume it`);
-    await transition(s, async () => {
-      const dir = await m.sandbox.pause();
-      s.paused = { name: m.sandbox.name };
-      // Paused, it waits for a connect, not for its timeout; killed, its saved state goes too.
-      clearTimeout(m.timer);
-      m.discard = () => rmSync(dir, { recursive: true, force: true });
-      s.processes = new ProcessTable();
-      s.contexts.clear(); // their interpreters did not survive the pause
-      s.defaults.clear();
-    });
+    const sb = target(req, params);
+    await readJsonObject(req, bodyLimit);
+    await pauseSandbox(sb);
     res.writeHead(204).end();
   }
 
@@ -158,5 +148,7 @@ export function controlPlane(sandboxes: E2bSandboxes, catalog: ImageCatalog, bod
     on("POST", "/sandboxes/:sandboxID/pause", pause);
     on("POST", "/sandboxes/:sandboxID/connect", connect);
     on("POST", "/v2/sandboxes/:sandboxID/connect", connect);
+    on("POST", "/sandboxes/:sandboxID/fork", forkRoute(sandboxes, bodyLimit, reached));
+    snapshotRoutes(sandboxes, snapshots, bodyLimit)(on);
   };
 }

@@ -24,9 +24,19 @@ export interface CodeContext {
   interpreter: ReturnType<PythonSandbox["interpreter"]>;
 }
 
+/** What happens when a sandbox's timeout passes (E2B's SandboxLifecycle), and for how long it lives again when resumed. */
+export interface Lifecycle {
+  onTimeout: "kill" | "pause";
+  /** A data-plane request to it while paused resumes it (instead of 409). */
+  autoResume: boolean;
+  /** Seconds it lives from a resume that named none. */
+  timeoutS: number;
+}
+
 export interface E2bState {
   /** The envd access token its create returned: every data-plane call must carry it. */
   token: string;
+  lifecycle: Lifecycle;
   processes: ProcessTable;
   /** Set while paused: the name its saved state is resumed by. */
   paused?: { name: string };
@@ -68,9 +78,9 @@ export class E2bSandboxes {
     return this.keys.owner(req, ["x-api-key"]);
   }
 
-  /** Gives `m` (just created, on `network`) its E2B state. */
-  add(m: Managed, token: string, network: E2bNetwork): E2bState {
-    const s: E2bState = { token, network, processes: new ProcessTable(), contexts: new Map(), defaults: new Map() };
+  /** Gives `m` (just created, on `network`, to live by `lifecycle`) its E2B state. */
+  add(m: Managed, token: string, network: E2bNetwork, lifecycle: Lifecycle): E2bState {
+    const s: E2bState = { token, network, lifecycle, processes: new ProcessTable(), contexts: new Map(), defaults: new Map() };
     this.states.set(m, s);
     return s;
   }
@@ -100,8 +110,15 @@ export class E2bSandboxes {
     return m && s && !s.paused ? { m, s } : undefined;
   }
 
-  /** The data-plane request's sandbox (E2b-Sandbox-Id), allowed by its token. */
+  /** The data-plane request's running sandbox (E2b-Sandbox-Id), allowed by its token. */
   forRequest(headers: HeaderSource): E2bSandbox {
+    const sb = this.allowed(headers);
+    if (sb.s.paused) throw new ConflictError(`sandbox ${sb.m.id} is paused: connect to it first`);
+    return sb;
+  }
+
+  /** The data-plane request's sandbox (E2b-Sandbox-Id), running or paused, allowed by its token. */
+  allowed(headers: HeaderSource): E2bSandbox {
     const id = headers.get("e2b-sandbox-id") ?? "";
     const m = this.table.byId(id);
     const s = m && this.states.get(m);
@@ -111,7 +128,6 @@ export class E2bSandboxes {
     const want = Buffer.from(s.token);
     if (token.length !== want.length || !timingSafeEqual(token, want))
       throw new UnauthorizedError("the access token of this sandbox is missing or wrong: send the envdAccessToken its create returned, as X-Access-Token");
-    if (s.paused) throw new ConflictError(`sandbox ${id} is paused: connect to it first`);
     return { m, s };
   }
 

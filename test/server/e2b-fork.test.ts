@@ -1,0 +1,148 @@
+// msb server's forks, snapshots, files-only pauses and lifecycle against the real E2B SDKs,
+// unmodified (e2b 2.51, and @e2b/code-interpreter on it for Python state), as a user checks them.
+import { existsSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { createServer, type RunningServer } from "../../src/index.js";
+import { pausedDir } from "../../src/sandbox/paused.js";
+
+let server: RunningServer;
+const KEY = "e2b-fork-key";
+const OTHER = "e2b-fork-other";
+
+type Sdk = typeof import("e2b-251");
+type Interpreter = typeof import("@e2b/code-interpreter");
+let e2b: Sdk;
+let ci: Interpreter;
+
+beforeAll(async () => {
+  // Four at once: a parent and three forks fill it, so a fourth fork meets the limit.
+  server = await createServer({ port: 0, apiKeys: [KEY, OTHER], maxSandboxes: 4 });
+  Object.assign(process.env, { E2B_API_URL: server.url, E2B_SANDBOX_URL: server.url, E2B_API_KEY: KEY, E2B_DOMAIN: "localhost" });
+  e2b = (await import("e2b-251")) as unknown as Sdk;
+  ci = (await import("@e2b/code-interpreter")) as unknown as Interpreter;
+});
+afterAll(() => server?.close());
+
+describe("fork", () => {
+  it("copies Python state and files into each fork, each its own sandbox from then on; a fork past the limit reports its error", async () => {
+    const parent = await ci.Sandbox.create({ metadata: { role: "parent" } });
+    try {
+      expect((await parent.getInfo()).lifecycle).toEqual({ onTimeout: "kill", autoResume: false });
+      await parent.runCode("x = 41");
+      await parent.files.write("/root/f.txt", "from the parent");
+      const results = await parent.fork({ count: 4, timeoutMs: 120_000 });
+      expect(results).toHaveLength(4);
+      const forks = results.slice(0, 3) as InstanceType<Interpreter["Sandbox"]>[];
+      try {
+        // The server runs four: the parent and three forks; the fourth fork alone failed.
+        expect(results[3]).toBeInstanceOf(Error);
+        expect((results[3] as Error).message).toMatch(/limit of 4 sandboxes/);
+        for (const f of forks) expect(f).toBeInstanceOf(ci.Sandbox);
+        expect(new Set([parent.sandboxId, ...forks.map((f) => f.sandboxId)]).size).toBe(4);
+        for (const [i, f] of forks.entries()) {
+          expect((await f.runCode("x + 1")).text).toBe("42");
+          expect(await f.files.read("/root/f.txt")).toBe("from the parent");
+          await f.runCode(`x = ${i}`);
+          await f.files.write("/root/f.txt", `fork ${i}`);
+          const info = await f.getInfo();
+          expect(info.metadata).toEqual({ role: "parent" });
+          expect(info.endAt.getTime()).toBeGreaterThan(Date.now() + 60_000);
+        }
+        for (const [i, f] of forks.entries()) {
+          expect((await f.runCode("x")).text).toBe(String(i));
+          expect(await f.files.read("/root/f.txt")).toBe(`fork ${i}`);
+        }
+        expect((await parent.runCode("x")).text).toBe("41");
+        expect(await parent.files.read("/root/f.txt")).toBe("from the parent");
+        // Each fork has its own access token: one fork's does not open another.
+        const token = async (id: string) =>
+          ((await (await fetch(`${server.url}/sandboxes/${id}`, { headers: { "x-api-key": KEY } })).json()) as { envdAccessToken: string }).envdAccessToken;
+        const res = await fetch(`${server.url}/health`, {
+          headers: { "e2b-sandbox-id": forks[1]!.sandboxId, "x-access-token": await token(forks[0]!.sandboxId) },
+        });
+        expect(res.status).toBe(401);
+      } finally {
+        await Promise.all(forks.map((f) => f.kill()));
+      }
+      // Another key's fork of it finds no such sandbox; a bad count is refused.
+      await expect(e2b.Sandbox.fork(parent.sandboxId, { apiKey: OTHER })).rejects.toBeInstanceOf(e2b.SandboxNotFoundError);
+      await expect(parent.fork({ count: 0 })).rejects.toThrow(/count 0 is invalid/);
+    } finally {
+      await parent.kill();
+    }
+  }, 600_000);
+});
+
+describe("snapshots", () => {
+  it("starts sandboxes from a snapshot twice, in this server and a new one; lists and deletes it for its key only", async () => {
+    const source = await ci.Sandbox.create();
+    let snapshotId: string;
+    try {
+      await source.runCode("v = 'snapshotted'");
+      await source.files.write("/root/s.txt", "in the snapshot");
+      ({ snapshotId } = await source.createSnapshot());
+      // The source runs on, unchanged by the snapshot, and what it does next is not in it.
+      await source.runCode("v = 'later'");
+      expect((await e2b.Sandbox.listSnapshots({ sandboxId: source.sandboxId }).nextItems()).map((s) => s.snapshotId)).toEqual([snapshotId]);
+    } finally {
+      await source.kill();
+    }
+    const fromIt = await ci.Sandbox.create(snapshotId);
+    try {
+      expect((await fromIt.runCode("v")).text).toBe("'snapshotted'");
+      expect(await fromIt.files.read("/root/s.txt")).toBe("in the snapshot");
+    } finally {
+      await fromIt.kill();
+    }
+    // Another server (as after a restart) finds it in the cache, and starts from it again.
+    const again = await createServer({ port: 0, apiKeys: [KEY, OTHER], maxSandboxes: 1 });
+    try {
+      const there = { apiUrl: again.url, sandboxUrl: again.url };
+      // listSnapshots' options type leaves apiUrl out; the SDK passes it on to the connection all the same.
+      expect((await e2b.Sandbox.listSnapshots(there as object).nextItems()).map((s) => s.snapshotId)).toContain(snapshotId);
+      const second = await ci.Sandbox.create(snapshotId, there);
+      try {
+        expect((await second.runCode("v")).text).toBe("'snapshotted'");
+      } finally {
+        await second.kill();
+      }
+    } finally {
+      await again.close();
+    }
+    // Another key neither sees nor uses it, nor deletes it.
+    expect(await e2b.Sandbox.listSnapshots({ apiKey: OTHER }).nextItems()).toEqual([]);
+    await expect(e2b.Sandbox.create(snapshotId, { apiKey: OTHER })).rejects.toThrow(/not found/);
+    expect(await e2b.Sandbox.deleteSnapshot(snapshotId, { apiKey: OTHER })).toBe(false);
+    expect(await e2b.Sandbox.deleteSnapshot(snapshotId)).toBe(true);
+    expect((await e2b.Sandbox.listSnapshots().nextItems()).map((s) => s.snapshotId)).not.toContain(snapshotId);
+    await expect(e2b.Sandbox.create(snapshotId)).rejects.toThrow(/snapshot "[^"]+" not found: it was deleted/);
+    expect(await e2b.Sandbox.deleteSnapshot(snapshotId)).toBe(false);
+  }, 600_000);
+});
+
+describe("lifecycle", () => {
+  it("pauses a sandbox when its timeout passes, and a request to it resumes it (autoResume)", async () => {
+    const sb = await e2b.Sandbox.create("base", { timeoutMs: 4_000, lifecycle: { onTimeout: "pause", autoResume: true } });
+    try {
+      expect((await sb.getInfo()).lifecycle).toEqual({ onTimeout: "pause", autoResume: true });
+      await sb.files.write("/root/l.txt", "kept through the pause");
+      await expect.poll(async () => (await sb.getInfo()).state, { timeout: 60_000, interval: 500 }).toBe("paused");
+      expect(existsSync(pausedDir(`srv-${sb.sandboxId}`))).toBe(true);
+      // The request resumes it rather than being refused.
+      expect(await sb.files.read("/root/l.txt")).toBe("kept through the pause");
+      expect((await sb.getInfo()).state).toBe("running");
+      expect((await sb.commands.run("echo up")).stdout).toBe("up\n");
+    } finally {
+      await sb.kill();
+    }
+    // The SDK refuses autoResume without a pause on timeout itself; the server does too.
+    const res = await fetch(`${server.url}/v2/sandboxes`, {
+      method: "POST",
+      headers: { "x-api-key": KEY, "content-type": "application/json" },
+      body: JSON.stringify({ templateID: "base", autoResume: { enabled: true } }),
+    });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { message: string }).message).toMatch(/autoResume needs a sandbox that pauses on its timeout/);
+  }, 300_000);
+});
