@@ -30,7 +30,7 @@ export type { PoolOptions, PoolStats } from "./sandbox/pool.js";
 // A warm pool of booted sandboxes.
 export { SandboxPool } from "./sandbox/pool.js";
 export type { SandboxInfo } from "./sandbox/registry.js";
-export type { ForkOptions, ResumeOptions } from "./sandbox/sandbox.js";
+export type { ForkOptions, PauseOptions, ResumeOptions } from "./sandbox/sandbox.js";
 // Sandboxes.
 export { describeBackend, Sandbox } from "./sandbox/sandbox.js";
 export type { VolumeInfo, VolumeSpec } from "./sandbox/volumes.js";

@@ -196,7 +196,8 @@ static void wait_for(const char *path, int timeout_ms) {
 }
 
 // The image disk read-only below, a tmpfs above, overlayfs joining them at /newroot; then the
-// kernel filesystems move along and /newroot becomes / (initramfs cannot be pivot_root'ed).
+// kernel filesystems and the tmpfs move along and /newroot becomes / (initramfs cannot be
+// pivot_root'ed).
 static void assemble_root(void) {
   bool disk = g_boot_config.which_image == microsandbox_agent_BootConfig_disk_tag;
   const char *image = disk ? g_boot_config.image.disk : g_boot_config.image.virtiofs;
@@ -214,12 +215,17 @@ static void assemble_root(void) {
     mkdir_parents(dst, 0755);
     if (mount(moves[i], dst, NULL, MS_MOVE, NULL) < 0) fatal(dst);
   }
+  // The writable layer stays reachable, for root, at /run/microsandbox/rw: a files-only pause
+  // reads the sandbox's changes from its upper directory there.
+  mkdir("/newroot/run", 0755);
+  mount_or_die("run", "/newroot/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+  mkdir("/newroot/run/microsandbox", 0755);
+  mkdir("/newroot/run/microsandbox/rw", 0700);
+  if (mount("/run/rw", "/newroot/run/microsandbox/rw", NULL, MS_MOVE, NULL) < 0) fatal("/newroot/run/microsandbox/rw");
   if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0) fatal("switching to the new root");
   mount_or_die("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
   mount_or_die("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
   mount_or_die("tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
-  mkdir("/run", 0755);
-  mount_or_die("run", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
 }
 
 static void if_config(int s, const char *ifname, const char *addr, const char *mask) {

@@ -1,6 +1,6 @@
-// A paused sandbox on disk: its saved machine (src/vm/machine.ts: the VM's state, RAM included)
-// and what it takes to bring it back, in this process or another: options, image, and the
-// processes kept running.
+// A paused sandbox on disk: its saved machine (src/vm/machine.ts: the VM's state, RAM included),
+// or only its files (files-only.ts), and what it takes to bring it back, in this process or
+// another: options, image, and the processes kept running.
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
@@ -8,6 +8,7 @@ import { InvalidArgumentError, PausedSandboxNotFoundError } from "../errors.js";
 import { withLock } from "../lock.js";
 import { cacheDir } from "../paths.js";
 import type { KeptSession } from "../vm/machine.js";
+import { hasFiles } from "./files-only.js";
 import { checkName, type SandboxOptions } from "./options.js";
 
 const FORMAT = 2;
@@ -22,6 +23,8 @@ export interface PausedSandbox {
   imageId: string;
   /** Processes kept across the pause (the interpreter of run()). */
   keep: KeptSession[];
+  /** Only its files were kept (pause({ keepMemory: false })): it resumes by booting afresh over them. */
+  filesOnly?: true;
   pausedAt: string;
 }
 
@@ -46,7 +49,8 @@ export function readPaused(name: string, kind: string): { dir: string; meta: Pau
   } catch {
     throw new PausedSandboxNotFoundError(`no paused sandbox named ${JSON.stringify(name)} in ${path.dirname(dir)}: pause() one first`);
   }
-  if (meta.format !== FORMAT || !existsSync(path.join(dir, "state")) || !existsSync(path.join(dir, "machine.json"))) {
+  const saved = meta.filesOnly ? hasFiles(dir) : existsSync(path.join(dir, "state")) && existsSync(path.join(dir, "machine.json"));
+  if (meta.format !== FORMAT || !saved) {
     throw new InvalidArgumentError(`the paused sandbox ${JSON.stringify(name)} in ${dir} is incomplete or from another version: remove it`);
   }
   if (meta.kind !== kind) throw new InvalidArgumentError(`sandbox ${JSON.stringify(name)} was paused as a ${meta.kind}: resume it with ${meta.kind}.resume()`);

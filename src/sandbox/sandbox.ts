@@ -33,6 +33,7 @@ import {
 import { checkNetwork, checkPorts, type NetworkPolicy, type PortForward } from "../vm/netpolicy.js";
 import { type CommandOptions, SandboxCommands } from "./commands.js";
 import { SandboxFiles } from "./files.js";
+import { restoreFiles, saveFiles } from "./files-only.js";
 import { Lifetime } from "./lifetime.js";
 import { CommandTap, type LogEntry, type LogOptions, SandboxLog } from "./logs.js";
 import { type CpuMark, cpuMark, type SandboxMetrics, sandboxMetrics } from "./metrics.js";
@@ -70,6 +71,13 @@ export interface ResumeOptions {
 }
 
 const RESUME_KEYS = keysOf<ResumeOptions>({ as: true });
+
+/** What pause() takes: `keepMemory: false` keeps only the files, and resume() boots afresh over them. */
+export interface PauseOptions {
+  keepMemory?: boolean;
+}
+
+const PAUSE_KEYS = keysOf<PauseOptions>({ keepMemory: true });
 const UPDATE_NETWORK_KEYS = keysOf<{ secrets?: SecretsOption; injectHeaders?: InjectHeadersOption }>({ secrets: true, injectHeaders: true });
 
 const debug = debuglog("microsandbox");
@@ -459,12 +467,33 @@ export abstract class Sandbox implements AsyncDisposable {
 
   /**
    * Saves this sandbox to disk (memory, processes, files) and stops it; `resume(name)` on the same
-   * class brings it back, in this process or another. Returns the directory it is kept in. QEMU only.
+   * class brings it back, in this process or another. Returns the directory it is kept in. QEMU
+   * only. With `keepMemory: false` only its files are kept (the writable layer and /tmp, carried
+   * by the image's tar and sh), on any backend: resume() boots it afresh over them, with no
+   * process or interpreter state.
    */
-  pause(): Promise<string> {
+  async pause(opts: PauseOptions = {}): Promise<string> {
+    checkKeys("pause option", opts, PAUSE_KEYS);
+    if (opts.keepMemory !== undefined && typeof opts.keepMemory !== "boolean")
+      throw new InvalidArgumentError(`keepMemory ${JSON.stringify(opts.keepMemory)} is invalid: give true or false`);
     return this.oneSaveAtATime(async () => {
-      const dir = await this.saveNow(this.name, false);
+      const dir = opts.keepMemory === false ? await this.saveFilesNow() : await this.saveNow(this.name, false);
       await this.halt();
+      return dir;
+    });
+  }
+
+  private async saveFilesNow(): Promise<string> {
+    const agent = this.agent();
+    return withPausedLock(this.name, async () => {
+      const dir = newPausedDir(this.name);
+      try {
+        await saveFiles(agent, dir);
+        writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(this.name), imageId: this.imageId, keep: [], filesOnly: true });
+      } catch (err) {
+        rmSync(dir, { recursive: true, force: true });
+        throw err;
+      }
       return dir;
     });
   }
@@ -474,7 +503,7 @@ export abstract class Sandbox implements AsyncDisposable {
    * would, and runs on: a snapshot. `resume(name, { as })` starts sandboxes from it, as many as
    * wanted; `resume(name)` brings it back once. Returns the directory it is kept in. QEMU only.
    */
-  save(name: string): Promise<string> {
+  async save(name: string): Promise<string> {
     checkName(name);
     return this.oneSaveAtATime(() => this.saveNow(name, true));
   }
@@ -511,13 +540,26 @@ export abstract class Sandbox implements AsyncDisposable {
       // biome-ignore lint/complexity/noThisInStatic: `this` is the subclass resume() is called on; its name must match the kind pause() saved
       const { dir, meta } = readPaused(name, this.name);
       const sandbox = new this(opts.as === undefined ? meta.options : { ...meta.options, name: opts.as });
-      await sandbox.tracked(() => sandbox.resumeFrom(dir, meta, opts.as === undefined));
+      await sandbox.tracked(() => (meta.filesOnly ? sandbox.bootOver(dir) : sandbox.resumeFrom(dir, meta)));
+      if (opts.as === undefined) rmSync(dir, { recursive: true, force: true });
       return sandbox;
     });
   }
 
-  // Restores the paused VM in `dir` into this sandbox; the saved state is removed once it runs, if `consume`.
-  private async resumeFrom(dir: string, meta: ReturnType<typeof readPaused>["meta"], consume: boolean): Promise<void> {
+  // Boots this sandbox afresh and puts back the files a files-only pause kept in `dir`; a sandbox
+  // that fails to take them back is stopped.
+  private async bootOver(dir: string): Promise<void> {
+    await this.boot();
+    try {
+      await restoreFiles(this.vm!.agent, dir);
+    } catch (err) {
+      await this.halt();
+      throw err;
+    }
+  }
+
+  // Restores the paused VM in `dir` into this sandbox.
+  private async resumeFrom(dir: string, meta: ReturnType<typeof readPaused>["meta"]): Promise<void> {
     const store = new ImageStore();
     const image = await resolveImage(store, meta.options.image, { pull: "never" });
     if (image.id !== meta.imageId) {
@@ -533,7 +575,6 @@ export abstract class Sandbox implements AsyncDisposable {
     );
     this.attach(vm, image.id, image.config);
     this.adopt(meta.keep);
-    if (consume) rmSync(dir, { recursive: true, force: true });
   }
 
   /** Processes a copy of this sandbox keeps running (the interpreter of run()). */

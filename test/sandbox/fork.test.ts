@@ -119,4 +119,34 @@ describe("pause and resume", () => {
     await last.stop();
     expect(existsSync(dir)).toBe(false);
   });
+
+  it("pause({ keepMemory: false }) keeps the files only, and resume() boots afresh over them", async () => {
+    const name = `files-only-${process.pid}`;
+    const sb = await PythonSandbox.create({ name, memory: 512 });
+    let dir: string;
+    try {
+      await sb.run("gone = 'with the memory'");
+      await sb.fs.write("/root/kept.txt", "a file of the sandbox");
+      await sb.fs.write("/tmp/in-tmp.txt", "a file in /tmp");
+      await sb.command.run("sh", ["-c", "rm /etc/debian_version && mkdir -p /srv/made/deep && echo x > /srv/made/deep/f && ln -s /root/kept.txt /root/link"]);
+      dir = await sb.pause({ keepMemory: false });
+    } finally {
+      await sb.stop();
+    }
+    expect(existsSync(`${dir}/state`)).toBe(false); // no memory was saved
+    const back = await PythonSandbox.resume(name);
+    try {
+      expect(back.backend!.reason).not.toMatch(/restored from/);
+      expect(await (await back.run("'gone' in globals()")).output()).toBe("False");
+      expect((await back.fs.read("/root/kept.txt")).toString()).toBe("a file of the sandbox");
+      expect((await back.fs.read("/tmp/in-tmp.txt")).toString()).toBe("a file in /tmp");
+      expect(await (await back.command.run("cat", ["/srv/made/deep/f", "/root/link"])).output()).toBe("x\na file of the sandbox");
+      // A file of the image deleted before the pause stays deleted.
+      expect((await back.command.run("test", ["-e", "/etc/debian_version"])).exitCode).toBe(1);
+    } finally {
+      await back.stop();
+    }
+    expect(existsSync(dir)).toBe(false);
+    await expect(sb.pause({ keepMemory: "no" as never })).rejects.toThrow(/keepMemory "no" is invalid/);
+  });
 });

@@ -1,0 +1,110 @@
+// A files-only pause: the sandbox's files saved to the host without its memory, and put back
+// into a sandbox of the same image booted afresh (no process, no interpreter state). The files
+// are the guest's writable layer, which the agent keeps reachable for root at
+// /run/microsandbox/rw (native/agent/init.c), and /tmp, a tmpfs of its own. The image's tar and sh
+// carry them. A file of the image that was deleted is deleted again (the layer's whiteouts); a
+// directory of the image removed and made anew gets the image's files back (its opaque mark is
+// not carried).
+import { once } from "node:events";
+import { createReadStream, createWriteStream, existsSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { finished } from "node:stream/promises";
+
+import type { AgentClient } from "../agent-client/client.js";
+import { ExecError, SnapshotUnsupportedError } from "../errors.js";
+
+const UPPER = "/run/microsandbox/rw/upper";
+// Outside the layer (on /run's tmpfs): what the archive of the layer leaves out.
+const EXCLUDE = "/run/microsandbox/files-only.exclude";
+// Mount points at the root: what is under them is not in the layer, and their modes are not its own.
+const MOUNT_POINTS = new Set(["proc", "sys", "dev", "run", "tmp"]);
+/** What a files-only pause keeps in its directory. */
+const KEPT = { root: "root.tar", tmp: "tmp.tar", deleted: "deleted.json" } as const;
+
+// Refused with the reason a files-only pause cannot go on in this image.
+function refused(what: string, err: unknown): never {
+  const missing = err instanceof ExecError && err.errnoName === "ENOENT";
+  throw new SnapshotUnsupportedError(
+    missing ? `a files-only pause needs tar and sh in the image: ${what} could not start` : `a files-only pause failed: ${what}: ${(err as Error).message}`,
+  );
+}
+
+// Runs `argv` as root, its stdout into `file`, and fails unless it exits 0.
+async function guestToFile(agent: AgentClient, argv: string[], file: string): Promise<void> {
+  const out = createWriteStream(file, { mode: 0o600 });
+  const stderr: Buffer[] = [];
+  try {
+    const proc = agent.spawn(argv, { user: 0 });
+    for await (const c of proc) {
+      if (c.stream === "stderr") stderr.push(c.data);
+      else if (!out.write(c.data)) await once(out, "drain");
+    }
+    const { exitCode } = await proc.exit;
+    if (exitCode !== 0) throw new Error(`exit ${exitCode}: ${Buffer.concat(stderr).toString().trim()}`);
+  } catch (err) {
+    refused(argv.join(" "), err);
+  } finally {
+    out.end();
+    await finished(out).catch(() => {});
+  }
+}
+
+// Runs `argv` as root with `file` on its stdin, and fails unless it exits 0.
+async function fileToGuest(agent: AgentClient, argv: string[], file: string): Promise<void> {
+  try {
+    const proc = agent.spawn(argv, { user: 0, stdin: true });
+    const stderr: Buffer[] = [];
+    const drained = (async () => {
+      for await (const c of proc) if (c.stream === "stderr") stderr.push(c.data);
+    })();
+    for await (const chunk of createReadStream(file)) await proc.write(chunk as Buffer);
+    await proc.end();
+    await drained;
+    const { exitCode } = await proc.exit;
+    if (exitCode !== 0) throw new Error(`exit ${exitCode}: ${Buffer.concat(stderr).toString().trim()}`);
+  } catch (err) {
+    refused(argv.join(" "), err);
+  }
+}
+
+async function run(agent: AgentClient, argv: string[]): Promise<string> {
+  let r: Awaited<ReturnType<AgentClient["exec"]>>;
+  try {
+    r = await agent.exec(argv, { user: 0 });
+  } catch (err) {
+    refused(argv.join(" "), err);
+  }
+  if (r.exitCode !== 0) refused(argv.join(" "), new Error(`exit ${r.exitCode}: ${r.stderr.toString().trim()}`));
+  return r.stdout.toString();
+}
+
+/** Saves the running sandbox's files into `dir` (as resume's restoreFiles takes them back). */
+export async function saveFiles(agent: AgentClient, dir: string): Promise<void> {
+  // Whiteouts are character devices 0:0 in the layer: the files of the image deleted since boot.
+  // They are listed, and left out of the archive (a sandbox may not make devices).
+  const devices = await run(agent, ["sh", "-c", `cd ${UPPER} && find . -type c -exec stat -c '%t:%T:%n' {} \\;`]);
+  const whiteouts = devices
+    .split("\n")
+    .filter((l) => l.startsWith("0:0:./"))
+    .map((l) => l.slice("0:0:".length));
+  writeFileSync(path.join(dir, KEPT.deleted), `${JSON.stringify(whiteouts.map((w) => w.slice(1)))}\n`, { mode: 0o600 });
+  const top = (await agent.list(UPPER)).map((e) => e.name).filter((n) => !MOUNT_POINTS.has(n));
+  if (top.length) {
+    // tar's exclusions are patterns: a name's own *, ? and [ are escaped.
+    await agent.writeFile(EXCLUDE, whiteouts.map((w) => `${w.replace(/[*?[\\]/g, "\\$&")}\n`).join(""));
+    await guestToFile(agent, ["tar", "-C", UPPER, "-cf", "-", "-X", EXCLUDE, ...top.map((n) => `./${n}`)], path.join(dir, KEPT.root));
+  }
+  await guestToFile(agent, ["tar", "-C", "/tmp", "-cf", "-", "."], path.join(dir, KEPT.tmp));
+}
+
+/** Whether `dir` holds files saveFiles() wrote. */
+export const hasFiles = (dir: string): boolean => existsSync(path.join(dir, KEPT.deleted)) && existsSync(path.join(dir, KEPT.tmp));
+
+/** Puts the files saveFiles() kept in `dir` back into a freshly booted sandbox of the same image. */
+export async function restoreFiles(agent: AgentClient, dir: string): Promise<void> {
+  const deleted = JSON.parse(readFileSync(path.join(dir, KEPT.deleted), "utf8")) as string[];
+  // Deleted first: a directory of the image removed and a file made in its place.
+  for (let i = 0; i < deleted.length; i += 500) await run(agent, ["rm", "-rf", "--", ...deleted.slice(i, i + 500)]);
+  if (existsSync(path.join(dir, KEPT.root))) await fileToGuest(agent, ["tar", "-C", "/", "-xf", "-"], path.join(dir, KEPT.root));
+  await fileToGuest(agent, ["tar", "-C", "/tmp", "-xf", "-"], path.join(dir, KEPT.tmp));
+}
