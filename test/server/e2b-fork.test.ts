@@ -121,6 +121,29 @@ describe("snapshots", () => {
   }, 600_000);
 });
 
+describe("pause({ keepMemory: false })", () => {
+  it("keeps the files only: connect boots the sandbox afresh over them", async () => {
+    const sb = await ci.Sandbox.create();
+    try {
+      await sb.runCode("v = 'in memory'");
+      await sb.files.write("/root/k.txt", "on disk");
+      await sb.files.write("/tmp/t.txt", "in /tmp");
+      expect(await sb.pause({ keepMemory: false })).toBe(true);
+      expect((await sb.getInfo()).state).toBe("paused");
+      expect(existsSync(`${pausedDir(`srv-${sb.sandboxId}`)}/state`)).toBe(false); // no memory was kept
+      // Paused, it refuses requests until connect.
+      await expect(sb.files.read("/root/k.txt")).rejects.toThrow(/is paused: connect to it first/);
+      const back = await ci.Sandbox.connect(sb.sandboxId);
+      expect(await back.files.read("/root/k.txt")).toBe("on disk");
+      expect(await back.files.read("/tmp/t.txt")).toBe("in /tmp");
+      expect((await back.runCode("'v' in globals()")).text).toBe("False");
+      expect((await back.runCode("v = 2; v")).text).toBe("2");
+    } finally {
+      await sb.kill();
+    }
+  }, 300_000);
+});
+
 describe("lifecycle", () => {
   it("pauses a sandbox when its timeout passes, and a request to it resumes it (autoResume)", async () => {
     const sb = await e2b.Sandbox.create("base", { timeoutMs: 4_000, lifecycle: { onTimeout: "pause", autoResume: true } });
@@ -128,7 +151,10 @@ describe("lifecycle", () => {
       expect((await sb.getInfo()).lifecycle).toEqual({ onTimeout: "pause", autoResume: true });
       await sb.files.write("/root/l.txt", "kept through the pause");
       await expect.poll(async () => (await sb.getInfo()).state, { timeout: 60_000, interval: 500 }).toBe("paused");
-      expect(existsSync(pausedDir(`srv-${sb.sandboxId}`))).toBe(true);
+      expect(existsSync(`${pausedDir(`srv-${sb.sandboxId}`)}/state`)).toBe(true);
+      // Its memory holds its files too: a reboot from its files alone is refused, and it stays paused.
+      await expect(e2b.Sandbox.connect(sb.sandboxId, { onResume: "reboot" })).rejects.toThrow(/cannot boot from its files alone/);
+      expect((await sb.getInfo()).state).toBe("paused");
       // The request resumes it rather than being refused.
       expect(await sb.files.read("/root/l.txt")).toBe("kept through the pause");
       expect((await sb.getInfo()).state).toBe("running");

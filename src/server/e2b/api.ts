@@ -69,7 +69,8 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
     throw new NotFoundError(`sandbox port ${port} serves no ${req.method} ${url.pathname}`);
   }
 
-  // A request allowed into a paused sandbox whose lifecycle has autoResume resumes it first (else: 409).
+  // A request allowed into a paused sandbox whose lifecycle has autoResume resumes it first (else:
+  // 409); not a files-only pause, which only connect resumes, as a reboot.
   async function wake(headers: HeaderSource): Promise<void> {
     let sb: E2bSandbox;
     try {
@@ -77,7 +78,7 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
     } catch {
       return; // refused where the request is served, in its protocol's form
     }
-    if (sb.s.paused && sb.s.lifecycle.autoResume) await resumeSandbox(table, sb, sb.s.lifecycle.timeoutS);
+    if (sb.s.paused?.memory && sb.s.lifecycle.autoResume) await resumeSandbox(table, sb, sb.s.lifecycle.timeoutS);
   }
 
   return {

@@ -4,13 +4,14 @@ import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { InvalidArgumentError } from "../../errors.js";
+import { checkKeys } from "../../keys.js";
 import type { ImageCatalog } from "../catalog.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import { forkRoute } from "./fork.js";
 import { checkE2bNetwork, type E2bNetworks, networkInfo } from "./network.js";
 import { metricOf } from "./observe.js";
-import { armLifecycle, lifecycleOf, pauseSandbox, resumeSandbox } from "./pausing.js";
+import { armLifecycle, flag, lifecycleOf, pauseSandbox, resumeSandbox } from "./pausing.js";
 import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION } from "./shared.js";
 import { type SnapshotStore, snapshotRoutes } from "./snapshots.js";
 import type { E2bVolumes } from "./volumes.js";
@@ -89,7 +90,8 @@ export function controlPlane(
   async function connect(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
     const sb = target(req, params);
     const body = await readJsonObject(req, bodyLimit);
-    const resumed = await resumeSandbox(table, sb, typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS);
+    const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS;
+    const resumed = await resumeSandbox(table, sb, timeout, flag("memory", body.memory) ?? true);
     sendJson(res, resumed ? 201 : 200, reached(sb));
   }
 
@@ -117,8 +119,9 @@ export function controlPlane(
 
   async function pause(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
     const sb = target(req, params);
-    await readJsonObject(req, bodyLimit);
-    await pauseSandbox(sb);
+    const body = await readJsonObject(req, bodyLimit);
+    checkKeys("pause option", body, ["memory"]);
+    await pauseSandbox(sb, flag("memory", body.memory) ?? true);
     res.writeHead(204).end();
   }
 

@@ -15,13 +15,16 @@ async function idle(s: E2bState): Promise<void> {
   while (s.transition);
 }
 
-/** Pauses the running sandbox: saved to disk and stopped, it waits for a resume, not for its timeout. */
-export async function pauseSandbox({ m, s }: E2bSandbox): Promise<void> {
+/**
+ * Pauses the running sandbox: saved to disk (without `keepMemory`, its files only) and stopped, it
+ * waits for a resume, not for its timeout.
+ */
+export async function pauseSandbox({ m, s }: E2bSandbox, keepMemory: boolean): Promise<void> {
   await idle(s);
   if (s.paused) throw new ConflictError(`sandbox ${m.id} is already paused: connect to it to resume it`);
   await transition(s, async () => {
-    const dir = await m.sandbox.pause();
-    s.paused = { name: m.sandbox.name };
+    const dir = await m.sandbox.pause({ keepMemory });
+    s.paused = { name: m.sandbox.name, memory: keepMemory };
     // Paused, it waits for a connect, not for its timeout; killed, its saved state goes too.
     clearTimeout(m.timer);
     m.discard = () => rmSync(dir, { recursive: true, force: true });
@@ -33,11 +36,18 @@ export async function pauseSandbox({ m, s }: E2bSandbox): Promise<void> {
 
 /**
  * Resumes the sandbox if it is paused (true), else leaves it as it is (false); either way it
- * lives `timeoutS` from now.
+ * lives `timeoutS` from now. `memory: false` (E2B's onResume "reboot") asks for a boot from its
+ * files alone, which only a sandbox paused without its memory can have: the memory of the other
+ * kind holds its files too.
  */
-export async function resumeSandbox(table: SandboxTable, { m, s }: E2bSandbox, timeoutS: number): Promise<boolean> {
+export async function resumeSandbox(table: SandboxTable, { m, s }: E2bSandbox, timeoutS: number, memory = true): Promise<boolean> {
   await idle(s);
   const paused = s.paused;
+  if (paused?.memory && !memory) {
+    throw new InvalidArgumentError(
+      `sandbox ${m.id} was paused with its memory, which holds its files too, so it cannot boot from its files alone: connect without onResume "reboot", or pause with keepMemory: false`,
+    );
+  }
   if (paused) {
     await transition(s, async () => {
       m.sandbox = await SANDBOX_KINDS[m.kind].resume(paused.name);
@@ -51,18 +61,29 @@ export async function resumeSandbox(table: SandboxTable, { m, s }: E2bSandbox, t
 
 /** Makes the sandbox's timeout do what its lifecycle says: pause it rather than kill it. */
 export function armLifecycle(sb: E2bSandbox): void {
-  if (sb.s.lifecycle.onTimeout === "pause") sb.m.onTimeout = () => pauseSandbox(sb);
+  if (sb.s.lifecycle.onTimeout === "pause") sb.m.onTimeout = () => pauseSandbox(sb, sb.s.lifecycle.keepMemory);
 }
 
-/** The lifecycle a create's body asks for (autoPause, autoResume, as the SDK sends its `lifecycle`); `timeoutS` its timeout. */
+/** `value` of the body's `key`: a boolean, or undefined when not given. */
+export function flag(key: string, value: unknown): boolean | undefined {
+  if (value === undefined || typeof value === "boolean") return value;
+  throw new InvalidArgumentError(`${key} ${JSON.stringify(value)} is invalid: give true or false`);
+}
+
+/**
+ * The lifecycle a create's body asks for (autoPause, autoPauseMemory, autoResume: the SDK's
+ * `lifecycle` as it sends it); `timeoutS` its timeout.
+ */
 export function lifecycleOf(body: Record<string, unknown>, timeoutS: number): Lifecycle {
-  const { autoPause, autoResume } = body;
-  if (autoPause !== undefined && typeof autoPause !== "boolean")
-    throw new InvalidArgumentError(`autoPause ${JSON.stringify(autoPause)} is invalid: give true or false`);
+  const autoPause = flag("autoPause", body.autoPause);
+  const keepMemory = flag("autoPauseMemory", body.autoPauseMemory) ?? true;
+  const { autoResume } = body;
   const resume = autoResume as { enabled?: unknown } | undefined;
   if (resume !== undefined && !(resume && typeof resume === "object" && typeof resume.enabled === "boolean"))
     throw new InvalidArgumentError(`autoResume ${JSON.stringify(autoResume)} is invalid: give { enabled: true } or { enabled: false }`);
   if (resume?.enabled && !autoPause)
     throw new InvalidArgumentError('autoResume needs a sandbox that pauses on its timeout: give lifecycle { onTimeout: "pause", autoResume: true }');
-  return { onTimeout: autoPause ? "pause" : "kill", autoResume: resume?.enabled === true, timeoutS };
+  if (resume?.enabled && !keepMemory)
+    throw new InvalidArgumentError("autoResume needs a pause that keeps the memory: a files-only pause (keepMemory: false) is resumed with connect");
+  return { onTimeout: autoPause ? "pause" : "kill", autoResume: resume?.enabled === true, keepMemory, timeoutS };
 }

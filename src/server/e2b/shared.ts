@@ -29,6 +29,8 @@ export interface Lifecycle {
   onTimeout: "kill" | "pause";
   /** A data-plane request to it while paused resumes it (instead of 409). */
   autoResume: boolean;
+  /** Its timeout's pause keeps its memory (else only its files: autoPauseMemory false). */
+  keepMemory: boolean;
   /** Seconds it lives from a resume that named none. */
   timeoutS: number;
 }
@@ -38,8 +40,8 @@ export interface E2bState {
   token: string;
   lifecycle: Lifecycle;
   processes: ProcessTable;
-  /** Set while paused: the name its saved state is resumed by. */
-  paused?: { name: string };
+  /** Set while paused: the name its saved state is resumed by, and whether it kept the memory. */
+  paused?: { name: string; memory: boolean };
   /** A pause or resume under way: one at a time, and calls that arrive meanwhile wait for it. */
   transition?: Promise<void>;
   contexts: Map<string, CodeContext>;
