@@ -84,7 +84,16 @@ describe("snapshots", () => {
       ({ snapshotId } = await source.createSnapshot());
       // The source runs on, unchanged by the snapshot, and what it does next is not in it.
       await source.runCode("v = 'later'");
-      expect((await e2b.Sandbox.listSnapshots({ sandboxId: source.sandboxId }).nextItems()).map((s) => s.snapshotId)).toEqual([snapshotId]);
+      // A named one is found by its name; a name that is no name is refused.
+      const name = `named-${process.pid}`;
+      const named = await source.createSnapshot({ name });
+      expect(named.snapshotId).toBe(`${name}:default`);
+      await expect(source.createSnapshot({ name: "no name!" })).rejects.toThrow(/snapshot name "no name!" is invalid/);
+      const ids = async (opts: object) => (await e2b.Sandbox.listSnapshots(opts).nextItems()).map((s) => s.snapshotId);
+      expect(await ids({ name })).toEqual([named.snapshotId]);
+      expect((await ids({ sandboxId: source.sandboxId })).sort()).toEqual([snapshotId, named.snapshotId].sort());
+      expect(await e2b.Sandbox.deleteSnapshot(name)).toBe(true);
+      expect(await ids({ sandboxId: source.sandboxId })).toEqual([snapshotId]);
     } finally {
       await source.kill();
     }

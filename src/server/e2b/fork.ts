@@ -24,7 +24,7 @@ export function forkRoute(sandboxes: E2bSandboxes, bodyLimit: number, reached: (
     const body = await readJsonObject(req, bodyLimit);
     checkKeys("fork option", body, FORK_KEYS);
     const count = body.count ?? 1;
-    if (!(Number.isInteger(count) && (count as number) >= 1 && (count as number) <= MAX_FORKS))
+    if (!(typeof count === "number" && Number.isInteger(count) && count >= 1 && count <= MAX_FORKS))
       throw new InvalidArgumentError(`count ${JSON.stringify(body.count)} is invalid: give a whole number of forks from 1 to ${MAX_FORKS}`);
     const timeout = body.timeout ?? SERVER_DEFAULTS.e2b.timeoutS;
     if (!(typeof timeout === "number" && timeout > 0))
@@ -34,7 +34,7 @@ export function forkRoute(sandboxes: E2bSandboxes, bodyLimit: number, reached: (
     const { m } = parent;
     const results: unknown[] = [];
     // One after another: each copy pauses the parent for an instant, and the library takes them in turn anyway.
-    for (let i = 0; i < (count as number); i++) {
+    for (let i = 0; i < count; i++) {
       try {
         const child = await sandboxes.table.create({
           protocol: "e2b",
@@ -49,7 +49,7 @@ export function forkRoute(sandboxes: E2bSandboxes, bodyLimit: number, reached: (
           start: (name) => m.sandbox.fork({ name }),
         });
         // The library's fork keeps the network policy; so does the E2B record of it.
-        const s = sandboxes.add(child, randomBytes(24).toString("base64url"), structuredClone(parent.s.network), { ...parent.s.lifecycle });
+        const s = sandboxes.add(child, randomBytes(24).toString("base64url"), structuredClone(parent.s.network), { ...parent.s.lifecycle, timeoutS: timeout });
         armLifecycle({ m: child, s });
         results.push({ sandbox: reached({ m: child, s }) });
       } catch (err) {

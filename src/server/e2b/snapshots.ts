@@ -17,7 +17,7 @@ import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError, NotFoundError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import type { CreateSpec } from "../sandboxes.js";
-import { type E2bSandboxes, settled } from "./shared.js";
+import { type E2bSandbox, type E2bSandboxes, settled } from "./shared.js";
 
 const FORMAT = 1;
 const TAG = ":default";
@@ -49,7 +49,7 @@ function called(r: SnapshotRecord, id: string): boolean {
 export class SnapshotStore {
   constructor(private readonly dir = path.join(cacheDir(), "e2b-snapshots")) {}
 
-  /** The snapshots `owner` took, oldest first. */
+  /** The snapshots `owner` took, by id. */
   list(owner: string): SnapshotRecord[] {
     let files: string[];
     try {
@@ -66,7 +66,7 @@ export class SnapshotStore {
           return []; // half written by a process that died, or not ours
         }
       })
-      .sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.snapshotID.localeCompare(b.snapshotID));
+      .sort((a, b) => a.snapshotID.localeCompare(b.snapshotID) || a.createdAt.localeCompare(b.createdAt));
   }
 
   /** `owner`'s snapshot called `id` (its id or a name, with or without the tag), if any. */
@@ -89,7 +89,7 @@ export class SnapshotStore {
   }
 
   /** Saves `sb` as `owner`'s snapshot, under `name` if given (replacing `owner`'s older one of that name). */
-  async take(owner: string, { m, s }: ReturnType<E2bSandboxes["owned"]>, name: string | undefined): Promise<SnapshotRecord> {
+  async take(owner: string, { m, s }: E2bSandbox, name: string | undefined): Promise<SnapshotRecord> {
     await settled(s);
     if (s.paused) throw new ConflictError(`sandbox ${m.id} is paused: connect to it first, then take the snapshot`);
     const hex = randomBytes(8).toString("hex");
@@ -154,7 +154,7 @@ export function snapshotRoutes(sandboxes: E2bSandboxes, store: SnapshotStore, bo
     const name = q.get("name");
     let all = store.list(sandboxes.owner(req)).filter((r) => (!from || r.sandboxID === from) && (!name || called(r, name)));
     const after = q.get("nextToken");
-    if (after) all = all.slice(all.findIndex((r) => r.snapshotID === after) + 1);
+    if (after) all = all.filter((r) => r.snapshotID > after);
     const page = all.slice(0, limit);
     sendJson(res, 200, page.map(info), all.length > limit ? { "x-next-token": page.at(-1)!.snapshotID } : {});
   }
