@@ -528,8 +528,8 @@ export abstract class Sandbox implements AsyncDisposable {
   }
 
   /**
-   * Brings back the sandbox `name` that pause() or save() saved; its saved state is removed once
-   * it runs. With `as`, starts a new sandbox of that name from it instead and leaves the saved
+   * Brings back the sandbox `name` that pause() or save() saved (booted afresh over its files after
+   * pause({ keepMemory: false })); its saved state is removed once it runs. With `as`, starts a new sandbox of that name from it instead and leaves the saved
    * state in place, to start more. Two processes resuming one name take turns: the second finds
    * nothing paused (or, with `as`, starts its own copy).
    */

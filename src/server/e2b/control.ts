@@ -67,13 +67,16 @@ export function controlPlane(
     const networkOptions = networks.library(who, network);
     const mounts = await volumes.mounts(who, body.volumeMounts);
     const lifecycle = lifecycleOf(body, timeout);
+    // A snapshot of the caller's starts as it was saved, its environment included; else the template boots.
+    const snapshot = snapshots.spec(who, template);
+    if (snapshot && Object.keys(env).length)
+      throw new InvalidArgumentError(`template ${JSON.stringify(template)} is a snapshot, whose environment was saved with it: create it without envs`);
     const m = await table.create({
       protocol: "e2b",
       owner: who,
       namespace: "e2b",
       name: template,
-      // A snapshot of the caller's starts as it was saved (its env included), else the template boots.
-      ...(snapshots.spec(who, template) ?? catalog.template(template)),
+      ...(snapshot ?? catalog.template(template)),
       template,
       metadata,
       env,
