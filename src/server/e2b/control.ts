@@ -69,8 +69,11 @@ export function controlPlane(
     const lifecycle = lifecycleOf(body, timeout);
     // A snapshot of the caller's starts as it was saved, its environment included; else the template boots.
     const snapshot = snapshots.spec(who, template);
-    if (snapshot && Object.keys(env).length)
-      throw new InvalidArgumentError(`template ${JSON.stringify(template)} is a snapshot, whose environment was saved with it: create it without envs`);
+    if (snapshot && (Object.keys(env).length || mounts.library.length)) {
+      throw new InvalidArgumentError(
+        `template ${JSON.stringify(template)} is a snapshot, whose environment was saved with it (and which has no volumes): create it without envs or volumeMounts`,
+      );
+    }
     const m = await table.create({
       protocol: "e2b",
       owner: who,
