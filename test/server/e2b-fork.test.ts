@@ -97,7 +97,7 @@ describe("snapshots", () => {
     } finally {
       await source.kill();
     }
-    await expect(e2b.Sandbox.create(snapshotId, { envs: { A: "1" } })).rejects.toThrow(/is a snapshot, whose environment was saved with it/);
+    await expect(e2b.Sandbox.create(snapshotId, { envs: { A: "1" } })).rejects.toThrow(/is a snapshot, whose environment and network were saved with it/);
     const fromIt = await ci.Sandbox.create(snapshotId);
     try {
       expect((await fromIt.runCode("v")).text).toBe("'snapshotted'");

@@ -67,11 +67,11 @@ export function controlPlane(
     const networkOptions = networks.library(who, network);
     const mounts = await volumes.mounts(who, body.volumeMounts);
     const lifecycle = lifecycleOf(body, timeout);
-    // A snapshot of the caller's starts as it was saved, its environment included; else the template boots.
+    // A snapshot of the caller's starts as it was saved, its environment and network included; else the template boots.
     const snapshot = snapshots.spec(who, template);
-    if (snapshot && (Object.keys(env).length || mounts.library.length)) {
+    if (snapshot && (Object.keys(env).length || mounts.library.length || body.network !== undefined || body.allow_internet_access !== undefined)) {
       throw new InvalidArgumentError(
-        `template ${JSON.stringify(template)} is a snapshot, whose environment was saved with it (and which has no volumes): create it without envs or volumeMounts`,
+        `template ${JSON.stringify(template)} is a snapshot, whose environment and network were saved with it (and which has no volumes): create it without envs, network or volumeMounts`,
       );
     }
     const m = await table.create({
@@ -79,7 +79,7 @@ export function controlPlane(
       owner: who,
       namespace: "e2b",
       name: template,
-      ...(snapshot ?? catalog.template(template)),
+      ...(snapshot?.create ?? catalog.template(template)),
       template,
       metadata,
       env,
@@ -87,7 +87,7 @@ export function controlPlane(
       timeout,
       ...networkOptions,
     });
-    const s = sandboxes.add(m, randomBytes(24).toString("base64url"), network, lifecycle);
+    const s = sandboxes.add(m, randomBytes(24).toString("base64url"), snapshot?.network ?? network, lifecycle);
     armLifecycle({ m, s });
     if (mounts.e2b.length) s.volumeMounts = mounts.e2b;
     sendJson(res, 201, reached({ m, s }));

@@ -17,6 +17,7 @@ import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError, NotFoundError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import type { CreateSpec } from "../sandboxes.js";
+import type { E2bNetwork } from "./network.js";
 import { type E2bSandbox, type E2bSandboxes, settled } from "./shared.js";
 
 const FORMAT = 1;
@@ -37,6 +38,8 @@ interface SnapshotRecord {
   saved: string;
   kind: SandboxKind;
   memory: number;
+  /** Its E2B network as the source had it (the library's policy is saved with the sandbox). */
+  network: E2bNetwork;
   createdAt: string;
 }
 
@@ -75,17 +78,21 @@ export class SnapshotStore {
   }
 
   /**
-   * What a create from the snapshot `id` of `owner` starts, or undefined when `id` names none (a
-   * template); NotFoundError for an id of the snapshots' own form that is gone.
+   * What a create from the snapshot `id` of `owner` starts, and the E2B network it has, or
+   * undefined when `id` names none (a template); NotFoundError for an id of the snapshots' own
+   * form that is gone.
    */
-  spec(owner: string, id: string): { kind: SandboxKind; memory: number; start: NonNullable<CreateSpec["start"]> } | undefined {
+  spec(owner: string, id: string): { create: { kind: SandboxKind; memory: number; start: NonNullable<CreateSpec["start"]> }; network: E2bNetwork } | undefined {
     const r = this.find(owner, id);
     if (!r) {
       if (UNNAMED.test(id))
         throw new NotFoundError(`snapshot ${JSON.stringify(id)} not found: it was deleted, or another key took it (listSnapshots lists yours)`);
       return undefined;
     }
-    return { kind: r.kind, memory: r.memory, start: (name) => SANDBOX_KINDS[r.kind].resume(r.saved, { as: name }) };
+    return {
+      create: { kind: r.kind, memory: r.memory, start: (name) => SANDBOX_KINDS[r.kind].resume(r.saved, { as: name }) },
+      network: r.network,
+    };
   }
 
   /** Saves `sb` as `owner`'s snapshot, under `name` if given (replacing `owner`'s older one of that name). */
@@ -106,6 +113,7 @@ export class SnapshotStore {
       saved,
       kind: m.kind,
       memory: m.memory,
+      network: s.network,
       createdAt: new Date().toISOString(),
     };
     try {
