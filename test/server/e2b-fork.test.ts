@@ -22,7 +22,12 @@ beforeAll(async () => {
   e2b = (await import("e2b-251")) as unknown as Sdk;
   ci = (await import("@e2b/code-interpreter")) as unknown as Interpreter;
 });
-afterAll(() => server?.close());
+// Snapshots outlive the server: a test that fails midway still deletes the ones it took.
+const taken: string[] = [];
+afterAll(async () => {
+  for (const id of taken) await e2b?.Sandbox.deleteSnapshot(id).catch(() => {});
+  await server?.close();
+});
 
 describe("fork", () => {
   it("copies Python state and files into each fork, each its own sandbox from then on; a fork past the limit reports its error", async () => {
@@ -82,11 +87,13 @@ describe("snapshots", () => {
       await source.runCode("v = 'snapshotted'");
       await source.files.write("/root/s.txt", "in the snapshot");
       ({ snapshotId } = await source.createSnapshot());
+      taken.push(snapshotId);
       // The source runs on, unchanged by the snapshot, and what it does next is not in it.
       await source.runCode("v = 'later'");
       // A named one is found by its name; a name that is no name is refused.
       const name = `named-${process.pid}`;
       const named = await source.createSnapshot({ name });
+      taken.push(named.snapshotId);
       expect(named.snapshotId).toBe(`${name}:default`);
       await expect(source.createSnapshot({ name: "no name!" })).rejects.toThrow(/snapshot name "no name!" is invalid/);
       const ids = async (opts: object) => (await e2b.Sandbox.listSnapshots(opts).nextItems()).map((s) => s.snapshotId);
