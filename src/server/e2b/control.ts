@@ -1,5 +1,6 @@
-// The E2B control plane (E2B_API_URL, X-API-KEY): sandboxes created, connected to (which resumes
-// a paused one), listed, described, killed, given a new timeout, paused, and measured.
+// The E2B control plane (E2B_API_URL, X-API-KEY): sandboxes created (from a template or a
+// snapshot), connected to (which resumes a paused one), listed, described, killed, given a new
+// timeout, paused (pausing.ts), forked (fork.ts), snapshotted (snapshots.ts), and measured.
 import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
