@@ -29,15 +29,25 @@ function refused(what: string, err: unknown): never {
   );
 }
 
-// Runs `argv` as root, its stdout into `file`, and fails unless it exits 0.
-async function guestToFile(agent: AgentClient, argv: string[], file: string): Promise<void> {
+// Runs `argv` as root, its stdout into `file`, and fails unless it exits 0. The guest may be
+// hostile (its tar is its own): what it sends is cut off at `limit` bytes.
+async function guestToFile(agent: AgentClient, argv: string[], file: string, limit: number): Promise<void> {
   const out = createWriteStream(file, { mode: 0o600 });
   const stderr: Buffer[] = [];
   try {
     const proc = agent.spawn(argv, { user: 0 });
+    let sent = 0;
     for await (const c of proc) {
-      if (c.stream === "stderr") stderr.push(c.data);
-      else if (!out.write(c.data)) await once(out, "drain");
+      if (c.stream === "stderr") {
+        if (stderr.length < 64) stderr.push(c.data);
+      } else {
+        sent += c.data.length;
+        if (sent > limit) {
+          proc.kill("SIGKILL");
+          throw new Error(`it sent more than ${limit} bytes, more than the sandbox's memory can hold`);
+        }
+        if (!out.write(c.data)) await once(out, "drain");
+      }
     }
     const { exitCode } = await proc.exit;
     if (exitCode !== 0) throw new Error(`exit ${exitCode}: ${Buffer.concat(stderr).toString().trim()}`);
@@ -78,8 +88,13 @@ async function run(agent: AgentClient, argv: string[]): Promise<string> {
   return r.stdout.toString();
 }
 
-/** Saves the running sandbox's files into `dir` (as resume's restoreFiles takes them back). */
-export async function saveFiles(agent: AgentClient, dir: string): Promise<void> {
+/**
+ * Saves the running sandbox's files into `dir` (as resume's restoreFiles takes them back). Both
+ * layers live in the guest's memory, so each archive is refused past `memoryMiB` (plus tar's
+ * headers).
+ */
+export async function saveFiles(agent: AgentClient, dir: string, memoryMiB: number): Promise<void> {
+  const limit = memoryMiB * 2 * 1024 * 1024;
   // Whiteouts are character devices 0:0 in the layer: the files of the image deleted since boot.
   // They are listed, and left out of the archive (a sandbox may not make devices).
   const devices = await run(agent, ["sh", "-c", `cd ${UPPER} && find . -type c -exec stat -c '%t:%T:%n' {} \\;`]);
@@ -92,9 +107,9 @@ export async function saveFiles(agent: AgentClient, dir: string): Promise<void> 
   if (top.length) {
     // tar's exclusions are patterns: a name's own *, ? and [ are escaped.
     await agent.writeFile(EXCLUDE, whiteouts.map((w) => `${w.replace(/[*?[\\]/g, "\\$&")}\n`).join(""));
-    await guestToFile(agent, ["tar", "-C", UPPER, "-cf", "-", "-X", EXCLUDE, ...top.map((n) => `./${n}`)], path.join(dir, KEPT.root));
+    await guestToFile(agent, ["tar", "-C", UPPER, "-cf", "-", "-X", EXCLUDE, ...top.map((n) => `./${n}`)], path.join(dir, KEPT.root), limit);
   }
-  await guestToFile(agent, ["tar", "-C", "/tmp", "-cf", "-", "."], path.join(dir, KEPT.tmp));
+  await guestToFile(agent, ["tar", "-C", "/tmp", "-cf", "-", "."], path.join(dir, KEPT.tmp), limit);
 }
 
 /** Whether `dir` holds files saveFiles() wrote. */
