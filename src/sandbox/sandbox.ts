@@ -488,7 +488,7 @@ export abstract class Sandbox implements AsyncDisposable {
     return withPausedLock(this.name, async () => {
       const dir = newPausedDir(this.name);
       try {
-        await saveFiles(agent, dir);
+        await saveFiles(agent, dir, this.opts.memory);
         writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(this.name), imageId: this.imageId, keep: [], filesOnly: true });
       } catch (err) {
         rmSync(dir, { recursive: true, force: true });
