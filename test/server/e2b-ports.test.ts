@@ -15,7 +15,8 @@ import { RELAY_MARK } from "../../src/server/e2b/guest-relay.js";
 const KEY = "ports-test-key";
 const PORT = 8000;
 let server: RunningServer;
-let sb: InstanceType<typeof import("e2b-251")["Sandbox"]>;
+type E2bSandbox = InstanceType<typeof import("e2b-251")["Sandbox"]>;
+let sb: E2bSandbox;
 
 interface Answer {
   status: number;
@@ -23,11 +24,18 @@ interface Answer {
   reused: boolean;
 }
 
-/** A request to `port` in the sandbox, sent to the server's address with getHost's Host. */
-function send(path: string, opts: { port?: number; method?: string; agent?: http.Agent; body?: Buffer } = {}): Promise<Answer> {
+/** A request to `port` in the sandbox (default `sb`), sent to the server's address with getHost's Host. */
+function send(path: string, opts: { port?: number; method?: string; agent?: http.Agent; body?: Buffer; sandbox?: E2bSandbox } = {}): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = http.request(
-      { host: "127.0.0.1", port: server.port, path, method: opts.method ?? "GET", agent: opts.agent, headers: { host: sb.getHost(opts.port ?? PORT) } },
+      {
+        host: "127.0.0.1",
+        port: server.port,
+        path,
+        method: opts.method ?? "GET",
+        agent: opts.agent,
+        headers: { host: (opts.sandbox ?? sb).getHost(opts.port ?? PORT) },
+      },
       (res) => {
         const parts: Buffer[] = [];
         res.on("data", (c: Buffer) => parts.push(c));
@@ -40,19 +48,14 @@ function send(path: string, opts: { port?: number; method?: string; agent?: http
 }
 
 /** Command lines of the guest's relays now. */
-async function relays(): Promise<string[]> {
-  const r = await sb.commands.run("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done");
+async function relays(sandbox = sb): Promise<string[]> {
+  const r = await sandbox.commands.run("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done");
   return r.stdout.split("\n").filter((l) => l.includes(RELAY_MARK));
 }
 
 /** Waits (up to 10 s) for the guest to have no relay left: each goes when its client does. */
-async function noRelaysLeft(): Promise<void> {
-  let left = await relays();
-  for (let i = 0; i < 40 && left.length; i++) {
-    await new Promise((r) => setTimeout(r, 250));
-    left = await relays();
-  }
-  expect(left).toEqual([]);
+async function noRelaysLeft(sandbox = sb): Promise<void> {
+  await expect.poll(() => relays(sandbox), { timeout: 10_000, interval: 250 }).toEqual([]);
 }
 
 beforeAll(async () => {
@@ -92,7 +95,25 @@ describe("getHost(port)", () => {
     const [code] = await once(ws, "close");
     expect(code).toBe(1000);
     await noRelaysLeft();
+
+    // A client that just leaves takes its relay with it.
+    const gone = new WebSocket(`ws://127.0.0.1:${server.port}/ws`, { headers: { host: sb.getHost(PORT) } });
+    await once(gone, "open");
+    expect(await relays()).toHaveLength(1);
+    gone.terminate();
+    await noRelaysLeft();
   }, 120_000);
+
+  it("carries a client's half-close to the guest, and the answer after it back", async () => {
+    const sock = net.connect(server.port, "127.0.0.1");
+    sock.write(`GET /count HTTP/1.1\r\nHost: ${sb.getHost(PORT)}\r\nConnection: Upgrade\r\nUpgrade: x-until-eof\r\n\r\n`);
+    sock.end("some bytes, then the end");
+    let text = "";
+    for await (const chunk of sock) text += chunk; // to the end: the server closes once the guest did
+    expect(text).toMatch(/^HTTP\/1\.[01] 101 /);
+    expect(text).toMatch(/\r\n\r\nread 24 bytes to the end: some bytes, then the$/);
+    await noRelaysLeft();
+  }, 60_000);
 
   it("keeps a connection alive: the second request reuses the client's and the guest's connection", async () => {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
@@ -206,4 +227,33 @@ describe("getHost(port)", () => {
     );
     expect(status).toBe(200);
   });
+});
+
+describe("getHost(port) in a sandbox with node but no python3", () => {
+  it("relays with node: kept alive, a clear error when nothing listens, no relay left", async () => {
+    const { Sandbox } = await import("e2b-251");
+    const nodeSb = await Sandbox.create("local:node");
+    const get = (port: number, agent?: http.Agent) => send("/", { port, agent, sandbox: nodeSb });
+    try {
+      const serve = `require("http").createServer((q, s) => s.end("node saw port " + q.socket.remotePort)).listen(${PORT}, "127.0.0.1")`;
+      await nodeSb.commands.run(`node -e '${serve}'`, { background: true });
+      let first = await get(PORT);
+      for (let i = 0; i < 80 && first.status !== 200; i++) {
+        await new Promise((r) => setTimeout(r, 250));
+        first = await get(PORT);
+      }
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      const [a, b] = [await get(PORT, agent), await get(PORT, agent)];
+      agent.destroy();
+      expect(a.body.toString()).toMatch(/^node saw port \d+$/);
+      expect(b).toMatchObject({ status: 200, reused: true });
+      expect(b.body.toString()).toBe(a.body.toString());
+      const none = await get(8001);
+      expect(none.status).toBe(502);
+      expect(JSON.parse(none.body.toString()).message).toMatch(/nothing answered on port 8001 .*ECONNREFUSED/);
+      await noRelaysLeft(nodeSb);
+    } finally {
+      await nodeSb.kill();
+    }
+  }, 120_000);
 });

@@ -1,5 +1,6 @@
 # The guest's server in test/server/e2b-ports.test.ts, standard library only: HTTP/1.1 with
-# keep-alive, bodies streamed both ways, a download that counts what it sent, a WebSocket echo.
+# keep-alive, bodies streamed both ways, a download that counts what it sent, a WebSocket echo,
+# and an upgrade that answers only once the client half-closed.
 import base64, hashlib, http.server, socketserver, sys
 
 sent = 0  # bytes of /bytes/N bodies written so far
@@ -27,6 +28,15 @@ class H(http.server.BaseHTTPRequestHandler):
         global sent
         if self.headers.get("Upgrade", "").lower() == "websocket":
             return self.websocket()
+        if self.headers.get("Upgrade", "") == "x-until-eof":  # reads to the client's half-close, then answers
+            self.send_response(101)
+            self.send_header("Upgrade", "x-until-eof")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.close_connection = True
+            got = b"".join(iter(lambda: self.rfile.read1(65536), b""))
+            self.wfile.write(b"read %d bytes to the end: %s" % (len(got), got[:20]))
+            return
         if self.path == "/sent":
             return self.text(str(sent))
         if self.path.startswith("/bytes/"):

@@ -101,7 +101,7 @@ export function portProxy(sandboxes: E2bSandboxes) {
     res.once("close", () => {
       if (!res.writableFinished) out.destroy(); // the client left first
     });
-    out.once("error", (err) => {
+    out.on("error", (err) => {
       if (res.headersSent) return void res.destroy();
       // The client is still sending a body nobody reads: its connection cannot carry another request.
       if (!req.complete) res.setHeader("connection", "close");
@@ -135,8 +135,8 @@ export function portProxy(sandboxes: E2bSandboxes) {
     guest.pipe(client, { end: false });
     // The relay exits when the guest server ends its side: nothing more can reach it.
     guest.once("end", () => closeGently(client));
-    guest.once("error", (err) => (guest.received ? client.destroy() : sendRawError(client, err)));
-    client.once("error", () => guest.destroy());
+    guest.on("error", (err) => (guest.received ? client.destroy() : sendRawError(client, err)));
+    client.on("error", () => guest.destroy());
     client.once("close", () => guest.destroy());
   }
 
