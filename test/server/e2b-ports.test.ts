@@ -235,7 +235,8 @@ describe("getHost(port) in a sandbox with node but no python3", () => {
     const nodeSb = await Sandbox.create("local:node");
     const get = (port: number, agent?: http.Agent) => send("/", { port, agent, sandbox: nodeSb });
     try {
-      const serve = `require("http").createServer((q, s) => s.end("node saw port " + q.socket.remotePort)).listen(${PORT}, "127.0.0.1")`;
+      // It closes a kept-alive connection after 1 s idle, as node's servers do after 5 s.
+      const serve = `const s = require("http").createServer((q, a) => a.end("node saw port " + q.socket.remotePort)); s.keepAliveTimeout = 1000; s.listen(${PORT}, "127.0.0.1")`;
       await nodeSb.commands.run(`node -e '${serve}'`, { background: true });
       let first = await get(PORT);
       for (let i = 0; i < 80 && first.status !== 200; i++) {
@@ -244,10 +245,15 @@ describe("getHost(port) in a sandbox with node but no python3", () => {
       }
       const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
       const [a, b] = [await get(PORT, agent), await get(PORT, agent)];
-      agent.destroy();
       expect(a.body.toString()).toMatch(/^node saw port \d+$/);
       expect(b).toMatchObject({ status: 200, reused: true });
       expect(b.body.toString()).toBe(a.body.toString());
+      // The guest's server closed the idle connection; the client's is still open and is answered over a new one.
+      await new Promise((r) => setTimeout(r, 2500));
+      const c = await get(PORT, agent);
+      agent.destroy();
+      expect(c).toMatchObject({ status: 200, reused: true });
+      expect(c.body.toString()).not.toBe(a.body.toString());
       const none = await get(8001);
       expect(none.status).toBe(502);
       expect(JSON.parse(none.body.toString()).message).toMatch(/nothing answered on port 8001 .*ECONNREFUSED/);

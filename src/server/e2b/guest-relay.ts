@@ -7,7 +7,9 @@
 //
 // Half-close: ending the writable side shuts down the relay's sending side (the guest server
 // reads end of file and may still answer). The relay exits when the guest server ends its side;
-// the agent reports output and exit but no end of stdout, so that exit is this stream's end.
+// the agent reports output and exit but no end of stdout, so that exit is this stream's end, and
+// it ends the writable side too: nothing reaches a relay that is gone. A kept-alive connection the
+// guest server closed while idle is thereby closed, and a client's agent opens a new one.
 import { Duplex } from "node:stream";
 
 import type { ExecProcess } from "../../agent-client/process.js";
@@ -62,7 +64,7 @@ export class GuestConnection extends Duplex {
     private readonly port: number,
     private readonly id: string,
   ) {
-    super({ allowHalfOpen: true });
+    super({ allowHalfOpen: false });
     try {
       this.proc = sandbox.command.spawn("sh", ["-c", RELAY, "relay", PYTHON, NODE, String(port)], { stdin: true });
     } catch (err) {
