@@ -208,24 +208,33 @@ describe("getHost(port)", () => {
     await noRelaysLeft();
   }, 60_000);
 
-  it("serves the server's own API to a request that asks to upgrade (curl --http2 on http://)", async () => {
-    const status = await new Promise<number>((resolve, reject) =>
-      http
-        .get(
-          {
-            host: "127.0.0.1",
-            port: server.port,
-            path: "/api/v1/health",
-            headers: { connection: "Upgrade, HTTP2-Settings", upgrade: "h2c", "http2-settings": "AAMAAABkAAQAoAAAAAIAAAAA" },
+  it("serves the server's own API to a request that asks to upgrade (curl --http2 on http://), body and all", async () => {
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = http.request(
+        {
+          host: "127.0.0.1",
+          port: server.port,
+          path: "/api/v1/rpc",
+          method: "POST",
+          headers: {
+            authorization: `Bearer ${KEY}`,
+            "content-type": "application/json",
+            connection: "Upgrade, HTTP2-Settings",
+            upgrade: "h2c",
+            "http2-settings": "AAMAAABkAAQAoAAAAAIAAAAA",
           },
-          (r) => {
-            r.resume();
-            resolve(r.statusCode!);
-          },
-        )
-        .on("error", reject),
-    );
-    expect(status).toBe(200);
+        },
+        (r) => {
+          let body = "";
+          r.on("data", (c) => (body += c));
+          r.on("end", () => resolve({ status: r.statusCode!, body }));
+        },
+      );
+      req.on("error", reject);
+      req.end(JSON.stringify({ jsonrpc: "2.0", id: 7, method: "no.such.method" }));
+    });
+    expect(answer.status).toBe(400); // the JSON-RPC answer to an unknown method: the body was read
+    expect(JSON.parse(answer.body)).toMatchObject({ id: 7, error: { code: -32601 } });
   });
 });
 
