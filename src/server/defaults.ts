@@ -12,6 +12,8 @@ export const SERVER_DEFAULTS = {
   maxSandboxes: 16,
   /** Largest request body, in bytes: 1 MiB. */
   bodyLimit: 1_048_576,
+  /** Milliseconds a connection taken from the HTTP server (an Upgrade's) may stay open after this side ended it. */
+  closeGraceMs: 5000,
   /** Seconds a client is told to wait (Retry-After) when the server is full. */
   retryAfterS: 5,
   /** A sandbox's memory in MiB when the client names none. */
@@ -23,12 +25,10 @@ export const SERVER_DEFAULTS = {
     template: "base",
     /** Seconds a sandbox lives when create or connect gives no timeout. */
     timeoutS: 300,
-    /** Largest file upload (and getHost request body), in bytes: 100 MiB. */
+    /** Largest file upload, in bytes: 100 MiB. */
     fileLimit: 104_857_600,
     /** Sandboxes in one page of a list. */
     listLimit: 100,
-    /** Seconds one request through getHost's relay may take. */
-    relayTimeoutS: 300,
   },
 } as const;
 

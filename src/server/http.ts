@@ -1,8 +1,10 @@
 // The HTTP plumbing the server's protocols share: bodies read within a limit, JSON answers, and
 // errors answered by the server's one table (errors.ts).
-import type { IncomingMessage, ServerResponse } from "node:http";
+import { type IncomingMessage, type ServerResponse, STATUS_CODES } from "node:http";
+import type { Duplex } from "node:stream";
 
 import { InvalidArgumentError } from "../errors.js";
+import { SERVER_DEFAULTS } from "./defaults.js";
 import { answerHeaders, answerOf, BodyTooLargeError, messageOf } from "./errors.js";
 
 /** A route's path parameters (find-my-way's :names). */
@@ -47,4 +49,24 @@ export function sendError(res: ServerResponse, err: unknown): void {
   if (res.headersSent) return void res.destroy();
   const a = answerOf(err);
   sendJson(res, a.status, { code: a.status, message: messageOf(err) }, answerHeaders(a));
+}
+
+/** Answers `err` on a connection taken from the HTTP server (an Upgrade request's), then closes it. */
+export function sendRawError(socket: Duplex, err: unknown): void {
+  const a = answerOf(err);
+  const body = JSON.stringify({ code: a.status, message: messageOf(err) });
+  const headers = { "content-type": "application/json", "content-length": Buffer.byteLength(body), connection: "close", ...answerHeaders(a) };
+  const head = [`HTTP/1.1 ${a.status} ${STATUS_CODES[a.status] ?? ""}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`)];
+  closeGently(socket, `${head.join("\r\n")}\r\n\r\n${body}`);
+}
+
+/**
+ * Ends a connection taken from the HTTP server, after `last`. What the client still sends is read
+ * and dropped until it closes too: closing on unread bytes would reset the connection and could
+ * lose what was just written. A client that never closes is cut off after a grace.
+ */
+export function closeGently(socket: Duplex, last?: string): void {
+  socket.end(last);
+  socket.resume();
+  setTimeout(() => socket.destroy(), SERVER_DEFAULTS.closeGraceMs).unref();
 }

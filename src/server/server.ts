@@ -5,6 +5,7 @@
 // every sandbox it runs.
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 
 import FindMyWay from "find-my-way";
 
@@ -14,7 +15,7 @@ import { Keys } from "./auth.js";
 import { ImageCatalog, type ImageOption } from "./catalog.js";
 import { type BUILTIN_IMAGES, defaultMemoryBudgetMiB, SERVER_DEFAULTS } from "./defaults.js";
 import { type E2bOptions, e2bApi } from "./e2b/api.js";
-import { portHost } from "./e2b/ports.js";
+import { portHost, requestHead } from "./e2b/ports.js";
 import { NotFoundError } from "./errors.js";
 import { sendError, sendJson } from "./http.js";
 import { msbRpc } from "./msb-rpc.js";
@@ -55,6 +56,9 @@ export interface RunningServer {
   /** @internal */
   readonly table: SandboxTable;
 }
+
+/** What a request asking to upgrade loses when it is served as it is. */
+const NOT_UPGRADING = new Set(["upgrade", "connection", "http2-settings"]);
 
 const LOOPBACK = /^(127(\.\d{1,3}){3}|::1|localhost)$/;
 
@@ -152,13 +156,21 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
     }
     try {
       const host = portHost(req.headers.host);
-      if (host) void e2b.portProxy(req, res, host.port, host.id).catch((err) => sendError(res, err));
+      if (host) void e2b.ports.relay(req, res, host.port, host.id).catch((err) => sendError(res, err));
       else if (req.headers["e2b-sandbox-id"]) void e2b.dataPlane(req, res).catch((err) => sendError(res, err));
       else if (/^\/files\?(.*&)?signature=/.test(req.url ?? "")) void e2b.presigned(req, res).catch((err) => sendError(res, err));
       else router.lookup(req, res);
     } catch (err) {
       sendError(res, err);
     }
+  });
+  // Upgrades (WebSocket) are getHost's alone. Another request that asks for one is handed back to
+  // the HTTP server without its Upgrade, as a server that does not upgrade would take it.
+  server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const host = portHost(req.headers.host);
+    if (host) return e2b.ports.upgrade(req, socket, head, host.port, host.id);
+    socket.unshift(Buffer.concat([requestHead(req, NOT_UPGRADING), head]));
+    server.emit("connection", socket);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);

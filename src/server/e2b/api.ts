@@ -20,7 +20,7 @@ import { codeInterpreter } from "./interpreter.js";
 import { checkE2bNetwork, E2bNetworks } from "./network.js";
 import { envdEnvs, envdMetrics, observeRoutes } from "./observe.js";
 import { resumeSandbox } from "./pausing.js";
-import { relayToPort } from "./ports.js";
+import { portProxy } from "./ports.js";
 import { SecretStore, secretRoutes } from "./secrets.js";
 import { type E2bSandbox, E2bSandboxes, ENVD_PORT, type HeaderSource, headersOf, INTERPRETER_PORT } from "./shared.js";
 import { SnapshotStore } from "./snapshots.js";
@@ -52,6 +52,7 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
   const fileLimit = opts.fileLimit ?? SERVER_DEFAULTS.e2b.fileLimit;
   const envd = envdHandler(sandboxes);
   const interpreter = codeInterpreter(catalog, bodyLimit);
+  const ports = portProxy(sandboxes);
 
   /** Serves a data-plane request (one with E2b-Sandbox-Id). */
   async function dataPlane(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -98,6 +99,6 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
     },
     dataPlane,
     presigned: (req: IncomingMessage, res: ServerResponse) => servePresigned(sandboxes, req, res, fileLimit),
-    portProxy: (req: IncomingMessage, res: ServerResponse, port: number, id: string) => relayToPort(sandboxes, req, res, port, id, fileLimit),
+    ports,
   };
 }
