@@ -100,6 +100,7 @@ describe("the e2b SDK", () => {
         background: true,
         onStdout: (d) => void before.push(d),
       });
+      const cat = await sb.commands.run("cat", { background: true, stdin: true });
       await expect.poll(() => before.join("").split("\n").length, { timeout: 10_000 }).toBeGreaterThan(3);
       await sb.pause();
       expect((await sb.getInfo()).state).toBe("paused");
@@ -117,6 +118,13 @@ describe("the e2b SDK", () => {
       expect(await back.commands.kill(counter.pid)).toBe(true);
       expect(await again.wait().catch((e: { exitCode?: number }) => e)).toMatchObject({ exitCode: -1 });
       expect((await back.commands.list()).map((p) => p.pid)).not.toContain(counter.pid);
+      // Its stdin is still open, and still its own.
+      const echoed: string[] = [];
+      const catAgain = await back.commands.connect(cat.pid, { onStdout: (d) => void echoed.push(d) });
+      await back.commands.sendStdin(cat.pid, "after the pause\n");
+      await expect.poll(() => echoed.join(""), { timeout: 10_000 }).toBe("after the pause\n");
+      await back.commands.closeStdin(cat.pid);
+      expect((await catAgain.wait()).exitCode).toBe(0);
       expect((await back.commands.run("echo alive")).stdout).toBe("alive\n");
     } finally {
       await sb.kill();
