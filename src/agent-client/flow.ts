@@ -133,6 +133,11 @@ export class Outbound {
     private readonly session: number,
   ) {}
 
+  /** end() was called for stdin (or, with `channel`, the channel). */
+  ended(which: "stdin" | "channel" = "stdin"): boolean {
+    return this.finished[which];
+  }
+
   /** The guest wrote `bytes` more; room opens in the window. */
   credit(bytes: number): void {
     this.inflight = Math.max(0, this.inflight - bytes);

@@ -293,6 +293,11 @@ export class ExecProcess<Chunk extends OutputChunk | ChannelChunk = OutputChunk>
     return this.id;
   }
 
+  /** Spawned with a stdin pipe (not a terminal) that end() has not closed. */
+  get stdinOpen(): boolean {
+    return !!this.opts.stdin && !this.opts.pty && !this.stdin.ended();
+  }
+
   private sendIfOpen(body: HostBody): void {
     if (!this.done && !this.channel.closed) this.channel.send(this.id, body);
   }

@@ -8,6 +8,7 @@ import { InvalidArgumentError, PausedSandboxNotFoundError } from "../errors.js";
 import { withLock } from "../lock.js";
 import { cacheDir } from "../paths.js";
 import type { KeptSession } from "../vm/machine.js";
+import type { KeptCommand } from "./commands.js";
 import { hasFiles } from "./files-only.js";
 import { checkName, type SandboxOptions } from "./options.js";
 
@@ -23,6 +24,8 @@ export interface PausedSandbox {
   imageId: string;
   /** Processes kept across the pause (the interpreter of run()). */
   keep: KeptSession[];
+  /** Commands spawned with `keep` that the pause kept running (absent in files written before them: none). */
+  commands: KeptCommand[];
   /** Only its files were kept (pause({ keepMemory: false })): it resumes by booting afresh over them. */
   filesOnly?: true;
   pausedAt: string;
@@ -54,7 +57,9 @@ export function readPaused(name: string, kind: string): { dir: string; meta: Pau
     throw new InvalidArgumentError(`the paused sandbox ${JSON.stringify(name)} in ${dir} is incomplete or from another version: remove it`);
   }
   if (meta.kind !== kind) throw new InvalidArgumentError(`sandbox ${JSON.stringify(name)} was paused as a ${meta.kind}: resume it with ${meta.kind}.resume()`);
-  const keepOk = Array.isArray(meta.keep) && meta.keep.every((k) => Number.isInteger(k?.session) && Number.isInteger(k?.pid));
+  meta.commands ??= [];
+  const sessions = (list: unknown) => Array.isArray(list) && list.every((k) => Number.isInteger(k?.session) && Number.isInteger(k?.pid));
+  const keepOk = sessions(meta.keep) && sessions(meta.commands) && meta.commands.every((c) => typeof c.command === "string" && typeof c.stdin === "boolean");
   if (meta.options?.name !== name || !keepOk) {
     throw new InvalidArgumentError(`the paused sandbox ${JSON.stringify(name)} in ${dir} has a damaged paused.json: remove the directory`);
   }

@@ -467,7 +467,8 @@ export abstract class Sandbox implements AsyncDisposable {
 
   /**
    * Saves this sandbox to disk (memory, processes, files) and stops it; `resume(name)` on the same
-   * class brings it back, in this process or another. Returns the directory it is kept in. QEMU
+   * class brings it back, in this process or another, with the commands spawned with `keep` still
+   * running (command.resumed()); other processes end. Returns the directory it is kept in. QEMU
    * only. With `keepMemory: false` only its files are kept (the writable layer and /tmp, carried
    * by the image's tar and sh), on any backend: resume() boots it afresh over them, with no
    * process or interpreter state.
@@ -489,7 +490,7 @@ export abstract class Sandbox implements AsyncDisposable {
       const dir = newPausedDir(this.name);
       try {
         await saveFiles(agent, dir, this.opts.memory);
-        writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(this.name), imageId: this.imageId, keep: [], filesOnly: true });
+        writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(this.name), imageId: this.imageId, keep: [], commands: [], filesOnly: true });
       } catch (err) {
         rmSync(dir, { recursive: true, force: true });
         throw err;
@@ -516,8 +517,17 @@ export abstract class Sandbox implements AsyncDisposable {
         // paused.json goes last, once the machine is saved: a save cut short leaves no sandbox
         // that looks paused. Saved, the VM ends (unless kept running); a save that fails leaves it
         // running as it was.
+        // Commands spawned with `keep` are listed once the agent is suspended, so none ends unseen
+        // in between; a save's copies would have no one reading them.
         const keep = this.keptSessions();
-        const record = () => writePaused(dir, { kind: this.constructor.name, options: this.copyOptions(name), imageId: this.imageId, keep });
+        const record = () =>
+          writePaused(dir, {
+            kind: this.constructor.name,
+            options: this.copyOptions(name),
+            imageId: this.imageId,
+            keep,
+            commands: keepRunning ? [] : this.command.keptNow(),
+          });
         await vm.save(dir, record, { keepRunning });
       } catch (err) {
         rmSync(dir, { recursive: true, force: true });
@@ -571,10 +581,11 @@ export abstract class Sandbox implements AsyncDisposable {
       dir,
       this.machineSpec(),
       { id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) },
-      meta.keep.map((k) => k.session),
+      [...meta.keep, ...meta.commands].map((k) => k.session),
     );
     this.attach(vm, image.id, image.config);
     this.adopt(meta.keep);
+    this.command.adopt(meta.commands);
   }
 
   /** Processes a copy of this sandbox keeps running (the interpreter of run()). */

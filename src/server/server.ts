@@ -168,7 +168,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   // the HTTP server without its Upgrade, as a server that does not upgrade would take it.
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const host = portHost(req.headers.host);
-    if (host) return e2b.ports.upgrade(req, socket, head, host.port, host.id);
+    if (host) return void e2b.ports.upgrade(req, socket, head, host.port, host.id);
     socket.unshift(Buffer.concat([requestHead(req, NOT_UPGRADING), head]));
     server.emit("connection", socket);
   });

@@ -120,6 +120,50 @@ describe("pause and resume", () => {
     expect(existsSync(dir)).toBe(false);
   });
 
+  it("a command spawned with keep runs on after resume(), its output continuing with nothing lost or repeated", async () => {
+    const name = `keep-cmd-${process.pid}`;
+    const sb = await CustomSandbox.create({ name, image: "local:busybox", memory: 128 });
+    const counter = sb.command.spawn("sh", ["-c", "i=0; while :; do echo $i; i=$((i+1)); sleep 0.2; done"], { keep: true });
+    const other = sb.command.spawn("sleep", ["1000"]); // not kept: it ends with the pause
+    const before: Buffer[] = [];
+    try {
+      expect(() => sb.command.spawn("true", [], { keep: "yes" as never })).toThrow(/keep "yes" is invalid/);
+      const pid = await counter.pid;
+      // The old handle yields all it received, then fails once the VM has stopped.
+      const drained = (async () => {
+        for await (const c of counter) before.push(c.data);
+      })();
+      drained.catch(() => {}); // it fails during the pause: checked after it
+      while (Buffer.concat(before).toString().split("\n").length < 4) await new Promise((r) => setTimeout(r, 100));
+      await sb.pause();
+      await expect(drained).rejects.toThrow();
+      await expect(other.exit).rejects.toThrow();
+      const back = await CustomSandbox.resume(name);
+      try {
+        expect([...back.command.resumed().keys()]).toEqual([pid]);
+        const again = back.command.resumed().get(pid)!;
+        const after: Buffer[] = [];
+        for await (const c of again) {
+          after.push(c.data);
+          if (Buffer.concat(after).toString().split("\n").length > 4) break;
+        }
+        const lines = Buffer.concat([...before, ...after])
+          .toString()
+          .split("\n")
+          .slice(0, -1);
+        expect(lines.length).toBeGreaterThan(6);
+        expect(lines).toEqual(lines.map((_, i) => String(i)));
+        expect(await (await back.command.run("ps")).output()).not.toMatch(/sleep 1000/);
+        again.kill("SIGTERM");
+        expect(await again.exit).toMatchObject({ signal: "SIGTERM" });
+      } finally {
+        await back.stop();
+      }
+    } finally {
+      await sb.stop();
+    }
+  });
+
   it("pause({ keepMemory: false }) keeps the files only, and resume() boots afresh over them", async () => {
     const name = `files-only-${process.pid}`;
     const sb = await PythonSandbox.create({ name, memory: 512 });

@@ -162,17 +162,35 @@ describe("pause({ keepMemory: false })", () => {
 });
 
 describe("lifecycle", () => {
-  it("pauses a sandbox when its timeout passes, and a request to it resumes it (autoResume)", async () => {
-    const sb = await e2b.Sandbox.create("base", { timeoutMs: 4_000, lifecycle: { onTimeout: "pause", autoResume: true } });
+  it("pauses a sandbox when its timeout passes, and traffic to it resumes it (autoResume)", async () => {
+    const sb = await e2b.Sandbox.create("base", { timeoutMs: 8_000, lifecycle: { onTimeout: "pause", autoResume: true } });
     try {
       expect((await sb.getInfo()).lifecycle).toEqual({ onTimeout: "pause", autoResume: true });
       await sb.files.write("/root/l.txt", "kept through the pause");
+      await sb.commands.run("python3 -m http.server 8000 -d /root", { background: true });
+      const http = await import("node:http");
+      const viaHost = () =>
+        new Promise<string>((resolve, reject) =>
+          http
+            .get({ host: "127.0.0.1", port: server.port, path: "/l.txt", headers: { host: sb.getHost(8000) } }, (res) => {
+              let body = "";
+              res.on("data", (c: Buffer) => (body += c));
+              res.on("end", () => resolve(`${res.statusCode} ${body}`));
+            })
+            .on("error", reject),
+        );
+      await expect.poll(viaHost, { timeout: 20_000, interval: 250 }).toBe("200 kept through the pause");
       await expect.poll(async () => (await sb.getInfo()).state, { timeout: 60_000, interval: 500 }).toBe("paused");
       expect(existsSync(`${pausedDir(`srv-${sb.sandboxId}`)}/state`)).toBe(true);
       // Its memory holds its files too: a reboot from its files alone is refused, and it stays paused.
       await expect(e2b.Sandbox.connect(sb.sandboxId, { onResume: "reboot" })).rejects.toThrow(/cannot boot from its files alone/);
       expect((await sb.getInfo()).state).toBe("paused");
-      // The request resumes it rather than being refused.
+      // Traffic to its getHost URL resumes it rather than being refused, and its server is still there.
+      expect(await viaHost()).toBe("200 kept through the pause");
+      expect((await sb.getInfo()).state).toBe("running");
+      expect(await sb.files.read("/root/l.txt")).toBe("kept through the pause");
+      // Paused again, a data-plane request resumes it too.
+      await sb.pause();
       expect(await sb.files.read("/root/l.txt")).toBe("kept through the pause");
       expect((await sb.getInfo()).state).toBe("running");
       expect((await sb.commands.run("echo up")).stdout).toBe("up\n");

@@ -83,7 +83,7 @@ describe("the e2b SDK", () => {
     }
   }, 180_000);
 
-  it("pauses a sandbox and brings it back with connect, files and all; killing a paused one leaves nothing", async () => {
+  it("pauses a sandbox and brings it back with connect, files and running commands and all; killing a paused one leaves nothing", async () => {
     const { Sandbox } = e251;
     const other = await Sandbox.create("local:busybox");
     await other.pause();
@@ -94,10 +94,37 @@ describe("the e2b SDK", () => {
     const sb = await Sandbox.create("base");
     try {
       await sb.files.write("/root/kept", "across a pause");
+      // A command running in the background carries on through the pause, as E2B's do.
+      const before: string[] = [];
+      const counter = await sb.commands.run("i=0; while :; do echo $i; i=$((i+1)); sleep 0.2; done", {
+        background: true,
+        onStdout: (d) => void before.push(d),
+      });
+      const cat = await sb.commands.run("cat", { background: true, stdin: true });
+      await expect.poll(() => before.join("").split("\n").length, { timeout: 10_000 }).toBeGreaterThan(3);
       await sb.pause();
       expect((await sb.getInfo()).state).toBe("paused");
+      const seen = before.join("").split("\n").filter(Boolean).map(Number);
       const back = await Sandbox.connect(sb.sandboxId);
       expect(await back.files.read("/root/kept")).toBe("across a pause");
+      expect((await back.commands.list()).map((p) => p.pid)).toContain(counter.pid);
+      const after: string[] = [];
+      const again = await back.commands.connect(counter.pid, { onStdout: (d) => void after.push(d) });
+      await expect.poll(() => after.join("").split("\n").length, { timeout: 10_000 }).toBeGreaterThan(3);
+      // It counts on from where it was (not from 0: the same process), a line at a time.
+      const more = after.join("").split("\n").slice(0, 3).map(Number);
+      expect(more[0]).toBeGreaterThan(seen.at(-1)!);
+      expect(more).toEqual([more[0], more[0]! + 1, more[0]! + 2]);
+      expect(await back.commands.kill(counter.pid)).toBe(true);
+      expect(await again.wait().catch((e: { exitCode?: number }) => e)).toMatchObject({ exitCode: -1 });
+      expect((await back.commands.list()).map((p) => p.pid)).not.toContain(counter.pid);
+      // Its stdin is still open, and still its own.
+      const echoed: string[] = [];
+      const catAgain = await back.commands.connect(cat.pid, { onStdout: (d) => void echoed.push(d) });
+      await back.commands.sendStdin(cat.pid, "after the pause\n");
+      await expect.poll(() => echoed.join(""), { timeout: 10_000 }).toBe("after the pause\n");
+      await back.commands.closeStdin(cat.pid);
+      expect((await catAgain.wait()).exitCode).toBe(0);
       expect((await back.commands.run("echo alive")).stdout).toBe("alive\n");
     } finally {
       await sb.kill();

@@ -1,25 +1,31 @@
 // The E2B data plane's process table: every watcher of a process gets all of its output, however
-// fast the process ends, and one that comes after the end gets the end.
+// fast the process ends, and one that comes after the end gets the end; across a memory pause a
+// process goes on in the handle the resume adopted.
 import { describe, expect, it } from "vitest";
 
 import type { ExecProcess } from "../../src/agent-client/process.js";
 import { type ProcEvent, ProcessTable } from "../../src/server/e2b/processes.js";
 
-// A process that has printed and ended before anyone looks.
-function finished(): ExecProcess {
-  const exit = Promise.resolve({
-    exitCode: 0,
-    signal: null,
-    timedOut: false,
-    durationMs: 1,
-    guestCounters: { oomKills: 0, pidsLimitHits: 0 },
-    usage: { cpuTimeMs: 0, peakMemoryBytes: 0 },
-  });
+// A process that has printed and ended before anyone looks (or, with `failure`, whose handle
+// failed: its VM stopped).
+function finished(output = "hi\n", failure?: Error): ExecProcess {
+  const exit = failure
+    ? Promise.reject(failure)
+    : Promise.resolve({
+        exitCode: 0,
+        signal: null,
+        timedOut: false,
+        durationMs: 1,
+        guestCounters: { oomKills: 0, pidsLimitHits: 0 },
+        usage: { cpuTimeMs: 0, peakMemoryBytes: 0 },
+      });
+  exit.catch(() => {});
   return {
     pid: Promise.resolve(42),
     exit,
     async *[Symbol.asyncIterator]() {
-      yield { stream: "stdout", data: Buffer.from("hi\n") };
+      yield { stream: "stdout", data: Buffer.from(output) };
+      if (failure) throw failure;
     },
   } as unknown as ExecProcess;
 }
@@ -42,6 +48,27 @@ describe("ProcessTable", () => {
     // Later watchers, after the end: the end alone; the table has forgotten the process.
     expect(await collect(t.watch())).toEqual(["start 42", "end 0"]);
     expect(table.list()).toEqual([]);
+  });
+
+  it("across a memory pause, goes on in the adopted handle; without one, ends with the old handle's failure", async () => {
+    const table = new ProcessTable();
+    const kept = await table.add(finished("before\n", new Error("the VM stopped")), { cmd: "sh", args: [], envs: {}, pty: false });
+    table.hold();
+    const watched = collect(kept.watch());
+    await new Promise((r) => setTimeout(r, 100)); // its handle failed: it waits for the resume
+    expect(table.list()).toEqual([kept]);
+    const adopted = finished("after\n");
+    table.release(new Map([[42, adopted]]));
+    expect(kept.proc).toBe(adopted);
+    expect(await watched).toEqual(["start 42", "data before\n", "data after\n", "end 0"]);
+
+    const lost = new ProcessTable();
+    const gone = await lost.add(finished("before\n", new Error("the VM stopped")), { cmd: "sh", args: [], envs: {}, pty: false });
+    lost.hold();
+    const ended = collect(gone.watch());
+    lost.release(new Map()); // the resume did not bring it back
+    expect(lost.list()).toEqual([]);
+    expect(await ended).toEqual(["start 42", "data before\n", "end undefined"]);
   });
 
   it("stops reading a process while a watcher is 4 MiB behind, and goes on when it catches up", async () => {

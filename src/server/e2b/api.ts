@@ -52,7 +52,10 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
   const fileLimit = opts.fileLimit ?? SERVER_DEFAULTS.e2b.fileLimit;
   const envd = envdHandler(sandboxes);
   const interpreter = codeInterpreter(catalog, bodyLimit);
-  const ports = portProxy(sandboxes);
+  const ports = portProxy(sandboxes, async (id) => {
+    const sb = sandboxes.byId(id);
+    if (sb) await autoResume(sb);
+  });
 
   /** Serves a data-plane request (one with E2b-Sandbox-Id). */
   async function dataPlane(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -79,6 +82,10 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
     } catch {
       return; // refused where the request is served, in its protocol's form
     }
+    await autoResume(sb);
+  }
+
+  async function autoResume(sb: E2bSandbox): Promise<void> {
     if (sb.s.paused?.memory && sb.s.lifecycle.autoResume) await resumeSandbox(table, sb, sb.s.lifecycle.timeoutS);
   }
 

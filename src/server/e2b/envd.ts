@@ -112,6 +112,7 @@ function envdRoutes(sandboxes: E2bSandboxes) {
           env: envs,
           ...(cfg?.cwd ? { cwd: cfg.cwd } : {}),
           ...(size ? { pty: { rows: size.rows || 24, cols: size.cols || 80 } } : { stdin: !!req.stdin }),
+          keep: true, // a memory pause keeps it, as E2B's does
         });
         const t = await s.processes.add(spawned, {
           cmd: cfg?.cmd ?? "",

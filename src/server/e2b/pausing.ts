@@ -23,12 +23,24 @@ export async function pauseSandbox({ m, s }: E2bSandbox, keepMemory: boolean): P
   await idle(s);
   if (s.paused) throw new ConflictError(`sandbox ${m.id} is already paused: connect to it to resume it`);
   await transition(s, async () => {
-    const dir = await m.sandbox.pause({ keepMemory });
+    // A memory pause keeps the client's processes (spawned with `keep`) for the resume.
+    if (keepMemory) s.processes.hold();
+    let dir: string;
+    try {
+      dir = await m.sandbox.pause({ keepMemory });
+    } catch (err) {
+      s.processes.release();
+      throw err;
+    }
     s.paused = { name: m.sandbox.name, memory: keepMemory };
-    // Paused, it waits for a connect, not for its timeout; killed, its saved state goes too.
+    // Paused, it waits for a connect, not for its timeout; killed, its saved state and processes go too.
     clearTimeout(m.timer);
-    m.discard = () => rmSync(dir, { recursive: true, force: true });
-    s.processes = new ProcessTable();
+    const processes = s.processes;
+    m.discard = () => {
+      rmSync(dir, { recursive: true, force: true });
+      processes.release();
+    };
+    if (!keepMemory) s.processes = new ProcessTable();
     s.contexts.clear(); // their interpreters did not survive the pause
     s.defaults.clear();
   });
@@ -51,6 +63,7 @@ export async function resumeSandbox(table: SandboxTable, { m, s }: E2bSandbox, t
   if (paused) {
     await transition(s, async () => {
       m.sandbox = await SANDBOX_KINDS[m.kind].resume(paused.name);
+      s.processes.release(m.sandbox.command.resumed());
       delete s.paused;
       delete m.discard;
     });

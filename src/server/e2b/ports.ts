@@ -65,7 +65,11 @@ class GuestAgent extends Agent {
   override reuseSocket(): void {}
 }
 
-export function portProxy(sandboxes: E2bSandboxes) {
+/**
+ * The getHost relay; `wake(id)` first resumes sandbox `id` if it is paused and its lifecycle says
+ * traffic resumes it (autoResume), as E2B's traffic does.
+ */
+export function portProxy(sandboxes: E2bSandboxes, wake: (id: string) => Promise<void>) {
   const agents = new WeakMap<Socket, Map<string, GuestAgent>>();
 
   function target(port: number, id: string) {
@@ -93,6 +97,7 @@ export function portProxy(sandboxes: E2bSandboxes) {
 
   /** Relays one request to `port` in sandbox `id` and its response back. */
   async function relay(req: IncomingMessage, res: ServerResponse, port: number, id: string): Promise<void> {
+    await wake(id);
     const agent = agentFor(req.socket, `${id}:${port}`, target(port, id));
     const headers = endToEnd(req.rawHeaders, req.headers.connection);
     // Node frames the body again: chunked as it came chunked, else by its Content-Length.
@@ -121,9 +126,10 @@ export function portProxy(sandboxes: E2bSandboxes) {
   }
 
   /** Carries an Upgrade request's connection to `port` in sandbox `id`, byte for byte, both ways. */
-  function upgrade(req: IncomingMessage, client: Duplex, head: Buffer, port: number, id: string): void {
+  async function upgrade(req: IncomingMessage, client: Duplex, head: Buffer, port: number, id: string): Promise<void> {
     let guest: GuestConnection;
     try {
+      await wake(id);
       guest = target(port, id)();
     } catch (err) {
       sendRawError(client, err);

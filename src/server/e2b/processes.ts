@@ -1,6 +1,8 @@
 // The processes an E2B client started in one sandbox: each one's output is pumped once from its
 // ExecProcess and fanned out to every stream watching it (Start's, and any Connect's), so a client
-// can reconnect to a running command. Found by pid or tag for input, signals and resizes.
+// can reconnect to a running command. Found by pid or tag for input, signals and resizes. A memory
+// pause keeps them (spawned with `keep`): held meanwhile, each goes on from its handle before the
+// pause to the one the resume adopted, and its watchers see one stream.
 import type { ExecProcess, ExitStatus } from "../../agent-client/process.js";
 
 export type ProcEvent =
@@ -16,7 +18,8 @@ export interface Tracked {
   envs: Record<string, string>;
   cwd?: string;
   pty: boolean;
-  proc: ExecProcess;
+  /** Its handle now (after a resume, the adopted one). */
+  readonly proc: ExecProcess;
   /** A stream of this process's events from now on. */
   watch(): AsyncGenerator<ProcEvent>;
 }
@@ -48,10 +51,37 @@ class Queue {
 
 export class ProcessTable {
   private readonly byPid = new Map<number, Tracked>();
+  // Handles a process gets after its first (a resume's adopted one), by pid.
+  private readonly later = new Map<number, ExecProcess[]>();
+  // Set from a memory pause until its resume: a handle that fails meanwhile waits for the next.
+  private held: { released: Promise<void>; release(): void } | undefined;
+
+  /** A memory pause begins: processes whose handles fail wait for release(). */
+  hold(): void {
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    this.held ??= { released, release };
+  }
+
+  /**
+   * The pause is over: with `resumed` (the resumed sandbox's command.resumed()) each process it
+   * kept goes on in its adopted handle; the others, and every one without `resumed` (a pause that
+   * failed, a sandbox killed while paused), end when their handle does.
+   */
+  release(resumed?: ReadonlyMap<number, ExecProcess>): void {
+    for (const pid of this.byPid.keys()) {
+      const next = resumed?.get(pid);
+      if (next) this.later.set(pid, [...(this.later.get(pid) ?? []), next]);
+      else if (resumed) this.byPid.delete(pid); // gone with the old VM: its watchers, if any, see its end
+    }
+    this.held?.release();
+    this.held = undefined;
+  }
 
   /** Tracks `proc` (just spawned); the first event every watcher sees is its start. */
   async add(proc: ExecProcess, info: Omit<Tracked, "pid" | "proc" | "watch">): Promise<Tracked> {
     const pid = await proc.pid;
+    const table = this;
     const watchers = new Set<Queue>();
     const emit = (e: ProcEvent) => {
       for (const q of watchers) q.push(e);
@@ -66,27 +96,50 @@ export class ProcessTable {
     const room = async () => {
       while ([...watchers].some((q) => q.bytes >= WATCHER_BACKLOG_BYTES)) await new Promise<void>((r) => (resume = r));
     };
+    let current = proc;
+    // The handle after `current`, once a resume adopted one (a pause under way waits for it).
+    const next = async (): Promise<ExecProcess | undefined> => {
+      for (;;) {
+        const queued = this.later.get(pid);
+        if (queued?.length) return queued.shift();
+        if (!this.held) return undefined;
+        await this.held.released;
+      }
+    };
     let last: ProcEvent | undefined;
     let pumping: Promise<void> | undefined;
     // Output is read once the first watcher is there: none is lost to a start nobody watched yet.
+    // A handle's output ends with what it had received before its VM stopped; the next one's
+    // starts where that stopped.
     const pump = () =>
       (pumping ??= (async () => {
-        try {
-          for await (const chunk of proc) {
-            emit({ kind: "data", stream: info.pty ? "pty" : chunk.stream, data: chunk.data });
-            await room();
+        for (;;) {
+          try {
+            for await (const chunk of current) {
+              emit({ kind: "data", stream: info.pty ? "pty" : chunk.stream, data: chunk.data });
+              await room();
+            }
+            last = { kind: "end", exit: await current.exit };
+          } catch (err) {
+            const after = await next();
+            if (after) {
+              current = after;
+              continue;
+            }
+            last = { kind: "end", exit: undefined, error: (err as Error).message };
           }
-          last = { kind: "end", exit: await proc.exit };
-        } catch (err) {
-          last = { kind: "end", exit: undefined, error: (err as Error).message };
+          break;
         }
         emit(last);
         this.byPid.delete(pid);
+        this.later.delete(pid);
       })());
     const t: Tracked = {
       ...info,
       pid,
-      proc,
+      get proc() {
+        return table.later.get(pid)?.at(-1) ?? current;
+      },
       async *watch() {
         const q = new Queue(drained);
         // A watcher that comes after the end gets only the end; any other, every event from now.

@@ -105,11 +105,17 @@ export class E2bSandboxes {
     return this.made(this.table.everyone());
   }
 
-  /** Any owner's running sandbox `id` (the getHost relay, where the sandbox id is the address). */
-  running(id: string): E2bSandbox | undefined {
+  /** Any owner's sandbox `id`, paused or not (the getHost relay, where the sandbox id is the address). */
+  byId(id: string): E2bSandbox | undefined {
     const m = this.table.byId(id);
     const s = m && this.states.get(m);
-    return m && s && !s.paused ? { m, s } : undefined;
+    return m && s ? { m, s } : undefined;
+  }
+
+  /** Any owner's running sandbox `id` (the getHost relay, where the sandbox id is the address). */
+  running(id: string): E2bSandbox | undefined {
+    const sb = this.byId(id);
+    return sb && !sb.s.paused ? sb : undefined;
   }
 
   /** The data-plane request's running sandbox (E2b-Sandbox-Id), allowed by its token. */
