@@ -106,7 +106,7 @@ describe("the E2B volume content API", () => {
     try {
       expect((await sb.commands.run("cat /v/docs/a.txt; stat -c '%u %g %a' /v/docs/a.txt")).stdout).toBe("hello volume1000 1001 640\n");
       // Mounted in a sandbox, its files are reached there.
-      await expect(vol.readFile("/docs/a.txt")).rejects.toThrow(new RegExp(`409: volume files-${RUN} is mounted in sandbox ${sb.sandboxId}`));
+      await expect(vol.readFile("/docs/a.txt")).rejects.toThrow(new RegExp(`409: volume files-${RUN} is mounted in a sandbox:`));
     } finally {
       await sb.kill();
     }

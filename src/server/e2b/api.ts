@@ -86,7 +86,7 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
   }
 
   async function autoResume(sb: E2bSandbox): Promise<void> {
-    if (sb.s.paused?.memory && sb.s.lifecycle.autoResume) await resumeSandbox(table, sb, sb.s.lifecycle.timeoutS);
+    if (sb.s.paused?.memory && sb.s.lifecycle.autoResume && (await resumeSandbox(table, sb, sb.s.lifecycle.timeoutS))) await networks.refresh(sb);
   }
 
   return {

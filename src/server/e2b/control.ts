@@ -8,12 +8,13 @@ import { InvalidArgumentError } from "../../errors.js";
 import { checkKeys } from "../../keys.js";
 import type { ImageCatalog } from "../catalog.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
+import { ConflictError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import { forkRoute } from "./fork.js";
 import { checkE2bNetwork, type E2bNetworks, networkInfo } from "./network.js";
 import { metricOf } from "./observe.js";
 import { armLifecycle, flag, lifecycleOf, pauseSandbox, resumeSandbox } from "./pausing.js";
-import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION } from "./shared.js";
+import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION, settled } from "./shared.js";
 import { type SnapshotStore, snapshotRoutes } from "./snapshots.js";
 import type { E2bVolumes } from "./volumes.js";
 
@@ -70,6 +71,8 @@ export function controlPlane(
     const lifecycle = lifecycleOf(body, timeout);
     // A snapshot of the caller's starts as it was saved, its environment and network included; else the template boots.
     const snapshot = snapshots.spec(who, template);
+    // A snapshot whose rules name a secret this key no longer has is refused before it starts.
+    if (snapshot) networks.library(who, snapshot.network);
     if (snapshot && (Object.keys(env).length || mounts.library.length || body.network !== undefined || body.allow_internet_access !== undefined)) {
       throw new InvalidArgumentError(
         `template ${JSON.stringify(template)} is a snapshot, whose environment and network were saved with it (and which has no volumes): create it without envs, network or volumeMounts`,
@@ -89,6 +92,14 @@ export function controlPlane(
       ...networkOptions,
     });
     const s = sandboxes.add(m, randomBytes(24).toString("base64url"), snapshot?.network ?? network, lifecycle);
+    if (snapshot) {
+      try {
+        await networks.refresh({ m, s });
+      } catch (err) {
+        await table.kill(m);
+        throw err;
+      }
+    }
     armLifecycle({ m, s });
     if (mounts.e2b.length) s.volumeMounts = mounts.e2b;
     sendJson(res, 201, reached({ m, s }));
@@ -97,8 +108,12 @@ export function controlPlane(
   async function connect(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
     const sb = target(req, params);
     const body = await readJsonObject(req, bodyLimit);
-    const timeout = typeof body.timeout === "number" && body.timeout > 0 ? body.timeout : SERVER_DEFAULTS.e2b.timeoutS;
+    checkKeys("connect option", body, ["timeout", "memory"]);
+    if (body.timeout !== undefined && !(typeof body.timeout === "number" && body.timeout > 0))
+      throw new InvalidArgumentError(`timeout ${JSON.stringify(body.timeout)} is invalid: give a positive number of seconds`);
+    const timeout = (body.timeout as number | undefined) ?? SERVER_DEFAULTS.e2b.timeoutS;
     const resumed = await resumeSandbox(table, sb, timeout, flag("memory", body.memory) ?? true);
+    if (resumed) await networks.refresh(sb);
     sendJson(res, resumed ? 201 : 200, reached(sb));
   }
 
@@ -143,14 +158,20 @@ export function controlPlane(
       sendJson(res, 200, { ...info(sb), ...networkInfo(sb.s.network), envdAccessToken: sb.s.token });
     });
     on("DELETE", "/sandboxes/:sandboxID", async (req, res, p) => {
-      await table.kill(target(req, p).m);
+      const { m, s } = target(req, p);
+      await settled(s); // a pause or resume under way ends first, so nothing it makes outlives the kill
+      await table.kill(m);
       res.writeHead(204).end();
     });
     on("POST", "/sandboxes/:sandboxID/timeout", async (req, res, p) => {
-      const { m } = target(req, p);
+      const { m, s } = target(req, p);
       const body = await readJsonObject(req, bodyLimit);
+      checkKeys("timeout option", body, ["timeout"]);
       if (!(typeof body.timeout === "number" && body.timeout > 0))
         throw new InvalidArgumentError(`timeout ${JSON.stringify(body.timeout)} is invalid: give a positive number of seconds`);
+      // A paused sandbox waits for a connect, which sets its timeout anew.
+      await settled(s);
+      if (s.paused) throw new ConflictError(`sandbox ${m.id} is paused: connect to it (with a timeout) first`);
       table.setTimeout(m, body.timeout);
       res.writeHead(204).end();
     });

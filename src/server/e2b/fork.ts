@@ -33,8 +33,12 @@ export function forkRoute(sandboxes: E2bSandboxes, bodyLimit: number, reached: (
     if (parent.s.paused) throw new ConflictError(`sandbox ${parent.m.id} is paused: connect to it first, then fork it`);
     const { m } = parent;
     const results: unknown[] = [];
+    let left = false;
+    res.once("close", () => (left = !res.writableFinished));
     // One after another: each copy pauses the parent for an instant, and the library takes them in turn anyway.
     for (let i = 0; i < count; i++) {
+      // A client that left reads no answer: the forks it asked for and would not know of are not made.
+      if (left) break;
       try {
         const child = await sandboxes.table.create({
           protocol: "e2b",

@@ -199,7 +199,8 @@ export class E2bNetworks {
     await settled(s);
     if (s.paused) throw new ConflictError(`sandbox ${m.id} is paused: connect to it first`);
     const next = this.library(m.owner, net);
-    if (next.egressProxy !== this.library(m.owner, s.network).egressProxy) {
+    const proxy = (n: E2bNetwork) => n.egressProxy && proxyUrl(n.egressProxy);
+    if (proxy(net) !== proxy(s.network)) {
       throw new InvalidArgumentError(
         "network.egressProxy cannot change on a running sandbox here: send the one it was created with (an update clears what it omits), or create a new sandbox",
       );
@@ -210,8 +211,17 @@ export class E2bNetworks {
 
   /** The owner's secret `name` changed: its running sandboxes whose rules name it take the new value. */
   async secretChanged(owner: string, name: string): Promise<void> {
+    // Paused ones take it when they resume (refresh); one that pauses meanwhile is no failure of the update.
     const users = this.users(owner, name).filter(({ s }) => !s.paused);
-    await Promise.all(users.map(({ m, s }) => this.update({ m, s }, s.network)));
+    await Promise.allSettled(users.map(({ m, s }) => this.update({ m, s }, s.network)));
+  }
+
+  /**
+   * A sandbox restored from saved state (a resume, a create from a snapshot) holds the secrets'
+   * values as they were saved: its rules take the values they have now.
+   */
+  async refresh(sb: E2bSandbox): Promise<void> {
+    if (secretsNamed(sb.s.network).size) await this.update(sb, sb.s.network);
   }
 
   /** The ids of the owner's sandboxes whose rules name secret `name`. */

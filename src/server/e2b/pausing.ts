@@ -3,7 +3,7 @@
 import { rmSync } from "node:fs";
 import { InvalidArgumentError } from "../../errors.js";
 import { SANDBOX_KINDS } from "../catalog.js";
-import { ConflictError } from "../errors.js";
+import { ConflictError, NotFoundError } from "../errors.js";
 import type { SandboxTable } from "../sandboxes.js";
 import { ProcessTable } from "./processes.js";
 import { type E2bSandbox, type E2bState, type Lifecycle, settled, transition } from "./shared.js";
@@ -62,7 +62,13 @@ export async function resumeSandbox(table: SandboxTable, { m, s }: E2bSandbox, t
   }
   if (paused) {
     await transition(s, async () => {
-      m.sandbox = await SANDBOX_KINDS[m.kind].resume(paused.name);
+      const resumed = await SANDBOX_KINDS[m.kind].resume(paused.name);
+      // Killed while it resumed (the table let it go, with its saved state): the new VM goes too.
+      if (table.byId(m.id) !== m) {
+        await resumed.stop();
+        throw new NotFoundError(`sandbox ${m.id} was killed while it resumed`);
+      }
+      m.sandbox = resumed;
       s.processes.release(m.sandbox.command.resumed());
       delete s.paused;
       delete m.discard;

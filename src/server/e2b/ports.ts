@@ -130,6 +130,7 @@ export function portProxy(sandboxes: E2bSandboxes, wake: (id: string) => Promise
     let guest: GuestConnection;
     try {
       await wake(id);
+      if (client.destroyed) return; // the client left while the sandbox resumed
       guest = target(port, id)();
     } catch (err) {
       sendRawError(client, err);

@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { InvalidArgumentError } from "../../errors.js";
+import { checkKeys } from "../../keys.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError, NotFoundError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
@@ -137,6 +138,7 @@ export function secretRoutes(
   async function create(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const who = owner(req);
     const body = await readJsonObject(req, bodyLimit);
+    checkKeys("secret option", body, ["name", "value", "metadata"]);
     sendJson(res, 201, view(store.create(who, checkName(body.name), checkValue(body.value), checkMetadata(body.metadata))));
   }
 
@@ -144,6 +146,7 @@ export function secretRoutes(
     const who = owner(req);
     const s = store.get(who, ref(p));
     const body = await readJsonObject(req, bodyLimit);
+    checkKeys("secret update option", body, ["value", "metadata"]); // a name cannot change
     const value = checkValue(body.value);
     if (body.metadata !== undefined) s.metadata = checkMetadata(body.metadata);
     s.value = value;

@@ -43,6 +43,9 @@ interface SnapshotRecord {
   createdAt: string;
 }
 
+/** The saved sandbox's name take() gives a snapshot. */
+const SAVED = /^e2b-snapshot-[0-9a-f]+$/;
+
 // Whether `r` is called `id`: its id or a name, with or without the tag.
 function called(r: SnapshotRecord, id: string): boolean {
   const tagged = id.endsWith(TAG) ? id : `${id}${TAG}`;
@@ -64,7 +67,8 @@ export class SnapshotStore {
       .flatMap((f) => {
         try {
           const r = JSON.parse(readFileSync(path.join(this.dir, f), "utf8")) as SnapshotRecord;
-          return r.format === FORMAT && r.owner === owner && Object.hasOwn(SANDBOX_KINDS, r.kind) ? [r] : [];
+          // `saved` names a directory this removes: only the names take() makes are taken.
+          return r.format === FORMAT && r.owner === owner && Object.hasOwn(SANDBOX_KINDS, r.kind) && SAVED.test(r.saved) ? [r] : [];
         } catch {
           return []; // half written by a process that died, or not ours
         }

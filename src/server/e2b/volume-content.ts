@@ -16,10 +16,12 @@ import { SERVER_DEFAULTS } from "../defaults.js";
 import { BodyTooLargeError, ConflictError, NotFoundError, UnauthorizedError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import type { Managed, SandboxTable } from "../sandboxes.js";
-import { type E2bVolume, type E2bVolumes, mountedIn, ownerOf } from "./volumes.js";
+import { type E2bVolume, type E2bVolumes, ownerOf } from "./volumes.js";
 
 const MOUNT = "/volume";
 const HELPER_MEMORY_MIB = 128;
+/** Entries one listing answers, whatever its depth (it is built in the server's memory). */
+const MAX_LISTED = 100_000;
 
 /** A path in the volume ("/a/b", "a/b"): its parts, none of them "." or "..". */
 function partsOf(path: string | null): string[] {
@@ -85,7 +87,8 @@ export function volumeContent(volumes: E2bVolumes, table: SandboxTable, catalog:
     try {
       const m = await h.helper.catch((err: unknown) => {
         if (err instanceof VolumeBusyError)
-          throw new VolumeBusyError(`volume ${v.name} is mounted in sandbox ${mountedIn(v)}: reach its files there, or kill it first`);
+          // Which sandbox is not said: a volume's token is no key to its owner's sandboxes.
+          throw new VolumeBusyError(`volume ${v.name} is mounted in a sandbox: reach its files there, or kill the sandbox first`);
         throw err;
       });
       return await fn(m.sandbox);
@@ -152,6 +155,8 @@ export function volumeContent(volumes: E2bVolumes, table: SandboxTable, catalog:
         const out: ReturnType<typeof statOf>[] = [];
         const walk = async (parts: string[], level: number) => {
           for (const st of await sb.fs.list(at(parts))) {
+            if (out.length === MAX_LISTED)
+              throw new InvalidArgumentError(`the listing passed ${MAX_LISTED} entries: list a deeper path, or with a smaller depth`);
             out.push(statOf(st, [...parts, st.name]));
             if (st.type === "directory" && level < depth) await walk([...parts, st.name], level + 1);
           }
