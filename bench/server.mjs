@@ -123,7 +123,7 @@ const result = {
 const md = `# msb server under load (e2b SDK on loopback)
 
 ${result.date} — ${result.machine.cpu}, ${result.machine.cpus} cores, ${result.machine.memoryGiB} GiB, ${result.machine.kernel}, Node ${result.machine.node}.
-${CLIENTS} concurrent clients × ${ROUNDS} rounds of get a sandbox → \`commands.run\` → kill, template \`${TEMPLATE}\` (QEMU under TCG). The rounds take turns at the ways to get one: \`Sandbox.create(template)\` (restored from the template's snapshot), \`parent.fork()\` of one running parent, and \`Sandbox.create(snapshotId)\` of a \`createSnapshot()\` of that parent; forks and snapshot sandboxes must show the parent's file.
+${CLIENTS} concurrent clients × ${ROUNDS} rounds of get a sandbox → \`commands.run\` → kill, template \`${TEMPLATE}\` (QEMU under TCG). The rounds take turns at the ways to get one: \`Sandbox.create(template)\` (restored from the template's snapshot), \`parent.fork()\` of one running parent, and \`Sandbox.create(snapshotId)\` of a \`createSnapshot()\` of that parent; forks and snapshot sandboxes must show the parent's file. Forks of the one parent are made one at a time (each pauses it to save its memory), so the clients' forks queue behind each other: the fork column is mostly that queue.
 
 | measure | value |
 | --- | --- |
