@@ -31,7 +31,14 @@ ${column([
         value: "N",
         number: "a whole number >= 1",
         default: String(SERVER_DEFAULTS.maxSandboxes),
-        description: "sandboxes at once; more get 429",
+        description: "sandboxes running at once; more get 429",
+      },
+      "max-paused": {
+        type: "string",
+        value: "N",
+        number: "a whole number >= 1",
+        default: String(SERVER_DEFAULTS.maxPaused),
+        description: "paused sandboxes kept on disk; more pauses get 429",
       },
       "memory-budget": {
         type: "string",
@@ -50,6 +57,7 @@ ${column([
         ...(v.port !== undefined ? { port: v.port as number } : {}),
         ...(key ? { apiKeys: [key] } : {}),
         ...(v["max-sandboxes"] !== undefined ? { maxSandboxes: v["max-sandboxes"] as number } : {}),
+        ...(v["max-paused"] !== undefined ? { maxPaused: v["max-paused"] as number } : {}),
         ...(v["memory-budget"] !== undefined ? { memoryBudgetMiB: v["memory-budget"] as number } : {}),
         accessLog: !!v["access-log"],
       });

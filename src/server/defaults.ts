@@ -8,8 +8,10 @@ export const SERVER_DEFAULTS = {
   /** The address listened on; any other than loopback needs an API key. */
   host: "127.0.0.1",
   port: 5555,
-  /** Sandboxes at once; a create past it gets 429. */
+  /** Sandboxes running at once; a create or resume past it gets 429. */
   maxSandboxes: 16,
+  /** Paused sandboxes kept (on disk, outside maxSandboxes and the memory budget); a pause past it gets 429. */
+  maxPaused: 64,
   /** Largest request body, in bytes: 1 MiB. */
   bodyLimit: 1_048_576,
   /** Milliseconds a connection taken from the HTTP server (an Upgrade's) may stay open after this side ended it. */

@@ -33,6 +33,8 @@ export interface Managed {
   timer?: NodeJS.Timeout;
   /** What its timeout does instead of killing it (E2B's lifecycle onTimeout "pause"). */
   onTimeout?: () => Promise<void>;
+  /** Paused: its VM is saved and stopped, and it holds no room in the limits (but maxPaused). */
+  paused?: boolean;
   /** What else goes when it is killed (a paused sandbox's saved state). */
   discard?: () => void;
 }
@@ -70,6 +72,7 @@ export type CreateSpec = SpecBase & ({ image: string; start?: never } | { start:
 export interface Limits {
   maxSandboxes: number;
   memoryBudgetMiB: number;
+  maxPaused: number;
 }
 
 export class SandboxTable {
@@ -80,11 +83,12 @@ export class SandboxTable {
 
   constructor(private readonly limits: Limits) {}
 
-  async create(spec: CreateSpec): Promise<Managed> {
+  // Room for one more running sandbox of `memory` MiB, else ServerFullError. Paused ones take none.
+  private admit(memory: number): void {
     if (this.closed) throw new ServerClosingError("the server is shutting down: start sandboxes on another");
-    const memory = spec.memory ?? SERVER_DEFAULTS.sandboxMemoryMiB;
-    const used = [...this.all.values()].reduce((n, m) => n + m.memory, 0) + this.reservedMiB;
-    if (this.all.size + this.reserved >= this.limits.maxSandboxes) {
+    const running = [...this.all.values()].filter((m) => !m.paused);
+    const used = running.reduce((n, m) => n + m.memory, 0) + this.reservedMiB;
+    if (running.length + this.reserved >= this.limits.maxSandboxes) {
       throw new ServerFullError(`the server runs its limit of ${this.limits.maxSandboxes} sandboxes: retry later, or stop one`);
     }
     if (used + memory > this.limits.memoryBudgetMiB) {
@@ -92,6 +96,35 @@ export class SandboxTable {
         `${memory} MiB more would pass the server's memory budget (${used} of ${this.limits.memoryBudgetMiB} MiB in use): retry later, or ask for less`,
       );
     }
+  }
+
+  /** Pauses `m` by `pause()` (its VM saved and stopped): from then on it holds no room, within maxPaused. */
+  async pause(m: Managed, pause: () => Promise<void>): Promise<void> {
+    const paused = [...this.all.values()].filter((p) => p.paused).length;
+    if (paused >= this.limits.maxPaused) {
+      throw new ServerFullError(`the server keeps its limit of ${this.limits.maxPaused} paused sandboxes: kill or resume one first`);
+    }
+    await pause();
+    m.paused = true;
+  }
+
+  /** Resumes the paused `m` by `resume()`, in the room a create would take. */
+  async resume(m: Managed, resume: () => Promise<void>): Promise<void> {
+    this.admit(m.memory);
+    this.reserved++;
+    this.reservedMiB += m.memory;
+    try {
+      await resume();
+      delete m.paused;
+    } finally {
+      this.reserved--;
+      this.reservedMiB -= m.memory;
+    }
+  }
+
+  async create(spec: CreateSpec): Promise<Managed> {
+    const memory = spec.memory ?? SERVER_DEFAULTS.sandboxMemoryMiB;
+    this.admit(memory);
     this.reserved++;
     this.reservedMiB += memory;
     const id = `${randomBytes(8).toString("hex")}`;

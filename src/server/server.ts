@@ -28,8 +28,10 @@ export interface ServerOptions {
   port?: number;
   /** Accepted keys (Authorization: Bearer KEY); each key sees only its own sandboxes. */
   apiKeys?: string[];
-  /** Sandboxes at once (default {@link SERVER_DEFAULTS}.maxSandboxes). */
+  /** Sandboxes running at once (default {@link SERVER_DEFAULTS}.maxSandboxes); paused ones are not counted. */
   maxSandboxes?: number;
+  /** Paused sandboxes kept (default {@link SERVER_DEFAULTS}.maxPaused). */
+  maxPaused?: number;
   /** MiB all sandboxes may take together (default {@link defaultMemoryBudgetMiB}). */
   memoryBudgetMiB?: number;
   /** Largest request body in bytes (default {@link SERVER_DEFAULTS}.bodyLimit). */
@@ -67,6 +69,7 @@ const SERVER_KEYS = keysOf<ServerOptions>({
   port: true,
   apiKeys: true,
   maxSandboxes: true,
+  maxPaused: true,
   memoryBudgetMiB: true,
   bodyLimit: true,
   images: true,
@@ -88,6 +91,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   const catalog = new ImageCatalog({ images: opts.images, templates: opts.e2b?.templates });
   const limits: Limits = {
     maxSandboxes: opts.maxSandboxes ?? SERVER_DEFAULTS.maxSandboxes,
+    maxPaused: opts.maxPaused ?? SERVER_DEFAULTS.maxPaused,
     memoryBudgetMiB: opts.memoryBudgetMiB ?? defaultMemoryBudgetMiB(),
   };
   const table = new SandboxTable(limits);

@@ -207,3 +207,32 @@ describe("lifecycle", () => {
     expect(((await res.json()) as { message: string }).message).toMatch(/autoResume needs a sandbox that pauses on its timeout/);
   }, 300_000);
 });
+
+describe("paused sandboxes and the server's limits", () => {
+  it("hold no running room but count against maxPaused; a resume needs room; a paused one's timeout is refused", async () => {
+    const small = await createServer({ port: 0, apiKeys: [KEY], maxSandboxes: 1, maxPaused: 1 });
+    const opts = { apiKey: KEY, apiUrl: small.url, sandboxUrl: small.url, domain: "localhost" };
+    try {
+      const a = await e2b.Sandbox.create("local:busybox", opts);
+      await a.files.write("/root/a", "a");
+      await a.pause();
+      // Paused, it takes no room: another runs in the server's one place.
+      const b = await e2b.Sandbox.create("local:busybox", opts);
+      await expect(e2b.Sandbox.connect(a.sandboxId, opts)).rejects.toThrow(/limit of 1 sandboxes/);
+      await expect(b.pause()).rejects.toThrow(/limit of 1 paused sandboxes/);
+      await expect(a.setTimeout(60_000)).rejects.toThrow(/is paused: connect to it/);
+      const connect = await fetch(`${small.url}/sandboxes/${a.sandboxId}/connect`, {
+        method: "POST",
+        headers: { "x-api-key": KEY, "content-type": "application/json" },
+        body: JSON.stringify({ timeot: 60 }),
+      });
+      expect(connect.status).toBe(400);
+      expect(((await connect.json()) as { message: string }).message).toMatch(/"timeot".*"timeout"/);
+      await b.kill();
+      const again = await e2b.Sandbox.connect(a.sandboxId, opts);
+      expect(await again.files.read("/root/a")).toBe("a");
+    } finally {
+      await small.close();
+    }
+  }, 300_000);
+});

@@ -11,7 +11,7 @@ import { SandboxTable } from "../../src/server/sandboxes.js";
 
 const store = new SecretStore();
 store.create("owner", "tok", "the-value", {});
-const networks = new E2bNetworks(new E2bSandboxes(new SandboxTable({ maxSandboxes: 1, memoryBudgetMiB: 1 }), new Keys([])), store);
+const networks = new E2bNetworks(new E2bSandboxes(new SandboxTable({ maxSandboxes: 1, memoryBudgetMiB: 1, maxPaused: 1 }), new Keys([])), store);
 const map = (network: unknown, allowInternetAccess?: boolean) => networks.library("owner", checkE2bNetwork(network, allowInternetAccess));
 
 describe("E2B network on the library's", () => {

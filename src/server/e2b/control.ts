@@ -100,7 +100,7 @@ export function controlPlane(
         throw err;
       }
     }
-    armLifecycle({ m, s });
+    armLifecycle(table, { m, s });
     if (mounts.e2b.length) s.volumeMounts = mounts.e2b;
     sendJson(res, 201, reached({ m, s }));
   }
@@ -143,7 +143,7 @@ export function controlPlane(
     const sb = target(req, params);
     const body = await readJsonObject(req, bodyLimit);
     checkKeys("pause option", body, ["memory"]);
-    await pauseSandbox(sb, flag("memory", body.memory) ?? true);
+    await pauseSandbox(table, sb, flag("memory", body.memory) ?? true);
     res.writeHead(204).end();
   }
 

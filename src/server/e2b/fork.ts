@@ -54,7 +54,7 @@ export function forkRoute(sandboxes: E2bSandboxes, bodyLimit: number, reached: (
         });
         // The library's fork keeps the network policy; so does the E2B record of it.
         const s = sandboxes.add(child, randomBytes(24).toString("base64url"), structuredClone(parent.s.network), { ...parent.s.lifecycle, timeoutS: timeout });
-        armLifecycle({ m: child, s });
+        armLifecycle(sandboxes.table, { m: child, s });
         results.push({ sandbox: reached({ m: child, s }) });
       } catch (err) {
         const { status } = answerOf(err);

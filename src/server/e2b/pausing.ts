@@ -19,15 +19,17 @@ async function idle(s: E2bState): Promise<void> {
  * Pauses the running sandbox: saved to disk (without `keepMemory`, its files only) and stopped, it
  * waits for a resume, not for its timeout.
  */
-export async function pauseSandbox({ m, s }: E2bSandbox, keepMemory: boolean): Promise<void> {
+export async function pauseSandbox(table: SandboxTable, { m, s }: E2bSandbox, keepMemory: boolean): Promise<void> {
   await idle(s);
   if (s.paused) throw new ConflictError(`sandbox ${m.id} is already paused: connect to it to resume it`);
   await transition(s, async () => {
     // A memory pause keeps the client's processes (spawned with `keep`) for the resume.
     if (keepMemory) s.processes.hold();
-    let dir: string;
+    let dir = "";
     try {
-      dir = await m.sandbox.pause({ keepMemory });
+      await table.pause(m, async () => {
+        dir = await m.sandbox.pause({ keepMemory });
+      });
     } catch (err) {
       s.processes.release();
       throw err;
@@ -61,26 +63,28 @@ export async function resumeSandbox(table: SandboxTable, { m, s }: E2bSandbox, t
     );
   }
   if (paused) {
-    await transition(s, async () => {
-      const resumed = await SANDBOX_KINDS[m.kind].resume(paused.name);
-      // Killed while it resumed (the table let it go, with its saved state): the new VM goes too.
-      if (table.byId(m.id) !== m) {
-        await resumed.stop();
-        throw new NotFoundError(`sandbox ${m.id} was killed while it resumed`);
-      }
-      m.sandbox = resumed;
-      s.processes.release(m.sandbox.command.resumed());
-      delete s.paused;
-      delete m.discard;
-    });
+    await transition(s, () =>
+      table.resume(m, async () => {
+        const resumed = await SANDBOX_KINDS[m.kind].resume(paused.name);
+        // Killed while it resumed (the table let it go, with its saved state): the new VM goes too.
+        if (table.byId(m.id) !== m) {
+          await resumed.stop();
+          throw new NotFoundError(`sandbox ${m.id} was killed while it resumed`);
+        }
+        m.sandbox = resumed;
+        s.processes.release(m.sandbox.command.resumed());
+        delete s.paused;
+        delete m.discard;
+      }),
+    );
   }
   table.setTimeout(m, timeoutS);
   return paused !== undefined;
 }
 
 /** Makes the sandbox's timeout do what its lifecycle says: pause it rather than kill it. */
-export function armLifecycle(sb: E2bSandbox): void {
-  if (sb.s.lifecycle.onTimeout === "pause") sb.m.onTimeout = () => pauseSandbox(sb, sb.s.lifecycle.keepMemory);
+export function armLifecycle(table: SandboxTable, sb: E2bSandbox): void {
+  if (sb.s.lifecycle.onTimeout === "pause") sb.m.onTimeout = () => pauseSandbox(table, sb, sb.s.lifecycle.keepMemory);
 }
 
 /** `value` of the body's `key`: a boolean, or undefined when not given. */
