@@ -52,6 +52,11 @@ export class ImageCatalog {
     return this.templates.get(id) ?? this.image(id);
   }
 
+  /** Whether `id` is one of this server's own templates (built-in or in its options). */
+  knows(id: string): boolean {
+    return this.templates.has(id);
+  }
+
   /**
    * `m`'s sandbox, for running `language` in its interpreter; an InvalidArgumentError when the
    * language is unknown or `m`'s kind has no interpreter for it, naming what would.

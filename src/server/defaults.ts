@@ -31,6 +31,14 @@ export const SERVER_DEFAULTS = {
     fileLimit: 104_857_600,
     /** Sandboxes in one page of a list. */
     listLimit: 100,
+    /** Bytes a template build's uploaded files may unpack to: 1 GiB. */
+    templateFilesLimit: 1_073_741_824,
+    /** Files and directories a template build's uploads may hold. */
+    templateFileCount: 100_000,
+    /** Template builds running at once; a build started past it gets 429. */
+    maxBuilds: 2,
+    /** Seconds a create of a template with a ready command waits for it to succeed (within the SDK's 60 s request timeout). */
+    readyTimeoutS: 40,
   },
 } as const;
 

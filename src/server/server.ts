@@ -190,7 +190,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       closing ??= (async () => {
         const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
-        await table.close();
+        await Promise.all([table.close(), e2b.close()]);
         server.closeAllConnections();
         await stopped;
       })();

@@ -4,7 +4,7 @@
 // chosen by the E2b-Sandbox-Id header and allowed by its X-Access-Token): envd's Connect RPC
 // services (envd.ts), its /files (files.ts), /health, /envs and /metrics, and the code
 // interpreter (port 49999, interpreter.ts). Requests for getHost's PORT-ID.DOMAIN go to the port
-// relay (ports.ts).
+// relay (ports.ts). Templates are built from the SDK's Template builder (templates.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import type { Keys } from "../auth.js";
@@ -24,6 +24,9 @@ import { portProxy } from "./ports.js";
 import { SecretStore, secretRoutes } from "./secrets.js";
 import { type E2bSandbox, E2bSandboxes, ENVD_PORT, type HeaderSource, headersOf, INTERPRETER_PORT } from "./shared.js";
 import { SnapshotStore } from "./snapshots.js";
+import { TemplateBuilds } from "./template-builds.js";
+import { TemplateStore } from "./template-store.js";
+import { templateRoutes } from "./templates.js";
 import { volumeContent } from "./volume-content.js";
 import { E2bVolumes, volumeRoutes } from "./volumes.js";
 
@@ -50,6 +53,8 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
   });
   const snapshots = new SnapshotStore();
   const fileLimit = opts.fileLimit ?? SERVER_DEFAULTS.e2b.fileLimit;
+  const templates = new TemplateStore();
+  const builds = new TemplateBuilds(templates, catalog, fileLimit);
   const envd = envdHandler(sandboxes);
   const interpreter = codeInterpreter(catalog, bodyLimit);
   const ports = portProxy(sandboxes, async (id) => {
@@ -91,7 +96,8 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
 
   return {
     routes: (on: Parameters<ReturnType<typeof volumeContent>>[0]) => {
-      controlPlane(sandboxes, catalog, bodyLimit, volumes, networks, snapshots)(on);
+      controlPlane(sandboxes, catalog, bodyLimit, volumes, networks, snapshots, templates)(on);
+      templateRoutes(sandboxes, builds, templates, snapshots, bodyLimit)(on);
       volumeRoutes(volumes, sandboxes, bodyLimit)(on);
       volumeContent(volumes, table, catalog, bodyLimit, fileLimit)(on);
       observeRoutes(sandboxes)(on);
@@ -107,5 +113,7 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
     dataPlane,
     presigned: (req: IncomingMessage, res: ServerResponse) => servePresigned(sandboxes, req, res, fileLimit),
     ports,
+    /** Stops the template builds under way. */
+    close: () => builds.close(),
   };
 }

@@ -16,6 +16,8 @@ import { metricOf } from "./observe.js";
 import { armLifecycle, flag, lifecycleOf, pauseSandbox, resumeSandbox } from "./pausing.js";
 import { type E2bSandbox, type E2bSandboxes, ENVD_VERSION, settled } from "./shared.js";
 import { type SnapshotStore, snapshotRoutes } from "./snapshots.js";
+import { runStartCommands } from "./template-start.js";
+import type { TemplateStore } from "./template-store.js";
 import type { E2bVolumes } from "./volumes.js";
 
 export function controlPlane(
@@ -25,6 +27,7 @@ export function controlPlane(
   volumes: E2bVolumes,
   networks: E2bNetworks,
   snapshots: SnapshotStore,
+  templates: TemplateStore,
 ) {
   const { table } = sandboxes;
   const target = (req: IncomingMessage, params: Params) => sandboxes.owned(req, params.sandboxID ?? "");
@@ -69,8 +72,10 @@ export function controlPlane(
     const networkOptions = networks.library(who, network);
     const mounts = await volumes.mounts(who, body.volumeMounts);
     const lifecycle = lifecycleOf(body, timeout);
-    // A snapshot of the caller's starts as it was saved, its environment and network included; else the template boots.
+    // A snapshot of the caller's starts as it was saved, its environment and network included; else
+    // a template the caller built, else one of the server's.
     const snapshot = snapshots.spec(who, template);
+    const built = snapshot ? undefined : templates.entry(who, template);
     // A snapshot whose rules name a secret this key no longer has is refused before it starts.
     if (snapshot) networks.library(who, snapshot.network);
     if (snapshot && (Object.keys(env).length || mounts.library.length || body.network !== undefined || body.allow_internet_access !== undefined)) {
@@ -83,7 +88,7 @@ export function controlPlane(
       owner: who,
       namespace: "e2b",
       name: template,
-      ...(snapshot?.create ?? catalog.template(template)),
+      ...(snapshot?.create ?? (built ? { image: built.image, kind: built.kind } : catalog.template(template))),
       template,
       metadata,
       env,
@@ -92,13 +97,12 @@ export function controlPlane(
       ...networkOptions,
     });
     const s = sandboxes.add(m, randomBytes(24).toString("base64url"), snapshot?.network ?? network, lifecycle);
-    if (snapshot) {
-      try {
-        await networks.refresh({ m, s });
-      } catch (err) {
-        await table.kill(m);
-        throw err;
-      }
+    try {
+      if (snapshot) await networks.refresh({ m, s });
+      if (built) await runStartCommands({ m, s }, built);
+    } catch (err) {
+      await table.kill(m);
+      throw err;
     }
     armLifecycle(table, { m, s });
     if (mounts.e2b.length) s.volumeMounts = mounts.e2b;

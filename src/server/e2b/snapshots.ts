@@ -1,7 +1,7 @@
 // E2B snapshots: a running sandbox saved as it is (memory, processes, files; it runs on), kept in
 // the cache beyond the sandbox and the server process, and seen and used only by the key that made
 // it. POST /sandboxes/:id/snapshots takes one, GET /snapshots lists them, DELETE /templates/:id
-// (the SDK's deleteSnapshot) removes one, and a create whose templateID names one starts a sandbox
+// (the SDK's deleteSnapshot, served with templates.ts's) removes one, and a create whose templateID names one starts a sandbox
 // from it, as many times as asked (the library's save() and resume(name, { as })).
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
@@ -171,17 +171,8 @@ export function snapshotRoutes(sandboxes: E2bSandboxes, store: SnapshotStore, bo
     sendJson(res, 200, page.map(info), all.length > limit ? { "x-next-token": page.at(-1)!.snapshotID } : {});
   }
 
-  async function remove(req: IncomingMessage, res: ServerResponse, params: Params): Promise<void> {
-    const id = params.templateID ?? "";
-    const r = store.find(sandboxes.owner(req), id);
-    if (!r) throw new NotFoundError(`snapshot ${JSON.stringify(id)} not found: listSnapshots lists this key's snapshots`);
-    await store.remove(r);
-    res.writeHead(204).end();
-  }
-
   return (on: (method: "GET" | "POST" | "DELETE", path: string, handler: Handler) => void) => {
     on("POST", "/sandboxes/:sandboxID/snapshots", take);
     on("GET", "/snapshots", list);
-    on("DELETE", "/templates/:templateID", remove);
   };
 }

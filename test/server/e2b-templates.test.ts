@@ -1,0 +1,148 @@
+// The E2B SDK's Template builder against msb server (e2b 2.51, unmodified): Template.build of a
+// template made from the server's Python template with a command and a copied file, sandboxes
+// of it (and the code interpreter), the builder's cache on a second build, a failing step, steps
+// refused by name, and templates kept across a server restart.
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { createServer, type RunningServer } from "../../src/index.js";
+
+let server: RunningServer;
+const KEY = "templates-test-key";
+const OTHER = "templates-other-key";
+type SdkModule = typeof import("e2b-251");
+let e2b: SdkModule;
+let context: string;
+const names: string[] = [];
+const uploads = () => readdirSync(os.tmpdir()).filter((f) => f.startsWith("msb-e2b-template-"));
+
+const unique = (what: string) => {
+  const name = `${what}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
+  names.push(name);
+  return name;
+};
+
+beforeAll(async () => {
+  server = await createServer({ port: 0, apiKeys: [KEY, OTHER], maxSandboxes: 3 });
+  Object.assign(process.env, { E2B_API_URL: server.url, E2B_SANDBOX_URL: server.url, E2B_API_KEY: KEY, E2B_DOMAIN: "localhost" });
+  e2b = (await import("e2b-251")) as unknown as SdkModule;
+  context = mkdtempSync(path.join(os.tmpdir(), "tpl-context-"));
+  writeFileSync(path.join(context, "greeting.txt"), "hello from the host\n");
+});
+
+afterAll(async () => {
+  for (const name of names) await e2b?.Sandbox.deleteSnapshot(name).catch(() => {});
+  await server?.close();
+  rmSync(context, { recursive: true, force: true });
+});
+
+// The template of the first test: the server's Python template, a command, a copy, an environment,
+// a workdir, and a start command whose ready command waits for what it makes.
+const pythonTemplate = () =>
+  e2b
+    .Template({ fileContextPath: context })
+    .fromTemplate("code-interpreter-v1")
+    .runCmd("echo built > /opt/made.txt")
+    .copy("greeting.txt", "/opt/greeting.txt")
+    .setEnvs({ GREETING: "hi" })
+    .setWorkdir("/opt")
+    .setStartCmd("sleep 1; echo started > /tmp/up; exec sleep 100000", e2b.waitForFile("/tmp/up"));
+
+describe("Template.build", () => {
+  const name = unique("py");
+  let firstMs = 0;
+
+  it("builds from the Python template; its sandboxes have the command's file and the copied one, run the start command and run code", async () => {
+    const { Template, Sandbox } = e2b;
+    const logs: string[] = [];
+    const t0 = performance.now();
+    const info = await Template.build(pythonTemplate(), name, { onBuildLogs: (e) => void logs.push(e.message) });
+    firstMs = performance.now() - t0;
+    console.log(`first build: ${Math.round(firstMs)} ms, ${logs.length} log lines`);
+    expect(info).toMatchObject({ name, tags: ["default"] });
+    expect(logs.some((l) => l.includes("echo built"))).toBe(true); // the step as the server ran it
+    expect(logs.at(-1)).toBe("Build finished");
+    expect(await Template.exists(name)).toBe(true);
+    expect(await Template.exists(name, { apiKey: OTHER })).toBe(false); // another key's templates are not its own
+    expect((await Template.getTags(name)).map((t) => t.tag)).toEqual(["default"]);
+    expect(uploads()).toEqual([]); // the uploaded files went with the build
+
+    const t1 = performance.now();
+    const sb = await Sandbox.create(name);
+    try {
+      console.log(`create with a ready command: ${Math.round(performance.now() - t1)} ms`);
+      // Ready only once the start command made its file.
+      expect(await sb.files.read("/tmp/up")).toBe("started\n");
+      expect((await sb.commands.list()).some((p) => p.args.join(" ").includes("echo started"))).toBe(true);
+      expect((await sb.commands.run("cat /opt/made.txt; cat greeting.txt; echo $GREETING; pwd")).stdout).toBe("built\nhello from the host\nhi\n/opt\n");
+    } finally {
+      await sb.kill();
+    }
+
+    // A Python template's kind is kept: the code interpreter runs in sandboxes of it.
+    const ci = await import("@e2b/code-interpreter");
+    const cs = await ci.Sandbox.create(name);
+    try {
+      const run = await cs.runCode("open('/opt/greeting.txt').read().strip() + '!'");
+      expect(run.text).toBe("'hello from the host!'");
+    } finally {
+      await cs.kill();
+    }
+  }, 600_000);
+
+  it("builds the same template again from the builder's cache, faster, under a new tag", async () => {
+    const { Template } = e2b;
+    expect(firstMs).toBeGreaterThan(0);
+    const logs: string[] = [];
+    const t0 = performance.now();
+    const info = await Template.build(pythonTemplate(), `${name}:v2`, { onBuildLogs: (e) => void logs.push(e.message) });
+    const ms = performance.now() - t0;
+    console.log(`second build: ${Math.round(ms)} ms (first ${Math.round(firstMs)} ms)`);
+    expect(info.tags).toEqual(["v2"]);
+    const summary = logs.find((l) => l.startsWith(`Built ${name}`));
+    const [, steps, cached] = /: (\d+) steps, (\d+) from the cache/.exec(summary ?? "") ?? [];
+    expect(Number(steps)).toBeGreaterThan(0);
+    expect(cached).toBe(steps);
+    expect(ms).toBeLessThan(firstMs);
+    expect((await Template.getTags(name)).map((t) => t.tag).sort()).toEqual(["default", "v2"]);
+  }, 600_000);
+
+  it("is still known after the server restarts", async () => {
+    await server.close();
+    server = await createServer({ port: 0, apiKeys: [KEY, OTHER], maxSandboxes: 3 });
+    Object.assign(process.env, { E2B_API_URL: server.url, E2B_SANDBOX_URL: server.url });
+    expect(await e2b.Template.exists(name)).toBe(true);
+    expect((await e2b.Template.getTags(name)).map((t) => t.tag).sort()).toEqual(["default", "v2"]);
+  }, 120_000);
+});
+
+describe("a template build that fails", () => {
+  it("a failing command: the SDK throws a BuildError naming it, the logs show its output, and no template is left", async () => {
+    const { Template, BuildError } = e2b;
+    const name = unique("bad");
+    const logs: { level: string; message: string }[] = [];
+    const template = Template().fromTemplate("base").runCmd("echo about to fail; exit 7");
+    const err = await Template.build(template, name, { onBuildLogs: (e) => void logs.push({ level: e.level, message: e.message }) }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BuildError);
+    expect((err as Error).message).toMatch(/7/);
+    expect(logs.some((l) => l.message === "about to fail")).toBe(true);
+    expect(logs.some((l) => l.level === "error" && /7/.test(l.message))).toBe(true);
+    expect(await Template.exists(name)).toBe(false);
+    expect(uploads()).toEqual([]);
+  }, 300_000);
+
+  it("refuses by name what it does not build, before building anything", async () => {
+    const { Template, BuildError } = e2b;
+    const name = unique("refused");
+    const withCredentials = Template().fromImage("python:3.12", { username: "u", password: "p" }).runCmd("true");
+    await expect(Template.build(withCredentials, name)).rejects.toThrow(/fromImageRegistry/);
+    const glob = Template({ fileContextPath: context }).fromTemplate("base").copy("*.txt", "/opt/");
+    const err = await Template.build(glob, name).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BuildError);
+    expect((err as Error).message).toMatch(/glob/);
+    await expect(Template.build(Template().fromTemplate("base"), "base")).rejects.toThrow(/server's own templates/);
+    expect(await Template.exists(name)).toBe(false);
+  }, 60_000);
+});
