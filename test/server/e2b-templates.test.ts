@@ -146,3 +146,69 @@ describe("a template build that fails", () => {
     expect(await Template.exists(name)).toBe(false);
   }, 60_000);
 });
+
+// A tar archive of `entries` (ustar headers written here, so it can hold what a tool would refuse to make).
+function tar(entries: { name: string; type?: "0" | "2" | "5"; body?: string; link?: string }[]): Buffer {
+  const blocks: Buffer[] = [];
+  for (const e of entries) {
+    const body = Buffer.from(e.body ?? "");
+    const h = Buffer.alloc(512);
+    const put = (s: string, at: number) => h.write(s, at, "ascii");
+    put(e.name, 0);
+    put("0000644\0", 100);
+    put("0000000\0", 108);
+    put("0000000\0", 116);
+    put(`${body.length.toString(8).padStart(11, "0")}\0`, 124);
+    put("00000000000\0", 136);
+    put(e.type ?? "0", 156);
+    put(e.link ?? "", 157);
+    put("ustar\0", 257);
+    put("00", 263);
+    put("        ", 148);
+    put(
+      `${h
+        .reduce((n, b) => n + b, 0)
+        .toString(8)
+        .padStart(6, "0")}\0 `,
+      148,
+    );
+    blocks.push(h, body, Buffer.alloc((512 - (body.length % 512)) % 512));
+  }
+  return Buffer.concat([...blocks, Buffer.alloc(1024)]);
+}
+
+describe("template file uploads", () => {
+  it("are allowed by their link's token only, and refused when an entry leaves the upload or is a link", async () => {
+    const api = (p: string, init: RequestInit = {}) => fetch(`${server.url}${p}`, { ...init, headers: { "x-api-key": KEY, ...init.headers } });
+    const name = unique("upload");
+    const requested = await api("/v3/templates", { method: "POST", body: JSON.stringify({ name }) });
+    expect(requested.status).toBe(202);
+    const { templateID } = (await requested.json()) as { templateID: string };
+    const linkOf = async (hash: string) =>
+      (await (await api(`/templates/${templateID}/files/${hash}`)).json()) as { url: string; headers: Record<string, string> };
+    const put = (link: { url: string; headers: Record<string, string> }, body: Buffer, headers = link.headers) =>
+      fetch(link.url, { method: "PUT", body, headers });
+
+    const escaping = await linkOf("a".repeat(64));
+    expect(new URL(escaping.url).host).toBe(new URL(server.url).host); // served by this server
+    expect((await put(escaping, tar([{ name: "x", body: "x" }]), { "x-msb-upload-token": "wrong" })).status).toBe(403);
+    const refused = await put(
+      escaping,
+      tar([
+        { name: "ok.txt", body: "fine" },
+        { name: "../../escaped.txt", body: "out" },
+      ]),
+    );
+    expect(refused.status).toBe(400);
+    expect(((await refused.json()) as { message: string }).message).toMatch(/leaves the upload's root/);
+
+    const linked = await put(await linkOf("b".repeat(64)), tar([{ name: "passwd", type: "2", link: "/etc/passwd" }]));
+    expect(linked.status).toBe(400);
+    expect(((await linked.json()) as { message: string }).message).toMatch(/symlink.*resolveSymlinks/);
+    expect((await api(`/templates/${templateID}/files/not-a-hash`)).status).toBe(400);
+
+    // A new request for the name replaces the build that never started: its files go.
+    expect((await api("/v3/templates", { method: "POST", body: JSON.stringify({ name }) })).status).toBe(202);
+    expect(uploads()).toEqual([]);
+  }, 60_000);
+});

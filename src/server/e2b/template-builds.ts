@@ -61,7 +61,7 @@ export class TemplateBuilds {
   ) {}
 
   /** POST /v3/templates: a new build of the template `body.name` ("name" or "name:tag"), waiting for its files and steps. */
-  request(owner: string, body: Record<string, unknown>) {
+  async request(owner: string, body: Record<string, unknown>) {
     checkKeys("template build request field", body, REQUEST_KEYS);
     const ref = body.name ?? body.alias;
     if (typeof ref !== "string") throw new InvalidArgumentError(`template name ${JSON.stringify(ref)} is invalid: give "name" or "name:tag"`);
@@ -80,7 +80,7 @@ export class TemplateBuilds {
     const cpus = positive("cpuCount", body.cpuCount);
     const others = [...this.builds.values()].filter((b) => b.owner === owner && b.name === name);
     if (others.some((b) => b.status === "building")) throw new ConflictError(`template ${JSON.stringify(name)} is being built: wait for that build to end`);
-    for (const b of others.filter((o) => o.status === "waiting")) this.forget(b); // replaced by this one
+    for (const b of others.filter((o) => o.status === "waiting")) await this.forget(b); // replaced by this one
     const templateID = this.store.find(owner, name)?.templateID ?? others[0]?.templateID ?? randomBytes(10).toString("hex");
     const b: Build = {
       buildID: randomUUID(),
@@ -95,7 +95,7 @@ export class TemplateBuilds {
       ...(memory !== undefined ? { memory } : {}),
       ...(cpus !== undefined ? { cpus } : {}),
     };
-    b.timer = setTimeout(() => this.forget(b), WAITING_MS).unref();
+    b.timer = setTimeout(() => void this.forget(b), WAITING_MS).unref();
     this.builds.set(b.buildID, b);
     return { templateID, buildID: b.buildID, names: [name], aliases: [name], tags, public: false };
   }
@@ -150,7 +150,7 @@ export class TemplateBuilds {
   async close(): Promise<void> {
     for (const b of this.builds.values()) b.abort.abort();
     await Promise.allSettled([...this.builds.values()].map((b) => b.done));
-    for (const b of [...this.builds.values()]) this.forget(b);
+    await Promise.all([...this.builds.values()].map((b) => this.forget(b)));
   }
 
   // What the build starts from: the owner's template, the server's, or an image.
@@ -214,13 +214,13 @@ export class TemplateBuilds {
   // An ended build's files go; its status and logs stay a while.
   private async finished(b: Build): Promise<void> {
     await b.files.discard();
-    b.timer = setTimeout(() => this.forget(b), KEPT_MS).unref();
+    b.timer = setTimeout(() => void this.forget(b), KEPT_MS).unref();
   }
 
-  private forget(b: Build): void {
+  private async forget(b: Build): Promise<void> {
     clearTimeout(b.timer);
     this.builds.delete(b.buildID);
-    void b.files.discard();
+    await b.files.discard();
   }
 }
 

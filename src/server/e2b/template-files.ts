@@ -4,8 +4,8 @@
 // directory of its own, path-safely and within bounds (only files and directories; no entry
 // above the upload's root; bytes and entries capped), and go with the build.
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { createWriteStream } from "node:fs";
-import { chmod, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { createReadStream, createWriteStream } from "node:fs";
+import { chmod, mkdir, mkdtemp, rm } from "node:fs/promises";
 import type { IncomingMessage } from "node:http";
 import os from "node:os";
 import path from "node:path";
@@ -25,6 +25,8 @@ const TOKEN_HEADER = "x-msb-upload-token";
 
 interface Upload {
   token: string;
+  /** The upload under way. */
+  receiving?: Promise<void>;
   /** Set once the tar arrived: its entries as the tar listed them (the order the SDK hashed them in). */
   entries?: { path: string; dir: boolean; mode: number; size: number }[];
 }
@@ -56,19 +58,22 @@ export class BuildFiles {
     const want = Buffer.from(up.token);
     if (given.length !== want.length || !timingSafeEqual(given, want))
       throw new ForbiddenError(`the upload of files ${hash} lacks the ${TOKEN_HEADER} header its link gave`);
-    if (up.entries) {
-      req.resume(); // uploaded already: the same files again
-      return;
+    // The same files again (two copies of one source): the first upload's are theirs.
+    if (up.entries || up.receiving) {
+      req.resume();
+      return up.receiving;
     }
     const declared = Number(req.headers["content-length"] ?? 0);
     if (declared > this.limits.compressed) throw new BodyTooLargeError(`files upload of ${declared} bytes is over the ${this.limits.compressed}-byte limit`);
-    const root = path.join(await this.root(), hash);
-    await rm(root, { recursive: true, force: true });
-    await mkdir(root);
-    up.entries = await this.unpack(req, root).catch(async (err) => {
-      await rm(root, { recursive: true, force: true });
-      throw err;
-    });
+    up.receiving = (async () => {
+      const root = path.join(await this.root(), hash);
+      await mkdir(root);
+      up.entries = await this.unpack(req, root).catch(async (err) => {
+        await rm(root, { recursive: true, force: true });
+        throw err;
+      });
+    })().finally(() => delete up.receiving);
+    return up.receiving;
   }
 
   /**
@@ -93,7 +98,7 @@ export class BuildFiles {
         h.update(e.path)
           .update(String(0o100000 | e.mode))
           .update(String(e.size));
-        h.update(await readFile(path.join(root, e.path)));
+        for await (const chunk of createReadStream(path.join(root, e.path))) h.update(chunk as Buffer);
       }
       if (h.digest("hex") !== hash) throw new InvalidArgumentError(`copy ${JSON.stringify(src)}: the uploaded files do not match their hash ${hash}`);
     }

@@ -103,7 +103,7 @@ export function templateRoutes(sandboxes: E2bSandboxes, builds: TemplateBuilds, 
   }
 
   return (on: (method: "GET" | "POST" | "PUT" | "DELETE", path: string, handler: Handler) => void) => {
-    on("POST", "/v3/templates", async (req, res) => sendJson(res, 202, builds.request(sandboxes.owner(req), await readJsonObject(req, bodyLimit))));
+    on("POST", "/v3/templates", async (req, res) => sendJson(res, 202, await builds.request(sandboxes.owner(req), await readJsonObject(req, bodyLimit))));
     on("GET", "/templates/:templateID/files/:hash", (req, res, p) =>
       sendJson(res, 201, builds.waiting(sandboxes.owner(req), p.templateID ?? "").files.link(req, p.templateID ?? "", p.hash ?? "")),
     );
