@@ -86,7 +86,7 @@ export function checkSpec(spec: BuildSpec): string {
   }
   const tag = String(parseReference(spec.tag));
   if (!Array.isArray(spec.steps)) throw new InvalidArgumentError("build steps must be an array");
-  spec.steps.forEach((step, i) => checkStep(step, i));
+  for (const [i, step] of spec.steps.entries()) checkStep(step, i);
   return tag;
 }
 
