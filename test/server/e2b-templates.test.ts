@@ -45,6 +45,8 @@ const pythonTemplate = () =>
     .Template({ fileContextPath: context })
     .fromTemplate("code-interpreter-v1")
     .runCmd("echo built > /opt/made.txt")
+    .runCmd("mkdir -m 777 /opt/shared")
+    .runCmd("id -un > /opt/shared/who", { user: "nobody" })
     .copy("greeting.txt", "/opt/greeting.txt")
     .setEnvs({ GREETING: "hi" })
     .setWorkdir("/opt")
@@ -58,11 +60,14 @@ describe("Template.build", () => {
     const { Template, Sandbox } = e2b;
     const logs: string[] = [];
     const t0 = performance.now();
-    const info = await Template.build(pythonTemplate(), name, { onBuildLogs: (e) => void logs.push(e.message) });
+    // skipCache: every step runs (and goes into the builder's cache), whatever earlier runs left there.
+    const info = await Template.build(pythonTemplate(), name, { skipCache: true, onBuildLogs: (e) => void logs.push(e.message) });
     firstMs = performance.now() - t0;
     console.log(`first build: ${Math.round(firstMs)} ms, ${logs.length} log lines`);
     expect(info).toMatchObject({ name, tags: ["default"] });
-    expect(logs.some((l) => l.includes("echo built"))).toBe(true); // the step as the server ran it
+    expect(logs).toContain("RUN echo built > /opt/made.txt"); // the steps as the server ran them
+    expect(logs).toContain("COPY greeting.txt /opt/greeting.txt");
+    expect(logs.find((l) => l.startsWith(`Built ${name}`))).toMatch(/: 8 steps, 0 from the cache/);
     expect(logs.at(-1)).toBe("Build finished");
     expect(await Template.exists(name)).toBe(true);
     expect(await Template.exists(name, { apiKey: OTHER })).toBe(false); // another key's templates are not its own
@@ -77,6 +82,8 @@ describe("Template.build", () => {
       expect(await sb.files.read("/tmp/up")).toBe("started\n");
       expect((await sb.commands.list()).some((p) => p.args.join(" ").includes("echo started"))).toBe(true);
       expect((await sb.commands.run("cat /opt/made.txt; cat greeting.txt; echo $GREETING; pwd")).stdout).toBe("built\nhello from the host\nhi\n/opt\n");
+      // The command run as nobody ran as nobody, and the user after it is the base's again.
+      expect((await sb.commands.run("cat /opt/shared/who; id -un")).stdout).toBe("nobody\nroot\n");
     } finally {
       await sb.kill();
     }
@@ -105,6 +112,7 @@ describe("Template.build", () => {
     const [, steps, cached] = /: (\d+) steps, (\d+) from the cache/.exec(summary ?? "") ?? [];
     expect(Number(steps)).toBeGreaterThan(0);
     expect(cached).toBe(steps);
+    expect(logs).toContain("CACHED RUN echo built > /opt/made.txt");
     expect(ms).toBeLessThan(firstMs);
     expect((await Template.getTags(name)).map((t) => t.tag).sort()).toEqual(["default", "v2"]);
   }, 600_000);
@@ -118,6 +126,27 @@ describe("Template.build", () => {
   }, 120_000);
 });
 
+describe("Template.build from an image", () => {
+  it("makes a CustomSandbox: commands and files, no code interpreter", async () => {
+    const { Template, Sandbox } = e2b;
+    const name = unique("img");
+    await Template.build(Template().fromImage("local:busybox").runCmd("echo from busybox > /made").setUser("root"), name);
+    const sb = await Sandbox.create(name);
+    try {
+      expect((await sb.commands.run("cat /made")).stdout).toBe("from busybox\n");
+    } finally {
+      await sb.kill();
+    }
+    const ci = await import("@e2b/code-interpreter");
+    const cs = await ci.Sandbox.create(name);
+    try {
+      await expect(cs.runCode("1")).rejects.toThrow(/400/); // the SDK shows only the status
+    } finally {
+      await cs.kill();
+    }
+  }, 300_000);
+});
+
 describe("a template build that fails", () => {
   it("a failing command: the SDK throws a BuildError naming it, the logs show its output, and no template is left", async () => {
     const { Template, BuildError } = e2b;
@@ -126,7 +155,7 @@ describe("a template build that fails", () => {
     const template = Template().fromTemplate("base").runCmd("echo about to fail; exit 7");
     const err = await Template.build(template, name, { onBuildLogs: (e) => void logs.push({ level: e.level, message: e.message }) }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BuildError);
-    expect((err as Error).message).toMatch(/7/);
+    expect((err as Error).message).toBe("step 1 (RUN echo about to fail; exit 7) exited with 7");
     expect(logs.some((l) => l.message === "about to fail")).toBe(true);
     expect(logs.some((l) => l.level === "error" && /7/.test(l.message))).toBe(true);
     expect(await Template.exists(name)).toBe(false);

@@ -174,8 +174,12 @@ export class TemplateBuilds {
         { from: base.image, steps, tag: `msb.local/e2b/${b.templateID}:${b.buildID}` },
         {
           log: (e) => {
-            step = String(origin[e.step] ?? "finalize");
-            log.event(e.kind, e.text, step);
+            const n = origin[e.step];
+            if (n === undefined) return;
+            step = String(n);
+            if (e.kind === "step") log.begin(step, plan.described[n - 1] ?? "");
+            else if (e.kind === "cached") log.cached();
+            else log.output(e.kind, e.text, step);
           },
           signal: b.abort.signal,
           noCache: plan.noCache,
@@ -201,8 +205,18 @@ export class TemplateBuilds {
       b.status = "ready";
     } catch (err) {
       log.flush();
-      if (err instanceof BuildError && origin[err.step] !== undefined) step = String(origin[err.step]);
-      const message = b.abort.signal.aborted ? "the build was stopped: the server is shutting down" : messageOf(err);
+      let message = messageOf(err);
+      const n = err instanceof BuildError ? origin[err.step] : undefined;
+      if (n !== undefined) {
+        step = String(n);
+        // Told as the SDK numbers its steps; the builder's log file is this machine's (its lines are in the build's logs).
+        const how =
+          (err as BuildError).exitCode !== null
+            ? `exited with ${(err as BuildError).exitCode}`
+            : `failed: ${message.replace(/; the build's (output|log) is (in )?\S+$/, "")}`;
+        message = `step ${n} (${plan.described[n - 1]}) ${how}`;
+      }
+      if (b.abort.signal.aborted) message = "the build was stopped: the server is shutting down";
       log.add("error", message, step);
       b.reason = { message, step, logEntries: b.logs.filter((e) => e.step === step).slice(-20) };
       b.status = "error";
@@ -224,11 +238,14 @@ export class TemplateBuilds {
   }
 }
 
-// Collects a build's log entries: the builder's output cut into lines (a line split across chunks
-// is kept whole), each as long as MAX_LINE at most, MAX_LOGS of them at most.
+// Collects a build's log entries: each SDK step told once, as its user wrote it (before its
+// output if it has any, else when it ends; CACHED when the builder took all of its own steps for
+// it from its cache), its output cut into lines (a line split across chunks kept whole), each as
+// long as MAX_LINE at most, MAX_LOGS of them at most.
 class StepLog {
   private partial = new Map<string, { text: string; step: string }>();
   private dropped = 0;
+  private current: { step: string; text: string; told: boolean; allCached: boolean; lastCached: boolean } | undefined;
 
   constructor(private readonly b: Build) {}
 
@@ -237,26 +254,49 @@ class StepLog {
     this.b.logs.push({ timestamp: new Date().toISOString(), level, message: message.slice(0, MAX_LINE), step });
   }
 
-  event(kind: "step" | "stdout" | "stderr" | "cached", text: string, step: string): void {
-    if (kind === "step" || kind === "cached") {
-      this.flush();
-      this.add("info", kind === "cached" ? `CACHED ${text}` : text, step);
+  /** One of the builder's steps for the SDK's step `step` (described as `text`) begins. */
+  begin(step: string, text: string): void {
+    const c = this.current;
+    if (c?.step === step) {
+      c.allCached &&= c.lastCached;
+      c.lastCached = false;
       return;
     }
-    const held = this.partial.get(kind);
+    this.flush();
+    this.current = { step, text, told: false, allCached: true, lastCached: false };
+  }
+
+  /** The builder's step just begun was taken from its cache. */
+  cached(): void {
+    if (this.current) this.current.lastCached = true;
+  }
+
+  output(stream: "stdout" | "stderr", text: string, step: string): void {
+    this.tell(false);
+    const held = this.partial.get(stream);
     const lines = ((held && held.step === step ? held.text : "") + text).split("\n");
-    this.partial.set(kind, { text: lines.pop()!, step });
+    this.partial.set(stream, { text: lines.pop()!, step });
     for (const line of lines) this.add("info", line, step);
   }
 
-  /** Ends the lines left open; notes the lines left out. */
+  /** Ends the step under way and the lines left open; notes the lines left out. */
   flush(): void {
+    const c = this.current;
+    if (c) this.tell(c.allCached && c.lastCached);
+    this.current = undefined;
     for (const { text, step } of this.partial.values()) if (text) this.add("info", text, step);
     this.partial.clear();
     if (this.dropped) {
       this.b.logs.push({ timestamp: new Date().toISOString(), level: "warn", message: `${this.dropped} more lines of output were left out` });
       this.dropped = 0;
     }
+  }
+
+  private tell(cached: boolean): void {
+    const c = this.current;
+    if (!c || c.told) return;
+    c.told = true;
+    this.add("info", cached ? `CACHED ${c.text}` : c.text, c.step);
   }
 }
 

@@ -23,6 +23,8 @@ type Step = { n: number } & (
 export interface BuildPlan {
   from: { template: string } | { image: string };
   steps: Step[];
+  /** How each SDK step reads in the build's logs, by its number less one. */
+  described: string[];
   startCmd?: string;
   readyCmd?: string;
   /** A step (or the whole template) said to skip the cache: the builder does not use it for this build. */
@@ -45,6 +47,7 @@ export async function planBuild(body: Record<string, unknown>, files: BuildFiles
   const plan: BuildPlan = {
     from: fromImage !== undefined ? { image: base } : { template: base },
     steps: [],
+    described: [],
     noCache: body.force === true,
   };
   for (const key of ["startCmd", "readyCmd"] as const) {
@@ -62,6 +65,7 @@ export async function planBuild(body: Record<string, unknown>, files: BuildFiles
     if (!Array.isArray(args) || !args.every((a) => typeof a === "string")) throw new InvalidArgumentError(`template step ${n}: args must be strings`);
     if (s.force === true) plan.noCache = true;
     plan.steps.push(await stepOf(n, String(s.type), args, s.filesHash, files));
+    plan.described.push(describe(String(s.type), args));
   }
   return plan;
 }
@@ -105,6 +109,14 @@ async function stepOf(n: number, type: string, args: string[], filesHash: unknow
         `template step ${n} is of type ${JSON.stringify(type)}, which this server does not build: use RUN, COPY, ENV, WORKDIR or USER`,
       );
   }
+}
+
+// A step as the SDK's user wrote it (a copy by its source in the build context, not on this machine).
+function describe(type: string, args: string[]): string {
+  if (type === "RUN") return `RUN ${args[0]}${args[1] ? ` (as ${args[1]})` : ""}`;
+  if (type === "ENV") return `ENV ${args.flatMap((a, i) => (i % 2 ? [] : [`${a}=${args[i + 1]}`])).join(" ")}`;
+  if (type === "COPY") return `COPY ${args[0]} ${args[1]}`;
+  return `${type} ${args[0]}`;
 }
 
 /**
