@@ -6,7 +6,7 @@
 // build leaves its log (builds/logs/ in the cache) and whatever steps it cached, nothing else.
 import { AbortError, abortError, BuildError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
-import { ImageStore } from "../images/store.js";
+import { ImageStore, imageConfig } from "../images/store.js";
 import { checkKeys, keysOf } from "../keys.js";
 import { checkCpus, checkMemory } from "../sandbox/options.js";
 import { checkNetwork } from "../vm/netpolicy.js";
@@ -92,7 +92,11 @@ export async function buildImage(spec: BuildSpec, opts: BuildOptions = {}): Prom
       const history = describeStep(step, digest);
       if (!("run" in step) && !("copy" in step)) state = configured(state, step, history);
       else {
-        if (!vm) {
+        if (!vm && !state.layer) {
+          // No files changed since the base: the VM boots it (the config so far is the state's).
+          const b = state.base;
+          vm = await BuildVm.boot({ ref: spec.from, id: b.id, rootfs: b.rootfs, config: imageConfig(b.raw) }, store, vmOpts);
+        } else if (!vm) {
           // The image so far becomes the base the VM's changes are layered over.
           const image = await materialize(store, state);
           vm = await BuildVm.boot(image, store, vmOpts);
