@@ -8,6 +8,7 @@ import { buildImage } from "../build/builder.js";
 import { dockerfileSteps, parseDockerfile } from "../build/dockerfile.js";
 import type { BuildLogEvent } from "../build/spec.js";
 import { InvalidArgumentError } from "../errors.js";
+import { parseReference } from "../images/reference.js";
 import { resolveImage } from "../images/sources.js";
 import { ImageStore } from "../images/store.js";
 import { envRecord } from "../sandbox/options.js";
@@ -66,6 +67,7 @@ all cached boots nothing. A failed step stops the build, stores nothing, and nam
   positionals: { name: "CONTEXT", min: 0, max: 1 },
   async handler({ values: v, positionals: [contextArg] }) {
     if (typeof v.tag !== "string") throw new InvalidArgumentError('msb build needs -t NAME: the name to store the image under, e.g. "-t myapp"');
+    parseReference(v.tag); // a bad name fails before anything is pulled or parsed
     const context = path.resolve(contextArg ?? ".");
     const file = path.resolve((v.file as string | undefined) ?? path.join(context, "Dockerfile"));
     const size = (await stat(file).catch(() => undefined))?.size;
