@@ -4,9 +4,11 @@
 // After each step that changed files, the VM's changes since boot become a layer, so every step's
 // result can be had again without the VM. The result is tagged only once it is whole: a failed
 // build leaves its log (builds/logs/ in the cache) and whatever steps it cached, nothing else.
+import path from "node:path";
+
 import { AbortError, abortError, BuildError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
-import { ImageStore } from "../images/store.js";
+import { ImageStore, imageConfig } from "../images/store.js";
 import { checkKeys, keysOf } from "../keys.js";
 import { checkCpus, checkMemory } from "../sandbox/options.js";
 import { checkNetwork } from "../vm/netpolicy.js";
@@ -81,7 +83,8 @@ export async function buildImage(spec: BuildSpec, opts: BuildOptions = {}): Prom
       log.write({ step: i, kind: "step", text: describeStep(step) });
       const entries = "copy" in step ? await walkSource(step.copy.src) : undefined;
       const digest = entries ? await sourceDigest(entries) : undefined;
-      const key = stepKey(stateId(state), "copy" in step ? { copy: { ...step.copy, src: digest } } : step);
+      // A file's name matters too: copied into a directory, it is the name it gets.
+      const key = stepKey(stateId(state), "copy" in step ? { copy: { ...step.copy, src: digest, name: path.basename(step.copy.src) } } : step);
       const hit = opts.noCache ? undefined : await cachedState(store, key);
       if (hit) {
         state = hit;
@@ -92,7 +95,11 @@ export async function buildImage(spec: BuildSpec, opts: BuildOptions = {}): Prom
       const history = describeStep(step, digest);
       if (!("run" in step) && !("copy" in step)) state = configured(state, step, history);
       else {
-        if (!vm) {
+        if (!vm && !state.layer) {
+          // No files changed since the base: the VM boots it (the config so far is the state's).
+          const b = state.base;
+          vm = await BuildVm.boot({ ref: spec.from, id: b.id, rootfs: b.rootfs, config: imageConfig(b.raw) }, store, vmOpts);
+        } else if (!vm) {
           // The image so far becomes the base the VM's changes are layered over.
           const image = await materialize(store, state);
           vm = await BuildVm.boot(image, store, vmOpts);

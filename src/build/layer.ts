@@ -5,7 +5,7 @@
 // marked opaque by an xattr busybox tar cannot carry, so the host finds those directories by
 // asking the guest which of the base's entries it still sees, and marks them ".wh..wh..opq".
 import { createReadStream } from "node:fs";
-import { readdir, rename, rm } from "node:fs/promises";
+import { mkdir, readdir, rename, rm } from "node:fs/promises";
 import path from "node:path";
 
 import type { AgentClient } from "../agent-client/client.js";
@@ -59,6 +59,50 @@ async function opaqueDirs(agent: AgentClient, baseRoot: string, dirs: Map<string
 }
 
 /**
+ * Rewrites `raw`, a tar of an overlayfs upper dir, as a layer into `out`: whiteouts for its 0:0
+ * devices, an opaque marker in each directory `opaque` picks from the upper's directories (each
+ * with the names it holds).
+ */
+export async function upperToLayer(
+  raw: string,
+  out: TarFileWriter,
+  opaque: (dirs: Map<string, Set<string>>) => Promise<Set<string>>,
+  maxEntrySize: number,
+): Promise<void> {
+  const tar = () => readTar(createReadStream(raw), { maxEntrySize });
+  // First pass: what each directory of the upper holds, whiteouts included.
+  const dirs = new Map<string, Set<string>>();
+  for await (const e of tar()) {
+    const rel = layerPath(e.path);
+    if (rel === null) continue;
+    if (e.type === "dir" && !dirs.has(rel)) dirs.set(rel, new Set());
+    const parent = parentOf(rel);
+    if (parent !== "") (dirs.get(parent) ?? dirs.set(parent, new Set()).get(parent)!).add(baseName(rel));
+  }
+  const opaqueDirs = await opaque(dirs);
+  // Second pass: the layer. overlayfs links whiteouts to one inode, so tar may give a later one
+  // as a hardlink to the first.
+  const whiteouts = new Set<string>();
+  const marker = (p: string, mtime: number) => out.add({ path: p, type: "file", mode: 0, uid: 0, gid: 0, mtime, size: 0 });
+  for await (const e of tar()) {
+    const rel = layerPath(e.path);
+    if (rel === null) continue;
+    const meta = { mode: e.mode, uid: e.uid, gid: e.gid, mtime: Math.floor(e.mtime) };
+    const link = e.type === "hardlink" ? layerPath(e.linkname) : null;
+    if (isWhiteout(e) || (link !== null && whiteouts.has(link))) {
+      whiteouts.add(rel);
+      await marker(path.posix.join(parentOf(rel), WH + baseName(rel)), meta.mtime);
+    } else if (e.type === "dir") {
+      await out.add({ path: rel, type: "dir", ...meta });
+      if (opaqueDirs.has(rel)) await marker(`${rel}/${OPAQUE}`, meta.mtime);
+    } else if (e.type === "file") await out.add({ path: rel, type: "file", ...meta, size: e.size }, e.body());
+    else if (e.type === "symlink") await out.add({ path: rel, type: "symlink", ...meta, linkname: e.linkname });
+    else if (e.type === "hardlink" && link !== null) await out.add({ path: rel, type: "hardlink", ...meta, linkname: link });
+    // Devices, fifos and sockets are left out: a sandbox gets its /dev from the guest kernel.
+  }
+}
+
+/**
  * Archives the guest's changes since boot (over `baseRoot`, the image it booted) into a layer tar
  * in `dir`, named by its digest; returns the digest. `limit` caps the guest's archive in bytes.
  */
@@ -69,41 +113,13 @@ export async function archiveChanges(
   limit: number,
   signal?: AbortSignal,
 ): Promise<{ digest: string; size: number }> {
+  await mkdir(dir, { recursive: true });
   const raw = path.join(dir, `.upper-${process.pid}-${Date.now()}.tar`);
   const out = path.join(dir, `.layer-${process.pid}-${Date.now()}.tar`);
   const writer = new TarFileWriter(out);
   try {
     await guestToFile(agent, ["tar", "-C", UPPER, "-cf", "-", "."], raw, limit, signal);
-    const tar = () => readTar(createReadStream(raw), { maxEntrySize: limit });
-    // First pass: what each directory of the upper holds, whiteouts included.
-    const dirs = new Map<string, Set<string>>();
-    for await (const e of tar()) {
-      const rel = layerPath(e.path);
-      if (rel === null) continue;
-      if (e.type === "dir" && !dirs.has(rel)) dirs.set(rel, new Set());
-      const parent = parentOf(rel);
-      if (parent !== "") (dirs.get(parent) ?? dirs.set(parent, new Set()).get(parent)!).add(baseName(rel));
-    }
-    const opaque = await opaqueDirs(agent, baseRoot, dirs);
-    // Second pass: the layer. overlayfs links whiteouts to one inode, so tar may give a later
-    // one as a hardlink to the first.
-    const whiteouts = new Set<string>();
-    for await (const e of tar()) {
-      const rel = layerPath(e.path);
-      if (rel === null) continue;
-      const meta = { mode: e.mode, uid: e.uid, gid: e.gid, mtime: Math.floor(e.mtime) };
-      const link = e.type === "hardlink" ? layerPath(e.linkname) : null;
-      if (isWhiteout(e) || (link !== null && whiteouts.has(link))) {
-        whiteouts.add(rel);
-        await writer.add({ path: path.posix.join(parentOf(rel), WH + baseName(rel)), type: "file", mode: 0, uid: 0, gid: 0, mtime: meta.mtime, size: 0 });
-      } else if (e.type === "dir") {
-        await writer.add({ path: rel, type: "dir", ...meta });
-        if (opaque.has(rel)) await writer.add({ path: `${rel}/${OPAQUE}`, type: "file", mode: 0, uid: 0, gid: 0, mtime: meta.mtime, size: 0 });
-      } else if (e.type === "file") await writer.add({ path: rel, type: "file", ...meta, size: e.size }, e.body());
-      else if (e.type === "symlink") await writer.add({ path: rel, type: "symlink", ...meta, linkname: e.linkname });
-      else if (e.type === "hardlink" && link !== null) await writer.add({ path: rel, type: "hardlink", ...meta, linkname: link });
-      // Devices, fifos and sockets are left out: a sandbox gets its /dev from the guest kernel.
-    }
+    await upperToLayer(raw, writer, (dirs) => opaqueDirs(agent, baseRoot, dirs), limit);
     const { digest, size } = await writer.end();
     await rename(out, path.join(dir, digest.slice("sha256:".length)));
     return { digest, size };

@@ -12,7 +12,7 @@ export type BuildStep =
   /**
    * An absolute host path (file or directory) the caller vouches for, to `dest` in the guest (a
    * relative dest is taken from the workdir). A directory's contents go into dest; a file goes
-   * to dest, or into it when dest ends with "/". Owned by `user` ("name[:group]" or ids, default
+   * to dest, or into it when dest ends with "/" or is a directory. Owned by `user` ("name[:group]" or ids, default
    * root), with `mode` if given (every file and directory copied).
    */
   | { copy: { src: string; dest: string; user?: string; mode?: number } }

@@ -83,7 +83,8 @@ export class BuildVm {
 
   /**
    * Puts a source's entries at `dest` (resolved from the workdir): a directory's contents into
-   * it, a file to it or, when dest ends with "/", into it. Returns an error message, or undefined.
+   * it, a file to it or, when dest ends with "/" or is a directory, into it. Returns an error
+   * message, or undefined.
    */
   async copy(
     entries: SourceEntry[],
@@ -95,7 +96,13 @@ export class BuildVm {
   ): Promise<string | undefined> {
     const dest = guestPath(c.dest, config.workingDir);
     const isDir = !(entries.length === 1 && entries[0]!.rel === "");
-    const target = !isDir && c.dest.endsWith("/") ? path.posix.join(dest, path.basename(src)) : dest;
+    const destIsDir =
+      c.dest.endsWith("/") ||
+      (await this.agent.stat(dest).then(
+        (s) => s.type === "directory",
+        () => false,
+      ));
+    const target = !isDir && destIsDir ? path.posix.join(dest, path.basename(src)) : dest;
     let owner = { uid: 0, gid: 0 };
     if (c.user !== undefined) {
       const read = (f: string) => this.agent.readFile(f).then(String, () => "");
