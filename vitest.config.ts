@@ -12,6 +12,8 @@ const UNIT = [
   "test/bench/stats.test.ts",
   "test/agent-client/*.test.ts",
   "test/images/layers.test.ts",
+  "test/build/layer.test.ts",
+  "test/build/dockerfile.test.ts",
   "test/vm/initramfs.test.ts",
   "test/vm/netpolicy.test.ts",
   "test/vm/dns.test.ts",

@@ -269,6 +269,36 @@ export class SnapshotUnsupportedError extends MicrosandboxError {
   override readonly code = "MSB_SNAPSHOT_UNSUPPORTED";
 }
 
+/**
+ * A build step failed: a RUN exited non-zero (exitCode), or a COPY or the guest failed (exitCode
+ * null). step is its index in spec.steps; log is the file that keeps the build's output. Nothing
+ * of the build was stored and its VM is stopped.
+ */
+export class BuildError extends MicrosandboxError {
+  override readonly code = "MSB_BUILD";
+  constructor(
+    message: string,
+    readonly step: number,
+    readonly exitCode: number | null,
+    readonly log: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** A Dockerfile msb build cannot take: line is 1-based, instruction as written ("" when none). */
+export class DockerfileError extends MicrosandboxError {
+  override readonly code = "MSB_DOCKERFILE";
+  constructor(
+    message: string,
+    readonly line: number,
+    readonly instruction: string,
+  ) {
+    super(message);
+  }
+}
+
 /** Sandbox.resume(name) found no sandbox paused under that name. */
 export class PausedSandboxNotFoundError extends MicrosandboxError {
   override readonly code = "MSB_PAUSED_NOT_FOUND";

@@ -8,6 +8,11 @@ export type { FsEvent, FsWatch } from "./agent-client/watch.js";
 export type { BenchMode, BenchOptions } from "./bench/run.js";
 // Boot benchmarks, msb server, and the diagnostics_channel events.
 export { runBench } from "./bench/run.js";
+// Image builds: a base image plus steps (RUN, COPY, ENV, ...) run in a microVM, into the store.
+export { buildImage } from "./build/builder.js";
+export type { DockerfileInstruction, ParsedDockerfile } from "./build/dockerfile.js";
+export { dockerfileSteps, parseDockerfile } from "./build/dockerfile.js";
+export type { BuildLogEvent, BuildOptions, BuildSpec, BuildStep, BuiltImage } from "./build/spec.js";
 export * from "./errors.js";
 export type { Credentials, Platform, PullEvent, RegistryClientOptions } from "./images/registry.js";
 export { PlatformNotFoundError, RegistryError } from "./images/registry.js";

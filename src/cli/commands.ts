@@ -18,12 +18,14 @@ import { pausedDir } from "../sandbox/paused.js";
 import { listVolumes, removeVolume } from "../sandbox/volumes.js";
 import { pruneSnapshots } from "../vm/snapshot.js";
 import { attach, DETACH_KEYS, terminalSize } from "./attach.js";
+import { BUILD_COMMAND } from "./build.js";
 import { doctor, formatDoctor } from "./doctor.js";
 import { SERVER_COMMANDS } from "./server-commands.js";
 import { type Command, column } from "./spec.js";
 
 const IMAGE_NOTE = `IMAGE is a registry reference (python:3.12-slim), oci:DIR[:TAG], oci-archive:FILE[:TAG],
-docker-archive:FILE, or local:NAME (built by scripts/build-image.sh in a checkout).`;
+docker-archive:FILE, local:NAME (built by scripts/build-image.sh in a checkout), or a name
+given to msb build.`;
 
 // Sources that are imported from disk rather than pulled, so registry settings do not apply.
 const NOT_A_REGISTRY = /^(local|oci|oci-archive|docker-archive):/;
@@ -350,7 +352,7 @@ ${IMAGE_NOTE}`,
 // A process's exit code; a signal's death gets the shell's status: 128 + its number.
 const exitStatus = (exit: ExitStatus) => exit.exitCode ?? 128 + (osConstants.signals[exit.signal as NodeJS.Signals] ?? 9);
 
-export const COMMANDS = new Map([...list, ...SERVER_COMMANDS].map((c) => [c.name, c]));
+export const COMMANDS = new Map([...list, BUILD_COMMAND, ...SERVER_COMMANDS].map((c) => [c.name, c]));
 export { type Command, type Invocation, NUMBER_KINDS, type Values } from "./spec.js";
 
 export function generalUsage(): string {

@@ -90,6 +90,11 @@ export class ImageStore {
     return this.loadImage(ref, id);
   }
 
+  /** The image with content id `id` (named `ref` in messages), if it is in the store. */
+  async byId(id: string, ref: string = id): Promise<ResolvedImage | undefined> {
+    return existsSync(path.join(this.imageDir(id), "rootfs")) ? this.loadImage(ref, id) : undefined;
+  }
+
   private async loadImage(ref: string, id: string): Promise<ResolvedImage> {
     const raw = JSON.parse(await readFile(path.join(this.imageDir(id), "config.json"), "utf8")) as unknown;
     return { ref, id, rootfs: path.join(this.imageDir(id), "rootfs"), config: imageConfig(raw) };
@@ -119,9 +124,10 @@ export class ImageStore {
 
   /**
    * Publishes an unpacked image: `build` fills a fresh directory with rootfs/ and config.json;
-   * it runs only if image `id` is not there yet, under the image's lock.
+   * it runs only if image `id` is not there yet, under the image's lock. `ref` then names it,
+   * unless it is undefined (an image a build keeps in its step cache: prune may remove it).
    */
-  async publish(ref: string, id: string, build: (dir: string) => Promise<void>, identity?: string): Promise<ResolvedImage> {
+  async publish(ref: string | undefined, id: string, build: (dir: string) => Promise<void>, identity?: string): Promise<ResolvedImage> {
     const final = this.imageDir(id);
     await mkdir(path.dirname(final), { recursive: true, mode: 0o700 });
     await withLock(final, async () => {
@@ -139,9 +145,9 @@ export class ImageStore {
           throw err;
         }
       }
-      await this.tag(ref, id, identity);
+      if (ref !== undefined) await this.tag(ref, id, identity);
     });
-    return this.loadImage(ref, id);
+    return this.loadImage(ref ?? id, id);
   }
 
   /** Points a reference at an image id (and, for archives, the identity of the file it came from). */

@@ -5,19 +5,15 @@
 // carry them. A file of the image that was deleted is deleted again (the layer's whiteouts); a
 // directory of the image removed and made anew gets the image's files back (its opaque mark is
 // not carried).
-import { once } from "node:events";
-import { createReadStream, createWriteStream, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { finished } from "node:stream/promises";
 
 import type { AgentClient } from "../agent-client/client.js";
 import { ExecError, SnapshotUnsupportedError } from "../errors.js";
+import { fileToGuest, guestToFile, MOUNT_POINTS, UPPER } from "./guest-io.js";
 
-const UPPER = "/run/microsandbox/rw/upper";
 // Outside the layer (on /run's tmpfs): what the archive of the layer leaves out.
 const EXCLUDE = "/run/microsandbox/files-only.exclude";
-// Mount points at the root: what is under them is not in the layer, and their modes are not its own.
-const MOUNT_POINTS = new Set(["proc", "sys", "dev", "run", "tmp"]);
 /** What a files-only pause keeps in its directory. */
 const KEPT = { root: "root.tar", tmp: "tmp.tar", deleted: "deleted.json" } as const;
 
@@ -29,53 +25,9 @@ function refused(what: string, err: unknown): never {
   );
 }
 
-// Runs `argv` as root, its stdout into `file`, and fails unless it exits 0. The guest may be
-// hostile (its tar is its own): what it sends is cut off at `limit` bytes.
-async function guestToFile(agent: AgentClient, argv: string[], file: string, limit: number): Promise<void> {
-  const out = createWriteStream(file, { mode: 0o600 });
-  const stderr: Buffer[] = [];
-  try {
-    const proc = agent.spawn(argv, { user: 0 });
-    let sent = 0;
-    for await (const c of proc) {
-      if (c.stream === "stderr") {
-        if (stderr.length < 64) stderr.push(c.data);
-      } else {
-        sent += c.data.length;
-        if (sent > limit) {
-          proc.kill("SIGKILL");
-          throw new Error(`it sent more than ${limit} bytes, more than the sandbox's memory can hold`);
-        }
-        if (!out.write(c.data)) await once(out, "drain");
-      }
-    }
-    const { exitCode } = await proc.exit;
-    if (exitCode !== 0) throw new Error(`exit ${exitCode}: ${Buffer.concat(stderr).toString().trim()}`);
-  } catch (err) {
-    refused(argv.join(" "), err);
-  } finally {
-    out.end();
-    await finished(out).catch(() => {});
-  }
-}
-
-// Runs `argv` as root with `file` on its stdin, and fails unless it exits 0.
-async function fileToGuest(agent: AgentClient, argv: string[], file: string): Promise<void> {
-  try {
-    const proc = agent.spawn(argv, { user: 0, stdin: true });
-    const stderr: Buffer[] = [];
-    const drained = (async () => {
-      for await (const c of proc) if (c.stream === "stderr") stderr.push(c.data);
-    })();
-    for await (const chunk of createReadStream(file)) await proc.write(chunk as Buffer);
-    await proc.end();
-    await drained;
-    const { exitCode } = await proc.exit;
-    if (exitCode !== 0) throw new Error(`exit ${exitCode}: ${Buffer.concat(stderr).toString().trim()}`);
-  } catch (err) {
-    refused(argv.join(" "), err);
-  }
-}
+const archive = (agent: AgentClient, argv: string[], file: string, limit: number) =>
+  guestToFile(agent, argv, file, limit).catch((err: unknown) => refused(argv.join(" "), err));
+const unarchive = (agent: AgentClient, argv: string[], file: string) => fileToGuest(agent, argv, file).catch((err: unknown) => refused(argv.join(" "), err));
 
 async function run(agent: AgentClient, argv: string[]): Promise<string> {
   let r: Awaited<ReturnType<AgentClient["exec"]>>;
@@ -107,9 +59,9 @@ export async function saveFiles(agent: AgentClient, dir: string, memoryMiB: numb
   if (top.length) {
     // tar's exclusions are patterns: a name's own *, ? and [ are escaped.
     await agent.writeFile(EXCLUDE, whiteouts.map((w) => `${w.replace(/[*?[\\]/g, "\\$&")}\n`).join(""));
-    await guestToFile(agent, ["tar", "-C", UPPER, "-cf", "-", "-X", EXCLUDE, ...top.map((n) => `./${n}`)], path.join(dir, KEPT.root), limit);
+    await archive(agent, ["tar", "-C", UPPER, "-cf", "-", "-X", EXCLUDE, ...top.map((n) => `./${n}`)], path.join(dir, KEPT.root), limit);
   }
-  await guestToFile(agent, ["tar", "-C", "/tmp", "-cf", "-", "."], path.join(dir, KEPT.tmp), limit);
+  await archive(agent, ["tar", "-C", "/tmp", "-cf", "-", "."], path.join(dir, KEPT.tmp), limit);
 }
 
 /** Whether `dir` holds files saveFiles() wrote. */
@@ -120,6 +72,6 @@ export async function restoreFiles(agent: AgentClient, dir: string): Promise<voi
   const deleted = JSON.parse(readFileSync(path.join(dir, KEPT.deleted), "utf8")) as string[];
   // Deleted first: a directory of the image removed and a file made in its place.
   for (let i = 0; i < deleted.length; i += 500) await run(agent, ["rm", "-rf", "--", ...deleted.slice(i, i + 500)]);
-  if (existsSync(path.join(dir, KEPT.root))) await fileToGuest(agent, ["tar", "-C", "/", "-xf", "-"], path.join(dir, KEPT.root));
-  await fileToGuest(agent, ["tar", "-C", "/tmp", "-xf", "-"], path.join(dir, KEPT.tmp));
+  if (existsSync(path.join(dir, KEPT.root))) await unarchive(agent, ["tar", "-C", "/", "-xf", "-"], path.join(dir, KEPT.root));
+  await unarchive(agent, ["tar", "-C", "/tmp", "-xf", "-"], path.join(dir, KEPT.tmp));
 }

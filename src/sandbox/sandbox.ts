@@ -9,7 +9,7 @@ import type { ExitStatus } from "../agent-client/process.js";
 
 import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredError, SandboxNotRunningError, SnapshotUnsupportedError } from "../errors.js";
 import { resolveImage } from "../images/sources.js";
-import { type ImageConfig, ImageStore } from "../images/store.js";
+import { type ImageConfig, ImageStore, type ResolvedImage } from "../images/store.js";
 import { checkKeys, keysOf } from "../keys.js";
 import { ownStamp } from "../liveness.js";
 import {
@@ -332,8 +332,7 @@ export abstract class Sandbox implements AsyncDisposable {
     const t0 = performance.now();
     // What the VM is made of before the image: a missing kernel or agent must not cost a pull.
     const plan = await planMachine(this.machineSpec());
-    const store = new ImageStore();
-    const image = await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) });
+    const { store, image } = await this.bootImage();
     const imagePrepMs = performance.now() - t0;
     const volumes = this.opts.volumes;
     // Processes (and a template's interpreter) take their environment from the image config.
@@ -359,6 +358,15 @@ export abstract class Sandbox implements AsyncDisposable {
     this.attach(booted.machine, image.id, image.config, imagePrepMs);
     if (booted.snapshot) this.bootTimeline!.snapshot = booted.snapshot;
     this.adopt(booted.kept);
+  }
+
+  /** The image to boot and the store that holds it: opts.image, pulled if need be. */
+  protected async bootImage(): Promise<{ store: ImageStore; image: ResolvedImage }> {
+    const store = new ImageStore();
+    return {
+      store,
+      image: await resolveImage(store, this.opts.image, { pull: this.opts.pull, ...(this.opts.registry ? { registry: this.opts.registry } : {}) }),
+    };
   }
 
   /**

@@ -87,6 +87,7 @@ const INTERNAL = row(500, R.internal, Code.Internal);
 const BY_CODE: Readonly<Record<string, Answer>> = {
   // What the client asked for is wrong or missing.
   MSB_INVALID_ARGUMENT: BAD_REQUEST,
+  MSB_DOCKERFILE: BAD_REQUEST,
   MSB_UNAUTHORIZED: row(401, R.unauthorized, Code.Unauthenticated),
   MSB_FORBIDDEN: row(403, R.unauthorized, Code.PermissionDenied),
   MSB_NOT_FOUND: NOT_FOUND,
@@ -104,6 +105,7 @@ const BY_CODE: Readonly<Record<string, Answer>> = {
   MSB_RESOURCE: row(422, R.sandbox, Code.ResourceExhausted),
   MSB_OUTPUT_LIMIT: row(422, R.sandbox, Code.ResourceExhausted),
   MSB_EXECUTION: row(422, R.sandbox, Code.Aborted),
+  MSB_BUILD: row(422, R.sandbox, Code.FailedPrecondition),
   MSB_TIMEOUT: row(504, R.sandbox, Code.DeadlineExceeded),
   // Something behind the server failed: the registry, the image it served, the sandbox's agent.
   MSB_REGISTRY: row(502, R.internal, Code.Unavailable),
