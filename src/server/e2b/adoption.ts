@@ -5,17 +5,11 @@
 import type { Managed, SandboxTable } from "../sandboxes.js";
 import type { E2bNetwork } from "./network.js";
 import { armLifecycle } from "./pausing.js";
+import type { Tracked } from "./processes.js";
 import type { E2bSandboxes, E2bState, Lifecycle } from "./shared.js";
 
-interface ProcessRecord {
-  pid: number;
-  tag?: string;
-  cmd: string;
-  args: string[];
-  envs: Record<string, string>;
-  cwd?: string;
-  pty: boolean;
-}
+/** A process a client started, as recorded: what ProcessTable tracks but its handle. */
+type ProcessRecord = Omit<Tracked, "proc" | "watch">;
 
 interface E2bRecord {
   token: string;
