@@ -100,6 +100,11 @@ export class SandboxNotRunningError extends MicrosandboxError {
   override readonly code: string = "MSB_SANDBOX_NOT_RUNNING";
 }
 
+/** A VM that outlived its host (the outlive option) is gone: it cannot be adopted. */
+export class VmGoneError extends SandboxNotRunningError {
+  override readonly code: string = "MSB_VM_GONE";
+}
+
 /**
  * The sandbox reached a lifetime limit (maxDuration or idleTimeout, named by `limit`) and was
  * stopped; calls pending then and made later fail with this error.

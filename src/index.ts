@@ -30,8 +30,8 @@ export { CustomSandbox, NodeSandbox, PythonSandbox } from "./sandbox/kinds.js";
 export type { LogEntry, LogOptions } from "./sandbox/logs.js";
 export type { SandboxMetrics } from "./sandbox/metrics.js";
 export type { SandboxOptions, StartOptions } from "./sandbox/options.js";
+export type { OrphanSandbox } from "./sandbox/outlive.js";
 export type { PoolOptions, PoolStats } from "./sandbox/pool.js";
-
 // A warm pool of booted sandboxes.
 export { SandboxPool } from "./sandbox/pool.js";
 export type { SandboxInfo } from "./sandbox/registry.js";

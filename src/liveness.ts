@@ -38,14 +38,17 @@ let self: ProcessStamp | undefined;
 
 /** This process's stamp. */
 export function ownStamp(): ProcessStamp {
-  if (!self) {
-    const linux = process.platform === "linux";
-    const start = procStat(process.pid)?.start;
-    const boot = linux ? readOr(() => readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim()) : undefined;
-    const pidns = linux ? readOr(() => readlinkSync("/proc/self/ns/pid")) : undefined;
-    self = { pid: process.pid, ...(start ? { start } : {}), ...(boot ? { boot } : {}), ...(pidns ? { pidns } : {}) };
-  }
+  self ??= stampOf(process.pid);
   return self;
+}
+
+/** The stamp of the running process `pid` (one of this pid namespace, such as a child). */
+export function stampOf(pid: number): ProcessStamp {
+  const linux = process.platform === "linux";
+  const start = procStat(pid)?.start;
+  const boot = linux ? readOr(() => readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim()) : undefined;
+  const pidns = linux ? readOr(() => readlinkSync("/proc/self/ns/pid")) : undefined;
+  return { pid, ...(start ? { start } : {}), ...(boot ? { boot } : {}), ...(pidns ? { pidns } : {}) };
 }
 
 /**

@@ -101,7 +101,18 @@ export function makeRuntimeDir(): string {
   return dir;
 }
 
-function runtimeDirs(): string[] {
+/**
+ * Hands `dir` to `owner`: a VM that outlives this process (Sandbox option outlive) keeps its
+ * runtime dir for as long as its helper runs, not this process.
+ */
+export function setRuntimeDirOwner(dir: string, owner: RuntimeDirOwner): void {
+  const tmp = path.join(dir, `.${OWNER_FILE}`);
+  writeFileSync(tmp, `${JSON.stringify(owner)}\n`, { mode: 0o600 });
+  renameSync(tmp, path.join(dir, OWNER_FILE));
+}
+
+/** Every runtime dir of this user, with its owner, whoever made it. */
+export function runtimeDirs(): string[] {
   const parent = runtimeParent();
   const st = readOr(() => lstatSync(parent));
   if (!st?.isDirectory() || st.isSymbolicLink()) return [];

@@ -111,6 +111,14 @@ struct conn {
   struct chunk *suspend_mark;
   struct session *sessions;
   uint32_t nsessions;
+  // Linger: a lost host leaves the sessions waiting for another (see proto/agent.proto).
+  bool linger;
+  // The host was lost under linger: the channel is gone (a VM's port fd is kept, unwatched, to be
+  // used again), nothing is read or sent, the sessions are held as under Suspend.
+  bool orphan;
+  // Taken up again by a new host after being an orphan: its Resume decides which sessions stay.
+  bool reattached;
+  bool closed;  // conn_close ran: freed after the epoll batch
 };
 
 // Whether the sessions of `c` must not produce output now: a full queue, or a suspended VM.
@@ -118,6 +126,7 @@ static inline bool conn_paused(const struct conn *c) { return c->congested || c-
 
 // main.c
 extern int g_epoll;
+extern bool g_keep_channel;    // a VM's virtio port: an orphan keeps its fd to use it again
 extern bool g_shutdown;        // a Shutdown was answered: exit once every connection is flushed
 extern uint64_t g_generation;  // of the last Resume that made this VM a copy (0: booted)
 extern bool g_owns_machine;    // booted a VM (a BootConfig): its clock, name and ids are ours
@@ -139,6 +148,9 @@ bool frame_decode(const uint8_t *body, size_t len, microsandbox_agent_HostMessag
 struct conn *conn_new(int fd);
 void conn_on_event(struct conn *c, uint32_t events);
 void conn_close(struct conn *c);
+// A new host on an orphan's channel (fd: the kept port, or a new socket): Hello, then suspended
+// until its Resume.
+void conn_reattach(struct conn *c, int fd);
 bool conn_send(struct conn *c, microsandbox_agent_GuestMessage *m);
 void send_error(struct conn *c, uint32_t session, microsandbox_agent_Error_Kind kind, int errnum, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 void send_done(struct conn *c, uint32_t session, uint64_t size);

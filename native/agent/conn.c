@@ -21,6 +21,7 @@ static struct conn *g_dead_conns;
 static struct session *g_dead_sessions;
 
 static void conn_flush(struct conn *c);
+static void quiet_after_last(struct conn *c);
 
 // What each kind of session does when its connection needs something of it; NULL where that kind
 // has nothing to do. The connection's code below never asks a session what kind it is.
@@ -113,7 +114,8 @@ static void queue_clear(struct conn *c) {
 }
 
 void conn_close(struct conn *c) {
-  if (c->w.fd < 0) return;
+  if (c->closed) return;
+  c->closed = true;
   while (c->sessions) session_end(c->sessions);
   watch_close(&c->w);
   queue_clear(c);
@@ -124,10 +126,58 @@ void conn_close(struct conn *c) {
   g_dead_conns = c;
 }
 
+// A port's bytes from a host that left: its next host starts a stream of its own. Bounded: a host
+// that is gone sends no more.
+static void drain_port(struct conn *c) {
+  for (int round = 0; round < 64; round++) {
+    ssize_t n = read(c->w.fd, c->rbuf, RBUF_CAP);
+    if (n <= 0 && !(n < 0 && errno == EINTR)) return;
+  }
+}
+
+// The host of `c` is gone (end of file, a hang-up, a failed write). Without linger its sessions end
+// with it. With linger `c` becomes an orphan: what it queued and half-read is lost with the host,
+// and its sessions are held as under Suspend for the next host's Resume. A VM's agent keeps its
+// orphan, sessions or not, to take up again once a host is back (main.c); an agent on a host
+// frees one left with nothing to hold.
+static void conn_lost(struct conn *c) {
+  c->broken = false;
+  if (c->closed || c->orphan) return;
+  if (!c->linger || c->closing || (!c->sessions && !g_owns_machine)) {
+    conn_close(c);
+    return;
+  }
+  c->orphan = true;
+  c->reattached = false;
+  c->suspended = true;
+  c->quiet = c->congested = false;
+  c->suspend_mark = NULL;
+  queue_clear(c);
+  c->rlen = 0;
+  sessions_update(c);
+  if (g_keep_channel) {
+    watch_set(&c->w, 0);  // a port without a host reads as hung up: polled by main.c instead
+    drain_port(c);
+  } else {
+    watch_close(&c->w);
+  }
+}
+
+void conn_reattach(struct conn *c, int fd) {
+  c->w.fd = fd;
+  c->orphan = false;
+  c->reattached = true;
+  c->suspended = true;
+  conn_arm(c);
+  // The new host hears Hello first, then nothing until its Resume, which decides what carries on.
+  send_hello(c);
+  quiet_after_last(c);
+}
+
 void graveyard_flush(void) {
   for (struct conn *c = g_conns, *next; c; c = next) {
     next = c->next;
-    if (c->broken) conn_close(c);
+    if (c->broken) conn_lost(c);
   }
   while (g_dead_sessions) {
     struct session *s = g_dead_sessions;
@@ -222,7 +272,7 @@ static size_t write_now(struct conn *c, const uint8_t *p, size_t len) {
 // Sends `m`; a bulk payload (`payload_len` bytes at chunk_buf(), the message's last field) goes
 // with it without being encoded.
 static bool send_frame(struct conn *c, microsandbox_agent_GuestMessage *m, const void *payload, size_t payload_len) {
-  if (c->w.fd < 0 || c->broken) return false;
+  if (c->w.fd < 0 || c->broken || c->orphan) return false;
   struct frame_writer w = {.payload = payload, .payload_len = payload_len};
   pb_ostream_t os = {.callback = frame_write, .state = &w, .max_size = LIMIT(MAX_FRAME_BYTES)};
   if (!pb_encode(&os, microsandbox_agent_GuestMessage_fields, m) || (payload && !w.payload_seen)) return false;
@@ -266,7 +316,7 @@ static void conn_flush(struct conn *c) {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) break;
-      conn_close(c);  // the host is gone
+      conn_lost(c);
       return;
     }
     k->off += (size_t)n;
@@ -400,11 +450,11 @@ void sessions_update(struct conn *c) {
   running = true;
   do {
     again = false;
-    for (struct session *s = c->sessions, *next; s && c->w.fd >= 0; s = next) {
+    for (struct session *s = c->sessions, *next; s && !c->closed; s = next) {
       next = s->next;
       session_update(s);
     }
-  } while (again && c->w.fd >= 0);
+  } while (again && !c->closed);
   running = false;
 }
 
@@ -467,6 +517,8 @@ static bool kept(const microsandbox_agent_Resume *r, uint32_t id) {
 
 // Resume: a new generation means this VM is a copy: new randomness, time and identity first,
 // then only the kept sessions carry on, on this connection, with fresh credit (their host is new).
+// The same generation does that only to sessions whose host was lost under linger: an orphan's,
+// and this connection's own after a reattach.
 static void resume(struct conn *c, const microsandbox_agent_Resume *r) {
   size_t entropy = r->entropy ? r->entropy->size : 0;
   size_t hostname = r->hostname ? strlen(r->hostname) : 0, boot_id = r->boot_id ? strlen(r->boot_id) : 0;
@@ -477,9 +529,12 @@ static void resume(struct conn *c, const microsandbox_agent_Resume *r) {
     quiet_after_last(c);
     return;
   }
-  if (r->generation != g_generation) {
-    identity_renew(r);
-    for (struct conn *k = g_conns; k; k = k->next) {
+  bool copy = r->generation != g_generation;
+  if (copy) identity_renew(r);
+  for (struct conn *k = g_conns, *kn; k; k = kn) {
+    kn = k->next;
+    // A copy's new host takes over every session; the same VM's, those whose host was lost.
+    if (copy || k->orphan || (k == c && c->reattached)) {
       for (struct session *s = k->sessions, *next; s; s = next) {
         next = s->next;
         if (!kept(r, s->id) || (k != c && session_find(c, s->id))) {
@@ -496,19 +551,21 @@ static void resume(struct conn *c, const microsandbox_agent_Resume *r) {
         s->in_pending = 0;
       }
     }
-    g_generation = r->generation;
-    // The copy's conversation starts at its Hello: what was held back answered the host that saved it.
-    if (c->quiet) {
-      queue_clear(c);
-      c->congested = false;
-    }
+    if (k->orphan && !k->sessions) conn_close(k);
   }
+  g_generation = r->generation;
+  // The copy's conversation starts at its Hello: what was held back answered the host that saved it.
+  if (copy && c->quiet) {
+    queue_clear(c);
+    c->congested = false;
+  }
+  c->reattached = false;
   c->suspended = c->quiet = false;
   c->suspend_mark = NULL;
   send_hello(c);
   conn_arm(c);
   sessions_update(c);
-  for (struct session *s = c->sessions, *next; s && c->w.fd >= 0; s = next) {
+  for (struct session *s = c->sessions, *next; s && !c->closed; s = next) {
     next = s->next;
     if (ops(s)->resumed) ops(s)->resumed(s);
   }
@@ -579,6 +636,10 @@ static void dispatch(struct conn *c, microsandbox_agent_HostMessage *m) {
       if (id == 0) suspend(c);
       else send_error(c, id, ERR(PROTOCOL), 0, "Suspend belongs on session 0, not %u", id);
       break;
+    case microsandbox_agent_HostMessage_linger_tag:
+      if (id == 0) c->linger = m->body.linger.on;
+      else send_error(c, id, ERR(PROTOCOL), 0, "Linger belongs on session 0, not %u", id);
+      break;
     case microsandbox_agent_HostMessage_resume_tag:
       if (id == 0) resume(c, &m->body.resume);
       else send_error(c, id, ERR(PROTOCOL), 0, "Resume belongs on session 0, not %u", id);
@@ -600,12 +661,12 @@ static void conn_read(struct conn *c) {
   for (int round = 0; round < 4; round++) {
     ssize_t n = read(c->w.fd, c->rbuf + c->rlen, RBUF_CAP - c->rlen);
     if (n == 0) {
-      conn_close(c);
+      conn_lost(c);
       return;
     }
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno != EAGAIN) conn_close(c);
+      if (errno != EAGAIN) conn_lost(c);
       return;
     }
     c->rlen += (size_t)n;
@@ -625,7 +686,7 @@ static void conn_read(struct conn *c) {
       }
       handle_frame(c, c->rbuf + off + 4, len);
       off += (size_t)whole;
-      if (c->w.fd < 0) return;
+      if (c->closed) return;
       if (c->closing) break;
     }
     memmove(c->rbuf, c->rbuf + off, c->rlen - off);
@@ -635,8 +696,9 @@ static void conn_read(struct conn *c) {
 }
 
 void conn_on_event(struct conn *c, uint32_t events) {
-  if (c->broken) return;
+  if (c->broken || c->orphan) return;  // an orphan's event fetched before it lost its host
   if (events & EPOLLOUT) conn_flush(c);
-  if (c->w.fd >= 0 && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->closing) conn_read(c);
-  else if (c->w.fd >= 0 && (events & (EPOLLHUP | EPOLLERR))) conn_close(c);
+  if (c->closed || c->orphan) return;
+  if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->closing) conn_read(c);
+  else if (events & (EPOLLHUP | EPOLLERR)) conn_close(c);  // hanging up anyway
 }

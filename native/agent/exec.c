@@ -675,7 +675,7 @@ void exec_timers(uint64_t now, int64_t *next_ms) {
   for (struct conn *c = g_conns, *cn; c; c = cn) {
     cn = c->next;
     // A send below can find the host gone and close `c` with all its sessions.
-    for (struct session *s = c->sessions, *following; s && c->w.fd >= 0; s = following) {
+    for (struct session *s = c->sessions, *following; s && !c->closed; s = following) {
       following = s->next;
       if (s->kind != S_EXEC) continue;
       if (s->deadline_ns && group_alive(s)) {

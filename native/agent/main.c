@@ -25,6 +25,7 @@ int g_epoll = -1;
 bool g_shutdown;
 uint64_t g_generation;
 bool g_owns_machine;
+bool g_keep_channel;
 static bool g_running = true;
 static struct watch g_listen, g_signals;
 
@@ -122,6 +123,12 @@ static int open_virtio_port(const char *name) {
   return fd;
 }
 
+// Whether a host is on the other end of the port: without one it reads as hung up.
+static bool port_has_host(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLOUT};
+  return poll(&p, 1, 0) == 1 && !(p.revents & POLLHUP);
+}
+
 // Opens the port once the guest driver made it, then waits for the host end to be connected:
 // until then a virtio port reads as hung up, which would look like a host that left.
 static int open_virtio_port_when_ready(const char *name) {
@@ -131,8 +138,7 @@ static int open_virtio_port_when_ready(const char *name) {
     usleep(5000);
   }
   for (int waited = 0;; waited += 5) {
-    struct pollfd p = {.fd = fd, .events = POLLOUT};
-    if (poll(&p, 1, 0) == 1 && !(p.revents & POLLHUP)) return fd;
+    if (port_has_host(fd)) return fd;
     if (waited >= 60000) {
       close(fd);
       errno = ENOTCONN;
@@ -152,6 +158,55 @@ static int connect_vsock(unsigned port) {
   }
   fcntl(fd, F_SETFL, O_NONBLOCK);
   return fd;
+}
+
+// A VM's channel whose host was lost under linger (an orphan, conn.c) is taken up again once a host
+// is back, instead of the VM powering off: the virtio port is polled until a host is on its other
+// end; vsock is connected again, without blocking the loop (a connect under way is checked on the
+// next turn). An agent on a host has no channel of its own: its orphans wait for a Resume on
+// another connection.
+#define REATTACH_PORT_MS 50
+#define REATTACH_VSOCK_MS 100
+static uint64_t g_reattach_at;
+static int g_connecting = -1;
+
+// A vsock connection to the host, or -1 while none is made (yet).
+static int vsock_reconnect(unsigned port) {
+  if (g_connecting >= 0) {
+    struct pollfd p = {.fd = g_connecting, .events = POLLOUT};
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (poll(&p, 1, 0) == 0) return -1;  // under way
+    int fd = g_connecting;
+    g_connecting = -1;
+    if (!(p.revents & (POLLHUP | POLLERR)) && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0) return fd;
+    close(fd);
+    return -1;
+  }
+  struct sockaddr_vm sa = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST, .svm_port = port};
+  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -1;
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
+  if (errno == EINPROGRESS) g_connecting = fd;
+  else close(fd);
+  return -1;
+}
+
+static void reattach_timers(uint64_t now, int64_t *next_ms) {
+  if (!g_owns_machine) return;
+  for (struct conn *c = g_conns; c; c = c->next) {
+    if (!c->orphan) continue;
+    if (now >= g_reattach_at) {
+      int fd = g_keep_channel ? (port_has_host(c->w.fd) ? c->w.fd : -1) : vsock_reconnect(g_boot_config.channel.vsock_port);
+      if (fd >= 0) {
+        conn_reattach(c, fd);
+        continue;
+      }
+      g_reattach_at = now + (g_keep_channel ? REATTACH_PORT_MS : REATTACH_VSOCK_MS) * 1000000ull;
+    }
+    int64_t ms = (int64_t)((g_reattach_at - now + 999999) / 1000000);
+    if (*next_ms < 0 || ms < *next_ms) *next_ms = ms;
+  }
 }
 
 // Held back so that, out of descriptors, a pending connection can still be accepted and shut
@@ -224,6 +279,7 @@ int main(int argc, char **argv) {
   g_listen.fd = -1;
   if (vm) {
     bool virtio = g_boot_config.which_channel == microsandbox_agent_BootConfig_virtio_port_tag;
+    g_keep_channel = virtio;
     int fd = virtio ? open_virtio_port_when_ready(g_boot_config.channel.virtio_port) : connect_vsock(g_boot_config.channel.vsock_port);
     if (fd < 0) die(virtio ? g_boot_config.channel.virtio_port : "vsock connect");
     boot_event("channel_open");
@@ -240,6 +296,7 @@ int main(int argc, char **argv) {
     int64_t timeout = -1;
     exec_timers(now_ns(), &timeout);
     watch_timers(now_ns(), &timeout);
+    reattach_timers(now_ns(), &timeout);
     int n = epoll_wait(g_epoll, evs, 64, (int)timeout);
     if (n < 0 && errno != EINTR) die("epoll_wait");
     for (int i = 0; i < n; i++) {

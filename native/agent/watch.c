@@ -284,7 +284,7 @@ void watch_on_event(struct watch *w) {
 
 void watch_timers(uint64_t now, int64_t *next_ms) {
   for (struct conn *c = g_conns; g_waiting && c; c = c->next) {
-    for (struct session *s = c->sessions; s && c->w.fd >= 0; s = s->next) {
+    for (struct session *s = c->sessions; s && !c->closed; s = s->next) {
       uint64_t at = s->kind == S_WATCH ? s->fsw->move_deadline_ns : 0;
       if (!at) continue;
       if (now >= at) {

@@ -153,6 +153,8 @@ static struct {
   pid_t qemu;
   int pidfd, listener, control;
   bool reading;  // the host may still send commands
+  // --control-listen: a host connecting here takes the control channel over (-1: none).
+  int accepting;
   policy *policy;
   char rundir[PATH_MAX];
   unsigned proxy;  // 0: none
@@ -178,7 +180,8 @@ static void forward(int sig) {
 }
 
 static void event(microsandbox_vmm_VmmEvent *e) {
-  // The host going away changes nothing: the VM keeps its last policy.
+  // The host going away changes nothing: the VM keeps its last policy. With no host connected
+  // (--control-listen), what happens meanwhile is not kept for the next one.
   if (S.control >= 0) vmm_write_frame(S.control, microsandbox_vmm_VmmEvent_fields, e);
 }
 
@@ -617,6 +620,26 @@ static bool control_readable(void) {
   return true;
 }
 
+// A host connected to the control socket: it replaces the channel there was (one host at a time;
+// the kernel's backlog of one holds the next).
+static void control_accepted(void) {
+  int fd = accept4(S.accepting, NULL, NULL, SOCK_CLOEXEC);
+  if (fd < 0) return;
+  if (S.control >= 0) close(S.control);
+  S.control = fd;
+  S.in_len = 0;
+  S.reading = true;
+}
+
+// The host's end of the channel closed, or it sent a bad frame: commands are no longer read. A
+// channel that a later host may replace is closed now, and events are dropped until then.
+static void control_ended(void) {
+  S.reading = false;
+  if (S.accepting < 0) return;
+  close(S.control);
+  S.control = -1;
+}
+
 // QEMU's exit status as ours: its code, or its signal raised on ourselves.
 static int exit_like(int status) {
   if (WIFSIGNALED(status)) {
@@ -632,14 +655,16 @@ static int exit_like(int status) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
 
-int supervise(pid_t qemu, int pidfd, int listener, int control, policy *p, const char *rundir, unsigned proxy) {
+int supervise(pid_t qemu, int pidfd, int listener, int control, int accepting, const char *accept_path, policy *p, const char *rundir, unsigned proxy) {
   S.qemu = qemu, S.pidfd = pidfd, S.listener = listener, S.control = control, S.policy = p, S.proxy = proxy, S.reading = control >= 0;
+  S.accepting = accepting;
   snprintf(S.rundir, sizeof S.rundir, "%s", rundir ? rundir : "");
   // The runtime dir as QEMU names it: without a trailing slash.
   for (size_t l = strlen(S.rundir); l > 1 && S.rundir[l - 1] == '/'; l--) S.rundir[l - 1] = 0;
   S.data = malloc(MAX_DATA);
-  S.in = control >= 0 ? malloc(4 + VMM_FRAME_MAX) : NULL;
-  if (!S.data || (control >= 0 && !S.in)) {
+  bool commands = control >= 0 || accepting >= 0;
+  S.in = commands ? malloc(4 + VMM_FRAME_MAX) : NULL;
+  if (!S.data || (commands && !S.in)) {
     fprintf(stderr, "msb-vmm: out of memory for the network supervisor\n");
     kill(qemu, SIGKILL);
   }
@@ -654,16 +679,18 @@ int supervise(pid_t qemu, int pidfd, int listener, int control, policy *p, const
   sigaction(SIGHUP, &fwd, NULL);
   sigaction(SIGPIPE, &ign, NULL);  // a send on a closed socket is EPIPE for QEMU, not our death
   for (;;) {
-    struct pollfd fds[3] = {{pidfd, POLLIN, 0}, {S.listener, POLLIN, 0}, {S.reading ? S.control : -1, POLLIN, 0}};
-    if (poll(fds, 3, -1) < 0) {
+    struct pollfd fds[4] = {{pidfd, POLLIN, 0}, {S.listener, POLLIN, 0}, {S.reading ? S.control : -1, POLLIN, 0}, {S.accepting, POLLIN, 0}};
+    if (poll(fds, 4, -1) < 0) {
       if (errno == EINTR) continue;
       break;
     }
     if (fds[0].revents) break;
     if (fds[1].revents & POLLIN) notified();
     else if (fds[1].revents) S.listener = -1;  // the filter has no more users
-    if (fds[2].revents && !control_readable()) S.reading = false;
+    if (fds[2].revents && !control_readable()) control_ended();
+    if (fds[3].revents) control_accepted();
   }
+  if (accepting >= 0) unlink(accept_path);  // the VM is gone: nothing to connect to
   int status;
   while (waitpid(qemu, &status, 0) < 0)
     if (errno != EINTR) return 1;

@@ -1,11 +1,12 @@
 // msb-vmm: the per-VM helper. A VMM never runs inside the Node process; this small executable
-// stands between Node and the VMM so the VM dies with its creator.
+// stands between Node and the VMM so the VM dies with its creator (unless it is to outlive it).
 //
-//   msb-vmm exec PARENT_PID [--keep FD]... [--control FD] [--confinement required|best-effort]
+//   msb-vmm exec PARENT_PID [--outlive] [--keep FD]... [--control FD] [--confinement required|best-effort]
 //                [--jail RUNDIR [--ro PATH]...] [--open PATH:r|w]...
-//                [--no-network | --net-policy RULES [--proxy PORT]] -- PROGRAM ARGS...
-//     Arms a parent-death signal (SIGKILL), checks PARENT_PID is still the parent (it may have
-//     died before the signal was armed), closes every descriptor from 3 up but the kept ones
+//                [--no-network | --net-policy RULES [--proxy PORT] [--control-listen PATH]] -- PROGRAM ARGS...
+//     Arms a parent-death signal (SIGKILL; not with --outlive, for a VM that outlives its creator,
+//     which starts this in a session of its own), checks PARENT_PID is still the parent (it may
+//     have died before the signal was armed), closes every descriptor from 3 up but the kept ones
 //     (the agent channel's socket), opens the --open files for msb-openfd.so (beside this
 //     executable) to hand to PROGRAM, with --jail builds PROGRAM's jail (jail.c: RUNDIR and the
 //     --ro files; an empty network namespace with --no-network; a uid of its own as root),
@@ -14,7 +15,9 @@
 //     execs PROGRAM (QEMU) in its place. With --net-policy it forks instead: PROGRAM runs under a
 //     seccomp filter and this process stays as its network supervisor (supervise.c), making
 //     PROGRAM's socket calls that name a destination itself, held to RULES (policy.c), until
-//     PROGRAM exits, with its status.
+//     PROGRAM exits, with its status; PROGRAM dies with this process, --outlive or not. With
+//     --control-listen it also serves a unix socket at PATH (0600): a client connecting there
+//     becomes the control channel in place of the last one, so a new host can take the VM over.
 //   msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD
 //     The same guard, then reads a framed KrunConfig (proto/vmm.proto) from CONFIG_FD and becomes
 //     a libkrun VM. A failure before the VM starts is written as a KrunStatus on STATUS_FD (exit
@@ -35,7 +38,9 @@
 #include <sched.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #endif
 
@@ -46,9 +51,9 @@
 
 static int usage(void) {
   fprintf(stderr,
-          "usage: msb-vmm exec PARENT_PID [--keep FD]... [--control FD] [--confinement required|best-effort]\n"
+          "usage: msb-vmm exec PARENT_PID [--outlive] [--keep FD]... [--control FD] [--confinement required|best-effort]\n"
           "                    [--jail RUNDIR [--ro PATH]...] [--open PATH:r|w]...\n"
-          "                    [--no-network | --net-policy RULES [--proxy PORT]] -- PROGRAM [ARGS...]\n"
+          "                    [--no-network | --net-policy RULES [--proxy PORT] [--control-listen PATH]] -- PROGRAM [ARGS...]\n"
           "       msb-vmm krun PARENT_PID CONFIG_FD STATUS_FD\n"
           "       msb-vmm probe\n");
   return 2;
@@ -95,10 +100,13 @@ static int confine(bool no_network) {
   return 0;
 }
 
-// 0 when the parent-death signal is armed and `parent` is still our parent, else an errno.
-static int guard_parent(pid_t parent) {
+// 0 when the parent-death signal is armed (unless not `arm`: a VM that outlives its creator) and
+// `parent` is still our parent, else an errno.
+static int guard_parent(pid_t parent, bool arm) {
 #ifdef __linux__
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) return errno;
+  if (arm && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) return errno;
+#else
+  (void)arm;
 #endif
   return getppid() == parent ? 0 : ESRCH;  // the creator may have died before the signal was armed
 }
@@ -207,6 +215,39 @@ static bool report(int control, confined *k, bool required) {
 }
 
 #ifdef __linux__
+// The unix socket a new host connects to for the control channel (--control-listen), mode 0600.
+// Something left at `path` by a helper that was killed is replaced if it is a socket; anything
+// else there is not ours to remove. The listening descriptor, or -1 and errno.
+static int listen_control(const char *path) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  struct stat st;
+  if (strlen(path) >= sizeof sa.sun_path) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  if (lstat(path, &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      errno = EEXIST;
+      return -1;
+    }
+    if (unlink(path) < 0) return -1;
+  }
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -1;
+  mode_t old = umask(0177);  // born 0600: no moment when another user may connect
+  int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+  umask(old);
+  if (rc < 0 || listen(fd, 1) < 0) {
+    int err = errno;
+    if (rc == 0) unlink(path);
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+}
+
 // What the child that becomes QEMU tells the supervisor before exec.
 typedef struct {
   confined k;
@@ -217,7 +258,8 @@ typedef struct {
 // seccomp filter and waits for the supervisor to take the listener (pidfd_getfd: a sendmsg
 // would be the filter's own first notification) and to say go; this process becomes the
 // supervisor. Returns only an exit status.
-static int supervised(jail_spec *jail, policy *p, int control, bool required, unsigned proxy, const int *keep, int nkeep, char **argv) {
+static int supervised(jail_spec *jail, policy *p, int control, const char *listen_path, bool required, unsigned proxy, const int *keep, int nkeep,
+                      char **argv) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
     fprintf(stderr, "msb-vmm: socketpair: %s\n", strerror(errno));
@@ -232,7 +274,7 @@ static int supervised(jail_spec *jail, policy *p, int control, bool required, un
   if (pid == 0) {
     close(sv[0]);
     if (control >= 0) close(control);
-    if (guard_parent(self)) _exit(1);
+    if (guard_parent(self, true)) _exit(1);
     child_report r = {.listener = -1};
     apply_confinement(jail, &r.k);
     char why[256];
@@ -245,7 +287,7 @@ static int supervised(jail_spec *jail, policy *p, int control, bool required, un
     if (r.listener >= 0) close(r.listener);  // QEMU must never answer its own calls
     close(sv[1]);
     // A change of uid disarmed the parent-death signal: the supervisor's death must end QEMU.
-    if (guard_parent(self)) _exit(1);
+    if (guard_parent(self, true)) _exit(1);
     execvp(argv[0], argv);
     fprintf(stderr, "msb-vmm: cannot execute %s: %s\n", argv[0], strerror(errno));
     _exit(127);
@@ -286,6 +328,14 @@ static int supervised(jail_spec *jail, policy *p, int control, bool required, un
     waitpid(pid, &status, 0);
     return 1;
   }
+  // Served by the supervisor's loop: nothing serves it where there is nothing to supervise with.
+  int accepting = -1;
+  if (listen_path && pidfd >= 0 && (accepting = listen_control(listen_path)) < 0) {
+    fprintf(stderr, "msb-vmm: --control-listen %s: %s\n", listen_path, strerror(errno));
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return 1;
+  }
   if (write(sv[0], "g", 1) != 1) return 1;
   close(sv[0]);
   if (pidfd < 0) {  // nothing to supervise with: wait as a plain parent
@@ -293,7 +343,7 @@ static int supervised(jail_spec *jail, policy *p, int control, bool required, un
       if (errno != EINTR) return 1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
-  return supervise(pid, pidfd, listener, control, p, jail->rundir, proxy);
+  return supervise(pid, pidfd, listener, control, accepting, listen_path, p, jail->rundir, proxy);
 }
 #endif
 
@@ -303,7 +353,8 @@ static int exec_mode(int argc, char **argv) {
   if (parent < 0) return usage();
   int keep[MAX_KEEP], nkeep = 0, i = 3, control = -1;
   long proxy = 0;
-  bool required = true;
+  bool required = true, outlive = false;
+  const char *listen_path = NULL;
   jail_spec jail = {0};
   char *opens[JAIL_MAX_RO];
   int nopen = 0;
@@ -323,6 +374,10 @@ static int exec_mode(int argc, char **argv) {
       keep[at] = (int)fd;
     } else if (strcmp(opt, "--no-network") == 0) {
       jail.no_network = true, i--;  // takes no value
+    } else if (strcmp(opt, "--outlive") == 0) {
+      outlive = true, i--;
+    } else if (strcmp(opt, "--control-listen") == 0 && val[0] == '/') {
+      listen_path = val;
     } else if (strcmp(opt, "--net-policy") == 0) {
       rules = val;
     } else if (strcmp(opt, "--proxy") == 0 && (proxy = number(val)) > 0 && proxy < 65536) {
@@ -338,7 +393,8 @@ static int exec_mode(int argc, char **argv) {
       return usage();
     }
   }
-  if (i + 1 >= argc || strcmp(argv[i], "--") != 0 || (rules && jail.no_network)) return usage();
+  // Only a supervisor stays to serve a control socket: without --net-policy this process becomes QEMU.
+  if (i + 1 >= argc || strcmp(argv[i], "--") != 0 || (rules && jail.no_network) || (listen_path && !rules)) return usage();
   const char *program = argv[i + 1];
   policy *pol = NULL;
   if (rules) {
@@ -350,7 +406,7 @@ static int exec_mode(int argc, char **argv) {
   }
   // The control channel is the host's and this helper's: never QEMU's.
   if (control >= 0) fcntl(control, F_SETFD, FD_CLOEXEC);
-  int err = guard_parent((pid_t)parent);
+  int err = guard_parent((pid_t)parent, !outlive);
   if (err == ESRCH) return 1;
   if (err) {
     fprintf(stderr, "msb-vmm: prctl(PR_SET_PDEATHSIG): %s\n", strerror(err));
@@ -369,7 +425,7 @@ static int exec_mode(int argc, char **argv) {
   }
   if (pol) {
 #ifdef __linux__
-    return supervised(&jail, pol, control, required, (unsigned)proxy, keep, nkeep, argv + i + 1);
+    return supervised(&jail, pol, control, listen_path, required, (unsigned)proxy, keep, nkeep, argv + i + 1);
 #else
     confined k = {0};
     missing(&k, "seccomp", "not on this system");
@@ -385,7 +441,7 @@ static int exec_mode(int argc, char **argv) {
   k.c.vmm_pid = (uint32_t)getpid();
   if (!report(control, &k, required)) return 1;
   // A change of uid disarms the parent-death signal: arm it again, and check the parent once more.
-  if (k.c.namespaces && (err = guard_parent((pid_t)parent))) return 1;
+  if (k.c.namespaces && !outlive && (err = guard_parent((pid_t)parent, true))) return 1;
   execvp(program, argv + i + 1);
   fprintf(stderr, "msb-vmm: cannot execute %s: %s\n", program, strerror(errno));
   return 127;
@@ -401,7 +457,7 @@ static int krun_mode(int argc, char **argv) {
     return 2;
   }
   int st = (int)status_fd;
-  int err = guard_parent((pid_t)parent);
+  int err = guard_parent((pid_t)parent, true);
   if (err == ESRCH) return vmm_fail(st, "parent", err, "parent %ld is gone (our parent is %d)", parent, (int)getppid());
   if (err) return vmm_fail(st, "parent", err, "prctl(PR_SET_PDEATHSIG) failed: %s", strerror(err));
   // The descriptors must not leak into anything libkrun may spawn.

@@ -99,8 +99,9 @@ int seccomp_install(int *listener, char *why, size_t n);
 // Answers QEMU's (pid `qemu`, `pidfd`) notifications on `listener` by the policy `p` (owned from
 // here on; --jail RUNDIR for unix sockets; the egress proxy's port or 0), reads SetPolicy from
 // `control` and writes events on it, until QEMU exits: then QEMU's exit status (a signal death
-// is raised on this process).
+// is raised on this process). `accepting` (-1: none) listens at `accept_path` (--control-listen):
+// each host that connects there becomes the control channel in place of the one before.
 struct policy;
-int supervise(pid_t qemu, int pidfd, int listener, int control, struct policy *p, const char *rundir, unsigned proxy);
+int supervise(pid_t qemu, int pidfd, int listener, int control, int accepting, const char *accept_path, struct policy *p, const char *rundir, unsigned proxy);
 
 #endif

@@ -211,6 +211,24 @@ export class AgentClient {
   }
 
   /**
+   * A new connection to a VM whose host went away while its agent lingered (linger()): the agent
+   * speaks first (a Hello) and holds everything until the Resume sent here, of its own generation,
+   * which keeps the sessions in `keep` (take each over with adopt()) and ends the others.
+   */
+  static async fromLingeringStream(stream: Duplex, keep: readonly number[], opts: ConnectOptions = {}): Promise<AgentClient> {
+    const timeout = checkTimeout(opts.timeout ?? 10, "connect timeout");
+    const channel = new Channel(stream);
+    try {
+      const first = await channel.handshake(timeout, opts.signal);
+      const message = resumeMessage({ generation: first.generation, keep: [...keep] });
+      return new AgentClient(channel, await channel.resume(message, keep, timeout, { opening: true, signal: opts.signal }));
+    } catch (err) {
+      channel.close(err as Error);
+      throw err;
+    }
+  }
+
+  /**
    * A new connection to a VM restored from a saved state: the guest is running already and waits
    * for its host, so the host speaks first (a Resume), and the Hello answering it opens the
    * connection (a refused Resume rejects with AgentError and closes the stream). The sessions the
@@ -490,6 +508,14 @@ export class AgentClient {
   }
 
   // ---------------------------------------------------------------- lifetime
+
+  /**
+   * With `on`, a host that goes away leaves the agent's processes held (as if suspended) for the
+   * next host, whose Resume says which carry on, instead of ending them (an outliving VM).
+   */
+  linger(on: boolean): void {
+    this.channel.send(0, { case: "linger", value: { on } }, true);
+  }
 
   /** Asks the agent to end every process and exit (as the guest's init: power off), suspended or not. */
   async shutdown(opts: { timeout?: number } = {}): Promise<void> {

@@ -14,7 +14,12 @@ export const SERVER_COMMANDS: Command[] = [
 JSON-RPC 2.0; GET /api/v1/health) and the E2B SDKs (E2B_API_URL and E2B_SANDBOX_URL both this
 server's URL). Listens on ${SERVER_DEFAULTS.host} unless --host says otherwise, and refuses any other address
 without an API key (--api-key, or MSB_API_KEY), which clients send as Authorization: Bearer KEY
-(E2B: X-API-KEY). Ctrl-C or SIGTERM stops every sandbox, then the server.
+(E2B: X-API-KEY).
+
+Sandboxes outlive the server: Ctrl-C, SIGTERM, a crash or SIGKILL of it leaves their VMs running
+(their processes held), and the next msb server on this cache adopts them, with their tokens,
+timeouts and metadata (one whose timeout passed meanwhile is stopped then). Paused sandboxes and
+ones with volumes stop with the server. --stop-on-exit stops every sandbox on Ctrl-C or SIGTERM.
 
 The Microsandbox SDKs' images and the E2B SDKs' templates this server knows by name, with the
 kind of sandbox each makes (any other name is taken as an image reference, a CustomSandbox):
@@ -48,6 +53,7 @@ ${column([
         description: "MiB all sandboxes may take; more get 429",
       },
       "access-log": { type: "boolean", description: "a JSON line per request on stderr", default: "off" },
+      "stop-on-exit": { type: "boolean", description: "stop every sandbox when the server ends", default: "off" },
     },
     positionals: { min: 0, max: 0 },
     async handler({ values: v }) {
@@ -60,14 +66,20 @@ ${column([
         ...(v["max-paused"] !== undefined ? { maxPaused: v["max-paused"] as number } : {}),
         ...(v["memory-budget"] !== undefined ? { memoryBudgetMiB: v["memory-budget"] as number } : {}),
         accessLog: !!v["access-log"],
+        outlive: !v["stop-on-exit"],
       });
+      const { adopted, stopped } = server.adoption;
+      if (adopted.length)
+        process.stderr.write(`msb server: adopted ${adopted.length} running sandbox${adopted.length === 1 ? "" : "es"}: ${adopted.join(", ")}\n`);
+      for (const s of stopped) process.stderr.write(`msb server: stopped sandbox ${s.id}: ${s.why}\n`);
       process.stderr.write(`msb server: listening on ${server.url}${key ? " (API key required)" : ""}\n`);
       const signal = await new Promise<NodeJS.Signals>((resolve) => {
         process.once("SIGINT", () => resolve("SIGINT"));
         process.once("SIGTERM", () => resolve("SIGTERM"));
       });
-      process.stderr.write(`msb server: ${signal}: stopping every sandbox\n`);
-      await server.close();
+      process.stderr.write(`msb server: ${signal}: ${v["stop-on-exit"] ? "stopping every sandbox" : "closing"}\n`);
+      const kept = await server.close();
+      if (kept) process.stderr.write(`msb server: ${kept} sandbox${kept === 1 ? "" : "es"} run on for the next msb server on this cache\n`);
       return 0;
     },
   },

@@ -125,8 +125,18 @@ export class SandboxCommands {
   private keep(proc: ExecProcess, info: Pick<KeptCommand, "command" | "pty">): void {
     const entry: Kept = { ...info };
     this.keeping.set(proc, entry);
-    proc.pid.then((pid) => (entry.pid = pid)).catch(() => {});
-    proc.exit.catch(() => {}).finally(() => this.keeping.delete(proc));
+    proc.pid
+      .then((pid) => {
+        entry.pid = pid;
+        this.sandbox.recordChanged();
+      })
+      .catch(() => {});
+    proc.exit
+      .catch(() => {})
+      .finally(() => {
+        this.keeping.delete(proc);
+        this.sandbox.recordChanged();
+      });
   }
 
   private tapEnd(proc: ExecProcess, tap: Pick<CommandTap, "end">): void {

@@ -46,6 +46,7 @@ abstract class LanguageSandbox extends Sandbox {
       agent,
       processOptions: () => this.processOptions({}, undefined),
       exhausted: (what, counters) => this.exhausted(what, counters),
+      keptChanged: () => this.recordChanged(),
     });
   }
 

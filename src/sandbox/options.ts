@@ -60,6 +60,12 @@ export interface SandboxOptions {
   /** Free-form tags, listed by Sandbox.list(): at most 64, keys 1–63 characters, values up to 256. */
   labels?: Record<string, string>;
   /**
+   * The VM runs on when this process ends (QEMU; default false: it dies with this process), its
+   * processes held, until another process takes it over with Sandbox.adopt() (Sandbox.orphans()
+   * lists them) or it is stopped. Not with volumes (their lease is this process's).
+   */
+  outlive?: boolean;
+  /**
    * Seconds the sandbox may run at most, from the moment it is running (handed out, for a pooled
    * one); then it is stopped and pending and later calls fail with SandboxExpiredError.
    */
@@ -126,6 +132,7 @@ export interface ResolvedOptions {
   kernel: string | undefined;
   snapshot: boolean;
   labels: Record<string, string>;
+  outlive: boolean;
   maxDuration: number | undefined;
   idleTimeout: number | undefined;
   volumes: Required<VolumeSpec>[];
@@ -153,6 +160,7 @@ export const SANDBOX_OPTION_KEYS = keysOf<SandboxOptions>({
   kernel: true,
   snapshot: true,
   labels: true,
+  outlive: true,
   maxDuration: true,
   idleTimeout: true,
   volumes: true,
@@ -242,6 +250,8 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     if (secrets.some((s) => s.name === k))
       throw new InvalidArgumentError(`env.${k} is also a secret: a secret's variable holds its placeholder; drop one of them`);
   }
+  if (opts.outlive === true && opts.volumes?.length)
+    throw new InvalidArgumentError("outlive cannot be given with volumes: a volume's lease ends with this process; drop one of them");
   const maxProcesses = opts.maxProcesses ?? 1024;
   if (!Number.isInteger(maxProcesses) || maxProcesses < 16 || maxProcesses > 1_000_000) {
     throw new InvalidArgumentError(`maxProcesses ${String(maxProcesses)} is invalid: give a whole number from 16 to 1000000`);
@@ -263,6 +273,7 @@ export function resolveOptions(opts: SandboxOptions, defaultImage: string | unde
     kernel: opts.kernel,
     snapshot: checkBoolean("snapshot", opts.snapshot ?? true),
     labels: checkLabels(opts.labels ?? {}),
+    outlive: checkBoolean("outlive", opts.outlive ?? false),
     maxDuration: opts.maxDuration === undefined ? undefined : checkSeconds("maxDuration", opts.maxDuration),
     idleTimeout: opts.idleTimeout === undefined ? undefined : checkSeconds("idleTimeout", opts.idleTimeout),
     volumes: checkVolumes(opts.volumes),

@@ -29,6 +29,8 @@ export interface ReplHost {
   exhausted(what: string, counters: ExitStatus["guestCounters"]): Error | undefined;
   /** @internal Where drivers are written (default /run/microsandbox): tests of an agent on the host use a temporary directory. */
   driverDir?: string;
+  /** The driver kept running changed (an outliving sandbox records it). */
+  keptChanged?(): void;
 }
 
 type Driver = ExecProcess<OutputChunk | ChannelChunk>;
@@ -78,7 +80,12 @@ export class Repl {
   run(code: string, timeout?: number): Promise<Execution> {
     const cell = encodeCell(code); // size check before queueing
     this.pending++;
-    const result = this.queue.then(() => this.runCell(cell, timeout)).finally(() => this.pending--);
+    const result = this.queue
+      .then(() => this.runCell(cell, timeout))
+      .finally(() => {
+        this.pending--;
+        this.host.keptChanged?.();
+      });
     this.queue = result.catch(() => {});
     return result;
   }

@@ -11,7 +11,9 @@ import { ImageError, InvalidArgumentError, ResourceError, type SandboxExpiredErr
 import { resolveImage } from "../images/sources.js";
 import { type ImageConfig, ImageStore, type ResolvedImage } from "../images/store.js";
 import { checkKeys, keysOf } from "../keys.js";
+import { ownStamp } from "../liveness.js";
 import {
+  adoptMachine,
   type BackendInfo,
   type BootTimeline,
   type Capability,
@@ -50,12 +52,16 @@ import {
   START_OPTION_KEYS,
   type StartOptions,
 } from "./options.js";
+import { discardOrphan, listOrphans, type OrphanSandbox, type OutliveState, writeOutliveState } from "./outlive.js";
 import { newPausedDir, readPaused, withPausedLock, writePaused } from "./paused.js";
 import type { SandboxPool } from "./pool.js";
 import { registry, type SandboxInfo } from "./registry.js";
 import { checkMounted, leaseVolumes, type VolumeLease, volumeFile } from "./volumes.js";
 
 const LOG_KEYS = keysOf<LogOptions>({ tail: true, sources: true });
+
+// The runtime dirs of outliving VMs this process holds: not orphans.
+const attachedDirs = new Set<string>();
 
 /** What fork() takes: the copy's name (default: this one's and random hex) and the host ports it publishes. */
 export interface ForkOptions {
@@ -107,6 +113,7 @@ export abstract class Sandbox implements AsyncDisposable {
   private readonly listed = { info: () => this.info() };
   private log: SandboxLog | undefined;
   private volumes: VolumeLease | undefined;
+  private adoptionData: unknown;
 
   constructor(opts: SandboxOptions = {}, defaultImage?: string) {
     this.opts = resolveOptions(opts, defaultImage);
@@ -256,6 +263,7 @@ export abstract class Sandbox implements AsyncDisposable {
     }
     this.log.add("event", `running on ${describeBackend(this.vm!.info)}`);
     if (!this.lifetimeHeld) this.armLifetime();
+    this.recordChanged();
   }
 
   /** @internal A pool starts the lifetime limits when it hands the sandbox out. */
@@ -316,6 +324,7 @@ export abstract class Sandbox implements AsyncDisposable {
       ...(o.egressProxy ? { egressProxy: checkEgressProxy(o.egressProxy) } : {}),
       ...(this.log ? { consoleKeep: this.log.console } : {}),
       ...(o.kernel ? { kernel: o.kernel } : {}),
+      ...(o.outlive ? { outlive: true } : {}),
     };
   }
 
@@ -389,6 +398,8 @@ export abstract class Sandbox implements AsyncDisposable {
     this.vm = vm;
     this.imageId = imageId;
     this.imageConfig = imageConfig;
+    const dir = vm.record()?.vm.dir;
+    if (dir) attachedDirs.add(dir);
     debug("sandbox %s running on %s", this.name, describeBackend(vm.info));
   }
 
@@ -430,6 +441,7 @@ export abstract class Sandbox implements AsyncDisposable {
     this.opts.network = network;
     this.opts.secrets = secrets;
     this.opts.injectHeaders = injectHeaders;
+    this.recordChanged();
     this.log?.add("event", `network policy changed${closed ? `; ${closed} open connection${closed === 1 ? "" : "s"} it refuses closed` : ""}`);
   }
 
@@ -596,6 +608,113 @@ export abstract class Sandbox implements AsyncDisposable {
     this.command.adopt(meta.commands);
   }
 
+  /**
+   * Sets what Sandbox.orphans() gives back with this outliving sandbox (option outlive) once this
+   * process has let go of it: JSON, such as a server's own record of it. Kept in its state file.
+   */
+  setAdoptionData(data: unknown): void {
+    this.adoptionData = data;
+    this.recordChanged();
+  }
+
+  /**
+   * @internal Writes an outliving sandbox's state file anew: what another process adopts it by,
+   * as it is now (its kept processes, network, the caller's data). A no-op for other sandboxes.
+   */
+  recordChanged(held = true): void {
+    const machine = this.vm?.record();
+    if (!machine) return;
+    try {
+      writeOutliveState({
+        kind: this.constructor.name,
+        options: this.copyOptions(this.name),
+        imageId: this.imageId,
+        machine,
+        keep: this.keptSessions(),
+        commands: this.command.keptNow(),
+        ...(this.adoptionData !== undefined ? { data: this.adoptionData } : {}),
+        ...(held ? { host: ownStamp() } : {}),
+      });
+    } catch (err) {
+      debug("recording sandbox %s for adoption: %s", this.name, (err as Error).message);
+    }
+  }
+
+  /**
+   * Lets go of this outliving sandbox (option outlive): its VM runs on with its processes held,
+   * for Sandbox.adopt() in this or another process; this object no longer has it.
+   */
+  detach(): void {
+    const vm = this.vm;
+    if (!vm) return;
+    if (!vm.record()) throw new InvalidArgumentError(`sandbox ${this.name} was not created with outlive: true: stop() it instead`);
+    this.recordChanged(false);
+    this.lifetime?.end();
+    this.lifetime = undefined;
+    registry.delete(this.listed);
+    this.vm = undefined;
+    this.onStop();
+    vm.detach();
+    attachedDirs.delete(vm.record()!.vm.dir);
+    this.log?.add("event", "let go of: it runs on for another host");
+    this.log?.flush();
+  }
+
+  /** Whether this sandbox's VM would run on without this process (option outlive, and running). */
+  get outlives(): boolean {
+    return !!this.vm?.record();
+  }
+
+  /** Stops an orphan (from Sandbox.orphans()) instead of adopting it: its VM ends, its runtime dir goes. */
+  static discard(orphan: OrphanSandbox): void {
+    discardOrphan(orphan);
+  }
+
+  /** This user's outliving sandboxes that no process holds (option outlive): Sandbox.adopt() takes one over. */
+  static orphans(): OrphanSandbox[] {
+    return listOrphans(attachedDirs);
+  }
+
+  /**
+   * Takes over the outliving sandbox `orphan` (from Sandbox.orphans()), on the class that created
+   * it: its interpreter, files and processes carry on, and command.resumed() hands back those
+   * spawned with `keep`. One that cannot be taken over is stopped (never left running unowned)
+   * and the error says why.
+   */
+  static async adopt<T extends Sandbox>(this: new (opts?: SandboxOptions) => T, orphan: OrphanSandbox): Promise<T> {
+    const state = orphan?.state;
+    if (!state?.machine) throw new InvalidArgumentError("adopt() takes an entry of Sandbox.orphans()");
+    // biome-ignore lint/complexity/noThisInStatic: `this` is the subclass adopt() is called on; it must be the kind that started it
+    if (state.kind !== this.name) throw new InvalidArgumentError(`sandbox ${orphan.name} was started as a ${state.kind}: adopt it with ${state.kind}.adopt()`);
+    const sandbox = new this(state.options);
+    try {
+      await sandbox.tracked(() => sandbox.adoptFrom(state));
+    } catch (err) {
+      discardOrphan(orphan);
+      throw err;
+    }
+    sandbox.adoptionData = state.data;
+    sandbox.recordChanged();
+    return sandbox;
+  }
+
+  // Takes over the running VM of `state` into this sandbox.
+  private async adoptFrom(state: OutliveState): Promise<void> {
+    const store = new ImageStore();
+    const image = await resolveImage(store, state.options.image, { pull: "never" });
+    if (image.id !== state.imageId) {
+      throw new ImageError(`sandbox ${this.name} runs image ${state.options.image} with id ${state.imageId}, which is no longer stored (now ${image.id})`);
+    }
+    const vm = await adoptMachine(
+      state.machine,
+      { id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) },
+      [...state.keep, ...state.commands].map((k) => k.session),
+    );
+    this.attach(vm, image.id, image.config);
+    this.adopt(state.keep);
+    this.command.adopt(state.commands);
+  }
+
   /** Processes a copy of this sandbox keeps running (the interpreter of run()). */
   protected keptSessions(): KeptSession[] {
     return [];
@@ -620,7 +739,9 @@ export abstract class Sandbox implements AsyncDisposable {
     if (!vm) return;
     this.vm = undefined;
     this.onStop();
+    const dir = vm.record()?.vm.dir;
     await vm.stop();
+    if (dir) attachedDirs.delete(dir);
     await this.volumes?.release();
     this.volumes = undefined;
     this.log?.add("event", "stopped");

@@ -3,7 +3,7 @@
 // take together. A create past a limit is a ServerFullError (429 with Retry-After).
 import { randomBytes } from "node:crypto";
 
-import type { Sandbox } from "../sandbox/sandbox.js";
+import { Sandbox } from "../sandbox/sandbox.js";
 import type { VolumeSpec } from "../sandbox/volumes.js";
 import type { InjectHeadersOption } from "../vm/machine.js";
 import type { NetworkPolicy } from "../vm/netpolicy.js";
@@ -37,6 +37,34 @@ export interface Managed {
   paused?: boolean;
   /** What else goes when it is killed (a paused sandbox's saved state). */
   discard?: () => void;
+  /** Its protocol's own state, for the next server on this cache (ServerRecord.extra). */
+  extra?: () => unknown;
+}
+
+/**
+ * What a server keeps of each sandbox in the state file of its outliving VM (the Sandbox
+ * option outlive), for the next server on this cache to adopt it by.
+ */
+export interface ServerRecord {
+  server: 1;
+  id: string;
+  protocol: Managed["protocol"];
+  owner: string;
+  namespace: string;
+  name: string;
+  kind: SandboxKind;
+  memory: number;
+  template: string;
+  metadata: Record<string, string>;
+  startedAt: string;
+  endAt?: number;
+  extra?: unknown;
+}
+
+/** What adopt() did with the sandboxes a previous server left running. */
+export interface Adoption {
+  adopted: string[];
+  stopped: { id: string; why: string }[];
 }
 
 interface SpecBase {
@@ -81,7 +109,11 @@ export class SandboxTable {
   private reserved = 0;
   private closed = false;
 
-  constructor(private readonly limits: Limits) {}
+  /** `outlive`: its sandboxes' VMs run on when this server ends, for the next one to adopt. */
+  constructor(
+    private readonly limits: Limits,
+    private readonly outlive = false,
+  ) {}
 
   // Room for one more running sandbox of `memory` MiB, else ServerFullError. Paused ones take none.
   private admit(memory: number): void {
@@ -143,6 +175,8 @@ export class SandboxTable {
             ...(spec.network ? { network: spec.network } : {}),
             ...(spec.injectHeaders ? { injectHeaders: spec.injectHeaders } : {}),
             ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
+            // A volume's lease is this process's: a sandbox with volumes ends with the server.
+            ...(this.outlive && !spec.volumes?.length ? { outlive: true } : {}),
             labels: { "msb.server/owner": spec.owner, "msb.server/namespace": spec.namespace, "msb.server/name": spec.name },
           });
       const m: Managed = {
@@ -160,6 +194,7 @@ export class SandboxTable {
       };
       this.all.set(id, m);
       if (spec.timeout !== undefined) this.setTimeout(m, spec.timeout);
+      else this.persist(m);
       if (this.closed) await this.kill(m);
       return m;
     } finally {
@@ -170,10 +205,87 @@ export class SandboxTable {
 
   /** Dies `seconds` from now (E2B's timeout), unless extended again. */
   setTimeout(m: Managed, seconds: number): void {
+    this.setEndAt(m, Date.now() + seconds * 1000);
+  }
+
+  // Dies at `endAt` (ms since the epoch), unless extended again.
+  private setEndAt(m: Managed, endAt: number): void {
     clearTimeout(m.timer);
-    m.endAt = Date.now() + seconds * 1000;
-    m.timer = setTimeout(() => void (m.onTimeout ? m.onTimeout().catch(() => this.kill(m)) : this.kill(m)), seconds * 1000);
+    m.endAt = endAt;
+    m.timer = setTimeout(() => void (m.onTimeout ? m.onTimeout().catch(() => this.kill(m)) : this.kill(m)), Math.max(0, endAt - Date.now()));
     m.timer.unref();
+    this.persist(m);
+  }
+
+  /** Records `m` as it is now for the next server on this cache (an outliving sandbox's state file). */
+  persist(m: Managed): void {
+    const extra = m.extra?.();
+    const record: ServerRecord = {
+      server: 1,
+      id: m.id,
+      protocol: m.protocol,
+      owner: m.owner,
+      namespace: m.namespace,
+      name: m.name,
+      kind: m.kind,
+      memory: m.memory,
+      template: m.template,
+      metadata: m.metadata,
+      startedAt: m.startedAt.toISOString(),
+      ...(m.endAt !== undefined ? { endAt: m.endAt } : {}),
+      ...(extra !== undefined ? { extra } : {}),
+    };
+    m.sandbox.setAdoptionData(record);
+  }
+
+  /**
+   * Takes over the sandboxes a server on this cache left running (Sandbox.orphans() with a
+   * ServerRecord): each keeps its id, owner, metadata and what is left of its timeout; `restore`
+   * gives it back its protocol's state. One whose timeout passed meanwhile, or that cannot be
+   * taken over, is stopped, and said why.
+   */
+  async adopt(restore: (m: Managed, extra: unknown) => Promise<void>): Promise<Adoption> {
+    const done: Adoption = { adopted: [], stopped: [] };
+    for (const orphan of Sandbox.orphans()) {
+      const r = orphan.data as ServerRecord | undefined;
+      if (r?.server !== 1) continue; // not a server's: a library user's own
+      if (typeof r.id !== "string" || !Object.hasOwn(SANDBOX_KINDS, r.kind)) {
+        Sandbox.discard(orphan);
+        done.stopped.push({ id: String(r.id), why: `its record names no sandbox this server makes (kind ${JSON.stringify(r.kind)})` });
+        continue;
+      }
+      if (r.endAt !== undefined && r.endAt <= Date.now()) {
+        Sandbox.discard(orphan);
+        done.stopped.push({ id: r.id, why: `its timeout passed at ${new Date(r.endAt).toISOString()} while no server ran` });
+        continue;
+      }
+      try {
+        const sandbox = await SANDBOX_KINDS[r.kind].adopt(orphan);
+        const m: Managed = {
+          id: r.id,
+          protocol: r.protocol,
+          owner: r.owner,
+          namespace: r.namespace,
+          name: r.name,
+          sandbox,
+          kind: r.kind,
+          memory: r.memory,
+          template: r.template,
+          metadata: r.metadata ?? {},
+          startedAt: new Date(r.startedAt),
+        };
+        this.all.set(m.id, m);
+        await restore(m, r.extra);
+        if (r.endAt !== undefined) this.setEndAt(m, r.endAt);
+        else this.persist(m);
+        done.adopted.push(m.id);
+      } catch (err) {
+        const m = this.all.get(r.id);
+        if (m) await this.kill(m);
+        done.stopped.push({ id: r.id, why: (err as Error).message });
+      }
+    }
+    return done;
   }
 
   /** The caller's sandbox `id`, or NotFoundError (another key's sandboxes do not exist for it). */
@@ -209,9 +321,27 @@ export class SandboxTable {
     m.discard?.();
   }
 
-  /** Stops every sandbox; creates from now on are refused. */
-  async close(): Promise<void> {
+  /**
+   * Stops every sandbox, but with `outlive` lets those that can run on (each recorded for the next
+   * server: paused ones and ones with volumes are stopped); creates from now on are refused.
+   * Resolves with how many run on.
+   */
+  async close(): Promise<number> {
     this.closed = true;
-    await Promise.allSettled([...this.all.values()].map((m) => this.kill(m)));
+    let kept = 0;
+    await Promise.allSettled(
+      [...this.all.values()].map(async (m) => {
+        if (this.outlive && !m.paused && m.sandbox.outlives) {
+          clearTimeout(m.timer);
+          this.all.delete(m.id);
+          this.persist(m);
+          m.sandbox.detach();
+          kept++;
+          return;
+        }
+        await this.kill(m);
+      }),
+    );
+    return kept;
   }
 }

@@ -19,7 +19,7 @@ import { portHost, requestHead } from "./e2b/ports.js";
 import { NotFoundError } from "./errors.js";
 import { sendError, sendJson } from "./http.js";
 import { msbRpc } from "./msb-rpc.js";
-import { type Limits, SandboxTable } from "./sandboxes.js";
+import { type Adoption, type Limits, SandboxTable } from "./sandboxes.js";
 
 export interface ServerOptions {
   /** The address to listen on (default {@link SERVER_DEFAULTS}.host). Any other than loopback needs `apiKeys`. */
@@ -48,13 +48,22 @@ export interface ServerOptions {
   accessLog?: boolean;
   /** The E2B API's templates and upload limit. */
   e2b?: E2bOptions;
+  /**
+   * Sandboxes outlive this server (default false: they stop with it): close() lets them run on,
+   * and a server created later on this cache adopts them, tokens, timeouts and metadata kept (a
+   * timeout that passed meanwhile stops one then). Paused sandboxes and ones with volumes still
+   * stop with the server. QEMU only.
+   */
+  outlive?: boolean;
 }
 
 export interface RunningServer {
   url: string;
   port: number;
-  /** Stops accepting requests and stops every sandbox. */
-  close(): Promise<void>;
+  /** Stops accepting requests and stops every sandbox (with `outlive`, lets those that can run on: how many). */
+  close(): Promise<number>;
+  /** What this server adopted at its start of what a previous one left running (`outlive`), and what it stopped. */
+  readonly adoption: Adoption;
   /** @internal */
   readonly table: SandboxTable;
 }
@@ -75,6 +84,7 @@ const SERVER_KEYS = keysOf<ServerOptions>({
   images: true,
   accessLog: true,
   e2b: true,
+  outlive: true,
 });
 const E2B_KEYS = keysOf<E2bOptions>({ templates: true, fileLimit: true });
 
@@ -94,7 +104,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
     maxPaused: opts.maxPaused ?? SERVER_DEFAULTS.maxPaused,
     memoryBudgetMiB: opts.memoryBudgetMiB ?? defaultMemoryBudgetMiB(),
   };
-  const table = new SandboxTable(limits);
+  const table = new SandboxTable(limits, opts.outlive === true);
   const bodyLimit = opts.bodyLimit ?? SERVER_DEFAULTS.bodyLimit;
   const router = FindMyWay({
     defaultRoute: (req, res) => sendError(res, new NotFoundError(`no such endpoint: ${req.method} ${req.url?.split("?")[0]}`)),
@@ -176,23 +186,29 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
     socket.unshift(Buffer.concat([requestHead(req, NOT_UPGRADING), head]));
     server.emit("connection", socket);
   });
+  // What a server on this cache left running goes on here, before any client can ask for it.
+  const adoption = opts.outlive
+    ? await table.adopt((m, extra) => (m.protocol === "e2b" ? e2b.adopt(m, extra) : Promise.resolve()))
+    : { adopted: [], stopped: [] };
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(opts.port ?? SERVER_DEFAULTS.port, host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
-  let closing: Promise<void> | undefined;
+  let closing: Promise<number> | undefined;
   return {
     url: `http://${host.includes(":") ? `[${host}]` : host}:${port}`,
     port,
     table,
+    adoption,
     close() {
       closing ??= (async () => {
         const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
-        await Promise.all([table.close(), e2b.close()]);
+        const [kept] = await Promise.all([table.close(), e2b.close()]);
         server.closeAllConnections();
         await stopped;
+        return kept;
       })();
       return closing;
     },

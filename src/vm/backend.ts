@@ -9,6 +9,7 @@ import { debuglog } from "node:util";
 
 import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
 import { VmBootError } from "../errors.js";
+import type { ProcessStamp } from "../liveness.js";
 import { cacheDir } from "../paths.js";
 import type { GuestArch } from "./guest.js";
 import type { PortForward } from "./netpolicy.js";
@@ -21,10 +22,11 @@ export type NetworkMode = "none" | "all";
 /**
  * What a backend can do beyond booting: restore-on-create from memory snapshots ("snapshot"),
  * copies of a running VM ("fork"), saving one to disk and restoring it ("pause"), volumes, a
- * network held to a policy ("egress-policy"), guest ports published on the host ("ports"), and
- * a VMM jailed in namespaces of its own ("jail").
+ * network held to a policy ("egress-policy"), guest ports published on the host ("ports"), a
+ * VMM jailed in namespaces of its own ("jail"), and VMs that outlive this process, to be adopted
+ * by another ("outlive").
  */
-export type Capability = "snapshot" | "fork" | "pause" | "volumes" | "egress-policy" | "ports" | "jail";
+export type Capability = "snapshot" | "fork" | "pause" | "volumes" | "egress-policy" | "ports" | "jail" | "outlive";
 
 /** What confines a VM's VMM process on the host, as applied (Sandbox.confinement). */
 export interface Confinement {
@@ -86,6 +88,24 @@ export interface VmConfig {
   consoleKeep?: string;
   /** Disk images the agent mounts at guest paths (nosuid, nodev). QEMU only. */
   volumes?: { file: string; path: string; readOnly: boolean }[];
+  /**
+   * The VM does not die with this process (capability "outlive"): its helper runs on, and its
+   * agent, monitor and helper wait on sockets in its runtime dir for the next host (Backend.adopt).
+   */
+  outlive?: boolean;
+}
+
+/** What another process needs to take over a running VM booted with VmConfig.outlive. */
+export interface VmRecord {
+  /** The runtime dir: its sockets, console log and the state files of the layers above. */
+  dir: string;
+  /** The VM's helper (msb-vmm): while it runs, the VM does; killing it ends the VM. */
+  helper: ProcessStamp;
+  /** The VMM's own pid (QEMU). */
+  pid: number;
+  confinement: Confinement;
+  /** Whether its helper holds the network and takes a control connection (control.sock). */
+  supervised: boolean;
 }
 
 /** Milliseconds from the start of boot() for each phase, and the guest's own timeline. */
@@ -157,6 +177,13 @@ export interface Vm {
   setPolicy?(rules: string): Promise<{ closed: number }>;
   /** Connections the VMM's supervisor handed to the egress proxy (VmConfig.proxyPort), as they happen. */
   onRedirect?(listener: (r: Redirect) => void): void;
+  /** A VM booted with VmConfig.outlive: what Backend.adopt takes it back by. */
+  readonly record?: VmRecord;
+  /**
+   * Lets go of a VM booted with VmConfig.outlive: this process's connections to it close and it
+   * runs on, its processes held for the next host (Backend.adopt). `exited` then resolves.
+   */
+  detach?(): void;
 }
 
 /** A TCP connection the supervisor connected to the egress proxy in place of its destination. */
@@ -194,6 +221,12 @@ export interface Backend {
    */
   restore?(config: VmConfig, saved: { state: string; ram?: string; resume: ResumeOptions }): Promise<Vm>;
   /**
+   * Takes over the running VM `record` names, booted with VmConfig.outlive by another process
+   * (capability "outlive"): its agent is told to carry on with the sessions in `keep`, the others
+   * ending. Throws VmGoneError when the VM is no longer running.
+   */
+  adopt?(config: VmConfig, record: VmRecord, keep: readonly number[]): Promise<Vm>;
+  /**
    * What a memory snapshot of `config` depends on beyond the image (kernel, initramfs, the
    * agent's boot config, the VMM and machine): a snapshot is made anew when any changes.
    */
@@ -226,8 +259,11 @@ export interface StartedVmm {
   handshake?(stream: Duplex, timeoutSeconds: number): Promise<AgentClient>;
   /** What confines the VMM, and its pid when that is not the child's, known by the time its agent is ready. */
   confinement: Promise<{ confinement: Confinement; vmmPid?: number }>;
-  /** What the running VM can do beyond the basics (save, proceed). */
-  extend?(agent: AgentClient): Pick<Vm, "save" | "proceed" | "rawPort" | "networkRefusals" | "setPolicy" | "onRedirect">;
+  /** What the running VM can do beyond the basics (save, proceed; an outliving VM's record and detach). */
+  extend?(
+    agent: AgentClient,
+    vmm: { helper: number; pid: number; confinement: Confinement },
+  ): Pick<Vm, "save" | "proceed" | "rawPort" | "networkRefusals" | "setPolicy" | "onRedirect" | "record" | "detach">;
   /** More to release with the runtime dir (a listening socket). */
   release?(): void;
   /** The VMM's own report of a failure to start, settled once it has exited (libkrun's status). */
@@ -309,7 +345,36 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
     const { confinement, vmmPid } = await s.confinement;
     // The VMM's own pid (QEMU under its supervisor), for what is measured of it on the host.
     const pid = vmmPid ?? child.pid!;
-    return { ...runningVm({ agent, backend: s.label, child, pid, exited, timeline, consoleLog: s.consoleLog, cleanup }), confinement, ...s.extend?.(agent) };
+    const extended = s.extend?.(agent, { helper: child.pid!, pid, confinement });
+    // Let go of (an outliving VM), the VM runs on without this process: its `exited` resolves.
+    let letGo!: () => void;
+    const detached = new Promise<void>((resolve) => (letGo = resolve));
+    const vm = runningVm({
+      agent,
+      backend: s.label,
+      pid,
+      kill: () => void child.kill("SIGKILL"),
+      running: () => child.exitCode === null && child.signalCode === null,
+      exited: Promise.race([exited, detached]),
+      timeline,
+      consoleLog: s.consoleLog,
+      cleanup,
+    });
+    return {
+      ...vm,
+      confinement,
+      ...extended,
+      ...(extended?.detach
+        ? {
+            detach: () => {
+              extended.detach!();
+              child.unref();
+              for (const io of child.stdio) (io as { unref?: () => void } | null)?.unref?.();
+              letGo();
+            },
+          }
+        : {}),
+    };
   } catch (cause) {
     clearTimeout(timer);
     ready?.then(
@@ -342,8 +407,8 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
   }
 }
 
-// Copies the last `bytes` of `from` to `to` (best effort: a log, not a result).
-function keepTail(from: string, to: string, bytes: number): void {
+/** Copies the last `bytes` of `from` to `to` (best effort: a log, not a result). */
+export function keepTail(from: string, to: string, bytes: number): void {
   try {
     const size = statSync(from).size;
     const fd = openSync(from, "r");
@@ -360,21 +425,23 @@ function keepTail(from: string, to: string, bytes: number): void {
 }
 
 /**
- * The Vm of a VMM process with a connected agent. stop(): the agent shuts the guest down (there is
- * no graceful stop from outside with libkrun on Linux, and QEMU's would race the agent), a
- * bounded wait for the VMM to exit, SIGKILL after it, then `cleanup`.
+ * The Vm of a VMM process with a connected agent (its child, or one adopted from another
+ * process). stop(): the agent shuts the guest down (there is no graceful stop from outside with
+ * libkrun on Linux, and QEMU's would race the agent), a bounded wait for the VMM to exit, kill
+ * after it, then `cleanup`.
  */
-function runningVm(parts: {
+export function runningVm(parts: {
   agent: AgentClient;
   backend: string;
-  child: ChildProcess;
   pid: number;
+  kill: () => void;
+  running: () => boolean;
   exited: Promise<void>;
   timeline: BootTimeline;
   consoleLog: string;
   cleanup: () => void;
 }): Omit<Vm, "confinement"> {
-  const { agent, child, exited } = parts;
+  const { agent, exited } = parts;
   let stopping: Promise<void> | undefined;
   return {
     agent,
@@ -383,12 +450,12 @@ function runningVm(parts: {
     timeline: parts.timeline,
     consoleLog: parts.consoleLog,
     exited,
-    kill: () => void child.kill("SIGKILL"),
+    kill: parts.kill,
     stop() {
       stopping ??= (async () => {
-        if (child.exitCode === null && child.signalCode === null) {
+        if (parts.running()) {
           await agent.shutdown({ timeout: 5 }).catch(() => {});
-          const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+          const timer = setTimeout(parts.kill, 5000);
           await exited;
           clearTimeout(timer);
         }

@@ -8,9 +8,9 @@ import path from "node:path";
 import { debuglog } from "node:util";
 
 import type { AgentClient } from "../agent-client/client.js";
-import { KrunStartError, NetworkError, SnapshotUnsupportedError, VmBootError } from "../errors.js";
+import { InvalidArgumentError, KrunStartError, NetworkError, SnapshotUnsupportedError, VmBootError } from "../errors.js";
 import { publish } from "../trace.js";
-import type { Backend, BootTimeline, Capability, Confinement, KeptSession, Vm, VmConfig } from "./backend.js";
+import type { Backend, BootTimeline, Capability, Confinement, KeptSession, Vm, VmConfig, VmRecord } from "./backend.js";
 import type { SandboxCA } from "./egress/ca.js";
 import { MachineEgress } from "./egress/egress.js";
 import { hasInjections, type InjectHeadersOption } from "./egress/inject.js";
@@ -71,6 +71,19 @@ export interface MachineSpec {
   injectHeaders?: InjectHeadersOption;
   /** The user's proxy that all egress goes through. */
   egressProxy?: EgressProxyUrl;
+  /** The VM runs on when this process ends, for another to adopt (adoptMachine). */
+  outlive?: boolean;
+}
+
+/** What adoptMachine() takes a machine back by (JSON; it holds the spec's secrets: keep it private). */
+export interface MachineRecord {
+  format: 1;
+  vm: VmRecord;
+  info: BackendInfo;
+  /** The spec as it is now (updateNetwork changes it). */
+  spec: MachineSpec;
+  /** The egress proxy's port, which the VM's helper sends connections to. */
+  proxyPort?: number;
 }
 
 /** The image a machine boots: its content id, unpacked tree, and read-only disk made on demand. */
@@ -129,6 +142,10 @@ export interface Machine {
    * on as it was.
    */
   save(dir: string, commit?: () => void | Promise<void>, opts?: { keepRunning?: boolean }): Promise<void>;
+  /** An outliving machine (spec.outlive): what adoptMachine() takes it back by, as it is now. */
+  record(): MachineRecord | undefined;
+  /** Lets go of an outliving machine: it runs on, its processes held for the next host. */
+  detach(): void;
 }
 
 /** A backend chosen for a spec, before anything was booted. */
@@ -158,6 +175,7 @@ export function machineNeeds(spec: Pick<MachineSpec, "network" | "ports" | "volu
   if (spec.network !== "none" && spec.network !== "all") needs.push({ capability: "egress-policy", why: "a network policy" });
   if (spec.ports.length) needs.push({ capability: "ports", why: "published ports" });
   if (spec.volumes.length) needs.push({ capability: "volumes", why: "volumes" });
+  if (spec.outlive) needs.push({ capability: "outlive", why: "a VM that outlives this process" });
   return needs;
 }
 
@@ -180,6 +198,7 @@ function vmConfig(spec: MachineSpec, image: MachineImage, egress?: MachineEgress
     confinement: spec.confinement,
     ...(spec.consoleKeep ? { consoleKeep: spec.consoleKeep } : {}),
     ...(spec.volumes.length ? { volumes: spec.volumes.map((v) => ({ ...v })) } : {}),
+    ...(spec.outlive ? { outlive: true } : {}),
   };
 }
 
@@ -277,7 +296,7 @@ const SAVED_FILE = "machine.json";
 
 // The egress proxy for `spec` on `backend`: none without a network, or where the backend's network
 // cannot be held (libkrun's TSI, chosen only when nothing needs it). `ca`: the one a copy's guest trusts.
-async function egressFor(spec: MachineSpec, backend: Backend, ca?: SandboxCA): Promise<MachineEgress | undefined> {
+async function egressFor(spec: MachineSpec, backend: Backend, ca?: SandboxCA, port?: number): Promise<MachineEgress | undefined> {
   if (spec.network === "none" || !backend.capabilities.has("egress-policy")) return undefined;
   return MachineEgress.start(
     {
@@ -287,6 +306,7 @@ async function egressFor(spec: MachineSpec, backend: Backend, ca?: SandboxCA): P
       ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
     },
     ca,
+    port,
   );
 }
 
@@ -344,15 +364,30 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
     },
     stop: () => vm.stop(),
     kill: () => vm.kill(),
+    record: () =>
+      vm.record && {
+        format: 1,
+        vm: vm.record,
+        info,
+        spec,
+        ...(egress ? { proxyPort: egress.port } : {}),
+      },
+    detach() {
+      if (!vm.detach) throw new SnapshotUnsupportedError(`sandbox ${config.name} was not started to outlive this process: it cannot be let go of`);
+      vm.detach();
+    },
     async copy(changes, keep) {
       saveable("fork", "copy");
-      const copySpec: MachineSpec = { ...spec, name: changes.name, ports: changes.ports };
+      // A copy is this process's own (outlive is asked for at start).
+      const { outlive: _, ...base } = spec;
+      const copySpec: MachineSpec = { ...base, name: changes.name, ports: changes.ports };
       if (changes.consoleKeep) copySpec.consoleKeep = changes.consoleKeep;
       else delete copySpec.consoleKeep;
       // The copy's guest trusts this one's CA already.
       const copyEgress = await egressFor(copySpec, backend, egress?.authority);
+      const { outlive: __, ...baseConfig } = config;
       const copyConfig: VmConfig = {
-        ...config,
+        ...baseConfig,
         name: changes.name,
         ports: [...changes.ports],
         ...(copyEgress ? { egress: copyEgress.rules(), proxyPort: copyEgress.port } : {}),
@@ -432,4 +467,28 @@ export async function restoreMachine(dir: string, spec: MachineSpec, image: Mach
   }));
   publish("restore:end", { name: spec.name, from: dir, ms: performance.now() - started });
   return machineOf(vm, backend, config, infoOf(d, backend, `${d.reason}; restored from ${dir}`), spec, egress);
+}
+
+/**
+ * Takes over the running machine `record` names (spec.outlive), left by a process that ended or
+ * let go of it: the same backend, its egress proxy again on the port the VM's helper sends to
+ * (its guest's CA made anew and installed, as for a resumed machine), and the sessions in `keep`
+ * carrying on. Throws VmGoneError when the VM is gone; a machine that cannot be taken over is
+ * killed, never left running unowned.
+ */
+export async function adoptMachine(record: MachineRecord, image: MachineImage, keep: readonly number[]): Promise<Machine> {
+  if (record?.format !== 1 || !record.vm?.dir || !record.info?.name) throw new InvalidArgumentError("the machine record is damaged or from another version");
+  const { spec, info } = record;
+  const backend = backendFor({ backend: info.name, ...(info.accel ? { accel: info.accel } : {}), reason: info.reason }, spec.kernel);
+  if (!backend.adopt) throw new SnapshotUnsupportedError(`${info.name} cannot adopt a running VM`);
+  const egress = await egressFor(spec, backend, undefined, record.proxyPort);
+  const config = vmConfig(spec, image, egress);
+  const adopt = backend.adopt.bind(backend);
+  try {
+    const { vm } = await withEgress(egress, async () => ({ vm: await adopt(config, record.vm, keep) }));
+    return machineOf(vm, backend, config, { ...info, reason: `${info.reason}; adopted` }, spec, egress);
+  } catch (err) {
+    await egress?.close();
+    throw err;
+  }
 }

@@ -5,29 +5,35 @@
 // with this process, confined: its own seccomp filter, no new privileges, no descriptors of ours
 // but those, a jail holding only its own files (as root, with a uid of its own), and no host
 // network when the VM has none.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, closeSync, createWriteStream, openSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
-import { createServer, type Socket } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { debuglog } from "node:util";
 
 import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
-import { BackendUnavailableError, ConfinementError, MicrosandboxError, NetworkError, QmpError } from "../errors.js";
+import { BackendUnavailableError, ConfinementError, MicrosandboxError, NetworkError, QmpError, VmGoneError } from "../errors.js";
 import { Redirect_Kind } from "../gen/vmm_pb.js";
+import { alive, stampOf } from "../liveness.js";
 import { vmmHelperPath } from "../native.js";
-import { makeRuntimeDir } from "../paths.js";
+import { makeRuntimeDir, setRuntimeDirOwner } from "../paths.js";
 import {
   type Backend,
+  type BootTimeline,
   type Capability,
   type Confinement,
   finishBoot,
   type GuestRam,
+  keepTail,
   type NetworkMode,
+  type Redirect,
+  runningVm,
   type StartedVmm,
   type Vm,
   type VmConfig,
+  type VmRecord,
 } from "./backend.js";
 import { type BootConfig, encodeBootConfig, FLOOR_MARKER, floorInitramfs, type GuestArch, guestArch, guestBoot, initramfsWithBoot } from "./guest.js";
 import { Qmp } from "./qmp.js";
@@ -47,6 +53,10 @@ const SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecont
 // device's default of 31 costs the guest ~20 ms of boot under TCG setting up queues for ports
 // that never come.
 const SERIAL_PORTS = 3;
+// An outliving VM's sockets in its runtime dir: the agent's port, the monitor, its helper's control.
+const AGENT_SOCKET = "agent.sock";
+const MONITOR_SOCKET = "monitor.sock";
+const CONTROL_SOCKET = "control.sock";
 
 export type Accel = "kvm" | "tcg";
 
@@ -128,7 +138,7 @@ export interface QemuOptions {
 
 // Every VM QEMU runs can be saved, restored and copied, and holds its network to a policy from
 // outside the guest.
-const CAPABILITIES: ReadonlySet<Capability> = new Set(["snapshot", "fork", "pause", "volumes", "egress-policy", "ports", "jail"]);
+const CAPABILITIES: ReadonlySet<Capability> = new Set(["snapshot", "fork", "pause", "volumes", "egress-policy", "ports", "jail", "outlive"]);
 const qemuVersions = new Map<string, string>();
 
 export class QemuBackend implements Backend {
@@ -199,8 +209,14 @@ export class QemuBackend implements Backend {
     return encodeBootConfig(boot);
   }
 
-  /** QEMU's arguments for `config`; the console goes to a file, or to stdout ("stdio"). */
-  args(config: VmConfig, boot: { kernel: string; initramfs: string }, disk: string | undefined, console: string, ram?: GuestRam): string[] {
+  /**
+   * QEMU's arguments for `config`; the console goes to a file, or to stdout ("stdio"). With
+   * `listen` (an outliving VM's runtime dir) the agent's port and the monitor listen on sockets
+   * there, for whichever host comes next, instead of descriptors only this process holds.
+   */
+  args(config: VmConfig, boot: { kernel: string; initramfs: string }, disk: string | undefined, console: string, ram?: GuestRam, listen?: string): string[] {
+    const socket = (id: string, fd: number) =>
+      listen ? `socket,id=${id},path=${value(path.join(listen, `${id}.sock`))},server=on,wait=off` : `socket,id=${id},fd=${fd}`;
     const { accel } = this.opts;
     const m = machineFor(this.arch, accel);
     const append = [`console=${m.console}`, "quiet", "panic=-1", ...m.cmdline];
@@ -243,11 +259,11 @@ export class QemuBackend implements Backend {
       "-device",
       "virtio-rng-device,rng=rng",
       "-chardev",
-      `socket,id=agent,fd=${CHANNEL_FD}`,
+      socket("agent", CHANNEL_FD),
       "-device",
       `virtserialport,chardev=agent,name=${PORT_NAME}`,
       "-chardev",
-      `socket,id=monitor,fd=${MONITOR_FD}`,
+      socket("monitor", MONITOR_FD),
       "-mon",
       "chardev=monitor,mode=control",
     ];
@@ -280,9 +296,20 @@ export class QemuBackend implements Backend {
   private spawnQemu(
     args: string[],
     stdout: "ignore" | "pipe",
-    opts: { network: NetworkMode; egress?: string; proxyPort?: number; confinement: Confinement["mode"]; raw?: boolean; state?: number; jail: Jail },
+    opts: {
+      network: NetworkMode;
+      egress?: string;
+      proxyPort?: number;
+      confinement: Confinement["mode"];
+      raw?: boolean;
+      state?: number;
+      jail: Jail;
+      outlive?: boolean;
+    },
   ) {
-    const stdio: ("ignore" | "pipe" | number)[] = ["ignore", stdout, "pipe", "pipe", "pipe", opts.raw ? "pipe" : "ignore"];
+    // An outliving VM's agent and monitor listen in its runtime dir (args' `listen`).
+    const own = opts.outlive ? "ignore" : "pipe";
+    const stdio: ("ignore" | "pipe" | number)[] = ["ignore", stdout, "pipe", own, own, opts.raw ? "pipe" : "ignore"];
     stdio[STATE_FD] = opts.state ?? "ignore";
     const keep = stdio.flatMap((fd, i) => (i > 2 && fd !== "ignore" ? ["--keep", String(i)] : []));
     stdio[CONTROL_FD] = "pipe";
@@ -292,12 +319,23 @@ export class QemuBackend implements Backend {
         : ["--net-policy", opts.egress ?? "", ...(opts.proxyPort !== undefined ? ["--proxy", String(opts.proxyPort)] : [])];
     const qemu = qemuBinary(process.env, this.arch);
     const confine = ["--control", String(CONTROL_FD), "--confinement", opts.confinement];
-    const argv = ["exec", String(process.pid), ...keep, ...confine, ...jailArgs(opts.jail, qemu), ...network, "--", qemu, ...args];
+    // An outliving VM's helper runs on without this process, in a session of its own (no signal
+    // of this process's terminal reaches it), and takes the next host's control connection.
+    const outlive = opts.outlive ? ["--outlive", ...(opts.network === "none" ? [] : ["--control-listen", path.join(opts.jail.dir, CONTROL_SOCKET)])] : [];
+    const argv = ["exec", String(process.pid), ...keep, ...confine, ...outlive, ...jailArgs(opts.jail, qemu), ...network, "--", qemu, ...args];
     debug("starting %s", argv.join(" "));
-    const child = spawn(vmmHelperPath(), argv, { stdio });
+    const child = spawn(vmmHelperPath(), argv, { stdio, detached: !!opts.outlive });
     const socket = (fd: number) => child.stdio[fd] as Socket;
     const control = new VmmControl(socket(CONTROL_FD));
-    return { child, channel: socket(CHANNEL_FD), monitor: socket(MONITOR_FD), rawPort: opts.raw ? socket(RAW_FD) : undefined, control };
+    const gone = () => child.exitCode !== null || child.signalCode !== null;
+    const listening = (name: string) => () => connectWhenListening(path.join(opts.jail.dir, name), { gone });
+    return {
+      child,
+      channel: opts.outlive ? listening(AGENT_SOCKET) : async () => socket(CHANNEL_FD),
+      monitor: opts.outlive ? listening(MONITOR_SOCKET) : async () => socket(MONITOR_FD),
+      rawPort: opts.raw ? socket(RAW_FD) : undefined,
+      control,
+    };
   }
 
   // Everything a boot and a restore share: host prep, the spawn, and the boot ending, with the
@@ -305,7 +343,7 @@ export class QemuBackend implements Backend {
   private async start(
     config: VmConfig,
     opts: { ram?: GuestRam; incoming?: { state: string } },
-    ready: (vmm: { qmp: Promise<Qmp>; channel: Socket }) => Pick<StartedVmm, "connect" | "handshake">,
+    ready: (vmm: { qmp: Promise<Qmp>; channel: () => Promise<Socket> }) => Pick<StartedVmm, "connect" | "handshake">,
   ): Promise<Vm> {
     const t0 = performance.now();
     const { kernel, initramfs: agentInitramfs } = await this.guestBoot();
@@ -314,9 +352,9 @@ export class QemuBackend implements Backend {
     const dir = makeRuntimeDir();
     const hostPrepMs = performance.now() - t0;
     const consoleLog = path.join(dir, "console.log");
-    const args = this.args(config, { kernel, initramfs }, disk, consoleLog, opts.ram);
+    const args = this.args(config, { kernel, initramfs }, disk, consoleLog, opts.ram, config.outlive ? dir : undefined);
     if (opts.incoming) args.push("-S", "-incoming", "defer");
-    let started: { child: ChildProcess; channel: Socket; monitor: Socket; rawPort: Socket | undefined; control: VmmControl };
+    let started: ReturnType<QemuBackend["spawnQemu"]>;
     let state: number | undefined;
     try {
       if (opts.incoming) state = openSync(opts.incoming.state, "r");
@@ -329,6 +367,7 @@ export class QemuBackend implements Backend {
         raw: config.rawPort,
         state,
         jail,
+        outlive: !!config.outlive,
       });
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
@@ -338,8 +377,11 @@ export class QemuBackend implements Backend {
       if (state !== undefined) closeSync(state);
     }
     const { child, channel, monitor, rawPort, control } = started;
-    const refusals = () => control.refusals();
-    const qmp = Qmp.connect(monitor);
+    let monitorStream: Socket | undefined;
+    const qmp = monitor().then((m) => {
+      monitorStream = m;
+      return Qmp.connect(m);
+    });
     qmp.catch(() => {}); // a QEMU that dies early is reported by the boot ending
     const sharedRam = !!opts.ram?.share;
     return finishBoot({
@@ -357,7 +399,7 @@ export class QemuBackend implements Backend {
         rawPort?.destroy();
         void qmp.then(
           (q) => q.close(),
-          () => monitor.destroy(),
+          () => monitorStream?.destroy(),
         );
       },
       confinement: control.confinement.then((c) => ({ confinement: confinementOf(c, config.confinement), vmmPid: c.vmmPid || undefined })),
@@ -366,36 +408,26 @@ export class QemuBackend implements Backend {
         (c) => (config.confinement === "required" && c.missing.length ? confinementError(config.name, c.missing) : undefined),
         () => undefined,
       ),
-      extend: (agent) => ({
-        ...(rawPort ? { rawPort } : {}),
-        ...(config.egress !== undefined ? { networkRefusals: refusals } : {}),
-        setPolicy: async (rules) => {
-          const applied = await control.setPolicy(rules);
-          if (applied.error) throw new NetworkError(`sandbox ${config.name}'s network policy was not changed: ${applied.error}`);
-          return { closed: applied.closed };
-        },
-        onRedirect: (listener) =>
-          control.on("redirect", (r) =>
-            listener({ localPort: r.localPort, address: r.address, port: r.port, kind: REDIRECT_KINDS[r.kind], rule: r.rule, names: [...r.names] }),
-          ),
-        save: async (file) => {
-          const q = await qmp;
-          await agent.suspend();
-          await q.execute("stop");
-          // RAM in a shared file is the snapshot's already: only device state goes in the stream.
-          await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: sharedRam }] });
-          // QEMU throttles migration to 128 MiB/s by default, meant for a network; this is a file.
-          await q.execute("migrate-set-parameters", { "max-bandwidth": Number.MAX_SAFE_INTEGER });
-          // Complete once it has its name.
-          const part = `${file}.part`;
-          await migrateInto(q, path.join(dir, "migration.sock"), part);
-          renameSync(part, file);
-        },
-        proceed: async () => {
-          await (await qmp).execute("cont");
-          await agent.resume({ generation: agent.hello.generation });
-        },
-      }),
+      extend: (agent, vmm) => {
+        const running = this.controls(config, dir, agent, qmp, control, sharedRam);
+        if (!config.outlive) return { ...running, ...(rawPort ? { rawPort } : {}) };
+        agent.linger(true);
+        const record: VmRecord = { dir, helper: stampOf(vmm.helper), pid: vmm.pid, confinement: vmm.confinement, supervised: config.network !== "none" };
+        // From now on the runtime dir is the helper's: it goes when the VM does, not with us.
+        setRuntimeDirOwner(dir, record.helper);
+        return {
+          ...running,
+          record,
+          detach: () => {
+            agent.close();
+            void qmp.then(
+              (q) => q.close(),
+              () => monitorStream?.destroy(),
+            );
+            control.close();
+          },
+        };
+      },
       explain: (stderr) =>
         // A QEMU built without user-mode networking (libslirp) refuses "-netdev user".
         config.network === "all" && /netdev|network backend/i.test(stderr)
@@ -414,10 +446,133 @@ export class QemuBackend implements Backend {
     });
   }
 
+  // What a running QEMU VM does through its monitor and its helper's control channel: save and
+  // go on, hold its network to new rules, and hand redirected connections to the egress proxy.
+  private controls(config: VmConfig, dir: string, agent: AgentClient, qmp: Promise<Qmp>, control: VmmControl | undefined, sharedRam: boolean) {
+    const refusals = () => control?.refusals() ?? 0;
+    return {
+      ...(config.egress !== undefined ? { networkRefusals: refusals } : {}),
+      ...(control
+        ? {
+            setPolicy: async (rules: string) => {
+              const applied = await control.setPolicy(rules);
+              if (applied.error) throw new NetworkError(`sandbox ${config.name}'s network policy was not changed: ${applied.error}`);
+              return { closed: applied.closed };
+            },
+            onRedirect: (listener: (r: Redirect) => void) =>
+              control.on("redirect", (r) =>
+                listener({ localPort: r.localPort, address: r.address, port: r.port, kind: REDIRECT_KINDS[r.kind], rule: r.rule, names: [...r.names] }),
+              ),
+          }
+        : {}),
+      save: async (file: string) => {
+        const q = await qmp;
+        // A saved guest must not find its next host's port hung up and hold on for another.
+        if (config.outlive) agent.linger(false);
+        await agent.suspend();
+        await q.execute("stop");
+        // RAM in a shared file is the snapshot's already: only device state goes in the stream.
+        await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: sharedRam }] });
+        // QEMU throttles migration to 128 MiB/s by default, meant for a network; this is a file.
+        await q.execute("migrate-set-parameters", { "max-bandwidth": Number.MAX_SAFE_INTEGER });
+        // Complete once it has its name.
+        const part = `${file}.part`;
+        await migrateInto(q, path.join(dir, "migration.sock"), part);
+        renameSync(part, file);
+      },
+      proceed: async () => {
+        await (await qmp).execute("cont");
+        await agent.resume({ generation: agent.hello.generation });
+        if (config.outlive) agent.linger(true);
+      },
+    };
+  }
+
+  /**
+   * Takes over the VM `record` names, booted with VmConfig.outlive by a process that is gone (or
+   * let go of it): its agent, monitor and helper are waiting on sockets in its runtime dir.
+   */
+  async adopt(config: VmConfig, record: VmRecord, keep: readonly number[]): Promise<Vm> {
+    const t0 = performance.now();
+    const { dir } = record;
+    if (!alive(record.helper)) throw new VmGoneError(`the VM of sandbox ${config.name} is no longer running (its helper, pid ${record.helper.pid}, is gone)`);
+    const gone = () => !alive(record.helper);
+    const opened: Socket[] = [];
+    const open = async (name: string) => {
+      const sock = await connectWhenListening(path.join(dir, name), { gone });
+      opened.push(sock);
+      return sock;
+    };
+    try {
+      // The agent says Hello to each new host, then holds everything until the Resume.
+      const agent = await AgentClient.fromLingeringStream(await open(AGENT_SOCKET), keep, { timeout: config.bootTimeout });
+      agent.linger(true);
+      const monitor = await open(MONITOR_SOCKET);
+      const qmp = Qmp.connect(monitor);
+      qmp.catch(() => {});
+      await qmp;
+      const control = record.supervised ? new VmmControl(await open(CONTROL_SOCKET), { adopted: true }) : undefined;
+      // Not our child: its end is seen by its stamp, checked when the agent's channel closes and
+      // every second meanwhile.
+      let ended!: () => void;
+      const exited = new Promise<void>((resolve) => (ended = resolve));
+      const check = () => {
+        if (gone()) {
+          clearInterval(poll);
+          ended();
+        }
+      };
+      const poll = setInterval(check, 1000);
+      poll.unref();
+      let letGo!: () => void;
+      const detached = new Promise<void>((resolve) => (letGo = resolve));
+      const timeline: BootTimeline = { hostPrepMs: 0, vmmStartMs: 0, agentReadyMs: performance.now() - t0, guest: [] };
+      const release = () => {
+        clearInterval(poll);
+        void qmp.then(
+          (q) => q.close(),
+          () => monitor.destroy(),
+        );
+        control?.close();
+      };
+      const vm = runningVm({
+        agent,
+        backend: this.describe(),
+        pid: record.pid,
+        kill: () => {
+          if (!gone()) process.kill(record.helper.pid, "SIGKILL");
+        },
+        running: () => !gone(),
+        exited: Promise.race([exited, detached]),
+        timeline,
+        consoleLog: path.join(dir, "console.log"),
+        cleanup: () => {
+          release();
+          if (config.consoleKeep) keepTail(path.join(dir, "console.log"), config.consoleKeep, 64 * 1024);
+          rmSync(dir, { recursive: true, force: true });
+        },
+      });
+      return {
+        ...vm,
+        confinement: record.confinement,
+        ...this.controls(config, dir, agent, qmp, control, false),
+        record,
+        detach: () => {
+          agent.close();
+          release();
+          letGo();
+        },
+      };
+    } catch (err) {
+      for (const sock of opened) sock.destroy();
+      throw err;
+    }
+  }
+
   /** Boots `config` cold; with `ram`, guest RAM lives in that file. */
   boot(config: VmConfig, ram?: GuestRam): Promise<Vm> {
     // The guest speaks first: bytes sent before it opens its port would be dropped.
-    return this.start(config, { ram }, ({ channel }) => ({ connect: async () => channel }));
+    return this.start(config, { ram }, ({ channel }) => ({ connect: channel }));
   }
 
   /**
@@ -429,12 +584,14 @@ export class QemuBackend implements Backend {
     const ram = saved.ram ? { file: saved.ram, share: false } : undefined;
     return this.start(config, { ram, incoming: { state: saved.state } }, ({ qmp, channel }) => ({
       connect: async () => {
+        // Connected before the guest runs: a guest that found no host would take it as gone.
+        const stream = await channel();
         const q = await qmp;
         await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: !!ram }] });
         await q.execute("migrate-incoming", { uri: `fd:${STATE_FD}` });
         await migration(q);
         await q.execute("cont");
-        return channel;
+        return stream;
       },
       // The restored guest is running already and waits for the host: the host speaks first.
       handshake: (stream, timeout) => AgentClient.fromRestoredStream(stream, saved.resume, { timeout }),
@@ -448,7 +605,7 @@ export class QemuBackend implements Backend {
     const dir = makeRuntimeDir();
     const jail = { dir, files: [kernel, initramfs, ...(disk ? [disk] : [])] };
     const t0 = performance.now();
-    const { child, channel, monitor, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", {
+    const { child, rawPort } = this.spawnQemu(this.args(config, { kernel, initramfs }, disk, "stdio"), "pipe", {
       network: config.network,
       ...(config.egress !== undefined ? { egress: config.egress } : {}),
       confinement: config.confinement,
@@ -466,8 +623,7 @@ export class QemuBackend implements Backend {
     const timer = setTimeout(() => child.kill("SIGKILL"), config.bootTimeout * 1000);
     await new Promise((resolve) => child.once("exit", resolve));
     clearTimeout(timer);
-    channel.destroy();
-    monitor.destroy();
+    for (const fd of [CHANNEL_FD, MONITOR_FD]) (child.stdio[fd] as Socket | null)?.destroy();
     rawPort?.destroy();
     rmSync(dir, { recursive: true, force: true });
     if (at === undefined) throw new MicrosandboxError(`the floor VM (${this.describe()}) printed no marker within ${config.bootTimeout} s:\n${seen}${stderr}`);
@@ -540,6 +696,32 @@ async function migration(q: Qmp): Promise<void> {
     if (info.status === "completed") return;
     if (info.status === "failed" || info.status === "cancelled") throw new QmpError(`migration ${info.status}: ${info["error-desc"] ?? "no reason given"}`);
     await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+/**
+ * Connects to the unix socket `file` that QEMU or msb-vmm listens on, retrying while it is not
+ * there yet (the VMM is starting) and the process behind it is not `gone`.
+ */
+async function connectWhenListening(file: string, opts: { gone: () => boolean; timeoutMs?: number }): Promise<Socket> {
+  const deadline = performance.now() + (opts.timeoutMs ?? 10_000);
+  for (;;) {
+    try {
+      return await new Promise<Socket>((resolve, reject) => {
+        const sock = connect(file);
+        sock.once("connect", () => {
+          sock.off("error", reject);
+          resolve(sock);
+        });
+        sock.once("error", reject);
+      });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if ((code !== "ENOENT" && code !== "ECONNREFUSED") || opts.gone() || performance.now() > deadline) {
+        throw new VmGoneError(`cannot connect to ${file}: ${(err as Error).message}`, { cause: err });
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 }
 

@@ -22,7 +22,14 @@ export class VmmControl extends EventEmitter<{ redirect: [Redirect]; refusal: [R
   private pending = new Map<number, { resolve: (a: PolicyApplied) => void; reject: (e: Error) => void }>();
   private buffered: Buffer = Buffer.alloc(0);
 
-  constructor(private readonly socket: Socket) {
+  /**
+   * `adopted`: a connection to the control socket of an outliving VM's helper, which reported the
+   * confinement to the host that started it, not again.
+   */
+  constructor(
+    private readonly socket: Socket,
+    opts: { adopted?: boolean } = {},
+  ) {
     super();
     let confined: (c: Confinement) => void;
     let failed: (e: Error) => void;
@@ -31,6 +38,7 @@ export class VmmControl extends EventEmitter<{ redirect: [Redirect]; refusal: [R
       failed = reject;
     });
     this.confinement.catch(() => {}); // a caller that never asks is not an unhandled rejection
+    if (opts.adopted) failed!(new MicrosandboxError("an adopted VM's helper reported its confinement to the host that started it"));
     socket.on("data", (chunk: Buffer) => {
       this.buffered = this.buffered.length ? Buffer.concat([this.buffered, chunk]) : chunk;
       while (this.buffered.length >= 4) {
@@ -57,6 +65,11 @@ export class VmmControl extends EventEmitter<{ redirect: [Redirect]; refusal: [R
       for (const [generation, p] of this.pending) p.reject(new MicrosandboxError(`the VM's helper ended before applying policy ${generation}`));
       this.pending.clear();
     });
+  }
+
+  /** Closes this end: the helper runs on (an outliving VM's takes the next host's connection). */
+  close(): void {
+    this.socket.destroy();
   }
 
   /** Connections and datagrams the network supervisor refused so far. */

@@ -4,8 +4,9 @@
 // test/sandbox/netns/harness.ts, held to the rules "public" gives; the host reads the helper's
 // control channel (VmmControl) as QemuBackend does.
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
-import type { Socket } from "node:net";
+import { once } from "node:events";
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { createConnection, type Socket } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -99,6 +100,54 @@ function run(opts: string[], program: string, args: string[], prefix: string[] =
   return { child, control: new VmmControl(child.stdio[3] as Socket), lines, stderr, exited, line };
 }
 
+/** Whether `pid` runs (a zombie does not: its parent is gone, and nobody may reap it soon). */
+function running(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** Waits up to 3 s for `pid` to stop running; whether it did. */
+async function ends(pid: number): Promise<boolean> {
+  for (let i = 0; i < 150 && running(pid); i++) await new Promise((r) => setTimeout(r, 20));
+  return !running(pid);
+}
+
+// The creator that goes away: a node process that starts `msb-vmm exec` as a sandbox's creator
+// does (its own pid as PARENT_PID, detached: a session of its own), waits for the stand-in's first
+// line in `log`, prints the pids of msb-vmm and of the stand-in (msb-vmm's child) and exits.
+const CREATOR = `
+const { spawn } = require("node:child_process");
+const fs = require("node:fs");
+const [log, ...argv] = process.argv.slice(1);
+const out = fs.openSync(log, "a");
+const vmm = spawn("ip", argv.map((a) => (a === "PARENT" ? String(process.pid) : a)), { detached: true, stdio: ["ignore", out, out] });
+vmm.on("exit", (code) => { console.error("msb-vmm exited " + code + ": " + fs.readFileSync(log, "utf8")); process.exit(1); });
+const children = () => fs.readFileSync("/proc/" + vmm.pid + "/task/" + vmm.pid + "/children", "utf8").trim();
+setInterval(() => { if (fs.readFileSync(log, "utf8").includes(" ok")) { console.log(vmm.pid, children()); process.exit(0); } }, 20);
+`;
+
+/** Runs CREATOR for `msb-vmm exec` with `opts`, the stand-in holding a connection open; the pids. */
+async function startThroughCreator(opts: string[]): Promise<{ vmm: number; standIn: number }> {
+  const dir = mkdtempSync(path.join(work, "creator-"));
+  const inJail = path.join(dir, "rawnet");
+  copyFileSync(rawnet, inJail);
+  const helper = [vmmHelperPath(), "exec", "PARENT", ...opts, "--jail", dir, "--net-policy", PUBLIC_RULES];
+  const args = ["netns", "exec", HOST, ...helper, "--", inJail, `hold:${PUBLIC}:80`];
+  const creator = spawn(process.execPath, ["-e", CREATOR, path.join(dir, "log"), ...args], { stdio: ["ignore", "pipe", "inherit"] });
+  let printed = "";
+  creator.stdout!.on("data", (d: Buffer) => (printed += d));
+  const [code] = await once(creator, "exit");
+  expect(code).toBe(0);
+  const [vmm, standIn] = printed.trim().split(" ").map(Number);
+  expect(vmm).toBeGreaterThan(0);
+  expect(standIn).toBeGreaterThan(0);
+  return { vmm: vmm!, standIn: standIn! };
+}
+
 const result = (lines: string[], target: string) => lines.find((l) => l.startsWith(`${target} `))?.slice(target.length + 1);
 
 describe.skipIf(!usable || !cc)("the network supervisor holds a hijacked VMM's raw system calls", () => {
@@ -167,6 +216,54 @@ describe.skipIf(!usable || !cc)("the network supervisor holds a hijacked VMM's r
     expect(bad.closed).toBe(0);
     r2.child.kill("SIGTERM");
     expect(await r2.exited).toBe(null); // QEMU's signal, raised on msb-vmm itself
+  });
+
+  it("with --outlive, msb-vmm and its VMM outlive their creator; a SIGKILL of msb-vmm still ends the VMM", async () => {
+    const { vmm, standIn } = await startThroughCreator(["--outlive"]);
+    try {
+      await new Promise((r) => setTimeout(r, 300)); // the creator is gone: a parent-death signal would have come
+      expect([running(vmm), running(standIn)]).toEqual([true, true]);
+      process.kill(vmm, "SIGKILL");
+      expect(await ends(standIn)).toBe(true);
+    } finally {
+      for (const pid of [vmm, standIn]) if (running(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+
+  it("without --outlive, the creator's death ends msb-vmm and its VMM", async () => {
+    const { vmm, standIn } = await startThroughCreator([]);
+    try {
+      expect(await ends(vmm)).toBe(true);
+      expect(await ends(standIn)).toBe(true);
+    } finally {
+      for (const pid of [vmm, standIn]) if (running(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+
+  it("with --control-listen, a host that connects later takes the control channel over", async () => {
+    const target = `${PUBLIC}:80`;
+    const sock = path.join(mkdtempSync(path.join(work, "ctl-")), "control.sock");
+    const r = run(["--net-policy", PUBLIC_RULES, "--control-listen", sock], rawnet, [`hold:${target}`, `tcp:${target}`]);
+    expect((await r.control.confinement).seccomp).toBe(true); // the first host's channel, as without
+    await r.line(new RegExp(`^hold:${target} ok`));
+    expect(statSync(sock).mode & 0o777).toBe(0o600);
+    const first = r.child.stdio[3] as Socket;
+    const firstClosed = once(first, "close");
+    const second = createConnection(sock);
+    await once(second, "connect");
+    await firstClosed; // replaced: the first host's channel is closed
+    const applied = await new VmmControl(second).setPolicy(`-${PUBLIC}/32 ${PUBLIC_RULES}`);
+    expect(applied).toMatchObject({ generation: 1, closed: 1, error: "" });
+    await r.line(new RegExp(`^hold:${target} closed`));
+    expect(await r.exited).toBe(0);
+    expect(result(r.lines, `tcp:${target}`)).toBe("ECONNREFUSED");
+    expect(existsSync(sock)).toBe(false); // the VM is gone: nothing left to connect to
+  });
+
+  it("--control-listen needs --net-policy (only a supervisor stays to serve it)", () => {
+    const r = spawnSync(vmmHelperPath(), ["exec", String(process.pid), "--control-listen", path.join(work, "x.sock"), "--", "/bin/true"]);
+    expect(r.status).toBe(2);
+    expect(r.stderr.toString()).toMatch(/usage: .*--control-listen PATH/s);
   });
 
   it("fails closed when the host allows no namespaces, unless confinement is best-effort", async () => {

@@ -12,7 +12,8 @@ import type { ImageCatalog, ImageOption } from "../catalog.js";
 import { type BUILTIN_TEMPLATES, SERVER_DEFAULTS } from "../defaults.js";
 import { NotFoundError } from "../errors.js";
 import { readJsonObject } from "../http.js";
-import type { SandboxTable } from "../sandboxes.js";
+import type { Managed, SandboxTable } from "../sandboxes.js";
+import { adoptE2b } from "./adoption.js";
 import { controlPlane } from "./control.js";
 import { envdHandler } from "./envd.js";
 import { serveFiles, servePresigned } from "./files.js";
@@ -112,6 +113,8 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
     },
     dataPlane,
     presigned: (req: IncomingMessage, res: ServerResponse) => servePresigned(sandboxes, req, res, fileLimit),
+    /** Gives a sandbox adopted from a previous server its E2B state back. */
+    adopt: (m: Managed, extra: unknown) => adoptE2b(sandboxes, m, extra),
     ports,
     /** Stops the template builds under way. */
     close: () => builds.close(),

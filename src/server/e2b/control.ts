@@ -10,6 +10,7 @@ import type { ImageCatalog } from "../catalog.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
+import { recordE2b } from "./adoption.js";
 import { forkRoute } from "./fork.js";
 import { checkE2bNetwork, type E2bNetworks, networkInfo } from "./network.js";
 import { metricOf } from "./observe.js";
@@ -106,6 +107,7 @@ export function controlPlane(
     }
     armLifecycle(table, { m, s });
     if (mounts.e2b.length) s.volumeMounts = mounts.e2b;
+    recordE2b(table, m, s);
     sendJson(res, 201, reached({ m, s }));
   }
 

@@ -122,6 +122,8 @@ function envdRoutes(sandboxes: E2bSandboxes) {
           pty: !!size,
           ...(req.tag ? { tag: req.tag } : {}),
         });
+        // The next server on this cache finds it by pid (an outliving sandbox's record).
+        sandboxes.table.persist(m);
         for await (const e of t.watch()) yield { event: eventOf(e) };
       },
       async *connect(req, ctx) {

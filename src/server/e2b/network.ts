@@ -207,6 +207,7 @@ export class E2bNetworks {
     }
     await m.sandbox.updateNetwork(next.network, { injectHeaders: next.injectHeaders });
     s.network = net;
+    this.sandboxes.table.persist(m);
   }
 
   /** The owner's secret `name` changed: its running sandboxes whose rules name it take the new value. */

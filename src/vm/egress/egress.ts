@@ -44,16 +44,20 @@ export class MachineEgress {
   /**
    * The proxy for a machine about to boot with `spec`. `ca`: the CA its guest already trusts (a
    * copy of a running machine); else one is made when there are secrets or injected headers.
+   * `port`: the one an adopted machine's helper already sends connections to.
    */
-  static async start(spec: EgressSpec, ca?: SandboxCA): Promise<MachineEgress> {
+  static async start(spec: EgressSpec, ca?: SandboxCA, port = 0): Promise<MachineEgress> {
     const authority = ca ?? (intercepts(spec) ? await SandboxCA.create() : undefined);
-    const proxy = await EgressProxy.start({
-      secrets: spec.secrets,
-      ...(spec.inject ? { inject: spec.inject } : {}),
-      describeRule: (token) => describeRefusal(spec.network, token),
-      ...(authority ? { ca: authority } : {}),
-      ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
-    });
+    const proxy = await EgressProxy.start(
+      {
+        secrets: spec.secrets,
+        ...(spec.inject ? { inject: spec.inject } : {}),
+        describeRule: (token) => describeRefusal(spec.network, token),
+        ...(authority ? { ca: authority } : {}),
+        ...(spec.egressProxy ? { egressProxy: spec.egressProxy } : {}),
+      },
+      port,
+    );
     const egress = new MachineEgress(spec, proxy, authority);
     egress.trusted = !!ca;
     return egress;

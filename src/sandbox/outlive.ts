@@ -1,0 +1,106 @@
+// Sandboxes whose VM outlives the process that started it (the outlive option): the state file
+// in the VM's runtime dir that another process adopts it by, the orphans such files describe,
+// and the end of one that cannot be adopted. The runtime dir belongs to the VM's helper, so it
+// goes when the VM does (the sweep of src/paths.ts), and never before.
+import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { debuglog } from "node:util";
+
+import { alive, type ProcessStamp } from "../liveness.js";
+import { runtimeDirOwner, runtimeDirs } from "../paths.js";
+import type { KeptSession, MachineRecord } from "../vm/machine.js";
+import type { KeptCommand } from "./commands.js";
+import type { SandboxOptions } from "./options.js";
+
+const debug = debuglog("microsandbox");
+const FORMAT = 1;
+const STATE_FILE = "sandbox.json";
+// A state file is written by this library; one larger than this is not one of ours.
+const MAX_STATE_BYTES = 4 << 20;
+
+/** What Sandbox.adopt() takes an outliving sandbox back by. */
+export interface OutliveState {
+  format: number;
+  /** The class that started it: only the same class adopts it. */
+  kind: string;
+  options: SandboxOptions & { name: string; image: string };
+  imageId: string;
+  machine: MachineRecord;
+  /** Processes the next host carries on (the interpreter of run()). */
+  keep: KeptSession[];
+  /** Commands spawned with `keep`, for command.resumed(). */
+  commands: KeptCommand[];
+  /** The caller's own (Sandbox.setAdoptionData). */
+  data?: unknown;
+  /** The process holding it; absent once let go of (Sandbox.detach). An orphan's host is gone. */
+  host?: ProcessStamp;
+  writtenAt: string;
+}
+
+/** A sandbox whose VM runs with no process attached to it, as Sandbox.orphans() lists it. */
+export interface OrphanSandbox {
+  name: string;
+  /** The class that started it, which adopts it ("PythonSandbox", ...). */
+  kind: string;
+  /** What its last host gave Sandbox.setAdoptionData(). */
+  data: unknown;
+  /** @internal */
+  readonly state: OutliveState;
+}
+
+/** Writes `state` into its VM's runtime dir, private (its options may hold secrets). */
+export function writeOutliveState(state: Omit<OutliveState, "format" | "writtenAt">): void {
+  const dir = state.machine.vm.dir;
+  const full: OutliveState = { format: FORMAT, ...state, writtenAt: new Date().toISOString() };
+  const tmp = path.join(dir, `.${STATE_FILE}`);
+  writeFileSync(tmp, `${JSON.stringify(full)}\n`, { mode: 0o600 });
+  renameSync(tmp, path.join(dir, STATE_FILE));
+}
+
+function readState(dir: string): OutliveState | undefined {
+  try {
+    const text = readFileSync(path.join(dir, STATE_FILE), "utf8");
+    if (text.length > MAX_STATE_BYTES) return undefined;
+    const s = JSON.parse(text) as OutliveState;
+    const sessions = (list: unknown) => Array.isArray(list) && list.every((k) => Number.isInteger(k?.session) && Number.isInteger(k?.pid));
+    const ok =
+      s?.format === FORMAT &&
+      typeof s.kind === "string" &&
+      typeof s.options?.name === "string" &&
+      s.machine?.vm?.dir === dir &&
+      sessions(s.keep) &&
+      sessions(s.commands);
+    return ok ? s : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The outliving sandboxes of this user with no process attached: their runtime dir holds a state
+ * file and its owner (the VM's helper) still runs. `attached`: dirs this process holds.
+ */
+export function listOrphans(attached: ReadonlySet<string>): OrphanSandbox[] {
+  const found: OrphanSandbox[] = [];
+  for (const dir of runtimeDirs()) {
+    if (attached.has(dir)) continue;
+    const owner = runtimeDirOwner(dir);
+    if (!owner || !alive(owner)) continue;
+    const state = readState(dir);
+    if (state && !(state.host && alive(state.host))) found.push({ name: state.options.name, kind: state.kind, data: state.data, state });
+  }
+  return found;
+}
+
+/** Ends an orphan's VM (its helper; QEMU dies with it) and removes its runtime dir. */
+export function discardOrphan(orphan: OrphanSandbox): void {
+  const { dir, helper } = orphan.state.machine.vm;
+  if (alive(helper)) {
+    try {
+      process.kill(helper.pid, "SIGKILL");
+    } catch (err) {
+      debug("killing the helper of %s: %s", orphan.name, (err as Error).message);
+    }
+  }
+  rmSync(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,144 @@
+// Sandboxes outlive `msb server`: the server process is SIGKILLed in the middle of a session and a
+// new one on the same cache adopts what runs, as the real SDKs (e2b 2.51 and
+// @e2b/code-interpreter on it, unmodified) and `msb ps` see it; with --stop-on-exit, SIGTERM
+// stops everything. The servers are the CLI, as a self-hoster runs them.
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { once } from "node:events";
+import { existsSync, readdirSync } from "node:fs";
+import { createServer as netServer } from "node:net";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+
+import { alive } from "../../src/liveness.js";
+import { Sandbox } from "../../src/sandbox/sandbox.js";
+import type { ServerRecord } from "../../src/server/sandboxes.js";
+
+const MSB = fileURLToPath(new URL("../../dist/cli/msb.js", import.meta.url));
+const KEY = "outlive-key";
+type Interpreter = typeof import("@e2b/code-interpreter");
+let ci: Interpreter;
+let url: string;
+let port: number;
+const servers = new Set<ChildProcess>();
+
+async function freePort(): Promise<number> {
+  const s = netServer().listen(0, "127.0.0.1");
+  await once(s, "listening");
+  const p = (s.address() as { port: number }).port;
+  s.close();
+  return p;
+}
+
+// `msb server` on the fixed port; resolves once it listens, with what it said until then.
+async function startServer(...args: string[]): Promise<{ proc: ChildProcess; said: () => string }> {
+  const proc = spawn(process.execPath, [MSB, "server", "--port", String(port), "--api-key", KEY, ...args], { stdio: ["ignore", "ignore", "pipe"] });
+  servers.add(proc);
+  proc.once("exit", () => servers.delete(proc));
+  let said = "";
+  proc.stderr!.setEncoding("utf8").on("data", (d: string) => (said += d));
+  await new Promise<void>((resolve, reject) => {
+    const check = () => (said.includes("listening on") ? resolve() : undefined);
+    proc.stderr!.on("data", check);
+    proc.once("exit", (code) => reject(new Error(`msb server exited (${code}): ${said}`)));
+  });
+  return { proc, said: () => said };
+}
+
+async function stopServer(proc: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = once(proc, "exit");
+  proc.kill(signal);
+  await exited;
+}
+
+// The orphan (a VM with no server) the server recorded as sandbox `id`, if any.
+const orphanOf = (id: string) => Sandbox.orphans().find((o) => (o.data as ServerRecord | undefined)?.id === id);
+
+beforeAll(async () => {
+  port = await freePort();
+  url = `http://127.0.0.1:${port}`;
+  Object.assign(process.env, { E2B_API_URL: url, E2B_SANDBOX_URL: url, E2B_API_KEY: KEY, E2B_DOMAIN: "localhost" });
+  ci = (await import("@e2b/code-interpreter")) as unknown as Interpreter;
+});
+// A test that failed half-way leaves no server on the shared port for the next.
+afterEach(async () => {
+  for (const proc of servers) await stopServer(proc, "SIGKILL");
+});
+afterAll(async () => {
+  // Whatever a failed test left running goes too.
+  for (const o of Sandbox.orphans()) if ((o.data as ServerRecord | undefined)?.server === 1) Sandbox.discard(o);
+});
+
+describe("sandboxes outlive msb server", () => {
+  it("a SIGKILLed server's sandbox goes on under the next: variable, file and background process kept, listed once, nothing left after", async () => {
+    const first = await startServer();
+    const sb = await ci.Sandbox.create({ metadata: { who: "outlive" }, timeoutMs: 600_000 });
+    await sb.runCode("x = 41");
+    await sb.files.write("/root/kept.txt", "kept across servers");
+    const ticker = await sb.commands.run("while true; do echo tick >> /tmp/ticks; sleep 0.2; done", { background: true });
+    const infoBefore = await sb.getInfo();
+
+    await stopServer(first.proc, "SIGKILL");
+    const orphan = orphanOf(sb.sandboxId);
+    expect(orphan, "the VM runs on with no server").toBeDefined();
+    const { helper, dir } = orphan!.state.machine.vm;
+    expect(alive(helper)).toBe(true);
+
+    const second = await startServer();
+    expect(second.said()).toContain(`adopted 1 running sandbox: ${sb.sandboxId}`);
+    const fds = () => readdirSync(`/proc/${second.proc.pid}/fd`).length;
+    // Metadata and timeout were kept (connect sets a timeout of its own: asked before it).
+    const info = await ci.Sandbox.getInfo(sb.sandboxId);
+    expect(info.metadata).toEqual({ who: "outlive" });
+    expect(info.endAt.getTime()).toBe(infoBefore.endAt.getTime());
+    const again = await ci.Sandbox.connect(sb.sandboxId);
+    expect((await again.runCode("x + 1")).text).toBe("42");
+    expect(await again.files.read("/root/kept.txt")).toBe("kept across servers");
+    // The background process never stopped, and the new server knows it by its pid.
+    const count = async () => Number((await again.commands.run("wc -l < /tmp/ticks")).stdout.trim());
+    const n1 = await count();
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await count()).toBeGreaterThan(n1);
+    expect((await again.commands.list()).map((p: { pid: number }) => p.pid)).toContain(ticker.pid);
+
+    const ps = await promisify(execFile)(process.execPath, [MSB, "ps", "--server", url, "--api-key", KEY]);
+    expect(ps.stdout.split("\n").filter((l) => l.trim().startsWith(sb.sandboxId))).toHaveLength(1);
+
+    const fdsAdopted = fds();
+    await again.kill();
+    expect(alive(helper)).toBe(false);
+    expect(existsSync(dir)).toBe(false);
+    // The adopted VM's agent, monitor and helper sockets and its egress proxy were let go.
+    expect(fds()).toBeLessThanOrEqual(fdsAdopted - 4);
+    await stopServer(second.proc, "SIGTERM");
+    expect(orphanOf(sb.sandboxId)).toBeUndefined();
+  }, 300_000);
+
+  it("an expired sandbox is stopped at adoption; with --stop-on-exit SIGTERM stops every sandbox", async () => {
+    const first = await startServer();
+    const short = await ci.Sandbox.create({ timeoutMs: 8_000 });
+    await stopServer(first.proc, "SIGTERM"); // without --stop-on-exit: it runs on
+    const left = orphanOf(short.sandboxId);
+    expect(left).toBeDefined();
+    await new Promise((r) => setTimeout(r, 9_000));
+    const second = await startServer();
+    expect(second.said()).toMatch(new RegExp(`stopped sandbox ${short.sandboxId}: its timeout passed`));
+    expect(alive(left!.state.machine.vm.helper)).toBe(false);
+    expect(existsSync(left!.state.machine.vm.dir)).toBe(false);
+    await stopServer(second.proc, "SIGTERM");
+
+    const third = await startServer("--stop-on-exit");
+    const sb = await ci.Sandbox.create();
+    await sb.runCode("y = 1");
+    const ps = await promisify(execFile)(process.execPath, [MSB, "ps", "--server", url, "--api-key", KEY]);
+    const vmm = Number(new RegExp(`^\\s*${sb.sandboxId} .* pid (\\d+)`, "m").exec(ps.stdout)?.[1]);
+    expect(vmm).toBeGreaterThan(0);
+    expect(alive({ pid: vmm })).toBe(true);
+    await stopServer(third.proc, "SIGTERM");
+    expect(third.said()).toContain("stopping every sandbox");
+    expect(alive({ pid: vmm })).toBe(false);
+    expect(orphanOf(sb.sandboxId)).toBeUndefined();
+    expect(Sandbox.orphans().filter((o) => (o.data as ServerRecord | undefined)?.server === 1)).toEqual([]);
+  }, 300_000);
+});
