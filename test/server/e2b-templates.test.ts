@@ -1,7 +1,8 @@
 // The E2B SDK's Template builder against msb server (e2b 2.51, unmodified): Template.build of a
 // template made from the server's Python template with a command and a copied file, sandboxes
 // of it (and the code interpreter), the builder's cache on a second build, a failing step, steps
-// refused by name, and templates kept across a server restart.
+// refused by name, templates kept across a server restart; and the upload API by hand (tokens,
+// archives that leave their root or hold links, files that are not what their hash says).
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -214,7 +215,7 @@ describe("template file uploads", () => {
     expect(requested.status).toBe(202);
     const { templateID } = (await requested.json()) as { templateID: string };
     const linkOf = async (hash: string) =>
-      (await (await api(`/templates/${templateID}/files/${hash}`)).json()) as { url: string; headers: Record<string, string> };
+      (await (await api(`/templates/${templateID}/files/${hash}`)).json()) as { present: boolean; url: string; headers: Record<string, string> };
     const put = (link: { url: string; headers: Record<string, string> }, body: Buffer, headers = link.headers) =>
       fetch(link.url, { method: "PUT", body, headers });
 
@@ -236,8 +237,22 @@ describe("template file uploads", () => {
     expect(((await linked.json()) as { message: string }).message).toMatch(/symlink.*resolveSymlinks/);
     expect((await api(`/templates/${templateID}/files/not-a-hash`)).status).toBe(400);
 
-    // A new request for the name replaces the build that never started: its files go.
-    expect((await api("/v3/templates", { method: "POST", body: JSON.stringify({ name }) })).status).toBe(202);
+    // Files that are not what their hash says are refused when the build starts; so is a step type not built here.
+    const good = "c".repeat(64);
+    expect((await put(await linkOf(good), tar([{ name: "f.txt", body: "x" }]))).status).toBe(200);
+    const { buildID } = (await (await api("/v3/templates", { method: "POST", body: JSON.stringify({ name }) })).json()) as { buildID: string };
+    expect(uploads()).toEqual([]); // that build was replaced: its files are gone, and the new one has none
+    const again = await linkOf(good);
+    expect(again).toMatchObject({ present: false });
+    const start = (id: string, body: unknown) => api(`/v2/templates/${templateID}/builds/${id}`, { method: "POST", body: JSON.stringify(body) });
+    await put(again, tar([{ name: "f.txt", body: "x" }]));
+    const copy = await start(buildID, { fromTemplate: "base", steps: [{ type: "COPY", args: ["f.txt", "/f.txt", "", ""], filesHash: good }] });
+    expect(copy.status).toBe(400);
+    expect(((await copy.json()) as { message: string }).message).toMatch(/do not match their hash/);
+    const next = (await (await api("/v3/templates", { method: "POST", body: JSON.stringify({ name }) })).json()) as { buildID: string };
+    const odd = await start(next.buildID, { fromTemplate: "base", steps: [{ type: "HEALTHCHECK", args: ["true"] }] });
+    expect(odd.status).toBe(400);
+    expect(((await odd.json()) as { message: string }).message).toMatch(/"HEALTHCHECK", which this server does not build/);
     expect(uploads()).toEqual([]);
   }, 60_000);
 });
