@@ -7,7 +7,7 @@ import path from "node:path";
 import { debuglog } from "node:util";
 
 import { alive, type ProcessStamp } from "../liveness.js";
-import { runtimeDirOwner, runtimeDirs } from "../paths.js";
+import { cacheDir, runtimeDirOwner, runtimeDirs } from "../paths.js";
 import type { KeptSession, MachineRecord } from "../vm/machine.js";
 import type { KeptCommand } from "./commands.js";
 import type { SandboxOptions } from "./options.js";
@@ -34,6 +34,8 @@ export interface OutliveState {
   data?: unknown;
   /** The process holding it; absent once let go of (Sandbox.detach). An orphan's host is gone. */
   host?: ProcessStamp;
+  /** The cache it was started from (its image, its logs): only a process on the same cache adopts it. */
+  cache: string;
   writtenAt: string;
 }
 
@@ -49,9 +51,9 @@ export interface OrphanSandbox {
 }
 
 /** Writes `state` into its VM's runtime dir, private (its options may hold secrets). */
-export function writeOutliveState(state: Omit<OutliveState, "format" | "writtenAt">): void {
+export function writeOutliveState(state: Omit<OutliveState, "format" | "writtenAt" | "cache">): void {
   const dir = state.machine.vm.dir;
-  const full: OutliveState = { format: FORMAT, ...state, writtenAt: new Date().toISOString() };
+  const full: OutliveState = { format: FORMAT, ...state, cache: cacheDir(), writtenAt: new Date().toISOString() };
   const tmp = path.join(dir, `.${STATE_FILE}`);
   writeFileSync(tmp, `${JSON.stringify(full)}\n`, { mode: 0o600 });
   renameSync(tmp, path.join(dir, STATE_FILE));
@@ -77,8 +79,8 @@ function readState(dir: string): OutliveState | undefined {
 }
 
 /**
- * The outliving sandboxes of this user with no process attached: their runtime dir holds a state
- * file and its owner (the VM's helper) still runs. `attached`: dirs this process holds.
+ * The outliving sandboxes of this user and cache with no process attached: their runtime dir
+ * holds a state file and its owner (the VM's helper) still runs. `attached`: dirs this process holds.
  */
 export function listOrphans(attached: ReadonlySet<string>): OrphanSandbox[] {
   const found: OrphanSandbox[] = [];
@@ -87,7 +89,8 @@ export function listOrphans(attached: ReadonlySet<string>): OrphanSandbox[] {
     const owner = runtimeDirOwner(dir);
     if (!owner || !alive(owner)) continue;
     const state = readState(dir);
-    if (state && !(state.host && alive(state.host))) found.push({ name: state.options.name, kind: state.kind, data: state.data, state });
+    if (state && state.cache === cacheDir() && !(state.host && alive(state.host)))
+      found.push({ name: state.options.name, kind: state.kind, data: state.data, state });
   }
   return found;
 }

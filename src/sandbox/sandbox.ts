@@ -653,8 +653,9 @@ export abstract class Sandbox implements AsyncDisposable {
     this.lifetime = undefined;
     registry.delete(this.listed);
     this.vm = undefined;
-    this.onStop();
+    // Let go of before the interpreters are dropped: their processes are the next host's.
     vm.detach();
+    this.onStop();
     attachedDirs.delete(vm.record()!.vm.dir);
     this.log?.add("event", "let go of: it runs on for another host");
     this.log?.flush();
