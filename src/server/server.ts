@@ -2,7 +2,7 @@
 // with a find-my-way router: the Microsandbox JSON-RPC protocol (msb-rpc.ts) and the E2B API
 // (e2b/: control plane, and a data plane for requests carrying E2b-Sandbox-Id). It binds to
 // loopback unless told otherwise and refuses any other address without an API key; close() stops
-// every sandbox it runs.
+// every sandbox it runs, or with `outlive` lets them run on for the next server to adopt.
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
