@@ -73,6 +73,7 @@ export async function resumeSandbox(table: SandboxTable, { m, s }: E2bSandbox, t
         }
         m.sandbox = resumed;
         s.processes.release(m.sandbox.command.resumed());
+        table.persist(m); // the resumed VM's state file, for the next server (outlive)
         delete s.paused;
         delete m.discard;
       }),
