@@ -21,6 +21,8 @@ export { pullEvents, pullImage } from "./images/sources.js";
 export type { ImageConfig, ImageInfo, ResolvedImage } from "./images/store.js";
 // Images: pulled from registries, imported from archives, kept in the cache.
 export { ImageStore } from "./images/store.js";
+// A sandbox's VMM and why it was chosen, in words.
+export { describeBackend } from "./sandbox/base.js";
 // What a sandbox does: commands, interpreter cells, files, metrics, logs, volumes.
 export type { CommandOptions, RunOptions, SandboxCommands, SpawnCommandOptions } from "./sandbox/commands.js";
 export type { ExecutionStatus } from "./sandbox/execution.js";
@@ -37,7 +39,7 @@ export { SandboxPool } from "./sandbox/pool.js";
 export type { SandboxInfo } from "./sandbox/registry.js";
 export type { ForkOptions, PauseOptions, ResumeOptions } from "./sandbox/sandbox.js";
 // Sandboxes.
-export { describeBackend, Sandbox } from "./sandbox/sandbox.js";
+export { Sandbox } from "./sandbox/sandbox.js";
 export type { VolumeInfo, VolumeSpec } from "./sandbox/volumes.js";
 export { listVolumes, removeVolume } from "./sandbox/volumes.js";
 export type { RunningServer, ServerOptions } from "./server/server.js";

@@ -5,10 +5,10 @@ import type { ExecProcess, ExecResult } from "../agent-client/process.js";
 import { InvalidArgumentError, TimeoutError } from "../errors.js";
 import { checkKeys, keysOf } from "../keys.js";
 import { publish } from "../trace.js";
+import type { SandboxBase } from "./base.js";
 import { CommandExecution } from "./execution.js";
 import type { CommandTap } from "./logs.js";
 import { checkSeconds } from "./options.js";
-import type { Sandbox } from "./sandbox.js";
 
 export interface CommandOptions {
   /** Seconds; past it the process tree is killed and TimeoutError is thrown. */
@@ -66,7 +66,7 @@ export class SandboxCommands {
   private readonly keeping = new Map<ExecProcess, Kept>();
   private adopted = new Map<number, ExecProcess>();
 
-  constructor(private readonly sandbox: Sandbox) {}
+  constructor(private readonly sandbox: SandboxBase) {}
 
   /**
    * Runs `command` with `args` (no shell) and collects its output. A non-zero exit is not an error.

@@ -1,5 +1,5 @@
-// Sandbox options: their types, defaults and checks. Everything is validated here, before any VM
-// starts, with messages that name the value and say what to do.
+// Sandbox options: their types, defaults and checks, and what they ask of the VM. Everything is
+// validated here, before any VM starts, with messages that name the value and say what to do.
 import { randomBytes } from "node:crypto";
 import os from "node:os";
 
@@ -7,9 +7,17 @@ import { DEFAULT_PATH } from "../agent-client/process.js";
 import { InvalidArgumentError } from "../errors.js";
 import { RegistryClient, type RegistryClientOptions } from "../images/registry.js";
 import { checkKeys, keysOf } from "../keys.js";
-import { checkEgressProxy, checkInjectHeaders, checkSecrets, type InjectHeadersOption, type Secret, type SecretsOption } from "../vm/machine.js";
+import {
+  checkEgressProxy,
+  checkInjectHeaders,
+  checkSecrets,
+  type InjectHeadersOption,
+  type MachineSpec,
+  type Secret,
+  type SecretsOption,
+} from "../vm/machine.js";
 import { checkNetwork, checkPorts, type NetworkPolicy, type PortForward } from "../vm/netpolicy.js";
-import { checkVolumes, type VolumeSpec } from "./volumes.js";
+import { checkVolumes, type VolumeSpec, volumeFile } from "./volumes.js";
 
 export interface SandboxOptions {
   /** 1–63 characters of [A-Za-z0-9_-], starting alphanumeric. Default: a generated name. */
@@ -330,4 +338,26 @@ export function envRecord(entries: readonly string[]): Record<string, string> {
 /** The guest environment: defaults a shell expects, then the image's, the sandbox's, the call's. */
 export function guestEnv(...layers: (Record<string, string> | undefined)[]): Record<string, string> {
   return Object.assign({ PATH: DEFAULT_PATH, HOME: "/root", LANG: "C.UTF-8", TERM: "dumb" }, ...layers);
+}
+
+/** What a sandbox of options `o` asks of its VM; its console is kept in `consoleKeep` when it ends. */
+export function machineSpecOf(o: ResolvedOptions, consoleKeep: string | undefined): MachineSpec {
+  return {
+    name: o.name,
+    memory: o.memory,
+    cpus: Math.ceil(o.cpus),
+    network: o.network,
+    ports: o.ports,
+    maxProcesses: o.maxProcesses,
+    bootTimeout: o.timeout,
+    volumes: o.volumes.map((v) => ({ file: volumeFile(v.name), path: v.path, readOnly: v.readOnly })),
+    backend: o.backend,
+    confinement: o.confinement,
+    secrets: o.secrets,
+    injectHeaders: o.injectHeaders,
+    ...(o.egressProxy ? { egressProxy: checkEgressProxy(o.egressProxy) } : {}),
+    ...(consoleKeep !== undefined ? { consoleKeep } : {}),
+    ...(o.kernel ? { kernel: o.kernel } : {}),
+    ...(o.outlive ? { outlive: true } : {}),
+  };
 }

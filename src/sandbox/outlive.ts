@@ -1,7 +1,8 @@
 // Sandboxes whose VM outlives the process that started it (the outlive option): the state file
-// in the VM's runtime dir that another process adopts it by, the orphans such files describe,
-// and the end of one that cannot be adopted. The runtime dir belongs to the VM's helper, so it
-// goes when the VM does (the sweep of src/paths.ts), and never before.
+// in the VM's runtime dir that another process adopts it by, those this process holds, the
+// orphans such files describe, and the end of one that cannot be adopted. The runtime dir
+// belongs to the VM's helper, so it goes when the VM does (the sweep of src/paths.ts), and never
+// before.
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { debuglog } from "node:util";
@@ -17,6 +18,9 @@ const FORMAT = 1;
 const STATE_FILE = "sandbox.json";
 // A state file is written by this library; one larger than this is not one of ours.
 const MAX_STATE_BYTES = 4 << 20;
+
+/** The runtime dirs of outliving VMs this process holds: not orphans. */
+export const attachedDirs = new Set<string>();
 
 /** What Sandbox.adopt() takes an outliving sandbox back by. */
 export interface OutliveState {
@@ -80,12 +84,12 @@ function readState(dir: string): OutliveState | undefined {
 
 /**
  * The outliving sandboxes of this user and cache with no process attached: their runtime dir
- * holds a state file and its owner (the VM's helper) still runs. `attached`: dirs this process holds.
+ * holds a state file and its owner (the VM's helper) still runs, and this process does not hold it.
  */
-export function listOrphans(attached: ReadonlySet<string>): OrphanSandbox[] {
+export function listOrphans(): OrphanSandbox[] {
   const found: OrphanSandbox[] = [];
   for (const dir of runtimeDirs()) {
-    if (attached.has(dir)) continue;
+    if (attachedDirs.has(dir)) continue;
     const owner = runtimeDirOwner(dir);
     if (!owner || !alive(owner)) continue;
     const state = readState(dir);
