@@ -62,15 +62,16 @@ for (let r = 0; r < ROUNDS; r++) {
     await sb.runCode(`x = ${r * 100 + i}`);
     made.push(sb.sandboxId);
   }
-  let t = performance.now();
-  await a.close();
-  closeMs.push(performance.now() - t);
-  await settle();
-  // Interleaved: a server with nothing to adopt (on another port), then the one that adopts.
+  // Interleaved: a server with nothing to adopt (on another port: A still holds its sandboxes),
+  // then A's close, then the one that adopts.
   const empty = performance.now();
   const other = await createServer({ port: 0, outlive: false });
   emptyStartMs.push(performance.now() - empty);
   await other.close();
+  let t = performance.now();
+  await a.close();
+  closeMs.push(performance.now() - t);
+  await settle();
   const { server: b, ms } = await start();
   adoptStartMs.push(ms);
   if (b.adoption.adopted.length !== SANDBOXES) throw new Error(`adopted ${b.adoption.adopted.length} of ${SANDBOXES}: ${JSON.stringify(b.adoption.stopped)}`);

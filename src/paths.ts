@@ -124,6 +124,36 @@ export function runtimeDirs(): string[] {
     .sort();
 }
 
+/**
+ * A file beside the runtime dir `dir`, named `dir.NAME`: outside the dir, so outside the VMM's
+ * jail (which holds the dir, read-write): an outliving VM's state and control socket, which its
+ * VMM must neither read nor replace. Swept once their dir is gone.
+ */
+export function besideRuntimeDir(dir: string, name: string): string {
+  return `${dir}.${name}`;
+}
+
+/** Removes the runtime dir `dir` and the files beside it (never throws). */
+export function removeRuntimeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+  const base = path.basename(dir);
+  for (const name of readOr(() => readdirSync(path.dirname(dir))) ?? []) {
+    if (name.startsWith(`${base}.`)) rmSync(path.join(path.dirname(dir), name), { force: true });
+  }
+}
+
+// Files beside runtime dirs whose dir is gone (a VM's helper killed before it cleaned up).
+function sweepBeside(removed: string[]): void {
+  const parent = runtimeParent();
+  for (const e of readOr(() => readdirSync(parent, { withFileTypes: true })) ?? []) {
+    const dot = e.name.indexOf(".");
+    if (e.isDirectory() || !e.name.startsWith(DIR_PREFIX) || dot < 0) continue;
+    if (readOr(() => lstatSync(path.join(parent, e.name.slice(0, dot))))) continue;
+    rmSync(path.join(parent, e.name), { force: true });
+    removed.push(path.join(parent, e.name));
+  }
+}
+
 /** The runtime dirs this process made and has not removed yet. */
 export function ownRuntimeDirs(): string[] {
   return runtimeDirs().filter((dir) => isOwn(runtimeDirOwner(dir)));
@@ -153,6 +183,7 @@ export function sweepRuntimeDirs(): string[] {
         debug("sweeping %s failed: %s", dir, (err as Error).message);
       }
     }
+    sweepBeside(removed);
   } catch (err) {
     debug("sweeping runtime dirs failed: %s", (err as Error).message);
   }

@@ -4,6 +4,8 @@
 // 0:0 character device, which becomes a whiteout ".wh.NAME"; a directory removed and made anew is
 // marked opaque by an xattr busybox tar cannot carry, so the host finds those directories by
 // asking the guest which of the base's entries it still sees, and marks them ".wh..wh..opq".
+
+import { randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, readdir, rename, rm } from "node:fs/promises";
 import path from "node:path";
@@ -114,8 +116,10 @@ export async function archiveChanges(
   signal?: AbortSignal,
 ): Promise<{ digest: string; size: number }> {
   await mkdir(dir, { recursive: true });
-  const raw = path.join(dir, `.upper-${process.pid}-${Date.now()}.tar`);
-  const out = path.join(dir, `.layer-${process.pid}-${Date.now()}.tar`);
+  // Names of their own: two builds of one process can archive in the same millisecond.
+  const unique = `${process.pid}-${randomBytes(6).toString("hex")}`;
+  const raw = path.join(dir, `.upper-${unique}.tar`);
+  const out = path.join(dir, `.layer-${unique}.tar`);
   const writer = new TarFileWriter(out);
   try {
     await guestToFile(agent, ["tar", "-C", UPPER, "-cf", "-", "."], raw, limit, signal);

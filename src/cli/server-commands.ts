@@ -18,8 +18,9 @@ without an API key (--api-key, or MSB_API_KEY), which clients send as Authorizat
 
 Sandboxes outlive the server: Ctrl-C, SIGTERM, a crash or SIGKILL of it leaves their VMs running
 (their processes held), and the next msb server on this cache adopts them, with their tokens,
-timeouts and metadata (one whose timeout passed meanwhile is stopped then). Paused sandboxes and
-ones with volumes stop with the server. --stop-on-exit stops every sandbox on Ctrl-C or SIGTERM.
+timeouts and metadata (one whose timeout passed meanwhile is stopped then). Paused sandboxes,
+forks and ones with volumes stop with the server. --stop-on-exit stops every sandbox on Ctrl-C or
+SIGTERM, those adopted at the start included.
 
 The Microsandbox SDKs' images and the E2B SDKs' templates this server knows by name, with the
 kind of sandbox each makes (any other name is taken as an image reference, a CustomSandbox):

@@ -353,6 +353,11 @@ export abstract class SandboxBase implements AsyncDisposable {
   // Saves of one VM (forks, a pause: sandbox.ts) and its stop happen one after another: each
   // pauses the VM and lets it go on, and two interleaved would let one save a running VM.
   private saves: Promise<unknown> = Promise.resolve();
+  /** @internal Resolves once the saves (fork, pause, save) under way have ended. */
+  protected savesDone(): Promise<unknown> {
+    return this.saves;
+  }
+
   /** @internal Runs `fn` after the saves before it, and before a stop() called after it. */
   protected oneSaveAtATime<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.saves.then(fn);

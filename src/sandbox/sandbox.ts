@@ -5,6 +5,7 @@
 // The kinds are in kinds.ts.
 import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
+import path from "node:path";
 import { debuglog } from "node:util";
 
 import { ImageError, InvalidArgumentError, SandboxNotRunningError, SnapshotUnsupportedError } from "../errors.js";
@@ -28,7 +29,7 @@ import { describeBackend, SandboxBase } from "./base.js";
 import { restoreFiles, saveFiles } from "./files-only.js";
 import { SandboxLog } from "./logs.js";
 import { checkName, type SandboxOptions } from "./options.js";
-import { attachedDirs, discardOrphan, listOrphans, type OrphanSandbox, type OutliveState, writeOutliveState } from "./outlive.js";
+import { attachedDirs, claimOrphan, discardOrphan, listOrphans, type OrphanSandbox, type OutliveState, writeOutliveState } from "./outlive.js";
 import { newPausedDir, readPaused, withPausedLock, writePaused } from "./paused.js";
 import type { SandboxPool } from "./pool.js";
 import { registry } from "./registry.js";
@@ -280,31 +281,38 @@ export abstract class Sandbox extends SandboxBase {
    * as it is now (its kept processes, network, the caller's data). A no-op for other sandboxes.
    */
   recordChanged(held = true): void {
-    const machine = this.vm?.record();
-    if (!machine) return;
+    const vm = this.vm;
+    const machine = vm?.record();
+    if (!vm || !machine) return;
     try {
       writeOutliveState({
         kind: this.constructor.name,
         options: this.copyOptions(this.name),
         imageId: this.imageId,
+        imageConfig: this.imageConfig,
         machine,
         keep: this.keptSessions(),
         commands: this.command.keptNow(),
         ...(this.adoptionData !== undefined ? { data: this.adoptionData } : {}),
         ...(held ? { host: ownStamp() } : {}),
       });
+      // Recorded where a next host finds it: only now may it outlive this process.
+      vm.hold();
     } catch (err) {
       debug("recording sandbox %s for adoption: %s", this.name, (err as Error).message);
     }
   }
 
   /**
-   * Lets go of this outliving sandbox (option outlive): its VM runs on with its processes held,
-   * for Sandbox.adopt() in this or another process; this object no longer has it.
+   * Lets go of this outliving sandbox (option outlive), once a fork, pause or save under way has
+   * ended: its VM runs on with its processes held, for Sandbox.adopt() in this or another process;
+   * this object no longer has it. False when there was no VM to let go of (stopped, or paused by
+   * the save that was under way).
    */
-  detach(): void {
+  async detach(): Promise<boolean> {
+    await this.savesDone();
     const vm = this.vm;
-    if (!vm) return;
+    if (!vm) return false;
     if (!vm.record()) throw new InvalidArgumentError(`sandbox ${this.name} was not created with outlive: true: stop() it instead`);
     this.recordChanged(false);
     // Let go of before the interpreters are dropped: their processes are the next host's.
@@ -312,6 +320,7 @@ export abstract class Sandbox extends SandboxBase {
     attachedDirs.delete(vm.record()!.vm.dir);
     this.log?.add("event", "let go of: it runs on for another host");
     this.log?.flush();
+    return true;
   }
 
   /** Whether this sandbox's VM would run on without this process (option outlive, and running). */
@@ -340,25 +349,26 @@ export abstract class Sandbox extends SandboxBase {
     if (!state?.machine) throw new InvalidArgumentError("adopt() takes an entry of Sandbox.orphans()");
     // biome-ignore lint/complexity/noThisInStatic: `this` is the subclass adopt() is called on; it must be the kind that started it
     if (state.kind !== this.name) throw new InvalidArgumentError(`sandbox ${orphan.name} was started as a ${state.kind}: adopt it with ${state.kind}.adopt()`);
+    const release = claimOrphan(orphan);
     const sandbox = new this(state.options);
+    // Before anything records it again: its record keeps the caller's data throughout.
+    sandbox.adoptionData = state.data;
     try {
       await sandbox.tracked(() => sandbox.adoptFrom(state));
     } catch (err) {
       discardOrphan(orphan);
       throw err;
+    } finally {
+      release();
     }
-    sandbox.adoptionData = state.data;
-    sandbox.recordChanged();
     return sandbox;
   }
 
-  // Takes over the running VM of `state` into this sandbox.
+  // Takes over the running VM of `state` into this sandbox. The VM needs nothing of its image:
+  // a tag that moved since, or an image removed, does not stop it (a fork would need the disk).
   private async adoptFrom(state: OutliveState): Promise<void> {
     const store = new ImageStore();
-    const image = await resolveImage(store, state.options.image, { pull: "never" });
-    if (image.id !== state.imageId) {
-      throw new ImageError(`sandbox ${this.name} runs image ${state.options.image} with id ${state.imageId}, which is no longer stored (now ${image.id})`);
-    }
+    const image = { ref: state.options.image, id: state.imageId, rootfs: path.join(store.imageDir(state.imageId), "rootfs"), config: state.imageConfig };
     const vm = await adoptMachine(
       state.machine,
       { id: image.id, rootfs: image.rootfs, disk: () => store.disk(image) },

@@ -333,11 +333,13 @@ export class SandboxTable {
       [...this.all.values()].map(async (m) => {
         if (this.outlive && !m.paused && m.sandbox.outlives) {
           clearTimeout(m.timer);
-          this.all.delete(m.id);
           this.persist(m);
-          m.sandbox.detach();
-          kept++;
-          return;
+          // A pause under way ends the VM it was saving: that one is killed below, its state with it.
+          if (await m.sandbox.detach()) {
+            this.all.delete(m.id);
+            kept++;
+            return;
+          }
         }
         await this.kill(m);
       }),

@@ -51,7 +51,8 @@ export interface ServerOptions {
   /**
    * Sandboxes outlive this server (default false: they stop with it): close() lets them run on,
    * and a server created later on this cache adopts them, tokens, timeouts and metadata kept (a
-   * timeout that passed meanwhile stops one then). Paused sandboxes and ones with volumes still
+   * timeout that passed meanwhile stops one then). Every server adopts what an earlier one left;
+   * this decides what its own close() does. Paused sandboxes, forks and ones with volumes still
    * stop with the server. QEMU only.
    */
   outlive?: boolean;
@@ -62,7 +63,7 @@ export interface RunningServer {
   port: number;
   /** Stops accepting requests and stops every sandbox (with `outlive`, lets those that can run on: how many). */
   close(): Promise<number>;
-  /** What this server adopted at its start of what a previous one left running (`outlive`), and what it stopped. */
+  /** What this server adopted at its start of what a previous server on its cache left running, and what it stopped. */
   readonly adoption: Adoption;
   /** @internal */
   readonly table: SandboxTable;
@@ -186,14 +187,19 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
     socket.unshift(Buffer.concat([requestHead(req, NOT_UPGRADING), head]));
     server.emit("connection", socket);
   });
-  // What a server on this cache left running goes on here, before any client can ask for it.
-  const adoption = opts.outlive
-    ? await table.adopt((m, extra) => (m.protocol === "e2b" ? e2b.adopt(m, extra) : Promise.resolve()))
-    : { adopted: [], stopped: [] };
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(opts.port ?? SERVER_DEFAULTS.port, host, () => resolve());
-  });
+  // What a server on this cache left running goes on here (and, without outlive, stops with it),
+  // before any client can ask for it.
+  const adoption = await table.adopt((m, extra) => (m.protocol === "e2b" ? e2b.adopt(m, extra) : Promise.resolve()));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(opts.port ?? SERVER_DEFAULTS.port, host, () => resolve());
+    });
+  } catch (err) {
+    // Nobody could reach what was adopted: it is let go of again (with outlive) or stopped.
+    await Promise.all([table.close(), e2b.close()]);
+    throw err;
+  }
   const port = (server.address() as AddressInfo).port;
   let closing: Promise<number> | undefined;
   return {

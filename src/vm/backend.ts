@@ -2,7 +2,7 @@
 // hand back a connected AgentClient, and stop or kill it. Also the part of booting both share:
 // waiting for the agent's hello, the timeline, and a failure's cleanup and VmBootError.
 import type { ChildProcess } from "node:child_process";
-import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Duplex } from "node:stream";
 import { debuglog } from "node:util";
@@ -10,7 +10,7 @@ import { debuglog } from "node:util";
 import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
 import { VmBootError } from "../errors.js";
 import type { ProcessStamp } from "../liveness.js";
-import { cacheDir } from "../paths.js";
+import { cacheDir, removeRuntimeDir } from "../paths.js";
 import type { GuestArch } from "./guest.js";
 import type { PortForward } from "./netpolicy.js";
 import type { SnapshotOutcome } from "./snapshot.js";
@@ -180,6 +180,12 @@ export interface Vm {
   /** A VM booted with VmConfig.outlive: what Backend.adopt takes it back by. */
   readonly record?: VmRecord;
   /**
+   * From now on the VM outlives this process (VmConfig.outlive): its agent holds its processes
+   * when this host goes, and its runtime dir is its helper's. Called once the host has recorded it
+   * somewhere a next host finds it: a VM whose host dies before that ends with it.
+   */
+  hold?(): void;
+  /**
    * Lets go of a VM booted with VmConfig.outlive: this process's connections to it close and it
    * runs on, its processes held for the next host (Backend.adopt). `exited` then resolves.
    */
@@ -263,7 +269,7 @@ export interface StartedVmm {
   extend?(
     agent: AgentClient,
     vmm: { helper: number; pid: number; confinement: Confinement },
-  ): Pick<Vm, "save" | "proceed" | "rawPort" | "networkRefusals" | "setPolicy" | "onRedirect" | "record" | "detach">;
+  ): Pick<Vm, "save" | "proceed" | "rawPort" | "networkRefusals" | "setPolicy" | "onRedirect" | "record" | "hold" | "detach">;
   /** More to release with the runtime dir (a listening socket). */
   release?(): void;
   /** The VMM's own report of a failure to start, settled once it has exited (libkrun's status). */
@@ -305,7 +311,7 @@ export async function finishBoot(s: StartedVmm): Promise<Vm> {
   });
   const release = () => {
     s.release?.();
-    rmSync(s.dir, { recursive: true, force: true });
+    removeRuntimeDir(s.dir);
   };
   const deadline = s.t0 + config.bootTimeout * 1000;
   let timer: NodeJS.Timeout | undefined;

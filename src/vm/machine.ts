@@ -144,6 +144,8 @@ export interface Machine {
   save(dir: string, commit?: () => void | Promise<void>, opts?: { keepRunning?: boolean }): Promise<void>;
   /** An outliving machine (spec.outlive): what adoptMachine() takes it back by, as it is now. */
   record(): MachineRecord | undefined;
+  /** An outliving machine, once its record() is kept where a next host finds it: from now on it outlives this process. */
+  hold(): void;
   /** Lets go of an outliving machine: it runs on, its processes held for the next host. */
   detach(): void;
 }
@@ -372,6 +374,7 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
         spec,
         ...(egress ? { proxyPort: egress.port } : {}),
       },
+    hold: () => vm.hold?.(),
     detach() {
       if (!vm.detach) throw new SnapshotUnsupportedError(`sandbox ${config.name} was not started to outlive this process: it cannot be let go of`);
       vm.detach();

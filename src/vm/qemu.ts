@@ -18,7 +18,7 @@ import { BackendUnavailableError, ConfinementError, MicrosandboxError, NetworkEr
 import { Redirect_Kind } from "../gen/vmm_pb.js";
 import { alive, stampOf } from "../liveness.js";
 import { vmmHelperPath } from "../native.js";
-import { makeRuntimeDir, setRuntimeDirOwner } from "../paths.js";
+import { besideRuntimeDir, makeRuntimeDir, removeRuntimeDir, setRuntimeDirOwner } from "../paths.js";
 import {
   type Backend,
   type BootTimeline,
@@ -321,7 +321,11 @@ export class QemuBackend implements Backend {
     const confine = ["--control", String(CONTROL_FD), "--confinement", opts.confinement];
     // An outliving VM's helper runs on without this process, in a session of its own (no signal
     // of this process's terminal reaches it), and takes the next host's control connection.
-    const outlive = opts.outlive ? ["--outlive", ...(opts.network === "none" ? [] : ["--control-listen", path.join(opts.jail.dir, CONTROL_SOCKET)])] : [];
+    // Its control socket sits beside the runtime dir, out of QEMU's jail: a VMM the guest took over
+    // must not become its own supervisor's host.
+    const outlive = opts.outlive
+      ? ["--outlive", ...(opts.network === "none" ? [] : ["--control-listen", besideRuntimeDir(opts.jail.dir, CONTROL_SOCKET)])]
+      : [];
     const argv = ["exec", String(process.pid), ...keep, ...confine, ...outlive, ...jailArgs(opts.jail, qemu), ...network, "--", qemu, ...args];
     debug("starting %s", argv.join(" "));
     const child = spawn(vmmHelperPath(), argv, { stdio, detached: !!opts.outlive });
@@ -409,15 +413,27 @@ export class QemuBackend implements Backend {
         () => undefined,
       ),
       extend: (agent, vmm) => {
-        const running = this.controls(config, dir, agent, qmp, control, sharedRam);
+        const held = { on: false };
+        const running = this.controls(config, dir, agent, qmp, control, sharedRam, held);
         if (!config.outlive) return { ...running, ...(rawPort ? { rawPort } : {}) };
-        agent.linger(true);
-        const record: VmRecord = { dir, helper: stampOf(vmm.helper), pid: vmm.pid, confinement: vmm.confinement, supervised: config.network !== "none" };
-        // From now on the runtime dir is the helper's: it goes when the VM does, not with us.
-        setRuntimeDirOwner(dir, record.helper);
+        // The helper listens for a next host only where it supervises the network.
+        const record: VmRecord = {
+          dir,
+          helper: stampOf(vmm.helper),
+          pid: vmm.pid,
+          confinement: vmm.confinement,
+          supervised: vmm.confinement.network === "supervisor",
+        };
         return {
           ...running,
           record,
+          hold: () => {
+            if (held.on) return;
+            held.on = true;
+            agent.linger(true);
+            // From now on the runtime dir is the helper's: it goes when the VM does, not with us.
+            setRuntimeDirOwner(dir, record.helper);
+          },
           detach: () => {
             agent.close();
             void qmp.then(
@@ -448,7 +464,15 @@ export class QemuBackend implements Backend {
 
   // What a running QEMU VM does through its monitor and its helper's control channel: save and
   // go on, hold its network to new rules, and hand redirected connections to the egress proxy.
-  private controls(config: VmConfig, dir: string, agent: AgentClient, qmp: Promise<Qmp>, control: VmmControl | undefined, sharedRam: boolean) {
+  private controls(
+    config: VmConfig,
+    dir: string,
+    agent: AgentClient,
+    qmp: Promise<Qmp>,
+    control: VmmControl | undefined,
+    sharedRam: boolean,
+    held: { on: boolean },
+  ) {
     const refusals = () => control?.refusals() ?? 0;
     return {
       ...(config.egress !== undefined ? { networkRefusals: refusals } : {}),
@@ -468,7 +492,7 @@ export class QemuBackend implements Backend {
       save: async (file: string) => {
         const q = await qmp;
         // A saved guest must not find its next host's port hung up and hold on for another.
-        if (config.outlive) agent.linger(false);
+        if (held.on) agent.linger(false);
         await agent.suspend();
         await q.execute("stop");
         // RAM in a shared file is the snapshot's already: only device state goes in the stream.
@@ -483,7 +507,7 @@ export class QemuBackend implements Backend {
       proceed: async () => {
         await (await qmp).execute("cont");
         await agent.resume({ generation: agent.hello.generation });
-        if (config.outlive) agent.linger(true);
+        if (held.on) agent.linger(true);
       },
     };
   }
@@ -498,11 +522,12 @@ export class QemuBackend implements Backend {
     if (!alive(record.helper)) throw new VmGoneError(`the VM of sandbox ${config.name} is no longer running (its helper, pid ${record.helper.pid}, is gone)`);
     const gone = () => !alive(record.helper);
     const opened: Socket[] = [];
-    const open = async (name: string) => {
-      const sock = await connectWhenListening(path.join(dir, name), { gone });
+    const openAt = async (file: string) => {
+      const sock = await connectWhenListening(file, { gone });
       opened.push(sock);
       return sock;
     };
+    const open = (name: string) => openAt(path.join(dir, name));
     try {
       // The agent says Hello to each new host, then holds everything until the Resume.
       const agent = await AgentClient.fromLingeringStream(await open(AGENT_SOCKET), keep, { timeout: config.bootTimeout });
@@ -511,7 +536,7 @@ export class QemuBackend implements Backend {
       const qmp = Qmp.connect(monitor);
       qmp.catch(() => {});
       await qmp;
-      const control = record.supervised ? new VmmControl(await open(CONTROL_SOCKET), { adopted: true }) : undefined;
+      const control = record.supervised ? new VmmControl(await openAt(besideRuntimeDir(dir, CONTROL_SOCKET)), { adopted: true }) : undefined;
       // Not our child: its end is seen by its stamp, checked when the agent's channel closes and
       // every second meanwhile.
       let ended!: () => void;
@@ -549,13 +574,13 @@ export class QemuBackend implements Backend {
         cleanup: () => {
           release();
           if (config.consoleKeep) keepTail(path.join(dir, "console.log"), config.consoleKeep, 64 * 1024);
-          rmSync(dir, { recursive: true, force: true });
+          removeRuntimeDir(dir);
         },
       });
       return {
         ...vm,
         confinement: record.confinement,
-        ...this.controls(config, dir, agent, qmp, control, false),
+        ...this.controls(config, dir, agent, qmp, control, false, { on: true }),
         record,
         detach: () => {
           agent.close();

@@ -34,7 +34,7 @@ describe("outlive", () => {
     expect(() => new CustomSandbox({ image: "local:busybox", outlive: "yes" as never })).toThrow(/outlive "yes" is invalid/);
     const held = await CustomSandbox.create({ image: "local:busybox", memory: 128 });
     try {
-      expect(() => held.detach()).toThrow(/not created with outlive/);
+      await expect(held.detach()).rejects.toThrow(/not created with outlive/);
     } finally {
       await held.stop();
     }
@@ -47,7 +47,7 @@ describe("outlive", () => {
     const counter = sb.command.spawn("sh", ["-c", "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done"], { keep: true });
     const pid = await counter.pid;
     sb.setAdoptionData({ mine: 1 });
-    sb.detach();
+    expect(await sb.detach()).toBe(true);
     expect(sb.isRunning).toBe(false);
     const orphan = Sandbox.orphans().find((o) => o.name === "outlive-py");
     expect(orphan).toMatchObject({ kind: "PythonSandbox", data: { mine: 1 } });
@@ -98,7 +98,15 @@ describe("outlive", () => {
     const a = Sandbox.orphans().find((o) => o.name === "outlive-a");
     const b = Sandbox.orphans().find((o) => o.name === "outlive-b");
     expect(a && b).toBeTruthy();
-    const adopted = await CustomSandbox.adopt(a!);
+    // Its state is beside its runtime dir, out of the VMM's jail, not in it.
+    const { dir } = a!.state.machine.vm;
+    expect(existsSync(`${dir}.sandbox.json`)).toBe(true);
+    expect(existsSync(path.join(dir, "sandbox.json"))).toBe(false);
+    // Two adopters at once: one gets it, the other is told who has it, and the VM lives on.
+    const [adoptedOrNot, other] = await Promise.allSettled([CustomSandbox.adopt(a!), CustomSandbox.adopt(a!)]);
+    expect(adoptedOrNot.status).toBe("fulfilled");
+    expect(other.status === "rejected" && (other.reason as Error).message).toMatch(/is being adopted by process/);
+    const adopted = (adoptedOrNot as PromiseFulfilledResult<CustomSandbox>).value;
     try {
       expect((await adopted.command.run("echo", ["still here"])).stdout).toBe("still here\n");
     } finally {

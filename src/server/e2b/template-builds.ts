@@ -12,7 +12,7 @@ import { ImageStore } from "../../images/store.js";
 import { checkKeys } from "../../keys.js";
 import type { ImageCatalog } from "../catalog.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
-import { ConflictError, messageOf, NotFoundError, ServerFullError } from "../errors.js";
+import { ConflictError, messageOf, NotFoundError, ServerClosingError, ServerFullError } from "../errors.js";
 import { BuildFiles, uploadLimits } from "./template-files.js";
 import { type BuildPlan, builderSteps, planBuild } from "./template-steps.js";
 import { DEFAULT_TAG, NAME, type StartCommands, splitName, TAG, type TemplateBuild, type TemplateStore } from "./template-store.js";
@@ -53,6 +53,7 @@ const MAX_LINE = 4096;
 export class TemplateBuilds {
   private readonly builds = new Map<string, Build>();
   private readonly images = new ImageStore();
+  private closed = false;
 
   constructor(
     private readonly store: TemplateStore,
@@ -62,6 +63,7 @@ export class TemplateBuilds {
 
   /** POST /v3/templates: a new build of the template `body.name` ("name" or "name:tag"), waiting for its files and steps. */
   async request(owner: string, body: Record<string, unknown>) {
+    this.open();
     checkKeys("template build request field", body, REQUEST_KEYS);
     const ref = body.name ?? body.alias;
     if (typeof ref !== "string") throw new InvalidArgumentError(`template name ${JSON.stringify(ref)} is invalid: give "name" or "name:tag"`);
@@ -126,6 +128,7 @@ export class TemplateBuilds {
 
   /** POST /v2/templates/:id/builds/:bid: checks the steps (InvalidArgumentError) and runs the build in the background. */
   async start(b: Build, body: Record<string, unknown>): Promise<void> {
+    this.open();
     if (b.status !== "waiting") throw new ConflictError(`build ${b.buildID} was started already`);
     if ([...this.builds.values()].filter((x) => x.status === "building").length >= SERVER_DEFAULTS.e2b.maxBuilds)
       throw new ServerFullError(`the server runs its limit of ${SERVER_DEFAULTS.e2b.maxBuilds} template builds: retry later`);
@@ -147,7 +150,13 @@ export class TemplateBuilds {
   }
 
   /** Stops the builds under way and forgets every build. */
+  // Builds are refused once close() began: none boots a VM after it.
+  private open(): void {
+    if (this.closed) throw new ServerClosingError("the server is shutting down: build templates on another");
+  }
+
   async close(): Promise<void> {
+    this.closed = true;
     for (const b of this.builds.values()) b.abort.abort();
     await Promise.allSettled([...this.builds.values()].map((b) => b.done));
     await Promise.all([...this.builds.values()].map((b) => this.forget(b)));
