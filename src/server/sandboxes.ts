@@ -140,25 +140,37 @@ export class SandboxTable {
     m.paused = true;
   }
 
+  /**
+   * Holds room for one more VM of `memory` MiB (a sandbox being made, or a template build's VM)
+   * until the returned release, else ServerFullError.
+   */
+  reserve(memory: number): () => void {
+    this.admit(memory);
+    this.reserved++;
+    this.reservedMiB += memory;
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.reserved--;
+      this.reservedMiB -= memory;
+    };
+  }
+
   /** Resumes the paused `m` by `resume()`, in the room a create would take. */
   async resume(m: Managed, resume: () => Promise<void>): Promise<void> {
-    this.admit(m.memory);
-    this.reserved++;
-    this.reservedMiB += m.memory;
+    const release = this.reserve(m.memory);
     try {
       await resume();
       delete m.paused;
     } finally {
-      this.reserved--;
-      this.reservedMiB -= m.memory;
+      release();
     }
   }
 
   async create(spec: CreateSpec): Promise<Managed> {
     const memory = spec.memory ?? SERVER_DEFAULTS.sandboxMemoryMiB;
-    this.admit(memory);
-    this.reserved++;
-    this.reservedMiB += memory;
+    const release = this.reserve(memory);
     const id = `${randomBytes(8).toString("hex")}`;
     try {
       const name = `srv-${id}`;
@@ -198,8 +210,7 @@ export class SandboxTable {
       if (this.closed) await this.kill(m);
       return m;
     } finally {
-      this.reserved--;
-      this.reservedMiB -= memory;
+      release();
     }
   }
 

@@ -173,6 +173,8 @@ describe("a template build that fails", () => {
     expect(err).toBeInstanceOf(BuildError);
     expect((err as Error).message).toMatch(/glob/);
     await expect(Template.build(Template().fromTemplate("base"), "base")).rejects.toThrow(/server's own templates/);
+    // A build's VM takes room as a sandbox does: past the server's memory budget, it is refused.
+    await expect(Template.build(Template().fromTemplate("base").runCmd("true"), name, { memoryMB: 1_000_000 })).rejects.toThrow(/memory budget/);
     expect(await Template.exists(name)).toBe(false);
   }, 60_000);
 });

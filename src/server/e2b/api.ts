@@ -55,7 +55,7 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
   const snapshots = new SnapshotStore();
   const fileLimit = opts.fileLimit ?? SERVER_DEFAULTS.e2b.fileLimit;
   const templates = new TemplateStore();
-  const builds = new TemplateBuilds(templates, catalog, fileLimit);
+  const builds = new TemplateBuilds(templates, catalog, fileLimit, (memory) => table.reserve(memory));
   const envd = envdHandler(sandboxes);
   const interpreter = codeInterpreter(catalog, bodyLimit);
   const ports = portProxy(sandboxes, async (id) => {

@@ -55,10 +55,12 @@ export class TemplateBuilds {
   private readonly images = new ImageStore();
   private closed = false;
 
+  /** `reserve`: room for a build's VM among the server's sandboxes (SandboxTable.reserve). */
   constructor(
     private readonly store: TemplateStore,
     private readonly catalog: ImageCatalog,
     private readonly fileLimit: number,
+    private readonly reserve: (memory: number) => () => void,
   ) {}
 
   /** POST /v3/templates: a new build of the template `body.name` ("name" or "name:tag"), waiting for its files and steps. */
@@ -132,6 +134,8 @@ export class TemplateBuilds {
     if (b.status !== "waiting") throw new ConflictError(`build ${b.buildID} was started already`);
     if ([...this.builds.values()].filter((x) => x.status === "building").length >= SERVER_DEFAULTS.e2b.maxBuilds)
       throw new ServerFullError(`the server runs its limit of ${SERVER_DEFAULTS.e2b.maxBuilds} template builds: retry later`);
+    // The build's VM takes room as a sandbox would: past the server's limits, 429.
+    const release = this.reserve(b.memory ?? SERVER_DEFAULTS.sandboxMemoryMiB);
     clearTimeout(b.timer);
     b.status = "building";
     let plan: BuildPlan;
@@ -143,10 +147,11 @@ export class TemplateBuilds {
       // Refused: the build ends here, as one that failed (the SDK will not start it again).
       b.reason = { message: messageOf(err), logEntries: [] };
       b.status = "error";
+      release();
       await this.finished(b);
       throw err;
     }
-    b.done = this.run(b, plan, base);
+    b.done = this.run(b, plan, base).finally(release);
   }
 
   /** Stops the builds under way and forgets every build. */
@@ -193,7 +198,7 @@ export class TemplateBuilds {
           signal: b.abort.signal,
           noCache: plan.noCache,
           network: "public",
-          ...(b.memory !== undefined ? { memory: b.memory } : {}),
+          memory: b.memory ?? SERVER_DEFAULTS.sandboxMemoryMiB,
           ...(b.cpus !== undefined ? { cpus: b.cpus } : {}),
         },
       );
