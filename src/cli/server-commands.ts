@@ -18,9 +18,10 @@ without an API key (--api-key, or MSB_API_KEY), which clients send as Authorizat
 
 Sandboxes outlive the server: Ctrl-C, SIGTERM, a crash or SIGKILL of it leaves their VMs running
 (their processes held), and the next msb server on this cache adopts them, with their tokens,
-timeouts and metadata (one whose timeout passed meanwhile is stopped then). Paused sandboxes,
-forks and ones with volumes stop with the server. --stop-on-exit stops every sandbox on Ctrl-C or
-SIGTERM, those adopted at the start included.
+timeouts and metadata (one whose timeout passed meanwhile is stopped then); paused ones wait
+for a connect there. Forks and ones with volumes stop with the server. --stop-on-exit stops
+every sandbox on Ctrl-C or SIGTERM, those adopted at the start included, and removes the paused
+ones.
 
 The Microsandbox SDKs' images and the E2B SDKs' templates this server knows by name, with the
 kind of sandbox each makes (any other name is taken as an image reference, a CustomSandbox):
@@ -69,9 +70,10 @@ ${column([
         accessLog: !!v["access-log"],
         outlive: !v["stop-on-exit"],
       });
-      const { adopted, stopped } = server.adoption;
-      if (adopted.length)
-        process.stderr.write(`msb server: adopted ${adopted.length} running sandbox${adopted.length === 1 ? "" : "es"}: ${adopted.join(", ")}\n`);
+      const { adopted, paused, stopped } = server.adoption;
+      const count = (n: number) => `${n} sandbox${n === 1 ? "" : "es"}`;
+      if (adopted.length) process.stderr.write(`msb server: adopted ${count(adopted.length)} running: ${adopted.join(", ")}\n`);
+      if (paused.length) process.stderr.write(`msb server: adopted ${count(paused.length)} paused: ${paused.join(", ")}\n`);
       for (const s of stopped) process.stderr.write(`msb server: stopped sandbox ${s.id}: ${s.why}\n`);
       process.stderr.write(`msb server: listening on ${server.url}${key ? " (API key required)" : ""}\n`);
       const signal = await new Promise<NodeJS.Signals>((resolve) => {
@@ -80,7 +82,7 @@ ${column([
       });
       process.stderr.write(`msb server: ${signal}: ${v["stop-on-exit"] ? "stopping every sandbox" : "closing"}\n`);
       const kept = await server.close();
-      if (kept) process.stderr.write(`msb server: ${kept} sandbox${kept === 1 ? "" : "es"} run on for the next msb server on this cache\n`);
+      if (kept) process.stderr.write(`msb server: ${count(kept)} left for the next msb server on this cache, running or paused\n`);
       return 0;
     },
   },

@@ -2,7 +2,9 @@
 // its name and metadata, its lifetime, and the limits on how many run and how much memory they
 // take together. A create past a limit is a ServerFullError (429 with Retry-After).
 import { randomBytes } from "node:crypto";
+import { rmSync } from "node:fs";
 
+import { pausedDir, readPaused } from "../sandbox/paused.js";
 import { Sandbox } from "../sandbox/sandbox.js";
 import type { VolumeSpec } from "../sandbox/volumes.js";
 import type { InjectHeadersOption } from "../vm/machine.js";
@@ -10,6 +12,7 @@ import type { NetworkPolicy } from "../vm/netpolicy.js";
 import { SANDBOX_KINDS, type SandboxKind } from "./catalog.js";
 import { SERVER_DEFAULTS } from "./defaults.js";
 import { NotFoundError, ServerClosingError, ServerFullError } from "./errors.js";
+import { claimPausedRecords, type PausedRecord, removePausedRecord, writePausedRecord } from "./paused.js";
 
 export interface Managed {
   /** The server's id for it (also its Sandbox name). */
@@ -61,9 +64,11 @@ export interface ServerRecord {
   extra?: unknown;
 }
 
-/** What adopt() did with the sandboxes a previous server left running. */
+/** What adopt() did with the sandboxes a previous server left running or paused. */
 export interface Adoption {
   adopted: string[];
+  /** Paused ones taken over: they wait for a resume here. */
+  paused: string[];
   stopped: { id: string; why: string }[];
 }
 
@@ -130,7 +135,10 @@ export class SandboxTable {
     }
   }
 
-  /** Pauses `m` by `pause()` (its VM saved and stopped): from then on it holds no room, within maxPaused. */
+  /**
+   * Pauses `m` by `pause()` (its VM saved and stopped): from then on it holds no room, within
+   * maxPaused. The caller persists it once its protocol's state says paused too.
+   */
   async pause(m: Managed, pause: () => Promise<void>): Promise<void> {
     const paused = [...this.all.values()].filter((p) => p.paused).length;
     if (paused >= this.limits.maxPaused) {
@@ -157,12 +165,14 @@ export class SandboxTable {
     };
   }
 
-  /** Resumes the paused `m` by `resume()`, in the room a create would take. */
+  /** Resumes the paused `m` by `resume()` (which gives it its new sandbox), in the room a create would take. */
   async resume(m: Managed, resume: () => Promise<void>): Promise<void> {
     const release = this.reserve(m.memory);
     try {
       await resume();
       delete m.paused;
+      removePausedRecord(m.id);
+      this.persist(m); // the resumed VM's state file, for the next server (outlive)
     } finally {
       release();
     }
@@ -228,10 +238,19 @@ export class SandboxTable {
     this.persist(m);
   }
 
-  /** Records `m` as it is now for the next server on this cache (an outliving sandbox's state file). */
-  persist(m: Managed): void {
+  /**
+   * Records `m` as it is now for the next server on this cache: a running one in its outliving
+   * VM's state file, a paused one in the server's own record beside its saved state.
+   */
+  persist(m: Managed, letGo = false): void {
+    const record = this.record(m);
+    if (m.paused) writePausedRecord({ ...record, paused: m.sandbox.name }, letGo);
+    else m.sandbox.setAdoptionData(record);
+  }
+
+  private record(m: Managed): ServerRecord {
     const extra = m.extra?.();
-    const record: ServerRecord = {
+    return {
       server: 1,
       id: m.id,
       protocol: m.protocol,
@@ -246,17 +265,17 @@ export class SandboxTable {
       ...(m.endAt !== undefined ? { endAt: m.endAt } : {}),
       ...(extra !== undefined ? { extra } : {}),
     };
-    m.sandbox.setAdoptionData(record);
   }
 
   /**
    * Takes over the sandboxes a server on this cache left running (Sandbox.orphans() with a
-   * ServerRecord): each keeps its id, owner, metadata and what is left of its timeout; `restore`
-   * gives it back its protocol's state. One whose timeout passed meanwhile, or that cannot be
-   * taken over, is stopped, and said why.
+   * ServerRecord) or paused (its paused records): each keeps its id, owner, metadata and what is
+   * left of its timeout; `restore` gives it back its protocol's state. One whose timeout passed
+   * meanwhile, or that cannot be taken over, is stopped (a paused one: its saved state removed),
+   * and said why.
    */
   async adopt(restore: (m: Managed, extra: unknown) => Promise<void>): Promise<Adoption> {
-    const done: Adoption = { adopted: [], stopped: [] };
+    const done: Adoption = { adopted: [], paused: [], stopped: [] };
     for (const orphan of Sandbox.orphans()) {
       const r = orphan.data as ServerRecord | undefined;
       if (r?.server !== 1) continue; // not a server's: a library user's own
@@ -296,7 +315,52 @@ export class SandboxTable {
         done.stopped.push({ id: r.id, why: (err as Error).message });
       }
     }
+    for (const r of claimPausedRecords((id) => done.stopped.push({ id, why: "its paused record is damaged" }))) {
+      const forget = () => {
+        removePausedRecord(r.id);
+        rmSync(pausedDir(r.paused), { recursive: true, force: true });
+      };
+      // Resumed just before its server ended: the running one was adopted above, this is stale.
+      if (this.all.has(r.id)) {
+        forget();
+        continue;
+      }
+      try {
+        await this.adoptPaused(r, restore);
+        done.paused.push(r.id);
+      } catch (err) {
+        const m = this.all.get(r.id);
+        if (m) await this.kill(m);
+        else forget();
+        done.stopped.push({ id: r.id, why: (err as Error).message });
+      }
+    }
     return done;
+  }
+
+  // A paused sandbox a previous server recorded, as it left it: a sandbox of its kind that is not
+  // running, its saved state removed when it is killed.
+  private async adoptPaused(r: PausedRecord, restore: (m: Managed, extra: unknown) => Promise<void>): Promise<void> {
+    if (!Object.hasOwn(SANDBOX_KINDS, r.kind)) throw new Error(`its record names no sandbox this server makes (kind ${JSON.stringify(r.kind)})`);
+    const { meta } = readPaused(r.paused, r.kind);
+    const m: Managed = {
+      id: r.id,
+      protocol: r.protocol,
+      owner: r.owner,
+      namespace: r.namespace,
+      name: r.name,
+      sandbox: new SANDBOX_KINDS[r.kind](meta.options),
+      kind: r.kind,
+      memory: r.memory,
+      template: r.template,
+      metadata: r.metadata ?? {},
+      startedAt: new Date(r.startedAt),
+      paused: true,
+      discard: () => rmSync(pausedDir(r.paused), { recursive: true, force: true }),
+    };
+    this.all.set(m.id, m);
+    await restore(m, r.extra);
+    this.persist(m);
   }
 
   /** The caller's sandbox `id`, or NotFoundError (another key's sandboxes do not exist for it). */
@@ -328,21 +392,28 @@ export class SandboxTable {
   async kill(m: Managed): Promise<void> {
     clearTimeout(m.timer);
     this.all.delete(m.id);
+    if (m.paused) removePausedRecord(m.id);
     await m.sandbox.stop();
     m.discard?.();
   }
 
   /**
-   * Stops every sandbox, but with `outlive` lets those that can run on (each recorded for the next
-   * server: paused ones and ones with volumes are stopped); creates from now on are refused.
-   * Resolves with how many run on.
+   * Stops every sandbox, but with `outlive` lets those that can run on, and the paused ones, go to
+   * the next server (each recorded for it; ones with volumes are stopped); creates from now on are
+   * refused. Resolves with how many were let go.
    */
   async close(): Promise<number> {
     this.closed = true;
     let kept = 0;
     await Promise.allSettled(
       [...this.all.values()].map(async (m) => {
-        if (this.outlive && !m.paused && m.sandbox.outlives) {
+        if (this.outlive && m.paused) {
+          this.persist(m, true);
+          this.all.delete(m.id);
+          kept++;
+          return;
+        }
+        if (this.outlive && m.sandbox.outlives) {
           clearTimeout(m.timer);
           this.persist(m);
           // A pause under way ends the VM it was saving: that one is killed below, its state with it.

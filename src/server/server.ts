@@ -51,9 +51,9 @@ export interface ServerOptions {
   /**
    * Sandboxes outlive this server (default false: they stop with it): close() lets them run on,
    * and a server created later on this cache adopts them, tokens, timeouts and metadata kept (a
-   * timeout that passed meanwhile stops one then). Every server adopts what an earlier one left;
-   * this decides what its own close() does. Paused sandboxes, forks and ones with volumes still
-   * stop with the server. QEMU only.
+   * timeout that passed meanwhile stops one then); paused ones wait for a resume there. Every
+   * server adopts what an earlier one left; this decides what its own close() does. Forks and
+   * ones with volumes still stop with the server. QEMU only.
    */
   outlive?: boolean;
 }
@@ -61,9 +61,9 @@ export interface ServerOptions {
 export interface RunningServer {
   url: string;
   port: number;
-  /** Stops accepting requests and stops every sandbox (with `outlive`, lets those that can run on: how many). */
+  /** Stops accepting requests and stops every sandbox (with `outlive`, lets those that can run on, and the paused ones, go to the next server: how many). */
   close(): Promise<number>;
-  /** What this server adopted at its start of what a previous server on its cache left running, and what it stopped. */
+  /** What this server adopted at its start of what a previous server on its cache left running or paused, and what it stopped. */
   readonly adoption: Adoption;
   /** @internal */
   readonly table: SandboxTable;

@@ -2,9 +2,11 @@
 // 2.49, @e2b/code-interpreter 2.8), with E2B_API_URL and E2B_SANDBOX_URL pointing at the server.
 
 import { existsSync } from "node:fs";
+import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { createServer, type RunningServer } from "../../src/index.js";
+import { cacheDir } from "../../src/paths.js";
 import { pausedDir } from "../../src/sandbox/paused.js";
 
 let server: RunningServer;
@@ -87,10 +89,11 @@ describe("the e2b SDK", () => {
     const { Sandbox } = e251;
     const other = await Sandbox.create("local:busybox");
     await other.pause();
-    const saved = pausedDir(`srv-${other.sandboxId}`);
-    expect(existsSync(saved)).toBe(true);
+    // Its saved state, and the server's record of it (for a server restarted on this cache).
+    const saved = [pausedDir(`srv-${other.sandboxId}`), path.join(cacheDir(), "server-paused", `${other.sandboxId}.json`)];
+    expect(saved.map((f) => existsSync(f))).toEqual([true, true]);
     expect(await Sandbox.kill(other.sandboxId)).toBe(true);
-    expect(existsSync(saved)).toBe(false);
+    expect(saved.map((f) => existsSync(f))).toEqual([false, false]);
     const sb = await Sandbox.create("base");
     try {
       await sb.files.write("/root/kept", "across a pause");

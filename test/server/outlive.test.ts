@@ -1,5 +1,5 @@
 // Sandboxes outlive `msb server`: the server process is SIGKILLed in the middle of a session and a
-// new one on the same cache adopts what runs, as the real SDKs (e2b 2.51 and
+// new one on the same cache adopts what runs and what is paused, as the real SDKs (e2b 2.51 and
 // @e2b/code-interpreter on it, unmodified) and `msb ps` see it; with --stop-on-exit, SIGTERM
 // stops everything. The servers are the CLI, as a self-hoster runs them.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
@@ -11,6 +11,7 @@ import { promisify } from "node:util";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { alive } from "../../src/liveness.js";
+import { pausedDir } from "../../src/sandbox/paused.js";
 import { Sandbox } from "../../src/sandbox/sandbox.js";
 import type { ServerRecord } from "../../src/server/sandboxes.js";
 
@@ -89,7 +90,7 @@ describe("sandboxes outlive msb server", () => {
     expect(alive(helper)).toBe(true);
 
     const second = await startServer();
-    expect(second.said()).toContain(`adopted 1 running sandbox: ${sb.sandboxId}`);
+    expect(second.said()).toContain(`adopted 1 sandbox running: ${sb.sandboxId}`);
     const fds = () => readdirSync(`/proc/${second.proc.pid}/fd`).length;
     // Metadata and timeout were kept (connect sets a timeout of its own: asked before it).
     const info = await ci.Sandbox.getInfo(sb.sandboxId);
@@ -117,6 +118,53 @@ describe("sandboxes outlive msb server", () => {
     expect(fds()).toBeLessThanOrEqual(fdsAdopted - 3);
     await stopServer(second.proc, "SIGTERM");
     expect(orphanOf(sb.sandboxId)).toBeUndefined();
+  }, 300_000);
+
+  it("paused sandboxes wait for the next server, after a SIGKILL and after a close; --stop-on-exit removes them", async () => {
+    const first = await startServer();
+    const mem = await ci.Sandbox.create({ metadata: { who: "paused" }, timeoutMs: 600_000 });
+    await mem.runCode("p = 7");
+    await mem.files.write("/root/p.txt", "paused across servers");
+    const ticker = await mem.commands.run("while true; do echo tick >> /tmp/ticks; sleep 0.2; done", { background: true });
+    await mem.pause();
+    const files = await ci.Sandbox.create({ timeoutMs: 600_000 });
+    await files.files.write("/root/f.txt", "files only");
+    await files.pause({ keepMemory: false });
+    const savedDir = pausedDir(`srv-${mem.sandboxId}`);
+    expect(existsSync(savedDir)).toBe(true);
+
+    await stopServer(first.proc, "SIGKILL");
+    const second = await startServer();
+    expect(second.said()).toMatch(new RegExp(`adopted 2 sandboxes paused: (${mem.sandboxId}, ${files.sandboxId}|${files.sandboxId}, ${mem.sandboxId})`));
+    const info = await ci.Sandbox.getInfo(mem.sandboxId);
+    expect(info.state).toBe("paused");
+    expect(info.metadata).toEqual({ who: "paused" });
+    // The old token still opens it: connect resumes it with its memory and kept process.
+    const back = await ci.Sandbox.connect(mem.sandboxId, { timeoutMs: 600_000 });
+    expect((await back.runCode("p + 1")).text).toBe("8");
+    expect(await back.files.read("/root/p.txt")).toBe("paused across servers");
+    expect((await back.commands.list()).map((p: { pid: number }) => p.pid)).toContain(ticker.pid);
+    const count = async () => Number((await back.commands.run("wc -l < /tmp/ticks")).stdout.trim());
+    const n1 = await count();
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await count()).toBeGreaterThan(n1);
+    expect(existsSync(savedDir)).toBe(false); // resumed: the saved state went
+    await back.kill();
+
+    // A close with outlive lets the paused one go to the next server as well.
+    await stopServer(second.proc, "SIGTERM");
+    expect(second.said()).toContain("1 sandbox left for the next msb server on this cache");
+    const third = await startServer("--stop-on-exit");
+    expect(third.said()).toContain(`adopted 1 sandbox paused: ${files.sandboxId}`);
+    expect((await ci.Sandbox.getInfo(files.sandboxId)).state).toBe("paused");
+    const filesDir = pausedDir(`srv-${files.sandboxId}`);
+    expect(existsSync(filesDir)).toBe(true);
+    // --stop-on-exit: what it adopted paused goes at its end, saved state and record.
+    await stopServer(third.proc, "SIGTERM");
+    expect(existsSync(filesDir)).toBe(false);
+    const fourth = await startServer();
+    expect(fourth.said()).not.toContain("adopted");
+    await stopServer(fourth.proc, "SIGTERM");
   }, 300_000);
 
   it("an expired sandbox is stopped at adoption; with --stop-on-exit SIGTERM stops every sandbox", async () => {

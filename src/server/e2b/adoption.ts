@@ -1,21 +1,20 @@
 // What a server keeps of an E2B sandbox for the next server on its cache (ServerRecord.extra of
-// an outliving sandbox), and how the next one gives it back: its access token, lifecycle,
-// network and volume mounts, and the processes its clients started, by pid, so that
-// commands.list() and commands.connect(pid) find them after the restart.
+// an outliving or paused sandbox), and how the next one gives it back: its access token,
+// lifecycle, network and volume mounts, how it is paused, and the processes its clients started,
+// by pid, so that commands.list() and commands.connect(pid) find them after the restart (a
+// paused one's once it is resumed).
 import type { Managed, SandboxTable } from "../sandboxes.js";
 import type { E2bNetwork } from "./network.js";
 import { armLifecycle } from "./pausing.js";
-import type { Tracked } from "./processes.js";
+import type { ProcessRecord } from "./processes.js";
 import type { E2bSandboxes, E2bState, Lifecycle } from "./shared.js";
-
-/** A process a client started, as recorded: what ProcessTable tracks but its handle. */
-type ProcessRecord = Omit<Tracked, "proc" | "watch">;
 
 interface E2bRecord {
   token: string;
   lifecycle: Lifecycle;
   network: E2bNetwork;
   volumeMounts?: { name: string; path: string }[];
+  paused?: E2bState["paused"];
   processes: ProcessRecord[];
 }
 
@@ -26,9 +25,8 @@ export function recordE2b(table: SandboxTable, m: Managed, s: E2bState): void {
     lifecycle: s.lifecycle,
     network: s.network,
     ...(s.volumeMounts ? { volumeMounts: s.volumeMounts } : {}),
-    processes: s.processes
-      .list()
-      .map(({ pid, tag, cmd, args, envs, cwd, pty }) => ({ pid, ...(tag ? { tag } : {}), cmd, args, envs, ...(cwd ? { cwd } : {}), pty })),
+    ...(s.paused ? { paused: s.paused } : {}),
+    processes: s.processes.records(),
   });
   table.persist(m);
 }
@@ -36,14 +34,14 @@ export function recordE2b(table: SandboxTable, m: Managed, s: E2bState): void {
 /** Gives the adopted `m` back the E2B state a previous server recorded (`extra`). */
 export async function adoptE2b(sandboxes: E2bSandboxes, m: Managed, extra: unknown): Promise<void> {
   const r = extra as E2bRecord | undefined;
-  if (typeof r?.token !== "string" || !r.lifecycle || !r.network) throw new Error(`sandbox ${m.id}'s E2B record is damaged`);
+  const paused = !!r?.paused && typeof r.paused.name === "string" && typeof r.paused.memory === "boolean";
+  if (typeof r?.token !== "string" || !r.lifecycle || !r.network || paused !== !!m.paused) throw new Error(`sandbox ${m.id}'s E2B record is damaged`);
   const s = sandboxes.add(m, r.token, r.network, r.lifecycle);
   if (r.volumeMounts) s.volumeMounts = r.volumeMounts;
   armLifecycle(sandboxes.table, { m, s });
-  const infos = new Map((Array.isArray(r.processes) ? r.processes : []).map((p) => [p.pid, p]));
-  for (const [pid, proc] of m.sandbox.command.resumed()) {
-    const info = infos.get(pid);
-    await s.processes.add(proc, info ? { ...info } : { cmd: "", args: [], envs: {}, pty: false });
-  }
+  s.processes.expect(Array.isArray(r.processes) ? r.processes : []);
+  // A paused one's processes come back with its resume (resumeSandbox).
+  if (r.paused) s.paused = { name: r.paused.name, memory: r.paused.memory };
+  else await s.processes.takeBack(m.sandbox.command.resumed());
   recordE2b(sandboxes.table, m, s);
 }

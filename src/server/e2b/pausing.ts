@@ -45,6 +45,7 @@ export async function pauseSandbox(table: SandboxTable, { m, s }: E2bSandbox, ke
     if (!keepMemory) s.processes = new ProcessTable();
     s.contexts.clear(); // their interpreters did not survive the pause
     s.defaults.clear();
+    table.persist(m); // paused, for the next server on this cache
   });
 }
 
@@ -72,8 +73,9 @@ export async function resumeSandbox(table: SandboxTable, { m, s }: E2bSandbox, t
           throw new NotFoundError(`sandbox ${m.id} was killed while it resumed`);
         }
         m.sandbox = resumed;
-        s.processes.release(m.sandbox.command.resumed());
-        table.persist(m); // the resumed VM's state file, for the next server (outlive)
+        const kept = m.sandbox.command.resumed();
+        s.processes.release(kept);
+        await s.processes.takeBack(kept); // those a previous server kept through the pause
         delete s.paused;
         delete m.discard;
       }),

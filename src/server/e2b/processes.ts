@@ -24,6 +24,9 @@ export interface Tracked {
   watch(): AsyncGenerator<ProcEvent>;
 }
 
+/** A process as recorded for the next server on this cache: what is tracked but its handle. */
+export type ProcessRecord = Omit<Tracked, "proc" | "watch">;
+
 // Bytes of output a watcher may have waiting before the pump stops reading the process: a slow
 // client holds the guest back (through the process's own credit), not host memory.
 const WATCHER_BACKLOG_BYTES = 4 * 2 ** 20;
@@ -55,6 +58,8 @@ export class ProcessTable {
   private readonly later = new Map<number, ExecProcess[]>();
   // Set from a memory pause until its resume: a handle that fails meanwhile waits for the next.
   private held: { released: Promise<void>; release(): void } | undefined;
+  // What a previous server recorded of processes it kept, until this one has their handles.
+  private recorded = new Map<number, ProcessRecord>();
 
   /** A memory pause begins: processes whose handles fail wait for release(). */
   hold(): void {
@@ -76,6 +81,32 @@ export class ProcessTable {
     }
     this.held?.release();
     this.held = undefined;
+  }
+
+  /** The processes a previous server recorded, for takeBack() to find them by. */
+  expect(records: readonly ProcessRecord[]): void {
+    for (const r of records) if (Number.isSafeInteger(r?.pid)) this.recorded.set(r.pid, r);
+  }
+
+  /**
+   * Tracks the processes an adopted or resumed sandbox hands back (command.resumed()) that are
+   * not tracked yet, by what was recorded of them (else as a command of unknown name).
+   */
+  async takeBack(resumed: ReadonlyMap<number, ExecProcess>): Promise<void> {
+    for (const [pid, proc] of resumed) {
+      if (this.byPid.has(pid)) continue;
+      const { cmd = "", args = [], envs = {}, cwd, tag, pty = false } = this.recorded.get(pid) ?? {};
+      await this.add(proc, { cmd, args, envs, pty, ...(cwd ? { cwd } : {}), ...(tag ? { tag } : {}) });
+    }
+    this.recorded.clear();
+  }
+
+  /** What the next server on this cache finds its processes by (the recorded ones a resume has not handed back included). */
+  records(): ProcessRecord[] {
+    const now = this.list().map(
+      ({ pid, tag, cmd, args, envs, cwd, pty }): ProcessRecord => ({ pid, ...(tag ? { tag } : {}), cmd, args, envs, ...(cwd ? { cwd } : {}), pty }),
+    );
+    return [...now, ...[...this.recorded.values()].filter((r) => !this.byPid.has(r.pid))];
   }
 
   /** Tracks `proc` (just spawned); the first event every watcher sees is its start. */
