@@ -1,7 +1,10 @@
 // How E2B's network configuration maps onto the library's options, without VMs: the policy
 // allowOut and denyOut mean, the rules' headers with secrets resolved, the proxy's URL, what
 // getInfo shows, and what is refused by name. e2b-network.test.ts shows it in sandboxes.
-import { describe, expect, it } from "vitest";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
 
 import { Keys } from "../../src/server/auth.js";
 import { checkE2bNetwork, E2bNetworks, networkInfo } from "../../src/server/e2b/network.js";
@@ -9,10 +12,12 @@ import { SecretStore } from "../../src/server/e2b/secrets.js";
 import { E2bSandboxes } from "../../src/server/e2b/shared.js";
 import { SandboxTable } from "../../src/server/sandboxes.js";
 
-const store = new SecretStore();
-store.create("owner", "tok", "the-value", {});
+const dir = mkdtempSync(path.join(tmpdir(), "msb-secrets-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const store = new SecretStore(dir);
+store.create("anonymous", "tok", "the-value", {});
 const networks = new E2bNetworks(new E2bSandboxes(new SandboxTable({ maxSandboxes: 1, memoryBudgetMiB: 1, maxPaused: 1 }), new Keys([])), store);
-const map = (network: unknown, allowInternetAccess?: boolean) => networks.library("owner", checkE2bNetwork(network, allowInternetAccess));
+const map = (network: unknown, allowInternetAccess?: boolean) => networks.library("anonymous", checkE2bNetwork(network, allowInternetAccess));
 
 describe("E2B network on the library's", () => {
   it("lets allowOut win over denyOut, as E2B does", () => {

@@ -48,6 +48,8 @@ beforeAll(async () => {
   const url = `http://127.0.0.1:${(bridge.address() as { port: number }).port}`;
   Object.assign(process.env, { E2B_API_URL: url, E2B_SANDBOX_URL: url, E2B_API_KEY: KEY, E2B_DOMAIN: "localhost" });
   sdk = (await import("e2b-251")) as unknown as SdkModule;
+  // Secrets are kept in the cache: what a failed run left of this key's goes first.
+  for (const s of await sdk.Secret.list().nextItems()) await sdk.Secret.destroy(s.secretId);
 }, 120_000);
 
 afterAll(async () => {

@@ -120,7 +120,7 @@ describe("sandboxes outlive msb server", () => {
     expect(orphanOf(sb.sandboxId)).toBeUndefined();
   }, 300_000);
 
-  it("paused sandboxes wait for the next server, after a SIGKILL and after a close; --stop-on-exit removes them", async () => {
+  it("paused sandboxes and secrets wait for the next server, after a SIGKILL and after a close; --stop-on-exit removes the paused ones", async () => {
     const first = await startServer();
     const mem = await ci.Sandbox.create({ metadata: { who: "paused" }, timeoutMs: 600_000 });
     await mem.runCode("p = 7");
@@ -132,9 +132,15 @@ describe("sandboxes outlive msb server", () => {
     await files.pause({ keepMemory: false });
     const savedDir = pausedDir(`srv-${mem.sandboxId}`);
     expect(existsSync(savedDir)).toBe(true);
+    // The key's secrets are the server's state too (kept in the cache: one a failed run left goes first).
+    await ci.Secret.destroy("kept-secret");
+    await ci.Secret.create("kept-secret", "v1", { metadata: { for: "restart" } });
+    await ci.Secret.update("kept-secret", "v2");
 
     await stopServer(first.proc, "SIGKILL");
     const second = await startServer();
+    expect(await ci.Secret.getInfo("kept-secret")).toMatchObject({ name: "kept-secret", version: 2, metadata: { for: "restart" } });
+    expect(await ci.Secret.destroy("kept-secret")).toBe(true);
     expect(second.said()).toMatch(new RegExp(`adopted 2 sandboxes paused: (${mem.sandboxId}, ${files.sandboxId}|${files.sandboxId}, ${mem.sandboxId})`));
     const info = await ci.Sandbox.getInfo(mem.sandboxId);
     expect(info.state).toBe("paused");

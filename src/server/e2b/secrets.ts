@@ -1,12 +1,16 @@
 // E2B's /secrets: values stored per API key (owner), write-only. No answer carries a value: a
 // secret is used only by a sandbox's network rules, whose `${e2b.secrets.NAME}` placeholders the
-// server resolves into the headers the egress proxy injects (network.ts). Kept in the server's
-// memory: they end with it.
+// server resolves into the headers the egress proxy injects (network.ts). Kept in the cache, a
+// private file per key, so a restarted server (and the sandboxes it adopts) still has them; read
+// from it at each use, so two servers on one cache see one set.
 import { randomBytes } from "node:crypto";
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import path from "node:path";
 
 import { InvalidArgumentError } from "../../errors.js";
 import { checkKeys } from "../../keys.js";
+import { cacheDir } from "../../paths.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError, NotFoundError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
@@ -17,9 +21,13 @@ interface StoredSecret {
   value: string;
   version: number;
   metadata: Record<string, string>;
-  createdAt: Date;
-  updatedAt: Date;
+  createdAt: string;
+  updatedAt: string;
 }
+
+const FORMAT = 1;
+// An owner id (auth.ts): a key's digest prefix, or "anonymous".
+const OWNER = /^([0-9a-f]{12}|anonymous)$/;
 
 const MAX_VALUE_BYTES = 64 * 1024;
 const MAX_NAME = 256;
@@ -34,48 +42,81 @@ const view = (s: StoredSecret) => ({
   name: s.name,
   currentVersion: s.version,
   metadata: s.metadata,
-  createdAt: s.createdAt.toISOString(),
-  updatedAt: s.updatedAt.toISOString(),
+  createdAt: s.createdAt,
+  updatedAt: s.updatedAt,
 });
 
 export class SecretStore {
-  private readonly byOwner = new Map<string, Map<string, StoredSecret>>();
+  constructor(private readonly dir = path.join(cacheDir(), "e2b-secrets")) {}
 
   /** The owner's secret by id or name, or NotFoundError. */
   get(owner: string, ref: string): StoredSecret {
-    const mine = this.byOwner.get(owner);
-    const found = mine?.get(ref) ?? [...(mine?.values() ?? [])].find((s) => s.name === ref.toLowerCase());
+    const found = this.list(owner).find((s) => s.secretID === ref || s.name === ref.toLowerCase());
     if (!found) throw new NotFoundError(`secret ${JSON.stringify(ref)} not found: Secret.list() names this key's secrets`);
     return found;
   }
 
   /** The value of the owner's secret `name`, for a network rule's placeholder. */
   value(owner: string, name: string): string {
-    const found = [...(this.byOwner.get(owner)?.values() ?? [])].find((s) => s.name === name.toLowerCase());
+    const found = this.list(owner).find((s) => s.name === name.toLowerCase());
     if (!found) {
       throw new InvalidArgumentError(`network rule names secret ${JSON.stringify(name)}, which this API key does not have: Secret.create it first`);
     }
     return found.value;
   }
 
+  /** The owner's secrets, by id. */
   list(owner: string): StoredSecret[] {
-    return [...(this.byOwner.get(owner)?.values() ?? [])].sort((a, b) => a.secretID.localeCompare(b.secretID));
+    let r: { format?: unknown; secrets?: unknown };
+    try {
+      r = JSON.parse(readFileSync(this.file(owner), "utf8"));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+      throw new Error(`the secrets file ${this.file(owner)} cannot be read (${(err as Error).message}): restore or remove it`);
+    }
+    if (r?.format !== FORMAT || !Array.isArray(r.secrets))
+      throw new Error(`the secrets file ${this.file(owner)} is not one this server wrote: restore or remove it`);
+    return (r.secrets as StoredSecret[]).sort((a, b) => a.secretID.localeCompare(b.secretID));
   }
 
   create(owner: string, name: string, value: string, metadata: Record<string, string>): StoredSecret {
-    const mine = this.byOwner.get(owner) ?? new Map<string, StoredSecret>();
-    if ([...mine.values()].some((s) => s.name === name))
-      throw new ConflictError(`secret ${JSON.stringify(name)} exists: Secret.update it, or pick another name`);
-    if (mine.size >= MAX_PER_OWNER) throw new InvalidArgumentError(`this API key has ${mine.size} secrets, the most it may: destroy some first`);
-    const now = new Date();
+    const mine = this.list(owner);
+    if (mine.some((s) => s.name === name)) throw new ConflictError(`secret ${JSON.stringify(name)} exists: Secret.update it, or pick another name`);
+    if (mine.length >= MAX_PER_OWNER) throw new InvalidArgumentError(`this API key has ${mine.length} secrets, the most it may: destroy some first`);
+    const now = new Date().toISOString();
     const s: StoredSecret = { secretID: `sec_${randomBytes(10).toString("hex")}`, name, value, version: 1, metadata, createdAt: now, updatedAt: now };
-    mine.set(s.secretID, s);
-    this.byOwner.set(owner, mine);
+    this.save(owner, [...mine, s]);
     return s;
   }
 
-  delete(owner: string, s: StoredSecret): void {
-    this.byOwner.get(owner)?.delete(s.secretID);
+  /** Gives the owner's secret `id` a new value (a new version), and new metadata if given. */
+  update(owner: string, id: string, value: string, metadata?: Record<string, string>): StoredSecret {
+    const mine = this.list(owner);
+    const s = mine.find((x) => x.secretID === id);
+    if (!s) throw new NotFoundError(`secret ${JSON.stringify(id)} not found: Secret.list() names this key's secrets`);
+    Object.assign(s, { value, version: s.version + 1, updatedAt: new Date().toISOString() }, metadata ? { metadata } : {});
+    this.save(owner, mine);
+    return s;
+  }
+
+  delete(owner: string, id: string): void {
+    this.save(
+      owner,
+      this.list(owner).filter((s) => s.secretID !== id),
+    );
+  }
+
+  private file(owner: string): string {
+    if (!OWNER.test(owner)) throw new Error(`owner id ${JSON.stringify(owner)} is not one auth.ts makes`);
+    return path.join(this.dir, `${owner}.json`);
+  }
+
+  // Private, as the values are: written aside and renamed into place.
+  private save(owner: string, secrets: StoredSecret[]): void {
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    const file = this.file(owner);
+    writeFileSync(`${file}.${process.pid}.tmp`, `${JSON.stringify({ format: FORMAT, secrets })}\n`, { mode: 0o600 });
+    renameSync(`${file}.${process.pid}.tmp`, file);
   }
 }
 
@@ -148,12 +189,9 @@ export function secretRoutes(
     const body = await readJsonObject(req, bodyLimit);
     checkKeys("secret update option", body, ["value", "metadata"]); // a name cannot change
     const value = checkValue(body.value);
-    if (body.metadata !== undefined) s.metadata = checkMetadata(body.metadata);
-    s.value = value;
-    s.version++;
-    s.updatedAt = new Date();
-    await uses.updated(who, s.name);
-    sendJson(res, 200, view(s));
+    const updated = store.update(who, s.secretID, value, body.metadata !== undefined ? checkMetadata(body.metadata) : undefined);
+    await uses.updated(who, updated.name);
+    sendJson(res, 200, view(updated));
   }
 
   function remove(req: IncomingMessage, res: ServerResponse, p: Params): void {
@@ -165,7 +203,7 @@ export function secretRoutes(
         `secret ${s.name} is named by the network rules of sandbox ${users.join(", ")}: change them with updateNetwork, or kill it, first`,
       );
     }
-    store.delete(who, s);
+    store.delete(who, s.secretID);
     res.writeHead(204).end();
   }
 
