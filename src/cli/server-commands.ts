@@ -19,7 +19,7 @@ without an API key (--api-key, or MSB_API_KEY), which clients send as Authorizat
 Sandboxes outlive the server: Ctrl-C, SIGTERM, a crash or SIGKILL of it leaves their VMs running
 (their processes held), and the next msb server on this cache adopts them, with their tokens,
 timeouts and metadata (one whose timeout passed meanwhile is stopped then); paused ones wait
-for a connect there. Forks and ones with volumes stop with the server. --stop-on-exit stops
+for a connect there. Ones with volumes stop with the server. --stop-on-exit stops
 every sandbox on Ctrl-C or SIGTERM, those adopted at the start included, and removes the paused
 ones.
 

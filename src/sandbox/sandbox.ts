@@ -141,6 +141,7 @@ export abstract class Sandbox extends SandboxBase {
     registry.add(child.listed);
     child.log.add("event", `running on ${describeBackend(copy.info)}`);
     child.armLifetime();
+    child.recordChanged(); // a fork of an outliving sandbox outlives this process too
     return child;
   }
 

@@ -52,8 +52,8 @@ export interface ServerOptions {
    * Sandboxes outlive this server (default false: they stop with it): close() lets them run on,
    * and a server created later on this cache adopts them, tokens, timeouts and metadata kept (a
    * timeout that passed meanwhile stops one then); paused ones wait for a resume there. Every
-   * server adopts what an earlier one left; this decides what its own close() does. Forks and
-   * ones with volumes still stop with the server. QEMU only.
+   * server adopts what an earlier one left; this decides what its own close() does. Ones with
+   * volumes still stop with the server. QEMU only.
    */
   outlive?: boolean;
 }

@@ -381,16 +381,14 @@ function machineOf(vm: Vm, backend: Backend, config: VmConfig, info: BackendInfo
     },
     async copy(changes, keep) {
       saveable("fork", "copy");
-      // A copy is this process's own (outlive is asked for at start).
-      const { outlive: _, ...base } = spec;
-      const copySpec: MachineSpec = { ...base, name: changes.name, ports: changes.ports };
+      // A copy outlives this process as its original does (spec.outlive).
+      const copySpec: MachineSpec = { ...spec, name: changes.name, ports: changes.ports };
       if (changes.consoleKeep) copySpec.consoleKeep = changes.consoleKeep;
       else delete copySpec.consoleKeep;
       // The copy's guest trusts this one's CA already.
       const copyEgress = await egressFor(copySpec, backend, egress?.authority);
-      const { outlive: __, ...baseConfig } = config;
       const copyConfig: VmConfig = {
-        ...baseConfig,
+        ...config,
         name: changes.name,
         ports: [...changes.ports],
         ...(copyEgress ? { egress: copyEgress.rules(), proxyPort: copyEgress.port } : {}),

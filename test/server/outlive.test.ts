@@ -72,7 +72,7 @@ afterAll(async () => {
 });
 
 describe("sandboxes outlive msb server", () => {
-  it("a SIGKILLed server's sandbox goes on under the next: variable, file and background process kept, listed once, nothing left after", async () => {
+  it("a SIGKILLed server's sandbox and its fork go on under the next: variable, file and background process kept, listed once, nothing left after", async () => {
     const first = await startServer();
     const sb = await ci.Sandbox.create({ metadata: { who: "outlive" }, timeoutMs: 600_000 });
     await sb.runCode("x = 41");
@@ -82,6 +82,9 @@ describe("sandboxes outlive msb server", () => {
     await sb.pause();
     await ci.Sandbox.connect(sb.sandboxId, { timeoutMs: 600_000 });
     const infoBefore = await sb.getInfo();
+    // A fork outlives the server as well, its own state kept.
+    const [fork] = (await sb.fork({ timeoutMs: 600_000 })) as InstanceType<Interpreter["Sandbox"]>[];
+    await fork!.runCode("x = 100");
 
     await stopServer(first.proc, "SIGKILL");
     const orphan = orphanOf(sb.sandboxId);
@@ -90,7 +93,9 @@ describe("sandboxes outlive msb server", () => {
     expect(alive(helper)).toBe(true);
 
     const second = await startServer();
-    expect(second.said()).toContain(`adopted 1 sandbox running: ${sb.sandboxId}`);
+    expect(second.said()).toMatch(new RegExp(`adopted 2 sandboxes running: (${sb.sandboxId}, ${fork!.sandboxId}|${fork!.sandboxId}, ${sb.sandboxId})\n`));
+    expect((await (await ci.Sandbox.connect(fork!.sandboxId)).runCode("x + 1")).text).toBe("101");
+    await ci.Sandbox.kill(fork!.sandboxId);
     const fds = () => readdirSync(`/proc/${second.proc.pid}/fd`).length;
     // Metadata and timeout were kept (connect sets a timeout of its own: asked before it).
     const info = await ci.Sandbox.getInfo(sb.sandboxId);
