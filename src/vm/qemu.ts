@@ -724,12 +724,15 @@ async function migration(q: Qmp): Promise<void> {
   }
 }
 
+// How long a VM's socket may take to appear: QEMU makes it at its start, before any guest work.
+const LISTEN_WAIT_MS = 10_000;
+
 /**
  * Connects to the unix socket `file` that QEMU or msb-vmm listens on, retrying while it is not
  * there yet (the VMM is starting) and the process behind it is not `gone`.
  */
-async function connectWhenListening(file: string, opts: { gone: () => boolean; timeoutMs?: number }): Promise<Socket> {
-  const deadline = performance.now() + (opts.timeoutMs ?? 10_000);
+async function connectWhenListening(file: string, opts: { gone: () => boolean }): Promise<Socket> {
+  const deadline = performance.now() + LISTEN_WAIT_MS;
   for (;;) {
     try {
       return await new Promise<Socket>((resolve, reject) => {
