@@ -28,6 +28,7 @@ export type { CommandOptions, RunOptions, SandboxCommands, SpawnCommandOptions }
 export type { ExecutionStatus } from "./sandbox/execution.js";
 export { CommandExecution, Execution } from "./sandbox/execution.js";
 export type { SandboxFiles } from "./sandbox/files.js";
+export type { Interpreter } from "./sandbox/kinds.js";
 export { CustomSandbox, NodeSandbox, PythonSandbox } from "./sandbox/kinds.js";
 export type { LogEntry, LogOptions } from "./sandbox/logs.js";
 export type { SandboxMetrics } from "./sandbox/metrics.js";

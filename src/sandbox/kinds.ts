@@ -1,6 +1,7 @@
-// The sandbox kinds: Python and Node, with a persistent interpreter behind run() that snapshots
-// and copies carry along, and CustomSandbox for any image.
-import { createHash } from "node:crypto";
+// The sandbox kinds: Python and Node, with a persistent interpreter behind run() and any number
+// of others (interpreter()) that snapshots, copies, pauses and adoptions carry along, and
+// CustomSandbox for any image.
+import { createHash, randomBytes } from "node:crypto";
 
 import type { AgentClient } from "../agent-client/client.js";
 import { InvalidArgumentError } from "../errors.js";
@@ -12,23 +13,55 @@ import type { SandboxOptions } from "./options.js";
 import { driverSource, NODE_REPL, PYTHON_REPL, REPL_LANGUAGES, Repl, type ReplLanguage } from "./repl.js";
 import { Sandbox } from "./sandbox.js";
 
+/** An interpreter of its own in a sandbox (interpreter()), with state of its own. */
+export interface Interpreter {
+  /** Names it across a fork, pause or adoption of its sandbox (interpreters()). */
+  readonly id: string;
+  readonly language: ReplLanguage["language"];
+  run(code: string, opts?: RunOptions): Promise<Execution>;
+  /** Ends it. */
+  close(): void;
+}
+
+/** A kept interpreter session: run()'s, or with `interpreter` one of interpreter()'s. */
+interface KeptRepl extends KeptSession {
+  interpreter?: { id: string; language: string };
+}
+
+const INTERPRETER_ID = /^[0-9a-f]{16}$/;
+
 abstract class LanguageSandbox extends Sandbox {
   private repl: Repl | undefined;
+  private readonly others = new Map<string, { handle: Interpreter; repl: Repl }>();
   protected abstract readonly language: ReplLanguage;
 
-  protected override keptSessions(): KeptSession[] {
-    const kept = this.repl?.kept();
-    return kept ? [kept] : [];
+  protected override keptSessions(): KeptRepl[] {
+    const main = this.repl?.kept();
+    const others = [...this.others].flatMap(([id, { handle, repl }]) => {
+      const kept = repl.kept();
+      return kept ? [{ ...kept, interpreter: { id, language: handle.language } }] : [];
+    });
+    return [...(main ? [main] : []), ...others];
   }
 
-  // The interpreter's session stays open between cells: that is not work under way.
+  // An interpreter's session stays open between cells: that is not work under way.
   protected override idleSessions(): number {
-    return this.repl?.kept() ? 1 : 0;
+    return this.keptSessions().length;
   }
 
-  protected override adopt(kept: KeptSession[]): void {
-    if (!kept.length) return;
-    this.replFor().adopt(kept[0]!);
+  protected override adopt(kept: KeptRepl[]): void {
+    for (const k of kept) {
+      const i = k.interpreter;
+      if (!i) this.replFor().adopt(k);
+      else if (INTERPRETER_ID.test(i.id) && Object.hasOwn(REPL_LANGUAGES, i.language)) {
+        const language = i.language as ReplLanguage["language"];
+        this.track(
+          i.id,
+          language,
+          this.newRepl(REPL_LANGUAGES[language], () => this.agent()),
+        ).adopt(k);
+      }
+    }
   }
 
   /** The language of run()'s interpreter. */
@@ -89,21 +122,43 @@ abstract class LanguageSandbox extends Sandbox {
    * Another interpreter in this sandbox, with state of its own (a notebook's contexts); close()
    * ends it. The sandbox's own run() interpreter is not this one. `language` (default: the
    * sandbox's own) may be any of REPL_LANGUAGES whose program the image has: python3, node or
-   * bash; when it lacks it, the first run() throws an ExecError (ENOENT).
+   * bash; when it lacks it, the first run() throws an ExecError (ENOENT). One that has run and
+   * is between cells goes along with a fork, pause or adoption of the sandbox, under its id.
    */
-  interpreter(language: ReplLanguage["language"] = this.language.language): { run(code: string, opts?: RunOptions): Promise<Execution>; close(): void } {
+  interpreter(language: ReplLanguage["language"] = this.language.language): Interpreter {
     if (!Object.hasOwn(REPL_LANGUAGES, language))
       throw new InvalidArgumentError(`language ${JSON.stringify(language)} has no interpreter: use ${Object.keys(REPL_LANGUAGES).join(", ")}`);
-    const repl = this.newRepl(REPL_LANGUAGES[language], () => this.agent());
-    return {
+    return this.track(
+      randomBytes(8).toString("hex"),
+      language,
+      this.newRepl(REPL_LANGUAGES[language], () => this.agent()),
+    ).handle;
+  }
+
+  /** The interpreters interpreter() made that are open: this sandbox's own, or carried over to it. */
+  interpreters(): Interpreter[] {
+    return [...this.others.values()].map((o) => o.handle);
+  }
+
+  private track(id: string, language: ReplLanguage["language"], repl: Repl): { handle: Interpreter; adopt(k: KeptSession): void } {
+    const handle: Interpreter = {
+      id,
+      language,
       run: (code, opts = {}) => repl.run(code, runTimeout(opts)),
-      close: () => repl.reset(),
+      close: () => {
+        repl.reset();
+        this.others.delete(id);
+      },
     };
+    this.others.set(id, { handle, repl });
+    return { handle, adopt: (k) => repl.adopt(k) };
   }
 
   protected override onStop(): void {
     this.repl?.reset();
     this.repl = undefined;
+    for (const { repl } of this.others.values()) repl.reset();
+    this.others.clear();
   }
 
   /** @internal A pooled interpreter sandbox hands out its interpreter already running. */

@@ -85,6 +85,8 @@ describe("snapshots", () => {
     let snapshotId: string;
     try {
       await source.runCode("v = 'snapshotted'");
+      const ctx = await source.createCodeContext();
+      await source.runCode("w = 'in a context'", { context: ctx });
       await source.files.write("/root/s.txt", "in the snapshot");
       ({ snapshotId } = await source.createSnapshot());
       taken.push(snapshotId);
@@ -108,6 +110,9 @@ describe("snapshots", () => {
     const fromIt = await ci.Sandbox.create(snapshotId);
     try {
       expect((await fromIt.runCode("v")).text).toBe("'snapshotted'");
+      // Its code contexts came along, by their ids.
+      const [ctx] = await fromIt.listCodeContexts();
+      expect((await fromIt.runCode("w", { context: ctx! })).text).toBe("'in a context'");
       expect(await fromIt.files.read("/root/s.txt")).toBe("in the snapshot");
     } finally {
       await fromIt.kill();

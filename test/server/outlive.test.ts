@@ -72,19 +72,24 @@ afterAll(async () => {
 });
 
 describe("sandboxes outlive msb server", () => {
-  it("a SIGKILLed server's sandbox and its fork go on under the next: variable, file and background process kept, listed once, nothing left after", async () => {
+  it("a SIGKILLed server's sandbox and its fork go on under the next: variable, code context, file and background process kept, listed once, nothing left after", async () => {
     const first = await startServer();
     const sb = await ci.Sandbox.create({ metadata: { who: "outlive" }, timeoutMs: 600_000 });
     await sb.runCode("x = 41");
+    // A code context of its own, which the pause, the fork and the next server all carry.
+    const ctx = await sb.createCodeContext();
+    await sb.runCode("c = 9", { context: ctx });
     await sb.files.write("/root/kept.txt", "kept across servers");
     const ticker = await sb.commands.run("while true; do echo tick >> /tmp/ticks; sleep 0.2; done", { background: true });
     // A pause and resume first: the resumed VM is the one that must outlive the server.
     await sb.pause();
     await ci.Sandbox.connect(sb.sandboxId, { timeoutMs: 600_000 });
     const infoBefore = await sb.getInfo();
+    expect((await sb.runCode("c", { context: ctx })).text).toBe("9");
     // A fork outlives the server as well, its own state kept.
     const [fork] = (await sb.fork({ timeoutMs: 600_000 })) as InstanceType<Interpreter["Sandbox"]>[];
     await fork!.runCode("x = 100");
+    expect((await fork!.runCode("c + 1", { context: ctx })).text).toBe("10");
 
     await stopServer(first.proc, "SIGKILL");
     const orphan = orphanOf(sb.sandboxId);
@@ -103,6 +108,8 @@ describe("sandboxes outlive msb server", () => {
     expect(info.endAt.getTime()).toBe(infoBefore.endAt.getTime());
     const again = await ci.Sandbox.connect(sb.sandboxId);
     expect((await again.runCode("x + 1")).text).toBe("42");
+    expect((await again.runCode("c * 2", { context: ctx })).text).toBe("18");
+    expect((await again.listCodeContexts()).map((c: { id: string }) => c.id)).toEqual([ctx.id]);
     expect(await again.files.read("/root/kept.txt")).toBe("kept across servers");
     // The background process never stopped, and the new server knows it by its pid.
     const count = async () => Number((await again.commands.run("wc -l < /tmp/ticks")).stdout.trim());
@@ -129,6 +136,8 @@ describe("sandboxes outlive msb server", () => {
     const first = await startServer();
     const mem = await ci.Sandbox.create({ metadata: { who: "paused" }, timeoutMs: 600_000 });
     await mem.runCode("p = 7");
+    const pctx = await mem.createCodeContext();
+    await mem.runCode("q = 3", { context: pctx });
     await mem.files.write("/root/p.txt", "paused across servers");
     const ticker = await mem.commands.run("while true; do echo tick >> /tmp/ticks; sleep 0.2; done", { background: true });
     await mem.pause();
@@ -153,6 +162,7 @@ describe("sandboxes outlive msb server", () => {
     // The old token still opens it: connect resumes it with its memory and kept process.
     const back = await ci.Sandbox.connect(mem.sandboxId, { timeoutMs: 600_000 });
     expect((await back.runCode("p + 1")).text).toBe("8");
+    expect((await back.runCode("q", { context: pctx })).text).toBe("3");
     expect(await back.files.read("/root/p.txt")).toBe("paused across servers");
     expect((await back.commands.list()).map((p: { pid: number }) => p.pid)).toContain(ticker.pid);
     const count = async () => Number((await back.commands.run("wc -l < /tmp/ticks")).stdout.trim());

@@ -4,6 +4,7 @@
 // by pid, so that commands.list() and commands.connect(pid) find them after the restart (a
 // paused one's once it is resumed).
 import type { Managed, SandboxTable } from "../sandboxes.js";
+import { type ContextRecords, contextRecords, linkContexts } from "./interpreter.js";
 import type { E2bNetwork } from "./network.js";
 import { armLifecycle } from "./pausing.js";
 import type { ProcessRecord } from "./processes.js";
@@ -16,6 +17,7 @@ interface E2bRecord {
   volumeMounts?: { name: string; path: string }[];
   paused?: E2bState["paused"];
   processes: ProcessRecord[];
+  contexts?: ContextRecords;
 }
 
 /** Has `m`, just given its E2B state `s`, record it from now on (table.persist). */
@@ -27,6 +29,7 @@ export function recordE2b(table: SandboxTable, m: Managed, s: E2bState): void {
     ...(s.volumeMounts ? { volumeMounts: s.volumeMounts } : {}),
     ...(s.paused ? { paused: s.paused } : {}),
     processes: s.processes.records(),
+    contexts: contextRecords(s),
   });
   table.persist(m);
 }
@@ -41,7 +44,12 @@ export async function adoptE2b(sandboxes: E2bSandboxes, m: Managed, extra: unkno
   armLifecycle(sandboxes.table, { m, s });
   s.processes.expect(Array.isArray(r.processes) ? r.processes : []);
   // A paused one's processes come back with its resume (resumeSandbox).
-  if (r.paused) s.paused = { name: r.paused.name, memory: r.paused.memory };
-  else await s.processes.takeBack(m.sandbox.command.resumed());
+  if (r.paused) {
+    s.paused = { name: r.paused.name, memory: r.paused.memory };
+    if (r.paused.memory && r.contexts) s.carried = r.contexts; // linked at its resume
+  } else {
+    await s.processes.takeBack(m.sandbox.command.resumed());
+    linkContexts(s, m.sandbox, r.contexts);
+  }
   recordE2b(sandboxes.table, m, s);
 }

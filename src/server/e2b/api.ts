@@ -57,7 +57,7 @@ export function e2bApi(table: SandboxTable, catalog: ImageCatalog, keys: Keys, o
   const templates = new TemplateStore();
   const builds = new TemplateBuilds(templates, catalog, fileLimit, (memory) => table.reserve(memory));
   const envd = envdHandler(sandboxes);
-  const interpreter = codeInterpreter(catalog, bodyLimit);
+  const interpreter = codeInterpreter(catalog, bodyLimit, ({ m }) => table.persist(m));
   const ports = portProxy(sandboxes, async (id) => {
     const sb = sandboxes.byId(id);
     if (sb) await autoResume(sb);

@@ -12,6 +12,7 @@ import { ConflictError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import { recordE2b } from "./adoption.js";
 import { forkRoute } from "./fork.js";
+import { linkContexts } from "./interpreter.js";
 import { checkE2bNetwork, type E2bNetworks, networkInfo } from "./network.js";
 import { metricOf } from "./observe.js";
 import { armLifecycle, flag, lifecycleOf, pauseSandbox, resumeSandbox } from "./pausing.js";
@@ -98,6 +99,7 @@ export function controlPlane(
       ...networkOptions,
     });
     const s = sandboxes.add(m, randomBytes(24).toString("base64url"), snapshot?.network ?? network, lifecycle);
+    if (snapshot) linkContexts(s, m.sandbox, snapshot.contexts);
     try {
       if (snapshot) await networks.refresh({ m, s });
       if (built) await runStartCommands({ m, s }, built);

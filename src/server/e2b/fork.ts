@@ -11,6 +11,7 @@ import { SERVER_DEFAULTS } from "../defaults.js";
 import { answerOf, ConflictError, messageOf } from "../errors.js";
 import { type Params, readJsonObject, sendJson } from "../http.js";
 import { recordE2b } from "./adoption.js";
+import { contextRecords, linkContexts } from "./interpreter.js";
 import { armLifecycle } from "./pausing.js";
 import { type E2bSandbox, type E2bSandboxes, settled } from "./shared.js";
 
@@ -55,6 +56,7 @@ export function forkRoute(sandboxes: E2bSandboxes, bodyLimit: number, reached: (
         });
         // The library's fork keeps the network policy; so does the E2B record of it.
         const s = sandboxes.add(child, randomBytes(24).toString("base64url"), structuredClone(parent.s.network), { ...parent.s.lifecycle, timeoutS: timeout });
+        linkContexts(s, child.sandbox, contextRecords(parent.s)); // the fork's interpreters are copies of the parent's
         armLifecycle(sandboxes.table, { m: child, s });
         recordE2b(sandboxes.table, child, s); // it outlives the server as its parent does
         results.push({ sandbox: reached({ m: child, s }) });

@@ -1,17 +1,19 @@
 // The code interpreter (port 49999): /execute runs code in a language's default interpreter, or
 // in a context's, and answers newline-delimited JSON events; /contexts makes, lists, ends and
 // restarts contexts, each an interpreter of its own. Python, JavaScript (Node) and bash, each the
-// library's REPL (src/sandbox/repl.ts) in the sandbox.
+// library's REPL (src/sandbox/repl.ts) in the sandbox. Contexts go along with a memory pause, a
+// fork and an adoption by the next server, as the library's interpreters do.
 import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { ExecError, InvalidArgumentError } from "../../errors.js";
 import type { Execution } from "../../sandbox/execution.js";
+import type { PythonSandbox } from "../../sandbox/kinds.js";
 import type { ReplLanguage } from "../../sandbox/repl.js";
 import type { ImageCatalog } from "../catalog.js";
 import { NotFoundError } from "../errors.js";
 import { readJsonObject, sendJson } from "../http.js";
-import type { CodeContext, E2bSandbox } from "./shared.js";
+import type { CodeContext, E2bSandbox, E2bState } from "./shared.js";
 
 type Language = ReplLanguage["language"];
 
@@ -49,7 +51,45 @@ function enter(language: Language, cwd: string): string {
   return `mkdir -p ${quoted} && cd ${quoted}`;
 }
 
-export function codeInterpreter(catalog: ImageCatalog, bodyLimit: number) {
+/** A sandbox's contexts and default interpreters as recorded: each interpreter by its id. */
+export interface ContextRecords {
+  contexts: { id: string; language: string; cwd: string; interpreter: string }[];
+  defaults: { language: string; interpreter: string }[];
+}
+
+export function contextRecords(s: E2bState): ContextRecords {
+  if (s.carried) return s.carried;
+  return {
+    contexts: [...s.contexts].map(([id, c]) => ({ id, language: c.language, cwd: c.cwd, interpreter: c.interpreter.id })),
+    defaults: [...s.defaults].map(([language, i]) => ({ language, interpreter: i.id })),
+  };
+}
+
+/**
+ * Gives `s` the contexts and default interpreters `records` names, each the interpreter of the
+ * same id in `sandbox` (resumed, forked or adopted, which carried its interpreters along); one
+ * whose interpreter did not come along (busy when it was copied, or a files-only pause) is gone.
+ */
+export function linkContexts(s: E2bState, sandbox: unknown, records: Partial<ContextRecords> | undefined): void {
+  const carried = new Map(
+    (typeof (sandbox as PythonSandbox).interpreters === "function" ? (sandbox as PythonSandbox).interpreters() : []).map((i) => [i.id, i]),
+  );
+  s.contexts.clear();
+  s.defaults.clear();
+  delete s.carried;
+  for (const c of Array.isArray(records?.contexts) ? records.contexts : []) {
+    const i = carried.get(c?.interpreter);
+    if (i && typeof c.id === "string" && typeof c.cwd === "string" && typeof c.language === "string")
+      s.contexts.set(c.id, { language: c.language, cwd: c.cwd, interpreter: i });
+  }
+  for (const d of Array.isArray(records?.defaults) ? records.defaults : []) {
+    const i = carried.get(d?.interpreter);
+    if (i && typeof d.language === "string") s.defaults.set(d.language, i);
+  }
+}
+
+/** The code interpreter's routes; `changed(sb)`: its contexts changed, for the record the next server adopts by. */
+export function codeInterpreter(catalog: ImageCatalog, bodyLimit: number, changed: (sb: E2bSandbox) => void) {
   // An interpreter whose program the image lacks fails to start with ENOENT: say which images have it.
   const missing =
     ({ m }: E2bSandbox, language: Language) =>
@@ -80,6 +120,7 @@ export function codeInterpreter(catalog: ImageCatalog, bodyLimit: number) {
     if (!interpreter) {
       interpreter = sandbox.interpreter(language);
       sb.s.defaults.set(language, interpreter);
+      changed(sb);
     }
     return interpreter.run;
   }
@@ -97,6 +138,7 @@ export function codeInterpreter(catalog: ImageCatalog, bodyLimit: number) {
       const ctxId = randomBytes(8).toString("hex");
       const c = { language: typeof body.language === "string" ? body.language : "python", cwd, interpreter: await start(sb, language, cwd) };
       all.set(ctxId, c);
+      changed(sb);
       return sendJson(res, 200, shown(ctxId, c));
     }
     if (!id && req.method === "GET")
@@ -110,11 +152,13 @@ export function codeInterpreter(catalog: ImageCatalog, bodyLimit: number) {
     if (!action && req.method === "DELETE") {
       c.interpreter.close();
       all.delete(id!);
+      changed(sb);
       return void res.writeHead(204).end();
     }
     if (action === "restart" && req.method === "POST") {
       c.interpreter.close();
       c.interpreter = await start(sb, languageOf(c.language), c.cwd);
+      changed(sb);
       return void res.writeHead(204).end();
     }
     throw new NotFoundError(`${req.method} ${pathname} is not served`);

@@ -5,6 +5,7 @@ import { InvalidArgumentError } from "../../errors.js";
 import { SANDBOX_KINDS } from "../catalog.js";
 import { ConflictError, NotFoundError } from "../errors.js";
 import type { SandboxTable } from "../sandboxes.js";
+import { contextRecords, linkContexts } from "./interpreter.js";
 import { ProcessTable } from "./processes.js";
 import { type E2bSandbox, type E2bState, type Lifecycle, settled, transition } from "./shared.js";
 
@@ -42,9 +43,12 @@ export async function pauseSandbox(table: SandboxTable, { m, s }: E2bSandbox, ke
       rmSync(dir, { recursive: true, force: true });
       processes.release();
     };
-    if (!keepMemory) s.processes = new ProcessTable();
-    s.contexts.clear(); // their interpreters did not survive the pause
-    s.defaults.clear();
+    if (!keepMemory) {
+      s.processes = new ProcessTable();
+      // Their interpreters did not survive a pause of the files alone (a memory pause keeps them).
+      s.contexts.clear();
+      s.defaults.clear();
+    }
     table.persist(m); // paused, for the next server on this cache
   });
 }
@@ -73,6 +77,7 @@ export async function resumeSandbox(table: SandboxTable, { m, s }: E2bSandbox, t
           throw new NotFoundError(`sandbox ${m.id} was killed while it resumed`);
         }
         m.sandbox = resumed;
+        linkContexts(s, resumed, contextRecords(s));
         const kept = m.sandbox.command.resumed();
         s.processes.release(kept);
         await s.processes.takeBack(kept); // those a previous server kept through the pause

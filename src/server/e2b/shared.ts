@@ -5,10 +5,11 @@
 import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 
-import type { PythonSandbox } from "../../sandbox/kinds.js";
+import type { Interpreter } from "../../sandbox/kinds.js";
 import type { Keys } from "../auth.js";
 import { ConflictError, NotFoundError, UnauthorizedError } from "../errors.js";
 import type { Managed, SandboxTable } from "../sandboxes.js";
+import type { ContextRecords } from "./interpreter.js";
 import type { E2bNetwork } from "./network.js";
 import { ProcessTable } from "./processes.js";
 
@@ -21,7 +22,7 @@ export const INTERPRETER_PORT = "49999";
 export interface CodeContext {
   language: string;
   cwd: string;
-  interpreter: ReturnType<PythonSandbox["interpreter"]>;
+  interpreter: Interpreter;
 }
 
 /** What happens when a sandbox's timeout passes (E2B's SandboxLifecycle), and for how long it lives again when resumed. */
@@ -50,7 +51,9 @@ export interface E2bState {
   /** Its E2B network configuration as last set. */
   network: E2bNetwork;
   /** The interpreter of /execute with a language and no context, by language, when it is not the sandbox's own run(). */
-  defaults: Map<string, CodeContext["interpreter"]>;
+  defaults: Map<string, Interpreter>;
+  /** A paused sandbox adopted from a previous server: its contexts as recorded, until its resume links them (linkContexts). */
+  carried?: ContextRecords;
 }
 
 /** A sandbox the E2B API made, with its state. */

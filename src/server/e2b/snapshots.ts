@@ -17,6 +17,7 @@ import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError, NotFoundError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
 import type { CreateSpec } from "../sandboxes.js";
+import { type ContextRecords, contextRecords } from "./interpreter.js";
 import type { E2bNetwork } from "./network.js";
 import { type E2bSandbox, type E2bSandboxes, settled } from "./shared.js";
 
@@ -40,6 +41,8 @@ interface SnapshotRecord {
   memory: number;
   /** Its E2B network as the source had it (the library's policy is saved with the sandbox). */
   network: E2bNetwork;
+  /** Its code contexts, whose interpreters the saved sandbox carries. */
+  contexts?: ContextRecords;
   createdAt: string;
 }
 
@@ -86,7 +89,10 @@ export class SnapshotStore {
    * undefined when `id` names none (a template); NotFoundError for an id of the snapshots' own
    * form that is gone.
    */
-  spec(owner: string, id: string): { create: { kind: SandboxKind; memory: number; start: NonNullable<CreateSpec["start"]> }; network: E2bNetwork } | undefined {
+  spec(
+    owner: string,
+    id: string,
+  ): { create: { kind: SandboxKind; memory: number; start: NonNullable<CreateSpec["start"]> }; network: E2bNetwork; contexts?: ContextRecords } | undefined {
     const r = this.find(owner, id);
     if (!r) {
       if (UNNAMED.test(id))
@@ -96,6 +102,7 @@ export class SnapshotStore {
     return {
       create: { kind: r.kind, memory: r.memory, start: (name) => SANDBOX_KINDS[r.kind].resume(r.saved, { as: name }) },
       network: r.network,
+      ...(r.contexts ? { contexts: r.contexts } : {}),
     };
   }
 
@@ -118,6 +125,7 @@ export class SnapshotStore {
       kind: m.kind,
       memory: m.memory,
       network: s.network,
+      contexts: contextRecords(s),
       createdAt: new Date().toISOString(),
     };
     try {
