@@ -115,7 +115,6 @@ export function parseDockerfile(text: string, buildArgs: Record<string, string> 
     throw new InvalidArgumentError(
       `--build-arg ${unknown.join(", ")}: the Dockerfile declares no such ARG${unknown.length > 1 ? "s" : ""}; declare it (ARG ${unknown[0]}) or drop it`,
     );
-  if (first.args === "") throw fail(first, "give FROM IMAGE [AS NAME]");
   const from = substitute(first, first.args, globalArgs, escapeChar);
   if (from[0]?.startsWith("--")) throw fail(first, `the flag ${from[0]} is not supported`);
   if (!from[0] && first.args.includes("$")) throw fail(first, `${JSON.stringify(first.args)} names no image: an ARG it uses has no value`);

@@ -20,8 +20,10 @@ const MAX_SIZE = 1024 * 1024;
 /** The .dockerignore of `context` (its real path), or undefined when it has none. */
 export async function readDockerignore(context: string): Promise<ContextIgnore | undefined> {
   const file = path.join(context, ".dockerignore");
-  const size = (await stat(file).catch(() => undefined))?.size;
-  if (size === undefined) return undefined;
+  const st = await stat(file).catch(() => undefined);
+  if (st === undefined) return undefined;
+  if (!st.isFile()) throw new InvalidArgumentError(`${file} is not a file`);
+  const { size } = st;
   if (size > MAX_SIZE) throw new InvalidArgumentError(`${file} is ${size} bytes; more than ${MAX_SIZE} is not a .dockerignore`);
   return { context, patterns: (await readFile(file, "utf8")).split(/\r?\n/) };
 }

@@ -41,7 +41,8 @@ function progress(total: number): { log: (e: BuildLogEvent) => void; end: () => 
   return { log, end: endLine };
 }
 
-// --build-arg NAME=VALUE, or NAME alone for the value in msb's environment (none there: not given, as Docker).
+// --build-arg NAME=VALUE, or NAME alone for the value in msb's environment (Docker drops one unset
+// there; here it is an error, as a name no ARG declares is).
 function buildArgs(given: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const a of given) {
@@ -50,7 +51,9 @@ function buildArgs(given: string[]): Record<string, string> {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
       throw new InvalidArgumentError(`--build-arg ${JSON.stringify(a)}: give NAME=VALUE, NAME of letters, digits and '_'`);
     const value = eq < 0 ? process.env[name] : a.slice(eq + 1);
-    if (value !== undefined) out[name] = value;
+    if (value === undefined)
+      throw new InvalidArgumentError(`--build-arg ${name} takes its value from msb's environment, where ${name} is not set: give ${name}=VALUE`);
+    out[name] = value;
   }
   return out;
 }

@@ -96,6 +96,8 @@ describe("msb build: .dockerignore and ARG", () => {
     const unknown = await msb("build", "-t", "msbctx-bad", "--build-arg", "VERSION=1", "--build-arg", "VERISON=1", ctx);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toContain("msb: --build-arg VERISON: the Dockerfile declares no such ARG");
+    const unset = await msb("build", "-t", "msbctx-bad", "--build-arg", "MSB_TEST_UNSET_ARG", ctx);
+    expect(unset.stderr).toContain("msb: --build-arg MSB_TEST_UNSET_ARG takes its value from msb's environment, where MSB_TEST_UNSET_ARG is not set");
     const file = path.join(root, "secret.Dockerfile");
     writeFileSync(file, "FROM local:busybox\nCOPY secret.env /secret.env\n");
     const secret = await msb("build", "-t", "msbctx-bad", "-f", file, ctx);
