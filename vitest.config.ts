@@ -14,6 +14,7 @@ const UNIT = [
   "test/images/layers.test.ts",
   "test/build/layer.test.ts",
   "test/build/dockerfile.test.ts",
+  "test/build/ignore.test.ts",
   "test/vm/initramfs.test.ts",
   "test/vm/netpolicy.test.ts",
   "test/vm/dns.test.ts",

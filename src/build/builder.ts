@@ -36,6 +36,13 @@ export function describeStep(step: BuildStep, copySource?: string): string {
   return `${kind.toUpperCase()} ${typeof s[kind] === "string" ? (s[kind] as string) : JSON.stringify(s[kind])}`;
 }
 
+// What a COPY's cache key holds: its content (what the .dockerignore excludes is not in it) and
+// options, and the source's name, which a file copied into a directory gets.
+function copyKey(c: Extract<BuildStep, { copy: unknown }>["copy"], digest: string): unknown {
+  const { ignore: _, ...rest } = c;
+  return { copy: { ...rest, src: digest, name: path.basename(c.src) } };
+}
+
 // The state after a step that changes only the config.
 function configured(state: BuildState, step: BuildStep, history: string): BuildState {
   const config = { ...state.config, env: [...state.config.env] };
@@ -81,10 +88,9 @@ export async function buildImage(spec: BuildSpec, opts: BuildOptions = {}): Prom
       current = i;
       if (signal?.aborted) throw abortError(signal);
       log.write({ step: i, kind: "step", text: describeStep(step) });
-      const entries = "copy" in step ? await walkSource(step.copy.src) : undefined;
+      const entries = "copy" in step ? await walkSource(step.copy.src, step.copy.ignore) : undefined;
       const digest = entries ? await sourceDigest(entries) : undefined;
-      // A file's name matters too: copied into a directory, it is the name it gets.
-      const key = stepKey(stateId(state), "copy" in step ? { copy: { ...step.copy, src: digest, name: path.basename(step.copy.src) } } : step);
+      const key = stepKey(stateId(state), "copy" in step ? copyKey(step.copy, digest!) : step);
       const hit = opts.noCache ? undefined : await cachedState(store, key);
       if (hit) {
         state = hit;
@@ -107,7 +113,13 @@ export async function buildImage(spec: BuildSpec, opts: BuildOptions = {}): Prom
           delete state.layer;
         }
         if ("run" in step) {
-          const exit = await vm.run(step.run, state.config, (c) => log.write({ step: i, kind: c.stream, text: c.data.toString("utf8") }), signal);
+          const exit = await vm.run(
+            step.run,
+            state.config,
+            step.buildArgs ?? {},
+            (c) => log.write({ step: i, kind: c.stream, text: c.data.toString("utf8") }),
+            signal,
+          );
           if (signal?.aborted) throw abortError(signal);
           if (exit.exitCode !== 0) {
             const how = exit.exitCode === null ? `was killed by ${exit.signal}` : `exited with ${exit.exitCode}`;

@@ -8,6 +8,7 @@ import path from "node:path";
 
 import { InvalidArgumentError } from "../errors.js";
 import { TarFileWriter } from "../images/tar-write.js";
+import { type ContextIgnore, Exclusions } from "./ignore.js";
 
 export interface SourceEntry {
   /** Relative to the source ("" for a file source itself). */
@@ -20,30 +21,44 @@ export interface SourceEntry {
   linkname?: string;
 }
 
-/** The source's entries, parents before children, in name order. The source itself is followed if a symlink. */
-export async function walkSource(src: string): Promise<SourceEntry[]> {
+/**
+ * The source's entries, parents before children, in name order. The source itself is followed if a
+ * symlink. With `ignore`, what the .dockerignore excludes is left out (a directory it excludes is
+ * kept only for what an exception keeps in it); a source it excludes wholly is an error.
+ */
+export async function walkSource(src: string, ignore?: ContextIgnore): Promise<SourceEntry[]> {
   const top = await stat(src).catch((err: NodeJS.ErrnoException) => {
     throw new InvalidArgumentError(`copy source ${src} cannot be read: ${err.code ?? err.message}`);
   });
+  const ex = ignore && new Exclusions(ignore);
+  const excluded = () => new InvalidArgumentError(`copy source ${src} is excluded by ${path.join(ignore!.context, ".dockerignore")}`);
+  if (ex?.excludes(src) && !(top.isDirectory() && ex.lookInside)) throw excluded();
   if (top.isFile()) return [{ rel: "", abs: src, type: "file", mode: top.mode & 0o7777, size: top.size, mtime: Math.floor(top.mtimeMs / 1000) }];
   if (!top.isDirectory()) throw new InvalidArgumentError(`copy source ${src} is neither a file nor a directory`);
-  const out: SourceEntry[] = [];
-  const walk = async (dir: string, rel: string) => {
+  const walk = async (dir: string, rel: string): Promise<SourceEntry[]> => {
+    const out: SourceEntry[] = [];
     for (const name of (await readdir(dir)).sort()) {
       const abs = path.join(dir, name);
       const r = rel ? `${rel}/${name}` : name;
       const st = await lstat(abs);
       const base = { rel: r, abs, mode: st.mode & 0o7777, size: 0, mtime: Math.floor(st.mtimeMs / 1000) };
+      const skip = ex?.excludes(abs) ?? false;
       if (st.isDirectory()) {
+        if (skip && !ex!.lookInside) continue;
+        const inside = await walk(abs, r);
+        if (skip && !inside.length) continue;
         out.push({ ...base, type: "dir" });
-        await walk(abs, r);
-      } else if (st.isFile()) out.push({ ...base, type: "file", size: st.size });
+        for (const e of inside) out.push(e); // not push(...inside): a big tree would overflow the stack
+      } else if (skip) continue;
+      else if (st.isFile()) out.push({ ...base, type: "file", size: st.size });
       else if (st.isSymbolicLink()) out.push({ ...base, type: "symlink", linkname: await readlink(abs) });
       else throw new InvalidArgumentError(`copy source ${abs} is a socket, fifo or device: only files, directories and symlinks are copied`);
     }
+    return out;
   };
-  await walk(src, "");
-  return out;
+  const entries = await walk(src, "");
+  if (!entries.length && ex?.excludes(src)) throw excluded();
+  return entries;
 }
 
 /** A digest of what the entries hold (names, kinds, modes, link targets, bytes), not of when or whose. */

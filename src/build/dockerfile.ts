@@ -1,12 +1,15 @@
-// The Dockerfile subset msb build takes: FROM (one stage), RUN, COPY, ENV, WORKDIR, USER, CMD and
-// ENTRYPOINT, in shell or JSON form, with comments, line continuations and the escape directive.
-// Anything else is a DockerfileError naming the line and the instruction. parseDockerfile is pure;
-// dockerfileSteps turns the instructions into build steps, substituting variables from the
-// environment so far and confining COPY sources to the context (no "..", no symlink out of it).
-import { readdir, realpath, stat } from "node:fs/promises";
-import path from "node:path";
+// The Dockerfile subset msb build takes: ARG, FROM (one stage), RUN, COPY, ENV, WORKDIR, USER, CMD
+// and ENTRYPOINT, in shell or JSON form, with comments, line continuations and the escape
+// directive. Anything else is a DockerfileError naming the line and the instruction. parseDockerfile
+// is pure: it takes the build arguments too, as they decide FROM; dockerfileSteps turns the
+// instructions into build steps, substituting variables from the environment and the ARGs so far,
+// confining COPY sources to the context (no "..", no symlink out of it) and leaving out what the
+// context's .dockerignore excludes.
+import { realpath, stat } from "node:fs/promises";
 
-import { DockerfileError } from "../errors.js";
+import { DockerfileError, InvalidArgumentError } from "../errors.js";
+import { readDockerignore } from "./ignore.js";
+import { copySources, SourceError } from "./sources.js";
 import type { BuildStep } from "./spec.js";
 import { WordError, words } from "./words.js";
 
@@ -20,19 +23,48 @@ export interface DockerfileInstruction {
 }
 
 export interface ParsedDockerfile {
+  /** The base image, ARGs substituted. */
   from: string;
   instructions: DockerfileInstruction[];
   escape: string;
+  /** The build arguments given (--build-arg), each one an ARG declares. */
+  buildArgs: Record<string, string>;
+  /** The values of the ARGs before FROM: an ARG after it that names one without a default takes it. */
+  globalArgs: Record<string, string>;
 }
 
-const SUPPORTED = ["FROM", "RUN", "COPY", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT"];
+const SUPPORTED = ["ARG", "FROM", "RUN", "COPY", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT"];
+const VAR_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const MAX_SIZE = 1024 * 1024;
 
 const fail = (i: Pick<DockerfileInstruction, "line" | "keyword">, why: string) =>
   new DockerfileError(`Dockerfile line ${i.line}${i.keyword ? ` (${i.keyword})` : ""}: ${why}`, i.line, i.keyword);
 
-/** Splits a Dockerfile into instructions; checks that each is one msb build takes. */
-export function parseDockerfile(text: string): ParsedDockerfile {
+// `$VAR` substitution in an instruction, its errors the instruction's.
+function substitute(i: DockerfileInstruction, text: string, vars: Record<string, string>, escapeChar: string, split = true): string[] {
+  try {
+    return words(text, vars, escapeChar, split);
+  } catch (err) {
+    throw err instanceof WordError ? fail(i, err.message) : err;
+  }
+}
+
+// An ARG's declarations: NAME, or NAME=default (substituted from `vars`).
+function argDeclarations(i: DockerfileInstruction, vars: Record<string, string>, escapeChar: string): { name: string; value?: string }[] {
+  if (i.args === "") throw fail(i, "give ARG NAME[=default]");
+  return substitute(i, i.args, vars, escapeChar).map((w) => {
+    const eq = w.indexOf("=");
+    const name = eq < 0 ? w : w.slice(0, eq);
+    if (!VAR_NAME.test(name)) throw fail(i, `${JSON.stringify(name)} is not a variable name`);
+    return eq < 0 ? { name } : { name, value: w.slice(eq + 1) };
+  });
+}
+
+/**
+ * Splits a Dockerfile into instructions; checks that each is one msb build takes, and that each of
+ * `buildArgs` is declared by an ARG. FROM is substituted from the ARGs before it.
+ */
+export function parseDockerfile(text: string, buildArgs: Record<string, string> = {}): ParsedDockerfile {
   if (text.length > MAX_SIZE) throw new DockerfileError(`the Dockerfile is ${text.length} bytes; more than ${MAX_SIZE} is not one`, 0, "");
   const lines = text.split(/\r?\n/);
   let escapeChar = "\\";
@@ -62,15 +94,33 @@ export function parseDockerfile(text: string): ParsedDockerfile {
   for (const i of instructions) {
     if (!SUPPORTED.includes(i.keyword)) throw fail(i, `${i.keyword} is not supported; msb build takes ${SUPPORTED.join(", ")}`);
   }
-  const first = instructions[0];
-  if (first?.keyword !== "FROM") throw fail(first ?? { line: 1, keyword: "" }, "a Dockerfile starts with FROM");
-  const extra = instructions.slice(1).find((i) => i.keyword === "FROM");
+  const at = instructions.findIndex((i) => i.keyword !== "ARG");
+  const first = instructions[at];
+  if (first?.keyword !== "FROM") throw fail(first ?? { line: 1, keyword: "" }, "a Dockerfile starts with FROM (only ARG may come before it)");
+  const extra = instructions.slice(at + 1).find((i) => i.keyword === "FROM");
   if (extra) throw fail(extra, "a second FROM: multi-stage builds are not supported");
-  const from = first.args.split(/\s+/);
+  const declared = new Set<string>();
+  const globalArgs: Record<string, string> = {};
+  for (const i of instructions.slice(0, at)) {
+    for (const { name, value } of argDeclarations(i, globalArgs, escapeChar)) {
+      declared.add(name);
+      const v = buildArgs[name] ?? value;
+      if (v !== undefined) globalArgs[name] = v;
+    }
+  }
+  // The names an ARG after FROM declares (their defaults are substituted later, with the environment).
+  for (const i of instructions.slice(at + 1)) if (i.keyword === "ARG") for (const { name } of argDeclarations(i, {}, escapeChar)) declared.add(name);
+  const unknown = Object.keys(buildArgs).filter((n) => !declared.has(n));
+  if (unknown.length)
+    throw new InvalidArgumentError(
+      `--build-arg ${unknown.join(", ")}: the Dockerfile declares no such ARG${unknown.length > 1 ? "s" : ""}; declare it (ARG ${unknown[0]}) or drop it`,
+    );
+  const from = substitute(first, first.args, globalArgs, escapeChar);
   if (from[0]?.startsWith("--")) throw fail(first, `the flag ${from[0]} is not supported`);
+  if (!from[0] && first.args.includes("$")) throw fail(first, `${JSON.stringify(first.args)} names no image: an ARG it uses has no value`);
   if (!from[0] || !(from.length === 1 || (from.length === 3 && from[1]!.toUpperCase() === "AS"))) throw fail(first, "give FROM IMAGE [AS NAME]");
   if (from[0] === "scratch") throw fail(first, "FROM scratch is not supported: start from an image");
-  return { from: from[0], instructions: instructions.slice(1), escape: escapeChar };
+  return { from: from[0], instructions: instructions.slice(at + 1), escape: escapeChar, buildArgs: { ...buildArgs }, globalArgs };
 }
 
 function split(text: string): { keyword: string; args: string } {
@@ -104,60 +154,33 @@ function flags(i: DockerfileInstruction, allowed: string[]): { flags: Map<string
   return { flags: out, rest };
 }
 
-/** A path inside `context` (its real path), or a DockerfileError: no "..", no absolute path, no symlink out of it. */
-async function inContext(i: DockerfileInstruction, context: string, rel: string): Promise<string> {
-  const norm = path.posix.normalize(rel.replace(/^\/+/, ""));
-  if (norm === ".." || norm.startsWith("../")) throw fail(i, `${JSON.stringify(rel)} is outside the build context ${context}`);
-  const real = await realpath(path.join(context, norm)).catch(() => undefined);
-  if (real === undefined) throw fail(i, `${JSON.stringify(rel)} is not in the build context ${context}`);
-  if (real !== context && !real.startsWith(context + path.sep)) throw fail(i, `${JSON.stringify(rel)} leads outside the build context ${context} (a symlink)`);
-  return real;
-}
-
-const GLOB = /[*?[]/;
-const globPattern = (g: string) =>
-  new RegExp(
-    `^${g
-      .replace(/[.+^${}()|\\]/g, "\\$&")
-      .replace(/\*/g, "[^/]*")
-      .replace(/\?/g, "[^/]")}$`,
-  );
-
-// A COPY source: one path, or the names a wildcard in its last component matches (in name order).
-async function sources(i: DockerfileInstruction, context: string, src: string): Promise<string[]> {
-  const base = path.posix.basename(src);
-  if (!GLOB.test(src)) return [await inContext(i, context, src)];
-  if (GLOB.test(path.posix.dirname(src))) throw fail(i, `${JSON.stringify(src)}: wildcards are supported in the last part of a path only`);
-  const dir = await inContext(i, context, path.posix.dirname(src));
-  const re = globPattern(base);
-  const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => re.test(n)).sort();
-  if (!names.length) throw fail(i, `${JSON.stringify(src)} matches nothing in the build context`);
-  return Promise.all(names.map((n) => inContext(i, context, path.posix.join(path.posix.dirname(src), n))));
-}
-
 /**
- * The build steps of a parsed Dockerfile, COPY sources taken from `context` (a directory).
- * `env`: the base image's environment, for $VAR substitution.
+ * The build steps of a parsed Dockerfile, COPY sources taken from `context` (a directory), less
+ * what its .dockerignore excludes. `env`: the base image's environment, for $VAR substitution.
  */
 export async function dockerfileSteps(df: ParsedDockerfile, context: string, env: Record<string, string> = {}): Promise<BuildStep[]> {
   const ctx = await realpath(context).catch(() => undefined);
   if (!ctx || !(await stat(ctx)).isDirectory()) throw new DockerfileError(`the build context ${context} is not a directory`, 0, "");
+  const ignore = await readDockerignore(ctx);
   const vars = { ...env };
+  // The ARGs so far that have a value: in RUN's environment and in substitutions, where ENV wins.
+  const args: Record<string, string> = {};
   const steps: BuildStep[] = [];
   for (const i of df.instructions) {
-    const sub = (text: string, split = true) => {
-      try {
-        return words(text, vars, df.escape, split);
-      } catch (err) {
-        throw err instanceof WordError ? fail(i, err.message) : err;
-      }
-    };
+    const sub = (text: string, split = true) => substitute(i, text, { ...args, ...vars }, df.escape, split);
     const json = jsonForm(i.args);
     if (i.args === "") throw fail(i, `${i.keyword} needs arguments`);
     switch (i.keyword) {
+      case "ARG":
+        for (const { name, value } of argDeclarations(i, { ...args, ...vars }, df.escape)) {
+          const v = df.buildArgs[name] ?? value ?? df.globalArgs[name];
+          if (v !== undefined) args[name] = v;
+        }
+        break;
       case "RUN": {
         flags(i, []);
-        steps.push({ run: json ? json.map(shellQuote).join(" ") : i.args });
+        const buildArgs = Object.fromEntries(Object.entries(args).filter(([k]) => !(k in vars)));
+        steps.push({ run: json ? json.map(shellQuote).join(" ") : i.args, ...(Object.keys(buildArgs).length ? { buildArgs } : {}) });
         break;
       }
       case "CMD":
@@ -186,7 +209,7 @@ export async function dockerfileSteps(df: ParsedDockerfile, context: string, env
             record[w.slice(0, eq)] = w.slice(eq + 1);
           }
         }
-        for (const k of Object.keys(record)) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw fail(i, `${JSON.stringify(k)} is not a variable name`);
+        for (const k of Object.keys(record)) if (!VAR_NAME.test(k)) throw fail(i, `${JSON.stringify(k)} is not a variable name`);
         Object.assign(vars, record);
         steps.push({ env: record });
         break;
@@ -196,7 +219,14 @@ export async function dockerfileSteps(df: ParsedDockerfile, context: string, env
         const args = jsonForm(rest) ?? sub(rest);
         if (args.length < 2) throw fail(i, "give COPY SRC... DEST");
         const dest = args.at(-1)!;
-        const srcs = (await Promise.all(args.slice(0, -1).map((s) => sources(i, ctx, s)))).flat();
+        const srcs: string[] = [];
+        for (const s of args.slice(0, -1)) {
+          srcs.push(
+            ...(await copySources(ctx, s, ignore).catch((err: unknown) => {
+              throw err instanceof SourceError ? fail(i, err.message) : err;
+            })),
+          );
+        }
         if (srcs.length > 1 && !dest.endsWith("/"))
           throw fail(i, `with several sources the destination must be a directory ending in "/", not ${JSON.stringify(dest)}`);
         const chmod = f.get("chmod");
@@ -204,7 +234,8 @@ export async function dockerfileSteps(df: ParsedDockerfile, context: string, env
         const chown = f.get("chown");
         for (const src of srcs) {
           // Several sources: each file goes into dest, each directory's contents too.
-          steps.push({ copy: { src, dest, ...(chown ? { user: chown } : {}), ...(chmod ? { mode: parseInt(chmod, 8) } : {}) } });
+          const c = { src, dest, ...(chown ? { user: chown } : {}), ...(chmod ? { mode: parseInt(chmod, 8) } : {}) };
+          steps.push({ copy: ignore ? { ...c, ignore } : c });
         }
         break;
       }

@@ -5,17 +5,23 @@ import { parseReference } from "../images/reference.js";
 import type { ImageStore } from "../images/store.js";
 import { checkKeys, keysOf } from "../keys.js";
 import type { NetworkPolicy } from "../vm/netpolicy.js";
+import type { ContextIgnore } from "./ignore.js";
 
 export type BuildStep =
-  /** `/bin/sh -c` as the current user, in the current workdir, with the environment so far. */
-  | { run: string }
+  /**
+   * `/bin/sh -c` as the current user, in the current workdir, with the environment so far and
+   * `buildArgs` (a Dockerfile's ARGs: in this step's environment only, not the image's; the
+   * image's environment wins over them).
+   */
+  | { run: string; buildArgs?: Record<string, string> }
   /**
    * An absolute host path (file or directory) the caller vouches for, to `dest` in the guest (a
    * relative dest is taken from the workdir). A directory's contents go into dest; a file goes
    * to dest, or into it when dest ends with "/" or is a directory. Owned by `user` ("name[:group]" or ids, default
-   * root), with `mode` if given (every file and directory copied).
+   * root), with `mode` if given (every file and directory copied). With `ignore`, what a
+   * .dockerignore excludes is not copied, nor part of the step's cache key.
    */
-  | { copy: { src: string; dest: string; user?: string; mode?: number } }
+  | { copy: { src: string; dest: string; user?: string; mode?: number; ignore?: ContextIgnore } }
   | { env: Record<string, string> }
   | { workdir: string }
   | { user: string }
@@ -64,16 +70,17 @@ export interface BuiltImage {
 
 const STEP_KINDS = ["run", "copy", "env", "workdir", "user", "cmd", "entrypoint"] as const;
 export type StepKind = (typeof STEP_KINDS)[number];
-const COPY_KEYS = keysOf<{ src: string; dest: string; user?: string; mode?: number }>({ src: true, dest: true, user: true, mode: true });
+const COPY_KEYS = keysOf<Extract<BuildStep, { copy: unknown }>["copy"]>({ src: true, dest: true, user: true, mode: true, ignore: true });
 const SPEC_KEYS = keysOf<BuildSpec>({ from: true, steps: true, tag: true });
 
 const bad = (i: number, why: string) => new InvalidArgumentError(`build step ${i + 1}: ${why}`);
 const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) => typeof s === "string" && !s.includes("\0"));
+const inside = (p: string, dir: string) => p === dir || p.startsWith(dir.endsWith("/") ? dir : `${dir}/`);
 const text = (v: unknown) => typeof v === "string" && v !== "" && !v.includes("\0");
 
-/** The kind of a step (its one key). */
+/** The kind of a step (its one key of STEP_KINDS). */
 export function stepKind(step: BuildStep): StepKind {
-  return Object.keys(step)[0] as StepKind;
+  return Object.keys(step).find((k) => STEP_KINDS.includes(k as StepKind)) as StepKind;
 }
 
 /** Checks a spec; returns the tag as the store keeps it. */
@@ -90,8 +97,18 @@ export function checkSpec(spec: BuildSpec): string {
   return tag;
 }
 
+// An object of variables: names of letters, digits and '_', string values.
+function checkVars(i: number, what: string, vars: unknown): void {
+  if (vars === null || typeof vars !== "object" || Array.isArray(vars)) throw bad(i, `${what} needs an object of string values`);
+  for (const [k, v] of Object.entries(vars)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || typeof v !== "string" || v.includes("\0"))
+      throw bad(i, `${what} ${JSON.stringify(k)} is invalid: names of letters, digits and '_', string values`);
+  }
+}
+
 function checkStep(step: BuildStep, i: number): void {
-  const keys = step && typeof step === "object" ? Object.keys(step) : [];
+  // A run step may also have buildArgs.
+  const keys = step && typeof step === "object" ? Object.keys(step).filter((k) => !(k === "buildArgs" && "run" in step)) : [];
   if (keys.length !== 1 || !STEP_KINDS.includes(keys[0] as StepKind)) {
     throw bad(i, `${JSON.stringify(step)} is not a step: give exactly one of ${STEP_KINDS.join(", ")}`);
   }
@@ -99,6 +116,7 @@ function checkStep(step: BuildStep, i: number): void {
   switch (keys[0] as StepKind) {
     case "run":
       if (!text(s.run)) throw bad(i, "run needs a non-empty shell command");
+      if (s.buildArgs !== undefined) checkVars(i, "run buildArgs", s.buildArgs);
       return;
     case "copy": {
       const c = s.copy as Record<string, unknown>;
@@ -110,17 +128,14 @@ function checkStep(step: BuildStep, i: number): void {
         throw bad(i, `copy user ${JSON.stringify(c.user)} must be "user", "user:group" or ids`);
       if (c.mode !== undefined && (!Number.isInteger(c.mode) || (c.mode as number) < 0 || (c.mode as number) > 0o7777))
         throw bad(i, `copy mode ${JSON.stringify(c.mode)} must be permission bits (0 to 0o7777)`);
+      const g = c.ignore as Record<string, unknown> | undefined;
+      if (g !== undefined && (g === null || typeof g.context !== "string" || !inside(c.src, g.context) || !isStrings(g.patterns)))
+        throw bad(i, "copy ignore needs { context: the host directory src is in, patterns: its .dockerignore's lines }");
       return;
     }
-    case "env": {
-      const env = s.env;
-      if (env === null || typeof env !== "object" || Array.isArray(env)) throw bad(i, "env needs an object of string values");
-      for (const [k, v] of Object.entries(env)) {
-        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || typeof v !== "string" || v.includes("\0"))
-          throw bad(i, `env ${JSON.stringify(k)} is invalid: names of letters, digits and '_', string values`);
-      }
+    case "env":
+      checkVars(i, "env", s.env);
       return;
-    }
     case "workdir":
       if (!text(s.workdir)) throw bad(i, "workdir needs a guest path");
       return;

@@ -65,13 +65,19 @@ export class BuildVm {
     return this.sandbox.agent();
   }
 
-  /** Runs `/bin/sh -c command` as the config's user, in its workdir (made if missing), with its env. */
-  async run(command: string, config: ImageConfig, onOutput: (c: OutputChunk) => void, signal?: AbortSignal): Promise<ExitStatus> {
+  /** Runs `/bin/sh -c command` as the config's user, in its workdir (made if missing), with its env over `buildArgs`. */
+  async run(
+    command: string,
+    config: ImageConfig,
+    buildArgs: Record<string, string>,
+    onOutput: (c: OutputChunk) => void,
+    signal?: AbortSignal,
+  ): Promise<ExitStatus> {
     const cwd = config.workingDir ?? "/";
     await this.agent.mkdir(cwd, { parents: true });
     const [user, group] = (config.user ?? "").split(":");
     const proc = this.agent.spawn(["/bin/sh", "-c", command], {
-      env: guestEnv(envRecord(config.env)),
+      env: guestEnv(buildArgs, envRecord(config.env)),
       cwd,
       ...(user ? { user } : {}),
       ...(group && /^\d+$/.test(group) ? { gid: Number(group) } : {}),

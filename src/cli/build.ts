@@ -41,19 +41,44 @@ function progress(total: number): { log: (e: BuildLogEvent) => void; end: () => 
   return { log, end: endLine };
 }
 
+// --build-arg NAME=VALUE, or NAME alone for the value in msb's environment (Docker drops one unset
+// there; here it is an error, as a name no ARG declares is).
+function buildArgs(given: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const a of given) {
+    const eq = a.indexOf("=");
+    const name = eq < 0 ? a : a.slice(0, eq);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
+      throw new InvalidArgumentError(`--build-arg ${JSON.stringify(a)}: give NAME=VALUE, NAME of letters, digits and '_'`);
+    const value = eq < 0 ? process.env[name] : a.slice(eq + 1);
+    if (value === undefined)
+      throw new InvalidArgumentError(`--build-arg ${name} takes its value from msb's environment, where ${name} is not set: give ${name}=VALUE`);
+    out[name] = value;
+  }
+  return out;
+}
+
 export const BUILD_COMMAND: Command = {
   name: "build",
   synopsis: "build -t NAME [-f Dockerfile] [options] [CONTEXT]",
   summary: "build an image from a Dockerfile in a microVM, into the local image store",
   description: `Build the Dockerfile (default CONTEXT/Dockerfile) into an image named NAME, which msb run NAME
-and sandboxes then find locally. It takes FROM (one stage), RUN, COPY (--chown, --chmod; sources
-inside CONTEXT, default "."), ENV, WORKDIR, USER, CMD and ENTRYPOINT; anything else is an error
-naming its line. RUN and COPY run in a microVM booted from the image so far (the image needs sh
+and sandboxes then find locally. It takes ARG (before FROM too, for FROM $NAME), FROM (one stage),
+RUN, COPY (--chown, --chmod; sources inside CONTEXT, default "."), ENV, WORKDIR, USER, CMD and
+ENTRYPOINT; anything else is an error naming its line. COPY leaves out what CONTEXT/.dockerignore
+excludes (Docker's rules). An ARG is in RUN's environment and in $NAME of later instructions, not
+in the image's. RUN and COPY run in a microVM booted from the image so far (the image needs sh
 and tar). Each step's result is cached: an unchanged step is CACHED, and a build whose steps are
 all cached boots nothing. A failed step stops the build, stores nothing, and names the log kept.`,
   options: {
     tag: { type: "string", short: "t", value: "NAME", description: "the image's name, e.g. myapp or myapp:1 (required)" },
     file: { type: "string", short: "f", value: "FILE", default: "CONTEXT/Dockerfile", description: "the Dockerfile" },
+    "build-arg": {
+      type: "string",
+      value: "NAME=VALUE",
+      multiple: true,
+      description: "an ARG's value (NAME alone: its value here); an ARG the Dockerfile does not declare is an error",
+    },
     "no-cache": { type: "boolean", default: "off", description: "run every step, taking none from the cache" },
     memory: { type: "string", value: "MIB", number: "a whole number >= 1", default: "1024", description: "the build VM's RAM in MiB" },
     cpus: { type: "string", value: "N", number: "a number > 0", default: "1", description: "the build VM's CPU cores" },
@@ -73,7 +98,7 @@ all cached boots nothing. A failed step stops the build, stores nothing, and nam
     const size = (await stat(file).catch(() => undefined))?.size;
     if (size === undefined) throw new InvalidArgumentError(`no Dockerfile at ${file}: give one with -f FILE`);
     if (size > MAX_DOCKERFILE) throw new InvalidArgumentError(`${file} is ${size} bytes; more than ${MAX_DOCKERFILE} is not a Dockerfile`);
-    const parsed = parseDockerfile(await readFile(file, "utf8"));
+    const parsed = parseDockerfile(await readFile(file, "utf8"), buildArgs((v["build-arg"] as string[] | undefined) ?? []));
     const store = new ImageStore();
     // The base's environment, for $VAR in ENV, WORKDIR, USER and COPY.
     const base = await resolveImage(store, parsed.from);

@@ -3,44 +3,19 @@
 // COPY source reruns it and what follows); a failing RUN, an unsupported instruction and a COPY
 // source outside the context refused. Everything goes into a throwaway cache whose local/ is the
 // real cache's (local:busybox is there), removed afterwards.
-import { execFile } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { cacheDir } from "../../src/paths.js";
+import { sandboxLogs as logsOn, msbOn, runningOn, stepLines, throwawayCache } from "./cli.js";
 
-const MSB = fileURLToPath(new URL("../../dist/cli/msb.js", import.meta.url));
-const exec = promisify(execFile);
 const TAG = "docker.io/library/msbtest:latest";
 
 let root: string;
 let cache: string;
 let ctx: string;
-
-async function msb(...args: string[]) {
-  try {
-    const { stdout, stderr } = await exec(process.execPath, [MSB, ...args], { env: { ...process.env, MSB_CACHE_DIR: cache } });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
-
-// What boots a VM leaves a sandbox log in the cache: the honest count of VMs a command booted.
-const sandboxLogs = () =>
-  existsSync(path.join(cache, "logs", "sandboxes")) ? readdirSync(path.join(cache, "logs", "sandboxes")).filter((f) => f.endsWith(".jsonl")) : [];
-
-// The step lines of msb build's progress: [N/M] STEP, with whether it ended " CACHED".
-const stepLines = (stderr: string) =>
-  stderr
-    .split("\n")
-    .filter((l) => /^\[\d+\/\d+\] /.test(l))
-    .map((l) => ({ step: l.replace(/ CACHED$/, ""), cached: l.endsWith(" CACHED") }));
+const msb = (...args: string[]) => msbOn(cache, ...args);
+const sandboxLogs = () => logsOn(cache);
 
 const DOCKERFILE = `FROM local:busybox
 # deletes a file and a directory of the base, remakes the directory, adds a file
@@ -55,12 +30,9 @@ CMD ["sh", "-c", "echo cmd ran in $(pwd) with $GREETING"]
 const CHECK = 'ls /linuxrc 2>&1; ls /usr/sbin; cat /etc/from-run /srv/hello.txt; echo "$GREETING"; pwd';
 
 beforeAll(() => {
-  root = realpathSync(mkdtempSync(path.join(tmpdir(), "msb-build-test-")));
-  cache = path.join(root, "cache");
+  ({ root, cache } = throwawayCache("msb-build-test-"));
   ctx = path.join(root, "ctx");
-  mkdirSync(cache);
   mkdirSync(ctx);
-  symlinkSync(path.join(cacheDir(), "local"), path.join(cache, "local")); // the run's own cache, which MSB_CACHE_DIR names in CI
   writeFileSync(path.join(ctx, "Dockerfile"), DOCKERFILE);
   writeFileSync(path.join(ctx, "hello.txt"), "hello from the context\n");
   writeFileSync(path.join(root, "x"), "outside the context\n");
@@ -164,17 +136,6 @@ describe("msb build", () => {
   });
 
   it("leaves no VM running", () => {
-    // Every VM of these builds and runs booted from the throwaway cache: QEMU's command line names
-    // the image's disk and the initramfs in it.
-    const running = readdirSync("/proc")
-      .filter((p) => /^\d+$/.test(p))
-      .filter((p) => {
-        try {
-          return readFileSync(`/proc/${p}/cmdline`, "utf8").includes(cache);
-        } catch {
-          return false;
-        }
-      });
-    expect(running).toEqual([]);
+    expect(runningOn(cache)).toEqual([]); // every VM of these builds and runs booted from the throwaway cache
   });
 });

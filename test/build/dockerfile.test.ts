@@ -1,12 +1,13 @@
 // The Dockerfile subset msb build takes: parseDockerfile's syntax (forms, continuations, comments,
-// directives) and refusals, and dockerfileSteps' steps, with COPY sources confined to the context.
+// directives), ARG before FROM and build arguments, and refusals; dockerfileSteps' steps, with ARG
+// values and COPY sources confined to the context.
 import { mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { dockerfileSteps, parseDockerfile } from "../../src/build/dockerfile.js";
-import { DockerfileError } from "../../src/errors.js";
+import { DockerfileError, InvalidArgumentError } from "../../src/errors.js";
 
 /** The DockerfileError `f` throws (fails the test if it throws anything else, or nothing). */
 async function refusal(f: () => unknown): Promise<DockerfileError> {
@@ -19,7 +20,8 @@ async function refusal(f: () => unknown): Promise<DockerfileError> {
   throw new Error("expected a DockerfileError, got none");
 }
 
-const steps = (text: string, context: string, env: Record<string, string> = {}) => dockerfileSteps(parseDockerfile(text), context, env);
+const steps = (text: string, context: string, env: Record<string, string> = {}, args: Record<string, string> = {}) =>
+  dockerfileSteps(parseDockerfile(text, args), context, env);
 
 describe("parseDockerfile", () => {
   it("takes FROM and the instructions after it, with their lines and upper-cased keywords", () => {
@@ -65,7 +67,7 @@ describe("parseDockerfile", () => {
     const e = await refusal(() => parseDockerfile("FROM local:busybox\nRUN true\n\nEXPOSE 8080\n"));
     expect(e.line).toBe(4);
     expect(e.instruction).toBe("EXPOSE");
-    expect(e.message).toMatch(/^Dockerfile line 4 \(EXPOSE\): EXPOSE is not supported; msb build takes FROM, RUN, COPY/);
+    expect(e.message).toMatch(/^Dockerfile line 4 \(EXPOSE\): EXPOSE is not supported; msb build takes ARG, FROM, RUN, COPY/);
     const lower = await refusal(() => parseDockerfile("FROM local:busybox\nhealthcheck NONE"));
     expect([lower.line, lower.instruction]).toEqual([2, "HEALTHCHECK"]);
   });
@@ -82,6 +84,32 @@ describe("parseDockerfile", () => {
     expect((await refusal(() => parseDockerfile("FROM scratch"))).message).toContain("FROM scratch is not supported");
     expect((await refusal(() => parseDockerfile("FROM --platform=linux/arm64 local:busybox"))).message).toContain("--platform");
     expect((await refusal(() => parseDockerfile("FROM a b"))).message).toContain("FROM IMAGE [AS NAME]");
+  });
+
+  it("takes ARGs before FROM, for FROM only: a default, or the build argument given", () => {
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: Dockerfile substitution, not a JS template
+    const text = "ARG TAG=busybox\nARG REPO=local\nFROM ${REPO}:$TAG AS base\nRUN true\n";
+    expect(parseDockerfile(text).from).toBe("local:busybox");
+    const df = parseDockerfile(text, { TAG: "python" });
+    expect(df.from).toBe("local:python");
+    expect(df.globalArgs).toEqual({ TAG: "python", REPO: "local" });
+    expect(df.instructions).toEqual([{ line: 4, keyword: "RUN", args: "true" }]); // the ARGs are not steps
+    expect(parseDockerfile("ARG A B=2 C='x y'\nFROM local:busybox", { A: "1" }).globalArgs).toEqual({ A: "1", B: "2", C: "x y" });
+  });
+
+  it("refuses a FROM whose ARG has no value, a bad ARG, and anything but ARG before FROM", async () => {
+    const e = await refusal(() => parseDockerfile("ARG BASE\nFROM $BASE"));
+    expect([e.line, e.message]).toEqual([2, 'Dockerfile line 2 (FROM): "$BASE" names no image: an ARG it uses has no value']);
+    expect((await refusal(() => parseDockerfile("ARG 9X=1\nFROM local:busybox"))).message).toContain('"9X" is not a variable name');
+    expect((await refusal(() => parseDockerfile("ARG\nFROM local:busybox"))).message).toContain("give ARG NAME[=default]");
+    expect((await refusal(() => parseDockerfile("ARG X\nENV Y=1\nFROM local:busybox"))).message).toContain("only ARG may come before it");
+  });
+
+  it("refuses a build argument no ARG declares, naming it, and takes one an ARG after FROM declares", () => {
+    const text = "ARG BASE=local:busybox\nFROM $BASE\nARG VERSION\nRUN true";
+    expect(parseDockerfile(text, { VERSION: "2", BASE: "local:busybox" }).buildArgs).toEqual({ VERSION: "2", BASE: "local:busybox" });
+    expect(() => parseDockerfile(text, { VERSION: "2", NOPE: "x" })).toThrow(InvalidArgumentError);
+    expect(() => parseDockerfile(text, { NOPE: "x" })).toThrow("--build-arg NOPE: the Dockerfile declares no such ARG; declare it (ARG NOPE) or drop it");
   });
 
   it("refuses a Dockerfile over 1 MiB", async () => {
@@ -152,6 +180,37 @@ describe("dockerfileSteps", () => {
       { env: { E: "fallback", F: "set", P: "/usr/bin:/bin:/opt/bin" } },
       { workdir: "/srv/1" },
       { user: "app:1" },
+    ]);
+  });
+
+  it("puts ARG values in RUN's environment and in later substitutions, not in the image's ENV; ENV wins over ARG", async () => {
+    const s = await steps(
+      [
+        "ARG BASE=local:busybox",
+        "ARG GLOBAL=g",
+        "FROM $BASE",
+        "RUN echo none yet",
+        "ARG GLOBAL",
+        "ARG V=1",
+        "ARG W=$V-w UNSET",
+        "ARG HOME=/arg-home",
+        "RUN echo $V",
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: Dockerfile substitution, not a JS template
+        "ENV FROM_ARG=$W V=from-env U=${UNSET:-unset}",
+        "WORKDIR /srv/$V/$GLOBAL",
+        "RUN echo $V",
+      ].join("\n"),
+      ctx,
+      { HOME: "/root" },
+      { V: "given" },
+    );
+    expect(s).toEqual([
+      { run: "echo none yet" },
+      // A redeclared global ARG takes the global's value; HOME is the base image's: its env wins.
+      { run: "echo $V", buildArgs: { GLOBAL: "g", V: "given", W: "given-w" } },
+      { env: { FROM_ARG: "given-w", V: "from-env", U: "unset" } },
+      { workdir: "/srv/from-env/g" },
+      { run: "echo $V", buildArgs: { GLOBAL: "g", W: "given-w" } },
     ]);
   });
 
