@@ -25,6 +25,9 @@ const UNIT = [
   "test/server/catalog.test.ts",
   "test/server/errors.test.ts",
   "test/server/e2b-network-map.test.ts",
+  "test/server/paused-records.test.ts",
+  "test/server/secrets.test.ts",
+  "test/server/processes.test.ts",
   "test/sandbox/repl-drivers.test.ts",
 ];
 

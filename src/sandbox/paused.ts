@@ -31,9 +31,14 @@ export interface PausedSandbox {
   pausedAt: string;
 }
 
+/** Where paused sandboxes are kept, each in a directory of its name. */
+export function pausedRoot(): string {
+  return path.join(cacheDir(), "paused");
+}
+
 /** Where the paused sandbox `name` is kept: its saved machine and paused.json. */
 export function pausedDir(name: string): string {
-  return path.join(cacheDir(), "paused", name);
+  return path.join(pausedRoot(), name);
 }
 
 export function writePaused(dir: string, meta: Omit<PausedSandbox, "format" | "pausedAt">): void {

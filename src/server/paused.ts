@@ -3,14 +3,21 @@
 // each, its token, metadata and protocol state, and which server holds it now. A record whose
 // holder is gone (SIGKILLed, or let go at a close with outlive) is taken over by the next server
 // to start; two starting at once do not both take one (the one whose rename wins has it).
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
 import { alive, ownStamp, type ProcessStamp, parseStamp } from "../liveness.js";
 import { cacheDir } from "../paths.js";
 import { checkName } from "../sandbox/options.js";
+import { pausedDir, pausedRoot, withPausedLock } from "../sandbox/paused.js";
 import type { ServerRecord } from "./sandboxes.js";
 
+// A server writes a paused sandbox's record right after its pause: saved state without a record
+// for longer than this was left by a server that died in between.
+const UNRECORDED_MS = 10 * 60_000;
+/** The name a server gives the sandbox it calls `id` (its Sandbox name, and its paused state's). */
+export const serverName = (id: string) => `srv-${id}`;
+export const SERVER_NAME = /^srv-([0-9a-f]{16})$/;
 // A record is written by this server; one larger than this is not one of ours.
 const MAX_RECORD_BYTES = 4 << 20;
 const ID = /^[0-9a-f]{16}$/;
@@ -43,7 +50,7 @@ export function removePausedRecord(id: string): void {
 function parse(text: string): PausedRecord | undefined {
   try {
     const r = JSON.parse(text) as PausedRecord;
-    if (r?.server !== 1 || typeof r.id !== "string" || !ID.test(r.id)) return undefined;
+    if (r?.server !== 1 || typeof r.id !== "string" || !ID.test(r.id) || !Number.isSafeInteger(r.memory) || r.memory <= 0) return undefined;
     checkName(r.paused); // a name, not a path: it is removed with its sandbox
     if (r.holder !== undefined && !parseStamp(r.holder)) return undefined;
     return r;
@@ -53,18 +60,28 @@ function parse(text: string): PausedRecord | undefined {
 }
 
 /**
- * Takes over the records of paused sandboxes no live server holds: each returned is held by this
- * process, on disk too. `damaged` gets the ids of files that are no record, which are removed.
+ * Takes over the records of paused sandboxes no live server holds, `limit` at most: each returned
+ * is held by this process, on disk too. `damaged` gets the ids of files that are no record, which
+ * are removed.
  */
-export function claimPausedRecords(damaged: (id: string) => void): PausedRecord[] {
+export function claimPausedRecords(limit: number, damaged: (id: string) => void): PausedRecord[] {
   let names: string[];
   try {
     names = readdirSync(dir());
   } catch {
     return [];
   }
+  // A claim whose claimant died before writing the record back is a record again.
+  for (const name of names) {
+    const m = /^([0-9a-f]{16})\.json\.claimed-(\d+)$/.exec(name);
+    if (m && !alive({ pid: Number(m[2]) }) && !names.includes(`${m[1]}.json`)) {
+      renameSync(path.join(dir(), name), file(m[1]!));
+      names.push(`${m[1]}.json`);
+    }
+  }
   const claimed: PausedRecord[] = [];
   for (const name of names) {
+    if (claimed.length >= limit) break;
     const id = name.slice(0, -".json".length);
     if (!name.endsWith(".json") || !ID.test(id)) continue; // a writer's temp file, or not ours
     const from = file(id);
@@ -103,4 +120,28 @@ export function claimPausedRecords(damaged: (id: string) => void): PausedRecord[
     rmSync(claim, { force: true });
   }
   return claimed;
+}
+
+/**
+ * Removes the saved state of server sandboxes with no record (a server died between the pause and
+ * its record): at once when the sandbox `running` here (its paused state is stale, and would
+ * refuse its next pause), else once it is older than any pause still being recorded.
+ */
+export async function sweepUnrecorded(running: (id: string) => boolean): Promise<void> {
+  let names: string[];
+  try {
+    names = readdirSync(pausedRoot());
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const id = SERVER_NAME.exec(name)?.[1];
+    if (!id) continue;
+    await withPausedLock(name, async () => {
+      if (existsSync(file(id))) return;
+      const dir = pausedDir(name);
+      const age = Date.now() - (statSync(dir, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
+      if (running(id) || age > UNRECORDED_MS) rmSync(dir, { recursive: true, force: true });
+    });
+  }
 }

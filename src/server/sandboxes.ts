@@ -12,7 +12,7 @@ import type { NetworkPolicy } from "../vm/netpolicy.js";
 import { SANDBOX_KINDS, type SandboxKind } from "./catalog.js";
 import { SERVER_DEFAULTS } from "./defaults.js";
 import { NotFoundError, ServerClosingError, ServerFullError } from "./errors.js";
-import { claimPausedRecords, type PausedRecord, removePausedRecord, writePausedRecord } from "./paused.js";
+import { claimPausedRecords, type PausedRecord, removePausedRecord, SERVER_NAME, serverName, sweepUnrecorded, writePausedRecord } from "./paused.js";
 
 export interface Managed {
   /** The server's id for it (also its Sandbox name). */
@@ -42,6 +42,8 @@ export interface Managed {
   discard?: () => void;
   /** Its protocol's own state, for the next server on this cache (ServerRecord.extra). */
   extra?: () => unknown;
+  /** Resolves when no pause or resume of it is under way (close() decides what to do with it after). */
+  settled?: () => Promise<void>;
 }
 
 /**
@@ -145,6 +147,8 @@ export class SandboxTable {
       throw new ServerFullError(`the server keeps its limit of ${this.limits.maxPaused} paused sandboxes: kill or resume one first`);
     }
     await pause();
+    // Killed meanwhile (its timeout, a close): the caller removes what the pause saved.
+    if (this.all.get(m.id) !== m) throw new NotFoundError(`sandbox ${m.id} was killed while it paused`);
     m.paused = true;
   }
 
@@ -171,8 +175,10 @@ export class SandboxTable {
     try {
       await resume();
       delete m.paused;
+      // The resumed VM's state file first, then no paused record: a crash between leaves both,
+      // and the next server adopts the running one and drops the record.
+      this.persist(m);
       removePausedRecord(m.id);
-      this.persist(m); // the resumed VM's state file, for the next server (outlive)
     } finally {
       release();
     }
@@ -183,7 +189,7 @@ export class SandboxTable {
     const release = this.reserve(memory);
     const id = `${randomBytes(8).toString("hex")}`;
     try {
-      const name = `srv-${id}`;
+      const name = serverName(id);
       const sandbox: Sandbox = spec.start
         ? await spec.start(name)
         : await SANDBOX_KINDS[spec.kind].create({
@@ -243,6 +249,7 @@ export class SandboxTable {
    * VM's state file, a paused one in the server's own record beside its saved state.
    */
   persist(m: Managed, letGo = false): void {
+    if (this.all.get(m.id) !== m) return; // killed, or let go of: nothing of it is this server's to record
     const record = this.record(m);
     if (m.paused) writePausedRecord({ ...record, paused: m.sandbox.name }, letGo);
     else m.sandbox.setAdoptionData(record);
@@ -278,7 +285,15 @@ export class SandboxTable {
     const done: Adoption = { adopted: [], paused: [], stopped: [] };
     for (const orphan of Sandbox.orphans()) {
       const r = orphan.data as ServerRecord | undefined;
-      if (r?.server !== 1) continue; // not a server's: a library user's own
+      if (r?.server !== 1) {
+        // A server's own that it died before recording (between its start and its record): stopped.
+        const id = SERVER_NAME.exec(orphan.name)?.[1];
+        if (id) {
+          Sandbox.discard(orphan);
+          done.stopped.push({ id, why: "its server ended before recording it" });
+        }
+        continue; // else a library user's own
+      }
       if (typeof r.id !== "string" || !Object.hasOwn(SANDBOX_KINDS, r.kind)) {
         Sandbox.discard(orphan);
         done.stopped.push({ id: String(r.id), why: `its record names no sandbox this server makes (kind ${JSON.stringify(r.kind)})` });
@@ -315,7 +330,9 @@ export class SandboxTable {
         done.stopped.push({ id: r.id, why: (err as Error).message });
       }
     }
-    for (const r of claimPausedRecords((id) => done.stopped.push({ id, why: "its paused record is damaged" }))) {
+    // Paused ones within maxPaused: the rest wait on disk for a server with room.
+    const room = this.limits.maxPaused - [...this.all.values()].filter((m) => m.paused).length;
+    for (const r of claimPausedRecords(room, (id) => done.stopped.push({ id, why: "its paused record is damaged" }))) {
       const forget = () => {
         removePausedRecord(r.id);
         rmSync(pausedDir(r.paused), { recursive: true, force: true });
@@ -335,6 +352,7 @@ export class SandboxTable {
         done.stopped.push({ id: r.id, why: (err as Error).message });
       }
     }
+    await sweepUnrecorded((id) => this.all.has(id));
     return done;
   }
 
@@ -398,22 +416,25 @@ export class SandboxTable {
   }
 
   /**
-   * Stops every sandbox, but with `outlive` lets those that can run on, and the paused ones, go to
-   * the next server (each recorded for it; ones with volumes are stopped); creates from now on are
-   * refused. Resolves with how many were let go.
+   * Stops every sandbox, but with `letGo` (default: `outlive`) lets those that can run on, and the
+   * paused ones, go to the next server (each recorded for it; ones with volumes are stopped), once
+   * a pause or resume under way has ended; creates from now on are refused. Resolves with how
+   * many were let go.
    */
-  async close(): Promise<number> {
+  async close(letGo = this.outlive): Promise<number> {
     this.closed = true;
     let kept = 0;
     await Promise.allSettled(
       [...this.all.values()].map(async (m) => {
-        if (this.outlive && m.paused) {
+        await m.settled?.();
+        if (this.all.get(m.id) !== m) return; // killed meanwhile
+        if (letGo && m.paused) {
           this.persist(m, true);
           this.all.delete(m.id);
           kept++;
           return;
         }
-        if (this.outlive && m.sandbox.outlives) {
+        if (letGo && m.sandbox.outlives) {
           clearTimeout(m.timer);
           this.persist(m);
           // A pause under way ends the VM it was saving: that one is killed below, its state with it.

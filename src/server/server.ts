@@ -196,8 +196,8 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
       server.listen(opts.port ?? SERVER_DEFAULTS.port, host, () => resolve());
     });
   } catch (err) {
-    // Nobody could reach what was adopted: it is let go of again (with outlive) or stopped.
-    await Promise.all([table.close(), e2b.close()]);
+    // Nobody could reach what was adopted: it is let go of again, for a server that can listen.
+    await Promise.all([table.close(true), e2b.close()]);
     throw err;
   }
   const port = (server.address() as AddressInfo).port;

@@ -15,7 +15,7 @@ import { SandboxTable } from "../../src/server/sandboxes.js";
 const dir = mkdtempSync(path.join(tmpdir(), "msb-secrets-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const store = new SecretStore(dir);
-store.create("anonymous", "tok", "the-value", {});
+await store.create("anonymous", "tok", "the-value", {});
 const networks = new E2bNetworks(new E2bSandboxes(new SandboxTable({ maxSandboxes: 1, memoryBudgetMiB: 1, maxPaused: 1 }), new Keys([])), store);
 const map = (network: unknown, allowInternetAccess?: boolean) => networks.library("anonymous", checkE2bNetwork(network, allowInternetAccess));
 

@@ -37,7 +37,7 @@ export function recordE2b(table: SandboxTable, m: Managed, s: E2bState): void {
 /** Gives the adopted `m` back the E2B state a previous server recorded (`extra`). */
 export async function adoptE2b(sandboxes: E2bSandboxes, m: Managed, extra: unknown): Promise<void> {
   const r = extra as E2bRecord | undefined;
-  const paused = !!r?.paused && typeof r.paused.name === "string" && typeof r.paused.memory === "boolean";
+  const paused = !!r?.paused && r.paused.name === m.sandbox.name && typeof r.paused.memory === "boolean";
   if (typeof r?.token !== "string" || !r.lifecycle || !r.network || paused !== !!m.paused) throw new Error(`sandbox ${m.id}'s E2B record is damaged`);
   const s = sandboxes.add(m, r.token, r.network, r.lifecycle);
   if (r.volumeMounts) s.volumeMounts = r.volumeMounts;

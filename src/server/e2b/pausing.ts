@@ -32,6 +32,7 @@ export async function pauseSandbox(table: SandboxTable, { m, s }: E2bSandbox, ke
         dir = await m.sandbox.pause({ keepMemory });
       });
     } catch (err) {
+      if (dir) rmSync(dir, { recursive: true, force: true }); // paused, but killed meanwhile
       s.processes.release();
       throw err;
     }

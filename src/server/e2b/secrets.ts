@@ -2,7 +2,7 @@
 // secret is used only by a sandbox's network rules, whose `${e2b.secrets.NAME}` placeholders the
 // server resolves into the headers the egress proxy injects (network.ts). Kept in the cache, a
 // private file per key, so a restarted server (and the sandboxes it adopts) still has them; read
-// from it at each use, so two servers on one cache see one set.
+// from it at each use and changed under its lock, so two servers on one cache see one set.
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -10,6 +10,7 @@ import path from "node:path";
 
 import { InvalidArgumentError } from "../../errors.js";
 import { checkKeys } from "../../keys.js";
+import { withLock } from "../../lock.js";
 import { cacheDir } from "../../paths.js";
 import { SERVER_DEFAULTS } from "../defaults.js";
 import { ConflictError, NotFoundError } from "../errors.js";
@@ -79,31 +80,43 @@ export class SecretStore {
     return (r.secrets as StoredSecret[]).sort((a, b) => a.secretID.localeCompare(b.secretID));
   }
 
-  create(owner: string, name: string, value: string, metadata: Record<string, string>): StoredSecret {
-    const mine = this.list(owner);
-    if (mine.some((s) => s.name === name)) throw new ConflictError(`secret ${JSON.stringify(name)} exists: Secret.update it, or pick another name`);
-    if (mine.length >= MAX_PER_OWNER) throw new InvalidArgumentError(`this API key has ${mine.length} secrets, the most it may: destroy some first`);
-    const now = new Date().toISOString();
-    const s: StoredSecret = { secretID: `sec_${randomBytes(10).toString("hex")}`, name, value, version: 1, metadata, createdAt: now, updatedAt: now };
-    this.save(owner, [...mine, s]);
-    return s;
+  create(owner: string, name: string, value: string, metadata: Record<string, string>): Promise<StoredSecret> {
+    return this.change(owner, (mine) => {
+      if (mine.some((s) => s.name === name)) throw new ConflictError(`secret ${JSON.stringify(name)} exists: Secret.update it, or pick another name`);
+      if (mine.length >= MAX_PER_OWNER) throw new InvalidArgumentError(`this API key has ${mine.length} secrets, the most it may: destroy some first`);
+      const now = new Date().toISOString();
+      const s: StoredSecret = { secretID: `sec_${randomBytes(10).toString("hex")}`, name, value, version: 1, metadata, createdAt: now, updatedAt: now };
+      mine.push(s);
+      return s;
+    });
   }
 
   /** Gives the owner's secret `id` a new value (a new version), and new metadata if given. */
-  update(owner: string, id: string, value: string, metadata?: Record<string, string>): StoredSecret {
-    const mine = this.list(owner);
-    const s = mine.find((x) => x.secretID === id);
-    if (!s) throw new NotFoundError(`secret ${JSON.stringify(id)} not found: Secret.list() names this key's secrets`);
-    Object.assign(s, { value, version: s.version + 1, updatedAt: new Date().toISOString() }, metadata ? { metadata } : {});
-    this.save(owner, mine);
-    return s;
+  update(owner: string, id: string, value: string, metadata?: Record<string, string>): Promise<StoredSecret> {
+    return this.change(owner, (mine) => {
+      const s = mine.find((x) => x.secretID === id);
+      if (!s) throw new NotFoundError(`secret ${JSON.stringify(id)} not found: Secret.list() names this key's secrets`);
+      return Object.assign(s, { value, version: s.version + 1, updatedAt: new Date().toISOString() }, metadata ? { metadata } : {});
+    });
   }
 
-  delete(owner: string, id: string): void {
-    this.save(
-      owner,
-      this.list(owner).filter((s) => s.secretID !== id),
-    );
+  delete(owner: string, id: string): Promise<void> {
+    return this.change(owner, (mine) => {
+      const i = mine.findIndex((s) => s.secretID === id);
+      if (i >= 0) mine.splice(i, 1);
+    });
+  }
+
+  // Reads the owner's secrets, lets `fn` change them, and writes them back, under the file's lock:
+  // another server's change in between is not lost.
+  private async change<T>(owner: string, fn: (mine: StoredSecret[]) => T): Promise<T> {
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    return withLock(this.file(owner), async () => {
+      const mine = this.list(owner);
+      const result = fn(mine);
+      this.save(owner, mine);
+      return result;
+    });
   }
 
   private file(owner: string): string {
@@ -115,8 +128,9 @@ export class SecretStore {
   private save(owner: string, secrets: StoredSecret[]): void {
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     const file = this.file(owner);
-    writeFileSync(`${file}.${process.pid}.tmp`, `${JSON.stringify({ format: FORMAT, secrets })}\n`, { mode: 0o600 });
-    renameSync(`${file}.${process.pid}.tmp`, file);
+    const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify({ format: FORMAT, secrets })}\n`, { mode: 0o600 });
+    renameSync(tmp, file);
   }
 }
 
@@ -180,7 +194,7 @@ export function secretRoutes(
     const who = owner(req);
     const body = await readJsonObject(req, bodyLimit);
     checkKeys("secret option", body, ["name", "value", "metadata"]);
-    sendJson(res, 201, view(store.create(who, checkName(body.name), checkValue(body.value), checkMetadata(body.metadata))));
+    sendJson(res, 201, view(await store.create(who, checkName(body.name), checkValue(body.value), checkMetadata(body.metadata))));
   }
 
   async function update(req: IncomingMessage, res: ServerResponse, p: Params): Promise<void> {
@@ -189,12 +203,12 @@ export function secretRoutes(
     const body = await readJsonObject(req, bodyLimit);
     checkKeys("secret update option", body, ["value", "metadata"]); // a name cannot change
     const value = checkValue(body.value);
-    const updated = store.update(who, s.secretID, value, body.metadata !== undefined ? checkMetadata(body.metadata) : undefined);
+    const updated = await store.update(who, s.secretID, value, body.metadata !== undefined ? checkMetadata(body.metadata) : undefined);
     await uses.updated(who, updated.name);
     sendJson(res, 200, view(updated));
   }
 
-  function remove(req: IncomingMessage, res: ServerResponse, p: Params): void {
+  async function remove(req: IncomingMessage, res: ServerResponse, p: Params): Promise<void> {
     const who = owner(req);
     const s = store.get(who, ref(p));
     const users = uses.inUse(who, s.name);
@@ -203,7 +217,7 @@ export function secretRoutes(
         `secret ${s.name} is named by the network rules of sandbox ${users.join(", ")}: change them with updateNetwork, or kill it, first`,
       );
     }
-    store.delete(who, s.secretID);
+    await store.delete(who, s.secretID);
     res.writeHead(204).end();
   }
 

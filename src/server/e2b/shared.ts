@@ -87,6 +87,7 @@ export class E2bSandboxes {
   add(m: Managed, token: string, network: E2bNetwork, lifecycle: Lifecycle): E2bState {
     const s: E2bState = { token, network, lifecycle, processes: new ProcessTable(), contexts: new Map(), defaults: new Map() };
     this.states.set(m, s);
+    m.settled = () => settled(s);
     return s;
   }
 

@@ -10,6 +10,7 @@ import { InvalidArgumentError, VolumeBusyError } from "../../errors.js";
 import { createVolume, listVolumes, removeVolume, type VolumeSpec } from "../../sandbox/volumes.js";
 import { ConflictError, NotFoundError } from "../errors.js";
 import { type Handler, type Params, readJsonObject, sendJson } from "../http.js";
+import { SERVER_NAME } from "../paused.js";
 import type { E2bSandboxes } from "./shared.js";
 
 const PREFIX = "e2b.";
@@ -32,7 +33,7 @@ export const ownerOf = (v: E2bVolume): string => v.library.slice(PREFIX.length, 
 /** The ids of the sandboxes that have the volume mounted now. */
 export function mountedIn(v: E2bVolume): string {
   const users = listVolumes().find((x) => x.name === v.library)?.users ?? [];
-  return users.map((u) => (u.sandbox.startsWith("srv-") ? u.sandbox.slice(4) : u.sandbox)).join(", ") || "(one that just stopped)";
+  return users.map((u) => SERVER_NAME.exec(u.sandbox)?.[1] ?? u.sandbox).join(", ") || "(one that just stopped)";
 }
 
 function checkName(name: unknown): string {
