@@ -110,6 +110,23 @@ export interface Limits {
   maxPaused: number;
 }
 
+/** The sandbox a previous server recorded as `r`, now `sandbox` here. */
+function managedOf(r: ServerRecord, sandbox: Sandbox): Managed {
+  return {
+    id: r.id,
+    protocol: r.protocol,
+    owner: r.owner,
+    namespace: r.namespace,
+    name: r.name,
+    sandbox,
+    kind: r.kind,
+    memory: r.memory,
+    template: r.template,
+    metadata: r.metadata ?? {},
+    startedAt: new Date(r.startedAt),
+  };
+}
+
 export class SandboxTable {
   private readonly all = new Map<string, Managed>();
   private reservedMiB = 0;
@@ -305,20 +322,7 @@ export class SandboxTable {
         continue;
       }
       try {
-        const sandbox = await SANDBOX_KINDS[r.kind].adopt(orphan);
-        const m: Managed = {
-          id: r.id,
-          protocol: r.protocol,
-          owner: r.owner,
-          namespace: r.namespace,
-          name: r.name,
-          sandbox,
-          kind: r.kind,
-          memory: r.memory,
-          template: r.template,
-          metadata: r.metadata ?? {},
-          startedAt: new Date(r.startedAt),
-        };
+        const m = managedOf(r, await SANDBOX_KINDS[r.kind].adopt(orphan));
         this.all.set(m.id, m);
         await restore(m, r.extra);
         if (r.endAt !== undefined) this.setEndAt(m, r.endAt);
@@ -362,17 +366,7 @@ export class SandboxTable {
     if (!Object.hasOwn(SANDBOX_KINDS, r.kind)) throw new Error(`its record names no sandbox this server makes (kind ${JSON.stringify(r.kind)})`);
     const { meta } = readPaused(r.paused, r.kind);
     const m: Managed = {
-      id: r.id,
-      protocol: r.protocol,
-      owner: r.owner,
-      namespace: r.namespace,
-      name: r.name,
-      sandbox: new SANDBOX_KINDS[r.kind](meta.options),
-      kind: r.kind,
-      memory: r.memory,
-      template: r.template,
-      metadata: r.metadata ?? {},
-      startedAt: new Date(r.startedAt),
+      ...managedOf(r, new SANDBOX_KINDS[r.kind](meta.options)),
       paused: true,
       discard: () => rmSync(pausedDir(r.paused), { recursive: true, force: true }),
     };
