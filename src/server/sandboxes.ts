@@ -2,17 +2,15 @@
 // its name and metadata, its lifetime, and the limits on how many run and how much memory they
 // take together. A create past a limit is a ServerFullError (429 with Retry-After).
 import { randomBytes } from "node:crypto";
-import { rmSync } from "node:fs";
 
-import { pausedDir, readPaused } from "../sandbox/paused.js";
-import { Sandbox } from "../sandbox/sandbox.js";
+import type { Sandbox } from "../sandbox/sandbox.js";
 import type { VolumeSpec } from "../sandbox/volumes.js";
 import type { InjectHeadersOption } from "../vm/machine.js";
 import type { NetworkPolicy } from "../vm/netpolicy.js";
 import { SANDBOX_KINDS, type SandboxKind } from "./catalog.js";
 import { SERVER_DEFAULTS } from "./defaults.js";
 import { NotFoundError, ServerClosingError, ServerFullError } from "./errors.js";
-import { claimPausedRecords, type PausedRecord, removePausedRecord, SERVER_NAME, serverName, sweepUnrecorded, writePausedRecord } from "./paused.js";
+import { removePausedRecord, serverName, writePausedRecord } from "./paused.js";
 
 export interface Managed {
   /** The server's id for it (also its Sandbox name). */
@@ -66,14 +64,6 @@ export interface ServerRecord {
   extra?: unknown;
 }
 
-/** What adopt() did with the sandboxes a previous server left running or paused. */
-export interface Adoption {
-  adopted: string[];
-  /** Paused ones taken over: they wait for a resume here. */
-  paused: string[];
-  stopped: { id: string; why: string }[];
-}
-
 interface SpecBase {
   protocol: Managed["protocol"];
   owner: string;
@@ -108,23 +98,6 @@ export interface Limits {
   maxSandboxes: number;
   memoryBudgetMiB: number;
   maxPaused: number;
-}
-
-/** The sandbox a previous server recorded as `r`, now `sandbox` here. */
-function managedOf(r: ServerRecord, sandbox: Sandbox): Managed {
-  return {
-    id: r.id,
-    protocol: r.protocol,
-    owner: r.owner,
-    namespace: r.namespace,
-    name: r.name,
-    sandbox,
-    kind: r.kind,
-    memory: r.memory,
-    template: r.template,
-    metadata: r.metadata ?? {},
-    startedAt: new Date(r.startedAt),
-  };
 }
 
 export class SandboxTable {
@@ -252,8 +225,8 @@ export class SandboxTable {
     this.setEndAt(m, Date.now() + seconds * 1000);
   }
 
-  // Dies at `endAt` (ms since the epoch), unless extended again.
-  private setEndAt(m: Managed, endAt: number): void {
+  /** Dies at `endAt` (ms since the epoch), unless extended again. */
+  setEndAt(m: Managed, endAt: number): void {
     clearTimeout(m.timer);
     m.endAt = endAt;
     m.timer = setTimeout(() => void (m.onTimeout ? m.onTimeout().catch(() => this.kill(m)) : this.kill(m)), Math.max(0, endAt - Date.now()));
@@ -291,88 +264,14 @@ export class SandboxTable {
     };
   }
 
-  /**
-   * Takes over the sandboxes a server on this cache left running (Sandbox.orphans() with a
-   * ServerRecord) or paused (its paused records): each keeps its id, owner, metadata and what is
-   * left of its timeout; `restore` gives it back its protocol's state. One whose timeout passed
-   * meanwhile, or that cannot be taken over, is stopped (a paused one: its saved state removed),
-   * and said why.
-   */
-  async adopt(restore: (m: Managed, extra: unknown) => Promise<void>): Promise<Adoption> {
-    const done: Adoption = { adopted: [], paused: [], stopped: [] };
-    for (const orphan of Sandbox.orphans()) {
-      const r = orphan.data as ServerRecord | undefined;
-      if (r?.server !== 1) {
-        // A server's own that it died before recording (between its start and its record): stopped.
-        const id = SERVER_NAME.exec(orphan.name)?.[1];
-        if (id) {
-          Sandbox.discard(orphan);
-          done.stopped.push({ id, why: "its server ended before recording it" });
-        }
-        continue; // else a library user's own
-      }
-      if (typeof r.id !== "string" || !Object.hasOwn(SANDBOX_KINDS, r.kind)) {
-        Sandbox.discard(orphan);
-        done.stopped.push({ id: String(r.id), why: `its record names no sandbox this server makes (kind ${JSON.stringify(r.kind)})` });
-        continue;
-      }
-      if (r.endAt !== undefined && r.endAt <= Date.now()) {
-        Sandbox.discard(orphan);
-        done.stopped.push({ id: r.id, why: `its timeout passed at ${new Date(r.endAt).toISOString()} while no server ran` });
-        continue;
-      }
-      try {
-        const m = managedOf(r, await SANDBOX_KINDS[r.kind].adopt(orphan));
-        this.all.set(m.id, m);
-        await restore(m, r.extra);
-        if (r.endAt !== undefined) this.setEndAt(m, r.endAt);
-        else this.persist(m);
-        done.adopted.push(m.id);
-      } catch (err) {
-        const m = this.all.get(r.id);
-        if (m) await this.kill(m);
-        done.stopped.push({ id: r.id, why: (err as Error).message });
-      }
-    }
-    // Paused ones within maxPaused: the rest wait on disk for a server with room.
-    const room = this.limits.maxPaused - [...this.all.values()].filter((m) => m.paused).length;
-    for (const r of claimPausedRecords(room, (id) => done.stopped.push({ id, why: "its paused record is damaged" }))) {
-      const forget = () => {
-        removePausedRecord(r.id);
-        rmSync(pausedDir(r.paused), { recursive: true, force: true });
-      };
-      // Resumed just before its server ended: the running one was adopted above, this is stale.
-      if (this.all.has(r.id)) {
-        forget();
-        continue;
-      }
-      try {
-        await this.adoptPaused(r, restore);
-        done.paused.push(r.id);
-      } catch (err) {
-        const m = this.all.get(r.id);
-        if (m) await this.kill(m);
-        else forget();
-        done.stopped.push({ id: r.id, why: (err as Error).message });
-      }
-    }
-    await sweepUnrecorded((id) => this.all.has(id));
-    return done;
+  /** @internal Holds `m`, a sandbox a previous server left (takeover.ts), beside those this one made. */
+  insert(m: Managed): void {
+    this.all.set(m.id, m);
   }
 
-  // A paused sandbox a previous server recorded, as it left it: a sandbox of its kind that is not
-  // running, its saved state removed when it is killed.
-  private async adoptPaused(r: PausedRecord, restore: (m: Managed, extra: unknown) => Promise<void>): Promise<void> {
-    if (!Object.hasOwn(SANDBOX_KINDS, r.kind)) throw new Error(`its record names no sandbox this server makes (kind ${JSON.stringify(r.kind)})`);
-    const { meta } = readPaused(r.paused, r.kind);
-    const m: Managed = {
-      ...managedOf(r, new SANDBOX_KINDS[r.kind](meta.options)),
-      paused: true,
-      discard: () => rmSync(pausedDir(r.paused), { recursive: true, force: true }),
-    };
-    this.all.set(m.id, m);
-    await restore(m, r.extra);
-    this.persist(m);
+  /** How many more paused sandboxes this server may hold (maxPaused). */
+  pausedRoom(): number {
+    return this.limits.maxPaused - [...this.all.values()].filter((m) => m.paused).length;
   }
 
   /** The caller's sandbox `id`, or NotFoundError (another key's sandboxes do not exist for it). */

@@ -19,7 +19,8 @@ import { portHost, requestHead } from "./e2b/ports.js";
 import { NotFoundError } from "./errors.js";
 import { sendError, sendJson } from "./http.js";
 import { msbRpc } from "./msb-rpc.js";
-import { type Adoption, type Limits, SandboxTable } from "./sandboxes.js";
+import { type Limits, SandboxTable } from "./sandboxes.js";
+import { type Adoption, takeOver } from "./takeover.js";
 
 export interface ServerOptions {
   /** The address to listen on (default {@link SERVER_DEFAULTS}.host). Any other than loopback needs `apiKeys`. */
@@ -189,7 +190,7 @@ export async function createServer(opts: ServerOptions = {}): Promise<RunningSer
   });
   // What a server on this cache left running goes on here (and, without outlive, stops with it),
   // before any client can ask for it.
-  const adoption = await table.adopt((m, extra) => (m.protocol === "e2b" ? e2b.adopt(m, extra) : Promise.resolve()));
+  const adoption = await takeOver(table, (m, extra) => (m.protocol === "e2b" ? e2b.adopt(m, extra) : Promise.resolve()));
   try {
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
