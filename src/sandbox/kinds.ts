@@ -50,16 +50,22 @@ abstract class LanguageSandbox extends Sandbox {
   }
 
   protected override adopt(kept: KeptRepl[]): void {
+    let main = false;
     for (const k of kept) {
       const i = k.interpreter;
-      if (!i) this.replFor().adopt(k);
-      else if (INTERPRETER_ID.test(i.id) && Object.hasOwn(REPL_LANGUAGES, i.language)) {
-        const language = i.language as ReplLanguage["language"];
+      if (i === undefined && !main) {
+        main = true;
+        this.replFor().adopt(k);
+      } else if (INTERPRETER_ID.test(i?.id ?? "") && Object.hasOwn(REPL_LANGUAGES, i!.language) && !this.others.has(i!.id)) {
+        const language = i!.language as ReplLanguage["language"];
         this.track(
-          i.id,
+          i!.id,
           language,
           this.newRepl(REPL_LANGUAGES[language], () => this.agent()),
         ).adopt(k);
+      } else {
+        // Kept by the VM but not one of ours (a damaged record): ended, not left running untracked.
+        this.agent().adopt(k.session, k.pid).kill("SIGKILL");
       }
     }
   }
@@ -141,13 +147,17 @@ abstract class LanguageSandbox extends Sandbox {
   }
 
   private track(id: string, language: ReplLanguage["language"], repl: Repl): { handle: Interpreter; adopt(k: KeptSession): void } {
+    let closed = false;
     const handle: Interpreter = {
       id,
       language,
-      run: (code, opts = {}) => repl.run(code, runTimeout(opts)),
+      run: (code, opts = {}) =>
+        closed ? Promise.reject(new InvalidArgumentError(`interpreter ${id} was closed: make another with interpreter()`)) : repl.run(code, runTimeout(opts)),
       close: () => {
+        closed = true;
         repl.reset();
         this.others.delete(id);
+        this.recordChanged(); // an outliving sandbox's record no longer carries it
       },
     };
     this.others.set(id, { handle, repl });

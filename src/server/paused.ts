@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, s
 import path from "node:path";
 
 import { alive, ownStamp, type ProcessStamp, parseStamp } from "../liveness.js";
+import { withLock } from "../lock.js";
 import { cacheDir } from "../paths.js";
 import { checkName } from "../sandbox/options.js";
 import { pausedDir, pausedRoot, withPausedLock } from "../sandbox/paused.js";
@@ -62,62 +63,40 @@ function parse(text: string): PausedRecord | undefined {
 /**
  * Takes over the records of paused sandboxes no live server holds, `limit` at most: each returned
  * is held by this process, on disk too. `damaged` gets the ids of files that are no record, which
- * are removed.
+ * are removed. Each is judged and taken under its record's lock, so of two servers starting at
+ * once one takes it and the other finds it held.
  */
-export function claimPausedRecords(limit: number, damaged: (id: string) => void): PausedRecord[] {
+export async function claimPausedRecords(limit: number, damaged: (id: string) => void): Promise<PausedRecord[]> {
   let names: string[];
   try {
     names = readdirSync(dir());
   } catch {
     return [];
   }
-  // A claim whose claimant died before writing the record back is a record again.
-  for (const name of names) {
-    const m = /^([0-9a-f]{16})\.json\.claimed-(\d+)$/.exec(name);
-    if (m && !alive({ pid: Number(m[2]) }) && !names.includes(`${m[1]}.json`)) {
-      renameSync(path.join(dir(), name), file(m[1]!));
-      names.push(`${m[1]}.json`);
-    }
-  }
   const claimed: PausedRecord[] = [];
   for (const name of names) {
     if (claimed.length >= limit) break;
     const id = name.slice(0, -".json".length);
-    if (!name.endsWith(".json") || !ID.test(id)) continue; // a writer's temp file, or not ours
-    const from = file(id);
-    let text: string;
-    try {
-      text = readFileSync(from, "utf8");
-    } catch {
-      continue; // taken meanwhile
-    }
-    const r = text.length <= MAX_RECORD_BYTES ? parse(text) : undefined;
-    if (!r || r.id !== id) {
-      rmSync(from, { force: true });
-      damaged(id);
-      continue;
-    }
-    const holder = r.holder && parseStamp(r.holder);
-    if (holder && alive(holder)) continue; // a running server's
-    // The claim: of two servers renaming one file, one succeeds.
-    const claim = `${from}.claimed-${process.pid}`;
-    try {
-      renameSync(from, claim);
-    } catch {
-      continue;
-    }
-    const now = parse(readFileSync(claim, "utf8"));
-    const taken = now?.holder && parseStamp(now.holder);
-    if (now && taken && alive(taken)) {
-      renameSync(claim, from); // another server took it over between the read and the rename
-      continue;
-    }
-    if (now) {
-      const { holder: _, ...record } = now;
-      writePausedRecord(record); // this process's from now on, on disk before the claim goes
+    if (!name.endsWith(".json") || !ID.test(id)) continue; // a writer's temp file, a lock, or not ours
+    await withLock(file(id), async () => {
+      let text: string;
+      try {
+        text = readFileSync(file(id), "utf8");
+      } catch {
+        return; // killed meanwhile
+      }
+      const r = text.length <= MAX_RECORD_BYTES ? parse(text) : undefined;
+      if (!r || r.id !== id) {
+        rmSync(file(id), { force: true });
+        damaged(id);
+        return;
+      }
+      const holder = r.holder && parseStamp(r.holder);
+      if (holder && alive(holder)) return; // a running server's
+      const { holder: _, ...record } = r;
+      writePausedRecord(record); // this process's from now on
       claimed.push(record);
-    }
-    rmSync(claim, { force: true });
+    });
   }
   return claimed;
 }

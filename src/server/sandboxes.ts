@@ -132,6 +132,7 @@ export class SandboxTable {
    * maxPaused. The caller persists it once its protocol's state says paused too.
    */
   async pause(m: Managed, pause: () => Promise<void>): Promise<void> {
+    if (this.closed) throw new ServerClosingError(`the server is shutting down: sandbox ${m.id} goes to the next server as it is`);
     const paused = [...this.all.values()].filter((p) => p.paused).length;
     if (paused >= this.limits.maxPaused) {
       throw new ServerFullError(`the server keeps its limit of ${this.limits.maxPaused} paused sandboxes: kill or resume one first`);
@@ -229,7 +230,9 @@ export class SandboxTable {
   setEndAt(m: Managed, endAt: number): void {
     clearTimeout(m.timer);
     m.endAt = endAt;
-    m.timer = setTimeout(() => void (m.onTimeout ? m.onTimeout().catch(() => this.kill(m)) : this.kill(m)), Math.max(0, endAt - Date.now()));
+    // A timeout's pause that fails kills it, unless the server is closing (close decides then).
+    const expire = () => void (m.onTimeout ? m.onTimeout().catch(() => (this.closed ? undefined : this.kill(m))) : this.kill(m));
+    m.timer = setTimeout(expire, Math.max(0, endAt - Date.now()));
     m.timer.unref();
     this.persist(m);
   }
@@ -319,6 +322,7 @@ export class SandboxTable {
     let kept = 0;
     await Promise.allSettled(
       [...this.all.values()].map(async (m) => {
+        clearTimeout(m.timer);
         await m.settled?.();
         if (this.all.get(m.id) !== m) return; // killed meanwhile
         if (letGo && m.paused) {

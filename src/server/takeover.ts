@@ -82,7 +82,7 @@ export async function takeOver(table: SandboxTable, restore: Restore): Promise<A
     }
   }
   // Paused ones within maxPaused: the rest wait on disk for a server with room.
-  for (const r of claimPausedRecords(table.pausedRoom(), (id) => done.stopped.push({ id, why: "its paused record is damaged" }))) {
+  for (const r of await claimPausedRecords(table.pausedRoom(), (id) => done.stopped.push({ id, why: "its paused record is damaged" }))) {
     const forget = () => {
       removePausedRecord(r.id);
       rmSync(pausedDir(r.paused), { recursive: true, force: true });

@@ -77,6 +77,31 @@ describe("fork", () => {
       await parent.kill();
     }
   }, 600_000);
+
+  it("carries an idle code context into the fork; one running a cell comes as a fresh interpreter in its cwd", async () => {
+    const parent = await ci.Sandbox.create({ timeoutMs: 300_000 });
+    try {
+      const idle = await parent.createCodeContext();
+      await parent.runCode("kept = 'idle context'", { context: idle });
+      const busy = await parent.createCodeContext({ cwd: "/tmp/work" });
+      await parent.runCode("lost = 1", { context: busy });
+      const cell = parent.runCode("import time; time.sleep(6)", { context: busy, timeoutMs: 60_000 });
+      await new Promise((r) => setTimeout(r, 1000)); // the cell is under way
+      const [fork] = (await parent.fork()) as InstanceType<Interpreter["Sandbox"]>[];
+      try {
+        expect((await fork!.runCode("kept", { context: idle })).text).toBe("'idle context'");
+        expect((await fork!.runCode("'lost' in globals()", { context: busy })).text).toBe("False");
+        expect((await fork!.runCode("import os; os.getcwd()", { context: busy })).text).toBe("'/tmp/work'");
+        expect((await fork!.listCodeContexts()).map((c: { id: string }) => c.id).sort()).toEqual([idle.id, busy.id].sort());
+      } finally {
+        await fork!.kill();
+      }
+      await cell;
+      expect((await parent.runCode("lost", { context: busy })).text).toBe("1"); // the parent's own went on
+    } finally {
+      await parent.kill();
+    }
+  }, 300_000);
 });
 
 describe("snapshots", () => {

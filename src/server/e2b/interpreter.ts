@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 
 import { ExecError, InvalidArgumentError } from "../../errors.js";
 import type { Execution } from "../../sandbox/execution.js";
-import type { PythonSandbox } from "../../sandbox/kinds.js";
+import type { Interpreter, PythonSandbox } from "../../sandbox/kinds.js";
 import type { ReplLanguage } from "../../sandbox/repl.js";
 import type { ImageCatalog } from "../catalog.js";
 import { NotFoundError } from "../errors.js";
@@ -43,6 +43,21 @@ function languageOf(name: unknown): Language {
   throw new InvalidArgumentError(`language ${JSON.stringify(name)} is not served by this code interpreter${why}; it serves python, js (javascript) and bash`);
 }
 
+// `interpreter`, fresh, going to `cwd` before its first cell.
+function entering(interpreter: Interpreter, language: Language, cwd: string): Interpreter {
+  let entered: Promise<unknown> | undefined;
+  return {
+    id: interpreter.id,
+    language: interpreter.language,
+    close: () => interpreter.close(),
+    async run(code, opts) {
+      entered ??= interpreter.run(enter(language, cwd));
+      await entered;
+      return interpreter.run(code, opts);
+    },
+  };
+}
+
 // The code a fresh interpreter runs to work in `cwd`, made first when missing.
 function enter(language: Language, cwd: string): string {
   if (language === "python") return `import os\nos.makedirs(${JSON.stringify(cwd)}, exist_ok=True)\nos.chdir(${JSON.stringify(cwd)})`;
@@ -67,20 +82,21 @@ export function contextRecords(s: E2bState): ContextRecords {
 
 /**
  * Gives `s` the contexts and default interpreters `records` names, each the interpreter of the
- * same id in `sandbox` (resumed, forked or adopted, which carried its interpreters along); one
- * whose interpreter did not come along (busy when it was copied, or a files-only pause) is gone.
+ * same id in `sandbox` (resumed, forked or adopted, which carried its interpreters along). A
+ * context whose interpreter did not come along (a cell was running when it was copied) keeps its
+ * id with a fresh interpreter, which goes to its cwd before its first cell: its state is lost.
  */
 export function linkContexts(s: E2bState, sandbox: unknown, records: Partial<ContextRecords> | undefined): void {
-  const carried = new Map(
-    (typeof (sandbox as PythonSandbox).interpreters === "function" ? (sandbox as PythonSandbox).interpreters() : []).map((i) => [i.id, i]),
-  );
+  const kind = typeof (sandbox as PythonSandbox).interpreters === "function" ? (sandbox as PythonSandbox) : undefined;
+  const carried = new Map((kind?.interpreters() ?? []).map((i) => [i.id, i]));
   s.contexts.clear();
   s.defaults.clear();
   delete s.carried;
   for (const c of Array.isArray(records?.contexts) ? records.contexts : []) {
-    const i = carried.get(c?.interpreter);
-    if (i && typeof c.id === "string" && typeof c.cwd === "string" && typeof c.language === "string")
-      s.contexts.set(c.id, { language: c.language, cwd: c.cwd, interpreter: i });
+    if (typeof c?.id !== "string" || typeof c.cwd !== "string" || typeof c.language !== "string" || !kind) continue;
+    const served = LANGUAGES[c.language.toLowerCase()];
+    const i = carried.get(c.interpreter) ?? (served ? entering(kind.interpreter(served), served, c.cwd) : undefined);
+    if (i) s.contexts.set(c.id, { language: c.language, cwd: c.cwd, interpreter: i });
   }
   for (const d of Array.isArray(records?.defaults) ? records.defaults : []) {
     const i = carried.get(d?.interpreter);
@@ -157,8 +173,14 @@ export function codeInterpreter(catalog: ImageCatalog, bodyLimit: number, change
     }
     if (action === "restart" && req.method === "POST") {
       c.interpreter.close();
-      c.interpreter = await start(sb, languageOf(c.language), c.cwd);
-      changed(sb);
+      try {
+        c.interpreter = await start(sb, languageOf(c.language), c.cwd);
+      } catch (err) {
+        all.delete(id!); // no interpreter is left to run its cells
+        throw err;
+      } finally {
+        changed(sb);
+      }
       return void res.writeHead(204).end();
     }
     throw new NotFoundError(`${req.method} ${pathname} is not served`);
