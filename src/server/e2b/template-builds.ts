@@ -146,9 +146,8 @@ export class TemplateBuilds {
     } catch (err) {
       // Refused: the build ends here, as one that failed (the SDK will not start it again).
       b.reason = { message: messageOf(err), logEntries: [] };
-      b.status = "error";
       release();
-      await this.finished(b);
+      await this.finished(b, "error");
       throw err;
     }
     b.done = this.run(b, plan, base).finally(release);
@@ -178,6 +177,7 @@ export class TemplateBuilds {
     let step = "base";
     // The SDK's step number of each of the builder's steps.
     let origin: number[] = [];
+    let outcome: "ready" | "error" = "error";
     try {
       log.add("info", `FROM ${base.image}`, step);
       const { config } = await resolveImage(this.images, base.image);
@@ -216,7 +216,7 @@ export class TemplateBuilds {
       await this.store.add(b.owner, b.templateID, b.name, b.buildID, record, b.tags);
       const cached = built.steps.filter((s) => s.cached).length;
       log.add("info", `Built ${b.name} (${b.tags.join(", ")}): ${built.steps.length} steps, ${cached} from the cache`, step);
-      b.status = "ready";
+      outcome = "ready";
     } catch (err) {
       log.flush();
       let message = messageOf(err);
@@ -233,15 +233,16 @@ export class TemplateBuilds {
       if (b.abort.signal.aborted) message = "the build was stopped: the server is shutting down";
       log.add("error", message, step);
       b.reason = { message, step, logEntries: b.logs.filter((e) => e.step === step).slice(-20) };
-      b.status = "error";
     } finally {
-      await this.finished(b);
+      await this.finished(b, outcome);
     }
   }
 
-  // An ended build's files go; its status and logs stay a while.
-  private async finished(b: Build): Promise<void> {
+  // An ended build's files go, before its status says it ended (a client that sees it may look);
+  // its status and logs stay a while.
+  private async finished(b: Build, outcome: "ready" | "error"): Promise<void> {
     await b.files.discard();
+    b.status = outcome;
     b.timer = setTimeout(() => void this.forget(b), KEPT_MS).unref();
   }
 
