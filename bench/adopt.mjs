@@ -146,7 +146,7 @@ ${ROUNDS} rounds: a server (\`outlive: true\`) makes ${SANDBOXES} Python sandbox
 | measure | value |
 | --- | --- |
 | interpreter state kept (running and paused) | ${result.stateKept} |
-| close, letting ${SANDBOXES} run on | ${result.closeMs} ms |
+| close, letting ${SANDBOXES} run on and ${PAUSED} paused go | ${result.closeMs} ms |
 | a server start with nothing to adopt | ${result.emptyStartMs} ms |
 | a server start taking over ${SANDBOXES} running and ${PAUSED} paused | ${result.adoptStartMs} ms |
 | first \`runCode\` after adoption | ${result.firstRunMs} ms |
