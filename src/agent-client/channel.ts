@@ -39,6 +39,11 @@ interface HelloWaiter {
   reject(e: Error): void;
   /** The connection's first hello: no session frame may come before it. */
   opening: boolean;
+  /**
+   * A lingering VM's port taken up again: what comes before the hello was written for the lost
+   * host (the VMM kept it while no host was there), and is dropped.
+   */
+  leftovers?: boolean;
   /** Answering a Resume: the sessions it keeps, and whether frames were held before it was sent. */
   resume?: { keep: ReadonlySet<number>; heldBefore: boolean };
 }
@@ -72,12 +77,19 @@ export class Channel {
     socket.on("close", () => this.fail(new AgentConnectionError("the agent closed the connection")));
   }
 
-  /** Waits for the guest's first Hello and checks the protocol version. */
-  handshake(timeoutSeconds: number, signal?: AbortSignal): Promise<AgentHello> {
-    return this.awaitHello(timeoutSeconds, signal, { opening: true });
+  /**
+   * Waits for the guest's first Hello and checks the protocol version. With `leftovers`, frames
+   * before it (a lost host's, on a lingering VM's port) are dropped instead of refused.
+   */
+  handshake(timeoutSeconds: number, signal?: AbortSignal, leftovers = false): Promise<AgentHello> {
+    return this.awaitHello(timeoutSeconds, signal, { opening: true, leftovers });
   }
 
-  private awaitHello(timeoutSeconds: number, signal: AbortSignal | undefined, kind: Pick<HelloWaiter, "opening" | "resume">): Promise<AgentHello> {
+  private awaitHello(
+    timeoutSeconds: number,
+    signal: AbortSignal | undefined,
+    kind: Pick<HelloWaiter, "opening" | "resume" | "leftovers">,
+  ): Promise<AgentHello> {
     return new Promise<AgentHello>((resolve, reject) => {
       if (this.error) return reject(this.error);
       const timer = setTimeout(() => {
@@ -255,6 +267,7 @@ export class Channel {
   }
 
   private route(f: GuestFrame): void {
+    if (this.helloWaiter?.leftovers && !(f.session === 0 && f.body.case === "hello")) return;
     if (f.session === 0) {
       const b = f.body;
       if (b.case === "hello") {

@@ -213,13 +213,14 @@ export class AgentClient {
   /**
    * A new connection to a VM whose host went away while its agent lingered (linger()): the agent
    * speaks first (a Hello) and holds everything until the Resume sent here, of its own generation,
-   * which keeps the sessions in `keep` (take each over with adopt()) and ends the others.
+   * which keeps the sessions in `keep` (take each over with adopt()) and ends the others. What
+   * comes before the Hello was written for the lost host, and is dropped.
    */
   static async fromLingeringStream(stream: Duplex, keep: readonly number[], opts: ConnectOptions = {}): Promise<AgentClient> {
     const timeout = checkTimeout(opts.timeout ?? 10, "connect timeout");
     const channel = new Channel(stream);
     try {
-      const first = await channel.handshake(timeout, opts.signal);
+      const first = await channel.handshake(timeout, opts.signal, true);
       const message = resumeMessage({ generation: first.generation, keep: [...keep] });
       return new AgentClient(channel, await channel.resume(message, keep, timeout, { opening: true, signal: opts.signal }));
     } catch (err) {

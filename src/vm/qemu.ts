@@ -14,7 +14,7 @@ import { pipeline } from "node:stream/promises";
 import { debuglog } from "node:util";
 
 import { AgentClient, type ResumeOptions } from "../agent-client/client.js";
-import { BackendUnavailableError, ConfinementError, MicrosandboxError, NetworkError, QmpError, VmGoneError } from "../errors.js";
+import { BackendUnavailableError, ConfinementError, MicrosandboxError, NetworkError, QmpError, TimeoutError, VmGoneError } from "../errors.js";
 import { Redirect_Kind } from "../gen/vmm_pb.js";
 import { alive, stampOf } from "../liveness.js";
 import { vmmHelperPath } from "../native.js";
@@ -529,8 +529,7 @@ export class QemuBackend implements Backend {
     };
     const open = (name: string) => openAt(path.join(dir, name));
     try {
-      // The agent says Hello to each new host, then holds everything until the Resume.
-      const agent = await AgentClient.fromLingeringStream(await open(AGENT_SOCKET), keep, { timeout: config.bootTimeout });
+      const agent = await lingeringAgent(() => open(AGENT_SOCKET), keep, config.bootTimeout);
       agent.linger(true);
       const monitor = await open(MONITOR_SOCKET);
       const qmp = Qmp.connect(monitor);
@@ -726,6 +725,30 @@ async function migration(q: Qmp): Promise<void> {
 
 // How long a VM's socket may take to appear: QEMU makes it at its start, before any guest work.
 const LISTEN_WAIT_MS = 10_000;
+// How long a new host of a lingering VM waits for the agent's Hello before it hangs up and comes
+// again, and how long it stays away in between.
+const HELLO_WAIT_S = 2;
+const REDIAL_MS = 250;
+
+/**
+ * The agent of a lingering VM, taken up on a connection `dial` makes: it says Hello to each new
+ * host it sees, then holds everything until the Resume that keeps `keep`. A host that comes right
+ * after the last one ended can find the agent not yet aware that one went (the port closed and
+ * opened again between two of its looks): it hears no Hello, so it hangs up, which the agent
+ * cannot miss, and comes again, until `timeoutS` has passed.
+ */
+async function lingeringAgent(dial: () => Promise<Socket>, keep: readonly number[], timeoutS: number): Promise<AgentClient> {
+  const deadline = performance.now() + timeoutS * 1000;
+  for (;;) {
+    const left = Math.max(1, Math.ceil((deadline - performance.now()) / 1000));
+    try {
+      return await AgentClient.fromLingeringStream(await dial(), keep, { timeout: Math.min(HELLO_WAIT_S, left) });
+    } catch (err) {
+      if (!(err instanceof TimeoutError) || performance.now() >= deadline) throw err;
+      await new Promise((r) => setTimeout(r, REDIAL_MS));
+    }
+  }
+}
 
 /**
  * Connects to the unix socket `file` that QEMU or msb-vmm listens on, retrying while it is not
